@@ -1,0 +1,60 @@
+"""Settings from flags with `AUDITFLOW_*` environment variables as defaults (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+ENV_PREFIX = "AUDITFLOW_"
+
+
+def env_name(dest: str) -> str:
+    return ENV_PREFIX + dest.upper()
+
+
+def add(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    default: Any,
+    type: Callable[[str], Any] = str,
+    help: str,
+    **kwargs: Any,
+) -> None:
+    """Add `--flag` whose default comes from AUDITFLOW_FLAG, then from `default`."""
+    dest = flag.lstrip("-").replace("-", "_")
+    env = env_name(dest)
+    raw = os.environ.get(env)
+    value = default
+    if raw is not None:
+        try:
+            value = type(raw)
+        except (TypeError, ValueError) as exc:
+            parser.error(f"{env}={raw!r}: {exc}")
+    parser.add_argument(flag, dest=dest, type=type, default=value, help=f"{help} [env {env}; default: {default}]", **kwargs)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def add_common(parser: argparse.ArgumentParser, *, port: int, database: str) -> None:
+    """Flags both servers have."""
+    add(parser, "--host", default="127.0.0.1", help="address to listen on")
+    add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)")
+    add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database")
+    add(parser, "--default-user", default="anonymous", help="principal of calls that name no user")
+    add(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    add(parser, "--plugin", default="", help="comma-separated modules to import (they register procedures)")

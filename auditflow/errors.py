@@ -1,0 +1,101 @@
+"""Domain exceptions and their gRPC status codes.
+
+Handlers raise these; `auditflow.interceptor` turns them into status codes with
+`google.rpc` details in one place. A class docstring is the default message, as in
+procrastinate's hierarchy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+DOMAIN = "auditflow.dev"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field of a request (becomes a google.rpc.BadRequest field violation)."""
+
+    field: str
+    description: str
+
+
+class AuditflowError(Exception):
+    """Something went wrong in auditflow."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        metadata: dict[str, str] | None = None,
+        violations: list[FieldViolation] | None = None,
+    ) -> None:
+        self.message = message or (self.__doc__ or "").strip().splitlines()[0]
+        self.metadata = metadata or {}
+        self.violations = violations or []
+        super().__init__(self.message)
+
+
+class InvalidArgument(AuditflowError):
+    """The request is malformed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class NotFound(AuditflowError):
+    """No such workflow."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "WORKFLOW_NOT_FOUND"
+
+
+class WrongState(AuditflowError):
+    """The workflow is not in a state that allows this."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "WRONG_STATE"
+
+
+class AlreadyDecided(WrongState):
+    """A decision was already taken on this workflow."""
+
+    reason = "ALREADY_DECIDED"
+
+
+class Unauthenticated(AuditflowError):
+    """No valid credentials were given."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(AuditflowError):
+    """The caller may not do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class Overloaded(AuditflowError):
+    """The service is overloaded; try again later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "OVERLOADED"
+
+
+class Unavailable(AuditflowError):
+    """A service this call depends on is unavailable; try again later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+
+
+def invalid(field: str, description: str) -> InvalidArgument:
+    """An InvalidArgument naming one bad field."""
+    return InvalidArgument(f"{field}: {description}", violations=[FieldViolation(field, description)])

@@ -1,0 +1,90 @@
+"""Validation of what a client submits, shared by the gateway (before storing) and the
+processor (before accepting an Enqueue). Every input is bounded."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from auditflow import convert, procedures
+from auditflow.errors import FieldViolation, InvalidArgument, invalid
+from auditflow.v1 import workflow_pb2 as pb
+
+WORKFLOW_ID = re.compile(r"^wf_[0-9a-f]{32}$")
+MAX_TITLE = 200
+MAX_STEPS = 100
+MAX_PARAMETERS_BYTES = 16 * 1024
+MAX_CYCLES_LIMIT = 10_000
+MAX_COMMENT = 2_000
+MAX_REQUEST_ID = 128
+ORCHESTRATOR_GROUP = "auditflow.orchestrators"
+
+
+def check_workflow_id(workflow_id: str, field: str = "workflow_id") -> str:
+    if not workflow_id:
+        raise invalid(field, "required")
+    if not WORKFLOW_ID.match(workflow_id):
+        raise invalid(field, "malformed: expected 'wf_' followed by 32 lowercase hex digits")
+    return workflow_id
+
+
+def check_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise invalid(field, f"too long: {len(value)} characters, at most {limit}")
+    return value
+
+
+def orchestrator_names() -> set[str]:
+    return {ep.name for ep in entry_points(group=ORCHESTRATOR_GROUP)}
+
+
+def check_plan(
+    title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchestrator: str
+) -> None:
+    """Raise InvalidArgument listing every bad field of a submitted workflow."""
+    violations: list[FieldViolation] = []
+    if not title.strip():
+        violations.append(FieldViolation("title", "required"))
+    elif len(title) > MAX_TITLE:
+        violations.append(FieldViolation("title", f"too long: {len(title)} characters, at most {MAX_TITLE}"))
+    if not plan:
+        violations.append(FieldViolation("plan", "empty: a plan needs at least one step"))
+    elif len(plan) > MAX_STEPS:
+        violations.append(FieldViolation("plan", f"too many steps: {len(plan)}, at most {MAX_STEPS}"))
+    else:
+        violations.extend(_check_steps(plan))
+    if not 0 <= max_cycles <= MAX_CYCLES_LIMIT:
+        violations.append(FieldViolation("max_cycles", f"must be between 0 (default) and {MAX_CYCLES_LIMIT}"))
+    if orchestrator and orchestrator not in orchestrator_names():
+        known = ", ".join(sorted(orchestrator_names())) or "none"
+        violations.append(FieldViolation("orchestrator", f"unknown orchestrator {orchestrator!r} (known: {known})"))
+    if violations:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+        raise InvalidArgument(f"invalid workflow: {summary}", violations=violations)
+
+
+def _check_steps(plan: Sequence[pb.PlanStep]) -> list[FieldViolation]:
+    registry = procedures.load()
+    violations: list[FieldViolation] = []
+    for index, step in enumerate(plan):
+        where = f"plan[{index}]"
+        procedure = registry.get(step.procedure)
+        if procedure is None:
+            known = ", ".join(registry.names())
+            violations.append(
+                FieldViolation(f"{where}.procedure", f"unknown procedure {step.procedure!r} (known: {known})")
+            )
+            continue
+        parameters = convert.struct_to_dict(step.parameters)
+        size = len(json.dumps(parameters))
+        if size > MAX_PARAMETERS_BYTES:
+            violations.append(
+                FieldViolation(f"{where}.parameters", f"too large: {size} bytes, at most {MAX_PARAMETERS_BYTES}")
+            )
+            continue
+        if procedure.validate is not None:
+            for v in procedure.validate(parameters):
+                violations.append(FieldViolation(f"{where}.{v.field}", v.description))
+    return violations

@@ -1,0 +1,84 @@
+"""The catalogue of audit procedures a plan step may name.
+
+Both services use it: the gateway to reject a plan that names an unknown procedure or bad
+parameters before anything is stored, the processor to run the steps. Procedures register
+with `@register`; plugins (modules named with `--plugin`, or entry points in the group
+`auditflow.procedures`) register theirs the same way on import.
+
+A procedure is a blocking function `run(parameters) -> dict` (the step's JSON result). It is
+called on a worker thread, at least once per step: a processor that dies mid-step runs the
+step again, so a procedure must be safe to repeat. It raises `CriticalError` when the run
+cannot go on (the run fails); any other exception is a cycle error and the step is retried
+in the next cycle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from auditflow.errors import FieldViolation
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "auditflow.procedures"
+
+RunFn = Callable[[dict[str, Any]], dict[str, Any]]
+ValidateFn = Callable[[dict[str, Any]], Iterable[FieldViolation]]
+
+
+class CriticalError(Exception):
+    """A procedure failed in a way that retrying cannot mend; the run fails."""
+
+
+@dataclass(frozen=True)
+class Procedure:
+    name: str
+    run: RunFn
+    description: str = ""
+    validate: ValidateFn | None = None
+
+
+@dataclass
+class Registry:
+    """Named procedures. `REGISTRY` is the process-wide one."""
+
+    procedures: dict[str, Procedure] = field(default_factory=dict)
+
+    def register(self, name: str, *, validate: ValidateFn | None = None) -> Callable[[RunFn], RunFn]:
+        def decorator(fn: RunFn) -> RunFn:
+            doc = (fn.__doc__ or "").strip().splitlines()
+            self.procedures[name] = Procedure(name, fn, doc[0] if doc else "", validate)
+            return fn
+
+        return decorator
+
+    def get(self, name: str) -> Procedure | None:
+        return self.procedures.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.procedures)
+
+
+REGISTRY = Registry()
+register = REGISTRY.register
+
+_loaded = False
+
+
+def load(plugins: Iterable[str] = ()) -> Registry:
+    """Import the built-in procedures, the entry-point plugins and the named modules."""
+    global _loaded
+    if not _loaded:
+        importlib.import_module("auditflow.procedures.ledger")
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            logger.debug("loading procedure plugin %s", ep.value)
+            ep.load()
+        _loaded = True
+    for module in plugins:
+        importlib.import_module(module)
+    return REGISTRY

@@ -1,0 +1,76 @@
+"""Live notification of new events, within one process.
+
+The event log in the database is the source of truth; this hub only says "workflow X has
+events up to sequence N" so that watchers wake up and read what they have not seen. A slow
+watcher therefore never makes anyone buffer: it reads from the log at its own pace.
+Recent events are kept in a small per-workflow cache so that a hundred watchers of one run do
+not each query the database for every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+E = TypeVar("E")
+CACHE_SIZE = 256
+
+
+@dataclass
+class _Channel(Generic[E]):
+    last_sequence: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    recent: deque[tuple[int, E]] = field(default_factory=lambda: deque(maxlen=CACHE_SIZE))
+    watchers: int = 0
+
+
+class EventHub(Generic[E]):
+    """Per-workflow wake-ups plus a cache of the newest events. Use on the event loop only."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, _Channel[E]] = {}
+
+    def publish(self, workflow_id: str, sequence: int, event: E) -> None:
+        """Record that `event` with `sequence` is committed, and wake the watchers."""
+        channel = self._channels.get(workflow_id)
+        if channel is None:
+            return  # nobody watches: nothing to cache
+        if channel.recent and sequence != channel.recent[-1][0] + 1:
+            channel.recent.clear()  # keep the cache contiguous; watchers fall back to the log
+        channel.recent.append((sequence, event))
+        channel.last_sequence = max(channel.last_sequence, sequence)
+        channel.changed.set()
+        channel.changed = asyncio.Event()
+
+    def cached_after(self, workflow_id: str, after: int) -> list[E] | None:
+        """Events after `after` if the cache holds all of them, else None (read the log)."""
+        channel = self._channels.get(workflow_id)
+        if channel is None or not channel.recent:
+            return None
+        first = channel.recent[0][0]
+        if after + 1 < first:
+            return None
+        return [event for seq, event in channel.recent if seq > after]
+
+    def subscribe(self, workflow_id: str) -> None:
+        self._channels.setdefault(workflow_id, _Channel()).watchers += 1
+
+    def unsubscribe(self, workflow_id: str) -> None:
+        channel = self._channels.get(workflow_id)
+        if channel is None:
+            return
+        channel.watchers -= 1
+        if channel.watchers <= 0:
+            del self._channels[workflow_id]
+
+    async def wait(self, workflow_id: str, after: int, timeout: float) -> None:
+        """Return when an event after `after` was published, or after `timeout` seconds."""
+        channel = self._channels.get(workflow_id)
+        if channel is None or channel.last_sequence > after:
+            return
+        try:
+            await asyncio.wait_for(channel.changed.wait(), timeout)
+        except TimeoutError:
+            pass
