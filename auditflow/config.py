@@ -1,4 +1,8 @@
-"""Settings from flags with `AUDITFLOW_*` environment variables as defaults (flags win)."""
+"""Settings from flags with `AUDITFLOW_*` environment variables as defaults (flags win).
+
+A server's variables carry its name, `AUDITFLOW_GATEWAY_PORT` or `AUDITFLOW_PROCESSOR_PORT`,
+so that both can be configured in one environment (a compose file, a shell).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from typing import Any
 ENV_PREFIX = "AUDITFLOW_"
 
 
-def env_name(dest: str) -> str:
-    return ENV_PREFIX + dest.upper()
+def env_name(dest: str, service: str = "") -> str:
+    prefix = f"{ENV_PREFIX}{service.upper()}_" if service else ENV_PREFIX
+    return prefix + dest.upper()
 
 
 def add(
@@ -21,11 +26,12 @@ def add(
     default: Any,
     type: Callable[[str], Any] = str,
     help: str,
+    service: str = "",
     **kwargs: Any,
 ) -> None:
-    """Add `--flag` whose default comes from AUDITFLOW_FLAG, then from `default`."""
+    """Add `--flag` whose default comes from AUDITFLOW_[SERVICE_]FLAG, then from `default`."""
     dest = flag.lstrip("-").replace("-", "_")
-    env = env_name(dest)
+    env = env_name(dest, service)
     raw = os.environ.get(env)
     value = default
     if raw is not None:
@@ -33,7 +39,9 @@ def add(
             value = type(raw)
         except (TypeError, ValueError) as exc:
             parser.error(f"{env}={raw!r}: {exc}")
-    parser.add_argument(flag, dest=dest, type=type, default=value, help=f"{help} [env {env}; default: {default}]", **kwargs)
+    parser.add_argument(
+        flag, dest=dest, type=type, default=value, help=f"{help} [env {env}; default: {default}]", **kwargs
+    )
 
 
 def positive_float(text: str) -> float:
@@ -50,11 +58,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_common(parser: argparse.ArgumentParser, *, port: int, database: str) -> None:
+def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, service: str = "") -> None:
     """Flags both servers have."""
-    add(parser, "--host", default="127.0.0.1", help="address to listen on")
-    add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)")
-    add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database")
-    add(parser, "--default-user", default="anonymous", help="principal of calls that name no user")
-    add(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    add(parser, "--plugin", default="", help="comma-separated modules to import (they register procedures)")
+    s = service
+    add(parser, "--host", default="127.0.0.1", help="address to listen on", service=s)
+    add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)", service=s)
+    add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database", service=s)
+    add(parser, "--default-user", default="anonymous", help="principal of calls that name no user", service=s)
+    add(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR", service=s)
+    add(parser, "--plugin", default="", help="comma-separated modules that register procedures", service=s)

@@ -14,6 +14,7 @@ every item in it is retried alone, so one bad item never fails its neighbours.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -176,10 +177,9 @@ class Database:
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, items in by_loop.items():
-            try:
+            # A closed loop raises RuntimeError: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
 
 
 def _settle(items: list[tuple[_WriteRequest, bool, Any]]) -> None:

@@ -22,7 +22,7 @@ from auditflow.errors import DOMAIN, AuditflowError
 
 logger = logging.getLogger(__name__)
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]
 
 
 def to_rich_status(error: AuditflowError) -> grpc.Status:
@@ -53,7 +53,7 @@ INTERNAL_STATUS = rpc_status.to_status(
 )
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
     if isinstance(exc, AuditflowError):
         logger.debug("%s -> %s: %s", method, exc.code.name, exc.message)
         status = to_rich_status(exc)
@@ -68,15 +68,15 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Sets the principal for the call and maps exceptions to status codes."""
 
     def __init__(self, default_user: str) -> None:
         self._default_user = default_user
 
-    async def intercept_service(
+    async def intercept_service(  # type: ignore[override]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -100,7 +100,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return principal.from_metadata(metadata, self._default_user)
 
     def _wrap_unary(self, behavior: Any, method: str, metadata: Any) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 # Each RPC runs in its own task, so the context variable is the call's own.
                 principal.set_current(self._principal(metadata))
@@ -113,7 +113,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, metadata: Any) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
                 principal.set_current(self._principal(metadata))
                 async for response in behavior(request, context):

@@ -6,14 +6,19 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from auditflow.interceptor import CallInterceptor
 
 logger = logging.getLogger(__name__)
+
+# The servicer context of a grpc.aio handler, for annotations.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def new_server(default_user: str) -> grpc.aio.Server:
@@ -27,16 +32,16 @@ def new_server(default_user: str) -> grpc.aio.Server:
     )
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:
     """Register grpc.health.v1 (every service SERVING) and server reflection."""
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
     return health_servicer
 
 
-async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str]) -> None:
+async def set_serving(health_servicer: health_aio.HealthServicer, service_names: Iterable[str]) -> None:
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 

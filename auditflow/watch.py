@@ -41,6 +41,16 @@ class EventHub(Generic[E]):
             channel.recent.clear()  # keep the cache contiguous; watchers fall back to the log
         channel.recent.append((sequence, event))
         channel.last_sequence = max(channel.last_sequence, sequence)
+        self._wake(channel)
+
+    def wake(self, workflow_id: str) -> None:
+        """Wake the watchers of a workflow whose state changed without a new event here."""
+        channel = self._channels.get(workflow_id)
+        if channel is not None:
+            self._wake(channel)
+
+    @staticmethod
+    def _wake(channel: _Channel[E]) -> None:
         channel.changed.set()
         channel.changed = asyncio.Event()
 
@@ -65,12 +75,27 @@ class EventHub(Generic[E]):
         if channel.watchers <= 0:
             del self._channels[workflow_id]
 
-    async def wait(self, workflow_id: str, after: int, timeout: float) -> None:
-        """Return when an event after `after` was published, or after `timeout` seconds."""
+    def waiter(self, workflow_id: str) -> asyncio.Event:
+        """The event the next publish or wake sets. Take it before reading state, then
+        `wait_for` it, so that a change between the read and the wait is never missed."""
+        return self._channels.setdefault(workflow_id, _Channel()).changed
+
+    async def wait(self, workflow_id: str, after: int, timeout: float) -> bool:
+        """Wait for an event after `after` (or a wake); False if `timeout` seconds passed."""
         channel = self._channels.get(workflow_id)
         if channel is None or channel.last_sequence > after:
-            return
+            return True
         try:
             await asyncio.wait_for(channel.changed.wait(), timeout)
         except TimeoutError:
-            pass
+            return False
+        return True
+
+
+async def wait_for(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for a `waiter` event; False if `timeout` seconds passed first."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""The gateway process: `WorkflowService` on a gRPC server, the outbox relay and the mirror.
+
+`create_server(settings)` builds everything without starting it (tests use port 0);
+`serve(settings)` runs until SIGINT/SIGTERM; `main()` is the `auditflow-gateway` script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from auditflow import config, logs, procedures, serving
+from auditflow.db import Database
+from auditflow.v1 import processor_service_pb2 as ppb
+from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
+from auditflow.v1 import workflow_service_pb2 as wpb
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from auditflow.watch import EventHub
+from gateway import store
+from gateway.mirror import Mirror
+from gateway.outbox import OutboxRelay
+from gateway.service import WorkflowService
+from gateway.watch import Watcher
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = wpb.DESCRIPTOR.services_by_name["WorkflowService"].full_name
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    database_url: str = "sqlite:///var/auditflow-gateway.db"
+    processor_target: str = "127.0.0.1:50052"
+    default_user: str = "anonymous"
+    default_max_cycles: int = 15
+    heartbeat_interval: float = 5.0
+    outbox_scan_interval: float = 5.0
+    plugins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+
+
+class Gateway:
+    """A gateway built by `create_server`; `start()`, then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        procedures.load(settings.plugins)
+        self.db = Database(settings.database_url, store.metadata)
+        self.channel = grpc.aio.insecure_channel(settings.processor_target)
+        stub = ppb_grpc.ProcessorServiceStub(self.channel)
+        self.hub: EventHub[dict[str, Any]] = EventHub()
+        self.mirror = Mirror(self.db, stub, self.hub.wake)
+        self.relay = OutboxRelay(
+            self.db, stub, self._dispatched, self._event_appended, scan_interval=settings.outbox_scan_interval
+        )
+        watcher = Watcher(self.db, stub, self.hub, heartbeat_interval=settings.heartbeat_interval)
+        self.service = WorkflowService(
+            self.db, self.relay, self.hub, watcher, default_max_cycles=settings.default_max_cycles
+        )
+        self.server = serving.new_server(settings.default_user)
+        wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
+        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
+        self.port = serving.bind(self.server, f"{settings.host}:{settings.port}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.db.start)
+        await self.server.start()
+        await self.mirror.start()
+        await self.relay.start()
+        await serving.set_serving(self._health, [SERVICE_NAME])
+        logger.info("gateway listening on %s (processor at %s)", self.address, self.settings.processor_target)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.relay.stop()
+        await self.mirror.stop()
+        await self.channel.close(grace=None)
+        await asyncio.to_thread(self.db.close)
+
+    async def _dispatched(self, workflow_id: str, run: ppb.Run) -> None:
+        await self.mirror.record(workflow_id, run.snapshot)
+
+    def _event_appended(self, event: dict[str, Any]) -> None:
+        self.hub.publish(event["workflow_id"], event["sequence"], event)
+
+
+def create_server(settings: Settings) -> Gateway:
+    return Gateway(settings)
+
+
+async def serve(settings: Settings) -> None:
+    gateway = create_server(settings)
+    await gateway.start()
+    await serving.run_until_signalled(gateway.stop)
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="auditflow-gateway",
+        description="Serve auditflow.v1.WorkflowService: submissions, instant approvals, live status. "
+        "Approved work is forwarded to the processor through a durable outbox.",
+    )
+    defaults = Settings()
+    config.add_common(parser, port=defaults.port, database=defaults.database_url, service="gateway")
+    config.add(
+        parser,
+        "--processor-target",
+        default=defaults.processor_target,
+        help="host:port of the processor",
+        service="gateway",
+    )
+    config.add(
+        parser,
+        "--default-max-cycles",
+        default=defaults.default_max_cycles,
+        type=config.positive_int,
+        help="cycles a workflow may take when its request says 0",
+        service="gateway",
+    )
+    config.add(
+        parser,
+        "--heartbeat-interval",
+        default=defaults.heartbeat_interval,
+        type=config.positive_float,
+        help="seconds between heartbeats on an idle WatchStatus stream",
+        service="gateway",
+    )
+    args = parser.parse_args(argv)
+    return Settings(
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        processor_target=args.processor_target,
+        default_user=args.default_user,
+        default_max_cycles=args.default_max_cycles,
+        heartbeat_interval=args.heartbeat_interval,
+        plugins=tuple(p for p in args.plugin.split(",") if p),
+        log_level=args.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    logs.setup(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        sys.exit(130)

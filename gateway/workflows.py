@@ -1,0 +1,218 @@
+"""The gateway's transactions: create, approve, reject, cancel.
+
+Each function here runs inside one write transaction on the database writer thread (see
+`auditflow.db`): it checks first and raises domain errors before writing anything, then
+changes the status with a compare-and-set, appends the event and, where the processor must
+hear of it, an outbox row, all in the same commit.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, and_, insert, update
+
+from auditflow import convert, statuses
+from auditflow.errors import AlreadyDecided, NotFound, WrongState
+from auditflow.v1 import processor_service_pb2 as ppb
+from auditflow.v1 import workflow_pb2 as pb
+from gateway import store
+from gateway.store import workflows
+
+S = pb.WorkflowStatus
+E = pb.EventType
+APPROVE = "APPROVE"
+REJECT = "REJECT"
+
+
+@dataclass(frozen=True)
+class NewWorkflow:
+    title: str
+    plan_json: str
+    steps: int
+    orchestrator: str
+    max_cycles: int
+    created_by: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a transaction did: the row after it, the event it appended, the outbox row."""
+
+    row: Row[Any]
+    changed: bool
+    event: dict[str, Any] | None = None
+    outbox_id: int | None = None
+    outbox_payload: bytes | None = None
+    outbox_kind: str = ""
+
+
+def new_workflow_id() -> str:
+    return "wf_" + secrets.token_hex(16)
+
+
+def _require(conn: Connection, workflow_id: str) -> Row[Any]:
+    row = store.get(conn, workflow_id)
+    if row is None:
+        raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
+    return row
+
+
+def create(conn: Connection, new: NewWorkflow) -> Outcome:
+    if new.request_id:
+        existing = store.find_by_request(conn, new.created_by, new.request_id)
+        if existing is not None:
+            return Outcome(existing, changed=False)
+    now = convert.utcnow()
+    workflow_id = new_workflow_id()
+    conn.execute(
+        insert(workflows).values(
+            workflow_id=workflow_id,
+            title=new.title,
+            plan_json=new.plan_json,
+            orchestrator=new.orchestrator,
+            created_by=new.created_by,
+            create_request_id=new.request_id or None,
+            status=S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            cancel_requested=False,
+            dispatched=False,
+            max_cycles=new.max_cycles,
+            cycle=0,
+            progress_done=0,
+            progress_total=new.steps,
+            last_message="awaiting approval",
+            last_sequence=1,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    event = store.append_event(
+        conn,
+        workflow_id,
+        1,
+        E.EVENT_TYPE_CREATED,
+        S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        f"submitted by {new.created_by}",
+        new.created_by,
+        now,
+    )
+    return Outcome(_require(conn, workflow_id), changed=True, event=event)
+
+
+def _same_decision(row: Row[Any], decision: str, actor: str, request_id: str) -> bool:
+    if row.decision != decision:
+        return False
+    if request_id and row.decision_request_id:
+        return bool(row.decision_request_id == request_id)
+    return bool(row.decided_by == actor)
+
+
+def _refuse(row: Row[Any], workflow_id: str) -> Exception:
+    meta = {"workflow_id": workflow_id, "status": statuses.name(row.status)}
+    if row.decision:
+        verb = "approved" if row.decision == APPROVE else "rejected"
+        return AlreadyDecided(f"workflow {workflow_id} was already {verb} by {row.decided_by}", metadata=meta)
+    return WrongState(f"workflow {workflow_id} is {statuses.name(row.status)}, not AWAITING_APPROVAL", metadata=meta)
+
+
+def decide(conn: Connection, workflow_id: str, decision: str, actor: str, comment: str, request_id: str) -> Outcome:
+    """Approve or reject: a compare-and-set from AWAITING_APPROVAL. Repeating the same decision
+    (same approver, or same request_id) returns the stored outcome unchanged."""
+    row = _require(conn, workflow_id)
+    if row.status != S.WORKFLOW_STATUS_AWAITING_APPROVAL:
+        if _same_decision(row, decision, actor, request_id):
+            return Outcome(row, changed=False)
+        raise _refuse(row, workflow_id)
+    now = convert.utcnow()
+    sequence = row.last_sequence + 1
+    status = S.WORKFLOW_STATUS_APPROVED if decision == APPROVE else S.WORKFLOW_STATUS_REJECTED
+    message = f"{'approved' if decision == APPROVE else 'rejected'} by {actor}" + (f": {comment}" if comment else "")
+    cas = conn.execute(
+        update(workflows)
+        .where(and_(workflows.c.workflow_id == workflow_id, workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL))
+        .values(
+            status=status,
+            decision=decision,
+            decided_by=actor,
+            decision_comment=comment,
+            decision_request_id=request_id or None,
+            decided_at=now,
+            updated_at=now,
+            last_message=message,
+            last_sequence=sequence,
+        )
+    )
+    if cas.rowcount != 1:  # another gateway replica decided between our read and write
+        raise _refuse(_require(conn, workflow_id), workflow_id)
+    event_type = E.EVENT_TYPE_APPROVED if decision == APPROVE else E.EVENT_TYPE_REJECTED
+    event = store.append_event(conn, workflow_id, sequence, event_type, status, message, actor, now)
+    outbox_id = payload = None
+    if decision == APPROVE:
+        request = ppb.EnqueueRequest(
+            workflow_id=workflow_id,
+            title=row.title,
+            plan=convert.plan_from_json(row.plan_json),
+            orchestrator=row.orchestrator,
+            max_cycles=row.max_cycles,
+            base_sequence=sequence,
+            approved_by=actor,
+        )
+        payload = request.SerializeToString()
+        outbox_id = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
+    return Outcome(_require(conn, workflow_id), True, event, outbox_id, payload, store.ENQUEUE)
+
+
+def cancel(conn: Connection, workflow_id: str, actor: str, reason: str) -> Outcome:
+    """Cancel at once while awaiting approval; otherwise ask the processor (via the outbox)."""
+    row = _require(conn, workflow_id)
+    if statuses.is_terminal(row.status):
+        raise WrongState(
+            f"workflow {workflow_id} already ended: {statuses.name(row.status)}",
+            metadata={"workflow_id": workflow_id, "status": statuses.name(row.status)},
+        )
+    now = convert.utcnow()
+    message = f"cancelled by {actor}" + (f": {reason}" if reason else "")
+    if row.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL:
+        sequence = row.last_sequence + 1
+        conn.execute(
+            update(workflows)
+            .where(workflows.c.workflow_id == workflow_id)
+            .values(status=S.WORKFLOW_STATUS_CANCELLED, updated_at=now, last_message=message, last_sequence=sequence)
+        )
+        event = store.append_event(
+            conn, workflow_id, sequence, E.EVENT_TYPE_CANCELLED, S.WORKFLOW_STATUS_CANCELLED, message, actor, now
+        )
+        return Outcome(_require(conn, workflow_id), True, event)
+    if row.cancel_requested:
+        return Outcome(row, changed=False)
+    conn.execute(update(workflows).where(workflows.c.workflow_id == workflow_id).values(cancel_requested=True))
+    payload = ppb.CancelRunRequest(workflow_id=workflow_id, requested_by=actor, reason=reason).SerializeToString()
+    outbox_id = store.add_outbox(conn, workflow_id, store.CANCEL, payload, now)
+    return Outcome(_require(conn, workflow_id), True, None, outbox_id, payload, store.CANCEL)
+
+
+def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str) -> dict[str, Any] | None:
+    """The processor refused the workflow for good: end it here, with the reason."""
+    row = _require(conn, workflow_id)
+    if row.dispatched or statuses.is_terminal(row.status):
+        return None
+    now = convert.utcnow()
+    sequence = row.last_sequence + 1
+    conn.execute(
+        update(workflows)
+        .where(workflows.c.workflow_id == workflow_id)
+        .values(
+            status=S.WORKFLOW_STATUS_FAILED,
+            error_reason=reason,
+            error_message=message,
+            last_message=message,
+            updated_at=now,
+            last_sequence=sequence,
+        )
+    )
+    return store.append_event(
+        conn, workflow_id, sequence, E.EVENT_TYPE_FAILED, S.WORKFLOW_STATUS_FAILED, message, "gateway", now
+    )
