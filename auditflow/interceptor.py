@@ -22,7 +22,7 @@ from auditflow.errors import DOMAIN, AuditflowError
 
 logger = logging.getLogger(__name__)
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
 
 
 def to_rich_status(error: AuditflowError) -> grpc.Status:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -18,7 +18,7 @@ from auditflow.interceptor import CallInterceptor
 logger = logging.getLogger(__name__)
 
 # The servicer context of a grpc.aio handler, for annotations.
-Context = grpc.aio.ServicerContext[Any, Any]
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def new_server(default_user: str) -> grpc.aio.Server:

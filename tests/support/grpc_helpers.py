@@ -1,0 +1,66 @@
+"""Helpers for tests that talk to real servers: stubs, metadata, rich error details, dumps."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from auditflow.principal import USER_METADATA_KEY
+from auditflow.v1 import workflow_pb2 as pb
+
+
+def as_user(name: str) -> tuple[tuple[str, str]]:
+    return ((USER_METADATA_KEY, name),)
+
+
+def ledger_step(path: str | Path) -> pb.PlanStep:
+    step = pb.PlanStep(procedure="ledger_summary")
+    step.parameters.update({"path": str(path)})
+    return step
+
+
+def step(procedure: str, **parameters: Any) -> pb.PlanStep:
+    s = pb.PlanStep(procedure=procedure)
+    s.parameters.update(parameters)
+    return s
+
+
+def details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """ErrorInfo reason and BadRequest fields of a rich error."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found: dict[str, Any] = {"reason": None, "fields": []}
+    if status is None:
+        return found
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            found["reason"] = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found["fields"] = [v.field for v in bad.field_violations]
+    return found
+
+
+def dump_sqlite(path: str | Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, to show that a refused request changed nothing."""
+    conn = sqlite3.connect(str(path))
+    try:
+        tables = [r[0] for r in conn.execute("select name from sqlite_master where type='table' order by name")]
+        return {t: sorted(conn.execute(f"select * from {t}").fetchall(), key=repr) for t in tables}
+    finally:
+        conn.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
