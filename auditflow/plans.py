@@ -40,9 +40,7 @@ def orchestrator_names() -> set[str]:
     return {ep.name for ep in entry_points(group=ORCHESTRATOR_GROUP)}
 
 
-def check_plan(
-    title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchestrator: str
-) -> None:
+def check_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchestrator: str) -> None:
     """Raise InvalidArgument listing every bad field of a submitted workflow."""
     violations: list[FieldViolation] = []
     if not title.strip():

@@ -3,7 +3,10 @@
 Approve commits an outbox row in the same transaction as the decision; the relay is handed
 the row right after that commit (no polling delay) and calls `ProcessorService.Enqueue`
 (or `CancelRun`), retrying with capped exponential backoff while the processor is down or
-slow. Only an acknowledged row is deleted, so a gateway killed at any point delivers the row
+slow. While the processor is down, senders share one backoff (the first failure sets when
+anyone may try next) and at most `max_in_flight` calls are out at once, so a backlog of
+thousands of approvals does not turn into a storm of doomed calls. Only an acknowledged row
+is deleted, so a gateway killed at any point delivers the row
 after restart (Enqueue and CancelRun are idempotent, so a repeat is harmless). Rows of one
 workflow go out in order (enqueue before cancel); different workflows go out concurrently.
 """
@@ -58,6 +61,7 @@ class OutboxRelay:
         scan_interval: float = 5.0,
         rpc_timeout: float = 5.0,
         max_backoff: float = 5.0,
+        max_in_flight: int = 64,
     ) -> None:
         self._db = db
         self._stub = stub
@@ -70,6 +74,9 @@ class OutboxRelay:
         self._known: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._failures = 0  # consecutive failed calls, shared by all senders
+        self._retry_at = 0.0  # loop time before which nobody calls the processor
         self.delivered = 0
 
     async def start(self) -> None:
@@ -126,32 +133,45 @@ class OutboxRelay:
             del self._queues[workflow_id]
 
     async def _deliver(self, row: OutboxRow) -> None:
-        attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
+            if (wait := self._retry_at - loop.time()) > 0:
+                await asyncio.sleep(wait)
+                continue
             try:
-                await self._send(row)
+                async with self._in_flight:
+                    await self._send(row)
+                self._failures = 0
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in PERMANENT:
                     await self._give_up(row, exc)
                     break
-                attempt += 1
-                delay = min(self._max_backoff, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
-                logger.warning(
-                    "delivering %s of %s failed (%s); retry %d in %.2fs",
-                    row.kind,
-                    row.workflow_id,
-                    exc.code().name,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                self._back_off(loop.time(), row, exc)
         await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
         self.delivered += 1
 
+    def _back_off(self, now: float, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
+        if now < self._retry_at:
+            return  # another sender already backed off for this outage
+        self._failures += 1
+        delay = min(self._max_backoff, 0.05 * 2**self._failures) * (0.5 + random.random() / 2)
+        self._retry_at = now + delay
+        logger.warning(
+            "delivering %s of %s failed (%s); %d outbox rows wait; retry in %.2fs",
+            row.kind,
+            row.workflow_id,
+            exc.code().name,
+            len(self._known),
+            delay,
+        )
+
     async def _send(self, row: OutboxRow) -> None:
         if row.kind == store.ENQUEUE:
-            enqueue = ppb.EnqueueRequest.FromString(row.payload)
+            enqueue = await self._db.read(lambda conn: store.enqueue_request(conn, row.payload))
+            if enqueue is None:
+                logger.error("outbox row %d names unknown workflow %s; dropped", row.id, row.workflow_id)
+                return
             response = await self._stub.Enqueue(enqueue, timeout=self._rpc_timeout)
             logger.info("dispatched %s to the processor (created=%s)", row.workflow_id, response.created)
             await self._on_dispatched(row.workflow_id, response.run)

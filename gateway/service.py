@@ -17,8 +17,8 @@ from typing import Any
 
 from auditflow import convert, plans, principal, statuses
 from auditflow.db import Database
-from auditflow.serving import Context
 from auditflow.errors import InvalidArgument, NotFound, invalid
+from auditflow.serving import Context
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
@@ -50,9 +50,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         self._watcher = watcher
         self._default_max_cycles = default_max_cycles
 
-    async def CreateWorkflow(
-        self, request: wpb.CreateWorkflowRequest, context: Context
-    ) -> wpb.CreateWorkflowResponse:
+    async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest, context: Context) -> wpb.CreateWorkflowResponse:
         user = principal.current().name
         plans.check_plan(request.title, request.plan, request.max_cycles, request.orchestrator)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
@@ -71,19 +69,13 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
             logger.info("workflow %s submitted by %s (%d steps)", outcome.row.workflow_id, user, new.steps)
         return wpb.CreateWorkflowResponse(workflow=store.workflow_of(outcome.row))
 
-    async def GetWorkflow(
-        self, request: wpb.GetWorkflowRequest, context: Context
-    ) -> wpb.GetWorkflowResponse:
+    async def GetWorkflow(self, request: wpb.GetWorkflowRequest, context: Context) -> wpb.GetWorkflowResponse:
         return wpb.GetWorkflowResponse(workflow=store.workflow_of(await self._load(request.workflow_id)))
 
-    async def GetStatus(
-        self, request: wpb.GetStatusRequest, context: Context
-    ) -> wpb.GetStatusResponse:
+    async def GetStatus(self, request: wpb.GetStatusRequest, context: Context) -> wpb.GetStatusResponse:
         return wpb.GetStatusResponse(status=store.snapshot_of(await self._load(request.workflow_id)))
 
-    async def ListWorkflows(
-        self, request: wpb.ListWorkflowsRequest, context: Context
-    ) -> wpb.ListWorkflowsResponse:
+    async def ListWorkflows(self, request: wpb.ListWorkflowsRequest, context: Context) -> wpb.ListWorkflowsResponse:
         if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
             raise invalid("page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}")
         for status in request.statuses:
@@ -114,9 +106,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         outcome = await self._decide(request, workflows.REJECT)
         return wpb.RejectResponse(workflow=store.workflow_of(outcome.row))
 
-    async def CancelWorkflow(
-        self, request: wpb.CancelWorkflowRequest, context: Context
-    ) -> wpb.CancelWorkflowResponse:
+    async def CancelWorkflow(self, request: wpb.CancelWorkflowRequest, context: Context) -> wpb.CancelWorkflowResponse:
         workflow_id = plans.check_workflow_id(request.workflow_id)
         reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
         user = principal.current().name

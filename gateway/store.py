@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 
 from auditflow import convert, statuses
+from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 
 metadata = MetaData()
@@ -110,6 +111,10 @@ def find_by_request(conn: Connection, created_by: str, request_id: str) -> Row[A
     return conn.execute(query).first()
 
 
+_INSERT_EVENT = insert(workflow_events)
+_INSERT_OUTBOX = insert(outbox)
+
+
 def append_event(
     conn: Connection, workflow_id: str, sequence: int, type_: int, status: int, message: str, actor: str, time: datetime
 ) -> dict[str, Any]:
@@ -122,7 +127,7 @@ def append_event(
         "actor": actor,
         "time": time,
     }
-    conn.execute(insert(workflow_events), values)
+    conn.execute(_INSERT_EVENT, values)
     return values
 
 
@@ -151,6 +156,19 @@ def pending_outbox(conn: Connection, exclude: Sequence[int] = ()) -> list[Row[An
 
 def delete_outbox(conn: Connection, outbox_id: int) -> None:
     conn.execute(delete(outbox).where(outbox.c.id == outbox_id))
+
+
+def enqueue_request(conn: Connection, payload: bytes) -> ppb.EnqueueRequest | None:
+    """The Enqueue an outbox row stands for: its payload completed from the workflow row."""
+    request = ppb.EnqueueRequest.FromString(payload)
+    row = get(conn, request.workflow_id)
+    if row is None:
+        return None
+    request.title = row.title
+    request.plan.extend(convert.plan_from_json(row.plan_json))
+    request.orchestrator = row.orchestrator
+    request.max_cycles = row.max_cycles
+    return request
 
 
 def to_follow(conn: Connection) -> list[tuple[str, int]]:

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, insert, update
+from sqlalchemy import Connection, Row, and_, bindparam, insert, update
 
 from auditflow import convert, statuses
 from auditflow.errors import AlreadyDecided, NotFound, WrongState
@@ -118,51 +118,63 @@ def _refuse(row: Row[Any], workflow_id: str) -> Exception:
     return WrongState(f"workflow {workflow_id} is {statuses.name(row.status)}, not AWAITING_APPROVAL", metadata=meta)
 
 
+# The compare-and-set of a decision, built once: it runs on every Approve.
+_DECIDE = (
+    update(workflows)
+    .where(
+        and_(
+            workflows.c.workflow_id == bindparam("b_workflow_id"),
+            workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        )
+    )
+    .values(
+        status=bindparam("b_status"),
+        decision=bindparam("b_decision"),
+        decided_by=bindparam("b_actor"),
+        decision_comment=bindparam("b_comment"),
+        decision_request_id=bindparam("b_request_id"),
+        decided_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+        last_message=bindparam("b_message"),
+        last_sequence=workflows.c.last_sequence + 1,
+    )
+    .returning(*workflows.c)
+)
+
+
 def decide(conn: Connection, workflow_id: str, decision: str, actor: str, comment: str, request_id: str) -> Outcome:
     """Approve or reject: a compare-and-set from AWAITING_APPROVAL. Repeating the same decision
     (same approver, or same request_id) returns the stored outcome unchanged."""
-    row = _require(conn, workflow_id)
-    if row.status != S.WORKFLOW_STATUS_AWAITING_APPROVAL:
-        if _same_decision(row, decision, actor, request_id):
-            return Outcome(row, changed=False)
-        raise _refuse(row, workflow_id)
     now = convert.utcnow()
-    sequence = row.last_sequence + 1
-    status = S.WORKFLOW_STATUS_APPROVED if decision == APPROVE else S.WORKFLOW_STATUS_REJECTED
-    message = f"{'approved' if decision == APPROVE else 'rejected'} by {actor}" + (f": {comment}" if comment else "")
-    cas = conn.execute(
-        update(workflows)
-        .where(and_(workflows.c.workflow_id == workflow_id, workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL))
-        .values(
-            status=status,
-            decision=decision,
-            decided_by=actor,
-            decision_comment=comment,
-            decision_request_id=request_id or None,
-            decided_at=now,
-            updated_at=now,
-            last_message=message,
-            last_sequence=sequence,
-        )
-    )
-    if cas.rowcount != 1:  # another gateway replica decided between our read and write
-        raise _refuse(_require(conn, workflow_id), workflow_id)
-    event_type = E.EVENT_TYPE_APPROVED if decision == APPROVE else E.EVENT_TYPE_REJECTED
-    event = store.append_event(conn, workflow_id, sequence, event_type, status, message, actor, now)
-    outbox_id = payload = None
-    if decision == APPROVE:
-        request = ppb.EnqueueRequest(
-            workflow_id=workflow_id,
-            title=row.title,
-            plan=convert.plan_from_json(row.plan_json),
-            orchestrator=row.orchestrator,
-            max_cycles=row.max_cycles,
-            base_sequence=sequence,
-            approved_by=actor,
-        )
-        payload = request.SerializeToString()
-        outbox_id = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
-    return Outcome(_require(conn, workflow_id), True, event, outbox_id, payload, store.ENQUEUE)
+    approve = decision == APPROVE
+    status = S.WORKFLOW_STATUS_APPROVED if approve else S.WORKFLOW_STATUS_REJECTED
+    message = f"{'approved' if approve else 'rejected'} by {actor}" + (f": {comment}" if comment else "")
+    params = {
+        "b_workflow_id": workflow_id,
+        "b_status": status,
+        "b_decision": decision,
+        "b_actor": actor,
+        "b_comment": comment,
+        "b_request_id": request_id or None,
+        "b_now": now,
+        "b_message": message,
+    }
+    row = conn.execute(_DECIDE, params).first()
+    if row is None:  # not awaiting approval (or unknown): nothing was written
+        current = _require(conn, workflow_id)
+        if _same_decision(current, decision, actor, request_id):
+            return Outcome(current, changed=False)
+        raise _refuse(current, workflow_id)
+    event_type = E.EVENT_TYPE_APPROVED if approve else E.EVENT_TYPE_REJECTED
+    event = store.append_event(conn, workflow_id, row.last_sequence, event_type, status, message, actor, now)
+    if not approve:
+        return Outcome(row, True, event)
+    # The relay completes the request (title, plan …) from the workflow row when it sends it.
+    payload = ppb.EnqueueRequest(
+        workflow_id=workflow_id, base_sequence=row.last_sequence, approved_by=actor
+    ).SerializeToString()
+    outbox_id = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
+    return Outcome(row, True, event, outbox_id, payload, store.ENQUEUE)
 
 
 def cancel(conn: Connection, workflow_id: str, actor: str, reason: str) -> Outcome:

@@ -1,0 +1,204 @@
+"""Approve through the gateway, next to the floor: a no-op unary RPC on the same server.
+
+Starts the pair (processor + gateway, SQLite files with synchronous=FULL) as subprocesses and
+prints, for Approve and for grpc.health.v1 Health/Check on the same gateway (the no-op floor,
+through the same interceptor):
+- p50/p99 latency at 1 caller and at 64 concurrent callers, and calls per second;
+- approve-to-first-cycle latency p50/p99: from sending Approve to the watcher seeing the run's
+  STARTED event (the first cycle begins) and its first CYCLE_COMPLETED event.
+
+    python bench/approve.py                 # defaults below
+    python bench/approve.py --quick         # a smaller run, for a smoke test
+
+The callers run in `--client-processes` separate processes so that the client is not the
+bottleneck; the floor is measured the same way in the same run, so the ratio is fair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+
+from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
+from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
+from tests.support.cluster import Pair  # noqa: E402
+
+SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- load (runs in client processes) ----------------------------------------------------
+
+
+async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> list[float]:
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        workflows = wpb_grpc.WorkflowServiceStub(channel)
+        metadata = (("x-auditflow-user", "bench-approver"),)
+        queue = list(reversed(ids))
+
+        async def caller() -> None:
+            while queue:
+                item = queue.pop()
+                started = time.perf_counter()
+                if kind == "noop":
+                    await health.Check(health_pb2.HealthCheckRequest())
+                else:
+                    await workflows.Approve(wpb.ApproveRequest(workflow_id=item), metadata=metadata)
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return latencies
+
+
+def _client(args: tuple[str, str, list[str], int]) -> list[float]:
+    return asyncio.run(_load(*args))
+
+
+def run_load(target: str, kind: str, ids: list[str], concurrency: int, processes: int) -> dict[str, float]:
+    processes = min(processes, concurrency)
+    shards = [ids[i::processes] for i in range(processes)]
+    per_process = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        results = pool.map(_client, [(target, kind, s, c) for s, c in zip(shards, per_process, strict=True)])
+    wall = time.perf_counter() - started
+    latencies = [x for r in results for x in r]
+    return {
+        "calls": len(latencies),
+        "per_second": len(latencies) / wall,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+    }
+
+
+async def create_many(target: str, count: int) -> list[str]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        step = pb.PlanStep(procedure="ledger_summary")
+        step.parameters.update({"path": str(SAMPLE)})
+        request = wpb.CreateWorkflowRequest(title="bench", plan=[step])
+        sem = asyncio.Semaphore(64)
+
+        async def one() -> str:
+            async with sem:
+                return (await stub.CreateWorkflow(request)).workflow.workflow_id
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+async def first_cycle(target: str, samples: int) -> dict[str, float]:
+    """Approve one workflow at a time and time the watcher's STARTED and first cycle events."""
+    started_ms: list[float] = []
+    cycle_ms: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        for workflow_id in await create_many(target, samples):
+            stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id))
+            await stream.read()  # CREATED: the stream is open
+            sent = time.perf_counter()
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id))
+            while (message := await stream.read()) != grpc.aio.EOF:
+                if message.event.type == pb.EVENT_TYPE_STARTED:
+                    started_ms.append((time.perf_counter() - sent) * 1000)
+                if message.event.type == pb.EVENT_TYPE_CYCLE_COMPLETED:
+                    cycle_ms.append((time.perf_counter() - sent) * 1000)
+                    stream.cancel()
+                    break
+    return {
+        "samples": len(cycle_ms),
+        "to_started_p50_ms": percentile(started_ms, 0.5),
+        "to_started_p99_ms": percentile(started_ms, 0.99),
+        "to_first_cycle_done_p50_ms": percentile(cycle_ms, 0.5),
+        "to_first_cycle_done_p99_ms": percentile(cycle_ms, 0.99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls-1", type=int, default=2000, help="calls at 1 caller")
+    parser.add_argument("--calls-64", type=int, default=20000, help="calls at 64 callers")
+    parser.add_argument("--first-cycle-samples", type=int, default=200)
+    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls_1, args.calls_64, args.first_cycle_samples = 200, 2000, 20
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
+        with running_pair(Path(tmp) / "load") as target:
+            figures.update(measure_load(target, args))
+        # A fresh pair: the runs of the load phase must not queue ahead of these.
+        with running_pair(Path(tmp) / "first-cycle") as target:
+            figures["approve_to_first_cycle"] = asyncio.run(first_cycle(target, args.first_cycle_samples))
+    report(figures, as_json=args.json)
+
+
+@contextlib.contextmanager
+def running_pair(workdir: Path) -> Iterator[str]:
+    """Processor + gateway subprocesses with their defaults (SQLite, synchronous=FULL)."""
+    workdir.mkdir(parents=True)
+    pair = Pair(workdir, log_level="WARNING").start()
+    try:
+        yield pair.gateway.target
+    finally:
+        pair.stop()
+
+
+def measure_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    run_load(target, "noop", ["-"] * 500, 8, 1)  # warm up
+    for callers, calls in ((1, args.calls_1), (64, args.calls_64)):
+        processes = 1 if callers == 1 else args.client_processes
+        figures[f"noop@{callers}"] = run_load(target, "noop", ["-"] * calls, callers, processes)
+        ids = asyncio.run(create_many(target, calls))
+        figures[f"approve@{callers}"] = run_load(target, "approve", ids, callers, processes)
+    return figures
+
+
+def report(figures: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"{'':22}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}")
+    for key in ("noop@1", "approve@1", "noop@64", "approve@64"):
+        f = figures[key]
+        print(f"{key:22}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:12.0f}")
+    one, many = figures["approve@1"], figures["approve@64"]
+    print(f"approve/no-op p50 at 1 caller:   {one['p50_ms'] / figures['noop@1']['p50_ms']:.2f}x (target <= 1.5x)")
+    print(
+        f"approve/no-op rate at 64 callers: {many['per_second'] / figures['noop@64']['per_second']:.0%} "
+        f"(target >= 60%, >= 3,000/s)"
+    )
+    fc = figures["approve_to_first_cycle"]
+    print(
+        f"approve -> first cycle starts: p50 {fc['to_started_p50_ms']:.1f} ms, p99 {fc['to_started_p99_ms']:.1f} ms; "
+        f"first cycle done: p50 {fc['to_first_cycle_done_p50_ms']:.1f} ms, p99 {fc['to_first_cycle_done_p99_ms']:.1f} ms "
+        f"(target p99 < 25 ms; {fc['samples']} samples)"
+    )
+
+
+if __name__ == "__main__":
+    main()
