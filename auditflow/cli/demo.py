@@ -1,0 +1,243 @@
+"""`auditflow demo`: start a processor and a gateway, run the sample plan end to end, stop.
+
+The servers run as subprocesses (`python -m processor`, `python -m gateway`) with SQLite
+databases and log files under --data-dir. They are always stopped with SIGTERM, also on
+Ctrl-C or failure (SIGKILL only if one does not stop within the grace period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from auditflow.cli import commands, render
+from auditflow.cli.client import CliError, format_rpc_error, open_channel, workflow_stub
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as api
+
+LOG_TAIL_LINES = 20
+STOP_GRACE_SECONDS = 15.0
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def warn(text: str) -> None:
+    sys.stdout.flush()
+    print(text, file=sys.stderr, flush=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (bind to port 0 and ask the kernel)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else "(empty)"
+
+
+@dataclass
+class Server:
+    """One server subprocess and its log file."""
+
+    name: str
+    module: str
+    port: int
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    failure_reported: bool = False
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(self.port), *self.args]
+        # A session of its own: Ctrl-C in the terminal reaches only us, and we stop the
+        # servers in order with SIGTERM.
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int | None:
+        """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns the exit code."""
+        code: int | None = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(grace)
+                except subprocess.TimeoutExpired:
+                    warn(f"demo: {self.name} did not stop within {grace:.0f} s; killing it")
+                    self.process.kill()
+                    self.process.wait()
+            code = self.process.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def describe_logs(self) -> str:
+        return f"--- last lines of {self.log_path} ---\n{tail(self.log_path)}"
+
+
+def is_serving(target: str, timeout: float = 1.0) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def wait_until_serving(servers: list[Server], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while pending:
+        for server in list(pending):
+            code = server.exited()
+            if code is not None:
+                server.failure_reported = True
+                logs = server.describe_logs()
+                raise CliError(f"{server.name} exited with code {code} while starting\n{logs}")
+            if is_serving(server.target):
+                say(f"{server.name} is serving on {server.target}")
+                pending.remove(server)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            logs = "\n".join(s.describe_logs() for s in pending)
+            names = " and ".join(s.name for s in pending)
+            raise CliError(f"{names} not SERVING after {timeout:.0f} s (grpc.health.v1 Health/Check)\n{logs}")
+        time.sleep(0.2)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: stop like on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.submitter == args.approver:
+        raise CliError("--submitter and --approver must differ (the creator of a plan may not approve it)")
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    processor_port = args.processor_port or free_port()
+    gateway_port = args.gateway_port or free_port()
+    processor = Server(
+        "processor",
+        "processor",
+        processor_port,
+        ["--database-url", f"sqlite:///{data_dir / 'processor.db'}"],
+        data_dir / "processor.log",
+    )
+    gateway = Server(
+        "gateway",
+        "gateway",
+        gateway_port,
+        ["--database-url", f"sqlite:///{data_dir / 'gateway.db'}", "--processor-target", processor.target],
+        data_dir / "gateway.log",
+    )
+    servers = [gateway, processor]  # stop order: the gateway first, so its relay stops calling
+    code = 1
+    with sigterm_raises():
+        try:
+            say(f"== starting the processor and the gateway (databases and logs in {data_dir})")
+            processor.start()
+            gateway.start()
+            wait_until_serving([processor, gateway], args.startup_timeout)
+            code = _scenario(gateway, args)
+        except (KeyboardInterrupt, Terminated):
+            warn("\ndemo: interrupted")
+            code = 130
+        except grpc.RpcError as exc:
+            warn(format_rpc_error(exc))
+            warn(gateway.describe_logs())
+            code = 2
+        finally:
+            for server in servers:
+                stopped = server.stop()
+                if stopped not in (None, 0, -signal.SIGTERM) and not server.failure_reported:
+                    note = f"demo: {server.name} exited with code {stopped}; see {server.log_path}"
+                    warn(note)
+            say("== servers stopped")
+    return code
+
+
+def _scenario(gateway: Server, args: argparse.Namespace) -> int:
+    with open_channel(gateway.target) as channel:
+        stub = workflow_stub(channel)
+        submitter = commands.Context(stub=stub, user=args.submitter)
+        approver = commands.Context(stub=stub, user=args.approver)
+
+        request = api.CreateWorkflowRequest(
+            title="Demo: sample ledger audit", plan=commands.sample_plan(), max_cycles=args.max_cycles
+        )
+        workflow = stub.CreateWorkflow(request, metadata=submitter.metadata).workflow
+        say(f"\n== submitted {workflow.workflow_id} as {args.submitter} ({render.status_name(workflow.status)})")
+
+        started = time.perf_counter()
+        response = stub.Approve(
+            api.ApproveRequest(workflow_id=workflow.workflow_id, comment="approved by the demo"),
+            metadata=approver.metadata,
+        )
+        latency_ms = (time.perf_counter() - started) * 1000
+        say(f"\n== approved as {args.approver}: the answer came back at once")
+        say(render.approve_summary(response, latency_ms))
+
+        say("\n== watching the background run")
+        snapshot = commands.watch_workflow(approver, workflow.workflow_id)
+        get = api.GetWorkflowRequest(workflow_id=workflow.workflow_id)
+        final = stub.GetWorkflow(get, metadata=approver.metadata)
+        say(f"\n== {workflow.workflow_id} {render.status_name(snapshot.status)}")
+        say(render.workflow_summary(final.workflow))
+        completed = snapshot.status == pb.WorkflowStatus.WORKFLOW_STATUS_COMPLETED
+        if not completed:
+            warn(f"demo: the run did not complete: {commands.end_detail(snapshot)}")
+        return 0 if completed else 1

@@ -1,0 +1,259 @@
+"""Pure text rendering for the CLI: progress bar, event lines, tables, summaries, JSON.
+
+Nothing here talks to the network, so all of it is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any, TextIO
+
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
+
+from auditflow import statuses
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as api
+
+BAR_WIDTH = 24
+
+
+def status_name(status: int) -> str:
+    try:
+        return statuses.name(status)
+    except ValueError:
+        return f"STATUS_{status}"
+
+
+def event_type_name(event_type: int) -> str:
+    try:
+        return pb.EventType.Name(event_type).removeprefix("EVENT_TYPE_")  # type: ignore[arg-type]
+    except ValueError:
+        return f"EVENT_{event_type}"
+
+
+def timestamp(ts: timestamp_pb2.Timestamp, *, present: bool = True) -> str:
+    """ISO 8601 in UTC to the millisecond, or '-' when unset."""
+    if not present or (ts.seconds == 0 and ts.nanos == 0):
+        return "-"
+    return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_json(message: Message) -> str:
+    """proto3 JSON mapping (as the REST gateway speaks), fields with default values included."""
+    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=2)
+
+
+def to_json_line(message: Message) -> str:
+    data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    return json.dumps(data, separators=(",", ":"))
+
+
+def pretty(data: Any) -> str:
+    """Indented JSON; whole numbers shown as such (a protobuf Struct holds every number as a double)."""
+    return json.dumps(_whole_numbers(data), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _whole_numbers(data: Any) -> Any:
+    if isinstance(data, float) and data.is_integer() and abs(data) < 2**53:
+        return int(data)
+    if isinstance(data, dict):
+        return {key: _whole_numbers(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_whole_numbers(value) for value in data]
+    return data
+
+
+def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    """'[#########---------------]' for done/total; an empty bar when the total is unknown."""
+    if width < 1:
+        return "[]"
+    filled = 0 if total <= 0 else min(width, max(0, done * width // total))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def progress_line(snapshot: pb.StatusSnapshot, columns: int = 100) -> str:
+    """One line for the live view: status, cycle/max_cycles, bar, done/total, last message.
+
+    The result never exceeds `columns` characters (the message is cut with an ellipsis).
+    """
+    done, total = snapshot.progress.done, snapshot.progress.total
+    max_cycles = str(snapshot.max_cycles) if snapshot.max_cycles else "?"
+    head = f"{status_name(snapshot.status):<17} cycle {snapshot.cycle}/{max_cycles}  {bar(done, total)} {done}/{total}"
+    message = " ".join(snapshot.last_message.split())
+    line = f"{head}  {message}" if message else head
+    return truncate(line, columns)
+
+
+def truncate(text: str, columns: int) -> str:
+    if columns <= 0:
+        return ""
+    if len(text) <= columns:
+        return text
+    if columns == 1:
+        return text[:1]
+    return text[: columns - 1] + "…"
+
+
+def event_line(event: pb.WorkflowEvent) -> str:
+    """'#7 2026-01-01T10:00:00.000Z CYCLE_COMPLETED RUNNING cycle 2 1/3 by processor: message'."""
+    parts = [
+        f"#{event.sequence}",
+        timestamp(event.time, present=event.HasField("time")),
+        event_type_name(event.type),
+        status_name(event.status),
+    ]
+    if event.cycle:
+        parts.append(f"cycle {event.cycle}")
+    if event.HasField("progress") and event.progress.total:
+        parts.append(f"{event.progress.done}/{event.progress.total}")
+    if event.actor:
+        parts.append(f"by {event.actor}")
+    line = " ".join(parts)
+    message = " ".join(event.message.split())
+    return f"{line}: {message}" if message else line
+
+
+def error_text(error: pb.RunError) -> str:
+    if error.reason and error.message:
+        return f"{error.reason}: {error.message}"
+    return error.reason or error.message
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain left-aligned text table, columns two spaces apart."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)) for line in [headers, *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def workflow_row(workflow: pb.Workflow) -> list[str]:
+    progress = f"{workflow.progress.done}/{workflow.progress.total}" if workflow.progress.total else "-"
+    cycles = f"{workflow.cycle}/{workflow.max_cycles}" if workflow.max_cycles else str(workflow.cycle)
+    return [
+        workflow.workflow_id,
+        status_name(workflow.status),
+        truncate(workflow.title, 40),
+        workflow.created_by,
+        progress,
+        cycles,
+        timestamp(workflow.updated_at, present=workflow.HasField("updated_at")),
+    ]
+
+
+WORKFLOW_HEADERS = ("ID", "STATUS", "TITLE", "CREATED BY", "PROGRESS", "CYCLE", "UPDATED")
+
+
+def workflow_table(workflows: Sequence[pb.Workflow]) -> str:
+    return table(WORKFLOW_HEADERS, [workflow_row(w) for w in workflows])
+
+
+def workflow_summary(workflow: pb.Workflow) -> str:
+    """Human-readable `get` output."""
+    flags = []
+    if workflow.is_processing:
+        flags.append("processing")
+    if workflow.is_completed:
+        flags.append("finished")
+    status = status_name(workflow.status) + (f" ({', '.join(flags)})" if flags else "")
+    lines = [
+        f"workflow      {workflow.workflow_id}",
+        f"title         {workflow.title}",
+        f"status        {status}",
+        f"created       by {workflow.created_by or '-'} at "
+        f"{timestamp(workflow.created_at, present=workflow.HasField('created_at'))}",
+    ]
+    if workflow.decided_by:
+        decided = f"by {workflow.decided_by}"
+        if workflow.decision_comment:
+            decided += f": {workflow.decision_comment}"
+        lines.append(f"decided       {decided}")
+    max_cycles = workflow.max_cycles or "?"
+    lines += [
+        f"progress      {bar(workflow.progress.done, workflow.progress.total)} "
+        f"{workflow.progress.done}/{workflow.progress.total} steps, cycle {workflow.cycle}/{max_cycles}",
+        f"updated       {timestamp(workflow.updated_at, present=workflow.HasField('updated_at'))}"
+        f"  (event #{workflow.last_sequence})",
+    ]
+    if workflow.orchestrator:
+        lines.append(f"orchestrator  {workflow.orchestrator}")
+    if workflow.last_message:
+        lines.append(f"message       {workflow.last_message}")
+    if workflow.HasField("error") and (workflow.error.reason or workflow.error.message):
+        lines.append(f"error         {error_text(workflow.error)}")
+    lines.append("plan")
+    for index, step in enumerate(workflow.plan, start=1):
+        parameters = json_format.MessageToDict(step.parameters)
+        lines.append(f"  {index}. {step.procedure} {json.dumps(parameters, sort_keys=True)}")
+    if workflow.HasField("result"):
+        lines.append("result")
+        result = pretty(json_format.MessageToDict(workflow.result))
+        lines += ["  " + line for line in result.splitlines()]
+    return "\n".join(lines)
+
+
+def approve_summary(response: api.ApproveResponse, latency_ms: float | None = None) -> str:
+    """The seed UI's approve answer, one field a line."""
+    lines = [
+        f"workflow_id                    {response.workflow_id}",
+        f"approved                       {str(response.approved).lower()}",
+        f"background_processing_started  {str(response.background_processing_started).lower()}",
+        f"processing_message             {response.processing_message}",
+        f"workflow_status                {status_name(response.workflow_status)}",
+        "updated_at                     " + timestamp(response.updated_at, present=response.HasField("updated_at")),
+    ]
+    if latency_ms is not None:
+        lines.append(f"latency                        {latency_ms:.1f} ms")
+    return "\n".join(lines)
+
+
+class ProgressView:
+    """Shows a watch: one line per event, plus (on a terminal) a live bar redrawn in place."""
+
+    def __init__(self, out: TextIO | None = None, *, live: bool | None = None) -> None:
+        self.out = out if out is not None else sys.stdout
+        self.live = self.out.isatty() if live is None else live
+        self._bar_shown = False
+
+    def _columns(self) -> int:
+        return max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+
+    def _clear(self) -> None:
+        if self._bar_shown:
+            self.out.write("\r\x1b[2K")
+            self._bar_shown = False
+
+    def _draw(self, snapshot: pb.StatusSnapshot) -> None:
+        if self.live:
+            self._clear()
+            self.out.write(progress_line(snapshot, self._columns()))
+            self._bar_shown = True
+        self.out.flush()
+
+    def event(self, event: pb.WorkflowEvent, snapshot: pb.StatusSnapshot) -> None:
+        self._clear()
+        self.out.write(event_line(event) + "\n")
+        self._draw(snapshot)
+
+    def refresh(self, snapshot: pb.StatusSnapshot) -> None:
+        """A heartbeat: redraw the bar (terminal only); prints nothing otherwise."""
+        if self.live:
+            self._draw(snapshot)
+
+    def note(self, text: str) -> None:
+        self._clear()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self._bar_shown:
+            self.out.write("\n")
+            self._bar_shown = False
+        self.out.flush()

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""auditflow's developer tasks. Needs only Python 3.11 (and node/npm for buf).
+
+    python3 tasks.py demo [ARGS]   start both servers, run the sample plan end to end, stop them
+    python3 tasks.py test [ARGS]   the whole pytest suite (ARGS go to pytest)
+    python3 tasks.py lint          ruff check, ruff format --check, mypy, buf lint, stale stubs
+    python3 tasks.py gen           regenerate the gRPC stubs from protos/
+    python3 tasks.py bench [ARGS]  run bench/*.py (ARGS go to each script)
+
+Every task first makes sure `.venv` exists and holds the project (`pip install -e '.[dev]'`,
+repeated only when pyproject.toml changed). `lint` and `test` also install the pinned buf
+with `npm ci` when node_modules/.bin/buf is missing. The exit code is the task's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".auditflow-installed"
+PYPROJECT = ROOT / "pyproject.toml"
+BUF = ROOT / "node_modules" / ".bin" / "buf"
+REQUIRED_PYTHON = (3, 11)
+PYTEST_NO_TESTS = 5
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def fail(text: str, code: int = 1) -> int:
+    print(f"tasks.py: {text}", file=sys.stderr, flush=True)
+    return code
+
+
+def run(command: Sequence[str | Path], *, env: dict[str, str] | None = None) -> int:
+    """Run a command in the repository and return its exit code.
+
+    Ctrl-C reaches the child too (same process group): we wait for it to finish rather
+    than leave it behind.
+    """
+    print("$ " + " ".join(_shown(c) for c in command), flush=True)
+    try:
+        process = subprocess.Popen([str(c) for c in command], cwd=ROOT, env=env or tool_env())
+    except OSError as exc:
+        return fail(f"cannot run {command[0]}: {exc}", 127)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _shown(part: str | Path) -> str:
+    if isinstance(part, Path) and part.is_relative_to(ROOT):
+        return str(part.relative_to(ROOT))
+    return str(part)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for tools: the venv's and node_modules' programs first on PATH."""
+    env = dict(os.environ)
+    path = [str(BIN), str(BUF.parent), env.get("PATH", "")]
+    env["PATH"] = os.pathsep.join(p for p in path if p)
+    env["VIRTUAL_ENV"] = str(VENV)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+# --- set-up ----------------------------------------------------------------------------------
+
+
+def python_for_venv() -> str | None:
+    """A Python 3.11 interpreter: this one, or python3.11 on PATH."""
+    if sys.version_info[:2] == REQUIRED_PYTHON:
+        return sys.executable
+    return shutil.which("python{}.{}".format(*REQUIRED_PYTHON))
+
+
+def venv_version_ok() -> bool:
+    try:
+        out = subprocess.run(
+            [str(PYTHON), "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return False
+    return out.stdout.strip() == "True"
+
+
+def pyproject_digest() -> str:
+    return hashlib.sha256(PYPROJECT.read_bytes()).hexdigest()
+
+
+def ensure_venv() -> int:
+    """Create .venv if missing; `pip install -e .[dev]` when pyproject.toml changed since the last one."""
+    if PYTHON.exists() and not venv_version_ok():
+        return fail(f"{VENV} exists but is not a working Python 3.11 environment: remove it and retry", 2)
+    if not PYTHON.exists():
+        interpreter = python_for_venv()
+        if interpreter is None:
+            wanted = "{}.{}".format(*REQUIRED_PYTHON)
+            return fail(f"Python {wanted} is required: run tasks.py with it, or put python{wanted} on PATH", 2)
+        say(f"creating {VENV.name} with {interpreter}")
+        code = run([interpreter, "-m", "venv", VENV])
+        if code:
+            return fail(f"creating {VENV.name} failed", code)
+    digest = pyproject_digest()
+    if STAMP.exists() and STAMP.read_text().strip() == digest:
+        return 0
+    say("installing the project into .venv (pyproject.toml changed since the last install)")
+    STAMP.unlink(missing_ok=True)
+    code = run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev]"])
+    if code:
+        return fail("pip install -e '.[dev]' failed", code)
+    STAMP.write_text(digest + "\n")
+    return 0
+
+
+def ensure_buf() -> int:
+    """Install the pinned buf (package.json / package-lock.json) with `npm ci` if missing."""
+    if BUF.exists():
+        return 0
+    npm = shutil.which("npm")
+    if npm is None:
+        return fail("buf is missing and npm is not installed: install Node.js (npm), then retry", 2)
+    say("installing buf with npm ci (pinned in package-lock.json)")
+    code = run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+    if code or not BUF.exists():
+        return fail("npm ci did not install node_modules/.bin/buf", code or 1)
+    return 0
+
+
+def set_up(*, buf: bool = False) -> int:
+    return ensure_venv() or (ensure_buf() if buf else 0)
+
+
+# --- tasks -----------------------------------------------------------------------------------
+
+
+def task_demo(args: list[str]) -> int:
+    """start both servers, run the sample plan end to end, stop them"""
+    return set_up() or run([BIN / "auditflow", "demo", *args])
+
+
+def task_test(args: list[str]) -> int:
+    """run the whole pytest suite (extra arguments go to pytest)"""
+    code = set_up(buf=True)
+    if code:
+        return code
+    say("pytest")
+    code = run([PYTHON, "-m", "pytest", *args])
+    if code == PYTEST_NO_TESTS:
+        return fail("pytest collected no tests: that is a failure", code)
+    return code
+
+
+def task_lint(args: list[str]) -> int:
+    """ruff check, ruff format --check, mypy, buf lint, generated stubs up to date"""
+    if args:
+        return fail(f"lint takes no arguments (got: {' '.join(args)})", 2)
+    code = set_up(buf=True)
+    if code:
+        return code
+    checks: list[tuple[str, list[str | Path]]] = [
+        ("ruff check", [BIN / "ruff", "check", "."]),
+        ("ruff format --check", [BIN / "ruff", "format", "--check", "."]),
+        ("mypy", [BIN / "mypy"]),
+        ("buf lint", [BUF, "lint"]),
+        ("generated stubs", [PYTHON, "tools/genprotos.py", "--check"]),
+    ]
+    failed = []
+    for name, command in checks:
+        say(name)
+        if run(command):
+            failed.append(name)
+    if failed:
+        return fail("lint failed: " + ", ".join(failed))
+    say("lint passed")
+    return 0
+
+
+def task_gen(args: list[str]) -> int:
+    """regenerate the Python gRPC stubs (with type stubs) from protos/"""
+    return set_up() or run([PYTHON, "tools/genprotos.py", *args])
+
+
+def task_bench(args: list[str]) -> int:
+    """run bench/*.py if present (extra arguments go to each script)"""
+    code = set_up()
+    if code:
+        return code
+    scripts = sorted((ROOT / "bench").glob("*.py"))
+    scripts = [s for s in scripts if not s.name.startswith("_")]
+    if not scripts:
+        print("no benchmarks in bench/")
+        return 0
+    worst = 0
+    for script in scripts:
+        say(f"bench/{script.name}")
+        worst = max(worst, run([PYTHON, script, *args]))
+    return worst
+
+
+TASKS: dict[str, Callable[[list[str]], int]] = {
+    "demo": task_demo,
+    "test": task_test,
+    "lint": task_lint,
+    "gen": task_gen,
+    "bench": task_bench,
+}
+
+
+def usage() -> str:
+    lines = ["usage: python3 tasks.py TASK [ARGS...]", "", "tasks:"]
+    lines += [f"  {name:<6} {func.__doc__}" for name, func in TASKS.items()]
+    lines += ["", (__doc__ or "").strip().split("\n\n", 2)[-1]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    name, *args = argv
+    task = TASKS.get(name)
+    if task is None:
+        print(usage(), file=sys.stderr)
+        return fail(f"unknown task {name!r}", 2)
+    os.chdir(ROOT)
+    return task(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,176 @@
+"""`auditflow demo`'s mechanics with stand-in servers.
+
+The demo starts `python -m processor` and `python -m gateway`; run from a directory holding
+fake packages of those names, it starts the fakes instead (the current directory comes first
+on `sys.path` with `-m`). This checks start-up, health waiting, submit, approve, watch,
+result and SIGTERM shut-down without the real servers; the acceptance tests run the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+COMMON = """
+import argparse, signal, sys, threading
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+def parse():
+    p = argparse.ArgumentParser()
+    p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--database-url")
+    p.add_argument("--processor-target", default="")
+    return p.parse_args()
+
+def serve(add, args, name):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    add(server)
+    h = health.HealthServicer()
+    h.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(h, server)
+    server.add_insecure_port(f"{args.host}:{args.port}")
+    open(args.database_url.removeprefix("sqlite:///"), "w").close()
+    server.start()
+    print(f"{name} serving on {args.port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    print(f"{name} got SIGTERM", flush=True)
+    server.stop(1).wait()
+"""
+
+PROCESSOR = """
+from _fake_common import parse, serve
+serve(lambda server: None, parse(), "processor")
+"""
+
+GATEWAY = """
+import time
+from _fake_common import parse, serve
+from auditflow.v1 import workflow_pb2 as pb, workflow_service_pb2 as api, workflow_service_pb2_grpc as api_grpc
+
+S = pb.WorkflowStatus
+WF = "wf_" + "a" * 32
+OUTCOME = S.Value("WORKFLOW_STATUS_" + "@OUTCOME@")
+
+class Gateway(api_grpc.WorkflowServiceServicer):
+    def CreateWorkflow(self, request, context):
+        users = dict(context.invocation_metadata())
+        assert users["x-auditflow-user"] == "demo-submitter", users
+        return api.CreateWorkflowResponse(workflow=pb.Workflow(workflow_id=WF, title=request.title,
+                                          status=S.WORKFLOW_STATUS_AWAITING_APPROVAL, plan=request.plan))
+
+    def Approve(self, request, context):
+        assert dict(context.invocation_metadata())["x-auditflow-user"] == "demo-approver"
+        return api.ApproveResponse(workflow_id=request.workflow_id, approved=True, immediate_response=True,
+                                   background_processing_started=True, processing_message="started",
+                                   workflow_status=S.WORKFLOW_STATUS_APPROVED)
+
+    def _snap(self, status, done, seq):
+        snap = pb.StatusSnapshot(workflow_id=WF, status=status, cycle=done, max_cycles=15,
+                                 progress=pb.Progress(done=done, total=3), last_message=f"step {done}",
+                                 last_sequence=seq)
+        if status == S.WORKFLOW_STATUS_FAILED:
+            snap.error.reason, snap.error.message = "CRITICAL_ERROR", "ledger unreadable"
+        return snap
+
+    def WatchStatus(self, request, context):
+        steps = [(S.WORKFLOW_STATUS_RUNNING, 1), (S.WORKFLOW_STATUS_RUNNING, 2), (OUTCOME, 3)]
+        for seq, (status, done) in enumerate(steps, start=1):
+            time.sleep(0.05)
+            snap = self._snap(status, done, seq)
+            yield api.WatchStatusResponse(heartbeat=pb.Heartbeat(), snapshot=snap)
+            yield api.WatchStatusResponse(event=pb.WorkflowEvent(workflow_id=WF, sequence=seq, status=status,
+                                          cycle=done, progress=snap.progress, message=f"step {done}"),
+                                          snapshot=snap)
+
+    def GetWorkflow(self, request, context):
+        workflow = pb.Workflow(workflow_id=WF, title="demo", status=OUTCOME, progress=pb.Progress(done=3, total=3))
+        workflow.result.update({"rows": 12, "total_amount": "1234.56"})
+        return api.GetWorkflowResponse(workflow=workflow)
+
+serve(lambda server: api_grpc.add_WorkflowServiceServicer_to_server(Gateway(), server), parse(), "gateway")
+"""
+
+
+def make_fakes(root: Path, outcome: str) -> None:
+    (root / "_fake_common.py").write_text(textwrap.dedent(COMMON))
+    for name, source in (("processor", PROCESSOR), ("gateway", GATEWAY)):
+        package = root / name
+        package.mkdir()
+        (package / "__init__.py").write_text("")
+        (package / "__main__.py").write_text(textwrap.dedent(source).replace("@OUTCOME@", outcome))
+
+
+def run_demo(cwd: Path, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run(
+        [sys.executable, "-m", "auditflow.cli", "demo", "--data-dir", "data", *extra],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(("outcome", "code"), [("COMPLETED", 0), ("FAILED", 1)])
+def test_demo_runs_the_sample_and_stops_both_servers(tmp_path: Path, outcome: str, code: int) -> None:
+    make_fakes(tmp_path, outcome)
+    result = run_demo(tmp_path)
+    assert result.returncode == code, result.stdout + result.stderr
+    out = result.stdout
+    assert "approved                       true" in out
+    assert "latency" in out and " ms" in out
+    assert "#3 " in out  # one line per event (stdout is not a terminal)
+    assert '"total_amount": "1234.56"' in out
+    if code:
+        assert "CRITICAL_ERROR: ledger unreadable" in result.stderr
+    assert "servers stopped" in result.stdout
+    for name in ("gateway", "processor"):
+        log = (tmp_path / "data" / f"{name}.log").read_text()
+        assert f"{name} got SIGTERM" in log, log
+        assert (tmp_path / "data" / f"{name}.db").exists()
+
+
+def test_demo_start_up_failure_shows_the_log_tail(tmp_path: Path) -> None:
+    make_fakes(tmp_path, "COMPLETED")
+    (tmp_path / "processor" / "__main__.py").write_text("import sys\nprint('cannot open database')\nsys.exit(3)\n")
+    result = run_demo(tmp_path)
+    assert result.returncode == 2
+    assert "error: processor exited with code 3 while starting" in result.stderr
+    assert "cannot open database" in result.stderr
+    assert "gateway got SIGTERM" in (tmp_path / "data" / "gateway.log").read_text()
+
+
+def test_demo_stops_the_servers_on_sigterm(tmp_path: Path) -> None:
+    make_fakes(tmp_path, "COMPLETED")
+    # A processor that never becomes SERVING keeps the demo waiting until we stop it.
+    (tmp_path / "processor" / "__main__.py").write_text("import time\nprint('slow', flush=True)\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "auditflow.cli", "demo", "--data-dir", "data", "--startup-timeout", "50"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log = tmp_path / "data" / "gateway.log"
+    deadline = time.monotonic() + 20
+    while "serving" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the fake gateway did not start"
+        time.sleep(0.1)
+    demo.send_signal(signal.SIGTERM)
+    out, err = demo.communicate(timeout=30)
+    assert demo.returncode == 130, err
+    assert "interrupted" in err and "servers stopped" in out
+    assert "gateway got SIGTERM" in log.read_text()
