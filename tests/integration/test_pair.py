@@ -1,0 +1,183 @@
+"""Gateway and processor in-process on real ports: the whole path of a workflow, watched."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from gateway.server import Gateway
+from gateway.server import Settings as GatewaySettings
+from gateway.server import create_server as create_gateway
+from processor.server import Processor
+from processor.server import create_server as create_processor
+from processor.settings import Settings as ProcessorSettings
+from tests.support.grpc_helpers import as_user, step
+
+S = pb.WorkflowStatus
+E = pb.EventType
+
+
+@dataclass
+class Pair:
+    gateway: Gateway
+    processor: Processor
+    stub: wpb_grpc.WorkflowServiceAsyncStub
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    processor = create_processor(
+        "127.0.0.1:0",
+        ProcessorSettings(
+            database_url=f"sqlite:///{tmp_path / 'processor.db'}",
+            plugins=("tests.support.procedures",),
+            cycle_delay=0.02,
+            poll_interval=0.05,
+            heartbeat_interval=0.5,
+        ),
+    )
+    await processor.start()
+    gateway = create_gateway(
+        GatewaySettings(
+            port=0,
+            database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+            processor_target=processor.address,
+            plugins=("tests.support.procedures",),
+            heartbeat_interval=0.5,
+        )
+    )
+    await gateway.start()
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        yield Pair(gateway, processor, wpb_grpc.WorkflowServiceStub(channel))
+    await gateway.stop(0)
+    await processor.stop(1)
+
+
+async def submit(stub: wpb_grpc.WorkflowServiceAsyncStub, plan: list[pb.PlanStep], max_cycles: int = 0) -> str:
+    request = wpb.CreateWorkflowRequest(title="t", plan=plan, max_cycles=max_cycles)
+    return (await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
+
+
+async def approve(stub: wpb_grpc.WorkflowServiceAsyncStub, workflow_id: str) -> None:
+    await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+
+
+async def watch(
+    stub: wpb_grpc.WorkflowServiceAsyncStub, workflow_id: str, after: int = 0, stop_at: int | None = None
+) -> list[wpb.WatchStatusResponse]:
+    """Events (not heartbeats) of one stream, to its end or to sequence `stop_at`."""
+    received = []
+    call = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id, after_sequence=after))
+    async for message in call:
+        if message.HasField("event"):
+            received.append(message)
+            if stop_at is not None and message.event.sequence >= stop_at:
+                call.cancel()
+                break
+    return received
+
+
+def sequences(messages: list[wpb.WatchStatusResponse]) -> list[int]:
+    return [m.event.sequence for m in messages]
+
+
+async def test_a_workflow_runs_to_completion_and_get_shows_the_result(pair: Pair) -> None:
+    workflow_id = await submit(pair.stub, [step("test_noop"), step("test_noop"), step("test_noop")])
+    await approve(pair.stub, workflow_id)
+    events = await watch(pair.stub, workflow_id)
+    types = [m.event.type for m in events]
+    assert types[:4] == [E.EVENT_TYPE_CREATED, E.EVENT_TYPE_APPROVED, E.EVENT_TYPE_QUEUED, E.EVENT_TYPE_STARTED]
+    assert types[-1] == E.EVENT_TYPE_COMPLETED
+    assert sequences(events) == list(range(1, len(events) + 1))
+    assert [m.event.cycle for m in events if m.event.type == E.EVENT_TYPE_CYCLE_COMPLETED] == [1, 2, 3]
+    last = events[-1].snapshot
+    assert last.is_completed and not last.is_processing and (last.progress.done, last.progress.total) == (3, 3)
+    await asyncio.sleep(0.2)  # the mirror copies the final snapshot right after the event
+    workflow = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow
+    assert workflow.status == S.WORKFLOW_STATUS_COMPLETED
+    assert workflow.last_sequence == events[-1].event.sequence
+    assert len(workflow.result["steps"]) == 3
+    status = (await pair.stub.GetStatus(wpb.GetStatusRequest(workflow_id=workflow_id))).status
+    assert status.is_completed and status.progress.done == 3
+
+
+async def test_a_hundred_watchers_see_identical_complete_sequences(pair: Pair) -> None:
+    workflow_id = await submit(pair.stub, [step("test_sleep", seconds=0.05) for _ in range(4)])
+    watchers = [asyncio.create_task(watch(pair.stub, workflow_id)) for _ in range(100)]
+    await asyncio.sleep(0.3)  # every stream is open and has seen CREATED
+    await approve(pair.stub, workflow_id)
+    results = await asyncio.gather(*watchers)
+    reference = results[0]
+    assert sequences(reference) == list(range(1, len(reference) + 1))
+    assert reference[-1].event.type == E.EVENT_TYPE_COMPLETED
+    for result in results[1:]:
+        assert [(m.event, m.snapshot) for m in result] == [(m.event, m.snapshot) for m in reference]
+
+
+async def test_a_watcher_that_resumes_mid_run_gets_exactly_what_it_missed(pair: Pair) -> None:
+    workflow_id = await submit(pair.stub, [step("test_sleep", seconds=0.1) for _ in range(5)])
+    await approve(pair.stub, workflow_id)
+    first = await watch(pair.stub, workflow_id, stop_at=6)  # ... STARTED, cycle 1, cycle 2
+    assert sequences(first) == [1, 2, 3, 4, 5, 6]
+    assert not first[-1].snapshot.is_completed  # really mid-run
+    rest = await watch(pair.stub, workflow_id, after=6)
+    full = await watch(pair.stub, workflow_id)
+    assert sequences(first) + sequences(rest) == sequences(full)
+    assert [m.event for m in first + rest] == [m.event for m in full]
+
+
+async def test_cancel_of_a_running_workflow_takes_effect_between_cycles(pair: Pair) -> None:
+    workflow_id = await submit(pair.stub, [step("test_sleep", seconds=0.1) for _ in range(20)], max_cycles=30)
+    await approve(pair.stub, workflow_id)
+    await watch(pair.stub, workflow_id, stop_at=5)  # the first cycle is done
+    answer = await pair.stub.CancelWorkflow(
+        wpb.CancelWorkflowRequest(workflow_id=workflow_id, reason="wrong ledger"), metadata=as_user("alice")
+    )
+    assert answer.pending
+    events = await watch(pair.stub, workflow_id)
+    assert E.EVENT_TYPE_CANCEL_REQUESTED in [m.event.type for m in events]
+    assert events[-1].event.type == E.EVENT_TYPE_CANCELLED
+    assert events[-1].snapshot.progress.done < 20
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pair.stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=workflow_id))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_critical_error_fails_the_run_with_its_reason(pair: Pair) -> None:
+    workflow_id = await submit(pair.stub, [step("test_noop"), step("test_critical", message="ledger is corrupt")])
+    await approve(pair.stub, workflow_id)
+    events = await watch(pair.stub, workflow_id)
+    final = events[-1]
+    assert final.event.type == E.EVENT_TYPE_FAILED
+    assert final.snapshot.error.reason == "CRITICAL_ERROR"
+    assert "ledger is corrupt" in final.snapshot.error.message
+    await asyncio.sleep(0.2)
+    workflow = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow
+    assert (workflow.status, workflow.error.reason) == (S.WORKFLOW_STATUS_FAILED, "CRITICAL_ERROR")
+
+
+async def test_a_cycle_error_is_a_warning_and_the_run_goes_on(pair: Pair, tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    workflow_id = await submit(pair.stub, [step("test_fail", path=str(counter), failures=1), step("test_noop")])
+    await approve(pair.stub, workflow_id)
+    events = await watch(pair.stub, workflow_id)
+    types = [m.event.type for m in events]
+    assert E.EVENT_TYPE_CYCLE_FAILED in types
+    assert types[-1] == E.EVENT_TYPE_COMPLETED
+
+
+async def test_a_run_that_needs_more_cycles_than_allowed_fails(pair: Pair) -> None:
+    workflow_id = await submit(pair.stub, [step("test_noop") for _ in range(3)], max_cycles=2)
+    await approve(pair.stub, workflow_id)
+    events = await watch(pair.stub, workflow_id)
+    assert events[-1].event.type == E.EVENT_TYPE_FAILED
+    assert events[-1].snapshot.error.reason == "MAX_CYCLES_EXCEEDED"
+    assert [m.event.cycle for m in events if m.event.type == E.EVENT_TYPE_CYCLE_COMPLETED] == [1, 2]
