@@ -61,7 +61,7 @@ class Gateway:
         self.relay = OutboxRelay(
             self.db, stub, self._dispatched, self._event_appended, scan_interval=settings.outbox_scan_interval
         )
-        watcher = Watcher(self.db, stub, self.hub, heartbeat_interval=settings.heartbeat_interval)
+        watcher = Watcher(self.db, stub, self.hub, self.mirror, heartbeat_interval=settings.heartbeat_interval)
         self.service = WorkflowService(
             self.db, self.relay, self.hub, watcher, default_max_cycles=settings.default_max_cycles
         )

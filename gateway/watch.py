@@ -3,7 +3,9 @@
 First the gateway's own events (created, approved …) after `after_sequence`, from its log;
 once the workflow is dispatched, the processor's events, relayed from its WatchStatus with
 the last sequence sent, so one sequence runs through both. If the processor is unreachable
-the stream stays open with heartbeats and reconnects from the last sequence it sent.
+the stream stays open with heartbeats and reconnects from the last sequence it sent. The
+terminal event is copied to the workflow row before it is sent, so a client that saw a run
+end and then calls GetWorkflow never sees it still running.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.watch import EventHub, wait_for
 from gateway import store
+from gateway.mirror import Mirror
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,7 @@ class Watcher:
         db: Database,
         stub: ppb_grpc.ProcessorServiceAsyncStub,
         hub: EventHub[dict[str, Any]],
+        mirror: Mirror,
         *,
         heartbeat_interval: float = 5.0,
         max_backoff: float = 2.0,
@@ -45,6 +49,7 @@ class Watcher:
         self._db = db
         self._stub = stub
         self._hub = hub
+        self._mirror = mirror
         self._heartbeat = heartbeat_interval
         self._max_backoff = max_backoff
 
@@ -97,8 +102,11 @@ class Watcher:
                         if response.event.sequence <= after:
                             continue
                         after = response.event.sequence
+                        terminal = statuses.is_terminal(response.event.status)
+                        if terminal:
+                            await self._mirror.record(workflow_id, response.snapshot)
                         yield wpb.WatchStatusResponse(event=response.event, snapshot=response.snapshot)
-                        if statuses.is_terminal(response.event.status):
+                        if terminal:
                             return
                     else:
                         yield wpb.WatchStatusResponse(heartbeat=response.heartbeat, snapshot=response.snapshot)

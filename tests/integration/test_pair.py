@@ -100,7 +100,7 @@ async def test_a_workflow_runs_to_completion_and_get_shows_the_result(pair: Pair
     assert [m.event.cycle for m in events if m.event.type == E.EVENT_TYPE_CYCLE_COMPLETED] == [1, 2, 3]
     last = events[-1].snapshot
     assert last.is_completed and not last.is_processing and (last.progress.done, last.progress.total) == (3, 3)
-    await asyncio.sleep(0.2)  # the mirror copies the final snapshot right after the event
+    # The gateway copies the terminal snapshot before it sends the event: Get agrees at once.
     workflow = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow
     assert workflow.status == S.WORKFLOW_STATUS_COMPLETED
     assert workflow.last_sequence == events[-1].event.sequence
@@ -159,7 +159,6 @@ async def test_a_critical_error_fails_the_run_with_its_reason(pair: Pair) -> Non
     assert final.event.type == E.EVENT_TYPE_FAILED
     assert final.snapshot.error.reason == "CRITICAL_ERROR"
     assert "ledger is corrupt" in final.snapshot.error.message
-    await asyncio.sleep(0.2)
     workflow = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow
     assert (workflow.status, workflow.error.reason) == (S.WORKFLOW_STATUS_FAILED, "CRITICAL_ERROR")
 
