@@ -51,6 +51,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def boolean(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -41,6 +41,7 @@ class Settings:
     processor_target: str = "127.0.0.1:50052"
     default_user: str = "anonymous"
     default_max_cycles: int = 15
+    allow_self_approval: bool = False
     heartbeat_interval: float = 5.0
     outbox_scan_interval: float = 5.0
     plugins: tuple[str, ...] = ()
@@ -63,7 +64,12 @@ class Gateway:
         )
         watcher = Watcher(self.db, stub, self.hub, self.mirror, heartbeat_interval=settings.heartbeat_interval)
         self.service = WorkflowService(
-            self.db, self.relay, self.hub, watcher, default_max_cycles=settings.default_max_cycles
+            self.db,
+            self.relay,
+            self.hub,
+            watcher,
+            default_max_cycles=settings.default_max_cycles,
+            self_approval=settings.allow_self_approval,
         )
         self.server = serving.new_server(settings.default_user)
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
@@ -138,6 +144,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="seconds between heartbeats on an idle WatchStatus stream",
         service="gateway",
     )
+    config.add(
+        parser,
+        "--allow-self-approval",
+        default=False,
+        type=config.boolean,
+        service="gateway",
+        help="let the creator of a plan approve it (separation of duties is on by default)",
+    )
     args = parser.parse_args(argv)
     return Settings(
         host=args.host,
@@ -147,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default_user=args.default_user,
         default_max_cycles=args.default_max_cycles,
         heartbeat_interval=args.heartbeat_interval,
+        allow_self_approval=args.allow_self_approval,
         plugins=tuple(p for p in args.plugin.split(",") if p),
         log_level=args.log_level,
     )

@@ -43,12 +43,14 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         watcher: Watcher,
         *,
         default_max_cycles: int,
+        self_approval: bool = False,
     ) -> None:
         self._db = db
         self._relay = relay
         self._hub = hub
         self._watcher = watcher
         self._default_max_cycles = default_max_cycles
+        self._self_approval = self_approval
 
     async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest, context: Context) -> wpb.CreateWorkflowResponse:
         user = principal.current().name
@@ -140,7 +142,9 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         request_id = plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         user = principal.current().name
         outcome = await self._db.write(
-            lambda conn: workflows.decide(conn, workflow_id, decision, user, comment, request_id)
+            lambda conn: workflows.decide(
+                conn, workflow_id, decision, user, comment, request_id, self_approval=self._self_approval
+            )
         )
         self._published(outcome)
         if outcome.changed:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, bindparam, insert, update
 
 from auditflow import convert, statuses
-from auditflow.errors import AlreadyDecided, NotFound, WrongState
+from auditflow.errors import AlreadyDecided, NotFound, PermissionDenied, WrongState
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 from gateway import store
@@ -125,6 +125,8 @@ _DECIDE = (
         and_(
             workflows.c.workflow_id == bindparam("b_workflow_id"),
             workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            # Separation of duties: "" when the decision is not restricted.
+            workflows.c.created_by != bindparam("b_forbidden_actor"),
         )
     )
     .values(
@@ -142,9 +144,19 @@ _DECIDE = (
 )
 
 
-def decide(conn: Connection, workflow_id: str, decision: str, actor: str, comment: str, request_id: str) -> Outcome:
+def decide(
+    conn: Connection,
+    workflow_id: str,
+    decision: str,
+    actor: str,
+    comment: str,
+    request_id: str,
+    *,
+    self_approval: bool = False,
+) -> Outcome:
     """Approve or reject: a compare-and-set from AWAITING_APPROVAL. Repeating the same decision
-    (same approver, or same request_id) returns the stored outcome unchanged."""
+    (same approver, or same request_id) returns the stored outcome unchanged. Unless
+    `self_approval`, the creator of a plan may reject (withdraw) it but not approve it."""
     now = convert.utcnow()
     approve = decision == APPROVE
     status = S.WORKFLOW_STATUS_APPROVED if approve else S.WORKFLOW_STATUS_REJECTED
@@ -158,12 +170,18 @@ def decide(conn: Connection, workflow_id: str, decision: str, actor: str, commen
         "b_request_id": request_id or None,
         "b_now": now,
         "b_message": message,
+        "b_forbidden_actor": actor if approve and not self_approval else "",
     }
     row = conn.execute(_DECIDE, params).first()
     if row is None:  # not awaiting approval (or unknown): nothing was written
         current = _require(conn, workflow_id)
         if _same_decision(current, decision, actor, request_id):
             return Outcome(current, changed=False)
+        if current.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and current.created_by == actor:
+            raise PermissionDenied(
+                f"separation of duties: {actor} created workflow {workflow_id} and may not approve it",
+                metadata={"workflow_id": workflow_id, "rule": "SEPARATION_OF_DUTIES"},
+            )
         raise _refuse(current, workflow_id)
     event_type = E.EVENT_TYPE_APPROVED if approve else E.EVENT_TYPE_REJECTED
     event = store.append_event(conn, workflow_id, row.last_sequence, event_type, status, message, actor, now)

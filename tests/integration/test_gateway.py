@@ -315,3 +315,17 @@ async def test_an_unexpected_error_is_internal_and_leaks_nothing(
         await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=UNKNOWN))
     assert refused.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (refused.value.details() or "")
+
+
+async def test_the_creator_may_not_approve_but_may_withdraw(
+    gateway: Gateway, stub: wpb_grpc.WorkflowServiceAsyncStub
+) -> None:
+    workflow = await create(stub, user="carol")
+    before = dump_sqlite(db_path(gateway))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert details(refused.value)["reason"] == "PERMISSION_DENIED"
+    assert dump_sqlite(db_path(gateway)) == before
+    withdrawn = await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
+    assert withdrawn.workflow.status == S.WORKFLOW_STATUS_REJECTED
