@@ -40,7 +40,12 @@ def add(
         except (TypeError, ValueError) as exc:
             parser.error(f"{env}={raw!r}: {exc}")
     parser.add_argument(
-        flag, dest=dest, type=type, default=value, help=f"{help} [env {env}; default: {default}]", **kwargs
+        flag,
+        dest=dest,
+        type=type,
+        default=value,
+        help=f"{help} [env {env}; default: {default if default != '' else 'none'}]",
+        **kwargs,
     )
 
 

@@ -1,0 +1,99 @@
+"""The orchestrator plugin interface: what the scheduler calls, once per cycle, to advance a run.
+
+An orchestrator is found by name in the entry point group `auditflow.orchestrators`; the
+entry point names a class (instantiated once, without arguments) or a ready object. The
+built-in one is `plan = processor.plan_orchestrator:PlanOrchestrator`. It provides:
+
+- `start(run) -> dict`: the initial state of a run (a JSON object), called before its first
+  cycle and again whenever a run resumes with no checkpointed state yet.
+- `cycle(run, state) -> CycleResult`: one bounded step of work. It returns the new state,
+  progress, a message and whether the run is done (with its result). After each cycle the
+  scheduler checkpoints the returned state, progress and cycle number in one transaction.
+
+Either method may be a plain function or `async def`. Plain functions run in a thread pool,
+never on the event loop, so they may block; coroutines are awaited on the event loop and must
+not block it.
+
+Cycles are AT-LEAST-ONCE. A processor killed (or losing its lease) in the middle of a cycle
+has checkpointed nothing for it; another processor reclaims the run and reruns that cycle
+from the last checkpoint. A cycle must therefore be safe to repeat: derive everything from
+`state` and write side effects idempotently.
+
+Errors: raising `auditflow.procedures.CriticalError` fails the run (reason CRITICAL_ERROR).
+Any other exception is a cycle error: a WARNING event is recorded, the state is not
+advanced, and the next cycle retries; too many in a row fail the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, TypeVar, cast
+
+from auditflow.plans import ORCHESTRATOR_GROUP
+
+DEFAULT = "plan"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What an orchestrator knows about the run it advances."""
+
+    workflow_id: str
+    title: str
+    # The plan steps: [{"procedure": name, "parameters": {...}}, ...].
+    plan: list[dict[str, Any]]
+    max_cycles: int
+    # Number of the cycle about to run (1 for the first); 0 when passed to `start`.
+    cycle: int
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """The outcome of one successful cycle."""
+
+    state: dict[str, Any]
+    progress_done: int
+    progress_total: int
+    message: str
+    done: bool = False
+    # The run's result (a JSON object) once done.
+    result: dict[str, Any] | None = None
+
+
+class Orchestrator(Protocol):
+    """Drives a run through cycles; see the module docstring for the contract."""
+
+    def start(self, run: RunInfo) -> dict[str, Any] | Awaitable[dict[str, Any]]: ...
+
+    def cycle(self, run: RunInfo, state: dict[str, Any]) -> CycleResult | Awaitable[CycleResult]: ...
+
+
+class UnknownOrchestrator(LookupError):
+    """No orchestrator is registered under this name."""
+
+
+@functools.cache
+def load(name: str) -> Orchestrator:
+    """The orchestrator registered as `name` (loaded once per process)."""
+    for ep in entry_points(group=ORCHESTRATOR_GROUP, name=name):
+        target = ep.load()
+        return cast(Orchestrator, target() if isinstance(target, type) else target)
+    raise UnknownOrchestrator(f"no orchestrator named {name!r} in entry points {ORCHESTRATOR_GROUP!r}")
+
+
+async def call(executor: Executor, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T:
+    """Call an orchestrator method: await a coroutine function, run a plain one in `executor`."""
+    if inspect.iscoroutinefunction(fn):
+        return cast(T, await fn(*args))
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(executor, functools.partial(fn, *args))
+    if inspect.isawaitable(result):  # a plain function that returned an awaitable
+        return cast(T, await result)
+    return result

@@ -1,0 +1,312 @@
+"""The scheduler: claims runs by lease and drives each through its cycles.
+
+Why leases: several processors may share one database, and any of them may die. A run is
+claimable when it is QUEUED or RUNNING and nobody holds a live lease on it, so the runs of a
+dead processor are reclaimed by the ordinary claim path once its leases expire; no sweeper.
+
+Per cycle: call the orchestrator (off the event loop), then ONE transaction, conditional on
+still holding the lease, that checkpoints the cycle, appends its event(s) and renews the
+lease. A cycle whose commit finds the lease gone is abandoned: whoever holds the lease now
+reruns it from the last checkpoint (cycles are at-least-once). Event sequences and cycle
+numbers thus stay gap-free across crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection
+
+from auditflow import statuses
+from auditflow.convert import utcnow
+from auditflow.db import Database
+from auditflow.procedures import CriticalError
+from processor import messages, orchestrator, store, transitions
+from processor.orchestrator import CycleResult, RunInfo
+from processor.settings import Settings
+from processor.store import EventRecord, RunRecord
+from processor.transitions import Errored, Outcome, Succeeded, Transition
+
+logger = logging.getLogger(__name__)
+
+Committed = tuple[RunRecord, list[EventRecord]]
+
+
+@dataclass
+class _Driver:
+    """A run this processor is driving."""
+
+    workflow_id: str
+    # Set to cut the pause between cycles short (stop, or a cancel arrived here).
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    # time.monotonic() when the lease was last extended (by the claim, a commit or a renewal).
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+class Scheduler:
+    """Claims up to `max_concurrent` runs and drives them. Use on the event loop only."""
+
+    def __init__(self, db: Database, hub: messages.Hub, settings: Settings) -> None:
+        self._db = db
+        self._hub = hub
+        self._settings = settings
+        self.worker_id = settings.worker_id
+        self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="cycle")
+        self._drivers: dict[str, _Driver] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def active(self) -> set[str]:
+        """Ids of the runs this processor is driving now."""
+        return set(self._drivers)
+
+    async def start(self) -> None:
+        """Start claiming. Leases still held under our worker id belong to a previous
+        incarnation (ids are unique among live processors), so they are released first and
+        a restarted processor with a stable --worker-id resumes its runs at once."""
+        orphans = await self._db.write(lambda conn: store.release_leases(conn, self.worker_id))
+        if orphans:
+            logger.info("released %d leases left by a previous run of worker %s", orphans, self.worker_id)
+        self._loop_task = asyncio.create_task(self._claim_loop(), name="scheduler")
+        logger.info("scheduler %s started (max %d concurrent runs)", self.worker_id, self._settings.max_concurrent)
+
+    def wake(self) -> None:
+        """Look for claimable runs now (a run was enqueued or a slot freed)."""
+        self._wakeup.set()
+
+    def notify_cancel(self, workflow_id: str) -> None:
+        """A cancel was requested: if we drive this run, stop waiting for its next cycle."""
+        driver = self._drivers.get(workflow_id)
+        if driver is not None:
+            driver.wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give running cycles `grace` seconds to finish, release our leases."""
+        self._stopping.set()
+        self._wakeup.set()
+        for driver in self._drivers.values():
+            driver.wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        tasks = [d.task for d in self._drivers.values() if d.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                logger.warning("%d cycles did not finish within %.1f s; abandoning them", len(pending), grace)
+                await asyncio.gather(*pending, return_exceptions=True)
+        released = await self._db.write(lambda conn: store.release_leases(conn, self.worker_id))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        logger.info("scheduler %s stopped; released %d leases", self.worker_id, released)
+
+    # --- claiming ------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        woken = True  # look at once on start-up
+        while not self._stopping.is_set():
+            self._wakeup.clear()
+            try:
+                await self._claim(check_first=not woken)
+            except Exception:
+                logger.exception("claiming runs failed; retrying in %.1f s", self._settings.poll_interval)
+            woken = await _wait(self._wakeup, self._settings.poll_interval)
+
+    async def _claim(self, *, check_first: bool) -> None:
+        """Claim as many runs as there are free slots. A poll first checks with a cheap read
+        so that idle processors do not queue write transactions."""
+        free = self._settings.max_concurrent - len(self._drivers)
+        if free <= 0 or self._stopping.is_set():
+            return
+        exclude = set(self._drivers)
+        if check_first:
+            now = utcnow()
+            if not await self._db.read(lambda conn: store.count_claimable(conn, now, exclude)):
+                return
+        claimed = await self._db.write(lambda conn: self._claim_tx(conn, free, exclude))
+        for run, events in claimed:
+            messages.publish(self._hub, events)
+            message = events[-1].message
+            logger.info("%s: %s (cycle %d of at most %d)", run.workflow_id, message, run.cycle, run.max_cycles)
+            if not self._stopping.is_set():  # else stop() releases the lease we just took
+                self._start_driver(run)
+
+    def _claim_tx(self, conn: Connection, limit: int, exclude: set[str]) -> list[Committed]:
+        now = utcnow()
+        runs = store.claim(
+            conn, owner=self.worker_id, now=now, expires_at=self._lease_end(now), limit=limit, exclude=exclude
+        )
+        committed = []
+        for run in runs:
+            events, changes = transitions.started(run, self.worker_id)
+            committed.append(store.append(conn, run, events, changes, now))
+        return committed
+
+    def _lease_end(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self._settings.lease_seconds)
+
+    def _start_driver(self, run: RunRecord) -> None:
+        driver = _Driver(run.workflow_id)
+        self._drivers[run.workflow_id] = driver
+        driver.task = asyncio.create_task(self._drive(driver, run), name=f"run {run.workflow_id}")
+
+    # --- driving a run -----------------------------------------------------------------------
+
+    async def _drive(self, driver: _Driver, run: RunRecord) -> None:
+        renewer = asyncio.create_task(self._keep_lease(driver), name=f"lease {run.workflow_id}")
+        try:
+            await self._cycles(driver, run)
+        except asyncio.CancelledError:
+            logger.warning("%s: abandoned mid-cycle on shutdown; it resumes from its checkpoint", run.workflow_id)
+            raise
+        except Exception:
+            logger.exception("%s: driving the run failed; it resumes once its lease expires", run.workflow_id)
+        finally:
+            renewer.cancel()
+            self._drivers.pop(run.workflow_id, None)
+            self._wakeup.set()
+
+    async def _cycles(self, driver: _Driver, run: RunRecord) -> None:
+        """The first cycle starts at once; `cycle_delay` only separates later ones."""
+        while True:
+            if run.cancel_requested:
+                await self._commit(driver, run, transitions.cancelled_between_cycles)
+                return
+            committed = await self._one_cycle(driver, run)
+            if committed is None or statuses.is_terminal(committed.status):
+                return
+            refreshed = await self._between_cycles(driver, committed)
+            if refreshed is None:
+                return
+            run = refreshed
+
+    async def _between_cycles(self, driver: _Driver, run: RunRecord) -> RunRecord | None:
+        """Wait `cycle_delay` (cut short by stop or a cancel), then re-read the run: a cancel
+        may have been requested through any processor. None: stop driving it."""
+        await _wait(driver.wake, self._settings.cycle_delay)
+        driver.wake.clear()
+        if self._stopping.is_set():
+            return None
+        current = await self._db.read(functools.partial(store.get_run, workflow_id=run.workflow_id))
+        if current is None or current.lease_owner != self.worker_id or statuses.is_terminal(current.status):
+            owner = current.lease_owner if current else None
+            logger.warning("%s: lease lost to %s; abandoning the run", run.workflow_id, owner)
+            return None
+        return current
+
+    async def _one_cycle(self, driver: _Driver, run: RunRecord) -> RunRecord | None:
+        cycle = run.cycle + 1
+        info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle)
+        logger.debug("%s cycle %d: state %s", run.workflow_id, cycle, run.state)
+        outcome = await self._call_orchestrator(run, info)
+        settings = self._settings
+
+        def decide(locked: RunRecord) -> Transition:
+            end = self._lease_end(utcnow())
+            return transitions.after_cycle(
+                locked, cycle, outcome, max_failures=settings.max_consecutive_failures, lease_expires_at=end
+            )
+
+        return await self._commit(driver, run, decide)
+
+    async def _call_orchestrator(self, run: RunRecord, info: RunInfo) -> Outcome:
+        """Run one cycle and classify how it ended; never raises (except cancellation)."""
+        wid, cycle = run.workflow_id, info.cycle
+        try:
+            plugin = orchestrator.load(run.orchestrator)
+            state = run.state
+            if state is None:
+                state = await orchestrator.call(self._executor, plugin.start, replace(info, cycle=0))
+            result = await orchestrator.call(self._executor, plugin.cycle, info, state)
+            _check_result(result)
+        except (CriticalError, orchestrator.UnknownOrchestrator) as exc:
+            # Logged at ERROR with the FAILED event it causes.
+            return Errored(str(exc) or type(exc).__name__, critical=True)
+        except Exception as exc:
+            logger.warning("%s cycle %d failed: %s: %s", wid, cycle, type(exc).__name__, exc, exc_info=True)
+            return Errored(f"{type(exc).__name__}: {exc}")
+        return Succeeded(result)
+
+    async def _commit(
+        self, driver: _Driver, run: RunRecord, decide: Callable[[RunRecord], Transition]
+    ) -> RunRecord | None:
+        """Apply `decide(locked run)` in one transaction if we still hold the lease; publish the
+        events. None when the lease was lost (the run is abandoned to its new owner)."""
+
+        def tx(conn: Connection) -> Committed | None:
+            locked = store.lock_run(conn, run.workflow_id, owner=self.worker_id)
+            if locked is None:
+                return None
+            events, changes = decide(locked)
+            return store.append(conn, locked, events, changes, utcnow())
+
+        started = time.monotonic()
+        committed = await self._db.write(tx)
+        if committed is None:
+            logger.warning("%s: lease lost; abandoning the run to its new owner", run.workflow_id)
+            return None
+        updated, events = committed
+        driver.renewed_at = max(driver.renewed_at, started)
+        messages.publish(self._hub, events)
+        _log_events(updated, events)
+        return updated
+
+    async def _keep_lease(self, driver: _Driver) -> None:
+        """Renew the lease whenever lease_seconds/3 pass without a commit renewing it, so a
+        slow cycle (or a long cycle_delay) is not taken for a dead processor's."""
+        interval = self._settings.lease_seconds / 3
+        workflow_id = driver.workflow_id
+        while True:
+            await asyncio.sleep(max(0.0, driver.renewed_at + interval - time.monotonic()))
+            if time.monotonic() - driver.renewed_at < interval:
+                continue
+            renewing = time.monotonic()
+            end = self._lease_end(utcnow())
+            renew = functools.partial(store.renew_lease, workflow_id=workflow_id, owner=self.worker_id, expires_at=end)
+            kept = await self._db.write(renew)
+            if not kept:
+                logger.warning("%s: lease lost while the run was in progress", workflow_id)
+                return
+            driver.renewed_at = max(driver.renewed_at, renewing)
+            logger.debug("%s: lease renewed until %s", workflow_id, end.isoformat())
+
+
+def _check_result(result: Any) -> None:
+    """Reject what cannot be checkpointed before it reaches the transaction."""
+    if not isinstance(result, CycleResult):
+        raise TypeError(f"cycle returned {type(result).__name__}, not CycleResult")
+    json.dumps(result.state)
+    json.dumps(result.result)
+
+
+def _log_events(run: RunRecord, events: list[EventRecord]) -> None:
+    for event in events:
+        wid = event.workflow_id
+        if event.status == statuses.S.WORKFLOW_STATUS_FAILED:
+            logger.error("%s: %s (reason %s)", wid, event.message, event.error_reason)
+        elif event.type == transitions.E.EVENT_TYPE_CYCLE_FAILED:
+            logger.debug("%s: recorded %s", wid, event.message)  # the WARNING was logged with its traceback
+        else:
+            progress = f"{event.progress_done}/{event.progress_total}"
+            logger.info("%s cycle %d/%d: %s (progress %s)", wid, event.cycle, run.max_cycles, event.message, progress)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for `event` at most `timeout` seconds; True if it was set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    return False

@@ -1,0 +1,159 @@
+"""`auditflow.v1.ProcessorService`: accept, cancel, inspect and watch runs.
+
+Handlers only validate, run one short transaction and answer; the work happens in the
+scheduler. Errors are raised as `auditflow.errors` exceptions and mapped to status codes by
+the interceptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import Connection
+
+from auditflow import convert, plans, principal, statuses
+from auditflow.convert import utcnow
+from auditflow.db import Database
+from auditflow.errors import NotFound, Unavailable, invalid
+from auditflow.v1 import processor_service_pb2 as ps
+from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
+from processor import messages, orchestrator, store, transitions
+from processor.scheduler import Scheduler
+from processor.settings import Settings
+from processor.store import EventRecord, RunRecord
+
+logger = logging.getLogger(__name__)
+
+WatchResponse = ps.ProcessorServiceWatchStatusResponse
+PAGE = 256
+MAX_NAME = 200
+
+
+class ProcessorService(ps_grpc.ProcessorServiceServicer):
+    """The gRPC handlers; share the database, the event hub and the scheduler."""
+
+    def __init__(self, db: Database, hub: messages.Hub, scheduler: Scheduler, settings: Settings) -> None:
+        self._db = db
+        self._hub = hub
+        self._scheduler = scheduler
+        self._settings = settings
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End open WatchStatus streams with UNAVAILABLE so clients reconnect elsewhere."""
+        self._closing.set()
+
+    async def Enqueue(self, request: ps.EnqueueRequest, context: Any) -> ps.EnqueueResponse:
+        wid = plans.check_workflow_id(request.workflow_id)
+        plans.check_plan(request.title, request.plan, request.max_cycles, request.orchestrator)
+        if request.base_sequence < 0:
+            raise invalid("base_sequence", "must not be negative")
+        approved_by = plans.check_text(request.approved_by, "approved_by", MAX_NAME) or principal.current().name
+        insert = functools.partial(
+            store.insert_run,
+            workflow_id=wid,
+            title=request.title,
+            plan=json.loads(convert.plan_to_json(request.plan)),
+            orchestrator=request.orchestrator or orchestrator.DEFAULT,
+            max_cycles=request.max_cycles or self._settings.max_cycles,
+            base_sequence=request.base_sequence,
+            queued_message=f"queued for processing (approved by {approved_by})",
+        )
+        run, created, events = await self._db.write(lambda conn: insert(conn, now=utcnow()))
+        if created:
+            messages.publish(self._hub, events)
+            self._scheduler.wake()
+            logger.info("%s: enqueued (%d steps, approved by %s)", wid, len(run.plan), approved_by)
+        else:
+            logger.info("%s: enqueued again; returning the existing run", wid)
+        return ps.EnqueueResponse(run=messages.run(run), created=created)
+
+    async def CancelRun(self, request: ps.CancelRunRequest, context: Any) -> ps.CancelRunResponse:
+        wid = plans.check_workflow_id(request.workflow_id)
+        by = plans.check_text(request.requested_by, "requested_by", MAX_NAME) or principal.current().name
+        reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
+
+        def tx(conn: Connection) -> tuple[RunRecord, list[EventRecord]]:
+            run = store.lock_run(conn, wid)
+            if run is None:
+                raise _not_found(wid)  # before any write, as auditflow.db requires
+            events, changes = transitions.cancel_requested(run, by, reason)
+            if not events:
+                return run, []
+            return store.append(conn, run, events, changes, utcnow())
+
+        run, events = await self._db.write(tx)
+        if events:
+            messages.publish(self._hub, events)
+            self._scheduler.notify_cancel(wid)
+            logger.info("%s: %s", wid, events[-1].message)
+        return ps.CancelRunResponse(run=messages.run(run))
+
+    async def GetRun(self, request: ps.GetRunRequest, context: Any) -> ps.GetRunResponse:
+        return ps.GetRunResponse(run=messages.run(await self._get(request.workflow_id)))
+
+    async def WatchStatus(
+        self, request: ps.ProcessorServiceWatchStatusRequest, context: Any
+    ) -> AsyncIterator[WatchResponse]:
+        run = await self._get(request.workflow_id)
+        if statuses.is_terminal(run.status) and request.after_sequence >= run.last_sequence:
+            return  # the client has seen the end already
+        self._hub.subscribe(run.workflow_id)
+        try:
+            async for message in self._follow(run.workflow_id, request.after_sequence):
+                yield message
+        finally:
+            self._hub.unsubscribe(run.workflow_id)
+
+    async def _get(self, workflow_id: str) -> RunRecord:
+        wid = plans.check_workflow_id(workflow_id)
+        run = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
+        if run is None:
+            raise _not_found(wid)
+        return run
+
+    async def _follow(self, wid: str, after: int) -> AsyncIterator[WatchResponse]:
+        """Every event after `after`, in order, then live ones, until the terminal event.
+
+        The log is the source: the hub only wakes us and saves reads when its cache covers
+        what we have not sent. We read a page at a time, so a slow watcher costs nothing but
+        its position. Waits are bounded by poll_interval so that events written by another
+        processor (sharing the database) are seen too.
+        """
+        settings = self._settings
+        idle_since = time.monotonic()
+        while True:
+            if self._closing.is_set():
+                raise Unavailable("the processor is shutting down; reconnect with after_sequence")
+            batch = self._hub.cached_after(wid, after) or await self._read_events(wid, after)
+            for message in batch:
+                yield message
+                after = message.event.sequence
+                if message.snapshot.is_completed:
+                    return
+            if batch:
+                idle_since = time.monotonic()
+                continue
+            idle = time.monotonic() - idle_since
+            if idle >= settings.heartbeat_interval:
+                run = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
+                if run is None:  # pragma: no cover - runs are never deleted while watched
+                    raise _not_found(wid)
+                yield messages.watch_heartbeat(run, utcnow())
+                idle_since, idle = time.monotonic(), 0.0
+            timeout = min(settings.poll_interval, settings.heartbeat_interval - idle)
+            await self._hub.wait(wid, after, max(timeout, 0.001))
+
+    async def _read_events(self, wid: str, after: int) -> list[WatchResponse]:
+        read = functools.partial(store.events_after, workflow_id=wid, after=after, limit=PAGE)
+        return [messages.watch_event(record) for record in await self._db.read(read)]
+
+
+def _not_found(workflow_id: str) -> NotFound:
+    return NotFound(f"no run for workflow {workflow_id}", metadata={"workflow_id": workflow_id})

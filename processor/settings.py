@@ -1,0 +1,158 @@
+"""The processor's settings: flags, with `AUDITFLOW_*` environment variables as defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from auditflow import config
+from auditflow.config import positive_float, positive_int
+
+DEFAULT_PORT = 50052
+DEFAULT_DATABASE = "sqlite:///var/auditflow-processor.db"
+
+
+def default_worker_id() -> str:
+    """Unique per process, readable in the `runs.lease_owner` column: host-pid-random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a processor needs to run; tests build it directly."""
+
+    database_url: str = DEFAULT_DATABASE
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    default_user: str = "anonymous"
+    log_level: str = "INFO"
+    plugins: tuple[str, ...] = ()
+    max_concurrent: int = 3
+    max_cycles: int = 15
+    cycle_delay: float = 1.0
+    lease_seconds: float = 15.0
+    poll_interval: float = 0.5
+    heartbeat_interval: float = 5.0
+    max_consecutive_failures: int = 3
+    grace_period: float = 10.0
+    worker_id: str = field(default_factory=default_worker_id)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditflow-processor",
+        description="Run the auditflow processor: the gRPC service auditflow.v1.ProcessorService that "
+        "executes approved workflows in durable, checkpointed cycles.",
+    )
+    config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service="processor")
+    add = config.add
+    add(
+        parser,
+        "--max-concurrent",
+        service="processor",
+        default=3,
+        type=positive_int,
+        help="runs driven at the same time",
+    )
+    add(
+        parser,
+        "--max-cycles",
+        service="processor",
+        default=15,
+        type=positive_int,
+        help="cycle limit of a run whose request says 0",
+    )
+    add(
+        parser,
+        "--cycle-delay",
+        service="processor",
+        default=1.0,
+        type=positive_float,
+        help="seconds between two cycles of a run",
+    )
+    add(
+        parser,
+        "--lease-seconds",
+        service="processor",
+        default=15.0,
+        type=_interval,
+        help="lease length; a dead processor's runs are resumed elsewhere after it expires",
+    )
+    add(
+        parser,
+        "--poll-interval",
+        service="processor",
+        default=0.5,
+        type=_interval,
+        help="seconds between looks for expired leases",
+    )
+    add(
+        parser,
+        "--heartbeat-interval",
+        service="processor",
+        default=5.0,
+        type=_interval,
+        help="seconds of silence before WatchStatus sends a heartbeat",
+    )
+    add(
+        parser,
+        "--max-consecutive-failures",
+        service="processor",
+        default=3,
+        type=positive_int,
+        help="failed cycles in a row that fail the run",
+    )
+    add(
+        parser,
+        "--grace-period",
+        service="processor",
+        default=10.0,
+        type=positive_float,
+        help="seconds running cycles get to finish on SIGTERM before leases are released",
+    )
+    add(
+        parser,
+        "--worker-id",
+        service="processor",
+        default="",
+        help="this processor's name in leases, unique among live "
+        "processors; a stable one lets a restarted processor resume its runs at once instead of after "
+        "their leases expire (empty: HOSTNAME-PID-RANDOM)",
+    )
+    return parser
+
+
+def _interval(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    return Settings(
+        database_url=args.database_url,
+        host=args.host,
+        port=args.port,
+        default_user=args.default_user,
+        log_level=args.log_level,
+        plugins=tuple(p.strip() for p in args.plugin.split(",") if p.strip()),
+        max_concurrent=args.max_concurrent,
+        max_cycles=args.max_cycles,
+        cycle_delay=args.cycle_delay,
+        lease_seconds=args.lease_seconds,
+        poll_interval=args.poll_interval,
+        heartbeat_interval=args.heartbeat_interval,
+        max_consecutive_failures=args.max_consecutive_failures,
+        grace_period=args.grace_period,
+        worker_id=args.worker_id or default_worker_id(),
+    )

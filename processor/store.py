@@ -1,0 +1,454 @@
+"""The processor's tables (`runs`, `run_events`) and the queries on them.
+
+Every function takes a `sqlalchemy.Connection` inside a transaction opened by
+`auditflow.db.Database`; none commits. Writers that allocate event sequences first lock the
+run row (`lock_run`: `SELECT ... FOR UPDATE` on PostgreSQL; SQLite is serialized by the
+single writer), so `last_sequence` grows by exactly one per event, with no gaps, whichever
+processor writes.
+
+A run's snapshot fields (status, cycle, progress, message, error, result) always equal those
+of its newest event: `append` copies them from the last event it inserts. An event row holds
+everything needed to rebuild the snapshot as of that event, so watchers replaying the log
+see the state each event produced.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+
+from auditflow.v1 import workflow_pb2 as pb
+
+S = pb.WorkflowStatus
+ACTOR = "processor"
+ACTIVE_STATUSES = (S.WORKFLOW_STATUS_QUEUED, S.WORKFLOW_STATUS_RUNNING)
+MAX_MESSAGE = 2000
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("title", String(400), nullable=False),
+    Column("plan_json", Text, nullable=False),
+    Column("orchestrator", String(100), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("cycle", Integer, nullable=False, default=0),
+    Column("max_cycles", Integer, nullable=False),
+    Column("state_json", Text, nullable=True),
+    Column("progress_done", Integer, nullable=False, default=0),
+    Column("progress_total", Integer, nullable=False, default=0),
+    Column("last_message", Text, nullable=False, default=""),
+    Column("error_reason", String(100), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("result_json", Text, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("base_sequence", BigInteger, nullable=False),
+    Column("last_sequence", BigInteger, nullable=False),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_runs_claimable", runs.c.status, runs.c.lease_expires_at)
+Index("ix_runs_lease_owner", runs.c.lease_owner)
+
+run_events = Table(
+    "run_events",
+    metadata,
+    Column("workflow_id", String(64), primary_key=True),
+    Column("sequence", BigInteger, primary_key=True),
+    Column("type", Integer, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("cycle", Integer, nullable=False),
+    Column("max_cycles", Integer, nullable=False),
+    Column("progress_done", Integer, nullable=False),
+    Column("progress_total", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("error_reason", String(100), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("result_json", Text, nullable=True),
+)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything is stored in UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of `runs`, decoded."""
+
+    workflow_id: str
+    title: str
+    plan: list[dict[str, Any]]
+    orchestrator: str
+    status: int
+    cycle: int
+    max_cycles: int
+    state: dict[str, Any] | None
+    progress_done: int
+    progress_total: int
+    last_message: str
+    error_reason: str | None
+    error_message: str | None
+    result: dict[str, Any] | None
+    cancel_requested: bool
+    consecutive_failures: int
+    base_sequence: int
+    last_sequence: int
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> RunRecord:
+        m = row._mapping
+        return cls(
+            workflow_id=m["workflow_id"],
+            title=m["title"],
+            plan=json.loads(m["plan_json"]),
+            orchestrator=m["orchestrator"],
+            status=m["status"],
+            cycle=m["cycle"],
+            max_cycles=m["max_cycles"],
+            state=_loads(m["state_json"]),
+            progress_done=m["progress_done"],
+            progress_total=m["progress_total"],
+            last_message=m["last_message"],
+            error_reason=m["error_reason"],
+            error_message=m["error_message"],
+            result=_loads(m["result_json"]),
+            cancel_requested=bool(m["cancel_requested"]),
+            consecutive_failures=m["consecutive_failures"],
+            base_sequence=m["base_sequence"],
+            last_sequence=m["last_sequence"],
+            lease_owner=m["lease_owner"],
+            lease_expires_at=_utc(m["lease_expires_at"]),
+            created_at=_utc(m["created_at"]) or datetime.now(UTC),
+            updated_at=_utc(m["updated_at"]) or datetime.now(UTC),
+        )
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append: its type, and the snapshot it leaves the run in."""
+
+    type: int
+    status: int
+    cycle: int
+    progress_done: int
+    progress_total: int
+    message: str
+    actor: str = ACTOR
+    error_reason: str | None = None
+    error_message: str | None = None
+    result: dict[str, Any] | None = None
+
+    @classmethod
+    def following(cls, run: RunRecord, type: int, message: str, **changes: Any) -> NewEvent:
+        """An event that keeps the run's current snapshot except for `changes`."""
+        base = cls(
+            type=type,
+            status=run.status,
+            cycle=run.cycle,
+            progress_done=run.progress_done,
+            progress_total=run.progress_total,
+            message=message,
+            error_reason=run.error_reason,
+            error_message=run.error_message,
+            result=run.result,
+        )
+        return replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One row of `run_events`, decoded: an event and the snapshot as of it."""
+
+    workflow_id: str
+    sequence: int
+    type: int
+    status: int
+    cycle: int
+    max_cycles: int
+    progress_done: int
+    progress_total: int
+    message: str
+    actor: str
+    time: datetime
+    error_reason: str | None = None
+    error_message: str | None = None
+    result: dict[str, Any] | None = field(default=None)
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> EventRecord:
+        m = row._mapping
+        return cls(
+            workflow_id=m["workflow_id"],
+            sequence=m["sequence"],
+            type=m["type"],
+            status=m["status"],
+            cycle=m["cycle"],
+            max_cycles=m["max_cycles"],
+            progress_done=m["progress_done"],
+            progress_total=m["progress_total"],
+            message=m["message"],
+            actor=m["actor"],
+            time=_utc(m["time"]) or datetime.now(UTC),
+            error_reason=m["error_reason"],
+            error_message=m["error_message"],
+            result=_loads(m["result_json"]),
+        )
+
+
+# --- reads ---------------------------------------------------------------------------
+
+
+def get_run(conn: Connection, workflow_id: str) -> RunRecord | None:
+    row = conn.execute(select(runs).where(runs.c.workflow_id == workflow_id)).first()
+    return None if row is None else RunRecord.from_row(row)
+
+
+def lock_run(conn: Connection, workflow_id: str, *, owner: str | None = None) -> RunRecord | None:
+    """The run, locked for update until the transaction ends; with `owner`, only if it holds
+    the lease (None means the lease was lost)."""
+    query = select(runs).where(runs.c.workflow_id == workflow_id).with_for_update()
+    if owner is not None:
+        query = query.where(runs.c.lease_owner == owner, runs.c.status.in_(ACTIVE_STATUSES))
+    row = conn.execute(query).first()
+    return None if row is None else RunRecord.from_row(row)
+
+
+def events_after(conn: Connection, workflow_id: str, after: int, limit: int) -> list[EventRecord]:
+    query = (
+        select(run_events)
+        .where(run_events.c.workflow_id == workflow_id, run_events.c.sequence > after)
+        .order_by(run_events.c.sequence)
+        .limit(limit)
+    )
+    return [EventRecord.from_row(row) for row in conn.execute(query)]
+
+
+def _claimable(now: datetime) -> Any:
+    return and_(
+        runs.c.status.in_(ACTIVE_STATUSES),
+        or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < now),
+    )
+
+
+def count_claimable(conn: Connection, now: datetime, exclude: Collection[str] = ()) -> int:
+    query = select(func.count()).select_from(runs).where(_claimable(now))
+    if exclude:
+        query = query.where(runs.c.workflow_id.not_in(list(exclude)))
+    return int(conn.execute(query).scalar_one())
+
+
+# --- writes --------------------------------------------------------------------------
+
+
+def insert_run(
+    conn: Connection,
+    *,
+    workflow_id: str,
+    title: str,
+    plan: list[dict[str, Any]],
+    orchestrator: str,
+    max_cycles: int,
+    base_sequence: int,
+    queued_message: str,
+    now: datetime,
+) -> tuple[RunRecord, bool, list[EventRecord]]:
+    """Insert a QUEUED run with its QUEUED event (sequence base_sequence + 1); if the run
+    exists, return it unchanged. Returns (run, created, new events)."""
+    existing = lock_run(conn, workflow_id)
+    if existing is not None:
+        return existing, False, []
+    conn.execute(
+        insert(runs).values(
+            workflow_id=workflow_id,
+            title=title,
+            plan_json=json.dumps(plan, sort_keys=True),
+            orchestrator=orchestrator,
+            status=S.WORKFLOW_STATUS_QUEUED,
+            cycle=0,
+            max_cycles=max_cycles,
+            progress_total=len(plan),
+            base_sequence=base_sequence,
+            last_sequence=base_sequence,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    run = get_run(conn, workflow_id)
+    assert run is not None
+    event = NewEvent.following(run, pb.EventType.EVENT_TYPE_QUEUED, queued_message)
+    run, events = append(conn, run, [event], {}, now)
+    return run, True, events
+
+
+def append(
+    conn: Connection,
+    run: RunRecord,
+    events: Sequence[NewEvent],
+    changes: dict[str, Any],
+    now: datetime,
+) -> tuple[RunRecord, list[EventRecord]]:
+    """Append `events` after run.last_sequence and update the run: its snapshot fields from
+    the last event, plus `changes` (other columns of `runs`). `run` must be locked."""
+    records = [_event_record(run, run.last_sequence + i + 1, e, now) for i, e in enumerate(events)]
+    values: dict[str, Any] = {"updated_at": now, **changes}
+    if records:
+        last = events[-1]
+        values.update(
+            status=last.status,
+            cycle=last.cycle,
+            progress_done=last.progress_done,
+            progress_total=last.progress_total,
+            last_message=last.message,
+            error_reason=last.error_reason,
+            error_message=last.error_message,
+            result_json=_dumps(last.result),
+            last_sequence=records[-1].sequence,
+        )
+        conn.execute(insert(run_events), [_event_values(r) for r in records])
+    conn.execute(update(runs).where(runs.c.workflow_id == run.workflow_id).values(**values))
+    updated = get_run(conn, run.workflow_id)
+    assert updated is not None
+    return updated, records
+
+
+def _event_record(run: RunRecord, sequence: int, event: NewEvent, now: datetime) -> EventRecord:
+    return EventRecord(
+        workflow_id=run.workflow_id,
+        sequence=sequence,
+        type=event.type,
+        status=event.status,
+        cycle=event.cycle,
+        max_cycles=run.max_cycles,
+        progress_done=event.progress_done,
+        progress_total=event.progress_total,
+        message=event.message[:MAX_MESSAGE],
+        actor=event.actor,
+        time=now,
+        error_reason=event.error_reason,
+        error_message=event.error_message,
+        result=event.result,
+    )
+
+
+def _event_values(record: EventRecord) -> dict[str, Any]:
+    return {
+        "workflow_id": record.workflow_id,
+        "sequence": record.sequence,
+        "type": record.type,
+        "status": record.status,
+        "cycle": record.cycle,
+        "max_cycles": record.max_cycles,
+        "progress_done": record.progress_done,
+        "progress_total": record.progress_total,
+        "message": record.message,
+        "actor": record.actor,
+        "time": record.time,
+        "error_reason": record.error_reason,
+        "error_message": record.error_message,
+        "result_json": _dumps(record.result),
+    }
+
+
+def claim(
+    conn: Connection,
+    *,
+    owner: str,
+    now: datetime,
+    expires_at: datetime,
+    limit: int,
+    exclude: Collection[str] = (),
+) -> list[RunRecord]:
+    """Take the lease of up to `limit` claimable runs (oldest first) and return them as they
+    were before the claim (so the caller can tell a first claim from a reclaim).
+
+    The selecting subquery uses FOR UPDATE SKIP LOCKED so that processors on PostgreSQL
+    never wait for each other's candidates; the UPDATE repeats the condition, so a run taken
+    meanwhile is not taken twice.
+    """
+    candidates = select(runs.c.workflow_id).where(_claimable(now))
+    if exclude:
+        candidates = candidates.where(runs.c.workflow_id.not_in(list(exclude)))
+    candidates = candidates.order_by(runs.c.created_at).limit(limit).with_for_update(skip_locked=True)
+    ids = list(conn.execute(candidates).scalars())
+    if not ids:
+        return []
+    before = {
+        row.workflow_id: RunRecord.from_row(row)
+        for row in conn.execute(select(runs).where(runs.c.workflow_id.in_(ids)))
+    }
+    taken = conn.execute(
+        update(runs)
+        .where(runs.c.workflow_id.in_(ids), _claimable(now))
+        .values(lease_owner=owner, lease_expires_at=expires_at)
+        .returning(runs.c.workflow_id)
+    ).scalars()
+    return [replace(before[i], lease_owner=owner, lease_expires_at=expires_at) for i in taken]
+
+
+def renew_lease(conn: Connection, workflow_id: str, owner: str, expires_at: datetime) -> bool:
+    """Extend the lease if `owner` still holds it; False means it was lost."""
+    result = conn.execute(
+        update(runs)
+        .where(
+            runs.c.workflow_id == workflow_id,
+            runs.c.lease_owner == owner,
+            runs.c.status.in_(ACTIVE_STATUSES),
+        )
+        .values(lease_expires_at=expires_at)
+    )
+    return result.rowcount == 1
+
+
+def release_leases(conn: Connection, owner: str, workflow_ids: Collection[str] | None = None) -> int:
+    """Give up `owner`'s leases so another processor can claim the runs at once."""
+    query = update(runs).where(runs.c.lease_owner == owner)
+    if workflow_ids is not None:
+        query = query.where(runs.c.workflow_id.in_(list(workflow_ids)))
+    return conn.execute(query.values(lease_owner=None, lease_expires_at=None)).rowcount

@@ -1,0 +1,493 @@
+"""The processor on real ports with real SQLite files: enqueue, cycles, failures, cancel,
+concurrency, watching, graceful hand-over and lease expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import create_engine
+
+import tests.support.procedures as test_procedures
+from auditflow import convert, statuses
+from auditflow.convert import utcnow
+from auditflow.v1 import processor_service_pb2 as ps
+from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
+from auditflow.v1 import workflow_pb2 as pb
+from processor import store
+from tests.support.grpc_helpers import details
+from tests.support.processor_harness import (
+    E,
+    Harnesses,
+    S,
+    assert_gap_free,
+    collect,
+    drain,
+    enqueue_request,
+    events,
+    new_id,
+    read_until,
+    run_row,
+    step,
+    types,
+    watch,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def harnesses(tmp_path: Path) -> AsyncIterator[Harnesses]:
+    factory = Harnesses(tmp_path)
+    yield factory
+    await factory.close()
+
+
+def is_event(type_: int, **where: int) -> Callable[[ps.ProcessorServiceWatchStatusResponse], bool]:
+    def predicate(message: ps.ProcessorServiceWatchStatusResponse) -> bool:
+        e = message.event
+        return (
+            message.WhichOneof("kind") == "event"
+            and e.type == type_
+            and all(getattr(e, k) == v for k, v in where.items())
+        )
+
+    return predicate
+
+
+def result(snapshot: pb.StatusSnapshot) -> dict[str, Any]:
+    return convert.struct_to_dict(snapshot.result)
+
+
+# --- the happy path -------------------------------------------------------------------------
+
+
+async def test_enqueued_run_completes_one_step_per_cycle(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_noop"), step("test_noop"), step("test_noop")], base_sequence=2)
+    response = await h.stub.Enqueue(request)
+    assert response.created
+    assert response.run.snapshot.status in (S.WORKFLOW_STATUS_QUEUED, S.WORKFLOW_STATUS_RUNNING)
+    assert response.run.snapshot.last_sequence == 3
+
+    messages = await collect(h.stub, request.workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", *["CYCLE_COMPLETED"] * 3, "COMPLETED"]
+    assert_gap_free(messages, first=3)
+    evs = events(messages)
+    assert [e.cycle for e in evs] == [0, 0, 1, 2, 3, 3]
+    assert "alice" in evs[0].message and evs[0].actor == "processor"
+    assert evs[3].message == "step 2/3 test_noop done"
+    # Every message carries the snapshot as of its event.
+    snaps = [m.snapshot for m in messages]
+    assert [s.status for s in snaps] == [S.WORKFLOW_STATUS_QUEUED] + [S.WORKFLOW_STATUS_RUNNING] * 4 + [
+        S.WORKFLOW_STATUS_COMPLETED
+    ]
+    assert [(s.progress.done, s.progress.total) for s in snaps[2:5]] == [(1, 3), (2, 3), (3, 3)]
+    assert [s.last_sequence for s in snaps] == [e.sequence for e in evs]
+    assert snaps[2].is_processing and not snaps[2].is_completed and not snaps[2].HasField("result")
+    final = snaps[-1]
+    assert final.is_completed and not final.is_processing
+    assert [s["procedure"] for s in result(final)["steps"]] == ["test_noop"] * 3
+
+    run = (await h.stub.GetRun(ps.GetRunRequest(workflow_id=request.workflow_id))).run
+    assert run.snapshot == final
+    assert run.snapshot.max_cycles == 15  # the server default, as the request said 0
+
+
+async def test_enqueue_is_idempotent(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_noop")])
+    first = await h.stub.Enqueue(request)
+    await collect(h.stub, request.workflow_id)
+    retry = ps.EnqueueRequest()
+    retry.CopyFrom(request)
+    retry.title = "a different title"
+    retry.base_sequence = 40
+    second = await h.stub.Enqueue(retry)
+
+    assert first.created and not second.created
+    assert second.run.snapshot.status == S.WORKFLOW_STATUS_COMPLETED
+    assert second.run.snapshot.last_sequence == 2 + 4  # QUEUED, STARTED, CYCLE_COMPLETED, COMPLETED
+    row = run_row(h.db_path, request.workflow_id)
+    assert (row["title"], row["base_sequence"]) == ("test run", 2)
+
+
+async def test_enqueue_validates_and_stores_nothing_when_invalid(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    with pytest.raises(grpc.aio.AioRpcError) as bad_id:
+        await h.stub.Enqueue(enqueue_request([step("test_noop")], workflow_id="wf_nope"))
+    assert bad_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    request = enqueue_request([step("no_such_procedure")])
+    with pytest.raises(grpc.aio.AioRpcError) as bad_plan:
+        await h.stub.Enqueue(request)
+    assert bad_plan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "plan[0].procedure" in details(bad_plan.value)["fields"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await h.stub.GetRun(ps.GetRunRequest(workflow_id=request.workflow_id))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+async def test_cycle_error_is_a_warning_and_the_run_goes_on(
+    harnesses: Harnesses, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="processor")
+    h = await harnesses.start()
+    counter = tmp_path / "fail-count"
+    request = enqueue_request([step("test_fail", path=str(counter), failures=1), step("test_noop")])
+    await h.stub.Enqueue(request)
+
+    messages = await collect(h.stub, request.workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", "CYCLE_FAILED", "CYCLE_COMPLETED", "CYCLE_COMPLETED", "COMPLETED"]
+    assert_gap_free(messages, first=3)
+    failed = events(messages)[2]
+    assert failed.cycle == 1 and "planned failure 1" in failed.message
+    assert [e.cycle for e in events(messages)[2:5]] == [1, 2, 3]
+    assert result(messages[-1].snapshot)["steps"][0]["result"] == {"calls": 2.0}
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "processor.scheduler"]
+    assert any("planned failure 1" in r.getMessage() for r in warnings)
+
+
+async def test_critical_error_fails_the_run_and_the_reason_is_persisted(
+    harnesses: Harnesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_noop"), step("test_critical", message="ledger is corrupt")])
+    await h.stub.Enqueue(request)
+
+    messages = await collect(h.stub, request.workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", "CYCLE_COMPLETED", "FAILED"]
+    final = messages[-1].snapshot
+    assert final.status == S.WORKFLOW_STATUS_FAILED and final.cycle == 2
+    assert (final.error.reason, final.error.message) == (statuses.CRITICAL_ERROR, "ledger is corrupt")
+    assert any(r.levelno == logging.ERROR and "ledger is corrupt" in r.getMessage() for r in caplog.records)
+    # Persisted: another processor on the same database reports the same error.
+    await harnesses.started[0].close()
+    harnesses.started.clear()
+    again = await harnesses.start()
+    run = (await again.stub.GetRun(ps.GetRunRequest(workflow_id=request.workflow_id))).run
+    assert run.snapshot.error.reason == statuses.CRITICAL_ERROR
+    assert run_row(again.db_path, request.workflow_id)["lease_owner"] is None
+
+
+async def test_too_many_consecutive_failures_fail_the_run(harnesses: Harnesses, tmp_path: Path) -> None:
+    h = await harnesses.start(max_consecutive_failures=2)
+    request = enqueue_request([step("test_fail", path=str(tmp_path / "count"), failures=9)])
+    await h.stub.Enqueue(request)
+
+    messages = await collect(h.stub, request.workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", "CYCLE_FAILED", "CYCLE_FAILED", "FAILED"]
+    assert messages[-1].snapshot.error.reason == statuses.TOO_MANY_FAILURES
+    assert messages[-1].snapshot.cycle == 2
+
+
+async def test_run_not_done_after_max_cycles_fails(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_noop")] * 3, max_cycles=2)
+    await h.stub.Enqueue(request)
+
+    messages = await collect(h.stub, request.workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", "CYCLE_COMPLETED", "CYCLE_COMPLETED", "FAILED"]
+    final = messages[-1].snapshot
+    assert final.error.reason == statuses.MAX_CYCLES_EXCEEDED
+    assert (final.cycle, final.max_cycles, final.progress.done) == (2, 2, 2)
+    assert_gap_free(messages, first=3)
+
+
+# --- cancel --------------------------------------------------------------------------------
+
+
+async def test_cancel_is_honoured_between_cycles(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_sleep", seconds=0.1)] * 10)
+    await h.stub.Enqueue(request)
+    call = watch(h.stub, request.workflow_id)
+    seen = await read_until(call, is_event(E.EVENT_TYPE_CYCLE_COMPLETED, cycle=1))
+
+    cancel = ps.CancelRunRequest(workflow_id=request.workflow_id, requested_by="bob", reason="wrong ledger")
+    response = await h.stub.CancelRun(cancel)
+    assert response.run.cancel_requested
+    seen += await drain(call)
+
+    kinds = types(seen)
+    assert kinds[-1] == "CANCELLED" and kinds.count("CANCEL_REQUESTED") == 1
+    requested = next(e for e in events(seen) if e.type == E.EVENT_TYPE_CANCEL_REQUESTED)
+    assert requested.actor == "bob" and "wrong ledger" in requested.message
+    assert seen[-1].snapshot.status == S.WORKFLOW_STATUS_CANCELLED
+    assert seen[-1].snapshot.cycle < 10
+    assert_gap_free(seen, first=3)
+    # Idempotent: a second cancel changes nothing.
+    again = await h.stub.CancelRun(cancel)
+    assert again.run.snapshot == seen[-1].snapshot
+
+
+async def test_cancel_of_a_queued_run_is_immediate(harnesses: Harnesses) -> None:
+    h = await harnesses.start(max_concurrent=1)
+    busy = enqueue_request([step("test_sleep", seconds=0.2)] * 3)
+    await h.stub.Enqueue(busy)
+    await read_until(watch(h.stub, busy.workflow_id), is_event(E.EVENT_TYPE_STARTED))
+    waiting = enqueue_request([step("test_noop")])
+    queued = await h.stub.Enqueue(waiting)
+    assert queued.run.snapshot.status == S.WORKFLOW_STATUS_QUEUED
+
+    response = await h.stub.CancelRun(ps.CancelRunRequest(workflow_id=waiting.workflow_id, requested_by="bob"))
+
+    assert response.run.snapshot.status == S.WORKFLOW_STATUS_CANCELLED
+    messages = await collect(h.stub, waiting.workflow_id)
+    assert types(messages) == ["QUEUED", "CANCELLED"]
+    assert events(messages)[-1].actor == "bob"
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await h.stub.CancelRun(ps.CancelRunRequest(workflow_id=new_id()))
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+async def test_at_most_max_concurrent_runs_at_a_time(harnesses: Harnesses) -> None:
+    h = await harnesses.start(max_concurrent=2)
+    test_procedures.reset_peak()
+    requests = [enqueue_request([step("test_sleep", seconds=0.05)] * 2) for _ in range(5)]
+    for request in requests:
+        await h.stub.Enqueue(request)
+
+    results = await asyncio.gather(*(collect(h.stub, r.workflow_id) for r in requests))
+
+    assert all(types(m)[-1] == "COMPLETED" for m in results)
+    assert test_procedures.PEAK == 2
+
+
+# --- watching ------------------------------------------------------------------------------
+
+
+async def test_watch_replays_after_sequence_and_resumes_exactly(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_noop")] * 3, base_sequence=5)
+    await h.stub.Enqueue(request)
+    full = await collect(h.stub, request.workflow_id)
+    sequences = [e.sequence for e in events(full)]
+    assert sequences == list(range(6, 12))
+
+    for after in (0, 5, 7, 10):
+        replay = await collect(h.stub, request.workflow_id, after=after)
+        assert [e.sequence for e in events(replay)] == [s for s in sequences if s > after]
+        assert replay == [m for m in full if m.event.sequence > after]
+    # After the terminal event there is nothing more to send: the stream ends at once.
+    assert await collect(h.stub, request.workflow_id, after=11) == []
+
+
+async def test_watch_follows_live_and_a_hundred_watchers_agree(harnesses: Harnesses) -> None:
+    h = await harnesses.start(cycle_delay=0.02)
+    request = enqueue_request([step("test_sleep", seconds=0.05)] * 4)
+    await h.stub.Enqueue(request)
+
+    streams = await asyncio.gather(*(collect(h.stub, request.workflow_id) for _ in range(100)))
+
+    first = [m.event for m in streams[0]]
+    assert types(streams[0]) == ["QUEUED", "STARTED"] + ["CYCLE_COMPLETED"] * 4 + ["COMPLETED"]
+    assert_gap_free(streams[0], first=3)
+    for stream in streams[1:]:
+        assert [m.event for m in stream if m.WhichOneof("kind") == "event"] == first
+
+
+async def test_watch_resumes_mid_run_with_the_missing_events(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_sleep", seconds=0.05)] * 4)
+    await h.stub.Enqueue(request)
+    call = watch(h.stub, request.workflow_id)
+    seen = await read_until(call, is_event(E.EVENT_TYPE_CYCLE_COMPLETED, cycle=2))
+    call.cancel()  # the client drops
+
+    rest = await collect(h.stub, request.workflow_id, after=seen[-1].event.sequence)
+
+    assert_gap_free(seen + rest, first=3)
+    assert types(seen + rest)[-1] == "COMPLETED"
+
+
+async def test_watch_sends_heartbeats_with_the_snapshot_while_idle(harnesses: Harnesses) -> None:
+    h = await harnesses.start(heartbeat_interval=0.05)
+    request = enqueue_request([step("test_sleep", seconds=0.4)])
+    await h.stub.Enqueue(request)
+
+    messages = await collect(h.stub, request.workflow_id)
+
+    heartbeats = [m for m in messages if m.WhichOneof("kind") == "heartbeat"]
+    assert heartbeats, "expected heartbeats during a 0.4 s cycle"
+    assert all(hb.snapshot.status == S.WORKFLOW_STATUS_RUNNING for hb in heartbeats)
+    assert all(hb.heartbeat.HasField("time") for hb in heartbeats)
+    last_event = 0
+    for message in messages:  # a heartbeat carries the snapshot as of the newest event
+        if message.WhichOneof("kind") == "event":
+            last_event = message.event.sequence
+        else:
+            assert message.snapshot.last_sequence == last_event
+    assert messages[-1].WhichOneof("kind") == "event" and types(messages)[-1] == "COMPLETED"
+
+
+async def test_watch_of_unknown_or_malformed_run_fails(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await collect(h.stub, new_id())
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as malformed:
+        await collect(h.stub, "not-an-id")
+    assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as get_unknown:
+        await h.stub.GetRun(ps.GetRunRequest(workflow_id=new_id()))
+    assert get_unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# --- hand-over -----------------------------------------------------------------------------
+
+
+async def test_graceful_stop_releases_leases_and_another_processor_resumes(harnesses: Harnesses) -> None:
+    first = await harnesses.start(lease_seconds=60.0)
+    request = enqueue_request([step("test_sleep", seconds=0.1)] * 5)
+    await first.stub.Enqueue(request)
+    seen = await read_until(watch(first.stub, request.workflow_id), is_event(E.EVENT_TYPE_CYCLE_COMPLETED, cycle=1))
+
+    await first.close()
+    row = run_row(first.db_path, request.workflow_id)
+    assert row["lease_owner"] is None and row["lease_expires_at"] is None
+    assert row["status"] == S.WORKFLOW_STATUS_RUNNING and row["cycle"] >= 1
+
+    second = await harnesses.start()
+    messages = await collect(second.stub, request.workflow_id)
+
+    assert_gap_free(messages, first=3)
+    assert events(messages)[: len(seen)] == events(seen)
+    completed = [e.cycle for e in events(messages) if e.type == E.EVENT_TYPE_CYCLE_COMPLETED]
+    assert completed == [1, 2, 3, 4, 5]
+    resumed = [e for e in events(messages) if e.type == E.EVENT_TYPE_STARTED][1]
+    assert resumed.message == f"resumed from checkpoint at cycle {row['cycle']}"
+    # Taken over at once, not after the 60 s lease.
+    assert resumed.time.ToDatetime() - events(seen)[-1].time.ToDatetime() < timedelta(seconds=30)
+    assert len(result(messages[-1].snapshot)["steps"]) == 5
+
+
+async def test_expired_lease_of_a_dead_processor_is_reclaimed(harnesses: Harnesses, tmp_path: Path) -> None:
+    db_path = tmp_path / "processor.db"
+    workflow_id = new_id()
+    lease_end = _write_half_done_run(db_path, workflow_id, expires_in=0.3)
+
+    h = await harnesses.start()
+    messages = await collect(h.stub, workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", "CYCLE_COMPLETED", "STARTED", "CYCLE_COMPLETED", "COMPLETED"]
+    assert_gap_free(messages, first=1)
+    resumed = events(messages)[3]
+    assert resumed.message == "resumed from checkpoint at cycle 1"
+    assert resumed.time.ToDatetime().replace(tzinfo=lease_end.tzinfo) >= lease_end  # not before it expired
+    assert [e.cycle for e in events(messages)[4:]] == [2, 2]
+    assert result(messages[-1].snapshot)["steps"][0]["result"] == {"from": "dead processor"}
+    assert run_row(db_path, workflow_id)["lease_owner"] is None
+
+
+async def test_a_restart_with_the_same_worker_id_resumes_its_runs_at_once(harnesses: Harnesses, tmp_path: Path) -> None:
+    workflow_id = new_id()
+    _write_half_done_run(tmp_path / "processor.db", workflow_id, expires_in=3600, owner="proc-a")
+
+    h = await harnesses.start(worker_id="proc-a")
+    messages = await asyncio.wait_for(collect(h.stub, workflow_id), 10)
+
+    assert types(messages)[3:] == ["STARTED", "CYCLE_COMPLETED", "COMPLETED"]
+
+
+async def test_a_slow_cycle_keeps_its_lease(harnesses: Harnesses) -> None:
+    """A cycle three times longer than the lease is not taken over by another processor."""
+    owner = await harnesses.start(lease_seconds=0.5, worker_id="owner")
+    request = enqueue_request([step("test_sleep", seconds=1.5)])
+    await owner.stub.Enqueue(request)
+    await read_until(watch(owner.stub, request.workflow_id), is_event(E.EVENT_TYPE_STARTED))
+    await harnesses.start(lease_seconds=0.5, worker_id="rival", poll_interval=0.02)
+
+    messages = await collect(owner.stub, request.workflow_id)
+
+    assert types(messages) == ["QUEUED", "STARTED", "CYCLE_COMPLETED", "COMPLETED"]
+    assert "owner" in events(messages)[1].message
+
+
+def _write_half_done_run(db_path: Path, workflow_id: str, expires_in: float, owner: str = "dead-processor") -> datetime:
+    """A RUNNING run checkpointed after cycle 1 whose owner died holding a lease."""
+    engine = create_engine(f"sqlite:///{db_path}")
+    store.metadata.create_all(engine)
+    now = utcnow()
+    lease_end = now + timedelta(seconds=expires_in)
+    plan = [{"procedure": "test_noop", "parameters": {}}] * 2
+    with engine.begin() as conn:
+        run, _, _ = store.insert_run(
+            conn,
+            workflow_id=workflow_id,
+            title="half done",
+            plan=plan,
+            orchestrator="plan",
+            max_cycles=5,
+            base_sequence=0,
+            queued_message="queued",
+            now=now,
+        )
+        started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
+        cycle = store.NewEvent.following(
+            run, E.EVENT_TYPE_CYCLE_COMPLETED, "step 1/2 test_noop done", status=S.WORKFLOW_STATUS_RUNNING,
+            cycle=1, progress_done=1,
+        )  # fmt: skip
+        state = '{"next_step": 1, "results": [{"from": "dead processor"}]}'
+        changes = {"state_json": state, "lease_owner": owner, "lease_expires_at": lease_end}
+        store.append(conn, run, [started, cycle], changes, now)
+    engine.dispose()
+    return lease_end
+
+
+# --- as a process ----------------------------------------------------------------------------
+
+
+async def test_runs_as_a_subprocess_and_stops_on_sigterm(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor", "--port", "0",
+        "--database-url", f"sqlite:///{tmp_path / 'p.db'}",
+        "--plugin", "tests.support.procedures", "--cycle-delay", "0.01",
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        port = await asyncio.wait_for(_bound_port(proc.stderr), 30)
+        drain_log = asyncio.create_task(proc.stderr.read())  # so the server never blocks on a full pipe
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ps_grpc.ProcessorServiceStub(channel)
+            request = enqueue_request([step("test_noop")])
+            await stub.Enqueue(request)
+            assert types(await collect(stub, request.workflow_id))[-1] == "COMPLETED"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert "released 0 leases" in (await drain_log).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _bound_port(stderr: asyncio.StreamReader) -> int:
+    while line := await stderr.readline():
+        found = re.search(r"processor listening on [\d.]+:(\d+)", line.decode())
+        if found:
+            return int(found.group(1))
+    raise AssertionError("the processor exited without logging its port")

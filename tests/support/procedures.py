@@ -1,0 +1,74 @@
+"""Test procedures, registered on import (`--plugin tests.support.procedures`).
+
+- test_sleep(seconds): sleeps; records how many run at once in this process (PEAK).
+- test_fail(path, failures): fails its first `failures` calls, counting them in the file
+  `path`, so the count survives a processor restart or another process.
+- test_critical(message): raises CriticalError.
+- test_noop: returns at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from auditflow.errors import FieldViolation
+from auditflow.procedures import CriticalError, register
+
+_lock = threading.Lock()
+ACTIVE = 0
+PEAK = 0
+
+
+def reset_peak() -> None:
+    global PEAK
+    with _lock:
+        PEAK = ACTIVE
+
+
+def _check_seconds(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
+    seconds = parameters.get("seconds", 0)
+    if not isinstance(seconds, int | float) or not 0 <= seconds <= 60:
+        yield FieldViolation("parameters.seconds", "a number of seconds between 0 and 60")
+
+
+@register("test_sleep", validate=_check_seconds)
+def test_sleep(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Sleep for `seconds`."""
+    global ACTIVE, PEAK
+    with _lock:
+        ACTIVE += 1
+        PEAK = max(PEAK, ACTIVE)
+    try:
+        time.sleep(float(parameters.get("seconds", 0)))
+    finally:
+        with _lock:
+            ACTIVE -= 1
+    return {"slept": parameters.get("seconds", 0)}
+
+
+@register("test_fail")
+def test_fail(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Fail the first `failures` calls (counted in the file `path`), then succeed."""
+    path = Path(parameters["path"])
+    with _lock:
+        calls = int(path.read_text()) + 1 if path.exists() else 1
+        path.write_text(str(calls))
+    if calls <= int(parameters.get("failures", 1)):
+        raise RuntimeError(f"planned failure {calls}")
+    return {"calls": calls}
+
+
+@register("test_critical")
+def test_critical(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Fail the run."""
+    raise CriticalError(str(parameters.get("message", "planned critical failure")))
+
+
+@register("test_noop")
+def test_noop(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Do nothing."""
+    return {"ok": True}

@@ -1,0 +1,36 @@
+"""Flags take their defaults from AUDITFLOW_<SERVICE>_* variables; flags win."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.server import parse_args
+from processor.settings import parse
+
+
+def test_environment_gives_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_PORT", "6001")
+    monkeypatch.setenv("AUDITFLOW_PROCESSOR_PORT", "6002")
+    monkeypatch.setenv("AUDITFLOW_PROCESSOR_MAX_CONCURRENT", "5")
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_ALLOW_SELF_APPROVAL", "yes")
+    gateway = parse_args([])
+    assert (gateway.port, gateway.allow_self_approval) == (6001, True)
+    assert parse_args(["--port", "7001"]).port == 7001
+    processor = parse([])
+    assert (processor.port, processor.max_concurrent) == (6002, 5)
+
+
+def test_a_bad_environment_value_is_a_clear_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AUDITFLOW_PROCESSOR_MAX_CONCURRENT", "many")
+    with pytest.raises(SystemExit) as exited:
+        parse([])
+    assert exited.value.code == 2
+    assert "AUDITFLOW_PROCESSOR_MAX_CONCURRENT='many'" in capsys.readouterr().err
+
+
+def test_a_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse(["--max-concurrent", "0"])
+    assert "--max-concurrent" in capsys.readouterr().err
