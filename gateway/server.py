@@ -51,7 +51,7 @@ class Settings:
 class Gateway:
     """A gateway built by `create_server`; `start()`, then `stop()`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, address: str, settings: Settings) -> None:
         self.settings = settings
         procedures.load(settings.plugins)
         self.db = Database(settings.database_url, store.metadata)
@@ -74,11 +74,13 @@ class Gateway:
         self.server = serving.new_server(settings.default_user)
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
-        self.port = serving.bind(self.server, f"{settings.host}:{settings.port}")
+        self.port = serving.bind(self.server, address)
+        self.host = address.rsplit(":", 1)[0]
 
     @property
     def address(self) -> str:
-        return f"{self.settings.host}:{self.port}"
+        """host:port actually bound (the port is real even when 0 was asked for)."""
+        return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
         await asyncio.to_thread(self.db.start)
@@ -103,12 +105,13 @@ class Gateway:
         self.hub.publish(event["workflow_id"], event["sequence"], event)
 
 
-def create_server(settings: Settings) -> Gateway:
-    return Gateway(settings)
+def create_server(address: str, settings: Settings) -> Gateway:
+    """A gateway bound to `address` ("host:port"; port 0 picks a free one), not yet started."""
+    return Gateway(address, settings)
 
 
 async def serve(settings: Settings) -> None:
-    gateway = create_server(settings)
+    gateway = create_server(f"{settings.host}:{settings.port}", settings)
     await gateway.start()
     await serving.run_until_signalled(gateway.stop)
 

@@ -8,6 +8,7 @@ the interceptor maps them to status codes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -54,7 +55,8 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
 
     async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest, context: Context) -> wpb.CreateWorkflowResponse:
         user = principal.current().name
-        plans.check_plan(request.title, request.plan, request.max_cycles, request.orchestrator)
+        # Procedures may check files (a ledger path): blocking work, off the event loop.
+        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         new = workflows.NewWorkflow(
             title=request.title,

@@ -51,7 +51,8 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
 
     async def Enqueue(self, request: ps.EnqueueRequest, context: Any) -> ps.EnqueueResponse:
         wid = plans.check_workflow_id(request.workflow_id)
-        plans.check_plan(request.title, request.plan, request.max_cycles, request.orchestrator)
+        # Procedures may check files (a ledger path): blocking work, off the event loop.
+        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
         if request.base_sequence < 0:
             raise invalid("base_sequence", "must not be negative")
         approved_by = plans.check_text(request.approved_by, "approved_by", MAX_NAME) or principal.current().name

@@ -24,12 +24,11 @@ S = pb.WorkflowStatus
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     settings = Settings(
-        port=0,
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         processor_target=f"127.0.0.1:{free_port()}",  # nothing listens there
         heartbeat_interval=0.2,
     )
-    server = create_server(settings)
+    server = create_server("127.0.0.1:0", settings)
     await server.start()
     yield server
     await server.stop(0)

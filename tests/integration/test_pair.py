@@ -46,13 +46,13 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     )
     await processor.start()
     gateway = create_gateway(
+        "127.0.0.1:0",
         GatewaySettings(
-            port=0,
             database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
             processor_target=processor.address,
             plugins=("tests.support.procedures",),
             heartbeat_interval=0.5,
-        )
+        ),
     )
     await gateway.start()
     async with grpc.aio.insecure_channel(gateway.address) as channel:
