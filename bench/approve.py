@@ -40,6 +40,7 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
 from tests.support.cluster import Pair  # noqa: E402
 
 SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
+APPROVER = (("x-auditflow-user", "bench-approver"),)  # not the creator: separation of duties
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -55,7 +56,7 @@ async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> lis
     async with grpc.aio.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         workflows = wpb_grpc.WorkflowServiceStub(channel)
-        metadata = (("x-auditflow-user", "bench-approver"),)
+        metadata = APPROVER
         queue = list(reversed(ids))
 
         async def caller() -> None:
@@ -118,7 +119,7 @@ async def first_cycle(target: str, samples: int) -> dict[str, float]:
             stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id))
             await stream.read()  # CREATED: the stream is open
             sent = time.perf_counter()
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id))
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=APPROVER)
             while (message := await stream.read()) != grpc.aio.EOF:
                 if message.event.type == pb.EVENT_TYPE_STARTED:
                     started_ms.append((time.perf_counter() - sent) * 1000)

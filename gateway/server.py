@@ -99,6 +99,7 @@ class Gateway:
         await asyncio.to_thread(self.db.close)
 
     async def _dispatched(self, workflow_id: str, run: ppb.Run) -> None:
+        self.hub.wake(workflow_id)  # watchers waiting for the run can follow it now
         await self.mirror.record(workflow_id, run.snapshot)
 
     def _event_appended(self, event: dict[str, Any]) -> None:

@@ -72,8 +72,8 @@ class Watcher:
             self._hub.unsubscribe(workflow_id)
 
     async def _own_events(self, workflow_id: str, after: int) -> AsyncIterator[wpb.WatchStatusResponse]:
-        """The gateway's events, until the workflow ends here or is dispatched. They are few
-        (created, decided), so they are read from the log, not cached."""
+        """The gateway's events, until the workflow ends here or is approved (what follows
+        comes from the processor). They are few, so they are read from the log, not cached."""
         while True:
             changed = self._hub.waiter(workflow_id)
             row, logged = await self._read(workflow_id, after)
@@ -82,10 +82,20 @@ class Watcher:
                 yield wpb.WatchStatusResponse(event=store.event_message(event), snapshot=_event_snapshot(row, event))
                 if statuses.is_terminal(event["status"]):
                     return
-            if row.dispatched:
+            if row.dispatched or (row.status == pb.WORKFLOW_STATUS_APPROVED and after >= row.last_sequence):
                 return
             if not await wait_for(changed, self._heartbeat):
                 yield _heartbeat(store.snapshot_of(row))
+
+    async def _until_dispatched(self, workflow_id: str, after: int) -> AsyncIterator[wpb.WatchStatusResponse]:
+        """Heartbeats until the relay's Enqueue is acknowledged (it wakes the hub), or the
+        gateway's own events if the processor refused the workflow."""
+        changed = self._hub.waiter(workflow_id)
+        row, logged = await self._read(workflow_id, after)
+        for event in logged:
+            yield wpb.WatchStatusResponse(event=store.event_message(event), snapshot=_event_snapshot(row, event))
+        if not logged and not row.dispatched and not await wait_for(changed, self._heartbeat):
+            yield _heartbeat(store.snapshot_of(row))
 
     async def _read(self, workflow_id: str, after: int) -> tuple[Row[Any], list[dict[str, Any]]]:
         return await self._db.read(lambda conn: _row_and_events(conn, workflow_id, after))
@@ -112,6 +122,13 @@ class Watcher:
                         yield wpb.WatchStatusResponse(heartbeat=response.heartbeat, snapshot=response.snapshot)
                 return
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    # Approved, not yet enqueued: wait for the relay's dispatch (or a refusal).
+                    async for response in self._until_dispatched(workflow_id, after):
+                        yield response
+                        if response.HasField("event") and statuses.is_terminal(response.event.status):
+                            return
+                    continue
                 attempt += 1
                 delay = min(self._max_backoff, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
                 logger.warning("relaying %s from the processor failed (%s); retry", workflow_id, exc.code().name)
