@@ -1,5 +1,8 @@
 """Approve through the gateway, next to the floor: a no-op unary RPC on the same server.
 
+Two phases: the gateway alone (Approve's own path; it never waits for the processor), then
+the pair, where every approval is also dispatched and executed while the load runs.
+
 Starts the pair (processor + gateway, SQLite files with synchronous=FULL) as subprocesses and
 prints, for Approve and for grpc.health.v1 Health/Check on the same gateway (the no-op floor,
 through the same interceptor):
@@ -149,19 +152,26 @@ def main() -> None:
         args.calls_1, args.calls_64, args.first_cycle_samples = 200, 2000, 20
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
-        with running_pair(Path(tmp) / "load") as target:
-            figures.update(measure_load(target, args))
-        # A fresh pair: the runs of the load phase must not queue ahead of these.
+        # 1. Approve's own path: the processor is not started (Approve never waits for it).
+        with running_pair(Path(tmp) / "alone", with_processor=False) as target:
+            figures["gateway alone"] = measure_load(target, args)
+        # 2. The whole system: every approval is also dispatched and executed meanwhile.
+        with running_pair(Path(tmp) / "pair") as target:
+            figures["pair"] = measure_load(target, args)
+        # 3. A fresh pair: the runs of the load phase must not queue ahead of these.
         with running_pair(Path(tmp) / "first-cycle") as target:
             figures["approve_to_first_cycle"] = asyncio.run(first_cycle(target, args.first_cycle_samples))
     report(figures, as_json=args.json)
 
 
 @contextlib.contextmanager
-def running_pair(workdir: Path) -> Iterator[str]:
+def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[str]:
     """Processor + gateway subprocesses with their defaults (SQLite, synchronous=FULL)."""
     workdir.mkdir(parents=True)
-    pair = Pair(workdir, log_level="WARNING").start()
+    pair = Pair(workdir, log_level="WARNING")
+    if with_processor:
+        pair.processor.start()
+    pair.gateway.start()
     try:
         yield pair.gateway.target
     finally:
@@ -183,16 +193,18 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"{'':22}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}")
-    for key in ("noop@1", "approve@1", "noop@64", "approve@64"):
-        f = figures[key]
-        print(f"{key:22}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:12.0f}")
-    one, many = figures["approve@1"], figures["approve@64"]
-    print(f"approve/no-op p50 at 1 caller:   {one['p50_ms'] / figures['noop@1']['p50_ms']:.2f}x (target <= 1.5x)")
-    print(
-        f"approve/no-op rate at 64 callers: {many['per_second'] / figures['noop@64']['per_second']:.0%} "
-        f"(target >= 60%, >= 3,000/s)"
-    )
+    for phase in ("gateway alone", "pair"):
+        load = figures[phase]
+        print(f"\n{phase}: {'':8}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}")
+        for key in ("noop@1", "approve@1", "noop@64", "approve@64"):
+            f = load[key]
+            print(f"  {key:20}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:12.0f}")
+        one, many = load["approve@1"], load["approve@64"]
+        ratio = one["p50_ms"] / load["noop@1"]["p50_ms"]
+        share = many["per_second"] / load["noop@64"]["per_second"]
+        print(f"  approve/no-op p50 at 1 caller:    {ratio:.2f}x (target <= 1.5x)")
+        print(f"  approve/no-op rate at 64 callers: {share:.0%} (target >= 60%, and >= 3,000/s)")
+    print()
     fc = figures["approve_to_first_cycle"]
     started = f"p50 {fc['to_started_p50_ms']:.1f} ms, p99 {fc['to_started_p99_ms']:.1f} ms"
     done = f"p50 {fc['to_first_cycle_done_p50_ms']:.1f} ms, p99 {fc['to_first_cycle_done_p99_ms']:.1f} ms"

@@ -42,6 +42,9 @@ class OutboxRow:
     workflow_id: str
     kind: str
     payload: bytes
+    # The request to send, when the caller already has it (right after Approve's commit);
+    # otherwise it is built from the payload and the workflow row, once per delivery.
+    request: ppb.EnqueueRequest | ppb.CancelRunRequest | None = None
 
 
 Dispatched = Callable[[str, ppb.Run], Awaitable[None]]
@@ -134,13 +137,18 @@ class OutboxRelay:
 
     async def _deliver(self, row: OutboxRow) -> None:
         loop = asyncio.get_running_loop()
+        request = row.request or await self._request(row)
+        if request is None:
+            logger.error("outbox row %d names unknown workflow %s; dropped", row.id, row.workflow_id)
+            await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
+            return
         while True:
             if (wait := self._retry_at - loop.time()) > 0:
                 await asyncio.sleep(wait)
                 continue
             try:
                 async with self._in_flight:
-                    await self._send(row)
+                    await self._send(row, request)
                 self._failures = 0
                 break
             except grpc.aio.AioRpcError as exc:
@@ -166,18 +174,18 @@ class OutboxRelay:
             delay,
         )
 
-    async def _send(self, row: OutboxRow) -> None:
+    async def _request(self, row: OutboxRow) -> ppb.EnqueueRequest | ppb.CancelRunRequest | None:
         if row.kind == store.ENQUEUE:
-            enqueue = await self._db.read(lambda conn: store.enqueue_request(conn, row.payload))
-            if enqueue is None:
-                logger.error("outbox row %d names unknown workflow %s; dropped", row.id, row.workflow_id)
-                return
-            response = await self._stub.Enqueue(enqueue, timeout=self._rpc_timeout)
+            return await self._db.read(lambda conn: store.enqueue_request(conn, row.payload))
+        return ppb.CancelRunRequest.FromString(row.payload)
+
+    async def _send(self, row: OutboxRow, request: ppb.EnqueueRequest | ppb.CancelRunRequest) -> None:
+        if isinstance(request, ppb.EnqueueRequest):
+            response = await self._stub.Enqueue(request, timeout=self._rpc_timeout)
             logger.info("dispatched %s to the processor (created=%s)", row.workflow_id, response.created)
             await self._on_dispatched(row.workflow_id, response.run)
         else:
-            cancel = ppb.CancelRunRequest.FromString(row.payload)
-            cancelled = await self._stub.CancelRun(cancel, timeout=self._rpc_timeout)
+            cancelled = await self._stub.CancelRun(request, timeout=self._rpc_timeout)
             logger.info("delivered cancel of %s to the processor", row.workflow_id)
             await self._on_dispatched(row.workflow_id, cancelled.run)
 

@@ -20,6 +20,7 @@ from auditflow import convert, plans, principal, statuses
 from auditflow.db import Database
 from auditflow.errors import InvalidArgument, NotFound, invalid
 from auditflow.serving import Context
+from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
@@ -158,8 +159,15 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         if outcome.event is not None:
             self._hub.publish(outcome.row.workflow_id, outcome.event["sequence"], outcome.event)
         if outcome.outbox_id is not None and outcome.outbox_payload is not None:
-            row = OutboxRow(outcome.outbox_id, outcome.row.workflow_id, outcome.outbox_kind, outcome.outbox_payload)
-            self._relay.submit(row)
+            request: ppb.EnqueueRequest | ppb.CancelRunRequest
+            if outcome.outbox_kind == store.ENQUEUE:
+                request = store.complete_enqueue(ppb.EnqueueRequest.FromString(outcome.outbox_payload), outcome.row)
+            else:
+                request = ppb.CancelRunRequest.FromString(outcome.outbox_payload)
+            workflow_id = outcome.row.workflow_id
+            self._relay.submit(
+                OutboxRow(outcome.outbox_id, workflow_id, outcome.outbox_kind, outcome.outbox_payload, request)
+            )
 
 
 def _encode_token(row: Any) -> str:

@@ -162,8 +162,12 @@ def enqueue_request(conn: Connection, payload: bytes) -> ppb.EnqueueRequest | No
     """The Enqueue an outbox row stands for: its payload completed from the workflow row."""
     request = ppb.EnqueueRequest.FromString(payload)
     row = get(conn, request.workflow_id)
-    if row is None:
-        return None
+    return None if row is None else complete_enqueue(request, row)
+
+
+def complete_enqueue(request: ppb.EnqueueRequest, row: Row[Any]) -> ppb.EnqueueRequest:
+    """The outbox keeps only what the workflow row does not (approver, base sequence);
+    the rest of the Enqueue comes from the row."""
     request.title = row.title
     request.plan.extend(convert.plan_from_json(row.plan_json))
     request.orchestrator = row.orchestrator

@@ -124,9 +124,9 @@ class Watcher:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     # Approved, not yet enqueued: wait for the relay's dispatch (or a refusal).
-                    async for response in self._until_dispatched(workflow_id, after):
-                        yield response
-                        if response.HasField("event") and statuses.is_terminal(response.event.status):
+                    async for own in self._until_dispatched(workflow_id, after):
+                        yield own
+                        if own.HasField("event") and statuses.is_terminal(own.event.status):
                             return
                     continue
                 attempt += 1
