@@ -2,13 +2,14 @@
 
 Approve commits an outbox row in the same transaction as the decision; the relay is handed
 the row right after that commit (no polling delay) and calls `ProcessorService.Enqueue`
-(or `CancelRun`), retrying with capped exponential backoff while the processor is down or
-slow. While the processor is down, senders share one backoff (the first failure sets when
-anyone may try next) and at most `max_in_flight` calls are out at once, so a backlog of
-thousands of approvals does not turn into a storm of doomed calls. Only an acknowledged row
-is deleted, so a gateway killed at any point delivers the row
-after restart (Enqueue and CancelRun are idempotent, so a repeat is harmless). Rows of one
-workflow go out in order (enqueue before cancel); different workflows go out concurrently.
+(or `CancelRun`). When a call fails for want of the processor, the relay closes a gate: every
+sender waits on it (costing nothing), and one prober asks the processor's health with capped
+exponential backoff until it answers SERVING, then opens the gate. So a backlog of thousands
+of approvals during an outage does not turn into a storm of doomed calls; at most
+`max_in_flight` calls are out at once. Only an acknowledged row is deleted, so a gateway
+killed at any point delivers the row after restart (Enqueue and CancelRun are idempotent, so
+a repeat is harmless). Rows of one workflow go out in order (enqueue before cancel);
+different workflows go out concurrently.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class OutboxRow:
 
 
 Dispatched = Callable[[str, ppb.Run], Awaitable[None]]
+Probe = Callable[[], Awaitable[bool]]
 EventAppended = Callable[[dict[str, Any]], None]
 
 
@@ -60,6 +62,7 @@ class OutboxRelay:
         stub: ppb_grpc.ProcessorServiceAsyncStub,
         on_dispatched: Dispatched,
         on_event: EventAppended,
+        probe: Probe,
         *,
         scan_interval: float = 5.0,
         rpc_timeout: float = 5.0,
@@ -70,6 +73,7 @@ class OutboxRelay:
         self._stub = stub
         self._on_dispatched = on_dispatched
         self._on_event = on_event
+        self._probe = probe
         self._scan_interval = scan_interval
         self._rpc_timeout = rpc_timeout
         self._max_backoff = max_backoff
@@ -78,8 +82,9 @@ class OutboxRelay:
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
         self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._failures = 0  # consecutive failed calls, shared by all senders
-        self._retry_at = 0.0  # loop time before which nobody calls the processor
+        self._open = asyncio.Event()  # set while the processor is believed to be up
+        self._open.set()
+        self._prober: asyncio.Task[None] | None = None
         self.delivered = 0
 
     async def start(self) -> None:
@@ -87,7 +92,7 @@ class OutboxRelay:
         self._scanner = asyncio.create_task(self._scan_forever(), name="outbox-scan")
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._scanner] if self._scanner else [])]
+        tasks = [*self._tasks, *(t for t in (self._scanner, self._prober) if t is not None)]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -136,43 +141,52 @@ class OutboxRelay:
             del self._queues[workflow_id]
 
     async def _deliver(self, row: OutboxRow) -> None:
-        loop = asyncio.get_running_loop()
         request = row.request or await self._request(row)
         if request is None:
             logger.error("outbox row %d names unknown workflow %s; dropped", row.id, row.workflow_id)
             await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
             return
         while True:
-            if (wait := self._retry_at - loop.time()) > 0:
-                await asyncio.sleep(wait)
-                continue
+            await self._open.wait()
             try:
                 async with self._in_flight:
                     await self._send(row, request)
-                self._failures = 0
                 break
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in PERMANENT:
                     await self._give_up(row, exc)
                     break
-                self._back_off(loop.time(), row, exc)
+                self._close_gate(row, exc)
         await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
         self.delivered += 1
 
-    def _back_off(self, now: float, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
-        if now < self._retry_at:
-            return  # another sender already backed off for this outage
-        self._failures += 1
-        delay = min(self._max_backoff, 0.05 * 2**self._failures) * (0.5 + random.random() / 2)
-        self._retry_at = now + delay
+    def _close_gate(self, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
+        if not self._open.is_set():
+            return  # another sender already noticed this outage
+        self._open.clear()
         logger.warning(
-            "delivering %s of %s failed (%s); %d outbox rows wait; retry in %.2fs",
+            "delivering %s of %s failed (%s); %d outbox rows wait for the processor",
             row.kind,
             row.workflow_id,
             exc.code().name,
             len(self._known),
-            delay,
         )
+        self._prober = asyncio.create_task(self._probe_until_up(), name="outbox-probe")
+
+    async def _probe_until_up(self) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            delay = min(self._max_backoff, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
+            await asyncio.sleep(delay)
+            try:
+                if await self._probe():
+                    break
+            except Exception:  # the probe's own failure is the answer "not yet"
+                logger.debug("processor probe failed", exc_info=True)
+            logger.info("the processor is still unavailable; %d outbox rows wait", len(self._known))
+        logger.info("the processor is back; delivering %d outbox rows", len(self._known))
+        self._open.set()
 
     async def _request(self, row: OutboxRow) -> ppb.EnqueueRequest | ppb.CancelRunRequest | None:
         if row.kind == store.ENQUEUE:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auditflow import config, logs, procedures, serving
 from auditflow.db import Database
@@ -31,6 +32,7 @@ from gateway.watch import Watcher
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = wpb.DESCRIPTOR.services_by_name["WorkflowService"].full_name
+PROCESSOR_SERVICE = ppb.DESCRIPTOR.services_by_name["ProcessorService"].full_name
 
 
 @dataclass
@@ -59,8 +61,14 @@ class Gateway:
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub: EventHub[dict[str, Any]] = EventHub()
         self.mirror = Mirror(self.db, stub, self.hub.wake)
+        self._processor_health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(
-            self.db, stub, self._dispatched, self._event_appended, scan_interval=settings.outbox_scan_interval
+            self.db,
+            stub,
+            self._dispatched,
+            self._event_appended,
+            self._processor_serving,
+            scan_interval=settings.outbox_scan_interval,
         )
         watcher = Watcher(self.db, stub, self.hub, self.mirror, heartbeat_interval=settings.heartbeat_interval)
         self.service = WorkflowService(
@@ -101,6 +109,11 @@ class Gateway:
     async def _dispatched(self, workflow_id: str, run: ppb.Run) -> None:
         self.hub.wake(workflow_id)  # watchers waiting for the run can follow it now
         await self.mirror.record(workflow_id, run.snapshot)
+
+    async def _processor_serving(self) -> bool:
+        request = health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE)
+        response = await self._processor_health.Check(request, timeout=2.0)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _event_appended(self, event: dict[str, Any]) -> None:
         self.hub.publish(event["workflow_id"], event["sequence"], event)
