@@ -14,7 +14,6 @@ numbers thus stay gap-free across crashes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -31,6 +30,7 @@ from auditflow import statuses
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.procedures import CriticalError
+from auditflow.watch import wait_for
 from processor import messages, orchestrator, store, transitions
 from processor.orchestrator import CycleResult, RunInfo
 from processor.settings import Settings
@@ -123,7 +123,7 @@ class Scheduler:
                 await self._claim(check_first=not woken)
             except Exception:
                 logger.exception("claiming runs failed; retrying in %.1f s", self._settings.poll_interval)
-            woken = await _wait(self._wakeup, self._settings.poll_interval)
+            woken = await wait_for(self._wakeup, self._settings.poll_interval)
 
     async def _claim(self, *, check_first: bool) -> None:
         """Claim as many runs as there are free slots. A poll first checks with a cheap read
@@ -196,7 +196,7 @@ class Scheduler:
     async def _between_cycles(self, driver: _Driver, run: RunRecord) -> RunRecord | None:
         """Wait `cycle_delay` (cut short by stop or a cancel), then re-read the run: a cancel
         may have been requested through any processor. None: stop driving it."""
-        await _wait(driver.wake, self._settings.cycle_delay)
+        await wait_for(driver.wake, self._settings.cycle_delay)
         driver.wake.clear()
         if self._stopping.is_set():
             return None
@@ -302,11 +302,3 @@ def _log_events(run: RunRecord, events: list[EventRecord]) -> None:
         else:
             progress = f"{event.progress_done}/{event.progress_total}"
             logger.info("%s cycle %d/%d: %s (progress %s)", wid, event.cycle, run.max_cycles, event.message, progress)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for `event` at most `timeout` seconds; True if it was set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout)
-        return True
-    return False

@@ -328,3 +328,21 @@ async def test_the_creator_may_not_approve_but_may_withdraw(
     assert dump_sqlite(db_path(gateway)) == before
     withdrawn = await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
     assert withdrawn.workflow.status == S.WORKFLOW_STATUS_REJECTED
+
+
+async def test_an_unexpected_error_in_a_stream_is_internal_too(
+    monkeypatch: pytest.MonkeyPatch, stub: wpb_grpc.WorkflowServiceAsyncStub
+) -> None:
+    from gateway import store
+
+    workflow = await create(stub)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("secret table layout")
+
+    monkeypatch.setattr(store, "events_after", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id)):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (refused.value.details() or "")
