@@ -1,9 +1,12 @@
-"""Gateway and processor in-process on real ports: the whole path of a workflow, watched."""
+"""Gateway and processor in-process on real ports: the whole path of a workflow, watched.
+
+Every test runs twice: on SQLite files (the embedded default) and on PostgreSQL (one fresh
+database per service, as when scaled out)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +23,10 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support.grpc_helpers import as_user, step
+from tests.support.postgres import fresh_database
 
 S = pb.WorkflowStatus
+PLUGINS = ("tests.support.procedures",)
 E = pb.EventType
 
 
@@ -32,12 +37,23 @@ class Pair:
     stub: wpb_grpc.WorkflowServiceAsyncStub
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(gateway, processor) database URLs: SQLite files, or two fresh PostgreSQL databases."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'gateway.db'}", f"sqlite:///{tmp_path / 'processor.db'}"
+        return
+    with fresh_database("gateway") as gateway_url, fresh_database("processor") as processor_url:
+        yield gateway_url, processor_url
+
+
 @pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
+async def pair(database_urls: tuple[str, str]) -> AsyncIterator[Pair]:
+    gateway_url, processor_url = database_urls
     processor = create_processor(
         "127.0.0.1:0",
         ProcessorSettings(
-            database_url=f"sqlite:///{tmp_path / 'processor.db'}",
+            database_url=processor_url,
             plugins=("tests.support.procedures",),
             cycle_delay=0.02,
             poll_interval=0.05,
@@ -48,7 +64,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     gateway = create_gateway(
         "127.0.0.1:0",
         GatewaySettings(
-            database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+            database_url=gateway_url,
             processor_target=processor.address,
             plugins=("tests.support.procedures",),
             heartbeat_interval=0.5,
@@ -180,3 +196,42 @@ async def test_a_run_that_needs_more_cycles_than_allowed_fails(pair: Pair) -> No
     assert events[-1].event.type == E.EVENT_TYPE_FAILED
     assert events[-1].snapshot.error.reason == "MAX_CYCLES_EXCEEDED"
     assert [m.event.cycle for m in events if m.event.type == E.EVENT_TYPE_CYCLE_COMPLETED] == [1, 2]
+
+
+async def test_two_gateway_replicas_on_one_postgresql_database_decide_once(tmp_path: Path) -> None:
+    """Scaled out: the compare-and-set holds across processes' connections, not just within
+    one writer thread."""
+    with fresh_database("gateway") as url:
+        replicas = [
+            create_gateway(
+                "127.0.0.1:0", GatewaySettings(database_url=url, processor_target="127.0.0.1:1", plugins=PLUGINS)
+            )
+            for _ in range(2)
+        ]
+        for replica in replicas:
+            await replica.start()
+        try:
+            channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
+            stubs = [wpb_grpc.WorkflowServiceStub(c) for c in channels]
+            request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
+            workflow_id = (await stubs[0].CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
+
+            async def decide(i: int) -> bool:
+                stub = stubs[i % 2]
+                call = stub.Approve if i % 3 else stub.Reject
+                try:
+                    await call(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user(f"user{i}"))
+                    return True
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+                    return False
+
+            outcomes = await asyncio.gather(*(decide(i) for i in range(20)))
+            assert outcomes.count(True) == 1
+            seen = [(await s.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow for s in stubs]
+            assert seen[0].last_sequence == 2 and seen[0] == seen[1]
+            for channel in channels:
+                await channel.close()
+        finally:
+            for replica in replicas:
+                await replica.stop(0)
