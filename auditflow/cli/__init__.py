@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("submit", "submit an audit plan; prints the new workflow id", commands.submit)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--plan", metavar="FILE", help='JSON file: a list of {"procedure", "parameters"} steps')
-    source.add_argument("--sample", action="store_true", help="the packaged sample plan (ledger_summary)")
+    source.add_argument(
+        "--sample", action="store_true", help="the packaged sample plan (ledger_summary, then vendor_totals)"
+    )
     p.add_argument("--title", default="", help="title of the workflow (default: from the plan)")
     p.add_argument(
         "--max-cycles",

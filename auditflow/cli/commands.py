@@ -19,8 +19,6 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
 
-SAMPLE_PROCEDURE = "ledger_summary"
-
 
 @dataclass
 class Context:
@@ -55,8 +53,13 @@ def sample_ledger_path() -> str:
 
 
 def sample_plan() -> list[pb.PlanStep]:
-    step = {"procedure": SAMPLE_PROCEDURE, "parameters": {"path": sample_ledger_path()}}
-    return plan_from_data([step], "sample")
+    """Summarise the sample ledger, then rank its vendors: two steps, so two cycles."""
+    path = sample_ledger_path()
+    steps = [
+        {"procedure": "ledger_summary", "parameters": {"path": path}},
+        {"procedure": "vendor_totals", "parameters": {"path": path, "top": 5}},
+    ]
+    return plan_from_data(steps, "sample")
 
 
 def load_plan(path: str) -> list[pb.PlanStep]:

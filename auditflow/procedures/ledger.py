@@ -16,16 +16,23 @@ from auditflow.procedures import CriticalError, register
 REQUIRED_COLUMNS = ("entry_id", "posting_date", "account", "amount")
 
 
-def validate_ledger_path(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
+def validate_ledger_path(parameters: dict[str, Any], allowed: frozenset[str] = frozenset()) -> Iterator[FieldViolation]:
     path = parameters.get("path")
     if not isinstance(path, str) or not path:
         yield FieldViolation("parameters.path", "required: the path of a CSV ledger")
         return
     if not Path(path).is_file():
         yield FieldViolation("parameters.path", f"no such file: {path}")
-    unknown = set(parameters) - {"path"}
+    unknown = set(parameters) - {"path"} - allowed
     if unknown:
         yield FieldViolation("parameters", f"unknown parameters: {', '.join(sorted(unknown))}")
+
+
+def validate_vendor_totals(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
+    yield from validate_ledger_path(parameters, frozenset({"top"}))
+    top = parameters.get("top", 10)
+    if not isinstance(top, int | float) or top != int(top) or not 1 <= top <= 1000:
+        yield FieldViolation("parameters.top", "a whole number between 1 and 1000")
 
 
 @register("ledger_summary", validate=validate_ledger_path)
@@ -51,11 +58,38 @@ def ledger_summary(parameters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+@register("vendor_totals", validate=validate_vendor_totals)
+def vendor_totals(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The vendors paid most in a CSV ledger: total, entries and share of the whole, top N."""
+    path = Path(parameters["path"])
+    top = int(parameters.get("top", 10))
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    counts: dict[str, int] = defaultdict(int)
+    for line, row in _read_rows(path, ("vendor",)):
+        vendor = row["vendor"] or "(none)"
+        totals[vendor] += _amount(row["amount"], path, line)
+        counts[vendor] += 1
+    grand = sum(totals.values(), Decimal(0))
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return {
+        "vendors": len(totals),
+        "top": [
+            {
+                "vendor": vendor,
+                "total": str(total),
+                "entries": counts[vendor],
+                "share": float(round(total / grand, 4)) if grand else 0.0,
+            }
+            for vendor, total in ranked
+        ],
+    }
+
+
+def _read_rows(path: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in (*REQUIRED_COLUMNS, *extra) if c not in (reader.fieldnames or [])]
             if missing:
                 raise CriticalError(f"{path}: missing columns: {', '.join(missing)}")
             for row in reader:

@@ -110,10 +110,11 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sample_plan_points_at_the_packaged_ledger() -> None:
-    (step,) = commands.sample_plan()
-    path = Path(step.parameters["path"])
-    assert step.procedure == "ledger_summary"
+    summary, vendors = commands.sample_plan()
+    assert (summary.procedure, vendors.procedure) == ("ledger_summary", "vendor_totals")
+    path = Path(summary.parameters["path"])
     assert path.is_absolute() and path.is_file() and path.name == "ledger.csv"
+    assert vendors.parameters["path"] == str(path)
 
 
 def test_load_plan(tmp_path: Path) -> None:

@@ -1,0 +1,81 @@
+"""The built-in ledger procedures compute the right figures and fail clearly on bad ledgers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auditflow.procedures import CriticalError, load
+
+HEADER = "entry_id,posting_date,vendor,account,amount,currency,description,created_by,approved_by\n"
+ROWS = [
+    "JE-1,2026-01-05,Acme,6100,100.10,EUR,a,alice,bob",
+    "JE-2,2026-01-20,Globex,6200,50.00,EUR,b,bob,carol",
+    "JE-3,2026-02-02,Acme,6100,-20.05,EUR,c,carol,alice",
+    "JE-4,2026-03-31,Initech,6300,300,EUR,d,alice,carol",
+]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.csv"
+    path.write_text(HEADER + "\n".join(ROWS) + "\n")
+    return path
+
+
+def run(name: str, **parameters: object) -> dict[str, object]:
+    procedure = load().get(name)
+    assert procedure is not None
+    return procedure.run(dict(parameters))
+
+
+def test_ledger_summary_totals_per_account_and_month(ledger: Path) -> None:
+    result = run("ledger_summary", path=str(ledger))
+    assert result["rows"] == 4
+    assert result["total"] == "430.05"
+    assert result["per_account"] == {"6100": "80.05", "6200": "50.00", "6300": "300"}
+    assert result["per_month"] == {"2026-01": "150.10", "2026-02": "-20.05", "2026-03": "300"}
+
+
+def test_vendor_totals_ranks_vendors(ledger: Path) -> None:
+    result = run("vendor_totals", path=str(ledger), top=2)
+    assert result["vendors"] == 3
+    assert result["top"] == [
+        {"vendor": "Initech", "total": "300", "entries": 1, "share": 0.6976},
+        {"vendor": "Acme", "total": "80.05", "entries": 2, "share": 0.1861},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("entry_id,posting_date,account\nJE-1,2026-01-01,6100\n", "missing columns: amount"),
+        (HEADER + "JE-1,2026-01-01,Acme,6100,ten,EUR,a,b,c\n", ":2: amount 'ten' is not a number"),
+        (HEADER + "JE-1,01/02/2026,Acme,6100,10,EUR,a,b,c\n", "posting_date '01/02/2026' is not an ISO date"),
+    ],
+)
+def test_a_bad_ledger_is_a_critical_error_that_says_why(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(CriticalError, match=message):
+        run("ledger_summary", path=str(path))
+
+
+def test_a_non_utf8_ledger_is_a_critical_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes((HEADER + "JE-1,2026-01-01,Caf\xe9,6100,10,EUR,a,b,c\n").encode("latin-1"))
+    with pytest.raises(CriticalError, match="cannot read the ledger"):
+        run("ledger_summary", path=str(path))
+
+
+def test_parameters_are_validated_before_anything_runs(ledger: Path) -> None:
+    registry = load()
+    summary = registry.get("ledger_summary")
+    vendors = registry.get("vendor_totals")
+    assert summary is not None and vendors is not None and summary.validate and vendors.validate
+    assert [v.field for v in summary.validate({})] == ["parameters.path"]
+    assert [v.field for v in summary.validate({"path": "/nope.csv"})] == ["parameters.path"]
+    assert [v.field for v in summary.validate({"path": str(ledger), "x": 1})] == ["parameters"]
+    assert list(vendors.validate({"path": str(ledger), "top": 3})) == []
+    assert [v.field for v in vendors.validate({"path": str(ledger), "top": 0})] == ["parameters.top"]
