@@ -77,8 +77,12 @@ class EventHub(Generic[E]):
 
     def waiter(self, workflow_id: str) -> asyncio.Event:
         """The event the next publish or wake sets. Take it before reading state, then
-        `wait_for` it, so that a change between the read and the wait is never missed."""
-        return self._channels.setdefault(workflow_id, _Channel()).changed
+        `wait_for` it, so that a change between the read and the wait is never missed.
+        Only between `subscribe` and `unsubscribe`: a channel is freed with its last watcher."""
+        channel = self._channels.get(workflow_id)
+        if channel is None:
+            raise RuntimeError(f"waiter({workflow_id!r}) without subscribe()")
+        return channel.changed
 
     async def wait(self, workflow_id: str, after: int, timeout: float) -> bool:
         """Wait for an event after `after` (or a wake); False if `timeout` seconds passed."""
