@@ -68,6 +68,13 @@ class AlreadyDecided(WrongState):
     reason = "ALREADY_DECIDED"
 
 
+class OutOfRange(AuditflowError):
+    """The request reaches past the end of what exists."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "OUT_OF_RANGE"
+
+
 class Unauthenticated(AuditflowError):
     """No valid credentials were given."""
 

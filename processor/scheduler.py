@@ -93,25 +93,35 @@ class Scheduler:
         if driver is not None:
             driver.wake.set()
 
-    async def stop(self, grace: float) -> None:
-        """Stop claiming, give running cycles `grace` seconds to finish, release our leases."""
+    async def stop(self, grace: float) -> int:
+        """Stop claiming, give running cycles `grace` seconds to finish, release our leases.
+
+        A cycle still running after `grace` cannot be stopped (it is a thread): its run keeps
+        its lease, so nobody starts the same step while it may still run, and the number of
+        such cycles is returned so that the process can exit without waiting for them."""
         self._stopping.set()
         self._wakeup.set()
         for driver in self._drivers.values():
             driver.wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        tasks = [d.task for d in self._drivers.values() if d.task is not None]
+        tasks = {d.task: d.workflow_id for d in self._drivers.values() if d.task is not None}
+        abandoned: list[str] = []
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
+            abandoned = [tasks[task] for task in pending]
             for task in pending:
                 task.cancel()
             if pending:
-                logger.warning("%d cycles did not finish within %.1f s; abandoning them", len(pending), grace)
+                logger.warning(
+                    "%d cycles did not finish within %.1f s; their leases expire in %.0f s",
+                    len(pending), grace, self._settings.lease_seconds,
+                )  # fmt: skip
                 await asyncio.gather(*pending, return_exceptions=True)
-        released = await self._db.write(lambda conn: store.release_leases(conn, self.worker_id))
+        released = await self._db.write(lambda conn: store.release_leases(conn, self.worker_id, keep=abandoned))
         self._executor.shutdown(wait=False, cancel_futures=True)
         logger.info("scheduler %s stopped; released %d leases", self.worker_id, released)
+        return len(abandoned)
 
     # --- claiming ------------------------------------------------------------------------
 
@@ -276,7 +286,12 @@ class Scheduler:
             renewing = time.monotonic()
             end = self._lease_end(utcnow())
             renew = functools.partial(store.renew_lease, workflow_id=workflow_id, owner=self.worker_id, expires_at=end)
-            kept = await self._db.write(renew)
+            try:
+                kept = await self._db.write(renew)
+            except Exception:
+                logger.warning("%s: renewing the lease failed; retrying", workflow_id, exc_info=True)
+                await asyncio.sleep(min(1.0, interval))
+                continue
             if not kept:
                 logger.warning("%s: lease lost while the run was in progress", workflow_id)
                 return

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from auditflow import convert, plans, principal, statuses
 from auditflow.convert import utcnow
 from auditflow.db import Database
-from auditflow.errors import NotFound, Unavailable, invalid
+from auditflow.errors import FieldViolation, NotFound, OutOfRange, Unavailable, invalid
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from processor import messages, orchestrator, store, transitions
@@ -51,6 +51,12 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
 
     async def Enqueue(self, request: ps.EnqueueRequest, context: Any) -> ps.EnqueueResponse:
         wid = plans.check_workflow_id(request.workflow_id)
+        # Idempotent first: a retried Enqueue returns the run it created, even if validating
+        # the plan would now answer differently (a ledger file moved since).
+        existing = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
+        if existing is not None:
+            logger.info("%s: enqueued again; returning the existing run", wid)
+            return ps.EnqueueResponse(run=messages.run(existing), created=False)
         # Procedures may check files (a ledger path): blocking work, off the event loop.
         await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
         if request.base_sequence < 0:
@@ -103,7 +109,12 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         self, request: ps.ProcessorServiceWatchStatusRequest, context: Any
     ) -> AsyncIterator[WatchResponse]:
         run = await self._get(request.workflow_id)
-        if statuses.is_terminal(run.status) and request.after_sequence >= run.last_sequence:
+        if request.after_sequence > run.last_sequence:
+            raise OutOfRange(
+                f"after_sequence {request.after_sequence} is past the last event ({run.last_sequence})",
+                violations=[FieldViolation("after_sequence", f"at most {run.last_sequence}")],
+            )
+        if statuses.is_terminal(run.status) and request.after_sequence == run.last_sequence:
             return  # the client has seen the end already
         self._hub.subscribe(run.workflow_id)
         try:
@@ -124,15 +135,21 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
 
         The log is the source: the hub only wakes us and saves reads when its cache covers
         what we have not sent. We read a page at a time, so a slow watcher costs nothing but
-        its position. Waits are bounded by poll_interval so that events written by another
-        processor (sharing the database) are seen too.
+        its position. On SQLite this processor is the only writer of its database, so every
+        event passes through its hub and an idle watcher costs nothing. On PostgreSQL other
+        processors may append to the run's log: there waits are bounded by poll_interval and
+        the log is read after each.
         """
         settings = self._settings
         idle_since = time.monotonic()
         while True:
             if self._closing.is_set():
                 raise Unavailable("the processor is shutting down; reconnect with after_sequence")
-            batch = self._hub.cached_after(wid, after) or await self._read_events(wid, after)
+            cached = self._hub.cached_after(wid, after)
+            if cached is None or (not cached and not self._db.is_sqlite):
+                batch = await self._read_events(wid, after)
+            else:
+                batch = cached
             for message in batch:
                 yield message
                 after = message.event.sequence
@@ -148,7 +165,9 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
                     raise _not_found(wid)
                 yield messages.watch_heartbeat(run, utcnow())
                 idle_since, idle = time.monotonic(), 0.0
-            timeout = min(settings.poll_interval, settings.heartbeat_interval - idle)
+            timeout = settings.heartbeat_interval - idle
+            if not self._db.is_sqlite:  # another processor may append to this run's log
+                timeout = min(settings.poll_interval, timeout)
             await self._hub.wait(wid, after, max(timeout, 0.001))
 
     async def _read_events(self, wid: str, after: int) -> list[WatchResponse]:

@@ -446,9 +446,10 @@ def renew_lease(conn: Connection, workflow_id: str, owner: str, expires_at: date
     return result.rowcount == 1
 
 
-def release_leases(conn: Connection, owner: str, workflow_ids: Collection[str] | None = None) -> int:
-    """Give up `owner`'s leases so another processor can claim the runs at once."""
+def release_leases(conn: Connection, owner: str, keep: Collection[str] = ()) -> int:
+    """Give up `owner`'s leases (but those in `keep`) so another processor can claim the runs
+    at once."""
     query = update(runs).where(runs.c.lease_owner == owner)
-    if workflow_ids is not None:
-        query = query.where(runs.c.workflow_id.in_(list(workflow_ids)))
+    if keep:
+        query = query.where(runs.c.workflow_id.not_in(list(keep)))
     return conn.execute(query.values(lease_owner=None, lease_expires_at=None)).rowcount

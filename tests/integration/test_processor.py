@@ -123,6 +123,21 @@ async def test_enqueue_is_idempotent(harnesses: Harnesses) -> None:
     assert (row["title"], row["base_sequence"]) == ("test run", 2)
 
 
+async def test_a_retried_enqueue_returns_the_run_even_if_its_plan_no_longer_validates(
+    harnesses: Harnesses, tmp_path: Path
+) -> None:
+    """The answer to the first Enqueue was lost, then the ledger moved: the retry must not be
+    refused (the gateway would end a workflow that the processor is running)."""
+    h = await harnesses.start()
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text("entry_id,posting_date,account,amount\nJE-1,2026-01-01,6100,1\n")
+    request = enqueue_request([step("ledger_summary", path=str(ledger))])
+    assert (await h.stub.Enqueue(request)).created
+    ledger.unlink()
+    retry = await h.stub.Enqueue(request)
+    assert not retry.created and retry.run.snapshot.workflow_id == request.workflow_id
+
+
 async def test_enqueue_validates_and_stores_nothing_when_invalid(harnesses: Harnesses) -> None:
     h = await harnesses.start()
     with pytest.raises(grpc.aio.AioRpcError) as bad_id:
@@ -343,6 +358,19 @@ async def test_watch_sends_heartbeats_with_the_snapshot_while_idle(harnesses: Ha
     assert messages[-1].WhichOneof("kind") == "event" and types(messages)[-1] == "COMPLETED"
 
 
+async def test_watch_past_the_last_event_is_out_of_range(harnesses: Harnesses) -> None:
+    """A stream that waits for sequences past the end would never see the terminal event."""
+    h = await harnesses.start()
+    request = enqueue_request([step("test_sleep", seconds=0.2)])
+    await h.stub.Enqueue(request)
+    call = h.stub.WatchStatus(ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id, after_sequence=50))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in call:
+            pass
+    assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "after_sequence" in details(refused.value)["fields"]
+
+
 async def test_watch_of_unknown_or_malformed_run_fails(harnesses: Harnesses) -> None:
     h = await harnesses.start()
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
@@ -491,3 +519,33 @@ async def _bound_port(stderr: asyncio.StreamReader) -> int:
         if found:
             return int(found.group(1))
     raise AssertionError("the processor exited without logging its port")
+
+
+async def test_sigterm_does_not_wait_past_the_grace_period_for_a_running_step(tmp_path: Path) -> None:
+    """A step still running on a thread after the grace period keeps its lease (nobody else
+    starts it meanwhile) and the process exits instead of waiting for the thread."""
+    database = tmp_path / "p.db"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "processor", "--port", "0", "--database-url", f"sqlite:///{database}",
+        "--plugin", "tests.support.procedures", "--grace-period", "0.5",
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        port = await asyncio.wait_for(_bound_port(proc.stderr), 30)
+        drain_log = asyncio.create_task(proc.stderr.read())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ps_grpc.ProcessorServiceStub(channel)
+            request = enqueue_request([step("test_sleep", seconds=30)])
+            await stub.Enqueue(request)
+            call = stub.WatchStatus(ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id))
+            await read_until(call, is_event(E.EVENT_TYPE_STARTED))
+            call.cancel()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0  # not the 30 s of the step
+        assert "cycles still running on threads" in (await drain_log).decode()
+        assert run_row(database, request.workflow_id)["lease_owner"] is not None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
