@@ -1,10 +1,10 @@
 """Live notification of new events, within one process.
 
 The event log in the database is the source of truth; this hub only says "workflow X has
-events up to sequence N" so that watchers wake up and read what they have not seen. A slow
-watcher therefore never makes anyone buffer: it reads from the log at its own pace.
-Recent events are kept in a small per-workflow cache so that a hundred watchers of one run do
-not each query the database for every event.
+events up to sequence N" (or "look again") so that watchers wake up and read what they have
+not seen. A slow watcher therefore never makes anyone buffer: it reads from the log at its
+own pace. While anyone watches a workflow, its recent events are also kept in a small cache,
+so that a hundred watchers of one run read each new event from memory, not the database.
 """
 
 from __future__ import annotations

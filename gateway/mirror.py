@@ -27,18 +27,28 @@ logger = logging.getLogger(__name__)
 
 
 class Mirror:
+    """Follows dispatched runs and copies their snapshots onto the workflow rows.
+
+    At most `max_followed` runs are followed at a time, the oldest approvals first (the
+    processor claims the oldest runs first), so that a backlog of thousands of queued runs
+    costs waiting tasks, not open streams. A run beyond the window is mirrored when it enters
+    it; a client that watches it gets the processor's events directly in any case.
+    """
+
     def __init__(
         self,
         db: Database,
         stub: ppb_grpc.ProcessorServiceAsyncStub,
         on_change: Callable[[str], None],
         *,
+        max_followed: int = 64,
         max_backoff: float = 5.0,
     ) -> None:
         self._db = db
         self._stub = stub
         self._on_change = on_change
         self._max_backoff = max_backoff
+        self._slots = asyncio.Semaphore(max_followed)
         self._followers: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
@@ -51,15 +61,21 @@ class Mirror:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    @property
+    def following(self) -> int:
+        """Runs followed or waiting for a slot."""
+        return len(self._followers)
+
     async def record(self, workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
-        """Copy a snapshot onto the workflow row and mark the workflow dispatched."""
-        await self._db.write(lambda conn: store.mirror(conn, workflow_id, snapshot))
-        self._on_change(workflow_id)
+        """Copy a snapshot onto the workflow row (marking it dispatched) and follow the run
+        until it ends."""
+        await self._write(workflow_id, snapshot)
         if not snapshot.is_completed:
             self.follow(workflow_id, snapshot.last_sequence)
 
-    async def _record(self, workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
+    async def _write(self, workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
         await self._db.write(lambda conn: store.mirror(conn, workflow_id, snapshot))
+        self._on_change(workflow_id)
 
     def follow(self, workflow_id: str, after: int) -> None:
         if workflow_id in self._followers:
@@ -69,6 +85,13 @@ class Mirror:
         task.add_done_callback(lambda _t: self._followers.pop(workflow_id, None))
 
     async def _follow(self, workflow_id: str, after: int) -> None:
+        async with self._slots:
+            row = await self._db.read(lambda conn: store.get(conn, workflow_id))
+            if row is None or statuses.is_terminal(row.status):
+                return  # it ended while waiting for a slot (a watcher recorded the end)
+            await self._stream(workflow_id, max(after, row.last_sequence))
+
+    async def _stream(self, workflow_id: str, after: int) -> None:
         attempt = 0
         while True:
             try:
@@ -76,9 +99,8 @@ class Mirror:
                 async for response in self._stub.WatchStatus(request):
                     attempt = 0
                     if response.HasField("event"):
-                        await self._record(workflow_id, response.snapshot)
+                        await self._write(workflow_id, response.snapshot)
                         after = response.event.sequence
-                        self._on_change(workflow_id)
                         if statuses.is_terminal(response.snapshot.status):
                             return
                 return
@@ -86,6 +108,10 @@ class Mirror:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     logger.error("the processor has no run for dispatched workflow %s", workflow_id)
                     return
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    logger.error("the processor's log of %s is behind ours; following it from the start", workflow_id)
+                    after = 0
+                    continue
                 attempt += 1
                 delay = min(self._max_backoff, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
                 logger.warning("following %s failed (%s); retry in %.2fs", workflow_id, exc.code().name, delay)

@@ -31,10 +31,13 @@ from gateway import store, workflows
 
 logger = logging.getLogger(__name__)
 
-# Codes after which a retry cannot succeed: the processor refused the request itself.
-PERMANENT = frozenset(
-    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED}
-)
+# The processor is unreachable or too slow: every sender waits for it (the gate closes).
+OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# The processor answered and refused the request itself: a retry cannot succeed. (A cancel of
+# a run the processor never accepted is NOT_FOUND for good.) Any other failure is retried for
+# that row alone, with backoff, without holding up the others.
+REFUSED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
+REFUSED_CANCEL = REFUSED | {grpc.StatusCode.NOT_FOUND}
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,8 @@ class OutboxRelay:
                 logger.exception("outbox scan failed")
 
     async def _scan(self) -> None:
-        known = list(self._known)
+        """Pick up rows nobody handed us: left by a killed gateway, or by a replica."""
+        known = set(self._known)
         rows = await self._db.read(lambda conn: store.pending_outbox(conn, known))
         for r in rows:
             self.submit(OutboxRow(r.id, r.workflow_id, r.kind, r.payload))
@@ -138,25 +142,46 @@ class OutboxRelay:
                 queue.popleft()
                 self._known.discard(row.id)
         finally:
+            # If this task ends early (cancelled), forget the rows so that a scan finds them.
+            for row in queue:
+                self._known.discard(row.id)
             del self._queues[workflow_id]
 
     async def _deliver(self, row: OutboxRow) -> None:
+        """Deliver one row, retrying until the processor accepts or refuses it for good."""
+        attempt = 0
+        while True:
+            try:
+                await self._attempt(row)
+                return
+            except Exception as exc:  # a failure of ours (database) or an unexpected answer
+                attempt += 1
+                delay = _backoff(attempt, self._max_backoff)
+                logger.warning(
+                    "delivering %s of %s failed (%s); retry %d in %.2fs",
+                    row.kind, row.workflow_id, _describe(exc), attempt, delay,
+                    exc_info=not isinstance(exc, grpc.aio.AioRpcError),
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
+    async def _attempt(self, row: OutboxRow) -> None:
         request = row.request or await self._request(row)
         if request is None:
             logger.error("outbox row %d names unknown workflow %s; dropped", row.id, row.workflow_id)
-            await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
-            return
-        while True:
-            await self._open.wait()
-            try:
-                async with self._in_flight:
-                    await self._send(row, request)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in PERMANENT:
-                    await self._give_up(row, exc)
+        else:
+            while True:
+                await self._open.wait()
+                try:
+                    async with self._in_flight:
+                        await self._send(row, request)
                     break
-                self._close_gate(row, exc)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (REFUSED_CANCEL if row.kind == store.CANCEL else REFUSED):
+                        await self._give_up(row, exc)
+                        break
+                    if exc.code() not in OUTAGE:
+                        raise
+                    self._close_gate(row, exc)
         await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
         self.delivered += 1
 
@@ -177,8 +202,7 @@ class OutboxRelay:
         attempt = 0
         while True:
             attempt += 1
-            delay = min(self._max_backoff, 0.05 * 2**attempt) * (0.5 + random.random() / 2)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(_backoff(attempt, self._max_backoff))
             try:
                 if await self._probe():
                     break
@@ -210,3 +234,16 @@ class OutboxRelay:
             event = await self._db.write(lambda conn: workflows.fail_dispatch(conn, row.workflow_id, reason, message))
             if event is not None:
                 self._on_event(event)
+        else:  # a later CancelWorkflow may try again
+            await self._db.write(lambda conn: store.clear_cancel_requested(conn, row.workflow_id))
+
+
+def _backoff(attempt: int, cap: float) -> float:
+    """Capped exponential backoff with jitter: 0.1 s, 0.2 s, 0.4 s … up to `cap`."""
+    return float(min(cap, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

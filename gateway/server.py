@@ -1,6 +1,6 @@
 """The gateway process: `WorkflowService` on a gRPC server, the outbox relay and the mirror.
 
-`create_server(settings)` builds everything without starting it (tests use port 0);
+`create_server(address, settings)` builds everything without starting it (tests use port 0);
 `serve(settings)` runs until SIGINT/SIGTERM; `main()` is the `auditflow-gateway` script.
 """
 

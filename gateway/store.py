@@ -9,7 +9,7 @@ events; the gateway keeps a mirror of the run's status on the workflow row for G
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -141,17 +141,26 @@ def events_after(conn: Connection, workflow_id: str, after: int) -> list[Row[Any
 
 
 def add_outbox(conn: Connection, workflow_id: str, kind: str, payload: bytes, time: datetime) -> int:
-    result = conn.execute(insert(outbox).values(workflow_id=workflow_id, kind=kind, payload=payload, created_at=time))
+    values = {"workflow_id": workflow_id, "kind": kind, "payload": payload, "created_at": time}
+    result = conn.execute(_INSERT_OUTBOX, values)
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
 
 
-def pending_outbox(conn: Connection, exclude: Sequence[int] = ()) -> list[Row[Any]]:
-    query = select(outbox).order_by(outbox.c.id)
-    if exclude:
-        query = query.where(outbox.c.id.not_in(list(exclude)))
-    return list(conn.execute(query))
+def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Row[Any]]:
+    """Outbox rows not in `known`, oldest first. Only ids are read for all rows, so that a
+    large backlog the relay already holds costs little to scan."""
+    ids = [r[0] for r in conn.execute(select(outbox.c.id).order_by(outbox.c.id)) if r[0] not in known]
+    rows: list[Row[Any]] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows.extend(conn.execute(select(outbox).where(outbox.c.id.in_(chunk)).order_by(outbox.c.id)))
+    return rows
+
+
+def clear_cancel_requested(conn: Connection, workflow_id: str) -> None:
+    conn.execute(update(workflows).where(workflows.c.workflow_id == workflow_id).values(cancel_requested=False))
 
 
 def delete_outbox(conn: Connection, outbox_id: int) -> None:
@@ -177,8 +186,10 @@ def complete_enqueue(request: ppb.EnqueueRequest, row: Row[Any]) -> ppb.EnqueueR
 
 def to_follow(conn: Connection) -> list[tuple[str, int]]:
     """Dispatched workflows whose run has not ended, with the last sequence mirrored."""
-    query = select(workflows.c.workflow_id, workflows.c.last_sequence).where(
-        and_(workflows.c.dispatched.is_(True), workflows.c.status.not_in(list(statuses.TERMINAL)))
+    query = (
+        select(workflows.c.workflow_id, workflows.c.last_sequence)
+        .where(and_(workflows.c.dispatched.is_(True), workflows.c.status.not_in(list(statuses.TERMINAL))))
+        .order_by(workflows.c.decided_at, workflows.c.workflow_id)
     )
     return [(r[0], r[1]) for r in conn.execute(query)]
 

@@ -21,7 +21,7 @@ from sqlalchemy import Row
 
 from auditflow import convert, plans, statuses
 from auditflow.db import Database
-from auditflow.errors import NotFound
+from auditflow.errors import FieldViolation, NotFound, OutOfRange
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
@@ -58,6 +58,11 @@ class Watcher:
         row = await self._db.read(lambda conn: store.get(conn, workflow_id))
         if row is None:
             raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
+        if not row.dispatched:  # (once dispatched, the processor's log is the judge)
+            if after > row.last_sequence:
+                raise _out_of_range(after, row.last_sequence)
+            if statuses.is_terminal(row.status) and after == row.last_sequence:
+                return  # the client has seen the end already
         self._hub.subscribe(workflow_id)
         try:
             cursor = after
@@ -94,7 +99,13 @@ class Watcher:
         row, logged = await self._read(workflow_id, after)
         for event in logged:
             yield wpb.WatchStatusResponse(event=store.event_message(event), snapshot=_event_snapshot(row, event))
-        if not logged and not row.dispatched and not await wait_for(changed, self._heartbeat):
+        if logged:
+            return
+        if row.dispatched:  # the processor accepted the run, yet has no record of it now
+            logger.error("the processor lost dispatched workflow %s; retrying", workflow_id)
+            yield _heartbeat(store.snapshot_of(row))
+            await asyncio.sleep(self._max_backoff)
+        elif not await wait_for(changed, self._heartbeat):
             yield _heartbeat(store.snapshot_of(row))
 
     async def _read(self, workflow_id: str, after: int) -> tuple[Row[Any], list[dict[str, Any]]]:
@@ -122,6 +133,8 @@ class Watcher:
                         yield wpb.WatchStatusResponse(heartbeat=response.heartbeat, snapshot=response.snapshot)
                 return
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    raise OutOfRange(exc.details() or "after_sequence is past the last event") from exc
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     # Approved, not yet enqueued: wait for the relay's dispatch (or a refusal).
                     async for own in self._until_dispatched(workflow_id, after):
@@ -136,6 +149,13 @@ class Watcher:
                 if row is not None:
                     yield _heartbeat(store.snapshot_of(row))
                 await asyncio.sleep(delay)
+
+
+def _out_of_range(after: int, last: int) -> OutOfRange:
+    return OutOfRange(
+        f"after_sequence {after} is past the last event ({last})",
+        violations=[FieldViolation("after_sequence", f"at most {last}")],
+    )
 
 
 def _row_and_events(conn: Any, workflow_id: str, after: int) -> tuple[Row[Any], list[dict[str, Any]]]:

@@ -103,11 +103,10 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
 
 
 def _same_decision(row: Row[Any], decision: str, actor: str, request_id: str) -> bool:
+    """The same decision again, by the same person or with the same request id."""
     if row.decision != decision:
         return False
-    if request_id and row.decision_request_id:
-        return bool(row.decision_request_id == request_id)
-    return bool(row.decided_by == actor)
+    return bool(row.decided_by == actor or (request_id and row.decision_request_id == request_id))
 
 
 def _refuse(row: Row[Any], workflow_id: str) -> Exception:

@@ -107,12 +107,15 @@ async def test_the_same_approval_again_gets_the_same_answer(stub: wpb_grpc.Workf
     assert details(refused.value)["reason"] == "ALREADY_DECIDED"
 
 
-async def test_same_request_id_from_a_retrying_client_is_idempotent(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
+async def test_same_request_id_or_same_approver_is_idempotent(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     workflow = await create(stub)
     request = wpb.ApproveRequest(workflow_id=workflow.workflow_id, request_id="click-1")
     first = await stub.Approve(request, metadata=as_user("alice"))
     second = await stub.Approve(request, metadata=as_user("alice"))
     assert first.updated_at == second.updated_at
+    other_click = wpb.ApproveRequest(workflow_id=workflow.workflow_id, request_id="click-2")
+    third = await stub.Approve(other_click, metadata=as_user("alice"))
+    assert (third.approved, third.updated_at) == (True, first.updated_at)
 
 
 async def test_another_decision_after_the_first_is_refused(
@@ -346,3 +349,19 @@ async def test_an_unexpected_error_in_a_stream_is_internal_too(
             pass
     assert refused.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (refused.value.details() or "")
+
+
+async def test_watch_past_the_end_is_out_of_range_and_after_the_end_ends_at_once(
+    stub: wpb_grpc.WorkflowServiceAsyncStub,
+) -> None:
+    workflow = await create(stub)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id, after_sequence=50)):
+            pass
+    assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert details(refused.value)["fields"] == ["after_sequence"]
+    await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("bob"))
+    seen = [
+        m async for m in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id, after_sequence=2))
+    ]
+    assert seen == []  # the client saw the end already: the stream ends OK at once

@@ -1,0 +1,126 @@
+"""The outbox relay delivers every row exactly as far as it can, and never stalls on one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from gateway.server import Gateway
+from gateway.server import Settings as GatewaySettings
+from gateway.server import create_server as create_gateway
+from processor.server import Processor
+from processor.server import create_server as create_processor
+from processor.settings import Settings as ProcessorSettings
+from tests.support.grpc_helpers import as_user, dump_sqlite, free_port, ledger_step, step
+
+S = pb.WorkflowStatus
+PLUGINS = ("tests.support.procedures",)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway whose processor is not started yet (see `start_processor`)."""
+    settings = GatewaySettings(
+        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+        processor_target=f"127.0.0.1:{free_port()}",
+        plugins=PLUGINS,
+    )
+    server = create_gateway("127.0.0.1:0", settings)
+    await server.start()
+    yield server
+    await server.stop(0)
+
+
+@pytest.fixture
+async def start_processor(gateway: Gateway, tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Processor]]]:
+    started: list[Processor] = []
+
+    async def start() -> Processor:
+        settings = ProcessorSettings(
+            database_url=f"sqlite:///{tmp_path / 'processor.db'}", plugins=PLUGINS, cycle_delay=0.01
+        )
+        processor = create_processor(gateway.settings.processor_target, settings)
+        await processor.start()
+        started.append(processor)
+        return processor
+
+    yield start
+    for processor in started:
+        await processor.stop(1)
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def status(stub: wpb_grpc.WorkflowServiceAsyncStub, workflow_id: str) -> pb.Workflow:
+    return (await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow
+
+
+async def test_a_refused_workflow_and_its_cancel_do_not_stall_the_relay(
+    gateway: Gateway, start_processor: Callable[[], Awaitable[Processor]], tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text("entry_id,posting_date,account,amount\nJE-1,2026-01-01,6100,1\n")
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        create = wpb.CreateWorkflowRequest(title="t", plan=[ledger_step(ledger)])
+        doomed = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow.workflow_id
+        ledger.unlink()  # the processor will refuse the plan: its ledger is gone
+        await stub.Approve(wpb.ApproveRequest(workflow_id=doomed), metadata=as_user("alice"))
+        cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=doomed))
+        assert cancel.pending  # queued behind the Enqueue, for a run that will never exist
+        await start_processor()
+
+        async def settled() -> bool:
+            return gateway.relay.pending == 0 and (await status(stub, doomed)).is_completed
+
+        await until(settled, "both rows of the refused workflow to be settled")
+        workflow = await status(stub, doomed)
+        assert (workflow.status, workflow.error.reason) == (S.WORKFLOW_STATUS_FAILED, "DISPATCH_REFUSED")
+        assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
+        fine = (await stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]))).workflow
+        await stub.Approve(wpb.ApproveRequest(workflow_id=fine.workflow_id), metadata=as_user("alice"))
+
+        async def completed() -> bool:
+            return (await status(stub, fine.workflow_id)).status == S.WORKFLOW_STATUS_COMPLETED
+
+        await until(completed, "the next workflow to complete")
+
+
+async def test_a_failure_of_our_own_while_delivering_is_retried(
+    gateway: Gateway, start_processor: Callable[[], Awaitable[Processor]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await start_processor()
+    real_record = gateway.mirror.record
+    failures = []
+
+    async def flaky_record(workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
+        if not failures:
+            failures.append(workflow_id)
+            raise OSError("disk full")
+        await real_record(workflow_id, snapshot)
+
+    monkeypatch.setattr(gateway.mirror, "record", flaky_record)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
+        workflow_id = (await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
+        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+
+        async def completed() -> bool:
+            return (await status(stub, workflow_id)).status == S.WORKFLOW_STATUS_COMPLETED
+
+        await until(completed, "the workflow to complete despite the failed delivery")
+    assert failures == [workflow_id]
+    assert gateway.relay.pending == 0
