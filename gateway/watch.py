@@ -92,16 +92,22 @@ class Watcher:
             if not await wait_for(changed, self._heartbeat):
                 yield _heartbeat(store.snapshot_of(row))
 
-    async def _until_dispatched(self, workflow_id: str, after: int) -> AsyncIterator[wpb.WatchStatusResponse]:
+    async def _until_dispatched(
+        self, workflow_id: str, after: int, not_found: int
+    ) -> AsyncIterator[wpb.WatchStatusResponse]:
         """Heartbeats until the relay's Enqueue is acknowledged (it wakes the hub), or the
-        gateway's own events if the processor refused the workflow."""
+        gateway's own events if the processor refused the workflow. `not_found` counts the
+        processor's NOT_FOUND answers in a row."""
         changed = self._hub.waiter(workflow_id)
         row, logged = await self._read(workflow_id, after)
         for event in logged:
             yield wpb.WatchStatusResponse(event=store.event_message(event), snapshot=_event_snapshot(row, event))
         if logged:
             return
-        if row.dispatched:  # the processor accepted the run, yet has no record of it now
+        if row.dispatched:
+            if not_found == 1:
+                return  # dispatched between the processor's answer and our read: ask again
+            # The processor accepted the run, yet has no record of it now: do not spin.
             logger.error("the processor lost dispatched workflow %s; retrying", workflow_id)
             yield _heartbeat(store.snapshot_of(row))
             await asyncio.sleep(self._max_backoff)
@@ -114,11 +120,12 @@ class Watcher:
     async def _relay(self, workflow_id: str, after: int) -> AsyncIterator[wpb.WatchStatusResponse]:
         """The processor's events after `after`, reconnecting until the terminal one."""
         attempt = 0
+        not_found = 0  # NOT_FOUND answers in a row
         while True:
             request = ppb.ProcessorServiceWatchStatusRequest(workflow_id=workflow_id, after_sequence=after)
             try:
                 async for response in self._stub.WatchStatus(request):
-                    attempt = 0
+                    attempt = not_found = 0
                     if response.HasField("event"):
                         if response.event.sequence <= after:
                             continue
@@ -137,7 +144,8 @@ class Watcher:
                     raise OutOfRange(exc.details() or "after_sequence is past the last event") from exc
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     # Approved, not yet enqueued: wait for the relay's dispatch (or a refusal).
-                    async for own in self._until_dispatched(workflow_id, after):
+                    not_found += 1
+                    async for own in self._until_dispatched(workflow_id, after, not_found):
                         yield own
                         if own.HasField("event") and statuses.is_terminal(own.event.status):
                             return

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from auditflow import convert, plans, principal, statuses
 from auditflow.convert import utcnow
 from auditflow.db import Database
-from auditflow.errors import FieldViolation, NotFound, OutOfRange, Unavailable, invalid
+from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Unavailable, invalid
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from processor import messages, orchestrator, store, transitions
@@ -52,13 +52,16 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
     async def Enqueue(self, request: ps.EnqueueRequest, context: Any) -> ps.EnqueueResponse:
         wid = plans.check_workflow_id(request.workflow_id)
         # Idempotent first: a retried Enqueue returns the run it created, even if validating
-        # the plan would now answer differently (a ledger file moved since).
-        existing = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
+        # the plan would now answer differently (a ledger file moved since). The look-up and
+        # the validation (procedures may check files: blocking, so on a thread) run side by side.
+        existing, refusal = await asyncio.gather(
+            self._db.read(functools.partial(store.get_run, workflow_id=wid)), _validate(request)
+        )
         if existing is not None:
             logger.info("%s: enqueued again; returning the existing run", wid)
             return ps.EnqueueResponse(run=messages.run(existing), created=False)
-        # Procedures may check files (a ledger path): blocking work, off the event loop.
-        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
+        if refusal is not None:
+            raise refusal
         if request.base_sequence < 0:
             raise invalid("base_sequence", "must not be negative")
         approved_by = plans.check_text(request.approved_by, "approved_by", MAX_NAME) or principal.current().name
@@ -173,6 +176,16 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
     async def _read_events(self, wid: str, after: int) -> list[WatchResponse]:
         read = functools.partial(store.events_after, workflow_id=wid, after=after, limit=PAGE)
         return [messages.watch_event(record) for record in await self._db.read(read)]
+
+
+async def _validate(request: ps.EnqueueRequest) -> InvalidArgument | None:
+    """The reason to refuse the plan, if any (returned, not raised, so that an existing run
+    can still be returned)."""
+    try:
+        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
+    except InvalidArgument as exc:
+        return exc
+    return None
 
 
 def _not_found(workflow_id: str) -> NotFound:
