@@ -64,6 +64,11 @@ class EventHub(Generic[E]):
             return None
         return [event for seq, event in channel.recent if seq > after]
 
+    @property
+    def watched(self) -> int:
+        """Workflows with at least one watcher."""
+        return len(self._channels)
+
     def subscribe(self, workflow_id: str) -> None:
         self._channels.setdefault(workflow_id, _Channel()).watchers += 1
 

@@ -44,6 +44,8 @@ class Settings:
     default_user: str = "anonymous"
     default_max_cycles: int = 15
     allow_self_approval: bool = False
+    # Runs whose status the gateway follows at once (see gateway/mirror.py).
+    max_followed: int = 64
     heartbeat_interval: float = 5.0
     outbox_scan_interval: float = 5.0
     plugins: tuple[str, ...] = ()
@@ -60,7 +62,7 @@ class Gateway:
         self.channel = grpc.aio.insecure_channel(settings.processor_target)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub: EventHub[dict[str, Any]] = EventHub()
-        self.mirror = Mirror(self.db, stub, self.hub.wake)
+        self.mirror = Mirror(self.db, stub, self.hub.wake, max_followed=settings.max_followed)
         self._processor_health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(
             self.db,

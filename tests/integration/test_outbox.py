@@ -25,12 +25,14 @@ PLUGINS = ("tests.support.procedures",)
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    """A gateway whose processor is not started yet (see `start_processor`)."""
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway whose processor is not started yet (see `start_processor`); indirect
+    parametrization may override settings."""
     settings = GatewaySettings(
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         processor_target=f"127.0.0.1:{free_port()}",
         plugins=PLUGINS,
+        **getattr(request, "param", {}),
     )
     server = create_gateway("127.0.0.1:0", settings)
     await server.start()
@@ -124,3 +126,25 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
         await until(completed, "the workflow to complete despite the failed delivery")
     assert failures == [workflow_id]
     assert gateway.relay.pending == 0
+
+
+@pytest.mark.parametrize("gateway", [{"max_followed": 4}], indirect=True)
+async def test_the_mirror_follows_a_bounded_number_of_runs(
+    start_processor: Callable[[], Awaitable[Processor]], gateway: Gateway
+) -> None:
+    """A backlog of queued runs costs waiting tasks, not open streams to the processor."""
+    processor = await start_processor()
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_sleep", seconds=0.3)] * 3)
+        ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(12)]
+        for workflow_id in ids:
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+
+        async def all_dispatched() -> bool:
+            return gateway.relay.pending == 0
+
+        await until(all_dispatched, "every approval to be dispatched")
+        await asyncio.sleep(0.3)
+        assert gateway.mirror.following == 12  # every unfinished run is queued for following...
+        assert processor.hub.watched <= 4  # ...but at most 4 streams are open
