@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 
+from auditflow import migrations
 from auditflow.errors import AuditflowError
 
 logger = logging.getLogger(__name__)
@@ -77,12 +78,13 @@ def make_engine(url: str, *, writer: bool) -> Engine:
 class Database:
     """A service's database: `await write(fn)` and `await read(fn)`, both off the event loop."""
 
-    def __init__(self, url: str, metadata: MetaData, *, readers: int = 4) -> None:
+    def __init__(self, url: str, metadata: MetaData, *, migrations: str | None = None, readers: int = 4) -> None:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.write_engine = make_engine(url, writer=True)
         self.read_engine = make_engine(url, writer=False)
         self._metadata = metadata
+        self._migrations = migrations
         self._queue: queue.SimpleQueue[_WriteRequest | None] = queue.SimpleQueue()
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
         self._writer: threading.Thread | None = None
@@ -90,8 +92,12 @@ class Database:
         self.writes = 0
 
     def create_schema(self) -> None:
-        """Create missing tables (blocking; call before serving)."""
-        self._metadata.create_all(self.write_engine)
+        """Bring the schema up to date (blocking; call before serving): run the service's
+        Alembic migrations, or, without any, create the missing tables."""
+        if self._migrations is None:
+            self._metadata.create_all(self.write_engine)
+        else:
+            migrations.upgrade(self.write_engine, self._migrations)
 
     def start(self) -> None:
         self.create_schema()

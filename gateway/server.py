@@ -58,7 +58,7 @@ class Gateway:
     def __init__(self, address: str, settings: Settings) -> None:
         self.settings = settings
         procedures.load(settings.plugins)
-        self.db = Database(settings.database_url, store.metadata)
+        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations")
         self.channel = grpc.aio.insecure_channel(settings.processor_target)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub: EventHub[dict[str, Any]] = EventHub()

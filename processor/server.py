@@ -37,7 +37,7 @@ class Processor:
 
     def __init__(self, address: str, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.database_url, store.metadata)
+        self.db = Database(settings.database_url, store.metadata, migrations="processor:migrations")
         self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
         self.scheduler = Scheduler(self.db, self.hub, settings)
         self.service = ProcessorService(self.db, self.hub, self.scheduler, settings)

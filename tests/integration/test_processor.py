@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import create_engine
 
 import tests.support.procedures as test_procedures
-from auditflow import convert, statuses
+from auditflow import convert, migrations, statuses
 from auditflow.convert import utcnow
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
@@ -457,7 +457,7 @@ async def test_a_slow_cycle_keeps_its_lease(harnesses: Harnesses) -> None:
 def _write_half_done_run(db_path: Path, workflow_id: str, expires_in: float, owner: str = "dead-processor") -> datetime:
     """A RUNNING run checkpointed after cycle 1 whose owner died holding a lease."""
     engine = create_engine(f"sqlite:///{db_path}")
-    store.metadata.create_all(engine)
+    migrations.upgrade(engine, "processor:migrations")  # the schema a processor leaves behind
     now = utcnow()
     lease_end = now + timedelta(seconds=expires_in)
     plan = [{"procedure": "test_noop", "parameters": {}}] * 2

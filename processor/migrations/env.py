@@ -1,0 +1,8 @@
+"""Alembic environment of the processor's database (see auditflow/migrations.py)."""
+
+from alembic import context
+
+from auditflow.migrations import run_env
+from processor.store import metadata
+
+run_env(context, metadata)
