@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -66,7 +67,7 @@ workflows = Table(
     Column("error_reason", String(100)),
     Column("error_message", Text),
     Column("result_json", Text),
-    Column("last_sequence", Integer, nullable=False),
+    Column("last_sequence", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("created_by", "create_request_id", name="uq_workflows_create_request"),
@@ -78,7 +79,7 @@ workflow_events = Table(
     "workflow_events",
     metadata,
     Column("workflow_id", String(40), primary_key=True),
-    Column("sequence", Integer, primary_key=True),
+    Column("sequence", BigInteger, primary_key=True),
     Column("type", Integer, nullable=False),
     Column("status", Integer, nullable=False),
     Column("message", Text, nullable=False),

@@ -36,7 +36,7 @@ def upgrade() -> None:
     op.create_table(
         "workflow_events",
         sa.Column("workflow_id", sa.String(length=40), nullable=False),
-        sa.Column("sequence", sa.Integer(), nullable=False),
+        sa.Column("sequence", sa.BigInteger(), nullable=False),
         sa.Column("type", sa.Integer(), nullable=False),
         sa.Column("status", sa.Integer(), nullable=False),
         sa.Column("message", sa.Text(), nullable=False),
@@ -68,7 +68,7 @@ def upgrade() -> None:
         sa.Column("error_reason", sa.String(length=100), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("result_json", sa.Text(), nullable=True),
-        sa.Column("last_sequence", sa.Integer(), nullable=False),
+        sa.Column("last_sequence", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("workflow_id"),
