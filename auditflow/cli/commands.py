@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from google.protobuf import json_format
 
-from auditflow import convert, statuses
+from auditflow import convert, statuses, synthetic
 from auditflow.cli import render
 from auditflow.cli.client import CliError, Metadata, exit_code_for, user_metadata, watch
 from auditflow.v1 import workflow_pb2 as pb
@@ -52,13 +52,30 @@ def sample_ledger_path() -> str:
         return str(Path(path).resolve())
 
 
+AUDIT_PROCEDURES = (
+    "duplicate_payments",
+    "benford_first_digit",
+    "round_amounts",
+    "weekend_postings",
+    "split_purchases",
+    "segregation_of_duties",
+    "outliers",
+)
+
+
 def sample_plan() -> list[pb.PlanStep]:
-    """Summarise the sample ledger, then rank its vendors: two steps, so two cycles."""
+    """Summarise the sample ledger, rank its vendors, then run every audit procedure: one step a cycle."""
     path = sample_ledger_path()
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"procedure": "ledger_summary", "parameters": {"path": path}},
         {"procedure": "vendor_totals", "parameters": {"path": path, "top": 5}},
     ]
+    holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2028))]
+    for name in AUDIT_PROCEDURES:
+        parameters: dict[str, Any] = {"path": path}
+        if name == "weekend_postings":
+            parameters["holidays"] = holidays
+        steps.append({"procedure": name, "parameters": parameters})
     return plan_from_data(steps, "sample")
 
 

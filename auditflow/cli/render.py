@@ -194,9 +194,54 @@ def workflow_summary(workflow: pb.Workflow) -> str:
         lines.append(f"  {index}. {step.procedure} {json.dumps(parameters, sort_keys=True)}")
     if workflow.HasField("result"):
         lines.append("result")
-        result = pretty(json_format.MessageToDict(workflow.result))
-        lines += ["  " + line for line in result.splitlines()]
+        lines += ["  " + line for line in result_text(json_format.MessageToDict(workflow.result)).splitlines()]
     return "\n".join(lines)
+
+
+FINDING_HEADERS = ("SEVERITY", "AMOUNT", "ENTRIES", "EXPLANATION")
+
+
+def result_text(result: dict[str, Any]) -> str:
+    """A plan's result: audit findings as a table per step, any other step result as JSON."""
+    steps = result.get("steps")
+    if not isinstance(steps, list) or not any(_has_findings(step.get("result")) for step in steps):
+        return pretty(result)
+    parts = []
+    for index, step in enumerate(steps, start=1):
+        name, data = step.get("procedure", "?"), step.get("result")
+        if not _has_findings(data):
+            parts.append(f"{index}. {name}\n" + pretty(data))
+            continue
+        summary = data.get("summary") or {}
+        count = int(summary.get("findings", len(data["findings"])))
+        shown = len(data["findings"])
+        head = f"{index}. {name}: {count} finding(s)"
+        if count:
+            head += f", {summary.get('amount_at_stake', '?')} at stake"
+        if shown < count:
+            head += f" (largest {shown} shown)"
+        parts.append(head + ("\n" + findings_table(data["findings"]) if shown else ""))
+    return "\n".join(parts)
+
+
+def _has_findings(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("findings"), list)
+
+
+def findings_table(findings: Sequence[dict[str, Any]], width: int = 90) -> str:
+    rows = []
+    for finding in findings:
+        ids = [str(i) for i in finding.get("entry_ids") or []]
+        entries = ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
+        rows.append(
+            [
+                str(finding.get("severity", "")),
+                str(finding.get("amount", "")),
+                entries or "-",
+                truncate(" ".join(str(finding.get("explanation", "")).split()), width),
+            ]
+        )
+    return table(FINDING_HEADERS, rows)
 
 
 def approve_summary(response: api.ApproveResponse, latency_ms: float | None = None) -> str:

@@ -75,6 +75,7 @@ def load(plugins: Iterable[str] = ()) -> Registry:
     global _loaded
     if not _loaded:
         importlib.import_module("auditflow.procedures.ledger")
+        importlib.import_module("auditflow.procedures.audit")
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             logger.debug("loading procedure plugin %s", ep.value)
             ep.load()

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from auditflow import cli
 from auditflow.cli import client, commands, demo, render
@@ -110,11 +111,11 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sample_plan_points_at_the_packaged_ledger() -> None:
-    summary, vendors = commands.sample_plan()
-    assert (summary.procedure, vendors.procedure) == ("ledger_summary", "vendor_totals")
+    summary, *others = commands.sample_plan()
+    assert summary.procedure == "ledger_summary"
     path = Path(summary.parameters["path"])
     assert path.is_absolute() and path.is_file() and path.name == "ledger.csv"
-    assert vendors.parameters["path"] == str(path)
+    assert all(step.parameters["path"] == str(path) for step in others)
 
 
 def test_load_plan(tmp_path: Path) -> None:
@@ -541,3 +542,41 @@ def test_tail_of_a_log(tmp_path: Path) -> None:
     log.write_text("".join(f"line {i}\n" for i in range(50)))
     assert demo.tail(log, 3) == "line 47\nline 48\nline 49"
     assert demo.tail(tmp_path / "missing.log").startswith("(cannot read")
+
+
+# --- the sample plan and its findings --------------------------------------------------------
+
+
+def test_the_sample_plan_runs_the_audit_procedures_after_the_summary() -> None:
+    plan = commands.sample_plan()
+    names = [step.procedure for step in plan]
+    assert names[:2] == ["ledger_summary", "vendor_totals"]
+    assert names[2:] == list(commands.AUDIT_PROCEDURES)
+
+
+def test_findings_are_shown_as_a_table_per_step() -> None:
+    from auditflow.procedures import load
+
+    registry = load()
+    steps = []
+    for step in commands.sample_plan():
+        parameters = json_format.MessageToDict(step.parameters)
+        procedure = registry.get(step.procedure)
+        assert procedure is not None
+        steps.append({"procedure": step.procedure, "result": procedure.run(parameters)})
+    text = render.result_text({"steps": steps})
+    assert '"rows": 240' in text  # the summary step stays JSON
+    assert "3. duplicate_payments: 3 finding(s)" in text
+    assert "SEVERITY  AMOUNT" in text
+    assert "created and approved by" in text
+    workflow = pb.Workflow(workflow_id=WF, title="t")
+    workflow.result.update({"steps": steps})
+    assert "8. segregation_of_duties: 2 finding(s)" in render.workflow_summary(workflow)
+
+
+def test_findings_table_cuts_long_lists() -> None:
+    finding = {"severity": "high", "amount": "10.00", "entry_ids": ["a", "b", "c", "d", "e"], "explanation": "x  y"}
+    assert render.findings_table([finding]).splitlines() == [
+        "SEVERITY  AMOUNT  ENTRIES     EXPLANATION",
+        "high      10.00   a, b, c +2  x y",
+    ]

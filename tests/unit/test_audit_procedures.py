@@ -1,0 +1,215 @@
+"""The audit procedures find every anomaly the generator plants, nothing on a clean ledger, and
+fail clearly on a malformed one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditflow import synthetic
+from auditflow.procedures import CriticalError, load
+from auditflow.procedures.audit import chi2_sf_8, first_digit, mad_conformity, money
+
+AUDIT = (
+    "duplicate_payments",
+    "benford_first_digit",
+    "round_amounts",
+    "weekend_postings",
+    "split_purchases",
+    "segregation_of_duties",
+    "outliers",
+)
+DETERMINISTIC = ("duplicate_payments", "round_amounts", "weekend_postings", "split_purchases", "segregation_of_duties")
+SAMPLE = Path(__file__).resolve().parents[2] / "auditflow" / "samples" / "ledger.csv"
+HEADER = "entry_id,posting_date,vendor,account,amount,currency,description,created_by,approved_by\n"
+
+
+def write(tmp_path: Path, rows: int, seed: int, *, clean: bool = False) -> tuple[Path, dict[str, Any]]:
+    path = tmp_path / f"ledger-{rows}-{seed}-{clean}.csv"
+    assert synthetic.main(["--rows", str(rows), "--seed", str(seed), "--out", str(path)] + ["--clean"] * clean) == 0
+    return path, json.loads(path.with_suffix(".truth.json").read_text())
+
+
+def run(name: str, path: Path, truth: dict[str, Any] | None = None, **parameters: Any) -> dict[str, Any]:
+    procedure = load().get(name)
+    assert procedure is not None and procedure.validate is not None
+    parameters = {"path": str(path), "max_findings": 100_000, **parameters}
+    if name == "weekend_postings" and truth:
+        parameters["holidays"] = truth["holidays"]
+    assert list(procedure.validate(parameters)) == []
+    return procedure.run(parameters)
+
+
+def missed(name: str, result: dict[str, Any], truth: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [set(f["entry_ids"]) for f in result["findings"]]
+    lost = []
+    for anomaly in truth["anomalies"]:
+        if anomaly["procedure"] != name:
+            continue
+        if "digits" in anomaly:
+            if not set(anomaly["digits"]) <= set(result["summary"]["digits"]):
+                lost.append(anomaly)
+        elif not any(set(anomaly["entry_ids"]) <= ids for ids in found):
+            lost.append(anomaly)
+    return lost
+
+
+@pytest.mark.parametrize(("rows", "seed"), [(240, 7), (600, 1), (3000, 2)])
+@pytest.mark.parametrize("name", AUDIT)
+def test_every_planted_anomaly_is_found(tmp_path: Path, rows: int, seed: int, name: str) -> None:
+    path, truth = write(tmp_path, rows, seed)
+    assert sum(1 for a in truth["anomalies"] if a["procedure"] == name) >= 1
+    result = run(name, path, truth)
+    assert missed(name, result, truth) == []
+    for finding in result["findings"]:
+        assert finding["procedure"] == name
+        assert finding["severity"] in ("high", "medium", "low")
+        assert finding["explanation"]
+        assert isinstance(finding["amount"], str)
+    assert result["summary"]["entries"] == rows
+
+
+@pytest.mark.parametrize(("rows", "seed"), [(240, 7), (2000, 5)])
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_a_clean_ledger_has_no_findings(tmp_path: Path, rows: int, seed: int, name: str) -> None:
+    path, truth = write(tmp_path, rows, seed, clean=True)
+    assert truth["anomalies"] == []
+    result = run(name, path, truth)
+    assert result["findings"] == [] and result["summary"]["findings"] == 0
+
+
+def test_a_clean_ledger_conforms_to_benford(tmp_path: Path) -> None:
+    path, _ = write(tmp_path, 2000, 5, clean=True)
+    summary = run("benford_first_digit", path)["summary"]
+    assert summary["digits"] == [] and summary["p_value"] > 0.01
+
+
+def test_the_generator_is_seeded(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, truth_a = write(tmp_path / "a", 300, 9)
+    b, truth_b = write(tmp_path / "b", 300, 9)
+    assert a.read_bytes() == b.read_bytes() and truth_a == truth_b
+    assert len(a.read_text().splitlines()) == 301
+
+
+def test_the_sample_ledger_has_planted_anomalies() -> None:
+    truth = json.loads(SAMPLE.with_suffix(".truth.json").read_text())
+    assert truth["rows"] == 240
+    for name in AUDIT:
+        assert missed(name, run(name, SAMPLE, truth), truth) == []
+
+
+def test_findings_are_capped_but_counted(tmp_path: Path) -> None:
+    path, truth = write(tmp_path, 600, 1)
+    result = run("weekend_postings", path, truth, max_findings=1)
+    assert len(result["findings"]) == 1
+    assert result["summary"]["findings"] == 3 and result["summary"]["shown"] == 1
+    assert result["findings"][0]["severity"] == "medium"  # the holiday first
+
+
+def test_duplicates_exact_and_near(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(
+        HEADER
+        + "JE-1,2026-01-05,Acme,6100,100.10,EUR,inv 1,a,b\n"
+        + "JE-2,2026-01-07,Acme,6100,100.10,EUR,inv 1,a,b\n"
+        + "JE-3,2026-01-05,Globex,6100,250.00,EUR,inv 2,a,b\n"
+        + "JE-4,2026-01-09,Globex,6100,250.00,EUR,inv 3,a,b\n"
+        + "JE-5,2026-03-09,Globex,6100,250.00,EUR,inv 4,a,b\n"
+        + "JE-6,2026-03-10,Globex,6100,251.00,EUR,inv 5,a,b\n"
+    )
+    findings = run("duplicate_payments", path)["findings"]
+    assert [(f["severity"], f["entry_ids"], f["amount"]) for f in findings] == [
+        ("high", ["JE-1", "JE-2"], "100.10"),
+        ("medium", ["JE-3", "JE-4"], "250.00"),
+    ]
+    near = run("duplicate_payments", path, tolerance=0.01)["findings"]
+    assert ["JE-5", "JE-6"] in [f["entry_ids"] for f in near]
+
+
+def test_helpers() -> None:
+    assert [first_digit(c) for c in (1, 99, 12345, -7000)] == [1, 9, 1, 7]
+    assert money(123456) == "1234.56" and money(-5) == "-0.05" and money(0) == "0.00"
+    assert chi2_sf_8(15.507) == pytest.approx(0.05, abs=1e-3)
+    assert [mad_conformity(m) for m in (0.004, 0.01, 0.014, 0.02)] == [
+        "close conformity",
+        "acceptable conformity",
+        "marginal conformity",
+        "nonconformity",
+    ]
+
+
+# --- malformed ledgers -----------------------------------------------------------------------
+
+GOOD = "JE-1,2026-01-05,Acme,6100,100.10,EUR,inv 1,alice,bob\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "the ledger is empty"),
+        (HEADER.encode(), "the ledger has no entries"),
+        (b"entry_id,posting_date,account,amount\nJE-1,2026-01-01,6100,1\n", "missing columns: vendor, currency"),
+        ((HEADER + "JE-1,2026-01-05,Acme,6100,ten,EUR,a,b,c\n").encode(), r":2: amount 'ten' is not a number"),
+        ((HEADER + GOOD + "JE-2,2026-01-05,Acme,6100,NaN,EUR,a,b,c\n").encode(), r":3: amount 'NaN' is not a number"),
+        ((HEADER + "JE-1,05/01/2026,Acme,6100,1,EUR,a,b,c\n").encode(), "posting_date '05/01/2026' is not an ISO date"),
+        ((HEADER + "JE-1,2026-01-05,Acme\n").encode(), ":2: expected 9 fields, found 3"),
+        ((HEADER + "JE-1,2026-01-05,Caf\xe9,6100,1,EUR,a,b,c\n").encode("latin-1"), "cannot read the ledger"),
+    ],
+)
+@pytest.mark.parametrize("name", AUDIT)
+def test_a_malformed_ledger_is_a_clear_critical_error(tmp_path: Path, content: bytes, message: str, name: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    procedure = load().get(name)
+    assert procedure is not None
+    with pytest.raises(CriticalError, match=message):
+        procedure.run({"path": str(path)})
+
+
+@pytest.mark.parametrize("name", AUDIT)
+def test_parameters_and_the_ledger_header_are_checked_before_anything_runs(tmp_path: Path, name: str) -> None:
+    procedure = load().get(name)
+    assert procedure is not None and procedure.validate is not None
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    assert list(procedure.validate({"path": str(good)})) == []
+    assert [v.field for v in procedure.validate({})] == ["parameters.path"]
+    assert [v.field for v in procedure.validate({"path": str(tmp_path / "nope.csv")})] == ["parameters.path"]
+    assert [v.field for v in procedure.validate({"path": str(good), "bogus": 1})] == ["parameters"]
+    assert [v.field for v in procedure.validate({"path": str(good), "max_findings": 0})] == ["parameters.max_findings"]
+    for content, why in (
+        (b"", "is empty"),
+        (b"entry_id,amount\n", "missing columns: posting_date"),
+        ("entry_id,Caf\xe9\n".encode("latin-1"), "not a UTF-8"),
+    ):
+        bad = tmp_path / "bad.csv"
+        bad.write_bytes(content)
+        violations = list(procedure.validate({"path": str(bad)}))
+        assert [v.field for v in violations] == ["parameters.path"] and why in violations[0].description
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "field"),
+    [
+        ("duplicate_payments", {"days": -1}, "parameters.days"),
+        ("duplicate_payments", {"tolerance": "a"}, "parameters.tolerance"),
+        ("benford_first_digit", {"alpha": 0.5}, "parameters.alpha"),
+        ("round_amounts", {"multiple": 0}, "parameters.multiple"),
+        ("weekend_postings", {"holidays": ["2026-13-01"]}, "parameters.holidays"),
+        ("split_purchases", {"approval_limit": True}, "parameters.approval_limit"),
+        ("split_purchases", {"min_payments": 1}, "parameters.min_payments"),
+        ("outliers", {"by": "currency"}, "parameters.by"),
+        ("outliers", {"scale": "sqrt"}, "parameters.scale"),
+    ],
+)
+def test_bad_parameters_are_refused(tmp_path: Path, name: str, parameters: dict[str, Any], field: str) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(HEADER + GOOD)
+    procedure = load().get(name)
+    assert procedure is not None and procedure.validate is not None
+    assert [v.field for v in procedure.validate({"path": str(good), **parameters})] == [field]
