@@ -26,6 +26,7 @@ from auditflow.watch import EventHub
 from gateway import store
 from gateway.mirror import Mirror
 from gateway.outbox import OutboxRelay
+from gateway.rest import RestGateway
 from gateway.service import WorkflowService
 from gateway.watch import Watcher
 
@@ -50,6 +51,11 @@ class Settings:
     outbox_scan_interval: float = 5.0
     plugins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    # HTTP port of the REST gateway (gateway/rest/) in this process; 0 picks a free one,
+    # None serves no REST (the command line's default is 8080).
+    rest_port: int | None = None
+    # Origins a browser may call the REST API from ("*" = any); empty: same origin only.
+    rest_cors_origins: tuple[str, ...] = ()
 
 
 class Gateway:
@@ -86,6 +92,16 @@ class Gateway:
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = serving.bind(self.server, address)
         self.host = address.rsplit(":", 1)[0]
+        self.rest: RestGateway | None = None
+        if settings.rest_port is not None:
+            # The REST gateway is a client of this server like any other.
+            local = "127.0.0.1" if self.host in ("", "0.0.0.0", "[::]", "::") else self.host
+            self.rest = RestGateway(
+                f"{local}:{self.port}",
+                self.host or "127.0.0.1",
+                settings.rest_port,
+                cors_origins=frozenset(settings.rest_cors_origins),
+            )
 
     @property
     def address(self) -> str:
@@ -97,11 +113,15 @@ class Gateway:
         await self.server.start()
         await self.mirror.start()
         await self.relay.start()
+        if self.rest is not None:
+            await self.rest.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
         logger.info("gateway listening on %s (processor at %s)", self.address, self.settings.processor_target)
 
     async def stop(self, grace: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
+        if self.rest is not None:
+            await self.rest.stop()
         await self.server.stop(grace)
         await self.relay.stop()
         await self.mirror.stop()
@@ -171,6 +191,21 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         service="gateway",
         help="let the creator of a plan approve it (separation of duties is on by default)",
     )
+    config.add(
+        parser,
+        "--rest-port",
+        default=8080,
+        type=rest_port,
+        help="HTTP port of the REST/JSON API for the web UI (0 picks a free one, 'off' serves none)",
+        service="gateway",
+    )
+    config.add(
+        parser,
+        "--rest-cors-origins",
+        default="",
+        help="comma-separated origins a browser may call the REST API from ('*' = any)",
+        service="gateway",
+    )
     args = parser.parse_args(argv)
     return Settings(
         host=args.host,
@@ -183,7 +218,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         allow_self_approval=args.allow_self_approval,
         plugins=tuple(p for p in args.plugin.split(",") if p),
         log_level=args.log_level,
+        rest_port=args.rest_port,
+        rest_cors_origins=tuple(o.strip() for o in args.rest_cors_origins.split(",") if o.strip()),
     )
+
+
+def rest_port(text: str) -> int | None:
+    """A port number, or off/none for no REST gateway."""
+    if text.strip().lower() in ("off", "none", "no", "false"):
+        return None
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:

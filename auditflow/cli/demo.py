@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     processor_port = args.processor_port or free_port()
     gateway_port = args.gateway_port or free_port()
+    rest_port = free_port()
     processor = Server(
         "processor",
         "processor",
@@ -181,7 +182,14 @@ def run(args: argparse.Namespace) -> int:
         "gateway",
         "gateway",
         gateway_port,
-        ["--database-url", f"sqlite:///{data_dir / 'gateway.db'}", "--processor-target", processor.target],
+        [
+            "--database-url",
+            f"sqlite:///{data_dir / 'gateway.db'}",
+            "--processor-target",
+            processor.target,
+            "--rest-port",
+            str(rest_port),
+        ],
         data_dir / "gateway.log",
     )
     servers = [gateway, processor]  # stop order: the gateway first, so its relay stops calling
@@ -192,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             processor.start()
             gateway.start()
             wait_until_serving([processor, gateway], args.startup_timeout)
+            say(f"REST API: http://127.0.0.1:{rest_port}/workflows (OpenAPI at /openapi.json)")
             code = _scenario(gateway, args)
         except (KeyboardInterrupt, Terminated):
             warn("\ndemo: interrupted")

@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 def parse():
     p = argparse.ArgumentParser()
     p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--database-url")
-    p.add_argument("--processor-target", default="")
+    p.add_argument("--processor-target", default=""); p.add_argument("--rest-port", default="")
     return p.parse_args()
 
 def serve(add, args, name):

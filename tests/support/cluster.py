@@ -29,6 +29,8 @@ class ServerProcess:
         self.database = workdir / f"{module}.db"
         self.log_path = workdir / f"{module}.log"
         self.args = args
+        # The gateway serves REST too: on a free port, never on the shared default 8080.
+        self.rest_port = free_port() if module == "gateway" else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -42,6 +44,7 @@ class ServerProcess:
             "--database-url", f"sqlite:///{self.database}",
             "--plugin", "tests.support.procedures",
             "--log-level", self.log_level,
+            *(["--rest-port", str(self.rest_port)] if self.rest_port is not None else []),
             *self.args,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

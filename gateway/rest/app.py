@@ -1,0 +1,316 @@
+"""The aiohttp application: one handler per descriptor route, calling the gateway over gRPC.
+
+`RestGateway(target, host, port)` serves the routes of auditflow.v1.WorkflowService and
+forwards each request as a gRPC call to `target` (the gateway), with the caller's
+`X-Auditflow-User` header as `x-auditflow-user` metadata: same auth and validation as any
+gRPC client. Server-streaming RPCs are served as Server-Sent Events, or as newline-delimited
+JSON when the client asks for `application/x-ndjson`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+
+from auditflow.principal import USER_METADATA_KEY
+from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway.rest import errors, hooks, openapi
+from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of, to_json
+
+logger = logging.getLogger(__name__)
+
+USER_HEADER = "X-Auditflow-User"
+NDJSON = "application/x-ndjson"
+MAX_BODY_BYTES = 4 * 1024 * 1024  # the gRPC server's own limit
+SERVICE = wpb.DESCRIPTOR.services_by_name["WorkflowService"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+C = grpc.StatusCode
+
+
+def _json_response(status: int, body: Any) -> web.Response:
+    return web.Response(status=status, text=_dumps(body), content_type="application/json")
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_response(status: int, code: grpc.StatusCode, message: str) -> web.Response:
+    return _json_response(status, errors.error_body(code, message))
+
+
+_HTTP_TO_CODE = {400: C.INVALID_ARGUMENT, 404: C.NOT_FOUND, 405: C.UNIMPLEMENTED, 413: C.RESOURCE_EXHAUSTED}
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (unknown path, wrong method, too large) in the same JSON shape;
+    anything unexpected is a 500 with no internals."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_TO_CODE.get(exc.status, C.UNKNOWN)
+        response = error_response(exc.status, code, exc.reason)
+        for name in ("Allow",):
+            if name in exc.headers:
+                response.headers[name] = exc.headers[name]
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, C.INTERNAL, "internal error; see the server log")
+
+
+def cors_middleware(origins: frozenset[str]) -> Any:
+    """Allow the listed origins ("*" = any) to call the API from a browser."""
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and ("*" in origins or origin in origins)
+        if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = f"Content-Type, {USER_HEADER}, Last-Event-ID"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if allowed and origin is not None and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    return cors
+
+
+class RestApp:
+    """The routes of one service bound to a gRPC channel."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        service: ServiceDescriptor = SERVICE,
+        *,
+        call_timeout: float = 30.0,
+        cors_origins: frozenset[str] = frozenset(),
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.channel = channel
+        self.routes = routes_of(service)
+        self.call_timeout = call_timeout
+        self.max_body_bytes = max_body_bytes
+        self._streams: set[grpc.aio.Call] = set()
+        self._closing = False
+        middlewares: list[Any] = [_errors_as_json]
+        if cors_origins:
+            middlewares.insert(0, cors_middleware(cors_origins))
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
+        for route in self.routes:
+            self.app.router.add_route(route.http_method, route.path, self._handler(route))
+        self.openapi = openapi.document(self.routes)
+        self.app.router.add_get("/openapi.json", self._openapi)
+
+    async def _openapi(self, request: web.Request) -> web.StreamResponse:
+        return _json_response(200, self.openapi)
+
+    def cancel_streams(self) -> None:
+        """End every open stream (the server is stopping)."""
+        self._closing = True
+        for call in list(self._streams):
+            call.cancel()
+
+    def _handler(self, route: Route) -> Handler:
+        if route.streaming:
+            stream = self.channel.unary_stream(
+                route.rpc_path,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
+            )
+
+            async def streaming(request: web.Request) -> web.StreamResponse:
+                message = await self._request_message(route, request)
+                if isinstance(message, web.Response):
+                    return message
+                return await self._stream(route, request, stream, message)
+
+            return streaming
+
+        unary = self.channel.unary_unary(
+            route.rpc_path,
+            request_serializer=route.request_class.SerializeToString,
+            response_deserializer=route.response_class.FromString,
+        )
+        hook = hooks.RESPONSE_HOOKS.get(route.method.name)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            message = await self._request_message(route, request)
+            if isinstance(message, web.Response):
+                return message
+            metadata = _metadata(request)
+            if isinstance(metadata, web.Response):
+                return metadata
+            try:
+                answer: Message = await unary(message, metadata=metadata, timeout=self.call_timeout)
+            except grpc.aio.AioRpcError as exc:
+                return _json_response(*errors.from_rpc_error(exc))
+            body = response_json(route, answer)
+            status = 200
+            if hook is not None:
+                status, body = hook(answer, body)
+            return _json_response(status, body)
+
+        return handle
+
+    async def _request_message(self, route: Route, request: web.Request) -> Message | web.Response:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
+        try:
+            body = await request.read() if route.body else b""
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
+        try:
+            message = build_request(route, request.match_info, iter(request.query.items()), body)
+            resume = hooks.RESUME_FIELDS.get(route.method.name)
+            last_event_id = request.headers.get("Last-Event-ID")
+            if resume and last_event_id is not None and last_event_id.strip():
+                try:
+                    setattr(message, resume, int(last_event_id))
+                except ValueError as exc:
+                    raise BadRequest(f"Last-Event-ID must be a sequence number: {last_event_id!r}") from exc
+        except BadRequest as exc:
+            return error_response(400, C.INVALID_ARGUMENT, str(exc))
+        return message
+
+    async def _stream(
+        self,
+        route: Route,
+        request: web.Request,
+        stream: grpc.aio.UnaryStreamMultiCallable[Any, Any],
+        message: Message,
+    ) -> web.StreamResponse:
+        metadata = _metadata(request)
+        if isinstance(metadata, web.Response):
+            return metadata
+        ndjson = NDJSON in request.headers.get("Accept", "")
+        call = stream(message, metadata=metadata)
+        self._streams.add(call)
+        items: AsyncIterator[Message] = call.__aiter__()
+        try:
+            try:  # the first message (or the error) decides the HTTP status
+                first: Message | None = await anext(items)
+            except StopAsyncIteration:
+                first = None
+            except grpc.aio.AioRpcError as exc:
+                return _json_response(*errors.from_rpc_error(exc))
+            response = web.StreamResponse(status=200)
+            response.content_type = NDJSON if ndjson else "text/event-stream"
+            response.headers["Cache-Control"] = "no-cache"
+            response.headers["X-Accel-Buffering"] = "no"
+            await response.prepare(request)
+            if not ndjson:
+                await response.write(b"retry: 1000\n\n")
+            try:
+                if first is not None:
+                    await response.write(_ndjson(first) if ndjson else _sse(first))
+                    async for item in items:
+                        await response.write(_ndjson(item) if ndjson else _sse(item))
+                if not ndjson:  # tells EventSource not to reconnect to a finished stream
+                    await response.write(b"event: end\ndata: {}\n\n")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != C.CANCELLED:
+                    _, body = errors.from_rpc_error(exc)
+                    text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
+                    await response.write(text.encode())
+            except ConnectionResetError:  # the client went away; it resumes with Last-Event-ID
+                logger.debug("stream client of %s disconnected", request.path)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self._closing or (task is not None and task.cancelling()):
+                    raise
+                # We are stopping and cancelled the call: end the stream cleanly, so that
+                # the browser reconnects (to us restarted, or to another replica).
+            return response
+        finally:
+            call.cancel()
+            self._streams.discard(call)
+
+
+def _sse(message: Message) -> bytes:
+    if hooks.is_heartbeat(message):
+        return b": heartbeat\n\n"
+    event_id = hooks.event_id(message)
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}data: {_dumps(to_json(message))}\n\n".encode()
+
+
+def _ndjson(message: Message) -> bytes:
+    return (_dumps(to_json(message)) + "\n").encode()
+
+
+def _metadata(request: web.Request) -> list[tuple[str, str]] | web.Response:
+    user = request.headers.get(USER_HEADER)
+    if user is None:
+        return []
+    if not user.isascii() or not user.isprintable():
+        return error_response(401, C.UNAUTHENTICATED, f"invalid user name in {USER_HEADER}")
+    return [(USER_METADATA_KEY, user)]
+
+
+class RestGateway:
+    """The REST gateway as a server of its own: `start()`, then `stop()`."""
+
+    def __init__(
+        self,
+        target: str,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        cors_origins: frozenset[str] = frozenset(),
+        call_timeout: float = 30.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.target = target
+        self.host = host
+        self.port = port
+        self.channel = grpc.aio.insecure_channel(target)
+        self.rest = RestApp(
+            self.channel, call_timeout=call_timeout, cors_origins=cors_origins, max_body_bytes=max_body_bytes
+        )
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        address = runner.addresses[0]
+        self.port = int(address[1])
+        logger.info("REST gateway listening on %s (gRPC at %s)", self.url, self.target)
+
+    async def stop(self) -> None:
+        self.rest.cancel_streams()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.channel.close(grace=None)

@@ -1,0 +1,74 @@
+"""Per-route adjustments for the seed UI's contract, keyed by RPC name.
+
+Routing and request mapping stay descriptor-driven; these only reshape a few answers:
+- Approve: the seed's `status: "success"` beside the ApproveResponse fields.
+- GetStatus (`/status/live`): the snapshot's fields at the top level, 202 while processing.
+- WatchStatus: the SSE event id and the `Last-Event-ID` resume field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from auditflow.v1 import workflow_service_pb2 as wpb
+
+# (response message, its JSON) -> (HTTP status, body)
+ResponseHook = Callable[[Message, Any], tuple[int, Any]]
+
+
+def _approve(message: Message, body: Any) -> tuple[int, Any]:
+    assert isinstance(message, wpb.ApproveResponse)
+    return 200, {"status": "success", **body}
+
+
+def _live_status(message: Message, body: Any) -> tuple[int, Any]:
+    assert isinstance(message, wpb.GetStatusResponse)
+    snapshot = dict(body["status"])
+    progress = message.status.progress
+    snapshot["progress_percent"] = round(100 * progress.done / progress.total) if progress.total else 0
+    return (202 if message.status.is_processing else 200), snapshot
+
+
+RESPONSE_HOOKS: dict[str, ResponseHook] = {
+    "Approve": _approve,
+    "GetStatus": _live_status,
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _approve_schema(ref: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    seed = {"type": "object", "properties": {"status": {"type": "string", "enum": ["success"]}}}
+    return {"200": _json({"allOf": [ref(wpb.ApproveResponse.DESCRIPTOR), seed]}, "approved (seed UI shape)")}
+
+
+def _live_status_schema(ref: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    extra = {"type": "object", "properties": {"progress_percent": {"type": "integer"}}}
+    schema = {"allOf": [ref(wpb.GetStatusResponse.DESCRIPTOR.fields_by_name["status"].message_type), extra]}
+    return {"200": _json(schema, "not processing"), "202": _json(schema, "processing in the background")}
+
+
+# The OpenAPI responses of the reshaped answers, given a function that returns a message's schema ref.
+RESPONSE_SCHEMAS: dict[str, Callable[[Callable[[Any], dict[str, Any]]], dict[str, Any]]] = {
+    "Approve": _approve_schema,
+    "GetStatus": _live_status_schema,
+}
+
+# Streaming RPCs that resume after a sequence: the request field that `Last-Event-ID` sets.
+RESUME_FIELDS: dict[str, str] = {"WatchStatus": "after_sequence"}
+
+
+def event_id(message: Message) -> str | None:
+    """The SSE `id:` of a stream message (the event's sequence), None for heartbeats."""
+    if isinstance(message, wpb.WatchStatusResponse) and message.HasField("event"):
+        return str(message.event.sequence)
+    return None
+
+
+def is_heartbeat(message: Message) -> bool:
+    return isinstance(message, wpb.WatchStatusResponse) and message.HasField("heartbeat")
