@@ -9,7 +9,8 @@
 
 Every task first makes sure `.venv` exists and holds the project (`pip install -e '.[dev]'`,
 repeated only when pyproject.toml changed). `lint` and `test` also install the pinned buf
-with `npm ci` when node_modules/.bin/buf is missing. The exit code is the task's.
+with `npm ci` when node_modules/.bin/buf is missing, and `test` installs Debian's chromium
+package (for the browser test) when /usr/bin/chromium is missing. The exit code is the task's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".auditflow-installed"
 PYPROJECT = ROOT / "pyproject.toml"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
+CHROMIUM = Path("/usr/bin/chromium")
 REQUIRED_PYTHON = (3, 11)
 PYTEST_NO_TESTS = 5
 
@@ -143,8 +145,24 @@ def ensure_buf() -> int:
     return 0
 
 
-def set_up(*, buf: bool = False) -> int:
-    return ensure_venv() or (ensure_buf() if buf else 0)
+def ensure_chromium() -> int:
+    """The browser test drives Debian's Chromium (never a downloaded browser): install the
+    `chromium` package with apt when it is missing and we may."""
+    if CHROMIUM.exists():
+        return 0
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        return fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)", 2)
+    say("installing Chromium for the browser test (Debian package chromium)")
+    env = {**tool_env(), "DEBIAN_FRONTEND": "noninteractive"}
+    code = run([apt, "update", "-qq"], env=env) or run([apt, "install", "-y", "-qq", "chromium"], env=env)
+    if code or not CHROMIUM.exists():
+        return fail("apt-get did not install /usr/bin/chromium", code or 1)
+    return 0
+
+
+def set_up(*, buf: bool = False, browser: bool = False) -> int:
+    return ensure_venv() or (ensure_buf() if buf else 0) or (ensure_chromium() if browser else 0)
 
 
 # --- tasks -----------------------------------------------------------------------------------
@@ -157,7 +175,7 @@ def task_demo(args: list[str]) -> int:
 
 def task_test(args: list[str]) -> int:
     """run the whole pytest suite (extra arguments go to pytest)"""
-    code = set_up(buf=True)
+    code = set_up(buf=True, browser=True)
     if code:
         return code
     say("pytest")

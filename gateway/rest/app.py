@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from auditflow.principal import USER_METADATA_KEY
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway.rest import errors, hooks, openapi
+from gateway.rest import errors, hooks, openapi, page
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of, to_json
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ class RestApp:
             self.app.router.add_route(route.http_method, route.path, self._handler(route))
         self.openapi = openapi.document(self.routes)
         self.app.router.add_get("/openapi.json", self._openapi)
+        page.add_routes(self.app)
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return _json_response(200, self.openapi)

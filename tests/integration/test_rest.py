@@ -507,3 +507,25 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
     check("/workflows/{workflow_id}", "get", status, body)
     status, body = await api.call("GET", "/workflows/nope")
     check("/workflows/{workflow_id}", "get", "default", body)
+
+
+# --- status page --------------------------------------------------------------------------
+
+
+async def test_status_page_static_files_and_sample_plan(api: Api) -> None:
+    from auditflow.cli.commands import sample_plan
+    from gateway.rest.routes import to_json
+
+    async with api.http.get(api.url + "/") as response:
+        assert response.status == 200 and response.content_type == "text/html"
+        html = await response.text()
+    assert 'id="processing-view"' in html and "/static/app.js" in html
+    for name, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        async with api.http.get(f"{api.url}/static/{name}") as response:
+            assert response.status == 200 and kind in response.content_type, name
+    async with api.http.get(api.url + "/static/../app.py") as response:
+        assert response.status in (403, 404)
+    status, plan = await api.call("GET", "/ui/sample-plan")
+    assert status == 200 and plan == [to_json(step) for step in sample_plan()]
+    status, body = await api.call("POST", "/workflows", user="carol", json={"title": "sample", "plan": plan})
+    assert status == 200, body

@@ -1,0 +1,84 @@
+"""schemathesis fuzzes every operation of `/openapi.json` against a running gateway and
+processor: no answer may be a 5xx, and none may hang (every request has a timeout, the whole
+run a bound)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Pair
+
+MAX_EXAMPLES = 100  # per operation and phase: the run stays well under a minute
+REQUEST_TIMEOUT = 5.0  # seconds: a request that takes longer counts as a hang and fails the run
+RUN_TIMEOUT = 120.0
+
+
+def schemathesis_binary() -> str:
+    found = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
+    if not Path(found).exists():
+        pytest.fail("schemathesis is not installed: pip install schemathesis")
+    return found
+
+
+def wait_http(url: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path: Path) -> None:
+    base = f"http://127.0.0.1:{pair.gateway.rest_port}"
+    wait_http(f"{base}/openapi.json")
+    command = [
+        schemathesis_binary(),
+        "run",
+        f"{base}/openapi.json",
+        "--url",
+        base,
+        "--checks",
+        "not_a_server_error",
+        "--phases",
+        "examples,coverage,fuzzing",  # not stateful: a valid id would open an endless status stream
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--request-timeout",
+        str(REQUEST_TIMEOUT),
+        "--seed",
+        "4",
+        "--generation-deterministic",
+        "--suppress-health-check",
+        "all",
+        "--header",
+        "X-Auditflow-User: fuzzer",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path / "schemathesis"),
+    ]
+    started = time.monotonic()
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        cwd=tmp_path,  # hypothesis keeps its example database in the working directory
+        env={"NO_COLOR": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    elapsed = time.monotonic() - started
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"{output}\ngateway log:\n{pair.gateway.log()}"
+    assert "Tested: 8" in output and " passed" in output, output
+    assert elapsed < RUN_TIMEOUT
