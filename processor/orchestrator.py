@@ -19,6 +19,13 @@ has checkpointed nothing for it; another processor reclaims the run and reruns t
 from the last checkpoint. A cycle must therefore be safe to repeat: derive everything from
 `state` and write side effects idempotently.
 
+Long work should be cut into cycles through the state. The built-in plan orchestrator does it
+for chunked procedures (`auditflow.procedures.register_chunked`): its state is
+{"next_step", "results", "chunk_state"}, it calls the current step's chunk function with
+`chunk_state` until the step reports its result, several chunks per cycle within a time budget
+(`AUDITFLOW_CYCLE_BUDGET`, default 2 s), and a crash reruns the chunks since the last
+checkpoint. See docs/plugins.md.
+
 Errors: raising `auditflow.procedures.CriticalError` fails the run (reason CRITICAL_ERROR).
 Any other exception is a cycle error: a WARNING event is recorded, the state is not
 advanced, and the next cycle retries; too many in a row fail the run.

@@ -10,6 +10,13 @@ called on a worker thread, at least once per step: a processor that dies mid-ste
 step again, so a procedure must be safe to repeat. It raises `CriticalError` when the run
 cannot go on (the run fails); any other exception is a cycle error and the step is retried
 in the next cycle.
+
+A procedure may also be CHUNKED (`register_chunked`): a function `chunk(parameters, state) ->
+Chunk` that does one bounded part of the work per call. It is first called with `state`
+None; each call returns the next state (a JSON object, which the plan orchestrator
+checkpoints) and, on the last call, the step's result. It must derive everything from
+`parameters` and `state` (never mutate `state`), so that a call repeated after a crash gives
+the same answer. Such a procedure is also runnable whole: `run` calls `chunk` until done.
 """
 
 from __future__ import annotations
@@ -31,6 +38,19 @@ RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 ValidateFn = Callable[[dict[str, Any]], Iterable[FieldViolation]]
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """What one call of a chunked procedure did."""
+
+    state: dict[str, Any]  # JSON, passed back to the next call
+    done: int  # chunks done so far
+    total: int  # chunks in all
+    result: dict[str, Any] | None = None  # the step's result, on the last call
+
+
+ChunkFn = Callable[[dict[str, Any], dict[str, Any] | None], Chunk]
+
+
 class CriticalError(Exception):
     """A procedure failed in a way that retrying cannot mend; the run fails."""
 
@@ -41,6 +61,7 @@ class Procedure:
     run: RunFn
     description: str = ""
     validate: ValidateFn | None = None
+    chunk: ChunkFn | None = None
 
 
 @dataclass
@@ -57,6 +78,22 @@ class Registry:
 
         return decorator
 
+    def register_chunked(self, name: str, *, validate: ValidateFn | None = None) -> Callable[[ChunkFn], ChunkFn]:
+        def decorator(fn: ChunkFn) -> ChunkFn:
+            def run(parameters: dict[str, Any]) -> dict[str, Any]:
+                state: dict[str, Any] | None = None
+                while True:
+                    step = fn(parameters, state)
+                    if step.result is not None:
+                        return step.result
+                    state = step.state
+
+            doc = (fn.__doc__ or "").strip().splitlines()
+            self.procedures[name] = Procedure(name, run, doc[0] if doc else "", validate, fn)
+            return fn
+
+        return decorator
+
     def get(self, name: str) -> Procedure | None:
         return self.procedures.get(name)
 
@@ -66,6 +103,7 @@ class Registry:
 
 REGISTRY = Registry()
 register = REGISTRY.register
+register_chunked = REGISTRY.register_chunked
 
 _loaded = False
 

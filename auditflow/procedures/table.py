@@ -1,0 +1,449 @@
+"""The ledger as a DuckDB table: read from CSV, Parquet or a SQLAlchemy database, checked, cached.
+
+A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledger.parquet"}`
+or `{"url": "sqlite:///books.db", "table": "entries"}`. `open_ledger` reads it once per
+process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
+DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`) and
+keeps it in a small cache keyed by the source (for files: path, size and modification time),
+so that the chunks of a plan's steps do not read the file again. Any problem (missing file or
+columns, an amount or date that does not parse, no rows, not UTF-8) is a `CriticalError` that
+names the source, the line (CSV) or row and the problem.
+
+`check_source` is the cheap part of that, for `validate` at CreateWorkflow: the source is
+there, readable, has a header (CSV, UTF-8) or schema (Parquet, SQL table) with every column.
+
+`Ledger.chunks(key, rows)` cuts the ledger into contiguous ranges of `key` (vendor or account)
+values of about `rows` rows each, never splitting one key value; the cut depends only on the
+data, so a run that resumes in another process cuts the same chunks.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from auditflow.errors import FieldViolation
+from auditflow.procedures import CriticalError
+
+COLUMNS = (
+    "entry_id",
+    "posting_date",
+    "vendor",
+    "account",
+    "amount",
+    "currency",
+    "description",
+    "created_by",
+    "approved_by",
+)
+HEADER_BYTES = 64 * 1024
+PARQUET_MAGIC = b"PAR1"
+CACHE_SIZE = 2
+DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "1GB")
+DUCKDB_THREADS = int(os.environ.get("AUDITFLOW_DUCKDB_THREADS", "2"))
+
+
+def money(cents: int) -> str:
+    """Cents as a decimal string: 123456 -> '1234.56', -5 -> '-0.05'."""
+    sign = "-" if cents < 0 else ""
+    whole, frac = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{frac:02d}"
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def is_parquet(path: Path) -> bool:
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return True
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
+def _sql_label(url: str, table: str) -> str:
+    try:
+        import sqlalchemy
+
+        shown = sqlalchemy.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = "(bad url)"
+    return f"{shown} table {table}"
+
+
+def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
+    """The violations that can be seen without reading the whole ledger."""
+    path, url, table = parameters.get("path"), parameters.get("url"), parameters.get("table")
+    if path is None and url is None:
+        yield FieldViolation("parameters.path", "required: the path of a CSV or Parquet ledger (or url and table)")
+        return
+    if path is not None:
+        if url is not None or table is not None:
+            yield FieldViolation("parameters", "give either path, or url and table, not both")
+            return
+        if not isinstance(path, str) or not path:
+            yield FieldViolation("parameters.path", "required: the path of a CSV or Parquet ledger")
+            return
+        yield from _check_file(Path(path))
+        return
+    if not isinstance(url, str) or not url:
+        yield FieldViolation("parameters.url", "a SQLAlchemy database URL, e.g. sqlite:///books.db")
+        return
+    if not isinstance(table, str) or not table:
+        yield FieldViolation("parameters.table", "required with url: the table that holds the ledger")
+        return
+    yield from _check_sql(url, table)
+
+
+def _check_file(file: Path) -> Iterator[FieldViolation]:
+    if not file.is_file():
+        yield FieldViolation("parameters.path", f"no such file: {file}")
+        return
+    if is_parquet(file):
+        try:
+            with _connect() as con:
+                names = [
+                    row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
+                ]
+        except duckdb.Error as exc:
+            yield FieldViolation("parameters.path", f"{file} is not a readable Parquet file: {_first_line(exc)}")
+            return
+        yield from _missing(names, str(file))
+        return
+    try:
+        with file.open("rb") as handle:
+            first = handle.readline(HEADER_BYTES)
+    except OSError as exc:
+        yield FieldViolation("parameters.path", f"cannot read {file}: {exc.strerror or exc}")
+        return
+    try:
+        header = next(csv.reader([first.decode("utf-8")]), [])
+    except UnicodeDecodeError:
+        yield FieldViolation("parameters.path", f"{file} is not a UTF-8 CSV file")
+        return
+    if not header:
+        yield FieldViolation("parameters.path", f"{file} is empty: expected a header line with {', '.join(COLUMNS)}")
+        return
+    yield from _missing([name.strip().lstrip("\ufeff") for name in header], str(file))
+
+
+def _check_sql(url: str, table: str) -> Iterator[FieldViolation]:
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.make_url(url)
+    except Exception as exc:
+        yield FieldViolation("parameters.url", f"not a SQLAlchemy URL: {exc}")
+        return
+    try:
+        engine = sqlalchemy.create_engine(parsed)
+    except Exception as exc:
+        yield FieldViolation("parameters.url", f"cannot use {parsed.render_as_string()}: {exc}")
+        return
+    try:
+        sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if sqlite_file and not Path(str(parsed.database)).is_file():
+            yield FieldViolation("parameters.url", f"no such SQLite database: {parsed.database}")
+            return
+        try:
+            columns = sqlalchemy.inspect(engine).get_columns(table)
+        except sqlalchemy.exc.NoSuchTableError:
+            yield FieldViolation("parameters.table", f"no table {table!r} in {_sql_label(url, table)}")
+            return
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            yield FieldViolation("parameters.url", f"cannot read {_sql_label(url, table)}: {_first_line(exc)}")
+            return
+        yield from _missing([c["name"] for c in columns], _sql_label(url, table), field="parameters.table")
+    finally:
+        engine.dispose()
+
+
+def _missing(names: list[str], label: str, field: str = "parameters.path") -> Iterator[FieldViolation]:
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        yield FieldViolation(field, f"{label}: missing columns: {', '.join(missing)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# --- the ledger table ------------------------------------------------------------------------
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(":memory:", config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
+
+
+@dataclass
+class Ledger:
+    """A checked ledger in DuckDB. Query it through `cursor()` (one per thread)."""
+
+    label: str
+    con: duckdb.DuckDBPyConnection
+    rows: int
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        return self.con.cursor()
+
+    def chunks(self, key: str, rows: int) -> list[tuple[str, str]]:
+        """Ranges [low, high] of `key` values, each about `rows` rows (a key value is never split)."""
+        if key not in ("vendor", "account"):
+            raise ValueError(key)
+        counts = self.cursor().execute(f"SELECT {key}, count(*) FROM ledger GROUP BY 1 ORDER BY 1").fetchall()
+        chunks: list[tuple[str, str]] = []
+        low: str | None = None
+        size = 0
+        for value, count in counts:
+            if low is None:
+                low = value
+            size += count
+            if size >= rows:
+                chunks.append((low, value))
+                low, size = None, 0
+        if low is not None:
+            chunks.append((low, counts[-1][0]))
+        return chunks
+
+
+_cache: OrderedDict[tuple[Any, ...], Ledger] = OrderedDict()
+_lock = threading.Lock()
+
+
+def open_ledger(parameters: dict[str, Any]) -> Ledger:
+    """The checked ledger named by the parameters (read once, then cached)."""
+    path, url, table = parameters.get("path"), parameters.get("url"), parameters.get("table")
+    key: tuple[Any, ...]
+    if path is not None:
+        file = Path(str(path))
+        try:
+            stat = file.stat()
+        except OSError as exc:
+            raise CriticalError(f"{file}: cannot read the ledger: {exc.strerror or exc}") from exc
+        key = ("file", str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    elif isinstance(url, str) and isinstance(table, str):
+        key = ("sql", url, table)
+    else:
+        raise CriticalError("no ledger: give path, or url and table")
+    with _lock:
+        ledger = _cache.get(key)
+        if ledger is not None:
+            _cache.move_to_end(key)
+            return ledger
+        ledger = _load_file(Path(str(path))) if path is not None else _load_sql(str(url), str(table))
+        _cache[key] = ledger
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+        return ledger
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def _load_file(path: Path) -> Ledger:
+    if is_parquet(path):
+        return _load(path, str(path), parquet=True)
+    return _load_csv(path, str(path))
+
+
+def _load_csv(path: Path, label: str) -> Ledger:
+    header = _csv_header(path, label)
+    try:
+        return _load(path, label, parquet=False, names=header)
+    except CriticalError:
+        raise
+    except duckdb.Error as exc:
+        # DuckDB says what, the csv module says where: re-read to report the line.
+        read_ledger(path, label)
+        raise CriticalError(f"{label}: cannot read the ledger: {_first_line(exc)}") from exc
+
+
+def _csv_header(path: Path, label: str) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
+    if header is None:
+        raise CriticalError(f"{label}: the ledger is empty (no header line)")
+    names = [name.strip().lstrip("\ufeff") for name in header]
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise CriticalError(f"{label}: missing columns: {', '.join(missing)} (found: {', '.join(names) or 'none'})")
+    return names
+
+
+def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = None) -> Ledger:
+    con = _connect()
+    try:
+        if parquet:
+            try:
+                con.execute(
+                    "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet(?)", [str(path)]
+                )
+            except duckdb.Error as exc:
+                raise CriticalError(f"{label}: cannot read the Parquet ledger: {_first_line(exc)}") from exc
+        else:
+            con.execute(
+                "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv(?, header = true, "
+                "all_varchar = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true, "
+                "encoding = 'utf-8', auto_detect = false, columns = ?)",
+                [str(path), {n: "VARCHAR" for n in names or []}],
+            )
+        types = {row[0]: str(row[1]) for row in con.execute("DESCRIBE raw").fetchall()}
+        missing = [c for c in COLUMNS if c not in types]
+        if missing:
+            raise CriticalError(f"{label}: missing columns: {', '.join(missing)}")
+
+        def text(column: str) -> str:
+            return f"coalesce(CAST(\"{column}\" AS VARCHAR), '')"
+
+        def parsed(column: str, target: str) -> str:
+            inner = f'trim("{column}")' if types[column] == "VARCHAR" else f'"{column}"'
+            return f"TRY_CAST({inner} AS {target})"
+
+        con.execute(
+            f"""CREATE TABLE ledger AS SELECT row_no, {text("entry_id")} AS entry_id,
+                {parsed("posting_date", "DATE")} AS posting_date,
+                coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor,
+                {text("account")} AS account,
+                CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
+                {text("currency")} AS currency, {text("description")} AS description,
+                {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
+            FROM raw"""
+        )
+        bad = con.execute(
+            """SELECT l.row_no, CAST(r.amount AS VARCHAR), CAST(r.posting_date AS VARCHAR), l.cents IS NULL
+               FROM ledger l JOIN raw r USING (row_no) WHERE l.cents IS NULL OR l.posting_date IS NULL
+               ORDER BY l.row_no LIMIT 1"""
+        ).fetchone()
+        if bad is not None:
+            row_no, amount, posting_date, bad_amount = bad
+            if not parquet:
+                read_ledger(path, label)  # the csv module's message, with the line
+                where = f"{label}:{row_no + 1}"
+            else:
+                where = f"{label}: row {row_no}"
+            if bad_amount:
+                raise CriticalError(f"{where}: amount {amount!r} is not a number")
+            raise CriticalError(f"{where}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
+        con.execute("DROP TABLE raw")
+        count = con.execute("SELECT count(*) FROM ledger").fetchone()
+        rows = int(count[0]) if count else 0
+        if rows == 0:
+            raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
+        return Ledger(label, con, rows)
+    except BaseException:
+        con.close()
+        raise
+
+
+def _load_sql(url: str, table: str) -> Ledger:
+    """Stream the table into a temporary CSV (values as text), then load that like a file."""
+    import sqlalchemy
+
+    label = _sql_label(url, table)
+    fd, name = tempfile.mkstemp(prefix="auditflow-ledger-", suffix=".csv")
+    temp = Path(name)
+    try:
+        engine = sqlalchemy.create_engine(url)
+        try:
+            meta = sqlalchemy.MetaData()
+            source = sqlalchemy.Table(table, meta, autoload_with=engine)
+            missing = [c for c in COLUMNS if c not in source.c]
+            if missing:
+                raise CriticalError(f"{label}: missing columns: {', '.join(missing)}")
+            query = sqlalchemy.select(*(source.c[c] for c in COLUMNS))
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle, engine.connect() as conn:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(COLUMNS)
+                result = conn.execution_options(stream_results=True, yield_per=50_000).execute(query)
+                for partition in result.partitions():
+                    writer.writerows([_text(v) for v in row] for row in partition)
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise CriticalError(f"{label}: cannot read the ledger: {_first_line(exc)}") from exc
+        finally:
+            engine.dispose()
+        try:
+            ledger = _load_csv(temp, str(temp))
+            ledger.label = label
+            return ledger
+        except CriticalError as exc:
+            # Line n of the temporary CSV is row n - 1 of the table.
+            text = re.sub(re.escape(str(temp)) + r":(\d+):", lambda m: f"{label}: row {int(m[1]) - 1}:", str(exc))
+            raise CriticalError(text.replace(str(temp), label)) from exc
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+# --- the exact reader, for error messages ----------------------------------------------------
+
+
+def read_ledger(path: Path, label: str | None = None) -> int:
+    """Read and check a whole CSV ledger row by row; any problem is a `CriticalError` that says
+    where (file and line). Returns the number of entries. Used to locate the problems DuckDB
+    reports, so only on the error path."""
+    label = label or str(path)
+    count = 0
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise CriticalError(f"{label}: the ledger is empty (no header line)")
+            names = [name.strip().lstrip("\ufeff") for name in header]
+            missing = [c for c in COLUMNS if c not in names]
+            if missing:
+                raise CriticalError(f"{label}: missing columns: {', '.join(missing)}")
+            width = len(header)
+            i_date, i_amount = names.index("posting_date"), names.index("amount")
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if len(row) != width:
+                    raise CriticalError(f"{label}:{line}: expected {width} fields, found {len(row)}")
+                try:
+                    date.fromisoformat(row[i_date].strip())
+                except ValueError as exc:
+                    raise CriticalError(
+                        f"{label}:{line}: posting_date {row[i_date]!r} is not an ISO date (YYYY-MM-DD)"
+                    ) from exc
+                try:
+                    value = Decimal(row[i_amount].strip())
+                except InvalidOperation as exc:
+                    raise CriticalError(f"{label}:{line}: amount {row[i_amount]!r} is not a number") from exc
+                if not value.is_finite():
+                    raise CriticalError(f"{label}:{line}: amount {row[i_amount]!r} is not a number")
+                count += 1
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
+    if not count:
+        raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
+    return count

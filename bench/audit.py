@@ -1,0 +1,226 @@
+"""The default audit plan over large generated ledgers, next to a plain DuckDB script.
+
+For each size (default 100 000 and 1 000 000 entries) it generates a ledger with
+`auditflow.synthetic` (not timed), then runs, each in a fresh child process so that peak
+memory is that child's own (`os.wait4` rusage, max RSS):
+
+- `plan`: the README's default plan (the sample plan: ledger_summary, vendor_totals, then the
+  seven audit procedures) pointed at the ledger, driven by the plan orchestrator cycle by
+  cycle as the processor does (the state goes through JSON between cycles, as a checkpoint),
+  with the default cycle budget;
+- `script`: a plain one-shot DuckDB script doing the same seven checks in SQL, with none of
+  the service's guarantees (no chunks, no checkpoints, no exact grouping of duplicates and
+  split purchases: it counts pairs and windows, so its counts can differ).
+
+It prints wall time, peak memory, cycles (and the longest cycle) and findings for each.
+
+    python bench/audit.py                     # 100k and 1M entries
+    python bench/audit.py --rows 20000        # any sizes
+    python bench/audit.py --quick             # 20k entries, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+AUDIT = (
+    "duplicate_payments",
+    "benford_first_digit",
+    "round_amounts",
+    "weekend_postings",
+    "split_purchases",
+    "segregation_of_duties",
+    "outliers",
+)
+
+
+def plan_steps(path: str) -> list[dict[str, Any]]:
+    """The sample plan's steps (auditflow.cli.commands.sample_plan), on another ledger."""
+    from auditflow import synthetic
+
+    holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2030))]
+    steps: list[dict[str, Any]] = [
+        {"procedure": "ledger_summary", "parameters": {"path": path}},
+        {"procedure": "vendor_totals", "parameters": {"path": path, "top": 5}},
+    ]
+    for name in AUDIT:
+        parameters: dict[str, Any] = {"path": path}
+        if name == "weekend_postings":
+            parameters["holidays"] = holidays
+        steps.append({"procedure": name, "parameters": parameters})
+    return steps
+
+
+def child_plan(path: str) -> dict[str, Any]:
+    from processor.orchestrator import RunInfo
+    from processor.plan_orchestrator import PlanOrchestrator
+
+    started = time.perf_counter()
+    orchestrator = PlanOrchestrator()
+    steps = plan_steps(path)
+    info = RunInfo("wf_bench", "bench", steps, 1000, 0)
+    state = json.loads(json.dumps(orchestrator.start(info)))
+    cycles, longest, per_step = 0, 0.0, {}
+    while True:
+        cycles += 1
+        t = time.perf_counter()
+        result = orchestrator.cycle(RunInfo("wf_bench", "bench", steps, 1000, cycles), state)
+        spent = time.perf_counter() - t
+        longest = max(longest, spent)
+        step_name = result.message.split()[2].rstrip(":")
+        per_step[step_name] = round(per_step.get(step_name, 0.0) + spent, 2)
+        state = json.loads(json.dumps(result.state))  # the checkpoint
+        if result.done:
+            break
+    assert result.result is not None
+    findings = {
+        s["procedure"]: s["result"]["summary"]["findings"] for s in result.result["steps"] if s["procedure"] in AUDIT
+    }
+    return {
+        "seconds": round(time.perf_counter() - started, 2),
+        "cycles": cycles,
+        "longest_cycle": round(longest, 2),
+        "findings": sum(findings.values()),
+        "per_procedure": findings,
+        "step_seconds": per_step,
+    }
+
+
+SCRIPT = {
+    "duplicate_payments": """SELECT count(*) FROM l a JOIN l b ON a.vendor = b.vendor AND a.cents = b.cents
+        AND a.entry_id < b.entry_id AND abs(a.d - b.d) <= 7 WHERE a.cents <> 0""",
+    "round_amounts": "SELECT count(*) FROM l WHERE cents <> 0 AND abs(cents) >= 100000 AND abs(cents) % 100000 = 0",
+    "weekend_postings": "SELECT count(*) FROM l WHERE isodow(d) >= 6 OR list_contains(CAST(? AS DATE[]), d)",
+    "split_purchases": """SELECT count(*) FROM (SELECT sum(cents) OVER w AS total, count(*) OVER w AS n
+        FROM l WHERE cents > 0 AND cents < 1000000
+        WINDOW w AS (PARTITION BY vendor ORDER BY d - DATE '2000-01-01' RANGE BETWEEN CURRENT ROW AND 7 FOLLOWING))
+        WHERE total > 1000000 AND n >= 2""",
+    "segregation_of_duties": """SELECT count(*) FROM l WHERE coalesce(trim(approved_by), '') = ''
+        OR lower(trim(created_by)) = lower(trim(approved_by))""",
+    "outliers": """WITH v AS (SELECT vendor, log10(abs(cents)) AS x FROM l WHERE cents <> 0),
+        g AS (SELECT vendor, median(x) AS c FROM v GROUP BY vendor HAVING count(*) >= 8),
+        m AS (SELECT vendor, c, median(abs(x - c)) AS mad FROM v JOIN g USING (vendor) GROUP BY vendor, c)
+        SELECT count(*) FROM v JOIN m USING (vendor) WHERE mad > 0 AND abs(0.6745 * (x - c) / mad) > 3.5""",
+}
+
+
+def child_script(path: str) -> dict[str, Any]:
+    import duckdb
+
+    from auditflow import synthetic
+
+    started = time.perf_counter()
+    con = duckdb.connect(config={"threads": 2})
+    con.execute(
+        """CREATE TABLE l AS SELECT entry_id, CAST(posting_date AS DATE) AS d, vendor, account,
+           CAST(round(CAST(amount AS DECIMAL(38, 6)) * 100) AS BIGINT) AS cents, created_by, approved_by
+           FROM read_csv(?, all_varchar = true)""",
+        [path],
+    )
+    holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2030))]
+    findings = {}
+    for name, sql in SCRIPT.items():
+        row = con.execute(sql, [holidays] if "?" in sql else []).fetchone()
+        findings[name] = int(row[0]) if row else 0
+    counts = dict(
+        con.execute(
+            "SELECT CAST(left(CAST(abs(cents) AS VARCHAR), 1) AS INTEGER), count(*) FROM l WHERE abs(cents) >= 1000 "
+            "GROUP BY 1"
+        ).fetchall()
+    )
+    n = sum(counts.values())
+    benford = [math.log10(1 + 1 / d) for d in range(1, 10)]
+    chi2 = sum((counts.get(d, 0) - n * p) ** 2 / (n * p) for d, p in zip(range(1, 10), benford, strict=True))
+    significant = 0
+    if math.exp(-chi2 / 2) * sum((chi2 / 2) ** i / math.factorial(i) for i in range(4)) < 0.01:
+        for d, p in zip(range(1, 10), benford, strict=True):
+            z = (abs(counts.get(d, 0) / n - p) - 1 / (2 * n)) / math.sqrt(p * (1 - p) / n)
+            significant += z > 2.5758
+    findings["benford_first_digit"] = significant
+    return {
+        "seconds": round(time.perf_counter() - started, 2),
+        "findings": sum(findings.values()),
+        "per_procedure": findings,
+    }
+
+
+def measure(mode: str, path: Path) -> dict[str, Any]:
+    """Run one mode in a child process; its own peak RSS comes from wait4."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", mode, "--ledger", str(path)], stdout=out, cwd=ROOT
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed ({proc.returncode}): {text}")
+    report: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
+    report["wall_seconds"] = round(time.perf_counter() - started, 2)  # including interpreter start-up
+    report["peak_mib"] = round(usage.ru_maxrss / 1024)
+    report["parent_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="ledger sizes")
+    parser.add_argument("--quick", action="store_true", help="one small ledger (20k entries)")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--child", choices=("plan", "script"), help=argparse.SUPPRESS)
+    parser.add_argument("--ledger", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        report = child_plan(args.ledger) if args.child == "plan" else child_script(args.ledger)
+        print(json.dumps(report))
+        return 0
+
+    sizes = [20_000] if args.quick else args.rows
+    print(f"audit benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    failed = False
+    with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
+        for rows in sizes:
+            path = Path(tmp) / f"ledger-{rows}.csv"
+            t = time.perf_counter()
+            # In a child, so that this process stays small: a child's peak RSS starts from its
+            # parent's (Linux keeps the high-water mark across fork and exec).
+            command = [sys.executable, "-m", "auditflow.synthetic", "--rows", str(rows), "--seed", str(args.seed)]
+            subprocess.run([*command, "--out", str(path)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+            size = path.stat().st_size / 2**20
+            print(f"\n{rows:,} entries ({size:.0f} MiB CSV, generated in {time.perf_counter() - t:.1f} s)")
+            for mode in ("plan", "script"):
+                r = measure(mode, path)
+                what = "default plan (9 steps)" if mode == "plan" else "plain DuckDB script"
+                cycles = f", {r['cycles']} cycles (longest {r['longest_cycle']} s)" if mode == "plan" else ""
+                print(
+                    f"  {what:24} {r['wall_seconds']:6.2f} s wall ({r['seconds']:.2f} s work), "
+                    f"peak {r['peak_mib']} MiB{cycles}, {r['findings']} findings"
+                    f" (parent process: {r['parent_mib']} MiB, a floor of the peak)"
+                )
+                print(f"    findings per procedure: {r['per_procedure']}")
+                if mode == "plan":
+                    print(f"    seconds per step: {r['step_seconds']}")
+                    if rows >= 1_000_000 and (r["wall_seconds"] >= 60 or r["peak_mib"] >= 2048):
+                        failed = True
+                        print("    TARGET MISSED: 1M entries under 1 min and 2 GiB")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""A processor killed (SIGKILL) in the middle of a chunked audit plan resumes from its last
+checkpoint, and the run's findings are those of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from auditflow import synthetic
+from auditflow.procedures import load
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from tests.support.cluster import Pair
+from tests.support.grpc_helpers import as_user, step
+
+S = pb.WorkflowStatus
+ROWS = 12_000
+CHUNK_ROWS = 1_500  # about 8 chunks a step
+
+
+@pytest.fixture
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
+    monkeypatch.setenv("AUDITFLOW_CYCLE_BUDGET", "0")  # one chunk per cycle: many checkpoints
+    started = Pair(
+        tmp_path,
+        processor_args=["--cycle-delay", "0.05", "--lease-seconds", "2", "--poll-interval", "0.2"],
+        gateway_args=["--heartbeat-interval", "1"],
+    ).start()
+    yield started
+    started.stop()
+
+
+def plan(path: Path, truth: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    common = {"path": str(path), "chunk_rows": CHUNK_ROWS, "max_findings": 1000}
+    names = ("duplicate_payments", "benford_first_digit", "round_amounts", "weekend_postings")
+    steps = [(name, dict(common)) for name in names]
+    steps[3][1]["holidays"] = truth["holidays"]
+    steps += [(name, dict(common)) for name in ("split_purchases", "segregation_of_duties", "outliers")]
+    return steps
+
+
+def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path, pair: Pair) -> None:
+    path = tmp_path / "ledger.csv"
+    assert synthetic.main(["--rows", str(ROWS), "--seed", "5", "--out", str(path)]) == 0
+    steps = plan(path, json.loads(path.with_suffix(".truth.json").read_text()))
+    expected = [load().get(name).run(parameters) for name, parameters in steps]  # type: ignore[union-attr]
+
+    with grpc.insecure_channel(pair.gateway.target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        request = wpb.CreateWorkflowRequest(
+            title="audit crash", plan=[step(name, **parameters) for name, parameters in steps], max_cycles=500
+        )
+        workflow_id = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow.workflow_id
+        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"), timeout=5)
+
+        def workflow() -> pb.Workflow:
+            return stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id), timeout=5).workflow
+
+        deadline = time.monotonic() + 60
+        while workflow().progress.done < 2:  # killed in step 3 or later, mid-step
+            assert time.monotonic() < deadline, workflow()
+            time.sleep(0.02)
+        killed_at = workflow().cycle
+        pair.processor.kill()
+        pair.processor.start()
+        deadline = time.monotonic() + 120
+        while not workflow().is_completed:
+            assert time.monotonic() < deadline, workflow()
+            time.sleep(0.1)
+        final = workflow()
+        assert final.status == S.WORKFLOW_STATUS_COMPLETED, final
+        events = [
+            m.event
+            for m in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), timeout=60)
+            if m.HasField("event")
+        ]
+
+    assert any(e.type == pb.EVENT_TYPE_STARTED and "resumed" in e.message for e in events)
+    chunked = [e.message for e in events if e.type == pb.EVENT_TYPE_CYCLE_COMPLETED and ": chunk " in e.message]
+    assert len(chunked) > 2 * len(steps), chunked  # the steps really ran chunk by chunk
+    assert final.cycle > killed_at > 2
+    result = MessageToDict(final.result)
+    assert [s["procedure"] for s in result["steps"]] == [name for name, _ in steps]
+    for (name, _), got, want in zip(steps, result["steps"], expected, strict=True):
+        assert got["result"]["findings"] == want["findings"], name
+        assert got["result"]["summary"]["findings"] == want["summary"]["findings"], name
