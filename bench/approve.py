@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import sys
 import tempfile
 import time
@@ -40,18 +39,11 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
+from bench._loadgen import percentile, run_load  # noqa: E402
 from tests.support.cluster import Pair  # noqa: E402
 
 SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
 APPROVER = (("x-auditflow-user", "bench-approver"),)  # not the creator: separation of duties
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-# --- load (runs in client processes) ----------------------------------------------------
 
 
 async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> tuple[list[float], float, float]:
@@ -81,24 +73,6 @@ async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> tup
 
 def _client(args: tuple[str, str, list[str], int]) -> tuple[list[float], float, float]:
     return asyncio.run(_load(*args))
-
-
-def run_load(target: str, kind: str, ids: list[str], concurrency: int, processes: int) -> dict[str, float]:
-    """`concurrency` callers spread over `processes` client processes. The rate counts from
-    the first call to the last answer (not the start-up of the client processes)."""
-    processes = min(processes, concurrency)
-    shards = [ids[i::processes] for i in range(processes)]
-    per_process = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        results = pool.map(_client, [(target, kind, s, c) for s, c in zip(shards, per_process, strict=True)])
-    latencies = [x for r in results for x in r[0]]
-    span = max(r[2] for r in results) - min(r[1] for r in results)
-    return {
-        "calls": len(latencies),
-        "per_second": len(latencies) / span,
-        "p50_ms": percentile(latencies, 0.50) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-    }
 
 
 async def create_many(target: str, count: int) -> list[str]:
@@ -184,12 +158,12 @@ def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[str]:
 
 def measure_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    run_load(target, "noop", ["-"] * 500, 8, 1)  # warm up
+    run_load(_client, (target, "noop"), ["-"] * 500, 8, 1)  # warm up
     for callers, calls in ((1, args.calls_1), (64, args.calls_64)):
         processes = 1 if callers == 1 else args.client_processes
-        figures[f"noop@{callers}"] = run_load(target, "noop", ["-"] * calls, callers, processes)
+        figures[f"noop@{callers}"] = run_load(_client, (target, "noop"), ["-"] * calls, callers, processes)
         ids = asyncio.run(create_many(target, calls))
-        figures[f"approve@{callers}"] = run_load(target, "approve", ids, callers, processes)
+        figures[f"approve@{callers}"] = run_load(_client, (target, "approve"), ids, callers, processes)
     return figures
 
 

@@ -37,27 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-AUDIT = (
-    "duplicate_payments",
-    "benford_first_digit",
-    "round_amounts",
-    "weekend_postings",
-    "split_purchases",
-    "segregation_of_duties",
-    "outliers",
-)
-
 
 def plan_steps(path: str) -> list[dict[str, Any]]:
     """The sample plan's steps (auditflow.cli.commands.sample_plan), on another ledger."""
     from auditflow import synthetic
+    from auditflow.procedures.audit import PROCEDURES  # in the child: the parent stays small
 
     holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2030))]
     steps: list[dict[str, Any]] = [
         {"procedure": "ledger_summary", "parameters": {"path": path}},
         {"procedure": "vendor_totals", "parameters": {"path": path, "top": 5}},
     ]
-    for name in AUDIT:
+    for name in PROCEDURES:
         parameters: dict[str, Any] = {"path": path}
         if name == "weekend_postings":
             parameters["holidays"] = holidays
@@ -66,6 +57,7 @@ def plan_steps(path: str) -> list[dict[str, Any]]:
 
 
 def child_plan(path: str) -> dict[str, Any]:
+    from auditflow.procedures.audit import PROCEDURES
     from processor.orchestrator import RunInfo
     from processor.plan_orchestrator import PlanOrchestrator
 
@@ -88,7 +80,9 @@ def child_plan(path: str) -> dict[str, Any]:
             break
     assert result.result is not None
     findings = {
-        s["procedure"]: s["result"]["summary"]["findings"] for s in result.result["steps"] if s["procedure"] in AUDIT
+        s["procedure"]: s["result"]["summary"]["findings"]
+        for s in result.result["steps"]
+        if s["procedure"] in PROCEDURES
     }
     return {
         "seconds": round(time.perf_counter() - started, 2),

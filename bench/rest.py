@@ -24,12 +24,10 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,20 +40,13 @@ from fastapi import FastAPI, HTTPException, Request  # the seed's stack (FastAPI
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
-from tests.support.cluster import Pair  # noqa: E402
+from bench._loadgen import run_load  # noqa: E402
+from tests.support.cluster import Pair, wait_http  # noqa: E402
 from tests.support.grpc_helpers import free_port  # noqa: E402
 
 SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
 CREATOR = {"X-Auditflow-User": "bench-creator"}
 APPROVER = {"X-Auditflow-User": "bench-approver"}  # not the creator: separation of duties
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-# --- the seed's design ------------------------------------------------------------------
 
 
 def seed_app() -> Any:
@@ -165,18 +156,6 @@ def running_pair(workdir: Path) -> Iterator[str]:
         pair.stop()
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
-
-
 # --- load (runs in client processes) ----------------------------------------------------
 
 
@@ -206,22 +185,6 @@ def _client(args: tuple[str, list[str], int]) -> tuple[list[float], float, float
     return asyncio.run(_load(*args))
 
 
-def run_load(url: str, ids: list[str], concurrency: int, processes: int) -> dict[str, float]:
-    processes = min(processes, concurrency)
-    shards = [ids[i::processes] for i in range(processes)]
-    per_process = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        results = pool.map(_client, [(url, s, c) for s, c in zip(shards, per_process, strict=True)])
-    latencies = [x for r in results for x in r[0]]
-    span = max(r[2] for r in results) - min(r[1] for r in results)
-    return {
-        "calls": len(latencies),
-        "per_second": len(latencies) / span,
-        "p50_ms": percentile(latencies, 0.50) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-    }
-
-
 async def create_many(url: str, count: int) -> list[str]:
     body = {"title": "bench", "plan": [{"procedure": "ledger_summary", "parameters": {"path": str(SAMPLE)}}]}
     sem = asyncio.Semaphore(32)
@@ -239,11 +202,11 @@ async def create_many(url: str, count: int) -> list[str]:
 
 def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    run_load(url, asyncio.run(create_many(url, 200)), 8, 1)  # warm up
+    run_load(_client, (url,), asyncio.run(create_many(url, 200)), 8, 1)  # warm up
     for callers, calls in ((1, args.calls_1), (64, args.calls_64)):
         processes = 1 if callers == 1 else args.client_processes
         ids = asyncio.run(create_many(url, calls))
-        figures[f"approve@{callers}"] = run_load(url, ids, callers, processes)
+        figures[f"approve@{callers}"] = run_load(_client, (url,), ids, callers, processes)
     return figures
 
 

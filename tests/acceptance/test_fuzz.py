@@ -8,12 +8,11 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Pair
+from tests.support.cluster import Pair, wait_http
 
 MAX_EXAMPLES = 100  # per operation and phase: the run stays well under a minute
 REQUEST_TIMEOUT = 5.0  # seconds: a request that takes longer counts as a hang and fails the run
@@ -25,18 +24,6 @@ def schemathesis_binary() -> str:
     if not Path(found).exists():
         pytest.fail("schemathesis is not installed: pip install schemathesis")
     return found
-
-
-def wait_http(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
 
 
 def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -113,3 +114,16 @@ class Pair:
     def stop(self) -> None:
         self.gateway.stop()
         self.processor.stop()
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    """Wait until an HTTP GET of `url` answers (any status below 500)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)

@@ -11,17 +11,9 @@ import pytest
 
 from auditflow import synthetic
 from auditflow.procedures import CriticalError, load
-from auditflow.procedures.audit import chi2_sf_8, first_digit, mad_conformity, money
+from auditflow.procedures.audit import PROCEDURES, chi2_sf_8, first_digit, mad_conformity, money
 
-AUDIT = (
-    "duplicate_payments",
-    "benford_first_digit",
-    "round_amounts",
-    "weekend_postings",
-    "split_purchases",
-    "segregation_of_duties",
-    "outliers",
-)
+AUDIT = PROCEDURES  # the seven audit procedures
 DETERMINISTIC = ("duplicate_payments", "round_amounts", "weekend_postings", "split_purchases", "segregation_of_duties")
 SAMPLE = Path(__file__).resolve().parents[2] / "auditflow" / "samples" / "ledger.csv"
 HEADER = "entry_id,posting_date,vendor,account,amount,currency,description,created_by,approved_by\n"

@@ -14,17 +14,10 @@ import sqlalchemy
 
 from auditflow import synthetic
 from auditflow.procedures import CriticalError, load
+from auditflow.procedures.audit import PROCEDURES
 from auditflow.procedures.table import COLUMNS
 
-AUDIT = (
-    "duplicate_payments",
-    "benford_first_digit",
-    "round_amounts",
-    "weekend_postings",
-    "split_purchases",
-    "segregation_of_duties",
-    "outliers",
-)
+AUDIT = PROCEDURES  # the seven audit procedures
 HEADER = ",".join(COLUMNS) + "\n"
 
 
