@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from auditflow import convert, statuses, synthetic
 from auditflow.cli import render
 from auditflow.cli.client import CliError, Metadata, exit_code_for, user_metadata, watch
+from auditflow.procedures import AUDIT_PROCEDURES
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
@@ -50,17 +51,6 @@ def sample_ledger_path() -> str:
     ref = resources.files("auditflow").joinpath("samples", "ledger.csv")
     with resources.as_file(ref) as path:  # a real file for normal and editable installs
         return str(Path(path).resolve())
-
-
-AUDIT_PROCEDURES = (
-    "duplicate_payments",
-    "benford_first_digit",
-    "round_amounts",
-    "weekend_postings",
-    "split_purchases",
-    "segregation_of_duties",
-    "outliers",
-)
 
 
 def sample_plan() -> list[pb.PlanStep]:

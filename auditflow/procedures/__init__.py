@@ -33,6 +33,17 @@ from auditflow.errors import FieldViolation
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "auditflow.procedures"
+# The built-in audit procedures (auditflow/procedures/audit.py), in the order the sample plan
+# runs them. Here, not there, so that naming them does not import DuckDB.
+AUDIT_PROCEDURES = (
+    "duplicate_payments",
+    "benford_first_digit",
+    "round_amounts",
+    "weekend_postings",
+    "split_purchases",
+    "segregation_of_duties",
+    "outliers",
+)
 
 RunFn = Callable[[dict[str, Any]], dict[str, Any]]
 ValidateFn = Callable[[dict[str, Any]], Iterable[FieldViolation]]

@@ -39,21 +39,12 @@ from decimal import Decimal
 from typing import Any
 
 from auditflow.errors import FieldViolation
-from auditflow.procedures import Chunk, ChunkFn, CriticalError, register_chunked
+from auditflow.procedures import AUDIT_PROCEDURES, Chunk, ChunkFn, CriticalError, register_chunked
 from auditflow.procedures.table import COLUMNS, Ledger, check_source, money, open_ledger
 
 __all__ = ["COLUMNS", "PROCEDURES", "money"]
 
-# The audit procedures of this module, in the order the sample plan runs them.
-PROCEDURES = (
-    "duplicate_payments",
-    "benford_first_digit",
-    "round_amounts",
-    "weekend_postings",
-    "split_purchases",
-    "segregation_of_duties",
-    "outliers",
-)
+PROCEDURES = AUDIT_PROCEDURES  # the procedures of this module
 
 SEVERITIES = ("high", "medium", "low")
 DEFAULT_MAX_FINDINGS = 200
