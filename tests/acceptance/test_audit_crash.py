@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,10 @@ ROWS = 12_000
 CHUNK_ROWS = 1_500  # about 8 chunks a step
 
 
-@pytest.fixture
-def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
-    monkeypatch.setenv("AUDITFLOW_CYCLE_BUDGET", "0")  # one chunk per cycle: many checkpoints
-    started = Pair(
-        tmp_path,
-        processor_args=["--cycle-delay", "0.05", "--lease-seconds", "2", "--poll-interval", "0.2"],
-        gateway_args=["--heartbeat-interval", "1"],
-    ).start()
-    yield started
-    started.stop()
+@pytest.fixture(autouse=True)
+def one_chunk_per_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set before the `pair` fixture (conftest) starts the servers: many checkpoints."""
+    monkeypatch.setenv("AUDITFLOW_CYCLE_BUDGET", "0")
 
 
 def plan(path: Path, truth: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
