@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     insert,
     or_,
@@ -37,6 +38,7 @@ from sqlalchemy import (
 )
 
 from auditflow import convert, statuses
+from auditflow.prepared import Prepared
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 
@@ -112,8 +114,14 @@ def find_by_request(conn: Connection, created_by: str, request_id: str) -> Row[A
     return conn.execute(query).first()
 
 
-_INSERT_EVENT = insert(workflow_events)
-_INSERT_OUTBOX = insert(outbox)
+# Both run on every decision: prepared (see auditflow.prepared), not executed through Core.
+_INSERT_EVENT = Prepared(insert(workflow_events).values({c.key: bindparam(c.key) for c in workflow_events.c}))
+_INSERT_OUTBOX = Prepared(
+    insert(outbox)
+    .values(workflow_id=bindparam("workflow_id"), kind=bindparam("kind"), payload=bindparam("payload"),
+            created_at=bindparam("created_at"))
+    .returning(outbox.c.id)
+)  # fmt: skip
 
 
 def append_event(
@@ -128,7 +136,7 @@ def append_event(
         "actor": actor,
         "time": time,
     }
-    conn.execute(_INSERT_EVENT, values)
+    _INSERT_EVENT.run(conn, values)
     return values
 
 
@@ -143,10 +151,8 @@ def events_after(conn: Connection, workflow_id: str, after: int) -> list[Row[Any
 
 def add_outbox(conn: Connection, workflow_id: str, kind: str, payload: bytes, time: datetime) -> int:
     values = {"workflow_id": workflow_id, "kind": kind, "payload": payload, "created_at": time}
-    result = conn.execute(_INSERT_OUTBOX, values)
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
+    row = _INSERT_OUTBOX.run(conn, values)
+    return int(row.id)
 
 
 def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Row[Any]]:

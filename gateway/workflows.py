@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Row, and_, bindparam, insert, update
 
 from auditflow import convert, statuses
 from auditflow.errors import AlreadyDecided, NotFound, PermissionDenied, WrongState
+from auditflow.prepared import Prepared
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 from gateway import store
@@ -40,9 +41,10 @@ class NewWorkflow:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a transaction did: the row after it, the event it appended, the outbox row."""
+    """What a transaction did: the row after it, the event it appended, the outbox row. The
+    row is a `Row` or, from a prepared statement, a named tuple: read it by attribute."""
 
-    row: Row[Any]
+    row: Any
     changed: bool
     event: dict[str, Any] | None = None
     outbox_id: int | None = None
@@ -117,8 +119,8 @@ def _refuse(row: Row[Any], workflow_id: str) -> Exception:
     return WrongState(f"workflow {workflow_id} is {statuses.name(row.status)}, not AWAITING_APPROVAL", metadata=meta)
 
 
-# The compare-and-set of a decision, built once: it runs on every Approve.
-_DECIDE = (
+# The compare-and-set of a decision, prepared once: it runs on every Approve.
+_DECIDE = Prepared(
     update(workflows)
     .where(
         and_(
@@ -139,7 +141,8 @@ _DECIDE = (
         last_message=bindparam("b_message"),
         last_sequence=workflows.c.last_sequence + 1,
     )
-    .returning(*workflows.c)
+    .returning(*workflows.c),
+    name="WorkflowRow",
 )
 
 
@@ -171,7 +174,7 @@ def decide(
         "b_message": message,
         "b_forbidden_actor": actor if approve and not self_approval else "",
     }
-    row = conn.execute(_DECIDE, params).first()
+    row = _DECIDE.run(conn, params)
     if row is None:  # not awaiting approval (or unknown): nothing was written
         current = _require(conn, workflow_id)
         if _same_decision(current, decision, actor, request_id):
