@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -16,14 +17,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """`value` as a Timestamp; naive datetimes (SQLite hands them back) are UTC, as stored.
+    Computed from the difference to the epoch: a third of `Timestamp.FromDatetime`'s cost,
+    and it runs several times for every workflow answered."""
     if value is None:
         return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; we store UTC
-        value = value.replace(tzinfo=UTC)
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    delta = value - (_EPOCH_NAIVE if value.tzinfo is None else _EPOCH)
+    return timestamp_pb2.Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
@@ -46,8 +51,15 @@ def plan_to_json(plan: list[pb.PlanStep] | Any) -> str:
     )
 
 
-def plan_from_json(text: str) -> list[pb.PlanStep]:
-    return [pb.PlanStep(procedure=s["procedure"], parameters=struct(s["parameters"])) for s in json.loads(text)]
+def plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
+    """The stored plan as messages. Cached: a handful of plans is answered over and over, and
+    messages passed to a constructor or `extend` are copied, so the cached ones stay intact."""
+    return _plan_from_json(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
+    return tuple(pb.PlanStep(procedure=s["procedure"], parameters=struct(s["parameters"])) for s in json.loads(text))
 
 
 def snapshot(
