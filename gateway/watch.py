@@ -121,6 +121,12 @@ class Watcher:
         """The processor's events after `after`, reconnecting until the terminal one."""
         attempt = 0
         not_found = 0  # NOT_FOUND answers in a row
+        # Just approved: the relay's Enqueue is on its way. Asking the processor now would
+        # only cost it a NOT_FOUND while it takes the Enqueue: wait for the dispatch first.
+        async for own in self._until_dispatched(workflow_id, after, not_found=1):
+            yield own
+            if own.HasField("event") and statuses.is_terminal(own.event.status):
+                return
         while True:
             request = ppb.ProcessorServiceWatchStatusRequest(workflow_id=workflow_id, after_sequence=after)
             try:
