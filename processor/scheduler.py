@@ -40,6 +40,7 @@ from processor.transitions import Errored, Outcome, Succeeded, Transition
 logger = logging.getLogger(__name__)
 
 Committed = tuple[RunRecord, list[EventRecord]]
+Inserted = tuple[RunRecord, bool, list[EventRecord]]  # the run, whether it is new, its events
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Scheduler:
         self._drivers: dict[str, _Driver] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Held across a claim's write, so that two claims never count the same free slot.
+        self._claiming = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
 
     @property
@@ -138,15 +141,53 @@ class Scheduler:
     async def _claim(self, *, check_first: bool) -> None:
         """Claim as many runs as there are free slots. A poll first checks with a cheap read
         so that idle processors do not queue write transactions."""
-        free = self._settings.max_concurrent - len(self._drivers)
-        if free <= 0 or self._stopping.is_set():
+        if self._free() <= 0:
             return
-        exclude = set(self._drivers)
         if check_first:
             now = utcnow()
+            exclude = set(self._drivers)
             if not await self._db.read(lambda conn: store.count_claimable(conn, now, exclude)):
                 return
-        claimed = await self._db.write(lambda conn: self._claim_tx(conn, free, exclude))
+        async with self._claiming:
+            free, exclude = self._free(), set(self._drivers)
+            if free > 0:
+                self._started(await self._db.write(lambda conn: self._claim_tx(conn, free, exclude)))
+
+    async def admit(self, insert: Callable[[Connection], Inserted]) -> Inserted:
+        """Write a newly enqueued run (`insert`), publish its events and have it driven.
+
+        When a slot is free and no claim is under way, the run is claimed in the same
+        transaction as its insert: its first cycle starts without a second commit or a trip
+        through the claim loop (the claim still takes the oldest claimable run, so nothing
+        jumps the queue). When busy, the insert is group-committed with others and the
+        claim loop takes the run when a slot frees. Returns the run as it is after the commit
+        (RUNNING if it was claimed), whether it is new, and its QUEUED event."""
+        if self._claiming.locked() or self._free() <= 0:
+            inserted = await self._db.write(insert)
+            messages.publish(self._hub, inserted[2])
+            self.wake()
+            return inserted
+        async with self._claiming:
+            free, exclude = self._free(), set(self._drivers)
+
+            def insert_and_claim(conn: Connection) -> tuple[Inserted, list[Committed]]:
+                inserted = insert(conn)
+                return inserted, self._claim_tx(conn, free, exclude) if inserted[1] and free > 0 else []
+
+            inserted, claimed = await self._db.write(insert_and_claim)
+            messages.publish(self._hub, inserted[2])
+            self._started(claimed)
+        run, created, events = inserted
+        started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
+        return (started[0] if started else run), created, events
+
+    def _free(self) -> int:
+        """Slots for more runs (none while stopping)."""
+        return 0 if self._stopping.is_set() else self._settings.max_concurrent - len(self._drivers)
+
+    def _started(self, claimed: list[Committed]) -> None:
+        """After a claim's commit: publish, log and drive. Runs under `_claiming`, so that the
+        next claim counts these runs' slots as taken."""
         for run, events in claimed:
             messages.publish(self._hub, events)
             message = events[-1].message

@@ -75,10 +75,8 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             base_sequence=request.base_sequence,
             queued_message=f"queued for processing (approved by {approved_by})",
         )
-        run, created, events = await self._db.write(lambda conn: insert(conn, now=utcnow()))
+        run, created, _events = await self._scheduler.admit(lambda conn: insert(conn, now=utcnow()))
         if created:
-            messages.publish(self._hub, events)
-            self._scheduler.wake()
             logger.info("%s: enqueued (%d steps, approved by %s)", wid, len(run.plan), approved_by)
         else:
             logger.info("%s: enqueued again; returning the existing run", wid)

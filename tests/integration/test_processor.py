@@ -77,8 +77,13 @@ async def test_enqueued_run_completes_one_step_per_cycle(harnesses: Harnesses) -
     request = enqueue_request([step("test_noop"), step("test_noop"), step("test_noop")], base_sequence=2)
     response = await h.stub.Enqueue(request)
     assert response.created
-    assert response.run.snapshot.status in (S.WORKFLOW_STATUS_QUEUED, S.WORKFLOW_STATUS_RUNNING)
-    assert response.run.snapshot.last_sequence == 3
+    # The answer is the run after Enqueue's commit: QUEUED, or already STARTED when a slot
+    # was free (then its claim shares the commit).
+    snapshot = response.run.snapshot
+    assert (snapshot.status, snapshot.last_sequence) in {
+        (S.WORKFLOW_STATUS_QUEUED, 3),
+        (S.WORKFLOW_STATUS_RUNNING, 4),
+    }
 
     messages = await collect(h.stub, request.workflow_id)
 
@@ -289,6 +294,32 @@ async def test_at_most_max_concurrent_runs_at_a_time(harnesses: Harnesses) -> No
 
     assert all(types(m)[-1] == "COMPLETED" for m in results)
     assert test_procedures.PEAK == 2
+
+
+async def test_concurrent_enqueues_never_exceed_max_concurrent(harnesses: Harnesses) -> None:
+    """Enqueue claims in its own transaction when a slot is free; racing the claim loop, it
+    must still never take a slot twice."""
+    h = await harnesses.start(max_concurrent=2)
+    test_procedures.reset_peak()
+    requests = [enqueue_request([step("test_sleep", seconds=0.05)]) for _ in range(8)]
+
+    await asyncio.gather(*(h.stub.Enqueue(r) for r in requests))
+    results = await asyncio.gather(*(collect(h.stub, r.workflow_id) for r in requests))
+
+    assert all(types(m)[-1] == "COMPLETED" for m in results)
+    assert test_procedures.PEAK == 2
+
+
+async def test_enqueue_on_an_idle_processor_starts_the_run_before_answering(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_sleep", seconds=0.5)])
+
+    response = await h.stub.Enqueue(request)
+    run = await h.stub.GetRun(ps.GetRunRequest(workflow_id=request.workflow_id))
+
+    assert response.created
+    assert response.run.snapshot.status == S.WORKFLOW_STATUS_RUNNING  # claimed in the Enqueue's commit
+    assert run.run.snapshot.status == S.WORKFLOW_STATUS_RUNNING
 
 
 # --- watching ------------------------------------------------------------------------------
