@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 
 import grpc
+from sqlalchemy import Connection
 
 from auditflow import statuses
 from auditflow.db import Database
@@ -66,15 +67,24 @@ class Mirror:
         """Runs followed or waiting for a slot."""
         return len(self._followers)
 
-    async def record(self, workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
-        """Copy a snapshot onto the workflow row (marking it dispatched) and follow the run
-        until it ends."""
-        await self._write(workflow_id, snapshot)
+    async def record(
+        self, workflow_id: str, snapshot: pb.StatusSnapshot, also: Callable[[Connection], None] | None = None
+    ) -> None:
+        """Copy a snapshot onto the workflow row (marking it dispatched), with `also` in the
+        same transaction, and follow the run until it ends."""
+        await self._write(workflow_id, snapshot, also)
         if not snapshot.is_completed:
             self.follow(workflow_id, snapshot.last_sequence)
 
-    async def _write(self, workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
-        await self._db.write(lambda conn: store.mirror(conn, workflow_id, snapshot))
+    async def _write(
+        self, workflow_id: str, snapshot: pb.StatusSnapshot, also: Callable[[Connection], None] | None = None
+    ) -> None:
+        def write(conn: Connection) -> None:
+            store.mirror(conn, workflow_id, snapshot)
+            if also is not None:
+                also(conn)
+
+        await self._db.write(write)
         self._on_change(workflow_id)
 
     def follow(self, workflow_id: str, after: int) -> None:

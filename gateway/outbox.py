@@ -15,6 +15,7 @@ different workflows go out concurrently.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections import deque
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from sqlalchemy import Connection
 
 from auditflow.db import Database
 from auditflow.v1 import processor_service_pb2 as ppb
@@ -51,7 +53,9 @@ class OutboxRow:
     request: ppb.EnqueueRequest | ppb.CancelRunRequest | None = None
 
 
-Dispatched = Callable[[str, ppb.Run], Awaitable[None]]
+# (workflow id, the processor's run, the write that retires the outbox row): the callee
+# records the dispatch and runs that write in the same transaction.
+Dispatched = Callable[[str, ppb.Run, Callable[[Connection], None]], Awaitable[None]]
 Probe = Callable[[], Awaitable[bool]]
 EventAppended = Callable[[dict[str, Any]], None]
 
@@ -81,6 +85,8 @@ class OutboxRelay:
         self._rpc_timeout = rpc_timeout
         self._max_backoff = max_backoff
         self._queues: dict[str, deque[OutboxRow]] = {}
+        # Rows submitted while the gate is closed: a deque entry each, not a waiting task.
+        self._parked: deque[OutboxRow] = deque()
         self._known: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
@@ -108,7 +114,12 @@ class OutboxRelay:
         queue = self._queues.get(row.workflow_id)
         if queue is not None:  # a sender for this workflow is running: it takes the row in turn
             queue.append(row)
-            return
+        elif not self._open.is_set():  # an outage: it waits here until the processor is back
+            self._parked.append(row)
+        else:
+            self._start_sender(row)
+
+    def _start_sender(self, row: OutboxRow) -> None:
         self._queues[row.workflow_id] = deque([row])
         task = asyncio.create_task(self._drain(row.workflow_id), name=f"outbox-{row.workflow_id}")
         self._tasks.add(task)
@@ -117,6 +128,16 @@ class OutboxRelay:
     @property
     def pending(self) -> int:
         return len(self._known)
+
+    @property
+    def outage(self) -> bool:
+        """True while the gate is closed: the processor is believed to be down."""
+        return not self._open.is_set()
+
+    @property
+    def parked(self) -> int:
+        """Rows waiting, without a sender task, for the processor to come back."""
+        return len(self._parked)
 
     async def _scan_forever(self) -> None:
         while True:
@@ -173,8 +194,13 @@ class OutboxRelay:
                 await self._open.wait()
                 try:
                     async with self._in_flight:
-                        await self._send(row, request)
-                    break
+                        run = await self._send(row, request)
+                    # Recording the dispatch and deleting the row share one transaction.
+                    await self._on_dispatched(
+                        row.workflow_id, run, functools.partial(store.delete_outbox, outbox_id=row.id)
+                    )
+                    self.delivered += 1
+                    return
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (REFUSED_CANCEL if row.kind == store.CANCEL else REFUSED):
                         await self._give_up(row, exc)
@@ -211,21 +237,27 @@ class OutboxRelay:
             logger.info("the processor is still unavailable; %d outbox rows wait", len(self._known))
         logger.info("the processor is back; delivering %d outbox rows", len(self._known))
         self._open.set()
+        parked, self._parked = self._parked, deque()
+        for row in parked:  # in order: a workflow's rows keep theirs
+            queue = self._queues.get(row.workflow_id)
+            if queue is not None:
+                queue.append(row)
+            else:
+                self._start_sender(row)
 
     async def _request(self, row: OutboxRow) -> ppb.EnqueueRequest | ppb.CancelRunRequest | None:
         if row.kind == store.ENQUEUE:
             return await self._db.read(lambda conn: store.enqueue_request(conn, row.payload))
         return ppb.CancelRunRequest.FromString(row.payload)
 
-    async def _send(self, row: OutboxRow, request: ppb.EnqueueRequest | ppb.CancelRunRequest) -> None:
+    async def _send(self, row: OutboxRow, request: ppb.EnqueueRequest | ppb.CancelRunRequest) -> ppb.Run:
         if isinstance(request, ppb.EnqueueRequest):
             response = await self._stub.Enqueue(request, timeout=self._rpc_timeout)
             logger.info("dispatched %s to the processor (created=%s)", row.workflow_id, response.created)
-            await self._on_dispatched(row.workflow_id, response.run)
-        else:
-            cancelled = await self._stub.CancelRun(request, timeout=self._rpc_timeout)
-            logger.info("delivered cancel of %s to the processor", row.workflow_id)
-            await self._on_dispatched(row.workflow_id, cancelled.run)
+            return response.run
+        cancelled = await self._stub.CancelRun(request, timeout=self._rpc_timeout)
+        logger.info("delivered cancel of %s to the processor", row.workflow_id)
+        return cancelled.run
 
     async def _give_up(self, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
         logger.error("the processor refused %s of %s: %s", row.kind, row.workflow_id, exc.details())

@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import Connection
 
 from auditflow import config, logs, procedures, serving
 from auditflow.db import Database
@@ -128,9 +130,9 @@ class Gateway:
         await self.channel.close(grace=None)
         await asyncio.to_thread(self.db.close)
 
-    async def _dispatched(self, workflow_id: str, run: ppb.Run) -> None:
+    async def _dispatched(self, workflow_id: str, run: ppb.Run, retire: Callable[[Connection], None]) -> None:
         self.hub.wake(workflow_id)  # watchers waiting for the run can follow it now
-        await self.mirror.record(workflow_id, run.snapshot)
+        await self.mirror.record(workflow_id, run.snapshot, also=retire)
 
     async def _processor_serving(self) -> bool:
         request = health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import Connection
 
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -105,13 +106,15 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
 ) -> None:
     await start_processor()
     real_record = gateway.mirror.record
-    failures = []
+    failures: list[str] = []
 
-    async def flaky_record(workflow_id: str, snapshot: pb.StatusSnapshot) -> None:
+    async def flaky_record(
+        workflow_id: str, snapshot: pb.StatusSnapshot, also: Callable[[Connection], None] | None = None
+    ) -> None:
         if not failures:
             failures.append(workflow_id)
             raise OSError("disk full")
-        await real_record(workflow_id, snapshot)
+        await real_record(workflow_id, snapshot, also)
 
     monkeypatch.setattr(gateway.mirror, "record", flaky_record)
     async with grpc.aio.insecure_channel(gateway.address) as channel:
@@ -126,6 +129,39 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
         await until(completed, "the workflow to complete despite the failed delivery")
     assert failures == [workflow_id]
     assert gateway.relay.pending == 0
+    assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
+
+
+async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_order(
+    gateway: Gateway, start_processor: Callable[[], Awaitable[Processor]]
+) -> None:
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
+        ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(6)]
+        await stub.Approve(wpb.ApproveRequest(workflow_id=ids[0]), metadata=as_user("alice"))
+
+        async def gate_closed() -> bool:  # the first Enqueue found no processor
+            return gateway.relay.outage
+
+        await until(gate_closed, "the relay to notice the outage")
+        for workflow_id in ids[1:]:
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        # A cancel queued behind its workflow's Enqueue, in the same outage.
+        cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=ids[5]))
+        assert cancel.pending
+        assert gateway.relay.parked == 6  # five Enqueues and the cancel: no sender task for any
+        await start_processor()
+
+        async def settled() -> bool:
+            return gateway.relay.pending == 0 and all([(await status(stub, w)).is_completed for w in ids])
+
+        await until(settled, "every parked row to be delivered")
+        assert gateway.relay.parked == 0
+        assert [(await status(stub, w)).status for w in ids[:5]] == [S.WORKFLOW_STATUS_COMPLETED] * 5
+        # The cancel went out after its Enqueue: the run exists and ended cancelled or completed.
+        assert (await status(stub, ids[5])).status in (S.WORKFLOW_STATUS_CANCELLED, S.WORKFLOW_STATUS_COMPLETED)
+    assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
 
 
 @pytest.mark.parametrize("gateway", [{"max_followed": 4}], indirect=True)
