@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import sys
 import tempfile
@@ -153,19 +154,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
         figures["durable_commit"] = durable_commit(Path(tmp), args.calls_1)
         # 1. Approve's own path: the processor is not started (Approve never waits for it).
-        with running_pair(Path(tmp) / "alone", with_processor=False) as target:
-            figures["gateway alone"] = measure_load(target, args)
+        with running_pair(Path(tmp) / "alone", with_processor=False) as pair:
+            figures["gateway alone"] = measure_load(pair, args)
         # 2. The whole system: every approval is also dispatched and executed meanwhile.
-        with running_pair(Path(tmp) / "pair") as target:
-            figures["pair"] = measure_load(target, args)
+        with running_pair(Path(tmp) / "pair") as pair:
+            figures["pair"] = measure_load(pair, args)
         # 3. A fresh pair: the runs of the load phase must not queue ahead of these.
-        with running_pair(Path(tmp) / "first-cycle") as target:
-            figures["approve_to_first_cycle"] = asyncio.run(first_cycle(target, args.first_cycle_samples))
+        with running_pair(Path(tmp) / "first-cycle") as pair:
+            figures["approve_to_first_cycle"] = asyncio.run(first_cycle(pair.gateway.target, args.first_cycle_samples))
     report(figures, as_json=args.json)
 
 
 @contextlib.contextmanager
-def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[str]:
+def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[Pair]:
     """Processor + gateway subprocesses with their defaults (SQLite, synchronous=FULL)."""
     workdir.mkdir(parents=True)
     pair = Pair(workdir, log_level="WARNING")
@@ -173,20 +174,39 @@ def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[str]:
         pair.processor.start()
     pair.gateway.start()
     try:
-        yield pair.gateway.target
+        yield pair
     finally:
         pair.stop()
 
 
-def measure_load(target: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure_load(pair: Pair, args: argparse.Namespace) -> dict[str, Any]:
+    target, pid = pair.gateway.target, pair.gateway.pid
     figures: dict[str, Any] = {}
     run_load(_client, (target, "noop"), ["-"] * 500, 8, 1)  # warm up
     for callers, calls in ((1, args.calls_1), (64, args.calls_64)):
         processes = 1 if callers == 1 else args.client_processes
-        figures[f"noop@{callers}"] = run_load(_client, (target, "noop"), ["-"] * calls, callers, processes)
+        figures[f"noop@{callers}"] = timed_load(pid, (target, "noop"), ["-"] * calls, callers, processes)
         ids = asyncio.run(create_many(target, calls))
-        figures[f"approve@{callers}"] = run_load(_client, (target, "approve"), ids, callers, processes)
+        figures[f"approve@{callers}"] = timed_load(pid, (target, "approve"), ids, callers, processes)
     return figures
+
+
+def timed_load(pid: int, head: tuple[str, str], ids: list[str], callers: int, processes: int) -> dict[str, float]:
+    """run_load, plus the gateway process's CPU time per call (all its threads). Less noisy
+    than the rate on a shared machine: it does not depend on who else got the cores."""
+    before = _cpu_seconds(pid)
+    figures = run_load(_client, head, ids, callers, processes)
+    figures["gateway_cpu_us_per_call"] = (_cpu_seconds(pid) - before) / len(ids) * 1e6
+    return figures
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(figures: dict[str, Any], *, as_json: bool) -> None:
@@ -195,16 +215,19 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         return
     for phase in ("gateway alone", "pair"):
         load = figures[phase]
-        print(f"\n{phase}: {'':8}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}")
+        print(f"\n{phase}: {'':8}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}{'gw CPU us/call':>16}")
         for key in ("noop@1", "approve@1", "noop@64", "approve@64"):
             f = load[key]
-            print(f"  {key:20}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:12.0f}")
+            cpu = f["gateway_cpu_us_per_call"]
+            print(f"  {key:20}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:12.0f}{cpu:16.0f}")
         one, many = load["approve@1"], load["approve@64"]
         ratio = one["p50_ms"] / load["noop@1"]["p50_ms"]
         share = many["per_second"] / load["noop@64"]["per_second"]
         floor = (load["noop@1"]["p50_ms"] + figures["durable_commit"]["p50_ms"]) / load["noop@1"]["p50_ms"]
         print(f"  approve/no-op p50 at 1 caller:    {ratio:.2f}x (target <= 1.5x; no-op + one fsync: {floor:.2f}x)")
         print(f"  approve/no-op rate at 64 callers: {share:.0%} (target >= 60%, and >= 3,000/s)")
+        cpu_share = load["noop@64"]["gateway_cpu_us_per_call"] / many["gateway_cpu_us_per_call"]
+        print(f"  no-op/approve gateway CPU per call at 64 callers: {cpu_share:.0%} (the rate ratio if CPU-bound)")
     commit = figures["durable_commit"]
     print(f"\none durable SQLite commit on this disk: p50 {commit['p50_ms']:.2f} ms, p99 {commit['p99_ms']:.2f} ms")
     fc = figures["approve_to_first_cycle"]

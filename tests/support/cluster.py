@@ -38,6 +38,11 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.module} was not started"
+        return self.proc.pid
+
     def start(self, wait: bool = True) -> ServerProcess:
         command = [
             sys.executable, "-m", self.module,
