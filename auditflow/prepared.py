@@ -56,7 +56,9 @@ class _Compiled:
         self.names = [name for name, _fixed, _process in self.binds]
         returning: list[ColumnElement[Any]] = list(getattr(statement, "_returning", ()))
         self.row_type: Any = namedtuple(name, [c.key for c in returning]) if returning else None  # type: ignore[misc]
-        self.result_processors: list[Processor] = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returning]
+        self.result_processors: list[Processor] = [
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returning
+        ]
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         values = [
