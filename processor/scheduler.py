@@ -164,7 +164,7 @@ class Scheduler:
         (RUNNING if it was claimed), whether it is new, and its QUEUED event."""
         if self._claiming.locked() or self._free() <= 0:
             inserted = await self._db.write(insert)
-            messages.publish(self._hub, inserted[2])
+            self._queued(inserted)
             self.wake()
             return inserted
         async with self._claiming:
@@ -175,11 +175,18 @@ class Scheduler:
                 return inserted, self._claim_tx(conn, free, exclude) if inserted[1] and free > 0 else []
 
             inserted, claimed = await self._db.write(insert_and_claim)
-            messages.publish(self._hub, inserted[2])
+            self._queued(inserted)
             self._started(claimed)
         run, created, events = inserted
         started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
         return (started[0] if started else run), created, events
+
+    def _queued(self, inserted: Inserted) -> None:
+        """After an insert's commit: publish its QUEUED event and log it (before the claim's)."""
+        run, created, events = inserted
+        messages.publish(self._hub, events)
+        if created:
+            logger.info("%s: enqueued, %d steps: %s", run.workflow_id, len(run.plan), events[-1].message)
 
     def _free(self) -> int:
         """Slots for more runs (none while stopping)."""

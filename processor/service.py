@@ -76,9 +76,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             queued_message=f"queued for processing (approved by {approved_by})",
         )
         run, created, _events = await self._scheduler.admit(lambda conn: insert(conn, now=utcnow()))
-        if created:
-            logger.info("%s: enqueued (%d steps, approved by %s)", wid, len(run.plan), approved_by)
-        else:
+        if not created:  # (a new run's "enqueued" is logged by the scheduler, before its start)
             logger.info("%s: enqueued again; returning the existing run", wid)
         return ps.EnqueueResponse(run=messages.run(run), created=created)
 
