@@ -54,7 +54,7 @@ class _Compiled:
             fixed = _FROM_PARAMS if bind.value is None and not bind.callable else bind.effective_value
             self.binds.append((bind_name, fixed, bind.type.dialect_impl(dialect).bind_processor(dialect)))
         self.names = [name for name, _fixed, _process in self.binds]
-        returning: list[ColumnElement[Any]] = list(getattr(statement, "_returning", ()))
+        returning: list[ColumnElement[Any]] = list(compiled.returning or ())
         self.row_type: Any = namedtuple(name, [c.key for c in returning]) if returning else None  # type: ignore[misc]
         self.result_processors: list[Processor] = [
             c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returning
@@ -71,9 +71,7 @@ class _Compiled:
             if self.positional:
                 cursor.execute(self.sql, values)
             else:
-                cursor.execute(
-                    self.sql, {name: value for (name, _f, _p), value in zip(self.binds, values, strict=True)}
-                )
+                cursor.execute(self.sql, dict(zip(self.names, values, strict=True)))
             if self.row_type is None:
                 return None
             raw = cursor.fetchone()
