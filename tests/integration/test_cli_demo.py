@@ -38,10 +38,10 @@ def serve(add, args, name):
     health_pb2_grpc.add_HealthServicer_to_server(h, server)
     server.add_insecure_port(f"{args.host}:{args.port}")
     open(args.database_url.removeprefix("sqlite:///"), "w").close()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before "serving": see below
     server.start()
     print(f"{name} serving on {args.port}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stop.wait()
     print(f"{name} got SIGTERM", flush=True)
     server.stop(1).wait()
@@ -143,7 +143,19 @@ def test_demo_runs_the_sample_and_stops_both_servers(tmp_path: Path, outcome: st
 
 def test_demo_start_up_failure_shows_the_log_tail(tmp_path: Path) -> None:
     make_fakes(tmp_path, "COMPLETED")
-    (tmp_path / "processor" / "__main__.py").write_text("import sys\nprint('cannot open database')\nsys.exit(3)\n")
+    # It fails once the gateway serves (and so handles SIGTERM): failing earlier, the demo
+    # could stop a gateway that has not yet set up its handler, and the log would say nothing.
+    (tmp_path / "processor" / "__main__.py").write_text(
+        textwrap.dedent("""
+        import pathlib, sys, time
+        log = pathlib.Path("data/gateway.log")
+        deadline = time.monotonic() + 30
+        while "serving" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        print("cannot open database")
+        sys.exit(3)
+        """)
+    )
     result = run_demo(tmp_path)
     assert result.returncode == 2
     assert "error: processor exited with code 3 while starting" in result.stderr
