@@ -111,6 +111,9 @@ class OutboxRelay:
         if row.id in self._known:
             return
         self._known.add(row.id)
+        self._route(row)
+
+    def _route(self, row: OutboxRow) -> None:
         queue = self._queues.get(row.workflow_id)
         if queue is not None:  # a sender for this workflow is running: it takes the row in turn
             queue.append(row)
@@ -239,11 +242,7 @@ class OutboxRelay:
         self._open.set()
         parked, self._parked = self._parked, deque()
         for row in parked:  # in order: a workflow's rows keep theirs
-            queue = self._queues.get(row.workflow_id)
-            if queue is not None:
-                queue.append(row)
-            else:
-                self._start_sender(row)
+            self._route(row)
 
     async def _request(self, row: OutboxRow) -> ppb.EnqueueRequest | ppb.CancelRunRequest | None:
         if row.kind == store.ENQUEUE:

@@ -165,7 +165,8 @@ class Scheduler:
         if self._claiming.locked() or self._free() <= 0:
             inserted = await self._db.write(insert)
             self._queued(inserted)
-            self.wake()
+            if inserted[1]:
+                self.wake()
             return inserted
         async with self._claiming:
             free, exclude = self._free(), set(self._drivers)
