@@ -79,3 +79,28 @@ def test_parameters_are_validated_before_anything_runs(ledger: Path) -> None:
     assert [v.field for v in summary.validate({"path": str(ledger), "x": 1})] == ["parameters"]
     assert list(vendors.validate({"path": str(ledger), "top": 3})) == []
     assert [v.field for v in vendors.validate({"path": str(ledger), "top": 0})] == ["parameters.top"]
+
+
+def test_plan_checks_scan_the_installed_orchestrators_once(ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scanning entry points takes milliseconds; it used to happen on every Enqueue."""
+    import importlib.metadata
+
+    from auditflow import plans
+    from auditflow.v1 import workflow_pb2 as pb
+
+    scans: list[str] = []
+    real = importlib.metadata.entry_points
+
+    def counting(**kwargs: str) -> importlib.metadata.EntryPoints:
+        scans.append(kwargs.get("group", ""))
+        return real(**kwargs)
+
+    monkeypatch.setattr(plans, "entry_points", counting)
+    plans.orchestrator_names.cache_clear()
+    step = pb.PlanStep(procedure="ledger_summary")
+    step.parameters.update({"path": str(ledger)})
+    for _ in range(3):
+        plans.check_plan("t", [step], 0, "plan")
+    with pytest.raises(plans.InvalidArgument, match="unknown orchestrator 'nope' \\(known: plan\\)"):
+        plans.check_plan("t", [step], 0, "nope")
+    assert scans == [plans.ORCHESTRATOR_GROUP]
