@@ -304,8 +304,9 @@ def insert_run(
     existing = lock_run(conn, workflow_id)
     if existing is not None:
         return existing, False, []
-    conn.execute(
-        insert(runs).values(
+    inserted = conn.execute(
+        insert(runs)
+        .values(
             workflow_id=workflow_id,
             title=title,
             plan_json=json.dumps(plan, sort_keys=True),
@@ -319,9 +320,9 @@ def insert_run(
             created_at=now,
             updated_at=now,
         )
-    )
-    run = get_run(conn, workflow_id)
-    assert run is not None
+        .returning(*runs.c)
+    ).one()
+    run = RunRecord.from_row(inserted)
     event = NewEvent.following(run, pb.EventType.EVENT_TYPE_QUEUED, queued_message)
     run, events = append(conn, run, [event], {}, now)
     return run, True, events
@@ -352,10 +353,10 @@ def append(
             last_sequence=records[-1].sequence,
         )
         conn.execute(insert(run_events), [_event_values(r) for r in records])
-    conn.execute(update(runs).where(runs.c.workflow_id == run.workflow_id).values(**values))
-    updated = get_run(conn, run.workflow_id)
-    assert updated is not None
-    return updated, records
+    updated = conn.execute(
+        update(runs).where(runs.c.workflow_id == run.workflow_id).values(**values).returning(*runs.c)
+    ).one()
+    return RunRecord.from_row(updated), records
 
 
 def _event_record(run: RunRecord, sequence: int, event: NewEvent, now: datetime) -> EventRecord:
@@ -405,8 +406,9 @@ def claim(
     limit: int,
     exclude: Collection[str] = (),
 ) -> list[RunRecord]:
-    """Take the lease of up to `limit` claimable runs (oldest first) and return them as they
-    were before the claim (so the caller can tell a first claim from a reclaim).
+    """Take the lease of up to `limit` claimable runs (oldest first) and return them with
+    their new lease; the claim changes nothing else, so the caller can still tell a first
+    claim (QUEUED) from a reclaim.
 
     The selecting subquery uses FOR UPDATE SKIP LOCKED so that processors on PostgreSQL
     never wait for each other's candidates; the UPDATE repeats the condition, so a run taken
@@ -419,17 +421,16 @@ def claim(
     ids = list(conn.execute(candidates).scalars())
     if not ids:
         return []
-    before = {
+    taken = {
         row.workflow_id: RunRecord.from_row(row)
-        for row in conn.execute(select(runs).where(runs.c.workflow_id.in_(ids)))
+        for row in conn.execute(
+            update(runs)
+            .where(runs.c.workflow_id.in_(ids), _claimable(now))
+            .values(lease_owner=owner, lease_expires_at=expires_at)
+            .returning(*runs.c)
+        )
     }
-    taken = conn.execute(
-        update(runs)
-        .where(runs.c.workflow_id.in_(ids), _claimable(now))
-        .values(lease_owner=owner, lease_expires_at=expires_at)
-        .returning(runs.c.workflow_id)
-    ).scalars()
-    return [replace(before[i], lease_owner=owner, lease_expires_at=expires_at) for i in taken]
+    return [taken[i] for i in ids if i in taken]
 
 
 def renew_lease(conn: Connection, workflow_id: str, owner: str, expires_at: datetime) -> bool:
