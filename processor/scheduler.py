@@ -176,8 +176,7 @@ class Scheduler:
                 return inserted, self._claim_tx(conn, free, exclude) if inserted[1] and free > 0 else []
 
             inserted, claimed = await self._db.write(insert_and_claim)
-            self._queued(inserted)
-            self._started(claimed)
+            self._started(claimed, queued=inserted)
         run, created, events = inserted
         started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
         return (started[0] if started else run), created, events
@@ -193,14 +192,25 @@ class Scheduler:
         """Slots for more runs (none while stopping)."""
         return 0 if self._stopping.is_set() else self._settings.max_concurrent - len(self._drivers)
 
-    def _started(self, claimed: list[Committed]) -> None:
-        """After a claim's commit: publish, log and drive. Runs under `_claiming`, so that the
-        next claim counts these runs' slots as taken."""
+    def _started(self, claimed: list[Committed], queued: Inserted | None = None) -> None:
+        """After a claim's commit (with `queued`, the insert it shared a commit with): publish,
+        log and drive. Runs under `_claiming`, so that the next claim counts these runs' slots
+        as taken.
+
+        The hub keeps the events of a run while it is driven (from before its first publish
+        here), so that the watchers that come right after an Enqueue, the gateway's, read
+        them from memory instead of the database."""
+        for run, _events in claimed:
+            self._hub.subscribe(run.workflow_id)
+        if queued is not None:
+            self._queued(queued)
         for run, events in claimed:
             messages.publish(self._hub, events)
             message = events[-1].message
             logger.info("%s: %s (cycle %d of at most %d)", run.workflow_id, message, run.cycle, run.max_cycles)
-            if not self._stopping.is_set():  # else stop() releases the lease we just took
+            if self._stopping.is_set():  # stop() releases the lease we just took
+                self._hub.unsubscribe(run.workflow_id)
+            else:
                 self._start_driver(run)
 
     def _claim_tx(self, conn: Connection, limit: int, exclude: set[str]) -> list[Committed]:
@@ -236,6 +246,7 @@ class Scheduler:
         finally:
             renewer.cancel()
             self._drivers.pop(run.workflow_id, None)
+            self._hub.unsubscribe(run.workflow_id)
             self._wakeup.set()
 
     async def _cycles(self, driver: _Driver, run: RunRecord) -> None:

@@ -325,6 +325,38 @@ async def test_enqueue_on_an_idle_processor_starts_the_run_before_answering(harn
 # --- watching ------------------------------------------------------------------------------
 
 
+async def test_a_watcher_right_after_enqueue_is_served_from_memory(
+    harnesses: Harnesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway opens its watch as soon as Enqueue answers: the run's first events come
+    from the hub, which keeps them while the run is driven, not from two database reads."""
+    h = await harnesses.start()
+    request = enqueue_request([step("test_sleep", seconds=0.5)], base_sequence=2)
+    await h.stub.Enqueue(request)
+    reads: list[object] = []
+    real_read = h.processor.db.read
+
+    async def counted(fn: Callable[..., Any]) -> Any:
+        reads.append(fn)
+        return await real_read(fn)
+
+    monkeypatch.setattr(h.processor.db, "read", counted)
+    stream = watch(h.stub, request.workflow_id, after=2)
+    first = [await stream.read(), await stream.read()]
+    assert [m.event.type for m in first] == [E.EVENT_TYPE_QUEUED, E.EVENT_TYPE_STARTED]
+    assert [m.event.sequence for m in first] == [3, 4]
+    assert reads == []  # (the 0.5 s cycle is still running: its driver reads nothing yet)
+    # The hub lets go of the run once it ends; a later watcher replays from the log.
+    rest = []
+    while (message := await stream.read()) != grpc.aio.EOF:
+        rest.append(message)
+    assert types(rest)[-1] == "COMPLETED"
+    assert h.processor.hub.watched == 0
+    replay = await collect(h.stub, request.workflow_id, after=2)
+    assert [m.event for m in replay] == [m.event for m in first + rest if m.WhichOneof("kind") == "event"]
+    assert reads
+
+
 async def test_watch_replays_after_sequence_and_resumes_exactly(harnesses: Harnesses) -> None:
     h = await harnesses.start()
     request = enqueue_request([step("test_noop")] * 3, base_sequence=5)
