@@ -52,18 +52,18 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
     async def Enqueue(self, request: ps.EnqueueRequest, context: Any) -> ps.EnqueueResponse:
         wid = plans.check_workflow_id(request.workflow_id)
         # Idempotent first: a retried Enqueue returns the run it created, even if validating
-        # the plan would now answer differently (a ledger file moved since). The look-up and
-        # the validation (procedures may check files: blocking, so on a thread) run side by side.
-        existing, refusal = await asyncio.gather(
-            self._db.read(functools.partial(store.get_run, workflow_id=wid)), _validate(request)
-        )
-        if existing is not None:
+        # the plan would now answer differently (a ledger file moved since). So a refusal
+        # looks for the run before it is raised; an accepted request finds it in the insert.
+        # (Procedures may check files: blocking, so the validation runs on a thread.)
+        refusal = await _validate(request)
+        if refusal is None and request.base_sequence < 0:
+            refusal = invalid("base_sequence", "must not be negative")
+        if refusal is not None:
+            existing = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
+            if existing is None:
+                raise refusal
             logger.info("%s: enqueued again; returning the existing run", wid)
             return ps.EnqueueResponse(run=messages.run(existing), created=False)
-        if refusal is not None:
-            raise refusal
-        if request.base_sequence < 0:
-            raise invalid("base_sequence", "must not be negative")
         approved_by = plans.check_text(request.approved_by, "approved_by", MAX_NAME) or principal.current().name
         insert = functools.partial(
             store.insert_run,

@@ -155,9 +155,16 @@ async def test_enqueue_validates_and_stores_nothing_when_invalid(harnesses: Harn
     assert bad_plan.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "plan[0].procedure" in details(bad_plan.value)["fields"]
 
-    with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await h.stub.GetRun(ps.GetRunRequest(workflow_id=request.workflow_id))
-    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    negative = enqueue_request([step("test_noop")], base_sequence=-1)
+    with pytest.raises(grpc.aio.AioRpcError) as bad_base:
+        await h.stub.Enqueue(negative)
+    assert bad_base.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "base_sequence" in details(bad_base.value)["fields"]
+
+    for refused in (request, negative):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await h.stub.GetRun(ps.GetRunRequest(workflow_id=refused.workflow_id))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 # --- failures ------------------------------------------------------------------------------
