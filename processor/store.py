@@ -34,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     func,
     insert,
     or_,
@@ -245,43 +246,67 @@ class EventRecord:
 # --- reads ---------------------------------------------------------------------------
 
 
+# The statements that run on every Enqueue, cycle and watch are built once, with bound
+# parameters: building a statement and its cache key costs several times what executing the
+# compiled, cached form does (measured: an UPDATE … RETURNING of a run 232 µs built per call,
+# 39 µs pre-built). Bound parameter names start with "b_" so that they never collide with the
+# column names an UPDATE takes its SET values from.
+_RUN_ID = runs.c.workflow_id == bindparam("b_workflow_id")
+_NOW = bindparam("b_now")  # (typed by the column it is compared with)
+_CLAIMABLE = and_(
+    runs.c.status.in_(ACTIVE_STATUSES),
+    or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < _NOW),
+)
+_NOT_EXCLUDED = runs.c.workflow_id.not_in(bindparam("b_exclude", expanding=True))
+_GET_RUN = select(runs).where(_RUN_ID)
+_LOCK_RUN = _GET_RUN.with_for_update()
+_LOCK_LEASED_RUN = _LOCK_RUN.where(runs.c.lease_owner == bindparam("b_owner"), runs.c.status.in_(ACTIVE_STATUSES))
+_EVENTS_AFTER = (
+    select(run_events)
+    .where(run_events.c.workflow_id == bindparam("b_workflow_id"), run_events.c.sequence > bindparam("b_after"))
+    .order_by(run_events.c.sequence)
+    .limit(bindparam("b_limit"))
+)
+_COUNT_CLAIMABLE = select(func.count()).select_from(runs).where(_CLAIMABLE, _NOT_EXCLUDED)
+_INSERT_RUN = insert(runs).returning(*runs.c)
+_INSERT_EVENTS = insert(run_events)
+# SET takes the columns named in the parameters of each execution.
+_UPDATE_RUN = update(runs).where(_RUN_ID).returning(*runs.c)
+_CANDIDATES = (
+    select(runs.c.workflow_id)
+    .where(_CLAIMABLE, _NOT_EXCLUDED)
+    .order_by(runs.c.created_at)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+)
+_TAKE = update(runs).where(runs.c.workflow_id.in_(bindparam("b_ids", expanding=True)), _CLAIMABLE).returning(*runs.c)
+_RENEW_LEASE = update(runs).where(
+    _RUN_ID, runs.c.lease_owner == bindparam("b_owner"), runs.c.status.in_(ACTIVE_STATUSES)
+)
+
+
 def get_run(conn: Connection, workflow_id: str) -> RunRecord | None:
-    row = conn.execute(select(runs).where(runs.c.workflow_id == workflow_id)).first()
+    row = conn.execute(_GET_RUN, {"b_workflow_id": workflow_id}).first()
     return None if row is None else RunRecord.from_row(row)
 
 
 def lock_run(conn: Connection, workflow_id: str, *, owner: str | None = None) -> RunRecord | None:
     """The run, locked for update until the transaction ends; with `owner`, only if it holds
     the lease (None means the lease was lost)."""
-    query = select(runs).where(runs.c.workflow_id == workflow_id).with_for_update()
-    if owner is not None:
-        query = query.where(runs.c.lease_owner == owner, runs.c.status.in_(ACTIVE_STATUSES))
-    row = conn.execute(query).first()
+    if owner is None:
+        row = conn.execute(_LOCK_RUN, {"b_workflow_id": workflow_id}).first()
+    else:
+        row = conn.execute(_LOCK_LEASED_RUN, {"b_workflow_id": workflow_id, "b_owner": owner}).first()
     return None if row is None else RunRecord.from_row(row)
 
 
 def events_after(conn: Connection, workflow_id: str, after: int, limit: int) -> list[EventRecord]:
-    query = (
-        select(run_events)
-        .where(run_events.c.workflow_id == workflow_id, run_events.c.sequence > after)
-        .order_by(run_events.c.sequence)
-        .limit(limit)
-    )
-    return [EventRecord.from_row(row) for row in conn.execute(query)]
-
-
-def _claimable(now: datetime) -> Any:
-    return and_(
-        runs.c.status.in_(ACTIVE_STATUSES),
-        or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < now),
-    )
+    rows = conn.execute(_EVENTS_AFTER, {"b_workflow_id": workflow_id, "b_after": after, "b_limit": limit})
+    return [EventRecord.from_row(row) for row in rows]
 
 
 def count_claimable(conn: Connection, now: datetime, exclude: Collection[str] = ()) -> int:
-    query = select(func.count()).select_from(runs).where(_claimable(now))
-    if exclude:
-        query = query.where(runs.c.workflow_id.not_in(list(exclude)))
-    return int(conn.execute(query).scalar_one())
+    return int(conn.execute(_COUNT_CLAIMABLE, {"b_now": now, "b_exclude": list(exclude)}).scalar_one())
 
 
 # --- writes --------------------------------------------------------------------------
@@ -305,8 +330,8 @@ def insert_run(
     if existing is not None:
         return existing, False, []
     inserted = conn.execute(
-        insert(runs)
-        .values(
+        _INSERT_RUN,
+        dict(
             workflow_id=workflow_id,
             title=title,
             plan_json=json.dumps(plan, sort_keys=True),
@@ -319,8 +344,7 @@ def insert_run(
             last_sequence=base_sequence,
             created_at=now,
             updated_at=now,
-        )
-        .returning(*runs.c)
+        ),
     ).one()
     run = RunRecord.from_row(inserted)
     event = NewEvent.following(run, pb.EventType.EVENT_TYPE_QUEUED, queued_message)
@@ -352,10 +376,8 @@ def append(
             result_json=_dumps(last.result),
             last_sequence=records[-1].sequence,
         )
-        conn.execute(insert(run_events), [_event_values(r) for r in records])
-    updated = conn.execute(
-        update(runs).where(runs.c.workflow_id == run.workflow_id).values(**values).returning(*runs.c)
-    ).one()
+        conn.execute(_INSERT_EVENTS, [_event_values(r) for r in records])
+    updated = conn.execute(_UPDATE_RUN, {"b_workflow_id": run.workflow_id, **values}).one()
     return RunRecord.from_row(updated), records
 
 
@@ -414,37 +436,19 @@ def claim(
     never wait for each other's candidates; the UPDATE repeats the condition, so a run taken
     meanwhile is not taken twice.
     """
-    candidates = select(runs.c.workflow_id).where(_claimable(now))
-    if exclude:
-        candidates = candidates.where(runs.c.workflow_id.not_in(list(exclude)))
-    candidates = candidates.order_by(runs.c.created_at).limit(limit).with_for_update(skip_locked=True)
-    ids = list(conn.execute(candidates).scalars())
+    found = conn.execute(_CANDIDATES, {"b_now": now, "b_exclude": list(exclude), "b_limit": limit})
+    ids = list(found.scalars())
     if not ids:
         return []
-    taken = {
-        row.workflow_id: RunRecord.from_row(row)
-        for row in conn.execute(
-            update(runs)
-            .where(runs.c.workflow_id.in_(ids), _claimable(now))
-            .values(lease_owner=owner, lease_expires_at=expires_at)
-            .returning(*runs.c)
-        )
-    }
+    lease = {"b_ids": ids, "b_now": now, "lease_owner": owner, "lease_expires_at": expires_at}
+    taken = {row.workflow_id: RunRecord.from_row(row) for row in conn.execute(_TAKE, lease)}
     return [taken[i] for i in ids if i in taken]
 
 
 def renew_lease(conn: Connection, workflow_id: str, owner: str, expires_at: datetime) -> bool:
     """Extend the lease if `owner` still holds it; False means it was lost."""
-    result = conn.execute(
-        update(runs)
-        .where(
-            runs.c.workflow_id == workflow_id,
-            runs.c.lease_owner == owner,
-            runs.c.status.in_(ACTIVE_STATUSES),
-        )
-        .values(lease_expires_at=expires_at)
-    )
-    return result.rowcount == 1
+    lease = {"b_workflow_id": workflow_id, "b_owner": owner, "lease_expires_at": expires_at}
+    return conn.execute(_RENEW_LEASE, lease).rowcount == 1
 
 
 def release_leases(conn: Connection, owner: str, keep: Collection[str] = ()) -> int:
