@@ -95,11 +95,14 @@ class Mirror:
         task.add_done_callback(lambda _t: self._followers.pop(workflow_id, None))
 
     async def _follow(self, workflow_id: str, after: int) -> None:
+        waited = self._slots.locked()
         async with self._slots:
-            row = await self._db.read(lambda conn: store.get(conn, workflow_id))
-            if row is None or statuses.is_terminal(row.status):
-                return  # it ended while waiting for a slot (a watcher recorded the end)
-            await self._stream(workflow_id, max(after, row.last_sequence))
+            if waited:  # a watcher may have recorded more, even the end, meanwhile
+                row = await self._db.read(lambda conn: store.get(conn, workflow_id))
+                if row is None or statuses.is_terminal(row.status):
+                    return
+                after = max(after, row.last_sequence)
+            await self._stream(workflow_id, after)
 
     async def _stream(self, workflow_id: str, after: int) -> None:
         attempt = 0
