@@ -9,6 +9,9 @@ through the same interceptor):
 - p50/p99 latency at 1 caller and at 64 concurrent callers, and calls per second;
 - approve-to-first-cycle latency p50/p99: from sending Approve to the watcher seeing the run's
   STARTED event (the first cycle begins) and its first CYCLE_COMPLETED event;
+- the CPU time each process spends per approved run, until the run has completed (runs
+  approved 10 ms apart on an idle pair): the whole system's cost, which the rates of the
+  load phases understate when the processor falls behind and work moves past their window;
 - the floor under Approve at 1 caller, timed alone: one durable SQLite commit on the same
   disk, and one hand-over from the event loop to a thread and back (blocking work never runs
   on the loop). Approve at 1 caller cannot be faster than the no-op plus both; the report
@@ -125,6 +128,34 @@ async def first_cycle(target: str, samples: int) -> dict[str, float]:
     }
 
 
+UNFINISHED = [pb.WORKFLOW_STATUS_APPROVED, pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING]
+
+
+async def cost_per_run(pair: Pair, runs: int, spacing: float) -> dict[str, float]:
+    """CPU time of each process per approved run, counted until every run has completed and
+    its end is mirrored on the gateway. The load phases cannot say this: what a run costs
+    after its approval (relay, claim, cycles, streams, mirror) may fall outside their window,
+    and does so more the further the processor lags behind."""
+    target = pair.gateway.target
+    ids = await create_many(target, runs)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        before = _cpu_seconds(pair.gateway.pid), _cpu_seconds(pair.processor.pid)
+        for workflow_id in ids:
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=APPROVER)
+            await asyncio.sleep(spacing)
+        unfinished = wpb.ListWorkflowsRequest(page_size=1, statuses=UNFINISHED)
+        # Polling another process over its API: there is no local event to wait on.
+        while (await stub.ListWorkflows(unfinished)).workflows:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        after = _cpu_seconds(pair.gateway.pid), _cpu_seconds(pair.processor.pid)
+    return {
+        "runs": runs,
+        "gateway_cpu_us_per_run": (after[0] - before[0]) / runs * 1e6,
+        "processor_cpu_us_per_run": (after[1] - before[1]) / runs * 1e6,
+    }
+
+
 def durable_commit(directory: Path, samples: int) -> dict[str, float]:
     """The physical floor under Approve at 1 caller: one small durable commit (SQLite WAL,
     synchronous=FULL, as the gateway's) on the same disk, timed in a plain loop."""
@@ -178,12 +209,13 @@ def main() -> None:
     parser.add_argument("--calls-1", type=int, default=2000, help="calls at 1 caller")
     parser.add_argument("--calls-64", type=int, default=20000, help="calls at 64 callers")
     parser.add_argument("--first-cycle-samples", type=int, default=200)
+    parser.add_argument("--cost-runs", type=int, default=500, help="runs approved 10 ms apart for the cost per run")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.calls_1, args.calls_64, args.first_cycle_samples = 200, 2000, 20
+        args.calls_1, args.calls_64, args.first_cycle_samples, args.cost_runs = 200, 2000, 20, 50
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
         figures["durable_commit"] = durable_commit(Path(tmp), args.calls_1)
@@ -197,6 +229,8 @@ def main() -> None:
         # 3. A fresh pair: the runs of the load phase must not queue ahead of these.
         with running_pair(Path(tmp) / "first-cycle") as pair:
             figures["approve_to_first_cycle"] = asyncio.run(first_cycle(pair.gateway.target, args.first_cycle_samples))
+            # 4. On the same, now idle, pair: what one run costs each process, end to end.
+            figures["cost_per_run"] = asyncio.run(cost_per_run(pair, args.cost_runs, spacing=0.01))
     report(figures, as_json=args.json)
 
 
@@ -274,6 +308,11 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
     done = f"p50 {fc['to_first_cycle_done_p50_ms']:.1f} ms, p99 {fc['to_first_cycle_done_p99_ms']:.1f} ms"
     print(f"approve -> first cycle starts: {started}; first cycle done: {done}")
     print(f"  (target p99 < 25 ms; {fc['samples']} samples, one approval at a time, on an idle pair)")
+    cost = figures["cost_per_run"]
+    print(
+        f"CPU per approved run, until it completed and was mirrored: gateway {cost['gateway_cpu_us_per_run']:.0f} us, "
+        f"processor {cost['processor_cpu_us_per_run']:.0f} us ({cost['runs']} runs approved 10 ms apart)"
+    )
 
 
 if __name__ == "__main__":
