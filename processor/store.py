@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    BindParameter,
     Boolean,
     Column,
     Connection,
@@ -252,7 +253,7 @@ class EventRecord:
 # 39 µs pre-built). Bound parameter names start with "b_" so that they never collide with the
 # column names an UPDATE takes its SET values from.
 _RUN_ID = runs.c.workflow_id == bindparam("b_workflow_id")
-_NOW = bindparam("b_now")  # (typed by the column it is compared with)
+_NOW: BindParameter[datetime] = bindparam("b_now")  # (typed by the column it is compared with)
 _CLAIMABLE = and_(
     runs.c.status.in_(ACTIVE_STATUSES),
     or_(runs.c.lease_owner.is_(None), runs.c.lease_expires_at < _NOW),
