@@ -1,0 +1,55 @@
+"""`bench/approve.py --quick` runs end to end and reports every figure docs/benchmarks.md
+quotes: the benchmark is a deliverable, and it must not rot between the sessions that read it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import subprocess
+import sys
+from typing import Any
+
+from bench.approve import report
+from tests.support.cluster import ROOT
+
+LOAD_KEYS = ("noop@1", "approve@1", "noop@64", "approve@64")
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "approve.py"), "--quick", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+
+    for phase in ("gateway alone", "pair"):
+        for key in LOAD_KEYS:
+            load = figures[phase][key]
+            assert load["calls"] == (200 if key.endswith("@1") else 2000), (phase, key)
+            for name in ("per_second", "p50_ms", "p99_ms", "gateway_cpu_us_per_call"):
+                assert positive(load[name]), (phase, key, name, load[name])
+            assert load["p50_ms"] <= load["p99_ms"]
+    for floor in ("durable_commit", "thread_round_trip"):
+        assert positive(figures[floor]["p50_ms"]) and figures[floor]["p50_ms"] <= figures[floor]["p99_ms"]
+    first = figures["approve_to_first_cycle"]
+    assert first["samples"] == 20
+    assert 0 < first["to_started_p50_ms"] <= first["to_first_cycle_done_p50_ms"]
+    cost = figures["cost_per_run"]
+    assert cost["runs"] == 50
+    assert positive(cost["gateway_cpu_us_per_run"]) and positive(cost["processor_cpu_us_per_run"])
+
+    # The human-readable report prints from the same figures.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        report(figures, as_json=False)
+    text = printed.getvalue()
+    for line in ("approve/no-op p50 at 1 caller", "floor: no-op + one durable commit", "approve -> first cycle starts"):
+        assert line in text
+    assert "CPU per approved run, until it completed" in text
