@@ -1,5 +1,5 @@
-"""`bench/approve.py --quick` runs end to end and reports every figure docs/benchmarks.md
-quotes: the benchmark is a deliverable, and it must not rot between the sessions that read it."""
+"""The benchmarks run end to end (`--quick`) and report every figure docs/benchmarks.md
+quotes: they are deliverables, and must not rot between the sessions that read them."""
 
 from __future__ import annotations
 
@@ -53,3 +53,15 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     for line in ("approve/no-op p50 at 1 caller", "floor: no-op + one durable commit", "approve -> first cycle starts"):
         assert line in text
     assert "CPU per approved run, until it completed" in text
+
+
+def test_the_handler_benchmark_measures_approve_without_grpc() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "handler.py"), "--quick", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    assert figures["approvals"] == 1280 and figures["callers"] == 64
+    assert positive(figures["cpu_us_per_approval"]) and positive(figures["approvals_per_second"])
+    assert figures["approvals_per_commit"] > 1  # group commit: concurrent approvals share fsyncs
