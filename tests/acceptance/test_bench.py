@@ -21,13 +21,19 @@ def positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
+def run_quick(script: str) -> dict[str, Any]:
+    """The figures of `bench/<script> --quick --json`, run as a script from the checkout."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "approve.py"), "--quick", "--json"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(done.stdout)
+    figures: dict[str, Any] = json.loads(done.stdout)
+    return figures
+
+
+def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
+    figures = run_quick("approve.py")
 
     for phase in ("gateway alone", "pair"):
         for key in LOAD_KEYS:
@@ -56,12 +62,7 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
 
 
 def test_the_handler_benchmark_measures_approve_without_grpc() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "handler.py"), "--quick", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(done.stdout)
+    figures = run_quick("handler.py")
     assert figures["approvals"] == 1280 and figures["callers"] == 64
     assert positive(figures["cpu_us_per_approval"]) and positive(figures["approvals_per_second"])
     assert figures["approvals_per_commit"] > 1  # group commit: concurrent approvals share fsyncs
