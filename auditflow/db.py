@@ -1,10 +1,16 @@
 """Storage: one SQLAlchemy engine per service, a single writer thread with group commit, and
-a small pool of reader threads.
+a few reader threads that group reads the same way.
 
 Why a writer thread: a durable commit (SQLite WAL, synchronous=FULL) costs an fsync, and a
 commit per request tops out far below what the gateway must take. The writer drains every
 write request that is waiting, runs them in one transaction and commits once, so concurrent
 callers share the fsync. Blocking database work never runs on the event loop.
+
+Reads are grouped too: a reader thread takes every read request that is waiting and runs them
+in one read transaction. A read per thread hand-over and per transaction cost more than the
+query itself (a status look-up through a thread pool cost the gateway more CPU than an
+Approve), and reads queued at the same moment may share a snapshot: each still sees every
+commit that finished before it was asked for.
 
 Contract for a write function `fn(conn)`: it may raise `AuditflowError` only before it
 writes anything (the batch goes on without it); any other exception rolls the batch back and
@@ -19,7 +25,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +42,7 @@ MAX_BATCH = 512
 
 
 @dataclass
-class _WriteRequest:
+class _Request:
     fn: Callable[[Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
@@ -85,11 +90,15 @@ class Database:
         self.read_engine = make_engine(url, writer=False)
         self._metadata = metadata
         self._migrations = migrations
-        self._queue: queue.SimpleQueue[_WriteRequest | None] = queue.SimpleQueue()
-        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="db-read")
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._read_queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._reader_count = readers
+        self._readers: list[threading.Thread] = []
         self._writer: threading.Thread | None = None
         self.commits = 0
         self.writes = 0
+        self.read_batches = 0  # (counted by several threads: approximate, for tests and benchmarks)
+        self.reads = 0
 
     def create_schema(self) -> None:
         """Bring the schema up to date (blocking; call before serving): run the service's
@@ -103,13 +112,21 @@ class Database:
         self.create_schema()
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
+        for number in range(self._reader_count):
+            reader = threading.Thread(target=self._read_loop, name=f"db-read-{number}", daemon=True)
+            reader.start()
+            self._readers.append(reader)
 
     def close(self) -> None:
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=10)
             self._writer = None
-        self._readers.shutdown(wait=True, cancel_futures=True)
+        for _reader in self._readers:
+            self._read_queue.put(None)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        self._readers.clear()
         self.write_engine.dispose()
         self.read_engine.dispose()
 
@@ -117,13 +134,16 @@ class Database:
         """Run fn in a write transaction shared with concurrent writers; wait for its commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_WriteRequest(fn, future, loop))
+        self._queue.put(_Request(fn, future, loop))
         return await future
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in a read transaction on a reader thread."""
+        """Run fn in a read transaction (shared with reads asked for at the same moment) on a
+        reader thread. fn must not write."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._read_sync, fn)
+        future: asyncio.Future[T] = loop.create_future()
+        self._read_queue.put(_Request(fn, future, loop))
+        return await future
 
     def _read_sync(self, fn: Callable[[Connection], T]) -> T:
         with self.read_engine.begin() as conn:
@@ -133,53 +153,75 @@ class Database:
         """Blocking read, for start-up code and tools."""
         return self._read_sync(fn)
 
-    # --- the writer thread -------------------------------------------------------------
+    # --- the writer and reader threads -------------------------------------------------
 
     def _write_loop(self) -> None:
+        self._drain(self._queue, self._run_batch)
+
+    def _read_loop(self) -> None:
+        self._drain(self._read_queue, self._run_reads)
+
+    @staticmethod
+    def _drain(requests: queue.SimpleQueue[_Request | None], run: Callable[[list[_Request]], None]) -> None:
+        """Take every request that is waiting (up to MAX_BATCH) and run them together, until
+        a None says stop."""
         while True:
-            first = self._queue.get()
+            first = requests.get()
             if first is None:
                 return
             batch = [first]
             stop = False
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    item = requests.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
                     stop = True
                     break
                 batch.append(item)
-            self._run_batch(batch)
+            run(batch)
             if stop:
                 return
 
-    def _run_batch(self, batch: list[_WriteRequest]) -> None:
-        outcomes: list[tuple[_WriteRequest, bool, Any]] = []
+    def _run_batch(self, batch: list[_Request]) -> None:
+        if self._run_together(self.write_engine, batch, self._run_batch):
+            self.commits += 1
+            self.writes += len(batch)
+
+    def _run_reads(self, batch: list[_Request]) -> None:
+        if self._run_together(self.read_engine, batch, self._run_reads):
+            self.read_batches += 1
+            self.reads += len(batch)
+
+    def _run_together(self, engine: Engine, batch: list[_Request], alone: Callable[[list[_Request]], None]) -> bool:
+        """Run a batch in one transaction and settle its futures; True if it committed. Any
+        exception but an AuditflowError rolls the batch back, and `alone` runs each item by
+        itself, so that one bad item never fails its neighbours."""
+        what = "write" if engine is self.write_engine else "read"
+        outcomes: list[tuple[_Request, bool, Any]] = []
         try:
-            with self.write_engine.begin() as conn:
+            with engine.begin() as conn:
                 for item in batch:
                     try:
                         outcomes.append((item, True, item.fn(conn)))
                     except AuditflowError as exc:
                         outcomes.append((item, False, exc))
-            self.commits += 1
-            self.writes += len(batch)
         except Exception as exc:
             if len(batch) == 1:
-                logger.exception("write failed")
+                logger.exception("%s failed", what)
                 self._resolve([(batch[0], False, exc)])
-                return
-            logger.warning("a batched write failed; retrying its %d items one by one", len(batch))
+                return False
+            logger.warning("a batched %s failed; retrying its %d items one by one", what, len(batch))
             for item in batch:
-                self._run_batch([item])
-            return
+                alone([item])
+            return False
         self._resolve(outcomes)
+        return True
 
     @staticmethod
-    def _resolve(outcomes: list[tuple[_WriteRequest, bool, Any]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_WriteRequest, bool, Any]]] = {}
+    def _resolve(outcomes: list[tuple[_Request, bool, Any]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request, bool, Any]]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
         for loop, items in by_loop.items():
@@ -188,7 +230,7 @@ class Database:
                 loop.call_soon_threadsafe(_settle, items)
 
 
-def _settle(items: list[tuple[_WriteRequest, bool, Any]]) -> None:
+def _settle(items: list[tuple[_Request, bool, Any]]) -> None:
     for item, ok, value in items:
         if item.future.done():
             continue

@@ -1,5 +1,5 @@
-"""The group-commit writer: concurrent writes share commits, and one bad write never takes
-its neighbours down with it."""
+"""The group-commit writer and the grouped readers: concurrent requests share transactions,
+and one bad request never takes its neighbours down with it."""
 
 from __future__ import annotations
 
@@ -72,3 +72,36 @@ async def test_sqlite_commits_are_durable_and_wal(db: Database) -> None:
         return str(mode), int(sync or 0)
 
     assert await db.read(pragmas) == ("wal", 2)  # 2 = FULL: a commit survives power loss
+
+
+async def test_concurrent_reads_share_transactions_and_each_gets_its_own_answer(db: Database) -> None:
+    await db.write(add("a"))
+
+    def read(number: int):  # type: ignore[no-untyped-def]
+        return lambda conn: (number, names(conn))
+
+    answers = await asyncio.gather(*(db.read(read(i)) for i in range(200)))
+    assert answers == [(i, ["a"]) for i in range(200)]
+    assert db.reads >= 200 and db.read_batches < db.reads  # batched: some reads shared a transaction
+
+
+async def test_a_failing_read_fails_alone(db: Database) -> None:
+    await db.write(add("a"))
+
+    def broken(conn: Connection) -> None:
+        conn.exec_driver_sql("SELECT * FROM no_such_table")
+
+    def refuse(conn: Connection) -> None:
+        raise NotFound("no such item")
+
+    reads = (db.read(names), db.read(broken), db.read(refuse), db.read(names))
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    assert results[0] == results[3] == ["a"]
+    assert "no_such_table" in str(results[1])
+    assert isinstance(results[2], NotFound)
+
+
+async def test_a_read_sees_every_commit_that_finished_before_it_was_asked(db: Database) -> None:
+    for number in range(20):
+        await db.write(add(f"n{number}"))
+        assert len(await db.read(names)) == number + 1
