@@ -6,7 +6,8 @@ the pair, where every approval is also dispatched and executed while the load ru
 Starts the pair (processor + gateway, SQLite files with synchronous=FULL) as subprocesses and
 prints, for Approve and for grpc.health.v1 Health/Check on the same gateway (the no-op floor,
 through the same interceptor):
-- p50/p99 latency at 1 caller and at 64 concurrent callers, and calls per second;
+- p50/p99 latency at 1 caller and at 64 concurrent callers, and calls per second; for scale,
+  also GetStatus (the read the web UI polls) at 64 callers;
 - approve-to-first-cycle latency p50/p99: from sending Approve to the watcher seeing the run's
   STARTED event (the first cycle begins) and its first CYCLE_COMPLETED event;
 - the CPU time each process spends per approved run, until the run has completed (runs
@@ -72,6 +73,8 @@ async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> tup
                 started = time.perf_counter()
                 if kind == "noop":
                     await health.Check(health_pb2.HealthCheckRequest())
+                elif kind == "status":
+                    await workflows.GetStatus(wpb.GetStatusRequest(workflow_id=item))
                 else:
                     await workflows.Approve(wpb.ApproveRequest(workflow_id=item), metadata=APPROVER)
                 latencies.append(time.perf_counter() - started)
@@ -257,6 +260,8 @@ def measure_load(pair: Pair, args: argparse.Namespace) -> dict[str, Any]:
         figures[f"noop@{callers}"] = timed_load(pid, (target, "noop"), ["-"] * calls, callers, processes)
         ids = asyncio.run(create_many(target, calls))
         figures[f"approve@{callers}"] = timed_load(pid, (target, "approve"), ids, callers, processes)
+    # The read the web UI polls (GET /workflows/{id}/status/live), for scale: not a target.
+    figures["status@64"] = timed_load(pid, (target, "status"), ids, 64, args.client_processes)
     return figures
 
 
@@ -285,7 +290,7 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
     for phase in ("gateway alone", "pair"):
         load = figures[phase]
         print(f"\n{phase}: {'':8}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}{'gw CPU us/call':>16}")
-        for key in ("noop@1", "approve@1", "noop@64", "approve@64"):
+        for key in ("noop@1", "approve@1", "noop@64", "approve@64", "status@64"):
             f = load[key]
             cpu = f["gateway_cpu_us_per_call"]
             print(f"  {key:20}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:12.0f}{cpu:16.0f}")

@@ -14,7 +14,7 @@ from typing import Any
 from bench.approve import report
 from tests.support.cluster import ROOT
 
-LOAD_KEYS = ("noop@1", "approve@1", "noop@64", "approve@64")
+LOAD_KEYS = ("noop@1", "approve@1", "noop@64", "approve@64", "status@64")
 
 
 def positive(value: Any) -> bool:
