@@ -10,7 +10,9 @@ Reads are grouped too: a reader thread takes every read request that is waiting 
 in one read transaction. A read per thread hand-over and per transaction cost more than the
 query itself (a status look-up through a thread pool cost the gateway more CPU than an
 Approve), and reads queued at the same moment may share a snapshot: each still sees every
-commit that finished before it was asked for.
+commit that finished before it was asked for. A batch answers when its last read is done, so
+reads that may take long (scans, large pages) go through `scan` instead, on threads of their
+own, and never hold up the quick look-ups.
 
 Contract for a write function `fn(conn)`: it may raise `AuditflowError` only before it
 writes anything (the batch goes on without it); any other exception rolls the batch back and
@@ -25,6 +27,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,6 +97,7 @@ class Database:
         self._read_queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._reader_count = readers
         self._readers: list[threading.Thread] = []
+        self._scanners = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-scan")
         self._writer: threading.Thread | None = None
         self.commits = 0
         self.writes = 0
@@ -127,23 +131,36 @@ class Database:
         for reader in self._readers:
             reader.join(timeout=10)
         self._readers.clear()
+        self._scanners.shutdown(wait=True, cancel_futures=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
 
     async def write(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a write transaction shared with concurrent writers; wait for its commit."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Request(fn, future, loop))
-        return await future
+        return await self._submit(self._queue, fn)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a read transaction (shared with reads asked for at the same moment) on a
         reader thread. fn must not write."""
+        return await self._submit(self._read_queue, fn)
+
+    async def scan(self, fn: Callable[[Connection], T]) -> T:
+        """A read that may take long (a scan, a large page): in a transaction of its own on a
+        thread of its own, so that it never holds up the quick reads batched together."""
+        self._check_started()
+        return await asyncio.get_running_loop().run_in_executor(self._scanners, self._read_sync, fn)
+
+    async def _submit(self, requests: queue.SimpleQueue[_Request | None], fn: Callable[[Connection], T]) -> T:
+        self._check_started()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._read_queue.put(_Request(fn, future, loop))
+        requests.put(_Request(fn, future, loop))
         return await future
+
+    def _check_started(self) -> None:
+        """Fail at once rather than queue a request that no thread will ever take."""
+        if self._writer is None:
+            raise RuntimeError("the database is not started, or already closed")
 
     def _read_sync(self, fn: Callable[[Connection], T]) -> T:
         with self.read_engine.begin() as conn:
@@ -190,15 +207,23 @@ class Database:
             self.writes += len(batch)
 
     def _run_reads(self, batch: list[_Request]) -> None:
-        if self._run_together(self.read_engine, batch, self._run_reads):
+        if self._run_together(self.read_engine, batch, self._run_reads, log_failure=False):
             self.read_batches += 1
             self.reads += len(batch)
 
-    def _run_together(self, engine: Engine, batch: list[_Request], alone: Callable[[list[_Request]], None]) -> bool:
-        """Run a batch in one transaction and settle its futures; True if it committed. Any
-        exception but an AuditflowError rolls the batch back, and `alone` runs each item by
-        itself, so that one bad item never fails its neighbours."""
-        what = "write" if engine is self.write_engine else "read"
+    def _run_together(
+        self,
+        engine: Engine,
+        batch: list[_Request],
+        alone: Callable[[list[_Request]], None],
+        *,
+        log_failure: bool = True,
+    ) -> bool:
+        """Run a batch in one transaction, then settle its futures; True if it committed.
+
+        Any exception (even a BaseException) but an AuditflowError rolls the batch back, and
+        `alone` runs each item by itself, so that one bad item never fails its neighbours. A
+        failed read is left to its caller to report (`log_failure=False`)."""
         outcomes: list[tuple[_Request, bool, Any]] = []
         try:
             with engine.begin() as conn:
@@ -207,12 +232,13 @@ class Database:
                         outcomes.append((item, True, item.fn(conn)))
                     except AuditflowError as exc:
                         outcomes.append((item, False, exc))
-        except Exception as exc:
+        except BaseException as exc:  # (not only Exception: a thread must leave nobody waiting)
             if len(batch) == 1:
-                logger.exception("%s failed", what)
+                if log_failure:
+                    logger.exception("write failed")
                 self._resolve([(batch[0], False, exc)])
                 return False
-            logger.warning("a batched %s failed; retrying its %d items one by one", what, len(batch))
+            logger.warning("a batch of %d failed; retrying its items one by one", len(batch))
             for item in batch:
                 alone([item])
             return False

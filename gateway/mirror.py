@@ -53,7 +53,7 @@ class Mirror:
         self._followers: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
-        for workflow_id, last_sequence in await self._db.read(store.to_follow):
+        for workflow_id, last_sequence in await self._db.scan(store.to_follow):
             self.follow(workflow_id, last_sequence)
 
     async def stop(self) -> None:

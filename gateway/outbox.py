@@ -153,7 +153,7 @@ class OutboxRelay:
     async def _scan(self) -> None:
         """Pick up rows nobody handed us: left by a killed gateway, or by a replica."""
         known = set(self._known)
-        rows = await self._db.read(lambda conn: store.pending_outbox(conn, known))
+        rows = await self._db.scan(lambda conn: store.pending_outbox(conn, known))
         for r in rows:
             self.submit(OutboxRow(r.id, r.workflow_id, r.kind, r.payload))
 

@@ -89,7 +89,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         size = request.page_size or DEFAULT_PAGE_SIZE
         after = _decode_token(request.page_token) if request.page_token else None
         filter_ = list(request.statuses)
-        rows = await self._db.read(lambda conn: store.list_page(conn, filter_, size + 1, after))
+        rows = await self._db.scan(lambda conn: store.list_page(conn, filter_, size + 1, after))
         token = _encode_token(rows[size - 1]) if len(rows) > size else ""
         return wpb.ListWorkflowsResponse(workflows=[store.workflow_of(r) for r in rows[:size]], next_page_token=token)
 

@@ -4,6 +4,7 @@ and one bad request never takes its neighbours down with it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -105,3 +106,42 @@ async def test_a_read_sees_every_commit_that_finished_before_it_was_asked(db: Da
     for number in range(20):
         await db.write(add(f"n{number}"))
         assert len(await db.read(names)) == number + 1
+
+
+async def test_a_scan_never_holds_up_the_quick_reads(db: Database) -> None:
+    await db.write(add("a"))
+
+    def slow(conn: Connection) -> list[str]:
+        time.sleep(0.5)  # (on a scan thread: the event loop goes on)
+        return names(conn)
+
+    scan = asyncio.ensure_future(db.scan(slow))
+    await asyncio.sleep(0.05)  # the scan is running
+    assert await db.read(names) == ["a"]
+    assert not scan.done()
+    assert await scan == ["a"]
+
+
+async def test_a_request_that_raises_a_base_exception_leaves_nobody_waiting(db: Database) -> None:
+    class Escape(BaseException):
+        pass
+
+    def escape(conn: Connection) -> None:
+        raise Escape
+
+    results = await asyncio.gather(db.read(escape), db.read(names), db.write(escape), return_exceptions=True)
+    assert isinstance(results[0], Escape) and isinstance(results[2], Escape)
+    assert results[1] == []  # its neighbour is answered
+    assert await db.read(names) == []  # and the threads still serve
+    assert await db.write(add("b")) == 1
+
+
+async def test_requests_before_start_or_after_close_fail_at_once(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'idle.db'}", metadata)
+    for request in (database.read(names), database.write(add("x")), database.scan(names)):
+        with pytest.raises(RuntimeError, match="not started"):
+            await request
+    await asyncio.to_thread(database.start)
+    await asyncio.to_thread(database.close)
+    with pytest.raises(RuntimeError, match="already closed"):
+        await database.read(names)
