@@ -44,6 +44,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         self._scheduler = scheduler
         self._settings = settings
         self._closing = asyncio.Event()
+        self.open_streams = 0  # WatchStatus calls being served
 
     def close(self) -> None:
         """End open WatchStatus streams with UNAVAILABLE so clients reconnect elsewhere."""
@@ -55,16 +56,14 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         # the plan would now answer differently (a ledger file moved since). So a refusal
         # looks for the run before it is raised; an accepted request finds it in the insert.
         # (Procedures may check files: blocking, so the validation runs on a thread.)
-        refusal = await _validate(request)
-        if refusal is None and request.base_sequence < 0:
-            refusal = invalid("base_sequence", "must not be negative")
+        refusal = await _refusal(request)
         if refusal is not None:
             existing = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
             if existing is None:
                 raise refusal
             logger.info("%s: enqueued again; returning the existing run", wid)
             return ps.EnqueueResponse(run=messages.run(existing), created=False)
-        approved_by = plans.check_text(request.approved_by, "approved_by", MAX_NAME) or principal.current().name
+        approved_by = request.approved_by or principal.current().name
         insert = functools.partial(
             store.insert_run,
             workflow_id=wid,
@@ -120,10 +119,12 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             if statuses.is_terminal(run.status) and request.after_sequence == run.last_sequence:
                 return  # the client has seen the end already
         self._hub.subscribe(wid)
+        self.open_streams += 1
         try:
             async for message in self._follow(wid, request.after_sequence):
                 yield message
         finally:
+            self.open_streams -= 1
             self._hub.unsubscribe(wid)
 
     async def _get(self, workflow_id: str) -> RunRecord:
@@ -178,10 +179,13 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         return [messages.watch_event(record) for record in await self._db.read(read)]
 
 
-async def _validate(request: ps.EnqueueRequest) -> InvalidArgument | None:
-    """The reason to refuse the plan, if any (returned, not raised, so that an existing run
+async def _refusal(request: ps.EnqueueRequest) -> InvalidArgument | None:
+    """The reason to refuse an Enqueue, if any (returned, not raised, so that an existing run
     can still be returned)."""
     try:
+        plans.check_text(request.approved_by, "approved_by", MAX_NAME)
+        if request.base_sequence < 0:
+            raise invalid("base_sequence", "must not be negative")
         await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
     except InvalidArgument as exc:
         return exc

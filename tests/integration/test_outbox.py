@@ -183,4 +183,4 @@ async def test_the_mirror_follows_a_bounded_number_of_runs(
         await until(all_dispatched, "every approval to be dispatched")
         await asyncio.sleep(0.3)
         assert gateway.mirror.following == 12  # every unfinished run is queued for following...
-        assert processor.hub.watched <= 4  # ...but at most 4 streams are open
+        assert 0 < processor.service.open_streams <= 4  # ...but at most 4 streams are open
