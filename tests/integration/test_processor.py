@@ -144,6 +144,22 @@ async def test_a_retried_enqueue_returns_the_run_even_if_its_plan_no_longer_vali
     assert not retry.created and retry.run.snapshot.workflow_id == request.workflow_id
 
 
+async def test_a_retry_with_an_invalid_field_still_gets_the_existing_run(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    request = enqueue_request([step("test_noop")])
+    assert (await h.stub.Enqueue(request)).created
+    retry = ps.EnqueueRequest()
+    retry.CopyFrom(request)
+    retry.approved_by = "x" * 300
+    answer = await h.stub.Enqueue(retry)
+    assert not answer.created and answer.run.workflow_id == request.workflow_id
+    fresh = enqueue_request([step("test_noop")], approved_by="x" * 300)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await h.stub.Enqueue(fresh)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "approved_by" in details(refused.value)["fields"]
+
+
 async def test_enqueue_validates_and_stores_nothing_when_invalid(harnesses: Harnesses) -> None:
     h = await harnesses.start()
     with pytest.raises(grpc.aio.AioRpcError) as bad_id:
