@@ -273,6 +273,7 @@ _INSERT_RUN = insert(runs).returning(*runs.c)
 _INSERT_EVENTS = insert(run_events)
 # SET takes the columns named in the parameters of each execution.
 _UPDATE_RUN = update(runs).where(_RUN_ID).returning(*runs.c)
+_RUN_COLUMNS = frozenset(runs.c.keys())
 _CANDIDATES = (
     select(runs.c.workflow_id)
     .where(_CLAIMABLE, _NOT_EXCLUDED)
@@ -362,6 +363,8 @@ def append(
 ) -> tuple[RunRecord, list[EventRecord]]:
     """Append `events` after run.last_sequence and update the run: its snapshot fields from
     the last event, plus `changes` (other columns of `runs`). `run` must be locked."""
+    if not changes.keys() <= _RUN_COLUMNS:  # (the pre-built UPDATE would silently skip them)
+        raise ValueError(f"not columns of runs: {sorted(changes.keys() - _RUN_COLUMNS)}")
     records = [_event_record(run, run.last_sequence + i + 1, e, now) for i, e in enumerate(events)]
     values: dict[str, Any] = {"updated_at": now, **changes}
     if records:

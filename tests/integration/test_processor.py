@@ -573,6 +573,25 @@ def _write_half_done_run(db_path: Path, workflow_id: str, expires_in: float, own
     return lease_end
 
 
+def test_append_refuses_a_change_that_is_not_a_column(tmp_path: Path) -> None:
+    """The UPDATE is built once and takes its SET from the parameters: a misspelt column would
+    otherwise be dropped without a word."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'processor.db'}")
+    migrations.upgrade(engine, "processor:migrations")
+    workflow_id = new_id()
+    with engine.begin() as conn:
+        run, _, _ = store.insert_run(
+            conn, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
+            orchestrator="plan", max_cycles=5, base_sequence=0, queued_message="queued", now=utcnow(),
+        )  # fmt: skip
+    started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
+    with pytest.raises(ValueError, match="leaseowner"), engine.begin() as conn:
+        store.append(conn, run, [started], {"leaseowner": "me"}, utcnow())
+    with engine.begin() as conn:
+        assert store.get_run(conn, workflow_id) == run  # nothing was written
+    engine.dispose()
+
+
 # --- as a process ----------------------------------------------------------------------------
 
 
