@@ -156,30 +156,32 @@ class Scheduler:
     async def admit(self, insert: Callable[[Connection], Inserted]) -> Inserted:
         """Write a newly enqueued run (`insert`), publish its events and have it driven.
 
-        When a slot is free and no claim is under way, the run is claimed in the same
-        transaction as its insert: its first cycle starts without a second commit or a trip
-        through the claim loop (the claim still takes the oldest claimable run, so nothing
-        jumps the queue). When busy, the insert is group-committed with others and the
-        claim loop takes the run when a slot frees. Returns the run as it is after the commit
-        (RUNNING if it was claimed), whether it is new, and its QUEUED event."""
-        if self._claiming.locked() or self._free() <= 0:
-            inserted = await self._db.write(insert)
-            self._queued(inserted)
-            if inserted[1]:
-                self.wake()
-            return inserted
-        async with self._claiming:
-            free, exclude = self._free(), set(self._drivers)
+        When a slot is free, the run is claimed in the same transaction as its insert (after
+        a claim under way, which may take that slot): its first cycle starts without a second
+        commit or a trip through the claim loop, and an idle processor always answers with
+        the run RUNNING. The claim still takes the oldest claimable runs, so nothing jumps
+        the queue. When busy, the insert is group-committed with others and the claim loop
+        takes the run when a slot frees. Returns the run as it is after the commit, whether
+        it is new, and its QUEUED event."""
+        if self._free() > 0:
+            async with self._claiming:
+                free, exclude = self._free(), set(self._drivers)
+                if free > 0:
 
-            def insert_and_claim(conn: Connection) -> tuple[Inserted, list[Committed]]:
-                inserted = insert(conn)
-                return inserted, self._claim_tx(conn, free, exclude) if inserted[1] and free > 0 else []
+                    def insert_and_claim(conn: Connection) -> tuple[Inserted, list[Committed]]:
+                        inserted = insert(conn)
+                        return inserted, self._claim_tx(conn, free, exclude) if inserted[1] else []
 
-            inserted, claimed = await self._db.write(insert_and_claim)
-            self._started(claimed, queued=inserted)
-        run, created, events = inserted
-        started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
-        return (started[0] if started else run), created, events
+                    inserted, claimed = await self._db.write(insert_and_claim)
+                    self._started(claimed, queued=inserted)
+                    run, created, events = inserted
+                    started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
+                    return (started[0] if started else run), created, events
+        inserted = await self._db.write(insert)
+        self._queued(inserted)
+        if inserted[1]:
+            self.wake()
+        return inserted
 
     def _queued(self, inserted: Inserted) -> None:
         """After an insert's commit: publish its QUEUED event and log it (before the claim's)."""
