@@ -149,9 +149,8 @@ class Scheduler:
             if not await self._db.read(lambda conn: store.count_claimable(conn, now, exclude)):
                 return
         async with self._claiming:
-            free, exclude = self._free(), set(self._drivers)
-            if free > 0:
-                self._started(await self._db.write(lambda conn: self._claim_tx(conn, free, exclude)))
+            if self._free() > 0:
+                await self._claim_locked()
 
     async def admit(self, insert: Callable[[Connection], Inserted]) -> Inserted:
         """Write a newly enqueued run (`insert`), publish its events and have it driven.
@@ -165,15 +164,9 @@ class Scheduler:
         it is new, and its QUEUED event."""
         if self._free() > 0:
             async with self._claiming:
-                free, exclude = self._free(), set(self._drivers)
-                if free > 0:
-
-                    def insert_and_claim(conn: Connection) -> tuple[Inserted, list[Committed]]:
-                        inserted = insert(conn)
-                        return inserted, self._claim_tx(conn, free, exclude) if inserted[1] else []
-
-                    inserted, claimed = await self._db.write(insert_and_claim)
-                    self._started(claimed, queued=inserted)
+                if self._free() > 0:
+                    inserted, claimed = await self._claim_locked(insert)
+                    assert inserted is not None
                     run, created, events = inserted
                     started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
                     return (started[0] if started else run), created, events
@@ -182,6 +175,23 @@ class Scheduler:
         if inserted[1]:
             self.wake()
         return inserted
+
+    async def _claim_locked(
+        self, insert: Callable[[Connection], Inserted] | None = None
+    ) -> tuple[Inserted | None, list[Committed]]:
+        """Under `_claiming`, with a slot free: claim as many runs as there are free slots in
+        one write (after `insert`, if given, in the same transaction; no claim if it found the
+        run already there), then publish, log and drive them."""
+        free, exclude = self._free(), set(self._drivers)
+
+        def tx(conn: Connection) -> tuple[Inserted | None, list[Committed]]:
+            inserted = insert(conn) if insert is not None else None
+            claim = inserted is None or inserted[1]
+            return inserted, self._claim_tx(conn, free, exclude) if claim else []
+
+        inserted, claimed = await self._db.write(tx)
+        self._started(claimed, queued=inserted)
+        return inserted, claimed
 
     def _queued(self, inserted: Inserted) -> None:
         """After an insert's commit: publish its QUEUED event and log it (before the claim's)."""
