@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from auditflow.tls import TlsFiles
 
 ENV_PREFIX = "AUDITFLOW_"
+
+
+class ConfigError(ValueError):
+    """A setting cannot be used: the message says which and what to do (one line, exit 2)."""
 
 
 def env_name(dest: str, service: str = "") -> str:
@@ -56,6 +63,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def interval(text: str) -> float:
+    """A number of seconds greater than zero (an interval of 0 would make a loop spin)."""
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
 def boolean(text: str) -> bool:
     """true/false, yes/no, on/off, 1/0."""
     value = text.strip().lower()
@@ -79,6 +94,39 @@ def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, ser
     add(parser, "--host", default="127.0.0.1", help="address to listen on", service=s)
     add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)", service=s)
     add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database", service=s)
-    add(parser, "--default-user", default="anonymous", help="principal of calls that name no user", service=s)
     add(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR", service=s)
     add(parser, "--plugin", default="", help="comma-separated modules that register procedures", service=s)
+
+
+def csv(text: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """`a=b,c=d` as ((a, b), (c, d))."""
+    found = []
+    for part in csv(text):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"expected NAME=VALUE, got {part!r}")
+        found.append((key.strip(), value.strip()))
+    return tuple(found)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser, service: str, *, client_ca: bool) -> None:
+    """--tls-cert/--tls-key (every port of the server), --tls-client-ca, --allow-plaintext."""
+    add(parser, "--tls-cert", default="", service=service,
+        help="PEM certificate chain: serve TLS on every port (re-read on SIGHUP)")  # fmt: skip
+    add(parser, "--tls-key", default="", service=service, help="PEM private key of --tls-cert")
+    if client_ca:
+        add(parser, "--tls-client-ca", default="", service=service,
+            help="CA client certificates must chain to: mutual TLS, a certificate required of all")  # fmt: skip
+    add(parser, "--allow-plaintext", default=False, type=boolean, service=service,
+        help="allow plaintext on a non-loopback address (credentials then cross the network in the clear)")  # fmt: skip
+
+
+def tls_from_args(args: argparse.Namespace) -> TlsFiles:
+    from auditflow.tls import TlsFiles  # (auditflow.tls imports this module)
+
+    return TlsFiles(args.tls_cert, args.tls_key, getattr(args, "tls_client_ca", ""))

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from auditflow import statuses
 from auditflow.v1 import workflow_pb2 as pb
@@ -40,7 +40,21 @@ def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
 
 
 def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+    """A Struct as Python values, as json_format would give them, except that NaN and
+    Infinity come through as floats (for validation to refuse them with a clear message)
+    instead of raising."""
+    return {key: _value(value) for key, value in message.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind is None or kind == "null_value":
+        return None
+    return getattr(value, kind)
 
 
 def plan_to_json(plan: list[pb.PlanStep] | Any) -> str:

@@ -202,24 +202,30 @@ class Database:
                 return
 
     def _run_batch(self, batch: list[_Request]) -> None:
-        if self._run_together(self.write_engine, batch, self._run_batch):
-            self.commits += 1
-            self.writes += len(batch)
+        self._run_together(self.write_engine, batch, self._run_batch, self._count_commit)
 
     def _run_reads(self, batch: list[_Request]) -> None:
-        if self._run_together(self.read_engine, batch, self._run_reads, log_failure=False):
-            self.read_batches += 1
-            self.reads += len(batch)
+        self._run_together(self.read_engine, batch, self._run_reads, self._count_reads, log_failure=False)
+
+    def _count_commit(self, size: int) -> None:
+        self.commits += 1
+        self.writes += size
+
+    def _count_reads(self, size: int) -> None:
+        self.read_batches += 1
+        self.reads += size
 
     def _run_together(
         self,
         engine: Engine,
         batch: list[_Request],
         alone: Callable[[list[_Request]], None],
+        count: Callable[[int], None],
         *,
         log_failure: bool = True,
-    ) -> bool:
-        """Run a batch in one transaction, then settle its futures; True if it committed.
+    ) -> None:
+        """Run a batch in one transaction, count it, then settle its futures (counted first,
+        so that a caller woken by its answer sees the counters include it).
 
         Any exception (even a BaseException) but an AuditflowError rolls the batch back, and
         `alone` runs each item by itself, so that one bad item never fails its neighbours. A
@@ -237,13 +243,13 @@ class Database:
                 if log_failure:
                     logger.exception("write failed")
                 self._resolve([(batch[0], False, exc)])
-                return False
+                return
             logger.warning("a batch of %d failed; retrying its items one by one", len(batch))
             for item in batch:
                 alone([item])
-            return False
+            return
+        count(len(batch))
         self._resolve(outcomes)
-        return True
 
     @staticmethod
     def _resolve(outcomes: list[tuple[_Request, bool, Any]]) -> None:

@@ -34,10 +34,13 @@ class AuditflowError(Exception):
         *,
         metadata: dict[str, str] | None = None,
         violations: list[FieldViolation] | None = None,
+        reason: str | None = None,
     ) -> None:
         self.message = message or (self.__doc__ or "").strip().splitlines()[0]
         self.metadata = metadata or {}
         self.violations = violations or []
+        if reason is not None:  # (the class's reason otherwise)
+            self.reason = reason
         super().__init__(self.message)
 
 
@@ -76,10 +79,20 @@ class OutOfRange(AuditflowError):
 
 
 class Unauthenticated(AuditflowError):
-    """No valid credentials were given."""
+    """Credentials are required: send 'authorization: Bearer <token>'."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
+    reason = "CREDENTIALS_MISSING"
+    # The credentials given were refused (as opposed to none given): REST says
+    # `error="invalid_token"` in WWW-Authenticate.
+    invalid_token = False
+
+
+class InvalidToken(Unauthenticated):
+    """The token is not valid."""
+
+    reason = "TOKEN_INVALID"
+    invalid_token = True
 
 
 class PermissionDenied(AuditflowError):
@@ -87,6 +100,12 @@ class PermissionDenied(AuditflowError):
 
     code = grpc.StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
+
+
+class RoleRequired(PermissionDenied):
+    """The caller lacks the role this call needs."""
+
+    reason = "ROLE_REQUIRED"
 
 
 class Overloaded(AuditflowError):

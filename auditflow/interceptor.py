@@ -1,9 +1,13 @@
-"""The one server interceptor: who is calling, and how errors leave the server.
+"""The one server interceptor: who is calling, may they, and how errors leave the server.
 
 Every RPC of both services passes through `CallInterceptor`, which
-- decides the caller's principal from call metadata and puts it on the context, and
+- authenticates the caller (`auditflow.auth`) and checks the policy table (`auditflow.policy`)
+  before the handler runs, and puts the principal on the call's context;
+- answers a request that does not parse as INVALID_ARGUMENT (gRPC itself would say UNKNOWN);
 - maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest),
   and any other exception to INTERNAL without leaking internals.
+
+Public methods (health, reflection) skip authentication: probes carry no credentials.
 """
 
 from __future__ import annotations
@@ -14,35 +18,42 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from auditflow import principal
-from auditflow.errors import DOMAIN, AuditflowError
+from auditflow import policy, principal
+from auditflow.auth import Authenticator
+from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument
 
 logger = logging.getLogger(__name__)
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def details_of(error: AuditflowError) -> list[Message]:
+    """The google.rpc details of an error: ErrorInfo, and BadRequest for bad fields."""
+    found: list[Message] = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)]
+    if error.violations:
+        found.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
+    return found
 
 
 def to_rich_status(error: AuditflowError) -> grpc.Status:
-    """The error as a grpc.Status carrying ErrorInfo and, for bad fields, BadRequest."""
-    details = []
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    details.append(_pack(info))
-    if error.violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
-        )
-        details.append(_pack(bad))
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    """The error as a grpc.Status carrying its details."""
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=map(_pack, details_of(error)))
     return rpc_status.to_status(status)
 
 
-def _pack(message: Any) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -53,13 +64,17 @@ INTERNAL_STATUS = rpc_status.to_status(
 )
 
 
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException, method: str) -> None:
+def log_refusal(method: str, exc: BaseException) -> None:
+    """How both adapters log a call that ended in an error (never with its credentials)."""
     if isinstance(exc, AuditflowError):
         logger.debug("%s -> %s: %s", method, exc.code.name, exc.message)
-        status = to_rich_status(exc)
     else:
-        logger.exception("unhandled error in %s", method)
-        status = INTERNAL_STATUS
+        logger.error("unhandled error in %s", method, exc_info=exc)
+
+
+async def _abort(context: Context, exc: BaseException, method: str) -> None:
+    log_refusal(method, exc)
+    status = to_rich_status(exc) if isinstance(exc, AuditflowError) else INTERNAL_STATUS
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
@@ -68,11 +83,52 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Sets the principal for the call and maps exceptions to status codes."""
+class _Malformed:
+    """What the tolerant deserializer hands on for bytes that are not the request message."""
 
-    def __init__(self, default_user: str) -> None:
-        self._default_user = default_user
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+    name = method.rsplit("/", 1)[-1]
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError, RecursionError (nesting), anything the parser raises
+            return _Malformed(name)
+
+    return parse
+
+
+def peer_address(context: Context) -> str | None:
+    """The IP address of the caller ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"), None for others."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0].strip("[]")
+    return None
+
+
+def tls_identities(context: Context) -> tuple[str, ...]:
+    """Identities of the client certificate the handshake verified (SANs, then the CN)."""
+    auth = context.auth_context()
+    if not auth or b"ssl" not in auth.get("transport_security_type", ()):
+        return ()
+    names = [*auth.get("x509_subject_alternative_name", ()), *auth.get("x509_common_name", ())]
+    return tuple(n.decode("utf-8", "replace") for n in names)
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Authenticates, authorizes, sets the principal and maps exceptions to status codes."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
 
     async def intercept_service(  # type: ignore[override]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -81,29 +137,39 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return None
         method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
+        if policy.is_public(method):
+            return handler
+        metadata = handler_call_details.invocation_metadata or ()
+        deserialize = _tolerant(handler.request_deserializer, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, metadata),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, metadata),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        return handler  # (no client-streaming RPCs outside the public ones)
 
-    def _principal(self, metadata: Any) -> principal.Principal:
-        return principal.from_metadata(metadata, self._default_user)
+    async def _admit(self, request: Any, context: Context, method: str, metadata: Any) -> None:
+        """Authenticate, authorize and set the principal; then refuse a malformed request
+        (after authentication, so that strangers learn nothing from it)."""
+        presented = self._auth.presented(metadata, peer_address(context), tls_identities(context))
+        caller = await self._auth.authenticate(presented)
+        policy.authorize(method, caller)
+        # Each RPC runs in its own task, so the context variable is the call's own.
+        principal.set_current(caller)
+        if isinstance(request, _Malformed):
+            raise InvalidArgument(f"the request is not a valid {request.message_name} message")
 
     def _wrap_unary(self, behavior: Any, method: str, metadata: Any) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def wrapper(request: Any, context: Context) -> Any:
             try:
-                # Each RPC runs in its own task, so the context variable is the call's own.
-                principal.set_current(self._principal(metadata))
+                await self._admit(request, context, method, metadata)
                 return await behavior(request, context)
             except Exception as exc:
                 if _is_abort(exc):
@@ -113,9 +179,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, metadata: Any) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+        async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                principal.set_current(self._principal(metadata))
+                await self._admit(request, context, method, metadata)
                 async for response in behavior(request, context):
                     yield response
             except Exception as exc:

@@ -1,13 +1,17 @@
 """Validation of what a client submits, shared by the gateway (before storing) and the
-processor (before accepting an Enqueue). Every input is bounded."""
+processor (before accepting an Enqueue). Every input is bounded before it is used: lengths,
+counts, nesting, and the characters and numbers both databases can store (no NUL, no control
+characters but tab and newlines in free text, no NaN or Infinity)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 from auditflow import convert, procedures
 from auditflow.errors import FieldViolation, InvalidArgument, invalid
@@ -20,7 +24,10 @@ MAX_PARAMETERS_BYTES = 16 * 1024
 MAX_CYCLES_LIMIT = 10_000
 MAX_COMMENT = 2_000
 MAX_REQUEST_ID = 128
+MAX_PARAMETER_DEPTH = 16
 ORCHESTRATOR_GROUP = "auditflow.orchestrators"
+# C0 controls (NUL included) and DEL, but tab, newline and carriage return.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def check_workflow_id(workflow_id: str, field: str = "workflow_id") -> str:
@@ -32,9 +39,40 @@ def check_workflow_id(workflow_id: str, field: str = "workflow_id") -> str:
 
 
 def check_text(value: str, field: str, limit: int) -> str:
-    if len(value) > limit:
-        raise invalid(field, f"too long: {len(value)} characters, at most {limit}")
+    problem = text_problem(value, limit)
+    if problem:
+        raise invalid(field, problem)
     return value
+
+
+def text_problem(value: str, limit: int) -> str | None:
+    """Why `value` cannot be stored as free text, or None."""
+    if len(value) > limit:
+        return f"too long: {len(value)} characters, at most {limit}"
+    if _CONTROL.search(value):
+        return "contains a control character (NUL, escape …); only tab and line breaks are allowed"
+    return None
+
+
+def value_problems(value: Any, where: str, depth: int = 0) -> list[FieldViolation]:
+    """What in a JSON value (a step's parameters) cannot be stored or used as given."""
+    if depth > MAX_PARAMETER_DEPTH:
+        return [FieldViolation(where, f"nested deeper than {MAX_PARAMETER_DEPTH} levels")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [FieldViolation(where, "NaN and Infinity are not numbers a plan may use")]
+    if isinstance(value, str):
+        return [FieldViolation(where, "contains a NUL character")] if "\x00" in value else []
+    found: list[FieldViolation] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key or not key:
+                found.append(FieldViolation(where, f"a parameter name is empty or contains NUL: {key!r}"))
+            else:
+                found.extend(value_problems(item, f"{where}.{key}", depth + 1))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found.extend(value_problems(item, f"{where}[{index}]", depth + 1))
+    return found
 
 
 @functools.cache
@@ -50,8 +88,8 @@ def check_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchest
     violations: list[FieldViolation] = []
     if not title.strip():
         violations.append(FieldViolation("title", "required"))
-    elif len(title) > MAX_TITLE:
-        violations.append(FieldViolation("title", f"too long: {len(title)} characters, at most {MAX_TITLE}"))
+    elif problem := text_problem(title, MAX_TITLE):
+        violations.append(FieldViolation("title", problem))
     if not plan:
         violations.append(FieldViolation("plan", "empty: a plan needs at least one step"))
     elif len(plan) > MAX_STEPS:
@@ -62,7 +100,8 @@ def check_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchest
         violations.append(FieldViolation("max_cycles", f"must be between 0 (default) and {MAX_CYCLES_LIMIT}"))
     if orchestrator and orchestrator not in orchestrator_names():
         known = ", ".join(sorted(orchestrator_names())) or "none"
-        violations.append(FieldViolation("orchestrator", f"unknown orchestrator {orchestrator!r} (known: {known})"))
+        shown = orchestrator[:100].encode("unicode_escape").decode()
+        violations.append(FieldViolation("orchestrator", f"unknown orchestrator {shown!r} (known: {known})"))
     if violations:
         summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
         raise InvalidArgument(f"invalid workflow: {summary}", violations=violations)
@@ -76,11 +115,14 @@ def _check_steps(plan: Sequence[pb.PlanStep]) -> list[FieldViolation]:
         procedure = registry.get(step.procedure)
         if procedure is None:
             known = ", ".join(registry.names())
-            violations.append(
-                FieldViolation(f"{where}.procedure", f"unknown procedure {step.procedure!r} (known: {known})")
-            )
+            shown = step.procedure[:100].encode("unicode_escape").decode()
+            violations.append(FieldViolation(f"{where}.procedure", f"unknown procedure {shown!r} (known: {known})"))
             continue
         parameters = convert.struct_to_dict(step.parameters)
+        problems = value_problems(parameters, f"{where}.parameters")
+        if problems:
+            violations.extend(problems)
+            continue
         size = len(json.dumps(parameters))
         if size > MAX_PARAMETERS_BYTES:
             violations.append(

@@ -1,10 +1,13 @@
-"""What both gRPC servers share: the interceptor, health, reflection, graceful stop."""
+"""What both gRPC servers share: the interceptor, health, reflection, binding a port (TLS,
+never shared with another process), graceful stop, reload on SIGHUP."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
@@ -13,7 +16,10 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auditflow.auth import Authenticator
+from auditflow.config import ConfigError
 from auditflow.interceptor import CallInterceptor
+from auditflow.tls import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -21,13 +27,16 @@ logger = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-def new_server(default_user: str) -> grpc.aio.Server:
+def new_server(authenticator: Authenticator) -> grpc.aio.Server:
     return grpc.aio.server(
-        interceptors=[CallInterceptor(default_user)],
+        interceptors=[CallInterceptor(authenticator)],
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # Never share a port: a second server on a port in use must fail, not split the
+            # clients between two processes (gRPC sets SO_REUSEPORT by default).
+            ("grpc.so_reuseport", 0),
         ],
     )
 
@@ -46,19 +55,61 @@ async def set_serving(health_servicer: health_aio.HealthServicer, service_names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def bind(server: grpc.aio.Server, address: str) -> int:
-    port = server.add_insecure_port(address)
+def bind(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
+    """Listen on `address` ("host:port"), with TLS if given; the port bound. A port in use is
+    a ConfigError (one line), found before gRPC tries, which would log a screenful."""
+    host, _, port_text = address.rpartition(":")
+    check_port_free(host, int(port_text))
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.grpc_credentials())
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise SystemExit(f"cannot listen on {address}")
+        raise ConfigError(f"cannot listen on {address}")
     return port
 
 
-async def run_until_signalled(stop: Callable[[], Awaitable[None]]) -> None:
-    """Wait for SIGINT/SIGTERM, then run `stop` (graceful shutdown)."""
+def check_port_free(host: str, port: int) -> None:
+    """Raise ConfigError if another socket listens on host:port (port 0 is always free)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigError(
+                        f"cannot listen on {host}:{port}: the port is in use by another process"
+                    ) from None
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+async def run_until_signalled(stop: Callable[[], Awaitable[None]], reload: Callable[[], None] | None = None) -> None:
+    """Wait for SIGINT/SIGTERM, then run `stop` (graceful shutdown). SIGHUP runs `reload`
+    (blocking: on a thread) and goes on serving."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    reloads: set[asyncio.Task[None]] = set()
+    if reload is not None:
+
+        def on_hangup() -> None:
+            logger.info("SIGHUP: reloading credentials and certificates")
+            task = asyncio.ensure_future(asyncio.to_thread(reload))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stopping.wait()
     logger.info("stopping")
     await stop()

@@ -55,7 +55,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         self._self_approval = self_approval
 
     async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest, context: Context) -> wpb.CreateWorkflowResponse:
-        user = principal.current().name
+        user = principal.current()
         # Procedures may check files (a ledger path): blocking work, off the event loop.
         await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
@@ -71,7 +71,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         outcome = await self._db.write(lambda conn: workflows.create(conn, new))
         self._published(outcome)
         if outcome.changed:
-            logger.info("workflow %s submitted by %s (%d steps)", outcome.row.workflow_id, user, new.steps)
+            logger.info("workflow %s submitted by %s (%d steps)", outcome.row.workflow_id, user.name, new.steps)
         return wpb.CreateWorkflowResponse(workflow=store.workflow_of(outcome.row))
 
     async def GetWorkflow(self, request: wpb.GetWorkflowRequest, context: Context) -> wpb.GetWorkflowResponse:
@@ -114,11 +114,11 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
     async def CancelWorkflow(self, request: wpb.CancelWorkflowRequest, context: Context) -> wpb.CancelWorkflowResponse:
         workflow_id = plans.check_workflow_id(request.workflow_id)
         reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
-        user = principal.current().name
+        user = principal.current()
         outcome = await self._db.write(lambda conn: workflows.cancel(conn, workflow_id, user, reason))
         self._published(outcome)
         if outcome.changed:
-            logger.info("workflow %s: cancel requested by %s", workflow_id, user)
+            logger.info("workflow %s: cancel requested by %s", workflow_id, user.name)
         pending = not statuses.is_terminal(outcome.row.status)
         return wpb.CancelWorkflowResponse(workflow=store.workflow_of(outcome.row), pending=pending)
 
@@ -129,6 +129,10 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
             raise invalid("after_sequence", "must not be negative")
         async for response in self._watcher.watch(request.workflow_id, request.after_sequence):
             yield response
+
+    async def WhoAmI(self, request: wpb.WhoAmIRequest, context: Context) -> wpb.WhoAmIResponse:
+        caller = principal.current()
+        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via)
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -143,7 +147,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         workflow_id = plans.check_workflow_id(request.workflow_id)
         comment = plans.check_text(request.comment, "comment", plans.MAX_COMMENT)
         request_id = plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
-        user = principal.current().name
+        user = principal.current()
         outcome = await self._db.write(
             lambda conn: workflows.decide(
                 conn, workflow_id, decision, user, comment, request_id, self_approval=self._self_approval
@@ -151,7 +155,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         )
         self._published(outcome)
         if outcome.changed:
-            logger.info("workflow %s %s by %s", workflow_id, decision.lower() + "d", user)
+            logger.info("workflow %s %s by %s", workflow_id, decision.lower() + "d", user.name)
         return outcome
 
     def _published(self, outcome: workflows.Outcome) -> None:

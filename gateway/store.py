@@ -52,10 +52,14 @@ workflows = Table(
     Column("plan_json", Text, nullable=False),
     Column("orchestrator", String(100), nullable=False),
     Column("created_by", String(128), nullable=False),
+    # The creator's name as compared (auditflow.principal.name_key): separation of duties.
+    Column("created_by_key", String(128), nullable=False),
+    Column("created_by_auth", String(300)),
     Column("create_request_id", String(128)),
     Column("status", Integer, nullable=False),
     Column("decision", String(10)),
     Column("decided_by", String(128)),
+    Column("decided_by_auth", String(300)),
     Column("decision_comment", Text),
     Column("decision_request_id", String(128)),
     Column("decided_at", DateTime(timezone=True)),
@@ -87,6 +91,8 @@ workflow_events = Table(
     Column("message", Text, nullable=False),
     Column("actor", String(128), nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
+    # How the actor authenticated ("token:<id>", "jwt:<issuer>" …); NULL for the gateway's own.
+    Column("actor_auth", String(300)),
 )
 
 outbox = Table(
@@ -147,7 +153,15 @@ _INSERT_OUTBOX = Prepared(
 
 
 def append_event(
-    conn: Connection, workflow_id: str, sequence: int, type_: int, status: int, message: str, actor: str, time: datetime
+    conn: Connection,
+    workflow_id: str,
+    sequence: int,
+    type_: int,
+    status: int,
+    message: str,
+    actor: str,
+    time: datetime,
+    actor_auth: str | None = None,
 ) -> dict[str, Any]:
     values = {
         "workflow_id": workflow_id,
@@ -157,6 +171,7 @@ def append_event(
         "message": message,
         "actor": actor,
         "time": time,
+        "actor_auth": actor_auth,
     }
     _INSERT_EVENT.run(conn, values)
     return values
@@ -311,4 +326,5 @@ def event_message(event: Row[Any] | dict[str, Any]) -> pb.WorkflowEvent:
         message=e["message"],
         actor=e["actor"],
         time=convert.timestamp(e["time"]),
+        actor_auth=e["actor_auth"] or "",
     )

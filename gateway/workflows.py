@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Row, and_, bindparam, insert, update
 from auditflow import convert, statuses
 from auditflow.errors import AlreadyDecided, NotFound, PermissionDenied, WrongState
 from auditflow.prepared import Prepared
+from auditflow.principal import ADMIN, Principal
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 from gateway import store
@@ -35,7 +36,7 @@ class NewWorkflow:
     steps: int
     orchestrator: str
     max_cycles: int
-    created_by: str
+    created_by: Principal
     request_id: str
 
 
@@ -64,8 +65,9 @@ def _require(conn: Connection, workflow_id: str) -> Row[Any]:
 
 
 def create(conn: Connection, new: NewWorkflow) -> Outcome:
+    creator = new.created_by
     if new.request_id:
-        existing = store.find_by_request(conn, new.created_by, new.request_id)
+        existing = store.find_by_request(conn, creator.name, new.request_id)
         if existing is not None:
             return Outcome(existing, changed=False)
     now = convert.utcnow()
@@ -76,7 +78,9 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
             title=new.title,
             plan_json=new.plan_json,
             orchestrator=new.orchestrator,
-            created_by=new.created_by,
+            created_by=creator.name,
+            created_by_key=creator.key,
+            created_by_auth=creator.via,
             create_request_id=new.request_id or None,
             status=S.WORKFLOW_STATUS_AWAITING_APPROVAL,
             cancel_requested=False,
@@ -97,18 +101,19 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
         1,
         E.EVENT_TYPE_CREATED,
         S.WORKFLOW_STATUS_AWAITING_APPROVAL,
-        f"submitted by {new.created_by}",
-        new.created_by,
+        f"submitted by {creator.name}",
+        creator.name,
         now,
+        creator.via,
     )
     return Outcome(_require(conn, workflow_id), changed=True, event=event)
 
 
-def _same_decision(row: Row[Any], decision: str, actor: str, request_id: str) -> bool:
+def _same_decision(row: Row[Any], decision: str, actor: Principal, request_id: str) -> bool:
     """The same decision again, by the same person or with the same request id."""
     if row.decision != decision:
         return False
-    return bool(row.decided_by == actor or (request_id and row.decision_request_id == request_id))
+    return bool(actor.is_(row.decided_by or "") or (request_id and row.decision_request_id == request_id))
 
 
 def _refuse(row: Row[Any], workflow_id: str) -> Exception:
@@ -127,13 +132,14 @@ _DECIDE = Prepared(
             workflows.c.workflow_id == bindparam("b_workflow_id"),
             workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL,
             # Separation of duties: "" when the decision is not restricted.
-            workflows.c.created_by != bindparam("b_forbidden_actor"),
+            workflows.c.created_by_key != bindparam("b_forbidden_key"),
         )
     )
     .values(
         status=bindparam("b_status"),
         decision=bindparam("b_decision"),
         decided_by=bindparam("b_actor"),
+        decided_by_auth=bindparam("b_actor_auth"),
         decision_comment=bindparam("b_comment"),
         decision_request_id=bindparam("b_request_id"),
         decided_at=bindparam("b_now"),
@@ -150,7 +156,7 @@ def decide(
     conn: Connection,
     workflow_id: str,
     decision: str,
-    actor: str,
+    actor: Principal,
     comment: str,
     request_id: str,
     *,
@@ -158,55 +164,67 @@ def decide(
 ) -> Outcome:
     """Approve or reject: a compare-and-set from AWAITING_APPROVAL. Repeating the same decision
     (same approver, or same request_id) returns the stored outcome unchanged. Unless
-    `self_approval`, the creator of a plan may reject (withdraw) it but not approve it."""
+    `self_approval`, the creator of a plan may reject (withdraw) it but not approve it, however
+    either name is spelled or cased (names are compared by `Principal.key`)."""
     now = convert.utcnow()
     approve = decision == APPROVE
     status = S.WORKFLOW_STATUS_APPROVED if approve else S.WORKFLOW_STATUS_REJECTED
-    message = f"{'approved' if approve else 'rejected'} by {actor}" + (f": {comment}" if comment else "")
+    message = f"{'approved' if approve else 'rejected'} by {actor.name}" + (f": {comment}" if comment else "")
     params = {
         "b_workflow_id": workflow_id,
         "b_status": status,
         "b_decision": decision,
-        "b_actor": actor,
+        "b_actor": actor.name,
+        "b_actor_auth": actor.via,
         "b_comment": comment,
         "b_request_id": request_id or None,
         "b_now": now,
         "b_message": message,
-        "b_forbidden_actor": actor if approve and not self_approval else "",
+        "b_forbidden_key": actor.key if approve and not self_approval else "",
     }
     row = _DECIDE.run(conn, params)
     if row is None:  # not awaiting approval (or unknown): nothing was written
         current = _require(conn, workflow_id)
         if _same_decision(current, decision, actor, request_id):
             return Outcome(current, changed=False)
-        if current.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and current.created_by == actor:
+        if current.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and current.created_by_key == actor.key:
             raise PermissionDenied(
-                f"separation of duties: {actor} created workflow {workflow_id} and may not approve it",
+                f"separation of duties: {actor.name} submitted workflow {workflow_id} and may not approve it",
                 metadata={"workflow_id": workflow_id, "rule": "SEPARATION_OF_DUTIES"},
+                reason="SEPARATION_OF_DUTIES",
             )
         raise _refuse(current, workflow_id)
     event_type = E.EVENT_TYPE_APPROVED if approve else E.EVENT_TYPE_REJECTED
-    event = store.append_event(conn, workflow_id, row.last_sequence, event_type, status, message, actor, now)
+    event = store.append_event(
+        conn, workflow_id, row.last_sequence, event_type, status, message, actor.name, now, actor.via
+    )
     if not approve:
         return Outcome(row, True, event)
     # The relay completes the request (title, plan …) from the workflow row when it sends it.
     payload = ppb.EnqueueRequest(
-        workflow_id=workflow_id, base_sequence=row.last_sequence, approved_by=actor
+        workflow_id=workflow_id, base_sequence=row.last_sequence, approved_by=actor.name
     ).SerializeToString()
     outbox_id = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
     return Outcome(row, True, event, outbox_id, payload, store.ENQUEUE)
 
 
-def cancel(conn: Connection, workflow_id: str, actor: str, reason: str) -> Outcome:
-    """Cancel at once while awaiting approval; otherwise ask the processor (via the outbox)."""
+def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str) -> Outcome:
+    """Cancel at once while awaiting approval; otherwise ask the processor (via the outbox).
+    A submitter cancels only what they submitted; an admin anything."""
     row = _require(conn, workflow_id)
+    if row.created_by_key != actor.key and not actor.has(ADMIN):
+        raise PermissionDenied(
+            f"{actor.name} may cancel only workflows they submitted ({workflow_id} was submitted by {row.created_by})",
+            metadata={"workflow_id": workflow_id, "rule": "OWN_WORKFLOWS_ONLY"},
+            reason="NOT_OWNER",
+        )
     if statuses.is_terminal(row.status):
         raise WrongState(
             f"workflow {workflow_id} already ended: {statuses.name(row.status)}",
             metadata={"workflow_id": workflow_id, "status": statuses.name(row.status)},
         )
     now = convert.utcnow()
-    message = f"cancelled by {actor}" + (f": {reason}" if reason else "")
+    message = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
     if row.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL:
         sequence = row.last_sequence + 1
         conn.execute(
@@ -215,13 +233,16 @@ def cancel(conn: Connection, workflow_id: str, actor: str, reason: str) -> Outco
             .values(status=S.WORKFLOW_STATUS_CANCELLED, updated_at=now, last_message=message, last_sequence=sequence)
         )
         event = store.append_event(
-            conn, workflow_id, sequence, E.EVENT_TYPE_CANCELLED, S.WORKFLOW_STATUS_CANCELLED, message, actor, now
-        )
+            conn, workflow_id, sequence, E.EVENT_TYPE_CANCELLED, S.WORKFLOW_STATUS_CANCELLED, message, actor.name, now,
+            actor.via,
+        )  # fmt: skip
         return Outcome(_require(conn, workflow_id), True, event)
     if row.cancel_requested:
         return Outcome(row, changed=False)
     conn.execute(update(workflows).where(workflows.c.workflow_id == workflow_id).values(cancel_requested=True))
-    payload = ppb.CancelRunRequest(workflow_id=workflow_id, requested_by=actor, reason=reason).SerializeToString()
+    payload = ppb.CancelRunRequest(
+        workflow_id=workflow_id, requested_by=actor.name, reason=reason, requested_by_auth=actor.via
+    ).SerializeToString()
     outbox_id = store.add_outbox(conn, workflow_id, store.CANCEL, payload, now)
     return Outcome(_require(conn, workflow_id), True, None, outbox_id, payload, store.CANCEL)
 

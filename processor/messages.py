@@ -67,6 +67,7 @@ def event(record: EventRecord) -> pb.WorkflowEvent:
         message=record.message,
         actor=record.actor,
         time=convert.timestamp(record.time),
+        actor_auth=record.actor_auth or "",
     )
 
 

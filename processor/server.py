@@ -8,16 +8,19 @@ end watch streams, stop the server, close the database.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 
 import grpc
 
-from auditflow import logs, procedures, serving
+from auditflow import logs, procedures, serving, sources
+from auditflow.auth import settings as auth_settings
+from auditflow.config import ConfigError
 from auditflow.db import Database
+from auditflow.tls import ServerTls, check_plaintext
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.watch import EventHub
@@ -37,15 +40,18 @@ class Processor:
 
     def __init__(self, address: str, settings: Settings) -> None:
         self.settings = settings
+        self.host = address.rsplit(":", 1)[0]
+        check_plaintext("the processor", self.host, settings.tls.enabled, settings.allow_plaintext)
+        self.authenticator = auth_settings.build(settings.auth)
+        self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
         self.db = Database(settings.database_url, store.metadata, migrations="processor:migrations")
         self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
         self.scheduler = Scheduler(self.db, self.hub, settings)
         self.service = ProcessorService(self.db, self.hub, self.scheduler, settings)
-        self.server = serving.new_server(settings.default_user)
+        self.server = serving.new_server(self.authenticator)
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
-        self.port = serving.bind(self.server, address)
-        self.host = address.rsplit(":", 1)[0]
+        self.port = serving.bind(self.server, address, self.tls)
         self._started = False
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0
@@ -57,13 +63,20 @@ class Processor:
 
     async def start(self) -> None:
         procedures.load(self.settings.plugins)
+        await asyncio.to_thread(auth_settings.load, self.authenticator)
+        await asyncio.to_thread(sources.configure, self.settings.data)
+        await self.authenticator.start()
         await asyncio.to_thread(self.db.start)  # creates the schema: blocking
         await asyncio.to_thread(orchestrator.load, orchestrator.DEFAULT)
         await self.scheduler.start()
         await self.server.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
         self._started = True
-        logger.info("processor listening on %s (worker %s)", self.address, self.scheduler.worker_id)
+        logger.info(
+            "processor listening on %s (%s; worker %s); accepts %s",
+            self.address, "TLS" if self.tls else "plaintext", self.scheduler.worker_id,
+            "; ".join(self.authenticator.methods()),
+        )  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: cycles get `grace` seconds (default: settings.grace_period)."""
@@ -75,11 +88,15 @@ class Processor:
         self.abandoned_cycles = await self.scheduler.stop(grace)
         self.service.close()
         await self.server.stop(min(grace, 2.0))
+        await self.authenticator.stop()
         await asyncio.to_thread(self.db.close)
         logger.info("processor on %s stopped", self.address)
 
-    async def wait_for_termination(self) -> None:
-        await self.server.wait_for_termination()
+    def reload(self) -> None:
+        """SIGHUP: re-read the tokens, keys and certificate files (blocking)."""
+        self.authenticator.reload()
+        if self.tls is not None:
+            self.tls.reload()
 
 
 def create_server(address: str, settings: Settings) -> Processor:
@@ -90,21 +107,27 @@ def create_server(address: str, settings: Settings) -> Processor:
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM, then stop gracefully; the number of abandoned cycles."""
     processor = create_server(settings.address, settings)
-    await processor.start()
-    await serving.run_until_signalled(processor.stop)
+    try:
+        await processor.start()
+    except BaseException:
+        await processor.server.stop(0)  # (serving may have begun: no gRPC server left to the interpreter's exit)
+        raise
+    await serving.run_until_signalled(processor.stop, processor.reload)
     return processor.abandoned_cycles
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return settings_module.build_parser()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = settings_module.parse(argv)
+    try:
+        settings = settings_module.parse(argv)
+    except ConfigError as exc:
+        sys.exit(f"auditflow-processor: {exc}")
     logs.setup(settings.log_level)
     grpc_version = getattr(grpc, "__version__", "?")
-    logger.debug("grpc %s, database %s", grpc_version, settings.database_url)
-    abandoned = asyncio.run(serve(settings))
+    logger.debug("grpc %s", grpc_version)
+    try:
+        abandoned = asyncio.run(serve(settings))
+    except ConfigError as exc:
+        sys.exit(f"auditflow-processor: {exc}")
     if abandoned:
         # Threads cannot be stopped and the interpreter would wait for them at exit: the
         # grace period is over, so exit now; their runs' leases expire and they resume.

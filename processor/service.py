@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 WatchResponse = ps.ProcessorServiceWatchStatusResponse
 PAGE = 256
-MAX_NAME = 200
+MAX_AUTH = 300
+MAX_BASE_SEQUENCE = 1000
 
 
 class ProcessorService(ps_grpc.ProcessorServiceServicer):
@@ -63,7 +64,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
                 raise refusal
             logger.info("%s: enqueued again; returning the existing run", wid)
             return ps.EnqueueResponse(run=messages.run(existing), created=False)
-        approved_by = request.approved_by or principal.current().name
+        approved_by = request.approved_by
         insert = functools.partial(
             store.insert_run,
             workflow_id=wid,
@@ -81,14 +82,15 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
 
     async def CancelRun(self, request: ps.CancelRunRequest, context: Any) -> ps.CancelRunResponse:
         wid = plans.check_workflow_id(request.workflow_id)
-        by = plans.check_text(request.requested_by, "requested_by", MAX_NAME) or principal.current().name
+        by = _check_principal_name(request.requested_by, "requested_by")
+        by_auth = plans.check_text(request.requested_by_auth, "requested_by_auth", MAX_AUTH)
         reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
 
         def tx(conn: Connection) -> tuple[RunRecord, list[EventRecord]]:
             run = store.lock_run(conn, wid)
             if run is None:
                 raise _not_found(wid)  # before any write, as auditflow.db requires
-            events, changes = transitions.cancel_requested(run, by, reason)
+            events, changes = transitions.cancel_requested(run, by, reason, by_auth)
             if not events:
                 return run, []
             return store.append(conn, run, events, changes, utcnow())
@@ -183,13 +185,21 @@ async def _refusal(request: ps.EnqueueRequest) -> InvalidArgument | None:
     """The reason to refuse an Enqueue, if any (returned, not raised, so that an existing run
     can still be returned)."""
     try:
-        plans.check_text(request.approved_by, "approved_by", MAX_NAME)
-        if request.base_sequence < 0:
-            raise invalid("base_sequence", "must not be negative")
+        _check_principal_name(request.approved_by, "approved_by")
+        if not 1 <= request.base_sequence <= MAX_BASE_SEQUENCE:
+            # The gateway's log before dispatch: created, approvals, no more than a few events.
+            raise invalid("base_sequence", f"must be between 1 and {MAX_BASE_SEQUENCE}: the gateway's last sequence")
         await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
     except InvalidArgument as exc:
         return exc
     return None
+
+
+def _check_principal_name(name: str, field: str) -> str:
+    problem = principal.check_name(name)
+    if problem:
+        raise invalid(field, f"the gateway's authenticated principal: {problem}")
+    return name
 
 
 def _not_found(workflow_id: str) -> NotFound:

@@ -9,8 +9,11 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config
-from auditflow.config import positive_float, positive_int
+from auditflow import config, sources
+from auditflow.auth import settings as auth_settings
+from auditflow.auth.settings import AuthSettings
+from auditflow.config import interval, positive_float, positive_int
+from auditflow.tls import TlsFiles
 
 DEFAULT_PORT = 50052
 DEFAULT_DATABASE = "sqlite:///var/auditflow-processor.db"
@@ -28,7 +31,6 @@ class Settings:
     database_url: str = DEFAULT_DATABASE
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    default_user: str = "anonymous"
     log_level: str = "INFO"
     plugins: tuple[str, ...] = ()
     max_concurrent: int = 3
@@ -40,6 +42,10 @@ class Settings:
     max_consecutive_failures: int = 3
     grace_period: float = 10.0
     worker_id: str = field(default_factory=default_worker_id)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    allow_plaintext: bool = False
+    data: sources.DataSettings = field(default_factory=sources.DataSettings)
 
     @property
     def address(self) -> str:
@@ -50,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auditflow-processor",
         description="Run the auditflow processor: the gRPC service auditflow.v1.ProcessorService that "
-        "executes approved workflows in durable, checkpointed cycles.",
+        "executes approved workflows in durable, checkpointed cycles. Only gateways may call it: with a "
+        "service token (--tokens-file, role gateway) or a client certificate (--tls-client-ca, "
+        "--gateway-identities).",
     )
     config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service="processor")
     add = config.add
@@ -83,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease-seconds",
         service="processor",
         default=15.0,
-        type=_interval,
+        type=interval,
         help="lease length; a dead processor's runs are resumed elsewhere after it expires",
     )
     add(
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-interval",
         service="processor",
         default=0.5,
-        type=_interval,
+        type=interval,
         help="seconds between looks for expired leases",
     )
     add(
@@ -99,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-interval",
         service="processor",
         default=5.0,
-        type=_interval,
+        type=interval,
         help="seconds of silence before WatchStatus sends a heartbeat",
     )
     add(
@@ -127,14 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
         "processors; a stable one lets a restarted processor resume its runs at once instead of after "
         "their leases expire (empty: HOSTNAME-PID-RANDOM)",
     )
+    auth_settings.add_flags(parser, "processor", proxy=False)
+    config.add_tls_flags(parser, "processor", client_ca=True)
+    add(
+        parser,
+        "--gateway-identities",
+        service="processor",
+        default="auditflow-gateway",
+        help="client certificate names (SAN or CN) accepted as gateways, with --tls-client-ca",
+    )
+    sources.add_flags(parser, "processor")
     return parser
-
-
-def _interval(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -143,7 +154,6 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         database_url=args.database_url,
         host=args.host,
         port=args.port,
-        default_user=args.default_user,
         log_level=args.log_level,
         plugins=tuple(p.strip() for p in args.plugin.split(",") if p.strip()),
         max_concurrent=args.max_concurrent,
@@ -155,4 +165,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         max_consecutive_failures=args.max_consecutive_failures,
         grace_period=args.grace_period,
         worker_id=args.worker_id or default_worker_id(),
+        auth=auth_settings.from_args(
+            args, service_identities=config.csv(args.gateway_identities) if args.tls_client_ca else ()
+        ),
+        tls=config.tls_from_args(args),
+        allow_plaintext=args.allow_plaintext,
+        data=sources.from_args(args),
     )

@@ -98,6 +98,8 @@ run_events = Table(
     Column("error_reason", String(100), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("result_json", Text, nullable=True),
+    # How a person who caused the event authenticated to the gateway; NULL for our own events.
+    Column("actor_auth", String(300), nullable=True),
 )
 
 
@@ -186,6 +188,7 @@ class NewEvent:
     error_reason: str | None = None
     error_message: str | None = None
     result: dict[str, Any] | None = None
+    actor_auth: str | None = None
 
     @classmethod
     def following(cls, run: RunRecord, type: int, message: str, **changes: Any) -> NewEvent:
@@ -222,6 +225,7 @@ class EventRecord:
     error_reason: str | None = None
     error_message: str | None = None
     result: dict[str, Any] | None = field(default=None)
+    actor_auth: str | None = None
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> EventRecord:
@@ -241,6 +245,7 @@ class EventRecord:
             error_reason=m["error_reason"],
             error_message=m["error_message"],
             result=_loads(m["result_json"]),
+            actor_auth=m["actor_auth"],
         )
 
 
@@ -401,6 +406,7 @@ def _event_record(run: RunRecord, sequence: int, event: NewEvent, now: datetime)
         error_reason=event.error_reason,
         error_message=event.error_message,
         result=event.result,
+        actor_auth=event.actor_auth,
     )
 
 
@@ -420,6 +426,7 @@ def _event_values(record: EventRecord) -> dict[str, Any]:
         "error_reason": record.error_reason,
         "error_message": record.error_message,
         "result_json": _dumps(record.result),
+        "actor_auth": record.actor_auth,
     }
 
 

@@ -146,17 +146,24 @@ def cancelled_between_cycles(run: RunRecord) -> Transition:
     return [event], dict(RELEASE)
 
 
-def cancel_requested(run: RunRecord, by: str, reason: str) -> Transition:
+def cancel_requested(run: RunRecord, by: str, reason: str, by_auth: str = "") -> Transition:
     """CancelRun: a QUEUED run is cancelled at once, a RUNNING one is flagged (once) and the
     scheduler cancels it between cycles; a terminal run is left as it is."""
     why = f": {reason}" if reason else ""
     if run.status == S.WORKFLOW_STATUS_QUEUED:
         event = NewEvent.following(
-            run, E.EVENT_TYPE_CANCELLED, f"cancelled by {by}{why}", actor=by, status=S.WORKFLOW_STATUS_CANCELLED
+            run,
+            E.EVENT_TYPE_CANCELLED,
+            f"cancelled by {by}{why}",
+            actor=by,
+            actor_auth=by_auth or None,
+            status=S.WORKFLOW_STATUS_CANCELLED,
         )
         return [event], dict(RELEASE)
     if run.status == S.WORKFLOW_STATUS_RUNNING and not run.cancel_requested:
-        event = NewEvent.following(run, E.EVENT_TYPE_CANCEL_REQUESTED, f"cancel requested by {by}{why}", actor=by)
+        event = NewEvent.following(
+            run, E.EVENT_TYPE_CANCEL_REQUESTED, f"cancel requested by {by}{why}", actor=by, actor_auth=by_auth or None
+        )
         return [event], {"cancel_requested": True}
     return [], {}
 

@@ -1,9 +1,14 @@
 """`auditflow`: the command-line client of the gateway, and the end-to-end demo.
 
-    auditflow submit --sample                 # prints the new workflow id
-    auditflow --user bob approve wf_...       # answers at once; the plan runs in the background
-    auditflow watch wf_...                    # live progress until the workflow ends
-    auditflow demo                            # start both servers, run the sample, stop them
+    auditflow demo                                        # start both servers, run the sample, stop them
+    auditflow --token-file submitter.token submit --sample  # prints the new workflow id
+    auditflow --token-file approver.token approve wf_...  # answers at once; the plan runs in the background
+    auditflow watch wf_...                                # live progress until the workflow ends
+    auditflow token create ci-bot --principal ci-bot --role submitter --tokens-file tokens.toml
+
+Your token comes from --token-file (or --token), AUDITFLOW_TOKEN_FILE, AUDITFLOW_TOKEN, or
+the config file ~/.config/auditflow/config.toml (target, token_file, tls_ca); it is never
+printed. TLS with --tls (system CAs) or --tls-ca FILE.
 
 Exit codes: 0 success (watch/demo: the workflow COMPLETED), 1 the workflow FAILED, was
 CANCELLED or REJECTED, 2 usage or RPC error (one line on stderr, never a traceback).
@@ -18,16 +23,16 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from auditflow import __version__
-from auditflow.cli import commands, demo
+from auditflow.cli import commands, demo, tokens
 from auditflow.cli.client import (
     CliError,
+    Connection,
     default_target,
-    default_user,
+    find_token,
     format_rpc_error,
     open_channel,
     workflow_stub,
 )
-from auditflow.principal import USER_METADATA_KEY
 
 EXIT_OK = 0
 EXIT_WORKFLOW_FAILED = 1
@@ -65,19 +70,40 @@ def _seconds(text: str) -> float:
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """--target, --user, --json: with defaults on the main parser; after a command they only
-    override (so `auditflow get ID --json` works too)."""
-    if top:
-        target_help = "gateway address host:port [env AUDITFLOW_TARGET; default: %(default)s]"
-        user_help = f"who you are, sent as {USER_METADATA_KEY} metadata [env AUDITFLOW_USER; default: %(default)s]"
-    else:
-        target_help, user_help = "gateway address host:port", f"who you are ({USER_METADATA_KEY} metadata)"
-    parser.add_argument("--target", default=default_target() if top else argparse.SUPPRESS, help=target_help)
-    parser.add_argument("--user", default=default_user() if top else argparse.SUPPRESS, help=user_help)
+    """--target, credentials, TLS, --json: with defaults on the main parser; after a command
+    they only override (so `auditflow get ID --json` works too)."""
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    target_help = "gateway address host:port" + (" [env AUDITFLOW_TARGET; default: %(default)s]" if top else "")
+    parser.add_argument("--target", default=default(default_target() if top else None), help=target_help)
+    parser.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="FILE",
+        help="file holding your API token or JWT [env AUDITFLOW_TOKEN_FILE, or AUDITFLOW_TOKEN with the token]",
+    )
+    parser.add_argument(
+        "--token", default=default(None), help="your token itself (visible to other users in `ps`: prefer --token-file)"
+    )
+    parser.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS (system CAs)")
+    parser.add_argument(
+        "--tls-ca",
+        default=default(""),
+        metavar="FILE",
+        help="connect with TLS, trusting this CA [env AUDITFLOW_TLS_CA]",
+    )
+    parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        default=default(False),
+        help="send the token without TLS to a non-loopback gateway (only on a network you trust)",
+    )
     parser.add_argument(
         "--json",
         action="store_true",
-        default=False if top else argparse.SUPPRESS,
+        default=default(False),
         help="print JSON (proto3 JSON mapping) instead of text",
     )
 
@@ -157,12 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop reconnecting after this long without the server (default: %(default)s)",
     )
 
+    p = command(
+        "whoami", "show who the gateway takes you to be: principal, roles, how you authenticated", commands.whoami
+    )
+
+    tokens.add_parser(sub)
+
     p = command("demo", "start a processor and a gateway, run the sample plan end to end, stop them", None)
     p.add_argument("--data-dir", default="./var/demo", help="databases and server logs (default: %(default)s)")
     p.add_argument("--gateway-port", type=_non_negative, default=0, help="0 picks a free port (default)")
     p.add_argument("--processor-port", type=_non_negative, default=0, help="0 picks a free port (default)")
-    p.add_argument("--submitter", default="demo-submitter", help="user who submits (default: %(default)s)")
-    p.add_argument("--approver", default="demo-approver", help="user who approves (default: %(default)s)")
+    p.add_argument("--submitter", default="demo-submitter", help="principal who submits (default: %(default)s)")
+    p.add_argument("--approver", default="demo-approver", help="principal who approves (default: %(default)s)")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the sample run, keep both servers up (Ctrl-C stops them) to try the CLI, grpcurl and curl",
+    )
     p.add_argument("--max-cycles", type=_non_negative, default=0, help="0: server default")
     p.add_argument(
         "--startup-timeout",
@@ -179,8 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return demo.run(args)
-        with open_channel(args.target) as channel:
-            ctx = commands.Context(stub=workflow_stub(channel), user=args.user, json=args.json)
+        if args.command == "token":
+            return tokens.run(args)
+        token = find_token(args.token, args.token_file)
+        connection = Connection(args.target, tls=args.tls, tls_ca=args.tls_ca, plaintext=args.plaintext)
+        with open_channel(connection, token) as channel:
+            ctx = commands.Context(stub=workflow_stub(channel), token=token, json=args.json)
             handler: Handler = args.handler
             return handler(ctx, args)
     except grpc.RpcError as exc:

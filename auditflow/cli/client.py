@@ -1,13 +1,21 @@
-"""Talking to the gateway: channel, caller metadata, readable errors, a resilient watch."""
+"""Talking to the gateway: credentials, channel, readable errors, a resilient watch.
+
+Credentials come from, first found: `--token`, `--token-file`, `AUDITFLOW_TOKEN`,
+`AUDITFLOW_TOKEN_FILE`, then the config file (`$AUDITFLOW_CONFIG`, default
+`~/.config/auditflow/config.toml`, keys `target`, `token_file`, `token`, `tls_ca`). The token
+goes on every call as `authorization: Bearer …` and is never printed. A token is sent in
+plaintext only to a loopback gateway, unless `--plaintext` insists.
+"""
 
 from __future__ import annotations
 
-import getpass
 import os
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -15,7 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from auditflow import statuses
-from auditflow.principal import USER_METADATA_KEY
+from auditflow.tls import host_of, is_loopback
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
@@ -28,26 +36,102 @@ class CliError(Exception):
     """A problem the user can fix (bad input, unreachable server): one line, exit code 2."""
 
 
-def default_target() -> str:
-    return os.environ.get("AUDITFLOW_TARGET") or DEFAULT_TARGET
+def config_path() -> Path:
+    explicit = os.environ.get("AUDITFLOW_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "auditflow" / "config.toml"
 
 
-def default_user() -> str:
-    user = os.environ.get("AUDITFLOW_USER")
-    if user:
-        return user
+def load_config(path: Path | None = None) -> dict[str, Any]:
+    """The config file's settings ({} when there is none); CliError if it is broken."""
+    path = path or config_path()
     try:
-        return getpass.getuser()
-    except Exception:  # no user name in the environment or the password database
-        return "anonymous"
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise CliError(f"cannot read the config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"the config file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"target", "token", "token_file", "tls_ca"}
+    if unknown:
+        raise CliError(f"the config file {path} has unknown keys: {', '.join(sorted(unknown))}")
+    return data
 
 
-def user_metadata(user: str) -> Metadata:
-    return ((USER_METADATA_KEY, user),) if user else ()
+def default_target() -> str:
+    try:
+        configured = load_config().get("target")
+    except CliError:  # (reported when the token is looked up)
+        configured = None
+    return os.environ.get("AUDITFLOW_TARGET") or str(configured or DEFAULT_TARGET)
 
 
-def open_channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target)
+def read_token(path: str) -> str:
+    try:
+        token = Path(path).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not token or any(c.isspace() for c in token):
+        raise CliError(f"the token file {path} must hold one token and nothing else")
+    return token
+
+
+def find_token(token: str | None, token_file: str | None) -> str | None:
+    """The caller's token from the flags, the environment or the config file (or None)."""
+    if token:
+        return token
+    if token_file:
+        return read_token(token_file)
+    if os.environ.get("AUDITFLOW_TOKEN"):
+        return os.environ["AUDITFLOW_TOKEN"].strip()
+    if os.environ.get("AUDITFLOW_TOKEN_FILE"):
+        return read_token(os.environ["AUDITFLOW_TOKEN_FILE"])
+    config = load_config()
+    if config.get("token"):
+        return str(config["token"])
+    if config.get("token_file"):
+        return read_token(str(config["token_file"]))
+    return None
+
+
+def auth_metadata(token: str | None) -> Metadata:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the gateway is and how to reach it."""
+
+    target: str
+    tls: bool = False
+    tls_ca: str = ""
+    plaintext: bool = False
+
+
+def open_channel(connection: Connection | str, token: str | None = None) -> grpc.Channel:
+    """A channel to the gateway: TLS when asked (--tls, --tls-ca, or tls_ca in the config),
+    else plaintext, which carries a token only to a loopback address unless --plaintext."""
+    if isinstance(connection, str):
+        connection = Connection(connection)
+    ca = connection.tls_ca or os.environ.get("AUDITFLOW_TLS_CA") or str(load_config().get("tls_ca") or "")
+    if connection.tls or ca:
+        try:
+            roots = Path(ca).expanduser().read_bytes() if ca else None
+        except OSError as exc:
+            raise CliError(f"cannot read the CA certificate {ca}: {exc.strerror}") from None
+        return grpc.secure_channel(connection.target, grpc.ssl_channel_credentials(root_certificates=roots))
+    host = host_of(connection.target)
+    if token and not connection.plaintext and not is_loopback(host):
+        raise CliError(
+            f"refusing to send your token in plaintext to {host}: use --tls (or --tls-ca FILE), "
+            "or --plaintext on a network you trust"
+        )
+    return grpc.insecure_channel(connection.target)
 
 
 def workflow_stub(channel: grpc.Channel) -> api_grpc.WorkflowServiceStub:
@@ -69,6 +153,8 @@ def format_rpc_error(error: grpc.RpcError) -> str:
         lines.append(f"  {field}: {description}")
     if code == grpc.StatusCode.UNAVAILABLE and not message:
         lines[0] += " (is the gateway running? see --target)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append("  give your token with --token-file FILE or AUDITFLOW_TOKEN_FILE (see auditflow --help)")
     return "\n".join(lines)
 
 

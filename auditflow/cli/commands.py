@@ -14,7 +14,7 @@ from google.protobuf import json_format
 
 from auditflow import convert, statuses, synthetic
 from auditflow.cli import render
-from auditflow.cli.client import CliError, Metadata, exit_code_for, user_metadata, watch
+from auditflow.cli.client import CliError, Metadata, auth_metadata, exit_code_for, watch
 from auditflow.procedures import AUDIT_PROCEDURES
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
@@ -23,17 +23,17 @@ from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
 
 @dataclass
 class Context:
-    """What every command needs: a stub, the caller's metadata, and how to print."""
+    """What every command needs: a stub, the caller's credentials, and how to print."""
 
     stub: api_grpc.WorkflowServiceStub
-    user: str
+    token: str | None = field(default=None, repr=False)
     json: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
 
     @property
     def metadata(self) -> Metadata:
-        return user_metadata(self.user)
+        return auth_metadata(self.token)
 
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -128,11 +128,10 @@ def submit(ctx: Context, args: argparse.Namespace) -> int:
         ctx.print(render.to_json(workflow))
     else:
         ctx.print(workflow.workflow_id)
-        who = workflow.created_by or ctx.user
         ctx.note(
-            f"submitted {len(workflow.plan)}-step plan {workflow.title!r} as {who}; "
+            f"submitted {len(workflow.plan)}-step plan {workflow.title!r} as {workflow.created_by}; "
             f"status {render.status_name(workflow.status)}\n"
-            f"next: auditflow --user <approver> approve {workflow.workflow_id}"
+            f"next, as an approver: auditflow --token-file APPROVER_TOKEN_FILE approve {workflow.workflow_id}"
         )
     return 0
 
@@ -150,8 +149,7 @@ def reject(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         ctx.print(render.to_json(workflow))
     else:
-        who = workflow.decided_by or ctx.user
-        ctx.print(f"{workflow.workflow_id} {render.status_name(workflow.status)} by {who}")
+        ctx.print(f"{workflow.workflow_id} {render.status_name(workflow.status)} by {workflow.decided_by}")
     return 0
 
 
@@ -167,6 +165,15 @@ def cancel(ctx: Context, args: argparse.Namespace) -> int:
         )
     else:
         ctx.print(f"{response.workflow.workflow_id} {render.status_name(response.workflow.status)}")
+    return 0
+
+
+def whoami(ctx: Context, args: argparse.Namespace) -> int:
+    me = ctx.stub.WhoAmI(api.WhoAmIRequest(), metadata=ctx.metadata)
+    if ctx.json:
+        ctx.print(render.to_json(me))
+    else:
+        ctx.print(f"{me.principal} ({', '.join(me.roles) or 'no role'}; authenticated by {me.authenticated_by})")
     return 0
 
 

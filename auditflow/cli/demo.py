@@ -1,8 +1,12 @@
 """`auditflow demo`: start a processor and a gateway, run the sample plan end to end, stop.
 
 The servers run as subprocesses (`python -m processor`, `python -m gateway`) with SQLite
-databases and log files under --data-dir. They are always stopped with SIGTERM, also on
-Ctrl-C or failure (SIGKILL only if one does not stop within the grace period).
+databases and log files under --data-dir, and with authentication on: the demo makes fresh
+credentials for every run in `<data-dir>/credentials/` (tokens files holding only hashes, and
+one token file per principal, mode 0600): a submitter, an approver, a viewer, and the
+gateway's service token for the processor. It prints how to use them with the CLI, grpcurl
+and curl, pointing at those files; no token is printed. The servers are always stopped with
+SIGTERM, also on Ctrl-C or failure (SIGKILL only if one does not stop within the grace period).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auditflow.auth.tokens import append_entry
 from auditflow.cli import commands, render
-from auditflow.cli.client import CliError, format_rpc_error, open_channel, workflow_stub
+from auditflow.cli.client import CliError, format_rpc_error, open_channel, read_token, workflow_stub
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 
@@ -163,11 +168,68 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What `make_credentials` wrote: the servers' tokens files and each principal's token file."""
+
+    directory: Path
+    gateway_tokens: Path
+    processor_tokens: Path
+    link_token: Path
+    tokens: dict[str, Path]  # role in the demo ("submitter", "approver", "viewer") -> token file
+
+
+def make_credentials(directory: Path, submitter: str, approver: str) -> Credentials:
+    """Fresh tokens for this run (the previous run's stop working)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    gateway_tokens, processor_tokens = directory / "gateway-tokens.toml", directory / "processor-tokens.toml"
+    for old in (gateway_tokens, processor_tokens):
+        old.unlink(missing_ok=True)
+    people = {"submitter": (submitter, ["submitter"]), "approver": (approver, ["approver"]),
+              "viewer": ("demo-viewer", ["viewer"])}  # fmt: skip
+    files = {}
+    for role, (name, roles) in people.items():
+        files[role] = _write_secret(directory / f"{role}.token", append_entry(gateway_tokens, name, name, roles))
+    link = append_entry(processor_tokens, "gateway", "auditflow-gateway", ["gateway"])
+    link_token = _write_secret(directory / "gateway-to-processor.token", link)
+    return Credentials(directory, gateway_tokens, processor_tokens, link_token, files)
+
+
+def _write_secret(path: Path, text: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return path
+
+
+def usage(credentials: Credentials, gateway: str, rest_port: int) -> str:
+    """How to call the running demo as each principal (token files, never tokens)."""
+    here = Path.cwd()
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+
+    approver = shown(credentials.tokens["approver"])
+    return "\n".join(
+        [
+            f"== credentials for this run in {shown(credentials.directory)}/ (submitter.token, approver.token, "
+            "viewer.token; only their hashes are in the servers' tokens files)",
+            f"   CLI:     auditflow --target {gateway} --token-file {approver} whoami",
+            f'   grpcurl: grpcurl -plaintext -H "authorization: Bearer $(cat {approver})" '
+            f"{gateway} auditflow.v1.WorkflowService/WhoAmI",
+            f'   curl:    curl -H "Authorization: Bearer $(cat {approver})" http://127.0.0.1:{rest_port}/whoami',
+            f"   page:    http://127.0.0.1:{rest_port}/ (sign in with the content of a token file)",
+        ]
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.submitter == args.approver:
         raise CliError("--submitter and --approver must differ (the creator of a plan may not approve it)")
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    credentials = make_credentials(data_dir / "credentials", args.submitter, args.approver)
     processor_port = args.processor_port or free_port()
     gateway_port = args.gateway_port or free_port()
     rest_port = free_port()
@@ -175,7 +237,12 @@ def run(args: argparse.Namespace) -> int:
         "processor",
         "processor",
         processor_port,
-        ["--database-url", f"sqlite:///{data_dir / 'processor.db'}"],
+        [
+            "--database-url",
+            f"sqlite:///{data_dir / 'processor.db'}",
+            "--tokens-file",
+            str(credentials.processor_tokens),
+        ],
         data_dir / "processor.log",
     )
     gateway = Server(
@@ -189,6 +256,10 @@ def run(args: argparse.Namespace) -> int:
             processor.target,
             "--rest-port",
             str(rest_port),
+            "--tokens-file",
+            str(credentials.gateway_tokens),
+            "--processor-token-file",
+            str(credentials.link_token),
         ],
         data_dir / "gateway.log",
     )
@@ -201,7 +272,13 @@ def run(args: argparse.Namespace) -> int:
             gateway.start()
             wait_until_serving([processor, gateway], args.startup_timeout)
             say(f"REST API: http://127.0.0.1:{rest_port}/workflows (OpenAPI at /openapi.json)")
-            code = _scenario(gateway, args)
+            say(usage(credentials, gateway.target, rest_port))
+            code = _scenario(gateway, credentials, args)
+            if args.keep_running:
+                say("\n== the servers keep running; Ctrl-C stops them")
+                say(usage(credentials, gateway.target, rest_port))
+                while all(server.exited() is None for server in servers):
+                    time.sleep(0.5)
         except (KeyboardInterrupt, Terminated):
             warn("\ndemo: interrupted")
             code = 130
@@ -219,11 +296,11 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _scenario(gateway: Server, args: argparse.Namespace) -> int:
+def _scenario(gateway: Server, credentials: Credentials, args: argparse.Namespace) -> int:
     with open_channel(gateway.target) as channel:
         stub = workflow_stub(channel)
-        submitter = commands.Context(stub=stub, user=args.submitter)
-        approver = commands.Context(stub=stub, user=args.approver)
+        submitter = commands.Context(stub=stub, token=read_token(str(credentials.tokens["submitter"])))
+        approver = commands.Context(stub=stub, token=read_token(str(credentials.tokens["approver"])))
 
         request = api.CreateWorkflowRequest(
             title="Demo: sample ledger audit", plan=commands.sample_plan(), max_cycles=args.max_cycles

@@ -1,8 +1,9 @@
 """Built-in audit procedures over a ledger of journal entries or payments, in DuckDB, in chunks.
 
-Every procedure reads the ledger named by its parameters (`path` of a CSV or Parquet file, or
-`url` and `table` of a SQLAlchemy database; columns `entry_id, posting_date, vendor, account,
-amount, currency, description, created_by, approved_by`) and returns
+Every procedure reads the ledger named by its parameters (`path` of a CSV or Parquet file
+under a data root, or `source` and `table` of a database the server names; columns
+`entry_id, posting_date, vendor, account, amount, currency, description, created_by,
+approved_by`) and returns
 
     {"findings": [{"procedure", "severity", "entry_ids", "amount", "explanation"}, ...],
      "summary": {"entries", "findings", "shown", "amount_at_stake", ...}}
@@ -105,7 +106,7 @@ def _number(low: float, high: float, *, whole: bool = False) -> Check:
 
 def validator(**checks: tuple[Check, str]) -> Callable[[dict[str, Any]], Iterator[FieldViolation]]:
     """A `validate` for a procedure: the ledger source, then each named parameter (all optional)."""
-    allowed = {"path", "url", "table", "max_findings", "chunk_rows", *checks}
+    allowed = {"path", "url", "source", "table", "max_findings", "chunk_rows", *checks}
     every = {
         "max_findings": (_number(1, 100_000, whole=True), "a whole number between 1 and 100000"),
         "chunk_rows": (_number(1, 1e9, whole=True), "a whole number of rows of at least 1"),
@@ -276,7 +277,7 @@ duplicate_payments = audit_procedure(
     Severity high when they also share the description (the same invoice paid twice: an exact
     duplicate), medium otherwise (a near-duplicate: same payee and amount, other reference).
     With `tolerance` > 0, amounts within that fraction of each other count as the same.
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: days (default 7); tolerance (default 0); max_findings (default 200).
     Reference: ACFE Fraud Examiners Manual, "duplicate payments"; Nigrini (2011), Forensic
     Analytics, ch. 11 ("same-same-same" and "same-same-different" tests).
@@ -419,7 +420,7 @@ benford_first_digit = audit_procedure(
     (entries with that digit, largest first, up to 50 ids), low when under-represented.
     Amounts below `min_amount` (default 10) are left out, as Nigrini advises; with fewer than
     `min_entries` (default 100) amounts the test is not run.
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: alpha (default 0.01); min_amount (10); min_entries (100); max_findings.
     Reference: Nigrini, M. (2012), Benford's Law: Applications for Forensic Accounting,
     Auditing, and Fraud Detection, Wiley, ch. 5 and 7.
@@ -475,7 +476,7 @@ round_amounts = audit_procedure(
     Detects: entries whose absolute amount is an exact multiple of `multiple` (default 1000)
     and at least `min_amount` (default: the multiple). Severity medium for multiples of ten
     times `multiple`, low otherwise.
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: multiple (default 1000); min_amount (default = multiple); max_findings.
     Reference: Nigrini (2011), Forensic Analytics, ch. 8 ("round numbers test"); ISA 240
     A44 / AS 2401.61 (journal entries with round numbers or consistent ending digits).
@@ -551,7 +552,7 @@ weekend_postings = audit_procedure(
 
     Detects: postings on days the business is closed, when nobody should be booking. Severity
     medium on a holiday, low on a weekend.
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: holidays (list of ISO dates, default none); max_findings.
     Reference: ISA 240 A44 and PCAOB AS 2401.61 (entries "made at unusual times"); Nigrini
     (2011), Forensic Analytics, ch. 13 (journal entry tests).
@@ -635,7 +636,7 @@ split_purchases = audit_procedure(
     Detects: a purchase split into smaller payments so that none needs the approval the whole
     would (all positive amounts below `approval_limit` to one vendor, at least `min_payments`
     within `days` days, summing above the limit). Each window found is reported once (high).
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: approval_limit (default 10000); days (default 7); min_payments (default
     2); max_findings.
     Reference: ACFE Fraud Examiners Manual, "purchasing schemes: split purchases"; Nigrini
@@ -701,7 +702,7 @@ segregation_of_duties = audit_procedure(
     Detects: a breach of the four-eyes principle. Severity high when the creator approved
     their own entry (names compared without case or surrounding spaces), medium when the
     approver is missing.
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: max_findings.
     Reference: COSO Internal Control - Integrated Framework (2013), principle 10 (segregation
     of duties); ISA 315 (revised 2019) appendix 3.
@@ -774,7 +775,7 @@ outliers = audit_procedure(
     With `scale` "log" (default) x is log10 of the absolute amount, which suits amounts that
     spread over orders of magnitude. Groups with fewer than `min_entries` non-zero amounts, or
     a MAD of 0, are skipped. Severity high beyond twice the threshold, medium otherwise.
-    Ledger: path, or url and table; chunk_rows (default 250000).
+    Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: by (default "vendor"); threshold (3.5); min_entries (8); scale ("log");
     max_findings.
     Reference: Iglewicz, B. and Hoaglin, D. (1993), How to Detect and Handle Outliers, ASQC

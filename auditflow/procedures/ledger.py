@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from auditflow import sources
 from auditflow.errors import FieldViolation
 from auditflow.procedures import CriticalError, register
 
@@ -19,10 +20,12 @@ REQUIRED_COLUMNS = ("entry_id", "posting_date", "account", "amount")
 def validate_ledger_path(parameters: dict[str, Any], allowed: frozenset[str] = frozenset()) -> Iterator[FieldViolation]:
     path = parameters.get("path")
     if not isinstance(path, str) or not path:
-        yield FieldViolation("parameters.path", "required: the path of a CSV ledger")
+        yield FieldViolation("parameters.path", "required: the path of a CSV ledger under a data root")
         return
-    if not Path(path).is_file():
-        yield FieldViolation("parameters.path", f"no such file: {path}")
+    try:
+        sources.current().file(path)
+    except sources.Refused as exc:
+        yield FieldViolation("parameters.path", str(exc))
     unknown = set(parameters) - {"path"} - allowed
     if unknown:
         yield FieldViolation("parameters", f"unknown parameters: {', '.join(sorted(unknown))}")
@@ -38,7 +41,7 @@ def validate_vendor_totals(parameters: dict[str, Any]) -> Iterator[FieldViolatio
 @register("ledger_summary", validate=validate_ledger_path)
 def ledger_summary(parameters: dict[str, Any]) -> dict[str, Any]:
     """Rows, total, and totals per account and per month of a CSV ledger."""
-    path = Path(parameters["path"])
+    path = _file(parameters)
     per_account: dict[str, Decimal] = defaultdict(Decimal)
     per_month: dict[str, Decimal] = defaultdict(Decimal)
     total = Decimal(0)
@@ -61,7 +64,7 @@ def ledger_summary(parameters: dict[str, Any]) -> dict[str, Any]:
 @register("vendor_totals", validate=validate_vendor_totals)
 def vendor_totals(parameters: dict[str, Any]) -> dict[str, Any]:
     """The vendors paid most in a CSV ledger: total, entries and share of the whole, top N."""
-    path = Path(parameters["path"])
+    path = _file(parameters)
     top = int(parameters.get("top", 10))
     totals: dict[str, Decimal] = defaultdict(Decimal)
     counts: dict[str, int] = defaultdict(int)
@@ -83,6 +86,13 @@ def vendor_totals(parameters: dict[str, Any]) -> dict[str, Any]:
             for vendor, total in ranked
         ],
     }
+
+
+def _file(parameters: dict[str, Any]) -> Path:
+    try:
+        return sources.current().file(str(parameters["path"]))
+    except sources.Refused as exc:
+        raise CriticalError(f"cannot read the ledger: {exc}") from exc
 
 
 def _read_rows(path: Path, extra: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, str]]]:

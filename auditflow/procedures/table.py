@@ -1,7 +1,8 @@
 """The ledger as a DuckDB table: read from CSV, Parquet or a SQLAlchemy database, checked, cached.
 
 A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledger.parquet"}`
-or `{"url": "sqlite:///books.db", "table": "entries"}`. `open_ledger` reads it once per
+(a file under a data root) or `{"source": "books", "table": "entries"}` (a database the server
+names; see `auditflow.sources`). `open_ledger` reads it once per
 process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
 DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`) and
 keeps it in a small cache keyed by the source (for files: path, size and modification time),
@@ -20,6 +21,7 @@ data, so a run that resumes in another process cuts the same chunks.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import tempfile
@@ -34,6 +36,7 @@ from typing import Any
 
 import duckdb
 
+from auditflow import sources
 from auditflow.errors import FieldViolation
 from auditflow.procedures import CriticalError
 
@@ -51,6 +54,7 @@ COLUMNS = (
 HEADER_BYTES = 64 * 1024
 PARQUET_MAGIC = b"PAR1"
 CACHE_SIZE = 2
+logger = logging.getLogger(__name__)
 DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "1GB")
 DUCKDB_THREADS = int(os.environ.get("AUDITFLOW_DUCKDB_THREADS", "2"))
 
@@ -75,44 +79,54 @@ def is_parquet(path: Path) -> bool:
         return False
 
 
-def _sql_label(url: str, table: str) -> str:
-    try:
-        import sqlalchemy
-
-        shown = sqlalchemy.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        shown = "(bad url)"
-    return f"{shown} table {table}"
+def _sql_label(name: str, table: str) -> str:
+    """How a database ledger is named in messages: by its source name, never its URL."""
+    return f"data source {name!r} table {table!r}"
 
 
 def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
-    """The violations that can be seen without reading the whole ledger."""
-    path, url, table = parameters.get("path"), parameters.get("url"), parameters.get("table")
-    if path is None and url is None:
-        yield FieldViolation("parameters.path", "required: the path of a CSV or Parquet ledger (or url and table)")
+    """The violations that can be seen without reading the whole ledger (the source is one
+    this server may read, is there, has a header or schema with every column)."""
+    path, name, table = parameters.get("path"), parameters.get("source"), parameters.get("table")
+    if "url" in parameters:
+        yield FieldViolation(
+            "parameters.url",
+            "database URLs are not accepted in a plan: name a data source configured on the server "
+            "(parameters source and table)",
+        )
+        return
+    if path is None and name is None:
+        yield FieldViolation("parameters.path", "required: a CSV or Parquet ledger file (or source and table)")
         return
     if path is not None:
-        if url is not None or table is not None:
-            yield FieldViolation("parameters", "give either path, or url and table, not both")
+        if name is not None or table is not None:
+            yield FieldViolation("parameters", "give either path, or source and table, not both")
             return
         if not isinstance(path, str) or not path:
-            yield FieldViolation("parameters.path", "required: the path of a CSV or Parquet ledger")
+            yield FieldViolation("parameters.path", "required: a CSV or Parquet ledger file under a data root")
             return
-        yield from _check_file(Path(path))
+        try:
+            file = sources.current().file(path)
+        except sources.Refused as exc:
+            yield FieldViolation("parameters.path", str(exc))
+            return
+        yield from _check_file(file, path)
         return
-    if not isinstance(url, str) or not url:
-        yield FieldViolation("parameters.url", "a SQLAlchemy database URL, e.g. sqlite:///books.db")
+    if not isinstance(name, str) or not name:
+        yield FieldViolation("parameters.source", "the name of a data source configured on the server")
         return
     if not isinstance(table, str) or not table:
-        yield FieldViolation("parameters.table", "required with url: the table that holds the ledger")
+        yield FieldViolation("parameters.table", "required with source: the table that holds the ledger")
         return
-    yield from _check_sql(url, table)
+    try:
+        url = sources.current().url(name)
+    except sources.Refused as exc:
+        yield FieldViolation("parameters.source", str(exc))
+        return
+    yield from _check_sql(url, name, table)
 
 
-def _check_file(file: Path) -> Iterator[FieldViolation]:
-    if not file.is_file():
-        yield FieldViolation("parameters.path", f"no such file: {file}")
-        return
+def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
     if is_parquet(file):
         try:
             with _connect() as con:
@@ -120,54 +134,48 @@ def _check_file(file: Path) -> Iterator[FieldViolation]:
                     row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
                 ]
         except duckdb.Error as exc:
-            yield FieldViolation("parameters.path", f"{file} is not a readable Parquet file: {_first_line(exc)}")
+            yield FieldViolation("parameters.path", f"{given} is not a readable Parquet file: {_first_line(exc)}")
             return
-        yield from _missing(names, str(file))
+        yield from _missing(names, given)
         return
     try:
         with file.open("rb") as handle:
             first = handle.readline(HEADER_BYTES)
     except OSError as exc:
-        yield FieldViolation("parameters.path", f"cannot read {file}: {exc.strerror or exc}")
+        yield FieldViolation("parameters.path", f"cannot read {given}: {exc.strerror or exc}")
         return
     try:
         header = next(csv.reader([first.decode("utf-8")]), [])
     except UnicodeDecodeError:
-        yield FieldViolation("parameters.path", f"{file} is not a UTF-8 CSV file")
+        yield FieldViolation("parameters.path", f"{given} is not a UTF-8 CSV file")
         return
     if not header:
-        yield FieldViolation("parameters.path", f"{file} is empty: expected a header line with {', '.join(COLUMNS)}")
+        yield FieldViolation("parameters.path", f"{given} is empty: expected a header line with {', '.join(COLUMNS)}")
         return
-    yield from _missing([name.strip().lstrip("\ufeff") for name in header], str(file))
+    yield from _missing([name.strip().lstrip("\ufeff") for name in header], given)
 
 
-def _check_sql(url: str, table: str) -> Iterator[FieldViolation]:
+def _check_sql(url: str, name: str, table: str) -> Iterator[FieldViolation]:
+    """The table exists and has the columns. The URL is the operator's: messages name the
+    source, never the URL or what the driver said about it."""
     import sqlalchemy
 
+    label = _sql_label(name, table)
     try:
-        parsed = sqlalchemy.make_url(url)
-    except Exception as exc:
-        yield FieldViolation("parameters.url", f"not a SQLAlchemy URL: {exc}")
+        engine = sqlalchemy.create_engine(url)
+    except Exception:
+        yield FieldViolation("parameters.source", f"data source {name!r} is misconfigured on the server")
         return
     try:
-        engine = sqlalchemy.create_engine(parsed)
-    except Exception as exc:
-        yield FieldViolation("parameters.url", f"cannot use {parsed.render_as_string()}: {exc}")
-        return
-    try:
-        sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-        if sqlite_file and not Path(str(parsed.database)).is_file():
-            yield FieldViolation("parameters.url", f"no such SQLite database: {parsed.database}")
-            return
         try:
             columns = sqlalchemy.inspect(engine).get_columns(table)
         except sqlalchemy.exc.NoSuchTableError:
-            yield FieldViolation("parameters.table", f"no table {table!r} in {_sql_label(url, table)}")
+            yield FieldViolation("parameters.table", f"no table {table!r} in data source {name!r}")
             return
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            yield FieldViolation("parameters.url", f"cannot read {_sql_label(url, table)}: {_first_line(exc)}")
+        except sqlalchemy.exc.SQLAlchemyError:
+            yield FieldViolation("parameters.source", f"data source {name!r} cannot be read now; try again later")
             return
-        yield from _missing([c["name"] for c in columns], _sql_label(url, table), field="parameters.table")
+        yield from _missing([c["name"] for c in columns], label, field="parameters.table")
     finally:
         engine.dispose()
 
@@ -226,25 +234,32 @@ _lock = threading.Lock()
 
 def open_ledger(parameters: dict[str, Any]) -> Ledger:
     """The checked ledger named by the parameters (read once, then cached)."""
-    path, url, table = parameters.get("path"), parameters.get("url"), parameters.get("table")
+    path, name, table = parameters.get("path"), parameters.get("source"), parameters.get("table")
+    access = sources.current()
     key: tuple[Any, ...]
-    if path is not None:
-        file = Path(str(path))
-        try:
+    try:
+        if path is not None:
+            file = access.file(str(path))
             stat = file.stat()
-        except OSError as exc:
-            raise CriticalError(f"{file}: cannot read the ledger: {exc.strerror or exc}") from exc
-        key = ("file", str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-    elif isinstance(url, str) and isinstance(table, str):
-        key = ("sql", url, table)
-    else:
-        raise CriticalError("no ledger: give path, or url and table")
+            key = ("file", str(file), stat.st_size, stat.st_mtime_ns)
+        elif isinstance(name, str) and isinstance(table, str):
+            url = access.url(name)
+            key = ("sql", url, table)
+        else:
+            raise CriticalError("no ledger: give path, or source and table")
+    except (sources.Refused, OSError) as exc:
+        raise CriticalError(f"cannot read the ledger: {exc}") from exc
     with _lock:
         ledger = _cache.get(key)
         if ledger is not None:
             _cache.move_to_end(key)
             return ledger
-        ledger = _load_file(Path(str(path))) if path is not None else _load_sql(str(url), str(table))
+        ledger = _load_file(file, str(path)) if path is not None else _load_sql(url, str(name), str(table))
+        if ledger.rows > access.max_ledger_rows:
+            ledger.con.close()
+            raise CriticalError(
+                f"{ledger.label}: {ledger.rows} entries; the server reads at most {access.max_ledger_rows}"
+            )
         _cache[key] = ledger
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
@@ -256,10 +271,10 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _load_file(path: Path) -> Ledger:
+def _load_file(path: Path, label: str) -> Ledger:
     if is_parquet(path):
-        return _load(path, str(path), parquet=True)
-    return _load_csv(path, str(path))
+        return _load(path, label, parquet=True)
+    return _load_csv(path, label)
 
 
 def _load_csv(path: Path, label: str) -> Ledger:
@@ -354,11 +369,13 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
         raise
 
 
-def _load_sql(url: str, table: str) -> Ledger:
-    """Stream the table into a temporary CSV (values as text), then load that like a file."""
+def _load_sql(url: str, name: str, table: str) -> Ledger:
+    """Stream the table into a temporary CSV (values as text), then load that like a file;
+    at most the server's row limit (more is an error, found before the whole table is read)."""
     import sqlalchemy
 
-    label = _sql_label(url, table)
+    label = _sql_label(name, table)
+    limit = sources.current().max_ledger_rows
     fd, name = tempfile.mkstemp(prefix="auditflow-ledger-", suffix=".csv")
     temp = Path(name)
     try:
@@ -373,11 +390,13 @@ def _load_sql(url: str, table: str) -> Ledger:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle, engine.connect() as conn:
                 writer = csv.writer(handle, lineterminator="\n")
                 writer.writerow(COLUMNS)
-                result = conn.execution_options(stream_results=True, yield_per=50_000).execute(query)
+                result = conn.execution_options(stream_results=True, yield_per=50_000).execute(query.limit(limit + 1))
                 for partition in result.partitions():
                     writer.writerows([_text(v) for v in row] for row in partition)
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise CriticalError(f"{label}: cannot read the ledger: {_first_line(exc)}") from exc
+            # (the driver's message may name hosts and users: only the log gets it)
+            logger.warning("%s: cannot read the ledger: %s", label, _first_line(exc))
+            raise CriticalError(f"{label}: cannot read the ledger; see the processor log") from exc
         finally:
             engine.dispose()
         try:

@@ -38,6 +38,7 @@ class EnqueueRequest(_message.Message):
     base_sequence: _builtins.int
     """Sequence of the gateway's last event; the processor numbers its events on from here."""
     approved_by: _builtins.str
+    """The approver (an authenticated principal of the gateway)."""
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.PlanStep]: ...
     def __init__(
@@ -90,19 +91,24 @@ class CancelRunRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_AUTH_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     requested_by: _builtins.str
+    """Who asked for the cancellation (an authenticated principal of the gateway)."""
     reason: _builtins.str
+    requested_by_auth: _builtins.str
+    """How that principal authenticated to the gateway, for the trail."""
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
         requested_by: _builtins.str = ...,
         reason: _builtins.str = ...,
+        requested_by_auth: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "requested_by_auth", b"requested_by_auth", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class ProcessorServiceStub:
     """Internal service of the processor (default port 50052): executes approved workflows in
-    cycles. Only the gateway calls it.
+    cycles. Only gateways may call it (a service token or a client certificate, role gateway).
     """
 
     def __init__(self, channel):
@@ -60,7 +60,7 @@ class ProcessorServiceStub:
 
 class ProcessorServiceServicer:
     """Internal service of the processor (default port 50052): executes approved workflows in
-    cycles. Only the gateway calls it.
+    cycles. Only gateways may call it (a service token or a client certificate, role gateway).
     """
 
     def Enqueue(self, request, context):
@@ -126,7 +126,7 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ProcessorService:
     """Internal service of the processor (default port 50052): executes approved workflows in
-    cycles. Only the gateway calls it.
+    cycles. Only gateways may call it (a service token or a client certificate, role gateway).
     """
 
     @staticmethod

@@ -28,7 +28,7 @@ GRPC_VERSION: str
 
 class ProcessorServiceStub:
     """Internal service of the processor (default port 50052): executes approved workflows in
-    cycles. Only the gateway calls it.
+    cycles. Only gateways may call it (a service token or a client certificate, role gateway).
     """
 
     @_typing.overload
@@ -51,7 +51,7 @@ class ProcessorServiceStub:
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
     """Internal service of the processor (default port 50052): executes approved workflows in
-    cycles. Only the gateway calls it.
+    cycles. Only gateways may call it (a service token or a client certificate, role gateway).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -70,7 +70,7 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal service of the processor (default port 50052): executes approved workflows in
-    cycles. Only the gateway calls it.
+    cycles. Only gateways may call it (a service token or a client certificate, role gateway).
     """
 
     @_abc_1.abstractmethod

@@ -46,7 +46,7 @@ class _WorkflowStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Workfl
     """Terminal: cancelled before it finished."""
 
 class WorkflowStatus(_WorkflowStatus, metaclass=_WorkflowStatusEnumTypeWrapper):
-    """Where a workflow is in its life cycle (DESIGN.md section 2)."""
+    """Where a workflow is in its life cycle."""
 
 WORKFLOW_STATUS_UNSPECIFIED: WorkflowStatus.ValueType  # 0
 WORKFLOW_STATUS_AWAITING_APPROVAL: WorkflowStatus.ValueType  # 1
@@ -271,6 +271,7 @@ class WorkflowEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    ACTOR_AUTH_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     sequence: _builtins.int
     type: Global___EventType.ValueType
@@ -278,7 +279,11 @@ class WorkflowEvent(_message.Message):
     cycle: _builtins.int
     message: _builtins.str
     actor: _builtins.str
-    """Who caused it: a user name, or "processor"."""
+    """Who caused it: an authenticated principal's name, or "processor" / "gateway"."""
+    actor_auth: _builtins.str
+    """How the actor authenticated ("token:<id>", "jwt:<issuer>", "proxy:<address>"); empty
+    for the services' own events.
+    """
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -295,10 +300,11 @@ class WorkflowEvent(_message.Message):
         message: _builtins.str = ...,
         actor: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        actor_auth: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cycle", b"cycle", "message", b"message", "progress", b"progress", "sequence", b"sequence", "status", b"status", "time", b"time", "type", b"type", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_auth", b"actor_auth", "cycle", b"cycle", "message", b"message", "progress", b"progress", "sequence", b"sequence", "status", b"status", "time", b"time", "type", b"type", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -235,7 +235,7 @@ Global___ApproveRequest: _TypeAlias = ApproveRequest  # noqa: Y015
 
 @_typing.final
 class ApproveResponse(_message.Message):
-    """The answer to Approve, shaped like the seed UI's approve response."""
+    """The answer to Approve, shaped like the web UI's approve response."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -425,3 +425,48 @@ class WatchStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___WatchStatusResponse: _TypeAlias = WatchStatusResponse  # noqa: Y015
+
+@_typing.final
+class WhoAmIRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhoAmIRequest: _TypeAlias = WhoAmIRequest  # noqa: Y015
+
+@_typing.final
+class WhoAmIResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    AUTHENTICATED_BY_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    """The principal's name, as the audit trail records it."""
+    authenticated_by: _builtins.str
+    """How it authenticated: "token:<id>", "jwt:<issuer>" or "proxy:<address>"."""
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its roles: viewer, submitter, approver, admin."""
+
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        authenticated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authenticated_by", b"authenticated_by", "principal", b"principal", "roles", b"roles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhoAmIResponse: _TypeAlias = WhoAmIResponse  # noqa: Y015

@@ -75,6 +75,11 @@ class WorkflowServiceStub:
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusResponse.FromString,
                 _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/auditflow.v1.WorkflowService/WhoAmI',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -96,7 +101,7 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """Returns the live status of a workflow (the seed UI's polling endpoint).
+        """Returns the live status of a workflow (the web UI's polling endpoint).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +139,13 @@ class WorkflowServiceServicer:
     def WatchStatus(self, request, context):
         """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
         after the terminal event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Who the server takes the caller to be: the authenticated principal and its roles.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -181,6 +193,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusRequest.FromString,
                     response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusResponse.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +417,33 @@ class WorkflowService:
             '/auditflow.v1.WorkflowService/WatchStatus',
             auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusRequest.SerializeToString,
             auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/WhoAmI',
+            auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,7 +38,7 @@ class WorkflowServiceStub:
     GetWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetWorkflowRequest, _workflow_service_pb2.GetWorkflowResponse]
     """Returns one workflow with its current status."""
     GetStatus: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetStatusRequest, _workflow_service_pb2.GetStatusResponse]
-    """Returns the live status of a workflow (the seed UI's polling endpoint)."""
+    """Returns the live status of a workflow (the web UI's polling endpoint)."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowsRequest, _workflow_service_pb2.ListWorkflowsResponse]
     """Lists workflows, newest first, optionally filtered by status."""
     Approve: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ApproveRequest, _workflow_service_pb2.ApproveResponse]
@@ -53,6 +53,8 @@ class WorkflowServiceStub:
     """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
     after the terminal event.
     """
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]
+    """Who the server takes the caller to be: the authenticated principal and its roles."""
 
 @_typing.type_check_only
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
@@ -64,7 +66,7 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     GetWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetWorkflowRequest, _workflow_service_pb2.GetWorkflowResponse]  # type: ignore[assignment]
     """Returns one workflow with its current status."""
     GetStatus: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetStatusRequest, _workflow_service_pb2.GetStatusResponse]  # type: ignore[assignment]
-    """Returns the live status of a workflow (the seed UI's polling endpoint)."""
+    """Returns the live status of a workflow (the web UI's polling endpoint)."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowsRequest, _workflow_service_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """Lists workflows, newest first, optionally filtered by status."""
     Approve: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ApproveRequest, _workflow_service_pb2.ApproveResponse]  # type: ignore[assignment]
@@ -79,6 +81,8 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
     after the terminal event.
     """
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
+    """Who the server takes the caller to be: the authenticated principal and its roles."""
 
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """The public API of auditflow, served by the gateway (default port 50051)."""
@@ -105,7 +109,7 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_service_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.GetStatusResponse, _abc.Awaitable[_workflow_service_pb2.GetStatusResponse]]:
-        """Returns the live status of a workflow (the seed UI's polling endpoint)."""
+        """Returns the live status of a workflow (the web UI's polling endpoint)."""
 
     @_abc_1.abstractmethod
     def ListWorkflows(
@@ -150,5 +154,13 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
         after the terminal event.
         """
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _workflow_service_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.WhoAmIResponse, _abc.Awaitable[_workflow_service_pb2.WhoAmIResponse]]:
+        """Who the server takes the caller to be: the authenticated principal and its roles."""
 
 def add_WorkflowServiceServicer_to_server(servicer: WorkflowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,9 +1,11 @@
-"""The aiohttp application: one handler per descriptor route, calling the gateway over gRPC.
+"""The aiohttp application: one handler per descriptor route, calling the service's handlers.
 
-`RestGateway(target, host, port)` serves the routes of auditflow.v1.WorkflowService and
-forwards each request as a gRPC call to `target` (the gateway), with the caller's
-`X-Auditflow-User` header as `x-auditflow-user` metadata: same auth and validation as any
-gRPC client. Server-streaming RPCs are served as Server-Sent Events, or as newline-delimited
+`RestApp(service, authenticator)` serves the routes of auditflow.v1.WorkflowService. Each
+request is authenticated with the same `Authenticator` and checked against the same policy
+table as a gRPC call (from its `Authorization` header, a trusted proxy's header and the
+HTTP peer's address), then the request message built from the path, query and body is
+handed to the same handler the gRPC server calls: one validation, one error mapping, no
+loopback. Server-streaming RPCs are served as Server-Sent Events, or as newline-delimited
 JSON when the client asks for `application/x-ndjson`.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,14 +23,18 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from auditflow.principal import USER_METADATA_KEY
+from auditflow import policy, principal
+from auditflow.auth import Authenticator
+from auditflow.config import ConfigError
+from auditflow.errors import AuditflowError, Unauthenticated
+from auditflow.interceptor import log_refusal
+from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.rest import errors, hooks, openapi, page
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of, to_json
 
 logger = logging.getLogger(__name__)
 
-USER_HEADER = "X-Auditflow-User"
 NDJSON = "application/x-ndjson"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the gRPC server's own limit
 SERVICE = wpb.DESCRIPTOR.services_by_name["WorkflowService"]
@@ -46,6 +53,18 @@ def _dumps(body: Any) -> str:
 
 def error_response(status: int, code: grpc.StatusCode, message: str) -> web.Response:
     return _json_response(status, errors.error_body(code, message))
+
+
+def refusal(exc: BaseException, where: str) -> web.Response:
+    """The HTTP answer to a handler's exception, as the interceptor answers it over gRPC."""
+    log_refusal(where, exc)
+    if not isinstance(exc, AuditflowError):
+        return error_response(500, C.INTERNAL, "internal error; see the server log")
+    response = _json_response(*errors.from_error(exc))
+    if isinstance(exc, Unauthenticated):  # RFC 6750: say how to authenticate, and what was wrong
+        challenge = 'Bearer realm="auditflow"' + (', error="invalid_token"' if exc.invalid_token else "")
+        response.headers["WWW-Authenticate"] = challenge
+    return response
 
 
 _HTTP_TO_CODE = {400: C.INVALID_ARGUMENT, 404: C.NOT_FOUND, 405: C.UNIMPLEMENTED, 413: C.RESOURCE_EXHAUSTED}
@@ -83,7 +102,7 @@ def cors_middleware(origins: frozenset[str]) -> Any:
         if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
             response: web.StreamResponse = web.Response(status=204)
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
-            response.headers["Access-Control-Allow-Headers"] = f"Content-Type, {USER_HEADER}, Last-Event-ID"
+            response.headers["Access-Control-Allow-Headers"] = "Content-Type, Authorization, Last-Event-ID"
             response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
@@ -96,22 +115,22 @@ def cors_middleware(origins: frozenset[str]) -> Any:
 
 
 class RestApp:
-    """The routes of one service bound to a gRPC channel."""
+    """The routes of one service bound to its servicer (the object the gRPC server serves)."""
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        servicer: object,
+        authenticator: Authenticator,
         service: ServiceDescriptor = SERVICE,
         *,
-        call_timeout: float = 30.0,
         cors_origins: frozenset[str] = frozenset(),
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
-        self.channel = channel
+        self.servicer = servicer
+        self.authenticator = authenticator
         self.routes = routes_of(service)
-        self.call_timeout = call_timeout
         self.max_body_bytes = max_body_bytes
-        self._streams: set[grpc.aio.Call] = set()
+        self._streams: set[asyncio.Task[Any]] = set()
         self._closing = False
         middlewares: list[Any] = [_errors_as_json]
         if cors_origins:
@@ -129,43 +148,45 @@ class RestApp:
     def cancel_streams(self) -> None:
         """End every open stream (the server is stopping)."""
         self._closing = True
-        for call in list(self._streams):
-            call.cancel()
+        for task in list(self._streams):
+            task.cancel()
+
+    async def _admit(self, route: Route, request: web.Request) -> None:
+        """Authenticate the HTTP caller and check the policy, as the interceptor does for gRPC."""
+        presented = self.authenticator.presented(request.headers.items(), request.remote)
+        caller = await self.authenticator.authenticate(presented)
+        policy.authorize(route.rpc_path, caller)
+        principal.set_current(caller)  # (each request runs in a task of its own)
 
     def _handler(self, route: Route) -> Handler:
+        call = getattr(self.servicer, route.method.name)
         if route.streaming:
-            stream = self.channel.unary_stream(
-                route.rpc_path,
-                request_serializer=route.request_class.SerializeToString,
-                response_deserializer=route.response_class.FromString,
-            )
 
             async def streaming(request: web.Request) -> web.StreamResponse:
+                try:
+                    await self._admit(route, request)
+                except AuditflowError as exc:
+                    return refusal(exc, route.rpc_path)
                 message = await self._request_message(route, request)
                 if isinstance(message, web.Response):
                     return message
-                return await self._stream(route, request, stream, message)
+                return await self._stream(route, request, call(message, None))
 
             return streaming
 
-        unary = self.channel.unary_unary(
-            route.rpc_path,
-            request_serializer=route.request_class.SerializeToString,
-            response_deserializer=route.response_class.FromString,
-        )
         hook = hooks.RESPONSE_HOOKS.get(route.method.name)
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            message = await self._request_message(route, request)
-            if isinstance(message, web.Response):
-                return message
-            metadata = _metadata(request)
-            if isinstance(metadata, web.Response):
-                return metadata
             try:
-                answer: Message = await unary(message, metadata=metadata, timeout=self.call_timeout)
-            except grpc.aio.AioRpcError as exc:
-                return _json_response(*errors.from_rpc_error(exc))
+                await self._admit(route, request)
+                message = await self._request_message(route, request)
+                if isinstance(message, web.Response):
+                    return message
+                answer: Message = await call(message, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                return refusal(exc, route.rpc_path)
             body = response_json(route, answer)
             status = 200
             if hook is not None:
@@ -194,27 +215,18 @@ class RestApp:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
         return message
 
-    async def _stream(
-        self,
-        route: Route,
-        request: web.Request,
-        stream: grpc.aio.UnaryStreamMultiCallable[Any, Any],
-        message: Message,
-    ) -> web.StreamResponse:
-        metadata = _metadata(request)
-        if isinstance(metadata, web.Response):
-            return metadata
+    async def _stream(self, route: Route, request: web.Request, items: AsyncIterator[Message]) -> web.StreamResponse:
         ndjson = NDJSON in request.headers.get("Accept", "")
-        call = stream(message, metadata=metadata)
-        self._streams.add(call)
-        items: AsyncIterator[Message] = call.__aiter__()
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
         try:
             try:  # the first message (or the error) decides the HTTP status
                 first: Message | None = await anext(items)
             except StopAsyncIteration:
                 first = None
-            except grpc.aio.AioRpcError as exc:
-                return _json_response(*errors.from_rpc_error(exc))
+            except Exception as exc:
+                return refusal(exc, route.rpc_path)
             response = web.StreamResponse(status=200)
             response.content_type = NDJSON if ndjson else "text/event-stream"
             response.headers["Cache-Control"] = "no-cache"
@@ -229,23 +241,29 @@ class RestApp:
                         await response.write(_ndjson(item) if ndjson else _sse(item))
                 if not ndjson:  # tells EventSource not to reconnect to a finished stream
                     await response.write(b"event: end\ndata: {}\n\n")
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != C.CANCELLED:
-                    _, body = errors.from_rpc_error(exc)
-                    text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
-                    await response.write(text.encode())
+            except AuditflowError as exc:
+                log_refusal(route.rpc_path, exc)
+                _, body = errors.from_error(exc)
+                text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
+                await response.write(text.encode())
             except ConnectionResetError:  # the client went away; it resumes with Last-Event-ID
                 logger.debug("stream client of %s disconnected", request.path)
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not self._closing or (task is not None and task.cancelling()):
+                if not self._closing:
                     raise
-                # We are stopping and cancelled the call: end the stream cleanly, so that
-                # the browser reconnects (to us restarted, or to another replica).
+                # We are stopping and cancelled the stream: end it cleanly, so that the
+                # browser reconnects (to us restarted, or to another replica).
+                task.uncancel()
             return response
         finally:
-            call.cancel()
-            self._streams.discard(call)
+            self._streams.discard(task)
+            await _close(items)
+
+
+async def _close(items: AsyncIterator[Message]) -> None:
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _sse(message: Message) -> bytes:
@@ -260,58 +278,50 @@ def _ndjson(message: Message) -> bytes:
     return (_dumps(to_json(message)) + "\n").encode()
 
 
-def _metadata(request: web.Request) -> list[tuple[str, str]] | web.Response:
-    user = request.headers.get(USER_HEADER)
-    if user is None:
-        return []
-    if not user.isascii() or not user.isprintable():
-        return error_response(401, C.UNAUTHENTICATED, f"invalid user name in {USER_HEADER}")
-    return [(USER_METADATA_KEY, user)]
-
-
 class RestGateway:
-    """The REST gateway as a server of its own: `start()`, then `stop()`."""
+    """The REST port of a gateway: `start()`, then `stop()`."""
 
     def __init__(
         self,
-        target: str,
+        servicer: object,
+        authenticator: Authenticator,
         host: str = "127.0.0.1",
         port: int = 8080,
         *,
         cors_origins: frozenset[str] = frozenset(),
-        call_timeout: float = 30.0,
         max_body_bytes: int = MAX_BODY_BYTES,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.target = target
+        check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
         self.port = port
-        self.channel = grpc.aio.insecure_channel(target)
-        self.rest = RestApp(
-            self.channel, call_timeout=call_timeout, cors_origins=cors_origins, max_body_bytes=max_body_bytes
-        )
+        self.ssl_context = ssl_context
+        self.rest = RestApp(servicer, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes)
         self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
+        """Listen; a port in use is a ConfigError (one line), as for the gRPC port."""
+        check_port_free(self.host, self.port)
         runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=False)
         try:
             await site.start()
-        except OSError:
+        except OSError as exc:
             await runner.cleanup()
-            raise
+            raise ConfigError(f"cannot listen on {self.host}:{self.port} (REST): {exc.strerror or exc}") from None
         self._runner = runner
         address = runner.addresses[0]
         self.port = int(address[1])
-        logger.info("REST gateway listening on %s (gRPC at %s)", self.url, self.target)
+        logger.info("REST API and status page on %s", self.url)
 
     async def stop(self) -> None:
         self.rest.cancel_streams()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.channel.close(grace=None)

@@ -6,15 +6,15 @@ name>, "message": ..., "details": [<google.rpc details in proto3 JSON, with "@ty
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # noqa: F401  (registers the detail types for JSON)
-from grpc_status import rpc_status
 
-logger = logging.getLogger(__name__)
+from auditflow.errors import AuditflowError
+from auditflow.interceptor import details_of
 
 C = grpc.StatusCode
 
@@ -56,22 +56,14 @@ def error_body(code: grpc.StatusCode, message: str, details: list[dict[str, Any]
     return {"code": code.value[0], "status": code.name, "message": message, "details": details or []}
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> tuple[int, dict[str, Any]]:
-    """HTTP status and JSON body of a failed call, with its google.rpc details decoded."""
-    code = error.code()
-    details: list[dict[str, Any]] = []
-    try:
-        status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    except ValueError:  # details disagree with the status line: keep the status line
-        status = None
-    if status is not None:
-        for detail in status.details:
-            try:
-                details.append(json_format.MessageToDict(detail, preserving_proto_field_name=True))
-            except (TypeError, KeyError, json_format.Error):
-                details.append({"@type": detail.type_url})
-    message = error.details() or ""
-    if code == C.UNAVAILABLE:
-        logger.warning("gateway unavailable: %s", message)
-        message = "the service is unavailable; try again"
-    return http_status(code), error_body(code, message, details)
+def from_error(error: AuditflowError) -> tuple[int, dict[str, Any]]:
+    """HTTP status and JSON body of a refused call: the same code, message and google.rpc
+    details a gRPC client gets."""
+    details = [_detail_json(detail) for detail in details_of(error)]
+    return http_status(error.code), error_body(error.code, error.message, details)
+
+
+def _detail_json(detail: Message) -> dict[str, Any]:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return json_format.MessageToDict(packed, preserving_proto_field_name=True)

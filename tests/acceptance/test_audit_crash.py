@@ -55,7 +55,9 @@ def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path,
         stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"), timeout=5)
 
         def workflow() -> pb.Workflow:
-            return stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id), timeout=5).workflow
+            return stub.GetWorkflow(
+                wpb.GetWorkflowRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=5
+            ).workflow
 
         deadline = time.monotonic() + 60
         while workflow().progress.done < 2:  # killed in step 3 or later, mid-step
@@ -72,7 +74,9 @@ def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path,
         assert final.status == S.WORKFLOW_STATUS_COMPLETED, final
         events = [
             m.event
-            for m in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), timeout=60)
+            for m in stub.WatchStatus(
+                wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=60
+            )
             if m.HasField("event")
         ]
 

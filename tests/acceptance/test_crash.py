@@ -43,11 +43,13 @@ def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> Non
 
 
 def status(stub: wpb_grpc.WorkflowServiceStub, workflow_id: str) -> pb.Workflow:
-    return stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id), timeout=5).workflow
+    return stub.GetWorkflow(
+        wpb.GetWorkflowRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=5
+    ).workflow
 
 
 def all_events(stub: wpb_grpc.WorkflowServiceStub, workflow_id: str) -> list[pb.WorkflowEvent]:
-    stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), timeout=60)
+    stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=60)
     return [m.event for m in stream if m.HasField("event")]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import auth
 from tests.support.cluster import Pair, wait_http
 
 MAX_EXAMPLES = 100  # per operation and phase: the run stays well under a minute
@@ -26,9 +27,11 @@ def schemathesis_binary() -> str:
     return found
 
 
-def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path: Path) -> None:
+@pytest.mark.parametrize("credentials", ["with a token", "without credentials"])
+def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path: Path, credentials: str) -> None:
     base = f"http://127.0.0.1:{pair.gateway.rest_port}"
     wait_http(f"{base}/openapi.json")
+    header = ["--header", f"Authorization: Bearer {auth.jwt_for('fuzzer')}"] if credentials == "with a token" else []
     command = [
         schemathesis_binary(),
         "run",
@@ -48,8 +51,7 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path:
         "--generation-deterministic",
         "--suppress-health-check",
         "all",
-        "--header",
-        "X-Auditflow-User: fuzzer",
+        *header,
         "--report",
         "junit",
         "--report-dir",
@@ -67,5 +69,5 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path:
     elapsed = time.monotonic() - started
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{output}\ngateway log:\n{pair.gateway.log()}"
-    assert "Tested: 8" in output and " passed" in output, output
+    assert "Tested: 9" in output and " passed" in output, output
     assert elapsed < RUN_TIMEOUT

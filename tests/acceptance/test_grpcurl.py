@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import auth
 from tests.support.cluster import ROOT, Pair
 
 SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
@@ -27,7 +28,7 @@ def grpcurl_binary() -> str:
 def grpcurl(target: str, *args: str, data: dict[str, object] | None = None, user: str = "") -> str:
     command = [grpcurl_binary(), "-plaintext"]
     if user:
-        command += ["-H", f"x-auditflow-user: {user}"]
+        command += ["-H", f"authorization: Bearer {auth.jwt_for(user)}"]
     if data is not None:
         command += ["-d", json.dumps(data)]
     command += [target, *args]
@@ -74,7 +75,9 @@ def test_create_approve_and_watch_to_completion(pair: Pair) -> None:
     assert approved["approved"] is True
     assert approved["background_processing_started"] is True
     assert approved["workflow_status"] == "WORKFLOW_STATUS_APPROVED"
-    stream = objects(grpcurl(target, "auditflow.v1.WorkflowService/WatchStatus", data={"workflow_id": workflow_id}))
+    stream = objects(
+        grpcurl(target, "auditflow.v1.WorkflowService/WatchStatus", data={"workflow_id": workflow_id}, user="dave")
+    )
     events = [m["event"] for m in stream if "event" in m]
     sequences = [int(e["sequence"]) for e in events]
     assert sequences == list(range(1, len(sequences) + 1))

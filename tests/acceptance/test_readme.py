@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support import auth
 from tests.support.cluster import ROOT, Pair
 
 
@@ -18,10 +19,14 @@ def readme_block() -> str:
     return found.group(1)
 
 
-def test_the_readme_grpcurl_example_runs_as_printed(pair: Pair) -> None:
+def test_the_readme_grpcurl_example_runs_as_printed(pair: Pair, tmp_path: Path) -> None:
+    # The demo's credentials files, for the test pair's principals (JWTs of the test issuer).
+    (tmp_path / "submitter.token").write_text(auth.jwt_for("carol") + "\n")
+    (tmp_path / "approver.token").write_text(auth.jwt_for("alice") + "\n")
     env = {
         **os.environ,
         "GATEWAY": pair.gateway.target,
+        "CREDENTIALS": str(tmp_path),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     done = subprocess.run(
@@ -32,6 +37,7 @@ def test_the_readme_grpcurl_example_runs_as_printed(pair: Pair) -> None:
     out = done.stdout
     assert "auditflow.v1.WorkflowService" in out
     assert '"status": "SERVING"' in out
+    assert '"principal": "alice"' in out
     assert '"approved": true' in out
     assert "EVENT_TYPE_COMPLETED" in out
     assert '"is_completed": true' in out

@@ -28,7 +28,18 @@ def parse():
     p = argparse.ArgumentParser()
     p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--database-url")
     p.add_argument("--processor-target", default=""); p.add_argument("--rest-port", default="")
+    p.add_argument("--tokens-file", required=True); p.add_argument("--processor-token-file", default="")
     return p.parse_args()
+
+def principal_of(context, tokens_file):
+    # Who the bearer token names in the tokens file the demo made (only hashes are there).
+    import hashlib, tomllib
+    scheme, _, token = dict(context.invocation_metadata())["authorization"].partition(" ")
+    assert scheme == "Bearer"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    with open(tokens_file, "rb") as handle:
+        entries = tomllib.load(handle)["token"]
+    return next(e["principal"] for e in entries if e["sha256"] == digest)
 
 def serve(add, args, name):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -54,7 +65,7 @@ serve(lambda server: None, parse(), "processor")
 
 GATEWAY = """
 import time
-from _fake_common import parse, serve
+from _fake_common import parse, principal_of, serve
 from auditflow.v1 import workflow_pb2 as pb, workflow_service_pb2 as api, workflow_service_pb2_grpc as api_grpc
 
 S = pb.WorkflowStatus
@@ -63,13 +74,12 @@ OUTCOME = S.Value("WORKFLOW_STATUS_" + "@OUTCOME@")
 
 class Gateway(api_grpc.WorkflowServiceServicer):
     def CreateWorkflow(self, request, context):
-        users = dict(context.invocation_metadata())
-        assert users["x-auditflow-user"] == "demo-submitter", users
+        assert principal_of(context, ARGS.tokens_file) == "demo-submitter"
         return api.CreateWorkflowResponse(workflow=pb.Workflow(workflow_id=WF, title=request.title,
                                           status=S.WORKFLOW_STATUS_AWAITING_APPROVAL, plan=request.plan))
 
     def Approve(self, request, context):
-        assert dict(context.invocation_metadata())["x-auditflow-user"] == "demo-approver"
+        assert principal_of(context, ARGS.tokens_file) == "demo-approver"
         return api.ApproveResponse(workflow_id=request.workflow_id, approved=True, immediate_response=True,
                                    background_processing_started=True, processing_message="started",
                                    workflow_status=S.WORKFLOW_STATUS_APPROVED)
@@ -97,7 +107,8 @@ class Gateway(api_grpc.WorkflowServiceServicer):
         workflow.result.update({"rows": 12, "total_amount": "1234.56"})
         return api.GetWorkflowResponse(workflow=workflow)
 
-serve(lambda server: api_grpc.add_WorkflowServiceServicer_to_server(Gateway(), server), parse(), "gateway")
+ARGS = parse()
+serve(lambda server: api_grpc.add_WorkflowServiceServicer_to_server(Gateway(), server), ARGS, "gateway")
 """
 
 
@@ -135,6 +146,12 @@ def test_demo_runs_the_sample_and_stops_both_servers(tmp_path: Path, outcome: st
     if code:
         assert "CRITICAL_ERROR: ledger unreadable" in result.stderr
     assert "servers stopped" in result.stdout
+    credentials = tmp_path / "data" / "credentials"
+    assert f"--token-file {Path('data/credentials/approver.token')} whoami" in out  # how to use them
+    for name in ("submitter", "approver", "viewer", "gateway-to-processor"):
+        token = (credentials / f"{name}.token").read_text().strip()
+        assert token.startswith("aft_") and (credentials / f"{name}.token").stat().st_mode & 0o077 == 0
+        assert token not in out + result.stderr  # printed nowhere: the files are named instead
     for name in ("gateway", "processor"):
         log = (tmp_path / "data" / f"{name}.log").read_text()
         assert f"{name} got SIGTERM" in log, log

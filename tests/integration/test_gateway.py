@@ -14,7 +14,9 @@ import pytest
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway.server import Gateway, Settings, create_server
+from gateway.server import Gateway, create_server
+from gateway.settings import Settings
+from tests.support import auth
 from tests.support.grpc_helpers import as_user, details, dump_sqlite, free_port, ledger_step, step
 
 SAMPLE = Path(__file__).resolve().parents[2] / "auditflow" / "samples" / "ledger.csv"
@@ -24,6 +26,7 @@ S = pb.WorkflowStatus
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     settings = Settings(
+        **auth.gateway_settings(),
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         processor_target=f"127.0.0.1:{free_port()}",  # nothing listens there
         heartbeat_interval=0.2,
@@ -36,7 +39,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
 
 @pytest.fixture
 async def stub(gateway: Gateway) -> AsyncIterator[wpb_grpc.WorkflowServiceAsyncStub]:
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with auth.channel(gateway.address) as channel:
         yield wpb_grpc.WorkflowServiceStub(channel)
 
 
@@ -158,7 +161,9 @@ async def test_twenty_concurrent_decisions_have_exactly_one_winner(
 
 async def test_cancel_while_awaiting_approval_ends_the_workflow(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     workflow = await create(stub)
-    answer = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=workflow.workflow_id, reason="dup"))
+    answer = await stub.CancelWorkflow(
+        wpb.CancelWorkflowRequest(workflow_id=workflow.workflow_id, reason="dup"), metadata=as_user("carol")
+    )
     assert answer.workflow.status == S.WORKFLOW_STATUS_CANCELLED
     assert not answer.pending
     events = [r async for r in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id))]
@@ -282,7 +287,7 @@ async def test_bad_input_gets_its_code_and_changes_nothing(
     await create(stub)  # something stored, to show it stays as it was
     before = dump_sqlite(db_path(gateway))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await getattr(stub, rpc)(request_)
+        await getattr(stub, rpc)(request_, metadata=as_user("dave"))
     assert refused.value.code() == code
     info = details(refused.value)
     assert info["reason"]
@@ -298,10 +303,11 @@ async def test_watch_of_an_unknown_workflow_is_not_found(stub: wpb_grpc.Workflow
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_bad_user_name_is_unauthenticated(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
+async def test_a_token_naming_an_unusable_principal_is_unauthenticated(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await create(stub, user="not a name!")
+        await create(stub, user="a\x07bell")
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert details(refused.value)["reason"] == "TOKEN_INVALID"
 
 
 async def test_an_unexpected_error_is_internal_and_leaks_nothing(
@@ -327,7 +333,7 @@ async def test_the_creator_may_not_approve_but_may_withdraw(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert details(refused.value)["reason"] == "PERMISSION_DENIED"
+    assert details(refused.value)["reason"] == "SEPARATION_OF_DUTIES"
     assert dump_sqlite(db_path(gateway)) == before
     withdrawn = await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
     assert withdrawn.workflow.status == S.WORKFLOW_STATUS_REJECTED

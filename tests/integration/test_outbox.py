@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import grpc
 import pytest
 from sqlalchemy import Connection
 
@@ -14,11 +13,12 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.server import Gateway
-from gateway.server import Settings as GatewaySettings
 from gateway.server import create_server as create_gateway
+from gateway.settings import Settings as GatewaySettings
 from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
+from tests.support import auth
 from tests.support.grpc_helpers import as_user, dump_sqlite, free_port, ledger_step, step
 
 S = pb.WorkflowStatus
@@ -30,6 +30,7 @@ async def gateway(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     """A gateway whose processor is not started yet (see `start_processor`); indirect
     parametrization may override settings."""
     settings = GatewaySettings(
+        **auth.gateway_settings(),
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         processor_target=f"127.0.0.1:{free_port()}",
         plugins=PLUGINS,
@@ -47,7 +48,10 @@ async def start_processor(gateway: Gateway, tmp_path: Path) -> AsyncIterator[Cal
 
     async def start() -> Processor:
         settings = ProcessorSettings(
-            database_url=f"sqlite:///{tmp_path / 'processor.db'}", plugins=PLUGINS, cycle_delay=0.01
+            **auth.processor_settings(),
+            database_url=f"sqlite:///{tmp_path / 'processor.db'}",
+            plugins=PLUGINS,
+            cycle_delay=0.01,
         )
         processor = create_processor(gateway.settings.processor_target, settings)
         await processor.start()
@@ -75,13 +79,13 @@ async def test_a_refused_workflow_and_its_cancel_do_not_stall_the_relay(
 ) -> None:
     ledger = tmp_path / "ledger.csv"
     ledger.write_text("entry_id,posting_date,account,amount\nJE-1,2026-01-01,6100,1\n")
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         create = wpb.CreateWorkflowRequest(title="t", plan=[ledger_step(ledger)])
         doomed = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow.workflow_id
         ledger.unlink()  # the processor will refuse the plan: its ledger is gone
         await stub.Approve(wpb.ApproveRequest(workflow_id=doomed), metadata=as_user("alice"))
-        cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=doomed))
+        cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=doomed), metadata=as_user("carol"))
         assert cancel.pending  # queued behind the Enqueue, for a run that will never exist
         await start_processor()
 
@@ -92,7 +96,8 @@ async def test_a_refused_workflow_and_its_cancel_do_not_stall_the_relay(
         workflow = await status(stub, doomed)
         assert (workflow.status, workflow.error.reason) == (S.WORKFLOW_STATUS_FAILED, "DISPATCH_REFUSED")
         assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
-        fine = (await stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]))).workflow
+        create = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
+        fine = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow
         await stub.Approve(wpb.ApproveRequest(workflow_id=fine.workflow_id), metadata=as_user("alice"))
 
         async def completed() -> bool:
@@ -117,7 +122,7 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
         await real_record(workflow_id, snapshot, also)
 
     monkeypatch.setattr(gateway.mirror, "record", flaky_record)
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
         workflow_id = (await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
@@ -135,7 +140,7 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
 async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_order(
     gateway: Gateway, start_processor: Callable[[], Awaitable[Processor]]
 ) -> None:
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
         ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(6)]
@@ -148,7 +153,7 @@ async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_ord
         for workflow_id in ids[1:]:
             await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
         # A cancel queued behind its workflow's Enqueue, in the same outage.
-        cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=ids[5]))
+        cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=ids[5]), metadata=as_user("carol"))
         assert cancel.pending
         assert gateway.relay.parked == 6  # five Enqueues and the cancel: no sender task for any
         await start_processor()
@@ -170,7 +175,7 @@ async def test_the_mirror_follows_a_bounded_number_of_runs(
 ) -> None:
     """A backlog of queued runs costs waiting tasks, not open streams to the processor."""
     processor = await start_processor()
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_sleep", seconds=0.3)] * 3)
         ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(12)]

@@ -17,11 +17,12 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.server import Gateway
-from gateway.server import Settings as GatewaySettings
 from gateway.server import create_server as create_gateway
+from gateway.settings import Settings as GatewaySettings
 from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
+from tests.support import auth
 from tests.support.grpc_helpers import as_user, step
 from tests.support.postgres import fresh_database
 
@@ -53,6 +54,7 @@ async def pair(database_urls: tuple[str, str]) -> AsyncIterator[Pair]:
     processor = create_processor(
         "127.0.0.1:0",
         ProcessorSettings(
+            **auth.processor_settings(),
             database_url=processor_url,
             plugins=("tests.support.procedures",),
             cycle_delay=0.02,
@@ -64,6 +66,7 @@ async def pair(database_urls: tuple[str, str]) -> AsyncIterator[Pair]:
     gateway = create_gateway(
         "127.0.0.1:0",
         GatewaySettings(
+            **auth.gateway_settings(),
             database_url=gateway_url,
             processor_target=processor.address,
             plugins=("tests.support.procedures",),
@@ -71,7 +74,7 @@ async def pair(database_urls: tuple[str, str]) -> AsyncIterator[Pair]:
         ),
     )
     await gateway.start()
-    async with grpc.aio.insecure_channel(gateway.address) as channel:
+    async with auth.channel(gateway.address) as channel:
         yield Pair(gateway, processor, wpb_grpc.WorkflowServiceStub(channel))
     await gateway.stop(0)
     await processor.stop(1)
@@ -155,7 +158,7 @@ async def test_cancel_of_a_running_workflow_takes_effect_between_cycles(pair: Pa
     await approve(pair.stub, workflow_id)
     await watch(pair.stub, workflow_id, stop_at=5)  # the first cycle is done
     answer = await pair.stub.CancelWorkflow(
-        wpb.CancelWorkflowRequest(workflow_id=workflow_id, reason="wrong ledger"), metadata=as_user("alice")
+        wpb.CancelWorkflowRequest(workflow_id=workflow_id, reason="wrong ledger"), metadata=as_user("carol")
     )
     assert answer.pending
     events = await watch(pair.stub, workflow_id)
@@ -163,7 +166,7 @@ async def test_cancel_of_a_running_workflow_takes_effect_between_cycles(pair: Pa
     assert events[-1].event.type == E.EVENT_TYPE_CANCELLED
     assert events[-1].snapshot.progress.done < 20
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await pair.stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=workflow_id))
+        await pair.stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=workflow_id), metadata=as_user("carol"))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -204,14 +207,17 @@ async def test_two_gateway_replicas_on_one_postgresql_database_decide_once(tmp_p
     with fresh_database("gateway") as url:
         replicas = [
             create_gateway(
-                "127.0.0.1:0", GatewaySettings(database_url=url, processor_target="127.0.0.1:1", plugins=PLUGINS)
+                "127.0.0.1:0",
+                GatewaySettings(
+                    **auth.gateway_settings(), database_url=url, processor_target="127.0.0.1:1", plugins=PLUGINS
+                ),
             )
             for _ in range(2)
         ]
         for replica in replicas:
             await replica.start()
         try:
-            channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
+            channels = [auth.channel(r.address) for r in replicas]
             stubs = [wpb_grpc.WorkflowServiceStub(c) for c in channels]
             request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
             workflow_id = (await stubs[0].CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id

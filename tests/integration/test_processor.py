@@ -26,6 +26,7 @@ from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from processor import store
+from tests.support import auth
 from tests.support.grpc_helpers import details
 from tests.support.processor_harness import (
     E,
@@ -300,7 +301,7 @@ async def test_cancel_of_a_queued_run_is_immediate(harnesses: Harnesses) -> None
     assert types(messages) == ["QUEUED", "CANCELLED"]
     assert events(messages)[-1].actor == "bob"
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
-        await h.stub.CancelRun(ps.CancelRunRequest(workflow_id=new_id()))
+        await h.stub.CancelRun(ps.CancelRunRequest(workflow_id=new_id(), requested_by="bob"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -599,14 +600,14 @@ async def test_runs_as_a_subprocess_and_stops_on_sigterm(tmp_path: Path) -> None
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "processor", "--port", "0",
         "--database-url", f"sqlite:///{tmp_path / 'p.db'}",
-        "--plugin", "tests.support.procedures", "--cycle-delay", "0.01",
+        "--plugin", "tests.support.procedures", "--cycle-delay", "0.01", *auth.processor_args(),
         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
     try:
         port = await asyncio.wait_for(_bound_port(proc.stderr), 30)
         drain_log = asyncio.create_task(proc.stderr.read())  # so the server never blocks on a full pipe
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=auth.gateway_link()) as channel:
             stub = ps_grpc.ProcessorServiceStub(channel)
             request = enqueue_request([step("test_noop")])
             await stub.Enqueue(request)
@@ -634,14 +635,14 @@ async def test_sigterm_does_not_wait_past_the_grace_period_for_a_running_step(tm
     database = tmp_path / "p.db"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "processor", "--port", "0", "--database-url", f"sqlite:///{database}",
-        "--plugin", "tests.support.procedures", "--grace-period", "0.5",
+        "--plugin", "tests.support.procedures", "--grace-period", "0.5", *auth.processor_args(),
         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
     try:
         port = await asyncio.wait_for(_bound_port(proc.stderr), 30)
         drain_log = asyncio.create_task(proc.stderr.read())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=auth.gateway_link()) as channel:
             stub = ps_grpc.ProcessorServiceStub(channel)
             request = enqueue_request([step("test_sleep", seconds=30)])
             await stub.Enqueue(request)

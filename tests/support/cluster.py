@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.support import auth, secrets
 from tests.support.grpc_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +93,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        secrets.scan_file(self.log_path)  # the whole log, DEBUG included: no credential in it
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:] if self.log_path.exists() else ""
@@ -107,9 +109,9 @@ class Pair:
         gateway_args: Sequence[str] = (),
         log_level: str = "DEBUG",
     ) -> None:
-        self.processor = ServerProcess("processor", workdir, list(processor_args), log_level)
+        self.processor = ServerProcess("processor", workdir, [*auth.processor_args(), *processor_args], log_level)
         target = ["--processor-target", self.processor.target]
-        self.gateway = ServerProcess("gateway", workdir, [*target, *gateway_args], log_level)
+        self.gateway = ServerProcess("gateway", workdir, [*target, *auth.gateway_args(), *gateway_args], log_level)
 
     def start(self) -> Pair:
         self.processor.start()

@@ -10,12 +10,13 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from auditflow.principal import USER_METADATA_KEY
 from auditflow.v1 import workflow_pb2 as pb
+from tests.support import auth
 
 
-def as_user(name: str) -> tuple[tuple[str, str]]:
-    return ((USER_METADATA_KEY, name),)
+def as_user(name: str, roles: tuple[str, ...] = auth.DEFAULT_ROLES) -> tuple[tuple[str, str]]:
+    """Metadata authenticating as `name` (a JWT of the test identity provider)."""
+    return auth.bearer(name, roles)
 
 
 def ledger_step(path: str | Path) -> pb.PlanStep:

@@ -12,11 +12,13 @@ from typing import Any
 
 import grpc
 
+from auditflow.auth.client import bearer_interceptors
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from processor.server import Processor, create_server
 from processor.settings import Settings
+from tests.support import auth
 
 E = pb.EventType
 S = pb.WorkflowStatus
@@ -55,10 +57,12 @@ class Harnesses:
 
     async def start(self, db: str = "processor.db", **overrides: Any) -> Harness:
         path = self.tmp_path / db
-        settings = Settings(**{**FAST, "database_url": f"sqlite:///{path}", "port": 0, **overrides})
+        settings = Settings(
+            **{**FAST, **auth.processor_settings(), "database_url": f"sqlite:///{path}", "port": 0, **overrides}
+        )
         processor = create_server("127.0.0.1:0", settings)
         await processor.start()
-        channel = grpc.aio.insecure_channel(processor.address)
+        channel = grpc.aio.insecure_channel(processor.address, interceptors=bearer_interceptors(auth.GATEWAY_TOKEN))
         harness = Harness(processor, channel, ps_grpc.ProcessorServiceStub(channel), path)
         self.started.append(harness)
         return harness

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import sqlalchemy
 
-from auditflow import synthetic
+from auditflow import sources, synthetic
 from auditflow.procedures import CriticalError, load
 from auditflow.procedures.audit import PROCEDURES
 from auditflow.procedures.table import COLUMNS
@@ -36,6 +36,15 @@ def to_parquet(csv_path: Path, out: Path, *, typed: bool = True) -> Path:
             f"COPY (SELECT {select if typed else '*'} FROM {source}) TO '{out}' (FORMAT parquet)", [str(csv_path)]
         )
     return out
+
+
+@pytest.fixture
+def named(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The process's named data sources (name -> URL), for these tests to fill; files stay
+    readable anywhere (confinement to data roots has tests of its own)."""
+    urls: dict[str, str] = {}
+    monkeypatch.setattr(sources, "_current", sources.DataAccess(urls=urls, confined=False))
+    return urls
 
 
 def to_sqlite(rows: list[list[str]], out: Path, table: str = "entries") -> str:
@@ -63,7 +72,7 @@ def run(name: str, truth: dict[str, Any], **source: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", AUDIT)
 def test_parquet_sql_and_chunks_give_the_findings_of_the_csv(
-    tmp_path: Path, ledger: tuple[Path, dict[str, Any]], name: str
+    tmp_path: Path, ledger: tuple[Path, dict[str, Any]], name: str, named: dict[str, str]
 ) -> None:
     path, truth = ledger
     expected = run(name, truth, path=str(path))
@@ -72,8 +81,8 @@ def test_parquet_sql_and_chunks_give_the_findings_of_the_csv(
     assert run(name, truth, path=str(parquet)) == expected
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))[1:]
-    url = to_sqlite(rows, tmp_path / "books.db")
-    assert run(name, truth, url=url, table="entries") == expected
+    named["books"] = to_sqlite(rows, tmp_path / "books.db")
+    assert run(name, truth, source="books", table="entries") == expected
     assert run(name, truth, path=str(path), chunk_rows=200) == expected
 
 
@@ -101,7 +110,9 @@ def violations(name: str, **parameters: Any) -> list[tuple[str, str]]:
     return [(v.field, v.description) for v in procedure.validate(parameters)]
 
 
-def test_bad_sources_are_refused_at_create(tmp_path: Path, ledger: tuple[Path, dict[str, Any]]) -> None:
+def test_bad_sources_are_refused_at_create(
+    tmp_path: Path, ledger: tuple[Path, dict[str, Any]], named: dict[str, str]
+) -> None:
     path, _ = ledger
     not_parquet = tmp_path / "x.parquet"
     not_parquet.write_bytes(b"PAR1 but not really")
@@ -111,21 +122,25 @@ def test_bad_sources_are_refused_at_create(tmp_path: Path, ledger: tuple[Path, d
         con.execute(f"COPY (SELECT 1 AS entry_id, 2 AS amount) TO '{tmp_path / 'few.parquet'}' (FORMAT parquet)")
     [(field, why)] = violations("round_amounts", path=str(tmp_path / "few.parquet"))
     assert field == "parameters.path" and "missing columns: posting_date, vendor" in why
-    url = to_sqlite([], tmp_path / "books.db")
-    assert violations("round_amounts", url=url, table="entries") == []
-    assert [f for f, _ in violations("round_amounts", url=url)] == ["parameters.table"]
-    assert [f for f, _ in violations("round_amounts", url=url, table="nope")] == ["parameters.table"]
-    assert [f for f, _ in violations("round_amounts", url="sqlite:///" + str(tmp_path / "no.db"), table="t")] == [
-        "parameters.url"
-    ]
-    assert [f for f, _ in violations("round_amounts", url="nonsense://", table="t")] == ["parameters.url"]
-    assert [f for f, _ in violations("round_amounts", url=url, table="entries", path=str(path))] == ["parameters"]
+    url = named["books"] = to_sqlite([], tmp_path / "books.db")
+    named["broken"] = "nonsense://"
+    assert violations("round_amounts", source="books", table="entries") == []
+    assert [f for f, _ in violations("round_amounts", source="books")] == ["parameters.table"]
+    assert [f for f, _ in violations("round_amounts", source="books", table="nope")] == ["parameters.table"]
+    [(field, why)] = violations("round_amounts", source="ledgerdb", table="t")
+    assert field == "parameters.source" and "no data source named 'ledgerdb' (known: books, broken)" in why
+    [(field, why)] = violations("round_amounts", source="broken", table="t")
+    assert field == "parameters.source" and "nonsense" not in why
+    [(field, why)] = violations("round_amounts", url=url, table="entries")
+    assert field == "parameters.url" and "name a data source" in why
+    fields = [f for f, _ in violations("round_amounts", source="books", table="entries", path=str(path))]
+    assert fields == ["parameters"]
     assert [f for f, _ in violations("round_amounts", path=str(path), chunk_rows=0)] == ["parameters.chunk_rows"]
     engine = sqlalchemy.create_engine(url)
     with engine.begin() as conn:
         conn.execute(sqlalchemy.text("CREATE TABLE few (entry_id TEXT, amount TEXT)"))
     engine.dispose()
-    [(field, why)] = violations("round_amounts", url=url, table="few")
+    [(field, why)] = violations("round_amounts", source="books", table="few")
     assert field == "parameters.table" and "missing columns: posting_date" in why
 
 
@@ -133,7 +148,7 @@ GOOD = ["JE-1", "2026-01-05", "Acme", "6100", "100.10", "EUR", "inv 1", "alice",
 
 
 @pytest.mark.parametrize("name", ["round_amounts", "outliers"])
-def test_bad_rows_from_parquet_and_sql_fail_the_run_clearly(tmp_path: Path, name: str) -> None:
+def test_bad_rows_from_parquet_and_sql_fail_the_run_clearly(tmp_path: Path, name: str, named: dict[str, str]) -> None:
     procedure = load().get(name)
     assert procedure is not None
     bad_amount = [*GOOD[:4], "ten", *GOOD[5:]]
@@ -143,9 +158,9 @@ def test_bad_rows_from_parquet_and_sql_fail_the_run_clearly(tmp_path: Path, name
     parquet = to_parquet(csv_path, tmp_path / "bad.parquet", typed=False)
     with pytest.raises(CriticalError, match=r"bad.parquet: row 2: amount 'ten' is not a number"):
         procedure.run({"path": str(parquet)})
-    url = to_sqlite([GOOD, bad_date], tmp_path / "books.db")
-    with pytest.raises(CriticalError, match=r"table entries: row 2: posting_date '05/01/2026' is not an ISO date"):
-        procedure.run({"url": url, "table": "entries"})
-    empty = to_sqlite([], tmp_path / "empty.db")
+    named["books"] = to_sqlite([GOOD, bad_date], tmp_path / "books.db")
+    with pytest.raises(CriticalError, match=r"table 'entries': row 2: posting_date '05/01/2026' is not an ISO date"):
+        procedure.run({"source": "books", "table": "entries"})
+    named["empty"] = to_sqlite([], tmp_path / "empty.db")
     with pytest.raises(CriticalError, match="the ledger has no entries"):
-        procedure.run({"url": empty, "table": "entries"})
+        procedure.run({"source": "empty", "table": "entries"})

@@ -17,7 +17,6 @@ from auditflow import cli
 from auditflow.cli import client, commands, demo, render
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound
 from auditflow.interceptor import to_rich_status
-from auditflow.principal import USER_METADATA_KEY
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
@@ -34,17 +33,16 @@ def parse(*argv: str) -> Any:
 
 
 def test_global_options_before_or_after_the_command() -> None:
-    args = parse("--target", "h:1", "--user", "alice", "get", WF, "--json")
-    assert (args.target, args.user, args.json, args.workflow_id) == ("h:1", "alice", True, WF)
-    args = parse("--user", "alice", "get", WF, "--user", "bob")
-    assert args.user == "bob"
+    args = parse("--target", "h:1", "--token-file", "a.token", "get", WF, "--json")
+    assert (args.target, args.token_file, args.json, args.workflow_id) == ("h:1", "a.token", True, WF)
+    args = parse("--token-file", "a.token", "get", WF, "--token-file", "b.token")
+    assert args.token_file == "b.token"
 
 
 def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUDITFLOW_TARGET", "gw:9")
-    monkeypatch.setenv("AUDITFLOW_USER", "carol")
     args = parse("get", WF)
-    assert (args.target, args.user, args.json) == ("gw:9", "carol", False)
+    assert (args.target, args.json) == ("gw:9", False)
 
 
 def test_default_target_without_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -445,11 +443,11 @@ def test_watch_does_not_retry_other_errors() -> None:
 
 class FakeGateway(api_grpc.WorkflowServiceServicer):
     def __init__(self) -> None:
-        self.users: list[str] = []
+        self.credentials: list[str] = []
         self.final = S.WORKFLOW_STATUS_COMPLETED
 
     def _user(self, context: grpc.ServicerContext) -> None:
-        self.users += [v for k, v in context.invocation_metadata() if k == USER_METADATA_KEY]  # type: ignore[misc]
+        self.credentials += [v for k, v in context.invocation_metadata() if k == "authorization"]  # type: ignore[misc]
 
     def CreateWorkflow(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._user(context)
@@ -485,13 +483,17 @@ def gateway() -> Iterator[tuple[FakeGateway, str]]:
         server.stop(None)
 
 
-def test_submit_sends_the_user_and_prints_the_id(
-    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+def test_submit_sends_the_token_and_prints_the_id(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     fake, target = gateway
-    assert cli.main(["--target", target, "--user", "alice", "submit", "--sample", "--title", "t", "-q"]) == 0
-    assert capsys.readouterr().out == WF + "\n"
-    assert fake.users == ["alice"]
+    (tmp_path / "alice.token").write_text("aft_secret-of-alice\n")
+    token_file = str(tmp_path / "alice.token")
+    assert cli.main(["--target", target, "--token-file", token_file, "submit", "--sample", "--title", "t", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == WF + "\n"
+    assert fake.credentials == ["Bearer aft_secret-of-alice"]
+    assert "aft_secret" not in captured.err
 
 
 def test_rpc_errors_are_one_line_plus_violations_and_exit_2(

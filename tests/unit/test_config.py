@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.server import parse_args
+from gateway.settings import parse as parse_args
 from processor.settings import parse
 
 

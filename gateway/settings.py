@@ -1,0 +1,121 @@
+"""The gateway's settings: flags, with `AUDITFLOW_GATEWAY_*` environment variables as defaults."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from auditflow import config, sources
+from auditflow.auth import settings as auth_settings
+from auditflow.auth.settings import AuthSettings
+from auditflow.config import positive_int
+from auditflow.tls import ClientTls, TlsFiles
+
+SERVICE = "gateway"
+DEFAULT_PORT = 50051
+DEFAULT_DATABASE = "sqlite:///var/auditflow-gateway.db"
+DEFAULT_PROCESSOR = "127.0.0.1:50052"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a gateway needs to run; tests build it directly."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    database_url: str = DEFAULT_DATABASE
+    processor_target: str = DEFAULT_PROCESSOR
+    default_max_cycles: int = 15
+    allow_self_approval: bool = False
+    # Runs whose status the gateway follows at once (see gateway/mirror.py).
+    max_followed: int = 64
+    heartbeat_interval: float = 5.0
+    outbox_scan_interval: float = 5.0
+    plugins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    # HTTP port of the REST gateway (gateway/rest/) in this process; 0 picks a free one,
+    # None serves no REST (the command line's default is 8080).
+    rest_port: int | None = None
+    # Origins a browser may call the REST API from ("*" = any); empty: same origin only.
+    rest_cors_origins: tuple[str, ...] = ()
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    allow_plaintext: bool = False
+    # How the gateway proves itself to the processor: a service token and/or a client certificate.
+    processor_token_file: str = ""
+    processor_tls: ClientTls = field(default_factory=ClientTls)
+    data: sources.DataSettings = field(default_factory=sources.DataSettings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="auditflow-gateway",
+        description="Serve auditflow.v1.WorkflowService: submissions, instant approvals, live status. "
+        "Approved work is forwarded to the processor through a durable outbox. Every caller "
+        "authenticates (API tokens, OIDC JWTs, or a trusted proxy); TLS on every port unless on loopback.",
+    )
+
+    def add(flag: str, help: str, **kwargs: object) -> None:
+        config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
+
+    config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service=SERVICE)
+    add("--processor-target", "host:port of the processor", default=DEFAULT_PROCESSOR)
+    add("--default-max-cycles", "cycles a workflow may take when its request says 0", default=15, type=positive_int)
+    add("--heartbeat-interval", "seconds between heartbeats on an idle WatchStatus stream (> 0)", default=5.0,
+        type=config.interval)  # fmt: skip
+    add("--allow-self-approval", "let the creator of a plan approve it (separation of duties is on by default)",
+        default=False, type=config.boolean)  # fmt: skip
+    add("--rest-port", "HTTP port of the REST/JSON API and status page (0 picks a free one, 'off' serves none)",
+        default=8080, type=rest_port)  # fmt: skip
+    add("--rest-cors-origins", "comma-separated origins a browser may call the REST API from ('*' = any)", default="")
+    auth_settings.add_flags(parser, SERVICE, proxy=True)
+    config.add_tls_flags(parser, SERVICE, client_ca=False)
+    add("--processor-token-file", "file holding the service token this gateway presents to the processor",
+        default="")  # fmt: skip
+    add("--processor-tls-ca", "CA certificate of the processor's TLS certificate (enables TLS to the processor)",
+        default="")  # fmt: skip
+    add("--processor-tls-cert", "client certificate for mutual TLS with the processor", default="")
+    add("--processor-tls-key", "key of --processor-tls-cert", default="")
+    add("--processor-tls-server-name", "name to expect in the processor's certificate (default: its host)",
+        default="")  # fmt: skip
+    sources.add_flags(parser, SERVICE)
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    return Settings(
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        processor_target=args.processor_target,
+        default_max_cycles=args.default_max_cycles,
+        heartbeat_interval=args.heartbeat_interval,
+        allow_self_approval=args.allow_self_approval,
+        plugins=config.csv(args.plugin),
+        log_level=args.log_level,
+        rest_port=args.rest_port,
+        rest_cors_origins=config.csv(args.rest_cors_origins),
+        auth=auth_settings.from_args(args),
+        tls=config.tls_from_args(args),
+        allow_plaintext=args.allow_plaintext,
+        processor_token_file=args.processor_token_file,
+        processor_tls=ClientTls(
+            ca_file=args.processor_tls_ca,
+            cert_file=args.processor_tls_cert,
+            key_file=args.processor_tls_key,
+            server_name=args.processor_tls_server_name,
+        ),
+        data=sources.from_args(args),
+    )
+
+
+def rest_port(text: str) -> int | None:
+    """A port number, or off/none for no REST gateway."""
+    if text.strip().lower() in ("off", "none", "no", "false"):
+        return None
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number between 0 and 65535")
+    return value
