@@ -1,12 +1,23 @@
 """The status page in a real headless Chromium (Debian's `chromium`, driven by Playwright; no
-browser download) against a running gateway and processor: submit the sample plan, Approve,
-see the processing view within a second, then the findings. Screenshots go to the test's
-tmp_path (`pytest --basetemp DIR` keeps them somewhere known)."""
+browser download).
+
+Against a running gateway and processor: a refused token keeps the page signed out; carol (a
+submitter) signs in with a pasted JWT and submits the sample plan; a viewer sees it but may not
+approve or submit; alice (an approver) signs in, approves, sees the processing view within a
+second, then the findings. No token ever reaches the page's text, a URL or the console.
+
+Against a stand-in backend (`page.route`): the page's own Server-Sent Events reader sends the
+token, honours `retry:`, resumes with Last-Event-ID after a dropped connection and stops at
+`event: end`; an identity from a trusted proxy, a 403 and a session that stops working.
+
+Screenshots go to the test's tmp_path (`pytest --basetemp DIR` keeps them somewhere known)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import auth
 from tests.support.cluster import Pair
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,6 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+STATIC = Path(__file__).resolve().parents[2] / "gateway" / "rest" / "static"
+STREAM = "**/status/stream*"
+TOKEN_KEY = "auditflow.token"
 
 
 def wait_http(url: str, timeout: float = 15.0) -> None:
@@ -40,6 +55,17 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def refusal_message(url: str, token: str) -> str:
+    """What the gateway says to `token` (the page must show the same)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 401
+    body = json.loads(refused.value.read())
+    assert body["status"] == "UNAUTHENTICATED"
+    return str(body["message"])
+
+
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
@@ -53,41 +79,142 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-def test_submit_approve_watch_and_see_the_findings(pair: Pair, browser: Any, tmp_path: Path) -> None:
+class Recorder:
+    """Everything a page wrote to the console and every URL it asked for."""
+
+    def __init__(self, page: Any) -> None:
+        self.console: list[Any] = []
+        self.page_errors: list[str] = []
+        self.urls: list[str] = []
+        page.on("console", lambda message: self.console.append(message))
+        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
+        page.on("request", lambda request: self.urls.append(request.url))
+
+    def unexpected_errors(self, *expected: tuple[str, str]) -> list[str]:
+        """Console errors other than the deliberate ones: the cut status stream, the 401s of
+        the sign-in probe (Chromium logs every failed fetch, and a first visit or a refused
+        token is a 401 from /whoami), and `expected` (text, end of the URL) pairs."""
+        allowed = [("net::ERR_FAILED", "/status/stream"), ("status of 401", "/whoami"), *expected]
+        found = list(self.page_errors)
+        for message in self.console:
+            where = message.location.get("url", "")
+            if message.type == "error" and not any(t in message.text and where.endswith(u) for t, u in allowed):
+                found.append(f"{message.text} ({where})")
+        return found
+
+    def leaks(self, secret: str, content: str) -> list[str]:
+        places = [f"page content: {content!r:.200}"] if secret in content else []
+        places += [f"URL {url}" for url in self.urls if secret in url]
+        places += [f"console: {m.text}" for m in self.console if secret in m.text]
+        return places
+
+
+def sign_in(page: Any, token: str) -> None:
     from playwright.sync_api import expect
 
-    url = f"http://127.0.0.1:{pair.gateway.rest_port}/"
-    wait_http(url)
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    console_errors: list[str] = []
-    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: console_errors.append(str(e)))
-    page.goto(url)
+    expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
+    page.fill("#token", token)
+    page.click("#sign-in")
 
-    # The sample plan is pre-filled; submit it as carol.
-    stream = "**/status/stream"
-    page.route(stream, lambda route: route.abort())
+
+def sign_in_as(page: Any, token: str, name: str, role: str) -> None:
+    from playwright.sync_api import expect
+
+    sign_in(page, token)
+    expect(page.locator("#who-name")).to_have_text(name, timeout=10_000)
+    expect(page.locator("#who-roles")).to_contain_text(role)
+    expect(page.locator("#signin-form")).to_be_hidden()
+    assert page.evaluate("key => sessionStorage.getItem(key)", TOKEN_KEY) == token
+    assert page.evaluate("() => localStorage.length") == 0  # never kept beyond the tab
+
+
+def sign_out(page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.click("#sign-out")
+    expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
+    expect(page.locator("#workflows")).to_be_hidden()
+    assert page.evaluate("key => sessionStorage.getItem(key)", TOKEN_KEY) is None
+
+
+def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    base = f"http://127.0.0.1:{pair.gateway.rest_port}"
+    wait_http(base + "/")
+    carol = auth.jwt_for("carol", ("submitter",))
+    vera = auth.jwt_for("vera", ("viewer",))
+    alice = auth.jwt_for("alice", ("approver",))
+    bad = "aft_" + "not-a-token-the-gateway-knows-0123456789"
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    seen = Recorder(page)
+    page.route(STREAM, lambda route: route.abort())  # cut until after the Approve click, below
+    page.goto(base + "/")
+
+    # Signed out: only the sign-in form. A refused token shows the server's 401 message and is
+    # not kept.
+    expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
+    for section in ("#submit", "#workflows", "#detail", "#signed-in"):
+        expect(page.locator(section)).to_be_hidden()
+    sign_in(page, bad)
+    expect(page.locator("#signin-error")).to_contain_text(refusal_message(base + "/whoami", bad), timeout=10_000)
+    expect(page.locator("#signin-error")).to_have_attribute("role", "alert")
+    expect(page.locator("#signed-in")).to_be_hidden()
+    assert page.evaluate("() => sessionStorage.length") == 0
+    page.screenshot(path=str(tmp_path / "0-signed-out.png"), full_page=True)
+
+    # carol, a submitter, submits the sample plan; she may cancel it but not approve it.
+    sign_in_as(page, carol, "carol", "submitter")
+    expect(page.locator("#who-via")).to_contain_text("JWT")
     expect(page.locator("#plan-json")).to_have_value(re.compile("ledger_summary"), timeout=10_000)
-    page.fill("#requester", "carol")
     page.click("#submit-plan")
     expect(page.locator("#awaiting-view")).to_be_visible(timeout=10_000)
     expect(page.locator("#detail-status")).to_have_text("AWAITING_APPROVAL")
+    expect(page.locator("#detail-people")).to_have_text("Submitted by carol.")
+    expect(page.locator("#decision-controls")).to_be_hidden()
+    expect(page.locator("#cancel-awaiting")).to_be_visible()
     workflow_id = page.locator("#detail-id").inner_text()
     assert workflow_id.startswith("wf_")
-    expect(page.locator(f'#workflow-table tr[data-workflow-id="{workflow_id}"]')).to_be_visible()
+    row = page.locator(f'#workflow-table tr[data-workflow-id="{workflow_id}"]')
+    expect(row).to_be_visible()
+    expect(row.locator("td").nth(2)).to_have_text("carol")
     page.screenshot(path=str(tmp_path / "1-submitted.png"), full_page=True)
+    sign_out(page)
+    expect(page.locator("#account-status")).to_have_text("Signed out.")
 
-    # Approve as alice: the processing view comes with the approve answer, within a second (the
-    # status stream is cut until then, so no stream event can be what switched the view).
-    page.fill("#reviewer", "alice")
+    # vera, a viewer, sees the workflow but no enabled control to submit, approve or reject.
+    sign_in_as(page, vera, "vera", "viewer")
+    expect(row).to_be_visible(timeout=10_000)
+    row.click()
+    expect(page.locator("#awaiting-view")).to_be_visible(timeout=10_000)
+    expect(page.locator("#submit-plan")).to_be_disabled()
+    expect(page.locator("#approve")).to_be_hidden()
+    expect(page.locator("#decision-note")).to_contain_text("approver role")
+    expect(page.locator("#cancel-awaiting")).to_be_hidden()
+    actions = re.compile(r"^\s*(Submit|Approve|Reject|Cancel)")
+    expect(page.locator("button:visible:enabled", has_text=actions)).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "2-viewer.png"), full_page=True)
+    sign_out(page)
+
+    # alice, an approver, stays signed in across a reload (the token is in sessionStorage).
+    sign_in_as(page, alice, "alice", "approver")
+    page.reload()
+    expect(page.locator("#who-name")).to_have_text("alice", timeout=10_000)
+    expect(row).to_be_visible(timeout=10_000)
+    row.click()
+    expect(page.locator("#approve")).to_be_enabled(timeout=10_000)
+
+    # Approve: the processing view comes with the approve answer, within a second (the status
+    # stream is cut until then, so no stream event can be what switched the view).
     clicked = time.monotonic()
     page.click("#approve")
     expect(page.locator("#processing-view")).to_be_visible(timeout=1_000)
     assert time.monotonic() - clicked < 1.0
     expect(page.locator("#awaiting-view")).to_be_hidden()
     assert page.locator("#event-log li").count() == 0
-    page.screenshot(path=str(tmp_path / "2-processing.png"), full_page=True)
-    page.unroute(stream)  # EventSource reconnects by itself
+    expect(page.locator("#detail-people")).to_have_text("Submitted by carol. Approved by alice.")
+    page.screenshot(path=str(tmp_path / "3-processing.png"), full_page=True)
+    page.unroute(STREAM)  # the page reconnects by itself (after a few seconds at most)
 
     # The stream drives the progress bar and the event log to the end; then the findings.
     expect(page.locator("#done-view")).to_be_visible(timeout=60_000)
@@ -99,6 +226,167 @@ def test_submit_approve_watch_and_see_the_findings(pair: Pair, browser: Any, tmp
     assert any("APPROVED" in line for line in log) and any("COMPLETED" in line for line in log), log
     progress = page.locator("#progress")
     assert progress.get_attribute("value") == progress.get_attribute("max")
-    page.screenshot(path=str(tmp_path / "3-findings.png"), full_page=True)
-    assert (tmp_path / "3-findings.png").stat().st_size > 0
-    assert not [e for e in console_errors if "net::ERR_FAILED" not in e], console_errors  # but the cut stream
+    page.screenshot(path=str(tmp_path / "4-findings.png"), full_page=True)
+    assert (tmp_path / "4-findings.png").stat().st_size > 0
+
+    content = page.content()
+    for secret in (carol, vera, alice, bad):
+        assert not seen.leaks(secret, content)
+    assert not seen.unexpected_errors(), seen.unexpected_errors()
+
+
+# --- against a stand-in backend ---------------------------------------------------------------
+
+ORIGIN = "http://auditflow.test"
+TOKEN = "aft_stand-in-token"
+RUNNING = {
+    "workflow_id": "wf_1",
+    "title": "Running",
+    "created_by": "carol",
+    "status": "WORKFLOW_STATUS_RUNNING",
+    "progress": {"done": 0, "total": 2},
+    "is_processing": True,
+}
+FINISHED = {
+    **RUNNING,
+    "status": "WORKFLOW_STATUS_COMPLETED",
+    "progress": {"done": 2, "total": 2},
+    "is_processing": False,
+    "decided_by": "alice",
+    "result": {"steps": []},
+}
+AWAITING = {
+    "workflow_id": "wf_2",
+    "title": "Awaiting",
+    "created_by": "pat",
+    "status": "WORKFLOW_STATUS_AWAITING_APPROVAL",
+    "progress": {"done": 0, "total": 1},
+}
+SELF_APPROVAL = "separation of duties: pat submitted workflow wf_2 and may not approve it"
+
+
+def update(sequence: int, done: int) -> str:
+    event = {"sequence": sequence, "type": "EVENT_TYPE_CYCLE_COMPLETED", "message": f"cycle {sequence}"}
+    snapshot = {"status": "WORKFLOW_STATUS_RUNNING", "progress": {"done": done, "total": 2}, "is_processing": True}
+    return json.dumps({"event": event, "snapshot": snapshot})
+
+
+# wf_1 over two connections: the first drops after event 1 (with odd line ends and a
+# heartbeat); the second must resume after it, and ends the stream.
+STREAM_BODIES = [
+    f"retry: 300\r\n\r\n: heartbeat\n\nid: 1\ndata: {update(1, 1)}\r\n\r\n",
+    f"id: 2\ndata: {update(2, 2)}\n\nevent: end\ndata: {{}}\n\n",
+]
+
+
+def error(status: int, name: str, message: str) -> dict[str, Any]:
+    return {"status": status, "json": {"code": 0, "status": name, "message": message, "details": []}}
+
+
+class StandIn:
+    """Answers the page as a gateway would (`proxy_user`: as if a trusted proxy identified the
+    caller), and records the requests of wf_1's status stream."""
+
+    def __init__(self, proxy_user: str = "") -> None:
+        self.proxy_user = proxy_user
+        self.expired = ""  # once set, every call is refused with this message
+        self.streams: list[tuple[float, dict[str, str]]] = []
+
+    def handle(self, route: Any) -> None:
+        request = route.request
+        path = request.url.removeprefix(ORIGIN).split("?")[0]
+        if path == "/" or path.startswith("/static/"):
+            route.fulfill(path=str(STATIC / ("index.html" if path == "/" else path.removeprefix("/static/"))))
+        else:
+            route.fulfill(**self.answer(request, path))
+
+    def answer(self, request: Any, path: str) -> dict[str, Any]:
+        authorization = request.all_headers().get("authorization")
+        if self.expired or authorization not in (f"Bearer {TOKEN}", None) or not (authorization or self.proxy_user):
+            return error(401, "UNAUTHENTICATED", self.expired or "the bearer token is not valid here")
+        if path == "/whoami":
+            if authorization:
+                return {"json": {"principal": "alice", "roles": ["approver"], "authenticated_by": "token:stand-in"}}
+            return {"json": {"principal": self.proxy_user, "roles": ["approver"], "authenticated_by": "proxy:10.0.0.5"}}
+        if path == "/ui/sample-plan":
+            return {"json": []}
+        if path == "/workflows":
+            return {"json": {"workflows": [RUNNING, AWAITING]}}
+        if path == "/workflows/wf_1":
+            return {"json": {"workflow": FINISHED if len(self.streams) >= 2 else RUNNING}}
+        if path == "/workflows/wf_2":
+            return {"json": {"workflow": AWAITING}}
+        if path == "/workflows/wf_2/approve":
+            return error(403, "PERMISSION_DENIED", SELF_APPROVAL)
+        headers = {"Content-Type": "text/event-stream"}
+        if path == "/workflows/wf_1/status/stream":
+            self.streams.append((time.monotonic(), request.all_headers()))
+            return {"body": STREAM_BODIES[min(len(self.streams), len(STREAM_BODIES)) - 1], "headers": headers}
+        if path == "/workflows/wf_2/status/stream":
+            return {"body": ": heartbeat\n\n", "headers": headers}
+        return error(404, "NOT_FOUND", path)
+
+
+def test_the_status_stream_resumes_with_last_event_id(browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    backend = StandIn()
+    page = browser.new_page()
+    seen = Recorder(page)
+    page.route(f"{ORIGIN}/**", backend.handle)
+    page.add_init_script(f"sessionStorage.setItem({json.dumps(TOKEN_KEY)}, {json.dumps(TOKEN)})")
+    page.goto(ORIGIN + "/")
+
+    expect(page.locator("#who-name")).to_have_text("alice", timeout=10_000)
+    expect(page.locator("#who-via")).to_contain_text("stand-in")
+    page.locator('#workflow-table tr[data-workflow-id="wf_1"]').click()
+    expect(page.locator("#done-view")).to_be_visible(timeout=15_000)
+    expect(page.locator("#detail-people")).to_have_text("Submitted by carol. Approved by alice.")
+    expect(page.locator("#event-log li")).to_have_count(2)  # event 1 once, though it came before the drop
+    log = page.locator("#event-log li").all_inner_texts()
+    assert log[0].startswith("#1 ") and log[1].startswith("#2 ") and "CYCLE_COMPLETED: cycle 2" in log[1], log
+
+    assert len(backend.streams) == 2, backend.streams
+    (first_at, first), (second_at, second) = backend.streams
+    for headers in (first, second):
+        assert headers.get("authorization") == f"Bearer {TOKEN}"
+        assert "text/event-stream" in headers.get("accept", "")
+    assert "last-event-id" not in first
+    assert second.get("last-event-id") == "1"
+    assert second_at - first_at >= 0.25  # the server's `retry: 300`, not at once
+    assert not seen.leaks(TOKEN, page.content())
+    assert not seen.unexpected_errors(), seen.unexpected_errors()
+
+
+def test_proxy_identity_a_refusal_and_a_lost_session(browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    backend = StandIn(proxy_user="pat")
+    page = browser.new_page()
+    seen = Recorder(page)
+    page.route(f"{ORIGIN}/**", backend.handle)
+    page.goto(ORIGIN + "/")
+
+    # A trusted proxy identified pat: signed in without a token; signing out is the proxy's job.
+    expect(page.locator("#who-name")).to_have_text("pat", timeout=10_000)
+    expect(page.locator("#who-via")).to_contain_text("proxy")
+    page.click("#sign-out")
+    expect(page.locator("#account-note")).to_contain_text("sign out there")
+    expect(page.locator("#signed-in")).to_be_visible()
+    assert page.evaluate("() => sessionStorage.length") == 0
+
+    # The server refuses pat's approval of pat's own plan: the page shows why.
+    page.locator('#workflow-table tr[data-workflow-id="wf_2"] button.approve').click()
+    expect(page.locator("#action-error")).to_have_text(f"PERMISSION_DENIED: {SELF_APPROVAL}", timeout=10_000)
+    expect(page.locator("#detail-id")).to_have_text("wf_2")
+
+    # The session stops working: the next call returns the page to the sign-in form, saying why.
+    backend.expired = "the session expired; sign in again"
+    page.click("#refresh")
+    expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
+    expect(page.locator("#signin-error")).to_have_text(backend.expired)
+    for section in ("#workflows", "#detail", "#signed-in"):
+        expect(page.locator(section)).to_be_hidden()
+    expected = [("status of 403", "/approve"), ("status of 401", "/workflows?page_size=50")]
+    expected.append(("status of 401", "/status/stream"))  # if wf_2's stream reconnected meanwhile
+    assert not seen.unexpected_errors(*expected), seen.unexpected_errors(*expected)

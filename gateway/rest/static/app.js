@@ -1,13 +1,33 @@
 // The auditflow status page: plain JavaScript over the REST API, no build step.
+//
+// Every call needs credentials. Either the user pastes a token (an API token or a JWT), which
+// the page keeps in sessionStorage, so that it dies with the tab, and sends as
+// `Authorization: Bearer <token>`; or a trusted proxy in front of the gateway identifies the user
+// and the page sends nothing. The token is never written to a URL, to the page or to the console.
 "use strict";
 
 const TERMINAL = new Set(["COMPLETED", "FAILED", "REJECTED", "CANCELLED"]);
 const PROCESSING = new Set(["APPROVED", "QUEUED", "RUNNING"]);
+// People's roles, each including the rights of the ones before it (as the server's policy has it).
+const ROLES = ["viewer", "submitter", "approver", "admin"];
+const TOKEN_KEY = "auditflow.token";
+const RETRY_MIN_MS = 1000;  // until the server's `retry:` field says otherwise
+const RETRY_MAX_MS = 5000;
+
 const $ = (selector) => document.querySelector(selector);
-const state = { selected: null, source: null, seen: new Set() };
+const state = {
+  session: 0,       // bumped at every sign-in and sign-out: answers to an older session are dropped
+  token: null,      // the bearer token; null when signed out or identified by a proxy
+  me: null,         // the /whoami answer while signed in
+  selected: null,   // the workflow shown in the detail view
+  workflow: null,   // that workflow as last read (who submitted it decides who may cancel it)
+  stream: null,     // the open status stream, see openStream()
+  seen: new Set(),  // event sequences already in the event log
+};
 
 const shortStatus = (status) => String(status || "").replace(/^WORKFLOW_STATUS_/, "");
 const shortEvent = (type) => String(type || "").replace(/^EVENT_TYPE_/, "");
+const workflowPath = (workflowId, rest = "") => `/workflows/${encodeURIComponent(workflowId)}${rest}`;
 
 function element(tag, text, className) {
   const node = document.createElement(tag);
@@ -22,23 +42,239 @@ function showError(selector, message) {
   node.hidden = !message;
 }
 
-async function api(method, path, { user, body } = {}) {
-  const headers = { Accept: "application/json" };
-  if (user) headers["X-Auditflow-User"] = user;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  let data = {};
+// --- calling the API ------------------------------------------------------------------------
+
+// sessionStorage can be switched off by the browser; the page then works for this load only.
+function storedToken() {
   try {
-    data = await response.json();
+    return sessionStorage.getItem(TOKEN_KEY);
   } catch (_) {
-    data = { message: `HTTP ${response.status}` };
+    return null;
   }
-  if (!response.ok) {
-    const error = new Error(`${data.status || response.status}: ${data.message || "request failed"}`);
-    error.body = data;
+}
+
+function storeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch (_) { /* not kept: the user signs in again after a reload */ }
+}
+
+function withAuth(headers, token = state.token) {
+  if (token) headers.Authorization = `Bearer ${token}`;
+  return headers;
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch (_) {
+    return { message: `HTTP ${response.status}` };
+  }
+}
+
+const errorText = (status, body) => `${body.status || status}: ${body.message || "request failed"}`;
+
+// A 401 means the credentials stopped working (an expired JWT, a revoked token): back to the
+// sign-in form with the server's reason. Answers to an earlier session change nothing.
+function onUnauthenticated(session, body) {
+  if (session !== state.session) return;
+  storeToken(null);
+  showSignIn(body.message || "Please sign in again.");
+}
+
+async function api(method, path, { body } = {}) {
+  const session = state.session;
+  const headers = withAuth({ Accept: "application/json" });
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (_) {
+    throw new Error("the server did not answer; try again");
+  }
+  const data = await readJson(response);
+  const error = new Error(errorText(response.status, data));
+  if (session !== state.session) {
+    error.quiet = true;  // the user signed out or in meanwhile: nobody is waiting for this
     throw error;
   }
+  if (response.status === 401) {
+    onUnauthenticated(session, data);
+    error.quiet = true;  // the sign-in form shows it
+    throw error;
+  }
+  if (!response.ok) throw error;
   return data;
+}
+
+function report(selector, error) {
+  if (!error.quiet) showError(selector, error.message);
+}
+
+// --- sign-in --------------------------------------------------------------------------------
+
+// Ask the server who `token` is; with no token a trusted proxy may still have identified us.
+async function whoami(token) {
+  const response = await fetch("/whoami", { headers: withAuth({ Accept: "application/json" }, token) });
+  return { ok: response.ok, status: response.status, data: await readJson(response) };
+}
+
+async function start() {
+  const session = state.session;
+  const token = storedToken();
+  let answer;
+  try {
+    answer = await whoami(token);
+  } catch (_) {
+    if (session === state.session) showSignIn("The server did not answer; reload the page to try again.");
+    return;
+  }
+  if (session !== state.session) return;  // the user signed in meanwhile
+  if (answer.ok) {
+    signedIn(answer.data, token);
+    return;
+  }
+  storeToken(null);
+  // Without a token, a 401 is just a first visit; a refused stored token (expired) says why.
+  showSignIn(token ? answer.data.message : "");
+}
+
+// People paste "Bearer xyz" as often as "xyz".
+const cleanToken = (text) => text.trim().replace(/^bearer\s+/i, "");
+
+async function signIn(event) {
+  event.preventDefault();
+  const input = $("#token");
+  const token = cleanToken(input.value);
+  input.value = "";  // the secret does not stay in the form
+  if (!token) {
+    showError("#signin-error", "Paste a token first.");
+    return;
+  }
+  $("#sign-in").disabled = true;
+  try {
+    const answer = await whoami(token);
+    if (answer.ok) {
+      storeToken(token);
+      signedIn(answer.data, token);
+    } else {
+      showError("#signin-error", errorText(answer.status, answer.data));
+      input.focus();
+    }
+  } catch (_) {
+    showError("#signin-error", "The server did not answer; try again.");
+  } finally {
+    $("#sign-in").disabled = false;
+  }
+}
+
+async function signOut() {
+  if (!state.token) {
+    // The proxy in front of auditflow signed us in; the page holds nothing it could forget.
+    showNote("You are signed in through the sign-in proxy in front of auditflow: sign out there.");
+    return;
+  }
+  storeToken(null);
+  showSignIn("");
+  // A proxy may still identify the user without the token: ask again.
+  await start();
+  if (state.me) showNote("The token is forgotten; the sign-in proxy in front of auditflow still identifies you.");
+  else setAccountStatus("Signed out.");
+}
+
+function describeVia(via) {
+  const text = String(via || "");
+  const colon = text.indexOf(":");
+  const kind = colon < 0 ? text : text.slice(0, colon);
+  const what = colon < 0 ? "" : text.slice(colon + 1);
+  if (kind === "token") return `Authenticated with the API token “${what}”.`;
+  if (kind === "jwt") return `Authenticated with a JWT from ${what}.`;
+  if (kind === "proxy") return `Authenticated by the sign-in proxy at ${what}.`;
+  return text ? `Authenticated as ${text}.` : "";
+}
+
+function setAccountStatus(message) {
+  $("#account-status").textContent = message;
+  $("#account-status").hidden = !message;
+}
+
+function showNote(message) {
+  $("#account-note").textContent = message;
+  $("#account-note").hidden = !message;
+}
+
+function signedIn(me, token) {
+  state.session += 1;
+  state.token = token || null;
+  state.me = me;
+  setAccountStatus("");
+  showNote("");
+  $("#account-heading").textContent = "Account";
+  $("#who-name").textContent = me.principal;
+  $("#who-roles").textContent = rolesText();
+  $("#who-via").textContent = describeVia(me.authenticated_by);
+  $("#signin-form").hidden = true;
+  showError("#signin-error", "");
+  $("#signed-in").hidden = false;
+  $("#submit").hidden = false;
+  $("#workflows").hidden = false;
+  applyRoles();
+  if (!$("#plan-json").value) loadSamplePlan();
+  refreshList();
+}
+
+function showSignIn(message) {
+  state.session += 1;
+  state.token = null;
+  state.me = null;
+  clearDetail();
+  $("#workflow-table tbody").replaceChildren();
+  for (const selector of ["#list-error", "#submit-error"]) showError(selector, "");
+  for (const selector of ["#signed-in", "#submit", "#workflows"]) $(selector).hidden = true;
+  setAccountStatus("");
+  $("#account-heading").textContent = "Sign in";
+  $("#signin-form").hidden = false;
+  showError("#signin-error", message);
+  $("#token").focus();
+}
+
+// --- what the caller may do -----------------------------------------------------------------
+
+// The caller's highest role as an index into ROLES; -1 without any.
+function rank() {
+  const roles = (state.me && state.me.roles) || [];
+  return Math.max(-1, ...roles.map((role) => ROLES.indexOf(role)));
+}
+
+const rolesText = () => ((state.me && state.me.roles) || []).join(", ") || "no role";
+
+// Names compare as the server compares them: Unicode-normalised, case-insensitive.
+const nameKey = (name) => String(name || "").normalize("NFKC").toLowerCase();
+
+const may = {
+  submit: () => rank() >= ROLES.indexOf("submitter"),
+  decide: () => rank() >= ROLES.indexOf("approver"),
+  // A submitter cancels what they submitted; an admin anything.
+  cancel: (workflow) =>
+    rank() >= ROLES.indexOf("admin") ||
+    (may.submit() && Boolean(workflow) && nameKey(workflow.created_by) === nameKey(state.me.principal)),
+};
+
+// Hide or disable what the caller's roles do not allow. Only a courtesy: the server decides,
+// and the page shows its 403 if it refuses.
+function applyRoles() {
+  const canSubmit = may.submit();
+  $("#plan-fields").disabled = !canSubmit;
+  $("#submit-note").hidden = canSubmit;
+  $("#submit-note").textContent = `Submitting a plan needs the submitter role; you have ${rolesText()}.`;
+  const canDecide = may.decide();
+  $("#decision-controls").hidden = !canDecide;
+  $("#decision-note").hidden = canDecide;
+  $("#decision-note").textContent = `Approving or rejecting needs the approver role; you have ${rolesText()}.`;
+  const canCancel = may.cancel(state.workflow);
+  $("#cancel").hidden = !canCancel;
+  $("#cancel-awaiting").hidden = !canCancel;
 }
 
 // --- submit ---------------------------------------------------------------------------------
@@ -48,7 +284,7 @@ async function loadSamplePlan() {
     const plan = await api("GET", "/ui/sample-plan");
     $("#plan-json").value = JSON.stringify(plan, null, 2);
   } catch (error) {
-    showError("#submit-error", `could not load the sample plan: ${error.message}`);
+    report("#submit-error", new Error(`could not load the sample plan: ${error.message}`));
   }
 }
 
@@ -63,14 +299,11 @@ async function submitPlan(event) {
     return;
   }
   try {
-    const answer = await api("POST", "/workflows", {
-      user: $("#requester").value.trim(),
-      body: { title: $("#plan-title").value, plan },
-    });
+    const answer = await api("POST", "/workflows", { body: { title: $("#plan-title").value, plan } });
     await refreshList();
     render(answer.workflow);
   } catch (error) {
-    showError("#submit-error", error.message);
+    report("#submit-error", error);
   }
 }
 
@@ -82,13 +315,20 @@ async function refreshList() {
     showError("#list-error", "");
     renderList(answer.workflows || []);
   } catch (error) {
-    showError("#list-error", error.message);
+    report("#list-error", error);
   }
 }
 
 function progressText(progress) {
   const p = progress || {};
   return `${p.done || 0}/${p.total || 0}`;
+}
+
+function actionButton(text, className, onClick) {
+  const button = element("button", text, className);
+  button.type = "button";
+  button.addEventListener("click", (e) => { e.stopPropagation(); onClick(); });
+  return button;
 }
 
 function renderList(workflows) {
@@ -104,14 +344,12 @@ function renderList(workflows) {
     cell.append(element("span", status, `badge ${status}`));
     row.append(cell, element("td", progressText(workflow.progress)));
     const actions = element("td");
-    if (status === "AWAITING_APPROVAL") {
-      const approve = element("button", "Approve", "small approve");
-      approve.type = "button";
-      approve.addEventListener("click", (e) => { e.stopPropagation(); approveWorkflow(workflow.workflow_id); });
-      const reject = element("button", "Reject", "small reject");
-      reject.type = "button";
-      reject.addEventListener("click", (e) => { e.stopPropagation(); rejectWorkflow(workflow.workflow_id); });
-      actions.append(approve, " ", reject);
+    if (status === "AWAITING_APPROVAL" && may.decide()) {
+      actions.append(
+        actionButton("Approve", "small approve", () => approveWorkflow(workflow.workflow_id)),
+        " ",
+        actionButton("Reject", "small reject", () => rejectWorkflow(workflow.workflow_id)),
+      );
     }
     row.append(actions);
     row.addEventListener("click", () => select(workflow.workflow_id));
@@ -133,11 +371,21 @@ function markListRow(workflowId, status, progress) {
 
 async function select(workflowId) {
   try {
-    const answer = await api("GET", `/workflows/${encodeURIComponent(workflowId)}`);
+    const answer = await api("GET", workflowPath(workflowId));
     render(answer.workflow);
   } catch (error) {
-    showError("#list-error", error.message);
+    report("#list-error", error);
   }
+}
+
+function clearDetail() {
+  closeStream();
+  state.selected = null;
+  state.workflow = null;
+  state.seen = new Set();
+  $("#detail").hidden = true;
+  $("#event-log").replaceChildren();
+  showError("#action-error", "");
 }
 
 function setView(view) {
@@ -163,14 +411,28 @@ function setProgress(progress) {
   $("#progress-text").textContent = `${p.done || 0} of ${p.total || 0} steps (${percent} %)`;
 }
 
+// Who submitted the workflow and who decided on it, as the API records them.
+function setPeople(workflow) {
+  let text = `Submitted by ${workflow.created_by || "(unknown)"}.`;
+  if (workflow.decided_by) {
+    const verb = shortStatus(workflow.status) === "REJECTED" ? "Rejected" : "Approved";
+    text += ` ${verb} by ${workflow.decided_by}.`;
+  }
+  $("#detail-people").textContent = text;
+}
+
+// Remember the workflow as last read: the cancel control depends on who submitted it.
+function setWorkflow(workflow) {
+  state.workflow = workflow;
+  setPeople(workflow);
+  applyRoles();
+}
+
 function render(workflow) {
   const changed = state.selected !== workflow.workflow_id;
   if (changed) {
-    closeStream();
+    clearDetail();
     state.selected = workflow.workflow_id;
-    state.seen = new Set();
-    $("#event-log").replaceChildren();
-    showError("#action-error", "");
   }
   for (const row of document.querySelectorAll("#workflow-table tbody tr")) {
     row.classList.toggle("selected", row.dataset.workflowId === workflow.workflow_id);
@@ -178,6 +440,7 @@ function render(workflow) {
   $("#detail").hidden = false;
   $("#detail-id").textContent = workflow.workflow_id;
   $("#detail-title").textContent = workflow.title || "";
+  setWorkflow(workflow);
   setStatus(workflow.status);
   setProgress(workflow.progress);
   const status = shortStatus(workflow.status);
@@ -233,88 +496,219 @@ function renderFindings(result) {
 async function approveWorkflow(workflowId) {
   showError("#action-error", "");
   try {
-    const answer = await api("POST", `/workflows/${encodeURIComponent(workflowId)}/approve`, {
-      user: $("#reviewer").value.trim(),
+    const answer = await api("POST", workflowPath(workflowId, "/approve"), {
       body: { comment: $("#decision-comment").value },
     });
-    // The seed's contract: switch to the processing view on the answer, before any event.
+    // The Approve answer itself switches to the processing view: the work runs in the
+    // background, and the user should not wait for the first stream event to see that.
     if (state.selected !== workflowId) render(answer.workflow);
     setStatus(answer.workflow_status);
     setView("processing");
     $("#processing-message").textContent = answer.processing_message || "Processing in the background…";
-    if (answer.workflow) setProgress(answer.workflow.progress);
+    if (answer.workflow) {
+      setWorkflow(answer.workflow);
+      setProgress(answer.workflow.progress);
+    }
     markListRow(workflowId, answer.workflow_status, answer.workflow && answer.workflow.progress);
     openStream(workflowId);
   } catch (error) {
+    if (error.quiet) return;
     if (state.selected !== workflowId) await select(workflowId);
-    showError("#action-error", error.message);
+    report("#action-error", error);
   }
 }
 
 async function rejectWorkflow(workflowId) {
   showError("#action-error", "");
-  const comment = $("#decision-comment").value;
   try {
-    const answer = await api("POST", `/workflows/${encodeURIComponent(workflowId)}/reject`, {
-      user: $("#reviewer").value.trim(),
-      body: { comment },
+    const answer = await api("POST", workflowPath(workflowId, "/reject"), {
+      body: { comment: $("#decision-comment").value },
     });
     render(answer.workflow);
     markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
   } catch (error) {
-    showError("#action-error", error.message);
+    if (error.quiet) return;
+    if (state.selected !== workflowId) await select(workflowId);
+    report("#action-error", error);
   }
 }
 
 async function cancelWorkflow() {
   const workflowId = state.selected;
   if (!workflowId) return;
+  showError("#action-error", "");
   try {
-    await api("POST", `/workflows/${encodeURIComponent(workflowId)}/cancel`, {
-      user: $("#reviewer").value.trim(),
+    const answer = await api("POST", workflowPath(workflowId, "/cancel"), {
       body: { reason: "cancelled from the status page" },
     });
+    // Awaiting approval it ends at once; a running workflow stops between cycles (the stream says when).
+    if (state.selected === workflowId) render(answer.workflow);
+    markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
   } catch (error) {
-    showError("#action-error", error.message);
+    report("#action-error", error);
   }
 }
 
-// --- live status ----------------------------------------------------------------------------
+// --- live status: Server-Sent Events over fetch() -------------------------------------------
+//
+// EventSource cannot send an Authorization header, so the page reads the event stream itself.
+// It keeps the last event id and, after a dropped connection, reconnects with Last-Event-ID (the
+// server resumes after it), waiting longer each time; it stops for good after `event: end` (once
+// the workflow has ended), `event: error`, a 4xx answer, or when another workflow is selected
+// (the AbortController).
 
 function closeStream() {
-  if (state.source) {
-    state.source.close();
-    state.source = null;
+  if (state.stream) {
+    state.stream.controller.abort();
+    state.stream = null;
   }
 }
 
 function openStream(workflowId) {
-  if (state.source && state.source.workflowId === workflowId) return;
+  if (state.stream && state.stream.workflowId === workflowId) return;
   closeStream();
-  // EventSource reconnects by itself, sending Last-Event-ID: the server resumes after it.
-  const source = new EventSource(`/workflows/${encodeURIComponent(workflowId)}/status/stream`);
-  source.workflowId = workflowId;
-  state.source = source;
-  source.onmessage = (message) => {
-    if (state.selected !== workflowId) return;
-    let data;
+  const stream = {
+    workflowId,
+    controller: new AbortController(),
+    lastEventId: "",
+    retry: RETRY_MIN_MS,  // the shortest wait before a reconnect
+    delay: RETRY_MIN_MS,  // the next wait: grows while connections fail, back to `retry` on an event
+    finished: null,       // "end" or "error" when the server closed this connection on purpose
+  };
+  state.stream = stream;
+  watch(stream);
+}
+
+const isCurrent = (stream) => state.stream === stream;
+
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+  });
+}
+
+async function watch(stream) {
+  while (isCurrent(stream)) {
+    let outcome;
     try {
-      data = JSON.parse(message.data);
+      outcome = await readStream(stream);
+    } catch (_) {
+      outcome = "dropped";  // a network error, or our own abort (then the loop ends below)
+    }
+    if (outcome === "end" && !(await showIfEnded(stream.workflowId))) {
+      outcome = "dropped";  // the server ended the stream early (a restart): resume as after a drop
+    }
+    if (outcome !== "dropped" || !isCurrent(stream)) break;
+    await pause(stream.delay, stream.controller.signal);
+    stream.delay = Math.min(stream.delay * 2, Math.max(RETRY_MAX_MS, stream.retry));
+  }
+  // Ended for good: selecting the workflow again may open a new stream.
+  if (isCurrent(stream)) state.stream = null;
+}
+
+// One connection: "end" or "error" (the server finished the stream), "refused" (an error
+// answer not worth repeating) or "dropped" (try again).
+async function readStream(stream) {
+  stream.finished = null;
+  const session = state.session;
+  const headers = withAuth({ Accept: "text/event-stream" });
+  if (stream.lastEventId) headers["Last-Event-ID"] = stream.lastEventId;
+  const response = await fetch(workflowPath(stream.workflowId, "/status/stream"), {
+    headers,
+    cache: "no-store",
+    signal: stream.controller.signal,
+  });
+  if (!response.ok) return refusedStream(stream, response, session);
+  const feed = sseParser({
+    onEvent: (event) => onStreamEvent(stream, session, event),
+    onRetry: (ms) => { stream.retry = ms; stream.delay = Math.max(stream.delay, ms); },
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  while (isCurrent(stream) && !stream.finished) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    feed(value);
+  }
+  reader.cancel().catch(() => {});  // (already closed, or aborted: nothing to do)
+  return stream.finished || "dropped";
+}
+
+async function refusedStream(stream, response, session) {
+  const body = await readJson(response);
+  if (response.status >= 500) return "dropped";  // a restart or an overload: worth another try
+  if (response.status === 401) onUnauthenticated(session, body);
+  else if (isCurrent(stream)) showError("#action-error", errorText(response.status, body));
+  return "refused";
+}
+
+function onStreamEvent(stream, session, { type, data, id }) {
+  if (!isCurrent(stream)) return;
+  if (id) stream.lastEventId = id;
+  if (type === "message") {
+    stream.delay = stream.retry;  // the connection works: the next drop waits the least again
+    let update;
+    try {
+      update = JSON.parse(data);
     } catch (_) {
       return;
     }
-    onUpdate(workflowId, data);
-  };
-  source.addEventListener("end", () => finishStream(workflowId));
-  source.addEventListener("error", (message) => {
-    if (message.data) {  // an error the server sent, not a dropped connection
-      try {
-        const body = JSON.parse(message.data);
-        showError("#action-error", `${body.status}: ${body.message}`);
-      } catch (_) { /* ignore */ }
-      finishStream(workflowId);
+    onUpdate(stream.workflowId, update);
+  } else if (type === "end") {
+    stream.finished = "end";  // watch() looks at the workflow once more
+  } else if (type === "error") {  // a refusal in the middle of the stream, as a JSON error body
+    stream.finished = "error";
+    let body;
+    try {
+      body = JSON.parse(data);
+    } catch (_) {
+      body = { message: data };
     }
-  });
+    if (body.status === "UNAUTHENTICATED") onUnauthenticated(session, body);
+    else showError("#action-error", errorText("error", body));
+  }
+}
+
+// The event stream format: `field: value` lines, a blank line ends an event, `:` starts a
+// comment (the server's heartbeat). Feed it text as it arrives; it calls onEvent({type, data,
+// id}) for each event with data and onRetry(ms) for a `retry:` field.
+function sseParser({ onEvent, onRetry }) {
+  let buffer = "";
+  let type = "";
+  let data = [];
+  let lastId = "";  // kept across events, as the last event id is
+
+  function line(text) {
+    if (text === "") {
+      if (data.length) onEvent({ type: type || "message", data: data.join("\n"), id: lastId });
+      type = "";
+      data = [];
+      return;
+    }
+    if (text.startsWith(":")) return;
+    const colon = text.indexOf(":");
+    const field = colon < 0 ? text : text.slice(0, colon);
+    let value = colon < 0 ? "" : text.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") type = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id" && !value.includes("\0")) lastId = value;
+    else if (field === "retry" && /^\d+$/.test(value)) onRetry(Number(value));
+  }
+
+  return function feed(chunk) {
+    buffer += chunk;
+    // Lines end with CRLF, LF or CR; a CR at the very end may be half of a CRLF, so it waits.
+    const end = buffer.endsWith("\r") ? buffer.length - 1 : buffer.length;
+    const lines = buffer.slice(0, end).split(/\r\n|\r|\n/);
+    buffer = lines.pop() + buffer.slice(end);  // the unfinished last line
+    for (const text of lines) line(text);
+  };
 }
 
 function onUpdate(workflowId, data) {
@@ -335,41 +729,41 @@ function onUpdate(workflowId, data) {
   setProgress(snapshot.progress);
   markListRow(workflowId, snapshot.status, snapshot.progress);
   if (TERMINAL.has(status)) {
-    finishStream(workflowId);
+    closeStream();  // the server ends the stream next anyway
+    showIfEnded(workflowId);
   } else if (snapshot.is_processing || PROCESSING.has(status)) {
     setView("processing");
     if (snapshot.last_message) $("#processing-message").textContent = snapshot.last_message;
   }
 }
 
-async function finishStream(workflowId) {
-  if (state.source && state.source.workflowId === workflowId) closeStream();
-  if (state.selected !== workflowId) return;
+// Read the workflow once more, for its result and who decided; if it has ended, show that.
+// True when there is nothing more to watch.
+async function showIfEnded(workflowId) {
+  if (state.selected !== workflowId) return true;
   try {
-    const answer = await api("GET", `/workflows/${encodeURIComponent(workflowId)}`);
-    if (state.selected !== workflowId) return;
-    const status = shortStatus(answer.workflow.status);
-    if (TERMINAL.has(status)) {
-      setStatus(answer.workflow.status);
-      setProgress(answer.workflow.progress);
-      showDone(answer.workflow);
-      markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
-    } else {
-      openStream(workflowId);  // the stream ended early (server restart): watch again
-    }
+    const answer = await api("GET", workflowPath(workflowId));
+    if (state.selected !== workflowId) return true;
+    if (!TERMINAL.has(shortStatus(answer.workflow.status))) return false;
+    render(answer.workflow);
+    markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
+    return true;
   } catch (error) {
-    showError("#action-error", error.message);
+    report("#action-error", error);
+    return true;
   }
 }
 
 // --- start ----------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
+  $("#signin-form").addEventListener("submit", signIn);
+  $("#sign-out").addEventListener("click", signOut);
   $("#plan-form").addEventListener("submit", submitPlan);
   $("#refresh").addEventListener("click", refreshList);
   $("#approve").addEventListener("click", () => state.selected && approveWorkflow(state.selected));
   $("#reject").addEventListener("click", () => state.selected && rejectWorkflow(state.selected));
   $("#cancel").addEventListener("click", cancelWorkflow);
-  loadSamplePlan();
-  refreshList();
+  $("#cancel-awaiting").addEventListener("click", cancelWorkflow);
+  start();
 });
