@@ -239,7 +239,7 @@ class RestApp:
                     await response.write(_ndjson(first) if ndjson else _sse(first))
                     async for item in items:
                         await response.write(_ndjson(item) if ndjson else _sse(item))
-                if not ndjson:  # tells EventSource not to reconnect to a finished stream
+                if not ndjson:  # tells an SSE client not to reconnect to a finished stream
                     await response.write(b"event: end\ndata: {}\n\n")
             except AuditflowError as exc:
                 log_refusal(route.rpc_path, exc)

@@ -6,6 +6,7 @@ and (to the processor) as the gateway. No answer may be INTERNAL or UNKNOWN, and
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -72,10 +73,8 @@ def message_of(draw: st.DrawFn, descriptor: Descriptor, depth: int = 0) -> Messa
     message = message_factory.GetMessageClass(descriptor)()
     if descriptor.full_name == "google.protobuf.Struct":
         data = draw(st.dictionaries(st.text(max_size=12), json_value, max_size=5))
-        try:
+        with contextlib.suppress(ValueError, TypeError):
             message.update(data)  # type: ignore[attr-defined]
-        except (ValueError, TypeError):
-            pass
         return message
     for field in descriptor.fields:
         if not draw(st.booleans()):
