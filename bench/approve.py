@@ -16,7 +16,12 @@ through the same interceptor):
 - the floor under Approve at 1 caller, timed alone: one durable SQLite commit on the same
   disk, and one hand-over from the event loop to a thread and back (blocking work never runs
   on the loop). Approve at 1 caller cannot be faster than the no-op plus both; the report
-  prints that bound as a ratio too.
+  prints that bound as a ratio too;
+- what authentication costs: the gateway alone, Approve at 64 callers, once per way of
+  authenticating (an API token, a JWT), beside a baseline gateway that believes a user-name
+  header (`bench/_header_identity.py`, what the gateway did before it authenticated anyone),
+  each a fresh gateway in the same run: the gateway's CPU per call, and the ratio to the
+  baseline (target: within 10 %). The other phases authenticate with API tokens.
 
     python bench/approve.py                 # defaults below
     python bench/approve.py --quick         # a smaller run, for a smoke test
@@ -39,6 +44,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +54,56 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
+from auditflow.auth.tokens import append_entry  # noqa: E402
 from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
 from bench._loadgen import percentile, run_load  # noqa: E402
+from tests.support import auth  # noqa: E402
 from tests.support.cluster import Pair  # noqa: E402
 
 SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
-APPROVER = (("x-auditflow-user", "bench-approver"),)  # not the creator: separation of duties
+Metadata = tuple[tuple[str, str], ...]
 
 
-async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> tuple[list[float], float, float]:
+@dataclass(frozen=True)
+class Callers:
+    """The credentials of the benchmark's two principals (the approver is not the creator:
+    separation of duties), and the flags that make a gateway accept them."""
+
+    creator: Metadata
+    approver: Metadata
+    gateway_args: tuple[str, ...] = ()
+
+
+def token_callers(directory: Path) -> Callers:
+    """API tokens in a tokens file of their own."""
+    tokens = directory / "bench-tokens.toml"
+    creator = append_entry(tokens, "bench-creator", "bench-creator", ["submitter"])
+    approver = append_entry(tokens, "bench-approver", "bench-approver", ["approver"])
+    return Callers(_bearer(creator), _bearer(approver), ("--tokens-file", str(tokens)))
+
+
+def jwt_callers() -> Callers:
+    """JWTs of the test issuer, which every benchmark gateway trusts (tests.support.auth)."""
+    return Callers(auth.bearer("bench-creator", ("submitter",)), auth.bearer("bench-approver", ("approver",)))
+
+
+def header_callers() -> Callers:
+    """The baseline's typed-in names (bench/_header_identity.py)."""
+    return Callers((("x-auditflow-user", "bench-creator"),), (("x-auditflow-user", "bench-approver"),))
+
+
+def _bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+CALLERS: Callers  # set by main(): the credentials of the phases other than the comparison
+
+
+async def _load(
+    target: str, kind: str, metadata: Metadata, ids: list[str], concurrency: int
+) -> tuple[list[float], float, float]:
     """Latencies of the calls, and the wall-clock span from the first call to the last answer."""
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
@@ -74,9 +119,9 @@ async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> tup
                 if kind == "noop":
                     await health.Check(health_pb2.HealthCheckRequest())
                 elif kind == "status":
-                    await workflows.GetStatus(wpb.GetStatusRequest(workflow_id=item))
+                    await workflows.GetStatus(wpb.GetStatusRequest(workflow_id=item), metadata=metadata)
                 else:
-                    await workflows.Approve(wpb.ApproveRequest(workflow_id=item), metadata=APPROVER)
+                    await workflows.Approve(wpb.ApproveRequest(workflow_id=item), metadata=metadata)
                 latencies.append(time.perf_counter() - started)
 
         first = time.time()
@@ -85,11 +130,11 @@ async def _load(target: str, kind: str, ids: list[str], concurrency: int) -> tup
     return latencies, first, last
 
 
-def _client(args: tuple[str, str, list[str], int]) -> tuple[list[float], float, float]:
+def _client(args: tuple[str, str, Metadata, list[str], int]) -> tuple[list[float], float, float]:
     return asyncio.run(_load(*args))
 
 
-async def create_many(target: str, count: int) -> list[str]:
+async def create_many(target: str, count: int, creator: Metadata | None = None) -> list[str]:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         step = pb.PlanStep(procedure="ledger_summary")
@@ -99,7 +144,8 @@ async def create_many(target: str, count: int) -> list[str]:
 
         async def one() -> str:
             async with sem:
-                return (await stub.CreateWorkflow(request)).workflow.workflow_id
+                answer = await stub.CreateWorkflow(request, metadata=creator or CALLERS.creator)
+                return answer.workflow.workflow_id
 
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
@@ -111,10 +157,10 @@ async def first_cycle(target: str, samples: int) -> dict[str, float]:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         for workflow_id in await create_many(target, samples):
-            stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id))
+            stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=CALLERS.approver)
             await stream.read()  # CREATED: the stream is open
             sent = time.perf_counter()
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=APPROVER)
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=CALLERS.approver)
             while (message := await stream.read()) != grpc.aio.EOF:
                 if message.event.type == pb.EVENT_TYPE_STARTED:
                     started_ms.append((time.perf_counter() - sent) * 1000)
@@ -145,11 +191,11 @@ async def cost_per_run(pair: Pair, runs: int, spacing: float) -> dict[str, float
         stub = wpb_grpc.WorkflowServiceStub(channel)
         before = _cpu_seconds(pair.gateway.pid), _cpu_seconds(pair.processor.pid)
         for workflow_id in ids:
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=APPROVER)
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=CALLERS.approver)
             await asyncio.sleep(spacing)
         unfinished = wpb.ListWorkflowsRequest(page_size=1, statuses=UNFINISHED)
         # Polling another process over its API: there is no local event to wait on.
-        while (await stub.ListWorkflows(unfinished)).workflows:  # noqa: ASYNC110
+        while (await stub.ListWorkflows(unfinished, metadata=CALLERS.approver)).workflows:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         after = _cpu_seconds(pair.gateway.pid), _cpu_seconds(pair.processor.pid)
     return {
@@ -214,13 +260,19 @@ def main() -> None:
     parser.add_argument("--first-cycle-samples", type=int, default=200)
     parser.add_argument("--cost-runs", type=int, default=500, help="runs approved 10 ms apart for the cost per run")
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--auth-calls", type=int, default=12_800, help="approvals per way of authenticating")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
         args.calls_1, args.calls_64, args.first_cycle_samples, args.cost_runs = 200, 2000, 20, 50
+        args.auth_calls = 2000
     figures: dict[str, Any] = {}
+    global CALLERS
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
+        CALLERS = token_callers(Path(tmp))
+        # 0. What authentication costs, each way against the baseline, on fresh gateways.
+        figures["authentication"] = measure_authentication(Path(tmp), args)
         figures["durable_commit"] = durable_commit(Path(tmp), args.calls_1)
         figures["thread_round_trip"] = thread_round_trip(args.calls_1)
         # 1. Approve's own path: the processor is not started (Approve never waits for it).
@@ -238,10 +290,13 @@ def main() -> None:
 
 
 @contextlib.contextmanager
-def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[Pair]:
+def running_pair(
+    workdir: Path, with_processor: bool = True, callers: Callers | None = None, launcher: str | None = None
+) -> Iterator[Pair]:
     """Processor + gateway subprocesses with their defaults (SQLite, synchronous=FULL)."""
     workdir.mkdir(parents=True)
-    pair = Pair(workdir, log_level="WARNING")
+    extra = (callers or CALLERS).gateway_args
+    pair = Pair(workdir, log_level="WARNING", gateway_args=extra, gateway_launcher=launcher)
     if with_processor:
         pair.processor.start()
     pair.gateway.start()
@@ -252,20 +307,42 @@ def running_pair(workdir: Path, with_processor: bool = True) -> Iterator[Pair]:
 
 
 def measure_load(pair: Pair, args: argparse.Namespace) -> dict[str, Any]:
-    target, pid = pair.gateway.target, pair.gateway.pid
+    target, pid, approver = pair.gateway.target, pair.gateway.pid, CALLERS.approver
     figures: dict[str, Any] = {}
-    run_load(_client, (target, "noop"), ["-"] * 500, 8, 1)  # warm up
+    run_load(_client, (target, "noop", ()), ["-"] * 500, 8, 1)  # warm up
     for callers, calls in ((1, args.calls_1), (64, args.calls_64)):
         processes = 1 if callers == 1 else args.client_processes
-        figures[f"noop@{callers}"] = timed_load(pid, (target, "noop"), ["-"] * calls, callers, processes)
+        figures[f"noop@{callers}"] = timed_load(pid, (target, "noop", ()), ["-"] * calls, callers, processes)
         ids = asyncio.run(create_many(target, calls))
-        figures[f"approve@{callers}"] = timed_load(pid, (target, "approve"), ids, callers, processes)
+        figures[f"approve@{callers}"] = timed_load(pid, (target, "approve", approver), ids, callers, processes)
     # The read the web UI polls (GET /workflows/{id}/status/live), for scale: not a target.
-    figures["status@64"] = timed_load(pid, (target, "status"), ids, 64, args.client_processes)
+    figures["status@64"] = timed_load(pid, (target, "status", approver), ids, 64, args.client_processes)
     return figures
 
 
-def timed_load(pid: int, head: tuple[str, str], ids: list[str], callers: int, processes: int) -> dict[str, float]:
+def measure_authentication(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Approve at 64 callers on a fresh gateway (no processor) per way of authenticating: the
+    gateway's CPU per call, and a no-op's beside it on the same gateway (its drift between the
+    gateways shows how much of a difference is the machine's noise)."""
+    ways = {
+        "baseline (typed-in header)": (header_callers(), "bench._header_identity"),
+        "API token": (token_callers(directory / "auth-tokens"), None),
+        "JWT": (jwt_callers(), None),
+    }
+    figures: dict[str, Any] = {}
+    for index, (name, (callers, launcher)) in enumerate(ways.items()):
+        (directory / "auth-tokens").mkdir(exist_ok=True)
+        with running_pair(directory / f"auth-{index}", False, callers, launcher) as pair:
+            target, pid = pair.gateway.target, pair.gateway.pid
+            run_load(_client, (target, "noop", ()), ["-"] * 500, 8, 1)  # warm up
+            noop = timed_load(pid, (target, "noop", ()), ["-"] * args.auth_calls, 64, args.client_processes)
+            ids = asyncio.run(create_many(target, args.auth_calls, callers.creator))
+            approve = timed_load(pid, (target, "approve", callers.approver), ids, 64, args.client_processes)
+        figures[name] = {"noop@64": noop, "approve@64": approve}
+    return figures
+
+
+def timed_load(pid: int, head: tuple[Any, ...], ids: list[str], callers: int, processes: int) -> dict[str, float]:
     """run_load, plus the gateway process's CPU time per call (all its threads). Less noisy
     than the rate on a shared machine: it does not depend on who else got the cores."""
     before = _cpu_seconds(pid)
@@ -287,6 +364,16 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(figures, indent=2))
         return
+    ways = figures["authentication"]
+    baseline = ways["baseline (typed-in header)"]["approve@64"]["gateway_cpu_us_per_call"]
+    print(f"\nauthentication, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
+          f"{'vs baseline':>13}{'no-op us/call':>15}")  # fmt: skip
+    for name, load in ways.items():
+        approve, noop = load["approve@64"], load["noop@64"]
+        cpu = approve["gateway_cpu_us_per_call"]
+        print(f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / baseline:12.0%} "
+              f"{noop['gateway_cpu_us_per_call']:14.0f}")  # fmt: skip
+    print("  (target: API token and JWT within 110 % of the baseline's CPU per call)")
     for phase in ("gateway alone", "pair"):
         load = figures[phase]
         print(f"\n{phase}: {'':8}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}{'gw CPU us/call':>16}")

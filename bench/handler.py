@@ -31,14 +31,17 @@ from auditflow import principal  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from bench.approve import SAMPLE  # noqa: E402
 from gateway import workflows  # noqa: E402
-from gateway.server import Gateway, Settings, create_server  # noqa: E402
+from gateway.server import Gateway, create_server  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from tests.support import auth  # noqa: E402
 from tests.support.grpc_helpers import free_port  # noqa: E402
 
 PLAN = json.dumps([{"parameters": {"path": str(SAMPLE)}, "procedure": "ledger_summary"}])
 
 
 async def create(gateway: Gateway, count: int, concurrency: int) -> list[str]:
-    new = workflows.NewWorkflow("bench", PLAN, 1, "plan", 15, "alice", "")
+    creator = principal.Principal("alice", frozenset({"submitter"}), via="bench")
+    new = workflows.NewWorkflow("bench", PLAN, 1, "plan", 15, creator, "")
     ids: list[str] = []
     for _ in range(count // concurrency):
         batch = [gateway.db.write(lambda c: workflows.create(c, new)) for _ in range(concurrency)]
@@ -50,7 +53,8 @@ async def approve_all(gateway: Gateway, ids: list[str], concurrency: int) -> dic
     queue = list(reversed(ids))
 
     async def caller() -> None:
-        principal.set_current(principal.Principal("bench-approver"))  # what the interceptor does
+        # What the interceptor does once it has authenticated the caller.
+        principal.set_current(principal.Principal("bench-approver", frozenset({"approver"}), via="bench"))
         while queue:
             answer = await gateway.service.Approve(wpb.ApproveRequest(workflow_id=queue.pop()), None)
             answer.SerializeToString()
@@ -70,6 +74,7 @@ async def approve_all(gateway: Gateway, ids: list[str], concurrency: int) -> dic
 async def measure(count: int, concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
         settings = Settings(
+            **auth.gateway_settings(),
             database_url=f"sqlite:///{Path(tmp) / 'gateway.db'}",
             processor_target=f"127.0.0.1:{free_port()}",  # nobody listens: the outbox parks rows
             rest_port=None,

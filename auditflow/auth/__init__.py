@@ -136,12 +136,13 @@ class Authenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise InvalidToken("the authorization header must be 'Bearer <token>'")
-        if self.tokens is not None:
+        if "." in token:  # a JWT (three dot-separated parts); API tokens never hold a dot
+            if self.jwt is not None:
+                return await self.jwt.verify(token)
+        elif self.tokens is not None:
             principal = self.tokens.lookup(token)
             if principal is not None:
                 return principal
-        if self.jwt is not None and token.count(".") == 2:
-            return await self.jwt.verify(token)
         raise InvalidToken("the bearer token is not valid here")
 
     def _proxied(self, presented: Presented) -> Principal:

@@ -50,6 +50,11 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     cost = figures["cost_per_run"]
     assert cost["runs"] == 50
     assert positive(cost["gateway_cpu_us_per_run"]) and positive(cost["processor_cpu_us_per_run"])
+    ways = figures["authentication"]
+    assert set(ways) == {"baseline (typed-in header)", "API token", "JWT"}
+    for way in ways.values():
+        for key in ("noop@64", "approve@64"):
+            assert way[key]["calls"] == 2000 and positive(way[key]["gateway_cpu_us_per_call"])
 
     # The human-readable report prints from the same figures.
     printed = io.StringIO()
@@ -59,6 +64,7 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     for line in ("approve/no-op p50 at 1 caller", "floor: no-op + one durable commit", "approve -> first cycle starts"):
         assert line in text
     assert "CPU per approved run, until it completed" in text
+    assert "authentication, Approve at 64 callers" in text and "vs baseline" in text
 
 
 def test_the_handler_benchmark_measures_approve_without_grpc() -> None:

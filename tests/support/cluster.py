@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class ServerProcess:
     """One `python -m gateway|processor` with fixed port and database, restartable."""
 
-    def __init__(self, module: str, workdir: Path, args: list[str], log_level: str = "DEBUG") -> None:
+    def __init__(
+        self, module: str, workdir: Path, args: list[str], log_level: str = "DEBUG", launcher: str | None = None
+    ) -> None:
         self.module = module
+        self.launcher = launcher or module  # the module `python -m` runs (a benchmark may wrap the server)
         self.log_level = log_level
         self.port = free_port()
         self.database = workdir / f"{module}.db"
@@ -46,7 +49,7 @@ class ServerProcess:
 
     def start(self, wait: bool = True) -> ServerProcess:
         command = [
-            sys.executable, "-m", self.module,
+            sys.executable, "-m", self.launcher,
             "--port", str(self.port),
             "--database-url", f"sqlite:///{self.database}",
             "--plugin", "tests.support.procedures",
@@ -108,10 +111,12 @@ class Pair:
         processor_args: Sequence[str] = (),
         gateway_args: Sequence[str] = (),
         log_level: str = "DEBUG",
+        gateway_launcher: str | None = None,
     ) -> None:
         self.processor = ServerProcess("processor", workdir, [*auth.processor_args(), *processor_args], log_level)
         target = ["--processor-target", self.processor.target]
-        self.gateway = ServerProcess("gateway", workdir, [*target, *auth.gateway_args(), *gateway_args], log_level)
+        gateway = [*target, *auth.gateway_args(), *gateway_args]
+        self.gateway = ServerProcess("gateway", workdir, gateway, log_level, launcher=gateway_launcher)
 
     def start(self) -> Pair:
         self.processor.start()
