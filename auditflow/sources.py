@@ -31,7 +31,7 @@ from typing import Any
 from auditflow import config
 from auditflow.config import ConfigError
 
-DEFAULT_MAX_LEDGER_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_LEDGER_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_LEDGER_ROWS = 5_000_000
 
 

@@ -103,10 +103,23 @@ def document(routes: list[Route], title: str = "auditflow REST API", version: st
         paths.setdefault(_path(route.template), {})[route.http_method.lower()] = operation
     return {
         "openapi": "3.0.3",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": DESCRIPTION},
         "paths": paths,
-        "components": {"schemas": schemas.components},
+        "components": {"schemas": schemas.components, "securitySchemes": SECURITY_SCHEMES},
+        # Every operation needs a bearer token (an API token or an OIDC JWT); behind a trusted
+        # proxy configured on the server, the proxy's identity header stands in for it.
+        "security": [{"bearer": []}],
     }
+
+
+DESCRIPTION = (
+    "Every call authenticates with `Authorization: Bearer <token>` (an API token or an OIDC JWT). "
+    "A missing or refused credential is 401 with a `WWW-Authenticate` challenge; a caller without "
+    "the role a call needs (viewer, submitter, approver, admin) is 403."
+)
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API token (aft_...) or an OIDC JWT"}
+}
 
 
 def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
@@ -135,7 +148,6 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
                 "description": f"resume after this sequence (sets {hooks.RESUME_FIELDS[method.name]})",
             }
         )
-    parameters.append({"name": "X-Auditflow-User", "in": "header", "required": False, "schema": {"type": "string"}})
     operation: dict[str, Any] = {
         "operationId": method.name,
         "parameters": parameters,

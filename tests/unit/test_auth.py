@@ -356,3 +356,23 @@ def test_the_log_scan_of_the_suite_finds_a_credential() -> None:
     logging.getLogger("auditflow.example").info("header was Bearer aft_%s", "x" * 40)
     assert len(secrets.found) == before + 3  # the JWT (by pattern and as minted), the bearer token
     del secrets.found[before:]
+
+
+def test_the_policy_table_has_a_row_for_every_rpc_and_refuses_what_it_lacks() -> None:
+    from auditflow import policy
+    from auditflow.errors import RoleRequired
+    from auditflow.v1 import processor_service_pb2, workflow_service_pb2
+
+    methods = [
+        f"/{service.full_name}/{method.name}"
+        for module, name in ((workflow_service_pb2, "WorkflowService"), (processor_service_pb2, "ProcessorService"))
+        for service in [module.DESCRIPTOR.services_by_name[name]]
+        for method in service.methods
+    ]
+    assert all(policy.required(m) not in (None, policy.PUBLIC) for m in methods), methods
+    admin = Principal("root", frozenset({"admin"}), via="token:root")
+    with pytest.raises(RoleRequired, match="not open to anyone"):
+        policy.authorize("/auditflow.v1.WorkflowService/DropEverything", admin)
+    with pytest.raises(RoleRequired, match="needs the gateway role; root has admin"):
+        policy.authorize("/auditflow.v1.ProcessorService/Enqueue", admin)
+    policy.authorize("/auditflow.v1.WorkflowService/Approve", admin)
