@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -210,13 +211,18 @@ def usage(credentials: Credentials, gateway: str, rest_port: int) -> str:
     def shown(path: Path) -> str:
         return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
 
+    def program(name: str) -> str:
+        """The command as this shell finds it: by name on PATH, else beside our interpreter."""
+        beside = Path(sys.executable).parent / name
+        return name if shutil.which(name) or not beside.exists() else shown(beside)
+
     approver = shown(credentials.tokens["approver"])
     return "\n".join(
         [
             f"== credentials for this run in {shown(credentials.directory)}/ (submitter.token, approver.token, "
             "viewer.token; only their hashes are in the servers' tokens files)",
-            f"   CLI:     auditflow --target {gateway} --token-file {approver} whoami",
-            f'   grpcurl: grpcurl -plaintext -H "authorization: Bearer $(cat {approver})" '
+            f"   CLI:     {program('auditflow')} --target {gateway} --token-file {approver} whoami",
+            f'   grpcurl: {program("grpcurl")} -plaintext -H "authorization: Bearer $(cat {approver})" '
             f"{gateway} auditflow.v1.WorkflowService/WhoAmI",
             f'   curl:    curl -H "Authorization: Bearer $(cat {approver})" http://127.0.0.1:{rest_port}/whoami',
             f"   page:    http://127.0.0.1:{rest_port}/ (sign in with the content of a token file)",
