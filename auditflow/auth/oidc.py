@@ -19,7 +19,6 @@ cannot make us hammer the issuer), and in the background when it is older than `
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ import jwt
 
 from auditflow.errors import InvalidToken
 from auditflow.principal import ROLES, Principal, check_name
+from auditflow.tls import is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +80,6 @@ def claim_values(claims: Mapping[str, Any], path: str) -> list[str]:
     return []
 
 
-def _loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class KeySet:
     """The JWKS: keys by kid, from a file or a URL (https, or http on loopback only)."""
 
@@ -98,7 +88,10 @@ class KeySet:
     ) -> None:
         if (file is None) == (url is None):
             raise ValueError("a key set comes from a file or from a URL")
-        if url is not None and not url.startswith("https://") and not (url.startswith("http://") and _loopback(url)):
+        plain_loopback = (
+            url is not None and url.startswith("http://") and is_loopback(urllib.parse.urlsplit(url).hostname or "")
+        )
+        if url is not None and not url.startswith("https://") and not plain_loopback:
             raise JwksError(f"the JWKS URL must use https (http only on loopback): {url}")
         self.source = str(file or url)
         self._file = file

@@ -6,7 +6,7 @@ database per service, as when scaled out)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +36,6 @@ class Pair:
     gateway: Gateway
     processor: Processor
     stub: wpb_grpc.WorkflowServiceAsyncStub
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(gateway, processor) database URLs: SQLite files, or two fresh PostgreSQL databases."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}", f"sqlite:///{tmp_path / 'processor.db'}"
-        return
-    with fresh_database("gateway") as gateway_url, fresh_database("processor") as processor_url:
-        yield gateway_url, processor_url
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
 from tests.support.grpc_helpers import as_user, details, dump_sqlite, free_port, step
-from tests.support.postgres import fresh_database
 from tests.support.tls import CertificateAuthority
 
 S = pb.WorkflowStatus
@@ -92,15 +91,6 @@ def _jwt() -> dict[str, str]:
     """The processor also knows the test issuer: a person's JWT is then a valid credential
     there, and must still be refused for want of the gateway role."""
     return {"jwks_file": str(auth.JWKS_FILE), "jwt_issuer": auth.ISSUER, "jwt_audience": auth.AUDIENCE}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'gateway.db'}", f"sqlite:///{tmp_path / 'processor.db'}"
-        return
-    with fresh_database("gateway") as gateway_url, fresh_database("processor") as processor_url:
-        yield gateway_url, processor_url
 
 
 @pytest.fixture
@@ -283,8 +273,10 @@ async def test_the_creator_may_not_approve_however_the_name_is_cased(pair: Pair)
 # --- every input bounded, on both databases --------------------------------------------------
 
 
-async def test_bad_characters_and_numbers_are_invalid_arguments_and_store_nothing(urls: tuple[str, str]) -> None:
-    gateway, processor = await start_pair(*urls)
+async def test_bad_characters_and_numbers_are_invalid_arguments_and_store_nothing(
+    database_urls: tuple[str, str],
+) -> None:
+    gateway, processor = await start_pair(*database_urls)
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = wpb_grpc.WorkflowServiceStub(channel)
