@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -76,36 +76,56 @@ def _plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
     return tuple(pb.PlanStep(procedure=s["procedure"], parameters=struct(s["parameters"])) for s in json.loads(text))
 
 
-def snapshot(
-    *,
-    workflow_id: str,
-    status: int,
-    cycle: int,
-    max_cycles: int,
-    progress_done: int,
-    progress_total: int,
-    last_message: str,
-    error_reason: str | None,
-    error_message: str | None,
-    result: dict[str, Any] | None,
-    updated_at: datetime,
-    last_sequence: int,
-) -> pb.StatusSnapshot:
-    """A StatusSnapshot with the seed's indicator flags derived from the status."""
+class SnapshotSource(Protocol):
+    """What a StatusSnapshot is built from: a gateway's workflow record, a processor's run, or
+    a run's event (the snapshot as of it)."""
+
+    @property
+    def workflow_id(self) -> str: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def cycle(self) -> int: ...
+    @property
+    def max_cycles(self) -> int: ...
+    @property
+    def progress_done(self) -> int: ...
+    @property
+    def progress_total(self) -> int: ...
+    @property
+    def last_message(self) -> str: ...
+    @property
+    def error_reason(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def result(self) -> dict[str, Any] | None: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def last_sequence(self) -> int: ...
+
+
+def snapshot(source: SnapshotSource, *, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:
+    """The one StatusSnapshot builder, with the indicator flags derived from the status.
+    `unavailable_since`: approved work waits because the processor is unavailable."""
+    status = source.status
     processing = statuses.is_processing(status)
+    reason = source.error_reason
     return pb.StatusSnapshot(
-        workflow_id=workflow_id,
+        workflow_id=source.workflow_id,
         status=status,  # type: ignore[arg-type]
-        cycle=cycle,
-        max_cycles=max_cycles,
-        progress=pb.Progress(done=progress_done, total=progress_total),
-        last_message=last_message,
-        error=pb.RunError(reason=error_reason, message=error_message or "") if error_reason else None,
-        result=struct(result),
+        cycle=source.cycle,
+        max_cycles=source.max_cycles,
+        progress=pb.Progress(done=source.progress_done, total=source.progress_total),
+        last_message=source.last_message,
+        error=pb.RunError(reason=reason, message=source.error_message or "") if reason else None,
+        result=struct(source.result),
         background_processing=processing,
         is_processing=processing,
         is_completed=statuses.is_terminal(status),
-        updated_at=timestamp(updated_at),
-        last_update=timestamp(updated_at),
-        last_sequence=last_sequence,
+        updated_at=timestamp(source.updated_at),
+        last_update=timestamp(source.updated_at),
+        last_sequence=source.last_sequence,
+        processor_unavailable_since=timestamp(unavailable_since),
     )

@@ -104,6 +104,18 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None, method: str) -> Callab
     return parse
 
 
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A response serializer that sends bytes as they are: a handler may yield a message it
+    encoded once for many streams (the gateway's watchers)."""
+    if serialize is None:
+        return None
+
+    def serializer(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return serializer
+
+
 def peer_address(context: Context) -> str | None:
     """The IP address of the caller ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"), None for others."""
     peer = context.peer() or ""
@@ -151,7 +163,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, metadata),
                 request_deserializer=deserialize,
-                response_serializer=handler.response_serializer,
+                response_serializer=_passing_bytes(handler.response_serializer),
             )
         return handler  # (no client-streaming RPCs outside the public ones)
 

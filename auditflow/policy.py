@@ -39,6 +39,8 @@ POLICY: dict[str, str] = {
     _PROC + "CancelRun": GATEWAY,
     _PROC + "GetRun": GATEWAY,
     _PROC + "WatchStatus": GATEWAY,
+    _PROC + "Follow": GATEWAY,
+    _PROC + "ReadEvents": GATEWAY,
     # Probes and tools need no credentials; reflection describes only the public contract.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,

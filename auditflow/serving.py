@@ -27,6 +27,18 @@ logger = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
+# Calls gRPC's core may hold before the Python server picks them up. The Python server takes
+# new calls one at a time per method; past `max_pending_requests` (gRPC's default 1,000) the
+# core refuses new calls at random, past the hard limit (3,000) all of them, and a call still
+# waiting after `max_unrequested_time_in_server` (30 s) is killed; refused calls end CANCELLED
+# with nothing logged. With these, 10,000 streams opened at once are all taken (in 6 to 9 s
+# on a 2-core machine). These arguments are not in gRPC's public header: grpcio is pinned,
+# and a test opens a burst past the defaults so that an upgrade cannot quietly undo them.
+MAX_PENDING_CALLS = 20_000
+MAX_PENDING_CALLS_HARD = 40_000
+MAX_UNREQUESTED_SECONDS = 120
+
+
 def new_server(authenticator: Authenticator) -> grpc.aio.Server:
     return grpc.aio.server(
         interceptors=[CallInterceptor(authenticator)],
@@ -37,6 +49,9 @@ def new_server(authenticator: Authenticator) -> grpc.aio.Server:
             # Never share a port: a second server on a port in use must fail, not split the
             # clients between two processes (gRPC sets SO_REUSEPORT by default).
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
+            ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
         ],
     )
 

@@ -45,7 +45,7 @@ async def create(gateway: Gateway, count: int, concurrency: int) -> list[str]:
     ids: list[str] = []
     for _ in range(count // concurrency):
         batch = [gateway.db.write(lambda c: workflows.create(c, new)) for _ in range(concurrency)]
-        ids.extend(outcome.row.workflow_id for outcome in await asyncio.gather(*batch))
+        ids.extend(outcome.record.workflow_id for outcome in await asyncio.gather(*batch))
     return ids
 
 
@@ -56,7 +56,7 @@ async def approve_all(gateway: Gateway, ids: list[str], concurrency: int) -> dic
         # What the interceptor does once it has authenticated the caller.
         principal.set_current(principal.Principal("bench-approver", frozenset({"approver"}), via="bench"))
         while queue:
-            answer = await gateway.service.Approve(wpb.ApproveRequest(workflow_id=queue.pop()), None)
+            answer = await gateway.api.Approve(wpb.ApproveRequest(workflow_id=queue.pop()))
             answer.SerializeToString()
 
     commits, cpu, wall = gateway.db.commits, time.process_time(), time.perf_counter()

@@ -2,37 +2,44 @@
 
 Approve commits an outbox row in the same transaction as the decision; the relay is handed
 the row right after that commit (no polling delay) and calls `ProcessorService.Enqueue`
-(or `CancelRun`). When a call fails for want of the processor, the relay closes a gate: every
-sender waits on it (costing nothing), and one prober asks the processor's health with capped
-exponential backoff until it answers SERVING, then opens the gate. So a backlog of thousands
-of approvals during an outage does not turn into a storm of doomed calls; at most
-`max_in_flight` calls are out at once. Only an acknowledged row is deleted, so a gateway
-killed at any point delivers the row after restart (Enqueue and CancelRun are idempotent, so
-a repeat is harmless). Rows of one workflow go out in order (enqueue before cancel);
-different workflows go out concurrently.
+(or `CancelRun`). This module alone knows what a row's payload says and turns a row into a
+request. What became of a row is reported through `Dispatches` (the feed records the
+dispatch and retires the row in one transaction).
+
+When a call fails for want of the processor, the relay closes a gate: every sender waits on
+it (costing nothing), and one prober asks the processor's health with capped exponential
+backoff until it answers SERVING, then opens the gate. So a backlog of thousands of approvals
+during an outage does not turn into a storm of doomed calls; at most `max_in_flight` calls
+are out at once. While the gate is closed, `unavailable_since` says since when (Approve and
+GetStatus tell the caller). Only an acknowledged row is deleted, so a gateway killed at any
+point delivers the row after restart (Enqueue and CancelRun are idempotent, so a repeat is
+harmless). Rows of one workflow go out in order (enqueue before cancel); different workflows
+go out concurrently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import random
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Protocol
 
 import grpc
-from sqlalchemy import Connection
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auditflow import convert
+from auditflow.backoff import Backoff
 from auditflow.db import Database
+from auditflow.principal import Principal
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
-from gateway import store, workflows
+from gateway import store
+from gateway.store import OutboxRow, WorkflowRecord
 
 logger = logging.getLogger(__name__)
 
+PROCESSOR_SERVICE = ppb.DESCRIPTOR.services_by_name["ProcessorService"].full_name
 # The processor is unreachable or too slow: every sender waits for it (the gate closes).
 OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # The processor answered and refused the request itself: a retry cannot succeed. (A cancel of
@@ -40,24 +47,55 @@ OUTAGE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEED
 # that row alone, with backoff, without holding up the others.
 REFUSED = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION})
 REFUSED_CANCEL = REFUSED | {grpc.StatusCode.NOT_FOUND}
+Request = ppb.EnqueueRequest | ppb.CancelRunRequest
 
 
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    workflow_id: str
-    kind: str
-    payload: bytes
-    # The request to send, when the caller already has it (right after Approve's commit);
-    # otherwise it is built from the payload and the workflow row, once per delivery.
-    request: ppb.EnqueueRequest | ppb.CancelRunRequest | None = None
+# --- the format of a row ----------------------------------------------------------------
 
 
-# (workflow id, the processor's run, the write that retires the outbox row): the callee
-# records the dispatch and runs that write in the same transaction.
-Dispatched = Callable[[str, ppb.Run, Callable[[Connection], None]], Awaitable[None]]
-Probe = Callable[[], Awaitable[bool]]
-EventAppended = Callable[[dict[str, Any]], None]
+def enqueue_payload(record: WorkflowRecord, approved_by: str) -> bytes:
+    """An Enqueue row keeps what the workflow row does not: the approver and the sequence the
+    processor numbers on from. The rest comes from the workflow when the row is sent."""
+    request = ppb.EnqueueRequest(
+        workflow_id=record.workflow_id, base_sequence=record.last_sequence, approved_by=approved_by
+    )
+    return request.SerializeToString()
+
+
+def cancel_payload(workflow_id: str, actor: Principal, reason: str) -> bytes:
+    request = ppb.CancelRunRequest(
+        workflow_id=workflow_id, requested_by=actor.name, reason=reason, requested_by_auth=actor.via
+    )
+    return request.SerializeToString()
+
+
+def request_of(row: OutboxRow, workflow: WorkflowRecord | None) -> Request | None:
+    """The request a row stands for (an Enqueue needs its workflow; None if it is gone)."""
+    if row.kind == store.CANCEL:
+        return ppb.CancelRunRequest.FromString(row.payload)
+    if workflow is None:
+        return None
+    request = ppb.EnqueueRequest.FromString(row.payload)
+    request.title = workflow.title
+    request.plan.extend(convert.plan_from_json(workflow.plan_json))
+    request.orchestrator = workflow.orchestrator
+    request.max_cycles = workflow.max_cycles
+    return request
+
+
+# --- the relay --------------------------------------------------------------------------
+
+
+class Dispatches(Protocol):
+    """What the relay reports (implemented by `gateway.feed.Feed`)."""
+
+    async def dispatched(self, row: OutboxRow, run: ppb.Run) -> None:
+        """The processor accepted the row: record its answer and delete the row, in one
+        transaction."""
+
+    async def refused(self, row: OutboxRow, message: str) -> None:
+        """The processor refused the row for good: end the workflow (an Enqueue) or forget the
+        cancel request (a CancelRun), and delete the row, in one transaction."""
 
 
 class OutboxRelay:
@@ -67,9 +105,8 @@ class OutboxRelay:
         self,
         db: Database,
         stub: ppb_grpc.ProcessorServiceAsyncStub,
-        on_dispatched: Dispatched,
-        on_event: EventAppended,
-        probe: Probe,
+        health: health_pb2_grpc.HealthAsyncStub,
+        dispatches: Dispatches,
         *,
         scan_interval: float = 5.0,
         rpc_timeout: float = 5.0,
@@ -78,23 +115,22 @@ class OutboxRelay:
     ) -> None:
         self._db = db
         self._stub = stub
-        self._on_dispatched = on_dispatched
-        self._on_event = on_event
-        self._probe = probe
+        self._health = health
+        self._dispatches = dispatches
         self._scan_interval = scan_interval
         self._rpc_timeout = rpc_timeout
         self._max_backoff = max_backoff
-        self._queues: dict[str, deque[OutboxRow]] = {}
+        self._queues: dict[str, deque[tuple[OutboxRow, WorkflowRecord | None]]] = {}
         # Rows submitted while the gate is closed: a deque entry each, not a waiting task.
-        self._parked: deque[OutboxRow] = deque()
+        self._parked: deque[tuple[OutboxRow, WorkflowRecord | None]] = deque()
         self._known: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._scanner: asyncio.Task[None] | None = None
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._open = asyncio.Event()  # set while the processor is believed to be up
         self._open.set()
+        self._unavailable_since: datetime | None = None
         self._prober: asyncio.Task[None] | None = None
-        self.delivered = 0
 
     async def start(self) -> None:
         await self._scan()
@@ -106,41 +142,39 @@ class OutboxRelay:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def submit(self, row: OutboxRow) -> None:
-        """Deliver a freshly committed row (idempotent: a known row is ignored)."""
+    def submit(self, row: OutboxRow, workflow: WorkflowRecord | None = None) -> None:
+        """Deliver a freshly committed row (`workflow` as of the commit saves reading it);
+        idempotent: a known row is ignored."""
         if row.id in self._known:
             return
         self._known.add(row.id)
-        self._route(row)
-
-    def _route(self, row: OutboxRow) -> None:
-        queue = self._queues.get(row.workflow_id)
-        if queue is not None:  # a sender for this workflow is running: it takes the row in turn
-            queue.append(row)
-        elif not self._open.is_set():  # an outage: it waits here until the processor is back
-            self._parked.append(row)
-        else:
-            self._start_sender(row)
-
-    def _start_sender(self, row: OutboxRow) -> None:
-        self._queues[row.workflow_id] = deque([row])
-        task = asyncio.create_task(self._drain(row.workflow_id), name=f"outbox-{row.workflow_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._route(row, workflow)
 
     @property
     def pending(self) -> int:
         return len(self._known)
 
     @property
-    def outage(self) -> bool:
-        """True while the gate is closed: the processor is believed to be down."""
-        return not self._open.is_set()
+    def unavailable_since(self) -> datetime | None:
+        """When the processor was found unavailable, while the gate is closed; else None."""
+        return self._unavailable_since
 
     @property
     def parked(self) -> int:
         """Rows waiting, without a sender task, for the processor to come back."""
         return len(self._parked)
+
+    def _route(self, row: OutboxRow, workflow: WorkflowRecord | None) -> None:
+        queue = self._queues.get(row.workflow_id)
+        if queue is not None:  # a sender for this workflow is running: it takes the row in turn
+            queue.append((row, workflow))
+        elif not self._open.is_set():  # an outage: it waits here until the processor is back
+            self._parked.append((row, workflow))
+        else:
+            self._queues[row.workflow_id] = deque([(row, workflow)])
+            task = asyncio.create_task(self._drain(row.workflow_id), name=f"outbox-{row.workflow_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _scan_forever(self) -> None:
         while True:
@@ -153,103 +187,64 @@ class OutboxRelay:
     async def _scan(self) -> None:
         """Pick up rows nobody handed us: left by a killed gateway, or by a replica."""
         known = set(self._known)
-        rows = await self._db.scan(lambda conn: store.pending_outbox(conn, known))
-        for r in rows:
-            self.submit(OutboxRow(r.id, r.workflow_id, r.kind, r.payload))
+        for row in await self._db.scan(lambda conn: store.pending_outbox(conn, known)):
+            self.submit(row)
 
     async def _drain(self, workflow_id: str) -> None:
         queue = self._queues[workflow_id]
         try:
             while queue:
-                row = queue[0]
-                await self._deliver(row)
+                row, workflow = queue[0]
+                await self._deliver(row, workflow)
                 queue.popleft()
                 self._known.discard(row.id)
         finally:
             # If this task ends early (cancelled), forget the rows so that a scan finds them.
-            for row in queue:
+            for row, _workflow in queue:
                 self._known.discard(row.id)
             del self._queues[workflow_id]
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver(self, row: OutboxRow, workflow: WorkflowRecord | None) -> None:
         """Deliver one row, retrying until the processor accepts or refuses it for good."""
-        attempt = 0
+        backoff = Backoff(maximum=self._max_backoff)
         while True:
             try:
-                await self._attempt(row)
+                await self._attempt(row, workflow)
                 return
             except Exception as exc:  # a failure of ours (database) or an unexpected answer
-                attempt += 1
-                delay = _backoff(attempt, self._max_backoff)
+                delay = backoff.next()
                 logger.warning(
                     "delivering %s of %s failed (%s); retry %d in %.2fs",
-                    row.kind, row.workflow_id, _describe(exc), attempt, delay,
+                    row.kind, row.workflow_id, _describe(exc), backoff.attempts, delay,
                     exc_info=not isinstance(exc, grpc.aio.AioRpcError),
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, row: OutboxRow) -> None:
-        request = row.request or await self._request(row)
+    async def _attempt(self, row: OutboxRow, workflow: WorkflowRecord | None) -> None:
+        if workflow is None and row.kind == store.ENQUEUE:
+            workflow = await self._db.read(lambda conn: store.get(conn, row.workflow_id))
+        request = request_of(row, workflow)
         if request is None:
             logger.error("outbox row %d names unknown workflow %s; dropped", row.id, row.workflow_id)
-        else:
-            while True:
-                await self._open.wait()
-                try:
-                    async with self._in_flight:
-                        run = await self._send(row, request)
-                    # Recording the dispatch and deleting the row share one transaction.
-                    await self._on_dispatched(
-                        row.workflow_id, run, functools.partial(store.delete_outbox, outbox_id=row.id)
-                    )
-                    self.delivered += 1
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in (REFUSED_CANCEL if row.kind == store.CANCEL else REFUSED):
-                        await self._give_up(row, exc)
-                        break
-                    if exc.code() not in OUTAGE:
-                        raise
-                    self._close_gate(row, exc)
-        await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
-        self.delivered += 1
-
-    def _close_gate(self, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
-        if not self._open.is_set():
-            return  # another sender already noticed this outage
-        self._open.clear()
-        logger.warning(
-            "delivering %s of %s failed (%s); %d outbox rows wait for the processor",
-            row.kind,
-            row.workflow_id,
-            exc.code().name,
-            len(self._known),
-        )
-        self._prober = asyncio.create_task(self._probe_until_up(), name="outbox-probe")
-
-    async def _probe_until_up(self) -> None:
-        attempt = 0
+            await self._db.write(lambda conn: store.delete_outbox(conn, row.id))
+            return
         while True:
-            attempt += 1
-            await asyncio.sleep(_backoff(attempt, self._max_backoff))
+            await self._open.wait()
             try:
-                if await self._probe():
-                    break
-            except Exception:  # the probe's own failure is the answer "not yet"
-                logger.debug("processor probe failed", exc_info=True)
-            logger.info("the processor is still unavailable; %d outbox rows wait", len(self._known))
-        logger.info("the processor is back; delivering %d outbox rows", len(self._known))
-        self._open.set()
-        parked, self._parked = self._parked, deque()
-        for row in parked:  # in order: a workflow's rows keep theirs
-            self._route(row)
+                async with self._in_flight:
+                    run = await self._send(row, request)
+                await self._dispatches.dispatched(row, run)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (REFUSED_CANCEL if row.kind == store.CANCEL else REFUSED):
+                    logger.error("the processor refused %s of %s: %s", row.kind, row.workflow_id, exc.details())
+                    await self._dispatches.refused(row, exc.details() or exc.code().name)
+                    return
+                if exc.code() not in OUTAGE:
+                    raise
+                self._close_gate(row, exc)
 
-    async def _request(self, row: OutboxRow) -> ppb.EnqueueRequest | ppb.CancelRunRequest | None:
-        if row.kind == store.ENQUEUE:
-            return await self._db.read(lambda conn: store.enqueue_request(conn, row.payload))
-        return ppb.CancelRunRequest.FromString(row.payload)
-
-    async def _send(self, row: OutboxRow, request: ppb.EnqueueRequest | ppb.CancelRunRequest) -> ppb.Run:
+    async def _send(self, row: OutboxRow, request: Request) -> ppb.Run:
         if isinstance(request, ppb.EnqueueRequest):
             response = await self._stub.Enqueue(request, timeout=self._rpc_timeout)
             logger.info("dispatched %s to the processor (created=%s)", row.workflow_id, response.created)
@@ -258,20 +253,38 @@ class OutboxRelay:
         logger.info("delivered cancel of %s to the processor", row.workflow_id)
         return cancelled.run
 
-    async def _give_up(self, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
-        logger.error("the processor refused %s of %s: %s", row.kind, row.workflow_id, exc.details())
-        if row.kind == store.ENQUEUE:
-            reason, message = "DISPATCH_REFUSED", f"the processor refused the workflow: {exc.details()}"
-            event = await self._db.write(lambda conn: workflows.fail_dispatch(conn, row.workflow_id, reason, message))
-            if event is not None:
-                self._on_event(event)
-        else:  # a later CancelWorkflow may try again
-            await self._db.write(lambda conn: store.clear_cancel_requested(conn, row.workflow_id))
+    def _close_gate(self, row: OutboxRow, exc: grpc.aio.AioRpcError) -> None:
+        if not self._open.is_set():
+            return  # another sender already noticed this outage
+        self._open.clear()
+        self._unavailable_since = convert.utcnow()
+        logger.warning(
+            "delivering %s of %s failed (%s); %d outbox rows wait for the processor",
+            row.kind, row.workflow_id, exc.code().name, len(self._known),
+        )  # fmt: skip
+        self._prober = asyncio.create_task(self._probe_until_up(), name="outbox-probe")
 
+    async def _probe_until_up(self) -> None:
+        backoff = Backoff(maximum=self._max_backoff)
+        while True:
+            await asyncio.sleep(backoff.next())
+            try:
+                if await self._serving():
+                    break
+            except Exception:  # the probe's own failure is the answer "not yet"
+                logger.debug("processor probe failed", exc_info=True)
+            logger.info("the processor is still unavailable; %d outbox rows wait", len(self._known))
+        logger.info("the processor is back; delivering %d outbox rows", len(self._known))
+        self._unavailable_since = None
+        self._open.set()
+        parked, self._parked = self._parked, deque()
+        for row, workflow in parked:  # in order: a workflow's rows keep theirs
+            self._route(row, workflow)
 
-def _backoff(attempt: int, cap: float) -> float:
-    """Capped exponential backoff with jitter: 0.1 s, 0.2 s, 0.4 s … up to `cap`."""
-    return float(min(cap, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+    async def _serving(self) -> bool:
+        request = health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE)
+        response = await self._health.Check(request, timeout=2.0)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 def _describe(exc: Exception) -> str:

@@ -1,4 +1,6 @@
-"""The gateway process: `WorkflowService` on a gRPC server, the outbox relay and the mirror.
+"""The gateway process, wired: the application layer (`api`) behind two adapters (gRPC
+`service`, `rest`), the outbox relay, the feed from the processor, the hub and its watchers.
+This module only builds and connects them, and starts and stops them in order.
 
 `create_server(address, settings)` builds everything without starting it (tests use port 0);
 `serve(settings)` runs until SIGINT/SIGTERM; `main()` is the `auditflow-gateway` script.
@@ -9,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sqlalchemy import Connection
+from grpc_health.v1 import health_pb2_grpc
 
 from auditflow import logs, procedures, serving, sources
 from auditflow.auth import settings as auth_settings
@@ -22,13 +22,13 @@ from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
 from auditflow.db import Database
 from auditflow.tls import ServerTls, check_plaintext, host_of
-from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from auditflow.watch import EventHub
 from gateway import store
-from gateway.mirror import Mirror
+from gateway.api import WorkflowApi
+from gateway.feed import Feed
+from gateway.hub import WorkflowHub
 from gateway.outbox import OutboxRelay
 from gateway.rest import RestGateway
 from gateway.service import WorkflowService
@@ -38,7 +38,6 @@ from gateway.watch import Watcher
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = wpb.DESCRIPTOR.services_by_name["WorkflowService"].full_name
-PROCESSOR_SERVICE = ppb.DESCRIPTOR.services_by_name["ProcessorService"].full_name
 
 
 class Gateway:
@@ -54,19 +53,12 @@ class Gateway:
         self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations")
         self.channel = processor_channel(settings)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
-        self.hub: EventHub[dict[str, Any]] = EventHub()
-        self.mirror = Mirror(self.db, stub, self.hub.wake, max_followed=settings.max_followed)
-        self._processor_health = health_pb2_grpc.HealthStub(self.channel)
-        self.relay = OutboxRelay(
-            self.db,
-            stub,
-            self._dispatched,
-            self._event_appended,
-            self._processor_serving,
-            scan_interval=settings.outbox_scan_interval,
-        )
-        watcher = Watcher(self.db, stub, self.hub, self.mirror, heartbeat_interval=settings.heartbeat_interval)
-        self.service = WorkflowService(
+        self.hub = WorkflowHub()
+        self.feed = Feed(self.db, stub, self.hub)
+        health = health_pb2_grpc.HealthStub(self.channel)
+        self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
+        watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
+        self.api = WorkflowApi(
             self.db,
             self.relay,
             self.hub,
@@ -74,11 +66,12 @@ class Gateway:
             default_max_cycles=settings.default_max_cycles,
             self_approval=settings.allow_self_approval,
         )
+        self.service = WorkflowService(self.api)
         self.rest: RestGateway | None = None
         if settings.rest_port is not None:
             # REST calls the same handlers as gRPC, with the same authentication and policy.
             self.rest = RestGateway(
-                self.service,
+                self.api,
                 self.authenticator,
                 self.host or "127.0.0.1",
                 settings.rest_port,
@@ -101,7 +94,7 @@ class Gateway:
         await self.authenticator.start()
         await asyncio.to_thread(self.db.start)
         await self.server.start()
-        await self.mirror.start()
+        await self.feed.start()
         await self.relay.start()
         if self.rest is not None:
             await self.rest.start()
@@ -118,7 +111,7 @@ class Gateway:
             await self.rest.stop()
         await self.server.stop(grace)
         await self.relay.stop()
-        await self.mirror.stop()
+        await self.feed.stop()
         await self.channel.close(grace=None)
         await self.authenticator.stop()
         await asyncio.to_thread(self.db.close)
@@ -128,18 +121,6 @@ class Gateway:
         self.authenticator.reload()
         if self.tls is not None:
             self.tls.reload()
-
-    async def _dispatched(self, workflow_id: str, run: ppb.Run, retire: Callable[[Connection], None]) -> None:
-        self.hub.wake(workflow_id)  # watchers waiting for the run can follow it now
-        await self.mirror.record(workflow_id, run.snapshot, also=retire)
-
-    async def _processor_serving(self) -> bool:
-        request = health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE)
-        response = await self._processor_health.Check(request, timeout=2.0)
-        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def _event_appended(self, event: dict[str, Any]) -> None:
-        self.hub.publish(event["workflow_id"], event["sequence"], event)
 
 
 def processor_channel(settings: Settings) -> grpc.aio.Channel:

@@ -28,8 +28,6 @@ class Settings:
     processor_target: str = DEFAULT_PROCESSOR
     default_max_cycles: int = 15
     allow_self_approval: bool = False
-    # Runs whose status the gateway follows at once (see gateway/mirror.py).
-    max_followed: int = 64
     heartbeat_interval: float = 5.0
     outbox_scan_interval: float = 5.0
     plugins: tuple[str, ...] = ()

@@ -1,15 +1,19 @@
-"""The gateway's tables and the queries on them (SQLAlchemy Core, blocking: they run on the
-database threads of `auditflow.db.Database`).
+"""The gateway's tables, the queries on them, and their records (SQLAlchemy Core, blocking:
+they run on the database threads of `auditflow.db.Database`).
 
 The gateway owns workflows (plan, creator, decision) and their events up to dispatch, plus the
 outbox of messages for the processor. After dispatch, the processor owns the run and its
-events; the gateway keeps a mirror of the run's status on the workflow row for Get and List.
+events; the gateway keeps a mirror of the run's status on the workflow row for Get and List
+(written by `gateway.feed`, the one follower of the processor's events).
+
+Queries return records (`WorkflowRecord`, `EventRecord`, `OutboxRow`), never bare rows.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +27,6 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    Row,
     String,
     Table,
     Text,
@@ -39,7 +42,6 @@ from sqlalchemy import (
 
 from auditflow import convert, statuses
 from auditflow.prepared import Prepared
-from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 
 metadata = MetaData()
@@ -109,6 +111,93 @@ ENQUEUE = "enqueue"
 CANCEL = "cancel"
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything is stored in UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """One row of `workflows`. It is also a `convert.SnapshotSource`: the mirrored status."""
+
+    workflow_id: str
+    title: str
+    plan_json: str
+    orchestrator: str
+    created_by: str
+    created_by_key: str
+    created_by_auth: str | None
+    create_request_id: str | None
+    status: int
+    decision: str | None
+    decided_by: str | None
+    decided_by_auth: str | None
+    decision_comment: str | None
+    decision_request_id: str | None
+    decided_at: datetime | None
+    cancel_requested: bool
+    dispatched: bool
+    max_cycles: int
+    cycle: int
+    progress_done: int
+    progress_total: int
+    last_message: str
+    error_reason: str | None
+    error_message: str | None
+    result_json: str | None
+    last_sequence: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> WorkflowRecord:
+        """From a Core `Row` or a prepared statement's named tuple (read by attribute)."""
+        values = {name: getattr(row, name) for name in _WORKFLOW_FIELDS}
+        for name in ("decided_at", "created_at", "updated_at"):
+            values[name] = _utc(values[name])
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        values["dispatched"] = bool(values["dispatched"])
+        return cls(**values)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return json.loads(self.result_json) if self.result_json else None
+
+
+_WORKFLOW_FIELDS = tuple(f.name for f in fields(WorkflowRecord))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One row of `workflow_events`: the gateway's own events (created, decided, cancelled)."""
+
+    workflow_id: str
+    sequence: int
+    type: int
+    status: int
+    message: str
+    actor: str
+    time: datetime
+    actor_auth: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> EventRecord:
+        m = row._mapping
+        return cls(m["workflow_id"], m["sequence"], m["type"], m["status"], m["message"], m["actor"],
+                   _utc(m["time"]) or datetime.now(UTC), m["actor_auth"])  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A message for the processor, committed with the decision that caused it; only the
+    relay (`gateway.outbox`) knows what its payload says."""
+
+    id: int
+    workflow_id: str
+    kind: str
+    payload: bytes
+
+
 # Statements run on every approval, dispatch, mirrored event or watch are built once, with
 # bound parameters (building one and its cache key costs more than running the cached
 # compiled form). Names start with "b_" so that they never collide with the column names an
@@ -131,15 +220,17 @@ _MIRROR = update(workflows).where(
 _DELETE_OUTBOX = delete(outbox).where(outbox.c.id == bindparam("b_id"))
 
 
-def get(conn: Connection, workflow_id: str) -> Row[Any] | None:
-    return conn.execute(_GET, {"b_workflow_id": workflow_id}).first()
+def get(conn: Connection, workflow_id: str) -> WorkflowRecord | None:
+    row = conn.execute(_GET, {"b_workflow_id": workflow_id}).first()
+    return None if row is None else WorkflowRecord.from_row(row)
 
 
-def find_by_request(conn: Connection, created_by: str, request_id: str) -> Row[Any] | None:
+def find_by_request(conn: Connection, created_by: str, request_id: str) -> WorkflowRecord | None:
     query = select(workflows).where(
         and_(workflows.c.created_by == created_by, workflows.c.create_request_id == request_id)
     )
-    return conn.execute(query).first()
+    row = conn.execute(query).first()
+    return None if row is None else WorkflowRecord.from_row(row)
 
 
 # Both run on every decision: prepared (see auditflow.prepared), not executed through Core.
@@ -162,7 +253,7 @@ def append_event(
     actor: str,
     time: datetime,
     actor_auth: str | None = None,
-) -> dict[str, Any]:
+) -> EventRecord:
     values = {
         "workflow_id": workflow_id,
         "sequence": sequence,
@@ -174,28 +265,30 @@ def append_event(
         "actor_auth": actor_auth,
     }
     _INSERT_EVENT.run(conn, values)
-    return values
+    return EventRecord(workflow_id, sequence, type_, status, message, actor, time, actor_auth)
 
 
-def events_after(conn: Connection, workflow_id: str, after: int) -> list[Row[Any]]:
-    return list(conn.execute(_EVENTS_AFTER, {"b_workflow_id": workflow_id, "b_after": after}))
+def events_after(conn: Connection, workflow_id: str, after: int) -> list[EventRecord]:
+    rows = conn.execute(_EVENTS_AFTER, {"b_workflow_id": workflow_id, "b_after": after})
+    return [EventRecord.from_row(row) for row in rows]
 
 
-def add_outbox(conn: Connection, workflow_id: str, kind: str, payload: bytes, time: datetime) -> int:
+def add_outbox(conn: Connection, workflow_id: str, kind: str, payload: bytes, time: datetime) -> OutboxRow:
     values = {"workflow_id": workflow_id, "kind": kind, "payload": payload, "created_at": time}
     row = _INSERT_OUTBOX.run(conn, values)
-    return int(row.id)
+    return OutboxRow(int(row.id), workflow_id, kind, payload)
 
 
-def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Row[Any]]:
+def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[OutboxRow]:
     """Outbox rows not in `known`, oldest first. Only ids are read for all rows, so that a
     large backlog the relay already holds costs little to scan."""
     ids = [r[0] for r in conn.execute(select(outbox.c.id).order_by(outbox.c.id)) if r[0] not in known]
-    rows: list[Row[Any]] = []
+    found: list[OutboxRow] = []
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        rows.extend(conn.execute(select(outbox).where(outbox.c.id.in_(chunk)).order_by(outbox.c.id)))
-    return rows
+        rows = conn.execute(select(outbox).where(outbox.c.id.in_(chunk)).order_by(outbox.c.id))
+        found.extend(OutboxRow(r.id, r.workflow_id, r.kind, r.payload) for r in rows)
+    return found
 
 
 def clear_cancel_requested(conn: Connection, workflow_id: str) -> None:
@@ -206,25 +299,9 @@ def delete_outbox(conn: Connection, outbox_id: int) -> None:
     conn.execute(_DELETE_OUTBOX, {"b_id": outbox_id})
 
 
-def enqueue_request(conn: Connection, payload: bytes) -> ppb.EnqueueRequest | None:
-    """The Enqueue an outbox row stands for: its payload completed from the workflow row."""
-    request = ppb.EnqueueRequest.FromString(payload)
-    row = get(conn, request.workflow_id)
-    return None if row is None else complete_enqueue(request, row)
-
-
-def complete_enqueue(request: ppb.EnqueueRequest, row: Row[Any]) -> ppb.EnqueueRequest:
-    """The outbox keeps only what the workflow row does not (approver, base sequence);
-    the rest of the Enqueue comes from the row."""
-    request.title = row.title
-    request.plan.extend(convert.plan_from_json(row.plan_json))
-    request.orchestrator = row.orchestrator
-    request.max_cycles = row.max_cycles
-    return request
-
-
 def to_follow(conn: Connection) -> list[tuple[str, int]]:
-    """Dispatched workflows whose run has not ended, with the last sequence mirrored."""
+    """Dispatched workflows whose run has not ended, with the last sequence mirrored: where
+    the feed catches up from."""
     query = (
         select(workflows.c.workflow_id, workflows.c.last_sequence)
         .where(and_(workflows.c.dispatched.is_(True), workflows.c.status.not_in(list(statuses.TERMINAL))))
@@ -253,7 +330,7 @@ def mirror(conn: Connection, workflow_id: str, snap: pb.StatusSnapshot, *, dispa
 
 def list_page(
     conn: Connection, status_filter: Sequence[int], limit: int, after: tuple[datetime, str] | None
-) -> list[Row[Any]]:
+) -> list[WorkflowRecord]:
     """Newest first; keyset pagination on (created_at, workflow_id)."""
     query = select(workflows).order_by(workflows.c.created_at.desc(), workflows.c.workflow_id.desc()).limit(limit)
     if status_filter:
@@ -266,65 +343,4 @@ def list_page(
                 and_(workflows.c.created_at == created_at, workflows.c.workflow_id < workflow_id),
             )
         )
-    return list(conn.execute(query))
-
-
-# --- rows to messages ------------------------------------------------------------------
-
-
-def snapshot_of(row: Row[Any]) -> pb.StatusSnapshot:
-    return convert.snapshot(
-        workflow_id=row.workflow_id,
-        status=row.status,
-        cycle=row.cycle,
-        max_cycles=row.max_cycles,
-        progress_done=row.progress_done,
-        progress_total=row.progress_total,
-        last_message=row.last_message,
-        error_reason=row.error_reason,
-        error_message=row.error_message,
-        result=json.loads(row.result_json) if row.result_json else None,
-        updated_at=row.updated_at,
-        last_sequence=row.last_sequence,
-    )
-
-
-def workflow_of(row: Row[Any]) -> pb.Workflow:
-    snap = snapshot_of(row)
-    return pb.Workflow(
-        workflow_id=row.workflow_id,
-        title=row.title,
-        plan=convert.plan_from_json(row.plan_json),
-        created_by=row.created_by,
-        status=row.status,
-        decided_by=row.decided_by or "",
-        decision_comment=row.decision_comment or "",
-        cycle=row.cycle,
-        max_cycles=row.max_cycles,
-        progress=snap.progress,
-        last_message=row.last_message,
-        error=snap.error if snap.HasField("error") else None,
-        result=snap.result if snap.HasField("result") else None,
-        background_processing=snap.background_processing,
-        is_processing=snap.is_processing,
-        is_completed=snap.is_completed,
-        created_at=convert.timestamp(row.created_at),
-        updated_at=snap.updated_at,
-        last_update=snap.last_update,
-        orchestrator=row.orchestrator,
-        last_sequence=row.last_sequence,
-    )
-
-
-def event_message(event: Row[Any] | dict[str, Any]) -> pb.WorkflowEvent:
-    e = event._mapping if isinstance(event, Row) else event
-    return pb.WorkflowEvent(
-        workflow_id=e["workflow_id"],
-        sequence=e["sequence"],
-        type=e["type"],
-        status=e["status"],
-        message=e["message"],
-        actor=e["actor"],
-        time=convert.timestamp(e["time"]),
-        actor_auth=e["actor_auth"] or "",
-    )
+    return [WorkflowRecord.from_row(row) for row in conn.execute(query)]

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, insert, update
+from sqlalchemy import Connection, and_, bindparam, insert, update
 
 from auditflow import convert, statuses
 from auditflow.errors import AlreadyDecided, NotFound, PermissionDenied, WrongState
 from auditflow.prepared import Prepared
 from auditflow.principal import ADMIN, Principal
-from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
-from gateway import store
-from gateway.store import workflows
+from gateway import outbox, store
+from gateway.store import EventRecord, OutboxRow, WorkflowRecord, workflows
 
 S = pb.WorkflowStatus
 E = pb.EventType
@@ -42,26 +40,24 @@ class NewWorkflow:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a transaction did: the row after it, the event it appended, the outbox row. The
-    row is a `Row` or, from a prepared statement, a named tuple: read it by attribute."""
+    """What a transaction did: the workflow after it, the event it appended, and the message
+    for the processor it committed (for the relay, which alone reads it)."""
 
-    row: Any
+    record: WorkflowRecord
     changed: bool
-    event: dict[str, Any] | None = None
-    outbox_id: int | None = None
-    outbox_payload: bytes | None = None
-    outbox_kind: str = ""
+    event: EventRecord | None = None
+    outbox: OutboxRow | None = None
 
 
 def new_workflow_id() -> str:
     return "wf_" + secrets.token_hex(16)
 
 
-def _require(conn: Connection, workflow_id: str) -> Row[Any]:
-    row = store.get(conn, workflow_id)
-    if row is None:
+def _require(conn: Connection, workflow_id: str) -> WorkflowRecord:
+    record = store.get(conn, workflow_id)
+    if record is None:
         raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
-    return row
+    return record
 
 
 def create(conn: Connection, new: NewWorkflow) -> Outcome:
@@ -109,14 +105,14 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
     return Outcome(_require(conn, workflow_id), changed=True, event=event)
 
 
-def _same_decision(row: Row[Any], decision: str, actor: Principal, request_id: str) -> bool:
+def _same_decision(row: WorkflowRecord, decision: str, actor: Principal, request_id: str) -> bool:
     """The same decision again, by the same person or with the same request id."""
     if row.decision != decision:
         return False
     return bool(actor.is_(row.decided_by or "") or (request_id and row.decision_request_id == request_id))
 
 
-def _refuse(row: Row[Any], workflow_id: str) -> Exception:
+def _refuse(row: WorkflowRecord, workflow_id: str) -> Exception:
     meta = {"workflow_id": workflow_id, "status": statuses.name(row.status)}
     if row.decision:
         verb = "approved" if row.decision == APPROVE else "rejected"
@@ -182,8 +178,8 @@ def decide(
         "b_message": message,
         "b_forbidden_key": actor.key if approve and not self_approval else "",
     }
-    row = _DECIDE.run(conn, params)
-    if row is None:  # not awaiting approval (or unknown): nothing was written
+    decided = _DECIDE.run(conn, params)
+    if decided is None:  # not awaiting approval (or unknown): nothing was written
         current = _require(conn, workflow_id)
         if _same_decision(current, decision, actor, request_id):
             return Outcome(current, changed=False)
@@ -194,18 +190,16 @@ def decide(
                 reason="SEPARATION_OF_DUTIES",
             )
         raise _refuse(current, workflow_id)
+    record = WorkflowRecord.from_row(decided)
     event_type = E.EVENT_TYPE_APPROVED if approve else E.EVENT_TYPE_REJECTED
     event = store.append_event(
-        conn, workflow_id, row.last_sequence, event_type, status, message, actor.name, now, actor.via
+        conn, workflow_id, record.last_sequence, event_type, status, message, actor.name, now, actor.via
     )
     if not approve:
-        return Outcome(row, True, event)
-    # The relay completes the request (title, plan …) from the workflow row when it sends it.
-    payload = ppb.EnqueueRequest(
-        workflow_id=workflow_id, base_sequence=row.last_sequence, approved_by=actor.name
-    ).SerializeToString()
-    outbox_id = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
-    return Outcome(row, True, event, outbox_id, payload, store.ENQUEUE)
+        return Outcome(record, True, event)
+    payload = outbox.enqueue_payload(record, actor.name)
+    row = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
+    return Outcome(record, True, event, row)
 
 
 def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str) -> Outcome:
@@ -240,14 +234,12 @@ def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str) ->
     if row.cancel_requested:
         return Outcome(row, changed=False)
     conn.execute(update(workflows).where(workflows.c.workflow_id == workflow_id).values(cancel_requested=True))
-    payload = ppb.CancelRunRequest(
-        workflow_id=workflow_id, requested_by=actor.name, reason=reason, requested_by_auth=actor.via
-    ).SerializeToString()
-    outbox_id = store.add_outbox(conn, workflow_id, store.CANCEL, payload, now)
-    return Outcome(_require(conn, workflow_id), True, None, outbox_id, payload, store.CANCEL)
+    payload = outbox.cancel_payload(workflow_id, actor, reason)
+    message_row = store.add_outbox(conn, workflow_id, store.CANCEL, payload, now)
+    return Outcome(_require(conn, workflow_id), True, None, message_row)
 
 
-def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str) -> dict[str, Any] | None:
+def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str) -> EventRecord | None:
     """The processor refused the workflow for good: end it here, with the reason."""
     row = _require(conn, workflow_id)
     if row.dispatched or statuses.is_terminal(row.status):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from auditflow import convert
+from auditflow import convert, statuses
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.watch import EventHub
@@ -13,38 +13,12 @@ from processor.store import EventRecord, RunRecord
 
 def run_snapshot(run: RunRecord) -> pb.StatusSnapshot:
     """The run's current snapshot (equal to the snapshot as of its newest event)."""
-    return convert.snapshot(
-        workflow_id=run.workflow_id,
-        status=run.status,
-        cycle=run.cycle,
-        max_cycles=run.max_cycles,
-        progress_done=run.progress_done,
-        progress_total=run.progress_total,
-        last_message=run.last_message,
-        error_reason=run.error_reason,
-        error_message=run.error_message,
-        result=run.result,
-        updated_at=run.updated_at,
-        last_sequence=run.last_sequence,
-    )
+    return convert.snapshot(run)
 
 
 def event_snapshot(event: EventRecord) -> pb.StatusSnapshot:
     """The run's snapshot as of `event`: what a watcher replaying the log should show."""
-    return convert.snapshot(
-        workflow_id=event.workflow_id,
-        status=event.status,
-        cycle=event.cycle,
-        max_cycles=event.max_cycles,
-        progress_done=event.progress_done,
-        progress_total=event.progress_total,
-        last_message=event.message,
-        error_reason=event.error_reason,
-        error_message=event.error_message,
-        result=event.result,
-        updated_at=event.time,
-        last_sequence=event.sequence,
-    )
+    return convert.snapshot(event)
 
 
 def run(record: RunRecord) -> ps.Run:
@@ -87,4 +61,5 @@ Hub = EventHub[ps.ProcessorServiceWatchStatusResponse]
 def publish(hub: Hub, records: list[EventRecord]) -> None:
     """Tell watchers in this process about committed events (call after the commit)."""
     for record in records:
-        hub.publish(record.workflow_id, record.sequence, watch_event(record))
+        final = statuses.is_terminal(record.status)
+        hub.publish(record.workflow_id, record.sequence, watch_event(record), final=final)

@@ -29,6 +29,7 @@ from processor import settings as settings_module
 from processor.scheduler import Scheduler
 from processor.service import ProcessorService
 from processor.settings import Settings
+from processor.tail import Tail
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Processor:
         self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
         self.scheduler = Scheduler(self.db, self.hub, settings)
         self.service = ProcessorService(self.db, self.hub, self.scheduler, settings)
+        self.tail = Tail(self.db, self.hub, poll_interval=settings.poll_interval)
         self.server = serving.new_server(self.authenticator)
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -69,6 +71,7 @@ class Processor:
         await asyncio.to_thread(self.db.start)  # creates the schema: blocking
         await asyncio.to_thread(orchestrator.load, orchestrator.DEFAULT)
         await self.scheduler.start()
+        await self.tail.start()
         await self.server.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
         self._started = True
@@ -87,6 +90,7 @@ class Processor:
         await self._health.enter_graceful_shutdown()
         self.abandoned_cycles = await self.scheduler.stop(grace)
         self.service.close()
+        await self.tail.stop()
         await self.server.stop(min(grace, 2.0))
         await self.authenticator.stop()
         await asyncio.to_thread(self.db.close)

@@ -20,9 +20,11 @@ from sqlalchemy import Connection
 from auditflow import convert, plans, principal, statuses
 from auditflow.convert import utcnow
 from auditflow.db import Database
-from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Unavailable, invalid
+from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable, invalid
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.watch import wait_for
 from processor import messages, orchestrator, store, transitions
 from processor.scheduler import Scheduler
 from processor.settings import Settings
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 WatchResponse = ps.ProcessorServiceWatchStatusResponse
 PAGE = 256
+# Events a feed subscriber may fall behind before it is cut (and catches up with ReadEvents).
+FEED_BUFFER = 100_000
+MAX_CURSORS = 1000
+MAX_READ_PAGE = 1000
 MAX_AUTH = 300
 MAX_BASE_SEQUENCE = 1000
 
@@ -45,7 +51,8 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         self._scheduler = scheduler
         self._settings = settings
         self._closing = asyncio.Event()
-        self.open_streams = 0  # WatchStatus calls being served
+        self.open_streams = 0  # WatchStatus and Follow calls being served
+        self.event_reads = 0  # ReadEvents calls answered (for tests and benchmarks)
 
     def close(self) -> None:
         """End open WatchStatus streams with UNAVAILABLE so clients reconnect elsewhere."""
@@ -129,6 +136,48 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             self.open_streams -= 1
             self._hub.unsubscribe(wid)
 
+    async def Follow(self, request: ps.FollowRequest, context: Any) -> AsyncIterator[ps.FollowResponse]:
+        """Every event published here, live; see the contract in processor_service.proto."""
+        feed = self._hub.follow(FEED_BUFFER)
+        self.open_streams += 1
+        try:
+            yield ps.FollowResponse(heartbeat=pb.Heartbeat(time=convert.timestamp(utcnow())))  # subscribed
+            while True:
+                if self._closing.is_set():
+                    raise Unavailable("the processor is shutting down; follow another one or reconnect")
+                if not await wait_for(feed.changed, self._settings.heartbeat_interval):
+                    yield ps.FollowResponse(heartbeat=pb.Heartbeat(time=convert.timestamp(utcnow())))
+                    continue
+                items = feed.take()
+                if feed.overflowed:
+                    raise Overloaded(
+                        f"this subscriber fell more than {FEED_BUFFER} events behind; catch up with ReadEvents"
+                    )
+                for _workflow_id, _sequence, message in items:
+                    yield ps.FollowResponse(event=ps.FeedEvent(event=message.event, snapshot=message.snapshot))
+        finally:
+            self.open_streams -= 1
+            self._hub.unfollow(feed)
+
+    async def ReadEvents(self, request: ps.ReadEventsRequest, context: Any) -> ps.ReadEventsResponse:
+        if len(request.cursors) > MAX_CURSORS:
+            raise invalid("cursors", f"at most {MAX_CURSORS} per call, got {len(request.cursors)}")
+        if not 0 <= request.page_size <= MAX_READ_PAGE:
+            raise invalid("page_size", f"must be between 0 (default {MAX_READ_PAGE}) and {MAX_READ_PAGE}")
+        cursors = []
+        for index, cursor in enumerate(request.cursors):
+            plans.check_workflow_id(cursor.workflow_id, f"cursors[{index}].workflow_id")
+            if cursor.after_sequence < 0:
+                raise invalid(f"cursors[{index}].after_sequence", "must not be negative")
+            cursors.append((cursor.workflow_id, cursor.after_sequence))
+        limit = request.page_size or MAX_READ_PAGE
+        records, truncated = await self._db.scan(
+            functools.partial(store.events_after_cursors, cursors=cursors, limit=limit)
+        )
+        events = [ps.FeedEvent(event=messages.event(r), snapshot=messages.event_snapshot(r)) for r in records]
+        self.event_reads += 1
+        return ps.ReadEventsResponse(events=events, truncated=truncated)
+
     async def _get(self, workflow_id: str) -> RunRecord:
         wid = plans.check_workflow_id(workflow_id)
         run = await self._db.read(functools.partial(store.get_run, workflow_id=wid))
@@ -141,10 +190,9 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
 
         The log is the source: the hub only wakes us and saves reads when its cache covers
         what we have not sent. We read a page at a time, so a slow watcher costs nothing but
-        its position. On SQLite this processor is the only writer of its database, so every
-        event passes through its hub and an idle watcher costs nothing. On PostgreSQL other
-        processors may append to the run's log: there waits are bounded by poll_interval and
-        the log is read after each.
+        its position. Every event reaches the hub: this processor's own at its commit, other
+        processors' (on a shared PostgreSQL) through the tail (processor/tail.py); a gap in
+        the cache sends us to the log.
         """
         settings = self._settings
         idle_since = time.monotonic()
@@ -152,10 +200,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             if self._closing.is_set():
                 raise Unavailable("the processor is shutting down; reconnect with after_sequence")
             cached = self._hub.cached_after(wid, after)
-            if cached is None or (not cached and not self._db.is_sqlite):
-                batch = await self._read_events(wid, after)
-            else:
-                batch = cached
+            batch = await self._read_events(wid, after) if cached is None else cached
             for message in batch:
                 yield message
                 after = message.event.sequence
@@ -171,10 +216,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
                     raise _not_found(wid)
                 yield messages.watch_heartbeat(run, utcnow())
                 idle_since, idle = time.monotonic(), 0.0
-            timeout = settings.heartbeat_interval - idle
-            if not self._db.is_sqlite:  # another processor may append to this run's log
-                timeout = min(settings.poll_interval, timeout)
-            await self._hub.wait(wid, after, max(timeout, 0.001))
+            await self._hub.wait(wid, after, max(settings.heartbeat_interval - idle, 0.001))
 
     async def _read_events(self, wid: str, after: int) -> list[WatchResponse]:
         read = functools.partial(store.events_after, workflow_id=wid, after=after, limit=PAGE)

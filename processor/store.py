@@ -80,6 +80,7 @@ runs = Table(
 )
 Index("ix_runs_claimable", runs.c.status, runs.c.lease_expires_at)
 Index("ix_runs_lease_owner", runs.c.lease_owner)
+Index("ix_runs_updated", runs.c.updated_at)
 
 run_events = Table(
     "run_events",
@@ -227,6 +228,19 @@ class EventRecord:
     result: dict[str, Any] | None = field(default=None)
     actor_auth: str | None = None
 
+    # The snapshot as of this event (auditflow.convert.SnapshotSource).
+    @property
+    def last_message(self) -> str:
+        return self.message
+
+    @property
+    def updated_at(self) -> datetime:
+        return self.time
+
+    @property
+    def last_sequence(self) -> int:
+        return self.sequence
+
     @classmethod
     def from_row(cls, row: Row[Any]) -> EventRecord:
         m = row._mapping
@@ -310,6 +324,30 @@ def lock_run(conn: Connection, workflow_id: str, *, owner: str | None = None) ->
 def events_after(conn: Connection, workflow_id: str, after: int, limit: int) -> list[EventRecord]:
     rows = conn.execute(_EVENTS_AFTER, {"b_workflow_id": workflow_id, "b_after": after, "b_limit": limit})
     return [EventRecord.from_row(row) for row in rows]
+
+
+def events_after_cursors(
+    conn: Connection, cursors: Sequence[tuple[str, int]], limit: int
+) -> tuple[list[EventRecord], bool]:
+    """The events after each (workflow id, sequence), at most `limit` in all, cursor by
+    cursor; True as well when the limit cut the answer."""
+    found: list[EventRecord] = []
+    for workflow_id, after in cursors:
+        room = limit - len(found)
+        if room <= 0:
+            return found, True
+        page = events_after(conn, workflow_id, after, room + 1)
+        if len(page) > room:
+            return [*found, *page[:room]], True
+        found.extend(page)
+    return found, False
+
+
+def changed_since(conn: Connection, since: datetime) -> list[tuple[str, int]]:
+    """(workflow id, last sequence) of the runs written since `since` (the tail's look at what
+    other processors committed)."""
+    query = select(runs.c.workflow_id, runs.c.last_sequence).where(runs.c.updated_at >= since)
+    return [(row[0], row[1]) for row in conn.execute(query)]
 
 
 def count_claimable(conn: Connection, now: datetime, exclude: Collection[str] = ()) -> int:

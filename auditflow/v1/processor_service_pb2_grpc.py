@@ -56,6 +56,16 @@ class ProcessorServiceStub:
                 request_serializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceWatchStatusRequest.SerializeToString,
                 response_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceWatchStatusResponse.FromString,
                 _registered_method=True)
+        self.Follow = channel.unary_stream(
+                '/auditflow.v1.ProcessorService/Follow',
+                request_serializer=auditflow_dot_v1_dot_processor__service__pb2.FollowRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_processor__service__pb2.FollowResponse.FromString,
+                _registered_method=True)
+        self.ReadEvents = channel.unary_unary(
+                '/auditflow.v1.ProcessorService/ReadEvents',
+                request_serializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessorServiceServicer:
@@ -93,6 +103,25 @@ class ProcessorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Follow(self, request, context):
+        """The feed: every event of every run as it is committed, live, in commit order per run, on
+        one stream (a gateway opens one, whatever the number of its watchers). The first message
+        is a heartbeat sent once the subscription is in place: an event committed after it is on
+        the stream, one committed before it is read with ReadEvents. A subscriber that falls too
+        far behind is cut with RESOURCE_EXHAUSTED and catches up with ReadEvents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadEvents(self, request, context):
+        """The events after each cursor (a run's log from a sequence on), for a subscriber catching
+        up; at most `page_size` in all, in cursor order then sequence order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +144,16 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceWatchStatusRequest.FromString,
                     response_serializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceWatchStatusResponse.SerializeToString,
+            ),
+            'Follow': grpc.unary_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=auditflow_dot_v1_dot_processor__service__pb2.FollowRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_processor__service__pb2.FollowResponse.SerializeToString,
+            ),
+            'ReadEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadEvents,
+                    request_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -227,6 +266,60 @@ class ProcessorService:
             '/auditflow.v1.ProcessorService/WatchStatus',
             auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceWatchStatusRequest.SerializeToString,
             auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceWatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/auditflow.v1.ProcessorService/Follow',
+            auditflow_dot_v1_dot_processor__service__pb2.FollowRequest.SerializeToString,
+            auditflow_dot_v1_dot_processor__service__pb2.FollowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.ProcessorService/ReadEvents',
+            auditflow_dot_v1_dot_processor__service__pb2.ReadEventsRequest.SerializeToString,
+            auditflow_dot_v1_dot_processor__service__pb2.ReadEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

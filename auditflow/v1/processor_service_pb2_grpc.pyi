@@ -47,6 +47,17 @@ class ProcessorServiceStub:
     """Streams the run's events after `after_sequence`, then live ones; ends with OK after the
     terminal event.
     """
+    Follow: _grpc.UnaryStreamMultiCallable[_processor_service_pb2.FollowRequest, _processor_service_pb2.FollowResponse]
+    """The feed: every event of every run as it is committed, live, in commit order per run, on
+    one stream (a gateway opens one, whatever the number of its watchers). The first message
+    is a heartbeat sent once the subscription is in place: an event committed after it is on
+    the stream, one committed before it is read with ReadEvents. A subscriber that falls too
+    far behind is cut with RESOURCE_EXHAUSTED and catches up with ReadEvents.
+    """
+    ReadEvents: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.ReadEventsRequest, _processor_service_pb2.ReadEventsResponse]
+    """The events after each cursor (a run's log from a sequence on), for a subscriber catching
+    up; at most `page_size` in all, in cursor order then sequence order.
+    """
 
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
@@ -66,6 +77,17 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     WatchStatus: _aio.UnaryStreamMultiCallable[_processor_service_pb2.ProcessorServiceWatchStatusRequest, _processor_service_pb2.ProcessorServiceWatchStatusResponse]  # type: ignore[assignment]
     """Streams the run's events after `after_sequence`, then live ones; ends with OK after the
     terminal event.
+    """
+    Follow: _aio.UnaryStreamMultiCallable[_processor_service_pb2.FollowRequest, _processor_service_pb2.FollowResponse]  # type: ignore[assignment]
+    """The feed: every event of every run as it is committed, live, in commit order per run, on
+    one stream (a gateway opens one, whatever the number of its watchers). The first message
+    is a heartbeat sent once the subscription is in place: an event committed after it is on
+    the stream, one committed before it is read with ReadEvents. A subscriber that falls too
+    far behind is cut with RESOURCE_EXHAUSTED and catches up with ReadEvents.
+    """
+    ReadEvents: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.ReadEventsRequest, _processor_service_pb2.ReadEventsResponse]  # type: ignore[assignment]
+    """The events after each cursor (a run's log from a sequence on), for a subscriber catching
+    up; at most `page_size` in all, in cursor order then sequence order.
     """
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -107,6 +129,29 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.ProcessorServiceWatchStatusResponse], _abc.AsyncIterator[_processor_service_pb2.ProcessorServiceWatchStatusResponse]]:
         """Streams the run's events after `after_sequence`, then live ones; ends with OK after the
         terminal event.
+        """
+
+    @_abc_1.abstractmethod
+    def Follow(
+        self,
+        request: _processor_service_pb2.FollowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_processor_service_pb2.FollowResponse], _abc.AsyncIterator[_processor_service_pb2.FollowResponse]]:
+        """The feed: every event of every run as it is committed, live, in commit order per run, on
+        one stream (a gateway opens one, whatever the number of its watchers). The first message
+        is a heartbeat sent once the subscription is in place: an event committed after it is on
+        the stream, one committed before it is read with ReadEvents. A subscriber that falls too
+        far behind is cut with RESOURCE_EXHAUSTED and catches up with ReadEvents.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadEvents(
+        self,
+        request: _processor_service_pb2.ReadEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processor_service_pb2.ReadEventsResponse, _abc.Awaitable[_processor_service_pb2.ReadEventsResponse]]:
+        """The events after each cursor (a run's log from a sequence on), for a subscriber catching
+        up; at most `page_size` in all, in cursor order then sequence order.
         """
 
 def add_ProcessorServiceServicer_to_server(servicer: ProcessorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -205,6 +205,7 @@ class StatusSnapshot(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROCESSOR_UNAVAILABLE_SINCE_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     status: Global___WorkflowStatus.ValueType
     cycle: _builtins.int
@@ -228,6 +229,10 @@ class StatusSnapshot(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_update(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def processor_unavailable_since(self) -> _timestamp_pb2.Timestamp:
+        """Set while approved work waits because the processor is unavailable: since when."""
+
     def __init__(
         self,
         *,
@@ -245,10 +250,11 @@ class StatusSnapshot(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         last_update: _timestamp_pb2.Timestamp | None = ...,
         last_sequence: _builtins.int = ...,
+        processor_unavailable_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "last_update", b"last_update", "progress", b"progress", "result", b"result", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "last_update", b"last_update", "processor_unavailable_since", b"processor_unavailable_since", "progress", b"progress", "result", b"result", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_processing", b"background_processing", "cycle", b"cycle", "error", b"error", "is_completed", b"is_completed", "is_processing", b"is_processing", "last_message", b"last_message", "last_sequence", b"last_sequence", "last_update", b"last_update", "max_cycles", b"max_cycles", "progress", b"progress", "result", b"result", "status", b"status", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_processing", b"background_processing", "cycle", b"cycle", "error", b"error", "is_completed", b"is_completed", "is_processing", b"is_processing", "last_message", b"last_message", "last_sequence", b"last_sequence", "last_update", b"last_update", "max_cycles", b"max_cycles", "processor_unavailable_since", b"processor_unavailable_since", "progress", b"progress", "result", b"result", "status", b"status", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,12 +1,13 @@
 """The aiohttp application: one handler per descriptor route, calling the service's handlers.
 
-`RestApp(service, authenticator)` serves the routes of auditflow.v1.WorkflowService. Each
+`RestApp(api, authenticator)` serves the routes of auditflow.v1.WorkflowService. Each
 request is authenticated with the same `Authenticator` and checked against the same policy
 table as a gRPC call (from its `Authorization` header, a trusted proxy's header and the
 HTTP peer's address), then the request message built from the path, query and body is
-handed to the same handler the gRPC server calls: one validation, one error mapping, no
-loopback. Server-streaming RPCs are served as Server-Sent Events, or as newline-delimited
-JSON when the client asks for `application/x-ndjson`.
+handed to the application layer the gRPC adapter calls (`gateway.api`): one validation, one
+error mapping, no loopback. Server-streaming RPCs are served as Server-Sent Events, or as
+newline-delimited JSON when the client asks for `application/x-ndjson`, from the hub's
+items: each event is encoded once for every watcher.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from auditflow.errors import AuditflowError, Unauthenticated
 from auditflow.interceptor import log_refusal
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway.hub import Item
 from gateway.rest import errors, hooks, openapi, page
-from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of, to_json
+from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
 
 logger = logging.getLogger(__name__)
 
@@ -119,14 +121,14 @@ class RestApp:
 
     def __init__(
         self,
-        servicer: object,
+        api: object,
         authenticator: Authenticator,
         service: ServiceDescriptor = SERVICE,
         *,
         cors_origins: frozenset[str] = frozenset(),
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
-        self.servicer = servicer
+        self.api = api
         self.authenticator = authenticator
         self.routes = routes_of(service)
         self.max_body_bytes = max_body_bytes
@@ -159,7 +161,7 @@ class RestApp:
         principal.set_current(caller)  # (each request runs in a task of its own)
 
     def _handler(self, route: Route) -> Handler:
-        call = getattr(self.servicer, route.method.name)
+        call = getattr(self.api, route.method.name)
         if route.streaming:
 
             async def streaming(request: web.Request) -> web.StreamResponse:
@@ -170,7 +172,7 @@ class RestApp:
                 message = await self._request_message(route, request)
                 if isinstance(message, web.Response):
                     return message
-                return await self._stream(route, request, call(message, None))
+                return await self._stream(route, request, call(message))
 
             return streaming
 
@@ -182,7 +184,7 @@ class RestApp:
                 message = await self._request_message(route, request)
                 if isinstance(message, web.Response):
                     return message
-                answer: Message = await call(message, None)
+                answer: Message = await call(message)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -215,14 +217,14 @@ class RestApp:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
         return message
 
-    async def _stream(self, route: Route, request: web.Request, items: AsyncIterator[Message]) -> web.StreamResponse:
+    async def _stream(self, route: Route, request: web.Request, items: AsyncIterator[Item]) -> web.StreamResponse:
         ndjson = NDJSON in request.headers.get("Accept", "")
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
         try:
             try:  # the first message (or the error) decides the HTTP status
-                first: Message | None = await anext(items)
+                first: Item | None = await anext(items)
             except StopAsyncIteration:
                 first = None
             except Exception as exc:
@@ -236,9 +238,9 @@ class RestApp:
                 await response.write(b"retry: 1000\n\n")
             try:
                 if first is not None:
-                    await response.write(_ndjson(first) if ndjson else _sse(first))
+                    await response.write(first.ndjson if ndjson else first.sse)
                     async for item in items:
-                        await response.write(_ndjson(item) if ndjson else _sse(item))
+                        await response.write(item.ndjson if ndjson else item.sse)
                 if not ndjson:  # tells an SSE client not to reconnect to a finished stream
                     await response.write(b"event: end\ndata: {}\n\n")
             except AuditflowError as exc:
@@ -260,22 +262,10 @@ class RestApp:
             await _close(items)
 
 
-async def _close(items: AsyncIterator[Message]) -> None:
+async def _close(items: AsyncIterator[Item]) -> None:
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-def _sse(message: Message) -> bytes:
-    if hooks.is_heartbeat(message):
-        return b": heartbeat\n\n"
-    event_id = hooks.event_id(message)
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}data: {_dumps(to_json(message))}\n\n".encode()
-
-
-def _ndjson(message: Message) -> bytes:
-    return (_dumps(to_json(message)) + "\n").encode()
 
 
 class RestGateway:
@@ -283,7 +273,7 @@ class RestGateway:
 
     def __init__(
         self,
-        servicer: object,
+        api: object,
         authenticator: Authenticator,
         host: str = "127.0.0.1",
         port: int = 8080,
@@ -296,7 +286,7 @@ class RestGateway:
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.rest = RestApp(servicer, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes)
+        self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes)
         self._runner: web.AppRunner | None = None
 
     @property

@@ -61,14 +61,3 @@ RESPONSE_SCHEMAS: dict[str, Callable[[Callable[[Any], dict[str, Any]]], dict[str
 
 # Streaming RPCs that resume after a sequence: the request field that `Last-Event-ID` sets.
 RESUME_FIELDS: dict[str, str] = {"WatchStatus": "after_sequence"}
-
-
-def event_id(message: Message) -> str | None:
-    """The SSE `id:` of a stream message (the event's sequence), None for heartbeats."""
-    if isinstance(message, wpb.WatchStatusResponse) and message.HasField("event"):
-        return str(message.event.sequence)
-    return None
-
-
-def is_heartbeat(message: Message) -> bool:
-    return isinstance(message, wpb.WatchStatusResponse) and message.HasField("heartbeat")

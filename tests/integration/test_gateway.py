@@ -349,7 +349,7 @@ async def test_an_unexpected_error_in_a_stream_is_internal_too(
     def broken(*_args: object) -> None:
         raise RuntimeError("secret table layout")
 
-    monkeypatch.setattr(store, "events_after", broken)
+    monkeypatch.setattr(store, "get", broken)  # (the stream reads the workflow first)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         async for _ in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id)):
             pass

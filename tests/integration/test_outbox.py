@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection
 
+from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.server import Gateway
 from gateway.server import create_server as create_gateway
 from gateway.settings import Settings as GatewaySettings
+from gateway.store import OutboxRow
 from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
@@ -110,18 +112,16 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
     gateway: Gateway, start_processor: Callable[[], Awaitable[Processor]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await start_processor()
-    real_record = gateway.mirror.record
+    real_dispatched = gateway.feed.dispatched
     failures: list[str] = []
 
-    async def flaky_record(
-        workflow_id: str, snapshot: pb.StatusSnapshot, also: Callable[[Connection], None] | None = None
-    ) -> None:
+    async def flaky_dispatched(row: OutboxRow, run: ppb.Run) -> None:
         if not failures:
-            failures.append(workflow_id)
+            failures.append(row.workflow_id)
             raise OSError("disk full")
-        await real_record(workflow_id, snapshot, also)
+        await real_dispatched(row, run)
 
-    monkeypatch.setattr(gateway.mirror, "record", flaky_record)
+    monkeypatch.setattr(gateway.feed, "dispatched", flaky_dispatched)
     async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
@@ -132,8 +132,12 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
             return (await status(stub, workflow_id)).status == S.WORKFLOW_STATUS_COMPLETED
 
         await until(completed, "the workflow to complete despite the failed delivery")
+
+        async def delivered() -> bool:  # (the run completes through the feed meanwhile)
+            return gateway.relay.pending == 0
+
+        await until(delivered, "the relay to record the dispatch on its retry")
     assert failures == [workflow_id]
-    assert gateway.relay.pending == 0
     assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
 
 
@@ -147,7 +151,7 @@ async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_ord
         await stub.Approve(wpb.ApproveRequest(workflow_id=ids[0]), metadata=as_user("alice"))
 
         async def gate_closed() -> bool:  # the first Enqueue found no processor
-            return gateway.relay.outage
+            return gateway.relay.unavailable_since is not None
 
         await until(gate_closed, "the relay to notice the outage")
         for workflow_id in ids[1:]:
@@ -169,23 +173,39 @@ async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_ord
     assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
 
 
-@pytest.mark.parametrize("gateway", [{"max_followed": 4}], indirect=True)
-async def test_the_mirror_follows_a_bounded_number_of_runs(
+async def test_one_stream_follows_every_run_and_list_filters_are_current(
     start_processor: Callable[[], Awaitable[Processor]], gateway: Gateway
 ) -> None:
-    """A backlog of queued runs costs waiting tasks, not open streams to the processor."""
+    """No window: a hundred runs at once (and watchers on them) cost one stream to the
+    processor, and Get/List with a status filter agree with the processor for every run."""
     processor = await start_processor()
     async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
-        request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_sleep", seconds=0.3)] * 3)
-        ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(12)]
+        request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_sleep", seconds=0.05)] * 3, max_cycles=10)
+        ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(100)]
+        watchers = [stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=w)) for w in ids[:20] for _ in range(3)]
         for workflow_id in ids:
             await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        running = wpb.ListWorkflowsRequest(page_size=500, statuses=[S.WORKFLOW_STATUS_RUNNING])
 
-        async def all_dispatched() -> bool:
-            return gateway.relay.pending == 0
+        async def some_running() -> bool:
+            return bool((await stub.ListWorkflows(running)).workflows)
 
-        await until(all_dispatched, "every approval to be dispatched")
-        await asyncio.sleep(0.3)
-        assert gateway.mirror.following == 12  # every unfinished run is queued for following...
-        assert 0 < processor.service.open_streams <= 4  # ...but at most 4 streams are open
+        await until(some_running, "runs to show as RUNNING in List")
+        await asyncio.wait_for(gateway.feed.connected.wait(), 30)
+        assert processor.service.open_streams == 1  # the gateway's one feed, not one stream per run or watcher
+        for message_lists in await asyncio.gather(*(drain(call) for call in watchers)):
+            sequences = [m.event.sequence for m in message_lists if m.HasField("event")]
+            assert sequences == list(range(1, len(sequences) + 1)) and message_lists[-1].snapshot.is_completed
+
+        async def all_completed() -> bool:
+            done = wpb.ListWorkflowsRequest(page_size=500, statuses=[S.WORKFLOW_STATUS_COMPLETED])
+            return len((await stub.ListWorkflows(done)).workflows) == 100
+
+        await until(all_completed, "List to show every run COMPLETED")
+        assert not (await stub.ListWorkflows(running)).workflows
+        assert processor.service.open_streams == 1
+
+
+async def drain(call: Any) -> list[wpb.WatchStatusResponse]:
+    return [message async for message in call]

@@ -28,6 +28,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from processor import store
 from tests.support import auth
 from tests.support.grpc_helpers import details
+from tests.support.postgres import fresh_database
 from tests.support.processor_harness import (
     E,
     Harnesses,
@@ -657,3 +658,77 @@ async def test_sigterm_does_not_wait_past_the_grace_period_for_a_running_step(tm
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- the feed ---------------------------------------------------------------------------------
+
+
+async def test_follow_streams_every_event_of_every_run_in_order(harnesses: Harnesses) -> None:
+    h = await harnesses.start(max_concurrent=2)
+    follow = h.stub.Follow(ps.FollowRequest())
+    subscribed = await follow.read()
+    assert subscribed.HasField("heartbeat")  # from here on, every commit is on this stream
+    requests = [enqueue_request([step("test_noop")] * 3) for _ in range(2)]
+    for request in requests:
+        await h.stub.Enqueue(request)
+    seen: dict[str, list[tuple[int, str]]] = {r.workflow_id: [] for r in requests}
+    while any(not kinds or kinds[-1][1] != "COMPLETED" for kinds in seen.values()):
+        message = await asyncio.wait_for(follow.read(), 30)
+        if message.HasField("event"):
+            event = message.event.event
+            seen[event.workflow_id].append((event.sequence, E.Name(event.type).removeprefix("EVENT_TYPE_")))
+            assert message.event.snapshot.last_sequence == event.sequence
+    follow.cancel()
+    for kinds in seen.values():
+        assert [s for s, _ in kinds] == list(range(3, 3 + len(kinds)))
+        assert [k for _, k in kinds] == ["QUEUED", "STARTED", *["CYCLE_COMPLETED"] * 3, "COMPLETED"]
+
+
+async def test_read_events_pages_through_cursors(harnesses: Harnesses) -> None:
+    h = await harnesses.start()
+    runs = [enqueue_request([step("test_noop")] * 2) for _ in range(3)]
+    for request in runs:
+        await h.stub.Enqueue(request)
+        await collect(h.stub, request.workflow_id)
+    cursors = [ps.FeedCursor(workflow_id=r.workflow_id, after_sequence=2) for r in runs]
+    whole = await h.stub.ReadEvents(ps.ReadEventsRequest(cursors=cursors))
+    assert not whole.truncated and len(whole.events) == 3 * 5  # QUEUED, STARTED, 2 cycles, COMPLETED each
+    assert [e.event.workflow_id for e in whole.events] == [r.workflow_id for r in runs for _ in range(5)]
+    page = await h.stub.ReadEvents(ps.ReadEventsRequest(cursors=cursors, page_size=7))
+    assert page.truncated and [e.event.sequence for e in page.events] == [3, 4, 5, 6, 7, 3, 4]
+    later = [ps.FeedCursor(workflow_id=runs[0].workflow_id, after_sequence=6)]
+    assert [e.event.sequence for e in (await h.stub.ReadEvents(ps.ReadEventsRequest(cursors=later))).events] == [7]
+    for bad in (
+        ps.ReadEventsRequest(cursors=[ps.FeedCursor(workflow_id="nope")]),
+        ps.ReadEventsRequest(cursors=[ps.FeedCursor(workflow_id=runs[0].workflow_id, after_sequence=-1)]),
+        ps.ReadEventsRequest(cursors=cursors * 400),
+        ps.ReadEventsRequest(cursors=cursors, page_size=5000),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await h.stub.ReadEvents(bad)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_on_a_shared_database_each_processor_feeds_every_run(tmp_path: Path) -> None:
+    """Two processors on one PostgreSQL database: a run driven by one is on the other's feed
+    too (its tail reads what others commit), and a watcher there follows it to the end."""
+    harnesses = Harnesses(tmp_path)
+    with fresh_database("shared") as url:
+        try:
+            driver = await harnesses.start(database_url=url, worker_id="driver")
+            follower = await harnesses.start(database_url=url, worker_id="follower", max_concurrent=1)
+            follow = follower.stub.Follow(ps.FollowRequest())
+            await follow.read()
+            request = enqueue_request([step("test_noop")] * 2)
+            await driver.stub.Enqueue(request)
+            kinds: list[str] = []
+            while not kinds or kinds[-1] != "COMPLETED":
+                message = await asyncio.wait_for(follow.read(), 30)
+                if message.HasField("event") and message.event.event.workflow_id == request.workflow_id:
+                    kinds.append(E.Name(message.event.event.type).removeprefix("EVENT_TYPE_"))
+            follow.cancel()
+            assert kinds == ["QUEUED", "STARTED", "CYCLE_COMPLETED", "CYCLE_COMPLETED", "COMPLETED"]
+            watched = await collect(follower.stub, request.workflow_id)
+            assert types(watched)[-1] == "COMPLETED"
+        finally:
+            await harnesses.close()

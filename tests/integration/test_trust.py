@@ -194,7 +194,7 @@ PROCESSOR_RPCS = {m.name for m in ps.DESCRIPTOR.services_by_name["ProcessorServi
 
 
 async def test_role_by_rpc_on_the_processor(pair: Pair) -> None:
-    assert {"Enqueue", "CancelRun", "GetRun", "WatchStatus"} == PROCESSOR_RPCS
+    assert {"Enqueue", "CancelRun", "GetRun", "WatchStatus", "Follow", "ReadEvents"} == PROCESSOR_RPCS
     workflow_id = "wf_" + "ab" * 16
     requests: dict[str, Any] = {
         "Enqueue": ps.EnqueueRequest(
@@ -203,6 +203,8 @@ async def test_role_by_rpc_on_the_processor(pair: Pair) -> None:
         "CancelRun": ps.CancelRunRequest(workflow_id=workflow_id, requested_by="alice"),
         "GetRun": ps.GetRunRequest(workflow_id=workflow_id),
         "WatchStatus": ps.ProcessorServiceWatchStatusRequest(workflow_id="wf_" + "cd" * 16),
+        "Follow": ps.FollowRequest(),
+        "ReadEvents": ps.ReadEventsRequest(cursors=[ps.FeedCursor(workflow_id=workflow_id)]),
     }
     gateway_token = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)
     async with grpc.aio.insecure_channel(pair.processor.address) as channel:

@@ -1,0 +1,198 @@
+"""The application layer of `auditflow.v1.WorkflowService`, called by both adapters: the gRPC
+servicer (`gateway.service`) and the REST gateway (`gateway.rest`), each after authenticating
+the caller and checking the policy. One validation, one set of transactions, one way of
+answering; errors are raised as `auditflow.errors` exceptions and each adapter maps them.
+
+Methods are named after the RPCs and take the request message. They validate, run one
+transaction from `gateway.workflows`, then publish the event to the hub (its watchers) and
+hand the outbox row to the relay, and answer from the stored state. They never call the
+processor: Approve is as fast as one (shared) durable commit. WatchStatus yields hub items
+(a message with its encodings, shared by every watcher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from auditflow import convert, plans, principal, statuses
+from auditflow.db import Database
+from auditflow.errors import InvalidArgument, NotFound, invalid
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway import messages, store, workflows
+from gateway.hub import Item, WorkflowHub
+from gateway.outbox import OutboxRelay
+from gateway.store import WorkflowRecord
+from gateway.watch import Watcher
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+class WorkflowApi:
+    def __init__(
+        self,
+        db: Database,
+        relay: OutboxRelay,
+        hub: WorkflowHub,
+        watcher: Watcher,
+        *,
+        default_max_cycles: int,
+        self_approval: bool = False,
+    ) -> None:
+        self._db = db
+        self._relay = relay
+        self._hub = hub
+        self._watcher = watcher
+        self._default_max_cycles = default_max_cycles
+        self._self_approval = self_approval
+
+    async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest) -> wpb.CreateWorkflowResponse:
+        user = principal.current()
+        # Procedures may check files (a ledger path): blocking work, off the event loop.
+        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
+        plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
+        new = workflows.NewWorkflow(
+            title=request.title,
+            plan_json=convert.plan_to_json(request.plan),
+            steps=len(request.plan),
+            orchestrator=request.orchestrator or "plan",
+            max_cycles=request.max_cycles or self._default_max_cycles,
+            created_by=user,
+            request_id=request.request_id,
+        )
+        outcome = await self._db.write(lambda conn: workflows.create(conn, new))
+        self._published(outcome)
+        if outcome.changed:
+            logger.info("workflow %s submitted by %s (%d steps)", outcome.record.workflow_id, user.name, new.steps)
+        return wpb.CreateWorkflowResponse(workflow=self._workflow(outcome.record))
+
+    async def GetWorkflow(self, request: wpb.GetWorkflowRequest) -> wpb.GetWorkflowResponse:
+        return wpb.GetWorkflowResponse(workflow=self._workflow(await self._load(request.workflow_id)))
+
+    async def GetStatus(self, request: wpb.GetStatusRequest) -> wpb.GetStatusResponse:
+        record = await self._load(request.workflow_id)
+        return wpb.GetStatusResponse(status=messages.snapshot(record, self._relay.unavailable_since))
+
+    async def ListWorkflows(self, request: wpb.ListWorkflowsRequest) -> wpb.ListWorkflowsResponse:
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise invalid("page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}")
+        for status in request.statuses:
+            if status not in pb.WorkflowStatus.values() or status == pb.WORKFLOW_STATUS_UNSPECIFIED:
+                raise invalid("statuses", f"not a workflow status: {status}")
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        after = _decode_token(request.page_token) if request.page_token else None
+        filter_ = list(request.statuses)
+        records = await self._db.scan(lambda conn: store.list_page(conn, filter_, size + 1, after))
+        token = _encode_token(records[size - 1]) if len(records) > size else ""
+        return wpb.ListWorkflowsResponse(workflows=[self._workflow(r) for r in records[:size]], next_page_token=token)
+
+    async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
+        record = (await self._decide(request, workflows.APPROVE)).record
+        return approve_response(record, self._relay.unavailable_since)
+
+    async def Reject(self, request: wpb.RejectRequest) -> wpb.RejectResponse:
+        outcome = await self._decide(request, workflows.REJECT)
+        return wpb.RejectResponse(workflow=self._workflow(outcome.record))
+
+    async def CancelWorkflow(self, request: wpb.CancelWorkflowRequest) -> wpb.CancelWorkflowResponse:
+        workflow_id = plans.check_workflow_id(request.workflow_id)
+        reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
+        user = principal.current()
+        outcome = await self._db.write(lambda conn: workflows.cancel(conn, workflow_id, user, reason))
+        self._published(outcome)
+        if outcome.changed:
+            logger.info("workflow %s: cancel requested by %s", workflow_id, user.name)
+        pending = not statuses.is_terminal(outcome.record.status)
+        return wpb.CancelWorkflowResponse(workflow=self._workflow(outcome.record), pending=pending)
+
+    def WatchStatus(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
+        return self._watch(request)
+
+    async def _watch(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
+        if request.after_sequence < 0:
+            raise invalid("after_sequence", "must not be negative")
+        async for item in self._watcher.watch(request.workflow_id, request.after_sequence):
+            yield item
+
+    async def WhoAmI(self, request: wpb.WhoAmIRequest) -> wpb.WhoAmIResponse:
+        caller = principal.current()
+        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _workflow(self, record: WorkflowRecord) -> pb.Workflow:
+        return messages.workflow(record, self._relay.unavailable_since)
+
+    async def _load(self, workflow_id: str) -> WorkflowRecord:
+        plans.check_workflow_id(workflow_id)
+        record = await self._db.read(lambda conn: store.get(conn, workflow_id))
+        if record is None:
+            raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
+        return record
+
+    async def _decide(self, request: wpb.ApproveRequest | wpb.RejectRequest, decision: str) -> workflows.Outcome:
+        workflow_id = plans.check_workflow_id(request.workflow_id)
+        comment = plans.check_text(request.comment, "comment", plans.MAX_COMMENT)
+        request_id = plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
+        user = principal.current()
+        outcome = await self._db.write(
+            lambda conn: workflows.decide(
+                conn, workflow_id, decision, user, comment, request_id, self_approval=self._self_approval
+            )
+        )
+        self._published(outcome)
+        if outcome.changed:
+            logger.info("workflow %s %s by %s", workflow_id, decision.lower() + "d", user.name)
+        return outcome
+
+    def _published(self, outcome: workflows.Outcome) -> None:
+        """After the commit: the event to the watchers, the outbox row to the relay."""
+        record = outcome.record
+        if outcome.event is not None:
+            snapshot = messages.event_snapshot(record, outcome.event)
+            self._hub.publish(Item.event(messages.event(outcome.event), snapshot))
+        if outcome.outbox is not None:
+            self._relay.submit(outcome.outbox, record)
+
+
+def approve_response(record: WorkflowRecord, unavailable_since: datetime | None) -> wpb.ApproveResponse:
+    """Approve's answer, from the stored state: a repeated Approve after the run finished says
+    so, and approved work waiting for an unavailable processor says that, not that it runs."""
+    snapshot = messages.snapshot(record, unavailable_since)
+    started = statuses.is_processing(record.status) and (record.dispatched or unavailable_since is None)
+    if statuses.is_terminal(record.status):
+        text = f"the run already ended: {statuses.name(record.status)} ({record.last_message})"
+    elif not started:
+        text = snapshot.last_message  # waiting for the processor, since when
+    else:
+        text = "Workflow processing has started in the background; watch its status live."
+    return wpb.ApproveResponse(
+        workflow_id=record.workflow_id,
+        approved=record.decision == workflows.APPROVE,
+        immediate_response=True,  # (what the answer is: it never waits for the work)
+        background_processing_started=started,
+        processing_message=text,
+        workflow_status=record.status,  # type: ignore[arg-type]
+        updated_at=convert.timestamp(record.updated_at),
+        workflow=messages.workflow(record, unavailable_since),
+    )
+
+
+def _encode_token(record: WorkflowRecord) -> str:
+    return base64.urlsafe_b64encode(f"{record.created_at.isoformat()}|{record.workflow_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[datetime, str]:
+    try:
+        created, workflow_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(created), plans.check_workflow_id(workflow_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidArgument) as exc:
+        raise invalid("page_token", "malformed; pass the next_page_token of a previous call") from exc

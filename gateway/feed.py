@@ -1,0 +1,217 @@
+"""The feed: how the gateway follows the processor, one stream for everything.
+
+The gateway opens one `ProcessorService.Follow` stream, whatever the number of its watchers
+and runs. Each processor event crosses the link once, is written to the workflow's row once
+(the mirror that Get and List read: current for every run, however many are active), and is
+then published to the hub once, from which every local watcher reads it (`gateway.watch`).
+Writes are batched: what arrived while the previous batch was being written goes into the
+next transaction, one row update per workflow.
+
+Gap-free, also across broken links: the stream's first message says the subscription is in
+place; the feed then reads, with ReadEvents, every dispatched unfinished workflow's log after
+the position its row holds, so nothing committed before the subscription is missed and
+nothing after it is read twice (a sequence already published is skipped). An event whose
+predecessor never arrived (another processor wrote it, and this one's tail has not caught up)
+has its gap read from the log before it is applied. A broken stream is reopened with backoff
+and the catch-up runs again.
+
+It is also where the relay reports (`gateway.outbox.Dispatches`): an accepted row's answer is
+mirrored and the row deleted in one transaction; a refused Enqueue fails the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import grpc
+from sqlalchemy import Connection
+
+from auditflow.backoff import Backoff
+from auditflow.db import Database
+from auditflow.v1 import processor_service_pb2 as ppb
+from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
+from auditflow.v1 import workflow_pb2 as pb
+from gateway import messages, store, workflows
+from gateway.hub import Item, WorkflowHub
+from gateway.store import OutboxRow
+
+logger = logging.getLogger(__name__)
+
+MAX_CURSORS = 1000  # per ReadEvents call (the processor's limit)
+
+
+class Feed:
+    """Follows the processor's events into the workflow rows and the hub."""
+
+    def __init__(
+        self, db: Database, stub: ppb_grpc.ProcessorServiceAsyncStub, hub: WorkflowHub, *, max_backoff: float = 2.0
+    ) -> None:
+        self._db = db
+        self._stub = stub
+        self._hub = hub
+        self._max_backoff = max_backoff
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()  # set while the stream is open and caught up
+        self.applied = 0  # events written and published (for tests and benchmarks)
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="feed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = Backoff(maximum=self._max_backoff)
+        failing = False
+        while True:
+            try:
+                await self._session(backoff)
+                problem = "the processor ended the feed"
+            except grpc.aio.AioRpcError as exc:
+                problem = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # our own failure (the database): the same retry
+                logger.exception("following the processor failed")
+                problem = f"{type(exc).__name__}"
+            self.connected.clear()
+            if not failing:  # one warning per outage, not one per attempt
+                logger.warning("the feed from the processor broke (%s); reconnecting", problem)
+                failing = True
+            await asyncio.sleep(backoff.next())
+            if self.connected.is_set():
+                failing = False
+
+    async def _session(self, backoff: Backoff) -> None:
+        """One stream: subscribe, catch up, then apply what arrives, batch by batch."""
+        call = self._stub.Follow(ppb.FollowRequest())
+        try:
+            await call.read()  # the processor's first message: subscribed
+            await self._catch_up()
+            self.connected.set()
+            backoff.reset()
+            logger.info("following the processor's feed")
+            arrived: list[ppb.FeedEvent] = []
+            wake = asyncio.Event()
+            reader = asyncio.create_task(self._read(call, arrived, wake), name="feed-reader")
+            try:
+                while not reader.done() or arrived:
+                    if not arrived:
+                        woken = asyncio.create_task(wake.wait())
+                        await asyncio.wait([reader, woken], return_when=asyncio.FIRST_COMPLETED)
+                        woken.cancel()
+                    wake.clear()
+                    batch, arrived[:] = list(arrived), []
+                    if batch:
+                        await self._apply(batch)
+                await reader  # (its error, if the stream broke)
+            finally:
+                reader.cancel()
+        finally:
+            call.cancel()
+
+    @staticmethod
+    async def _read(call: object, arrived: list[ppb.FeedEvent], wake: asyncio.Event) -> None:
+        async for response in call:  # type: ignore[attr-defined]
+            if response.HasField("event"):
+                arrived.append(response.event)
+                wake.set()
+
+    async def _catch_up(self) -> None:
+        """Every dispatched, unfinished workflow's log after its row's position."""
+        following = await self._db.scan(store.to_follow)
+        for workflow_id, last in following:
+            self._hub.seed(workflow_id, last)
+        cursors = {workflow_id: self._hub.published(workflow_id) for workflow_id, _last in following}
+        if cursors:
+            await self._apply(await self._gaps(cursors))
+            logger.info("caught up with %d unfinished runs", len(cursors))
+
+    async def _apply(self, batch: Sequence[ppb.FeedEvent]) -> None:
+        """Write the newest snapshot of each workflow once, then publish every event in order;
+        skip what was published before, read what is missing first."""
+        fresh, gaps = self._sort(batch)
+        if gaps:
+            fresh, _ = self._sort([*await self._gaps(gaps), *fresh])
+        if not fresh:
+            return
+        newest = {e.event.workflow_id: e.snapshot for e in fresh}
+        await self._db.write(lambda conn: _mirror_all(conn, newest))
+        for e in fresh:
+            self._hub.publish(Item.event(e.event, e.snapshot))
+        self.applied += len(fresh)
+
+    def _sort(self, batch: Sequence[ppb.FeedEvent]) -> tuple[list[ppb.FeedEvent], dict[str, int]]:
+        """The events that come next, in order, and {workflow: position} of those with a gap."""
+        position: dict[str, int] = {}
+        fresh: list[ppb.FeedEvent] = []
+        gaps: dict[str, int] = {}
+        for e in sorted(batch, key=lambda e: (e.event.workflow_id, e.event.sequence)):
+            workflow_id, sequence = e.event.workflow_id, e.event.sequence
+            at = position.get(workflow_id, self._hub.published(workflow_id))
+            if sequence <= at or workflow_id in gaps:
+                continue
+            if sequence > at + 1:
+                gaps[workflow_id] = at
+                continue
+            position[workflow_id] = sequence
+            fresh.append(e)
+        return fresh, gaps
+
+    async def _gaps(self, cursors: dict[str, int]) -> list[ppb.FeedEvent]:
+        """Every event after each cursor, from the processor's log. A page answers the
+        cursors in order and may stop inside one: the rest is asked for again from there."""
+        found: list[ppb.FeedEvent] = []
+        pending = list(cursors.items())
+        while pending:
+            chunk, pending = pending[:MAX_CURSORS], pending[MAX_CURSORS:]
+            request = ppb.ReadEventsRequest(cursors=[ppb.FeedCursor(workflow_id=w, after_sequence=a) for w, a in chunk])
+            page = await self._stub.ReadEvents(request, timeout=30)
+            found.extend(page.events)
+            if page.truncated and page.events:
+                last = page.events[-1].event
+                index = [w for w, _a in chunk].index(last.workflow_id)
+                pending = [(last.workflow_id, last.sequence), *chunk[index + 1 :], *pending]
+        return found
+
+    # --- the relay's reports (gateway.outbox.Dispatches) --------------------------------------
+
+    async def dispatched(self, row: OutboxRow, run: ppb.Run) -> None:
+        def write(conn: Connection) -> None:
+            store.mirror(conn, row.workflow_id, run.snapshot)
+            store.delete_outbox(conn, row.id)
+
+        await self._db.write(write)
+        self._hub.wake(row.workflow_id)
+
+    async def refused(self, row: OutboxRow, message: str) -> None:
+        if row.kind == store.ENQUEUE:
+            text = f"the processor refused the workflow: {message}"
+
+            def fail(conn: Connection) -> tuple[store.WorkflowRecord, store.EventRecord] | None:
+                store.delete_outbox(conn, row.id)
+                event = workflows.fail_dispatch(conn, row.workflow_id, "DISPATCH_REFUSED", text)
+                record = store.get(conn, row.workflow_id)
+                return None if event is None or record is None else (record, event)
+
+            failed = await self._db.write(fail)
+            if failed is not None:
+                record, event = failed
+                self._hub.publish(Item.event(messages.event(event), messages.event_snapshot(record, event)))
+            return
+
+        def forget(conn: Connection) -> None:  # a later CancelWorkflow may try again
+            store.delete_outbox(conn, row.id)
+            store.clear_cancel_requested(conn, row.workflow_id)
+
+        await self._db.write(forget)
+
+
+def _mirror_all(conn: Connection, snapshots: dict[str, pb.StatusSnapshot]) -> None:
+    for workflow_id, snapshot in snapshots.items():
+        store.mirror(conn, workflow_id, snapshot)

@@ -1,0 +1,227 @@
+"""What the gateway holds in memory of each workflow's log, for its watchers.
+
+Every event the gateway commits (created, decided, cancelled) and every event the feed brings
+from the processor is published here once, as an `Item`: the WatchStatusResponse and its
+encodings (the gRPC wire bytes, the SSE and NDJSON lines), made once and shared by every
+watcher of the workflow. A thousand watchers of one run cost one encoding per event, and a
+watcher holds only its position.
+
+A workflow's log is kept contiguous (sequence after sequence) and bounded: up to `HELD` items
+while someone watches it, up to `KEPT` otherwise (the newest). A watcher that needs what the
+log no longer holds (it joined late, or fell behind) has the log filled from the sources
+(`gateway.watch`), once for all the watchers waiting on it. Logs of finished workflows that
+nobody watches are dropped after `EVICT_AFTER` seconds; the position (`published`) of an
+unfinished one is kept, so that the feed knows what it has delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import json_format
+
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
+
+HELD = 1024
+KEPT = 32
+EVICT_AFTER = 60.0
+
+
+def _json(message: wpb.WatchStatusResponse) -> str:
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+class Item:
+    """One message for the watchers of a workflow, encoded at most once per encoding."""
+
+    __slots__ = ("_ndjson", "_sse", "_wire", "message", "sequence", "terminal")
+
+    def __init__(self, message: wpb.WatchStatusResponse) -> None:
+        self.message = message
+        self.sequence = message.event.sequence if message.HasField("event") else 0
+        self.terminal = message.HasField("event") and message.snapshot.is_completed
+        self._wire: bytes | None = None
+        self._sse: bytes | None = None
+        self._ndjson: bytes | None = None
+
+    @classmethod
+    def event(cls, event: pb.WorkflowEvent, snapshot: pb.StatusSnapshot) -> Item:
+        return cls(wpb.WatchStatusResponse(event=event, snapshot=snapshot))
+
+    @classmethod
+    def heartbeat(cls, snapshot: pb.StatusSnapshot, now: pb.Heartbeat) -> Item:
+        return cls(wpb.WatchStatusResponse(heartbeat=now, snapshot=snapshot))
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = self.message.SerializeToString()
+        return self._wire
+
+    @property
+    def sse(self) -> bytes:
+        """A Server-Sent Event: `id:` is the sequence; a heartbeat is a comment."""
+        if self._sse is None:
+            if self.sequence == 0:
+                self._sse = b": heartbeat\n\n"
+            else:
+                self._sse = f"id: {self.sequence}\ndata: {_json(self.message)}\n\n".encode()
+        return self._sse
+
+    @property
+    def ndjson(self) -> bytes:
+        if self._ndjson is None:
+            self._ndjson = (_json(self.message) + "\n").encode()
+        return self._ndjson
+
+
+@dataclass
+class _Log:
+    items: deque[Item] = field(default_factory=lambda: deque(maxlen=KEPT))
+    last: int = 0  # the newest sequence published (the feed's position)
+    snapshot: pb.StatusSnapshot | None = None  # as of the newest event
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    watchers: int = 0
+    ended_at: float | None = None
+    filling: asyncio.Future[None] | None = None
+
+
+class WorkflowHub:
+    """The logs and the wake-ups of every workflow the gateway hears of. Event loop only."""
+
+    def __init__(self) -> None:
+        self._logs: dict[str, _Log] = {}
+        self._swept_at = time.monotonic()
+
+    def publish(self, item: Item) -> None:
+        """An event is committed (here, or at the processor and mirrored here): keep it and
+        wake the watchers. A sequence published before is ignored; one past a gap restarts
+        the log there (a watcher needing the gap has it filled)."""
+        workflow_id = item.message.event.workflow_id
+        log = self._logs.get(workflow_id)
+        if log is None:
+            log = self._logs[workflow_id] = _Log()
+        if item.sequence <= log.last:
+            return
+        if log.items and item.sequence != log.items[-1].sequence + 1:
+            log.items.clear()
+        log.items.append(item)
+        log.last = item.sequence
+        log.snapshot = item.message.snapshot
+        if item.terminal:
+            log.ended_at = time.monotonic()
+        self._wake(log)
+        self._sweep()
+
+    def published(self, workflow_id: str) -> int:
+        """The newest sequence published for a workflow (0 if none is known)."""
+        log = self._logs.get(workflow_id)
+        return 0 if log is None else log.last
+
+    def seed(self, workflow_id: str, last: int) -> None:
+        """Know a workflow's position without its events (the feed's start-up catch-up)."""
+        log = self._logs.setdefault(workflow_id, _Log())
+        log.last = max(log.last, last)
+
+    def after(self, workflow_id: str, after: int) -> list[Item] | None:
+        """The items after `after` if the log holds all of them, else None (fill it)."""
+        log = self._logs.get(workflow_id)
+        if log is None:
+            return None
+        if not log.items:  # a position without events: caught up, or nothing known yet
+            return [] if 0 < log.last <= after else None
+        if after + 1 < log.items[0].sequence:
+            return None
+        return [item for item in log.items if item.sequence > after]
+
+    def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:
+        log = self._logs.get(workflow_id)
+        return None if log is None else log.snapshot
+
+    async def fill(self, workflow_id: str, read: Callable[[], Awaitable[list[Item]]]) -> None:
+        """Fill the log from the sources (`read`: the whole log, oldest first), once for all
+        the watchers that need it at the same time."""
+        log = self._logs.setdefault(workflow_id, _Log())
+        if log.filling is not None:
+            await asyncio.shield(log.filling)
+            return
+        log.filling = asyncio.get_running_loop().create_future()
+        try:
+            items = await read()
+            newer = [item for item in log.items if not items or item.sequence > items[-1].sequence]
+            merged = [*items, *newer]
+            log.items = deque(merged, maxlen=log.items.maxlen)
+            if merged:
+                log.last = max(log.last, merged[-1].sequence)
+                log.snapshot = merged[-1].message.snapshot
+                if merged[-1].terminal and log.ended_at is None:
+                    log.ended_at = time.monotonic()
+            log.filling.set_result(None)
+        except BaseException as exc:
+            log.filling.set_exception(exc)
+            log.filling.exception()  # (retrieved: the waiters get it through shield)
+            raise
+        finally:
+            log.filling = None
+
+    # --- watchers ---------------------------------------------------------------------------
+
+    def subscribe(self, workflow_id: str) -> None:
+        log = self._logs.setdefault(workflow_id, _Log())
+        log.watchers += 1
+        if log.items.maxlen != HELD:  # watched: keep more, so that late joiners read memory
+            log.items = deque(log.items, maxlen=HELD)
+
+    def unsubscribe(self, workflow_id: str) -> None:
+        log = self._logs.get(workflow_id)
+        if log is None:
+            return
+        log.watchers -= 1
+        if log.watchers <= 0:
+            log.watchers = 0
+            log.items = deque(log.items, maxlen=KEPT)
+
+    def waiter(self, workflow_id: str) -> asyncio.Event:
+        """The event the next publish or wake sets. Take it before reading, then wait for it,
+        so that a change between the read and the wait is never missed (while subscribed)."""
+        return self._logs.setdefault(workflow_id, _Log()).changed
+
+    def wake(self, workflow_id: str) -> None:
+        """Wake the watchers of a workflow whose state changed without a new event."""
+        log = self._logs.get(workflow_id)
+        if log is not None:
+            self._wake(log)
+
+    @staticmethod
+    def _wake(log: _Log) -> None:
+        log.changed.set()
+        log.changed = asyncio.Event()
+
+    @property
+    def workflows(self) -> int:
+        return len(self._logs)
+
+    @property
+    def watched(self) -> int:
+        return sum(1 for log in self._logs.values() if log.watchers)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._swept_at < EVICT_AFTER / 4:
+            return
+        self._swept_at = now
+        done = [
+            w for w, log in self._logs.items()
+            if log.watchers == 0 and log.ended_at is not None and now - log.ended_at > EVICT_AFTER
+        ]  # fmt: skip
+        for workflow_id in done:
+            del self._logs[workflow_id]

@@ -1,0 +1,94 @@
+"""Gateway records as protobuf messages of the WorkflowService contract (the one place they
+are converted; the snapshot itself is built by `auditflow.convert.snapshot`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from auditflow import convert
+from auditflow.v1 import workflow_pb2 as pb
+from gateway.store import EventRecord, WorkflowRecord
+
+
+def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:
+    """The workflow's current status; `unavailable_since` while its approved work waits for an
+    unavailable processor (then the message says so)."""
+    if unavailable_since is not None and waiting(record):
+        waiting_record = replace(record, last_message=waiting_message(unavailable_since))
+        return convert.snapshot(waiting_record, unavailable_since=unavailable_since)
+    return convert.snapshot(record)
+
+
+def waiting_message(since: datetime) -> str:
+    return f"approved; waiting for the processor, unavailable since {since:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:
+    snap = snapshot(record, unavailable_since)
+    return pb.Workflow(
+        workflow_id=record.workflow_id,
+        title=record.title,
+        plan=convert.plan_from_json(record.plan_json),
+        created_by=record.created_by,
+        status=snap.status,
+        decided_by=record.decided_by or "",
+        decision_comment=record.decision_comment or "",
+        cycle=record.cycle,
+        max_cycles=record.max_cycles,
+        progress=snap.progress,
+        last_message=snap.last_message,
+        error=snap.error if snap.HasField("error") else None,
+        result=snap.result if snap.HasField("result") else None,
+        background_processing=snap.background_processing,
+        is_processing=snap.is_processing,
+        is_completed=snap.is_completed,
+        created_at=convert.timestamp(record.created_at),
+        updated_at=snap.updated_at,
+        last_update=snap.last_update,
+        orchestrator=record.orchestrator,
+        last_sequence=record.last_sequence,
+    )
+
+
+def event(record: EventRecord) -> pb.WorkflowEvent:
+    return pb.WorkflowEvent(
+        workflow_id=record.workflow_id,
+        sequence=record.sequence,
+        type=record.type,  # type: ignore[arg-type]
+        status=record.status,  # type: ignore[arg-type]
+        message=record.message,
+        actor=record.actor,
+        time=convert.timestamp(record.time),
+        actor_auth=record.actor_auth or "",
+    )
+
+
+def event_snapshot(record: WorkflowRecord, event: EventRecord) -> pb.StatusSnapshot:
+    """The workflow's snapshot as of one of the gateway's own events (before dispatch: no
+    cycle, no progress yet; the error of a refused dispatch)."""
+    return convert.snapshot(OwnEventView(record, event))
+
+
+def waiting(record: WorkflowRecord) -> bool:
+    """Approved, and not yet accepted by a processor."""
+    return record.status == pb.WORKFLOW_STATUS_APPROVED and not record.dispatched
+
+
+class OwnEventView:
+    """The snapshot as of a gateway event: its status, message, time and sequence."""
+
+    def __init__(self, record: WorkflowRecord, event: EventRecord) -> None:
+        failed = event.status == pb.WORKFLOW_STATUS_FAILED
+        self.workflow_id = record.workflow_id
+        self.status = event.status
+        self.cycle = 0
+        self.max_cycles = record.max_cycles
+        self.progress_done = 0
+        self.progress_total = record.progress_total
+        self.last_message = event.message
+        self.error_reason = record.error_reason if failed else None
+        self.error_message = record.error_message if failed else None
+        self.result = None
+        self.updated_at = event.time
+        self.last_sequence = event.sequence

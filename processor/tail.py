@@ -1,0 +1,75 @@
+"""The events other processors commit to a shared database, into this processor's hub.
+
+On PostgreSQL several processors share the runs and their logs, and a run's lease may move
+from one to another. This processor's hub hears of its own commits at once; the tail looks
+every `poll_interval` at the runs written in the last `window` seconds (a margin for clocks
+and commits that land out of order), reads the events its hub has not published, and
+publishes them. So the feed (Follow) and every watcher here see every run, whoever drives it.
+The hub ignores what it already published, and a gap the tail has not filled yet (another
+processor's events, then this one's) is closed by the subscriber, who reads the log.
+
+On SQLite a processor is alone with its file: every event passes through its hub, and the
+tail does not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from datetime import datetime, timedelta
+
+from auditflow.convert import utcnow
+from auditflow.db import Database
+from processor import messages, store
+
+logger = logging.getLogger(__name__)
+
+PAGE = 1000
+
+
+class Tail:
+    def __init__(self, db: Database, hub: messages.Hub, *, poll_interval: float, window: float = 30.0) -> None:
+        self._db = db
+        self._hub = hub
+        self._interval = poll_interval
+        self._window = timedelta(seconds=window)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if not self._db.is_sqlite:
+            self._task = asyncio.create_task(self._run(), name="tail")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        since = utcnow() - self._window
+        while True:
+            started = utcnow()
+            try:
+                await self.poll(since)
+                since = started - self._window
+            except Exception:
+                logger.warning("reading other processors' events failed; retrying", exc_info=True)
+            await asyncio.sleep(self._interval)
+
+    async def poll(self, since: datetime) -> int:
+        """Publish what changed since `since` and this hub has not published; the count."""
+        changed = await self._db.read(functools.partial(store.changed_since, since=since))
+        cursors = [(wid, self._hub.published(wid)) for wid, last in changed if last > self._hub.published(wid)]
+        published = 0
+        for start in range(0, len(cursors), PAGE):
+            chunk = cursors[start : start + PAGE]
+            while chunk:
+                read = functools.partial(store.events_after_cursors, cursors=chunk, limit=PAGE)
+                records, truncated = await self._db.scan(read)
+                messages.publish(self._hub, records)
+                published += len(records)
+                chunk = [(wid, self._hub.published(wid)) for wid, _after in chunk] if truncated else []
+        return published

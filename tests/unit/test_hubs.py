@@ -1,0 +1,86 @@
+"""The in-memory hubs as plain objects: the processor's feed subscribers (bounded, cut when too
+far behind, no duplicates) and the gateway's logs (contiguous, filled once for everyone)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.watch import EventHub
+from gateway.hub import KEPT, Item, WorkflowHub
+
+WF = "wf_" + "0" * 32
+
+
+def item(sequence: int, status: int = pb.WORKFLOW_STATUS_RUNNING, workflow_id: str = WF) -> Item:
+    event = pb.WorkflowEvent(workflow_id=workflow_id, sequence=sequence, status=status)  # type: ignore[arg-type]
+    snapshot = pb.StatusSnapshot(workflow_id=workflow_id, status=status, last_sequence=sequence,  # type: ignore[arg-type]
+                                 is_completed=status == pb.WORKFLOW_STATUS_COMPLETED)  # fmt: skip
+    return Item.event(event, snapshot)
+
+
+async def test_a_feed_subscriber_gets_every_event_once_and_is_cut_when_too_far_behind() -> None:
+    hub: EventHub[str] = EventHub()
+    feed = hub.follow(limit=3)
+    hub.publish(WF, 1, "a")
+    hub.publish(WF, 1, "a again")  # the tail republishing what the processor published: ignored
+    hub.publish(WF, 2, "b")
+    assert [e for _w, _s, e in feed.take()] == ["a", "b"]
+    for sequence in range(3, 7):
+        hub.publish(WF, sequence, str(sequence))
+    assert feed.overflowed and feed.take() == []  # cut: it catches up from the log
+    hub.unfollow(feed)
+    assert hub.followers == 0 and hub.published(WF) == 6
+
+
+async def test_the_gateway_log_is_contiguous_and_ignores_what_it_has() -> None:
+    hub = WorkflowHub()
+    for sequence in (1, 2, 2, 3):
+        hub.publish(item(sequence))
+    assert [i.sequence for i in hub.after(WF, 0) or []] == [1, 2, 3]
+    assert hub.after(WF, 3) == []
+    hub.publish(item(7))  # after a gap: the log restarts there, and earlier positions need a fill
+    assert hub.after(WF, 3) is None and [i.sequence for i in hub.after(WF, 6) or []] == [7]
+    hub.seed("wf_" + "1" * 32, 40)
+    assert hub.published("wf_" + "1" * 32) == 40 and hub.after("wf_" + "1" * 32, 40) == []
+
+
+async def test_an_unwatched_log_keeps_a_few_items_and_a_watched_one_more() -> None:
+    hub = WorkflowHub()
+    for sequence in range(1, KEPT + 11):
+        hub.publish(item(sequence))
+    assert hub.after(WF, 0) is None and len(hub.after(WF, 10) or []) == KEPT
+    hub.subscribe(WF)
+    for sequence in range(KEPT + 11, KEPT + 61):
+        hub.publish(item(sequence))
+    assert len(hub.after(WF, 10) or []) == KEPT + 50
+
+
+async def test_a_log_is_filled_once_for_every_watcher_that_needs_it() -> None:
+    hub = WorkflowHub()
+    hub.publish(item(9))  # the newest is here; 1..8 are not
+    reads = 0
+
+    async def read() -> list[Item]:
+        nonlocal reads
+        reads += 1
+        await asyncio.sleep(0.05)
+        return [item(s) for s in range(1, 9)]
+
+    async def watcher() -> list[int]:
+        if hub.after(WF, 0) is None:
+            await hub.fill(WF, read)
+        return [i.sequence for i in hub.after(WF, 0) or []]
+
+    answers = await asyncio.gather(*(watcher() for _ in range(500)))
+    assert reads == 1
+    assert all(a == list(range(1, 10)) for a in answers)
+
+
+def test_an_item_is_encoded_once_in_each_form() -> None:
+    first = item(5, pb.WORKFLOW_STATUS_COMPLETED)
+    assert first.wire is first.wire and first.terminal
+    assert first.sse.startswith(b"id: 5\ndata: {") and first.sse is first.sse
+    assert first.ndjson.endswith(b"\n") and b'"sequence":"5"' in first.ndjson
+    beat = Item.heartbeat(pb.StatusSnapshot(workflow_id=WF), pb.Heartbeat())
+    assert beat.sse == b": heartbeat\n\n" and beat.sequence == 0 and not beat.terminal
