@@ -3,7 +3,8 @@
 A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledger.parquet"}`
 or `{"url": "sqlite:///books.db", "table": "entries"}`. `open_ledger` reads it once per
 process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
-DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`) and
+DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by, amount
+DECIMAL(38, 6), scale`: the decimals the amount is written with) and
 keeps it in a small cache keyed by the source (for files: path, size and modification time),
 so that the chunks of a plan's steps do not read the file again. Any problem (missing file or
 columns, an amount or date that does not parse, no rows, not UTF-8) is a `CriticalError` that
@@ -324,6 +325,7 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
                 coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor,
                 {text("account")} AS account,
                 CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
+                {parsed("amount", "DECIMAL(38, 6)")} AS amount, {_scale(text("amount"))} AS scale,
                 {text("currency")} AS currency, {text("description")} AS description,
                 {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
             FROM raw"""
@@ -352,6 +354,20 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
     except BaseException:
         con.close()
         raise
+
+
+def _scale(amount: str) -> str:
+    """SQL for the decimals an amount is written with ('300' 0, '80.05' 2, '1.5e3' 0), at most 6:
+    the totals of `ledger_summary` and `vendor_totals` are printed with as many decimals as their
+    most precise amount, as a sum of Python Decimals would be."""
+    text = f"trim({amount})"
+    decimals = f"length(regexp_extract({text}, '\\.([0-9]*)', 1))"
+    exponent = f"coalesce(TRY_CAST(regexp_extract({text}, '[eE]([+-]?[0-9]+)$', 1) AS INTEGER), 0)"
+    plain = f"CASE WHEN position('.' IN {text}) > 0 THEN length({text}) - position('.' IN {text}) ELSE 0 END"
+    return (
+        f"CAST(least(6, CASE WHEN regexp_matches({text}, '[eE]') THEN greatest(0, {decimals} - {exponent}) "
+        f"ELSE {plain} END) AS UTINYINT)"
+    )
 
 
 def _load_sql(url: str, table: str) -> Ledger:
