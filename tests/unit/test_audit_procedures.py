@@ -74,9 +74,12 @@ def test_a_clean_ledger_has_no_findings(tmp_path: Path, rows: int, seed: int, na
 
 
 def test_a_clean_ledger_conforms_to_benford(tmp_path: Path) -> None:
+    """By the MAD (Nigrini's verdict); the chi-square of a realistic ledger may reject."""
     path, _ = write(tmp_path, 2000, 5, clean=True)
-    summary = run("benford_first_digit", path)["summary"]
-    assert summary["digits"] == [] and summary["p_value"] > 0.01
+    result = run("benford_first_digit", path)
+    summary = result["summary"]
+    assert summary["conformity"] in ("close conformity", "acceptable conformity"), summary
+    assert summary["digits"] == [] and result["findings"] == []
 
 
 def test_the_generator_is_seeded(tmp_path: Path) -> None:
