@@ -93,7 +93,8 @@ def vendor_counts(total: int, vendors: int) -> list[int]:
     busiest capped at 1/60 of the ledger (at least 260 a year, one a business day)."""
     cap = max(260, total // 60)
     weights = [1 / r for r in range(1, vendors + 1)]
-    shares = [total * w / sum(weights) for w in weights]
+    whole = sum(weights)
+    shares = [total * w / whole for w in weights]
     for _ in range(4):  # the capped vendors' surplus goes to the others, in proportion
         surplus = sum(max(0.0, x - cap) for x in shares)
         free = sum(x for x in shares if x < cap)
@@ -147,21 +148,27 @@ class Generator:
     def row(self, vendor: str, account: str, day: date, cents: int) -> Row:
         return Row(vendor, account, day, cents, self.description(), *self.rng.choice(PAIRS))
 
-    def vendor_scale(self) -> tuple[float, float]:
+    def vendor_scale(self, count: int) -> tuple[float, float]:
         """A vendor's log10 median amount in euros and its spread: log-normal for most vendors
-        (around 300, from about 40 to 2500), a Pareto tail of large suppliers (1000 and up)."""
+        (around 300, from about 40 to 2500), a Pareto tail of large suppliers (1000 and up).
+        A busy vendor sells many things, so its amounts spread wider (0.15 to 0.4 decades for
+        a few payments a year, up to 0.6 for hundreds)."""
         large = self.rng.random() >= 0.8
         center = min(5.5, 3.0 + self.rng.expovariate(2.0)) if large else self.rng.gauss(2.5, 0.45)
-        return center, self.rng.uniform(0.15, 0.4)
+        wider = 0.2 * min(1.0, math.log10(max(count, 10)) - 1)
+        return center, self.rng.uniform(0.15, 0.4) + wider
 
     def payments(self, vendor: str, account: str, count: int) -> list[Row]:
         """A vendor's payments for the year: days by the season, log-normal distinct amounts,
         never two near the approval limit within SPLIT_DAYS."""
-        center, spread = self.vendor_scale()
+        center, spread = self.vendor_scale(count)
         seen = self.amounts.setdefault(vendor, set())
         last_near = date.min
         rows = []
-        for day in sorted(self.rng.choices(self.days, cum_weights=self.cum_weights, k=count)):
+        days = sorted(self.rng.choices(self.days, cum_weights=self.cum_weights, k=count))
+        people = self.rng.choices(PAIRS, k=count)  # drawn in bulk: a million rows in seconds
+        steps = self.rng.choices(range(1, 7), k=count)
+        for day, (creator, approver), step in zip(days, people, steps, strict=True):
             while True:
                 cents = round(10 ** (center + spread * self.rng.gauss(0, 1)) * 100)
                 if cents < 100 or not cents % 100 or cents in seen:
@@ -172,11 +179,12 @@ class Generator:
             seen.add(cents)
             if near_limit(cents):
                 last_near = day
-            rows.append(self.row(vendor, account, day, cents))
+            self.invoice += step
+            rows.append(Row(vendor, account, day, cents, f"invoice {self.invoice}", creator, approver))
         return rows
 
     def background(self, count: int) -> list[Row]:
-        vendors = max(6, math.ceil(count / PER_VENDOR))
+        vendors = max(12, math.ceil(count / PER_VENDOR))
         rows: list[Row] = []
         for v, n in enumerate(vendor_counts(count, vendors)):
             name = VENDOR_NAMES[v % len(VENDOR_NAMES)] + (f" {v // len(VENDOR_NAMES) + 1}" if v >= 20 else "")
@@ -236,11 +244,11 @@ def _plant(gen: Generator, ledger: list[Row], fabricate: int) -> list[dict[str, 
         by_vendor.setdefault(row.vendor, []).append(row)
     pick = _picker(rng, by_vendor)
     # Outliers first, at vendors with enough entries for a steady median and MAD.
-    enough = min(50, max(len(rows) for rows in by_vendor.values()))
+    enough = min(200, max(len(rows) for rows in by_vendor.values()))
     for _ in range(2):
         row = pick(lambda r: len(by_vendor[r.vendor]) >= enough)
         usual = sorted(r.cents for r in by_vendor[row.vendor])[len(by_vendor[row.vendor]) // 2]
-        row.cents = usual * 1000 + 37  # 3 decades above the vendor's median, not a round figure
+        row.cents = usual * 10_000 + 37  # 4 decades above the vendor's median, not a round figure
         note("outliers", "outlier", [row])
 
     for kind, gap, same in (("exact", (1, 3), True), ("exact", (1, 3), True), ("near", (2, 5), False)):

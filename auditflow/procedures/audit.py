@@ -357,10 +357,10 @@ def _benford_scan(
 
 def _benford_sample_sql(digits: str) -> str:
     """Per digit, the entries of the vendors whose amounts start with it most consistently: by
-    the lower 95 % (Wilson) bound of the vendor's share of that digit, among the vendors with
-    more of it than Benford's share of their own count (a whole vendor is in one chunk). A
-    vendor paid almost only amounts with that digit comes first; a busy vendor whose amounts
-    merely cluster near it, or a vendor with one such entry, does not."""
+    the lower 95 % (Wilson) bound of the vendor's share of that digit, among the vendors whose
+    bound is above Benford's share (a whole vendor is in one chunk). A vendor paid almost only
+    amounts with that digit comes first; a busy vendor whose amounts merely cluster near it,
+    or a vendor with one such entry, comes later or not at all."""
     benford = ", ".join(f"({d}, {p!r})" for d, p in enumerate(BENFORD, start=1))
     z2 = 1.96**2
     share = "c / n"
@@ -372,7 +372,8 @@ def _benford_sample_sql(digits: str) -> str:
             v AS (SELECT vendor, count(*) AS n FROM d GROUP BY vendor),
             vd AS (SELECT vendor, digit, count(*) AS c, any_value(v.n) AS n, any_value(benford.p) AS p
                    FROM d JOIN v USING (vendor) JOIN benford USING (digit) GROUP BY vendor, digit),
-            top AS (SELECT vendor, digit, {bound} AS bound, c - n * p AS excess FROM vd WHERE c > n * p
+            top AS (SELECT vendor, digit, bound, c - n * p AS excess FROM (SELECT *, {bound} AS bound FROM vd)
+                    WHERE bound > p
                     QUALIFY row_number() OVER (PARTITION BY digit ORDER BY bound DESC, excess DESC, vendor)
                             <= {BENFORD_IDS})
         SELECT digit, bound, excess, vendor, row_no, entry_id FROM d JOIN top USING (digit, vendor)
