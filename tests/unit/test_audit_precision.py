@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from auditflow import synthetic
-from auditflow.procedures import load
 from auditflow.procedures.audit import (
     BENFORD,
     PROCEDURES,
@@ -29,20 +28,11 @@ from auditflow.procedures.audit import (
     split_windows,
 )
 from auditflow.procedures.table import COLUMNS
+from tests.unit.test_audit_procedures import run
 
 DETERMINISTIC = ("duplicate_payments", "round_amounts", "weekend_postings", "split_purchases", "segregation_of_duties")
 STATISTICAL = ("benford_first_digit", "outliers")
 HEADER = ",".join(COLUMNS) + "\n"
-
-
-def run(name: str, path: Path, truth: dict[str, Any] | None = None, **parameters: Any) -> dict[str, Any]:
-    procedure = load().get(name)
-    assert procedure is not None and procedure.validate is not None
-    parameters = {"path": str(path), "max_findings": 100_000, **parameters}
-    if name == "weekend_postings" and truth:
-        parameters["holidays"] = truth["holidays"]
-    assert list(procedure.validate(parameters)) == []
-    return procedure.run(parameters)
 
 
 def flagged(result: dict[str, Any]) -> set[str]:
