@@ -1000,23 +1000,29 @@ def _outliers_scan(
     log = parameters.get("scale", "log") == "log"
     value = "log10(abs(cents))" if log else "cents / 100"
     beyond = {"high": "score > lim", "low": "score < -lim", "both": "abs(score) > lim"}
-    stats = f"""WITH v AS (SELECT row_no, entry_id, {by} AS grp, cents, posting_date, {value} AS x
-                          FROM ledger WHERE {where} AND cents <> 0),
+    values = f"""SELECT row_no, entry_id, {by} AS grp, cents, posting_date, {value} AS x
+                 FROM ledger WHERE {where} AND cents <> 0"""
+    cursor = ledger.cursor()
+    # The median and MAD of each group, once; then the entries beyond their group's threshold.
+    groups = cursor.execute(
+        f"""WITH v AS ({values}),
                 g AS (SELECT grp, median(x) AS center, count(*) AS n FROM v GROUP BY grp
                       HAVING count(*) >= {min_entries}),
-                m AS (SELECT grp, median(abs(x - center)) AS mad FROM v JOIN g USING (grp) GROUP BY grp),
-                s AS (SELECT grp, center, n, mad FROM g JOIN m USING (grp) WHERE mad <> 0)"""
-    cursor = ledger.cursor()
-    sizes = cursor.execute(f"{stats} SELECT n, count(*) FROM s GROUP BY n ORDER BY n", args).fetchall()
-    extra["groups_assessed"] = extra.get("groups_assessed", 0) + sum(int(count) for _, count in sizes)
-    limits = [limit(int(n)) for n, _ in sizes]
+                m AS (SELECT grp, median(abs(x - center)) AS mad FROM v JOIN g USING (grp) GROUP BY grp)
+            SELECT grp, center, n, mad FROM g JOIN m USING (grp) WHERE mad <> 0""",
+        args,
+    ).fetchall()
+    extra["groups_assessed"] = extra.get("groups_assessed", 0) + len(groups)
+    columns = [list(column) for column in zip(*groups, strict=True)] or [[], [], [], []]
     rows = cursor.execute(
-        f"""{stats}, t AS (SELECT unnest(CAST(? AS BIGINT[])) AS n, unnest(CAST(? AS DOUBLE[])) AS lim)
+        f"""WITH v AS ({values}),
+                s AS (SELECT unnest(CAST(? AS VARCHAR[])) AS grp, unnest(CAST(? AS DOUBLE[])) AS center,
+                             unnest(CAST(? AS BIGINT[])) AS n, unnest(CAST(? AS DOUBLE[])) AS mad,
+                             unnest(CAST(? AS DOUBLE[])) AS lim)
             SELECT entry_id, cents, posting_date, grp, center, n, score, lim FROM (
-                SELECT v.*, s.center, s.n, t.lim, 0.6745 * (x - center) / mad AS score
-                FROM v JOIN s USING (grp) JOIN t USING (n))
+                SELECT v.*, s.center, s.n, s.lim, 0.6745 * (x - center) / mad AS score FROM v JOIN s USING (grp))
             WHERE {beyond[str(parameters.get("side", "high"))]} ORDER BY row_no""",
-        [*args, [int(n) for n, _ in sizes], limits],
+        [*args, *columns, [limit(int(n)) for n in columns[2]]],
     ).fetchall()
     findings = []
     for entry_id, cents, day, group, center, n, score, lim in rows:

@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -197,14 +197,21 @@ class Ledger:
     label: str
     con: duckdb.DuckDBPyConnection
     rows: int
+    cuts: dict[tuple[str, int], list[tuple[str, str]]] = field(default_factory=dict, repr=False, compare=False)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
 
     def chunks(self, key: str, rows: int) -> list[tuple[str, str]]:
-        """Ranges [low, high] of `key` values, each about `rows` rows (a key value is never split)."""
+        """Ranges [low, high] of `key` values, each about `rows` rows (a key value is never split).
+        Kept per (key, rows): every chunk call of every step asks, and the table never changes."""
         if key not in ("vendor", "account"):
             raise ValueError(key)
+        if (key, rows) not in self.cuts:
+            self.cuts[key, rows] = self._cut(key, rows)
+        return self.cuts[key, rows]
+
+    def _cut(self, key: str, rows: int) -> list[tuple[str, str]]:
         counts = self.cursor().execute(f"SELECT {key}, count(*) FROM ledger GROUP BY 1 ORDER BY 1").fetchall()
         chunks: list[tuple[str, str]] = []
         low: str | None = None
