@@ -3,8 +3,8 @@
 A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledger.parquet"}`
 or `{"url": "sqlite:///books.db", "table": "entries"}`. `open_ledger` reads it once per
 process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
-DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by, amount
-DECIMAL(38, 6), scale`: the decimals the amount is written with) and
+DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`, and
+`amount DECIMAL(38, 6)` with `scale`, the decimals it is written with, for exact totals) and
 keeps it in a small cache keyed by the source (for files: path, size and modification time),
 so that the chunks of a plan's steps do not read the file again. Any problem (missing file or
 columns, an amount or date that does not parse, no rows, not UTF-8) is a `CriticalError` that
