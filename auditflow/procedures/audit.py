@@ -348,8 +348,8 @@ def _benford_scan(
         cell[0] += int(count)
         cell[1] += int(total)
     sample = extra.setdefault("sample", {})
-    for digit, *entry in cursor.execute(_benford_sample_sql(digits), args).fetchall():
-        sample.setdefault(str(digit), []).append(entry)
+    for digit, bound, excess, vendor, row_no, entry_id in cursor.execute(_benford_sample_sql(digits), args).fetchall():
+        sample.setdefault(str(digit), []).append([float(bound), float(excess), vendor, int(row_no), entry_id])
     for digit, entries in sample.items():
         sample[digit] = sorted(entries, key=lambda e: (-e[0], -e[1], e[2], e[3]))[:BENFORD_IDS]
     return []
@@ -361,7 +361,7 @@ def _benford_sample_sql(digits: str) -> str:
     bound is above Benford's share (a whole vendor is in one chunk). A vendor paid almost only
     amounts with that digit comes first; a busy vendor whose amounts merely cluster near it,
     or a vendor with one such entry, comes later or not at all."""
-    benford = ", ".join(f"({d}, {p!r})" for d, p in enumerate(BENFORD, start=1))
+    benford = ", ".join(f"({d}, CAST({p!r} AS DOUBLE))" for d, p in enumerate(BENFORD, start=1))
     z2 = 1.96**2
     share = "c / n"
     bound = (
