@@ -13,28 +13,57 @@ printed with as many decimals as the most precise amount it adds up ('300' + '0.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+from collections.abc import Iterable, Iterator
 from decimal import Context, Decimal
+from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from auditflow.errors import FieldViolation
-from auditflow.procedures import register
-from auditflow.procedures.table import check_source, open_ledger
+from auditflow.procedures import CriticalError, register
+from auditflow.procedures.table import (
+    COLUMNS,
+    DUCKDB_MEMORY,
+    DUCKDB_THREADS,
+    check_source,
+    open_ledger,
+    written_decimals,
+)
 
 SOURCE = frozenset({"path", "url", "table"})
+SUMMARY_COLUMNS = ("entry_id", "posting_date", "account", "amount")  # all that ledger_summary reads
+VENDOR_COLUMNS = (*SUMMARY_COLUMNS, "vendor")
 EXACT = Context(prec=80)  # DECIMAL(38, 6) sums fit: quantize never rounds them
+MISSING = "missing columns: "
 
 
-def validate_ledger(parameters: dict[str, Any], allowed: frozenset[str] = frozenset()) -> Iterator[FieldViolation]:
-    """The ledger source (as for every procedure), then no parameter but `allowed`."""
+def own_columns(violations: Iterable[FieldViolation], needed: tuple[str, ...]) -> Iterator[FieldViolation]:
+    """`check_source`'s violations, with its missing columns cut down to those a summary reads:
+    a CSV with only those columns is summarised as before (see `_partial_csv`)."""
+    for violation in violations:
+        head, found, listed = violation.description.rpartition(MISSING)
+        if not found:
+            yield violation
+            continue
+        missing = [column for column in listed.split(", ") if column in needed]
+        if missing:
+            yield FieldViolation(violation.field, f"{head}{MISSING}{', '.join(missing)}")
+
+
+def validate_ledger(
+    parameters: dict[str, Any], allowed: frozenset[str] = frozenset(), needed: tuple[str, ...] = SUMMARY_COLUMNS
+) -> Iterator[FieldViolation]:
+    """The ledger source (checked as for every procedure), then no parameter but `allowed`."""
     unknown = set(parameters) - SOURCE - allowed
     if unknown:
         yield FieldViolation("parameters", f"unknown parameters: {', '.join(sorted(unknown))}")
-    yield from check_source(parameters)
+    yield from own_columns(check_source(parameters), needed)
 
 
 def validate_vendor_totals(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
-    yield from validate_ledger(parameters, frozenset({"top"}))
+    yield from validate_ledger(parameters, frozenset({"top"}), VENDOR_COLUMNS)
     top = parameters.get("top", 10)
     if isinstance(top, bool) or not isinstance(top, int | float) or top != int(top) or not 1 <= top <= 1000:
         yield FieldViolation("parameters.top", "a whole number between 1 and 1000")
@@ -46,19 +75,75 @@ def decimal_text(total: Decimal | None, scale: int | None) -> str:
     return str(value if value else abs(value))
 
 
+def _cursor(parameters: dict[str, Any], needed: tuple[str, ...]) -> duckdb.DuckDBPyConnection:
+    """A cursor on a table `ledger` with (at least) the columns a summary reads: the cached
+    ledger, or a CSV that has only the summary's own columns, read on its own."""
+    try:
+        return open_ledger(parameters).cursor()
+    except CriticalError:
+        path = Path(str(parameters.get("path", "")))
+        names = _csv_names(path) if parameters.get("path") and path.suffix.lower() == ".csv" else []
+        if not names or set(COLUMNS) <= set(names):
+            raise
+    missing = [column for column in needed if column not in names]
+    if missing:
+        raise CriticalError(f"{path}: {MISSING}{', '.join(missing)}")
+    return _partial_csv(path, names)
+
+
+def _csv_names(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return [name.strip().lstrip("\ufeff") for name in header]
+
+
+def _partial_csv(path: Path, names: list[str]) -> duckdb.DuckDBPyConnection:
+    """Read a CSV that lacks columns the summaries do not need (as they always accepted), with
+    the ledger table's conversions; not cached, as no audit procedure can read it."""
+    con = duckdb.connect(":memory:", config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
+    try:
+        con.execute(
+            "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv(?, header = true, "
+            "all_varchar = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true, "
+            "encoding = 'utf-8', auto_detect = false, columns = ?)",
+            [str(path), {n: "VARCHAR" for n in names}],
+        )
+        vendor = "coalesce(nullif(vendor, ''), '(none)')" if "vendor" in names else "'(none)'"
+        con.execute(
+            f"""CREATE TABLE ledger AS SELECT row_no, coalesce(account, '') AS account, {vendor} AS vendor,
+                    TRY_CAST(trim(posting_date) AS DATE) AS posting_date,
+                    TRY_CAST(trim(amount) AS DECIMAL(38, 6)) AS amount,
+                    {written_decimals("coalesce(amount, '')")} AS scale
+                FROM raw"""
+        )
+        bad = con.execute(
+            """SELECT row_no, r.amount, r.posting_date, l.amount IS NULL FROM ledger l JOIN raw r USING (row_no)
+               WHERE l.amount IS NULL OR l.posting_date IS NULL ORDER BY row_no LIMIT 1"""
+        ).fetchone()
+    except duckdb.Error as exc:
+        con.close()
+        raise CriticalError(f"{path}: cannot read the ledger: {str(exc).strip().splitlines()[0]}") from exc
+    if bad is not None:
+        con.close()
+        row_no, amount, posting_date, bad_amount = bad
+        if bad_amount:
+            raise CriticalError(f"{path}:{row_no + 1}: amount {amount!r} is not a number")
+        raise CriticalError(f"{path}:{row_no + 1}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
+    return con
+
+
 @register("ledger_summary", validate=validate_ledger)
 def ledger_summary(parameters: dict[str, Any]) -> dict[str, Any]:
     """Rows, total, and totals per account and per month of a ledger."""
-    ledger = open_ledger(parameters)
-    rows = (
-        ledger.cursor()
-        .execute(
+    with _cursor(parameters, SUMMARY_COLUMNS) as cursor:
+        rows = cursor.execute(
             """SELECT account, strftime(posting_date, '%Y-%m') AS month, GROUPING(account, month) AS level,
                       count(*), sum(amount), max(scale)
                FROM ledger GROUP BY GROUPING SETS ((account), (month), ())"""
-        )
-        .fetchall()
-    )
+        ).fetchall()
     per_account: dict[str, str] = {}
     per_month: dict[str, str] = {}
     count, total = 0, "0"
@@ -80,17 +165,16 @@ def ledger_summary(parameters: dict[str, Any]) -> dict[str, Any]:
 @register("vendor_totals", validate=validate_vendor_totals)
 def vendor_totals(parameters: dict[str, Any]) -> dict[str, Any]:
     """The vendors paid most: total, entries and share of the whole, top N."""
-    ledger = open_ledger(parameters)
     top = int(parameters.get("top", 10))
-    cursor = ledger.cursor()
-    vendors, grand = cursor.execute(
-        "SELECT count(DISTINCT vendor), coalesce(sum(amount), 0) FROM ledger"
-    ).fetchone() or (0, Decimal(0))
-    ranked = cursor.execute(
-        """SELECT vendor, sum(amount) AS total, max(scale), count(*) FROM ledger
-           GROUP BY vendor ORDER BY total DESC, vendor LIMIT ?""",
-        [top],
-    ).fetchall()
+    with _cursor(parameters, VENDOR_COLUMNS) as cursor:
+        vendors, grand = cursor.execute(
+            "SELECT count(DISTINCT vendor), coalesce(sum(amount), 0) FROM ledger"
+        ).fetchone() or (0, Decimal(0))
+        ranked = cursor.execute(
+            """SELECT vendor, sum(amount) AS total, max(scale), count(*) FROM ledger
+               GROUP BY vendor ORDER BY total DESC, vendor LIMIT ?""",
+            [top],
+        ).fetchall()
     return {
         "vendors": int(vendors),
         "top": [

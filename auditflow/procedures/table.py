@@ -332,7 +332,7 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
                 coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor,
                 {text("account")} AS account,
                 CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
-                {parsed("amount", "DECIMAL(38, 6)")} AS amount, {_scale(text("amount"))} AS scale,
+                {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
                 {text("currency")} AS currency, {text("description")} AS description,
                 {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
             FROM raw"""
@@ -363,7 +363,7 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
         raise
 
 
-def _scale(amount: str) -> str:
+def written_decimals(amount: str) -> str:
     """SQL for the decimals an amount is written with ('300' 0, '80.05' 2, '1.5e3' 0), at most 6:
     the totals of `ledger_summary` and `vendor_totals` are printed with as many decimals as their
     most precise amount, as a sum of Python Decimals would be."""

@@ -50,8 +50,7 @@ def test_vendor_totals_ranks_vendors(ledger: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        # every procedure reads the same nine columns (auditflow.procedures.table)
-        ("entry_id,posting_date,account\nJE-1,2026-01-01,6100\n", "missing columns: vendor, amount, currency"),
+        ("entry_id,posting_date,account\nJE-1,2026-01-01,6100\n", "missing columns: amount"),
         (HEADER + "JE-1,2026-01-01,Acme,6100,ten,EUR,a,b,c\n", ":2: amount 'ten' is not a number"),
         (HEADER + "JE-1,01/02/2026,Acme,6100,10,EUR,a,b,c\n", "posting_date '01/02/2026' is not an ISO date"),
     ],
@@ -113,6 +112,42 @@ def test_the_summaries_read_every_ledger_source(ledger: Path, tmp_path: Path) ->
     summary = load().get("ledger_summary")
     assert summary is not None and summary.validate is not None
     assert list(summary.validate(source)) == []
+
+
+def test_a_csv_with_only_the_summaries_own_columns_is_still_summarised(tmp_path: Path) -> None:
+    """The audit procedures need all nine columns; a summary only its own, as it always did."""
+    path = tmp_path / "few.csv"
+    path.write_text(
+        "entry_id,posting_date,account,amount,vendor\n"
+        + "\n".join(",".join(row.split(",")[i] for i in (0, 1, 3, 4, 2)) for row in ROWS)
+        + "\n"
+    )
+    assert run("ledger_summary", path=str(path)) == run("ledger_summary", path=str(full(tmp_path)))
+    assert run("vendor_totals", path=str(path), top=2) == run("vendor_totals", path=str(full(tmp_path)), top=2)
+    registry = load()
+    for name, ok in (("ledger_summary", True), ("vendor_totals", True), ("round_amounts", False)):
+        procedure = registry.get(name)
+        assert procedure is not None and procedure.validate is not None
+        assert (list(procedure.validate({"path": str(path)})) == []) is ok, name
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("entry_id,posting_date,account,amount\nJE-1,2026-01-05,6100,100.10\n")
+    assert run("ledger_summary", path=str(fewer))["per_account"] == {"6100": "100.10"}
+    vendors = registry.get("vendor_totals")
+    assert vendors is not None and vendors.validate is not None
+    [violation] = vendors.validate({"path": str(fewer)})
+    assert violation.description.endswith("missing columns: vendor")
+    with pytest.raises(CriticalError, match=r"missing columns: vendor$"):
+        run("vendor_totals", path=str(fewer))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("entry_id,posting_date,account,amount\nJE-1,2026-01-05,6100,1\nJE-2,2026-01-05,6100,ten\n")
+    with pytest.raises(CriticalError, match=r"bad.csv:3: amount 'ten' is not a number"):
+        run("ledger_summary", path=str(bad))
+
+
+def full(tmp_path: Path) -> Path:
+    path = tmp_path / "full.csv"
+    path.write_text(HEADER + "\n".join(ROWS) + "\n")
+    return path
 
 
 def test_a_non_utf8_ledger_is_a_critical_error(tmp_path: Path) -> None:
