@@ -2,7 +2,8 @@
 
 Both read the ledger through the cached DuckDB table of `auditflow.procedures.table` (a CSV or
 Parquet file, or a SQL table: the sources the audit procedures accept), and each is one
-grouped query over it, so a plan reads the ledger once for all its steps. They are not
+grouped query over it, so a plan reads the ledger once for all its steps. A CSV with only the
+columns a summary reads (SUMMARY_COLUMNS, VENDOR_COLUMNS) is still accepted, read on its own. They are not
 chunked: after the read, which a chunk could not split either, the query takes a fraction of
 a second even at a million entries (docs/procedures.md).
 
