@@ -8,9 +8,10 @@ memory is that child's own (`os.wait4` rusage, max RSS):
   seven audit procedures) pointed at the ledger, driven by the plan orchestrator cycle by
   cycle as the processor does (the state goes through JSON between cycles, as a checkpoint),
   with the default cycle budget;
-- `script`: a plain one-shot DuckDB script doing the same seven checks in SQL, with none of
-  the service's guarantees (no chunks, no checkpoints, no exact grouping of duplicates and
-  split purchases: it counts pairs and windows, so its counts can differ).
+- `script`: a plain one-shot DuckDB script doing the same two summaries and seven checks in
+  SQL, with none of the service's guarantees (no chunks, no checkpoints, no exact grouping of
+  duplicates and split purchases: it counts pairs and windows, so its counts can differ; no
+  entry ids or explanations).
 
 It prints wall time, peak memory, cycles (and the longest cycle) and findings for each.
 
@@ -100,16 +101,63 @@ SCRIPT = {
     "round_amounts": "SELECT count(*) FROM l WHERE cents <> 0 AND abs(cents) >= 100000 AND abs(cents) % 100000 = 0",
     "weekend_postings": "SELECT count(*) FROM l WHERE isodow(d) >= 6 OR list_contains(CAST(? AS DATE[]), d)",
     "split_purchases": """SELECT count(*) FROM (SELECT sum(cents) OVER w AS total, count(*) OVER w AS n
-        FROM l WHERE cents > 0 AND cents < 1000000
+        FROM l WHERE cents >= 700000 AND cents < 1000000
         WINDOW w AS (PARTITION BY vendor ORDER BY d - DATE '2000-01-01' RANGE BETWEEN CURRENT ROW AND 7 FOLLOWING))
-        WHERE total > 1000000 AND n >= 2""",
+        WHERE total > 1000000 AND n BETWEEN 2 AND 5""",
     "segregation_of_duties": """SELECT count(*) FROM l WHERE coalesce(trim(approved_by), '') = ''
         OR lower(trim(created_by)) = lower(trim(approved_by))""",
-    "outliers": """WITH v AS (SELECT vendor, log10(abs(cents)) AS x FROM l WHERE cents <> 0),
-        g AS (SELECT vendor, median(x) AS c FROM v GROUP BY vendor HAVING count(*) >= 8),
-        m AS (SELECT vendor, c, median(abs(x - c)) AS mad FROM v JOIN g USING (vendor) GROUP BY vendor, c)
-        SELECT count(*) FROM v JOIN m USING (vendor) WHERE mad > 0 AND abs(0.6745 * (x - c) / mad) > 3.5""",
 }
+OUTLIER_GROUPS = """WITH v AS (SELECT vendor, log10(abs(cents)) AS x FROM l WHERE cents <> 0),
+    g AS (SELECT vendor, median(x) AS c, count(*) AS n FROM v GROUP BY vendor HAVING count(*) >= 8),
+    m AS (SELECT vendor, c, n, median(abs(x - c)) AS mad FROM v JOIN g USING (vendor) GROUP BY vendor, c, n)"""
+SUMMARIES = [
+    """SELECT account, strftime(d, '%Y-%m') AS month, count(*), sum(amount) FROM l
+       GROUP BY GROUPING SETS ((account), (month), ())""",
+    "SELECT vendor, sum(amount) AS total, count(*) FROM l GROUP BY vendor ORDER BY total DESC, vendor LIMIT 5",
+]
+
+
+def script_outliers(con: Any) -> int:
+    """Modified z per vendor on log10 amounts, high side, the threshold of each group size."""
+    from auditflow.procedures.audit import outlier_threshold
+
+    sizes = [int(n) for (n,) in con.execute(f"{OUTLIER_GROUPS} SELECT DISTINCT n FROM m WHERE mad > 0").fetchall()]
+    row = con.execute(
+        "SELECT sum(n) FROM (SELECT count(*) AS n FROM l WHERE cents <> 0 GROUP BY vendor) WHERE n >= 8"
+    ).fetchone()
+    tests = int(row[0]) if row else 0
+    limits = [outlier_threshold(tests, group=n) for n in sizes]
+    row = con.execute(
+        f"""{OUTLIER_GROUPS}, t AS (SELECT unnest(CAST(? AS BIGINT[])) AS n, unnest(CAST(? AS DOUBLE[])) AS lim)
+            SELECT count(*) FROM v JOIN m USING (vendor) JOIN t USING (n)
+            WHERE mad > 0 AND 0.6745 * (x - c) / mad > lim""",
+        [sizes, limits],
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def script_benford(con: Any) -> int:
+    """First digits: the MAD verdict, then the significant over-represented digits, and the
+    vendors behind each digit (the same per-vendor counts the procedure ranks)."""
+    d = "CAST(left(CAST(abs(cents) AS VARCHAR), 1) AS INTEGER)"
+    counts: dict[int, int] = {}
+    for digit, count in con.execute(
+        f"SELECT {d}, count(*) FROM l WHERE abs(cents) >= 1000 GROUP BY 1, length(CAST(abs(cents) AS VARCHAR))"
+    ).fetchall():
+        counts[digit] = counts.get(digit, 0) + count
+    con.execute(f"SELECT vendor, {d}, count(*) FROM l WHERE abs(cents) >= 1000 GROUP BY 1, 2").fetchall()
+    n = sum(counts.values())
+    benford = [math.log10(1 + 1 / d) for d in range(1, 10)]
+    observed = [counts.get(d, 0) / n for d in range(1, 10)]
+    chi2 = sum(n * (o - p) ** 2 / p for o, p in zip(observed, benford, strict=True))
+    p_value = math.exp(-chi2 / 2) * sum((chi2 / 2) ** i / math.factorial(i) for i in range(4))
+    mad = sum(abs(o - p) for o, p in zip(observed, benford, strict=True)) / 9
+    if mad <= 0.015 or p_value >= 0.01:
+        return 0
+    return sum(
+        o > p and (abs(o - p) - 1 / (2 * n)) / math.sqrt(p * (1 - p) / n) > 2.5758
+        for o, p in zip(observed, benford, strict=True)
+    )
 
 
 def child_script(path: str) -> dict[str, Any]:
@@ -121,30 +169,20 @@ def child_script(path: str) -> dict[str, Any]:
     con = duckdb.connect(config={"threads": 2})
     con.execute(
         """CREATE TABLE l AS SELECT entry_id, CAST(posting_date AS DATE) AS d, vendor, account,
+           CAST(amount AS DECIMAL(38, 6)) AS amount,
            CAST(round(CAST(amount AS DECIMAL(38, 6)) * 100) AS BIGINT) AS cents, created_by, approved_by
            FROM read_csv(?, all_varchar = true)""",
         [path],
     )
+    for sql in SUMMARIES:
+        con.execute(sql).fetchall()
     holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2030))]
     findings = {}
     for name, sql in SCRIPT.items():
         row = con.execute(sql, [holidays] if "?" in sql else []).fetchone()
         findings[name] = int(row[0]) if row else 0
-    counts = dict(
-        con.execute(
-            "SELECT CAST(left(CAST(abs(cents) AS VARCHAR), 1) AS INTEGER), count(*) FROM l WHERE abs(cents) >= 1000 "
-            "GROUP BY 1"
-        ).fetchall()
-    )
-    n = sum(counts.values())
-    benford = [math.log10(1 + 1 / d) for d in range(1, 10)]
-    chi2 = sum((counts.get(d, 0) - n * p) ** 2 / (n * p) for d, p in zip(range(1, 10), benford, strict=True))
-    significant = 0
-    if math.exp(-chi2 / 2) * sum((chi2 / 2) ** i / math.factorial(i) for i in range(4)) < 0.01:
-        for d, p in zip(range(1, 10), benford, strict=True):
-            z = (abs(counts.get(d, 0) / n - p) - 1 / (2 * n)) / math.sqrt(p * (1 - p) / n)
-            significant += z > 2.5758
-    findings["benford_first_digit"] = significant
+    findings["outliers"] = script_outliers(con)
+    findings["benford_first_digit"] = script_benford(con)
     return {
         "seconds": round(time.perf_counter() - started, 2),
         "findings": sum(findings.values()),

@@ -4,7 +4,8 @@ A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledge
 (a file under a data root) or `{"source": "books", "table": "entries"}` (a database the server
 names; see `auditflow.sources`). `open_ledger` reads it once per
 process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
-DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`) and
+DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`, and
+`amount DECIMAL(38, 6)` with `scale`, the decimals it is written with, for exact totals) and
 keeps it in a small cache keyed by the source (for files: path, size and modification time),
 so that the chunks of a plan's steps do not read the file again. Any problem (missing file or
 columns, an amount or date that does not parse, no rows, not UTF-8) is a `CriticalError` that
@@ -28,7 +29,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -204,14 +205,21 @@ class Ledger:
     label: str
     con: duckdb.DuckDBPyConnection
     rows: int
+    cuts: dict[tuple[str, int], list[tuple[str, str]]] = field(default_factory=dict, repr=False, compare=False)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
 
     def chunks(self, key: str, rows: int) -> list[tuple[str, str]]:
-        """Ranges [low, high] of `key` values, each about `rows` rows (a key value is never split)."""
+        """Ranges [low, high] of `key` values, each about `rows` rows (a key value is never split).
+        Kept per (key, rows): every chunk call of every step asks, and the table never changes."""
         if key not in ("vendor", "account"):
             raise ValueError(key)
+        if (key, rows) not in self.cuts:
+            self.cuts[key, rows] = self._cut(key, rows)
+        return self.cuts[key, rows]
+
+    def _cut(self, key: str, rows: int) -> list[tuple[str, str]]:
         counts = self.cursor().execute(f"SELECT {key}, count(*) FROM ledger GROUP BY 1 ORDER BY 1").fetchall()
         chunks: list[tuple[str, str]] = []
         low: str | None = None
@@ -339,6 +347,7 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
                 coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor,
                 {text("account")} AS account,
                 CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
+                {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
                 {text("currency")} AS currency, {text("description")} AS description,
                 {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
             FROM raw"""
@@ -367,6 +376,20 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
     except BaseException:
         con.close()
         raise
+
+
+def written_decimals(amount: str) -> str:
+    """SQL for the decimals an amount is written with ('300' 0, '80.05' 2, '1.5e3' 0), at most 6:
+    the totals of `ledger_summary` and `vendor_totals` are printed with as many decimals as their
+    most precise amount, as a sum of Python Decimals would be."""
+    text = f"trim({amount})"
+    decimals = f"length(regexp_extract({text}, '\\.([0-9]*)', 1))"
+    exponent = f"coalesce(TRY_CAST(regexp_extract({text}, '[eE]([+-]?[0-9]+)$', 1) AS INTEGER), 0)"
+    plain = f"CASE WHEN position('.' IN {text}) > 0 THEN length({text}) - position('.' IN {text}) ELSE 0 END"
+    return (
+        f"CAST(least(6, CASE WHEN regexp_matches({text}, '[eE]') THEN greatest(0, {decimals} - {exponent}) "
+        f"ELSE {plain} END) AS UTINYINT)"
+    )
 
 
 def _load_sql(url: str, name: str, table: str) -> Ledger:

@@ -104,6 +104,22 @@ def test_a_chunked_procedure_goes_chunk_by_chunk_from_its_state(ledger: tuple[Pa
     assert result == procedure.run({"path": str(path)})
 
 
+@pytest.mark.parametrize("name", AUDIT)
+def test_every_state_is_json_and_resumes_from_its_checkpoint(ledger: tuple[Path, dict[str, Any]], name: str) -> None:
+    """The processor checkpoints each state as JSON: it must survive the round trip."""
+    path, truth = ledger
+    procedure = load().get(name)
+    assert procedure is not None and procedure.chunk is not None
+    parameters: dict[str, Any] = {"path": str(path), "chunk_rows": 500, "max_findings": 100_000}
+    if name == "weekend_postings":
+        parameters["holidays"] = truth["holidays"]
+    state, result = None, None
+    while result is None:
+        step = procedure.chunk(parameters, state)
+        state, result = json.loads(json.dumps(step.state)), step.result
+    assert json.loads(json.dumps(result)) == result == procedure.run(parameters)
+
+
 def violations(name: str, **parameters: Any) -> list[tuple[str, str]]:
     procedure = load().get(name)
     assert procedure is not None and procedure.validate is not None
