@@ -8,9 +8,11 @@ Writes are batched: what arrived while the previous batch was being written goes
 next transaction, one row update per workflow.
 
 Gap-free, also across broken links: the stream's first message says the subscription is in
-place; the feed then reads, with ReadEvents, every dispatched unfinished workflow's log after
-the position its row holds, so nothing committed before the subscription is missed and
-nothing after it is read twice (a sequence already published is skipped). An event whose
+place; the feed then reads, with ReadEvents, every approved unfinished workflow's log after
+the position its row holds (dispatched or not: the processor may have accepted one whose
+dispatch the gateway has not recorded yet), so nothing committed before the subscription is
+missed, and what is committed after it is on the stream (a sequence already published is
+skipped). An event whose
 predecessor never arrived (another processor wrote it, and this one's tail has not caught up)
 has its gap read from the log before it is applied. A broken stream is reopened with backoff
 and the catch-up runs again.
@@ -123,7 +125,7 @@ class Feed:
                 wake.set()
 
     async def _catch_up(self) -> None:
-        """Every dispatched, unfinished workflow's log after its row's position."""
+        """Every approved, unfinished workflow's log after its row's position."""
         following = await self._db.scan(store.to_follow)
         for workflow_id, last in following:
             self._hub.seed(workflow_id, last)

@@ -300,11 +300,12 @@ def delete_outbox(conn: Connection, outbox_id: int) -> None:
 
 
 def to_follow(conn: Connection) -> list[tuple[str, int]]:
-    """Dispatched workflows whose run has not ended, with the last sequence mirrored: where
-    the feed catches up from."""
+    """Approved workflows whose run has not ended (dispatched or not: a dispatch may land at
+    the processor before the gateway records it), with the last sequence the row holds:
+    where the feed catches up from."""
     query = (
         select(workflows.c.workflow_id, workflows.c.last_sequence)
-        .where(and_(workflows.c.dispatched.is_(True), workflows.c.status.not_in(list(statuses.TERMINAL))))
+        .where(workflows.c.status.in_(list(statuses.PROCESSING)))
         .order_by(workflows.c.decided_at, workflows.c.workflow_id)
     )
     return [(r[0], r[1]) for r in conn.execute(query)]
