@@ -166,10 +166,6 @@ class Database:
         with self.read_engine.begin() as conn:
             return fn(conn)
 
-    def read_sync(self, fn: Callable[[Connection], T]) -> T:
-        """Blocking read, for start-up code and tools."""
-        return self._read_sync(fn)
-
     # --- the writer and reader threads -------------------------------------------------
 
     def _write_loop(self) -> None:

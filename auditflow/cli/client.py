@@ -23,6 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from auditflow import statuses
+from auditflow.backoff import Backoff
 from auditflow.tls import host_of, is_loopback
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
@@ -177,23 +178,6 @@ def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     return violations
 
 
-@dataclass
-class Backoff:
-    """Exponential delays for reconnecting: 0.5 s, 1 s, 2 s … capped at `maximum`."""
-
-    initial: float = 0.5
-    maximum: float = 5.0
-    factor: float = 2.0
-    _next: float = 0.0
-
-    def reset(self) -> None:
-        self._next = 0.0
-
-    def delay(self) -> float:
-        self._next = self.initial if self._next == 0 else min(self.maximum, self._next * self.factor)
-        return self._next
-
-
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
@@ -217,7 +201,7 @@ def watch(
     last sequence seen, so no event is missed nor shown twice. It gives up, re-raising the
     last error, when no message arrived for `give_up_after` seconds of reconnecting.
     """
-    backoff = backoff or Backoff()
+    backoff = backoff or Backoff(initial=0.5)
     last_sequence = after_sequence
     snapshot: pb.StatusSnapshot | None = None
     disconnected_since: float | None = None
@@ -261,7 +245,7 @@ def watch(
             if error is not None:
                 raise error
             raise CliError(f"gave up watching {workflow_id} after {give_up_after:.0f} s: {problem}")
-        delay = backoff.delay()
+        delay = backoff.next()
         on_reconnect(f"{problem}; reconnecting after event #{last_sequence} in {delay:.1f} s", delay)
         sleep(delay)
 

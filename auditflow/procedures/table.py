@@ -274,11 +274,6 @@ def open_ledger(parameters: dict[str, Any]) -> Ledger:
         return ledger
 
 
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
-
-
 def _load_file(path: Path, label: str) -> Ledger:
     if is_parquet(path):
         return _load(path, label, parquet=True)

@@ -34,3 +34,12 @@ def test_a_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         parse(["--max-concurrent", "0"])
     assert "--max-concurrent" in capsys.readouterr().err
+
+
+def test_an_interval_of_zero_is_refused_by_both_servers(capsys: pytest.CaptureFixture[str]) -> None:
+    """A heartbeat every 0 s would make every idle stream spin."""
+    for parse_one in (parse_args, parse):
+        with pytest.raises(SystemExit):
+            parse_one(["--heartbeat-interval", "0"])
+        assert "--heartbeat-interval" in capsys.readouterr().err
+    assert parse_args(["--heartbeat-interval", "0.5"]).heartbeat_interval == 0.5
