@@ -11,6 +11,7 @@ import subprocess
 import sys
 from typing import Any
 
+from bench import rest, watch
 from bench.approve import report
 from tests.support.cluster import ROOT
 
@@ -72,3 +73,74 @@ def test_the_handler_benchmark_measures_approve_without_grpc() -> None:
     assert figures["approvals"] == 1280 and figures["callers"] == 64
     assert positive(figures["cpu_us_per_approval"]) and positive(figures["approvals_per_second"])
     assert figures["approvals_per_commit"] > 1  # group commit: concurrent approvals share fsyncs
+
+
+def test_the_watch_benchmark_delivers_every_event_to_every_watcher_and_reports_every_figure() -> None:
+    figures = run_quick("watch.py")
+
+    events = watch.STEPS + 5  # created, approved, queued, started, one per step, completed
+    for transport in watch.TRANSPORTS:
+        runs = figures[transport]
+        assert set(runs) == {"200", "1000"}, transport
+        for count, run in runs.items():
+            watchers, where = int(count), (transport, count)
+            assert run["watchers"] == run["admitted"] == run["gap_free"] == watchers, (where, run)
+            assert run["ended"] == {"ok": watchers}, (where, run["ended"])
+            assert run["events"] == events, (where, run["events"])
+            assert run["delivered"] == run["expected_deliveries"] == watchers * (events - 1), where
+            for name in WATCH_FIGURES:
+                assert positive(run[name]), (where, name, run[name])
+            assert run["latency_p50_ms"] <= run["latency_p99_ms"] <= run["latency_max_ms"], where
+            assert run["first_watcher_p50_ms"] <= run["last_watcher_p50_ms"], where
+            assert run["approved_first_watcher_ms"] <= run["approved_last_watcher_ms"], where
+            assert run["admission_p50_s"] <= run["admission_s"], where
+            assert math.isfinite(run["processor_cpu_ms_during_burst"]) and run["processor_cpu_ms_during_burst"] >= 0
+            assert isinstance(run["listen_overflows"], int) and run["listen_overflows"] >= 0, where
+            assert run["log_problems"] == {"gateway": 0, "processor": 0}, where
+        # The processor does not know about watchers: five times as many cost it no more.
+        assert runs["1000"]["processor_cpu_ms_per_run"] < 3 * runs["200"]["processor_cpu_ms_per_run"], runs
+    assert len(figures["load_average"]) == 3 and figures["cpus"] >= 1
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        watch.report(figures, as_json=False)
+    text = printed.getvalue()
+    for transport in watch.TRANSPORTS:
+        assert f"{transport}: p99 at 1,000 watchers" in text and f"{transport}: gap-free" in text
+    assert "processor CPU per run (ms) at each N" in text and "load average" in text
+
+
+WATCH_FIGURES = (
+    "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "first_watcher_p50_ms", "last_watcher_p50_ms",
+    "approved_first_watcher_ms", "approved_last_watcher_ms", "admission_p50_s", "admission_s",
+    "gateway_cpu_us_per_watcher_admitted", "gateway_cpu_us_per_event", "gateway_fanout_cpu_ms_per_event",
+    "processor_cpu_us_per_event",
+    "processor_cpu_ms_per_run", "gateway_cpu_ms_per_run", "gateway_peak_rss_mb", "processor_peak_rss_mb",
+    "client_cpu_share_max", "client_cpu_us_per_event",
+)  # fmt: skip
+
+
+def test_the_rest_benchmark_compares_rest_with_grpc_and_the_in_memory_design() -> None:
+    figures = run_quick("rest.py")
+
+    ours = [(name, key) for name in (rest.REST, rest.GRPC) for key in rest.KEYS]
+    loads = [(rest.IN_MEMORY, "approve@1"), (rest.IN_MEMORY, "approve@64"), *ours]
+    for name, key in loads:
+        load = figures[name][key]
+        assert load["calls"] == (100 if key.endswith("@1") else 1000), (name, key)
+        for figure in ("per_second", "p50_ms", "p99_ms", "server_cpu_us_per_call"):
+            assert positive(load[figure]), (name, key, figure, load[figure])
+        assert load["p50_ms"] <= load["p99_ms"], (name, key)
+    assert set(figures["rest_over_grpc"]) == set(rest.KEYS)
+    for key, ratio in figures["rest_over_grpc"].items():
+        assert positive(ratio), key
+        assert math.isclose(ratio, figures[rest.REST][key]["per_second"] / figures[rest.GRPC][key]["per_second"])
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rest.report(figures, as_json=False)
+    text = printed.getvalue()
+    for key in ("approve@64", "status@64"):
+        assert f"REST/gRPC rate, {key}:" in text and "target >= 80%" in text
+    assert "auditflow REST / in-memory design, approve@64" in text
+    assert "seed" not in text.lower()
