@@ -30,6 +30,8 @@ POLICY: dict[str, str] = {
     _WF + "GetStatus": VIEWER,
     _WF + "ListWorkflows": VIEWER,
     _WF + "WatchStatus": VIEWER,
+    _WF + "ListFindings": VIEWER,
+    _WF + "ExportFindings": VIEWER,
     _WF + "WhoAmI": AUTHENTICATED,
     _WF + "CreateWorkflow": SUBMITTER,
     _WF + "CancelWorkflow": SUBMITTER,  # own workflows only, unless admin (the handler checks)
@@ -41,6 +43,7 @@ POLICY: dict[str, str] = {
     _PROC + "WatchStatus": GATEWAY,
     _PROC + "Follow": GATEWAY,
     _PROC + "ReadEvents": GATEWAY,
+    _PROC + "ListFindings": GATEWAY,
     # Probes and tools need no credentials; reflection describes only the public contract.
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,

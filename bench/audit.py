@@ -13,16 +13,24 @@ memory is that child's own (`os.wait4` rusage, max RSS):
   duplicates and split purchases: it counts pairs and windows, so its counts can differ; no
   entry ids or explanations).
 
-It prints wall time, peak memory, cycles (and the longest cycle) and findings for each.
+- `services`: the same plan through a real processor and gateway (subprocesses, SQLite,
+  no cycle delay): from Approve to COMPLETED, the processor's peak RSS, the findings stored,
+  then the export of every finding to CSV over REST.
 
-    python bench/audit.py                     # 100k and 1M entries
+It prints wall time, peak memory, cycles (and the longest cycle) and findings for each. Then,
+through the services again, a run of `--findings` made-up findings (default 1 000 000, the
+test plugin's `test_findings`): findings stored per second, the processor's peak RSS, and the
+CSV export of all of them.
+
+    python bench/audit.py                     # 100k and 1M entries, and a million findings
     python bench/audit.py --rows 20000        # any sizes
-    python bench/audit.py --quick             # 20k entries, a smoke test
+    python bench/audit.py --quick             # 20k entries and 50k findings, a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,11 +219,98 @@ def measure(mode: str, path: Path) -> dict[str, Any]:
     return report
 
 
+@contextlib.contextmanager
+def services(workdir: Path) -> Iterator[Any]:
+    """A processor and a gateway as subprocesses (the test suite's harness), no cycle delay."""
+    from tests.support.cluster import Pair
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    pair = Pair(workdir, processor_args=["--cycle-delay", "0"], log_level="WARNING").start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
+
+
+def through_services(pair: Any, plan: list[dict[str, Any]], title: str) -> dict[str, Any]:
+    """Submit, approve, wait for the end; then export every finding as CSV over REST."""
+    import grpc
+
+    from auditflow import convert
+    from auditflow.v1 import workflow_pb2 as pb
+    from auditflow.v1 import workflow_service_pb2 as wpb
+    from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+    from tests.support.grpc_helpers import as_user
+
+    steps = [pb.PlanStep(procedure=s["procedure"], parameters=convert.struct(s["parameters"])) for s in plan]
+    with grpc.insecure_channel(pair.gateway.target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        request = wpb.CreateWorkflowRequest(title=title, plan=steps, max_cycles=1000)
+        workflow_id = stub.CreateWorkflow(request, metadata=as_user("bench-submitter")).workflow.workflow_id
+        started = time.perf_counter()
+        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("bench-approver"))
+        last = None
+        for message in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("b")):
+            last = message.snapshot
+        run_seconds = time.perf_counter() - started
+        if last is None or last.status != pb.WORKFLOW_STATUS_COMPLETED:
+            raise RuntimeError(f"the run did not complete: {last}")
+        page = stub.ListFindings(wpb.ListFindingsRequest(workflow_id=workflow_id, page_size=1), metadata=as_user("b"))
+        result_bytes = stub.GetWorkflow(
+            wpb.GetWorkflowRequest(workflow_id=workflow_id), metadata=as_user("b")
+        ).workflow.result.ByteSize()
+    peak = peak_rss_mib(pair.processor.pid)
+    exported, export_seconds = export_csv(pair, workflow_id)
+    return {
+        "run_seconds": round(run_seconds, 2),
+        "cycles": last.cycle,
+        "findings": page.total,
+        "stored_per_second": round(page.total / run_seconds),
+        "result_bytes": result_bytes,
+        "processor_peak_mib": round(peak),
+        "export_rows": exported,
+        "export_seconds": round(export_seconds, 2),
+    }
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def export_csv(pair: Any, workflow_id: str) -> tuple[int, float]:
+    """Every finding as CSV over REST, read as it streams; (rows, seconds)."""
+    import csv
+    import io
+    import urllib.request
+
+    from tests.support import auth
+
+    url = f"http://127.0.0.1:{pair.gateway.rest_port}/workflows/{workflow_id}/findings/export?format=csv"
+    request = urllib.request.Request(url, headers=auth.headers("bench-viewer", ("viewer",)))
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=3600) as response:
+        rows = sum(1 for _ in csv.reader(io.TextIOWrapper(response, encoding="utf-8", newline=""))) - 1
+    return rows, time.perf_counter() - started
+
+
+def print_services(what: str, r: dict[str, Any]) -> None:
+    print(
+        f"  {what:24} {r['run_seconds']:6.2f} s from Approve to COMPLETED, {r['cycles']} cycles, "
+        f"{r['findings']:,} findings stored ({r['stored_per_second']:,}/s), result {r['result_bytes']:,} bytes, "
+        f"processor peak {r['processor_peak_mib']} MiB"
+    )
+    print(f"    CSV export over REST: {r['export_rows']:,} findings in {r['export_seconds']:.2f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000], help="ledger sizes")
     parser.add_argument("--quick", action="store_true", help="one small ledger (20k entries)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--findings", type=int, default=1_000_000, help="made-up findings of the last run")
     parser.add_argument("--child", choices=("plan", "script"), help=argparse.SUPPRESS)
     parser.add_argument("--ledger", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -251,6 +347,21 @@ def main(argv: list[str] | None = None) -> int:
                     if rows >= 1_000_000 and (r["wall_seconds"] >= 60 or r["peak_mib"] >= 2048):
                         failed = True
                         print("    TARGET MISSED: 1M entries under 1 min and 2 GiB")
+            with services(Path(tmp) / f"services-{rows}") as pair:
+                r = through_services(pair, plan_steps(str(path)), f"bench {rows}")
+            print_services("through the services", r)
+            if rows >= 1_000_000 and r["run_seconds"] >= 10:
+                failed = True
+                print("    TARGET MISSED: 1M entries under 10 s end to end")
+        count = 50_000 if args.quick else args.findings
+        print(f"\n{count:,} made-up findings in one run (test_findings, 50 000 a call)")
+        with services(Path(tmp) / "findings") as pair:
+            plan = [{"procedure": "test_findings", "parameters": {"count": count, "per_chunk": 50_000}}]
+            r = through_services(pair, plan, "bench findings")
+        print_services("through the services", r)
+        if count >= 1_000_000 and r["processor_peak_mib"] >= 1024:
+            failed = True
+            print("    TARGET MISSED: processor under 1 GiB with a million findings")
     return 1 if failed else 0
 
 

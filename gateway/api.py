@@ -7,7 +7,8 @@ Methods are named after the RPCs and take the request message. They validate, ru
 transaction from `gateway.workflows`, then publish the event to the hub (its watchers) and
 hand the outbox row to the relay, and answer from the stored state. They never call the
 processor: Approve is as fast as one (shared) durable commit. WatchStatus yields hub items
-(a message with its encodings, shared by every watcher).
+(a message with its encodings, shared by every watcher). The findings are the processor's:
+ListFindings and ExportFindings read them from it (`gateway.findings`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from auditflow.errors import InvalidArgument, NotFound, invalid
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages, store, workflows
+from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.outbox import OutboxRelay
 from gateway.store import WorkflowRecord
@@ -43,6 +45,7 @@ class WorkflowApi:
         relay: OutboxRelay,
         hub: WorkflowHub,
         watcher: Watcher,
+        findings: Findings,
         *,
         default_max_cycles: int,
         self_approval: bool = False,
@@ -51,6 +54,7 @@ class WorkflowApi:
         self._relay = relay
         self._hub = hub
         self._watcher = watcher
+        self._findings = findings
         self._default_max_cycles = default_max_cycles
         self._self_approval = self_approval
 
@@ -121,6 +125,12 @@ class WorkflowApi:
             raise invalid("after_sequence", "must not be negative")
         async for item in self._watcher.watch(request.workflow_id, request.after_sequence):
             yield item
+
+    async def ListFindings(self, request: wpb.ListFindingsRequest) -> wpb.ListFindingsResponse:
+        return await self._findings.list_findings(request)
+
+    def ExportFindings(self, request: wpb.ExportFindingsRequest) -> AsyncIterator[wpb.ExportFindingsResponse]:
+        return self._findings.export(request)
 
     async def WhoAmI(self, request: wpb.WhoAmIRequest) -> wpb.WhoAmIResponse:
         caller = principal.current()

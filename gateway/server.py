@@ -28,6 +28,7 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway import store
 from gateway.api import WorkflowApi
 from gateway.feed import Feed
+from gateway.findings import Findings
 from gateway.hub import WorkflowHub
 from gateway.outbox import OutboxRelay
 from gateway.rest import RestGateway
@@ -63,6 +64,7 @@ class Gateway:
             self.relay,
             self.hub,
             watcher,
+            Findings(self.db, stub),
             default_max_cycles=settings.default_max_cycles,
             self_approval=settings.allow_self_approval,
         )

@@ -42,5 +42,14 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         async for item in self._api.WatchStatus(request):
             yield item.wire
 
+    async def ListFindings(self, request: wpb.ListFindingsRequest, context: Context) -> wpb.ListFindingsResponse:
+        return await self._api.ListFindings(request)
+
+    async def ExportFindings(
+        self, request: wpb.ExportFindingsRequest, context: Context
+    ) -> AsyncIterator[wpb.ExportFindingsResponse]:
+        async for chunk in self._api.ExportFindings(request):
+            yield chunk
+
     async def WhoAmI(self, request: wpb.WhoAmIRequest, context: Context) -> wpb.WhoAmIResponse:
         return await self._api.WhoAmI(request)

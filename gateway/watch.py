@@ -32,6 +32,7 @@ from auditflow.watch import wait_for
 from gateway import messages, store
 from gateway.hub import Item, WorkflowHub
 from gateway.store import EventRecord, WorkflowRecord
+from gateway.upstream import processor_call
 
 PAGE = 1000
 
@@ -121,7 +122,8 @@ class Watcher:
         base = own[-1].sequence if own else after  # the processor numbers on from the gateway's last
         while True:
             request = ppb.ReadEventsRequest(cursors=[ppb.FeedCursor(workflow_id=workflow_id, after_sequence=base)])
-            page = await self._stub.ReadEvents(request, timeout=10)
+            with processor_call(f"events of {workflow_id}"):
+                page = await self._stub.ReadEvents(request, timeout=10)
             items.extend(Item.event(e.event, e.snapshot) for e in page.events)
             if not page.truncated or not page.events:
                 return items

@@ -7,8 +7,11 @@ built-in one is `plan = processor.plan_orchestrator:PlanOrchestrator`. It provid
 - `start(run) -> dict`: the initial state of a run (a JSON object), called before its first
   cycle and again whenever a run resumes with no checkpointed state yet.
 - `cycle(run, state) -> CycleResult`: one bounded step of work. It returns the new state,
-  progress, a message and whether the run is done (with its result). After each cycle the
-  scheduler checkpoints the returned state, progress and cycle number in one transaction.
+  progress, a message, the findings this cycle found, and whether the run is done (with its
+  result). After each cycle the scheduler checkpoints the returned state, progress and cycle
+  number, and stores the findings, in one transaction: a cycle rerun after a crash stores its
+  findings again exactly once. The result and the state must stay small (findings are stored,
+  not carried in them): a run's result travels in every snapshot of it.
 
 Either method may be a plain function or `async def`. Plain functions run in a thread pool,
 never on the event loop, so they may block; coroutines are awaited on the event loop and must
@@ -38,7 +41,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, TypeVar, cast
 
@@ -72,6 +75,9 @@ class CycleResult:
     done: bool = False
     # The run's result (a JSON object) once done.
     result: dict[str, Any] | None = None
+    # What this cycle found: {"step", "procedure", "severity", "entry_ids", "amount",
+    # "explanation"} each (see processor/findings.py); stored with the checkpoint.
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Orchestrator(Protocol):

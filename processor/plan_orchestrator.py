@@ -4,6 +4,13 @@ chunks) per cycle.
 A plain procedure is one step per cycle: every step is a checkpoint, and a processor that dies
 mid-step reruns only that step (procedures are safe to repeat, see `auditflow.procedures`).
 
+Findings do not stay in the state or the result: each step hands them over (a plain
+procedure under its result's "findings", a chunked one in each `Chunk.findings`) and the cycle
+returns them, marked with their step, for the processor to store with the checkpoint. A step's
+result without its findings must fit in `MAX_STEP_RESULT`, and all of them in `MAX_RESULT`
+(far under a gRPC message's 4 MiB): the run's result is every step's summary, bounded in
+size whatever the ledger.
+
 A chunked procedure (`auditflow.procedures.register_chunked`, e.g. the built-in audit
 procedures over a large ledger) is called once per chunk, and its chunk state is checkpointed
 with the run's state. A cycle does chunks of the current step until the step is done or the
@@ -16,6 +23,7 @@ plan over a million entries fits the default `max_cycles` (15).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -28,6 +36,9 @@ from processor.orchestrator import CycleResult, RunInfo
 logger = logging.getLogger(__name__)
 
 DEFAULT_CYCLE_BUDGET = 2.0
+MAX_STEP_RESULT = 64 * 1024  # bytes of JSON: a step's result without its findings
+MAX_RESULT = 1024 * 1024  # bytes of JSON: every step's result together (a snapshot carries it)
+MAX_CYCLE_FINDINGS = 100_000  # a cycle ends early past this many (they are stored with it)
 
 
 def cycle_budget() -> float:
@@ -54,6 +65,7 @@ class PlanOrchestrator:
         index = int(state.get("next_step", 0))
         results = list(state.get("results", []))
         chunk_state: dict[str, Any] | None = state.get("chunk_state")
+        found: list[dict[str, Any]] = []
         if index < total:
             step = run.plan[index]
             name = step["procedure"]
@@ -63,21 +75,24 @@ class PlanOrchestrator:
             parameters = dict(step.get("parameters") or {})
             logger.debug("%s cycle %d: running step %d/%d %s", run.workflow_id, run.cycle, index + 1, total, name)
             if procedure.chunk is None:
-                results.append(procedure.run(parameters))
+                result = dict(procedure.run(parameters))
+                found = _tagged(result.pop("findings", None) or [], index, name)
+                results.append(_bounded(result, index, name, results))
                 index += 1
                 message = f"step {index}/{total} {name} done"
             else:
                 deadline = time.monotonic() + self.budget
                 while True:
                     chunk = procedure.chunk(parameters, chunk_state)
+                    found.extend(_tagged(chunk.findings, index, name))
                     if chunk.result is not None:
-                        results.append(chunk.result)
+                        results.append(_bounded(chunk.result, index, name, results))
                         index += 1
                         chunk_state = None
                         message = f"step {index}/{total} {name} done"
                         break
                     chunk_state = chunk.state
-                    if time.monotonic() >= deadline:
+                    if time.monotonic() >= deadline or len(found) >= MAX_CYCLE_FINDINGS:
                         message = f"step {index + 1}/{total} {name}: chunk {chunk.done}/{chunk.total} done"
                         break
         else:
@@ -93,7 +108,35 @@ class PlanOrchestrator:
             message=message,
             done=done,
             result=_result(run, results) if done else None,
+            findings=found,
         )
+
+
+def _tagged(findings: Any, index: int, procedure: str) -> list[dict[str, Any]]:
+    """A step's findings, marked with the step (1 for the first) and its procedure."""
+    if not isinstance(findings, list):
+        raise CriticalError(f"step {index + 1} {procedure}: findings must be a list")
+    return [{**f, "step": index + 1, "procedure": f.get("procedure") or procedure} if isinstance(f, dict) else f
+            for f in findings]  # fmt: skip
+
+
+def _bounded(result: Any, index: int, procedure: str, results: list[Any]) -> Any:
+    """A step's result goes into every snapshot of the run: it must stay small (the findings
+    are stored apart), and so must all of them together (`results`: the earlier steps'). A
+    larger one fails the run: a plugin's bug to fix, not a run to wedge."""
+    size = len(json.dumps(result))
+    if size > MAX_STEP_RESULT:
+        raise CriticalError(
+            f"step {index + 1} {procedure}: its result is {size} bytes without its findings, at most "
+            f"{MAX_STEP_RESULT}: return findings under 'findings' and keep the result a summary"
+        )
+    total = size + len(json.dumps(results))
+    if total > MAX_RESULT:
+        raise CriticalError(
+            f"step {index + 1} {procedure}: the run's result would be {total} bytes, at most {MAX_RESULT}: "
+            "keep each step's result a short summary"
+        )
+    return result
 
 
 def _result(run: RunInfo, results: list[Any]) -> dict[str, Any]:

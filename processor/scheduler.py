@@ -31,7 +31,7 @@ from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.procedures import CriticalError
 from auditflow.watch import wait_for
-from processor import messages, orchestrator, store, transitions
+from processor import findings, messages, orchestrator, store, transitions
 from processor.orchestrator import CycleResult, RunInfo
 from processor.settings import Settings
 from processor.store import EventRecord, RunRecord
@@ -293,7 +293,7 @@ class Scheduler:
         cycle = run.cycle + 1
         info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle)
         logger.debug("%s cycle %d: state %s", run.workflow_id, cycle, run.state)
-        outcome = await self._call_orchestrator(run, info)
+        outcome, found = await self._call_orchestrator(run, info)
         settings = self._settings
 
         def decide(locked: RunRecord) -> Transition:
@@ -302,10 +302,11 @@ class Scheduler:
                 locked, cycle, outcome, max_failures=settings.max_consecutive_failures, lease_expires_at=end
             )
 
-        return await self._commit(driver, run, decide)
+        return await self._commit(driver, run, decide, found)
 
-    async def _call_orchestrator(self, run: RunRecord, info: RunInfo) -> Outcome:
-        """Run one cycle and classify how it ended; never raises (except cancellation)."""
+    async def _call_orchestrator(self, run: RunRecord, info: RunInfo) -> tuple[Outcome, list[dict[str, Any]]]:
+        """Run one cycle and classify how it ended, with the findings to store (checked and
+        bounded on a worker thread); never raises (except cancellation)."""
         wid, cycle = run.workflow_id, info.cycle
         try:
             plugin = orchestrator.load(run.orchestrator)
@@ -314,25 +315,35 @@ class Scheduler:
                 state = await orchestrator.call(self._executor, plugin.start, replace(info, cycle=0))
             result = await orchestrator.call(self._executor, plugin.cycle, info, state)
             _check_result(result)
+            loop = asyncio.get_running_loop()
+            found = await loop.run_in_executor(self._executor, _normalized, result.findings)
         except (CriticalError, orchestrator.UnknownOrchestrator) as exc:
             # Logged at ERROR with the FAILED event it causes.
-            return Errored(str(exc) or type(exc).__name__, critical=True)
+            return Errored(str(exc) or type(exc).__name__, critical=True), []
         except Exception as exc:
             logger.warning("%s cycle %d failed: %s: %s", wid, cycle, type(exc).__name__, exc, exc_info=True)
-            return Errored(f"{type(exc).__name__}: {exc}")
-        return Succeeded(result)
+            return Errored(f"{type(exc).__name__}: {exc}"), []
+        return Succeeded(result), found
 
     async def _commit(
-        self, driver: _Driver, run: RunRecord, decide: Callable[[RunRecord], Transition]
+        self,
+        driver: _Driver,
+        run: RunRecord,
+        decide: Callable[[RunRecord], Transition],
+        found: list[dict[str, Any]] | None = None,
     ) -> RunRecord | None:
-        """Apply `decide(locked run)` in one transaction if we still hold the lease; publish the
-        events. None when the lease was lost (the run is abandoned to its new owner)."""
+        """Apply `decide(locked run)` and store the cycle's findings in one transaction if we
+        still hold the lease; publish the events. None when the lease was lost (the run is
+        abandoned to its new owner, and so are the findings: it stores them when it reruns)."""
 
         def tx(conn: Connection) -> Committed | None:
             locked = store.lock_run(conn, run.workflow_id, owner=self.worker_id)
             if locked is None:
                 return None
             events, changes = decide(locked)
+            if found:
+                findings.add(conn, locked.workflow_id, locked.findings_count + 1, found)
+                changes = {**changes, "findings_count": locked.findings_count + len(found)}
             return store.append(conn, locked, events, changes, utcnow())
 
         started = time.monotonic()
@@ -369,6 +380,11 @@ class Scheduler:
                 return
             driver.renewed_at = max(driver.renewed_at, renewing)
             logger.debug("%s: lease renewed until %s", workflow_id, end.isoformat())
+
+
+def _normalized(raw: list[Any]) -> list[dict[str, Any]]:
+    """A cycle's findings, checked and bounded for the table (ValueError: the cycle fails)."""
+    return [findings.normalize(f, int(f.get("step", 0)) if isinstance(f, dict) else 0, "") for f in raw]
 
 
 def _check_result(result: Any) -> None:

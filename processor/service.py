@@ -21,11 +21,12 @@ from auditflow import convert, plans, principal, statuses
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable, invalid
+from auditflow.findings import check_page_size
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.watch import wait_for
-from processor import messages, orchestrator, store, transitions
+from processor import findings, messages, orchestrator, store, transitions
 from processor.scheduler import Scheduler
 from processor.settings import Settings
 from processor.store import EventRecord, RunRecord
@@ -177,6 +178,23 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         events = [ps.FeedEvent(event=messages.event(r), snapshot=messages.event_snapshot(r)) for r in records]
         self.event_reads += 1
         return ps.ReadEventsResponse(events=events, truncated=truncated)
+
+    async def ListFindings(
+        self, request: ps.ProcessorServiceListFindingsRequest, context: Any
+    ) -> ps.ProcessorServiceListFindingsResponse:
+        wid = plans.check_workflow_id(request.workflow_id)
+        query = findings.Query.of(wid, request.filter)
+        size = check_page_size(request.page_size)
+        after = findings.cursor_of(query, request.page_token) if request.page_token else None
+        await self._get(wid)  # NOT_FOUND for a run that does not exist
+        records, total = await self._db.scan(lambda conn: findings.page(conn, query, after, size + 1))
+        kept, more = findings.fitting(records, size)
+        token = ""
+        if more:
+            token = findings.token(query, findings.Cursor(findings.key_of(query.order, kept[-1].record), total))
+        return ps.ProcessorServiceListFindingsResponse(
+            findings=[k.message for k in kept], next_page_token=token, total=total
+        )
 
     async def _get(self, workflow_id: str) -> RunRecord:
         wid = plans.check_workflow_id(workflow_id)

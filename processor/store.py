@@ -71,6 +71,8 @@ runs = Table(
     Column("result_json", Text, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("consecutive_failures", Integer, nullable=False, default=0),
+    # Findings stored so far (processor/findings.py numbers the next ones on from here).
+    Column("findings_count", Integer, nullable=False, default=0, server_default="0"),
     Column("base_sequence", BigInteger, nullable=False),
     Column("last_sequence", BigInteger, nullable=False),
     Column("lease_owner", String(200), nullable=True),
@@ -139,6 +141,7 @@ class RunRecord:
     result: dict[str, Any] | None
     cancel_requested: bool
     consecutive_failures: int
+    findings_count: int
     base_sequence: int
     last_sequence: int
     lease_owner: str | None
@@ -166,6 +169,7 @@ class RunRecord:
             result=_loads(m["result_json"]),
             cancel_requested=bool(m["cancel_requested"]),
             consecutive_failures=m["consecutive_failures"],
+            findings_count=m["findings_count"],
             base_sequence=m["base_sequence"],
             last_sequence=m["last_sequence"],
             lease_owner=m["lease_owner"],

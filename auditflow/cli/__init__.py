@@ -4,6 +4,8 @@
     auditflow --token-file submitter.token submit --sample  # prints the new workflow id
     auditflow --token-file approver.token approve wf_...  # answers at once; the plan runs in the background
     auditflow watch wf_...                                # live progress until the workflow ends
+    auditflow get wf_...                                  # status, each step's summary, the first findings
+    auditflow findings wf_... --format csv -o findings.csv  # every finding, as a file
     auditflow token create ci-bot --principal ci-bot --role submitter --tokens-file tokens.toml
 
 Your token comes from --token-file (or --token), AUDITFLOW_TOKEN_FILE, AUDITFLOW_TOKEN, or
@@ -33,6 +35,8 @@ from auditflow.cli.client import (
     open_channel,
     workflow_stub,
 )
+from auditflow.findings import EXPORT_FORMATS as FORMATS
+from auditflow.findings import ORDERS, SEVERITIES
 
 EXIT_OK = 0
 EXIT_WORKFLOW_FAILED = 1
@@ -156,8 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--reason", default="", help="why you cancel")
 
-    p = command("get", "show one workflow: status, progress, error, result", commands.get)
+    p = command("get", "show one workflow: status, who approved, each step's summary, the first findings", commands.get)
     p.add_argument("workflow_id", metavar="ID")
+    p.add_argument(
+        "--findings", type=_non_negative, default=10, metavar="N", help="findings to show (default: %(default)s)"
+    )
+
+    p = command(
+        "findings",
+        "every finding of a workflow, as text or as a file (CSV, JSON, Parquet), filtered and ordered",
+        commands.findings,
+    )
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument("--severity", nargs="+", action="extend", choices=SEVERITIES, help="only these severities")
+    p.add_argument(
+        "--step", nargs="+", action="extend", type=_positive, metavar="N", help="only these plan steps (1: the first)"
+    )
+    p.add_argument("--procedure", nargs="+", action="extend", metavar="NAME", help="only these procedures")
+    p.add_argument(
+        "--order", choices=ORDERS, default="severity",
+        help="severity (high first, then by amount; default), amount (largest first), found (as the run found them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--format", choices=("text", *FORMATS), default="text",
+        help="text (default), or a file: csv, json (an array), parquet",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", default="", metavar="FILE", help="write the file here (default: stdout)")
+    p.add_argument("--limit", type=_non_negative, default=0, metavar="N", help="text: at most N findings (0: all)")
 
     p = command("list", "list workflows, newest first", commands.list_)
     p.add_argument(

@@ -10,11 +10,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 from google.protobuf import json_format
 
 from auditflow import convert, statuses, synthetic
 from auditflow.cli import render
-from auditflow.cli.client import CliError, Metadata, auth_metadata, exit_code_for, watch
+from auditflow.cli.client import CliError, Metadata, auth_metadata, exit_code_for, format_rpc_error, watch
 from auditflow.procedures import AUDIT_PROCEDURES
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
@@ -179,7 +180,88 @@ def whoami(ctx: Context, args: argparse.Namespace) -> int:
 
 def get(ctx: Context, args: argparse.Namespace) -> int:
     workflow = ctx.stub.GetWorkflow(api.GetWorkflowRequest(workflow_id=args.workflow_id), metadata=ctx.metadata)
-    ctx.print(render.to_json(workflow.workflow) if ctx.json else render.workflow_summary(workflow.workflow))
+    if ctx.json:
+        ctx.print(render.to_json(workflow.workflow))
+        return 0
+    ctx.print(render.workflow_summary(workflow.workflow))
+    if args.findings:
+        first_findings(ctx, workflow.workflow.workflow_id, args.findings)
+    return 0
+
+
+def first_findings(ctx: Context, workflow_id: str, count: int) -> None:
+    """The first page of findings (high first, then by amount), and how to get the rest."""
+    request = api.ListFindingsRequest(workflow_id=workflow_id, page_size=count)
+    try:
+        page = ctx.stub.ListFindings(request, metadata=ctx.metadata)
+    except grpc.RpcError as exc:  # the workflow is shown; its findings may come later
+        ctx.note(f"(findings not available now: {format_rpc_error(exc)})")
+        return
+    if not page.total:
+        return
+    ctx.print(f"findings      {len(page.findings)} of {page.total}, high first, then by amount")
+    ctx.print(render.findings_text(page.findings))
+    if page.next_page_token:
+        ctx.note(f"all of them: auditflow findings {workflow_id} (or --format csv -o findings.csv)")
+
+
+def findings(ctx: Context, args: argparse.Namespace) -> int:
+    filter_ = pb.FindingsFilter(
+        steps=args.step or [], procedures=args.procedure or [], severities=args.severity or [], order=args.order
+    )
+    if args.format == "text":
+        return _list_findings(ctx, args.workflow_id, filter_, args.limit)
+    return _export_findings(ctx, args.workflow_id, filter_, args.format, args.output)
+
+
+def _list_findings(ctx: Context, workflow_id: str, filter_: pb.FindingsFilter, limit: int) -> int:
+    """Page by page, printed as they come (one JSON object a line with --json)."""
+    token, shown, total = "", 0, 0
+    while True:
+        size = min(1000, limit - shown) if limit else 1000
+        request = api.ListFindingsRequest(workflow_id=workflow_id, filter=filter_, page_size=size, page_token=token)
+        page = ctx.stub.ListFindings(request, metadata=ctx.metadata)
+        total = page.total
+        if ctx.json:
+            for finding in page.findings:
+                ctx.print(render.to_json_line(finding))
+        elif page.findings:
+            ctx.print(render.findings_text(page.findings))
+        shown += len(page.findings)
+        token = page.next_page_token
+        if not token or (limit and shown >= limit):
+            break
+    if not ctx.json:
+        ctx.note(f"{shown} of {total} finding{'s' if total != 1 else ''}")
+    return 0
+
+
+def _export_findings(ctx: Context, workflow_id: str, filter_: pb.FindingsFilter, kind: str, output: str) -> int:
+    """The file streamed to `output` (written aside, renamed when whole) or to stdout."""
+    if not output and kind == "parquet" and ctx.out.isatty():
+        raise CliError("a Parquet file is binary: give -o FILE (or redirect stdout)")
+    request = api.ExportFindingsRequest(workflow_id=workflow_id, filter=filter_, format=kind)
+    chunks = ctx.stub.ExportFindings(request, metadata=ctx.metadata)
+    if not output:
+        sink = getattr(ctx.out, "buffer", None)
+        for chunk in chunks:
+            if sink is not None:
+                sink.write(chunk.data)
+            else:
+                ctx.out.write(chunk.data.decode())
+        ctx.out.flush()
+        return 0
+    target = Path(output)
+    partial = target.with_name(target.name + ".part")
+    try:
+        with partial.open("wb") as out:
+            written = sum(out.write(chunk.data) for chunk in chunks)
+        partial.replace(target)
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror or exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    ctx.note(f"wrote {written} bytes of {kind} to {output}")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any, TextIO
@@ -171,10 +172,11 @@ def workflow_summary(workflow: pb.Workflow) -> str:
         f"{timestamp(workflow.created_at, present=workflow.HasField('created_at'))}",
     ]
     if workflow.decided_by:
-        decided = f"by {workflow.decided_by}"
+        rejected = workflow.status == pb.WORKFLOW_STATUS_REJECTED
+        decided = f"{'rejected' if rejected else 'approved'} by {workflow.decided_by}"
         if workflow.decision_comment:
             decided += f": {workflow.decision_comment}"
-        lines.append(f"decided       {decided}")
+        lines.append(f"decision      {decided}")
     max_cycles = workflow.max_cycles or "?"
     lines += [
         f"progress      {bar(workflow.progress.done, workflow.progress.total)} "
@@ -198,50 +200,53 @@ def workflow_summary(workflow: pb.Workflow) -> str:
     return "\n".join(lines)
 
 
-FINDING_HEADERS = ("SEVERITY", "AMOUNT", "ENTRIES", "EXPLANATION")
-
-
 def result_text(result: dict[str, Any]) -> str:
-    """A plan's result: audit findings as a table per step, any other step result as JSON."""
+    """A plan's result: each audit step's summary on a line, any other step result as JSON.
+    Amounts at stake are per procedure: an entry flagged by several counts in each, so they
+    are not added up into a plan total."""
     steps = result.get("steps")
-    if not isinstance(steps, list) or not any(_has_findings(step.get("result")) for step in steps):
+    if not isinstance(steps, list) or not any(_audit_summary(step.get("result")) for step in steps):
         return pretty(result)
     parts = []
     for index, step in enumerate(steps, start=1):
         name, data = step.get("procedure", "?"), step.get("result")
-        if not _has_findings(data):
-            parts.append(f"{index}. {name}\n" + pretty(data))
-            continue
-        summary = data.get("summary") or {}
-        count = int(summary.get("findings", len(data["findings"])))
-        shown = len(data["findings"])
-        head = f"{index}. {name}: {count} finding(s)"
-        if count:
-            head += f", {summary.get('amount_at_stake', '?')} at stake"
-        if shown < count:
-            head += f" (largest {shown} shown)"
-        parts.append(head + ("\n" + findings_table(data["findings"]) if shown else ""))
+        summary = _audit_summary(data)
+        parts.append(f"{index}. {name}: " + step_summary(summary) if summary else f"{index}. {name}\n" + pretty(data))
+    parts.append("(amounts at stake are per procedure: an entry flagged by several counts in each)")
     return "\n".join(parts)
 
 
-def _has_findings(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("findings"), list)
+def _audit_summary(data: Any) -> dict[str, Any] | None:
+    summary = data.get("summary") if isinstance(data, dict) else None
+    return summary if isinstance(summary, dict) and "findings" in summary else None
 
 
-def findings_table(findings: Sequence[dict[str, Any]], width: int = 90) -> str:
-    rows = []
-    for finding in findings:
-        ids = [str(i) for i in finding.get("entry_ids") or []]
-        entries = ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
-        rows.append(
-            [
-                str(finding.get("severity", "")),
-                str(finding.get("amount", "")),
-                entries or "-",
-                truncate(" ".join(str(finding.get("explanation", "")).split()), width),
-            ]
-        )
-    return table(FINDING_HEADERS, rows)
+def step_summary(summary: dict[str, Any]) -> str:
+    """'12 findings (2 high, 10 low), 3400.00 at stake'"""
+    count = int(summary.get("findings", 0))
+    if not count:
+        return "no findings"
+    by = summary.get("by_severity") or {}
+    split = ", ".join(f"{int(by[s])} {s}" for s in ("high", "medium", "low") if by.get(s))
+    text = f"{count} finding{'s' if count != 1 else ''}" + (f" ({split})" if split else "")
+    return text + f", {summary.get('amount_at_stake', '?')} at stake"
+
+
+def findings_text(findings: Sequence[pb.Finding], width: int | None = None) -> str:
+    """Findings one after the other, each explanation whole and wrapped (never cut):
+
+    f12  high  12500.00  step 3 duplicate_payments  JE-1, JE-2
+         Same vendor, amount and invoice within 7 days: ...
+    """
+    columns = width or max(40, shutil.get_terminal_size((100, 24)).columns - 1)
+    blocks = []
+    pad = max((len(f.finding_id) for f in findings), default=2) + 2
+    for f in findings:
+        ids = ", ".join(f.entry_ids[:5]) + (f" +{f.entry_count - 5}" if f.entry_count > 5 else "")
+        head = f"{f.finding_id:<{pad}}{f.severity:<8}{f.amount:>14}  step {f.step} {f.procedure}  {ids or '-'}"
+        body = textwrap.wrap(" ".join(f.explanation.split()), columns - pad) or [""]
+        blocks.append("\n".join([head, *(" " * pad + line for line in body)]))
+    return "\n".join(blocks)
 
 
 def approve_summary(response: api.ApproveResponse, latency_ms: float | None = None) -> str:

@@ -7,14 +7,18 @@ with `@register`; plugins (modules named with `--plugin`, or entry points in the
 
 A procedure is a blocking function `run(parameters) -> dict` (the step's JSON result). It is
 called on a worker thread, at least once per step: a processor that dies mid-step runs the
-step again, so a procedure must be safe to repeat. It raises `CriticalError` when the run
+step again, so a procedure must be safe to repeat. Findings go under the result's "findings"
+(a list of {"procedure", "severity", "entry_ids", "amount", "explanation"}): the plan
+orchestrator takes them out and the processor stores them, so a result stays small (a step
+result over 64 KiB without its findings fails the step). It raises `CriticalError` when the run
 cannot go on (the run fails); any other exception is a cycle error and the step is retried
 in the next cycle.
 
 A procedure may also be CHUNKED (`register_chunked`): a function `chunk(parameters, state) ->
-Chunk` that does one bounded part of the work per call. It is first called with `state`
-None; each call returns the next state (a JSON object, which the plan orchestrator
-checkpoints) and, on the last call, the step's result. It must derive everything from
+Chunk` that does one bounded part of the work per call, and hands over the findings of that
+part in `Chunk.findings`. It is first called with `state` None; each call returns the next
+state (a JSON object, which the plan orchestrator checkpoints) and, on the last call, the
+step's result. It must derive everything from
 `parameters` and `state` (never mutate `state`), so that a call repeated after a crash gives
 the same answer. Such a procedure is also runnable whole: `run` calls `chunk` until done.
 """
@@ -57,6 +61,9 @@ class Chunk:
     done: int  # chunks done so far
     total: int  # chunks in all
     result: dict[str, Any] | None = None  # the step's result, on the last call
+    # What this call found ({"procedure", "severity", "entry_ids", "amount", "explanation"}):
+    # stored by the processor with the cycle's checkpoint, never kept in the state.
+    findings: list[dict[str, Any]] = field(default_factory=list)
 
 
 ChunkFn = Callable[[dict[str, Any], dict[str, Any] | None], Chunk]
@@ -92,11 +99,15 @@ class Registry:
     def register_chunked(self, name: str, *, validate: ValidateFn | None = None) -> Callable[[ChunkFn], ChunkFn]:
         def decorator(fn: ChunkFn) -> ChunkFn:
             def run(parameters: dict[str, Any]) -> dict[str, Any]:
+                """The whole step at once, for scripts and tests: its result, with every
+                finding under "findings" in the order they were found."""
                 state: dict[str, Any] | None = None
+                findings: list[dict[str, Any]] = []
                 while True:
                     step = fn(parameters, state)
+                    findings.extend(step.findings)
                     if step.result is not None:
-                        return step.result
+                        return {**step.result, "findings": findings}
                     state = step.state
 
             doc = (fn.__doc__ or "").strip().splitlines()

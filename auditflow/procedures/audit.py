@@ -3,14 +3,15 @@
 Every procedure reads the ledger named by its parameters (`path` of a CSV or Parquet file
 under a data root, or `source` and `table` of a database the server names; columns
 `entry_id, posting_date, vendor, account, amount, currency, description, created_by,
-approved_by`) and returns
+approved_by`). Each call of a procedure hands over the findings it found
+(`Chunk.findings`: `{"procedure", "severity", "entry_ids", "amount", "explanation"}`; the
+processor stores every one of them), and the last call returns the step's result, a summary
+bounded in size whatever the ledger:
 
-    {"findings": [{"procedure", "severity", "entry_ids", "amount", "explanation"}, ...],
-     "summary": {"entries", "findings", "shown", "amount_at_stake", ...}}
+    {"summary": {"entries", "findings", "by_severity", "amount_at_stake", "top", ...}}
 
-Findings are ordered by severity (high, medium, low), then by amount at stake; at most
-`max_findings` (default 200) are returned, and `summary.findings` counts them all. Amounts are
-decimal strings, as in the ledger. A ledger that cannot be read (missing file or columns, an
+`top` holds the first few findings in order: by severity (high, medium, low), then by amount
+at stake. Amounts are decimal strings, as in the ledger. A ledger that cannot be read (missing file or columns, an
 amount or date that does not parse, no rows, not UTF-8) fails the run with a `CriticalError`
 that names the source, the line and the problem (`auditflow.procedures.table`). The
 parameters are checked at `CreateWorkflow` (see each procedure's `validate`), including that
@@ -18,10 +19,10 @@ the source exists and has the columns.
 
 Each procedure is chunked (`register_chunked`): the ledger is cut into ranges of vendors (or
 accounts, for `outliers` by account) of about `chunk_rows` rows (default 250 000), and a call
-does one chunk with a few SQL queries; the state carries the findings kept so far (the
-`max_findings` first in order, and counters for the rest) and what the last call needs (digit
-counts for Benford). The work that only a sequence can do (which duplicates group together,
-which payments form one split purchase) runs in Python on the few candidate rows the SQL
+does one chunk with a few SQL queries; the state carries counters, the top few findings, and
+what the last call needs (digit counts for Benford): never the findings themselves. The work
+that only a sequence can do (which duplicates group together, which payments form one split
+purchase) runs in Python on the few candidate rows the SQL
 selects, so the findings are the same as a row-by-row pass.
 
 The methods, their parameters and references are in docs/procedures.md.
@@ -30,9 +31,10 @@ The methods, their parameters and references are in docs/procedures.md.
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 from bisect import bisect_right
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -50,8 +52,9 @@ __all__ = ["COLUMNS", "PROCEDURES", "money"]
 PROCEDURES = AUDIT_PROCEDURES  # the procedures of this module
 
 SEVERITIES = ("high", "medium", "low")
-DEFAULT_MAX_FINDINGS = 200
 DEFAULT_CHUNK_ROWS = 250_000
+MAX_CHUNK_ROWS = 1_000_000  # what one call may read: bounds a cycle's memory and time
+TOP = 5  # findings a step's summary shows
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -75,21 +78,22 @@ class Finding:
         }
 
 
-def _order(finding: dict[str, Any]) -> tuple[int, int, list[str]]:
-    return (SEVERITIES.index(finding["severity"]), -abs(finding["cents"]), finding["entry_ids"])
+def order(finding: dict[str, Any]) -> tuple[int, Decimal, list[str]]:
+    """Findings in the order an auditor reads them: high first, then by amount at stake."""
+    return (SEVERITIES.index(finding["severity"]), -abs(Decimal(finding["amount"])), finding["entry_ids"])
 
 
-def _merge(acc: dict[str, Any], findings: list[Finding], limit: int) -> None:
-    """Count `findings` into `acc` and keep the `limit` first in order."""
+def _count(acc: dict[str, Any], findings: list[Finding]) -> None:
+    """Count `findings` into the step's totals and keep its `TOP` first in order (the summary
+    shows them; every finding is stored by the processor, not kept here)."""
     if not findings:
         return
     acc["count"] += len(findings)
     acc["stake"] += sum(abs(f.cents) for f in findings)
-    for f in findings:
-        acc["by_severity"][f.severity] += 1
-    kept = acc["findings"] + [{**f.to_json(), "cents": f.cents} for f in findings]
-    kept.sort(key=_order)
-    acc["findings"] = kept[:limit]
+    for severity, n in Counter(f.severity for f in findings).items():
+        acc["by_severity"][severity] += n
+    first = heapq.nsmallest(TOP, findings, key=lambda f: (SEVERITIES.index(f.severity), -abs(f.cents), f.entry_ids))
+    acc["top"] = sorted([*acc["top"], *(f.to_json() for f in first)], key=order)[:TOP]
 
 
 # --- parameter checks ------------------------------------------------------------------------
@@ -114,15 +118,20 @@ def validator(
 ) -> Callable[[dict[str, Any]], Iterator[FieldViolation]]:
     """A `validate` for a procedure: each named parameter (all optional), how they relate to
     each other (`relations`, once each is valid), then the ledger source."""
-    allowed = {"path", "url", "source", "table", "max_findings", "chunk_rows", *checks}
+    allowed = {"path", "url", "source", "table", "chunk_rows", *checks}
     every = {
-        "max_findings": (_number(1, 100_000, whole=True), "a whole number between 1 and 100000"),
-        "chunk_rows": (_number(1, 1e9, whole=True), "a whole number of rows of at least 1"),
+        "chunk_rows": (_number(1, MAX_CHUNK_ROWS, whole=True), f"a whole number of rows, 1 to {MAX_CHUNK_ROWS}"),
         **checks,
     }
 
     def validate(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
-        unknown = set(parameters) - allowed
+        unknown = set(parameters) - allowed - {"max_findings"}
+        if "max_findings" in parameters:
+            yield FieldViolation(
+                "parameters.max_findings",
+                "not a parameter any more: every finding is stored; page them with ListFindings "
+                "(auditflow findings WORKFLOW_ID) or export them",
+            )
         bad = [
             FieldViolation(f"parameters.{name}", expected)
             for name, (check, expected) in every.items()
@@ -136,10 +145,6 @@ def validator(
         yield from check_source(parameters)
 
     return validate
-
-
-def _max_findings(parameters: dict[str, Any]) -> int:
-    return int(parameters.get("max_findings", DEFAULT_MAX_FINDINGS))
 
 
 def _cents_param(parameters: dict[str, Any], name: str, default: float) -> int:
@@ -171,9 +176,8 @@ def audit_procedure(
         ledger = open_ledger(parameters)
         column = key(parameters)
         bounds = ledger.chunks(column, int(parameters.get("chunk_rows", DEFAULT_CHUNK_ROWS)))
-        limit = _max_findings(parameters)
         if state is None:
-            acc = {"findings": [], "count": 0, "stake": 0, "by_severity": dict.fromkeys(SEVERITIES, 0), "extra": {}}
+            acc = {"top": [], "count": 0, "stake": 0, "by_severity": dict.fromkeys(SEVERITIES, 0), "extra": {}}
             state = {"chunk": 0, "chunks": len(bounds), "entries": ledger.rows, "acc": acc}
         else:
             if (state.get("chunks"), state.get("entries")) != (len(bounds), ledger.rows):
@@ -181,27 +185,27 @@ def audit_procedure(
             state = copy.deepcopy(state)  # the caller's checkpoint stays as it was
         acc = state["acc"]
         index = int(state["chunk"])
+        found: list[Finding] = []
         if index < len(bounds):
             low, high = bounds[index]
-            _merge(acc, scan(ledger, parameters, f"{column} BETWEEN ? AND ?", [low, high], acc["extra"]), limit)
+            found = scan(ledger, parameters, f"{column} BETWEEN ? AND ?", [low, high], acc["extra"])
+            _count(acc, found)
             index = state["chunk"] = index + 1
         if index < len(bounds):
-            return Chunk(state, index, len(bounds))
-        found, summary = finish(ledger, parameters, acc["extra"])
-        _merge(acc, found, limit)
-        kept = [{k: v for k, v in f.items() if k != "cents"} for f in acc["findings"]]
+            return Chunk(state, index, len(bounds), findings=[f.to_json() for f in found])
+        last, summary = finish(ledger, parameters, acc["extra"])
+        _count(acc, last)
         result = {
-            "findings": kept,
             "summary": {
                 "entries": ledger.rows,
                 "findings": acc["count"],
-                "shown": min(acc["count"], limit),
                 "by_severity": acc["by_severity"],
                 "amount_at_stake": money(acc["stake"]),
+                "top": acc["top"],
                 **summary,
             },
         }
-        return Chunk(state, index, len(bounds), result)
+        return Chunk(state, index, len(bounds), result, findings=[f.to_json() for f in [*found, *last]])
 
     chunk.__name__ = name
     chunk.__doc__ = doc
@@ -292,7 +296,7 @@ duplicate_payments = audit_procedure(
     duplicate), medium otherwise (a near-duplicate: same payee and amount, other reference).
     With `tolerance` > 0, amounts within that fraction of each other count as the same.
     Ledger: path, or source and table; chunk_rows (default 250000).
-    Parameters: days (default 7); tolerance (default 0); max_findings (default 200).
+    Parameters: days (default 7); tolerance (default 0).
     Reference: ACFE Fraud Examiners Manual, "duplicate payments"; Nigrini (2011), Forensic
     Analytics, ch. 11 ("same-same-same" and "same-same-different" tests).
     """,
@@ -528,7 +532,7 @@ benford_first_digit = audit_procedure(
     Amounts below `min_amount` (default 10) are left out, as Nigrini advises; with fewer than
     `min_entries` (default 100) amounts the test is not run.
     Ledger: path, or source and table; chunk_rows (default 250000).
-    Parameters: alpha (default 0.01); min_amount (10); min_entries (100); max_findings.
+    Parameters: alpha (default 0.01); min_amount (10); min_entries (100).
     Reference: Nigrini, M. (2012), Benford's Law: Applications for Forensic Accounting,
     Auditing, and Fraud Detection, Wiley, ch. 5 and 7 (the z-statistic; table 7.1, the
     first-digit MAD conformity ranges).
@@ -585,7 +589,7 @@ round_amounts = audit_procedure(
     and at least `min_amount` (default: the multiple). Severity medium for multiples of ten
     times `multiple`, low otherwise.
     Ledger: path, or source and table; chunk_rows (default 250000).
-    Parameters: multiple (default 1000); min_amount (default = multiple); max_findings.
+    Parameters: multiple (default 1000); min_amount (default = multiple).
     Reference: Nigrini (2011), Forensic Analytics, ch. 8 ("round numbers test"); ISA 240
     A44 / AS 2401.61 (journal entries with round numbers or consistent ending digits).
     """,
@@ -661,7 +665,7 @@ weekend_postings = audit_procedure(
     Detects: postings on days the business is closed, when nobody should be booking. Severity
     medium on a holiday, low on a weekend.
     Ledger: path, or source and table; chunk_rows (default 250000).
-    Parameters: holidays (list of ISO dates, default none); max_findings.
+    Parameters: holidays (list of ISO dates, default none).
     Reference: ISA 240 A44 and PCAOB AS 2401.61 (entries "made at unusual times"); Nigrini
     (2011), Forensic Analytics, ch. 13 (journal entry tests).
     """,
@@ -815,7 +819,7 @@ split_purchases = audit_procedure(
     not reported. Each split found is one finding (high), its amount the total paid.
     Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: approval_limit (default 10000); min_share (0.7); days (7); min_payments (2);
-    max_payments (5); max_findings.
+    max_payments (5).
     Reference: ACFE Fraud Examiners Manual, "purchasing schemes: split purchases"; Nigrini
     (2011), Forensic Analytics, ch. 11.
     """,
@@ -883,7 +887,7 @@ segregation_of_duties = audit_procedure(
     their own entry (names compared without case or surrounding spaces), medium when the
     approver is missing.
     Ledger: path, or source and table; chunk_rows (default 250000).
-    Parameters: max_findings.
+    Parameters:
     Reference: COSO Internal Control - Integrated Framework (2013), principle 10 (segregation
     of duties); ISA 315 (revised 2019) appendix 3.
     """,
@@ -1076,7 +1080,7 @@ outliers = audit_procedure(
     is split between the sides). Severity high beyond twice the threshold, medium otherwise.
     Ledger: path, or source and table; chunk_rows (default 250000).
     Parameters: by (default "vendor"); alpha (0.05); threshold (none: set by alpha and N);
-    side ("high"); min_entries (8); scale ("log"); max_findings.
+    side ("high"); min_entries (8); scale ("log").
     Reference: Iglewicz, B. and Hoaglin, D. (1993), How to Detect and Handle Outliers, ASQC
     (the modified z-score and the 3.5 cut-off); Sidak, Z. (1967), Rectangular confidence
     regions for the means of multivariate normal distributions, JASA 62 (the per-test level).

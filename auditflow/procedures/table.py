@@ -22,13 +22,14 @@ data, so a run that resumes in another process cuts the same chunks.
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 import re
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -52,7 +53,7 @@ COLUMNS = (
     "created_by",
     "approved_by",
 )
-HEADER_BYTES = 64 * 1024
+SAMPLE_BYTES = 64 * 1024  # what CreateWorkflow reads of a CSV ledger to check it
 PARQUET_MAGIC = b"PAR1"
 CACHE_SIZE = 2
 logger = logging.getLogger(__name__)
@@ -134,26 +135,61 @@ def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
                 names = [
                     row[0] for row in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(file)]).fetchall()
                 ]
+                counted = con.execute("SELECT count(*) FROM read_parquet(?)", [str(file)]).fetchone()  # (metadata)
         except duckdb.Error as exc:
             yield FieldViolation("parameters.path", f"{given} is not a readable Parquet file: {_first_line(exc)}")
             return
         yield from _missing(names, given)
+        if not counted or not counted[0]:
+            yield FieldViolation("parameters.path", f"{given}: the ledger has no entries (no rows)")
         return
     try:
         with file.open("rb") as handle:
-            first = handle.readline(HEADER_BYTES)
+            sample = handle.read(SAMPLE_BYTES)
+            whole = not handle.read(1)
     except OSError as exc:
         yield FieldViolation("parameters.path", f"cannot read {given}: {exc.strerror or exc}")
         return
-    try:
-        header = next(csv.reader([first.decode("utf-8")]), [])
-    except UnicodeDecodeError:
-        yield FieldViolation("parameters.path", f"{given} is not a UTF-8 CSV file")
+    problem = sample_problem(sample, whole=whole)
+    if problem:
+        yield FieldViolation("parameters.path", f"{given}: {problem}")
         return
-    if not header:
-        yield FieldViolation("parameters.path", f"{given} is empty: expected a header line with {', '.join(COLUMNS)}")
-        return
+    header = next(csv.reader([sample.split(b"\n", 1)[0].decode("utf-8")]), [])
     yield from _missing([name.strip().lstrip("\ufeff") for name in header], given)
+
+
+def sample_problem(sample: bytes, *, whole: bool) -> str | None:
+    """What the first bytes of a CSV ledger show to be wrong, cheaply: not UTF-8 (with the
+    line), no header, another separator than the comma, a header and no entries (when the
+    sample is the whole file). None when nothing shows."""
+    if not sample.strip():
+        return f"the file is empty: expected a header line with {', '.join(COLUMNS)}"
+    lines = sample.split(b"\n")
+    if not whole and len(lines) > 1:
+        lines = lines[:-1]  # the last one may be cut in the middle of a character
+    for number, raw in enumerate(lines, start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            where = f"the byte {raw[exc.start]:#04x} at position {exc.start + 1}"
+            return f"line {number} is not UTF-8 ({where}): save the ledger as UTF-8"
+    header = lines[0].decode("utf-8").strip().lstrip("\ufeff")
+    names = next(csv.reader([header]), [])
+    if len(names) == 1 and (separator := _other_separator(header)):
+        return (
+            f"the header has one column; the file looks {separator}-separated, "
+            "and a ledger must be comma-separated (CSV)"
+        )
+    if whole and not any(line.strip() for line in lines[1:]) and not [c for c in COLUMNS if c not in names]:
+        return "the ledger has no entries (a header line only)"
+    return None
+
+
+def _other_separator(header: str) -> str | None:
+    for separator, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
+        if header.count(separator) >= len(COLUMNS) - 1:
+            return name
+    return None
 
 
 def _check_sql(url: str, name: str, table: str) -> Iterator[FieldViolation]:
@@ -294,9 +330,9 @@ def _load_csv(path: Path, label: str) -> Ledger:
 
 def _csv_header(path: Path, label: str) -> list[str]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            header = next(csv.reader(handle), None)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        with path.open("rb") as handle:
+            header = next(csv.reader(_decoded(itertools.islice(handle, 1), label)), None)
+    except (OSError, csv.Error) as exc:
         raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
     if header is None:
         raise CriticalError(f"{label}: the ledger is empty (no header line)")
@@ -449,8 +485,8 @@ def read_ledger(path: Path, label: str | None = None) -> int:
     label = label or str(path)
     count = 0
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
+        with path.open("rb") as handle:
+            reader = csv.reader(_decoded(handle, label))
             header = next(reader, None)
             if header is None:
                 raise CriticalError(f"{label}: the ledger is empty (no header line)")
@@ -479,8 +515,20 @@ def read_ledger(path: Path, label: str | None = None) -> int:
                 if not value.is_finite():
                     raise CriticalError(f"{label}:{line}: amount {row[i_amount]!r} is not a number")
                 count += 1
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, csv.Error) as exc:
         raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
     if not count:
         raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
     return count
+
+
+def _decoded(handle: Iterable[bytes], label: str) -> Iterator[str]:
+    """The file's lines as text, a byte that is not UTF-8 named by its line and column."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CriticalError(
+                f"{label}:{number}: not UTF-8 (the byte {raw[exc.start]:#04x} at position {exc.start + 1}); "
+                "save the ledger as UTF-8"
+            ) from None

@@ -66,6 +66,11 @@ class ProcessorServiceStub:
                 request_serializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsRequest.SerializeToString,
                 response_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsResponse.FromString,
                 _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/auditflow.v1.ProcessorService/ListFindings',
+                request_serializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceListFindingsRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceListFindingsResponse.FromString,
+                _registered_method=True)
 
 
 class ProcessorServiceServicer:
@@ -122,6 +127,13 @@ class ProcessorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFindings(self, request, context):
+        """A page of a run's findings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProcessorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +166,11 @@ def add_ProcessorServiceServicer_to_server(servicer, server):
                     servicer.ReadEvents,
                     request_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsRequest.FromString,
                     response_serializer=auditflow_dot_v1_dot_processor__service__pb2.ReadEventsResponse.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceListFindingsRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceListFindingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +337,33 @@ class ProcessorService:
             '/auditflow.v1.ProcessorService/ReadEvents',
             auditflow_dot_v1_dot_processor__service__pb2.ReadEventsRequest.SerializeToString,
             auditflow_dot_v1_dot_processor__service__pb2.ReadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.ProcessorService/ListFindings',
+            auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceListFindingsRequest.SerializeToString,
+            auditflow_dot_v1_dot_processor__service__pb2.ProcessorServiceListFindingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,8 @@ class ProcessorServiceStub:
     """The events after each cursor (a run's log from a sequence on), for a subscriber catching
     up; at most `page_size` in all, in cursor order then sequence order.
     """
+    ListFindings: _grpc.UnaryUnaryMultiCallable[_processor_service_pb2.ProcessorServiceListFindingsRequest, _processor_service_pb2.ProcessorServiceListFindingsResponse]
+    """A page of a run's findings."""
 
 @_typing.type_check_only
 class ProcessorServiceAsyncStub(ProcessorServiceStub):
@@ -89,6 +91,8 @@ class ProcessorServiceAsyncStub(ProcessorServiceStub):
     """The events after each cursor (a run's log from a sequence on), for a subscriber catching
     up; at most `page_size` in all, in cursor order then sequence order.
     """
+    ListFindings: _aio.UnaryUnaryMultiCallable[_processor_service_pb2.ProcessorServiceListFindingsRequest, _processor_service_pb2.ProcessorServiceListFindingsResponse]  # type: ignore[assignment]
+    """A page of a run's findings."""
 
 class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Internal service of the processor (default port 50052): executes approved workflows in
@@ -153,5 +157,13 @@ class ProcessorServiceServicer(metaclass=_abc_1.ABCMeta):
         """The events after each cursor (a run's log from a sequence on), for a subscriber catching
         up; at most `page_size` in all, in cursor order then sequence order.
         """
+
+    @_abc_1.abstractmethod
+    def ListFindings(
+        self,
+        request: _processor_service_pb2.ProcessorServiceListFindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_processor_service_pb2.ProcessorServiceListFindingsResponse, _abc.Awaitable[_processor_service_pb2.ProcessorServiceListFindingsResponse]]:
+        """A page of a run's findings."""
 
 def add_ProcessorServiceServicer_to_server(servicer: ProcessorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -429,3 +429,95 @@ class Heartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class Finding(_message.Message):
+    """One finding of an audit procedure: something an auditor should look at, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINDING_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    PROCEDURE_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    ENTRY_IDS_FIELD_NUMBER: _builtins.int
+    ENTRY_COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
+    finding_id: _builtins.str
+    """Stable within its workflow ("f" and its number, in the order the run found them)."""
+    step: _builtins.int
+    """The plan step (1 for the first) and its procedure."""
+    procedure: _builtins.str
+    severity: _builtins.str
+    """"high", "medium" or "low"."""
+    entry_count: _builtins.int
+    amount: _builtins.str
+    """The amount at stake, a decimal string in the ledger's currency."""
+    explanation: _builtins.str
+    """What was found and what to do about it, in full."""
+    @_builtins.property
+    def entry_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The ledger entries concerned (at most 1000; `entry_count` says how many in all)."""
+
+    def __init__(
+        self,
+        *,
+        finding_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        procedure: _builtins.str = ...,
+        severity: _builtins.str = ...,
+        entry_ids: _abc.Iterable[_builtins.str] | None = ...,
+        entry_count: _builtins.int = ...,
+        amount: _builtins.str = ...,
+        explanation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "entry_count", b"entry_count", "entry_ids", b"entry_ids", "explanation", b"explanation", "finding_id", b"finding_id", "procedure", b"procedure", "severity", b"severity", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Finding: _TypeAlias = Finding  # noqa: Y015
+
+@_typing.final
+class FindingsFilter(_message.Message):
+    """Which findings, in which order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    PROCEDURES_FIELD_NUMBER: _builtins.int
+    SEVERITIES_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    order: _builtins.str
+    """"severity" (default: high first, then by amount), "amount" (largest first), or "found"
+    (the order the run found them).
+    """
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Plan steps (1 for the first); empty means all."""
+
+    @_builtins.property
+    def procedures(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Procedure names; empty means all."""
+
+    @_builtins.property
+    def severities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"high", "medium", "low"; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        procedures: _abc.Iterable[_builtins.str] | None = ...,
+        severities: _abc.Iterable[_builtins.str] | None = ...,
+        order: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "procedures", b"procedures", "severities", b"severities", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindingsFilter: _TypeAlias = FindingsFilter  # noqa: Y015

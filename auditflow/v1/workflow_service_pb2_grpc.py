@@ -75,6 +75,16 @@ class WorkflowServiceStub:
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusResponse.FromString,
                 _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/auditflow.v1.WorkflowService/ListFindings',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ListFindingsResponse.FromString,
+                _registered_method=True)
+        self.ExportFindings = channel.unary_stream(
+                '/auditflow.v1.WorkflowService/ExportFindings',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/auditflow.v1.WorkflowService/WhoAmI',
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIRequest.SerializeToString,
@@ -144,6 +154,21 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListFindings(self, request, context):
+        """A page of a workflow's findings (every finding of every step is stored; results and
+        snapshots carry only each step's summary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportFindings(self, request, context):
+        """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """Who the server takes the caller to be: the authenticated principal and its roles.
         """
@@ -193,6 +218,16 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusRequest.FromString,
                     response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusResponse.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ListFindingsRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ListFindingsResponse.SerializeToString,
+            ),
+            'ExportFindings': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportFindings,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -417,6 +452,60 @@ class WorkflowService:
             '/auditflow.v1.WorkflowService/WatchStatus',
             auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusRequest.SerializeToString,
             auditflow_dot_v1_dot_workflow__service__pb2.WatchStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/ListFindings',
+            auditflow_dot_v1_dot_workflow__service__pb2.ListFindingsRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.ListFindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/ExportFindings',
+            auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

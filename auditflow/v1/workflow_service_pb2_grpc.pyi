@@ -53,6 +53,12 @@ class WorkflowServiceStub:
     """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
     after the terminal event.
     """
+    ListFindings: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListFindingsRequest, _workflow_service_pb2.ListFindingsResponse]
+    """A page of a workflow's findings (every finding of every step is stored; results and
+    snapshots carry only each step's summary).
+    """
+    ExportFindings: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.ExportFindingsRequest, _workflow_service_pb2.ExportFindingsResponse]
+    """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]
     """Who the server takes the caller to be: the authenticated principal and its roles."""
 
@@ -81,6 +87,12 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
     after the terminal event.
     """
+    ListFindings: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListFindingsRequest, _workflow_service_pb2.ListFindingsResponse]  # type: ignore[assignment]
+    """A page of a workflow's findings (every finding of every step is stored; results and
+    snapshots carry only each step's summary).
+    """
+    ExportFindings: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.ExportFindingsRequest, _workflow_service_pb2.ExportFindingsResponse]  # type: ignore[assignment]
+    """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the server takes the caller to be: the authenticated principal and its roles."""
 
@@ -154,6 +166,24 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the workflow's events after `after_sequence`, then live ones, and ends with OK
         after the terminal event.
         """
+
+    @_abc_1.abstractmethod
+    def ListFindings(
+        self,
+        request: _workflow_service_pb2.ListFindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.ListFindingsResponse, _abc.Awaitable[_workflow_service_pb2.ListFindingsResponse]]:
+        """A page of a workflow's findings (every finding of every step is stored; results and
+        snapshots carry only each step's summary).
+        """
+
+    @_abc_1.abstractmethod
+    def ExportFindings(
+        self,
+        request: _workflow_service_pb2.ExportFindingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workflow_service_pb2.ExportFindingsResponse], _abc.AsyncIterator[_workflow_service_pb2.ExportFindingsResponse]]:
+        """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks."""
 
     @_abc_1.abstractmethod
     def WhoAmI(

@@ -172,6 +172,9 @@ class RestApp:
                 message = await self._request_message(route, request)
                 if isinstance(message, web.Response):
                     return message
+                download = hooks.DOWNLOADS.get(route.method.name)
+                if download is not None:
+                    return await self._download(route, request, download, message, call(message))
                 return await self._stream(route, request, call(message))
 
             return streaming
@@ -261,8 +264,46 @@ class RestApp:
             self._streams.discard(task)
             await _close(items)
 
+    async def _download(
+        self, route: Route, request: web.Request, download: hooks.Download, message: Message, chunks: AsyncIterator[Any]
+    ) -> web.StreamResponse:
+        """A streaming RPC as one file. The first chunk (or the error) decides the status; an
+        error later cuts the transfer (the client sees an incomplete body, never a whole-looking
+        file)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            try:
+                first = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+            except Exception as exc:
+                return refusal(exc, route.rpc_path)
+            response = web.StreamResponse(status=200)
+            response.content_type = download.content_type(message)
+            response.headers["Content-Disposition"] = f'attachment; filename="{download.filename(message)}"'
+            response.headers["Cache-Control"] = "no-store"
+            await response.prepare(request)
+            try:
+                if first is not None:
+                    await response.write(first.data)
+                    async for chunk in chunks:
+                        await response.write(chunk.data)
+                await response.write_eof()
+            except AuditflowError as exc:
+                log_refusal(route.rpc_path, exc)
+                if request.transport is not None:
+                    request.transport.close()
+            except ConnectionResetError:
+                logger.debug("download client of %s disconnected", request.path)
+            return response
+        finally:
+            self._streams.discard(task)
+            await _close(chunks)
 
-async def _close(items: AsyncIterator[Item]) -> None:
+
+async def _close(items: AsyncIterator[Any]) -> None:
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
         await aclose()

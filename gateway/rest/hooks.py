@@ -4,16 +4,19 @@ Routing and request mapping stay descriptor-driven; these only reshape a few ans
 - Approve: the seed's `status: "success"` beside the ApproveResponse fields.
 - GetStatus (`/status/live`): the snapshot's fields at the top level, 202 while processing.
 - WatchStatus: the SSE event id and the `Last-Event-ID` resume field.
+- ExportFindings: a file download (its content type and name), not a stream of messages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
 
 from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway import export
 
 # (response message, its JSON) -> (HTTP status, body)
 ResponseHook = Callable[[Message, Any], tuple[int, Any]]
@@ -61,3 +64,31 @@ RESPONSE_SCHEMAS: dict[str, Callable[[Callable[[Any], dict[str, Any]]], dict[str
 
 # Streaming RPCs that resume after a sequence: the request field that `Last-Event-ID` sets.
 RESUME_FIELDS: dict[str, str] = {"WatchStatus": "after_sequence"}
+
+
+@dataclass(frozen=True)
+class Download:
+    """A streaming RPC served as one file: the `data` of each message, in order."""
+
+    content_type: Callable[[Message], str]
+    filename: Callable[[Message], str]
+    types: tuple[str, ...]  # every content type it may have (for OpenAPI)
+
+
+def _export_format(message: Message) -> str:
+    assert isinstance(message, wpb.ExportFindingsRequest)
+    return export.check_format(message.format)
+
+
+def _export_name(message: Message) -> str:
+    assert isinstance(message, wpb.ExportFindingsRequest)
+    return export.filename(message.workflow_id, _export_format(message))
+
+
+DOWNLOADS: dict[str, Download] = {
+    "ExportFindings": Download(
+        content_type=lambda m: export.content_type(_export_format(m)),
+        filename=_export_name,
+        types=tuple(export.content_type(name) for name in export.FORMATS),
+    ),
+}

@@ -135,9 +135,12 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
             if field.name in path_fields or field.name == route.body:
                 continue
             if field.message_type is not None and field.message_type.full_name not in _WELL_KNOWN:
-                continue  # messages are not query parameters; their fields would be (not used yet)
-            schema = schemas.field(field)
-            parameters.append({"name": field.name, "in": "query", "required": False, "schema": schema, "explode": True})
+                # A message is not a query parameter; its scalar fields are, dotted ("filter.steps").
+                for inner in field.message_type.fields:
+                    if inner.message_type is None:
+                        parameters.append(_query(f"{field.name}.{inner.name}", schemas.field(inner)))
+                continue
+            parameters.append(_query(field.name, schemas.field(field)))
     if method.name in hooks.RESUME_FIELDS:
         parameters.append(
             {
@@ -159,6 +162,10 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     return operation
 
 
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "explode": True}
+
+
 def _responses(route: Route, schemas: _Schemas) -> dict[str, Any]:
     error = {
         "description": "a gRPC error in JSON",
@@ -167,6 +174,10 @@ def _responses(route: Route, schemas: _Schemas) -> dict[str, Any]:
     response = schemas.ref(route.method.output_type)
     if route.response_body:
         response = schemas.field(route.method.output_type.fields_by_name[route.response_body])
+    download = hooks.DOWNLOADS.get(route.method.name)
+    if download is not None:
+        content = {kind: {"schema": {"type": "string", "format": "binary"}} for kind in download.types}
+        return {"200": {"description": "the file, streamed", "content": content}, "default": error}
     if route.streaming:
         content = {
             "text/event-stream": {"schema": {"type": "string", "description": "one SSE event per message"}},

@@ -14,6 +14,7 @@ Screenshots go to the test's tmp_path (`pytest --basetemp DIR` keeps them somewh
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import time
@@ -220,8 +221,18 @@ def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: 
     expect(page.locator("#done-view")).to_be_visible(timeout=60_000)
     expect(page.locator("#detail-status")).to_have_text("COMPLETED")
     assert page.locator("#findings tbody tr").count() > 0
-    severities = set(page.locator("#findings tbody tr td:nth-child(2)").all_inner_texts())
-    assert severities <= {"high", "medium", "low"} and severities
+    severities = page.locator("#findings tbody tr td:nth-child(2)").all_inner_texts()
+    assert set(severities) <= {"high", "medium", "low"} and severities[0] == "high"  # high first
+    summaries = page.locator("#step-summaries li").all_inner_texts()
+    assert any(line.startswith("duplicate_payments: 3 findings") for line in summaries), summaries
+    expect(page.locator("#findings-count")).to_contain_text("findings, high first")
+    shown, total = map(int, re.findall(r"\d+", page.locator("#findings-count").inner_text())[:2])
+    assert shown == page.locator("#findings tbody tr").count() and total >= shown
+    with page.expect_download() as download:
+        page.click("button.export[data-format=csv]")
+    with Path(download.value.path()).open(newline="") as exported:
+        rows = list(csv.DictReader(exported))
+    assert len(rows) == total and rows[0]["severity"] == "high"
     log = page.locator("#event-log li").all_inner_texts()
     assert any("APPROVED" in line for line in log) and any("COMPLETED" in line for line in log), log
     progress = page.locator("#progress")
@@ -316,6 +327,8 @@ class StandIn:
             return {"json": {"workflow": FINISHED if len(self.streams) >= 2 else RUNNING}}
         if path == "/workflows/wf_2":
             return {"json": {"workflow": AWAITING}}
+        if path == "/workflows/wf_1/findings":
+            return {"json": {"findings": [], "next_page_token": "", "total": "0"}}
         if path == "/workflows/wf_2/approve":
             return error(403, "PERMISSION_DENIED", SELF_APPROVAL)
         headers = {"Content-Type": "text/event-stream"}

@@ -13,6 +13,7 @@ from sqlalchemy import MetaData, create_engine, inspect
 
 from auditflow import migrations
 from gateway import store as gateway_store
+from processor import findings  # noqa: F401  (registers the findings table)
 from processor import store as processor_store
 from tests.support.postgres import fresh_database
 

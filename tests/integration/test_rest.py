@@ -112,6 +112,8 @@ def test_routes_come_from_the_http_annotations() -> None:
         ("POST", "/workflows/{workflow_id}/reject"): "Reject",
         ("POST", "/workflows/{workflow_id}/cancel"): "CancelWorkflow",
         ("GET", "/workflows/{workflow_id}/status/stream"): "WatchStatus",
+        ("GET", "/workflows/{workflow_id}/findings"): "ListFindings",
+        ("GET", "/workflows/{workflow_id}/findings/export"): "ExportFindings",
         ("GET", "/whoami"): "WhoAmI",
     }
 
@@ -454,9 +456,17 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
         "/workflows/{workflow_id}/reject",
         "/workflows/{workflow_id}/cancel",
         "/workflows/{workflow_id}/status/stream",
+        "/workflows/{workflow_id}/findings",
+        "/workflows/{workflow_id}/findings/export",
     }
     listed = document["paths"]["/workflows"]["get"]
     assert {p["name"] for p in listed["parameters"] if p["in"] == "query"} == {"page_size", "page_token", "statuses"}
+    findings = document["paths"]["/workflows/{workflow_id}/findings"]["get"]
+    assert {p["name"] for p in findings["parameters"] if p["in"] == "query"} == {
+        "page_size", "page_token", "filter.steps", "filter.procedures", "filter.severities", "filter.order",
+    }  # fmt: skip
+    export = document["paths"]["/workflows/{workflow_id}/findings/export"]["get"]["responses"]["200"]["content"]
+    assert set(export) == {"text/csv; charset=utf-8", "application/json", "application/vnd.apache.parquet"}
 
     def check(path: str, method: str, status: int | str, body: Any) -> None:
         schema = document["paths"][path][method]["responses"][str(status)]["content"]["application/json"]["schema"]

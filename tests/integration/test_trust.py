@@ -130,6 +130,8 @@ GATEWAY_TABLE: dict[str, dict[str, grpc.StatusCode]] = {
     "GetStatus": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
     "ListWorkflows": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
     "WatchStatus": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
+    "ListFindings": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
+    "ExportFindings": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
     "WhoAmI": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
     "CreateWorkflow": dict(zip(ROLES, (U, D, C.OK, C.OK, C.OK), strict=True)),
     "Approve": dict(zip(ROLES, (U, D, D, C.OK, C.OK), strict=True)),
@@ -153,6 +155,8 @@ async def test_role_by_rpc_on_the_gateway(pair: Pair, rpc: str) -> None:
             "ListWorkflows": wpb.ListWorkflowsRequest(page_size=1),
             "WatchStatus": wpb.WatchStatusRequest(workflow_id=workflow_id, after_sequence=0),
             "WhoAmI": wpb.WhoAmIRequest(),
+            "ListFindings": wpb.ListFindingsRequest(workflow_id=workflow_id),
+            "ExportFindings": wpb.ExportFindingsRequest(workflow_id=workflow_id, format="json"),
             "CreateWorkflow": wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]),
             "Approve": wpb.ApproveRequest(workflow_id=workflow_id),
             "Reject": wpb.RejectRequest(workflow_id=workflow_id),
@@ -194,7 +198,7 @@ PROCESSOR_RPCS = {m.name for m in ps.DESCRIPTOR.services_by_name["ProcessorServi
 
 
 async def test_role_by_rpc_on_the_processor(pair: Pair) -> None:
-    assert {"Enqueue", "CancelRun", "GetRun", "WatchStatus", "Follow", "ReadEvents"} == PROCESSOR_RPCS
+    assert {"Enqueue", "CancelRun", "GetRun", "WatchStatus", "Follow", "ReadEvents", "ListFindings"} == PROCESSOR_RPCS
     workflow_id = "wf_" + "ab" * 16
     requests: dict[str, Any] = {
         "Enqueue": ps.EnqueueRequest(
@@ -205,6 +209,7 @@ async def test_role_by_rpc_on_the_processor(pair: Pair) -> None:
         "WatchStatus": ps.ProcessorServiceWatchStatusRequest(workflow_id="wf_" + "cd" * 16),
         "Follow": ps.FollowRequest(),
         "ReadEvents": ps.ReadEventsRequest(cursors=[ps.FeedCursor(workflow_id=workflow_id)]),
+        "ListFindings": ps.ProcessorServiceListFindingsRequest(workflow_id=workflow_id),
     }
     gateway_token = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)
     async with grpc.aio.insecure_channel(pair.processor.address) as channel:
@@ -218,6 +223,7 @@ async def test_role_by_rpc_on_the_processor(pair: Pair) -> None:
         assert await code_of(stub.Enqueue(requests["Enqueue"], metadata=gateway_token)) == C.OK
         assert await code_of(stub.GetRun(requests["GetRun"], metadata=gateway_token)) == C.OK
         assert await code_of(stub.WatchStatus(requests["WatchStatus"], metadata=gateway_token)) == C.NOT_FOUND
+        assert await code_of(stub.ListFindings(requests["ListFindings"], metadata=gateway_token)) == C.OK
 
 
 async def test_a_hostile_enqueue_cannot_stop_processing(pair: Pair) -> None:

@@ -5,6 +5,8 @@
   `path`, so the count survives a processor restart or another process.
 - test_critical(message): raises CriticalError.
 - test_noop: returns at once.
+- test_findings(count, per_chunk): chunked; finds `count` made-up findings.
+- test_result(size, findings): a result of about `size` bytes, with `findings` findings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from auditflow.errors import FieldViolation
-from auditflow.procedures import CriticalError, register
+from auditflow.procedures import Chunk, CriticalError, register, register_chunked
 
 _lock = threading.Lock()
 ACTIVE = 0
@@ -72,3 +74,33 @@ def test_critical(parameters: dict[str, Any]) -> dict[str, Any]:
 def test_noop(parameters: dict[str, Any]) -> dict[str, Any]:
     """Do nothing."""
     return {"ok": True}
+
+
+@register_chunked("test_findings")
+def test_findings(parameters: dict[str, Any], state: dict[str, Any] | None) -> Chunk:
+    """Find `count` findings (default 1000), `per_chunk` (default 50000) a call: a run with
+    more findings than any message could hold."""
+    count, per_chunk = int(parameters.get("count", 1000)), int(parameters.get("per_chunk", 50_000))
+    start = int((state or {}).get("next", 0))
+    end = min(count, start + per_chunk)
+    found = [
+        {
+            "severity": ("high", "medium", "low")[i % 3],
+            "entry_ids": [f"JE-{i}"],
+            "amount": f"{i % 10_000}.{i % 100:02d}",
+            "explanation": f"finding {i} of {count}: look at entry JE-{i}",
+        }
+        for i in range(start, end)
+    ]
+    chunks = max(1, -(-count // per_chunk))
+    done = -(-end // per_chunk)
+    result = {"found": count} if end >= count else None
+    return Chunk({"next": end}, done, chunks, result, findings=found)
+
+
+@register("test_result")
+def test_result(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A result of about `size` bytes of JSON, and `findings` findings under "findings"."""
+    found = [{"severity": "low", "entry_ids": [f"E{i}"], "amount": "1", "explanation": "x"}
+             for i in range(int(parameters.get("findings", 0)))]  # fmt: skip
+    return {"padding": "x" * int(parameters.get("size", 0)), "findings": found}

@@ -11,7 +11,7 @@ import pytest
 
 from auditflow import synthetic
 from auditflow.procedures import CriticalError, load
-from auditflow.procedures.audit import PROCEDURES, chi2_sf_8, first_digit, mad_conformity, money
+from auditflow.procedures.audit import PROCEDURES, chi2_sf_8, first_digit, mad_conformity, money, order
 
 AUDIT = PROCEDURES  # the seven audit procedures
 DETERMINISTIC = ("duplicate_payments", "round_amounts", "weekend_postings", "split_purchases", "segregation_of_duties")
@@ -28,7 +28,7 @@ def write(tmp_path: Path, rows: int, seed: int, *, clean: bool = False) -> tuple
 def run(name: str, path: Path, truth: dict[str, Any] | None = None, **parameters: Any) -> dict[str, Any]:
     procedure = load().get(name)
     assert procedure is not None and procedure.validate is not None
-    parameters = {"path": str(path), "max_findings": 100_000, **parameters}
+    parameters = {"path": str(path), **parameters}
     if name == "weekend_postings" and truth:
         parameters["holidays"] = truth["holidays"]
     assert list(procedure.validate(parameters)) == []
@@ -98,12 +98,23 @@ def test_the_sample_ledger_has_planted_anomalies() -> None:
         assert missed(name, run(name, SAMPLE, truth), truth) == []
 
 
-def test_findings_are_capped_but_counted(tmp_path: Path) -> None:
+def test_every_finding_is_handed_over_and_the_summary_stays_small(tmp_path: Path) -> None:
     path, truth = write(tmp_path, 600, 1)
-    result = run("weekend_postings", path, truth, max_findings=1)
-    assert len(result["findings"]) == 1
-    assert result["summary"]["findings"] == 3 and result["summary"]["shown"] == 1
-    assert result["findings"][0]["severity"] == "medium"  # the holiday first
+    result = run("weekend_postings", path, truth)
+    assert len(result["findings"]) == 3
+    summary = result["summary"]
+    assert summary["findings"] == 3 and "shown" not in summary
+    assert summary["by_severity"] == {"high": 0, "medium": 1, "low": 2}
+    assert [f["severity"] for f in summary["top"]] == ["medium", "low", "low"]  # the holiday first
+    assert sorted(summary["top"], key=order) == summary["top"]
+
+
+def test_a_plan_with_max_findings_is_told_it_is_not_needed(tmp_path: Path) -> None:
+    path, _ = write(tmp_path, 240, 7)
+    procedure = load().get("round_amounts")
+    assert procedure is not None and procedure.validate is not None
+    [violation] = procedure.validate({"path": str(path), "max_findings": 200})
+    assert violation.field == "parameters.max_findings" and "every finding is stored" in violation.description
 
 
 def test_duplicates_exact_and_near(tmp_path: Path) -> None:
@@ -153,7 +164,11 @@ GOOD = "JE-1,2026-01-05,Acme,6100,100.10,EUR,inv 1,alice,bob\n"
         ((HEADER + GOOD + "JE-2,2026-01-05,Acme,6100,NaN,EUR,a,b,c\n").encode(), r":3: amount 'NaN' is not a number"),
         ((HEADER + "JE-1,05/01/2026,Acme,6100,1,EUR,a,b,c\n").encode(), "posting_date '05/01/2026' is not an ISO date"),
         ((HEADER + "JE-1,2026-01-05,Acme\n").encode(), ":2: expected 9 fields, found 3"),
-        ((HEADER + "JE-1,2026-01-05,Caf\xe9,6100,1,EUR,a,b,c\n").encode("latin-1"), "cannot read the ledger"),
+        ((HEADER + "JE-1,2026-01-05,Caf\xe9,6100,1,EUR,a,b,c\n").encode("latin-1"), r":2: not UTF-8 \(the byte 0xe9"),
+        (  # far past what CreateWorkflow samples: the run names the line
+            (HEADER + GOOD * 5000 + "JE-9,2026-01-05,Caf\xe9,6100,1,EUR,a,b,c\n").encode("latin-1"),
+            r":5002: not UTF-8 \(the byte 0xe9 at position 20\)",
+        ),
     ],
 )
 @pytest.mark.parametrize("name", AUDIT)
@@ -180,7 +195,11 @@ def test_parameters_and_the_ledger_header_are_checked_before_anything_runs(tmp_p
     for content, why in (
         (b"", "is empty"),
         (b"entry_id,amount\n", "missing columns: posting_date"),
-        ("entry_id,Caf\xe9\n".encode("latin-1"), "not a UTF-8"),
+        ("entry_id,Caf\xe9\n".encode("latin-1"), "line 1 is not UTF-8"),
+        (HEADER.encode() + GOOD.encode() + "JE-9,2026-01-02,Caf\xe9,1,2,EUR,,a,b\n".encode("latin-1"), "line 3 is not"),
+        (HEADER.replace(",", ";").encode() + GOOD.replace(",", ";").encode(), "looks semicolon-separated"),
+        (HEADER.replace(",", "\t").encode(), "looks tab-separated"),
+        (HEADER.encode() + b"\n", "no entries (a header line only)"),
     ):
         bad = tmp_path / "bad.csv"
         bad.write_bytes(content)

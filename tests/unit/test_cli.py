@@ -311,7 +311,7 @@ def test_workflow_summary_shows_error_and_result() -> None:
     workflow.result.update({"rows": 3})
     text = render.workflow_summary(workflow)
     assert "error         MAX_CYCLES_EXCEEDED: too slow" in text
-    assert "decided       by bob: fine" in text
+    assert "decision      approved by bob: fine" in text
     assert "1. ledger_summary {}" in text
     assert '    "rows": 3\n' in text
 
@@ -557,7 +557,7 @@ def test_the_sample_plan_runs_the_audit_procedures_after_the_summary() -> None:
     assert names[2:] == list(commands.AUDIT_PROCEDURES)
 
 
-def test_findings_are_shown_as_a_table_per_step() -> None:
+def test_each_audit_step_is_summarised_on_a_line() -> None:
     from auditflow.procedures import load
 
     registry = load()
@@ -566,20 +566,26 @@ def test_findings_are_shown_as_a_table_per_step() -> None:
         parameters = json_format.MessageToDict(step.parameters)
         procedure = registry.get(step.procedure)
         assert procedure is not None
-        steps.append({"procedure": step.procedure, "result": procedure.run(parameters)})
+        result = procedure.run(parameters)
+        result.pop("findings", None)  # (the processor stores them; a result holds the summary)
+        steps.append({"procedure": step.procedure, "result": result})
     text = render.result_text({"steps": steps})
     assert '"rows": 240' in text  # the summary step stays JSON
-    assert "3. duplicate_payments: 3 finding(s)" in text
-    assert "SEVERITY  AMOUNT" in text
-    assert "created and approved by" in text
-    workflow = pb.Workflow(workflow_id=WF, title="t")
+    assert "3. duplicate_payments: 3 findings (2 high, 1 medium), " in text
+    assert "amounts at stake are per procedure" in text
+    workflow = pb.Workflow(workflow_id=WF, title="t", status=S.WORKFLOW_STATUS_REJECTED, decided_by="rita")
     workflow.result.update({"steps": steps})
-    assert "8. segregation_of_duties: 2 finding(s)" in render.workflow_summary(workflow)
+    summary = render.workflow_summary(workflow)
+    assert "8. segregation_of_duties: 2 findings (" in summary and "decision      rejected by rita" in summary
 
 
-def test_findings_table_cuts_long_lists() -> None:
-    finding = {"severity": "high", "amount": "10.00", "entry_ids": ["a", "b", "c", "d", "e"], "explanation": "x  y"}
-    assert render.findings_table([finding]).splitlines() == [
-        "SEVERITY  AMOUNT  ENTRIES     EXPLANATION",
-        "high      10.00   a, b, c +2  x y",
-    ]
+def test_findings_are_shown_whole_with_their_explanation_wrapped() -> None:
+    words = " ".join(f"word{i}" for i in range(40))
+    finding = pb.Finding(
+        finding_id="f7", step=3, procedure="dupes", severity="high", amount="10.00",
+        entry_ids=["a", "b", "c", "d", "e"], entry_count=1200, explanation=words + "  then act",
+    )  # fmt: skip
+    lines = render.findings_text([finding], width=60).splitlines()
+    assert lines[0].split() == ["f7", "high", "10.00", "step", "3", "dupes", "a,", "b,", "c,", "d,", "e", "+1195"]
+    assert all(len(line) <= 60 for line in lines[1:]) and len(lines) > 3
+    assert " ".join(" ".join(line.split()) for line in lines[1:]) == words + " then act"

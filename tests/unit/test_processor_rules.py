@@ -31,7 +31,8 @@ def a_run(**changes: Any) -> RunRecord:
         workflow_id="wf_" + "0" * 32, title="t", plan=[{"procedure": "test_noop", "parameters": {}}] * 3,
         orchestrator="plan", status=S.WORKFLOW_STATUS_RUNNING, cycle=1, max_cycles=5, state={"next_step": 1},
         progress_done=1, progress_total=3, last_message="", error_reason=None, error_message=None, result=None,
-        cancel_requested=False, consecutive_failures=0, base_sequence=2, last_sequence=5, lease_owner="me",
+        cancel_requested=False, consecutive_failures=0, findings_count=0, base_sequence=2, last_sequence=5,
+        lease_owner="me",
         lease_expires_at=NOW, created_at=NOW, updated_at=NOW,
     )  # fmt: skip
     return replace(base, **changes)
@@ -122,6 +123,42 @@ def test_plan_orchestrator_runs_one_step_per_cycle() -> None:
         plugin.cycle(replace(info, cycle=2), first.state)
     last = plugin.cycle(replace(info, plan=plan[:1]), state)
     assert last.done and last.result == {"steps": [{"procedure": "test_noop", "result": {"ok": True}}]}
+
+
+def test_findings_leave_the_result_marked_with_their_step_and_a_cycle_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan = [
+        {"procedure": "test_result", "parameters": {"findings": 3}},
+        {"procedure": "test_findings", "parameters": {"count": 10, "per_chunk": 2}},
+    ]
+    plugin = PlanOrchestrator()
+    plugin.budget = 60  # only the findings bound ends a cycle early here
+    info = RunInfo("wf_x", "t", plan, 50, 1)
+    first = plugin.cycle(info, plugin.start(info))
+    assert first.state["results"] == [{"padding": ""}]  # the findings are not in the result
+    assert [(f["step"], f["procedure"], f["entry_ids"]) for f in first.findings] == [
+        (1, "test_result", ["E0"]), (1, "test_result", ["E1"]), (1, "test_result", ["E2"]),
+    ]  # fmt: skip
+    monkeypatch.setattr("processor.plan_orchestrator.MAX_CYCLE_FINDINGS", 4)
+    second = plugin.cycle(replace(info, cycle=2), first.state)  # two chunks: 4 findings, then stop
+    assert [f["entry_ids"] for f in second.findings] == [["JE-0"], ["JE-1"], ["JE-2"], ["JE-3"]]
+    assert {f["step"] for f in second.findings} == {2} and second.message == "step 2/2 test_findings: chunk 2/5 done"
+
+
+def test_a_result_too_large_for_a_snapshot_fails_the_run_saying_why() -> None:
+    plugin = PlanOrchestrator()
+    big = [{"procedure": "test_result", "parameters": {"size": 70_000}}]
+    info = RunInfo("wf_x", "t", big, 5, 1)
+    with pytest.raises(CriticalError, match="its result is 70015 bytes without its findings, at most 65536"):
+        plugin.cycle(info, plugin.start(info))
+    many = [{"procedure": "test_result", "parameters": {"size": 60_000}}] * 20
+    info = RunInfo("wf_x", "t", many, 50, 1)
+    state = plugin.start(info)
+    with pytest.raises(CriticalError, match="step 18 test_result: the run's result would be") as caught:
+        for cycle in range(1, 21):
+            state = plugin.cycle(replace(info, cycle=cycle), state).state
+    assert "at most 1048576" in str(caught.value)
 
 
 async def test_plain_methods_run_in_the_pool_and_coroutines_are_awaited() -> None:

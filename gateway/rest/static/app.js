@@ -23,6 +23,7 @@ const state = {
   workflow: null,   // that workflow as last read (who submitted it decides who may cancel it)
   stream: null,     // the open status stream, see openStream()
   seen: new Set(),  // event sequences already in the event log
+  findings: null,   // the findings shown: {workflowId, token of the next page, shown}
 };
 
 const shortStatus = (status) => String(status || "").replace(/^WORKFLOW_STATUS_/, "");
@@ -383,6 +384,8 @@ function clearDetail() {
   state.selected = null;
   state.workflow = null;
   state.seen = new Set();
+  state.findings = null;
+  $("#findings tbody").replaceChildren();
   $("#detail").hidden = true;
   $("#event-log").replaceChildren();
   showError("#action-error", "");
@@ -463,32 +466,100 @@ function showDone(workflow) {
   if (workflow.error && workflow.error.message) message += ` ${workflow.error.reason}: ${workflow.error.message}`;
   if (workflow.decision_comment) message += ` Comment: ${workflow.decision_comment}`;
   $("#done-message").textContent = message;
-  renderFindings(workflow.result);
+  renderFindings(workflow);
 }
 
-function renderFindings(result) {
-  const body = $("#findings tbody");
-  body.replaceChildren();
-  let count = 0;
-  const steps = (result && Array.isArray(result.steps)) ? result.steps : [];
+// Each audit step's summary from the result; the findings themselves are a resource of their
+// own, read a page at a time (high first, then by amount) and exported as files.
+function renderFindings(workflow) {
+  const list = $("#step-summaries");
+  list.replaceChildren();
+  const steps = (workflow.result && Array.isArray(workflow.result.steps)) ? workflow.result.steps : [];
+  let audited = false;
   for (const step of steps) {
-    const findings = (step.result && Array.isArray(step.result.findings)) ? step.result.findings : [];
-    for (const finding of findings) {
-      const row = element("tr");
-      row.append(
-        element("td", finding.procedure || step.procedure),
-        element("td", finding.severity, `sev-${finding.severity}`),
-        element("td", (finding.entry_ids || []).join(", ")),
-        element("td", finding.amount),
-        element("td", finding.explanation),
-      );
-      body.append(row);
-      count += 1;
-    }
+    const summary = step.result && step.result.summary;
+    if (!summary || summary.findings === undefined) continue;
+    audited = true;
+    list.append(element("li", `${step.procedure}: ${summaryText(summary)}`));
   }
-  $("#findings").hidden = count === 0;
-  $("#no-findings").hidden = count !== 0 || steps.length === 0;
-  $("#findings").dataset.count = String(count);
+  $("#stake-note").hidden = !audited;
+  $("#findings tbody").replaceChildren();
+  state.findings = { workflowId: workflow.workflow_id, token: "", shown: 0 };
+  loadFindings();
+}
+
+function summaryText(summary) {
+  const count = Number(summary.findings || 0);
+  if (!count) return "no findings";
+  const by = summary.by_severity || {};
+  const split = ["high", "medium", "low"].filter((s) => by[s]).map((s) => `${by[s]} ${s}`).join(", ");
+  return `${count} finding${count === 1 ? "" : "s"}${split ? ` (${split})` : ""}, ${summary.amount_at_stake} at stake`;
+}
+
+async function loadFindings() {
+  const wanted = state.findings;
+  showError("#findings-error", "");
+  const query = new URLSearchParams({ page_size: "50" });
+  if (wanted.token) query.set("page_token", wanted.token);
+  let page;
+  try {
+    page = await api("GET", workflowPath(wanted.workflowId, `/findings?${query}`));
+  } catch (error) {
+    report("#findings-error", error);
+    return;
+  }
+  if (state.findings !== wanted) return;  // another workflow was opened meanwhile
+  const body = $("#findings tbody");
+  for (const finding of page.findings || []) {
+    const row = element("tr");
+    const ids = (finding.entry_ids || []).join(", ");
+    const more = Number(finding.entry_count || 0) - (finding.entry_ids || []).length;
+    row.append(
+      element("td", finding.finding_id),
+      element("td", finding.severity, `sev-${finding.severity}`),
+      element("td", finding.step),
+      element("td", finding.procedure),
+      element("td", more > 0 ? `${ids} (+${more})` : ids),
+      element("td", finding.amount),
+      element("td", finding.explanation),
+    );
+    body.append(row);
+  }
+  wanted.shown += (page.findings || []).length;
+  wanted.token = page.next_page_token || "";
+  const total = Number(page.total || 0);
+  $("#findings").hidden = total === 0;
+  $("#findings").dataset.count = String(wanted.shown);
+  $("#findings-count").hidden = total === 0;
+  $("#findings-count").textContent = `${wanted.shown} of ${total} findings, high first, then by amount.`;
+  $("#findings-more").hidden = total === 0;
+  $("#more-findings").hidden = !wanted.token;
+  $("#no-findings").hidden = total !== 0;
+}
+
+// A download needs the Authorization header, which a link cannot send: fetch, then save.
+async function exportFindings(format) {
+  const workflowId = state.findings && state.findings.workflowId;
+  if (!workflowId) return;
+  showError("#findings-error", "");
+  let response;
+  try {
+    response = await fetch(workflowPath(workflowId, `/findings/export?format=${format}`), { headers: withAuth({}) });
+  } catch (_) {
+    showError("#findings-error", "the server did not answer; try again");
+    return;
+  }
+  if (!response.ok) {
+    showError("#findings-error", errorText(response.status, await readJson(response)));
+    return;
+  }
+  const link = element("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = `${workflowId}-findings.${format}`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
 
 // --- decisions ------------------------------------------------------------------------------
@@ -765,5 +836,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#reject").addEventListener("click", () => state.selected && rejectWorkflow(state.selected));
   $("#cancel").addEventListener("click", cancelWorkflow);
   $("#cancel-awaiting").addEventListener("click", cancelWorkflow);
+  $("#more-findings").addEventListener("click", loadFindings);
+  for (const button of document.querySelectorAll("button.export")) {
+    button.addEventListener("click", () => exportFindings(button.dataset.format));
+  }
   start();
 });
