@@ -105,13 +105,16 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None, method: str) -> Callab
 
 
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
-    """A response serializer that sends bytes as they are: a handler may yield a message it
-    encoded once for many streams (the gateway's watchers)."""
+    """A response serializer that sends bytes as they are, or an object's `wire` bytes: a
+    handler may yield a message it encoded once for many streams (the gateway's watchers)."""
     if serialize is None:
         return None
 
     def serializer(message: Any) -> bytes:
-        return message if isinstance(message, bytes) else serialize(message)
+        if isinstance(message, bytes):
+            return message
+        wire = getattr(message, "wire", None)
+        return wire if isinstance(wire, bytes) else serialize(message)
 
     return serializer
 

@@ -170,17 +170,17 @@ class EventHub(Generic[E]):
         channel = self._channels.get(workflow_id)
         if channel is None or channel.last_sequence > after:
             return True
-        try:
-            await asyncio.wait_for(channel.changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_for(channel.changed, timeout)
 
 
 async def wait_for(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for a `waiter` event; False if `timeout` seconds passed first."""
+    """Wait for a `waiter` event; False if `timeout` seconds passed first. (`asyncio.timeout`,
+    not `wait_for`: no task of its own per wait, which a thousand watchers feel.)"""
+    if event.is_set():
+        return True
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     except TimeoutError:
         return False
     return True

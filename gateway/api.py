@@ -118,13 +118,7 @@ class WorkflowApi:
         return wpb.CancelWorkflowResponse(workflow=self._workflow(outcome.record), pending=pending)
 
     def WatchStatus(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
-        return self._watch(request)
-
-    async def _watch(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
-        if request.after_sequence < 0:
-            raise invalid("after_sequence", "must not be negative")
-        async for item in self._watcher.watch(request.workflow_id, request.after_sequence):
-            yield item
+        return self._watcher.watch(request.workflow_id, request.after_sequence)
 
     async def ListFindings(self, request: wpb.ListFindingsRequest) -> wpb.ListFindingsResponse:
         return await self._findings.list_findings(request)

@@ -188,8 +188,7 @@ class Feed:
             store.mirror(conn, row.workflow_id, run.snapshot)
             store.delete_outbox(conn, row.id)
 
-        await self._db.write(write)
-        self._hub.wake(row.workflow_id)
+        await self._db.write(write)  # (the run's events come through the feed: nobody to wake)
 
     async def refused(self, row: OutboxRow, message: str) -> None:
         if row.kind == store.ENQUEUE:

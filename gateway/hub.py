@@ -195,12 +195,6 @@ class WorkflowHub:
         so that a change between the read and the wait is never missed (while subscribed)."""
         return self._logs.setdefault(workflow_id, _Log()).changed
 
-    def wake(self, workflow_id: str) -> None:
-        """Wake the watchers of a workflow whose state changed without a new event."""
-        log = self._logs.get(workflow_id)
-        if log is not None:
-            self._wake(log)
-
     @staticmethod
     def _wake(log: _Log) -> None:
         log.changed.set()

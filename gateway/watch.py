@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 
 from auditflow import convert, plans, statuses
 from auditflow.db import Database
-from auditflow.errors import FieldViolation, NotFound, OutOfRange
+from auditflow.errors import FieldViolation, NotFound, OutOfRange, invalid
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
@@ -63,6 +63,35 @@ class Watcher:
         self._heartbeat = heartbeat_interval
 
     async def watch(self, workflow_id: str, after: int) -> AsyncIterator[Item]:
+        """The workflow's items after `after`, to its end. One generator, no layers: a
+        thousand watchers each run this loop for every event."""
+        record = await self._start(workflow_id, after)
+        if record is None:
+            return  # the client has seen the end already
+        self._hub.subscribe(workflow_id)
+        try:
+            while True:
+                changed = self._hub.waiter(workflow_id)
+                items = self._hub.after(workflow_id, after)
+                if items is None:
+                    await self._hub.fill(workflow_id, lambda: self._read(workflow_id, 0))
+                    items = self._hub.after(workflow_id, after)
+                if items is None:  # longer than the hub keeps: this watcher reads its own pages
+                    items = (await self._read(workflow_id, after))[:PAGE]
+                for item in items:
+                    yield item
+                    after = item.sequence
+                    if item.terminal:
+                        return
+                if not items and not await wait_for(changed, self._heartbeat):
+                    yield self._heartbeat_item(record)
+        finally:
+            self._hub.unsubscribe(workflow_id)
+
+    async def _start(self, workflow_id: str, after: int) -> WorkflowRecord | None:
+        """Check the request against the workflow; None when the client has seen its end."""
+        if after < 0:
+            raise invalid("after_sequence", "must not be negative")
         plans.check_workflow_id(workflow_id)
         record = await self._db.read(lambda conn: store.get(conn, workflow_id))
         if record is None:
@@ -74,33 +103,8 @@ class Watcher:
                 violations=[FieldViolation("after_sequence", f"at most {last}")],
             )
         if statuses.is_terminal(record.status) and after == record.last_sequence:
-            return  # the client has seen the end already
-        self._hub.subscribe(workflow_id)
-        try:
-            async for item in self._follow(record, after):
-                yield item
-        finally:
-            self._hub.unsubscribe(workflow_id)
-
-    async def _follow(self, record: WorkflowRecord, after: int) -> AsyncIterator[Item]:
-        workflow_id = record.workflow_id
-        while True:
-            changed = self._hub.waiter(workflow_id)
-            items = self._hub.after(workflow_id, after)
-            if items is None:
-                await self._hub.fill(workflow_id, lambda: self._read(workflow_id, 0))
-                items = self._hub.after(workflow_id, after)
-            if items is None:  # longer than the hub keeps: this watcher reads its own pages
-                items = (await self._read(workflow_id, after))[:PAGE]
-            for item in items:
-                yield item
-                after = item.sequence
-                if item.terminal:
-                    return
-            if items:
-                continue
-            if not await wait_for(changed, self._heartbeat):
-                yield self._heartbeat_item(record)
+            return None
+        return record
 
     def _heartbeat_item(self, record: WorkflowRecord) -> Item:
         """The newest snapshot, saying so while approved work waits for the processor."""

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the gRPC server's own limit
+# A burst of thousands of browsers opening their streams at once: aiohttp's default (128)
+# overflows, and each client retries after a growing delay (10,000 took 113 s; 10 s with
+# this). The kernel caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 16384
 SERVICE = wpb.DESCRIPTOR.services_by_name["WorkflowService"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -340,7 +344,9 @@ class RestGateway:
         check_port_free(self.host, self.port)
         runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=False)
+        site = web.TCPSite(
+            runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=False, backlog=LISTEN_BACKLOG
+        )
         try:
             await site.start()
         except OSError as exc:
