@@ -71,6 +71,16 @@ class AlreadyDecided(WrongState):
     reason = "ALREADY_DECIDED"
 
 
+class EtagMismatch(AuditflowError):
+    """The plan is not the one the caller saw (its etag differs): read it again, then decide.
+
+    ABORTED, as AIP-154 prescribes for an etag that does not match: the caller should re-read
+    the resource and retry, not treat it as a state error."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "ETAG_MISMATCH"
+
+
 class OutOfRange(AuditflowError):
     """The request reaches past the end of what exists."""
 

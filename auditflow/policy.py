@@ -32,6 +32,7 @@ POLICY: dict[str, str] = {
     _WF + "WatchStatus": VIEWER,
     _WF + "ListFindings": VIEWER,
     _WF + "ExportFindings": VIEWER,
+    _WF + "VerifyTrail": VIEWER,
     _WF + "WhoAmI": AUTHENTICATED,
     _WF + "CreateWorkflow": SUBMITTER,
     _WF + "CancelWorkflow": SUBMITTER,  # own workflows only, unless admin (the handler checks)

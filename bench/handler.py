@@ -39,24 +39,26 @@ from tests.support.grpc_helpers import free_port  # noqa: E402
 PLAN = json.dumps([{"parameters": {"path": str(SAMPLE)}, "procedure": "ledger_summary"}])
 
 
-async def create(gateway: Gateway, count: int, concurrency: int) -> list[str]:
+async def create(gateway: Gateway, count: int, concurrency: int) -> list[tuple[str, str]]:
+    """(workflow id, etag) of `count` new workflows."""
     creator = principal.Principal("alice", frozenset({"submitter"}), via="bench")
     new = workflows.NewWorkflow("bench", PLAN, 1, "plan", 15, creator, "")
-    ids: list[str] = []
+    ids: list[tuple[str, str]] = []
     for _ in range(count // concurrency):
         batch = [gateway.db.write(lambda c: workflows.create(c, new)) for _ in range(concurrency)]
-        ids.extend(outcome.record.workflow_id for outcome in await asyncio.gather(*batch))
+        ids.extend((o.record.workflow_id, o.record.etag) for o in await asyncio.gather(*batch))
     return ids
 
 
-async def approve_all(gateway: Gateway, ids: list[str], concurrency: int) -> dict[str, Any]:
+async def approve_all(gateway: Gateway, ids: list[tuple[str, str]], concurrency: int) -> dict[str, Any]:
     queue = list(reversed(ids))
 
     async def caller() -> None:
         # What the interceptor does once it has authenticated the caller.
         principal.set_current(principal.Principal("bench-approver", frozenset({"approver"}), via="bench"))
         while queue:
-            answer = await gateway.api.Approve(wpb.ApproveRequest(workflow_id=queue.pop()))
+            workflow_id, etag = queue.pop()  # an approval bound to the plan, as the CLI and the page send
+            answer = await gateway.api.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag))
             answer.SerializeToString()
 
     commits, cpu, wall = gateway.db.commits, time.process_time(), time.perf_counter()

@@ -18,9 +18,10 @@ import base64
 import binascii
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 
-from auditflow import convert, plans, principal, statuses
+from auditflow import convert, plans, principal, statuses, trail
 from auditflow.db import Database
 from auditflow.errors import InvalidArgument, NotFound, invalid
 from auditflow.v1 import workflow_pb2 as pb
@@ -30,12 +31,28 @@ from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.outbox import OutboxRelay
 from gateway.store import WorkflowRecord
+from gateway.verify import TrailVerifier
 from gateway.watch import Watcher
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Approvals:
+    """How many approvers a plan needs: `default` when it says 0, at most `maximum`."""
+
+    default: int = 1
+    maximum: int = 5
+
+    def required(self, asked: int) -> int:
+        if asked == 0:
+            return self.default
+        if not 1 <= asked <= self.maximum:
+            raise invalid("required_approvals", f"between 1 and {self.maximum} on this server (0: {self.default})")
+        return asked
 
 
 class WorkflowApi:
@@ -46,15 +63,21 @@ class WorkflowApi:
         hub: WorkflowHub,
         watcher: Watcher,
         findings: Findings,
+        verifier: TrailVerifier,
         *,
         default_max_cycles: int,
         self_approval: bool = False,
+        approvals: Approvals = Approvals(),
+        signer: trail.Signer | None = None,
     ) -> None:
         self._db = db
         self._relay = relay
         self._hub = hub
         self._watcher = watcher
         self._findings = findings
+        self._verifier = verifier
+        self._approvals = approvals
+        self._signer = signer
         self._default_max_cycles = default_max_cycles
         self._self_approval = self_approval
 
@@ -63,6 +86,7 @@ class WorkflowApi:
         # Procedures may check files (a ledger path): blocking work, off the event loop.
         await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
+        required = self._approvals.required(request.required_approvals)
         new = workflows.NewWorkflow(
             title=request.title,
             plan_json=convert.plan_to_json(request.plan),
@@ -71,6 +95,7 @@ class WorkflowApi:
             max_cycles=request.max_cycles or self._default_max_cycles,
             created_by=user,
             request_id=request.request_id,
+            required_approvals=required,
         )
         outcome = await self._db.write(lambda conn: workflows.create(conn, new))
         self._published(outcome)
@@ -110,7 +135,7 @@ class WorkflowApi:
         workflow_id = plans.check_workflow_id(request.workflow_id)
         reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
         user = principal.current()
-        outcome = await self._db.write(lambda conn: workflows.cancel(conn, workflow_id, user, reason))
+        outcome = await self._db.write(lambda conn: workflows.cancel(conn, workflow_id, user, reason, self._signer))
         self._published(outcome)
         if outcome.changed:
             logger.info("workflow %s: cancel requested by %s", workflow_id, user.name)
@@ -125,6 +150,9 @@ class WorkflowApi:
 
     def ExportFindings(self, request: wpb.ExportFindingsRequest) -> AsyncIterator[wpb.ExportFindingsResponse]:
         return self._findings.export(request)
+
+    async def VerifyTrail(self, request: wpb.VerifyTrailRequest) -> wpb.VerifyTrailResponse:
+        return await self._verifier.verify(plans.check_workflow_id(request.workflow_id))
 
     async def WhoAmI(self, request: wpb.WhoAmIRequest) -> wpb.WhoAmIResponse:
         caller = principal.current()
@@ -143,18 +171,20 @@ class WorkflowApi:
         return record
 
     async def _decide(self, request: wpb.ApproveRequest | wpb.RejectRequest, decision: str) -> workflows.Outcome:
-        workflow_id = plans.check_workflow_id(request.workflow_id)
-        comment = plans.check_text(request.comment, "comment", plans.MAX_COMMENT)
-        request_id = plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
-        user = principal.current()
+        asked = workflows.Decision(
+            workflow_id=plans.check_workflow_id(request.workflow_id),
+            decision=decision,
+            actor=principal.current(),
+            comment=plans.check_text(request.comment, "comment", plans.MAX_COMMENT),
+            request_id=plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID),
+            etag=check_etag(request.etag),
+        )
         outcome = await self._db.write(
-            lambda conn: workflows.decide(
-                conn, workflow_id, decision, user, comment, request_id, self_approval=self._self_approval
-            )
+            lambda conn: workflows.decide(conn, asked, self_approval=self._self_approval, signer=self._signer)
         )
         self._published(outcome)
         if outcome.changed:
-            logger.info("workflow %s %s by %s", workflow_id, decision.lower() + "d", user.name)
+            logger.info("workflow %s: %s", asked.workflow_id, outcome.record.last_message)
         return outcome
 
     def _published(self, outcome: workflows.Outcome) -> None:
@@ -170,12 +200,12 @@ class WorkflowApi:
 def approve_response(record: WorkflowRecord, unavailable_since: datetime | None) -> wpb.ApproveResponse:
     """Approve's answer, from the stored state: a repeated Approve after the run finished says
     so, and approved work waiting for an unavailable processor says that, not that it runs."""
-    snapshot = messages.snapshot(record, unavailable_since)
+    workflow = messages.workflow(record, unavailable_since)
     started = statuses.is_processing(record.status) and (record.dispatched or unavailable_since is None)
     if statuses.is_terminal(record.status):
         text = f"the run already ended: {statuses.name(record.status)} ({record.last_message})"
     elif not started:
-        text = snapshot.last_message  # waiting for the processor, since when
+        text = workflow.last_message  # waiting for the processor (since when), or for more approvers
     else:
         text = "Workflow processing has started in the background; watch its status live."
     return wpb.ApproveResponse(
@@ -186,8 +216,15 @@ def approve_response(record: WorkflowRecord, unavailable_since: datetime | None)
         processing_message=text,
         workflow_status=record.status,  # type: ignore[arg-type]
         updated_at=convert.timestamp(record.updated_at),
-        workflow=messages.workflow(record, unavailable_since),
+        workflow=workflow,
     )
+
+
+def check_etag(text: str) -> str:
+    """An etag as Workflow.etag gives it (64 hex digits), or empty."""
+    if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+        raise invalid("etag", "the etag of the plan as GetWorkflow returns it (64 hex digits), or empty")
+    return text
 
 
 def _encode_token(record: WorkflowRecord) -> str:

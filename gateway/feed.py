@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import grpc
 from sqlalchemy import Connection
 
+from auditflow import trail
 from auditflow.backoff import Backoff
 from auditflow.db import Database
 from auditflow.v1 import processor_service_pb2 as ppb
@@ -49,12 +50,19 @@ class Feed:
     """Follows the processor's events into the workflow rows and the hub."""
 
     def __init__(
-        self, db: Database, stub: ppb_grpc.ProcessorServiceAsyncStub, hub: WorkflowHub, *, max_backoff: float = 2.0
+        self,
+        db: Database,
+        stub: ppb_grpc.ProcessorServiceAsyncStub,
+        hub: WorkflowHub,
+        *,
+        max_backoff: float = 2.0,
+        signer: trail.Signer | None = None,
     ) -> None:
         self._db = db
         self._stub = stub
         self._hub = hub
         self._max_backoff = max_backoff
+        self._signer = signer
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()  # set while the stream is open and caught up
         self.applied = 0  # events written and published (for tests and benchmarks)
@@ -196,7 +204,7 @@ class Feed:
 
             def fail(conn: Connection) -> tuple[store.WorkflowRecord, store.EventRecord] | None:
                 store.delete_outbox(conn, row.id)
-                event = workflows.fail_dispatch(conn, row.workflow_id, "DISPATCH_REFUSED", text)
+                event = workflows.fail_dispatch(conn, row.workflow_id, "DISPATCH_REFUSED", text, self._signer)
                 record = store.get(conn, row.workflow_id)
                 return None if event is None or record is None else (record, event)
 

@@ -3,7 +3,6 @@ are converted; the snapshot itself is built by `auditflow.convert.snapshot`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from auditflow import convert
@@ -14,10 +13,11 @@ from gateway.store import EventRecord, WorkflowRecord
 def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:
     """The workflow's current status; `unavailable_since` while its approved work waits for an
     unavailable processor (then the message says so)."""
-    if unavailable_since is not None and waiting(record):
-        waiting_record = replace(record, last_message=waiting_message(unavailable_since))
-        return convert.snapshot(waiting_record, unavailable_since=unavailable_since)
-    return convert.snapshot(record)
+    snap = convert.snapshot(record)
+    if unavailable_since is not None and waiting(record):  # (set on the message: cheaper than a copy)
+        snap.last_message = waiting_message(unavailable_since)
+        snap.processor_unavailable_since.FromDatetime(unavailable_since)
+    return snap
 
 
 def waiting_message(since: datetime) -> str:
@@ -48,6 +48,12 @@ def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) 
         last_update=snap.last_update,
         orchestrator=record.orchestrator,
         last_sequence=record.last_sequence,
+        etag=record.etag,
+        required_approvals=record.required_approvals,
+        approvals=[
+            pb.Approval(approver=a.approver, time=convert.timestamp(a.time), comment=a.comment, etag=a.etag)
+            for a in record.approvals
+        ],
     )
 
 
@@ -61,6 +67,10 @@ def event(record: EventRecord) -> pb.WorkflowEvent:
         actor=record.actor,
         time=convert.timestamp(record.time),
         actor_auth=record.actor_auth or "",
+        etag=record.etag or "",
+        hash=record.hash or "",
+        signature=record.signature or "",
+        signing_key_id=record.signing_key_id or "",
     )
 
 

@@ -53,12 +53,13 @@ Request = ppb.EnqueueRequest | ppb.CancelRunRequest
 # --- the format of a row ----------------------------------------------------------------
 
 
-def enqueue_payload(record: WorkflowRecord, approved_by: str) -> bytes:
-    """An Enqueue row keeps what the workflow row does not: the approver and the sequence the
-    processor numbers on from. The rest comes from the workflow when the row is sent."""
+def enqueue_payload(record: WorkflowRecord, approved_by: str, base_hash: str) -> bytes:
+    """An Enqueue row keeps what the workflow row does not: the approver, and the sequence
+    and trail hash the processor goes on from. The rest comes from the workflow when sent."""
     request = ppb.EnqueueRequest(
-        workflow_id=record.workflow_id, base_sequence=record.last_sequence, approved_by=approved_by
-    )
+        workflow_id=record.workflow_id, base_sequence=record.last_sequence, approved_by=approved_by,
+        base_hash=base_hash,
+    )  # fmt: skip
     return request.SerializeToString()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from auditflow import logs, procedures, serving, sources
+from auditflow import logs, procedures, serving, sources, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
@@ -26,7 +26,7 @@ from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway import store
-from gateway.api import WorkflowApi
+from gateway.api import Approvals, WorkflowApi
 from gateway.feed import Feed
 from gateway.findings import Findings
 from gateway.hub import WorkflowHub
@@ -34,6 +34,7 @@ from gateway.outbox import OutboxRelay
 from gateway.rest import RestGateway
 from gateway.service import WorkflowService
 from gateway.settings import Settings, parse
+from gateway.verify import TrailVerifier
 from gateway.watch import Watcher
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,11 @@ class Gateway:
         self.channel = processor_channel(settings)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
-        self.feed = Feed(self.db, stub, self.hub)
+        signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
+        keys = trail.load_public_keys(settings.trail_public_keys)
+        if signer is not None:
+            keys[signer.key_id] = signer.public
+        self.feed = Feed(self.db, stub, self.hub, signer=signer)
         health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
@@ -65,8 +70,11 @@ class Gateway:
             self.hub,
             watcher,
             Findings(self.db, stub),
+            TrailVerifier(self.db, stub, keys),
             default_max_cycles=settings.default_max_cycles,
             self_approval=settings.allow_self_approval,
+            approvals=Approvals(settings.default_approvals, settings.max_approvals),
+            signer=signer,
         )
         self.service = WorkflowService(self.api)
         self.rest: RestGateway | None = None

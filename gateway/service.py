@@ -53,5 +53,8 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         async for chunk in self._api.ExportFindings(request):
             yield chunk
 
+    async def VerifyTrail(self, request: wpb.VerifyTrailRequest, context: Context) -> wpb.VerifyTrailResponse:
+        return await self._api.VerifyTrail(request)
+
     async def WhoAmI(self, request: wpb.WhoAmIRequest, context: Context) -> wpb.WhoAmIResponse:
         return await self._api.WhoAmI(request)

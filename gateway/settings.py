@@ -44,6 +44,13 @@ class Settings:
     processor_token_file: str = ""
     processor_tls: ClientTls = field(default_factory=ClientTls)
     data: sources.DataSettings = field(default_factory=sources.DataSettings)
+    # Approvers a plan needs when its request says 0, and the most a plan may ask for.
+    default_approvals: int = 1
+    max_approvals: int = 5
+    # Ed25519 key (PEM) that signs the end of workflows that end here; "" signs nothing.
+    trail_signing_key: str = ""
+    # Public keys (PEM) whose signatures VerifyTrail checks (the processor's, and others).
+    trail_public_keys: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,12 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     add("--processor-tls-key", "key of --processor-tls-cert", default="")
     add("--processor-tls-server-name", "name to expect in the processor's certificate (default: its host)",
         default="")  # fmt: skip
+    add("--default-approvals", "distinct approvers a plan needs when its request says 0", default=1,
+        type=positive_int)  # fmt: skip
+    add("--max-approvals", "the most approvers a plan may require", default=5, type=positive_int)
+    add("--trail-signing-key", "Ed25519 private key (PEM) that signs the trail's end of workflows ending here "
+        "(rejected, cancelled before dispatch); empty: no signature", default="")  # fmt: skip
+    add("--trail-public-keys", "comma-separated Ed25519 public keys (PEM files) whose trail signatures "
+        "VerifyTrail checks, e.g. the processor's", default="")  # fmt: skip
     sources.add_flags(parser, SERVICE)
     return parser
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
+    if args.default_approvals > args.max_approvals:
+        raise config.ConfigError(
+            f"--default-approvals ({args.default_approvals}) is more than --max-approvals ({args.max_approvals})"
+        )
     return Settings(
         host=args.host,
         port=args.port,
@@ -106,6 +124,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             server_name=args.processor_tls_server_name,
         ),
         data=sources.from_args(args),
+        default_approvals=args.default_approvals,
+        max_approvals=args.max_approvals,
+        trail_signing_key=args.trail_signing_key,
+        trail_public_keys=config.csv(args.trail_public_keys),
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from sqlalchemy import (
     update,
 )
 
-from auditflow import convert, statuses
+from auditflow import convert, statuses, trail
 from auditflow.prepared import Prepared
 from auditflow.v1 import workflow_pb2 as pb
 
@@ -78,6 +78,12 @@ workflows = Table(
     Column("last_sequence", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # What an approver approves (auditflow.trail.etag of title, plan, max_cycles, orchestrator).
+    Column("etag", String(64), nullable=False, server_default=""),
+    # N-of-M: distinct approvers needed, how many approved, and who (JSON, oldest first).
+    Column("required_approvals", Integer, nullable=False, server_default="1"),
+    Column("approvals_count", Integer, nullable=False, server_default="0"),
+    Column("approvals_json", Text, nullable=False, server_default="[]"),
     UniqueConstraint("created_by", "create_request_id", name="uq_workflows_create_request"),
     Index("ix_workflows_created", "created_at", "workflow_id"),
     Index("ix_workflows_status", "status", "created_at"),
@@ -95,6 +101,12 @@ workflow_events = Table(
     Column("time", DateTime(timezone=True), nullable=False),
     # How the actor authenticated ("token:<id>", "jwt:<issuer>" …); NULL for the gateway's own.
     Column("actor_auth", String(300)),
+    # The trail (auditflow.trail): the plan's etag on CREATED and decisions, this event's link
+    # in the chain, and the signature of an event that ends the workflow here.
+    Column("etag", String(64)),
+    Column("hash", String(64)),
+    Column("signature", Text),
+    Column("signing_key_id", String(16)),
 )
 
 outbox = Table(
@@ -148,6 +160,10 @@ class WorkflowRecord:
     last_sequence: int
     created_at: datetime
     updated_at: datetime
+    etag: str
+    required_approvals: int
+    approvals_count: int
+    approvals_json: str
 
     @classmethod
     def from_row(cls, row: Any) -> WorkflowRecord:
@@ -162,6 +178,33 @@ class WorkflowRecord:
     @property
     def result(self) -> dict[str, Any] | None:
         return json.loads(self.result_json) if self.result_json else None
+
+    @property
+    def approvals(self) -> list[ApprovalRecord]:
+        return [ApprovalRecord.from_json(a) for a in json.loads(self.approvals_json or "[]")]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """One approver's approval, kept on the workflow row (at most the server's maximum)."""
+
+    approver: str
+    key: str  # auditflow.principal key: the same person however the name is spelled
+    auth: str
+    time: datetime
+    comment: str
+    etag: str
+    request_id: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ApprovalRecord:
+        time = datetime.fromisoformat(data["time"])
+        return cls(data["approver"], data["key"], data.get("auth", ""), _utc(time) or time, data.get("comment", ""),
+                   data.get("etag", ""), data.get("request_id", ""))  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"approver": self.approver, "key": self.key, "auth": self.auth, "time": self.time.isoformat(),
+                "comment": self.comment, "etag": self.etag, "request_id": self.request_id}  # fmt: skip
 
 
 _WORKFLOW_FIELDS = tuple(f.name for f in fields(WorkflowRecord))
@@ -179,12 +222,22 @@ class EventRecord:
     actor: str
     time: datetime
     actor_auth: str | None = None
+    etag: str | None = None
+    hash: str | None = None
+    signature: str | None = None
+    signing_key_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> EventRecord:
         m = row._mapping
         return cls(m["workflow_id"], m["sequence"], m["type"], m["status"], m["message"], m["actor"],
-                   _utc(m["time"]) or datetime.now(UTC), m["actor_auth"])  # fmt: skip
+                   _utc(m["time"]) or datetime.now(UTC), m["actor_auth"], m["etag"], m["hash"], m["signature"],
+                   m["signing_key_id"])  # fmt: skip
+
+    def content(self) -> trail.Content:
+        """What its hash covers (the gateway's events have no cycle, progress or result)."""
+        return trail.Content(self.workflow_id, self.sequence, self.type, self.status, 0, 0, 0, self.message,
+                             self.actor, self.actor_auth or "", self.time, self.etag or "")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +257,7 @@ class OutboxRow:
 # UPDATE takes its SET values from.
 _WORKFLOW_ID = workflows.c.workflow_id == bindparam("b_workflow_id")
 _GET = select(workflows).where(_WORKFLOW_ID)
+_GET_LOCKED = _GET.with_for_update()
 _EVENTS_AFTER = (
     select(workflow_events)
     .where(
@@ -218,10 +272,16 @@ _MIRROR = update(workflows).where(
     or_(workflows.c.last_sequence < bindparam("b_last_sequence"), workflows.c.dispatched.is_(False)),
 )
 _DELETE_OUTBOX = delete(outbox).where(outbox.c.id == bindparam("b_id"))
+_EVENT_HASH = select(workflow_events.c.hash).where(
+    workflow_events.c.workflow_id == bindparam("b_workflow_id"),
+    workflow_events.c.sequence == bindparam("b_sequence"),
+)
 
 
-def get(conn: Connection, workflow_id: str) -> WorkflowRecord | None:
-    row = conn.execute(_GET, {"b_workflow_id": workflow_id}).first()
+def get(conn: Connection, workflow_id: str, *, lock: bool = False) -> WorkflowRecord | None:
+    """One workflow; `lock`: FOR UPDATE on PostgreSQL, for a decision that reads before it
+    writes (SQLite's one writer needs no lock)."""
+    row = conn.execute(_GET_LOCKED if lock else _GET, {"b_workflow_id": workflow_id}).first()
     return None if row is None else WorkflowRecord.from_row(row)
 
 
@@ -233,7 +293,7 @@ def find_by_request(conn: Connection, created_by: str, request_id: str) -> Workf
     return None if row is None else WorkflowRecord.from_row(row)
 
 
-# Both run on every decision: prepared (see auditflow.prepared), not executed through Core.
+# These run on every decision: prepared (see auditflow.prepared), not executed through Core.
 _INSERT_EVENT = Prepared(insert(workflow_events).values({c.key: bindparam(c.key) for c in workflow_events.c}))
 _INSERT_OUTBOX = Prepared(
     insert(outbox)
@@ -243,29 +303,52 @@ _INSERT_OUTBOX = Prepared(
 )  # fmt: skip
 
 
-def append_event(
-    conn: Connection,
-    workflow_id: str,
-    sequence: int,
-    type_: int,
-    status: int,
-    message: str,
-    actor: str,
-    time: datetime,
-    actor_auth: str | None = None,
-) -> EventRecord:
-    values = {
-        "workflow_id": workflow_id,
-        "sequence": sequence,
-        "type": type_,
-        "status": status,
-        "message": message,
-        "actor": actor,
-        "time": time,
-        "actor_auth": actor_auth,
-    }
-    _INSERT_EVENT.run(conn, values)
-    return EventRecord(workflow_id, sequence, type_, status, message, actor, time, actor_auth)
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: its hash links it to `previous`, the hash of the event before."""
+
+    workflow_id: str
+    sequence: int
+    type: int
+    status: int
+    message: str
+    actor: str
+    time: datetime
+    previous: str
+    actor_auth: str | None = None
+    etag: str | None = None
+
+
+def append_event(conn: Connection, new: NewEvent, signer: trail.Signer | None = None) -> EventRecord:
+    """Insert an event, its hash linked to the one before; an event that ends the workflow is
+    signed when the gateway has a trail key."""
+    record = EventRecord(new.workflow_id, new.sequence, new.type, new.status, new.message, new.actor, new.time,
+                         new.actor_auth, new.etag)  # fmt: skip
+    digest = trail.link(new.previous, record.content())
+    signature = key_id = None
+    if signer is not None and statuses.is_terminal(new.status):
+        signature, key_id = signer.sign(new.workflow_id, new.sequence, digest), signer.key_id
+    record = replace(record, hash=digest, signature=signature, signing_key_id=key_id)
+    _INSERT_EVENT.run(conn, {f.name: getattr(record, f.name) for f in fields(EventRecord)})
+    return record
+
+
+def event_hash(conn: Connection, workflow_id: str, sequence: int) -> str:
+    """The hash of one event (GENESIS before the first; "" for an event without one)."""
+    if sequence == 0:
+        return trail.GENESIS
+    found = conn.execute(_EVENT_HASH, {"b_workflow_id": workflow_id, "b_sequence": sequence}).scalar()
+    return "" if found is None else str(found)
+
+
+def previous_hash_column() -> Any:
+    """For the RETURNING of an UPDATE that appends an event: the hash of the event before the
+    new last_sequence (so the decision needs no read of its own)."""
+    previous = select(workflow_events.c.hash).where(
+        workflow_events.c.workflow_id == workflows.c.workflow_id,
+        workflow_events.c.sequence == workflows.c.last_sequence - 1,
+    )
+    return previous.scalar_subquery().label("previous_hash")
 
 
 def events_after(conn: Connection, workflow_id: str, after: int) -> list[EventRecord]:

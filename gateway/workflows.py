@@ -2,24 +2,35 @@
 
 Each function here runs inside one write transaction on the database writer thread (see
 `auditflow.db`): it checks first and raises domain errors before writing anything, then
-changes the status with a compare-and-set, appends the event and, where the processor must
-hear of it, an outbox row, all in the same commit.
+changes the status with a compare-and-set, appends the event (linked into the workflow's
+trail, `auditflow.trail`) and, where the processor must hear of it, an outbox row, all in the
+same commit.
+
+Approvals. A plan needs `required_approvals` distinct approvers, none of them its creator
+(unless self-approval is allowed). Each approval is an event of its own (APPROVAL_RECORDED,
+and APPROVED for the one that completes the number, which dispatches the run in the same
+transaction); the same approver again is not a second vote; a reject by any approver ends it.
+A decision may carry the etag of the plan the approver saw: another plan's is refused
+(ABORTED, nothing stored). The common case, one approver, is one compare-and-set
+(`_APPROVE_ALONE`); every other decision locks the row and decides in Python.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, insert, update
+from sqlalchemy import Connection, and_, bindparam, insert, literal, or_, update
 
-from auditflow import convert, statuses
-from auditflow.errors import AlreadyDecided, NotFound, PermissionDenied, WrongState
+from auditflow import convert, statuses, trail
+from auditflow.errors import AlreadyDecided, EtagMismatch, NotFound, PermissionDenied, WrongState
 from auditflow.prepared import Prepared
 from auditflow.principal import ADMIN, Principal
 from auditflow.v1 import workflow_pb2 as pb
 from gateway import outbox, store
-from gateway.store import EventRecord, OutboxRow, WorkflowRecord, workflows
+from gateway.store import ApprovalRecord, EventRecord, NewEvent, OutboxRow, WorkflowRecord, workflows
 
 S = pb.WorkflowStatus
 E = pb.EventType
@@ -36,6 +47,19 @@ class NewWorkflow:
     max_cycles: int
     created_by: Principal
     request_id: str
+    required_approvals: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An approver's decision, as asked: `etag` is the plan they saw ("" for the stored one)."""
+
+    workflow_id: str
+    decision: str  # APPROVE or REJECT
+    actor: Principal
+    comment: str = ""
+    request_id: str = ""
+    etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,8 +77,8 @@ def new_workflow_id() -> str:
     return "wf_" + secrets.token_hex(16)
 
 
-def _require(conn: Connection, workflow_id: str) -> WorkflowRecord:
-    record = store.get(conn, workflow_id)
+def _require(conn: Connection, workflow_id: str, *, lock: bool = False) -> WorkflowRecord:
+    record = store.get(conn, workflow_id, lock=lock)
     if record is None:
         raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
     return record
@@ -68,6 +92,7 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
             return Outcome(existing, changed=False)
     now = convert.utcnow()
     workflow_id = new_workflow_id()
+    etag = trail.etag(new.title, new.plan_json, new.max_cycles, new.orchestrator)
     conn.execute(
         insert(workflows).values(
             workflow_id=workflow_id,
@@ -89,27 +114,239 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
             last_sequence=1,
             created_at=now,
             updated_at=now,
+            etag=etag,
+            required_approvals=new.required_approvals,
+            approvals_count=0,
+            approvals_json="[]",
         )
+    )
+    message = f"submitted by {creator.name}" + (
+        f"; needs {new.required_approvals} approvers" if new.required_approvals > 1 else ""
     )
     event = store.append_event(
         conn,
-        workflow_id,
-        1,
-        E.EVENT_TYPE_CREATED,
-        S.WORKFLOW_STATUS_AWAITING_APPROVAL,
-        f"submitted by {creator.name}",
-        creator.name,
-        now,
-        creator.via,
-    )
+        NewEvent(workflow_id, 1, E.EVENT_TYPE_CREATED, S.WORKFLOW_STATUS_AWAITING_APPROVAL, message, creator.name,
+                 now, trail.GENESIS, creator.via, etag),
+    )  # fmt: skip
     return Outcome(_require(conn, workflow_id), changed=True, event=event)
 
 
-def _same_decision(row: WorkflowRecord, decision: str, actor: Principal, request_id: str) -> bool:
+# --- decisions -----------------------------------------------------------------------------
+
+# The approval of a plan that needs one approver, prepared once: it runs on every Approve.
+# RETURNING also brings the hash of the event before, which the new event links to.
+_APPROVE_ALONE = Prepared(
+    update(workflows)
+    .where(
+        and_(
+            workflows.c.workflow_id == bindparam("b_workflow_id"),
+            workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            workflows.c.required_approvals == 1,
+            # Separation of duties: "" when the decision is not restricted.
+            workflows.c.created_by_key != bindparam("b_forbidden_key"),
+            or_(literal("") == bindparam("b_etag"), workflows.c.etag == bindparam("b_etag")),
+        )
+    )
+    .values(
+        status=S.WORKFLOW_STATUS_APPROVED,
+        decision=APPROVE,
+        decided_by=bindparam("b_actor"),
+        decided_by_auth=bindparam("b_actor_auth"),
+        decision_comment=bindparam("b_comment"),
+        decision_request_id=bindparam("b_request_id"),
+        decided_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+        last_message=bindparam("b_message"),
+        last_sequence=workflows.c.last_sequence + 1,
+        approvals_count=1,
+        approvals_json=bindparam("b_approvals"),
+    )
+    .returning(*workflows.c, store.previous_hash_column()),
+    name="ApprovedRow",
+)
+
+
+def decide(
+    conn: Connection,
+    decision: Decision,
+    *,
+    self_approval: bool = False,
+    signer: trail.Signer | None = None,
+) -> Outcome:
+    """Approve or reject. Repeating a decision (the same approver, or the same request_id)
+    returns the stored outcome unchanged. Unless `self_approval`, the creator of a plan may
+    reject (withdraw) it but not approve it, however either name is spelled or cased (names
+    are compared by `Principal.key`)."""
+    now = convert.utcnow()
+    actor = decision.actor
+    if decision.decision == APPROVE:
+        approval = _approval(decision, now)
+        params = {
+            "b_workflow_id": decision.workflow_id,
+            "b_actor": actor.name,
+            "b_actor_auth": actor.via,
+            "b_comment": decision.comment,
+            "b_request_id": decision.request_id or None,
+            "b_now": now,
+            "b_message": _approved_message([approval], 1, decision.comment),
+            "b_forbidden_key": "" if self_approval else actor.key,
+            "b_etag": decision.etag,
+            "b_approvals": json.dumps([approval.to_json()]),
+        }
+        row = _APPROVE_ALONE.run(conn, params)
+        if row is not None:
+            return _approved(conn, WorkflowRecord.from_row(row), decision, now, str(row.previous_hash or ""))
+    return _decide_locked(conn, decision, now, self_approval=self_approval, signer=signer)
+
+
+def _decide_locked(
+    conn: Connection, decision: Decision, now: datetime, *, self_approval: bool, signer: trail.Signer | None
+) -> Outcome:
+    """Every decision but a lone approval: with the row locked (FOR UPDATE on PostgreSQL; the
+    SQLite writer is alone), so that concurrent approvers are counted one after the other."""
+    workflow_id, actor = decision.workflow_id, decision.actor
+    row = _require(conn, workflow_id, lock=True)
+    if row.status != S.WORKFLOW_STATUS_AWAITING_APPROVAL:
+        if _same_decision(row, decision):
+            return Outcome(row, changed=False)
+        raise _refuse(row, workflow_id)
+    approve = decision.decision == APPROVE
+    if approve and _already_approved(row, decision):
+        return Outcome(row, changed=False)  # the same approver again: not a second vote
+    if approve and row.created_by_key == actor.key and not self_approval:
+        raise PermissionDenied(
+            f"separation of duties: {actor.name} submitted workflow {workflow_id} and may not approve it",
+            metadata={"workflow_id": workflow_id, "rule": "SEPARATION_OF_DUTIES"},
+            reason="SEPARATION_OF_DUTIES",
+        )
+    if decision.etag and decision.etag != row.etag:
+        raise EtagMismatch(
+            f"workflow {workflow_id}: etag {decision.etag!r} is not the plan's; read the workflow again, then decide",
+            metadata={"workflow_id": workflow_id},
+        )
+    previous = store.event_hash(conn, workflow_id, row.last_sequence)
+    if not approve:
+        return _rejected(conn, row, decision, now, previous, signer)
+    approvals = [*row.approvals, _approval(decision, now)]
+    if len(approvals) < row.required_approvals:
+        return _partly_approved(conn, row, decision, approvals, now, previous)
+    values = {
+        "status": S.WORKFLOW_STATUS_APPROVED,
+        "decision": APPROVE,
+        "decided_by": actor.name,
+        "decided_by_auth": actor.via,
+        "decision_comment": decision.comment,
+        "decision_request_id": decision.request_id or None,
+        "decided_at": now,
+        "last_message": _approved_message(approvals, row.required_approvals, decision.comment),
+    }
+    record = _update(conn, row, now, approvals=approvals, **values)
+    return _approved(conn, record, decision, now, previous)
+
+
+def _approved(conn: Connection, record: WorkflowRecord, decision: Decision, now: datetime,
+              previous: str) -> Outcome:  # fmt: skip
+    """The approval that completes the plan's number: its event, and the Enqueue for the relay."""
+    actor = decision.actor
+    event = store.append_event(
+        conn,
+        NewEvent(record.workflow_id, record.last_sequence, E.EVENT_TYPE_APPROVED, S.WORKFLOW_STATUS_APPROVED,
+                 record.last_message, actor.name, now, previous, actor.via, record.etag),
+    )  # fmt: skip
+    payload = outbox.enqueue_payload(record, actor.name, event.hash or "")
+    row = store.add_outbox(conn, record.workflow_id, store.ENQUEUE, payload, now)
+    return Outcome(record, True, event, row)
+
+
+def _partly_approved(
+    conn: Connection,
+    row: WorkflowRecord,
+    decision: Decision,
+    approvals: list[ApprovalRecord],
+    now: datetime,
+    previous: str,
+) -> Outcome:
+    message = _approved_message(approvals, row.required_approvals, decision.comment)
+    record = _update(conn, row, now, approvals=approvals, last_message=message)
+    actor = decision.actor
+    event = store.append_event(
+        conn,
+        NewEvent(row.workflow_id, record.last_sequence, E.EVENT_TYPE_APPROVAL_RECORDED,
+                 S.WORKFLOW_STATUS_AWAITING_APPROVAL, message, actor.name, now, previous, actor.via, row.etag),
+    )  # fmt: skip
+    return Outcome(record, True, event)
+
+
+def _rejected(conn: Connection, row: WorkflowRecord, decision: Decision, now: datetime, previous: str,
+              signer: trail.Signer | None) -> Outcome:  # fmt: skip
+    actor = decision.actor
+    message = f"rejected by {actor.name}" + (f": {decision.comment}" if decision.comment else "")
+    record = _update(
+        conn, row, now, status=S.WORKFLOW_STATUS_REJECTED, decision=REJECT, decided_by=actor.name,
+        decided_by_auth=actor.via, decision_comment=decision.comment,
+        decision_request_id=decision.request_id or None, decided_at=now, last_message=message,
+    )  # fmt: skip
+    event = store.append_event(
+        conn,
+        NewEvent(row.workflow_id, record.last_sequence, E.EVENT_TYPE_REJECTED, S.WORKFLOW_STATUS_REJECTED, message,
+                 actor.name, now, previous, actor.via, row.etag),
+        signer,
+    )  # fmt: skip
+    return Outcome(record, True, event)
+
+
+def _update(
+    conn: Connection,
+    row: WorkflowRecord,
+    now: datetime,
+    *,
+    approvals: list[ApprovalRecord] | None = None,
+    **values: object,
+) -> WorkflowRecord:
+    """Write `values` and the next sequence on the locked row; the row as written."""
+    if approvals is not None:
+        values["approvals_count"] = len(approvals)
+        values["approvals_json"] = json.dumps([a.to_json() for a in approvals])
+    conn.execute(
+        update(workflows)
+        .where(workflows.c.workflow_id == row.workflow_id)
+        .values(last_sequence=row.last_sequence + 1, updated_at=now, **values)
+    )
+    return _require(conn, row.workflow_id)
+
+
+def _approval(decision: Decision, now: datetime) -> ApprovalRecord:
+    actor = decision.actor
+    return ApprovalRecord(actor.name, actor.key, actor.via, now, decision.comment, decision.etag, decision.request_id)
+
+
+def _approved_message(approvals: list[ApprovalRecord], required: int, comment: str) -> str:
+    last = approvals[-1].approver
+    text = f"approved by {last}"
+    if required > 1:
+        missing = required - len(approvals)
+        names = ", ".join(a.approver for a in approvals)
+        text += f" ({len(approvals)} of {required}: {names}" + (f"; {missing} more needed)" if missing else ")")
+    return text + (f": {comment}" if comment else "")
+
+
+def _already_approved(row: WorkflowRecord, decision: Decision) -> bool:
+    return any(
+        a.key == decision.actor.key or (decision.request_id and a.request_id == decision.request_id)
+        for a in row.approvals
+    )
+
+
+def _same_decision(row: WorkflowRecord, decision: Decision) -> bool:
     """The same decision again, by the same person or with the same request id."""
-    if row.decision != decision:
+    if row.decision != decision.decision:
         return False
-    return bool(actor.is_(row.decided_by or "") or (request_id and row.decision_request_id == request_id))
+    if decision.decision == APPROVE:
+        return _already_approved(row, decision)
+    return bool(
+        decision.actor.is_(row.decided_by or "")
+        or (decision.request_id and row.decision_request_id == decision.request_id)
+    )
 
 
 def _refuse(row: WorkflowRecord, workflow_id: str) -> Exception:
@@ -120,92 +357,14 @@ def _refuse(row: WorkflowRecord, workflow_id: str) -> Exception:
     return WrongState(f"workflow {workflow_id} is {statuses.name(row.status)}, not AWAITING_APPROVAL", metadata=meta)
 
 
-# The compare-and-set of a decision, prepared once: it runs on every Approve.
-_DECIDE = Prepared(
-    update(workflows)
-    .where(
-        and_(
-            workflows.c.workflow_id == bindparam("b_workflow_id"),
-            workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL,
-            # Separation of duties: "" when the decision is not restricted.
-            workflows.c.created_by_key != bindparam("b_forbidden_key"),
-        )
-    )
-    .values(
-        status=bindparam("b_status"),
-        decision=bindparam("b_decision"),
-        decided_by=bindparam("b_actor"),
-        decided_by_auth=bindparam("b_actor_auth"),
-        decision_comment=bindparam("b_comment"),
-        decision_request_id=bindparam("b_request_id"),
-        decided_at=bindparam("b_now"),
-        updated_at=bindparam("b_now"),
-        last_message=bindparam("b_message"),
-        last_sequence=workflows.c.last_sequence + 1,
-    )
-    .returning(*workflows.c),
-    name="WorkflowRow",
-)
+# --- cancel and refused dispatch -------------------------------------------------------------
 
 
-def decide(
-    conn: Connection,
-    workflow_id: str,
-    decision: str,
-    actor: Principal,
-    comment: str,
-    request_id: str,
-    *,
-    self_approval: bool = False,
-) -> Outcome:
-    """Approve or reject: a compare-and-set from AWAITING_APPROVAL. Repeating the same decision
-    (same approver, or same request_id) returns the stored outcome unchanged. Unless
-    `self_approval`, the creator of a plan may reject (withdraw) it but not approve it, however
-    either name is spelled or cased (names are compared by `Principal.key`)."""
-    now = convert.utcnow()
-    approve = decision == APPROVE
-    status = S.WORKFLOW_STATUS_APPROVED if approve else S.WORKFLOW_STATUS_REJECTED
-    message = f"{'approved' if approve else 'rejected'} by {actor.name}" + (f": {comment}" if comment else "")
-    params = {
-        "b_workflow_id": workflow_id,
-        "b_status": status,
-        "b_decision": decision,
-        "b_actor": actor.name,
-        "b_actor_auth": actor.via,
-        "b_comment": comment,
-        "b_request_id": request_id or None,
-        "b_now": now,
-        "b_message": message,
-        "b_forbidden_key": actor.key if approve and not self_approval else "",
-    }
-    decided = _DECIDE.run(conn, params)
-    if decided is None:  # not awaiting approval (or unknown): nothing was written
-        current = _require(conn, workflow_id)
-        if _same_decision(current, decision, actor, request_id):
-            return Outcome(current, changed=False)
-        if current.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and current.created_by_key == actor.key:
-            raise PermissionDenied(
-                f"separation of duties: {actor.name} submitted workflow {workflow_id} and may not approve it",
-                metadata={"workflow_id": workflow_id, "rule": "SEPARATION_OF_DUTIES"},
-                reason="SEPARATION_OF_DUTIES",
-            )
-        raise _refuse(current, workflow_id)
-    record = WorkflowRecord.from_row(decided)
-    event_type = E.EVENT_TYPE_APPROVED if approve else E.EVENT_TYPE_REJECTED
-    event = store.append_event(
-        conn, workflow_id, record.last_sequence, event_type, status, message, actor.name, now, actor.via
-    )
-    if not approve:
-        return Outcome(record, True, event)
-    payload = outbox.enqueue_payload(record, actor.name)
-    row = store.add_outbox(conn, workflow_id, store.ENQUEUE, payload, now)
-    return Outcome(record, True, event, row)
-
-
-def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str) -> Outcome:
+def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str,
+           signer: trail.Signer | None = None) -> Outcome:  # fmt: skip
     """Cancel at once while awaiting approval; otherwise ask the processor (via the outbox).
     A submitter cancels only what they submitted; an admin anything."""
-    row = _require(conn, workflow_id)
+    row = _require(conn, workflow_id, lock=True)
     if row.created_by_key != actor.key and not actor.has(ADMIN):
         raise PermissionDenied(
             f"{actor.name} may cancel only workflows they submitted ({workflow_id} was submitted by {row.created_by})",
@@ -220,44 +379,46 @@ def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str) ->
     now = convert.utcnow()
     message = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
     if row.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL:
-        sequence = row.last_sequence + 1
-        conn.execute(
-            update(workflows)
-            .where(workflows.c.workflow_id == workflow_id)
-            .values(status=S.WORKFLOW_STATUS_CANCELLED, updated_at=now, last_message=message, last_sequence=sequence)
-        )
+        previous = store.event_hash(conn, workflow_id, row.last_sequence)
+        record = _update(conn, row, now, status=S.WORKFLOW_STATUS_CANCELLED, last_message=message)
         event = store.append_event(
-            conn, workflow_id, sequence, E.EVENT_TYPE_CANCELLED, S.WORKFLOW_STATUS_CANCELLED, message, actor.name, now,
-            actor.via,
+            conn,
+            NewEvent(workflow_id, record.last_sequence, E.EVENT_TYPE_CANCELLED, S.WORKFLOW_STATUS_CANCELLED, message,
+                     actor.name, now, previous, actor.via),
+            signer,
         )  # fmt: skip
-        return Outcome(_require(conn, workflow_id), True, event)
+        return Outcome(record, True, event)
     if row.cancel_requested:
         return Outcome(row, changed=False)
     conn.execute(update(workflows).where(workflows.c.workflow_id == workflow_id).values(cancel_requested=True))
     payload = outbox.cancel_payload(workflow_id, actor, reason)
     message_row = store.add_outbox(conn, workflow_id, store.CANCEL, payload, now)
-    return Outcome(_require(conn, workflow_id), True, None, message_row)
+    return Outcome(replace(row, cancel_requested=True), True, None, message_row)
 
 
-def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str) -> EventRecord | None:
+def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str,
+                  signer: trail.Signer | None = None) -> EventRecord | None:  # fmt: skip
     """The processor refused the workflow for good: end it here, with the reason."""
-    row = _require(conn, workflow_id)
+    row = _require(conn, workflow_id, lock=True)
     if row.dispatched or statuses.is_terminal(row.status):
         return None
     now = convert.utcnow()
-    sequence = row.last_sequence + 1
-    conn.execute(
-        update(workflows)
-        .where(workflows.c.workflow_id == workflow_id)
-        .values(
-            status=S.WORKFLOW_STATUS_FAILED,
-            error_reason=reason,
-            error_message=message,
-            last_message=message,
-            updated_at=now,
-            last_sequence=sequence,
-        )
-    )
+    previous = store.event_hash(conn, workflow_id, row.last_sequence)
+    record = _update(
+        conn, row, now, status=S.WORKFLOW_STATUS_FAILED, error_reason=reason, error_message=message,
+        last_message=message,
+    )  # fmt: skip
     return store.append_event(
-        conn, workflow_id, sequence, E.EVENT_TYPE_FAILED, S.WORKFLOW_STATUS_FAILED, message, "gateway", now
+        conn,
+        NewEvent(
+            workflow_id,
+            record.last_sequence,
+            E.EVENT_TYPE_FAILED,
+            S.WORKFLOW_STATUS_FAILED,
+            message,
+            "gateway",
+            now,
+            previous,
+        ),
+        signer,
     )

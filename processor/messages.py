@@ -42,6 +42,10 @@ def event(record: EventRecord) -> pb.WorkflowEvent:
         actor=record.actor,
         time=convert.timestamp(record.time),
         actor_auth=record.actor_auth or "",
+        hash=record.hash or "",
+        result_digest=record.result_digest or "",
+        signature=record.signature or "",
+        signing_key_id=record.signing_key_id or "",
     )
 
 

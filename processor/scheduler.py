@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from auditflow import statuses
+from auditflow import statuses, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.procedures import CriticalError
@@ -58,10 +58,11 @@ class _Driver:
 class Scheduler:
     """Claims up to `max_concurrent` runs and drives them. Use on the event loop only."""
 
-    def __init__(self, db: Database, hub: messages.Hub, settings: Settings) -> None:
+    def __init__(self, db: Database, hub: messages.Hub, settings: Settings, signer: trail.Signer | None = None) -> None:
         self._db = db
         self._hub = hub
         self._settings = settings
+        self._signer = signer
         self.worker_id = settings.worker_id
         self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="cycle")
         self._drivers: dict[str, _Driver] = {}
@@ -344,7 +345,7 @@ class Scheduler:
             if found:
                 findings.add(conn, locked.workflow_id, locked.findings_count + 1, found)
                 changes = {**changes, "findings_count": locked.findings_count + len(found)}
-            return store.append(conn, locked, events, changes, utcnow())
+            return store.append(conn, locked, events, changes, utcnow(), self._signer)
 
         started = time.monotonic()
         committed = await self._db.write(tx)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from auditflow import logs, procedures, serving, sources
+from auditflow import logs, procedures, serving, sources, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.config import ConfigError
 from auditflow.db import Database
@@ -47,8 +47,9 @@ class Processor:
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
         self.db = Database(settings.database_url, store.metadata, migrations="processor:migrations")
         self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
-        self.scheduler = Scheduler(self.db, self.hub, settings)
-        self.service = ProcessorService(self.db, self.hub, self.scheduler, settings)
+        signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
+        self.scheduler = Scheduler(self.db, self.hub, settings, signer)
+        self.service = ProcessorService(self.db, self.hub, self.scheduler, settings, signer)
         self.tail = Tail(self.db, self.hub, poll_interval=settings.poll_interval)
         self.server = serving.new_server(self.authenticator)
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)

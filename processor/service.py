@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from auditflow import convert, plans, principal, statuses
+from auditflow import convert, plans, principal, statuses, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable, invalid
@@ -46,11 +46,19 @@ MAX_BASE_SEQUENCE = 1000
 class ProcessorService(ps_grpc.ProcessorServiceServicer):
     """The gRPC handlers; share the database, the event hub and the scheduler."""
 
-    def __init__(self, db: Database, hub: messages.Hub, scheduler: Scheduler, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hub: messages.Hub,
+        scheduler: Scheduler,
+        settings: Settings,
+        signer: trail.Signer | None = None,
+    ) -> None:
         self._db = db
         self._hub = hub
         self._scheduler = scheduler
         self._settings = settings
+        self._signer = signer
         self._closing = asyncio.Event()
         self.open_streams = 0  # WatchStatus and Follow calls being served
         self.event_reads = 0  # ReadEvents calls answered (for tests and benchmarks)
@@ -81,6 +89,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             orchestrator=request.orchestrator or orchestrator.DEFAULT,
             max_cycles=request.max_cycles or self._settings.max_cycles,
             base_sequence=request.base_sequence,
+            base_hash=request.base_hash or None,
             queued_message=f"queued for processing (approved by {approved_by})",
         )
         run, created, _events = await self._scheduler.admit(lambda conn: insert(conn, now=utcnow()))
@@ -101,7 +110,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             events, changes = transitions.cancel_requested(run, by, reason, by_auth)
             if not events:
                 return run, []
-            return store.append(conn, run, events, changes, utcnow())
+            return store.append(conn, run, events, changes, utcnow(), self._signer)
 
         run, events = await self._db.write(tx)
         if events:
@@ -249,10 +258,16 @@ async def _refusal(request: ps.EnqueueRequest) -> InvalidArgument | None:
         if not 1 <= request.base_sequence <= MAX_BASE_SEQUENCE:
             # The gateway's log before dispatch: created, approvals, no more than a few events.
             raise invalid("base_sequence", f"must be between 1 and {MAX_BASE_SEQUENCE}: the gateway's last sequence")
+        if request.base_hash and not _is_hash(request.base_hash):
+            raise invalid("base_hash", "the hash of the gateway's last event: 64 lowercase hex digits")
         await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
     except InvalidArgument as exc:
         return exc
     return None
+
+
+def _is_hash(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _check_principal_name(name: str, field: str) -> str:

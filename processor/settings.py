@@ -46,6 +46,8 @@ class Settings:
     tls: TlsFiles = field(default_factory=TlsFiles)
     allow_plaintext: bool = False
     data: sources.DataSettings = field(default_factory=sources.DataSettings)
+    # Ed25519 key (PEM) that signs the end of every run's trail; "" signs nothing.
+    trail_signing_key: str = ""
 
     @property
     def address(self) -> str:
@@ -144,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auditflow-gateway",
         help="client certificate names (SAN or CN) accepted as gateways, with --tls-client-ca",
     )
+    add(
+        parser,
+        "--trail-signing-key",
+        service="processor",
+        default="",
+        help="Ed25519 private key (PEM) that signs the end of every run's trail, so that a rewrite of the "
+        "database is detected by VerifyTrail (give the gateway its public key); empty: no signature",
+    )
     sources.add_flags(parser, "processor")
     return parser
 
@@ -171,4 +181,5 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         tls=config.tls_from_args(args),
         allow_plaintext=args.allow_plaintext,
         data=sources.from_args(args),
+        trail_signing_key=args.trail_signing_key,
     )

@@ -43,6 +43,7 @@ from sqlalchemy import (
     update,
 )
 
+from auditflow import statuses, trail
 from auditflow.v1 import workflow_pb2 as pb
 
 S = pb.WorkflowStatus
@@ -75,6 +76,8 @@ runs = Table(
     Column("findings_count", Integer, nullable=False, default=0, server_default="0"),
     Column("base_sequence", BigInteger, nullable=False),
     Column("last_sequence", BigInteger, nullable=False),
+    # The hash of the last event (auditflow.trail): the gateway's last one until the first here.
+    Column("last_hash", String(64), nullable=True),
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -103,6 +106,12 @@ run_events = Table(
     Column("result_json", Text, nullable=True),
     # How a person who caused the event authenticated to the gateway; NULL for our own events.
     Column("actor_auth", String(300), nullable=True),
+    # The trail (auditflow.trail): this event's link, the digest of a completed run's result,
+    # and the signature of the event that ends the run.
+    Column("hash", String(64), nullable=True),
+    Column("result_digest", String(64), nullable=True),
+    Column("signature", Text, nullable=True),
+    Column("signing_key_id", String(16), nullable=True),
 )
 
 
@@ -144,6 +153,7 @@ class RunRecord:
     findings_count: int
     base_sequence: int
     last_sequence: int
+    last_hash: str | None
     lease_owner: str | None
     lease_expires_at: datetime | None
     created_at: datetime
@@ -172,6 +182,7 @@ class RunRecord:
             findings_count=m["findings_count"],
             base_sequence=m["base_sequence"],
             last_sequence=m["last_sequence"],
+            last_hash=m["last_hash"],
             lease_owner=m["lease_owner"],
             lease_expires_at=_utc(m["lease_expires_at"]),
             created_at=_utc(m["created_at"]) or datetime.now(UTC),
@@ -231,6 +242,16 @@ class EventRecord:
     error_message: str | None = None
     result: dict[str, Any] | None = field(default=None)
     actor_auth: str | None = None
+    hash: str | None = None
+    result_digest: str | None = None
+    signature: str | None = None
+    signing_key_id: str | None = None
+
+    def content(self) -> trail.Content:
+        """What its hash covers."""
+        return trail.Content(self.workflow_id, self.sequence, self.type, self.status, self.cycle, self.progress_done,
+                             self.progress_total, self.message, self.actor, self.actor_auth or "", self.time, "",
+                             self.result_digest or "")  # fmt: skip
 
     # The snapshot as of this event (auditflow.convert.SnapshotSource).
     @property
@@ -264,6 +285,10 @@ class EventRecord:
             error_message=m["error_message"],
             result=_loads(m["result_json"]),
             actor_auth=m["actor_auth"],
+            hash=m["hash"],
+            result_digest=m["result_digest"],
+            signature=m["signature"],
+            signing_key_id=m["signing_key_id"],
         )
 
 
@@ -370,6 +395,7 @@ def insert_run(
     orchestrator: str,
     max_cycles: int,
     base_sequence: int,
+    base_hash: str | None,
     queued_message: str,
     now: datetime,
 ) -> tuple[RunRecord, bool, list[EventRecord]]:
@@ -391,6 +417,7 @@ def insert_run(
             progress_total=len(plan),
             base_sequence=base_sequence,
             last_sequence=base_sequence,
+            last_hash=base_hash,
             created_at=now,
             updated_at=now,
         ),
@@ -407,15 +434,22 @@ def append(
     events: Sequence[NewEvent],
     changes: dict[str, Any],
     now: datetime,
+    signer: trail.Signer | None = None,
 ) -> tuple[RunRecord, list[EventRecord]]:
     """Append `events` after run.last_sequence and update the run: its snapshot fields from
-    the last event, plus `changes` (other columns of `runs`). `run` must be locked."""
+    the last event, plus `changes` (other columns of `runs`). `run` must be locked. Each event
+    is linked into the trail; the one that ends the run is signed when `signer` is given."""
     if not changes.keys() <= _RUN_COLUMNS:  # (the pre-built UPDATE would silently skip them)
         raise ValueError(f"not columns of runs: {sorted(changes.keys() - _RUN_COLUMNS)}")
-    records = [_event_record(run, run.last_sequence + i + 1, e, now) for i, e in enumerate(events)]
+    records: list[EventRecord] = []
+    previous = run.last_hash or ""
+    for i, event in enumerate(events):
+        record = _linked(_event_record(run, run.last_sequence + i + 1, event, now), previous, signer)
+        records.append(record)
+        previous = record.hash or ""
     values: dict[str, Any] = {"updated_at": now, **changes}
     if records:
-        last = events[-1]
+        last, written = events[-1], records[-1]
         values.update(
             status=last.status,
             cycle=last.cycle,
@@ -424,8 +458,9 @@ def append(
             last_message=last.message,
             error_reason=last.error_reason,
             error_message=last.error_message,
-            result_json=_dumps(last.result),
-            last_sequence=records[-1].sequence,
+            result_json=_dumps(written.result),
+            last_sequence=written.sequence,
+            last_hash=written.hash,
         )
         conn.execute(_INSERT_EVENTS, [_event_values(r) for r in records])
     updated = conn.execute(_UPDATE_RUN, {"b_workflow_id": run.workflow_id, **values}).one()
@@ -452,6 +487,26 @@ def _event_record(run: RunRecord, sequence: int, event: NewEvent, now: datetime)
     )
 
 
+def _linked(record: EventRecord, previous: str, signer: trail.Signer | None) -> EventRecord:
+    """The event with its hash; a completed run's result bound by its digest, and given its
+    "trail" (the final hash, to pin in a report); the end of the run signed if we can."""
+    completed = record.type == pb.EventType.EVENT_TYPE_COMPLETED and record.result is not None
+    if completed:
+        record = replace(record, result_digest=trail.result_digest(record.result))
+    record = replace(record, hash=trail.link(previous, record.content()))
+    if signer is not None and statuses.is_terminal(record.status):
+        record = replace(
+            record, signature=signer.sign(record.workflow_id, record.sequence, record.hash or ""),
+            signing_key_id=signer.key_id,
+        )  # fmt: skip
+    if completed:
+        pinned = {"sequence": record.sequence, "hash": record.hash}
+        if record.signature:
+            pinned.update(signature=record.signature, signing_key_id=record.signing_key_id)
+        record = replace(record, result={**(record.result or {}), "trail": pinned})
+    return record
+
+
 def _event_values(record: EventRecord) -> dict[str, Any]:
     return {
         "workflow_id": record.workflow_id,
@@ -469,6 +524,10 @@ def _event_values(record: EventRecord) -> dict[str, Any]:
         "error_message": record.error_message,
         "result_json": _dumps(record.result),
         "actor_auth": record.actor_auth,
+        "hash": record.hash,
+        "result_digest": record.result_digest,
+        "signature": record.signature,
+        "signing_key_id": record.signing_key_id,
     }
 
 

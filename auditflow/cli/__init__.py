@@ -5,6 +5,7 @@
     auditflow --token-file approver.token approve wf_...  # answers at once; the plan runs in the background
     auditflow watch wf_...                                # live progress until the workflow ends
     auditflow get wf_...                                  # status, each step's summary, the first findings
+    auditflow verify wf_...                               # the trail of events: intact, or where not
     auditflow findings wf_... --format csv -o findings.csv  # every finding, as a file
     auditflow token create ci-bot --principal ci-bot --role submitter --tokens-file tokens.toml
 
@@ -144,17 +145,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="cycles the run may take (0: server default)",
     )
     p.add_argument("--request-id", default="", help="idempotency key: a retried submit returns the same workflow")
+    p.add_argument(
+        "--approvals", type=_non_negative, default=0, metavar="N",
+        help="distinct approvers the plan needs before it runs (0: the server's default, 1)",
+    )  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only the workflow id (for scripts)")
 
+    etag_help = (
+        "the etag of the plan you read (auditflow get shows it): the decision is refused if the plan is another; "
+        "default: the plan as it is now, shown before the decision"
+    )
     p = command("approve", "approve a plan; answers at once while it runs in the background", commands.approve)
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--comment", default="", help="why you approve")
     p.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
+    p.add_argument("--etag", default="", help=etag_help)
 
     p = command("reject", "reject a plan awaiting approval", commands.reject)
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--comment", default="", help="why you reject")
     p.add_argument("--request-id", default="", help="idempotency key")
+    p.add_argument("--etag", default="", help=etag_help)
+
+    p = command(
+        "verify",
+        "check a workflow's trail: the server's verification, then every hash recomputed here "
+        "(exit 0 if intact, 1 if not)",
+        commands.verify,
+    )
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument(
+        "--public-key", action="append", metavar="PEM",
+        help="an Ed25519 public key (PEM) to check the signature of the trail's end here (repeatable)",
+    )  # fmt: skip
 
     p = command("cancel", "cancel a workflow (a running one stops between cycles)", commands.cancel)
     p.add_argument("workflow_id", metavar="ID")

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf import json_format
 
-from auditflow import convert, statuses, synthetic
+from auditflow import convert, statuses, synthetic, trail
 from auditflow.cli import render
 from auditflow.cli.client import CliError, Metadata, auth_metadata, exit_code_for, format_rpc_error, watch
 from auditflow.procedures import AUDIT_PROCEDURES
@@ -120,8 +120,9 @@ def submit(ctx: Context, args: argparse.Namespace) -> int:
     plan = sample_plan() if args.sample else load_plan(args.plan)
     title = args.title or ("Sample ledger audit" if args.sample else Path(args.plan).stem)
     request = api.CreateWorkflowRequest(
-        title=title, plan=plan, max_cycles=args.max_cycles, request_id=args.request_id or ""
-    )
+        title=title, plan=plan, max_cycles=args.max_cycles, request_id=args.request_id or "",
+        required_approvals=args.approvals,
+    )  # fmt: skip
     workflow = ctx.stub.CreateWorkflow(request, metadata=ctx.metadata).workflow
     if args.quiet:
         ctx.print(workflow.workflow_id)
@@ -132,20 +133,35 @@ def submit(ctx: Context, args: argparse.Namespace) -> int:
         ctx.note(
             f"submitted {len(workflow.plan)}-step plan {workflow.title!r} as {workflow.created_by}; "
             f"status {render.status_name(workflow.status)}\n"
-            f"next, as an approver: auditflow --token-file APPROVER_TOKEN_FILE approve {workflow.workflow_id}"
+            f"next, as an approver: auditflow --token-file APPROVER_TOKEN_FILE approve {workflow.workflow_id} "
+            f"--etag {workflow.etag}"
         )
     return 0
 
 
+def decided_etag(ctx: Context, args: argparse.Namespace) -> str:
+    """The etag a decision is bound to: --etag as given (the plan the approver read earlier),
+    else the plan as it is now, shown before the decision is sent."""
+    if args.etag:
+        return str(args.etag)
+    workflow = ctx.stub.GetWorkflow(api.GetWorkflowRequest(workflow_id=args.workflow_id), metadata=ctx.metadata)
+    ctx.note(render.plan_line(workflow.workflow))
+    return workflow.workflow.etag
+
+
 def approve(ctx: Context, args: argparse.Namespace) -> int:
-    request = api.ApproveRequest(workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id)
+    request = api.ApproveRequest(
+        workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id, etag=decided_etag(ctx, args)
+    )
     response = ctx.stub.Approve(request, metadata=ctx.metadata)
     ctx.print(render.to_json(response) if ctx.json else render.approve_summary(response))
     return 0
 
 
 def reject(ctx: Context, args: argparse.Namespace) -> int:
-    request = api.RejectRequest(workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id)
+    request = api.RejectRequest(
+        workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id, etag=decided_etag(ctx, args)
+    )
     workflow = ctx.stub.Reject(request, metadata=ctx.metadata).workflow
     if ctx.json:
         ctx.print(render.to_json(workflow))
@@ -358,3 +374,49 @@ def status_arg(text: str) -> pb.WorkflowStatus.ValueType:
     if value == pb.WorkflowStatus.WORKFLOW_STATUS_UNSPECIFIED:
         raise argparse.ArgumentTypeError("UNSPECIFIED is not a status to filter on")
     return pb.WorkflowStatus.ValueType(value)
+
+
+def verify(ctx: Context, args: argparse.Namespace) -> int:
+    """The server's verification of the trail, then this client's own: the events replayed
+    from the log, every hash recomputed here, and a signature checked with --public-key."""
+    workflow_id = args.workflow_id
+    server = ctx.stub.VerifyTrail(api.VerifyTrailRequest(workflow_id=workflow_id), metadata=ctx.metadata)
+    workflow = ctx.stub.GetWorkflow(api.GetWorkflowRequest(workflow_id=workflow_id), metadata=ctx.metadata).workflow
+    events = replay(ctx, workflow_id, workflow.last_sequence)
+    local = trail.check(events)
+    keys = trail.load_public_keys(args.public_key or [])
+    signature = "not signed"
+    last = events[-1] if events else None
+    if last is not None and last.signature:
+        key = keys.get(last.signing_key_id)
+        if key is None:
+            signature = f"signed by key {last.signing_key_id} (give --public-key to check it here)"
+        elif trail.signature_valid(key, last):
+            signature = f"signed by key {last.signing_key_id}: valid"
+        else:
+            signature = f"signed by key {last.signing_key_id}: NOT VALID"
+            local = trail.Checked(local.events, local.head_sequence, local.head_hash,
+                                  trail.Problem(last.sequence, "the signature does not match the trail"))  # fmt: skip
+    agree = local.head_hash == server.head_hash
+    if ctx.json:
+        ctx.print(render.to_json(server))
+    else:
+        ctx.print(render.verify_text(server, local, signature, agree))
+    return 0 if server.intact and local.problem is None and agree else 1
+
+
+def replay(ctx: Context, workflow_id: str, last_sequence: int) -> list[pb.WorkflowEvent]:
+    """Every event of the workflow up to `last_sequence`, from its log (WatchStatus from 0)."""
+    events: list[pb.WorkflowEvent] = []
+    if last_sequence == 0:
+        return events
+    call = ctx.stub.WatchStatus(api.WatchStatusRequest(workflow_id=workflow_id), metadata=ctx.metadata)
+    try:
+        for message in call:
+            if message.HasField("event"):
+                events.append(message.event)
+                if message.event.sequence >= last_sequence:
+                    break
+    finally:
+        call.cancel()  # type: ignore[no-untyped-call]
+    return events

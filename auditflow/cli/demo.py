@@ -4,8 +4,10 @@ The servers run as subprocesses (`python -m processor`, `python -m gateway`) wit
 databases and log files under --data-dir, and with authentication on: the demo makes fresh
 credentials for every run in `<data-dir>/credentials/` (tokens files holding only hashes, and
 one token file per principal, mode 0600): a submitter, an approver, a viewer, and the
-gateway's service token for the processor. It prints how to use them with the CLI, grpcurl
-and curl, pointing at those files; no token is printed. The servers are always stopped with
+gateway's service token for the processor, and an Ed25519 key the processor signs the end of
+each run's trail with. It prints how to use them with the CLI, grpcurl and curl, pointing at
+those files; no token is printed. The approval carries the etag of the plan it was shown, and
+the demo ends by verifying the run's trail. The servers are always stopped with
 SIGTERM, also on Ctrl-C or failure (SIGKILL only if one does not stop within the grace period).
 """
 
@@ -27,8 +29,11 @@ from types import FrameType
 from typing import IO
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from auditflow import trail
 from auditflow.auth.tokens import append_entry
 from auditflow.cli import commands, render
 from auditflow.cli.client import CliError, format_rpc_error, open_channel, read_token, workflow_stub
@@ -178,6 +183,8 @@ class Credentials:
     processor_tokens: Path
     link_token: Path
     tokens: dict[str, Path]  # role in the demo ("submitter", "approver", "viewer") -> token file
+    trail_key: Path  # Ed25519 key the processor signs the end of each run's trail with
+    trail_public_key: Path  # its public half, which the gateway checks signatures with
 
 
 def make_credentials(directory: Path, submitter: str, approver: str) -> Credentials:
@@ -194,7 +201,12 @@ def make_credentials(directory: Path, submitter: str, approver: str) -> Credenti
         files[role] = _write_secret(directory / f"{role}.token", append_entry(gateway_tokens, name, name, roles))
     link = append_entry(processor_tokens, "gateway", "auditflow-gateway", ["gateway"])
     link_token = _write_secret(directory / "gateway-to-processor.token", link)
-    return Credentials(directory, gateway_tokens, processor_tokens, link_token, files)
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    trail_key = _write_secret(directory / "trail-signing.pem", pem.decode().strip())
+    public = directory / "trail-signing.pub"
+    public.write_bytes(trail.public_pem(key.public_key()))
+    return Credentials(directory, gateway_tokens, processor_tokens, link_token, files, trail_key, public)
 
 
 def _write_secret(path: Path, text: str) -> Path:
@@ -248,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
             f"sqlite:///{data_dir / 'processor.db'}",
             "--tokens-file",
             str(credentials.processor_tokens),
+            "--trail-signing-key",
+            str(credentials.trail_key),
         ],
         data_dir / "processor.log",
     )
@@ -266,6 +280,8 @@ def run(args: argparse.Namespace) -> int:
             str(credentials.gateway_tokens),
             "--processor-token-file",
             str(credentials.link_token),
+            "--trail-public-keys",
+            str(credentials.trail_public_key),
         ],
         data_dir / "gateway.log",
     )
@@ -314,9 +330,10 @@ def _scenario(gateway: Server, credentials: Credentials, args: argparse.Namespac
         workflow = stub.CreateWorkflow(request, metadata=submitter.metadata).workflow
         say(f"\n== submitted {workflow.workflow_id} as {args.submitter} ({render.status_name(workflow.status)})")
 
+        say(f"   {render.plan_line(workflow)}")
         started = time.perf_counter()
-        response = stub.Approve(
-            api.ApproveRequest(workflow_id=workflow.workflow_id, comment="approved by the demo"),
+        response = stub.Approve(  # bound to the plan the approver was shown (its etag)
+            api.ApproveRequest(workflow_id=workflow.workflow_id, comment="approved by the demo", etag=workflow.etag),
             metadata=approver.metadata,
         )
         latency_ms = (time.perf_counter() - started) * 1000
@@ -329,7 +346,11 @@ def _scenario(gateway: Server, credentials: Credentials, args: argparse.Namespac
         final = stub.GetWorkflow(get, metadata=approver.metadata)
         say(f"\n== {workflow.workflow_id} {render.status_name(snapshot.status)}")
         say(render.workflow_summary(final.workflow))
+        commands.first_findings(approver, workflow.workflow_id, 5)
         completed = snapshot.status == pb.WorkflowStatus.WORKFLOW_STATUS_COMPLETED
         if not completed:
             warn(f"demo: the run did not complete: {commands.end_detail(snapshot)}")
-        return 0 if completed else 1
+            return 1
+        say(f"\n== the trail of {workflow.workflow_id}, checked by the gateway and recomputed here")
+        check = argparse.Namespace(workflow_id=workflow.workflow_id, public_key=[str(credentials.trail_public_key)])
+        return commands.verify(approver, check)

@@ -171,9 +171,10 @@ def workflow_summary(workflow: pb.Workflow) -> str:
         f"created       by {workflow.created_by or '-'} at "
         f"{timestamp(workflow.created_at, present=workflow.HasField('created_at'))}",
     ]
-    if workflow.decided_by:
-        rejected = workflow.status == pb.WORKFLOW_STATUS_REJECTED
-        decided = f"{'rejected' if rejected else 'approved'} by {workflow.decided_by}"
+    lines.append(f"etag          {workflow.etag or '-'}")
+    lines += approval_lines(workflow)
+    if workflow.status == pb.WORKFLOW_STATUS_REJECTED and workflow.decided_by:
+        decided = f"rejected by {workflow.decided_by}"
         if workflow.decision_comment:
             decided += f": {workflow.decision_comment}"
         lines.append(f"decision      {decided}")
@@ -247,6 +248,56 @@ def findings_text(findings: Sequence[pb.Finding], width: int | None = None) -> s
         body = textwrap.wrap(" ".join(f.explanation.split()), columns - pad) or [""]
         blocks.append("\n".join([head, *(" " * pad + line for line in body)]))
     return "\n".join(blocks)
+
+
+def approval_lines(workflow: pb.Workflow) -> list[str]:
+    """Who approved, and how many more are needed while the plan awaits approval."""
+    required = max(workflow.required_approvals, 1)
+    given = list(workflow.approvals)
+    lines = []
+    if required > 1:
+        head = f"approvals     {len(given)} of {required}"
+        if workflow.status == pb.WORKFLOW_STATUS_AWAITING_APPROVAL and len(given) < required:
+            head += f" ({required - len(given)} more needed, none of them the creator)"
+        lines.append(head)
+        for approval in given:
+            when = timestamp(approval.time, present=approval.HasField("time"))
+            lines.append(
+                f"  approved by {approval.approver} at {when}" + (f": {approval.comment}" if approval.comment else "")
+            )
+    elif workflow.decided_by and workflow.status != pb.WORKFLOW_STATUS_REJECTED:
+        comment = f": {workflow.decision_comment}" if workflow.decision_comment else ""
+        lines.append(f"decision      approved by {workflow.decided_by}{comment}")
+    return lines
+
+
+def plan_line(workflow: pb.Workflow) -> str:
+    """What a decision is about, in one line (the CLI shows it before it sends the decision)."""
+    steps = ", ".join(step.procedure for step in workflow.plan)
+    what = f"{workflow.title!r}: {len(workflow.plan)} step(s) ({steps})"
+    return f"deciding on {workflow.workflow_id} {what}, etag {workflow.etag}"
+
+
+def verify_text(server: api.VerifyTrailResponse, local: Any, signature: str, agree: bool) -> str:
+    """The server's verification of a trail and this client's own, side by side."""
+    if server.intact:
+        lines = [
+            f"server: trail intact, {server.events_checked} events, head #{server.head_sequence} {server.head_hash}"
+        ]
+    else:
+        where = f" at event {server.first_bad_sequence}" if server.first_bad_sequence else ""
+        lines = [f"server: TRAIL BROKEN{where}: {server.problem}"]
+    if server.signed:
+        checked = "valid" if server.signature_checked and server.intact else "not checked (key unknown to the server)"
+        lines.append(f"server: end signed by key {server.signing_key_id}: {checked}")
+    if local.problem is None:
+        lines.append(f"here:   {local.events} events recomputed, head #{local.head_sequence} {local.head_hash}")
+    else:
+        lines.append(f"here:   TRAIL BROKEN at event {local.problem.sequence}: {local.problem.text}")
+    lines.append(f"here:   {signature}")
+    if not agree:
+        lines.append("the server's head and the one recomputed here differ")
+    return "\n".join(lines)
 
 
 def approve_summary(response: api.ApproveResponse, latency_ms: float | None = None) -> str:

@@ -230,6 +230,7 @@ class EnqueueRequest(_message.Message):
     MAX_CYCLES_FIELD_NUMBER: _builtins.int
     BASE_SEQUENCE_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
+    BASE_HASH_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     title: _builtins.str
     orchestrator: _builtins.str
@@ -238,6 +239,10 @@ class EnqueueRequest(_message.Message):
     """Sequence of the gateway's last event; the processor numbers its events on from here."""
     approved_by: _builtins.str
     """The approver (an authenticated principal of the gateway)."""
+    base_hash: _builtins.str
+    """The hash of the gateway's last event: the processor's first event links to it, so one
+    trail runs through both services' logs.
+    """
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.PlanStep]: ...
     def __init__(
@@ -250,10 +255,11 @@ class EnqueueRequest(_message.Message):
         max_cycles: _builtins.int = ...,
         base_sequence: _builtins.int = ...,
         approved_by: _builtins.str = ...,
+        base_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "base_sequence", b"base_sequence", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "title", b"title", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "base_hash", b"base_hash", "base_sequence", b"base_sequence", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "title", b"title", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

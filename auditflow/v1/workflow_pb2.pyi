@@ -87,6 +87,10 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """A cycle raised a non-critical error (a WARNING); the run goes on."""
     EVENT_TYPE_COMPLETED: _EventType.ValueType  # 10
     EVENT_TYPE_FAILED: _EventType.ValueType  # 11
+    EVENT_TYPE_APPROVAL_RECORDED: _EventType.ValueType  # 12
+    """One approver approved a plan that needs more approvers; it still awaits approval.
+    (EVENT_TYPE_APPROVED is the approval that completes the plan's required number.)
+    """
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What happened in one entry of a workflow's event log."""
@@ -105,6 +109,10 @@ EVENT_TYPE_CYCLE_FAILED: EventType.ValueType  # 9
 """A cycle raised a non-critical error (a WARNING); the run goes on."""
 EVENT_TYPE_COMPLETED: EventType.ValueType  # 10
 EVENT_TYPE_FAILED: EventType.ValueType  # 11
+EVENT_TYPE_APPROVAL_RECORDED: EventType.ValueType  # 12
+"""One approver approved a plan that needs more approvers; it still awaits approval.
+(EVENT_TYPE_APPROVED is the approval that completes the plan's required number.)
+"""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -278,6 +286,11 @@ class WorkflowEvent(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     ACTOR_AUTH_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    RESULT_DIGEST_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     sequence: _builtins.int
     type: Global___EventType.ValueType
@@ -290,6 +303,23 @@ class WorkflowEvent(_message.Message):
     """How the actor authenticated ("token:<id>", "jwt:<issuer>", "proxy:<address>"); empty
     for the services' own events.
     """
+    etag: _builtins.str
+    """The plan's etag, on CREATED and on every decision: exactly which plan was approved."""
+    hash: _builtins.str
+    """This event's link in the workflow's trail: SHA-256 (hex) over the previous event's hash
+    and this event's content (every field above, and `result_digest`). The first event links
+    to 64 zeros. One chain runs through the events of both services.
+    """
+    result_digest: _builtins.str
+    """On COMPLETED: SHA-256 (hex) of the run's result without its "trail" (canonical JSON of
+    the result as a protobuf Struct), so the trail binds the result too.
+    """
+    signature: _builtins.str
+    """On an event that ends the workflow, when the server signs its trail: an Ed25519
+    signature (base64) over "auditflow-trail-v1 <workflow_id> <sequence> <hash>".
+    """
+    signing_key_id: _builtins.str
+    """Which key signed it: the first 16 hex digits of SHA-256 over the raw public key."""
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -307,14 +337,52 @@ class WorkflowEvent(_message.Message):
         actor: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         actor_auth: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        hash: _builtins.str = ...,
+        result_digest: _builtins.str = ...,
+        signature: _builtins.str = ...,
+        signing_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_auth", b"actor_auth", "cycle", b"cycle", "message", b"message", "progress", b"progress", "sequence", b"sequence", "status", b"status", "time", b"time", "type", b"type", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_auth", b"actor_auth", "cycle", b"cycle", "etag", b"etag", "hash", b"hash", "message", b"message", "progress", b"progress", "result_digest", b"result_digest", "sequence", b"sequence", "signature", b"signature", "signing_key_id", b"signing_key_id", "status", b"status", "time", b"time", "type", b"type", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkflowEvent: _TypeAlias = WorkflowEvent  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    """One approver's approval of a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVER_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    approver: _builtins.str
+    """The approver, as authenticated."""
+    comment: _builtins.str
+    etag: _builtins.str
+    """The plan's etag the approver approved."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        approver: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        comment: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "comment", b"comment", "etag", b"etag", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
 
 @_typing.final
 class Workflow(_message.Message):
@@ -343,6 +411,9 @@ class Workflow(_message.Message):
     LAST_UPDATE_FIELD_NUMBER: _builtins.int
     ORCHESTRATOR_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Server-assigned id ("wf_" followed by 32 hex digits)."""
     title: _builtins.str
@@ -359,6 +430,13 @@ class Workflow(_message.Message):
     orchestrator: _builtins.str
     """Name of the orchestrator plugin that executes the plan ("plan" by default)."""
     last_sequence: _builtins.int
+    etag: _builtins.str
+    """A hash of what is approved: title, steps and their parameters, max_cycles and
+    orchestrator, in a canonical encoding. Send it with Approve or Reject to decide on
+    exactly this plan.
+    """
+    required_approvals: _builtins.int
+    """Distinct approvers the plan needs before it runs (none of them its creator)."""
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]:
         """Ordered steps of the plan."""
@@ -375,6 +453,10 @@ class Workflow(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_update(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]:
+        """The approvals given so far, oldest first."""
+
     def __init__(
         self,
         *,
@@ -399,10 +481,13 @@ class Workflow(_message.Message):
         last_update: _timestamp_pb2.Timestamp | None = ...,
         orchestrator: _builtins.str = ...,
         last_sequence: _builtins.int = ...,
+        etag: _builtins.str = ...,
+        required_approvals: _builtins.int = ...,
+        approvals: _abc.Iterable[Global___Approval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "last_update", b"last_update", "progress", b"progress", "result", b"result", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_processing", b"background_processing", "created_at", b"created_at", "created_by", b"created_by", "cycle", b"cycle", "decided_by", b"decided_by", "decision_comment", b"decision_comment", "error", b"error", "is_completed", b"is_completed", "is_processing", b"is_processing", "last_message", b"last_message", "last_sequence", b"last_sequence", "last_update", b"last_update", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "progress", b"progress", "result", b"result", "status", b"status", "title", b"title", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "background_processing", b"background_processing", "created_at", b"created_at", "created_by", b"created_by", "cycle", b"cycle", "decided_by", b"decided_by", "decision_comment", b"decision_comment", "error", b"error", "etag", b"etag", "is_completed", b"is_completed", "is_processing", b"is_processing", "last_message", b"last_message", "last_sequence", b"last_sequence", "last_update", b"last_update", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "progress", b"progress", "required_approvals", b"required_approvals", "result", b"result", "status", b"status", "title", b"title", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -29,6 +29,7 @@ class CreateWorkflowRequest(_message.Message):
     MAX_CYCLES_FIELD_NUMBER: _builtins.int
     ORCHESTRATOR_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     max_cycles: _builtins.int
     """Cycles the run may take; 0 means the server default (15)."""
@@ -36,6 +37,10 @@ class CreateWorkflowRequest(_message.Message):
     """Orchestrator plugin; empty means "plan"."""
     request_id: _builtins.str
     """Optional client-chosen id that makes a retried create return the same workflow."""
+    required_approvals: _builtins.int
+    """Distinct approvers the plan needs before it runs; 0 means the server default (1). At
+    most the server's maximum (5 unless configured).
+    """
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.PlanStep]: ...
     def __init__(
@@ -46,10 +51,11 @@ class CreateWorkflowRequest(_message.Message):
         max_cycles: _builtins.int = ...,
         orchestrator: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        required_approvals: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "request_id", b"request_id", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "request_id", b"request_id", "required_approvals", b"required_approvals", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,20 +220,26 @@ class ApproveRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     comment: _builtins.str
     request_id: _builtins.str
     """Optional idempotency key: the same key returns the same answer."""
+    etag: _builtins.str
+    """The etag of the plan the approver saw (Workflow.etag). If it is not the plan's, the call
+    fails with ABORTED and nothing is stored. Empty: approve the plan as it is stored.
+    """
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
         comment: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "request_id", b"request_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "etag", b"etag", "request_id", b"request_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -285,19 +297,23 @@ class RejectRequest(_message.Message):
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     comment: _builtins.str
     request_id: _builtins.str
+    etag: _builtins.str
+    """As ApproveRequest.etag."""
     def __init__(
         self,
         *,
         workflow_id: _builtins.str = ...,
         comment: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "request_id", b"request_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "etag", b"etag", "request_id", b"request_id", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -576,3 +592,76 @@ class ExportFindingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportFindingsResponse: _TypeAlias = ExportFindingsResponse  # noqa: Y015
+
+@_typing.final
+class VerifyTrailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyTrailRequest: _TypeAlias = VerifyTrailRequest  # noqa: Y015
+
+@_typing.final
+class VerifyTrailResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTACT_FIELD_NUMBER: _builtins.int
+    EVENTS_CHECKED_FIELD_NUMBER: _builtins.int
+    HEAD_SEQUENCE_FIELD_NUMBER: _builtins.int
+    HEAD_HASH_FIELD_NUMBER: _builtins.int
+    FIRST_BAD_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    SIGNED_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_CHECKED_FIELD_NUMBER: _builtins.int
+    intact: _builtins.bool
+    """True when every event is where its hash says, the plan matches its etag and a completed
+    run's result its digest (and a signature, if any, is valid for a known key).
+    """
+    events_checked: _builtins.int
+    """Events checked, from the first."""
+    head_sequence: _builtins.int
+    """The last event checked and its hash: pin them in a report."""
+    head_hash: _builtins.str
+    first_bad_sequence: _builtins.int
+    """The first event that does not match (0 when intact, or when the problem is not one
+    event's, e.g. the plan), and what is wrong, in words.
+    """
+    problem: _builtins.str
+    signed: _builtins.bool
+    """Whether the trail's end is signed, by which key, and whether the signature was checked
+    against a key this server knows and is valid.
+    """
+    signing_key_id: _builtins.str
+    signature_checked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        intact: _builtins.bool = ...,
+        events_checked: _builtins.int = ...,
+        head_sequence: _builtins.int = ...,
+        head_hash: _builtins.str = ...,
+        first_bad_sequence: _builtins.int = ...,
+        problem: _builtins.str = ...,
+        signed: _builtins.bool = ...,
+        signing_key_id: _builtins.str = ...,
+        signature_checked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_checked", b"events_checked", "first_bad_sequence", b"first_bad_sequence", "head_hash", b"head_hash", "head_sequence", b"head_sequence", "intact", b"intact", "problem", b"problem", "signature_checked", b"signature_checked", "signed", b"signed", "signing_key_id", b"signing_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyTrailResponse: _TypeAlias = VerifyTrailResponse  # noqa: Y015

@@ -85,6 +85,11 @@ class WorkflowServiceStub:
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsRequest.SerializeToString,
                 response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsResponse.FromString,
                 _registered_method=True)
+        self.VerifyTrail = channel.unary_unary(
+                '/auditflow.v1.WorkflowService/VerifyTrail',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/auditflow.v1.WorkflowService/WhoAmI',
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIRequest.SerializeToString,
@@ -169,6 +174,15 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyTrail(self, request, context):
+        """Recomputes the workflow's trail from the events of both services: every hash, the plan
+        against its etag, the result against its digest, and the signature of a signed end.
+        Names the first event that does not match.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """Who the server takes the caller to be: the authenticated principal and its roles.
         """
@@ -228,6 +242,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ExportFindings,
                     request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsRequest.FromString,
                     response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsResponse.SerializeToString,
+            ),
+            'VerifyTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyTrail,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -506,6 +525,33 @@ class WorkflowService:
             '/auditflow.v1.WorkflowService/ExportFindings',
             auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsRequest.SerializeToString,
             auditflow_dot_v1_dot_workflow__service__pb2.ExportFindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/VerifyTrail',
+            auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,11 @@ class WorkflowServiceStub:
     """
     ExportFindings: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.ExportFindingsRequest, _workflow_service_pb2.ExportFindingsResponse]
     """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks."""
+    VerifyTrail: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.VerifyTrailRequest, _workflow_service_pb2.VerifyTrailResponse]
+    """Recomputes the workflow's trail from the events of both services: every hash, the plan
+    against its etag, the result against its digest, and the signature of a signed end.
+    Names the first event that does not match.
+    """
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]
     """Who the server takes the caller to be: the authenticated principal and its roles."""
 
@@ -93,6 +98,11 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """
     ExportFindings: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.ExportFindingsRequest, _workflow_service_pb2.ExportFindingsResponse]  # type: ignore[assignment]
     """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks."""
+    VerifyTrail: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.VerifyTrailRequest, _workflow_service_pb2.VerifyTrailResponse]  # type: ignore[assignment]
+    """Recomputes the workflow's trail from the events of both services: every hash, the plan
+    against its etag, the result against its digest, and the signature of a signed end.
+    Names the first event that does not match.
+    """
     WhoAmI: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the server takes the caller to be: the authenticated principal and its roles."""
 
@@ -184,6 +194,17 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_workflow_service_pb2.ExportFindingsResponse], _abc.AsyncIterator[_workflow_service_pb2.ExportFindingsResponse]]:
         """Every finding matching the filter, as a file (CSV, JSON or Parquet), streamed in chunks."""
+
+    @_abc_1.abstractmethod
+    def VerifyTrail(
+        self,
+        request: _workflow_service_pb2.VerifyTrailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.VerifyTrailResponse, _abc.Awaitable[_workflow_service_pb2.VerifyTrailResponse]]:
+        """Recomputes the workflow's trail from the events of both services: every hash, the plan
+        against its etag, the result against its digest, and the signature of a signed end.
+        Names the first event that does not match.
+        """
 
     @_abc_1.abstractmethod
     def WhoAmI(

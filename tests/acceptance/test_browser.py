@@ -56,6 +56,12 @@ def wait_http(url: str, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
+def read_json(url: str, token: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
 def refusal_message(url: str, token: str) -> str:
     """What the gateway says to `token` (the page must show the same)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
@@ -214,6 +220,8 @@ def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: 
     expect(page.locator("#awaiting-view")).to_be_hidden()
     assert page.locator("#event-log li").count() == 0
     expect(page.locator("#detail-people")).to_have_text("Submitted by carol. Approved by alice.")
+    stored = read_json(f"{base}/workflows/{workflow_id}", alice)["workflow"]
+    assert [(a["approver"], a["etag"]) for a in stored["approvals"]] == [("alice", stored["etag"])]  # the one shown
     page.screenshot(path=str(tmp_path / "3-processing.png"), full_page=True)
     page.unroute(STREAM)  # the page reconnects by itself (after a few seconds at most)
 

@@ -29,6 +29,7 @@ def parse():
     p.add_argument("--host"); p.add_argument("--port", type=int); p.add_argument("--database-url")
     p.add_argument("--processor-target", default=""); p.add_argument("--rest-port", default="")
     p.add_argument("--tokens-file", required=True); p.add_argument("--processor-token-file", default="")
+    p.add_argument("--trail-signing-key", default=""); p.add_argument("--trail-public-keys", default="")
     return p.parse_args()
 
 def principal_of(context, tokens_file):
@@ -66,20 +67,38 @@ serve(lambda server: None, parse(), "processor")
 GATEWAY = """
 import time
 from _fake_common import parse, principal_of, serve
+from auditflow import trail
 from auditflow.v1 import workflow_pb2 as pb, workflow_service_pb2 as api, workflow_service_pb2_grpc as api_grpc
 
 S = pb.WorkflowStatus
 WF = "wf_" + "a" * 32
+ETAG = "e" * 64
 OUTCOME = S.Value("WORKFLOW_STATUS_" + "@OUTCOME@")
+STEPS = [(S.WORKFLOW_STATUS_RUNNING, 1), (S.WORKFLOW_STATUS_RUNNING, 2), (OUTCOME, 3)]
+
+def chain():
+    # The run's events with real hashes, linked as the servers link them: the demo's own
+    # check of the trail recomputes them.
+    events, previous = [], trail.GENESIS
+    for seq, (status, done) in enumerate(STEPS, start=1):
+        event = pb.WorkflowEvent(workflow_id=WF, sequence=seq, status=status, cycle=done,
+                                 progress=pb.Progress(done=done, total=3), message=f"step {done}")
+        event.time.FromSeconds(1_700_000_000 + seq)
+        event.hash = previous = trail.link(previous, trail.Content.of_message(event))
+        events.append(event)
+    return events
+
+EVENTS = chain()
 
 class Gateway(api_grpc.WorkflowServiceServicer):
     def CreateWorkflow(self, request, context):
         assert principal_of(context, ARGS.tokens_file) == "demo-submitter"
-        return api.CreateWorkflowResponse(workflow=pb.Workflow(workflow_id=WF, title=request.title,
+        return api.CreateWorkflowResponse(workflow=pb.Workflow(workflow_id=WF, title=request.title, etag=ETAG,
                                           status=S.WORKFLOW_STATUS_AWAITING_APPROVAL, plan=request.plan))
 
     def Approve(self, request, context):
         assert principal_of(context, ARGS.tokens_file) == "demo-approver"
+        assert request.etag == ETAG  # the approval is bound to the plan the demo showed
         return api.ApproveResponse(workflow_id=request.workflow_id, approved=True, immediate_response=True,
                                    background_processing_started=True, processing_message="started",
                                    workflow_status=S.WORKFLOW_STATUS_APPROVED)
@@ -93,17 +112,18 @@ class Gateway(api_grpc.WorkflowServiceServicer):
         return snap
 
     def WatchStatus(self, request, context):
-        steps = [(S.WORKFLOW_STATUS_RUNNING, 1), (S.WORKFLOW_STATUS_RUNNING, 2), (OUTCOME, 3)]
-        for seq, (status, done) in enumerate(steps, start=1):
+        for event, (status, done) in zip(EVENTS, STEPS):
             time.sleep(0.05)
-            snap = self._snap(status, done, seq)
+            snap = self._snap(status, done, event.sequence)
             yield api.WatchStatusResponse(heartbeat=pb.Heartbeat(), snapshot=snap)
-            yield api.WatchStatusResponse(event=pb.WorkflowEvent(workflow_id=WF, sequence=seq, status=status,
-                                          cycle=done, progress=snap.progress, message=f"step {done}"),
-                                          snapshot=snap)
+            yield api.WatchStatusResponse(event=event, snapshot=snap)
+
+    def VerifyTrail(self, request, context):
+        return api.VerifyTrailResponse(intact=True, events_checked=3, head_sequence=3, head_hash=EVENTS[-1].hash)
 
     def GetWorkflow(self, request, context):
-        workflow = pb.Workflow(workflow_id=WF, title="demo", status=OUTCOME, progress=pb.Progress(done=3, total=3))
+        workflow = pb.Workflow(workflow_id=WF, title="demo", status=OUTCOME, progress=pb.Progress(done=3, total=3),
+                               last_sequence=3, etag=ETAG)
         workflow.result.update({"rows": 12, "total_amount": "1234.56"})
         return api.GetWorkflowResponse(workflow=workflow)
 
@@ -146,6 +166,9 @@ def test_demo_runs_the_sample_and_stops_both_servers(tmp_path: Path, outcome: st
     if code:
         assert "CRITICAL_ERROR: ledger unreadable" in result.stderr
     assert "servers stopped" in result.stdout
+    if not code:  # the trail is checked by the gateway and recomputed by the demo itself
+        assert "server: trail intact, 3 events" in out and "here:   3 events recomputed, head #3 " in out
+        assert "differ" not in out  # the head recomputed here is the one the gateway said
     credentials = tmp_path / "data" / "credentials"
     assert f"--token-file {Path('data/credentials/approver.token')} whoami" in out  # how to use them
     for name in ("submitter", "approver", "viewer", "gateway-to-processor"):

@@ -560,6 +560,7 @@ def _write_half_done_run(db_path: Path, workflow_id: str, expires_in: float, own
             orchestrator="plan",
             max_cycles=5,
             base_sequence=0,
+            base_hash=None,
             queued_message="queued",
             now=now,
         )
@@ -584,7 +585,7 @@ def test_append_refuses_a_change_that_is_not_a_column(tmp_path: Path) -> None:
     with engine.begin() as conn:
         run, _, _ = store.insert_run(
             conn, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
-            orchestrator="plan", max_cycles=5, base_sequence=0, queued_message="queued", now=utcnow(),
+            orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued", now=utcnow(),
         )  # fmt: skip
     started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
     with pytest.raises(ValueError, match="leaseowner"), engine.begin() as conn:

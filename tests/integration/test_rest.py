@@ -114,6 +114,7 @@ def test_routes_come_from_the_http_annotations() -> None:
         ("GET", "/workflows/{workflow_id}/status/stream"): "WatchStatus",
         ("GET", "/workflows/{workflow_id}/findings"): "ListFindings",
         ("GET", "/workflows/{workflow_id}/findings/export"): "ExportFindings",
+        ("GET", "/workflows/{workflow_id}/trail"): "VerifyTrail",
         ("GET", "/whoami"): "WhoAmI",
     }
 
@@ -458,6 +459,7 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
         "/workflows/{workflow_id}/status/stream",
         "/workflows/{workflow_id}/findings",
         "/workflows/{workflow_id}/findings/export",
+        "/workflows/{workflow_id}/trail",
     }
     listed = document["paths"]["/workflows"]["get"]
     assert {p["name"] for p in listed["parameters"] if p["in"] == "query"} == {"page_size", "page_token", "statuses"}

@@ -311,7 +311,7 @@ def test_workflow_summary_shows_error_and_result() -> None:
     workflow.result.update({"rows": 3})
     text = render.workflow_summary(workflow)
     assert "error         MAX_CYCLES_EXCEEDED: too slow" in text
-    assert "decision      approved by bob: fine" in text
+    assert "decision      approved by bob: fine" in text and "etag          -" in text
     assert "1. ledger_summary {}" in text
     assert '    "rows": 3\n' in text
 
@@ -589,3 +589,21 @@ def test_findings_are_shown_whole_with_their_explanation_wrapped() -> None:
     assert lines[0].split() == ["f7", "high", "10.00", "step", "3", "dupes", "a,", "b,", "c,", "d,", "e", "+1195"]
     assert all(len(line) <= 60 for line in lines[1:]) and len(lines) > 3
     assert " ".join(" ".join(line.split()) for line in lines[1:]) == words + " then act"
+
+
+def test_get_shows_who_approved_and_how_many_more_are_needed() -> None:
+    needs_two = pb.Workflow(workflow_id="wf_1", status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL, required_approvals=2,
+                            approvals=[pb.Approval(approver="alice", comment="fine")], etag="e" * 64)  # fmt: skip
+    text = render.workflow_summary(needs_two)
+    assert "approvals     1 of 2 (1 more needed, none of them the creator)" in text
+    assert "  approved by alice at " in text and text.index("approved by alice") > text.index("1 of 2")
+    assert f"etag          {'e' * 64}" in text
+    needs_two.approvals.add(approver="bob")
+    needs_two.status = pb.WORKFLOW_STATUS_APPROVED
+    text = render.workflow_summary(needs_two)
+    assert "approvals     2 of 2\n" in text and "more needed" not in text and "approved by bob" in text
+    alone = pb.Workflow(workflow_id="wf_2", status=pb.WORKFLOW_STATUS_RUNNING, required_approvals=1,
+                        decided_by="alice", decision_comment="ok")  # fmt: skip
+    alone.approvals.add(approver="alice")
+    assert "decision      approved by alice: ok" in render.workflow_summary(alone)
+    assert "approvals" not in render.workflow_summary(alone)  # one approver: one line, as before

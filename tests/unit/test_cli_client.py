@@ -73,11 +73,16 @@ def event(sequence: int, status: int = S.WORKFLOW_STATUS_RUNNING) -> api.WatchSt
 
 def test_every_call_carries_the_token_and_nothing_prints_it(channel: grpc_testing.Channel) -> None:
     ctx, out, err = context(channel)
-    args = argparse.Namespace(workflow_id=WF, comment="ok", request_id="")
+    args = argparse.Namespace(workflow_id=WF, comment="ok", request_id="", etag="")
     thread, result = in_background(lambda: commands.approve(ctx, args))
+    # Without --etag, the plan is read first and its etag is what the approval is bound to.
+    metadata, request, rpc = channel.take_unary_unary(SERVICE.methods_by_name["GetWorkflow"])
+    assert bearer(metadata) == [f"Bearer {TOKEN}"] and request.workflow_id == WF
+    shown = pb.Workflow(workflow_id=WF, title="q3", etag="a" * 64, status=S.WORKFLOW_STATUS_AWAITING_APPROVAL)
+    rpc.terminate(api.GetWorkflowResponse(workflow=shown), (), grpc.StatusCode.OK, "")
     metadata, request, rpc = channel.take_unary_unary(SERVICE.methods_by_name["Approve"])
     assert bearer(metadata) == [f"Bearer {TOKEN}"]
-    assert request.workflow_id == WF and request.comment == "ok"
+    assert request.workflow_id == WF and request.comment == "ok" and request.etag == "a" * 64
     answer = api.ApproveResponse(workflow_id=WF, approved=True, workflow_status=S.WORKFLOW_STATUS_APPROVED)
     rpc.terminate(answer, (), grpc.StatusCode.OK, "")
     thread.join(10)
@@ -150,9 +155,10 @@ def test_a_watch_does_not_retry_a_refusal(channel: grpc_testing.Channel) -> None
 
 def test_errors_are_rendered_with_their_field_violations(channel: grpc_testing.Channel) -> None:
     ctx, _, _ = context(channel)
-    args = argparse.Namespace(workflow_id=WF, comment="", request_id="")
+    args = argparse.Namespace(workflow_id=WF, comment="", request_id="", etag="b" * 64)
     thread, result = in_background(lambda: commands.approve(ctx, args))
-    _, _, rpc = channel.take_unary_unary(SERVICE.methods_by_name["Approve"])
+    _, request, rpc = channel.take_unary_unary(SERVICE.methods_by_name["Approve"])  # --etag: no read first
+    assert request.etag == "b" * 64
     refusal = to_rich_status(InvalidArgument("bad", violations=[FieldViolation("comment", "contains NUL")]))
     rpc.terminate(None, refusal.trailing_metadata, refusal.code, refusal.details)
     thread.join(10)

@@ -417,9 +417,16 @@ function setProgress(progress) {
 // Who submitted the workflow and who decided on it, as the API records them.
 function setPeople(workflow) {
   let text = `Submitted by ${workflow.created_by || "(unknown)"}.`;
-  if (workflow.decided_by) {
-    const verb = shortStatus(workflow.status) === "REJECTED" ? "Rejected" : "Approved";
-    text += ` ${verb} by ${workflow.decided_by}.`;
+  const required = Math.max(Number(workflow.required_approvals || 1), 1);
+  const approvers = (workflow.approvals || []).map((a) => a.approver);
+  const rejected = shortStatus(workflow.status) === "REJECTED";
+  if (required > 1) {
+    text += ` Approved by ${approvers.length} of ${required}` + (approvers.length ? `: ${approvers.join(", ")}.` : ".");
+    const missing = required - approvers.length;
+    if (missing > 0 && shortStatus(workflow.status) === "AWAITING_APPROVAL") text += ` ${missing} more needed.`;
+    if (rejected && workflow.decided_by) text += ` Rejected by ${workflow.decided_by}.`;
+  } else if (workflow.decided_by) {
+    text += ` ${rejected ? "Rejected" : "Approved"} by ${workflow.decided_by}.`;
   }
   $("#detail-people").textContent = text;
 }
@@ -564,12 +571,21 @@ async function exportFindings(format) {
 
 // --- decisions ------------------------------------------------------------------------------
 
+// The etag of the plan this page shows: the decision is refused (409) if the plan is another.
+function shownEtag(workflowId) {
+  return state.workflow && state.workflow.workflow_id === workflowId ? state.workflow.etag || "" : "";
+}
+
 async function approveWorkflow(workflowId) {
   showError("#action-error", "");
   try {
     const answer = await api("POST", workflowPath(workflowId, "/approve"), {
-      body: { comment: $("#decision-comment").value },
+      body: { comment: $("#decision-comment").value, etag: shownEtag(workflowId) },
     });
+    if (shortStatus(answer.workflow_status) === "AWAITING_APPROVAL") {
+      render(answer.workflow);  // one of several approvers: the plan still waits for the others
+      return;
+    }
     // The Approve answer itself switches to the processing view: the work runs in the
     // background, and the user should not wait for the first stream event to see that.
     if (state.selected !== workflowId) render(answer.workflow);
@@ -593,7 +609,7 @@ async function rejectWorkflow(workflowId) {
   showError("#action-error", "");
   try {
     const answer = await api("POST", workflowPath(workflowId, "/reject"), {
-      body: { comment: $("#decision-comment").value },
+      body: { comment: $("#decision-comment").value, etag: shownEtag(workflowId) },
     });
     render(answer.workflow);
     markListRow(workflowId, answer.workflow.status, answer.workflow.progress);

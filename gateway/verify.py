@@ -1,0 +1,118 @@
+"""VerifyTrail: a workflow's trail recomputed from both services' logs.
+
+The gateway's events come from its database; once the run was dispatched, the processor's
+come from the processor (ReadEvents, page by page, as stored there). `auditflow.trail.check`
+recomputes the chain over all of them, from the first event, and the checks around it say
+what the chain alone cannot: that the stored plan still has the etag the CREATED event
+recorded, that a completed run's result (the processor's, and the copy the gateway shows)
+matches the digest its COMPLETED event recorded, and that a signed end is signed by a key
+this gateway knows. The first problem found is the answer, named by its event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import Connection
+
+from auditflow import convert, statuses, trail
+from auditflow.db import Database
+from auditflow.errors import NotFound
+from auditflow.v1 import processor_service_pb2 as ppb
+from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
+from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway import messages, store
+from gateway.store import EventRecord, WorkflowRecord
+from gateway.upstream import processor_call
+
+PAGE = 1000
+
+
+class TrailVerifier:
+    """Checks trails against the keys whose signatures it accepts (by key id)."""
+
+    def __init__(
+        self, db: Database, stub: ppb_grpc.ProcessorServiceAsyncStub, keys: Mapping[str, Ed25519PublicKey]
+    ) -> None:
+        self._db = db
+        self._stub = stub
+        self._keys = dict(keys)
+
+    async def verify(self, workflow_id: str) -> wpb.VerifyTrailResponse:
+        record, own = await self._db.read(lambda conn: _record_and_events(conn, workflow_id))
+        events = [messages.event(e) for e in own]
+        result: pb.StatusSnapshot | None = None
+        if record.dispatched and own:
+            theirs = await self._processor_events(workflow_id, own[-1].sequence)
+            events += [f.event for f in theirs]
+            if theirs and theirs[-1].event.type == pb.EVENT_TYPE_COMPLETED:
+                result = theirs[-1].snapshot
+        checked = trail.check(events)
+        response = wpb.VerifyTrailResponse(
+            events_checked=checked.events, head_sequence=checked.head_sequence, head_hash=checked.head_hash
+        )
+        problem = checked.problem or _plan_problem(record, events) or _result_problem(record, events, result)
+        last = events[-1] if events else None
+        if problem is None and last is not None and last.signature:
+            response.signed, response.signing_key_id = True, last.signing_key_id
+            key = self._keys.get(last.signing_key_id)
+            if key is not None:
+                response.signature_checked = True
+                if not trail.signature_valid(key, last):
+                    problem = trail.Problem(last.sequence, f"the signature of event {last.sequence} is not valid: "
+                                            "the trail was rewritten after it was signed")  # fmt: skip
+        if problem is None and len(events) < record.last_sequence:
+            problem = trail.Problem(len(events) + 1, f"event {len(events) + 1} is missing (the workflow is at "
+                                    f"event {record.last_sequence})")  # fmt: skip
+        if problem is not None:
+            response.first_bad_sequence, response.problem = problem.sequence, problem.text
+        response.intact = problem is None
+        return response
+
+    async def _processor_events(self, workflow_id: str, after: int) -> list[ppb.FeedEvent]:
+        found: list[ppb.FeedEvent] = []
+        while True:
+            cursor = ppb.FeedCursor(workflow_id=workflow_id, after_sequence=after)
+            with processor_call(f"trail of {workflow_id}"):
+                page = await self._stub.ReadEvents(ppb.ReadEventsRequest(cursors=[cursor], page_size=PAGE), timeout=30)
+            found += page.events
+            if not page.truncated or not page.events:
+                return found
+            after = page.events[-1].event.sequence
+
+
+def _record_and_events(conn: Connection, workflow_id: str) -> tuple[WorkflowRecord, list[EventRecord]]:
+    record = store.get(conn, workflow_id)
+    if record is None:
+        raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
+    return record, store.events_after(conn, workflow_id, 0)
+
+
+def _plan_problem(record: WorkflowRecord, events: list[pb.WorkflowEvent]) -> trail.Problem | None:
+    """The stored plan must still be the one whose etag the CREATED event recorded."""
+    now = trail.etag(record.title, record.plan_json, record.max_cycles, record.orchestrator)
+    recorded = events[0].etag if events else ""
+    if now != recorded or record.etag != recorded:
+        return trail.Problem(0, "the stored plan does not match the etag recorded when it was created: "
+                             "the plan (title, steps, parameters, max_cycles or orchestrator) was changed")  # fmt: skip
+    return None
+
+
+def _result_problem(
+    record: WorkflowRecord, events: list[pb.WorkflowEvent], snapshot: pb.StatusSnapshot | None
+) -> trail.Problem | None:
+    """A completed run's result, as the processor holds it and as the gateway shows it, must
+    match the digest its COMPLETED event recorded."""
+    if snapshot is None or not events:
+        return None
+    completed = events[-1]
+    if trail.result_digest(snapshot.result) != completed.result_digest:
+        return trail.Problem(completed.sequence, f"the processor's result does not match the digest of event "
+                             f"{completed.sequence}: the result was changed")  # fmt: skip
+    if statuses.is_terminal(record.status) and record.result_json is not None:
+        shown = trail.result_digest(convert.struct(record.result or {}))
+        if shown != completed.result_digest:
+            return trail.Problem(0, "the result the gateway shows is not the run's: its copy was changed")
+    return None
