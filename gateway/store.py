@@ -35,6 +35,7 @@ from sqlalchemy import (
     bindparam,
     delete,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -344,9 +345,12 @@ def event_hash(conn: Connection, workflow_id: str, sequence: int) -> str:
 def previous_hash_column() -> Any:
     """For the RETURNING of an UPDATE that appends an event: the hash of the event before the
     new last_sequence (so the decision needs no read of its own)."""
-    previous = select(workflow_events.c.hash).where(
-        workflow_events.c.workflow_id == workflows.c.workflow_id,
-        workflow_events.c.sequence == workflows.c.last_sequence - 1,
+    # Qualified by hand: SQLAlchemy renders RETURNING's columns unqualified, which inside the
+    # subquery would name the event's own columns (and match any workflow's first event).
+    before = workflow_events.alias("before")
+    previous = select(before.c.hash).where(
+        before.c.workflow_id == literal_column("workflows.workflow_id"),
+        before.c.sequence == literal_column("workflows.last_sequence") - 1,
     )
     return previous.scalar_subquery().label("previous_hash")
 

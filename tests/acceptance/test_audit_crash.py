@@ -18,7 +18,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from tests.support.cluster import Pair
-from tests.support.grpc_helpers import as_user, step
+from tests.support.grpc_helpers import as_user, assert_trail_intact, step
 
 S = pb.WorkflowStatus
 ROWS = 12_000
@@ -80,6 +80,7 @@ def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path,
             if m.HasField("event")
         ]
 
+        assert_trail_intact(stub, workflow_id, events)
     assert any(e.type == pb.EVENT_TYPE_STARTED and "resumed" in e.message for e in events)
     chunked = [e.message for e in events if e.type == pb.EVENT_TYPE_CYCLE_COMPLETED and ": chunk " in e.message]
     assert len(chunked) > 2 * len(steps), chunked  # the steps really ran chunk by chunk

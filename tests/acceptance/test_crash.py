@@ -12,7 +12,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from tests.support.cluster import Pair
-from tests.support.grpc_helpers import as_user, dump_sqlite, step
+from tests.support.grpc_helpers import as_user, assert_trail_intact, dump_sqlite, step
 
 S = pb.WorkflowStatus
 
@@ -72,6 +72,7 @@ def test_a_processor_killed_mid_run_resumes_every_run_from_its_checkpoint(
         cycles = [e.cycle for e in events if e.type == pb.EVENT_TYPE_CYCLE_COMPLETED]
         assert cycles == list(range(1, 9)), cycles  # no cycle skipped, none counted twice
         resumed += sum(1 for e in events if e.type == pb.EVENT_TYPE_STARTED and "resumed" in e.message)
+        assert_trail_intact(stub, workflow_id, events)
     assert resumed >= 1  # at least one run was really interrupted and resumed
 
 
@@ -91,6 +92,7 @@ def test_an_approval_answered_before_the_gateway_is_killed_is_delivered(
     wait_until(lambda: status(stub, workflow_id).is_completed, what="the run to end")
     assert status(stub, workflow_id).status == S.WORKFLOW_STATUS_COMPLETED
     assert dump_sqlite(pair.gateway.database)["outbox"] == []
+    assert_trail_intact(stub, workflow_id, all_events(stub, workflow_id))  # one chain across the kill
 
 
 def test_approve_with_the_processor_down_answers_and_runs_once_it_is_up(
@@ -108,3 +110,4 @@ def test_approve_with_the_processor_down_answers_and_runs_once_it_is_up(
     events = all_events(stub, workflow_id)
     assert [e.type for e in events][:3] == [pb.EVENT_TYPE_CREATED, pb.EVENT_TYPE_APPROVED, pb.EVENT_TYPE_QUEUED]
     assert events[-1].type == pb.EVENT_TYPE_COMPLETED
+    assert_trail_intact(stub, workflow_id, events)

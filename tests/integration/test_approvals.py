@@ -321,6 +321,18 @@ async def test_a_consistent_rewrite_of_the_processor_log_is_caught_by_the_signat
     assert "signature" in checked.problem and "rewritten" in checked.problem
 
 
+async def test_lone_approvals_of_many_workflows_each_link_to_their_own_trail(pair: Pair) -> None:
+    # The one-statement approval finds the event before it in the same UPDATE: with several
+    # workflows in the database, each approval must link to its own workflow's event.
+    created = [await create(pair) for _ in range(4)]
+    await asyncio.gather(*(approve(pair, w.workflow_id, "alice", w.etag) for w in reversed(created)))
+    for workflow in created:
+        events = await finished(pair, workflow.workflow_id)
+        checked = await verify(pair, workflow.workflow_id)
+        assert checked.intact, checked
+        assert trail.check(events).problem is None and checked.head_hash == events[-1].hash
+
+
 async def test_the_cli_verifies_on_the_server_and_by_itself(pair: Pair, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     wid, events = await completed(pair)

@@ -10,7 +10,9 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from auditflow import trail
 from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
 from tests.support import auth
 
 
@@ -65,3 +67,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def assert_trail_intact(stub: Any, workflow_id: str, events: list[pb.WorkflowEvent]) -> None:
+    """VerifyTrail finds the workflow's trail intact, and the events a watcher received
+    recompute to the same head (a run interrupted and resumed links on as if it was not)."""
+    verified = stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=workflow_id), metadata=as_user("observer"))
+    assert verified.intact, verified
+    assert verified.events_checked == len(events) and verified.head_sequence == events[-1].sequence, verified
+    local = trail.check(events)
+    assert local.problem is None and local.head_hash == verified.head_hash == events[-1].hash, local
+    if events[-1].type == pb.EVENT_TYPE_COMPLETED:
+        assert events[-1].result_digest and verified.head_hash, events[-1]
