@@ -114,14 +114,14 @@ async def _load(
 
         async def caller() -> None:
             while queue:
-                item = queue.pop()
+                workflow_id, _, etag = queue.pop().partition("@")
                 started = time.perf_counter()
                 if kind == "noop":
                     await health.Check(health_pb2.HealthCheckRequest())
                 elif kind == "status":
-                    await workflows.GetStatus(wpb.GetStatusRequest(workflow_id=item), metadata=metadata)
-                else:
-                    await workflows.Approve(wpb.ApproveRequest(workflow_id=item), metadata=metadata)
+                    await workflows.GetStatus(wpb.GetStatusRequest(workflow_id=workflow_id), metadata=metadata)
+                else:  # bound to the plan's etag, as the CLI and the page send it
+                    await workflows.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag), metadata=metadata)
                 latencies.append(time.perf_counter() - started)
 
         first = time.time()
@@ -135,6 +135,7 @@ def _client(args: tuple[str, str, Metadata, list[str], int]) -> tuple[list[float
 
 
 async def create_many(target: str, count: int, creator: Metadata | None = None) -> list[str]:
+    """`count` new workflows, each as "workflow_id@etag" (the load's items)."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         step = pb.PlanStep(procedure="ledger_summary")
@@ -145,7 +146,7 @@ async def create_many(target: str, count: int, creator: Metadata | None = None) 
         async def one() -> str:
             async with sem:
                 answer = await stub.CreateWorkflow(request, metadata=creator or CALLERS.creator)
-                return answer.workflow.workflow_id
+                return f"{answer.workflow.workflow_id}@{answer.workflow.etag}"
 
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
@@ -156,11 +157,12 @@ async def first_cycle(target: str, samples: int) -> dict[str, float]:
     cycle_ms: list[float] = []
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
-        for workflow_id in await create_many(target, samples):
+        for item in await create_many(target, samples):
+            workflow_id, _, etag = item.partition("@")
             stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=CALLERS.approver)
             await stream.read()  # CREATED: the stream is open
             sent = time.perf_counter()
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=CALLERS.approver)
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag), metadata=CALLERS.approver)
             while (message := await stream.read()) != grpc.aio.EOF:
                 if message.event.type == pb.EVENT_TYPE_STARTED:
                     started_ms.append((time.perf_counter() - sent) * 1000)
@@ -190,8 +192,9 @@ async def cost_per_run(pair: Pair, runs: int, spacing: float) -> dict[str, float
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         before = _cpu_seconds(pair.gateway.pid), _cpu_seconds(pair.processor.pid)
-        for workflow_id in ids:
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=CALLERS.approver)
+        for item in ids:
+            workflow_id, _, etag = item.partition("@")
+            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag), metadata=CALLERS.approver)
             await asyncio.sleep(spacing)
         unfinished = wpb.ListWorkflowsRequest(page_size=1, statuses=UNFINISHED)
         # Polling another process over its API: there is no local event to wait on.

@@ -210,10 +210,10 @@ async def _load(
 
         async def caller() -> None:
             while queue:
-                workflow_id = queue.pop()
+                workflow_id, _, etag = queue.pop().partition("@")  # (the etag where the item has one)
                 started = time.perf_counter()
                 if kind == "approve":
-                    request = http.post(f"/workflows/{workflow_id}/approve", json={})
+                    request = http.post(f"/workflows/{workflow_id}/approve", json={"etag": etag} if etag else {})
                 else:
                     request = http.get(f"/workflows/{workflow_id}/status/live")
                 async with request as response:

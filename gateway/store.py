@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -241,6 +241,9 @@ class EventRecord:
                              self.actor, self.actor_auth or "", self.time, self.etag or "")  # fmt: skip
 
 
+_EVENT_FIELDS = tuple(f.name for f in fields(EventRecord))
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     """A message for the processor, committed with the decision that caused it; only the
@@ -323,14 +326,15 @@ class NewEvent:
 def append_event(conn: Connection, new: NewEvent, signer: trail.Signer | None = None) -> EventRecord:
     """Insert an event, its hash linked to the one before; an event that ends the workflow is
     signed when the gateway has a trail key."""
-    record = EventRecord(new.workflow_id, new.sequence, new.type, new.status, new.message, new.actor, new.time,
-                         new.actor_auth, new.etag)  # fmt: skip
-    digest = trail.link(new.previous, record.content())
+    content = trail.Content(new.workflow_id, new.sequence, new.type, new.status, 0, 0, 0, new.message, new.actor,
+                            new.actor_auth or "", new.time, new.etag or "")  # fmt: skip
+    digest = trail.link(new.previous, content)
     signature = key_id = None
     if signer is not None and statuses.is_terminal(new.status):
         signature, key_id = signer.sign(new.workflow_id, new.sequence, digest), signer.key_id
-    record = replace(record, hash=digest, signature=signature, signing_key_id=key_id)
-    _INSERT_EVENT.run(conn, {f.name: getattr(record, f.name) for f in fields(EventRecord)})
+    record = EventRecord(new.workflow_id, new.sequence, new.type, new.status, new.message, new.actor, new.time,
+                         new.actor_auth, new.etag, digest, signature, key_id)  # fmt: skip
+    _INSERT_EVENT.run(conn, {name: getattr(record, name) for name in _EVENT_FIELDS})
     return record
 
 
