@@ -17,6 +17,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -220,9 +221,12 @@ def approve_response(record: WorkflowRecord, unavailable_since: datetime | None)
     )
 
 
+_ETAG = re.compile(r"[0-9a-f]{64}")
+
+
 def check_etag(text: str) -> str:
     """An etag as Workflow.etag gives it (64 hex digits), or empty."""
-    if text and (len(text) != 64 or any(c not in "0123456789abcdef" for c in text)):
+    if text and _ETAG.fullmatch(text) is None:
         raise invalid("etag", "the etag of the plan as GetWorkflow returns it (64 hex digits), or empty")
     return text
 

@@ -3,6 +3,7 @@ are converted; the snapshot itself is built by `auditflow.convert.snapshot`)."""
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from auditflow import convert
@@ -20,6 +21,7 @@ def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) 
     return snap
 
 
+@functools.lru_cache(maxsize=8)  # (one `since` per outage: every waiting answer shares its text)
 def waiting_message(since: datetime) -> str:
     return f"approved; waiting for the processor, unavailable since {since:%Y-%m-%d %H:%M:%S} UTC"
 
