@@ -10,7 +10,8 @@
 Every task first makes sure `.venv` exists and holds the project (`pip install -e '.[dev]'`,
 repeated only when pyproject.toml changed). `lint` and `test` also install the pinned buf
 with `npm ci` when node_modules/.bin/buf is missing, and `test` installs Debian's chromium
-package (for the browser test) when /usr/bin/chromium is missing. The exit code is the task's.
+(for the browser test) and docker-compose (to validate docker-compose.yml) packages when they
+are missing. The exit code is the task's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ STAMP = VENV / ".auditflow-installed"
 PYPROJECT = ROOT / "pyproject.toml"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 CHROMIUM = Path("/usr/bin/chromium")
+DOCKER_COMPOSE = Path("/usr/bin/docker-compose")
 REQUIRED_PYTHON = (3, 11)
 PYTEST_NO_TESTS = 5
 
@@ -145,24 +147,31 @@ def ensure_buf() -> int:
     return 0
 
 
-def ensure_chromium() -> int:
-    """The browser test drives Debian's Chromium (never a downloaded browser): install the
-    `chromium` package with apt when it is missing and we may."""
-    if CHROMIUM.exists():
+def ensure_debian_package(program: Path, package: str, why: str) -> int:
+    """Install a Debian package with apt when `program` is missing and we may (root)."""
+    if program.exists():
         return 0
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        return fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)", 2)
-    say("installing Chromium for the browser test (Debian package chromium)")
+        return fail(f"{program} is missing: install Debian's {package} package (apt-get install {package})", 2)
+    say(f"installing {package} {why} (Debian package {package})")
     env = {**tool_env(), "DEBIAN_FRONTEND": "noninteractive"}
-    code = run([apt, "update", "-qq"], env=env) or run([apt, "install", "-y", "-qq", "chromium"], env=env)
-    if code or not CHROMIUM.exists():
-        return fail("apt-get did not install /usr/bin/chromium", code or 1)
+    code = run([apt, "update", "-qq"], env=env) or run([apt, "install", "-y", "-qq", package], env=env)
+    if code or not program.exists():
+        return fail(f"apt-get did not install {program}", code or 1)
     return 0
 
 
+def ensure_test_tools() -> int:
+    """The browser test drives Debian's Chromium (never a downloaded browser); the compose
+    test validates docker-compose.yml with Debian's docker-compose (no Docker engine needed)."""
+    return ensure_debian_package(CHROMIUM, "chromium", "for the browser test") or ensure_debian_package(
+        DOCKER_COMPOSE, "docker-compose", "to validate docker-compose.yml"
+    )
+
+
 def set_up(*, buf: bool = False, browser: bool = False) -> int:
-    return ensure_venv() or (ensure_buf() if buf else 0) or (ensure_chromium() if browser else 0)
+    return ensure_venv() or (ensure_buf() if buf else 0) or (ensure_test_tools() if browser else 0)
 
 
 # --- tasks -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from auditflow import __version__
-from auditflow.cli import commands, demo, tokens
+from auditflow.cli import commands, demo, secrets, tokens
 from auditflow.cli.client import (
     CliError,
     Connection,
@@ -240,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     tokens.add_parser(sub)
+    secrets.add_parser(sub)
 
     p = command("demo", "start a processor and a gateway, run the sample plan end to end, stop them", None)
     p.add_argument("--data-dir", default="./var/demo", help="databases and server logs (default: %(default)s)")
@@ -270,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args)
         if args.command == "token":
             return tokens.run(args)
+        if args.command == "secrets":
+            return secrets.run(args)
         token = find_token(args.token, args.token_file)
         connection = Connection(args.target, tls=args.tls, tls_ca=args.tls_ca, plaintext=args.plaintext)
         with open_channel(connection, token) as channel:

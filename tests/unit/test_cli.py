@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import json_format
 
 from auditflow import cli
-from auditflow.cli import client, commands, demo, render
+from auditflow.cli import client, commands, demo, render, secrets
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound
 from auditflow.interceptor import to_rich_status
 from auditflow.v1 import workflow_pb2 as pb
@@ -607,3 +607,20 @@ def test_get_shows_who_approved_and_how_many_more_are_needed() -> None:
     alone.approvals.add(approver="alice")
     assert "decision      approved by alice: ok" in render.workflow_summary(alone)
     assert "approvals" not in render.workflow_summary(alone)  # one approver: one line, as before
+
+
+def test_secrets_are_written_once_private_and_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "secrets"
+    assert cli.main(["secrets", str(target)]) == 0
+    for name in secrets.FILES:
+        assert (target / name).stat().st_mode & 0o777 == 0o600, name
+    password = (target / "postgres-password").read_text().strip()
+    assert (target / "pgpass").read_text().strip() == f"*:*:*:auditflow:{password}" and len(password) >= 32
+    token = (target / "operator.token").read_text().strip()
+    assert token not in capsys.readouterr().out and token not in (target / "gateway-tokens.toml").read_text()
+    before = {name: (target / name).read_bytes() for name in secrets.FILES}
+    assert cli.main(["secrets", str(target)]) == 2
+    assert "already holds" in capsys.readouterr().err
+    assert {name: (target / name).read_bytes() for name in secrets.FILES} == before
