@@ -191,9 +191,11 @@ class WorkflowApi:
     def _published(self, outcome: workflows.Outcome) -> None:
         """After the commit: the event to the watchers, the outbox row to the relay."""
         record = outcome.record
-        if outcome.event is not None:
-            snapshot = messages.event_snapshot(record, outcome.event)
-            self._hub.publish(Item.event(messages.event(outcome.event), snapshot))
+        event = outcome.event
+        if event is not None:
+            terminal = statuses.is_terminal(event.status)
+            self._hub.publish(Item.later(record.workflow_id, event.sequence, terminal,
+                                         lambda: messages.event_message(record, event)))  # fmt: skip
         if outcome.outbox is not None:
             self._relay.submit(outcome.outbox, record)
 

@@ -211,7 +211,7 @@ class Feed:
             failed = await self._db.write(fail)
             if failed is not None:
                 record, event = failed
-                self._hub.publish(Item.event(messages.event(event), messages.event_snapshot(record, event)))
+                self._hub.publish(Item(messages.event_message(record, event)))
             return
 
         def forget(conn: Connection) -> None:  # a later CancelWorkflow may try again

@@ -41,12 +41,15 @@ def _json(message: wpb.WatchStatusResponse) -> str:
 
 
 class Item:
-    """One message for the watchers of a workflow, encoded at most once per encoding."""
+    """One message for the watchers of a workflow, built (`later`) and encoded at most once
+    per encoding."""
 
-    __slots__ = ("_ndjson", "_sse", "_wire", "message", "sequence", "terminal")
+    __slots__ = ("_build", "_message", "_ndjson", "_sse", "_wire", "sequence", "terminal", "workflow_id")
 
     def __init__(self, message: wpb.WatchStatusResponse) -> None:
-        self.message = message
+        self._message: wpb.WatchStatusResponse | None = message
+        self._build: Callable[[], wpb.WatchStatusResponse] | None = None
+        self.workflow_id = message.event.workflow_id or message.snapshot.workflow_id
         self.sequence = message.event.sequence if message.HasField("event") else 0
         self.terminal = message.HasField("event") and message.snapshot.is_completed
         self._wire: bytes | None = None
@@ -58,8 +61,26 @@ class Item:
         return cls(wpb.WatchStatusResponse(event=event, snapshot=snapshot))
 
     @classmethod
+    def later(cls, workflow_id: str, sequence: int, terminal: bool,
+              build: Callable[[], wpb.WatchStatusResponse]) -> Item:  # fmt: skip
+        """An event whose message is built only if someone reads it: an Approve nobody
+        watches pays for no snapshot."""
+        item = cls.__new__(cls)
+        item._message, item._build = None, build
+        item.workflow_id, item.sequence, item.terminal = workflow_id, sequence, terminal
+        item._wire = item._sse = item._ndjson = None
+        return item
+
+    @classmethod
     def heartbeat(cls, snapshot: pb.StatusSnapshot, now: pb.Heartbeat) -> Item:
         return cls(wpb.WatchStatusResponse(heartbeat=now, snapshot=snapshot))
+
+    @property
+    def message(self) -> wpb.WatchStatusResponse:
+        if self._message is None:
+            assert self._build is not None
+            self._message, self._build = self._build(), None
+        return self._message
 
     @property
     def wire(self) -> bytes:
@@ -88,7 +109,7 @@ class Item:
 class _Log:
     items: deque[Item] = field(default_factory=lambda: deque(maxlen=KEPT))
     last: int = 0  # the newest sequence published (the feed's position)
-    snapshot: pb.StatusSnapshot | None = None  # as of the newest event
+    newest: Item | None = None  # the newest event (its snapshot is the latest status)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: int = 0
     ended_at: float | None = None
@@ -106,7 +127,7 @@ class WorkflowHub:
         """An event is committed (here, or at the processor and mirrored here): keep it and
         wake the watchers. A sequence published before is ignored; one past a gap restarts
         the log there (a watcher needing the gap has it filled)."""
-        workflow_id = item.message.event.workflow_id
+        workflow_id = item.workflow_id
         log = self._logs.get(workflow_id)
         if log is None:
             log = self._logs[workflow_id] = _Log()
@@ -116,7 +137,7 @@ class WorkflowHub:
             log.items.clear()
         log.items.append(item)
         log.last = item.sequence
-        log.snapshot = item.message.snapshot
+        log.newest = item
         if item.terminal:
             log.ended_at = time.monotonic()
         self._wake(log)
@@ -145,7 +166,7 @@ class WorkflowHub:
 
     def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:
         log = self._logs.get(workflow_id)
-        return None if log is None else log.snapshot
+        return None if log is None or log.newest is None else log.newest.message.snapshot
 
     async def fill(self, workflow_id: str, read: Callable[[], Awaitable[list[Item]]]) -> None:
         """Fill the log from the sources (`read`: the whole log, oldest first), once for all
@@ -162,7 +183,7 @@ class WorkflowHub:
             log.items = deque(merged, maxlen=log.items.maxlen)
             if merged:
                 log.last = max(log.last, merged[-1].sequence)
-                log.snapshot = merged[-1].message.snapshot
+                log.newest = merged[-1]
                 if merged[-1].terminal and log.ended_at is None:
                     log.ended_at = time.monotonic()
             log.filling.set_result(None)

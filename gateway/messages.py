@@ -8,6 +8,7 @@ from datetime import datetime
 
 from auditflow import convert
 from auditflow.v1 import workflow_pb2 as pb
+from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.store import EventRecord, WorkflowRecord
 
 
@@ -74,6 +75,11 @@ def event(record: EventRecord) -> pb.WorkflowEvent:
         signature=record.signature or "",
         signing_key_id=record.signing_key_id or "",
     )
+
+
+def event_message(record: WorkflowRecord, own: EventRecord) -> wpb.WatchStatusResponse:
+    """What a watcher gets for one of the gateway's own events."""
+    return wpb.WatchStatusResponse(event=event(own), snapshot=event_snapshot(record, own))
 
 
 def event_snapshot(record: WorkflowRecord, event: EventRecord) -> pb.StatusSnapshot:

@@ -120,7 +120,7 @@ class Watcher:
         """The workflow's log after `after` from the sources: the gateway's events from its
         database, then the processor's (if it was dispatched), oldest first."""
         record, own = await self._db.read(lambda conn: _record_and_events(conn, workflow_id, after))
-        items = [Item.event(messages.event(e), messages.event_snapshot(record, e)) for e in own]
+        items = [Item(messages.event_message(record, e)) for e in own]
         if not record.dispatched:
             return items
         base = own[-1].sequence if own else after  # the processor numbers on from the gateway's last
