@@ -1,4 +1,4 @@
-"""Life-cycle facts (DESIGN.md section 2) both services agree on."""
+"""Life-cycle facts both services agree on (the statuses and which of them end a workflow)."""
 
 from __future__ import annotations
 

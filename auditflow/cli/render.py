@@ -301,7 +301,7 @@ def verify_text(server: api.VerifyTrailResponse, local: Any, signature: str, agr
 
 
 def approve_summary(response: api.ApproveResponse, latency_ms: float | None = None) -> str:
-    """The seed UI's approve answer, one field a line."""
+    """The approve answer as the web UI shows it, one field a line."""
     lines = [
         f"workflow_id                    {response.workflow_id}",
         f"approved                       {str(response.approved).lower()}",

@@ -1,7 +1,7 @@
-"""Per-route adjustments for the seed UI's contract, keyed by RPC name.
+"""Per-route adjustments for the web UI's contract, keyed by RPC name.
 
 Routing and request mapping stay descriptor-driven; these only reshape a few answers:
-- Approve: the seed's `status: "success"` beside the ApproveResponse fields.
+- Approve: the web UI's `status: "success"` beside the ApproveResponse fields.
 - GetStatus (`/status/live`): the snapshot's fields at the top level, 202 while processing.
 - WatchStatus: the SSE event id and the `Last-Event-ID` resume field.
 - ExportFindings: a file download (its content type and name), not a stream of messages.
@@ -46,8 +46,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _approve_schema(ref: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-    seed = {"type": "object", "properties": {"status": {"type": "string", "enum": ["success"]}}}
-    return {"200": _json({"allOf": [ref(wpb.ApproveResponse.DESCRIPTOR), seed]}, "approved (seed UI shape)")}
+    ui = {"type": "object", "properties": {"status": {"type": "string", "enum": ["success"]}}}
+    schema = {"allOf": [ref(wpb.ApproveResponse.DESCRIPTOR), ui]}
+    return {"200": _json(schema, "approved (with the web UI's `status` field)")}
 
 
 def _live_status_schema(ref: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:

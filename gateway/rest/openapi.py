@@ -2,7 +2,7 @@
 
 Schemas follow the proto3 JSON mapping with proto field names (what the gateway sends):
 64-bit integers are strings, enums their value names, Timestamp an RFC 3339 string, Struct
-any JSON object. The few answers reshaped for the seed UI (gateway/rest/hooks.py) say so.
+any JSON object. The few answers reshaped for the web UI (gateway/rest/hooks.py) say so.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ _SCALAR_MESSAGES = frozenset(
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    """Proto3 JSON with the proto field names (snake_case, as the seed UI) and every field."""
+    """Proto3 JSON with the proto field names (snake_case, as the web UI reads them) and every field."""
     return json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
