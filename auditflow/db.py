@@ -14,6 +14,13 @@ commit that finished before it was asked for. A batch answers when its last read
 reads that may take long (scans, large pages) go through `scan` instead, on threads of their
 own, and never hold up the quick look-ups.
 
+When the database cannot be reached (a restart, a network cut, a lock or statement timeout),
+every waiting request fails with `Unavailable` (UNAVAILABLE to the caller, who may retry), the
+log says so once per outage (a WARNING, then an INFO when it answers again), and a failed batch
+is not retried item by item. On PostgreSQL every session has a `lock_timeout`, a
+`statement_timeout` and an `idle_in_transaction_session_timeout` (`PG_TIMEOUTS`), so that a
+frozen peer cannot hold rows or a connection forever and nothing waits on a lock without end.
+
 Contract for a write function `fn(conn)`: it may raise `AuditflowError` only before it
 writes anything (the batch goes on without it); any other exception rolls the batch back and
 every item in it is retried alone, so one bad item never fails its neighbours.
@@ -25,7 +32,9 @@ import asyncio
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,15 +42,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from auditflow import migrations
-from auditflow.errors import AuditflowError
+from auditflow.errors import AuditflowError, Unavailable
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 512
+# Milliseconds. A lock held longer than lock_timeout fails the waiting statement (UNAVAILABLE,
+# retried by the caller) instead of stalling the writer; a session idle inside a transaction
+# (a frozen process) is ended by the server, which releases its locks.
+PG_TIMEOUTS = {"lock_timeout": 5_000, "statement_timeout": 60_000, "idle_in_transaction_session_timeout": 30_000}
 
 
 @dataclass
@@ -74,7 +88,8 @@ def make_engine(url: str, *, writer: bool) -> Engine:
     """An engine for `url`; for SQLite, WAL + synchronous=FULL and explicit BEGINs."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        options = " ".join(f"-c {name}={value}" for name, value in PG_TIMEOUTS.items())
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": options})
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "isolation_level": None})
@@ -103,6 +118,7 @@ class Database:
         self.writes = 0
         self.read_batches = 0  # (counted by several threads: approximate, for tests and benchmarks)
         self.reads = 0
+        self._outage = _Outage()
 
     def create_schema(self) -> None:
         """Bring the schema up to date (blocking; call before serving): run the service's
@@ -163,8 +179,15 @@ class Database:
             raise RuntimeError("the database is not started, or already closed")
 
     def _read_sync(self, fn: Callable[[Connection], T]) -> T:
-        with self.read_engine.begin() as conn:
-            return fn(conn)
+        try:
+            with self.read_engine.begin() as conn:
+                result = fn(conn)
+        except BaseException as exc:
+            if unreachable(exc):
+                raise self._outage.began(exc) from None
+            raise
+        self._outage.ended()
+        return result
 
     # --- the writer and reader threads -------------------------------------------------
 
@@ -235,6 +258,10 @@ class Database:
                     except AuditflowError as exc:
                         outcomes.append((item, False, exc))
         except BaseException as exc:  # (not only Exception: a thread must leave nobody waiting)
+            if unreachable(exc):  # every item would fail the same way: no retry one by one
+                refusal = self._outage.began(exc)
+                self._resolve([(item, False, refusal) for item in batch])
+                return
             if len(batch) == 1:
                 if log_failure:
                     logger.exception("write failed")
@@ -245,6 +272,7 @@ class Database:
                 alone([item])
             return
         count(len(batch))
+        self._outage.ended()
         self._resolve(outcomes)
 
     @staticmethod
@@ -256,6 +284,47 @@ class Database:
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database did not answer (connection refused or lost, server shutting down, a lock
+    or statement timeout), as opposed to a statement the database refused."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return False
+    if isinstance(exc.orig, sqlite3.Error):  # SQLite's OperationalError also means "no such table"
+        return str(exc.orig).startswith(_SQLITE_UNREACHABLE)
+    return True
+
+
+_SQLITE_UNREACHABLE = ("database is locked", "disk I/O error", "unable to open database file")
+
+
+class _Outage:
+    """Whether the database is unreachable now: one WARNING when it stops answering, one INFO
+    when it answers again (any thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+
+    def began(self, exc: BaseException) -> Unavailable:
+        with self._lock:
+            first, self._since = self._since is None, self._since or time.monotonic()
+        if first:
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            logger.warning("the database is unreachable (%s: %s); calls answer UNAVAILABLE until it is back",
+                           type(exc).__name__, cause)  # fmt: skip
+        return Unavailable("the database is unavailable; try again shortly")
+
+    def ended(self) -> None:
+        if self._since is None:  # (the common case: no lock taken)
+            return
+        with self._lock:
+            since, self._since = self._since, None
+        if since is not None:
+            logger.info("the database answers again (after %.1f s)", time.monotonic() - since)
 
 
 def _settle(items: list[tuple[_Request, bool, Any]]) -> None:

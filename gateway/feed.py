@@ -34,6 +34,7 @@ from sqlalchemy import Connection
 from auditflow import trail
 from auditflow.backoff import Backoff
 from auditflow.db import Database
+from auditflow.errors import Unavailable
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
@@ -86,7 +87,9 @@ class Feed:
                 problem = "the processor ended the feed"
             except grpc.aio.AioRpcError as exc:
                 problem = f"{exc.code().name}: {exc.details()}"
-            except Exception as exc:  # our own failure (the database): the same retry
+            except Unavailable:  # our database (it says so in the log, once)
+                problem = "the database is unavailable"
+            except Exception as exc:  # another failure of ours: the same retry
                 logger.exception("following the processor failed")
                 problem = f"{type(exc).__name__}"
             self.connected.clear()

@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from auditflow import convert
 from auditflow.backoff import Backoff
 from auditflow.db import Database
+from auditflow.errors import Unavailable
 from auditflow.principal import Principal
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
@@ -182,6 +183,8 @@ class OutboxRelay:
             await asyncio.sleep(self._scan_interval)
             try:
                 await self._scan()
+            except Unavailable:
+                pass  # (the database says so in the log, once per outage; the next scan retries)
             except Exception:
                 logger.exception("outbox scan failed")
 

@@ -29,6 +29,7 @@ from sqlalchemy import Connection
 from auditflow import statuses, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
+from auditflow.errors import Unavailable
 from auditflow.procedures import CriticalError
 from auditflow.watch import wait_for
 from processor import findings, messages, orchestrator, store, transitions
@@ -135,6 +136,8 @@ class Scheduler:
             self._wakeup.clear()
             try:
                 await self._claim(check_first=not woken)
+            except Unavailable:
+                pass  # (the database says so in the log, once per outage; the next poll retries)
             except Exception:
                 logger.exception("claiming runs failed; retrying in %.1f s", self._settings.poll_interval)
             woken = await wait_for(self._wakeup, self._settings.poll_interval)
@@ -254,6 +257,8 @@ class Scheduler:
         except asyncio.CancelledError:
             logger.warning("%s: abandoned mid-cycle on shutdown; it resumes from its checkpoint", run.workflow_id)
             raise
+        except Unavailable:
+            logger.warning("%s: the database is unavailable; the run resumes from its checkpoint", run.workflow_id)
         except Exception:
             logger.exception("%s: driving the run failed; it resumes once its lease expires", run.workflow_id)
         finally:
@@ -372,8 +377,9 @@ class Scheduler:
             renew = functools.partial(store.renew_lease, workflow_id=workflow_id, owner=self.worker_id, expires_at=end)
             try:
                 kept = await self._db.write(renew)
-            except Exception:
-                logger.warning("%s: renewing the lease failed; retrying", workflow_id, exc_info=True)
+            except Exception as exc:
+                logger.warning("%s: renewing the lease failed; retrying", workflow_id,
+                               exc_info=not isinstance(exc, Unavailable))  # fmt: skip
                 await asyncio.sleep(min(1.0, interval))
                 continue
             if not kept:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from auditflow.convert import utcnow
 from auditflow.db import Database
+from auditflow.errors import Unavailable
 from processor import messages, store
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class Tail:
             try:
                 await self.poll(since)
                 since = started - self._window
+            except Unavailable:
+                pass  # (the database says so in the log, once per outage)
             except Exception:
                 logger.warning("reading other processors' events failed; retrying", exc_info=True)
             await asyncio.sleep(self._interval)
