@@ -9,6 +9,8 @@ This module only builds and connects them, and starts and stops them in order.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 import sys
 from typing import Any
@@ -133,12 +135,43 @@ class Gateway:
             self.tls.reload()
 
 
+# Calls spread over every processor the target names (a list, or every address a DNS name
+# resolves to), and go around one that is down or draining: gRPC's client-side round robin.
+BALANCED = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+
+
+def processor_target(text: str) -> str:
+    """The gRPC target of `--processor-target`: "host:port", "dns:///name:port" (every address
+    the name resolves to), or "ip:port,ip:port,..." (a fixed set)."""
+    entries = [entry.strip() for entry in text.split(",")]
+    if len(entries) == 1:
+        return entries[0]
+    hosts = [host_of(entry) for entry in entries]
+    families = {_ip_family(host) for host in hosts}
+    if None in families or len(families) != 1 or any(":" not in entry for entry in entries):
+        raise ConfigError(
+            f"--processor-target {text!r}: a list must hold IP:PORT entries of one family "
+            "(for host names, give one DNS name that resolves to every processor: dns:///NAME:PORT)"
+        )
+    return f"{families.pop()}:{','.join(entries)}"
+
+
+def _ip_family(host: str) -> str | None:
+    try:
+        return "ipv4" if ipaddress.ip_address(host.strip("[]")).version == 4 else "ipv6"
+    except ValueError:
+        return None
+
+
 def processor_channel(settings: Settings) -> grpc.aio.Channel:
-    """The channel to the processor, carrying the gateway's service token on every call
-    and/or a client certificate. Plaintext only to a loopback processor unless allowed."""
-    target, link = settings.processor_target, settings.processor_tls
+    """The channel to the processors, balanced over all of them, carrying the gateway's
+    service token on every call and/or a client certificate. Plaintext only to loopback
+    processors unless allowed."""
+    link = settings.processor_tls
+    target = processor_target(settings.processor_target)
     if not link.enabled:
-        check_plaintext("the link to the processor", host_of(target), False, settings.allow_plaintext)
+        for entry in settings.processor_target.split(","):
+            check_plaintext("the link to the processor", host_of(entry.strip()), False, settings.allow_plaintext)
     interceptors: list[Any] = []
     if settings.processor_token_file:
         interceptors += bearer_interceptors(read_token_file(settings.processor_token_file))
@@ -146,9 +179,11 @@ def processor_channel(settings: Settings) -> grpc.aio.Channel:
         raise ConfigError(
             "the gateway needs credentials for the processor: --processor-token-file or --processor-tls-cert"
         )
+    options = [BALANCED]
     if link.enabled:
-        return grpc.aio.secure_channel(target, link.credentials(), options=link.options(), interceptors=interceptors)
-    return grpc.aio.insecure_channel(target, interceptors=interceptors)
+        return grpc.aio.secure_channel(target, link.credentials(), options=[*link.options(), *options],
+                                       interceptors=interceptors)  # fmt: skip
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def create_server(address: str, settings: Settings) -> Gateway:

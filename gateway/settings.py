@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
 
     config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service=SERVICE)
-    add("--processor-target", "host:port of the processor", default=DEFAULT_PROCESSOR)
+    add("--processor-target", "the processors: host:port, dns:///NAME:PORT (every address NAME resolves to) or "
+        "IP:PORT,IP:PORT,...; calls are balanced round robin and go around a processor that is down",
+        default=DEFAULT_PROCESSOR)  # fmt: skip
     add("--default-max-cycles", "cycles a workflow may take when its request says 0", default=15, type=positive_int)
     add("--heartbeat-interval", "seconds between heartbeats on an idle WatchStatus stream (> 0)", default=5.0,
         type=config.interval)  # fmt: skip

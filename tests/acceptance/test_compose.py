@@ -59,7 +59,7 @@ class Mapping:
             text = text.replace(f"/run/secrets/{name}", secret["file"])
         if text == "/data":
             text = str(self.ledgers)
-        if text == "processor:50052":
+        if text == "dns:///processor:50052":
             text = f"127.0.0.1:{self.ports['50052']}"
         if text.startswith("127.0.0.1:") and text.split(":")[1] in self.ports:
             text = f"127.0.0.1:{self.ports[text.split(':')[1]]}"
