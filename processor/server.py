@@ -24,7 +24,7 @@ from auditflow.tls import ServerTls, check_plaintext
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.watch import EventHub
-from processor import orchestrator, store
+from processor import notify, orchestrator, store
 from processor import settings as settings_module
 from processor.scheduler import Scheduler
 from processor.service import ProcessorService
@@ -51,6 +51,11 @@ class Processor:
         self.scheduler = Scheduler(self.db, self.hub, settings, signer)
         self.service = ProcessorService(self.db, self.hub, self.scheduler, settings, signer)
         self.tail = Tail(self.db, self.hub, poll_interval=settings.poll_interval)
+        # On PostgreSQL, other processors' commits wake this one (SQLite: a processor is alone).
+        self.listener = None if self.db.is_sqlite else notify.Listener(
+            settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
+            poll_interval=settings.poll_interval,
+        )  # fmt: skip
         self.server = serving.new_server(self.authenticator)
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -73,6 +78,8 @@ class Processor:
         await asyncio.to_thread(orchestrator.load, orchestrator.DEFAULT)
         await self.scheduler.start()
         await self.tail.start()
+        if self.listener is not None:
+            self.listener.start()
         await self.server.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
         self._started = True
@@ -91,6 +98,8 @@ class Processor:
         await self._health.enter_graceful_shutdown()
         self.abandoned_cycles = await self.scheduler.stop(grace)
         self.service.close()
+        if self.listener is not None:
+            await self.listener.stop()
         await self.tail.stop()
         await self.server.stop(min(grace, 2.0))
         await self.authenticator.stop()

@@ -40,11 +40,13 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     update,
 )
 
 from auditflow import statuses, trail
 from auditflow.v1 import workflow_pb2 as pb
+from processor import notify as notifications
 
 S = pb.WorkflowStatus
 ACTOR = "processor"
@@ -425,7 +427,17 @@ def insert_run(
     run = RunRecord.from_row(inserted)
     event = NewEvent.following(run, pb.EventType.EVENT_TYPE_QUEUED, queued_message)
     run, events = append(conn, run, [event], {}, now)
+    notify(conn, notifications.RUNS)
     return run, True, events
+
+
+_NOTIFY = text(f"SELECT pg_notify('{notifications.CHANNEL}', :payload)")
+
+
+def notify(conn: Connection, payload: str) -> None:
+    """Tell the other processors (PostgreSQL sends it at commit; `processor.notify`)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"payload": payload})
 
 
 def append(
@@ -463,6 +475,7 @@ def append(
             last_hash=written.hash,
         )
         conn.execute(_INSERT_EVENTS, [_event_values(r) for r in records])
+        notify(conn, notifications.EVENTS)
     updated = conn.execute(_UPDATE_RUN, {"b_workflow_id": run.workflow_id, **values}).one()
     return RunRecord.from_row(updated), records
 
@@ -569,4 +582,7 @@ def release_leases(conn: Connection, owner: str, keep: Collection[str] = ()) -> 
     query = update(runs).where(runs.c.lease_owner == owner)
     if keep:
         query = query.where(runs.c.workflow_id.not_in(list(keep)))
-    return conn.execute(query.values(lease_owner=None, lease_expires_at=None)).rowcount
+    released = int(conn.execute(query.values(lease_owner=None, lease_expires_at=None)).rowcount)
+    if released:
+        notify(conn, notifications.RUNS)
+    return released

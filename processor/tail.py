@@ -23,11 +23,13 @@ from datetime import datetime, timedelta
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import Unavailable
+from auditflow.watch import wait_for
 from processor import messages, store
 
 logger = logging.getLogger(__name__)
 
 PAGE = 1000
+MIN_SPACING = 0.02  # seconds between two reads, however often notifications come
 
 
 class Tail:
@@ -37,6 +39,11 @@ class Tail:
         self._interval = poll_interval
         self._window = timedelta(seconds=window)
         self._task: asyncio.Task[None] | None = None
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Another processor committed events (a notification): read them now."""
+        self._woken.set()
 
     async def start(self) -> None:
         if not self._db.is_sqlite:
@@ -60,7 +67,9 @@ class Tail:
                 pass  # (the database says so in the log, once per outage)
             except Exception:
                 logger.warning("reading other processors' events failed; retrying", exc_info=True)
-            await asyncio.sleep(self._interval)
+            await asyncio.sleep(MIN_SPACING)  # (notifications in a burst: one read for them all)
+            await wait_for(self._woken, self._interval)
+            self._woken.clear()
 
     async def poll(self, since: datetime) -> int:
         """Publish what changed since `since` and this hub has not published; the count."""

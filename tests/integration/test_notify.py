@@ -1,0 +1,64 @@
+"""LISTEN/NOTIFY between processors on one PostgreSQL database. Polling is set to an hour
+here, so whatever reaches the other processor can only have come by a notification."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from auditflow.v1 import processor_service_pb2 as ps
+from auditflow.v1 import workflow_pb2 as pb
+from tests.support.postgres import fresh_database
+from tests.support.processor_harness import Harness, Harnesses, collect, enqueue_request, step
+
+HOUR = 3600.0
+
+
+@pytest.fixture
+async def two(tmp_path: Path) -> AsyncIterator[tuple[Harness, Harness]]:
+    harnesses = Harnesses(tmp_path)
+    with fresh_database("notify") as url:
+        first = await harnesses.start(database_url=url, poll_interval=HOUR, max_concurrent=1, worker_id="first")
+        second = await harnesses.start(database_url=url, poll_interval=HOUR, max_concurrent=1, worker_id="second")
+        for harness in (first, second):
+            listener = harness.processor.listener
+            assert listener is not None and await asyncio.to_thread(listener.listening.wait, 30)
+        try:
+            yield first, second
+        finally:
+            await harnesses.close()
+
+
+async def test_events_committed_by_one_processor_reach_watchers_on_the_other(
+    two: tuple[Harness, Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = [r.getMessage() for r in caplog.get_records("setup")]
+    assert sum("LISTEN/NOTIFY active" in m for m in setup) == 2, setup  # the log says which mode is active
+    driver, other = two
+    request = enqueue_request([step("test_sleep", seconds=0.01) for _ in range(5)])
+    answer = await driver.stub.Enqueue(request)  # an idle processor claims in its own commit
+    assert answer.run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
+    messages = await collect(other.stub, request.workflow_id, timeout=60)
+    events = [m.event for m in messages if m.HasField("event")]
+    assert events[-1].type == pb.EVENT_TYPE_COMPLETED
+    assert [e.sequence for e in events] == list(range(3, 3 + len(events)))  # after base_sequence 2
+
+
+async def test_a_run_queued_at_a_busy_processor_wakes_the_idle_one(two: tuple[Harness, Harness]) -> None:
+    busy, idle = two
+    long_run = enqueue_request([step("test_sleep", seconds=0.5) for _ in range(20)])
+    assert (await busy.stub.Enqueue(long_run)).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING  # its one slot taken
+    queued = enqueue_request([step("test_noop")])
+    assert (await busy.stub.Enqueue(queued)).run.snapshot.status == pb.WORKFLOW_STATUS_QUEUED
+    messages = await collect(idle.stub, queued.workflow_id, timeout=60)
+    events = [m.event for m in messages if m.HasField("event")]
+    assert events[-1].type == pb.EVENT_TYPE_COMPLETED
+    run = await idle.stub.GetRun(ps.GetRunRequest(workflow_id=queued.workflow_id))
+    started = next(e.message for e in events if e.type == pb.EVENT_TYPE_STARTED)
+    assert "second" in started, run  # the idle one ran it
+    await busy.stub.CancelRun(
+        ps.CancelRunRequest(workflow_id=long_run.workflow_id, requested_by="alice", reason="done")
+    )
