@@ -39,7 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy import exc as sa_exc
@@ -119,6 +119,9 @@ class Database:
         self.read_batches = 0  # (counted by several threads: approximate, for tests and benchmarks)
         self.reads = 0
         self._outage = _Outage()
+
+    def observe_outages(self, observer: OutageObserver) -> None:
+        self._outage.observer = observer
 
     def create_schema(self) -> None:
         """Bring the schema up to date (blocking; call before serving): run the service's
@@ -301,13 +304,21 @@ def unreachable(exc: BaseException) -> bool:
 _SQLITE_UNREACHABLE = ("database is locked", "disk I/O error", "unable to open database file")
 
 
+class OutageObserver(Protocol):
+    """Told when the database stops answering and when it answers again (from a database
+    thread, once per change): the servers' health follows it."""
+
+    def database_reachable(self, reachable: bool) -> None: ...
+
+
 class _Outage:
     """Whether the database is unreachable now: one WARNING when it stops answering, one INFO
-    when it answers again (any thread)."""
+    when it answers again (any thread), and the observer told of both."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since: float | None = None
+        self.observer: OutageObserver | None = None
 
     def began(self, exc: BaseException) -> Unavailable:
         with self._lock:
@@ -316,6 +327,8 @@ class _Outage:
             cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             logger.warning("the database is unreachable (%s: %s); calls answer UNAVAILABLE until it is back",
                            type(exc).__name__, cause)  # fmt: skip
+            if self.observer is not None:
+                self.observer.database_reachable(False)
         return Unavailable("the database is unavailable; try again shortly")
 
     def ended(self) -> None:
@@ -325,6 +338,8 @@ class _Outage:
             since, self._since = self._since, None
         if since is not None:
             logger.info("the database answers again (after %.1f s)", time.monotonic() - since)
+            if self.observer is not None:
+                self.observer.database_reachable(True)
 
 
 def _settle(items: list[tuple[_Request, bool, Any]]) -> None:

@@ -4,6 +4,7 @@ never shared with another process), graceful stop, reload on SIGHUP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -65,9 +66,31 @@ def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[s
     return health_servicer
 
 
-async def set_serving(health_servicer: health_aio.HealthServicer, service_names: Iterable[str]) -> None:
+async def set_serving(health_servicer: health_aio.HealthServicer, service_names: Iterable[str],
+                      serving: bool = True) -> None:  # fmt: skip
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_names]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, status)
+
+
+class DatabaseHealth:
+    """`grpc.health.v1` follows the database: NOT_SERVING while it is unreachable, SERVING
+    again when it answers (an `auditflow.db.OutageObserver`, called from database threads)."""
+
+    def __init__(self, health_servicer: health_aio.HealthServicer, service_names: Iterable[str]) -> None:
+        self._health = health_servicer
+        self._names = list(service_names)
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def database_reachable(self, reachable: bool) -> None:
+        with contextlib.suppress(RuntimeError):  # (the loop is closed: the server is gone)
+            self._loop.call_soon_threadsafe(self._set, reachable)
+
+    def _set(self, reachable: bool) -> None:
+        task = asyncio.create_task(set_serving(self._health, self._names, reachable))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def bind(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:

@@ -111,6 +111,7 @@ class Gateway:
         if self.rest is not None:
             await self.rest.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
+        self.db.observe_outages(serving.DatabaseHealth(self._health, [SERVICE_NAME]))
         logger.info(
             "gateway listening on %s (%s; processor at %s); accepts %s",
             self.address, "TLS" if self.tls else "plaintext", self.settings.processor_target,

@@ -82,6 +82,7 @@ class Processor:
             self.listener.start()
         await self.server.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
+        self.db.observe_outages(serving.DatabaseHealth(self._health, [SERVICE_NAME]))
         self._started = True
         logger.info(
             "processor listening on %s (%s; worker %s); accepts %s",

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auditflow import db
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -48,7 +49,7 @@ async def code_of(call: object) -> tuple[C, str]:
 async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
     running: tuple[PrivateCluster, Gateway, wpb_grpc.WorkflowServiceAsyncStub], caplog: pytest.LogCaptureFixture
 ) -> None:
-    cluster, _gateway, stub = running
+    cluster, gateway, stub = running
     create = wpb.CreateWorkflowRequest(title="outage", plan=[step("test_noop")])
     workflow_id = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow.workflow_id
     get = wpb.GetWorkflowRequest(workflow_id=workflow_id)
@@ -69,6 +70,7 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == db.__name__]
     assert len(warnings) == 1 and "the database is unreachable" in warnings[0].getMessage(), warnings
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+    await health_becomes(gateway, health_pb2.HealthCheckResponse.NOT_SERVING)  # (set from the database thread)
 
     await asyncio.to_thread(cluster.start)
     deadline = time.monotonic() + 30
@@ -82,6 +84,18 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
     approved = await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
     assert approved.approved  # nothing was stored by the refused calls: the approval is the first
     assert any("the database answers again" in r.getMessage() for r in caplog.records)
+    await health_becomes(gateway, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def health_becomes(gateway: Gateway, status: int) -> None:
+    """Wait until grpc.health.v1 answers `status`, for the server and for its service."""
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 30
+        for service in ("", "auditflow.v1.WorkflowService"):
+            while (await health.Check(health_pb2.HealthCheckRequest(service=service))).status != status:
+                assert time.monotonic() < deadline, f"health of {service!r} never became {status}"
+                await asyncio.sleep(0.05)
 
 
 def test_postgresql_sessions_have_timeouts() -> None:
