@@ -40,6 +40,10 @@ from processor.transitions import Errored, Outcome, Succeeded, Transition
 
 logger = logging.getLogger(__name__)
 
+# A step starts only with at least this share of the lease left by our own clock; else the
+# lease is renewed first (see Scheduler._lease_holds).
+LEASE_MARGIN = 0.5
+
 Committed = tuple[RunRecord, list[EventRecord]]
 Inserted = tuple[RunRecord, bool, list[EventRecord]]  # the run, whether it is new, its events
 
@@ -296,6 +300,8 @@ class Scheduler:
         return current
 
     async def _one_cycle(self, driver: _Driver, run: RunRecord) -> RunRecord | None:
+        if not await self._lease_holds(driver):
+            return None
         cycle = run.cycle + 1
         info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle)
         logger.debug("%s cycle %d: state %s", run.workflow_id, cycle, run.state)
@@ -363,6 +369,37 @@ class Scheduler:
         _log_events(updated, events)
         return updated
 
+    async def _lease_holds(self, driver: _Driver) -> bool:
+        """A step never starts on a lease that may be gone. With less than LEASE_MARGIN of the
+        lease left by this process's own monotonic clock (after a pause: a stopped process, a
+        slow commit, a long GC), the lease is renewed first, a compare-and-set on its owner; if
+        another processor took the run meanwhile, or the renewal fails, the step does not start
+        here (the run resumes from its checkpoint wherever its lease is)."""
+        left = driver.renewed_at + self._settings.lease_seconds - time.monotonic()
+        if left >= self._settings.lease_seconds * LEASE_MARGIN:
+            return True
+        try:
+            if await self._renew(driver):
+                return True
+            logger.warning("%s: the lease moved to another processor before the next step; abandoning the run",
+                           driver.workflow_id)  # fmt: skip
+        except Exception as exc:
+            logger.warning("%s: cannot renew the lease before the next step (%s); not starting it",
+                           driver.workflow_id, type(exc).__name__)  # fmt: skip
+        return False
+
+    async def _renew(self, driver: _Driver) -> bool:
+        """Extend the lease if this processor still holds it (False: it was lost)."""
+        renewing = time.monotonic()
+        end = self._lease_end(utcnow())
+        renew = functools.partial(store.renew_lease, workflow_id=driver.workflow_id, owner=self.worker_id,
+                                  expires_at=end)  # fmt: skip
+        kept = await self._db.write(renew)
+        if kept:
+            driver.renewed_at = max(driver.renewed_at, renewing)
+            logger.debug("%s: lease renewed until %s", driver.workflow_id, end.isoformat())
+        return kept
+
     async def _keep_lease(self, driver: _Driver) -> None:
         """Renew the lease whenever lease_seconds/3 pass without a commit renewing it, so a
         slow cycle (or a long cycle_delay) is not taken for a dead processor's."""
@@ -372,11 +409,8 @@ class Scheduler:
             await asyncio.sleep(max(0.0, driver.renewed_at + interval - time.monotonic()))
             if time.monotonic() - driver.renewed_at < interval:
                 continue
-            renewing = time.monotonic()
-            end = self._lease_end(utcnow())
-            renew = functools.partial(store.renew_lease, workflow_id=workflow_id, owner=self.worker_id, expires_at=end)
             try:
-                kept = await self._db.write(renew)
+                kept = await self._renew(driver)
             except Exception as exc:
                 logger.warning("%s: renewing the lease failed; retrying", workflow_id,
                                exc_info=not isinstance(exc, Unavailable))  # fmt: skip
@@ -385,8 +419,6 @@ class Scheduler:
             if not kept:
                 logger.warning("%s: lease lost while the run was in progress", workflow_id)
                 return
-            driver.renewed_at = max(driver.renewed_at, renewing)
-            logger.debug("%s: lease renewed until %s", workflow_id, end.isoformat())
 
 
 def _normalized(raw: list[Any]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,20 @@ def test_sleep(parameters: dict[str, Any]) -> dict[str, Any]:
         with _lock:
             ACTIVE -= 1
     return {"slept": parameters.get("seconds", 0)}
+
+
+@register("test_journal")
+def test_journal(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Sleep for `seconds` between two lines appended to the file `journal`: "start PID STEP
+    TIME" and "end PID STEP TIME" (TIME: time.time()), so a test sees which process ran which
+    step when."""
+    journal, number = str(parameters["journal"]), int(parameters["step"])
+    with open(journal, "a", encoding="utf-8") as out:
+        out.write(f"start {os.getpid()} {number} {time.time()!r}\n")
+    time.sleep(float(parameters.get("seconds", 0)))
+    with open(journal, "a", encoding="utf-8") as out:
+        out.write(f"end {os.getpid()} {number} {time.time()!r}\n")
+    return {"step": number}
 
 
 @register("test_fail")
