@@ -136,11 +136,14 @@ class Feed:
                 wake.set()
 
     async def _catch_up(self) -> None:
-        """Every approved, unfinished workflow's log after its row's position."""
+        """Every approved, unfinished workflow's log after its row's position, and every
+        workflow whose end this gateway has not published (a replica may have mirrored it
+        while this feed was down: the row is finished, the watchers here still wait)."""
         following = await self._db.scan(store.to_follow)
         for workflow_id, last in following:
             self._hub.seed(workflow_id, last)
-        cursors = {workflow_id: self._hub.published(workflow_id) for workflow_id, _last in following}
+        known = [*(w for w, _last in following), *self._hub.unfinished()]
+        cursors = {workflow_id: self._hub.published(workflow_id) for workflow_id in known}
         if cursors:
             await self._apply(await self._gaps(cursors))
             logger.info("caught up with %d unfinished runs", len(cursors))

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
+from auditflow.statuses import PROCESSING
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 
@@ -148,10 +149,22 @@ class WorkflowHub:
         log = self._logs.get(workflow_id)
         return 0 if log is None else log.last
 
+    def unfinished(self) -> list[str]:
+        """Workflows whose run this log has seen start but not end: after a broken feed, the
+        feed reads what it missed of them even when another gateway has mirrored their end."""
+        return [
+            w for w, log in self._logs.items()
+            if log.ended_at is None and log.newest is not None and log.newest.message.snapshot.status in PROCESSING
+        ]  # fmt: skip
+
     def seed(self, workflow_id: str, last: int) -> None:
-        """Know a workflow's position without its events (the feed's start-up catch-up)."""
+        """Know a workflow's position without its events (the feed's catch-up: the mirror may
+        be ahead of this log, e.g. when a feed session broke between its write and its
+        publish). Watchers are woken: what they wait for is now read from the sources."""
         log = self._logs.setdefault(workflow_id, _Log())
-        log.last = max(log.last, last)
+        if last > log.last:
+            log.last = last
+            self._wake(log)
 
     def after(self, workflow_id: str, after: int) -> list[Item] | None:
         """The items after `after` if the log holds all of them, else None (fill it)."""
@@ -162,6 +175,8 @@ class WorkflowHub:
             return [] if 0 < log.last <= after else None
         if after + 1 < log.items[0].sequence:
             return None
+        if log.items[-1].sequence < log.last and after < log.last:
+            return None  # known to go further than it holds (a seeded position): fill it
         return [item for item in log.items if item.sequence > after]
 
     def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:

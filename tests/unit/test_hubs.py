@@ -77,6 +77,30 @@ async def test_a_log_is_filled_once_for_every_watcher_that_needs_it() -> None:
     assert all(a == list(range(1, 10)) for a in answers)
 
 
+async def test_a_log_behind_its_seeded_position_is_filled_and_its_watchers_woken() -> None:
+    # The mirror went to 9 but this log was published only to 8 (a feed session broke between
+    # its write and its publish): the catch-up seeds 9, and 9 comes from the sources.
+    hub = WorkflowHub()
+    for sequence in range(1, 9):
+        hub.publish(item(sequence))
+    waiting = hub.waiter(WF)
+    hub.seed(WF, 9)
+    assert waiting.is_set()  # a watcher waiting at 8 looks again...
+    assert hub.after(WF, 8) is None  # ...and finds it must fill
+    hub.publish(item(9, pb.WORKFLOW_STATUS_COMPLETED))  # the feed's own 9, arriving late, is no use:
+    assert hub.after(WF, 8) is None  # the position says it was published
+    await hub.fill(WF, lambda: asyncio.sleep(0, [item(s) for s in range(1, 10)]))
+    assert [i.sequence for i in hub.after(WF, 8) or []] == [9]
+
+
+async def test_the_feed_knows_which_runs_it_saw_start_and_not_end() -> None:
+    hub = WorkflowHub()
+    hub.publish(item(1, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, "wf_" + "a" * 32))  # not dispatched: not asked for
+    hub.publish(item(4, pb.WORKFLOW_STATUS_RUNNING, "wf_" + "b" * 32))
+    hub.publish(item(5, pb.WORKFLOW_STATUS_COMPLETED, "wf_" + "c" * 32))
+    assert hub.unfinished() == ["wf_" + "b" * 32]
+
+
 def test_an_item_is_encoded_once_in_each_form() -> None:
     first = item(5, pb.WORKFLOW_STATUS_COMPLETED)
     assert first.wire is first.wire and first.terminal
