@@ -67,7 +67,7 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
 from bench import approve as grpc_bench  # noqa: E402
 from bench._loadgen import Client, collect, run_load, summary  # noqa: E402
 from tests.support import auth  # noqa: E402
-from tests.support.cluster import Pair, wait_http  # noqa: E402
+from tests.support.cluster import running_pair, wait_http  # noqa: E402
 from tests.support.grpc_helpers import free_port  # noqa: E402
 
 SAMPLE = ROOT / "auditflow" / "samples" / "ledger.csv"
@@ -180,19 +180,6 @@ def running_in_memory() -> Iterator[tuple[str, int]]:
 
 
 # --- the real pair ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def running_pair(workdir: Path) -> Iterator[Pair]:
-    """Processor + gateway subprocesses with their defaults; REST on a free port."""
-    workdir.mkdir(parents=True)
-    pair = Pair(workdir, log_level="WARNING")
-    try:  # (a gateway that fails to start must not leave its processor running)
-        pair.start()
-        wait_http(f"http://127.0.0.1:{pair.gateway.rest_port}/openapi.json")
-        yield pair
-    finally:
-        pair.stop()
 
 
 # --- REST load (runs in client processes) -----------------------------------------------

@@ -67,7 +67,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,7 @@ from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
 from bench._loadgen import percentile  # noqa: E402
 from tests.support import auth  # noqa: E402
-from tests.support.cluster import Pair, wait_http  # noqa: E402
+from tests.support.cluster import Pair, running_pair  # noqa: E402
 from tests.support.grpc_helpers import step  # noqa: E402
 
 TRANSPORTS = ("grpc", "sse")
@@ -272,19 +271,6 @@ def _client_process(spec: ClientSpec, go: Any, outbox: Any) -> None:
 # --- one measurement: a fresh pair, one workflow, N watchers ----------------------------
 
 
-@contextlib.contextmanager
-def running_pair(workdir: Path) -> Iterator[Pair]:
-    """Processor + gateway subprocesses, a cycle every 0.2 s, REST on a free port."""
-    workdir.mkdir(parents=True)
-    pair = Pair(workdir, log_level="WARNING", processor_args=["--cycle-delay", str(CYCLE_DELAY)])
-    try:  # (a gateway that fails to start must not leave its processor running)
-        pair.start()
-        wait_http(f"http://127.0.0.1:{pair.gateway.rest_port}/openapi.json")
-        yield pair
-    finally:
-        pair.stop()
-
-
 def create_workflow(target: str) -> str:
     plan = [step("test_sleep", seconds=STEP_SECONDS) for _ in range(STEPS)]
     request = wpb.CreateWorkflowRequest(title="watched", plan=plan, max_cycles=STEPS + 5)
@@ -353,7 +339,7 @@ def client_specs(
 
 def measure(workdir: Path, transport: str, watchers: int, args: argparse.Namespace) -> dict[str, Any]:
     """One fresh pair, one workflow, `watchers` watchers opened at once, then the approval."""
-    with running_pair(workdir) as pair:
+    with running_pair(workdir, ["--cycle-delay", str(CYCLE_DELAY)]) as pair:
         workflow_id = create_workflow(pair.gateway.target)
         run = drive(pair, workflow_id, client_specs(pair, transport, workflow_id, watchers, args), args.timeout)
         last_sequence = final_sequence(pair.gateway.target, workflow_id)

@@ -3,13 +3,14 @@ external binary (grpcurl) talks to them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -139,3 +140,17 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_pair(workdir: Path, processor_args: Sequence[str] = ()) -> Iterator[Pair]:
+    """Processor + gateway subprocesses (WARNING logs), REST answering, stopped afterwards;
+    a gateway that fails to start does not leave its processor running."""
+    workdir.mkdir(parents=True)
+    pair = Pair(workdir, processor_args=processor_args, log_level="WARNING")
+    try:
+        pair.start()
+        wait_http(f"http://127.0.0.1:{pair.gateway.rest_port}/openapi.json")
+        yield pair
+    finally:
+        pair.stop()
