@@ -236,9 +236,7 @@ class EventRecord:
                    m["signing_key_id"])  # fmt: skip
 
     def content(self) -> trail.Content:
-        """What its hash covers (the gateway's events have no cycle, progress or result)."""
-        return trail.Content(self.workflow_id, self.sequence, self.type, self.status, 0, 0, 0, self.message,
-                             self.actor, self.actor_auth or "", self.time, self.etag or "")  # fmt: skip
+        return _content(self)
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(EventRecord))
@@ -323,12 +321,16 @@ class NewEvent:
     etag: str | None = None
 
 
+def _content(event: EventRecord | NewEvent) -> trail.Content:
+    """What an event's hash covers (the gateway's events have no cycle, progress or result)."""
+    return trail.Content(event.workflow_id, event.sequence, event.type, event.status, 0, 0, 0, event.message,
+                         event.actor, event.actor_auth or "", event.time, event.etag or "")  # fmt: skip
+
+
 def append_event(conn: Connection, new: NewEvent, signer: trail.Signer | None = None) -> EventRecord:
     """Insert an event, its hash linked to the one before; an event that ends the workflow is
     signed when the gateway has a trail key."""
-    content = trail.Content(new.workflow_id, new.sequence, new.type, new.status, 0, 0, 0, new.message, new.actor,
-                            new.actor_auth or "", new.time, new.etag or "")  # fmt: skip
-    digest = trail.link(new.previous, content)
+    digest = trail.link(new.previous, _content(new))
     signature = key_id = None
     if signer is not None and statuses.is_terminal(new.status):
         signature, key_id = signer.sign(new.workflow_id, new.sequence, digest), signer.key_id

@@ -307,12 +307,13 @@ def _update(
     if approvals is not None:
         values["approvals_count"] = len(approvals)
         values["approvals_json"] = json.dumps([a.to_json() for a in approvals])
-    conn.execute(
+    written = conn.execute(
         update(workflows)
         .where(workflows.c.workflow_id == row.workflow_id)
         .values(last_sequence=row.last_sequence + 1, updated_at=now, **values)
-    )
-    return _require(conn, row.workflow_id)
+        .returning(*workflows.c)
+    ).one()
+    return WorkflowRecord.from_row(written)
 
 
 def _approval(decision: Decision, now: datetime) -> ApprovalRecord:
