@@ -65,7 +65,9 @@ async def start_processor(gateway: Gateway, tmp_path: Path) -> AsyncIterator[Cal
         await processor.stop(1)
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
+async def until(predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 90.0) -> None:
+    """Wait for a condition; `timeout` only guards against a hang (a hundred runs on a busy
+    2-core machine took more than 20 s)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
