@@ -52,7 +52,7 @@ class Processor:
         self.service = ProcessorService(self.db, self.hub, self.scheduler, settings, signer)
         self.tail = Tail(self.db, self.hub, poll_interval=settings.poll_interval)
         # On PostgreSQL, other processors' commits wake this one (SQLite: a processor is alone).
-        self.listener = None if self.db.is_sqlite else notify.Listener(
+        self.listener = None if self.db.is_sqlite or not settings.listen else notify.Listener(
             settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
             poll_interval=settings.poll_interval,
         )  # fmt: skip
@@ -80,6 +80,9 @@ class Processor:
         await self.tail.start()
         if self.listener is not None:
             self.listener.start()
+        elif not self.db.is_sqlite:
+            logger.info("notifications off (--listen false): polling for new runs and events every %.2f s",
+                        self.settings.poll_interval)  # fmt: skip
         await self.server.start()
         await serving.set_serving(self._health, [SERVICE_NAME])
         self.db.observe_outages(serving.DatabaseHealth(self._health, [SERVICE_NAME]))

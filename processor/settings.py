@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from auditflow import config, sources
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
-from auditflow.config import interval, positive_float, positive_int
+from auditflow.config import boolean, interval, positive_float, positive_int
 from auditflow.tls import TlsFiles
 
 DEFAULT_PORT = 50052
@@ -38,6 +38,8 @@ class Settings:
     cycle_delay: float = 1.0
     lease_seconds: float = 15.0
     poll_interval: float = 0.5
+    # PostgreSQL: LISTEN for other processors' commits (polling stays as the fallback).
+    listen: bool = True
     heartbeat_interval: float = 5.0
     max_consecutive_failures: int = 3
     grace_period: float = 10.0
@@ -102,7 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
         service="processor",
         default=0.5,
         type=interval,
-        help="seconds between looks for expired leases",
+        help="seconds between looks for expired leases (and, without notifications, for new runs and events)",
+    )
+    add(
+        parser,
+        "--listen",
+        service="processor",
+        default=True,
+        type=boolean,
+        help="on PostgreSQL, LISTEN for other processors' commits so that new runs and events are seen at once; "
+        "false: poll every --poll-interval only (for a connection pooler in transaction mode, which drops LISTEN)",
     )
     add(
         parser,
@@ -171,6 +182,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         cycle_delay=args.cycle_delay,
         lease_seconds=args.lease_seconds,
         poll_interval=args.poll_interval,
+        listen=args.listen,
         heartbeat_interval=args.heartbeat_interval,
         max_consecutive_failures=args.max_consecutive_failures,
         grace_period=args.grace_period,
