@@ -29,6 +29,14 @@ for chunked procedures (`auditflow.procedures.register_chunked`): its state is
 (`AUDITFLOW_CYCLE_BUDGET`, default 2 s), and a crash reruns the chunks since the last
 checkpoint. See docs/plugins.md.
 
+Fencing: `RunInfo.lease_epoch` is the run's lease epoch, one more on every claim. A cycle's
+checkpoint commits only while that lease holds, and a processor starts a cycle only with a
+safe share of its lease left by its own clock; but a cycle under way when its process froze
+can still finish after another processor has taken the run over. Side effects outside our
+database that must not overlap should carry the epoch and be refused by their target when an
+older epoch arrives after a newer one (see docs/architecture.md). Procedures read it from
+`auditflow.procedures.current_run()`.
+
 Errors: raising `auditflow.procedures.CriticalError` fails the run (reason CRITICAL_ERROR).
 Any other exception is a cycle error: a WARNING event is recorded, the state is not
 advanced, and the next cycle retries; too many in a row fail the run.
@@ -62,6 +70,12 @@ class RunInfo:
     max_cycles: int
     # Number of the cycle about to run (1 for the first); 0 when passed to `start`.
     cycle: int
+    # The fencing token of the lease this cycle runs under: higher on every claim of the run
+    # (a takeover after a crash or a lost lease). A side effect outside auditflow's database
+    # can be fenced with it: the other system refuses a write whose epoch is lower than one
+    # it has seen for the run, so a processor that resumes from a freeze cannot overwrite
+    # the work of the one that took over.
+    lease_epoch: int = 0
 
 
 @dataclass(frozen=True)

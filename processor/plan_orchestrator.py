@@ -73,9 +73,11 @@ class PlanOrchestrator:
             if procedure is None:
                 raise CriticalError(f"step {index + 1}/{total}: unknown procedure {name!r}")
             parameters = dict(step.get("parameters") or {})
+            context = procedures.RunContext(run.workflow_id, run.cycle, index + 1, run.lease_epoch)
             logger.debug("%s cycle %d: running step %d/%d %s", run.workflow_id, run.cycle, index + 1, total, name)
             if procedure.chunk is None:
-                result = dict(procedure.run(parameters))
+                with procedures.running(context):
+                    result = dict(procedure.run(parameters))
                 found = _tagged(result.pop("findings", None) or [], index, name)
                 results.append(_bounded(result, index, name, results))
                 index += 1
@@ -83,7 +85,8 @@ class PlanOrchestrator:
             else:
                 deadline = time.monotonic() + self.budget
                 while True:
-                    chunk = procedure.chunk(parameters, chunk_state)
+                    with procedures.running(context):
+                        chunk = procedure.chunk(parameters, chunk_state)
                     found.extend(_tagged(chunk.findings, index, name))
                     if chunk.result is not None:
                         results.append(_bounded(chunk.result, index, name, results))

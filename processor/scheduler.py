@@ -35,7 +35,7 @@ from auditflow.watch import wait_for
 from processor import findings, messages, orchestrator, store, transitions
 from processor.orchestrator import CycleResult, RunInfo
 from processor.settings import Settings
-from processor.store import EventRecord, RunRecord
+from processor.store import EventRecord, Lease, RunRecord
 from processor.transitions import Errored, Outcome, Succeeded, Transition
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class _Driver:
     """A run this processor is driving."""
 
     workflow_id: str
+    # The lease this driver holds (its epoch is the fencing token handed to the orchestrator).
+    lease: Lease
     # Set to cut the pause between cycles short (stop, or a cancel arrived here).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -248,7 +250,8 @@ class Scheduler:
         return now + timedelta(seconds=self._settings.lease_seconds)
 
     def _start_driver(self, run: RunRecord) -> None:
-        driver = _Driver(run.workflow_id)
+        assert run.lease is not None, "a claimed run has a lease"
+        driver = _Driver(run.workflow_id, run.lease)
         self._drivers[run.workflow_id] = driver
         driver.task = asyncio.create_task(self._drive(driver, run), name=f"run {run.workflow_id}")
 
@@ -293,7 +296,7 @@ class Scheduler:
         if self._stopping.is_set():
             return None
         current = await self._db.read(functools.partial(store.get_run, workflow_id=run.workflow_id))
-        if current is None or current.lease_owner != self.worker_id or statuses.is_terminal(current.status):
+        if current is None or current.lease != driver.lease or statuses.is_terminal(current.status):
             owner = current.lease_owner if current else None
             logger.warning("%s: lease lost to %s; abandoning the run", run.workflow_id, owner)
             return None
@@ -303,7 +306,7 @@ class Scheduler:
         if not await self._lease_holds(driver):
             return None
         cycle = run.cycle + 1
-        info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle)
+        info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle, driver.lease.epoch)
         logger.debug("%s cycle %d: state %s", run.workflow_id, cycle, run.state)
         outcome, found = await self._call_orchestrator(run, info)
         settings = self._settings
@@ -349,7 +352,7 @@ class Scheduler:
         abandoned to its new owner, and so are the findings: it stores them when it reruns)."""
 
         def tx(conn: Connection) -> Committed | None:
-            locked = store.lock_run(conn, run.workflow_id, owner=self.worker_id)
+            locked = store.lock_run(conn, run.workflow_id, lease=driver.lease)
             if locked is None:
                 return None
             events, changes = decide(locked)
@@ -392,7 +395,7 @@ class Scheduler:
         """Extend the lease if this processor still holds it (False: it was lost)."""
         renewing = time.monotonic()
         end = self._lease_end(utcnow())
-        renew = functools.partial(store.renew_lease, workflow_id=driver.workflow_id, owner=self.worker_id,
+        renew = functools.partial(store.renew_lease, workflow_id=driver.workflow_id, lease=driver.lease,
                                   expires_at=end)  # fmt: skip
         kept = await self._db.write(renew)
         if kept:

@@ -82,6 +82,9 @@ runs = Table(
     Column("last_hash", String(64), nullable=True),
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    # The fencing token: one more on every claim, so a lease taken again (even by the same
+    # worker id) is told apart from the one before; commits and renewals check it.
+    Column("lease_epoch", BigInteger, nullable=False, default=0, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -158,6 +161,7 @@ class RunRecord:
     last_hash: str | None
     lease_owner: str | None
     lease_expires_at: datetime | None
+    lease_epoch: int
     created_at: datetime
     updated_at: datetime
 
@@ -187,9 +191,26 @@ class RunRecord:
             last_hash=m["last_hash"],
             lease_owner=m["lease_owner"],
             lease_expires_at=_utc(m["lease_expires_at"]),
+            lease_epoch=m["lease_epoch"],
             created_at=_utc(m["created_at"]) or datetime.now(UTC),
             updated_at=_utc(m["updated_at"]) or datetime.now(UTC),
         )
+
+    @property
+    def lease(self) -> Lease | None:
+        """The lease on the run, if anyone holds one."""
+        return None if self.lease_owner is None else Lease(self.lease_owner, self.lease_epoch)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A processor's hold on a run: its worker id and the fencing token of its claim."""
+
+    owner: str
+    epoch: int
+
+    def params(self) -> dict[str, Any]:
+        return {"b_owner": self.owner, "b_epoch": self.epoch}
 
 
 @dataclass(frozen=True)
@@ -311,7 +332,12 @@ _CLAIMABLE = and_(
 _NOT_EXCLUDED = runs.c.workflow_id.not_in(bindparam("b_exclude", expanding=True))
 _GET_RUN = select(runs).where(_RUN_ID)
 _LOCK_RUN = _GET_RUN.with_for_update()
-_LOCK_LEASED_RUN = _LOCK_RUN.where(runs.c.lease_owner == bindparam("b_owner"), runs.c.status.in_(ACTIVE_STATUSES))
+_LEASE_HELD = and_(
+    runs.c.lease_owner == bindparam("b_owner"),
+    runs.c.lease_epoch == bindparam("b_epoch"),
+    runs.c.status.in_(ACTIVE_STATUSES),
+)
+_LOCK_LEASED_RUN = _LOCK_RUN.where(_LEASE_HELD)
 _EVENTS_AFTER = (
     select(run_events)
     .where(run_events.c.workflow_id == bindparam("b_workflow_id"), run_events.c.sequence > bindparam("b_after"))
@@ -331,10 +357,17 @@ _CANDIDATES = (
     .limit(bindparam("b_limit"))
     .with_for_update(skip_locked=True)
 )
-_TAKE = update(runs).where(runs.c.workflow_id.in_(bindparam("b_ids", expanding=True)), _CLAIMABLE).returning(*runs.c)
-_RENEW_LEASE = update(runs).where(
-    _RUN_ID, runs.c.lease_owner == bindparam("b_owner"), runs.c.status.in_(ACTIVE_STATUSES)
+_TAKE = (
+    update(runs)
+    .where(runs.c.workflow_id.in_(bindparam("b_ids", expanding=True)), _CLAIMABLE)
+    .values(
+        lease_owner=bindparam("b_owner"),
+        lease_expires_at=bindparam("b_expires_at"),
+        lease_epoch=runs.c.lease_epoch + 1,
+    )
+    .returning(*runs.c)
 )
+_RENEW_LEASE = update(runs).where(_RUN_ID, _LEASE_HELD).values(lease_expires_at=bindparam("b_expires_at"))
 
 
 def get_run(conn: Connection, workflow_id: str) -> RunRecord | None:
@@ -342,13 +375,13 @@ def get_run(conn: Connection, workflow_id: str) -> RunRecord | None:
     return None if row is None else RunRecord.from_row(row)
 
 
-def lock_run(conn: Connection, workflow_id: str, *, owner: str | None = None) -> RunRecord | None:
-    """The run, locked for update until the transaction ends; with `owner`, only if it holds
-    the lease (None means the lease was lost)."""
-    if owner is None:
+def lock_run(conn: Connection, workflow_id: str, *, lease: Lease | None = None) -> RunRecord | None:
+    """The run, locked for update until the transaction ends; with `lease`, only if that
+    lease still holds (None means it was lost)."""
+    if lease is None:
         row = conn.execute(_LOCK_RUN, {"b_workflow_id": workflow_id}).first()
     else:
-        row = conn.execute(_LOCK_LEASED_RUN, {"b_workflow_id": workflow_id, "b_owner": owner}).first()
+        row = conn.execute(_LOCK_LEASED_RUN, {"b_workflow_id": workflow_id, **lease.params()}).first()
     return None if row is None else RunRecord.from_row(row)
 
 
@@ -565,15 +598,15 @@ def claim(
     ids = list(found.scalars())
     if not ids:
         return []
-    lease = {"b_ids": ids, "b_now": now, "lease_owner": owner, "lease_expires_at": expires_at}
+    lease = {"b_ids": ids, "b_now": now, "b_owner": owner, "b_expires_at": expires_at}
     taken = {row.workflow_id: RunRecord.from_row(row) for row in conn.execute(_TAKE, lease)}
     return [taken[i] for i in ids if i in taken]
 
 
-def renew_lease(conn: Connection, workflow_id: str, owner: str, expires_at: datetime) -> bool:
-    """Extend the lease if `owner` still holds it; False means it was lost."""
-    lease = {"b_workflow_id": workflow_id, "b_owner": owner, "lease_expires_at": expires_at}
-    return conn.execute(_RENEW_LEASE, lease).rowcount == 1
+def renew_lease(conn: Connection, workflow_id: str, lease: Lease, expires_at: datetime) -> bool:
+    """Extend `lease` if it still holds; False means it was lost."""
+    values = {"b_workflow_id": workflow_id, "b_expires_at": expires_at, **lease.params()}
+    return conn.execute(_RENEW_LEASE, values).rowcount == 1
 
 
 def release_leases(conn: Connection, owner: str, keep: Collection[str] = ()) -> int:

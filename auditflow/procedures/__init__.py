@@ -21,13 +21,22 @@ state (a JSON object, which the plan orchestrator checkpoints) and, on the last 
 step's result. It must derive everything from
 `parameters` and `state` (never mutate `state`), so that a call repeated after a crash gives
 the same answer. Such a procedure is also runnable whole: `run` calls `chunk` until done.
+
+While the processor runs a step, `current_run()` says which run, cycle and step it is, and
+the lease epoch: a fencing token, higher on every claim of the run. A procedure whose side
+effects leave auditflow (a ticket filed, a file written elsewhere) passes the epoch along,
+and the other side refuses a write with an epoch lower than one it has already seen for the
+run: a processor that resumes after a freeze and finishes a step another has taken over
+meanwhile is then refused instead of overwriting the newer work.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -80,6 +89,34 @@ class Procedure:
     description: str = ""
     validate: ValidateFn | None = None
     chunk: ChunkFn | None = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run a procedure is called for (see `current_run`)."""
+
+    workflow_id: str
+    cycle: int
+    step: int  # 1 for the plan's first
+    lease_epoch: int  # the fencing token: higher on every claim of the run
+
+
+_current: ContextVar[RunContext | None] = ContextVar("auditflow_current_run", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The run this procedure call belongs to; None outside the processor (a script, a test)."""
+    return _current.get()
+
+
+@contextmanager
+def running(context: RunContext) -> Iterator[None]:
+    """Make `context` the current run of the calls made inside (the plan orchestrator does)."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
 
 
 @dataclass

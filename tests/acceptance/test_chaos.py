@@ -7,6 +7,7 @@ a step the freeze caught midway)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -158,19 +159,24 @@ def test_chaos_on_postgresql(tmp_path: Path) -> None:
 
 
 def assert_no_overlap(journal: Path, frozen: list[tuple[float, float]]) -> None:
-    """No two processes ran this workflow's steps at once, but for a step a freeze caught."""
-    started: dict[tuple[int, int], float] = {}
+    """No two processes ran this workflow's steps at once, but for a step a freeze caught; and
+    the lease epoch each step ran under only grows, one epoch per process."""
+    started: dict[tuple[int, int], tuple[float, int]] = {}
     ran = []
     for line in journal.read_text().splitlines():
-        what, pid, number, when = line.split()
+        what, pid, number, when, epoch = line.split()
         key = (int(pid), int(number))
         if what == "start":
-            started[key] = float(when)
+            started[key] = (float(when), int(epoch))
         elif key in started:
-            ran.append((key[0], started.pop(key), float(when)))
+            began, epoch_at_start = started.pop(key)
+            ran.append((key[0], began, float(when), epoch_at_start))
     caught = [r for r in ran if any(r[1] <= end and began <= r[2] for began, end in frozen)]
     others = [r for r in ran if r not in caught]
     for a in others:
         for b in others:
             if a[0] != b[0]:
                 assert a[2] <= b[1] or b[2] <= a[1], (journal.name, a, b)
+    in_order = sorted(others, key=lambda r: r[1])
+    for a, b in itertools.pairwise(in_order):
+        assert a[3] <= b[3] and (a[3] < b[3] or a[0] == b[0]), (journal.name, a, b)

@@ -5,10 +5,12 @@ database; the test procedure journals which process runs which step when."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -33,21 +35,21 @@ def processor(workdir: Path, url: str, name: str, poll: float) -> ServerProcess:
     return ServerProcess("processor", workdir, args, log_level="INFO")
 
 
-def journal_lines(path: Path) -> Iterator[tuple[str, int, int, float]]:
+def journal_lines(path: Path) -> Iterator[tuple[str, int, int, float, int]]:
     for line in path.read_text().splitlines():
-        what, pid, number, when = line.split()
-        yield what, int(pid), int(number), float(when)
+        what, pid, number, when, epoch = line.split()
+        yield what, int(pid), int(number), float(when), int(epoch)
 
 
-def intervals(path: Path) -> list[tuple[int, int, float, float]]:
-    """(pid, step, start, end) of every step that ended."""
+def intervals(path: Path) -> list[tuple[int, int, float, float, int]]:
+    """(pid, step, start, end, lease epoch) of every step that ended."""
     started: dict[tuple[int, int], float] = {}
     done = []
-    for what, pid, number, when in journal_lines(path):
+    for what, pid, number, when, epoch in journal_lines(path):
         if what == "start":
             started[(pid, number)] = when
         else:
-            done.append((pid, number, started.pop((pid, number)), when))
+            done.append((pid, number, started.pop((pid, number)), when, epoch))
     return done
 
 
@@ -69,7 +71,7 @@ def test_a_resumed_processor_starts_no_step_on_a_lost_lease(tmp_path: Path) -> N
                 request = enqueue_request(plan, max_cycles=STEPS + 10)
                 assert stub.Enqueue(request, metadata=LINK).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
                 deadline = time.monotonic() + 60
-                while not any(w == "end" and n >= 2 for w, _p, n, _t in journal_lines(journal)):
+                while not any(w == "end" and n >= 2 for w, _p, n, _t, _e in journal_lines(journal)):
                     assert time.monotonic() < deadline, journal.read_text()
                     time.sleep(0.02)
                 os.kill(first.pid, signal.SIGSTOP)  # frozen between two steps (the cycle delay)...
@@ -90,7 +92,7 @@ def test_a_resumed_processor_starts_no_step_on_a_lost_lease(tmp_path: Path) -> N
                 server.stop()
     assert events[-1].type == pb.EVENT_TYPE_COMPLETED, events[-1]
     ran = intervals(journal)
-    assert {number for _pid, number, _s, _e in ran} == set(range(1, STEPS + 1))  # every step ran to its end
+    assert {r[1] for r in ran} == set(range(1, STEPS + 1))  # every step ran to its end
     # No two processes ran steps at the same time, but for the step the freeze caught midway
     # (its thread was frozen with the process; another may redo it meanwhile).
     caught = [r for r in ran if r[2] <= frozen_at <= r[3]]
@@ -99,3 +101,69 @@ def test_a_resumed_processor_starts_no_step_on_a_lost_lease(tmp_path: Path) -> N
         for b in others:
             if a[0] != b[0]:
                 assert a[3] <= b[2] or b[3] <= a[2], (a, b, frozen_at)
+    # Each process ran its steps under its own lease epoch, and a later claim's is higher.
+    epochs = {pid: {r[4] for r in ran if r[0] == pid} for pid in {r[0] for r in ran}}
+    assert all(len(e) == 1 for e in epochs.values()), epochs
+    by_start = sorted(others, key=lambda r: r[2])
+    assert [r[4] for r in by_start] == sorted(r[4] for r in by_start), by_start
+
+
+def test_the_lease_epoch_fences_a_step_the_freeze_caught_midway(tmp_path: Path) -> None:
+    """What the pre-step check cannot prevent, the epoch fences: a processor frozen in the middle
+    of a step past its lease finishes that step after another processor has taken the run over
+    and redone it. The step writes to an outside store that refuses an epoch lower than one it
+    has seen, so the late write of the old lease is refused, and the run completes once."""
+    outside = tmp_path / "outside.db"
+    with fresh_database("fenced") as url:
+        first = processor(tmp_path / "a", url, "first", poll=0.2)
+        second = processor(tmp_path / "b", url, "second", poll=0.2)
+        first.start()
+        try:
+            with grpc.insecure_channel(first.target) as channel:
+                stub = ps_grpc.ProcessorServiceStub(channel)
+                plan = [step("test_fenced", store=str(outside), step=1, seconds=LEASE * 2)]
+                request = enqueue_request(plan, max_cycles=10)
+                assert stub.Enqueue(request, metadata=LINK).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
+                wait_until(lambda: writes(outside), "the first processor began the step")
+                os.kill(first.pid, signal.SIGSTOP)  # frozen mid-step, its lease left to expire
+                second.start()  # (only now, so that the run cannot start there)
+                wait_until(lambda: any(w[3] == 2 for w in writes(outside)), "the second processor began the step")
+                os.kill(first.pid, signal.SIGCONT)  # the first's step ends: its "end" comes late
+                wait_until(lambda: sum(w[2] == "end" for w in writes(outside)) == 2, "both ended the step")
+                with grpc.insecure_channel(second.target) as second_channel:
+                    watch = ps_grpc.ProcessorServiceStub(second_channel).WatchStatus(
+                        ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id),
+                        metadata=LINK,
+                        timeout=90,
+                    )
+                    events = [m.event for m in watch if m.HasField("event")]
+        finally:
+            for server in (first, second):
+                if server.proc is not None and server.proc.poll() is None:
+                    os.kill(server.pid, signal.SIGCONT)
+                server.stop()
+    assert events[-1].type == pb.EVENT_TYPE_COMPLETED, events[-1]
+    by_pid = {w[4]: w for w in writes(outside) if w[2] == "end"}
+    late, redo = by_pid[first.pid], by_pid[second.pid]
+    assert (late[3], late[5]) == (1, 0), late  # the old lease's write: refused
+    assert (redo[3], redo[5]) == (2, 1), redo  # the new lease's write: accepted
+    # The step's one checkpoint is the second processor's: the first's commit found its lease gone.
+    assert [e.cycle for e in events if e.type == pb.EVENT_TYPE_CYCLE_COMPLETED] == [1], events
+
+
+def writes(path: Path) -> list[tuple[str, int, str, int, int, int]]:
+    """(workflow_id, step, begin/end, epoch, pid, accepted) of every write the outside store saw."""
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        try:
+            return list(db.execute("SELECT workflow_id, step, what, epoch, pid, accepted FROM writes ORDER BY rowid"))
+        except sqlite3.OperationalError:  # the table is not there yet
+            return []
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)

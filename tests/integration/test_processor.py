@@ -544,13 +544,21 @@ async def test_a_slow_cycle_keeps_its_lease(harnesses: Harnesses) -> None:
     assert "owner" in events(messages)[1].message
 
 
-def _write_half_done_run(db_path: Path, workflow_id: str, expires_in: float, owner: str = "dead-processor") -> datetime:
-    """A RUNNING run checkpointed after cycle 1 whose owner died holding a lease."""
+def _write_half_done_run(
+    db_path: Path,
+    workflow_id: str,
+    expires_in: float,
+    owner: str = "dead-processor",
+    *,
+    epoch: int = 1,
+    second_step: str = "test_noop",
+) -> datetime:
+    """A RUNNING run checkpointed after cycle 1 whose owner died holding a lease (of `epoch`)."""
     engine = create_engine(f"sqlite:///{db_path}")
     migrations.upgrade(engine, "processor:migrations")  # the schema a processor leaves behind
     now = utcnow()
     lease_end = now + timedelta(seconds=expires_in)
-    plan = [{"procedure": "test_noop", "parameters": {}}] * 2
+    plan = [{"procedure": "test_noop", "parameters": {}}, {"procedure": second_step, "parameters": {}}]
     with engine.begin() as conn:
         run, _, _ = store.insert_run(
             conn,
@@ -570,7 +578,7 @@ def _write_half_done_run(db_path: Path, workflow_id: str, expires_in: float, own
             cycle=1, progress_done=1,
         )  # fmt: skip
         state = '{"next_step": 1, "results": [{"from": "dead processor"}]}'
-        changes = {"state_json": state, "lease_owner": owner, "lease_expires_at": lease_end}
+        changes = {"state_json": state, "lease_owner": owner, "lease_expires_at": lease_end, "lease_epoch": epoch}
         store.append(conn, run, [started, cycle], changes, now)
     engine.dispose()
     return lease_end
@@ -593,6 +601,53 @@ def test_append_refuses_a_change_that_is_not_a_column(tmp_path: Path) -> None:
     with engine.begin() as conn:
         assert store.get_run(conn, workflow_id) == run  # nothing was written
     engine.dispose()
+
+
+def test_every_claim_raises_the_lease_epoch_and_a_stale_lease_cannot_commit_or_renew(tmp_path: Path) -> None:
+    """The epoch is the fencing token: a lease taken again, even under the same worker id (a
+    processor restarted with a stable --worker-id), is not the lease before it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'processor.db'}")
+    migrations.upgrade(engine, "processor:migrations")
+    workflow_id, now = new_id(), utcnow()
+    with engine.begin() as conn:
+        store.insert_run(
+            conn, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
+            orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued", now=now,
+        )  # fmt: skip
+
+    def claim(at: datetime) -> store.RunRecord:
+        with engine.begin() as conn:
+            (run,) = store.claim(conn, owner="w1", now=at, expires_at=at + timedelta(seconds=1), limit=1)
+        return run
+
+    first = claim(now)
+    assert first.lease == store.Lease("w1", 1)
+    second = claim(now + timedelta(seconds=2))  # the first lease expired; the same worker id claims again
+    assert second.lease == store.Lease("w1", 2)
+    with engine.begin() as conn:
+        assert store.lock_run(conn, workflow_id, lease=first.lease) is None
+        assert not store.renew_lease(conn, workflow_id, first.lease, now + timedelta(seconds=9))
+        assert store.renew_lease(conn, workflow_id, second.lease, now + timedelta(seconds=9))
+        locked = store.lock_run(conn, workflow_id, lease=second.lease)
+    assert locked is not None and locked.lease_expires_at == now + timedelta(seconds=9)
+    engine.dispose()
+
+
+async def test_a_procedure_sees_its_run_and_the_epoch_of_the_lease_it_runs_under(
+    harnesses: Harnesses, tmp_path: Path
+) -> None:
+    """A run resumed from a dead processor's lease (epoch 3) runs under the next epoch."""
+    db_path = tmp_path / "processor.db"
+    workflow_id = new_id()
+    _write_half_done_run(db_path, workflow_id, expires_in=-1, epoch=3, second_step="test_context")
+
+    h = await harnesses.start()
+    messages = await collect(h.stub, workflow_id)
+
+    assert types(messages)[-1] == "COMPLETED"
+    context = result(messages[-1].snapshot)["steps"][1]["result"]
+    assert context == {"workflow_id": workflow_id, "cycle": 2, "step": 2, "lease_epoch": 4}
+    assert run_row(db_path, workflow_id)["lease_epoch"] == 4
 
 
 # --- as a process ----------------------------------------------------------------------------

@@ -5,13 +5,19 @@
   `path`, so the count survives a processor restart or another process.
 - test_critical(message): raises CriticalError.
 - test_noop: returns at once.
+- test_context: returns `current_run()` (the run, cycle, step and lease epoch it runs under).
+- test_fenced(store, step, seconds): writes "begin" and "end" to an outside store (a SQLite
+  file) that refuses a write whose lease epoch is lower than one it has seen for the run.
 - test_findings(count, per_chunk): chunked; finds `count` made-up findings.
 - test_result(size, findings): a result of about `size` bytes, with `findings` findings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from auditflow.errors import FieldViolation
-from auditflow.procedures import Chunk, CriticalError, register, register_chunked
+from auditflow.procedures import Chunk, CriticalError, current_run, register, register_chunked
 
 _lock = threading.Lock()
 ACTIVE = 0
@@ -56,14 +62,16 @@ def test_sleep(parameters: dict[str, Any]) -> dict[str, Any]:
 @register("test_journal")
 def test_journal(parameters: dict[str, Any]) -> dict[str, Any]:
     """Sleep for `seconds` between two lines appended to the file `journal`: "start PID STEP
-    TIME" and "end PID STEP TIME" (TIME: time.time()), so a test sees which process ran which
-    step when."""
+    TIME EPOCH" and "end PID STEP TIME EPOCH" (TIME: time.time(); EPOCH: the lease epoch), so
+    a test sees which process ran which step when, under which lease."""
     journal, number = str(parameters["journal"]), int(parameters["step"])
+    context = current_run()
+    epoch = context.lease_epoch if context else 0
     with open(journal, "a", encoding="utf-8") as out:
-        out.write(f"start {os.getpid()} {number} {time.time()!r}\n")
+        out.write(f"start {os.getpid()} {number} {time.time()!r} {epoch}\n")
     time.sleep(float(parameters.get("seconds", 0)))
     with open(journal, "a", encoding="utf-8") as out:
-        out.write(f"end {os.getpid()} {number} {time.time()!r}\n")
+        out.write(f"end {os.getpid()} {number} {time.time()!r} {epoch}\n")
     return {"step": number}
 
 
@@ -89,6 +97,46 @@ def test_critical(parameters: dict[str, Any]) -> dict[str, Any]:
 def test_noop(parameters: dict[str, Any]) -> dict[str, Any]:
     """Do nothing."""
     return {"ok": True}
+
+
+@register("test_context")
+def test_context(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Return the run this call belongs to."""
+    context = current_run()
+    return {} if context is None else dataclasses.asdict(context)
+
+
+class Fenced(Exception):
+    """The outside store refused a write from an older lease."""
+
+
+def fenced_write(path: str, step: int, what: str) -> None:
+    """Record `what` for `step` in the outside store at `path`, fenced by the lease epoch: a
+    write whose epoch is below the highest the store has accepted for the run is refused (and
+    recorded as refused, for the test to see)."""
+    context = current_run()
+    assert context is not None, "called outside a run"
+    with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("CREATE TABLE IF NOT EXISTS writes (workflow_id, step, what, epoch, pid, accepted)")
+        (seen,) = db.execute("SELECT max(epoch) FROM writes WHERE workflow_id = ? AND accepted",
+                             (context.workflow_id,)).fetchone()  # fmt: skip
+        accepted = seen is None or context.lease_epoch >= seen
+        db.execute("INSERT INTO writes VALUES (?, ?, ?, ?, ?, ?)",
+                   (context.workflow_id, step, what, context.lease_epoch, os.getpid(), accepted))  # fmt: skip
+        db.execute("COMMIT")
+    if not accepted:
+        raise Fenced(f"step {step} {what}: lease epoch {context.lease_epoch} < {seen}")
+
+
+@register("test_fenced")
+def test_fenced(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Write "begin", sleep `seconds`, write "end" to the fenced outside store `store`."""
+    path, number = str(parameters["store"]), int(parameters["step"])
+    fenced_write(path, number, "begin")
+    time.sleep(float(parameters.get("seconds", 0)))
+    fenced_write(path, number, "end")
+    return {"step": number}
 
 
 @register_chunked("test_findings")
