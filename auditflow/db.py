@@ -14,12 +14,17 @@ commit that finished before it was asked for. A batch answers when its last read
 reads that may take long (scans, large pages) go through `scan` instead, on threads of their
 own, and never hold up the quick look-ups.
 
-When the database cannot be reached (a restart, a network cut, a lock or statement timeout),
-every waiting request fails with `Unavailable` (UNAVAILABLE to the caller, who may retry), the
-log says so once per outage (a WARNING, then an INFO when it answers again), and a failed batch
+When the database cannot be reached (a restart, a network cut, a statement timeout), every
+waiting request fails with `Unavailable` (UNAVAILABLE to the caller, who may retry), the log
+says so once per outage (a WARNING, then an INFO when it answers again), and a failed batch
 is not retried item by item. On PostgreSQL every session has a `lock_timeout`, a
 `statement_timeout` and an `idle_in_transaction_session_timeout` (`PG_TIMEOUTS`), so that a
 frozen peer cannot hold rows or a connection forever and nothing waits on a lock without end.
+A lock wait that runs out is not an outage: the row is busy, that request alone answers
+UNAVAILABLE, and its batch neighbours are retried without it. A write that must take a row
+another process may hold (a cancel of a run leased elsewhere) goes through `write_apart`, in
+a transaction of its own, so that the writer and every other run's commit never wait behind
+that lock.
 
 Contract for a write function `fn(conn)`: it may raise `AuditflowError` only before it
 writes anything (the batch goes on without it); any other exception rolls the batch back and
@@ -113,6 +118,7 @@ class Database:
         self._reader_count = readers
         self._readers: list[threading.Thread] = []
         self._scanners = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-scan")
+        self._apart = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-apart")
         self._writer: threading.Thread | None = None
         self.commits = 0
         self.writes = 0
@@ -151,6 +157,7 @@ class Database:
             reader.join(timeout=10)
         self._readers.clear()
         self._scanners.shutdown(wait=True, cancel_futures=True)
+        self._apart.shutdown(wait=True, cancel_futures=True)
         self.write_engine.dispose()
         self.read_engine.dispose()
 
@@ -167,7 +174,17 @@ class Database:
         """A read that may take long (a scan, a large page): in a transaction of its own on a
         thread of its own, so that it never holds up the quick reads batched together."""
         self._check_started()
-        return await asyncio.get_running_loop().run_in_executor(self._scanners, self._read_sync, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._scanners, self._alone, self.read_engine, fn)
+
+    async def write_apart(self, fn: Callable[[Connection], T]) -> T:
+        """A write that may wait for a row lock held by another process (up to lock_timeout,
+        then `Unavailable`): in a transaction of its own on a thread of its own, never in the
+        writer's batch, which would wait with it. SQLite has no row locks and one writer: there
+        it is an ordinary `write`."""
+        if self.is_sqlite:
+            return await self.write(fn)
+        self._check_started()
+        return await asyncio.get_running_loop().run_in_executor(self._apart, self._alone, self.write_engine, fn)
 
     async def _submit(self, requests: queue.SimpleQueue[_Request | None], fn: Callable[[Connection], T]) -> T:
         self._check_started()
@@ -181,11 +198,14 @@ class Database:
         if self._writer is None:
             raise RuntimeError("the database is not started, or already closed")
 
-    def _read_sync(self, fn: Callable[[Connection], T]) -> T:
+    def _alone(self, engine: Engine, fn: Callable[[Connection], T]) -> T:
+        """fn in a transaction of its own (on the calling thread)."""
         try:
-            with self.read_engine.begin() as conn:
+            with engine.begin() as conn:
                 result = fn(conn)
         except BaseException as exc:
+            if contended(exc):
+                raise _busy() from None
             if unreachable(exc):
                 raise self._outage.began(exc) from None
             raise
@@ -266,6 +286,9 @@ class Database:
                 self._resolve([(item, False, refusal) for item in batch])
                 return
             if len(batch) == 1:
+                if contended(exc):
+                    self._resolve([(batch[0], False, _busy())])
+                    return
                 if log_failure:
                     logger.exception("write failed")
                 self._resolve([(batch[0], False, exc)])
@@ -289,9 +312,26 @@ class Database:
                 loop.call_soon_threadsafe(_settle, items)
 
 
+def contended(exc: BaseException) -> bool:
+    """A lock wait ran out (PostgreSQL's lock_timeout, SQLSTATE 55P03): a row is held by
+    another transaction, the database itself answers."""
+    return isinstance(exc, sa_exc.DBAPIError) and getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE
+
+
+def _busy() -> Unavailable:
+    logger.info("a row stayed locked by another transaction past lock_timeout; the call answers UNAVAILABLE")
+    return Unavailable("the record is locked by another transaction (another processor may be stalled); try again")
+
+
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
 def unreachable(exc: BaseException) -> bool:
-    """The database did not answer (connection refused or lost, server shutting down, a lock
-    or statement timeout), as opposed to a statement the database refused."""
+    """The database did not answer (connection refused or lost, server shutting down, a
+    statement timeout), as opposed to a statement the database refused or a lock wait that
+    ran out (`contended`)."""
+    if contended(exc):
+        return False
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     if not isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):

@@ -112,7 +112,9 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
                 return run, []
             return store.append(conn, run, events, changes, utcnow(), self._signer)
 
-        run, events = await self._db.write(tx)
+        # Off the single writer: the run may be locked by another processor's transaction (a
+        # stalled one), and waiting for that lock must never hold up this processor's own runs.
+        run, events = await self._db.write_apart(tx)
         if events:
             messages.publish(self._hub, events)
             self._scheduler.notify_cancel(wid)
