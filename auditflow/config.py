@@ -94,8 +94,37 @@ def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, ser
     add(parser, "--host", default="127.0.0.1", help="address to listen on", service=s)
     add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)", service=s)
     add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database", service=s)
-    add(parser, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR", service=s)
+    add(parser, "--log-level", default="INFO", type=log_level, help="DEBUG, INFO, WARNING or ERROR", service=s)
+    add(parser, "--log-format", default="text", type=log_format, service=s,
+        help="text (a line per record, for a terminal) or json (an object per line, for a log pipeline)")  # fmt: skip
+    add(parser, "--metrics-address", default="", type=listen_address, service=s,
+        help="HOST:PORT to serve Prometheus metrics at /metrics (port 0: a free one); empty: no metrics")  # fmt: skip
     add(parser, "--plugin", default="", help="comma-separated modules that register procedures", service=s)
+
+
+def log_level(text: str) -> str:
+    value = text.strip().upper()
+    if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return value
+
+
+def log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return value
+
+
+def listen_address(text: str) -> str:
+    """HOST:PORT to listen on ("" for none)."""
+    value = text.strip()
+    if not value:
+        return ""
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
 
 
 def csv(text: str) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from auditflow import migrations
+from auditflow import metrics, migrations
 from auditflow.errors import AuditflowError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -106,13 +106,17 @@ def make_engine(url: str, *, writer: bool) -> Engine:
 class Database:
     """A service's database: `await write(fn)` and `await read(fn)`, both off the event loop."""
 
-    def __init__(self, url: str, metadata: MetaData, *, migrations: str | None = None, readers: int = 4) -> None:
+    def __init__(
+        self, url: str, metadata: MetaData, *, migrations: str | None = None, readers: int = 4, name: str = "database"
+    ) -> None:
         self.url = url
+        self.name = name  # (the `database` label of its metrics)
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self.write_engine = make_engine(url, writer=True)
         self.read_engine = make_engine(url, writer=False)
         self._metadata = metadata
         self._migrations = migrations
+        self._head: str | None = None  # the newest revision, once the schema is created
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._read_queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._reader_count = readers
@@ -125,6 +129,11 @@ class Database:
         self.read_batches = 0  # (counted by several threads: approximate, for tests and benchmarks)
         self.reads = 0
         self._outage = _Outage()
+        self._measured = {
+            thread: (metrics.DB_BATCH_SIZE.labels(name, thread), metrics.DB_TRANSACTION_SECONDS.labels(name, thread))
+            for thread in ("writer", "reader")
+        }
+        self._lock_timeouts = metrics.DB_LOCK_TIMEOUTS.labels(name)
 
     def observe_outages(self, observer: OutageObserver) -> None:
         self._outage.observer = observer
@@ -136,6 +145,7 @@ class Database:
             self._metadata.create_all(self.write_engine)
         else:
             migrations.upgrade(self.write_engine, self._migrations)
+            self._head = migrations.head(self._migrations)
 
     def start(self) -> None:
         self.create_schema()
@@ -176,6 +186,21 @@ class Database:
         self._check_started()
         return await asyncio.get_running_loop().run_in_executor(self._scanners, self._alone, self.read_engine, fn)
 
+    async def schema_problem(self) -> str | None:
+        """Why this database cannot serve (None: reachable, and its schema at the newest
+        revision); for a readiness probe. Raises nothing: an outage is a problem to report."""
+        try:
+            found = await self.read(migrations.current)
+        except Exception as exc:  # (Unavailable during an outage)
+            return f"the database is unreachable ({type(exc).__name__})"
+        if self._migrations is not None and found != self._head:
+            return f"the schema is at revision {found}, not {self._head}: run the migrations"
+        return None
+
+    def read_blocking(self, fn: Callable[[Connection], T]) -> T:
+        """A read on the calling thread, which must not be the event loop (a metrics scrape)."""
+        return self._alone(self.read_engine, fn)
+
     async def write_apart(self, fn: Callable[[Connection], T]) -> T:
         """A write that may wait for a row lock held by another process (up to lock_timeout,
         then `Unavailable`): in a transaction of its own on a thread of its own, never in the
@@ -205,6 +230,7 @@ class Database:
                 result = fn(conn)
         except BaseException as exc:
             if contended(exc):
+                self._lock_timeouts.inc()
                 raise _busy() from None
             if unreachable(exc):
                 raise self._outage.began(exc) from None
@@ -249,20 +275,26 @@ class Database:
     def _run_reads(self, batch: list[_Request]) -> None:
         self._run_together(self.read_engine, batch, self._run_reads, self._count_reads, log_failure=False)
 
-    def _count_commit(self, size: int) -> None:
+    def _count_commit(self, size: int, seconds: float) -> None:
         self.commits += 1
         self.writes += size
+        batch, took = self._measured["writer"]
+        batch.observe(size)
+        took.observe(seconds)
 
-    def _count_reads(self, size: int) -> None:
+    def _count_reads(self, size: int, seconds: float) -> None:
         self.read_batches += 1
         self.reads += size
+        batch, took = self._measured["reader"]
+        batch.observe(size)
+        took.observe(seconds)
 
     def _run_together(
         self,
         engine: Engine,
         batch: list[_Request],
         alone: Callable[[list[_Request]], None],
-        count: Callable[[int], None],
+        count: Callable[[int, float], None],
         *,
         log_failure: bool = True,
     ) -> None:
@@ -273,6 +305,7 @@ class Database:
         `alone` runs each item by itself, so that one bad item never fails its neighbours. A
         failed read is left to its caller to report (`log_failure=False`)."""
         outcomes: list[tuple[_Request, bool, Any]] = []
+        started = time.perf_counter()
         try:
             with engine.begin() as conn:
                 for item in batch:
@@ -287,6 +320,7 @@ class Database:
                 return
             if len(batch) == 1:
                 if contended(exc):
+                    self._lock_timeouts.inc()
                     self._resolve([(batch[0], False, _busy())])
                     return
                 if log_failure:
@@ -297,7 +331,7 @@ class Database:
             for item in batch:
                 alone([item])
             return
-        count(len(batch))
+        count(len(batch), time.perf_counter() - started)
         self._outage.ended()
         self._resolve(outcomes)
 

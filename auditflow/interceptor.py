@@ -5,7 +5,9 @@ Every RPC of both services passes through `CallInterceptor`, which
   before the handler runs, and puts the principal on the call's context;
 - answers a request that does not parse as INVALID_ARGUMENT (gRPC itself would say UNKNOWN);
 - maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest),
-  and any other exception to INTERNAL without leaking internals.
+  and any other exception to INTERNAL without leaking internals;
+- with metrics on, counts every call by method and status code and times it
+  (`auditflow.metrics`).
 
 Public methods (health, reflection) skip authentication: probes carry no credentials.
 """
@@ -13,6 +15,7 @@ Public methods (health, reflection) skip authentication: probes carry no credent
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -22,9 +25,10 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from auditflow import policy, principal
+from auditflow import logs, policy, principal
 from auditflow.auth import Authenticator
 from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument
+from auditflow.metrics import MethodMetrics, RpcMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +146,9 @@ def tls_identities(context: Context) -> tuple[str, ...]:
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates, authorizes, sets the principal and maps exceptions to status codes."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
         self._auth = authenticator
+        self._metrics = metrics
 
     async def intercept_service(  # type: ignore[override]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -157,14 +162,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         metadata = handler_call_details.invocation_metadata or ()
         deserialize = _tolerant(handler.request_deserializer, method)
         if handler.unary_unary is not None:
+            measured = self._metrics.method(method, "unary") if self._metrics is not None else None
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, metadata),
+                self._wrap_unary(handler.unary_unary, method, metadata, measured),
                 request_deserializer=deserialize,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            measured = self._metrics.method(method, "server_stream") if self._metrics is not None else None
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, metadata),
+                self._wrap_stream(handler.unary_stream, method, metadata, measured),
                 request_deserializer=deserialize,
                 response_serializer=_passing_bytes(handler.response_serializer),
             )
@@ -176,32 +183,64 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         presented = self._auth.presented(metadata, peer_address(context), tls_identities(context))
         caller = await self._auth.authenticate(presented)
         policy.authorize(method, caller)
-        # Each RPC runs in its own task, so the context variable is the call's own.
+        # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
+        workflow_id = getattr(request, "workflow_id", None)
+        if workflow_id:
+            logs.bind(workflow_id=workflow_id)
         if isinstance(request, _Malformed):
             raise InvalidArgument(f"the request is not a valid {request.message_name} message")
 
-    def _wrap_unary(self, behavior: Any, method: str, metadata: Any) -> Any:
+    def _wrap_unary(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            code = "CANCELLED"  # (unless the call gets further: a client that went away)
+            if measured is not None:
+                measured.started.inc()
             try:
                 await self._admit(request, context, method, metadata)
-                return await behavior(request, context)
+                response = await behavior(request, context)
+                code = "OK"
+                return response
             except Exception as exc:
+                code = _code_name(exc, context)
                 if _is_abort(exc):
                     raise
                 await _abort(context, exc, method)
+            finally:
+                if measured is not None:
+                    measured.done(code, time.perf_counter() - started)
 
         return wrapper
 
-    def _wrap_stream(self, behavior: Any, method: str, metadata: Any) -> Any:
+    def _wrap_stream(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = "CANCELLED"
+            if measured is not None:
+                measured.started.inc()
             try:
                 await self._admit(request, context, method, metadata)
                 async for response in behavior(request, context):
                     yield response
+                code = "OK"
             except Exception as exc:
+                code = _code_name(exc, context)
                 if _is_abort(exc):
                     raise
                 await _abort(context, exc, method)
+            finally:
+                if measured is not None:
+                    measured.done(code, time.perf_counter() - started)
 
         return wrapper
+
+
+def _code_name(exc: BaseException, context: Context) -> str:
+    """The status code a failed call ends with, by name."""
+    if isinstance(exc, AuditflowError):
+        return exc.code.name
+    if _is_abort(exc):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    return "INTERNAL"

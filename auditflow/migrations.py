@@ -23,6 +23,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, MetaData, create_engine
 
 SERVICES = {"gateway": "gateway:migrations", "processor": "processor:migrations"}
@@ -40,6 +42,16 @@ def upgrade(engine: Engine, script_location: str) -> None:
     with engine.begin() as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def head(script_location: str) -> str | None:
+    """The newest revision of a service's history."""
+    return ScriptDirectory.from_config(config(script_location)).get_current_head()
+
+
+def current(connection: Connection) -> str | None:
+    """The revision a database is at (None: never migrated)."""
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 def run_env(context: Any, target_metadata: MetaData) -> None:

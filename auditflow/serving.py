@@ -9,7 +9,7 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.interceptor import CallInterceptor
+from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,11 @@ MAX_PENDING_CALLS_HARD = 40_000
 MAX_UNREQUESTED_SECONDS = 120
 
 
-def new_server(authenticator: Authenticator) -> grpc.aio.Server:
+def new_server(authenticator: Authenticator, *, metrics: RpcMetrics | None = None,
+               outer: Sequence[Any] = ()) -> grpc.aio.Server:  # fmt: skip
+    """A server with our interceptor (and `outer` ones before it: tracing)."""
     return grpc.aio.server(
-        interceptors=[CallInterceptor(authenticator)],
+        interceptors=[*outer, CallInterceptor(authenticator, metrics)],
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -91,6 +94,28 @@ class DatabaseHealth:
         task = asyncio.create_task(set_serving(self._health, self._names, reachable))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class LinkHealth:
+    """A named service in `grpc.health.v1` that reports a link to another service (the
+    gateway's to the processor: SERVING while its feed is up), apart from the server's own
+    health, so that a probe can tell "this gateway is down" from "its processor is"."""
+
+    def __init__(self, health_servicer: health_aio.HealthServicer, name: str,
+                 on_change: Callable[[bool], None] | None = None) -> None:  # fmt: skip
+        self._health = health_servicer
+        self.name = name
+        self._on_change = on_change
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def link_changed(self, up: bool) -> None:
+        """On the event loop."""
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        task = asyncio.create_task(self._health.set(self.name, status))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if self._on_change is not None:
+            self._on_change(up)
 
 
 def bind(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from auditflow import convert, plans, principal, statuses, trail
+from auditflow import convert, metrics, plans, principal, statuses, tracing, trail
 from auditflow.db import Database
 from auditflow.errors import InvalidArgument, NotFound, invalid
 from auditflow.v1 import workflow_pb2 as pb
@@ -172,6 +172,15 @@ class WorkflowApi:
         return record
 
     async def _decide(self, request: wpb.ApproveRequest | wpb.RejectRequest, decision: str) -> workflows.Outcome:
+        try:
+            outcome = await self._decide_now(request, decision)
+        except Exception:
+            _DECISIONS[(decision, "refused")].inc()
+            raise
+        _DECISIONS[(decision, _decided(outcome))].inc()
+        return outcome
+
+    async def _decide_now(self, request: wpb.ApproveRequest | wpb.RejectRequest, decision: str) -> workflows.Outcome:
         asked = workflows.Decision(
             workflow_id=plans.check_workflow_id(request.workflow_id),
             decision=decision,
@@ -179,10 +188,12 @@ class WorkflowApi:
             comment=plans.check_text(request.comment, "comment", plans.MAX_COMMENT),
             request_id=plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID),
             etag=check_etag(request.etag),
+            traceparent=tracing.traceparent(),
         )
-        outcome = await self._db.write(
-            lambda conn: workflows.decide(conn, asked, self_approval=self._self_approval, signer=self._signer)
-        )
+        with tracing.span("commit decision"):
+            outcome = await self._db.write(
+                lambda conn: workflows.decide(conn, asked, self_approval=self._self_approval, signer=self._signer)
+            )
         self._published(outcome)
         if outcome.changed:
             logger.info("workflow %s: %s", asked.workflow_id, outcome.record.last_message)
@@ -198,6 +209,23 @@ class WorkflowApi:
                                          lambda: messages.event_message(record, event)))  # fmt: skip
         if outcome.outbox is not None:
             self._relay.submit(outcome.outbox, record)
+
+
+# The decisions counter's children, resolved once (a label look-up takes a lock).
+_DECISIONS = {
+    (kind, outcome): metrics.DECISIONS.labels(kind.lower(), outcome)
+    for kind in (workflows.APPROVE, workflows.REJECT)
+    for outcome in ("dispatched", "recorded", "rejected", "repeated", "refused")
+}
+
+
+def _decided(outcome: workflows.Outcome) -> str:
+    """What a decision did, for the decisions counter."""
+    if not outcome.changed:
+        return "repeated"
+    if outcome.outbox is not None:
+        return "dispatched"
+    return "rejected" if outcome.record.status == pb.WORKFLOW_STATUS_REJECTED else "recorded"
 
 
 def approve_response(record: WorkflowRecord, unavailable_since: datetime | None) -> wpb.ApproveResponse:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 import grpc
 from sqlalchemy import Connection
@@ -47,6 +48,13 @@ logger = logging.getLogger(__name__)
 MAX_CURSORS = 1000  # per ReadEvents call (the processor's limit)
 
 
+class LinkObserver(Protocol):
+    """Told when the feed's stream from the processor is up (subscribed and caught up) and
+    when it breaks: the gateway's health reports the link (`serving.LinkHealth`)."""
+
+    def link_changed(self, up: bool) -> None: ...
+
+
 class Feed:
     """Follows the processor's events into the workflow rows and the hub."""
 
@@ -58,8 +66,10 @@ class Feed:
         *,
         max_backoff: float = 2.0,
         signer: trail.Signer | None = None,
+        link: LinkObserver | None = None,
     ) -> None:
         self._db = db
+        self._link = link
         self._stub = stub
         self._hub = hub
         self._max_backoff = max_backoff
@@ -93,6 +103,8 @@ class Feed:
                 logger.exception("following the processor failed")
                 problem = f"{type(exc).__name__}"
             self.connected.clear()
+            if self._link is not None:
+                self._link.link_changed(False)
             if not failing:  # one warning per outage, not one per attempt
                 logger.warning("the feed from the processor broke (%s); reconnecting", problem)
                 failing = True
@@ -107,6 +119,8 @@ class Feed:
             await call.read()  # the processor's first message: subscribed
             await self._catch_up()
             self.connected.set()
+            if self._link is not None:
+                self._link.link_changed(True)
             backoff.reset()
             logger.info("following the processor's feed")
             arrived: list[ppb.FeedEvent] = []

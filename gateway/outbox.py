@@ -28,7 +28,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auditflow import convert
+from auditflow import convert, metrics, tracing
 from auditflow.backoff import Backoff
 from auditflow.db import Database
 from auditflow.errors import Unavailable
@@ -54,12 +54,14 @@ Request = ppb.EnqueueRequest | ppb.CancelRunRequest
 # --- the format of a row ----------------------------------------------------------------
 
 
-def enqueue_payload(record: WorkflowRecord, approved_by: str, base_hash: str) -> bytes:
-    """An Enqueue row keeps what the workflow row does not: the approver, and the sequence
-    and trail hash the processor goes on from. The rest comes from the workflow when sent."""
+def enqueue_payload(record: WorkflowRecord, approved_by: str, base_hash: str, approved_at: datetime,
+                    traceparent: str = "") -> bytes:  # fmt: skip
+    """An Enqueue row keeps what the workflow row does not: the approver, the sequence and
+    trail hash the processor goes on from, when it was approved and the approval's trace. The
+    rest comes from the workflow when sent."""
     request = ppb.EnqueueRequest(
         workflow_id=record.workflow_id, base_sequence=record.last_sequence, approved_by=approved_by,
-        base_hash=base_hash,
+        base_hash=base_hash, approved_at=convert.timestamp(approved_at), traceparent=traceparent,
     )  # fmt: skip
     return request.SerializeToString()
 
@@ -133,6 +135,7 @@ class OutboxRelay:
         self._open.set()
         self._unavailable_since: datetime | None = None
         self._prober: asyncio.Task[None] | None = None
+        metrics.OUTBOX_GATE_OPEN.set(1)
 
     async def start(self) -> None:
         await self._scan()
@@ -237,20 +240,25 @@ class OutboxRelay:
             try:
                 async with self._in_flight:
                     run = await self._send(row, request)
+                _delivered(row, "accepted")
                 await self._dispatches.dispatched(row, run)
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (REFUSED_CANCEL if row.kind == store.CANCEL else REFUSED):
+                    _delivered(row, "refused")
                     logger.error("the processor refused %s of %s: %s", row.kind, row.workflow_id, exc.details())
                     await self._dispatches.refused(row, exc.details() or exc.code().name)
                     return
+                _delivered(row, "failed")
                 if exc.code() not in OUTAGE:
                     raise
                 self._close_gate(row, exc)
 
     async def _send(self, row: OutboxRow, request: Request) -> ppb.Run:
         if isinstance(request, ppb.EnqueueRequest):
-            response = await self._stub.Enqueue(request, timeout=self._rpc_timeout)
+            # The call continues the approval's trace, however late it is sent (a restart).
+            with tracing.span("outbox relay", parent=request.traceparent, attributes={"auditflow.outbox_row": row.id}):
+                response = await self._stub.Enqueue(request, timeout=self._rpc_timeout)
             logger.info("dispatched %s to the processor (created=%s)", row.workflow_id, response.created)
             return response.run
         cancelled = await self._stub.CancelRun(request, timeout=self._rpc_timeout)
@@ -261,6 +269,7 @@ class OutboxRelay:
         if not self._open.is_set():
             return  # another sender already noticed this outage
         self._open.clear()
+        metrics.OUTBOX_GATE_OPEN.set(0)
         self._unavailable_since = convert.utcnow()
         logger.warning(
             "delivering %s of %s failed (%s); %d outbox rows wait for the processor",
@@ -281,6 +290,7 @@ class OutboxRelay:
         logger.info("the processor is back; delivering %d outbox rows", len(self._known))
         self._unavailable_since = None
         self._open.set()
+        metrics.OUTBOX_GATE_OPEN.set(1)
         parked, self._parked = self._parked, deque()
         for row, workflow in parked:  # in order: a workflow's rows keep theirs
             self._route(row, workflow)
@@ -289,6 +299,12 @@ class OutboxRelay:
         request = health_pb2.HealthCheckRequest(service=PROCESSOR_SERVICE)
         response = await self._health.Check(request, timeout=2.0)
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _delivered(row: OutboxRow, result: str) -> None:
+    metrics.OUTBOX_DELIVERIES.labels(row.kind, result).inc()
+    if result == "accepted" and row.kind == store.ENQUEUE:
+        metrics.OUTBOX_DISPATCH_SECONDS.observe((convert.utcnow() - row.created_at).total_seconds())
 
 
 def _describe(exc: Exception) -> str:

@@ -18,11 +18,12 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from auditflow import logs, procedures, serving, sources, trail
+from auditflow import logs, metrics, procedures, serving, sources, tracing, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
 from auditflow.db import Database
+from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls, check_plaintext, host_of
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -31,6 +32,7 @@ from gateway import store
 from gateway.api import Approvals, WorkflowApi
 from gateway.feed import Feed
 from gateway.findings import Findings
+from gateway.health import Readiness, outbox_gauges
 from gateway.hub import WorkflowHub
 from gateway.outbox import OutboxRelay
 from gateway.rest import RestGateway
@@ -42,6 +44,10 @@ from gateway.watch import Watcher
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = wpb.DESCRIPTOR.services_by_name["WorkflowService"].full_name
+# The gateway's link to the processor, as a service of its own in grpc.health.v1: SERVING while
+# the feed from the processor is up. The gateway itself stays SERVING without it (approvals
+# wait in the outbox), so that a probe tells "this gateway is down" from "its processor is".
+LINK_NAME = "auditflow.v1.ProcessorService"
 
 
 class Gateway:
@@ -54,15 +60,20 @@ class Gateway:
         procedures.load(settings.plugins)
         self.authenticator = auth_settings.build(settings.auth)
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
-        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations")
+        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway")
         self.channel = processor_channel(settings)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
+        measured = bool(settings.metrics_address)
+        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+                                         outer=tracing.server_interceptors())  # fmt: skip
+        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
+        link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
         keys = trail.load_public_keys(settings.trail_public_keys)
         if signer is not None:
             keys[signer.key_id] = signer.public
-        self.feed = Feed(self.db, stub, self.hub, signer=signer)
+        self.feed = Feed(self.db, stub, self.hub, signer=signer, link=link)
         health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
@@ -89,11 +100,15 @@ class Gateway:
                 settings.rest_port,
                 cors_origins=frozenset(settings.rest_cors_origins),
                 ssl_context=self.tls.ssl_context() if self.tls is not None else None,
+                measured=measured,
+                readiness=Readiness(self.db, self.feed),
             )
-        self.server = serving.new_server(self.authenticator)
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
-        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = serving.bind(self.server, address, self.tls)
+        self.metrics: metrics.Endpoint | None = None
+        if measured:
+            self.metrics = metrics.Endpoint(settings.metrics_address, outbox_gauges(self.db),
+                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
 
     @property
     def address(self) -> str:
@@ -105,11 +120,14 @@ class Gateway:
         await asyncio.to_thread(sources.configure, self.settings.data)
         await self.authenticator.start()
         await asyncio.to_thread(self.db.start)
+        await serving.set_serving(self._health, [LINK_NAME], False)  # (until the feed is up)
         await self.server.start()
         await self.feed.start()
         await self.relay.start()
         if self.rest is not None:
             await self.rest.start()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.start)
         await serving.set_serving(self._health, [SERVICE_NAME])
         self.db.observe_outages(serving.DatabaseHealth(self._health, [SERVICE_NAME]))
         logger.info(
@@ -127,6 +145,8 @@ class Gateway:
         await self.feed.stop()
         await self.channel.close(grace=None)
         await self.authenticator.stop()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
 
     def reload(self) -> None:
@@ -180,6 +200,9 @@ def processor_channel(settings: Settings) -> grpc.aio.Channel:
         raise ConfigError(
             "the gateway needs credentials for the processor: --processor-token-file or --processor-tls-cert"
         )
+    if settings.metrics_address:
+        interceptors += metrics.client_interceptors()
+    interceptors += tracing.client_interceptors()
     options = [BALANCED]
     if link.enabled:
         return grpc.aio.secure_channel(target, link.credentials(), options=[*link.options(), *options],
@@ -207,8 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse(argv)
     except ConfigError as exc:
         sys.exit(f"auditflow-gateway: {exc}")
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format, service="gateway")
     try:
+        tracing.configure("gateway")
         asyncio.run(serve(settings))
     except ConfigError as exc:
         sys.exit(f"auditflow-gateway: {exc}")

@@ -32,6 +32,9 @@ class Settings:
     outbox_scan_interval: float = 5.0
     plugins: tuple[str, ...] = ()
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json"
+    # HOST:PORT of the Prometheus /metrics endpoint; "" serves none (and records no RPC metrics).
+    metrics_address: str = ""
     # HTTP port of the REST gateway (gateway/rest/) in this process; 0 picks a free one,
     # None serves no REST (the command line's default is 8080).
     rest_port: int | None = None
@@ -113,6 +116,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         allow_self_approval=args.allow_self_approval,
         plugins=config.csv(args.plugin),
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_address=args.metrics_address,
         rest_port=args.rest_port,
         rest_cors_origins=config.csv(args.rest_cors_origins),
         auth=auth_settings.from_args(args),

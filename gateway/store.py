@@ -34,6 +34,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    func,
     insert,
     literal_column,
     or_,
@@ -251,6 +252,7 @@ class OutboxRow:
     workflow_id: str
     kind: str
     payload: bytes
+    created_at: datetime
 
 
 # Statements run on every approval, dispatch, mirrored event or watch are built once, with
@@ -369,7 +371,7 @@ def events_after(conn: Connection, workflow_id: str, after: int) -> list[EventRe
 def add_outbox(conn: Connection, workflow_id: str, kind: str, payload: bytes, time: datetime) -> OutboxRow:
     values = {"workflow_id": workflow_id, "kind": kind, "payload": payload, "created_at": time}
     row = _INSERT_OUTBOX.run(conn, values)
-    return OutboxRow(int(row.id), workflow_id, kind, payload)
+    return OutboxRow(int(row.id), workflow_id, kind, payload, time)
 
 
 def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[OutboxRow]:
@@ -380,8 +382,15 @@ def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Outbox
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows = conn.execute(select(outbox).where(outbox.c.id.in_(chunk)).order_by(outbox.c.id))
-        found.extend(OutboxRow(r.id, r.workflow_id, r.kind, r.payload) for r in rows)
+        found.extend(OutboxRow(r.id, r.workflow_id, r.kind, r.payload, _utc(r.created_at) or r.created_at)
+                     for r in rows)  # fmt: skip
     return found
+
+
+def outbox_backlog(conn: Connection) -> tuple[int, datetime | None]:
+    """How many outbox rows wait, and when the oldest was committed (None: no row)."""
+    count, oldest = conn.execute(select(func.count(), func.min(outbox.c.created_at))).one()
+    return int(count), _utc(oldest)
 
 
 def clear_cancel_requested(conn: Connection, workflow_id: str) -> None:

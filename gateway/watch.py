@@ -22,7 +22,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection
 
-from auditflow import convert, plans, statuses
+from auditflow import convert, metrics, plans, statuses
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, NotFound, OutOfRange, invalid
 from auditflow.v1 import processor_service_pb2 as ppb
@@ -69,6 +69,7 @@ class Watcher:
         if record is None:
             return  # the client has seen the end already
         self._hub.subscribe(workflow_id)
+        metrics.WATCH_STREAMS.inc()
         try:
             while True:
                 changed = self._hub.waiter(workflow_id)
@@ -86,6 +87,7 @@ class Watcher:
                 if not items and not await wait_for(changed, self._heartbeat):
                     yield self._heartbeat_item(record)
         finally:
+            metrics.WATCH_STREAMS.dec()
             self._hub.unsubscribe(workflow_id)
 
     async def _start(self, workflow_id: str, after: int) -> WorkflowRecord | None:

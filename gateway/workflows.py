@@ -60,6 +60,8 @@ class Decision:
     comment: str = ""
     request_id: str = ""
     etag: str = ""
+    # The approval's trace context (tracing on), stored with its outbox row for the relay.
+    traceparent: str = ""
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ def _approved(conn: Connection, record: WorkflowRecord, decision: Decision, now:
         NewEvent(record.workflow_id, record.last_sequence, E.EVENT_TYPE_APPROVED, S.WORKFLOW_STATUS_APPROVED,
                  record.last_message, actor.name, now, previous, actor.via, record.etag),
     )  # fmt: skip
-    payload = outbox.enqueue_payload(record, actor.name, event.hash or "")
+    payload = outbox.enqueue_payload(record, actor.name, event.hash or "", now, decision.traceparent)
     row = store.add_outbox(conn, record.workflow_id, store.ENQUEUE, payload, now)
     return Outcome(record, True, event, row)
 

@@ -45,6 +45,7 @@ advanced, and the next cycle retries; too many in a row fail the run.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
@@ -120,7 +121,9 @@ async def call(executor: Executor, fn: Callable[..., T | Awaitable[T]], *args: A
     if inspect.iscoroutinefunction(fn):
         return cast(T, await fn(*args))
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(executor, functools.partial(fn, *args))
+    # In this task's context (its trace span and log fields), as asyncio.to_thread does.
+    context = contextvars.copy_context()
+    result = await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
     if inspect.isawaitable(result):  # a plain function that returned an awaitable
         return cast(T, await result)
     return result

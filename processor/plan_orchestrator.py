@@ -29,7 +29,7 @@ import os
 import time
 from typing import Any
 
-from auditflow import procedures
+from auditflow import procedures, tracing
 from auditflow.procedures import CriticalError
 from processor.orchestrator import CycleResult, RunInfo
 
@@ -74,9 +74,10 @@ class PlanOrchestrator:
                 raise CriticalError(f"step {index + 1}/{total}: unknown procedure {name!r}")
             parameters = dict(step.get("parameters") or {})
             context = procedures.RunContext(run.workflow_id, run.cycle, index + 1, run.lease_epoch)
+            step_span, traced = f"step {index + 1} {name}", {"auditflow.procedure": name, "auditflow.step": index + 1}
             logger.debug("%s cycle %d: running step %d/%d %s", run.workflow_id, run.cycle, index + 1, total, name)
             if procedure.chunk is None:
-                with procedures.running(context):
+                with procedures.running(context), tracing.span(step_span, attributes=traced):
                     result = dict(procedure.run(parameters))
                 found = _tagged(result.pop("findings", None) or [], index, name)
                 results.append(_bounded(result, index, name, results))
@@ -85,8 +86,11 @@ class PlanOrchestrator:
             else:
                 deadline = time.monotonic() + self.budget
                 while True:
-                    with procedures.running(context):
+                    with procedures.running(context), tracing.span(step_span, attributes=traced) as span:
                         chunk = procedure.chunk(parameters, chunk_state)
+                        if span is not None:
+                            span.set_attributes({"auditflow.chunk": chunk.done, "auditflow.chunks": chunk.total,
+                                                 "auditflow.findings": len(chunk.findings)})  # fmt: skip
                     found.extend(_tagged(chunk.findings, index, name))
                     if chunk.result is not None:
                         results.append(_bounded(chunk.result, index, name, results))

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from auditflow import statuses, trail
+from auditflow import logs, metrics, procedures, statuses, tracing, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import Unavailable
@@ -78,6 +78,7 @@ class Scheduler:
         # Held across a claim's write, so that two claims never count the same free slot.
         self._claiming = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
+        metrics.MAX_CONCURRENT.set(settings.max_concurrent)
 
     @property
     def active(self) -> set[str]:
@@ -228,6 +229,7 @@ class Scheduler:
             self._queued(queued)
         for run, events in claimed:
             messages.publish(self._hub, events)
+            _claimed(run, self.worker_id)
             message = events[-1].message
             logger.info("%s: %s (cycle %d of at most %d)", run.workflow_id, message, run.cycle, run.max_cycles)
             if self._stopping.is_set():  # stop() releases the lease we just took
@@ -254,10 +256,12 @@ class Scheduler:
         driver = _Driver(run.workflow_id, run.lease)
         self._drivers[run.workflow_id] = driver
         driver.task = asyncio.create_task(self._drive(driver, run), name=f"run {run.workflow_id}")
+        metrics.RUNS_DRIVEN.set(len(self._drivers))
 
     # --- driving a run -----------------------------------------------------------------------
 
     async def _drive(self, driver: _Driver, run: RunRecord) -> None:
+        logs.bind(workflow_id=run.workflow_id)  # (this task's records; its renewer copies them)
         renewer = asyncio.create_task(self._keep_lease(driver), name=f"lease {run.workflow_id}")
         try:
             await self._cycles(driver, run)
@@ -271,6 +275,7 @@ class Scheduler:
         finally:
             renewer.cancel()
             self._drivers.pop(run.workflow_id, None)
+            metrics.RUNS_DRIVEN.set(len(self._drivers))
             self._hub.unsubscribe(run.workflow_id)
             self._wakeup.set()
 
@@ -306,18 +311,32 @@ class Scheduler:
         if not await self._lease_holds(driver):
             return None
         cycle = run.cycle + 1
+        logs.bind(cycle=cycle)
         info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle, driver.lease.epoch)
         logger.debug("%s cycle %d: state %s", run.workflow_id, cycle, run.state)
-        outcome, found = await self._call_orchestrator(run, info)
-        settings = self._settings
+        procedure = _procedure_of(run)
+        attributes = {"auditflow.workflow_id": run.workflow_id, "auditflow.cycle": cycle,
+                      "auditflow.procedure": procedure, "auditflow.lease_epoch": driver.lease.epoch}  # fmt: skip
+        with tracing.span(f"cycle {cycle}", parent=run.trace_context or "", attributes=attributes) as span:
+            started = time.perf_counter()
+            outcome, found = await self._call_orchestrator(run, info)
+            metrics.CYCLE_SECONDS.labels(procedure).observe(time.perf_counter() - started)
+            if isinstance(outcome, Errored):
+                metrics.CYCLE_ERRORS.labels(procedure, "critical" if outcome.critical else "error").inc()
+            settings = self._settings
 
-        def decide(locked: RunRecord) -> Transition:
-            end = self._lease_end(utcnow())
-            return transitions.after_cycle(
-                locked, cycle, outcome, max_failures=settings.max_consecutive_failures, lease_expires_at=end
-            )
+            def decide(locked: RunRecord) -> Transition:
+                end = self._lease_end(utcnow())
+                return transitions.after_cycle(
+                    locked, cycle, outcome, max_failures=settings.max_consecutive_failures, lease_expires_at=end
+                )
 
-        return await self._commit(driver, run, decide, found)
+            committed = await self._commit(driver, run, decide, found)
+            if span is not None and committed is not None:
+                span.set_attributes({"auditflow.status": statuses.name(committed.status),
+                                     "auditflow.message": committed.last_message,
+                                     "auditflow.findings": len(found)})  # fmt: skip
+            return committed
 
     async def _call_orchestrator(self, run: RunRecord, info: RunInfo) -> tuple[Outcome, list[dict[str, Any]]]:
         """Run one cycle and classify how it ended, with the findings to store (checked and
@@ -364,6 +383,7 @@ class Scheduler:
         started = time.monotonic()
         committed = await self._db.write(tx)
         if committed is None:
+            metrics.FENCED.inc()
             logger.warning("%s: lease lost; abandoning the run to its new owner", run.workflow_id)
             return None
         updated, events = committed
@@ -398,6 +418,7 @@ class Scheduler:
         renew = functools.partial(store.renew_lease, workflow_id=driver.workflow_id, lease=driver.lease,
                                   expires_at=end)  # fmt: skip
         kept = await self._db.write(renew)
+        metrics.LEASE_RENEWALS.labels("kept" if kept else "lost").inc()
         if kept:
             driver.renewed_at = max(driver.renewed_at, renewing)
             logger.debug("%s: lease renewed until %s", driver.workflow_id, end.isoformat())
@@ -422,6 +443,29 @@ class Scheduler:
             if not kept:
                 logger.warning("%s: lease lost while the run was in progress", workflow_id)
                 return
+
+
+def _claimed(run: RunRecord, worker_id: str) -> None:
+    """Count a committed claim; a run's first (epoch 1) also times approve-to-first-cycle."""
+    first = run.lease_epoch == 1
+    metrics.LEASE_CLAIMS.labels("first" if first else "rescue").inc()
+    if first and run.approved_at is not None:
+        metrics.APPROVE_TO_FIRST_CYCLE.observe(max(0.0, (utcnow() - run.approved_at).total_seconds()))
+    attributes = {"auditflow.worker_id": worker_id, "auditflow.lease_epoch": run.lease_epoch}
+    with tracing.span("claimed", parent=run.trace_context or "", attributes=attributes):
+        pass
+
+
+def _procedure_of(run: RunRecord) -> str:
+    """The procedure of the step a cycle works on, for metrics: the plan orchestrator's next
+    step, if it names a registered procedure (a bounded label set); else "other"."""
+    state = run.state or {}
+    index = state.get("next_step", 0) if isinstance(state, dict) else 0
+    if run.orchestrator == orchestrator.DEFAULT and isinstance(index, int) and 0 <= index < len(run.plan):
+        name = run.plan[index].get("procedure")
+        if isinstance(name, str) and procedures.REGISTRY.get(name) is not None:
+            return name
+    return metrics.OTHER
 
 
 def _normalized(raw: list[Any]) -> list[dict[str, Any]]:

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import grpc
 
-from auditflow import logs, procedures, serving, sources, trail
+from auditflow import logs, metrics, procedures, serving, sources, statuses, tracing, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.config import ConfigError
 from auditflow.db import Database
+from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls, check_plaintext
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
@@ -45,7 +46,7 @@ class Processor:
         check_plaintext("the processor", self.host, settings.tls.enabled, settings.allow_plaintext)
         self.authenticator = auth_settings.build(settings.auth)
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
-        self.db = Database(settings.database_url, store.metadata, migrations="processor:migrations")
+        self.db = Database(settings.database_url, store.metadata, migrations="processor:migrations", name="processor")
         self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
         self.scheduler = Scheduler(self.db, self.hub, settings, signer)
@@ -56,11 +57,17 @@ class Processor:
             settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
             poll_interval=settings.poll_interval,
         )  # fmt: skip
-        self.server = serving.new_server(self.authenticator)
+        measured = bool(settings.metrics_address)
+        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+                                         outer=tracing.server_interceptors())  # fmt: skip
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = serving.bind(self.server, address, self.tls)
         self._started = False
+        self.metrics: metrics.Endpoint | None = None
+        if measured:
+            self.metrics = metrics.Endpoint(settings.metrics_address, run_gauges(self.db),
+                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0
 
@@ -84,6 +91,8 @@ class Processor:
             logger.info("notifications off (--listen false): polling for new runs and events every %.2f s",
                         self.settings.poll_interval)  # fmt: skip
         await self.server.start()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.start)
         await serving.set_serving(self._health, [SERVICE_NAME])
         self.db.observe_outages(serving.DatabaseHealth(self._health, [SERVICE_NAME]))
         self._started = True
@@ -107,6 +116,8 @@ class Processor:
         await self.tail.stop()
         await self.server.stop(min(grace, 2.0))
         await self.authenticator.stop()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
         logger.info("processor on %s stopped", self.address)
 
@@ -115,6 +126,19 @@ class Processor:
         self.authenticator.reload()
         if self.tls is not None:
             self.tls.reload()
+
+
+RUNS = "auditflow_processor_runs"
+
+
+def run_gauges(db: Database) -> metrics.DatabaseCollector:
+    """Runs in the database by status (of every processor sharing it), read at scrape time."""
+
+    def read() -> dict[str, list[metrics.Sample]]:
+        counts = db.read_blocking(store.count_by_status)
+        return {RUNS: [metrics.Sample((statuses.name(status),), n) for status, n in sorted(counts.items())]}
+
+    return metrics.DatabaseCollector(db.name, read, {RUNS: ("Runs in the database by status.", ("status",))})
 
 
 def create_server(address: str, settings: Settings) -> Processor:
@@ -139,10 +163,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = settings_module.parse(argv)
     except ConfigError as exc:
         sys.exit(f"auditflow-processor: {exc}")
-    logs.setup(settings.log_level)
+    logs.setup(settings.log_level, settings.log_format, service="processor")
     grpc_version = getattr(grpc, "__version__", "?")
     logger.debug("grpc %s", grpc_version)
     try:
+        tracing.configure("processor")
         abandoned = asyncio.run(serve(settings))
     except ConfigError as exc:
         sys.exit(f"auditflow-processor: {exc}")

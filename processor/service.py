@@ -13,11 +13,12 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Connection
 
-from auditflow import convert, plans, principal, statuses, trail
+from auditflow import convert, plans, principal, statuses, tracing, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable, invalid
@@ -91,6 +92,9 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             base_sequence=request.base_sequence,
             base_hash=request.base_hash or None,
             queued_message=f"queued for processing (approved by {approved_by})",
+            approved_at=request.approved_at.ToDatetime(tzinfo=UTC) if request.HasField("approved_at") else None,
+            # The run's spans continue this call's trace (the approval's, through the gateway).
+            trace_context=tracing.traceparent() or request.traceparent or None,
         )
         run, created, _events = await self._scheduler.admit(lambda conn: insert(conn, now=utcnow()))
         if not created:  # (a new run's "enqueued" is logged by the scheduler, before its start)

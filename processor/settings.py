@@ -32,6 +32,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json"
+    # HOST:PORT of the Prometheus /metrics endpoint; "" serves none (and records no RPC metrics).
+    metrics_address: str = ""
     plugins: tuple[str, ...] = ()
     max_concurrent: int = 3
     max_cycles: int = 15
@@ -176,6 +179,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_address=args.metrics_address,
         plugins=tuple(p.strip() for p in args.plugin.split(",") if p.strip()),
         max_concurrent=args.max_concurrent,
         max_cycles=args.max_cycles,

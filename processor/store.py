@@ -85,6 +85,9 @@ runs = Table(
     # The fencing token: one more on every claim, so a lease taken again (even by the same
     # worker id) is told apart from the one before; commits and renewals check it.
     Column("lease_epoch", BigInteger, nullable=False, default=0, server_default="0"),
+    # When the gateway committed the approval, and the trace the run's spans belong to.
+    Column("approved_at", DateTime(timezone=True), nullable=True),
+    Column("trace_context", String(128), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -162,6 +165,8 @@ class RunRecord:
     lease_owner: str | None
     lease_expires_at: datetime | None
     lease_epoch: int
+    approved_at: datetime | None
+    trace_context: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -192,6 +197,8 @@ class RunRecord:
             lease_owner=m["lease_owner"],
             lease_expires_at=_utc(m["lease_expires_at"]),
             lease_epoch=m["lease_epoch"],
+            approved_at=_utc(m["approved_at"]),
+            trace_context=m["trace_context"],
             created_at=_utc(m["created_at"]) or datetime.now(UTC),
             updated_at=_utc(m["updated_at"]) or datetime.now(UTC),
         )
@@ -344,6 +351,7 @@ _EVENTS_AFTER = (
     .order_by(run_events.c.sequence)
     .limit(bindparam("b_limit"))
 )
+_COUNT_BY_STATUS = select(runs.c.status, func.count()).group_by(runs.c.status)
 _COUNT_CLAIMABLE = select(func.count()).select_from(runs).where(_CLAIMABLE, _NOT_EXCLUDED)
 _INSERT_RUN = insert(runs).returning(*runs.c)
 _INSERT_EVENTS = insert(run_events)
@@ -414,6 +422,11 @@ def changed_since(conn: Connection, since: datetime) -> list[tuple[str, int]]:
     return [(row[0], row[1]) for row in conn.execute(query)]
 
 
+def count_by_status(conn: Connection) -> dict[int, int]:
+    """How many runs are in each status."""
+    return {int(status): int(n) for status, n in conn.execute(_COUNT_BY_STATUS)}
+
+
 def count_claimable(conn: Connection, now: datetime, exclude: Collection[str] = ()) -> int:
     return int(conn.execute(_COUNT_CLAIMABLE, {"b_now": now, "b_exclude": list(exclude)}).scalar_one())
 
@@ -433,6 +446,8 @@ def insert_run(
     base_hash: str | None,
     queued_message: str,
     now: datetime,
+    approved_at: datetime | None = None,
+    trace_context: str | None = None,
 ) -> tuple[RunRecord, bool, list[EventRecord]]:
     """Insert a QUEUED run with its QUEUED event (sequence base_sequence + 1); if the run
     exists, return it unchanged. Returns (run, created, new events)."""
@@ -453,6 +468,8 @@ def insert_run(
             base_sequence=base_sequence,
             last_sequence=base_sequence,
             last_hash=base_hash,
+            approved_at=approved_at,
+            trace_context=trace_context,
             created_at=now,
             updated_at=now,
         ),

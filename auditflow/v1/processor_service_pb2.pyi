@@ -231,6 +231,8 @@ class EnqueueRequest(_message.Message):
     BASE_SEQUENCE_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     BASE_HASH_FIELD_NUMBER: _builtins.int
+    APPROVED_AT_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     title: _builtins.str
     orchestrator: _builtins.str
@@ -243,8 +245,16 @@ class EnqueueRequest(_message.Message):
     """The hash of the gateway's last event: the processor's first event links to it, so one
     trail runs through both services' logs.
     """
+    traceparent: _builtins.str
+    """The approval's W3C trace context ("traceparent"), empty when tracing is off: the run's
+    cycles are traced as part of the approval's trace, whenever and wherever they run.
+    """
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.PlanStep]: ...
+    @_builtins.property
+    def approved_at(self) -> _timestamp_pb2.Timestamp:
+        """When the approval was committed (for the approve-to-first-cycle latency)."""
+
     def __init__(
         self,
         *,
@@ -256,10 +266,12 @@ class EnqueueRequest(_message.Message):
         base_sequence: _builtins.int = ...,
         approved_by: _builtins.str = ...,
         base_hash: _builtins.str = ...,
+        approved_at: _timestamp_pb2.Timestamp | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "base_hash", b"base_hash", "base_sequence", b"base_sequence", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "title", b"title", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_at", b"approved_at", "approved_by", b"approved_by", "base_hash", b"base_hash", "base_sequence", b"base_sequence", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "title", b"title", "traceparent", b"traceparent", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from auditflow import policy, principal
+from auditflow import metrics, policy, principal
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.errors import AuditflowError, Unauthenticated
@@ -98,6 +100,32 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(500, C.INTERNAL, "internal error; see the server log")
 
 
+def measured_middleware(templates: dict[str, str]) -> Any:
+    """REST requests by route (the path's template, e.g. /workflows/{workflow_id}: never the
+    path itself, so the labels stay bounded), method and status, and their time (a stream's
+    whole life). `templates`: aiohttp's pattern of each route → its template."""
+
+    @web.middleware
+    async def measured(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            pattern = resource.canonical if resource is not None else "unmatched"
+            route = templates.get(pattern, pattern)
+            metrics.REST_REQUESTS.labels(route, request.method, str(status)).inc()
+            metrics.REST_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+
+    return measured
+
+
 def cors_middleware(origins: frozenset[str]) -> Any:
     """Allow the listed origins ("*" = any) to call the API from a browser."""
 
@@ -120,6 +148,12 @@ def cors_middleware(origins: frozenset[str]) -> Any:
     return cors
 
 
+class Readiness(Protocol):
+    """What `/readyz` asks: (ready, what was checked → "ok" or what is wrong)."""
+
+    async def check(self) -> tuple[bool, dict[str, str]]: ...
+
+
 class RestApp:
     """The routes of one service bound to its servicer (the object the gRPC server serves)."""
 
@@ -131,8 +165,11 @@ class RestApp:
         *,
         cors_origins: frozenset[str] = frozenset(),
         max_body_bytes: int = MAX_BODY_BYTES,
+        measured: bool = False,
+        readiness: Readiness | None = None,
     ) -> None:
         self.api = api
+        self._readiness = readiness
         self.authenticator = authenticator
         self.routes = routes_of(service)
         self.max_body_bytes = max_body_bytes
@@ -141,15 +178,31 @@ class RestApp:
         middlewares: list[Any] = [_errors_as_json]
         if cors_origins:
             middlewares.insert(0, cors_middleware(cors_origins))
+        if measured:
+            templates = {re.sub(r"\{(\w+):[^}]*\}", r"{\1}", r.path): r.template for r in self.routes}
+            middlewares.insert(0, measured_middleware(templates))  # (keys: aiohttp's canonical form)
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
         for route in self.routes:
             self.app.router.add_route(route.http_method, route.path, self._handler(route))
         self.openapi = openapi.document(self.routes)
         self.app.router.add_get("/openapi.json", self._openapi)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
         page.add_routes(self.app)
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return _json_response(200, self.openapi)
+
+    async def _healthz(self, request: web.Request) -> web.StreamResponse:
+        """Alive: the process answers (no credentials; says nothing about the database)."""
+        return _json_response(200, {"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.StreamResponse:
+        """Ready to serve: 200, or 503 with what is wrong (no credentials, no internals)."""
+        if self._readiness is None:
+            return _json_response(200, {"status": "ready"})
+        ready, checks = await self._readiness.check()
+        return _json_response(200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
 
     def cancel_streams(self) -> None:
         """End every open stream (the server is stopping)."""
@@ -229,6 +282,7 @@ class RestApp:
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
+        metrics.REST_STREAMS.inc()
         try:
             try:  # the first message (or the error) decides the HTTP status
                 first: Item | None = await anext(items)
@@ -265,6 +319,7 @@ class RestApp:
                 task.uncancel()
             return response
         finally:
+            metrics.REST_STREAMS.dec()
             self._streams.discard(task)
             await _close(items)
 
@@ -326,12 +381,15 @@ class RestGateway:
         cors_origins: frozenset[str] = frozenset(),
         max_body_bytes: int = MAX_BODY_BYTES,
         ssl_context: ssl.SSLContext | None = None,
+        measured: bool = False,
+        readiness: Readiness | None = None,
     ) -> None:
         check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
-        self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes)
+        self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes,
+                            measured=measured, readiness=readiness)  # fmt: skip
         self._runner: web.AppRunner | None = None
 
     @property

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Mapping:
         self.urls = urls  # compose's database URL -> the test database's
         self.ledgers = ledgers
         self.ports = {"50051": str(free_port()), "50052": str(free_port()), "8080": str(free_port())}
+        self.metrics = {service: str(free_port()) for service in ("gateway", "processor")}  # 9464 in each container
 
     def value(self, text: str, service: str) -> str:
         for compose_url, url in self.urls.items():
@@ -65,6 +67,8 @@ class Mapping:
             text = f"127.0.0.1:{self.ports[text.split(':')[1]]}"
         if text in self.ports and service in ("gateway", "processor"):
             text = self.ports[text]
+        if text == "0.0.0.0:9464":
+            text = f"127.0.0.1:{self.metrics[service]}"
         return text.replace("$$", "$")
 
     def environment(self, service: str) -> dict[str, str]:
@@ -135,11 +139,23 @@ def test_the_compose_file_runs_as_written_on_postgresql(compose: tuple[Mapping, 
             processes.append(process)
             healthy(mapping, service, process, log)
         run_a_plan(mapping, secrets_dir, tmp_path)
+        scraped = {service: metrics_of(mapping, service) for service in ("gateway", "processor")}
+        assert 'auditflow_gateway_decisions_total{kind="approve",outcome="dispatched"} 1.0' in scraped["gateway"]
+        assert 'auditflow_processor_runs{status="COMPLETED"} 1.0' in scraped["processor"]
+        for service in ("gateway", "processor"):  # the logs are JSON, one object per line
+            lines = (tmp_path / f"{service}.log").read_text().splitlines()
+            assert lines and all(json.loads(line)["service"] == service for line in lines if line.strip())
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+
+
+def metrics_of(mapping: Mapping, service: str) -> str:
+    url = f"http://127.0.0.1:{mapping.metrics[service]}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
 
 
 def cli(mapping: Mapping, *args: str, token: Path | None = None) -> str:

@@ -12,7 +12,9 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -58,7 +60,7 @@ async def harnesses(tmp_path: Path) -> AsyncIterator[Harnesses]:
 @pytest.fixture
 async def running() -> AsyncIterator[tuple[PrivateCluster, Gateway, wpb_grpc.WorkflowServiceAsyncStub]]:
     with private_cluster() as cluster:
-        settings = GatewaySettings(**auth.gateway_settings(), database_url=cluster.url(),
+        settings = GatewaySettings(**auth.gateway_settings(), database_url=cluster.url(), rest_port=0,
                                    processor_target="127.0.0.1:1", plugins=("tests.support.procedures",))  # fmt: skip
         gateway = create_gateway("127.0.0.1:0", settings)
         await gateway.start()
@@ -116,6 +118,13 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
     assert approved.approved  # nothing was stored by the refused calls: the approval is the first
     assert any("the database answers again" in r.getMessage() for r in caplog.records)
     await health_becomes(gateway.address, GATEWAY, health_pb2.HealthCheckResponse.SERVING)
+    assert (await readyz(gateway))[0] == 200
+
+
+async def readyz(gateway: Gateway) -> tuple[int, Any]:
+    assert gateway.rest is not None
+    async with aiohttp.ClientSession() as http, http.get(f"{gateway.rest.url}/readyz") as response:
+        return response.status, await response.json()
 
 
 async def health_becomes(address: str, name: str, status: int) -> None:

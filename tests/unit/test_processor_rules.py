@@ -32,7 +32,7 @@ def a_run(**changes: Any) -> RunRecord:
         orchestrator="plan", status=S.WORKFLOW_STATUS_RUNNING, cycle=1, max_cycles=5, state={"next_step": 1},
         progress_done=1, progress_total=3, last_message="", error_reason=None, error_message=None, result=None,
         cancel_requested=False, consecutive_failures=0, findings_count=0, base_sequence=2, last_sequence=5,
-        last_hash=None, lease_owner="me", lease_epoch=1,
+        last_hash=None, lease_owner="me", lease_epoch=1, approved_at=None, trace_context=None,
         lease_expires_at=NOW, created_at=NOW, updated_at=NOW,
     )  # fmt: skip
     return replace(base, **changes)

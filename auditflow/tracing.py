@@ -1,0 +1,148 @@
+"""OpenTelemetry traces: one trace from the approval to the run's last cycle.
+
+Off unless configured, by OpenTelemetry's standard variables: `OTEL_TRACES_EXPORTER` (otlp,
+console or none), `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (otlp
+is then the default exporter), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, and the
+exporter's own `OTEL_EXPORTER_OTLP_*`. When off, no interceptor is installed and `span()` is a
+shared no-op: nothing is recorded and the hot paths pay one boolean test.
+
+When on, the OpenTelemetry gRPC instrumentation makes server and client spans of every RPC
+(its interceptors, installed in `serving.new_server` and on the gateway's channel to the
+processor) and the aiohttp instrumentation the REST spans. The approval's trace context (W3C
+`traceparent`) is stored in the outbox row with the decision, so the relay's Enqueue
+continues the approval's trace even when it is sent after a gateway restart; the processor
+stores the Enqueue's context with the run, and every claim and cycle of the run, on any
+processor and hours later, is a child of it (a parent, not a link: the cycles are the
+approval's work, and one trace then shows the whole chain in any trace viewer; a trace
+viewer shows a late cycle as a long gap, which is what happened).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+from auditflow.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_enabled = False
+_tracer: trace.Tracer = trace.NoOpTracer()
+_NOTHING: AbstractContextManager[Any] = nullcontext()
+
+
+def exporter_from_environment() -> SpanExporter | None:
+    """The exporter the OTEL_* variables ask for; None when tracing is off."""
+    name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if name == "none" or (not name and not endpoint):
+        return None
+    if name in ("", "otlp"):
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: auditflow supports otlp, console or none")
+
+
+def configure(service: str, exporter: SpanExporter | None = None, *, batch: bool = True) -> bool:
+    """Turn tracing on for this process if the environment asks for it (or `exporter` is given:
+    tests pass an in-memory one, unbatched). Returns whether tracing is on. Call before the
+    servers are built: they install the instrumentation only when it is."""
+    global _enabled, _tracer
+    exporter = exporter or exporter_from_environment()
+    if exporter is None:
+        return False
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # (set once per process; tests reuse it)
+        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: f"auditflow-{service}"}
+        provider = TracerProvider(resource=Resource.create(attributes))
+        trace.set_tracer_provider(provider)
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+    instrumentor = AioHttpServerInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:  # (REST apps built from now on)
+        instrumentor.instrument(tracer_provider=provider)
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    _tracer = provider.get_tracer("auditflow")
+    _enabled = True
+    logger.info("tracing on: spans go to %s", type(exporter).__name__)
+    return True
+
+
+def disable() -> None:
+    """Stop tracing in this process (tests): servers built from now on trace nothing."""
+    global _enabled, _tracer
+    _enabled = False
+    _tracer = trace.NoOpTracer()
+    from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+    instrumentor = AioHttpServerInstrumentor()
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def server_interceptors() -> list[Any]:
+    """The gRPC server spans (OpenTelemetry's interceptor), when tracing is on."""
+    if not _enabled:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+
+
+def client_interceptors() -> list[Any]:
+    """The gRPC client spans, with the trace context sent along, when tracing is on."""
+    if not _enabled:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
+
+
+def traceparent() -> str:
+    """The current span's W3C trace context, to store and continue later ("" when off)."""
+    if not _enabled:
+        return ""
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+def span(name: str, *, parent: str = "", attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Any]:
+    """A span around the block, a child of the current span, or of `parent` (a stored
+    `traceparent`) when given; a shared no-op when tracing is off."""
+    if not _enabled:
+        return _NOTHING
+    context = extract({"traceparent": parent}) if parent else None
+    return _tracer.start_as_current_span(name, context=context, attributes=dict(attributes or {}))
+
+
+@contextmanager
+def continued(parent: str) -> Iterator[None]:
+    """Make the stored `parent` the current context inside the block (no span of its own)."""
+    if not _enabled or not parent:
+        yield
+        return
+    token = otel_context.attach(extract({"traceparent": parent}))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
