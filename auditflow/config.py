@@ -44,7 +44,7 @@ def add(
     if raw is not None:
         try:
             value = type(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             parser.error(f"{env}={raw!r}: {exc}")
     parser.add_argument(
         flag,
@@ -78,7 +78,7 @@ def boolean(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError("expected true or false")
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def positive_int(text: str) -> int:
@@ -105,14 +105,14 @@ def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, ser
 def log_level(text: str) -> str:
     value = text.strip().upper()
     if value not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+        raise argparse.ArgumentTypeError(f"expected DEBUG, INFO, WARNING or ERROR, not {text!r}")
     return value
 
 
 def log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in ("text", "json"):
-        raise ValueError("expected text or json")
+        raise argparse.ArgumentTypeError(f"expected text or json, not {text!r}")
     return value
 
 
@@ -123,7 +123,7 @@ def listen_address(text: str) -> str:
         return ""
     _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (a port from 0 to 65535), not {value!r}")
     return value
 
 

@@ -21,7 +21,11 @@ through the same interceptor):
   authenticating (an API token, a JWT), beside a baseline gateway that believes a user-name
   header (`bench/_header_identity.py`, what the gateway did before it authenticated anyone),
   each a fresh gateway in the same run: the gateway's CPU per call, and the ratio to the
-  baseline (target: within 10 %). The other phases authenticate with API tokens.
+  baseline (target: within 10 %). The other phases authenticate with API tokens;
+- what observability costs: the gateway alone, Approve at 64 callers, with metrics off, with
+  metrics on (`--metrics-address`), and with metrics on and tracing to an in-memory exporter
+  (`bench/_traced_gateway.py`), each a fresh gateway in the same run: the gateway's CPU per
+  call, and the ratio to metrics off (target: metrics on within 5 %).
 
     python bench/approve.py                 # defaults below
     python bench/approve.py --quick         # a smaller run, for a smoke test
@@ -264,18 +268,21 @@ def main() -> None:
     parser.add_argument("--cost-runs", type=int, default=500, help="runs approved 10 ms apart for the cost per run")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--auth-calls", type=int, default=12_800, help="approvals per way of authenticating")
+    parser.add_argument("--observability-calls", type=int, default=12_800,
+                        help="approvals per observability setting")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     if args.quick:
         args.calls_1, args.calls_64, args.first_cycle_samples, args.cost_runs = 200, 2000, 20, 50
-        args.auth_calls = 2000
+        args.auth_calls = args.observability_calls = 2000
     figures: dict[str, Any] = {}
     global CALLERS
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:
         CALLERS = token_callers(Path(tmp))
         # 0. What authentication costs, each way against the baseline, on fresh gateways.
         figures["authentication"] = measure_authentication(Path(tmp), args)
+        figures["observability"] = measure_observability(Path(tmp), args)
         figures["durable_commit"] = durable_commit(Path(tmp), args.calls_1)
         figures["thread_round_trip"] = thread_round_trip(args.calls_1)
         # 1. Approve's own path: the processor is not started (Approve never waits for it).
@@ -294,11 +301,15 @@ def main() -> None:
 
 @contextlib.contextmanager
 def running_pair(
-    workdir: Path, with_processor: bool = True, callers: Callers | None = None, launcher: str | None = None
+    workdir: Path,
+    with_processor: bool = True,
+    callers: Callers | None = None,
+    launcher: str | None = None,
+    gateway_args: tuple[str, ...] = (),
 ) -> Iterator[Pair]:
     """Processor + gateway subprocesses with their defaults (SQLite, synchronous=FULL)."""
     workdir.mkdir(parents=True)
-    extra = (callers or CALLERS).gateway_args
+    extra = [*(callers or CALLERS).gateway_args, *gateway_args]
     pair = Pair(workdir, log_level="WARNING", gateway_args=extra, gateway_launcher=launcher)
     if with_processor:
         pair.processor.start()
@@ -345,6 +356,27 @@ def measure_authentication(directory: Path, args: argparse.Namespace) -> dict[st
     return figures
 
 
+def measure_observability(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Approve at 64 callers on a fresh gateway (no processor) per setting: metrics off, metrics
+    on, metrics on and tracing (in-memory exporter); CPU per call, and a no-op's beside it."""
+    metrics_on = ("--metrics-address", "127.0.0.1:0")
+    settings = {
+        "metrics off": ((), None),
+        "metrics on": (metrics_on, None),
+        "metrics on, tracing (in-memory)": (metrics_on, "bench._traced_gateway"),
+    }
+    figures: dict[str, Any] = {}
+    for index, (name, (extra, launcher)) in enumerate(settings.items()):
+        with running_pair(directory / f"observability-{index}", False, None, launcher, extra) as pair:
+            target, pid = pair.gateway.target, pair.gateway.pid
+            run_load(_client, (target, "noop", ()), ["-"] * 500, 8, 1)  # warm up
+            noop = timed_load(pid, (target, "noop", ()), ["-"] * args.observability_calls, 64, args.client_processes)
+            ids = asyncio.run(create_many(target, args.observability_calls))
+            approve = timed_load(pid, (target, "approve", CALLERS.approver), ids, 64, args.client_processes)
+        figures[name] = {"noop@64": noop, "approve@64": approve}
+    return figures
+
+
 def timed_load(pid: int, head: tuple[Any, ...], ids: list[str], callers: int, processes: int) -> dict[str, float]:
     """run_load, plus the gateway process's CPU time per call (all its threads). Less noisy
     than the rate on a shared machine: it does not depend on who else got the cores."""
@@ -377,6 +409,16 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         print(f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / baseline:12.0%} "
               f"{noop['gateway_cpu_us_per_call']:14.0f}")  # fmt: skip
     print("  (target: API token and JWT within 110 % of the baseline's CPU per call)")
+    settings = figures["observability"]
+    off = settings["metrics off"]["approve@64"]["gateway_cpu_us_per_call"]
+    print(f"\nobservability, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
+          f"{'vs off':>13}{'no-op us/call':>15}")  # fmt: skip
+    for name, load in settings.items():
+        approve, noop = load["approve@64"], load["noop@64"]
+        cpu = approve["gateway_cpu_us_per_call"]
+        print(f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / off:12.0%} "
+              f"{noop['gateway_cpu_us_per_call']:14.0f}")  # fmt: skip
+    print("  (target: metrics on within 105 % of metrics off's CPU per call)")
     for phase in ("gateway alone", "pair"):
         load = figures[phase]
         print(f"\n{phase}: {'':8}{'p50 ms':>10}{'p99 ms':>10}{'calls/s':>12}{'gw CPU us/call':>16}")

@@ -43,3 +43,32 @@ def test_an_interval_of_zero_is_refused_by_both_servers(capsys: pytest.CaptureFi
             parse_one(["--heartbeat-interval", "0"])
         assert "--heartbeat-interval" in capsys.readouterr().err
     assert parse_args(["--heartbeat-interval", "0.5"]).heartbeat_interval == 0.5
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--log-format", "yaml", "expected text or json"),
+        ("--log-level", "LOUD", "expected DEBUG, INFO, WARNING or ERROR"),
+        ("--metrics-address", "9464", "expected HOST:PORT"),
+        ("--metrics-address", "0.0.0.0:99999", "expected HOST:PORT"),
+        ("--listen", "maybe", "expected true or false"),
+    ],
+)
+def test_observability_flags_refuse_what_they_cannot_use(
+    flag: str, value: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse([flag, value])
+    assert exited.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_observability_flags_and_their_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("AUDITFLOW_PROCESSOR_METRICS_ADDRESS", "0.0.0.0:9464")
+    monkeypatch.setenv("AUDITFLOW_PROCESSOR_LISTEN", "false")
+    gateway = parse_args([])
+    assert (gateway.log_format, gateway.metrics_address) == ("json", "")
+    processor = parse(["--log-level", "debug"])
+    assert (processor.metrics_address, processor.log_level, processor.listen) == ("0.0.0.0:9464", "DEBUG", False)
