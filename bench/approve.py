@@ -275,7 +275,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.calls_1, args.calls_64, args.first_cycle_samples, args.cost_runs = 200, 2000, 20, 50
-        args.auth_calls = args.observability_calls = 2000
+        args.auth_calls, args.observability_calls = 2000, 1000
     figures: dict[str, Any] = {}
     global CALLERS
     with tempfile.TemporaryDirectory(prefix="auditflow-bench-") as tmp:

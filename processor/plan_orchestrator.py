@@ -90,6 +90,7 @@ class PlanOrchestrator:
                         chunk = procedure.chunk(parameters, chunk_state)
                         if span is not None:
                             span.set_attributes({"auditflow.chunk": chunk.done, "auditflow.chunks": chunk.total,
+                                                 "auditflow.rows": chunk.rows,
                                                  "auditflow.findings": len(chunk.findings)})  # fmt: skip
                     found.extend(_tagged(chunk.findings, index, name))
                     if chunk.result is not None:

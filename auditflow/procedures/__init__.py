@@ -73,6 +73,8 @@ class Chunk:
     # What this call found ({"procedure", "severity", "entry_ids", "amount", "explanation"}):
     # stored by the processor with the cycle's checkpoint, never kept in the state.
     findings: list[dict[str, Any]] = field(default_factory=list)
+    # Rows this call read (0: not counted): shown on the cycle's trace span.
+    rows: int = 0
 
 
 ChunkFn = Callable[[dict[str, Any], dict[str, Any] | None], Chunk]

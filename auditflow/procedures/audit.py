@@ -175,7 +175,8 @@ def audit_procedure(
     def chunk(parameters: dict[str, Any], state: dict[str, Any] | None) -> Chunk:
         ledger = open_ledger(parameters)
         column = key(parameters)
-        bounds = ledger.chunks(column, int(parameters.get("chunk_rows", DEFAULT_CHUNK_ROWS)))
+        chunk_rows = int(parameters.get("chunk_rows", DEFAULT_CHUNK_ROWS))
+        bounds = ledger.chunks(column, chunk_rows)
         if state is None:
             acc = {"top": [], "count": 0, "stake": 0, "by_severity": dict.fromkeys(SEVERITIES, 0), "extra": {}}
             state = {"chunk": 0, "chunks": len(bounds), "entries": ledger.rows, "acc": acc}
@@ -186,13 +187,15 @@ def audit_procedure(
         acc = state["acc"]
         index = int(state["chunk"])
         found: list[Finding] = []
+        read = 0
         if index < len(bounds):
             low, high = bounds[index]
             found = scan(ledger, parameters, f"{column} BETWEEN ? AND ?", [low, high], acc["extra"])
+            read = ledger.chunk_sizes(column, chunk_rows)[index]
             _count(acc, found)
             index = state["chunk"] = index + 1
         if index < len(bounds):
-            return Chunk(state, index, len(bounds), findings=[f.to_json() for f in found])
+            return Chunk(state, index, len(bounds), findings=[f.to_json() for f in found], rows=read)
         last, summary = finish(ledger, parameters, acc["extra"])
         _count(acc, last)
         result = {
@@ -205,7 +208,7 @@ def audit_procedure(
                 **summary,
             },
         }
-        return Chunk(state, index, len(bounds), result, findings=[f.to_json() for f in [*found, *last]])
+        return Chunk(state, index, len(bounds), result, findings=[f.to_json() for f in [*found, *last]], rows=read)
 
     chunk.__name__ = name
     chunk.__doc__ = doc

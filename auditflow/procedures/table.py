@@ -241,7 +241,7 @@ class Ledger:
     label: str
     con: duckdb.DuckDBPyConnection
     rows: int
-    cuts: dict[tuple[str, int], list[tuple[str, str]]] = field(default_factory=dict, repr=False, compare=False)
+    cuts: dict[tuple[str, int], list[tuple[str, str, int]]] = field(default_factory=dict, repr=False, compare=False)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         return self.con.cursor()
@@ -249,15 +249,22 @@ class Ledger:
     def chunks(self, key: str, rows: int) -> list[tuple[str, str]]:
         """Ranges [low, high] of `key` values, each about `rows` rows (a key value is never split).
         Kept per (key, rows): every chunk call of every step asks, and the table never changes."""
+        return [(low, high) for low, high, _size in self._cuts(key, rows)]
+
+    def chunk_sizes(self, key: str, rows: int) -> list[int]:
+        """The number of rows of each of `chunks(key, rows)`."""
+        return [size for _low, _high, size in self._cuts(key, rows)]
+
+    def _cuts(self, key: str, rows: int) -> list[tuple[str, str, int]]:
         if key not in ("vendor", "account"):
             raise ValueError(key)
         if (key, rows) not in self.cuts:
             self.cuts[key, rows] = self._cut(key, rows)
         return self.cuts[key, rows]
 
-    def _cut(self, key: str, rows: int) -> list[tuple[str, str]]:
+    def _cut(self, key: str, rows: int) -> list[tuple[str, str, int]]:
         counts = self.cursor().execute(f"SELECT {key}, count(*) FROM ledger GROUP BY 1 ORDER BY 1").fetchall()
-        chunks: list[tuple[str, str]] = []
+        chunks: list[tuple[str, str, int]] = []
         low: str | None = None
         size = 0
         for value, count in counts:
@@ -265,10 +272,10 @@ class Ledger:
                 low = value
             size += count
             if size >= rows:
-                chunks.append((low, value))
+                chunks.append((low, value, size))
                 low, size = None, 0
         if low is not None:
-            chunks.append((low, counts[-1][0]))
+            chunks.append((low, counts[-1][0], size))
         return chunks
 
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from bench import rest, watch
 from bench.approve import report
 from tests.support.cluster import ROOT
@@ -33,6 +35,7 @@ def run_quick(script: str) -> dict[str, Any]:
     return figures
 
 
+@pytest.mark.timeout(300)  # eight servers, one after the other, on a loaded 2-core machine
 def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     figures = run_quick("approve.py")
 
@@ -56,6 +59,11 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     for way in ways.values():
         for key in ("noop@64", "approve@64"):
             assert way[key]["calls"] == 2000 and positive(way[key]["gateway_cpu_us_per_call"])
+    settings = figures["observability"]
+    assert set(settings) == {"metrics off", "metrics on", "metrics on, tracing (in-memory)"}
+    for setting in settings.values():
+        for key in ("noop@64", "approve@64"):
+            assert setting[key]["calls"] == 1000 and positive(setting[key]["gateway_cpu_us_per_call"])
 
     # The human-readable report prints from the same figures.
     printed = io.StringIO()
@@ -66,6 +74,7 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
         assert line in text
     assert "CPU per approved run, until it completed" in text
     assert "authentication, Approve at 64 callers" in text and "vs baseline" in text
+    assert "observability, Approve at 64 callers" in text and "vs off" in text
 
 
 def test_the_handler_benchmark_measures_approve_without_grpc() -> None:

@@ -158,6 +158,18 @@ def metrics_of(mapping: Mapping, service: str) -> str:
         return str(response.read().decode())
 
 
+def accepted(mapping: Mapping, token: Path) -> None:
+    """Wait until the gateway accepts a token just added to its tokens file."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            cli(mapping, "whoami", token=token)
+            return
+        except AssertionError:
+            assert time.monotonic() < deadline, f"the new token {token.name} was not picked up"
+            time.sleep(0.5)
+
+
 def cli(mapping: Mapping, *args: str, token: Path | None = None) -> str:
     target = f"127.0.0.1:{mapping.ports['50051']}"
     command = [str(BIN / "auditflow"), "--target", target, "--json", *(["--token-file", str(token)] if token else []),
@@ -184,16 +196,9 @@ def run_a_plan(mapping: Mapping, secrets_dir: Path, tmp_path: Path) -> None:
     plan = tmp_path / "plan.json"
     ledger = str(mapping.ledgers / "ledger.csv")  # /data/ledger.csv in a container
     plan.write_text(json.dumps([{"procedure": "ledger_summary", "parameters": {"path": ledger}}]))
-    deadline = time.monotonic() + 30
-    while True:  # the gateway reloads its tokens file within seconds
-        try:
-            submitted = json.loads(
-                cli(mapping, "submit", "--plan", str(plan), "--title", "compose", token=tokens["sam"])
-            )
-            break
-        except AssertionError:
-            assert time.monotonic() < deadline, "the new token was not picked up"
-            time.sleep(0.5)
+    for person in tokens:  # the gateway reloads its tokens file within seconds: wait for both
+        accepted(mapping, tokens[person])
+    submitted = json.loads(cli(mapping, "submit", "--plan", str(plan), "--title", "compose", token=tokens["sam"]))
     workflow_id = submitted["workflowId"]  # (proto3 JSON)
     cli(mapping, "approve", workflow_id, token=tokens["ada"])
     cli(mapping, "watch", workflow_id, token=tokens["ada"])

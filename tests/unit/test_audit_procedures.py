@@ -232,3 +232,23 @@ def test_bad_parameters_are_refused(tmp_path: Path, name: str, parameters: dict[
     procedure = load().get(name)
     assert procedure is not None and procedure.validate is not None
     assert [v.field for v in procedure.validate({"path": str(good), **parameters})] == [field]
+
+
+@pytest.mark.parametrize("name", AUDIT)
+def test_each_chunk_says_how_many_rows_it_read(tmp_path: Path, name: str) -> None:
+    """The rows of every chunk add up to the ledger's: a cycle's trace span shows them."""
+    path, truth = write(tmp_path, 3000, 2)
+    procedure = load().get(name)
+    assert procedure is not None and procedure.chunk is not None
+    parameters: dict[str, Any] = {"path": str(path), "chunk_rows": 700}
+    if name == "weekend_postings":
+        parameters["holidays"] = truth["holidays"]
+    state, rows, calls = None, [], 0
+    while True:
+        chunk = procedure.chunk(parameters, state)
+        rows.append(chunk.rows)
+        calls += 1
+        if chunk.result is not None:
+            break
+        state = chunk.state
+    assert calls > 2 and all(r > 0 for r in rows) and sum(rows) == 3000, rows
