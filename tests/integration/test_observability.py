@@ -247,7 +247,7 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
     capture = _Capture(records)
     logging.getLogger("processor.scheduler").addHandler(capture)
     try:
-        async with running(tmp_path, processor_port=port) as pair:
+        async with running(tmp_path, processor_port=port, rest=True) as pair:
             plan = [step("test_sleep", seconds=0.3)] * 3
             created = await pair.stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="traced", plan=plan),
                                                      metadata=as_user("carol"))  # fmt: skip
@@ -258,6 +258,10 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
                 if message.HasField("event") and message.event.type == E.EVENT_TYPE_CYCLE_COMPLETED:
                     break
             call.cancel()
+            assert pair.gateway.rest is not None
+            url = f"{pair.gateway.rest.url}/workflows/{workflow_id}"
+            async with aiohttp.ClientSession() as http, http.get(url, headers=auth.headers("bob")) as response:
+                assert response.status == 200
             await pair.processor.stop(5)
             again = create_processor(f"127.0.0.1:{port}", processor_settings(tmp_path))
             await again.start()
@@ -299,6 +303,12 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
     steps = [s for s in finished if s.name == "step 1 test_sleep" and s.context.trace_id == trace_id]
     assert steps and steps[0].attributes["auditflow.procedure"] == "test_sleep"
     assert cycles[-1].attributes["auditflow.status"] == "COMPLETED"
+
+    # REST calls have server spans of their own (the aiohttp instrumentation).
+    def path(span: Any) -> str:
+        return str(span.attributes.get("http.target", span.attributes.get("url.path", "")))
+
+    assert [s for s in finished if s.kind.name == "SERVER" and path(s).endswith(f"/workflows/{workflow_id}")]
     # The cycle's log lines carry the trace.
     traced = [r for r in records if r.getMessage().startswith(f"{workflow_id} cycle 1/")]
     assert traced and getattr(traced[0], "trace_id", None) == format(trace_id, "032x")
