@@ -5,7 +5,8 @@ Everything runs on the PostgreSQL server at AUDITFLOW_TEST_POSTGRES (default: th
 127.0.0.1:5432, durable: fsync and synchronous_commit as the server has them). Each phase
 gets fresh databases (`auditflow_scale_*`, dropped at the end): the gateway's, and the
 processors' (shared by all processors, as in production). procrastinate
-(https://procrastinate.readthedocs.io, pinned in pyproject.toml) keeps its tables in the
+(https://procrastinate.readthedocs.io, pinned in pyproject.toml; its workers are
+`bench/_scale_worker.py`) keeps its tables in the
 processors' database of the same phase, so both queues commit to the same database on the
 same server with the same settings. The trivial job is the same on both sides: a Python
 function that returns at once, run on a worker thread (auditflow: a one-step plan of the test
@@ -61,6 +62,7 @@ queues stamp inside the committing transaction, before its commit's fsync.
     python bench/scale.py                 # 1,000 runs per N, 100 latency samples per case
     python bench/scale.py --quick         # a smaller run, for a smoke test (< 1 min)
     python bench/scale.py --json          # the figures as JSON
+    python bench/scale.py --phases latency --latency-samples 30   # one phase, fewer samples
 
 The machine is shared: the load average is printed with the figures.
 """
@@ -85,7 +87,6 @@ from typing import Any
 
 import grpc
 import psycopg
-from procrastinate import App, PsycopgConnector
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,9 @@ from auditflow.db import Database  # noqa: E402
 from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
+from bench import _scale_worker  # noqa: E402
 from bench._loadgen import percentile  # noqa: E402
+from bench._scale_worker import TASK, procrastinate_app  # noqa: E402
 from bench.approve import Callers, token_callers  # noqa: E402
 from gateway import store as gateway_store  # noqa: E402
 from processor import store as processor_store  # noqa: E402
@@ -103,7 +106,6 @@ from tests.support import auth  # noqa: E402
 from tests.support.cluster import ServerProcess  # noqa: E402
 from tests.support.postgres import ADMIN_URL, fresh_database  # noqa: E402
 
-TASK = "scale_noop"  # the procrastinate task's name, the same in the deferring and the working process
 UNFINISHED = [pb.WORKFLOW_STATUS_APPROVED, pb.WORKFLOW_STATUS_QUEUED, pb.WORKFLOW_STATUS_RUNNING]
 WATCH_POLL = 0.1  # seconds between the client's looks for what is left to do (both sides)
 WARM_UP = 4  # jobs per processor or worker before a timed load
@@ -118,48 +120,21 @@ def progress(text: str) -> None:
     print(f"[{time.monotonic() - STARTED_AT:6.1f} s] {text}", file=sys.stderr, flush=True)
 
 
-def noop() -> dict[str, bool]:
-    """The procrastinate job: what `test_noop` does."""
-    return {"ok": True}
-
-
-def procrastinate_app(conninfo: str, connections: int) -> App:
-    """An app on `conninfo` with a pool of `connections`, and the task registered."""
-    app = App(connector=PsycopgConnector(conninfo=conninfo, min_size=connections, max_size=connections))
-    app.task(name=TASK)(noop)
-    return app
-
-
 def libpq(url: str) -> str:
     """A SQLAlchemy URL as a libpq connection string (what psycopg and procrastinate take)."""
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-# --- the procrastinate worker, a process of its own (`scale.py --worker ...`) -----------------
-
-
-def worker_main(conninfo: str, concurrency: int, listen: bool, poll: float) -> None:
-    """Run one procrastinate worker until SIGTERM (procrastinate stops it gracefully)."""
-
-    async def run() -> None:
-        # One connection per job in flight (its fetch and its finish); LISTEN has one of its own.
-        app = procrastinate_app(conninfo, concurrency)
-        async with app.open_async():
-            await app.run_worker_async(
-                concurrency=concurrency, listen_notify=listen, fetch_job_polling_interval=poll, wait=True
-            )
-
-    asyncio.run(run())
+# --- the procrastinate workers, processes of their own (bench/_scale_worker.py) ---------------
 
 
 def start_worker(workdir: Path, conninfo: str, concurrency: int, listen: bool, poll: float) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", conninfo,
-        "--worker-concurrency", str(concurrency), "--worker-listen", str(listen).lower(), "--poll-interval", str(poll),
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "bench._scale_worker", "--concurrency", str(concurrency),
+               "--listen", str(listen).lower(), "--poll", str(poll)]  # fmt: skip
     workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), _scale_worker.DATABASE: conninfo}
     with (workdir / "worker.log").open("ab") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
 
 def stop_workers(workers: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -422,7 +397,7 @@ async def finished_times(stub: wpb_grpc.WorkflowServiceAsyncStub, callers: Calle
         for workflow in page.workflows:
             if workflow.workflow_id in ids:
                 assert workflow.status == pb.WORKFLOW_STATUS_COMPLETED, workflow
-                times.append(workflow.updated_at.ToDatetime().timestamp() + 0.0)
+                times.append(workflow.updated_at.ToMicroseconds() / 1e6)
         token = page.next_page_token
         if not token:
             break
@@ -601,7 +576,7 @@ async def auditflow_latency(servers: Servers, callers: Callers, samples: int, ga
                 if name is None or name in marked:
                     continue
                 marked.add(name)
-                marks[f"{name}_stamp"].append(message.event.time.ToDatetime().timestamp() - sent)
+                marks[f"{name}_stamp"].append(message.event.time.ToMicroseconds() / 1e6 - sent)
                 if name in SEEN:
                     marks[f"{name}_seen"].append(now - sent)
                 if name == "started":  # "started by processor p1"
@@ -741,15 +716,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a load may take to complete")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--phases", default="throughput,latency", help=argparse.SUPPRESS)
-    # A procrastinate worker process (started by this script).
-    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-concurrency", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-listen", default="true", help=argparse.SUPPRESS)
+    parser.add_argument("--phases", default="throughput,latency", help="comma-separated: throughput, latency")
     args = parser.parse_args()
-    if args.worker:
-        worker_main(args.worker, args.worker_concurrency, args.worker_listen == "true", args.poll_interval)
-        return
     if args.quick:
         args.processors, args.runs, args.latency_samples, args.poll_interval = [1, 2], 80, 6, 0.25
     figures: dict[str, Any] = {"load_average_before": os.getloadavg()[0], "cpus": os.cpu_count()}
@@ -835,8 +803,4 @@ def report_latency(figures: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    # Run as `bench.scale`, not as `__main__`, where procrastinate warns that an app's tasks
-    # may not be found by another process (ours have names of their own, the same everywhere).
-    from bench import scale
-
-    scale.main()
+    main()
