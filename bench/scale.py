@@ -6,11 +6,11 @@ Everything runs on the PostgreSQL server at AUDITFLOW_TEST_POSTGRES (default: th
 gets fresh databases (`auditflow_scale_*`, dropped at the end): the gateway's, and the
 processors' (shared by all processors, as in production). procrastinate
 (https://procrastinate.readthedocs.io, pinned in pyproject.toml; its workers are
-`bench/_scale_worker.py`) keeps its tables in the
-processors' database of the same phase, so both queues commit to the same database on the
-same server with the same settings. The trivial job is the same on both sides: a Python
-function that returns at once, run on a worker thread (auditflow: a one-step plan of the test
-plugin's `test_noop`; procrastinate: a sync task doing the same).
+`bench/_scale_worker.py`) keeps its tables in the processors' database of the same phase, so
+both queues commit to the same database on the same server with the same settings. The
+trivial job is the same on both sides: a Python function that returns at once, run on a
+worker thread (auditflow: a one-step plan of the test plugin's `test_noop`; procrastinate: a
+sync task doing the same).
 
 1. **Throughput.** For N = 1, 2, 4 processors (each `--max-concurrent M`, `--cycle-delay 0`,
    LISTEN/NOTIFY on) behind one gateway whose `--processor-target` lists them all (Enqueues
@@ -42,25 +42,31 @@ plugin's `test_noop`; procrastinate: a sync task doing the same).
    following A only; one approval at a time, each watched through the gateway:
    - "receiver free": A is idle, claims each run itself and streams its events: the direct
      path, the same with or without notifications;
-   - "receiver full": A's one slot is held by a long run, so each new run is queued by A,
-     claimed by B (woken by the notification, or at its next poll), and B's events reach the
-     gateway through A's tail (woken by the notification, or at its next poll).
+   - "receiver full": A's one slot is held by a long run (checked to be still running after
+     the samples), so each new run is queued by A, claimed by B (woken by the notification,
+     or at its next poll), and B's events reach the gateway through A's tail (woken by the
+     notification, or at its next poll). Which processor started each run is counted.
    Each is run with `--listen true` and with `--listen false` (polling every
-   `--poll-interval`, default 0.5 s, the processor's default). Figures: from sending Approve
-   to the STARTED event's commit (the processor's stamp), to the watcher receiving STARTED,
-   the first CYCLE_COMPLETED and COMPLETED, and to COMPLETED's commit (stamp).
+   `--poll-interval`, default 0.5 s, the processor's default; with polling, each approval
+   first waits a random 0 to poll-interval seconds, so that it lands at a random point of the
+   pollers' cycle). Figures: from sending Approve to the stamp of each event's commit
+   (APPROVED by the gateway; QUEUED, STARTED, CYCLE_COMPLETED and COMPLETED by a processor),
+   which says where the time goes, and to the watcher receiving STARTED, the first
+   CYCLE_COMPLETED and COMPLETED.
    procrastinate beside it: two workers (concurrency 1 and M, like A and B) on the same
-   database, one job at a time, LISTEN/NOTIFY on, then off (`listen_notify=False` with
-   `fetch_job_polling_interval` equal to the processors' poll interval): from `defer_async`
-   to the job's `started` and `succeeded` events (stamped by the database in the fetching and
-   finishing transactions). procrastinate has no completion stream: a client learns of the end
-   by polling, so its only comparable figures are the stamped ones.
+   database, one job at a time (with the same random wait when polling), LISTEN/NOTIFY on,
+   then off (`listen_notify=False` with `fetch_job_polling_interval` equal to the processors'
+   poll interval): from `defer_async` to the job's `deferred`, `started` and `succeeded`
+   events (stamped by the database in the deferring, fetching and finishing transactions).
+   procrastinate has no completion stream: a client learns of the end by polling, so its only
+   comparable figures are the stamped ones.
 
 Stamps and the client's clock are the same wall clock (CLOCK_REALTIME, one machine). Both
 queues stamp inside the committing transaction, before its commit's fsync.
 
     python bench/scale.py                 # 1,000 runs per N, 100 latency samples per case
-    python bench/scale.py --quick         # a smaller run, for a smoke test (< 1 min)
+    python bench/scale.py --quick         # 1 and 2 processors, 80 runs, 6 samples, polls every
+                                          # 0.25 s: a smoke test (< 1 min)
     python bench/scale.py --json          # the figures as JSON
     python bench/scale.py --phases latency --latency-samples 30   # one phase, fewer samples
 
