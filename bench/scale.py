@@ -47,16 +47,16 @@ sync task doing the same).
      or at its next poll), and B's events reach the gateway through A's tail (woken by the
      notification, or at its next poll). Which processor started each run is counted.
    Each is run with `--listen true` and with `--listen false` (polling every
-   `--poll-interval`, default 0.5 s, the processor's default; with polling, each approval
-   first waits a random 0 to poll-interval seconds, so that it lands at a random point of the
-   pollers' cycle). Figures: from sending Approve to the stamp of each event's commit
-   (APPROVED by the gateway; QUEUED, STARTED, CYCLE_COMPLETED and COMPLETED by a processor),
-   which says where the time goes, and to the watcher receiving STARTED, the first
-   CYCLE_COMPLETED and COMPLETED.
+   `--poll-interval`, default 0.5 s, the processor's default). In both, each approval first
+   waits a random 0 to poll-interval seconds: with polling it lands at a random point of the
+   pollers' cycle, and no sample meets what its predecessor left to do. Figures: from sending
+   Approve to the stamp of each event's commit (APPROVED by the gateway; QUEUED, STARTED,
+   CYCLE_COMPLETED and COMPLETED by a processor), which says where the time goes, and to the
+   watcher receiving STARTED, the first CYCLE_COMPLETED and COMPLETED.
    procrastinate beside it: two workers (concurrency 1 and M, like A and B) on the same
-   database, one job at a time (with the same random wait when polling), LISTEN/NOTIFY on,
-   then off (`listen_notify=False` with `fetch_job_polling_interval` equal to the processors'
-   poll interval): from `defer_async` to the job's `deferred`, `started` and `succeeded`
+   database, one job at a time (after the same random wait), LISTEN/NOTIFY on, then off
+   (`listen_notify=False` with `fetch_job_polling_interval` equal to the processors' poll
+   interval): from `defer_async` to the job's `deferred`, `started` and `succeeded`
    events (stamped by the database in the deferring, fetching and finishing transactions).
    procrastinate has no completion stream: a client learns of the end by polling, so its only
    comparable figures are the stamped ones.
@@ -551,10 +551,9 @@ SEEN = ("started", "cycle", "completed")
 
 
 async def pause(gap: float, rng: random.Random) -> None:
-    """Between two samples: a random wait up to `gap`, so that with polling each lands at a
-    random point of the pollers' cycle (back to back, it would land just after a poll)."""
-    if gap > 0:
-        await asyncio.sleep(rng.uniform(0, gap))
+    """Before a sample: a random wait up to `gap`, so that with polling each lands at a random
+    point of the pollers' cycle (back to back, it would land just after a poll)."""
+    await asyncio.sleep(rng.uniform(0, gap))
 
 
 async def auditflow_latency(servers: Servers, callers: Callers, samples: int, gap: float) -> dict[str, Any]:
@@ -689,7 +688,9 @@ def latency(workdir: Path, callers: Callers, args: argparse.Namespace) -> dict[s
     samples = args.latency_samples
     for listen in (True, False):
         mode = "notify" if listen else "polling"
-        gap = 0.0 if listen else args.poll_interval
+        # In both modes, so that they differ only by the notifications (and a sample never
+        # meets the tail reads, mirror writes and polls its predecessor left behind).
+        gap = args.poll_interval
         with phase_databases() as phase:
             where = workdir / f"latency-{mode}"
             with running_servers(where / "auditflow", phase, callers, slots, listen=listen, poll=args.poll_interval,
