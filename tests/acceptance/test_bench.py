@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import rest, watch
+from bench import rest, scale, watch
 from bench.approve import report
 from tests.support.cluster import ROOT
 
@@ -153,3 +153,42 @@ def test_the_rest_benchmark_compares_rest_with_grpc_and_the_in_memory_design() -
         assert f"REST/gRPC rate, {key}:" in text and "target >= 80%" in text
     assert "auditflow REST / in-memory design, approve@64" in text
     assert "seed" not in text.lower()
+
+
+def test_the_scale_benchmark_compares_auditflow_with_procrastinate_on_postgresql() -> None:
+    figures = run_quick("scale.py")
+
+    assert set(figures["throughput"]) == {"1", "2"}
+    for count, load in figures["throughput"].items():
+        assert load["total_concurrency"] == 4 * int(count)
+        for name, workers in (("auditflow", "processors"), ("procrastinate", "workers")):
+            run = load[name]
+            assert run["runs"] == 80, (count, name)
+            for figure in ("submitted_per_second", "completed_per_second", "seen_per_second", "client_cpu_us_per_run",
+                           f"{workers}_cpu_us_per_run", "postgres_cpu_us_per_run", "total_cpu_us_per_run"):  # fmt: skip
+                assert positive(run[figure]), (count, name, figure, run[figure])
+            assert 0 < run["machine_busy_share"] <= 1
+            assert run["completed_per_second"] >= run["seen_per_second"] * 0.999  # (seen after the stamp)
+        assert positive(load["auditflow"]["gateway_cpu_us_per_run"])
+    for mode in ("notify", "polling"):
+        cases = figures["latency"][mode]
+        for case in ("receiver free", "receiver full"):
+            run = cases[case]
+            assert run["samples"] == 6, (mode, case)
+            stamps = [run[f"{name}_stamp_p50_ms"] for name in ("approved", "queued", "started", "cycle", "completed")]
+            assert stamps[0] > 0 and stamps == sorted(stamps), (mode, case, stamps)
+            seen = [run[f"{name}_seen_p50_ms"] for name in ("started", "cycle", "completed")]
+            assert seen == sorted(seen) and run["completed_stamp_p50_ms"] <= seen[-1], (mode, case, seen)
+        # The receiving processor A claims the runs it has a slot for; B those it has none for.
+        assert cases["receiver full"]["started_by"] == {"p1": 6}, cases["receiver full"]["started_by"]
+        assert cases["receiver free"]["started_by"].get("p0", 0) >= 3, cases["receiver free"]["started_by"]
+        theirs = cases["procrastinate"]
+        stamps = [theirs[f"{name}_stamp_p50_ms"] for name in ("queued", "started", "completed")]
+        assert theirs["samples"] == 6 and stamps[0] > 0 and stamps == sorted(stamps), (mode, stamps)
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        scale.report(figures, as_json=False)
+    text = printed.getvalue()
+    assert text.count("auditflow/procrastinate:") == 2 and "approve -> COMPLETED * p50" in text
+    assert "where approve -> COMPLETED goes" in text
