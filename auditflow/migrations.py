@@ -16,6 +16,7 @@ read it before committing it. The tests check that every history matches its tab
 from __future__ import annotations
 
 import argparse
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, create_engine
+from sqlalchemy import Connection, Engine, MetaData, create_engine, text
 
 SERVICES = {"gateway": "gateway:migrations", "processor": "processor:migrations"}
 
@@ -37,11 +38,25 @@ def config(script_location: str) -> Config:
 
 
 def upgrade(engine: Engine, script_location: str) -> None:
-    """Bring the database to the newest revision (blocking; call before serving)."""
+    """Bring the database to the newest revision (blocking; call before serving).
+
+    Replicas that start at the same moment on PostgreSQL migrate one after the other: each
+    takes a transaction-scoped advisory lock first, so the first upgrades and the others wait,
+    then find the schema at the newest revision (without it, all but one failed on tables
+    that another had just created)."""
     cfg = config(script_location)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SET LOCAL lock_timeout = '300s'"))  # (a long migration elsewhere)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(script_location)})
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+def _lock_key(script_location: str) -> int:
+    """A stable 63-bit advisory lock key per history."""
+    digest = hashlib.sha256(f"auditflow migrations {script_location}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 def head(script_location: str) -> str | None:

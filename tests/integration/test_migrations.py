@@ -3,13 +3,14 @@ PostgreSQL, and a restart on an up-to-date database changes nothing."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import MetaData, create_engine, inspect
+from sqlalchemy import Engine, MetaData, create_engine, inspect
 
 from auditflow import migrations
 from gateway import store as gateway_store
@@ -46,3 +47,34 @@ def test_the_history_matches_the_tables_and_upgrading_twice_is_harmless(url: str
         assert tables == {*metadata.tables, "alembic_version"}
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("service", sorted(migrations.SERVICES))
+def test_replicas_starting_together_migrate_one_after_the_other(service: str) -> None:
+    """Four replicas migrate a fresh PostgreSQL database at the same moment: every one
+    succeeds, and the schema is at the newest revision."""
+    location = migrations.SERVICES[service]
+    with fresh_database(f"race{service[:4]}") as url:
+        engines = [create_engine(url) for _ in range(4)]
+        start = threading.Barrier(len(engines))
+        failures: list[BaseException] = []
+
+        def migrate(engine: Engine) -> None:
+            start.wait()
+            try:
+                migrations.upgrade(engine, location)
+            except BaseException as exc:  # (collected for the assertion below)
+                failures.append(exc)
+
+        threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        try:
+            assert not failures, failures
+            with engines[0].connect() as conn:
+                assert migrations.current(conn) == migrations.head(location)
+        finally:
+            for engine in engines:
+                engine.dispose()
