@@ -134,6 +134,26 @@ class Database:
             for thread in ("writer", "reader")
         }
         self._lock_timeouts = metrics.DB_LOCK_TIMEOUTS.labels(name)
+        # PostgreSQL: the server processes of this service's writing connections, so that a
+        # listener can tell this process's own notifications from other processes'.
+        self.backend_pids: set[int] = set()
+        if not self.is_sqlite:
+            event.listen(self.write_engine, "connect", self._connected)
+            for closing in ("close", "invalidate", "close_detached"):
+                event.listen(self.write_engine, closing, self._closed)
+
+    def _connected(self, dbapi_conn: Any, record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        record.info["backend_pid"] = pid = int(cursor.fetchone()[0])
+        cursor.close()
+        dbapi_conn.commit()  # (psycopg opened a transaction for the SELECT)
+        self.backend_pids.add(pid)
+
+    def _closed(self, dbapi_conn: Any, record: Any = None, *_: Any) -> None:
+        pid = record.info.get("backend_pid") if record is not None and hasattr(record, "info") else None
+        if pid is not None:
+            self.backend_pids.discard(pid)
 
     def observe_outages(self, observer: OutageObserver) -> None:
         self._outage.observer = observer

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from sqlalchemy.engine import make_url
 
@@ -33,8 +33,18 @@ EVENTS = "events"  # events were appended: read them
 class Listener:
     """Calls `handlers[payload]()` on the event loop for every notification on `CHANNEL`."""
 
-    def __init__(self, database_url: str, handlers: Mapping[str, Callable[[], None]], *, poll_interval: float) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        handlers: Mapping[str, Callable[[], None]],
+        *,
+        poll_interval: float,
+        own: Collection[int] = (),
+    ) -> None:
         url = make_url(database_url).set(drivername="postgresql")
+        # Server processes of this processor's own connections: what they commit, this
+        # processor knows already (waking on it cost a claim look-up and a tail read per commit).
+        self._own = own
         self._conninfo = url.render_as_string(hide_password=False)  # (never logged)
         self._handlers = handlers
         self._poll_interval = poll_interval
@@ -71,7 +81,8 @@ class Listener:
                     self._wake_all()  # (whatever happened while not listening)
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=0.5):
-                            self._wake(note.payload)
+                            if note.pid not in self._own:
+                                self._wake(note.payload)
             except Exception as exc:  # the connection failed or broke: poll meanwhile, and retry
                 self.listening.clear()
                 if not warned:

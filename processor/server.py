@@ -55,7 +55,7 @@ class Processor:
         # On PostgreSQL, other processors' commits wake this one (SQLite: a processor is alone).
         self.listener = None if self.db.is_sqlite or not settings.listen else notify.Listener(
             settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
-            poll_interval=settings.poll_interval,
+            poll_interval=settings.poll_interval, own=self.db.backend_pids,
         )  # fmt: skip
         measured = bool(settings.metrics_address)
         self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,

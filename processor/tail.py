@@ -40,6 +40,7 @@ class Tail:
         self._window = timedelta(seconds=window)
         self._task: asyncio.Task[None] | None = None
         self._woken = asyncio.Event()
+        self.reads = 0  # looks at the runs written lately (for tests and benchmarks)
 
     def wake(self) -> None:
         """Another processor committed events (a notification): read them now."""
@@ -74,6 +75,7 @@ class Tail:
     async def poll(self, since: datetime) -> int:
         """Publish what changed since `since` and this hub has not published; the count."""
         changed = await self._db.read(functools.partial(store.changed_since, since=since))
+        self.reads += 1
         cursors = [(wid, self._hub.published(wid)) for wid, last in changed if last > self._hub.published(wid)]
         published = 0
         for start in range(0, len(cursors), PAGE):

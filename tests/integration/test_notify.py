@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import workflow_pb2 as pb
+from processor import notify
 from tests.support.postgres import fresh_database
 from tests.support.processor_harness import Harness, Harnesses, collect, enqueue_request, step
 
@@ -62,3 +64,30 @@ async def test_a_run_queued_at_a_busy_processor_wakes_the_idle_one(two: tuple[Ha
     await busy.stub.CancelRun(
         ps.CancelRunRequest(workflow_id=long_run.workflow_id, requested_by="alice", reason="done")
     )
+
+
+async def test_a_processor_is_not_woken_by_its_own_commits(two: tuple[Harness, Harness]) -> None:
+    """What a processor commits it knows already: its own notifications wake neither its claim
+    loop nor its tail (a read of every run written lately), another processor's do."""
+    driver, _other = two
+    tail = driver.processor.tail
+    before = tail.reads
+    request = enqueue_request([step("test_noop") for _ in range(10)], max_cycles=20)
+    await driver.stub.Enqueue(request)
+    events = [m.event for m in await collect(driver.stub, request.workflow_id, timeout=60) if m.HasField("event")]
+    assert events[-1].type == pb.EVENT_TYPE_COMPLETED
+    # A notification from another session (as another processor's commit sends): notifications
+    # are heard in order, so once this one has woken the tail, every earlier one has been heard.
+    url = driver.processor.settings.database_url
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_notify(:channel, 'events')"), {"channel": notify.CHANNEL})
+        deadline = asyncio.get_running_loop().time() + 30
+        while tail.reads <= before:
+            assert asyncio.get_running_loop().time() < deadline, "the other session's notification never arrived"
+            await asyncio.sleep(0.01)
+        woken = tail.reads - before
+    finally:
+        engine.dispose()
+    assert woken <= 2, f"the tail read {woken} times for one run of 12 commits here and one notification from elsewhere"
