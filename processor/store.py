@@ -485,9 +485,20 @@ _NOTIFY = text(f"SELECT pg_notify('{notifications.CHANNEL}', :payload)")
 
 
 def notify(conn: Connection, payload: str) -> None:
-    """Tell the other processors (PostgreSQL sends it at commit; `processor.notify`)."""
-    if conn.dialect.name == "postgresql":
+    """Tell the other processors (PostgreSQL sends it at commit; `processor.notify`). Once per
+    payload and transaction: a group commit of many appends sends one, not one each."""
+    if conn.dialect.name != "postgresql":
+        return
+    transaction = conn.get_transaction()
+    sent = conn.info.get(_NOTIFIED)
+    if sent is None or sent[0] is not transaction:  # (held here, so never a reused id)
+        sent = conn.info[_NOTIFIED] = (transaction, set())
+    if payload not in sent[1]:
+        sent[1].add(payload)
         conn.execute(_NOTIFY, {"payload": payload})
+
+
+_NOTIFIED = "auditflow_notified"  # conn.info: (the transaction, the payloads it has notified)
 
 
 def append(

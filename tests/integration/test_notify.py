@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
+from auditflow import migrations
+from auditflow.convert import utcnow
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import workflow_pb2 as pb
-from processor import notify
+from processor import notify, store, transitions
 from tests.support.postgres import fresh_database
-from tests.support.processor_harness import Harness, Harnesses, collect, enqueue_request, step
+from tests.support.processor_harness import Harness, Harnesses, collect, enqueue_request, new_id, step
 
 HOUR = 3600.0
 
@@ -91,3 +93,34 @@ async def test_a_processor_is_not_woken_by_its_own_commits(two: tuple[Harness, H
     finally:
         engine.dispose()
     assert woken <= 2, f"the tail read {woken} times for one run of 12 commits here and one notification from elsewhere"
+
+
+def test_one_notification_per_payload_and_transaction() -> None:
+    """A group commit of many appends sends one notification of each kind, not one each."""
+    with fresh_database("notifyonce") as url:
+        engine = create_engine(url)
+        try:
+            migrations.upgrade(engine, "processor:migrations")
+            sent: list[str] = []
+
+            def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+                if "pg_notify" in statement:
+                    sent.append(statement)
+
+            event.listen(engine, "before_cursor_execute", count)
+            with engine.begin() as conn:
+                for _ in range(3):
+                    store.insert_run(
+                        conn, workflow_id=new_id(), title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
+                        orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued",
+                        now=utcnow(),
+                    )  # fmt: skip
+            assert len(sent) == 2, sent  # runs, and events
+            with engine.begin() as conn:
+                store.release_leases(conn, "nobody")  # (releases nothing: no notification)
+            with engine.begin() as conn:
+                (run,) = store.claim(conn, owner="w", now=utcnow(), expires_at=utcnow(), limit=1)
+                store.append(conn, run, *transitions.started(run, "w"), utcnow())
+            assert len(sent) == 3, sent  # a new transaction: its events notified again
+        finally:
+            engine.dispose()
