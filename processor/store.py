@@ -490,7 +490,7 @@ def notify(conn: Connection, payload: str) -> None:
     if conn.dialect.name != "postgresql":
         return
     transaction = conn.get_transaction()
-    sent = conn.info.get(_NOTIFIED)
+    sent: tuple[Any, set[str]] | None = conn.info.get(_NOTIFIED)
     if sent is None or sent[0] is not transaction:  # (held here, so never a reused id)
         sent = conn.info[_NOTIFIED] = (transaction, set())
     if payload not in sent[1]:

@@ -4,8 +4,15 @@ On PostgreSQL several processors share the runs and their logs, and a run's leas
 from one to another. This processor's hub hears of its own commits at once; the tail looks
 every `poll_interval` at the runs written in the last `window` seconds (a margin for clocks
 and commits that land out of order), reads the events its hub has not published, and
-publishes them. So the feed (Follow) and every watcher here see every run, whoever drives it.
-The hub ignores what it already published, and a gap the tail has not filled yet (another
+publishes them. A notification (another processor committed) wakes it at once for a
+shorter look: the runs written since its last look, less `LOOKBACK` seconds. A notification
+comes after its commit, so that finds it, unless the writer's clock or a long transaction
+stamped the run earlier than that; the full look, which still runs every `poll_interval`
+whatever the notifications, finds those. A look costs in the number of runs it covers: at a
+hundred runs a second, the 30-second window is thousands, the short one a few hundred.
+
+So the feed (Follow) and every watcher here see every run, whoever drives it. The hub
+ignores what it already published, and a gap the tail has not filled yet (another
 processor's events, then this one's) is closed by the subscriber, who reads the log.
 
 On SQLite a processor is alone with its file: every event passes through its hub, and the
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 PAGE = 1000
 MIN_SPACING = 0.02  # seconds between two reads, however often notifications come
+LOOKBACK = timedelta(seconds=2)  # what a look on a notification covers before the last look
 
 
 class Tail:
@@ -58,18 +66,23 @@ class Tail:
             self._task = None
 
     async def _run(self) -> None:
-        since = utcnow() - self._window
+        full_since = last_since = utcnow() - self._window
+        full_at = asyncio.get_running_loop().time()
+        woken = False
         while True:
-            started = utcnow()
+            started, now = utcnow(), asyncio.get_running_loop().time()
+            full = not woken or now - full_at >= self._interval
             try:
-                await self.poll(since)
-                since = started - self._window
+                await self.poll(full_since if full else last_since - LOOKBACK)
+                last_since = started
+                if full:
+                    full_since, full_at = started - self._window, now
             except Unavailable:
                 pass  # (the database says so in the log, once per outage)
             except Exception:
                 logger.warning("reading other processors' events failed; retrying", exc_info=True)
             await asyncio.sleep(MIN_SPACING)  # (notifications in a burst: one read for them all)
-            await wait_for(self._woken, self._interval)
+            woken = await wait_for(self._woken, max(0.0, full_at + self._interval - asyncio.get_running_loop().time()))
             self._woken.clear()
 
     async def poll(self, since: datetime) -> int:
