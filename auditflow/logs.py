@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -51,17 +49,6 @@ def bind(**fields: Any) -> None:
     """Add fields (workflow_id, cycle) to every record logged from this task from now on."""
     current = _context.get()
     _context.set({**current, **fields} if current else fields)
-
-
-@contextmanager
-def bound(**fields: Any) -> Iterator[None]:
-    """`bind` for the records logged inside the block only."""
-    current = _context.get()
-    token = _context.set({**current, **fields} if current else fields)
-    try:
-        yield
-    finally:
-        _context.reset(token)
 
 
 class ContextFilter(logging.Filter):

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -133,16 +132,3 @@ def span(name: str, *, parent: str = "", attributes: Mapping[str, Any] | None = 
         return _NOTHING
     context = extract({"traceparent": parent}) if parent else None
     return _tracer.start_as_current_span(name, context=context, attributes=dict(attributes or {}))
-
-
-@contextmanager
-def continued(parent: str) -> Iterator[None]:
-    """Make the stored `parent` the current context inside the block (no span of its own)."""
-    if not _enabled or not parent:
-        yield
-        return
-    token = otel_context.attach(extract({"traceparent": parent}))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)

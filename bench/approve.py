@@ -338,22 +338,16 @@ def measure_authentication(directory: Path, args: argparse.Namespace) -> dict[st
     """Approve at 64 callers on a fresh gateway (no processor) per way of authenticating: the
     gateway's CPU per call, and a no-op's beside it on the same gateway (its drift between the
     gateways shows how much of a difference is the machine's noise)."""
+    (directory / "auth-tokens").mkdir(exist_ok=True)
     ways = {
         "baseline (typed-in header)": (header_callers(), "bench._header_identity"),
         "API token": (token_callers(directory / "auth-tokens"), None),
         "JWT": (jwt_callers(), None),
     }
-    figures: dict[str, Any] = {}
-    for index, (name, (callers, launcher)) in enumerate(ways.items()):
-        (directory / "auth-tokens").mkdir(exist_ok=True)
-        with running_pair(directory / f"auth-{index}", False, callers, launcher) as pair:
-            target, pid = pair.gateway.target, pair.gateway.pid
-            run_load(_client, (target, "noop", ()), ["-"] * 500, 8, 1)  # warm up
-            noop = timed_load(pid, (target, "noop", ()), ["-"] * args.auth_calls, 64, args.client_processes)
-            ids = asyncio.run(create_many(target, args.auth_calls, callers.creator))
-            approve = timed_load(pid, (target, "approve", callers.approver), ids, 64, args.client_processes)
-        figures[name] = {"noop@64": noop, "approve@64": approve}
-    return figures
+    return {
+        name: fresh_gateway_load(directory / f"auth-{index}", args.auth_calls, args, callers, launcher)
+        for index, (name, (callers, launcher)) in enumerate(ways.items())
+    }
 
 
 def measure_observability(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -365,16 +359,30 @@ def measure_observability(directory: Path, args: argparse.Namespace) -> dict[str
         "metrics on": (metrics_on, None),
         "metrics on, tracing (in-memory)": (metrics_on, "bench._traced_gateway"),
     }
-    figures: dict[str, Any] = {}
-    for index, (name, (extra, launcher)) in enumerate(settings.items()):
-        with running_pair(directory / f"observability-{index}", False, None, launcher, extra) as pair:
-            target, pid = pair.gateway.target, pair.gateway.pid
-            run_load(_client, (target, "noop", ()), ["-"] * 500, 8, 1)  # warm up
-            noop = timed_load(pid, (target, "noop", ()), ["-"] * args.observability_calls, 64, args.client_processes)
-            ids = asyncio.run(create_many(target, args.observability_calls))
-            approve = timed_load(pid, (target, "approve", CALLERS.approver), ids, 64, args.client_processes)
-        figures[name] = {"noop@64": noop, "approve@64": approve}
-    return figures
+    return {
+        name: fresh_gateway_load(
+            directory / f"observability-{index}", args.observability_calls, args, CALLERS, launcher, extra
+        )
+        for index, (name, (extra, launcher)) in enumerate(settings.items())
+    }
+
+
+def fresh_gateway_load(
+    workdir: Path,
+    calls: int,
+    args: argparse.Namespace,
+    callers: Callers,
+    launcher: str | None = None,
+    gateway_args: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """No-op, then Approve, at 64 callers on a gateway of its own (no processor)."""
+    with running_pair(workdir, False, callers, launcher, gateway_args) as pair:
+        target, pid = pair.gateway.target, pair.gateway.pid
+        run_load(_client, (target, "noop", ()), ["-"] * 500, 8, 1)  # warm up
+        noop = timed_load(pid, (target, "noop", ()), ["-"] * calls, 64, args.client_processes)
+        ids = asyncio.run(create_many(target, calls, callers.creator))
+        approve = timed_load(pid, (target, "approve", callers.approver), ids, 64, args.client_processes)
+    return {"noop@64": noop, "approve@64": approve}
 
 
 def timed_load(pid: int, head: tuple[Any, ...], ids: list[str], callers: int, processes: int) -> dict[str, float]:
@@ -395,29 +403,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def report(figures: dict[str, Any], *, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(figures, indent=2))
-        return
-    ways = figures["authentication"]
-    baseline = ways["baseline (typed-in header)"]["approve@64"]["gateway_cpu_us_per_call"]
-    print(f"\nauthentication, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
-          f"{'vs baseline':>13}{'no-op us/call':>15}")  # fmt: skip
-    for name, load in ways.items():
+def print_fresh_gateways(title: str, loads: dict[str, Any], base: str, versus: str) -> None:
+    """One line per fresh gateway: Approve's rate and CPU per call, against `base`'s."""
+    baseline = loads[base]["approve@64"]["gateway_cpu_us_per_call"]
+    print(f"\n{title}, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
+          f"{versus:>13}{'no-op us/call':>15}")  # fmt: skip
+    for name, load in loads.items():
         approve, noop = load["approve@64"], load["noop@64"]
         cpu = approve["gateway_cpu_us_per_call"]
         print(f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / baseline:12.0%} "
               f"{noop['gateway_cpu_us_per_call']:14.0f}")  # fmt: skip
+
+
+def report(figures: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    print_fresh_gateways("authentication", figures["authentication"], "baseline (typed-in header)", "vs baseline")
     print("  (target: API token and JWT within 110 % of the baseline's CPU per call)")
-    settings = figures["observability"]
-    off = settings["metrics off"]["approve@64"]["gateway_cpu_us_per_call"]
-    print(f"\nobservability, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
-          f"{'vs off':>13}{'no-op us/call':>15}")  # fmt: skip
-    for name, load in settings.items():
-        approve, noop = load["approve@64"], load["noop@64"]
-        cpu = approve["gateway_cpu_us_per_call"]
-        print(f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / off:12.0%} "
-              f"{noop['gateway_cpu_us_per_call']:14.0f}")  # fmt: skip
+    print_fresh_gateways("observability", figures["observability"], "metrics off", "vs off")
     print("  (target: metrics on within 105 % of metrics off's CPU per call)")
     for phase in ("gateway alone", "pair"):
         load = figures[phase]

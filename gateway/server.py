@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auditflow import logs, metrics, procedures, serving, sources, tracing, trail
 from auditflow.auth import settings as auth_settings
@@ -120,7 +120,7 @@ class Gateway:
         await asyncio.to_thread(sources.configure, self.settings.data)
         await self.authenticator.start()
         await asyncio.to_thread(self.db.start)
-        await serving.set_serving(self._health, [LINK_NAME], False)  # (until the feed is up)
+        await self._health.set(LINK_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)  # (until the feed is up)
         await self.server.start()
         await self.feed.start()
         await self.relay.start()

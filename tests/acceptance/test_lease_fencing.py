@@ -70,26 +70,15 @@ def test_a_resumed_processor_starts_no_step_on_a_lost_lease(tmp_path: Path) -> N
                 plan = [step("test_journal", journal=str(journal), step=n, seconds=1.0) for n in range(1, STEPS + 1)]
                 request = enqueue_request(plan, max_cycles=STEPS + 10)
                 assert stub.Enqueue(request, metadata=LINK).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
-                deadline = time.monotonic() + 60
-                while not any(w == "end" and n >= 2 for w, _p, n, _t, _e in journal_lines(journal)):
-                    assert time.monotonic() < deadline, journal.read_text()
-                    time.sleep(0.02)
+                wait_until(lambda: any(w == "end" and n >= 2 for w, _p, n, _t, _e in journal_lines(journal)),
+                           "step 2 ended")  # fmt: skip
                 os.kill(first.pid, signal.SIGSTOP)  # frozen between two steps (the cycle delay)...
                 frozen_at = time.time()
                 time.sleep(LEASE + 0.3)  # ...until just past its lease (the stimulus, not a wait for a result)
                 os.kill(first.pid, signal.SIGCONT)
-                with grpc.insecure_channel(second.target) as second_channel:
-                    watch = ps_grpc.ProcessorServiceStub(second_channel).WatchStatus(
-                        ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id),
-                        metadata=LINK,
-                        timeout=90,
-                    )
-                    events = [m.event for m in watch if m.HasField("event")]
+                events = events_via(second, request.workflow_id)
         finally:
-            for server in (first, second):
-                if server.proc is not None and server.proc.poll() is None:
-                    os.kill(server.pid, signal.SIGCONT)
-                server.stop()
+            resume_and_stop(first, second)
     assert events[-1].type == pb.EVENT_TYPE_COMPLETED, events[-1]
     ran = intervals(journal)
     assert {r[1] for r in ran} == set(range(1, STEPS + 1))  # every step ran to its end
@@ -130,18 +119,9 @@ def test_the_lease_epoch_fences_a_step_the_freeze_caught_midway(tmp_path: Path) 
                 wait_until(lambda: any(w[3] == 2 for w in writes(outside)), "the second processor began the step")
                 os.kill(first.pid, signal.SIGCONT)  # the first's step ends: its "end" comes late
                 wait_until(lambda: sum(w[2] == "end" for w in writes(outside)) == 2, "both ended the step")
-                with grpc.insecure_channel(second.target) as second_channel:
-                    watch = ps_grpc.ProcessorServiceStub(second_channel).WatchStatus(
-                        ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id),
-                        metadata=LINK,
-                        timeout=90,
-                    )
-                    events = [m.event for m in watch if m.HasField("event")]
+                events = events_via(second, request.workflow_id)
         finally:
-            for server in (first, second):
-                if server.proc is not None and server.proc.poll() is None:
-                    os.kill(server.pid, signal.SIGCONT)
-                server.stop()
+            resume_and_stop(first, second)
     assert events[-1].type == pb.EVENT_TYPE_COMPLETED, events[-1]
     by_pid = {w[4]: w for w in writes(outside) if w[2] == "end"}
     late, redo = by_pid[first.pid], by_pid[second.pid]
@@ -160,6 +140,21 @@ def writes(path: Path) -> list[tuple[str, int, str, int, int, int]]:
             return list(db.execute("SELECT workflow_id, step, what, epoch, pid, accepted FROM writes ORDER BY rowid"))
         except sqlite3.OperationalError:  # the table is not there yet
             return []
+
+
+def events_via(server: ServerProcess, workflow_id: str) -> list[pb.WorkflowEvent]:
+    """The run's events, to its end, watched through `server`."""
+    with grpc.insecure_channel(server.target) as channel:
+        request = ps.ProcessorServiceWatchStatusRequest(workflow_id=workflow_id)
+        watch = ps_grpc.ProcessorServiceStub(channel).WatchStatus(request, metadata=LINK, timeout=90)
+        return [m.event for m in watch if m.HasField("event")]
+
+
+def resume_and_stop(*servers: ServerProcess) -> None:
+    for server in servers:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.pid, signal.SIGCONT)
+        server.stop()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
