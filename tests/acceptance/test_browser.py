@@ -228,6 +228,8 @@ def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: 
     # The stream drives the progress bar and the event log to the end; then the findings.
     expect(page.locator("#done-view")).to_be_visible(timeout=60_000)
     expect(page.locator("#detail-status")).to_have_text("COMPLETED")
+    # The findings are fetched after the end shows: wait for their first row, then look at them.
+    expect(page.locator("#findings tbody tr").first).to_be_visible(timeout=30_000)
     assert page.locator("#findings tbody tr").count() > 0
     severities = page.locator("#findings tbody tr td:nth-child(2)").all_inner_texts()
     assert set(severities) <= {"high", "medium", "low"} and severities[0] == "high"  # high first
