@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.sql.dml import UpdateBase
-
-Processor = Callable[[Any], Any] | None
 
 
 class Prepared:
@@ -42,36 +41,41 @@ class Prepared:
 
 
 class _Compiled:
+    """One statement for one dialect: the SQL, where each bound value comes from, and how the
+    values are converted, all worked out once so that a run does only what varies."""
+
     def __init__(self, statement: UpdateBase, dialect: Dialect, name: str) -> None:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.positional = compiled.positional
-        names = list(compiled.positiontup or ()) if self.positional else list(compiled.binds)
-        # (name, fixed value or _FROM_PARAMS, bind processor) in the order the driver wants.
-        self.binds: list[tuple[str, Any, Processor]] = []
-        for bind_name in names:
+        self.names = list(compiled.positiontup or ()) if self.positional else list(compiled.binds)
+        # A value fixed in the statement is converted now; the caller's values at run time.
+        self.fixed: dict[str, Any] = {}
+        self.converted: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, bind_name in enumerate(self.names):
             bind = compiled.binds[bind_name]
-            fixed = _FROM_PARAMS if bind.value is None and not bind.callable else bind.effective_value
-            self.binds.append((bind_name, fixed, bind.type.dialect_impl(dialect).bind_processor(dialect)))
-        self.names = [name for name, _fixed, _process in self.binds]
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.value is not None or bind.callable:
+                value = bind.effective_value
+                self.fixed[bind_name] = value if process is None else process(value)
+            elif process is not None:
+                self.converted.append((index, process))
+        self.take = _getter(self.names)
         returning: list[ColumnElement[Any]] = list(compiled.returning or ())
         self.row_type: Any = namedtuple(name, [c.key for c in returning]) if returning else None  # type: ignore[misc]
-        self.result_processors: list[Processor] = [
-            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in returning
-        ]
+        self.results: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, column in enumerate(returning):
+            process = column.type.dialect_impl(dialect).result_processor(dialect, None)
+            if process is not None:
+                self.results.append((index, process))
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Any:
-        values = [
-            (params[name] if fixed is _FROM_PARAMS else fixed) if process is None
-            else process(params[name] if fixed is _FROM_PARAMS else fixed)
-            for name, fixed, process in self.binds
-        ]  # fmt: skip
+        values = self.take({**params, **self.fixed} if self.fixed else params)
+        for index, process in self.converted:
+            values[index] = process(values[index])
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            if self.positional:
-                cursor.execute(self.sql, values)
-            else:
-                cursor.execute(self.sql, dict(zip(self.names, values, strict=True)))
+            cursor.execute(self.sql, values if self.positional else dict(zip(self.names, values, strict=True)))
             if self.row_type is None:
                 return None
             raw = cursor.fetchone()
@@ -79,14 +83,19 @@ class _Compiled:
             cursor.close()
         if raw is None:
             return None
-        return self.row_type._make(
-            value if process is None else process(value)
-            for value, process in zip(raw, self.result_processors, strict=True)
-        )
+        if self.results:
+            raw = list(raw)
+            for index, process in self.results:
+                raw[index] = process(raw[index])
+        return self.row_type._make(raw)
 
 
-class _FromParams:
-    """Marker: the value comes from the caller's params."""
-
-
-_FROM_PARAMS = _FromParams()
+def _getter(names: list[str]) -> Callable[[Mapping[str, Any]], list[Any]]:
+    """The values of `names` in a mapping, as a list (one C call: `itemgetter`)."""
+    if not names:
+        return lambda params: []
+    if len(names) == 1:
+        (only,) = names
+        return lambda params: [params[only]]
+    take = itemgetter(*names)
+    return lambda params: list(take(params))

@@ -53,7 +53,11 @@ def etag(title: str, plan_json: str, max_cycles: int, orchestrator: str) -> str:
 
 
 def _canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(value).encode()
+
+
+# (One encoder for every hash: `json.dumps` with options builds a new one per call.)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # --- the chain -----------------------------------------------------------------------------------

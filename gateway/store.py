@@ -169,13 +169,15 @@ class WorkflowRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> WorkflowRecord:
-        """From a Core `Row` or a prepared statement's named tuple (read by attribute)."""
-        values = {name: getattr(row, name) for name in _WORKFLOW_FIELDS}
-        for name in ("decided_at", "created_at", "updated_at"):
-            values[name] = _utc(values[name])
-        values["cancel_requested"] = bool(values["cancel_requested"])
-        values["dispatched"] = bool(values["dispatched"])
-        return cls(**values)
+        """From a Core `Row` or a prepared statement's named tuple whose first columns are the
+        table's, in order (`select(workflows)`, `returning(*workflows.c, …)`). Read by
+        position: by name, this cost a third of an approval's writer time."""
+        values = list(row[:_WORKFLOW_WIDTH])
+        for index in _WORKFLOW_TIMES:
+            values[index] = _utc(values[index])
+        for index in _WORKFLOW_FLAGS:
+            values[index] = bool(values[index])
+        return cls(*values)
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -210,6 +212,11 @@ class ApprovalRecord:
 
 
 _WORKFLOW_FIELDS = tuple(f.name for f in fields(WorkflowRecord))
+if tuple(workflows.c.keys()) != _WORKFLOW_FIELDS:  # from_row reads by position
+    raise RuntimeError("WorkflowRecord's fields must be the workflows table's columns, in order")
+_WORKFLOW_WIDTH = len(_WORKFLOW_FIELDS)
+_WORKFLOW_TIMES = tuple(_WORKFLOW_FIELDS.index(name) for name in ("decided_at", "created_at", "updated_at"))
+_WORKFLOW_FLAGS = tuple(_WORKFLOW_FIELDS.index(name) for name in ("cancel_requested", "dispatched"))
 
 
 @dataclass(frozen=True, slots=True)

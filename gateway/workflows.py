@@ -32,8 +32,6 @@ from auditflow.v1 import workflow_pb2 as pb
 from gateway import outbox, store
 from gateway.store import ApprovalRecord, EventRecord, NewEvent, OutboxRow, WorkflowRecord, workflows
 
-S = pb.WorkflowStatus
-E = pb.EventType
 APPROVE = "APPROVE"
 REJECT = "REJECT"
 
@@ -105,7 +103,7 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
             created_by_key=creator.key,
             created_by_auth=creator.via,
             create_request_id=new.request_id or None,
-            status=S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
             cancel_requested=False,
             dispatched=False,
             max_cycles=new.max_cycles,
@@ -127,7 +125,7 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
     )
     event = store.append_event(
         conn,
-        NewEvent(workflow_id, 1, E.EVENT_TYPE_CREATED, S.WORKFLOW_STATUS_AWAITING_APPROVAL, message, creator.name,
+        NewEvent(workflow_id, 1, pb.EVENT_TYPE_CREATED, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, message, creator.name,
                  now, trail.GENESIS, creator.via, etag),
     )  # fmt: skip
     return Outcome(_require(conn, workflow_id), changed=True, event=event)
@@ -142,7 +140,7 @@ _APPROVE_ALONE = Prepared(
     .where(
         and_(
             workflows.c.workflow_id == bindparam("b_workflow_id"),
-            workflows.c.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            workflows.c.status == pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
             workflows.c.required_approvals == 1,
             # Separation of duties: "" when the decision is not restricted.
             workflows.c.created_by_key != bindparam("b_forbidden_key"),
@@ -150,7 +148,7 @@ _APPROVE_ALONE = Prepared(
         )
     )
     .values(
-        status=S.WORKFLOW_STATUS_APPROVED,
+        status=pb.WORKFLOW_STATUS_APPROVED,
         decision=APPROVE,
         decided_by=bindparam("b_actor"),
         decided_by_auth=bindparam("b_actor_auth"),
@@ -208,7 +206,7 @@ def _decide_locked(
     SQLite writer is alone), so that concurrent approvers are counted one after the other."""
     workflow_id, actor = decision.workflow_id, decision.actor
     row = _require(conn, workflow_id, lock=True)
-    if row.status != S.WORKFLOW_STATUS_AWAITING_APPROVAL:
+    if row.status != pb.WORKFLOW_STATUS_AWAITING_APPROVAL:
         if _same_decision(row, decision):
             return Outcome(row, changed=False)
         raise _refuse(row, workflow_id)
@@ -233,7 +231,7 @@ def _decide_locked(
     if len(approvals) < row.required_approvals:
         return _partly_approved(conn, row, decision, approvals, now, previous)
     values = {
-        "status": S.WORKFLOW_STATUS_APPROVED,
+        "status": pb.WORKFLOW_STATUS_APPROVED,
         "decision": APPROVE,
         "decided_by": actor.name,
         "decided_by_auth": actor.via,
@@ -252,7 +250,7 @@ def _approved(conn: Connection, record: WorkflowRecord, decision: Decision, now:
     actor = decision.actor
     event = store.append_event(
         conn,
-        NewEvent(record.workflow_id, record.last_sequence, E.EVENT_TYPE_APPROVED, S.WORKFLOW_STATUS_APPROVED,
+        NewEvent(record.workflow_id, record.last_sequence, pb.EVENT_TYPE_APPROVED, pb.WORKFLOW_STATUS_APPROVED,
                  record.last_message, actor.name, now, previous, actor.via, record.etag),
     )  # fmt: skip
     payload = outbox.enqueue_payload(record, actor.name, event.hash or "", now, decision.traceparent)
@@ -273,8 +271,8 @@ def _partly_approved(
     actor = decision.actor
     event = store.append_event(
         conn,
-        NewEvent(row.workflow_id, record.last_sequence, E.EVENT_TYPE_APPROVAL_RECORDED,
-                 S.WORKFLOW_STATUS_AWAITING_APPROVAL, message, actor.name, now, previous, actor.via, row.etag),
+        NewEvent(row.workflow_id, record.last_sequence, pb.EVENT_TYPE_APPROVAL_RECORDED,
+                 pb.WORKFLOW_STATUS_AWAITING_APPROVAL, message, actor.name, now, previous, actor.via, row.etag),
     )  # fmt: skip
     return Outcome(record, True, event)
 
@@ -284,13 +282,13 @@ def _rejected(conn: Connection, row: WorkflowRecord, decision: Decision, now: da
     actor = decision.actor
     message = f"rejected by {actor.name}" + (f": {decision.comment}" if decision.comment else "")
     record = _update(
-        conn, row, now, status=S.WORKFLOW_STATUS_REJECTED, decision=REJECT, decided_by=actor.name,
+        conn, row, now, status=pb.WORKFLOW_STATUS_REJECTED, decision=REJECT, decided_by=actor.name,
         decided_by_auth=actor.via, decision_comment=decision.comment,
         decision_request_id=decision.request_id or None, decided_at=now, last_message=message,
     )  # fmt: skip
     event = store.append_event(
         conn,
-        NewEvent(row.workflow_id, record.last_sequence, E.EVENT_TYPE_REJECTED, S.WORKFLOW_STATUS_REJECTED, message,
+        NewEvent(row.workflow_id, record.last_sequence, pb.EVENT_TYPE_REJECTED, pb.WORKFLOW_STATUS_REJECTED, message,
                  actor.name, now, previous, actor.via, row.etag),
         signer,
     )  # fmt: skip
@@ -381,12 +379,12 @@ def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str,
         )
     now = convert.utcnow()
     message = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
-    if row.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL:
+    if row.status == pb.WORKFLOW_STATUS_AWAITING_APPROVAL:
         previous = store.event_hash(conn, workflow_id, row.last_sequence)
-        record = _update(conn, row, now, status=S.WORKFLOW_STATUS_CANCELLED, last_message=message)
+        record = _update(conn, row, now, status=pb.WORKFLOW_STATUS_CANCELLED, last_message=message)
         event = store.append_event(
             conn,
-            NewEvent(workflow_id, record.last_sequence, E.EVENT_TYPE_CANCELLED, S.WORKFLOW_STATUS_CANCELLED, message,
+            NewEvent(workflow_id, record.last_sequence, pb.EVENT_TYPE_CANCELLED, pb.WORKFLOW_STATUS_CANCELLED, message,
                      actor.name, now, previous, actor.via),
             signer,
         )  # fmt: skip
@@ -408,7 +406,7 @@ def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str,
     now = convert.utcnow()
     previous = store.event_hash(conn, workflow_id, row.last_sequence)
     record = _update(
-        conn, row, now, status=S.WORKFLOW_STATUS_FAILED, error_reason=reason, error_message=message,
+        conn, row, now, status=pb.WORKFLOW_STATUS_FAILED, error_reason=reason, error_message=message,
         last_message=message,
     )  # fmt: skip
     return store.append_event(
@@ -416,8 +414,8 @@ def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str,
         NewEvent(
             workflow_id,
             record.last_sequence,
-            E.EVENT_TYPE_FAILED,
-            S.WORKFLOW_STATUS_FAILED,
+            pb.EVENT_TYPE_FAILED,
+            pb.WORKFLOW_STATUS_FAILED,
             message,
             "gateway",
             now,
