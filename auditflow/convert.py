@@ -107,25 +107,35 @@ class SnapshotSource(Protocol):
 
 
 def snapshot(source: SnapshotSource, *, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:
-    """The one StatusSnapshot builder, with the indicator flags derived from the status.
-    `unavailable_since`: approved work waits because the processor is unavailable."""
+    """The one StatusSnapshot builder. `unavailable_since`: approved work waits because the
+    processor is unavailable."""
+    return pb.StatusSnapshot(
+        workflow_id=source.workflow_id,
+        processor_unavailable_since=timestamp(unavailable_since),
+        **status_fields(source),
+    )
+
+
+def status_fields(source: SnapshotSource) -> dict[str, Any]:
+    """A snapshot's status fields, with the indicator flags derived from the status, as
+    keyword arguments for a StatusSnapshot or a Workflow (which carries them too): passed as
+    arguments, not copied out of a built snapshot (which cost a Workflow a third of its time)."""
     status = source.status
     processing = statuses.is_processing(status)
     reason = source.error_reason
-    return pb.StatusSnapshot(
-        workflow_id=source.workflow_id,
-        status=status,  # type: ignore[arg-type]
-        cycle=source.cycle,
-        max_cycles=source.max_cycles,
-        progress=pb.Progress(done=source.progress_done, total=source.progress_total),
-        last_message=source.last_message,
-        error=pb.RunError(reason=reason, message=source.error_message or "") if reason else None,
-        result=struct(source.result),
-        background_processing=processing,
-        is_processing=processing,
-        is_completed=statuses.is_terminal(status),
-        updated_at=timestamp(source.updated_at),
-        last_update=timestamp(source.updated_at),
-        last_sequence=source.last_sequence,
-        processor_unavailable_since=timestamp(unavailable_since),
-    )
+    updated_at = timestamp(source.updated_at)
+    return {
+        "status": status,
+        "cycle": source.cycle,
+        "max_cycles": source.max_cycles,
+        "progress": pb.Progress(done=source.progress_done, total=source.progress_total),
+        "last_message": source.last_message,
+        "error": pb.RunError(reason=reason, message=source.error_message or "") if reason else None,
+        "result": struct(source.result),
+        "background_processing": processing,
+        "is_processing": processing,
+        "is_completed": statuses.is_terminal(status),
+        "updated_at": updated_at,
+        "last_update": updated_at,
+        "last_sequence": source.last_sequence,
+    }

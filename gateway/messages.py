@@ -28,35 +28,25 @@ def waiting_message(since: datetime) -> str:
 
 
 def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:
-    snap = snapshot(record, unavailable_since)
+    status = convert.status_fields(record)
+    if unavailable_since is not None and waiting(record):
+        status["last_message"] = waiting_message(unavailable_since)
     return pb.Workflow(
         workflow_id=record.workflow_id,
         title=record.title,
         plan=convert.plan_from_json(record.plan_json),
         created_by=record.created_by,
-        status=snap.status,
         decided_by=record.decided_by or "",
         decision_comment=record.decision_comment or "",
-        cycle=record.cycle,
-        max_cycles=record.max_cycles,
-        progress=snap.progress,
-        last_message=snap.last_message,
-        error=snap.error if snap.HasField("error") else None,
-        result=snap.result if snap.HasField("result") else None,
-        background_processing=snap.background_processing,
-        is_processing=snap.is_processing,
-        is_completed=snap.is_completed,
         created_at=convert.timestamp(record.created_at),
-        updated_at=snap.updated_at,
-        last_update=snap.last_update,
         orchestrator=record.orchestrator,
-        last_sequence=record.last_sequence,
         etag=record.etag,
         required_approvals=record.required_approvals,
         approvals=[
             pb.Approval(approver=a.approver, time=convert.timestamp(a.time), comment=a.comment, etag=a.etag)
             for a in record.approvals
         ],
+        **status,
     )
 
 
