@@ -41,23 +41,23 @@ MAX_PENDING_CALLS_HARD = 40_000
 MAX_UNREQUESTED_SECONDS = 120
 
 
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    # Never share a port: a second server on a port in use must fail, not split the clients
+    # between two processes (gRPC sets SO_REUSEPORT by default).
+    ("grpc.so_reuseport", 0),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
+    ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
+]
+
+
 def new_server(authenticator: Authenticator, *, metrics: RpcMetrics | None = None,
                outer: Sequence[Any] = ()) -> grpc.aio.Server:  # fmt: skip
     """A server with our interceptor (and `outer` ones before it: tracing)."""
-    return grpc.aio.server(
-        interceptors=[*outer, CallInterceptor(authenticator, metrics)],
-        options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-            # Never share a port: a second server on a port in use must fail, not split the
-            # clients between two processes (gRPC sets SO_REUSEPORT by default).
-            ("grpc.so_reuseport", 0),
-            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
-            ("grpc.server_max_unrequested_time_in_server", MAX_UNREQUESTED_SECONDS),
-        ],
-    )
+    return grpc.aio.server(interceptors=[*outer, CallInterceptor(authenticator, metrics)], options=SERVER_OPTIONS)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:

@@ -63,10 +63,12 @@ import math
 import multiprocessing
 import os
 import queue
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,10 +82,11 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
+from bench import _watch_floor  # noqa: E402
 from bench._loadgen import percentile  # noqa: E402
 from tests.support import auth  # noqa: E402
 from tests.support.cluster import Pair, running_pair  # noqa: E402
-from tests.support.grpc_helpers import step  # noqa: E402
+from tests.support.grpc_helpers import free_port, step  # noqa: E402
 
 TRANSPORTS = ("grpc", "sse")
 STEPS, STEP_SECONDS, CYCLE_DELAY = 20, 0.05, 0.2
@@ -323,12 +326,29 @@ class Clients:
                 process.kill()
 
 
+@dataclass(frozen=True)
+class Served:
+    """What the watchers watch: the pair's gateway, or the floor (no processor)."""
+
+    target: str  # gRPC
+    rest_port: int
+    server_pid: int  # the gateway, or the floor
+    processor_pid: int | None
+    logs: tuple[tuple[str, Path], ...]
+
+    @classmethod
+    def of(cls, pair: Pair) -> Served:
+        assert pair.gateway.rest_port is not None
+        logs = ((s.module, s.log_path) for s in (pair.gateway, pair.processor))
+        return cls(pair.gateway.target, pair.gateway.rest_port, pair.gateway.pid, pair.processor.pid, tuple(logs))
+
+
 def client_specs(
-    pair: Pair, transport: str, workflow_id: str, watchers: int, args: argparse.Namespace
+    served: Served, transport: str, workflow_id: str, watchers: int, args: argparse.Namespace
 ) -> list[ClientSpec]:
     """The watchers shared out over the client processes; all watch as one viewer."""
     processes = min(args.client_processes, watchers)
-    address = pair.gateway.target if transport == "grpc" else f"http://127.0.0.1:{pair.gateway.rest_port}"
+    address = served.target if transport == "grpc" else f"http://127.0.0.1:{served.rest_port}"
     token = auth.jwt_for("bench-watcher", ("viewer",))
     shares = [watchers // processes + (1 if i < watchers % processes else 0) for i in range(processes)]
     return [
@@ -341,25 +361,53 @@ def measure(workdir: Path, transport: str, watchers: int, args: argparse.Namespa
     """One fresh pair, one workflow, `watchers` watchers opened at once, then the approval."""
     with running_pair(workdir, ["--cycle-delay", str(CYCLE_DELAY)]) as pair:
         workflow_id = create_workflow(pair.gateway.target)
-        run = drive(pair, workflow_id, client_specs(pair, transport, workflow_id, watchers, args), args.timeout)
-        last_sequence = final_sequence(pair.gateway.target, workflow_id)
-        peaks = _peak_rss_mb(pair.gateway.pid), _peak_rss_mb(pair.processor.pid)
-        problems = _log_problems(pair)
-    return summarize(watchers, last_sequence, run, peaks, problems)
+        return watch(Served.of(pair), workflow_id, transport, watchers, args)
 
 
-def drive(pair: Pair, workflow_id: str, specs: list[ClientSpec], timeout: float) -> dict[str, Any]:
+def measure_floor(workdir: Path, transport: str, watchers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The same watchers and events, served from memory by `bench/_watch_floor.py`."""
+    with floor_server(workdir) as served:
+        return watch(served, _watch_floor.WORKFLOW_ID, transport, watchers, args)
+
+
+def watch(served: Served, workflow_id: str, transport: str, watchers: int, args: argparse.Namespace) -> dict[str, Any]:
+    run = drive(served, workflow_id, client_specs(served, transport, workflow_id, watchers, args), args.timeout)
+    last_sequence = final_sequence(served.target, workflow_id)
+    peaks = _peak_rss_mb(served.server_pid), _peak_rss_mb(served.processor_pid)
+    return summarize(watchers, last_sequence, run, peaks, _log_problems(served))
+
+
+@contextlib.contextmanager
+def floor_server(workdir: Path) -> Iterator[Served]:
+    """`bench/_watch_floor.py` in a process of its own, serving once it answers GetStatus."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, rest_port, log_path = free_port(), free_port(), workdir / "floor.log"
+    command = [sys.executable, str(ROOT / "bench" / "_watch_floor.py"), "--port", str(port),
+               "--rest-port", str(rest_port), "--steps", str(STEPS),
+               "--cycle-seconds", str(CYCLE_DELAY + STEP_SECONDS)]  # fmt: skip
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        yield Served(f"127.0.0.1:{port}", rest_port, process.pid, None, (("floor", log_path),))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def drive(served: Served, workflow_id: str, specs: list[ClientSpec], timeout: float) -> dict[str, Any]:
     """The burst, then the approval, with both servers' CPU over each; what the clients saw."""
     clients, failed = Clients(specs), True
     try:
         clients.wait_all("connected", 120)
-        pids = pair.gateway.pid, pair.processor.pid
+        pids = served.server_pid, served.processor_pid
         cpu_before, overflows_before = _cpus(pids), _listen_overflows()
         started = time.time()
         clients.go.set()
         clients.wait_all("ready", timeout + 60)
         cpu_admitted, overflows = _cpus(pids), _listen_overflows() - overflows_before
-        approve(pair.gateway.target, workflow_id)
+        approve(served.target, workflow_id)
         done = clients.wait_all("done", timeout + 60)
         cpu_after, failed = _cpus(pids), False
     finally:
@@ -452,13 +500,15 @@ def _percentile(values: list[float], q: float) -> float:
 # --- /proc --------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int | None) -> float:
     """User + system CPU time of a process and all its threads, from /proc (Linux)."""
+    if pid is None:
+        return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpus(pids: tuple[int, int]) -> tuple[float, float]:
+def _cpus(pids: tuple[int, int | None]) -> tuple[float, float]:
     return _cpu_seconds(pids[0]), _cpu_seconds(pids[1])
 
 
@@ -466,8 +516,10 @@ def _minus(after: tuple[float, float], before: tuple[float, float]) -> tuple[flo
     return after[0] - before[0], after[1] - before[1]
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _peak_rss_mb(pid: int | None) -> float:
     """The process's peak resident set (`VmHWM`), in MiB."""
+    if pid is None:
+        return math.nan
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -481,12 +533,12 @@ def _listen_overflows() -> int:
     return int(dict(zip(names, values, strict=True))["ListenOverflows"])
 
 
-def _log_problems(pair: Pair) -> dict[str, int]:
+def _log_problems(served: Served) -> dict[str, int]:
     """WARNING and ERROR lines each server logged (the pair logs nothing below WARNING)."""
     counts: dict[str, int] = {}
-    for server in (pair.gateway, pair.processor):
-        text = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
-        counts[server.module] = sum(1 for line in text.splitlines() if " WARNING " in line or " ERROR " in line)
+    for name, path in served.logs:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        counts[name] = sum(1 for line in text.splitlines() if " WARNING " in line or " ERROR " in line)
     return counts
 
 
@@ -500,6 +552,9 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--streams-per-channel", type=int, default=500, help="gRPC watchers per connection")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds a watcher may take, go to end")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure, beside each N, the same watchers served from memory by one bare "
+                             "Python process (bench/_watch_floor.py)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="200 and 1,000 watchers (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -512,6 +567,9 @@ def main() -> None:
             runs = figures.setdefault(transport, {})
             for watchers in counts:
                 runs[str(watchers)] = measure(Path(tmp) / f"{transport}-{watchers}", transport, watchers, args)
+                if args.floor:
+                    workdir = Path(tmp) / f"{transport}-{watchers}-floor"
+                    runs[f"{watchers} floor"] = measure_floor(workdir, transport, watchers, args)
     figures["load_average_after"] = list(os.getloadavg())
     report(figures, as_json=args.json)
 
@@ -576,7 +634,7 @@ def verdicts(figures: dict[str, Any]) -> list[str]:
             lines.append(f"{transport}: gap-free at {GAP_FREE_TARGET_AT:,}: {big['gap_free']:,} of "
                          f"{big['watchers']:,} (target: all) {'met' if met else 'MISSED'}")  # fmt: skip
         else:
-            every = all(r["gap_free"] == r["watchers"] for r in runs.values())
+            every = all(r["gap_free"] == r["watchers"] for n, r in runs.items() if "floor" not in n)
             lines.append(f"{transport}: gap-free {'in every run' if every else 'MISSED in some runs'} "
                          f"(the target is at {GAP_FREE_TARGET_AT:,} watchers, not run here)")  # fmt: skip
         at = runs.get(str(LATENCY_TARGET_AT))
@@ -587,7 +645,16 @@ def verdicts(figures: dict[str, Any]) -> list[str]:
             if not met and at["gateway_fanout_cpu_ms_per_event"] > LATENCY_TARGET_MS:
                 lines.append(f"  (the gateway alone needs {at['gateway_fanout_cpu_ms_per_event']:.0f} ms of CPU to "
                              "deliver one event to them all, on one event loop)")  # fmt: skip
-    flat = {t: [round(r["processor_cpu_ms_per_run"]) for r in figures.get(t, {}).values()] for t in TRANSPORTS}
+        floor = runs.get(f"{LATENCY_TARGET_AT} floor")
+        if floor is not None:
+            met = floor["latency_p99_ms"] <= LATENCY_TARGET_MS
+            lines.append(f"  the floor at {LATENCY_TARGET_AT:,} watchers (the same clients and events, from memory, "
+                         f"one bare process): p99 {floor['latency_p99_ms']:.1f} ms, "
+                         f"{'within' if met else 'itself past'} the target")  # fmt: skip
+    flat = {
+        t: [round(r["processor_cpu_ms_per_run"]) for n, r in figures.get(t, {}).items() if "floor" not in n]
+        for t in TRANSPORTS
+    }
     lines.append(f"processor CPU per run (ms) at each N, should be flat: {flat}")
     return lines
 

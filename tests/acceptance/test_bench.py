@@ -119,6 +119,29 @@ def test_the_watch_benchmark_delivers_every_event_to_every_watcher_and_reports_e
     assert "processor CPU per run (ms) at each N" in text and "load average" in text
 
 
+def test_the_watch_benchmark_measures_its_floor_beside_the_gateway() -> None:
+    """`--floor`: the same watchers and events served from memory by one bare process."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "watch.py"), "--watchers", "100", "--floor", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(done.stdout)
+    events = watch.STEPS + 5
+    for transport in watch.TRANSPORTS:
+        assert set(figures[transport]) == {"100", "100 floor"}, transport
+        floor = figures[transport]["100 floor"]
+        assert floor["watchers"] == floor["admitted"] == floor["gap_free"] == 100, (transport, floor)
+        assert floor["events"] == events and floor["delivered"] == 100 * (events - 1), (transport, floor)
+        assert floor["log_problems"] == {"floor": 0}, (transport, floor)
+        assert positive(floor["latency_p99_ms"]) and positive(floor["gateway_cpu_us_per_event"]), floor
+        assert floor["processor_cpu_ms_per_run"] == 0, floor  # no processor behind the floor
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        watch.report(figures, as_json=False)
+    assert "100 floor" in printed.getvalue()
+
+
 WATCH_FIGURES = (
     "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "first_watcher_p50_ms", "last_watcher_p50_ms",
     "approved_first_watcher_ms", "approved_last_watcher_ms", "admission_p50_s", "admission_s",
