@@ -46,7 +46,12 @@ It reports, per transport and N:
   they run on the same cores as the servers, so they take part of the machine during each
   fan-out; no client process should be near a whole core.
 
+With `--floor`, each N is measured a second time against `bench/_watch_floor.py`: the same
+clients and events served from memory by one bare Python process (no database, no
+authentication, no processor), to show what the machine leaves for any server at all.
+
     python bench/watch.py                   # 1k, 5k, 10k watchers, gRPC and SSE
+    python bench/watch.py --watchers 1000 --floor   # the gateway beside its floor
     python bench/watch.py --quick --json    # 200 and 1k, as the smoke test runs it
 
 A missed target is printed as MISSED. The machine is shared: the load average is printed
