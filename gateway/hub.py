@@ -109,7 +109,10 @@ class Item:
 @dataclass
 class _Log:
     items: deque[Item] = field(default_factory=lambda: deque(maxlen=KEPT))
-    last: int = 0  # the newest sequence published (the feed's position)
+    # The newest sequence published: committed by the gateway, or mirrored by the feed (its
+    # position). A fill for a watcher may hold more than this: read from the sources, it is
+    # not mirrored yet, and the feed must still write it.
+    last: int = 0
     newest: Item | None = None  # the newest event (its snapshot is the latest status)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: int = 0
@@ -134,6 +137,9 @@ class WorkflowHub:
             log = self._logs[workflow_id] = _Log()
         if item.sequence <= log.last:
             return
+        if log.items and item.sequence <= log.items[-1].sequence:
+            log.last = item.sequence  # held already (a fill read it first): now mirrored too
+            return
         if log.items and item.sequence != log.items[-1].sequence + 1:
             log.items.clear()
         log.items.append(item)
@@ -145,9 +151,17 @@ class WorkflowHub:
         self._sweep()
 
     def published(self, workflow_id: str) -> int:
-        """The newest sequence published for a workflow (0 if none is known)."""
+        """The newest sequence published for a workflow, by the gateway or the feed (0 if none
+        is known): the feed's position."""
         log = self._logs.get(workflow_id)
         return 0 if log is None else log.last
+
+    def known(self, workflow_id: str) -> int:
+        """The newest sequence this log knows of: published, or held from a fill."""
+        log = self._logs.get(workflow_id)
+        if log is None:
+            return 0
+        return max(log.last, log.items[-1].sequence if log.items else 0)
 
     def unfinished(self) -> list[str]:
         """Workflows whose run this log has seen start but not end: after a broken feed, the
@@ -185,7 +199,10 @@ class WorkflowHub:
 
     async def fill(self, workflow_id: str, read: Callable[[], Awaitable[list[Item]]]) -> None:
         """Fill the log from the sources (`read`: the whole log, oldest first), once for all
-        the watchers that need it at the same time."""
+        the watchers that need it at the same time. The feed's position does not move: what
+        the sources had beyond it is held for the watchers, and still mirrored by the feed
+        when it arrives there (had the fill moved it, the feed would skip those events, and the
+        workflow row would never show them)."""
         log = self._logs.setdefault(workflow_id, _Log())
         if log.filling is not None:
             await asyncio.shield(log.filling)
@@ -196,11 +213,11 @@ class WorkflowHub:
             newer = [item for item in log.items if not items or item.sequence > items[-1].sequence]
             merged = [*items, *newer]
             log.items = deque(merged, maxlen=log.items.maxlen)
-            if merged:
-                log.last = max(log.last, merged[-1].sequence)
+            if merged and (log.newest is None or merged[-1].sequence > log.newest.sequence):
                 log.newest = merged[-1]
                 if merged[-1].terminal and log.ended_at is None:
                     log.ended_at = time.monotonic()
+                self._wake(log)  # (watchers waiting at the end of the log have more to read)
             log.filling.set_result(None)
         except BaseException as exc:
             log.filling.set_exception(exc)

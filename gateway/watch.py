@@ -98,7 +98,7 @@ class Watcher:
         record = await self._db.read(lambda conn: store.get(conn, workflow_id))
         if record is None:
             raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
-        last = max(record.last_sequence, self._hub.published(workflow_id))
+        last = max(record.last_sequence, self._hub.known(workflow_id))
         if after > last:
             raise OutOfRange(
                 f"after_sequence {after} is past the last event ({last})",

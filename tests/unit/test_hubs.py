@@ -93,6 +93,27 @@ async def test_a_log_behind_its_seeded_position_is_filled_and_its_watchers_woken
     assert [i.sequence for i in hub.after(WF, 8) or []] == [9]
 
 
+async def test_a_fill_ahead_of_the_feed_leaves_the_feed_its_position() -> None:
+    # A watcher read the run's log from the processor (to its end) before the feed brought
+    # those events: the feed must still take them (it mirrors them on the workflow row).
+    hub = WorkflowHub()
+    for sequence in (1, 2):
+        hub.publish(item(sequence))
+    waiting = hub.waiter(WF)
+    await hub.fill(
+        WF, lambda: asyncio.sleep(0, [*(item(s) for s in range(1, 5)), item(5, pb.WORKFLOW_STATUS_COMPLETED)])
+    )
+    assert waiting.is_set()  # watchers at 2 have more to read
+    assert hub.published(WF) == 2 and hub.known(WF) == 5  # the feed's position, and what is held
+    assert [i.sequence for i in hub.after(WF, 2) or []] == [3, 4, 5]
+    assert hub.latest(WF) is not None and hub.latest(WF).is_completed  # type: ignore[union-attr]
+    for sequence in (3, 4):
+        hub.publish(item(sequence))
+    hub.publish(item(5, pb.WORKFLOW_STATUS_COMPLETED))
+    assert hub.published(WF) == 5
+    assert [i.sequence for i in hub.after(WF, 0) or []] == [1, 2, 3, 4, 5]  # held items kept, none twice
+
+
 async def test_the_feed_knows_which_runs_it_saw_start_and_not_end() -> None:
     hub = WorkflowHub()
     hub.publish(item(1, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, "wf_" + "a" * 32))  # not dispatched: not asked for
