@@ -110,8 +110,9 @@ class Item:
 class _Log:
     items: deque[Item] = field(default_factory=lambda: deque(maxlen=KEPT))
     # The newest sequence published: committed by the gateway, or mirrored by the feed (its
-    # position). A fill for a watcher may hold more than this: read from the sources, it is
-    # not mirrored yet, and the feed must still write it.
+    # position). Watchers see nothing past it. A fill may hold more: read from the processor
+    # before the feed brought it, it is not on the workflow row yet; the feed still mirrors
+    # it, and its publish shows it to the watchers.
     last: int = 0
     newest: Item | None = None  # the newest event (its snapshot is the latest status)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -137,12 +138,11 @@ class WorkflowHub:
             log = self._logs[workflow_id] = _Log()
         if item.sequence <= log.last:
             return
-        if log.items and item.sequence <= log.items[-1].sequence:
-            log.last = item.sequence  # held already (a fill read it first): now mirrored too
-            return
-        if log.items and item.sequence != log.items[-1].sequence + 1:
-            log.items.clear()
-        log.items.append(item)
+        held = bool(log.items) and item.sequence <= log.items[-1].sequence  # (a fill read it first)
+        if not held:
+            if log.items and item.sequence != log.items[-1].sequence + 1:
+                log.items.clear()
+            log.items.append(item)
         log.last = item.sequence
         log.newest = item
         if item.terminal:
@@ -155,13 +155,6 @@ class WorkflowHub:
         is known): the feed's position."""
         log = self._logs.get(workflow_id)
         return 0 if log is None else log.last
-
-    def known(self, workflow_id: str) -> int:
-        """The newest sequence this log knows of: published, or held from a fill."""
-        log = self._logs.get(workflow_id)
-        if log is None:
-            return 0
-        return max(log.last, log.items[-1].sequence if log.items else 0)
 
     def unfinished(self) -> list[str]:
         """Workflows whose run this log has seen start but not end: after a broken feed, the
@@ -191,33 +184,36 @@ class WorkflowHub:
             return None
         if log.items[-1].sequence < log.last and after < log.last:
             return None  # known to go further than it holds (a seeded position): fill it
-        return [item for item in log.items if item.sequence > after]
+        return [item for item in log.items if after < item.sequence <= log.last]
 
     def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:
         log = self._logs.get(workflow_id)
         return None if log is None or log.newest is None else log.newest.message.snapshot
 
-    async def fill(self, workflow_id: str, read: Callable[[], Awaitable[list[Item]]]) -> None:
-        """Fill the log from the sources (`read`: the whole log, oldest first), once for all
-        the watchers that need it at the same time. The feed's position does not move: what
-        the sources had beyond it is held for the watchers, and still mirrored by the feed
-        when it arrives there (had the fill moved it, the feed would skip those events, and the
-        workflow row would never show them)."""
+    async def fill(self, workflow_id: str, read: Callable[[], Awaitable[tuple[list[Item], int]]]) -> None:
+        """Fill the log from the sources, once for all the watchers that need it at the same
+        time. `read` gives the whole log, oldest first, and how far the workflow's row is
+        mirrored: the position moves to there, not further. What the sources had beyond it
+        waits for the feed, which mirrors it and then publishes it (had the fill moved the
+        position, the feed would skip those events, and the row would never show them)."""
         log = self._logs.setdefault(workflow_id, _Log())
         if log.filling is not None:
             await asyncio.shield(log.filling)
             return
         log.filling = asyncio.get_running_loop().create_future()
         try:
-            items = await read()
+            items, mirrored = await read()
+            if mirrored > log.last:
+                log.last = mirrored
             newer = [item for item in log.items if not items or item.sequence > items[-1].sequence]
             merged = [*items, *newer]
             log.items = deque(merged, maxlen=log.items.maxlen)
-            if merged and (log.newest is None or merged[-1].sequence > log.newest.sequence):
-                log.newest = merged[-1]
-                if merged[-1].terminal and log.ended_at is None:
+            shown = [item for item in merged if item.sequence <= log.last]
+            if shown and (log.newest is None or shown[-1].sequence > log.newest.sequence):
+                log.newest = shown[-1]
+                if shown[-1].terminal and log.ended_at is None:
                     log.ended_at = time.monotonic()
-                self._wake(log)  # (watchers waiting at the end of the log have more to read)
+            self._wake(log)  # (watchers waiting at the end of the log may have more to read)
             log.filling.set_result(None)
         except BaseException as exc:
             log.filling.set_exception(exc)

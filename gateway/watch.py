@@ -78,7 +78,8 @@ class Watcher:
                     await self._hub.fill(workflow_id, lambda: self._read(workflow_id, 0))
                     items = self._hub.after(workflow_id, after)
                 if items is None:  # longer than the hub keeps: this watcher reads its own pages
-                    items = (await self._read(workflow_id, after))[:PAGE]
+                    read, mirrored = await self._read(workflow_id, after)
+                    items = [item for item in read if item.sequence <= mirrored][:PAGE]
                 for item in items:
                     yield item
                     after = item.sequence
@@ -98,7 +99,7 @@ class Watcher:
         record = await self._db.read(lambda conn: store.get(conn, workflow_id))
         if record is None:
             raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
-        last = max(record.last_sequence, self._hub.known(workflow_id))
+        last = max(record.last_sequence, self._hub.published(workflow_id))
         if after > last:
             raise OutOfRange(
                 f"after_sequence {after} is past the last event ({last})",
@@ -118,13 +119,15 @@ class Watcher:
             snapshot.last_message = messages.waiting_message(since)
         return Item.heartbeat(snapshot, pb.Heartbeat(time=convert.timestamp(convert.utcnow())))
 
-    async def _read(self, workflow_id: str, after: int) -> list[Item]:
+    async def _read(self, workflow_id: str, after: int) -> tuple[list[Item], int]:
         """The workflow's log after `after` from the sources: the gateway's events from its
-        database, then the processor's (if it was dispatched), oldest first."""
+        database, then the processor's (if it was dispatched), oldest first; and how far its
+        row was mirrored when read (watchers are sent nothing past that: a client that saw an
+        event never reads the row as before it)."""
         record, own = await self._db.read(lambda conn: _record_and_events(conn, workflow_id, after))
         items = [Item(messages.event_message(record, e)) for e in own]
         if not record.dispatched:
-            return items
+            return items, record.last_sequence
         base = own[-1].sequence if own else after  # the processor numbers on from the gateway's last
         while True:
             request = ppb.ReadEventsRequest(cursors=[ppb.FeedCursor(workflow_id=workflow_id, after_sequence=base)])
@@ -132,7 +135,7 @@ class Watcher:
                 page = await self._stub.ReadEvents(request, timeout=10)
             items.extend(Item.event(e.event, e.snapshot) for e in page.events)
             if not page.truncated or not page.events:
-                return items
+                return items, record.last_sequence
             base = page.events[-1].event.sequence
 
 

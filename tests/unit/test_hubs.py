@@ -61,11 +61,11 @@ async def test_a_log_is_filled_once_for_every_watcher_that_needs_it() -> None:
     hub.publish(item(9))  # the newest is here; 1..8 are not
     reads = 0
 
-    async def read() -> list[Item]:
+    async def read() -> tuple[list[Item], int]:
         nonlocal reads
         reads += 1
         await asyncio.sleep(0.05)
-        return [item(s) for s in range(1, 9)]
+        return [item(s) for s in range(1, 9)], 9
 
     async def watcher() -> list[int]:
         if hub.after(WF, 0) is None:
@@ -89,29 +89,27 @@ async def test_a_log_behind_its_seeded_position_is_filled_and_its_watchers_woken
     assert hub.after(WF, 8) is None  # ...and finds it must fill
     hub.publish(item(9, pb.WORKFLOW_STATUS_COMPLETED))  # the feed's own 9, arriving late, is no use:
     assert hub.after(WF, 8) is None  # the position says it was published
-    await hub.fill(WF, lambda: asyncio.sleep(0, [item(s) for s in range(1, 10)]))
+    await hub.fill(WF, lambda: asyncio.sleep(0, ([item(s) for s in range(1, 10)], 9)))
     assert [i.sequence for i in hub.after(WF, 8) or []] == [9]
 
 
 async def test_a_fill_ahead_of_the_feed_leaves_the_feed_its_position() -> None:
     # A watcher read the run's log from the processor (to its end) before the feed brought
-    # those events: the feed must still take them (it mirrors them on the workflow row).
+    # those events, with the workflow row mirrored to 2: the feed must still take 3 to 5 (it
+    # mirrors them on the row), and watchers see each only once it is mirrored.
     hub = WorkflowHub()
-    for sequence in (1, 2):
-        hub.publish(item(sequence))
+    hub.publish(item(1))
+    ahead = [*(item(s) for s in range(1, 5)), item(5, pb.WORKFLOW_STATUS_COMPLETED)]
+    await hub.fill(WF, lambda: asyncio.sleep(0, (ahead, 2)))
+    assert hub.published(WF) == 2  # the row's position, not the processor's
+    assert [i.sequence for i in hub.after(WF, 0) or []] == [1, 2] and hub.after(WF, 2) == []
     waiting = hub.waiter(WF)
-    await hub.fill(
-        WF, lambda: asyncio.sleep(0, [*(item(s) for s in range(1, 5)), item(5, pb.WORKFLOW_STATUS_COMPLETED)])
-    )
-    assert waiting.is_set()  # watchers at 2 have more to read
-    assert hub.published(WF) == 2 and hub.known(WF) == 5  # the feed's position, and what is held
-    assert [i.sequence for i in hub.after(WF, 2) or []] == [3, 4, 5]
-    assert hub.latest(WF) is not None and hub.latest(WF).is_completed  # type: ignore[union-attr]
-    for sequence in (3, 4):
-        hub.publish(item(sequence))
+    hub.publish(item(3))  # the feed, after its mirror
+    assert waiting.is_set() and [i.sequence for i in hub.after(WF, 2) or []] == [3]
+    hub.publish(item(4))
     hub.publish(item(5, pb.WORKFLOW_STATUS_COMPLETED))
-    assert hub.published(WF) == 5
-    assert [i.sequence for i in hub.after(WF, 0) or []] == [1, 2, 3, 4, 5]  # held items kept, none twice
+    assert hub.published(WF) == 5 and hub.latest(WF) is not None and hub.latest(WF).is_completed  # type: ignore[union-attr]
+    assert [i.sequence for i in hub.after(WF, 0) or []] == [1, 2, 3, 4, 5]  # the held items, none twice
 
 
 async def test_the_feed_knows_which_runs_it_saw_start_and_not_end() -> None:
