@@ -31,7 +31,8 @@ checkpoint. See docs/plugins.md.
 
 Fencing: `RunInfo.lease_epoch` is the run's lease epoch, one more on every claim. A cycle's
 checkpoint commits only while that lease holds, and a processor starts a cycle only with a
-safe share of its lease left by its own clock; but a cycle under way when its process froze
+safe share of its lease left by its own clock (checked last on the thread that calls `start`
+or `cycle`, right before the call); but a cycle under way when its process froze
 can still finish after another processor has taken the run over. Side effects outside our
 database that must not overlap should carry the epoch and be refused by their target when an
 older epoch arrives after a newer one (see docs/architecture.md). Procedures read it from
@@ -116,14 +117,27 @@ def load(name: str) -> Orchestrator:
     raise UnknownOrchestrator(f"no orchestrator named {name!r} in entry points {ORCHESTRATOR_GROUP!r}")
 
 
-async def call(executor: Executor, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T:
-    """Call an orchestrator method: await a coroutine function, run a plain one in `executor`."""
+async def call(
+    executor: Executor, fn: Callable[..., T | Awaitable[T]], *args: Any, check: Callable[[], None] | None = None
+) -> T:
+    """Call an orchestrator method: await a coroutine function, run a plain one in `executor`.
+
+    `check`, if given, runs right before `fn` starts, on the thread that runs it: the last
+    moment a caller can refuse to start (by raising), after any wait for a free thread."""
     if inspect.iscoroutinefunction(fn):
+        if check is not None:
+            check()
         return cast(T, await fn(*args))
     loop = asyncio.get_running_loop()
     # In this task's context (its trace span and log fields), as asyncio.to_thread does.
     context = contextvars.copy_context()
-    result = await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
+    result = await loop.run_in_executor(executor, functools.partial(context.run, _checked, check, fn, *args))
     if inspect.isawaitable(result):  # a plain function that returned an awaitable
         return cast(T, await result)
     return result
+
+
+def _checked(check: Callable[[], None] | None, fn: Callable[..., T], *args: Any) -> T:
+    if check is not None:
+        check()
+    return fn(*args)

@@ -48,6 +48,10 @@ Committed = tuple[RunRecord, list[EventRecord]]
 Inserted = tuple[RunRecord, bool, list[EventRecord]]  # the run, whether it is new, its events
 
 
+class _LeaseInDoubt(Exception):
+    """Raised where a step would start, when less than LEASE_MARGIN of the lease is left."""
+
+
 @dataclass
 class _Driver:
     """A run this processor is driving."""
@@ -55,11 +59,13 @@ class _Driver:
     workflow_id: str
     # The lease this driver holds (its epoch is the fencing token handed to the orchestrator).
     lease: Lease
+    # time.monotonic() taken before the write that last extended the lease (the claim, a
+    # commit or a renewal): that write set the expiry from a clock read after it, so the
+    # lease lasts at least until renewed_at + lease_seconds by this process's clock.
+    renewed_at: float
     # Set to cut the pause between cycles short (stop, or a cancel arrived here).
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    # time.monotonic() when the lease was last extended (by the claim, a commit or a renewal).
-    renewed_at: float = field(default_factory=time.monotonic)
 
 
 class Scheduler:
@@ -200,8 +206,9 @@ class Scheduler:
             claim = inserted is None or inserted[1]
             return inserted, self._claim_tx(conn, free, exclude) if claim else []
 
+        leased_at = time.monotonic()  # before the claim's clock: its lease lasts at least this long
         inserted, claimed = await self._db.write(tx)
-        self._started(claimed, queued=inserted)
+        self._started(claimed, leased_at, queued=inserted)
         return inserted, claimed
 
     def _queued(self, inserted: Inserted) -> None:
@@ -215,10 +222,12 @@ class Scheduler:
         """Slots for more runs (none while stopping)."""
         return 0 if self._stopping.is_set() else self._settings.max_concurrent - len(self._drivers)
 
-    def _started(self, claimed: list[Committed], queued: Inserted | None = None) -> None:
+    def _started(self, claimed: list[Committed], leased_at: float, queued: Inserted | None = None) -> None:
         """After a claim's commit (with `queued`, the insert it shared a commit with): publish,
         log and drive. Runs under `_claiming`, so that the next claim counts these runs' slots
-        as taken.
+        as taken. `leased_at` is this process's clock before the claim: a pause between the
+        commit and here (a stopped process) counts against the lease, so the first step does
+        not start on a lease that may have been taken over meanwhile.
 
         The hub keeps the events of a run while it is driven (from before its first publish
         here), so that the watchers that come right after an Enqueue, the gateway's, read
@@ -235,7 +244,7 @@ class Scheduler:
             if self._stopping.is_set():  # stop() releases the lease we just took
                 self._hub.unsubscribe(run.workflow_id)
             else:
-                self._start_driver(run)
+                self._start_driver(run, leased_at)
 
     def _claim_tx(self, conn: Connection, limit: int, exclude: set[str]) -> list[Committed]:
         now = utcnow()
@@ -251,9 +260,9 @@ class Scheduler:
     def _lease_end(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self._settings.lease_seconds)
 
-    def _start_driver(self, run: RunRecord) -> None:
+    def _start_driver(self, run: RunRecord, leased_at: float) -> None:
         assert run.lease is not None, "a claimed run has a lease"
-        driver = _Driver(run.workflow_id, run.lease)
+        driver = _Driver(run.workflow_id, run.lease, renewed_at=leased_at)
         self._drivers[run.workflow_id] = driver
         driver.task = asyncio.create_task(self._drive(driver, run), name=f"run {run.workflow_id}")
         metrics.RUNS_DRIVEN.set(len(self._drivers))
@@ -319,7 +328,10 @@ class Scheduler:
                       "auditflow.procedure": procedure, "auditflow.lease_epoch": driver.lease.epoch}  # fmt: skip
         with tracing.span(f"cycle {cycle}", parent=run.trace_context or "", attributes=attributes) as span:
             started = time.perf_counter()
-            outcome, found = await self._call_orchestrator(run, info)
+            called = await self._call_orchestrator(driver, run, info)
+            if called is None:
+                return None
+            outcome, found = called
             metrics.CYCLE_SECONDS.labels(procedure).observe(time.perf_counter() - started)
             if isinstance(outcome, Errored):
                 metrics.CYCLE_ERRORS.labels(procedure, "critical" if outcome.critical else "error").inc()
@@ -338,19 +350,39 @@ class Scheduler:
                                      "auditflow.findings": len(found)})  # fmt: skip
             return committed
 
-    async def _call_orchestrator(self, run: RunRecord, info: RunInfo) -> tuple[Outcome, list[dict[str, Any]]]:
+    async def _call_orchestrator(
+        self, driver: _Driver, run: RunRecord, info: RunInfo
+    ) -> tuple[Outcome, list[dict[str, Any]]] | None:
         """Run one cycle and classify how it ended, with the findings to store (checked and
-        bounded on a worker thread); never raises (except cancellation)."""
+        bounded on a worker thread); never raises (except cancellation). None: the lease was
+        lost before the cycle could start.
+
+        The lease is checked again on the cycle's thread right before the orchestrator runs,
+        after the hop to it: a pause there (a stopped process, a busy pool) renews the lease
+        first, or lets the run go."""
+        check = functools.partial(self._check_lease, driver)
+        while True:
+            try:
+                return await self._run_cycle(run, info, check)
+            except _LeaseInDoubt:
+                if not await self._lease_holds(driver):
+                    return None
+
+    async def _run_cycle(
+        self, run: RunRecord, info: RunInfo, check: Callable[[], None]
+    ) -> tuple[Outcome, list[dict[str, Any]]]:
         wid, cycle = run.workflow_id, info.cycle
         try:
             plugin = orchestrator.load(run.orchestrator)
             state = run.state
             if state is None:
-                state = await orchestrator.call(self._executor, plugin.start, replace(info, cycle=0))
-            result = await orchestrator.call(self._executor, plugin.cycle, info, state)
+                state = await orchestrator.call(self._executor, plugin.start, replace(info, cycle=0), check=check)
+            result = await orchestrator.call(self._executor, plugin.cycle, info, state, check=check)
             _check_result(result)
             loop = asyncio.get_running_loop()
             found = await loop.run_in_executor(self._executor, _normalized, result.findings)
+        except _LeaseInDoubt:
+            raise
         except (CriticalError, orchestrator.UnknownOrchestrator) as exc:
             # Logged at ERROR with the FAILED event it causes.
             return Errored(str(exc) or type(exc).__name__, critical=True), []
@@ -392,14 +424,22 @@ class Scheduler:
         _log_events(updated, events)
         return updated
 
+    def _lease_left(self, driver: _Driver) -> float:
+        """Seconds of the lease surely left, by this process's own monotonic clock."""
+        return driver.renewed_at + self._settings.lease_seconds - time.monotonic()
+
+    def _check_lease(self, driver: _Driver) -> None:
+        """Raise _LeaseInDoubt with less than LEASE_MARGIN of the lease left (any thread)."""
+        if self._lease_left(driver) < self._settings.lease_seconds * LEASE_MARGIN:
+            raise _LeaseInDoubt(driver.workflow_id)
+
     async def _lease_holds(self, driver: _Driver) -> bool:
         """A step never starts on a lease that may be gone. With less than LEASE_MARGIN of the
         lease left by this process's own monotonic clock (after a pause: a stopped process, a
         slow commit, a long GC), the lease is renewed first, a compare-and-set on its owner; if
         another processor took the run meanwhile, or the renewal fails, the step does not start
         here (the run resumes from its checkpoint wherever its lease is)."""
-        left = driver.renewed_at + self._settings.lease_seconds - time.monotonic()
-        if left >= self._settings.lease_seconds * LEASE_MARGIN:
+        if self._lease_left(driver) >= self._settings.lease_seconds * LEASE_MARGIN:
             return True
         try:
             if await self._renew(driver):

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from processor import store
+from processor.scheduler import Scheduler
 from tests.support import auth
 from tests.support.grpc_helpers import details
 from tests.support.postgres import fresh_database
@@ -542,6 +544,76 @@ async def test_a_slow_cycle_keeps_its_lease(harnesses: Harnesses) -> None:
 
     assert types(messages) == ["QUEUED", "STARTED", "CYCLE_COMPLETED", "COMPLETED"]
     assert "owner" in events(messages)[1].message
+
+
+PAUSE_LEASE = 1.0  # seconds: the lease of the processor paused below
+
+
+async def test_a_pause_right_after_a_claim_counts_against_the_lease(
+    harnesses: Harnesses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor stopped between its claim's commit and the run's first step (here: its
+    event loop blocked past the lease) while another processor took the run over starts no
+    step when it resumes: the lease is timed from before the claim, not from the resumption."""
+    request = enqueue_request([step("test_journal", journal=str(tmp_path / "journal.txt"), step=1)])
+    original = Scheduler._started
+
+    def paused(self: Scheduler, claimed: list[Any], *args: Any, **kwargs: Any) -> None:
+        if any(run.workflow_id == request.workflow_id for run, _ in claimed):
+            _pause_while_another_takes_over(tmp_path / "processor.db", request.workflow_id)
+        original(self, claimed, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "_started", paused)
+    await _assert_no_step_after_the_pause(harnesses, request, tmp_path)
+
+
+async def test_a_pause_before_a_step_starts_on_its_thread_counts_against_the_lease(
+    harnesses: Harnesses, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is checked again on the cycle's thread, right before the step starts: a pause
+    after the check on the event loop (here: the loop blocked past the lease) while another
+    processor took the run over starts no step."""
+    request = enqueue_request([step("test_journal", journal=str(tmp_path / "journal.txt"), step=1)])
+    original = Scheduler._lease_holds
+    pauses = [request.workflow_id]
+
+    async def holds_then_pauses(self: Scheduler, driver: Any) -> bool:
+        holds = await original(self, driver)
+        if holds and driver.workflow_id in pauses:
+            pauses.remove(driver.workflow_id)
+            _pause_while_another_takes_over(tmp_path / "processor.db", driver.workflow_id)
+        return holds
+
+    monkeypatch.setattr(Scheduler, "_lease_holds", holds_then_pauses)
+    await _assert_no_step_after_the_pause(harnesses, request, tmp_path)
+
+
+def _pause_while_another_takes_over(db_path: Path, workflow_id: str) -> None:
+    """Block this process's event loop (as a SIGSTOP would) until the lease expired, then claim
+    the run as another processor would (epoch 2, for a minute)."""
+    time.sleep(PAUSE_LEASE * 1.2)
+    engine = create_engine(f"sqlite:///{db_path}")
+    try:
+        now = utcnow()
+        with engine.begin() as conn:
+            (run,) = store.claim(conn, owner="other", now=now, expires_at=now + timedelta(seconds=60), limit=1)
+    finally:
+        engine.dispose()
+    assert run.workflow_id == workflow_id and run.lease == store.Lease("other", 2)
+
+
+async def _assert_no_step_after_the_pause(harnesses: Harnesses, request: ps.EnqueueRequest, tmp_path: Path) -> None:
+    (tmp_path / "journal.txt").touch()
+    h = await harnesses.start(lease_seconds=PAUSE_LEASE, worker_id="paused")
+    await h.stub.Enqueue(request)
+    deadline = time.monotonic() + 30
+    while request.workflow_id in h.processor.scheduler.active:  # it lets the run go
+        assert time.monotonic() < deadline, "the paused processor still drives the run"
+        await asyncio.sleep(0.05)
+
+    assert (tmp_path / "journal.txt").read_text() == ""  # no step started, under any epoch
+    row = run_row(tmp_path / "processor.db", request.workflow_id)
+    assert (row["lease_owner"], row["lease_epoch"], row["cycle"]) == ("other", 2, 0)
 
 
 def _write_half_done_run(
