@@ -1,7 +1,9 @@
 """LISTEN/NOTIFY between processors sharing a PostgreSQL database.
 
-A commit that queues a run or appends events also sends a notification on `CHANNEL` (sent
-by PostgreSQL at commit, coalesced within a transaction; `store.notify`). Every processor
+A commit that appends events, or leaves a run claimable (queued where no slot was free,
+or a lease released), also sends a notification on `CHANNEL` (sent by PostgreSQL at commit,
+coalesced within a transaction; `store.notify`). A run claimed in the transaction that
+inserts it is not announced: no other processor has anything to claim. Every processor
 listens on a connection of its own, in a thread of its own (a blocking wait never runs on
 the event loop), and on a notification wakes, on its event loop, what waits for it: the
 scheduler for a new run (an idle processor claims at once) and the tail for new events (so

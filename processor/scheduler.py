@@ -187,7 +187,7 @@ class Scheduler:
                     run, created, events = inserted
                     started = [r for r, _events in claimed if r.workflow_id == run.workflow_id]
                     return (started[0] if started else run), created, events
-        inserted = await self._db.write(insert)
+        inserted = await self._db.write(functools.partial(_insert_queued, insert))
         self._queued(inserted)
         if inserted[1]:
             self.wake()
@@ -203,8 +203,12 @@ class Scheduler:
 
         def tx(conn: Connection) -> tuple[Inserted | None, list[Committed]]:
             inserted = insert(conn) if insert is not None else None
-            claim = inserted is None or inserted[1]
-            return inserted, self._claim_tx(conn, free, exclude) if claim else []
+            if inserted is not None and not inserted[1]:
+                return inserted, []  # the run was there already
+            claimed = self._claim_tx(conn, free, exclude)
+            if inserted is not None and inserted[0].workflow_id not in {r.workflow_id for r, _ in claimed}:
+                store.announce_queued(conn)  # older runs took the free slots: a peer may claim it
+            return inserted, claimed
 
         leased_at = time.monotonic()  # before the claim's clock: its lease lasts at least this long
         inserted, claimed = await self._db.write(tx)
@@ -483,6 +487,14 @@ class Scheduler:
             if not kept:
                 logger.warning("%s: lease lost while the run was in progress", workflow_id)
                 return
+
+
+def _insert_queued(insert: Callable[[Connection], Inserted], conn: Connection) -> Inserted:
+    """Insert a run this processor has no slot for, and tell the others it is claimable."""
+    inserted = insert(conn)
+    if inserted[1]:
+        store.announce_queued(conn)
+    return inserted
 
 
 def _claimed(run: RunRecord, worker_id: str) -> None:

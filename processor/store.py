@@ -450,7 +450,9 @@ def insert_run(
     trace_context: str | None = None,
 ) -> tuple[RunRecord, bool, list[EventRecord]]:
     """Insert a QUEUED run with its QUEUED event (sequence base_sequence + 1); if the run
-    exists, return it unchanged. Returns (run, created, new events)."""
+    exists, return it unchanged. Returns (run, created, new events). Other processors are not
+    told here: the caller calls `announce_queued` if the run is left for any processor to
+    claim (not when it claims the run in the same transaction)."""
     existing = lock_run(conn, workflow_id)
     if existing is not None:
         return existing, False, []
@@ -477,8 +479,12 @@ def insert_run(
     run = RunRecord.from_row(inserted)
     event = NewEvent.following(run, pb.EventType.EVENT_TYPE_QUEUED, queued_message)
     run, events = append(conn, run, [event], {}, now)
-    notify(conn, notifications.RUNS)
     return run, True, events
+
+
+def announce_queued(conn: Connection) -> None:
+    """Tell the other processors a run is claimable (an idle one claims it at once)."""
+    notify(conn, notifications.RUNS)
 
 
 _NOTIFY = text(f"SELECT pg_notify('{notifications.CHANNEL}', :payload)")

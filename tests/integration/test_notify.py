@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import make_url
 
 from auditflow import migrations
 from auditflow.convert import utcnow
@@ -68,6 +71,35 @@ async def test_a_run_queued_at_a_busy_processor_wakes_the_idle_one(two: tuple[Ha
     )
 
 
+async def test_only_a_run_left_queued_is_announced_to_other_processors(two: tuple[Harness, Harness]) -> None:
+    """A run claimed in the transaction that inserts it is no other processor's business: its
+    commit notifies its events only. A run left queued (no free slot) notifies the others too."""
+    busy, _idle = two
+    url = make_url(busy.processor.settings.database_url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as listener:
+        listener.execute(f"LISTEN {notify.CHANNEL}")
+        claimed = enqueue_request([step("test_sleep", seconds=0.5) for _ in range(20)])
+        assert (await busy.stub.Enqueue(claimed)).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
+        heard_claimed = await asyncio.to_thread(_heard_until_marker, listener)
+        queued = enqueue_request([step("test_noop")])
+        assert (await busy.stub.Enqueue(queued)).run.snapshot.status == pb.WORKFLOW_STATUS_QUEUED
+        heard_queued = await asyncio.to_thread(_heard_until_marker, listener)
+    assert set(heard_claimed) == {notify.EVENTS}, heard_claimed  # QUEUED and STARTED, claimed in one commit
+    assert notify.RUNS in heard_queued, heard_queued
+    await busy.stub.CancelRun(ps.CancelRunRequest(workflow_id=claimed.workflow_id, requested_by="alice", reason="done"))
+
+
+def _heard_until_marker(listener: psycopg.Connection[Any]) -> list[str]:
+    """The payloads heard so far: a marker sent now comes after every earlier commit's."""
+    listener.execute("SELECT pg_notify(%s, 'marker')", (notify.CHANNEL,))
+    heard = []
+    for note in listener.notifies(timeout=30):
+        if note.payload == "marker":
+            return heard
+        heard.append(note.payload)
+    raise AssertionError(f"the marker never came back; heard {heard}")
+
+
 async def test_a_processor_is_not_woken_by_its_own_commits(two: tuple[Harness, Harness]) -> None:
     """What a processor commits it knows already: its own notifications wake neither its claim
     loop nor its tail (a read of every run written lately), another processor's do."""
@@ -115,6 +147,7 @@ def test_one_notification_per_payload_and_transaction() -> None:
                         orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued",
                         now=utcnow(),
                     )  # fmt: skip
+                    store.announce_queued(conn)
             assert len(sent) == 2, sent  # runs, and events
             with engine.begin() as conn:
                 store.release_leases(conn, "nobody")  # (releases nothing: no notification)
