@@ -104,23 +104,25 @@ def test_chaos_on_postgresql(tmp_path: Path) -> None:
             approver.start()
             rng = random.Random(7)
             frozen: list[tuple[float, float]] = []
-            for round_ in range(3):  # the stimuli: kills, a freeze, a database restart
-                time.sleep(1.0)
+            thaw: threading.Timer | None = None
+            # The stimuli: kills, a freeze, a database restart. Each waits for its share of the
+            # approvals, so that it lands on work in flight however fast this machine is.
+            for round_ in range(3):
+                wait_for_count(acknowledged, (round_ + 1) * WORKFLOWS // 4, approver)
                 victim = rng.choice(processors)
                 victim.kill()
                 victim.start(wait=False)
-                if round_ == 1:
+                if round_ == 1:  # frozen past its lease while the approvals (and the rounds) go on
                     stopped = rng.choice([p for p in processors if p is not victim])
-                    time.sleep(0.5)
                     os.kill(stopped.pid, signal.SIGSTOP)
-                    began = time.time()
-                    time.sleep(LEASE + 1.0)
-                    os.kill(stopped.pid, signal.SIGCONT)
-                    frozen.append((began, time.time()))
+                    thaw = threading.Timer(LEASE + 1.0, resume, (stopped, time.time(), frozen))
+                    thaw.start()
                 if round_ == 2:
                     cluster.stop("fast")
-                    time.sleep(1.0)
+                    time.sleep(1.0)  # (the outage)
                     cluster.start()
+            assert thaw is not None
+            thaw.join()
             approver.join(timeout=300)
             assert not approver.is_alive() and len(acknowledged) == WORKFLOWS
 
@@ -156,6 +158,19 @@ def test_chaos_on_postgresql(tmp_path: Path) -> None:
                     os.kill(server.pid, signal.SIGCONT)
                 server.stop()
     assert not {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN} & set(refusals), refusals
+
+
+def resume(stopped: ServerProcess, since: float, frozen: list[tuple[float, float]]) -> None:
+    os.kill(stopped.pid, signal.SIGCONT)
+    frozen.append((since, time.time()))
+
+
+def wait_for_count(acknowledged: list[str], count: int, approver: threading.Thread) -> None:
+    """Until `count` approvals are acknowledged (the approver still running)."""
+    deadline = time.monotonic() + 300
+    while len(acknowledged) < count:
+        assert approver.is_alive() and time.monotonic() < deadline, len(acknowledged)
+        time.sleep(0.01)
 
 
 def assert_no_overlap(journal: Path, frozen: list[tuple[float, float]]) -> None:
