@@ -203,15 +203,14 @@ class WorkflowHub:
         log.filling = asyncio.get_running_loop().create_future()
         try:
             items, mirrored = await read()
-            if mirrored > log.last:
-                log.last = mirrored
+            log.last = max(log.last, mirrored)
             newer = [item for item in log.items if not items or item.sequence > items[-1].sequence]
             merged = [*items, *newer]
             log.items = deque(merged, maxlen=log.items.maxlen)
-            shown = [item for item in merged if item.sequence <= log.last]
-            if shown and (log.newest is None or shown[-1].sequence > log.newest.sequence):
-                log.newest = shown[-1]
-                if shown[-1].terminal and log.ended_at is None:
+            shown = next((item for item in reversed(merged) if item.sequence <= log.last), None)
+            if shown is not None and (log.newest is None or shown.sequence > log.newest.sequence):
+                log.newest = shown
+                if shown.terminal and log.ended_at is None:
                     log.ended_at = time.monotonic()
             self._wake(log)  # (watchers waiting at the end of the log may have more to read)
             log.filling.set_result(None)

@@ -428,13 +428,15 @@ class Scheduler:
         _log_events(updated, events)
         return updated
 
-    def _lease_left(self, driver: _Driver) -> float:
-        """Seconds of the lease surely left, by this process's own monotonic clock."""
-        return driver.renewed_at + self._settings.lease_seconds - time.monotonic()
+    def _lease_safe(self, driver: _Driver) -> bool:
+        """At least LEASE_MARGIN of the lease is surely left, by this process's own monotonic
+        clock (any thread)."""
+        left = driver.renewed_at + self._settings.lease_seconds - time.monotonic()
+        return left >= self._settings.lease_seconds * LEASE_MARGIN
 
     def _check_lease(self, driver: _Driver) -> None:
-        """Raise _LeaseInDoubt with less than LEASE_MARGIN of the lease left (any thread)."""
-        if self._lease_left(driver) < self._settings.lease_seconds * LEASE_MARGIN:
+        """Raise _LeaseInDoubt unless the lease is safe (any thread)."""
+        if not self._lease_safe(driver):
             raise _LeaseInDoubt(driver.workflow_id)
 
     async def _lease_holds(self, driver: _Driver) -> bool:
@@ -443,7 +445,7 @@ class Scheduler:
         slow commit, a long GC), the lease is renewed first, a compare-and-set on its owner; if
         another processor took the run meanwhile, or the renewal fails, the step does not start
         here (the run resumes from its checkpoint wherever its lease is)."""
-        if self._lease_left(driver) >= self._settings.lease_seconds * LEASE_MARGIN:
+        if self._lease_safe(driver):
             return True
         try:
             if await self._renew(driver):
