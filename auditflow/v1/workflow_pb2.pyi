@@ -44,6 +44,10 @@ class _WorkflowStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Workfl
     """Terminal: an approver rejected the plan."""
     WORKFLOW_STATUS_CANCELLED: _WorkflowStatus.ValueType  # 8
     """Terminal: cancelled before it finished."""
+    WORKFLOW_STATUS_CHANGES_REQUESTED: _WorkflowStatus.ValueType  # 9
+    """An approver asked for changes (`Workflow.changes_requested` says who and why); the plan
+    waits for its submitter's revision (ReviseWorkflow), then awaits approval again.
+    """
 
 class WorkflowStatus(_WorkflowStatus, metaclass=_WorkflowStatusEnumTypeWrapper):
     """Where a workflow is in its life cycle."""
@@ -65,6 +69,10 @@ WORKFLOW_STATUS_REJECTED: WorkflowStatus.ValueType  # 7
 """Terminal: an approver rejected the plan."""
 WORKFLOW_STATUS_CANCELLED: WorkflowStatus.ValueType  # 8
 """Terminal: cancelled before it finished."""
+WORKFLOW_STATUS_CHANGES_REQUESTED: WorkflowStatus.ValueType  # 9
+"""An approver asked for changes (`Workflow.changes_requested` says who and why); the plan
+waits for its submitter's revision (ReviseWorkflow), then awaits approval again.
+"""
 Global___WorkflowStatus: _TypeAlias = WorkflowStatus  # noqa: Y015
 
 class _EventType:
@@ -91,6 +99,12 @@ class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.V
     """One approver approved a plan that needs more approvers; it still awaits approval.
     (EVENT_TYPE_APPROVED is the approval that completes the plan's required number.)
     """
+    EVENT_TYPE_REVISED: _EventType.ValueType  # 13
+    """The submitter revised the plan (or refreshed its data fingerprints): a new revision with
+    a new etag; the approvals given to earlier revisions are dismissed.
+    """
+    EVENT_TYPE_CHANGES_REQUESTED: _EventType.ValueType  # 14
+    """An approver asked for changes, with a reason; the plan waits for a revision."""
 
 class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What happened in one entry of a workflow's event log."""
@@ -113,6 +127,12 @@ EVENT_TYPE_APPROVAL_RECORDED: EventType.ValueType  # 12
 """One approver approved a plan that needs more approvers; it still awaits approval.
 (EVENT_TYPE_APPROVED is the approval that completes the plan's required number.)
 """
+EVENT_TYPE_REVISED: EventType.ValueType  # 13
+"""The submitter revised the plan (or refreshed its data fingerprints): a new revision with
+a new etag; the approvals given to earlier revisions are dismissed.
+"""
+EVENT_TYPE_CHANGES_REQUESTED: EventType.ValueType  # 14
+"""An approver asked for changes, with a reason; the plan waits for a revision."""
 Global___EventType: _TypeAlias = EventType  # noqa: Y015
 
 @_typing.final
@@ -123,25 +143,114 @@ class PlanStep(_message.Message):
 
     PROCEDURE_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
     procedure: _builtins.str
     """Name of a registered audit procedure, e.g. "ledger_summary"."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """Parameters of the procedure (JSON object)."""
 
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataSource]:
+        """Output only: the data files this step reads, fingerprinted by the server when the plan
+        was submitted or revised. Part of the plan and of its etag. Ignored in requests.
+        """
+
     def __init__(
         self,
         *,
         procedure: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
+        sources: _abc.Iterable[Global___DataSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "procedure", b"procedure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters", "procedure", b"procedure", "sources", b"sources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanStep: _TypeAlias = PlanStep  # noqa: Y015
+
+@_typing.final
+class DataSource(_message.Message):
+    """A data file a plan step reads, and its fingerprint: the run reads exactly these bytes or
+    fails.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETER_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    MODIFIED_AT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    parameter: _builtins.str
+    """The parameter that names it ("path")."""
+    path: _builtins.str
+    """The path as the plan gives it (relative to the server's data roots)."""
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    """SHA-256 of the file's bytes (hex)."""
+    changed: _builtins.str
+    """Output only, in GetWorkflow while the plan awaits a decision: empty when the file still
+    matches its fingerprint, otherwise what changed ("changed: ...", "missing", ...). An
+    approval of a plan whose data changed would run on nothing: the run fails. The submitter
+    refreshes the fingerprints with ReviseWorkflow.
+    """
+    @_builtins.property
+    def modified_at(self) -> _timestamp_pb2.Timestamp:
+        """The file's modification time when it was fingerprinted."""
+
+    def __init__(
+        self,
+        *,
+        parameter: _builtins.str = ...,
+        path: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        modified_at: _timestamp_pb2.Timestamp | None = ...,
+        changed: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["modified_at", b"modified_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "modified_at", b"modified_at", "parameter", b"parameter", "path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataSource: _TypeAlias = DataSource  # noqa: Y015
+
+@_typing.final
+class ChangeRequest(_message.Message):
+    """An approver's request for changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    requested_by: _builtins.str
+    reason: _builtins.str
+    revision: _builtins.int
+    """The revision it was asked on."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        requested_by: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "requested_by", b"requested_by", "revision", b"revision", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeRequest: _TypeAlias = ChangeRequest  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
@@ -361,11 +470,14 @@ class Approval(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     approver: _builtins.str
     """The approver, as authenticated."""
     comment: _builtins.str
     etag: _builtins.str
     """The plan's etag the approver approved."""
+    revision: _builtins.int
+    """The revision the approver approved."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -375,10 +487,11 @@ class Approval(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         comment: _builtins.str = ...,
         etag: _builtins.str = ...,
+        revision: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "comment", b"comment", "etag", b"etag", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "comment", b"comment", "etag", b"etag", "revision", b"revision", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,6 +527,8 @@ class Workflow(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     REQUIRED_APPROVALS_FIELD_NUMBER: _builtins.int
     APPROVALS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    CHANGES_REQUESTED_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     """Server-assigned id ("wf_" followed by 32 hex digits)."""
     title: _builtins.str
@@ -437,6 +552,8 @@ class Workflow(_message.Message):
     """
     required_approvals: _builtins.int
     """Distinct approvers the plan needs before it runs (none of them its creator)."""
+    revision: _builtins.int
+    """The plan's revision: 1 when submitted, one more at each ReviseWorkflow."""
     @_builtins.property
     def plan(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]:
         """Ordered steps of the plan."""
@@ -455,7 +572,11 @@ class Workflow(_message.Message):
     def last_update(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]:
-        """The approvals given so far, oldest first."""
+        """The approvals given so far to the current revision, oldest first."""
+
+    @_builtins.property
+    def changes_requested(self) -> Global___ChangeRequest:
+        """While CHANGES_REQUESTED: who asked for changes, and why."""
 
     def __init__(
         self,
@@ -484,10 +605,12 @@ class Workflow(_message.Message):
         etag: _builtins.str = ...,
         required_approvals: _builtins.int = ...,
         approvals: _abc.Iterable[Global___Approval] | None = ...,
+        revision: _builtins.int = ...,
+        changes_requested: Global___ChangeRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "last_update", b"last_update", "progress", b"progress", "result", b"result", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["changes_requested", b"changes_requested", "created_at", b"created_at", "error", b"error", "last_update", b"last_update", "progress", b"progress", "result", b"result", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "background_processing", b"background_processing", "created_at", b"created_at", "created_by", b"created_by", "cycle", b"cycle", "decided_by", b"decided_by", "decision_comment", b"decision_comment", "error", b"error", "etag", b"etag", "is_completed", b"is_completed", "is_processing", b"is_processing", "last_message", b"last_message", "last_sequence", b"last_sequence", "last_update", b"last_update", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "progress", b"progress", "required_approvals", b"required_approvals", "result", b"result", "status", b"status", "title", b"title", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "background_processing", b"background_processing", "changes_requested", b"changes_requested", "created_at", b"created_at", "created_by", b"created_by", "cycle", b"cycle", "decided_by", b"decided_by", "decision_comment", b"decision_comment", "error", b"error", "etag", b"etag", "is_completed", b"is_completed", "is_processing", b"is_processing", "last_message", b"last_message", "last_sequence", b"last_sequence", "last_update", b"last_update", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "progress", b"progress", "required_approvals", b"required_approvals", "result", b"result", "revision", b"revision", "status", b"status", "title", b"title", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ChangeType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_TYPE_UNSPECIFIED: _ChangeType.ValueType  # 0
+    CHANGE_TYPE_ADDED: _ChangeType.ValueType  # 1
+    """In the initial list, or it newly matches the filter."""
+    CHANGE_TYPE_MODIFIED: _ChangeType.ValueType  # 2
+    """It matched and still does; it changed."""
+    CHANGE_TYPE_REMOVED: _ChangeType.ValueType  # 3
+    """It no longer matches the filter (e.g. approved, when watching what awaits my approval)."""
+
+class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper):
+    """How a workflow changed in a watched collection."""
+
+CHANGE_TYPE_UNSPECIFIED: ChangeType.ValueType  # 0
+CHANGE_TYPE_ADDED: ChangeType.ValueType  # 1
+"""In the initial list, or it newly matches the filter."""
+CHANGE_TYPE_MODIFIED: ChangeType.ValueType  # 2
+"""It matched and still does; it changed."""
+CHANGE_TYPE_REMOVED: ChangeType.ValueType  # 3
+"""It no longer matches the filter (e.g. approved, when watching what awaits my approval)."""
+Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
 @_typing.final
 class CreateWorkflowRequest(_message.Message):
@@ -166,10 +193,21 @@ class ListWorkflowsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATUSES_FIELD_NUMBER: _builtins.int
+    AWAITING_MY_APPROVAL_FIELD_NUMBER: _builtins.int
+    CREATED_BY_ME_FIELD_NUMBER: _builtins.int
+    TITLE_CONTAINS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """At most this many workflows (default 50, at most 500)."""
     page_token: _builtins.str
     """The next_page_token of a previous call."""
+    awaiting_my_approval: _builtins.bool
+    """Only the plans the caller may approve now: awaiting approval, the caller an approver who
+    did not submit it and has not approved its current revision.
+    """
+    created_by_me: _builtins.bool
+    """Only the workflows the caller submitted."""
+    title_contains: _builtins.str
+    """Only workflows whose title contains this text (case-insensitive)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_workflow_pb2.WorkflowStatus.ValueType]:
         """Only workflows with one of these statuses; empty means all."""
@@ -180,10 +218,13 @@ class ListWorkflowsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         statuses: _abc.Iterable[_workflow_pb2.WorkflowStatus.ValueType] | None = ...,
+        awaiting_my_approval: _builtins.bool = ...,
+        created_by_me: _builtins.bool = ...,
+        title_contains: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_my_approval", b"awaiting_my_approval", "created_by_me", b"created_by_me", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "title_contains", b"title_contains"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -226,8 +267,9 @@ class ApproveRequest(_message.Message):
     request_id: _builtins.str
     """Optional idempotency key: the same key returns the same answer."""
     etag: _builtins.str
-    """The etag of the plan the approver saw (Workflow.etag). If it is not the plan's, the call
-    fails with ABORTED and nothing is stored. Empty: approve the plan as it is stored.
+    """Required: the etag of the plan the approver saw (Workflow.etag, from GetWorkflow). If it
+    is not the current revision's, the call fails with FAILED_PRECONDITION (reason
+    ETAG_MISMATCH) and nothing is stored: read the workflow again, review, then decide.
     """
     def __init__(
         self,
@@ -300,9 +342,10 @@ class RejectRequest(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     comment: _builtins.str
+    """Required: why the plan is rejected (it goes into the trail)."""
     request_id: _builtins.str
     etag: _builtins.str
-    """As ApproveRequest.etag."""
+    """As ApproveRequest.etag: required."""
     def __init__(
         self,
         *,
@@ -318,6 +361,392 @@ class RejectRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RejectRequest: _TypeAlias = RejectRequest  # noqa: Y015
+
+@_typing.final
+class ReviseWorkflowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    MAX_CYCLES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    etag: _builtins.str
+    """Required: the etag of the revision being revised (Workflow.etag)."""
+    title: _builtins.str
+    """The new title; empty keeps the current one."""
+    max_cycles: _builtins.int
+    """The new max_cycles; 0 keeps the current one."""
+    reason: _builtins.str
+    """Why (shown to approvers and recorded in the trail)."""
+    request_id: _builtins.str
+    """Optional idempotency key: a retried revision with the same key returns the same answer."""
+    @_builtins.property
+    def plan(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.PlanStep]:
+        """The new steps; empty keeps the current ones (their data is fingerprinted anew)."""
+
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        title: _builtins.str = ...,
+        plan: _abc.Iterable[_workflow_pb2.PlanStep] | None = ...,
+        max_cycles: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "max_cycles", b"max_cycles", "plan", b"plan", "reason", b"reason", "request_id", b"request_id", "title", b"title", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviseWorkflowRequest: _TypeAlias = ReviseWorkflowRequest  # noqa: Y015
+
+@_typing.final
+class ReviseWorkflowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    DISMISSED_APPROVERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow: ...
+    @_builtins.property
+    def dismissed_approvers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The approvers whose approvals of the earlier revision this revision dismissed."""
+
+    def __init__(
+        self,
+        *,
+        workflow: _workflow_pb2.Workflow | None = ...,
+        dismissed_approvers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dismissed_approvers", b"dismissed_approvers", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReviseWorkflowResponse: _TypeAlias = ReviseWorkflowResponse  # noqa: Y015
+
+@_typing.final
+class RequestChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    etag: _builtins.str
+    """Required: the etag of the revision the approver reviewed."""
+    reason: _builtins.str
+    """Required: what should change."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "reason", b"reason", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestChangesRequest: _TypeAlias = RequestChangesRequest  # noqa: Y015
+
+@_typing.final
+class RequestChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow: ...
+    def __init__(
+        self,
+        *,
+        workflow: _workflow_pb2.Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestChangesResponse: _TypeAlias = RequestChangesResponse  # noqa: Y015
+
+@_typing.final
+class GetRevisionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    COMPARE_TO_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    revision: _builtins.int
+    """1 for the plan as submitted; 0 means the current revision."""
+    compare_to: _builtins.int
+    """Another revision to compare with: `changes` says what changed from it to `revision`.
+    0: no comparison.
+    """
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        compare_to: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compare_to", b"compare_to", "revision", b"revision", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRevisionRequest: _TypeAlias = GetRevisionRequest  # noqa: Y015
+
+@_typing.final
+class Revision(_message.Message):
+    """One revision of a plan, as it was submitted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    MAX_CYCLES_FIELD_NUMBER: _builtins.int
+    ORCHESTRATOR_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    title: _builtins.str
+    max_cycles: _builtins.int
+    orchestrator: _builtins.str
+    etag: _builtins.str
+    created_by: _builtins.str
+    """Who submitted this revision, when, and why (empty for the first)."""
+    reason: _builtins.str
+    @_builtins.property
+    def plan(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.PlanStep]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        title: _builtins.str = ...,
+        plan: _abc.Iterable[_workflow_pb2.PlanStep] | None = ...,
+        max_cycles: _builtins.int = ...,
+        orchestrator: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        created_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "etag", b"etag", "max_cycles", b"max_cycles", "orchestrator", b"orchestrator", "plan", b"plan", "reason", b"reason", "revision", b"revision", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revision: _TypeAlias = Revision  # noqa: Y015
+
+@_typing.final
+class PlanChange(_message.Message):
+    """One difference between two revisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """Where: "title", "max_cycles", "plan[1].procedure", "plan[0].parameters.threshold",
+    "plan[0].sources[0].sha256", "plan[2]" (a step added or removed) ...
+    """
+    kind: _builtins.str
+    """"added", "removed" or "changed"."""
+    before: _builtins.str
+    """The value before and after, as JSON text (empty when added or removed)."""
+    after: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        before: _builtins.str = ...,
+        after: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "before", b"before", "field", b"field", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanChange: _TypeAlias = PlanChange  # noqa: Y015
+
+@_typing.final
+class GetRevisionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    CURRENT_REVISION_FIELD_NUMBER: _builtins.int
+    current_revision: _builtins.int
+    """The workflow's current revision."""
+    @_builtins.property
+    def revision(self) -> Global___Revision: ...
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanChange]:
+        """What changed from `compare_to` to `revision`, in plan order (empty without compare_to)."""
+
+    def __init__(
+        self,
+        *,
+        revision: Global___Revision | None = ...,
+        changes: _abc.Iterable[Global___PlanChange] | None = ...,
+        current_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "current_revision", b"current_revision", "revision", b"revision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRevisionResponse: _TypeAlias = GetRevisionResponse  # noqa: Y015
+
+@_typing.final
+class WatchWorkflowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUSES_FIELD_NUMBER: _builtins.int
+    AWAITING_MY_APPROVAL_FIELD_NUMBER: _builtins.int
+    CREATED_BY_ME_FIELD_NUMBER: _builtins.int
+    TITLE_CONTAINS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    awaiting_my_approval: _builtins.bool
+    created_by_me: _builtins.bool
+    title_contains: _builtins.str
+    page_size: _builtins.int
+    """How many matching workflows the initial list sends, newest first (default 50, at most
+    500); `synced.next_page_token` pages on through ListWorkflows with the same filters.
+    """
+    resume_token: _builtins.str
+    """Resume after a broken stream: the last `resume_token` received. No initial list is sent;
+    every workflow changed since then is sent (at least once).
+    """
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedScalarFieldContainer[_workflow_pb2.WorkflowStatus.ValueType]:
+        """Filters, as in ListWorkflowsRequest."""
+
+    def __init__(
+        self,
+        *,
+        statuses: _abc.Iterable[_workflow_pb2.WorkflowStatus.ValueType] | None = ...,
+        awaiting_my_approval: _builtins.bool = ...,
+        created_by_me: _builtins.bool = ...,
+        title_contains: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["awaiting_my_approval", b"awaiting_my_approval", "created_by_me", b"created_by_me", "page_size", b"page_size", "resume_token", b"resume_token", "statuses", b"statuses", "title_contains", b"title_contains"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchWorkflowsRequest: _TypeAlias = WatchWorkflowsRequest  # noqa: Y015
+
+@_typing.final
+class WorkflowChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
+    type: Global___ChangeType.ValueType
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """The workflow as of the change, without its plan steps' parameters and without its result
+        (GetWorkflow has them); `plan` keeps each step's procedure and sources.
+        """
+
+    def __init__(
+        self,
+        *,
+        type: Global___ChangeType.ValueType = ...,
+        workflow: _workflow_pb2.Workflow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["type", b"type", "workflow", b"workflow"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowChange: _TypeAlias = WorkflowChange  # noqa: Y015
+
+@_typing.final
+class WatchSynced(_message.Message):
+    """The initial list is complete; changes follow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """ListWorkflows' token for the rest of the list (empty when it all fit)."""
+    def __init__(
+        self,
+        *,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSynced: _TypeAlias = WatchSynced  # noqa: Y015
+
+@_typing.final
+class WatchWorkflowsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    SYNCED_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Pass the last one received as WatchWorkflowsRequest.resume_token to resume."""
+    @_builtins.property
+    def change(self) -> Global___WorkflowChange: ...
+    @_builtins.property
+    def synced(self) -> Global___WatchSynced: ...
+    @_builtins.property
+    def heartbeat(self) -> _workflow_pb2.Heartbeat: ...
+    def __init__(
+        self,
+        *,
+        change: Global___WorkflowChange | None = ...,
+        synced: Global___WatchSynced | None = ...,
+        heartbeat: _workflow_pb2.Heartbeat | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "heartbeat", b"heartbeat", "kind", b"kind", "synced", b"synced"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "heartbeat", b"heartbeat", "kind", b"kind", "resume_token", b"resume_token", "synced", b"synced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["change", "synced", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___WatchWorkflowsResponse: _TypeAlias = WatchWorkflowsResponse  # noqa: Y015
 
 @_typing.final
 class RejectResponse(_message.Message):

@@ -90,6 +90,26 @@ class WorkflowServiceStub:
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailRequest.SerializeToString,
                 response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailResponse.FromString,
                 _registered_method=True)
+        self.ReviseWorkflow = channel.unary_unary(
+                '/auditflow.v1.WorkflowService/ReviseWorkflow',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ReviseWorkflowRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ReviseWorkflowResponse.FromString,
+                _registered_method=True)
+        self.RequestChanges = channel.unary_unary(
+                '/auditflow.v1.WorkflowService/RequestChanges',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.RequestChangesRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.RequestChangesResponse.FromString,
+                _registered_method=True)
+        self.GetRevision = channel.unary_unary(
+                '/auditflow.v1.WorkflowService/GetRevision',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.GetRevisionRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.GetRevisionResponse.FromString,
+                _registered_method=True)
+        self.WatchWorkflows = channel.unary_stream(
+                '/auditflow.v1.WorkflowService/WatchWorkflows',
+                request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchWorkflowsRequest.SerializeToString,
+                response_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchWorkflowsResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/auditflow.v1.WorkflowService/WhoAmI',
                 request_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WhoAmIRequest.SerializeToString,
@@ -183,6 +203,37 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReviseWorkflow(self, request, context):
+        """Revises a plan awaiting approval (or waiting for changes): a new revision with a new etag,
+        its data fingerprinted anew. Only its submitter may. The approvals given to earlier
+        revisions are dismissed. With no plan and no title, it refreshes the data fingerprints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestChanges(self, request, context):
+        """Asks the submitter for changes, with a reason: the plan waits for a revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRevision(self, request, context):
+        """One revision of a workflow's plan, and what changed since another revision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchWorkflows(self, request, context):
+        """Lists the workflows that match a filter, then streams their changes: list, then watch.
+        Resumable: pass the last `resume_token` received to get every change after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """Who the server takes the caller to be: the authenticated principal and its roles.
         """
@@ -247,6 +298,26 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.VerifyTrail,
                     request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailRequest.FromString,
                     response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailResponse.SerializeToString,
+            ),
+            'ReviseWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReviseWorkflow,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.ReviseWorkflowRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.ReviseWorkflowResponse.SerializeToString,
+            ),
+            'RequestChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestChanges,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.RequestChangesRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.RequestChangesResponse.SerializeToString,
+            ),
+            'GetRevision': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRevision,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.GetRevisionRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.GetRevisionResponse.SerializeToString,
+            ),
+            'WatchWorkflows': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkflows,
+                    request_deserializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchWorkflowsRequest.FromString,
+                    response_serializer=auditflow_dot_v1_dot_workflow__service__pb2.WatchWorkflowsResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -552,6 +623,114 @@ class WorkflowService:
             '/auditflow.v1.WorkflowService/VerifyTrail',
             auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailRequest.SerializeToString,
             auditflow_dot_v1_dot_workflow__service__pb2.VerifyTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReviseWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/ReviseWorkflow',
+            auditflow_dot_v1_dot_workflow__service__pb2.ReviseWorkflowRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.ReviseWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/RequestChanges',
+            auditflow_dot_v1_dot_workflow__service__pb2.RequestChangesRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.RequestChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRevision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/GetRevision',
+            auditflow_dot_v1_dot_workflow__service__pb2.GetRevisionRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.GetRevisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/auditflow.v1.WorkflowService/WatchWorkflows',
+            auditflow_dot_v1_dot_workflow__service__pb2.WatchWorkflowsRequest.SerializeToString,
+            auditflow_dot_v1_dot_workflow__service__pb2.WatchWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,19 @@ class WorkflowServiceStub:
     against its etag, the result against its digest, and the signature of a signed end.
     Names the first event that does not match.
     """
+    ReviseWorkflow: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ReviseWorkflowRequest, _workflow_service_pb2.ReviseWorkflowResponse]
+    """Revises a plan awaiting approval (or waiting for changes): a new revision with a new etag,
+    its data fingerprinted anew. Only its submitter may. The approvals given to earlier
+    revisions are dismissed. With no plan and no title, it refreshes the data fingerprints.
+    """
+    RequestChanges: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.RequestChangesRequest, _workflow_service_pb2.RequestChangesResponse]
+    """Asks the submitter for changes, with a reason: the plan waits for a revision."""
+    GetRevision: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetRevisionRequest, _workflow_service_pb2.GetRevisionResponse]
+    """One revision of a workflow's plan, and what changed since another revision."""
+    WatchWorkflows: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.WatchWorkflowsRequest, _workflow_service_pb2.WatchWorkflowsResponse]
+    """Lists the workflows that match a filter, then streams their changes: list, then watch.
+    Resumable: pass the last `resume_token` received to get every change after it.
+    """
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]
     """Who the server takes the caller to be: the authenticated principal and its roles."""
 
@@ -102,6 +115,19 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Recomputes the workflow's trail from the events of both services: every hash, the plan
     against its etag, the result against its digest, and the signature of a signed end.
     Names the first event that does not match.
+    """
+    ReviseWorkflow: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ReviseWorkflowRequest, _workflow_service_pb2.ReviseWorkflowResponse]  # type: ignore[assignment]
+    """Revises a plan awaiting approval (or waiting for changes): a new revision with a new etag,
+    its data fingerprinted anew. Only its submitter may. The approvals given to earlier
+    revisions are dismissed. With no plan and no title, it refreshes the data fingerprints.
+    """
+    RequestChanges: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.RequestChangesRequest, _workflow_service_pb2.RequestChangesResponse]  # type: ignore[assignment]
+    """Asks the submitter for changes, with a reason: the plan waits for a revision."""
+    GetRevision: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetRevisionRequest, _workflow_service_pb2.GetRevisionResponse]  # type: ignore[assignment]
+    """One revision of a workflow's plan, and what changed since another revision."""
+    WatchWorkflows: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.WatchWorkflowsRequest, _workflow_service_pb2.WatchWorkflowsResponse]  # type: ignore[assignment]
+    """Lists the workflows that match a filter, then streams their changes: list, then watch.
+    Resumable: pass the last `resume_token` received to get every change after it.
     """
     WhoAmI: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.WhoAmIRequest, _workflow_service_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """Who the server takes the caller to be: the authenticated principal and its roles."""
@@ -204,6 +230,43 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         """Recomputes the workflow's trail from the events of both services: every hash, the plan
         against its etag, the result against its digest, and the signature of a signed end.
         Names the first event that does not match.
+        """
+
+    @_abc_1.abstractmethod
+    def ReviseWorkflow(
+        self,
+        request: _workflow_service_pb2.ReviseWorkflowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.ReviseWorkflowResponse, _abc.Awaitable[_workflow_service_pb2.ReviseWorkflowResponse]]:
+        """Revises a plan awaiting approval (or waiting for changes): a new revision with a new etag,
+        its data fingerprinted anew. Only its submitter may. The approvals given to earlier
+        revisions are dismissed. With no plan and no title, it refreshes the data fingerprints.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestChanges(
+        self,
+        request: _workflow_service_pb2.RequestChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.RequestChangesResponse, _abc.Awaitable[_workflow_service_pb2.RequestChangesResponse]]:
+        """Asks the submitter for changes, with a reason: the plan waits for a revision."""
+
+    @_abc_1.abstractmethod
+    def GetRevision(
+        self,
+        request: _workflow_service_pb2.GetRevisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflow_service_pb2.GetRevisionResponse, _abc.Awaitable[_workflow_service_pb2.GetRevisionResponse]]:
+        """One revision of a workflow's plan, and what changed since another revision."""
+
+    @_abc_1.abstractmethod
+    def WatchWorkflows(
+        self,
+        request: _workflow_service_pb2.WatchWorkflowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_workflow_service_pb2.WatchWorkflowsResponse], _abc.AsyncIterator[_workflow_service_pb2.WatchWorkflowsResponse]]:
+        """Lists the workflows that match a filter, then streams their changes: list, then watch.
+        Resumable: pass the last `resume_token` received to get every change after it.
         """
 
     @_abc_1.abstractmethod
