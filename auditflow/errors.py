@@ -72,12 +72,13 @@ class AlreadyDecided(WrongState):
 
 
 class EtagMismatch(AuditflowError):
-    """The plan is not the one the caller saw (its etag differs): read it again, then decide.
+    """The plan is not the one the caller saw (its etag differs): it was revised since. Read it
+    again, review the new revision, then decide.
 
-    ABORTED, as AIP-154 prescribes for an etag that does not match: the caller should re-read
-    the resource and retry, not treat it as a state error."""
+    FAILED_PRECONDITION (409 over REST): the request names a revision that is no longer the
+    current one; retrying it as it is cannot succeed."""
 
-    code = grpc.StatusCode.ABORTED
+    code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "ETAG_MISMATCH"
 
 

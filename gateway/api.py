@@ -185,7 +185,7 @@ class WorkflowApi:
             workflow_id=plans.check_workflow_id(request.workflow_id),
             decision=decision,
             actor=principal.current(),
-            comment=plans.check_text(request.comment, "comment", plans.MAX_COMMENT),
+            comment=_comment(request.comment, required=decision == workflows.REJECT),
             request_id=plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID),
             etag=check_etag(request.etag),
             traceparent=tracing.traceparent(),
@@ -254,10 +254,24 @@ def approve_response(record: WorkflowRecord, unavailable_since: datetime | None)
 _ETAG = re.compile(r"[0-9a-f]{64}")
 
 
+def _comment(text: str, *, required: bool) -> str:
+    """A decision's comment; a rejection must say why (it is the submitter's only answer)."""
+    checked = plans.check_text(text, "comment", plans.MAX_COMMENT)
+    if required and not checked.strip():
+        raise invalid("comment", "required: say why the plan is rejected")
+    return checked
+
+
 def check_etag(text: str) -> str:
-    """An etag as Workflow.etag gives it (64 hex digits), or empty."""
-    if text and _ETAG.fullmatch(text) is None:
-        raise invalid("etag", "the etag of the plan as GetWorkflow returns it (64 hex digits), or empty")
+    """The etag of the plan the caller read, as Workflow.etag gives it (64 hex digits).
+
+    Required: a decision is bound to the revision its author saw, never to "whatever is
+    stored now" (which may have been revised since)."""
+    if not text:
+        raise invalid("etag", "required: read the workflow first (GetWorkflow), review its plan, "
+                      "and send the etag it shows")  # fmt: skip
+    if _ETAG.fullmatch(text) is None:
+        raise invalid("etag", "the etag of the plan as GetWorkflow returns it (64 hex digits)")
     return text
 
 

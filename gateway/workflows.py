@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, insert, literal, or_, update
+from sqlalchemy import Connection, and_, bindparam, insert, update
 
 from auditflow import convert, statuses, trail
 from auditflow.errors import AlreadyDecided, EtagMismatch, NotFound, PermissionDenied, WrongState
@@ -144,7 +144,7 @@ _APPROVE_ALONE = Prepared(
             workflows.c.required_approvals == 1,
             # Separation of duties: "" when the decision is not restricted.
             workflows.c.created_by_key != bindparam("b_forbidden_key"),
-            or_(literal("") == bindparam("b_etag"), workflows.c.etag == bindparam("b_etag")),
+            workflows.c.etag == bindparam("b_etag"),
         )
     )
     .values(

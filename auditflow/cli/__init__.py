@@ -152,20 +152,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the workflow id (for scripts)")
 
     etag_help = (
-        "the etag of the plan you read (auditflow get shows it): the decision is refused if the plan is another; "
-        "default: the plan as it is now, shown before the decision"
+        "the etag of the revision you reviewed (auditflow get shows it): the decision is refused if the plan "
+        "was revised since; without --yes the plan is shown and you are asked to confirm"
     )
-    p = command("approve", "approve a plan; answers at once while it runs in the background", commands.approve)
+    yes_help = "do not ask: decide on the revision --etag names (for scripts; needs --etag)"
+    p = command(
+        "approve",
+        "review a plan (steps, parameters, data fingerprints, approvals so far), confirm, and approve it; "
+        "answers at once while it runs in the background",
+        commands.approve,
+    )
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--comment", default="", help="why you approve")
     p.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
     p.add_argument("--etag", default="", help=etag_help)
+    p.add_argument("-y", "--yes", action="store_true", help=yes_help)
 
-    p = command("reject", "reject a plan awaiting approval", commands.reject)
+    p = command("reject", "review a plan awaiting approval, confirm, and reject it with a reason", commands.reject)
     p.add_argument("workflow_id", metavar="ID")
-    p.add_argument("--comment", default="", help="why you reject")
+    p.add_argument("--comment", default="", help="why you reject (required)")
     p.add_argument("--request-id", default="", help="idempotency key")
     p.add_argument("--etag", default="", help=etag_help)
+    p.add_argument("-y", "--yes", action="store_true", help=yes_help)
+
+    p = command(
+        "request-changes",
+        "review a plan, confirm, and ask its submitter for changes: it waits for a revision",
+        commands.request_changes,
+    )
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument("--reason", required=True, help="what should change (required)")
+    p.add_argument("--etag", default="", help=etag_help)
+    p.add_argument("-y", "--yes", action="store_true", help=yes_help)
+
+    p = command(
+        "revise",
+        "revise your own plan while it awaits approval: a new revision (earlier approvals are dismissed); "
+        "with neither --plan nor --title, fingerprint its data files again",
+        commands.revise,
+    )
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument("--plan", metavar="FILE", help="the new steps (a JSON file, as for submit)")
+    p.add_argument("--title", default="", help="the new title (default: keep)")
+    p.add_argument("--max-cycles", type=_non_negative, default=0, metavar="N", help="0: keep")
+    p.add_argument("--reason", default="", help="why (shown to approvers, kept in the trail)")
+    p.add_argument("--etag", default="", help="the etag of the revision you revise (default: the current one)")
+    p.add_argument("--request-id", default="", help="idempotency key")
 
     p = command(
         "verify",

@@ -22,6 +22,9 @@ from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
 
 
+EXIT_DECLINED = 1  # the person answered no: nothing was sent
+
+
 @dataclass
 class Context:
     """What every command needs: a stub, the caller's credentials, and how to print."""
@@ -31,6 +34,7 @@ class Context:
     json: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    stdin: TextIO = field(default_factory=lambda: sys.stdin)
 
     @property
     def metadata(self) -> Metadata:
@@ -42,6 +46,15 @@ class Context:
     def note(self, text: str) -> None:
         """A remark for the human on stderr (stdout stays parseable)."""
         print(text, file=self.err, flush=True)
+
+    @property
+    def interactive(self) -> bool:
+        """Whether a person can answer a question (standard input is a terminal)."""
+        return self.stdin.isatty()
+
+    def ask(self, question: str) -> str:
+        print(question, end="", file=self.err, flush=True)
+        return self.stdin.readline()
 
 
 # --- plans -----------------------------------------------------------------------------------
@@ -139,19 +152,45 @@ def submit(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def decided_etag(ctx: Context, args: argparse.Namespace) -> str:
-    """The etag a decision is bound to: --etag as given (the plan the approver read earlier),
-    else the plan as it is now, shown before the decision is sent."""
-    if args.etag:
+def reviewed(ctx: Context, args: argparse.Namespace, verb: str) -> str | None:
+    """The etag a decision is bound to: the revision a person reviewed, or one a script names.
+
+    A script passes `--yes` with `--etag` (the revision it read earlier) and nothing is asked.
+    Otherwise the plan is fetched and shown whole (steps, parameters, data fingerprints,
+    approvals so far) and the person confirms on a terminal; an `--etag` that is no longer the
+    plan's is refused before anything is sent. Without a terminal and without `--yes`, nothing
+    is sent. None when the person declined."""
+    if args.yes:
+        if not args.etag:
+            raise CliError("--yes needs --etag ETAG: the etag of the revision you reviewed (auditflow get ID shows it)")
         return str(args.etag)
-    workflow = ctx.stub.GetWorkflow(api.GetWorkflowRequest(workflow_id=args.workflow_id), metadata=ctx.metadata)
-    ctx.note(render.plan_line(workflow.workflow))
-    return workflow.workflow.etag
+    workflow = ctx.stub.GetWorkflow(
+        api.GetWorkflowRequest(workflow_id=args.workflow_id), metadata=ctx.metadata
+    ).workflow
+    ctx.note(render.review_text(workflow))
+    if args.etag and args.etag != workflow.etag:
+        raise CliError(
+            f"the plan was revised since you read it (your etag {args.etag[:12]}, now {workflow.etag[:12]} "
+            f"at revision {workflow.revision}): review it above, then decide again"
+        )
+    if not ctx.interactive:
+        raise CliError(
+            f"no terminal to confirm on: review the plan above, then run "
+            f"auditflow {verb} {workflow.workflow_id} --etag {workflow.etag} --yes"
+        )
+    question = f"{verb} revision {workflow.revision} of {workflow.workflow_id} (etag {workflow.etag[:12]})? [y/N] "
+    if ctx.ask(question).strip().lower() not in ("y", "yes"):
+        ctx.note("nothing sent")
+        return None
+    return workflow.etag
 
 
 def approve(ctx: Context, args: argparse.Namespace) -> int:
+    etag = reviewed(ctx, args, "approve")
+    if etag is None:
+        return EXIT_DECLINED
     request = api.ApproveRequest(
-        workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id, etag=decided_etag(ctx, args)
+        workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id, etag=etag
     )
     response = ctx.stub.Approve(request, metadata=ctx.metadata)
     ctx.print(render.to_json(response) if ctx.json else render.approve_summary(response))
@@ -159,14 +198,53 @@ def approve(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def reject(ctx: Context, args: argparse.Namespace) -> int:
+    if not args.comment.strip():
+        raise CliError("--comment is required: say why the plan is rejected")
+    etag = reviewed(ctx, args, "reject")
+    if etag is None:
+        return EXIT_DECLINED
     request = api.RejectRequest(
-        workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id, etag=decided_etag(ctx, args)
+        workflow_id=args.workflow_id, comment=args.comment, request_id=args.request_id, etag=etag
     )
     workflow = ctx.stub.Reject(request, metadata=ctx.metadata).workflow
     if ctx.json:
         ctx.print(render.to_json(workflow))
     else:
         ctx.print(f"{workflow.workflow_id} {render.status_name(workflow.status)} by {workflow.decided_by}")
+    return 0
+
+
+def request_changes(ctx: Context, args: argparse.Namespace) -> int:
+    etag = reviewed(ctx, args, "request-changes")
+    if etag is None:
+        return EXIT_DECLINED
+    request = api.RequestChangesRequest(workflow_id=args.workflow_id, reason=args.reason, etag=etag)
+    workflow = ctx.stub.RequestChanges(request, metadata=ctx.metadata).workflow
+    ctx.print(render.to_json(workflow) if ctx.json else f"{workflow.workflow_id} {render.status_name(workflow.status)}")
+    return 0
+
+
+def revise(ctx: Context, args: argparse.Namespace) -> int:
+    """A new revision of one's own plan (or, with no --plan and no --title, its data refreshed)."""
+    etag = (
+        args.etag
+        or ctx.stub.GetWorkflow(
+            api.GetWorkflowRequest(workflow_id=args.workflow_id), metadata=ctx.metadata
+        ).workflow.etag
+    )
+    plan = load_plan(args.plan) if args.plan else []
+    request = api.ReviseWorkflowRequest(
+        workflow_id=args.workflow_id, etag=etag, title=args.title, plan=plan, max_cycles=args.max_cycles,
+        reason=args.reason, request_id=args.request_id,
+    )  # fmt: skip
+    response = ctx.stub.ReviseWorkflow(request, metadata=ctx.metadata)
+    if ctx.json:
+        ctx.print(render.to_json(response))
+        return 0
+    workflow = response.workflow
+    ctx.print(f"{workflow.workflow_id} revision {workflow.revision}, etag {workflow.etag}")
+    if response.dismissed_approvers:
+        ctx.note("approvals dismissed: " + ", ".join(response.dismissed_approvers))
     return 0
 
 

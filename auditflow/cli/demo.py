@@ -330,10 +330,15 @@ def _scenario(gateway: Server, credentials: Credentials, args: argparse.Namespac
         workflow = stub.CreateWorkflow(request, metadata=submitter.metadata).workflow
         say(f"\n== submitted {workflow.workflow_id} as {args.submitter} ({render.status_name(workflow.status)})")
 
-        say(f"   {render.plan_line(workflow)}")
+        # The approver reads the plan first, and approves exactly the revision shown (its etag).
+        shown = stub.GetWorkflow(api.GetWorkflowRequest(workflow_id=workflow.workflow_id), metadata=approver.metadata)
+        say(f"\n== the plan as {args.approver} reviews it")
+        say(render.review_text(shown.workflow))
         started = time.perf_counter()
-        response = stub.Approve(  # bound to the plan the approver was shown (its etag)
-            api.ApproveRequest(workflow_id=workflow.workflow_id, comment="approved by the demo", etag=workflow.etag),
+        response = stub.Approve(
+            api.ApproveRequest(
+                workflow_id=workflow.workflow_id, comment="approved by the demo", etag=shown.workflow.etag
+            ),
             metadata=approver.metadata,
         )
         latency_ms = (time.perf_counter() - started) * 1000

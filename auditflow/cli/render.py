@@ -271,11 +271,39 @@ def approval_lines(workflow: pb.Workflow) -> list[str]:
     return lines
 
 
-def plan_line(workflow: pb.Workflow) -> str:
-    """What a decision is about, in one line (the CLI shows it before it sends the decision)."""
-    steps = ", ".join(step.procedure for step in workflow.plan)
-    what = f"{workflow.title!r}: {len(workflow.plan)} step(s) ({steps})"
-    return f"deciding on {workflow.workflow_id} {what}, etag {workflow.etag}"
+def review_text(workflow: pb.Workflow) -> str:
+    """Everything a decision is about, shown before it is sent: the plan's revision and etag,
+    each step's procedure and parameters, each data file's fingerprint (and whether it changed
+    since), and the approvals so far."""
+    lines = [
+        f"workflow      {workflow.workflow_id}  {workflow.title!r}",
+        f"status        {status_name(workflow.status)}",
+        f"submitted by  {workflow.created_by}",
+        f"revision      {workflow.revision or 1}, etag {workflow.etag}",
+    ]
+    if workflow.HasField("changes_requested") and workflow.status == pb.WORKFLOW_STATUS_CHANGES_REQUESTED:
+        asked = workflow.changes_requested
+        lines.append(f"changes       requested by {asked.requested_by}: {asked.reason}")
+    lines.append(f"max cycles    {workflow.max_cycles}")
+    lines.append("plan")
+    for index, step in enumerate(workflow.plan, start=1):
+        parameters = json_format.MessageToDict(step.parameters)
+        lines.append(f"  {index}. {step.procedure} {json.dumps(parameters, sort_keys=True)}")
+        for source in step.sources:
+            lines.append("     " + source_line(source))
+    required = max(workflow.required_approvals, 1)
+    names = ", ".join(a.approver for a in workflow.approvals) or "none yet"
+    lines.append(f"approvals     {len(workflow.approvals)} of {required} ({names})")
+    return "\n".join(lines)
+
+
+def source_line(source: pb.DataSource) -> str:
+    """A data file's fingerprint in one line, with a warning when it no longer matches."""
+    when = timestamp(source.modified_at, present=source.HasField("modified_at"))
+    text = f"{source.parameter}={source.path}: {source.size_bytes} bytes, sha256 {source.sha256}, modified {when}"
+    if source.changed:
+        text += f"  WARNING: {source.changed}"
+    return text
 
 
 def verify_text(server: api.VerifyTrailResponse, local: Any, signature: str, agree: bool) -> str:
