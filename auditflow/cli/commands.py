@@ -21,7 +21,6 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
 
-
 EXIT_DECLINED = 1  # the person answered no: nothing was sent
 
 
