@@ -106,12 +106,13 @@ def encode_token(point: datetime) -> str:
 def decode_token(token: str) -> datetime:
     """The point in time a resume token names; INVALID_ARGUMENT for anything else."""
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        padded = (token + "=" * (-len(token) % 4)).encode("ascii")
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
         prefix, micros = text.split(":")
         if prefix != "w1" or not micros.isdigit() or len(micros) > 17:
             raise ValueError(text)
         return _EPOCH + timedelta(microseconds=int(micros))
-    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError) as exc:
+    except (ValueError, binascii.Error, UnicodeError, OverflowError) as exc:
         raise invalid("resume_token", "malformed; pass the resume_token of a message of this stream") from exc
 
 

@@ -132,8 +132,10 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
     )
     store.add_revision(conn, RevisionRecord(workflow_id, 1, new.title, new.plan_json, new.max_cycles, new.orchestrator,
                                             etag, creator.name, now, "", None))  # fmt: skip
-    message = f"submitted by {creator.name}" + (
-        f"; needs {new.required_approvals} approvers" if new.required_approvals > 1 else ""
+    message = (
+        f"submitted by {creator.name}"
+        + (f"; needs {new.required_approvals} approvers" if new.required_approvals > 1 else "")
+        + data_note(new.plan_json)
     )
     event = store.append_event(
         conn,
@@ -435,7 +437,7 @@ def revise(conn: Connection, revision: Revision) -> Revised:
     number = row.revision + 1
     etag = trail.etag(revision.title, revision.plan_json, revision.max_cycles, row.orchestrator)
     dismissed = tuple(a.approver for a in row.approvals)
-    message = _revised_message(number, actor.name, revision.reason, dismissed)
+    message = _revised_message(number, actor.name, revision.reason, dismissed) + data_note(revision.plan_json)
     previous = store.event_hash(conn, row.workflow_id, row.last_sequence)
     store.add_revision(conn, RevisionRecord(row.workflow_id, number, revision.title, revision.plan_json,
                                             revision.max_cycles, row.orchestrator, etag, actor.name, now,
@@ -451,6 +453,15 @@ def revise(conn: Connection, revision: Revision) -> Revised:
                  message, actor.name, now, previous, actor.via, etag),
     )  # fmt: skip
     return Revised(Outcome(record, True, event), dismissed)
+
+
+def data_note(plan_json: str) -> str:
+    """The data files a plan reads and their digests, for the trail's readers (the etag binds
+    the whole fingerprint; this says which bytes in words)."""
+    files = {f["path"]: f["sha256"] for step in json.loads(plan_json) for f in step.get("sources", ())}
+    if not files:
+        return ""
+    return "; data: " + ", ".join(f"{path} sha256 {digest}" for path, digest in files.items())
 
 
 def _revised_message(number: int, actor: str, reason: str, dismissed: tuple[str, ...]) -> str:
