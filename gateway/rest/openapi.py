@@ -7,6 +7,7 @@ any JSON object. The few answers reshaped for the web UI (gateway/rest/hooks.py)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -122,6 +123,43 @@ SECURITY_SCHEMES = {
 }
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What a decision's body must hold beyond its schema, and how it is refused: the
+    descriptors cannot say that a proto3 string is required."""
+
+    required: tuple[str, ...]
+    description: str
+
+
+_READ_FIRST = (
+    "Send the `etag` of the revision you reviewed (`GET /workflows/{workflow_id}` returns it as "
+    "`workflow.etag`): without it the answer is 400 with a field violation on `etag` (read the workflow "
+    "first); if the plan was revised since, 409 `FAILED_PRECONDITION`, reason `ETAG_MISMATCH`, and "
+    "nothing is stored: read it again, review, then decide."
+)
+DECISIONS = {
+    "Approve": Decision(("etag",), "Approve the revision of the plan you reviewed. " + _READ_FIRST),
+    "Reject": Decision(
+        ("etag", "comment"),
+        "Reject the revision of the plan you reviewed, saying why: a blank `comment` is 400 with a field "
+        "violation on `comment`. " + _READ_FIRST,
+    ),
+}
+
+
+def _decision(operation: dict[str, Any], decision: Decision) -> None:
+    """Mark a decision's required fields and document its refusals (400 and 409)."""
+    body = operation["requestBody"]
+    body["required"] = True
+    content = body["content"]["application/json"]
+    content["schema"] = {"allOf": [content["schema"], {"type": "object", "required": list(decision.required)}]}
+    operation["description"] = decision.description
+    error = operation["responses"]["default"]
+    operation["responses"]["400"] = {**error, "description": "a required field is missing or malformed"}
+    operation["responses"]["409"] = {**error, "description": "already decided, or the plan was revised (ETAG_MISMATCH)"}
+
+
 def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     method = route.method
     request = method.input_type
@@ -159,6 +197,8 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.body:
         body_schema = schemas.ref(request) if route.body == "*" else schemas.field(request.fields_by_name[route.body])
         operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
+    if method.name in DECISIONS:
+        _decision(operation, DECISIONS[method.name])
     return operation
 
 

@@ -526,6 +526,24 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
     status, body = await api.call("GET", "/workflows/nope")
     check("/workflows/{workflow_id}", "get", "default", body)
 
+    # A decision's body must name the revision reviewed (a reject its reason too); the refusals are documented.
+    for verb, required in (("approve", ["etag"]), ("reject", ["etag", "comment"])):
+        operation = document["paths"][f"/workflows/{{workflow_id}}/{verb}"]["post"]
+        body_doc = operation["requestBody"]
+        assert body_doc["required"] is True
+        assert body_doc["content"]["application/json"]["schema"]["allOf"][1]["required"] == required
+        assert "ETAG_MISMATCH" in operation["description"] and "read the workflow first" in operation["description"]
+        assert {"200", "400", "409", "default"} <= set(operation["responses"])
+    waiting = await api.create()
+    status, body = await api.call("POST", f"/workflows/{waiting}/approve", user="alice", json={})
+    assert status == 400
+    check("/workflows/{workflow_id}/approve", "post", status, body)
+    status, body = await api.call(
+        "POST", f"/workflows/{waiting}/reject", user="bob", json={"etag": "0" * 64, "comment": "no"}
+    )
+    assert status == 409
+    check("/workflows/{workflow_id}/reject", "post", status, body)
+
 
 # --- status page --------------------------------------------------------------------------
 
