@@ -139,6 +139,11 @@ GATEWAY_TABLE: dict[str, dict[str, grpc.StatusCode]] = {
     "Reject": dict(zip(ROLES, (U, D, D, C.OK, C.OK), strict=True)),
     # someone else's workflow: only an admin may cancel it
     "CancelWorkflow": dict(zip(ROLES, (U, D, D, D, C.OK), strict=True)),
+    "RequestChanges": dict(zip(ROLES, (U, D, D, C.OK, C.OK), strict=True)),
+    # someone else's plan: only its submitter revises it, an admin neither
+    "ReviseWorkflow": dict(zip(ROLES, (U, D, D, D, D), strict=True)),
+    "GetRevision": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
+    "WatchWorkflows": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
 }
 
 
@@ -164,10 +169,19 @@ async def test_role_by_rpc_on_the_gateway(pair: Pair, rpc: str) -> None:
             "Approve": wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag),
             "Reject": wpb.RejectRequest(workflow_id=workflow_id, etag=created.etag, comment="no"),
             "CancelWorkflow": wpb.CancelWorkflowRequest(workflow_id=workflow_id),
+            "RequestChanges": wpb.RequestChangesRequest(workflow_id=workflow_id, etag=created.etag, reason="why"),
+            "ReviseWorkflow": wpb.ReviseWorkflowRequest(workflow_id=workflow_id, etag=created.etag, title="t2"),
+            "GetRevision": wpb.GetRevisionRequest(workflow_id=workflow_id, revision=1),
+            "WatchWorkflows": wpb.WatchWorkflowsRequest(page_size=1),
         }
         if rpc == "WatchStatus" and expected == C.OK:  # ends only with the workflow: read one message
             call = pair.stub.WatchStatus(requests[rpc], metadata=creds(role))
             assert (await call.read()).event.sequence == 1
+            call.cancel()
+            continue
+        if rpc == "WatchWorkflows" and expected == C.OK:  # never ends: read the list's first row
+            call = pair.stub.WatchWorkflows(requests[rpc], metadata=creds(role))
+            assert (await call.read()).change.workflow.workflow_id
             call.cancel()
             continue
         got = await code_of(getattr(pair.stub, rpc)(requests[rpc], metadata=creds(role)))
