@@ -22,15 +22,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import Connection
+
 from auditflow import convert, metrics, plans, principal, statuses, tracing, trail
 from auditflow.db import Database
 from auditflow.errors import InvalidArgument, NotFound, invalid
+from auditflow.limits import Limiter, LimitSettings, Rate
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import messages, store, workflows
+from gateway import messages, quota, store, workflows
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.outbox import OutboxRelay
+from gateway.quota import PlanLimits
 from gateway.store import WorkflowRecord
 from gateway.verify import TrailVerifier
 from gateway.watch import Watcher
@@ -39,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+DEFAULT_MAX_PAGE_BYTES = 1024 * 1024
+PAGE_ROW_OVERHEAD = 6  # a row's tag and length in the page's encoding (at most)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ class WorkflowApi:
         self_approval: bool = False,
         approvals: Approvals = Approvals(),
         signer: trail.Signer | None = None,
+        limiter: Limiter | None = None,
+        plan_limits: PlanLimits = quota.NO_QUOTA,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
     ) -> None:
         self._db = db
         self._relay = relay
@@ -81,11 +90,15 @@ class WorkflowApi:
         self._signer = signer
         self._default_max_cycles = default_max_cycles
         self._self_approval = self_approval
+        self._limiter = limiter
+        self._plan_limits = plan_limits
+        self._max_page_bytes = max_page_bytes
 
     async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest) -> wpb.CreateWorkflowResponse:
         user = principal.current()
+        quota.check_size(request, self._plan_limits)
         # Procedures may check files (a ledger path): blocking work, off the event loop.
-        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
+        await asyncio.to_thread(quota.check_plan, request, self._plan_limits)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         required = self._approvals.required(request.required_approvals)
         new = workflows.NewWorkflow(
@@ -98,7 +111,7 @@ class WorkflowApi:
             request_id=request.request_id,
             required_approvals=required,
         )
-        outcome = await self._db.write(lambda conn: workflows.create(conn, new))
+        outcome = await self._db.write(lambda conn: self._create(conn, new))
         self._published(outcome)
         if outcome.changed:
             logger.info("workflow %s submitted by %s (%d steps)", outcome.record.workflow_id, user.name, new.steps)
@@ -121,8 +134,24 @@ class WorkflowApi:
         after = _decode_token(request.page_token) if request.page_token else None
         filter_ = list(request.statuses)
         records = await self._db.scan(lambda conn: store.list_page(conn, filter_, size + 1, after))
-        token = _encode_token(records[size - 1]) if len(records) > size else ""
-        return wpb.ListWorkflowsResponse(workflows=[self._workflow(r) for r in records[:size]], next_page_token=token)
+        # Building a page is CPU work in proportion to its plans: off the event loop.
+        return await asyncio.to_thread(self._page, records, size)
+
+    def _page(self, records: list[WorkflowRecord], size: int) -> wpb.ListWorkflowsResponse:
+        """Up to `size` rows, stopping before the page passes max_page_bytes (at least one row);
+        the token covers the rest."""
+        page = wpb.ListWorkflowsResponse()
+        used = 0
+        for record in records[:size]:
+            workflow = self._workflow(record)
+            used += workflow.ByteSize() + PAGE_ROW_OVERHEAD
+            if page.workflows and used > self._max_page_bytes:
+                page.next_page_token = _encode_token(records[len(page.workflows) - 1])
+                return page
+            page.workflows.append(workflow)
+        if len(records) > size:
+            page.next_page_token = _encode_token(records[size - 1])
+        return page
 
     async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
         record = (await self._decide(request, workflows.APPROVE)).record
@@ -157,9 +186,32 @@ class WorkflowApi:
 
     async def WhoAmI(self, request: wpb.WhoAmIRequest) -> wpb.WhoAmIResponse:
         caller = principal.current()
-        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via)
+        pending = await self._db.read(lambda conn: quota.pending(conn, caller))
+        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via,
+                                  limits=self._limits_of(caller, pending))  # fmt: skip
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _create(self, conn: Connection, new: workflows.NewWorkflow) -> workflows.Outcome:
+        """Create, unless the creator's plans awaiting approval are at the quota."""
+        quota.check_pending(conn, new.created_by, new.request_id, self._plan_limits)
+        return workflows.create(conn, new)
+
+    def _limits_of(self, caller: principal.Principal, pending: int) -> wpb.CallerLimits:
+        rates = self._limiter.settings if self._limiter is not None else LimitSettings()
+        plan = self._plan_limits
+        return wpb.CallerLimits(
+            write=_rate(rates.write),
+            read=_rate(rates.read),
+            watch=_rate(rates.watch),
+            max_streams=rates.max_streams,
+            open_streams=self._limiter.open_streams(caller) if self._limiter is not None else 0,
+            max_pending_plans=plan.max_pending_plans,
+            pending_plans=pending,
+            max_plan_bytes=plan.max_plan_bytes,
+            max_plan_steps=plan.max_plan_steps,
+            max_parameters_bytes=plan.max_parameters_bytes,
+        )
 
     def _workflow(self, record: WorkflowRecord) -> pb.Workflow:
         return messages.workflow(record, self._relay.unavailable_since)
@@ -226,6 +278,10 @@ def _decided(outcome: workflows.Outcome) -> str:
     if outcome.outbox is not None:
         return "dispatched"
     return "rejected" if outcome.record.status == pb.WORKFLOW_STATUS_REJECTED else "recorded"
+
+
+def _rate(rate: Rate) -> wpb.CallRate:
+    return wpb.CallRate(per_second=rate.per_second, burst=rate.burst)
 
 
 def approve_response(record: WorkflowRecord, unavailable_since: datetime | None) -> wpb.ApproveResponse:
