@@ -198,7 +198,11 @@ class ListWorkflowsResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.Workflow]: ...
+    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.Workflow]:
+        """A page may hold fewer than page_size workflows: it also stops before the server's page
+        size in bytes (1 MiB unless configured), with at least one workflow.
+        """
+
     def __init__(
         self,
         *,
