@@ -9,6 +9,7 @@ is refused is refused by count, never by timing."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client import REGISTRY
 
+from auditflow import trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from gateway import messages
 from gateway.quota import PlanLimits
+from gateway.rest import app
 from gateway.server import Gateway
 from gateway.server import create_server as create_gateway
 from gateway.settings import Settings as GatewaySettings
@@ -294,3 +298,36 @@ def test_the_command_line_defaults_and_their_environment_variables(monkeypatch: 
         parse(["--max-plan-steps", "101"])
     with pytest.raises(SystemExit):
         parse(["--read-rate", "-1"])
+
+
+async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One caller's heavy request must not hold the loop that serves everyone else: the work
+    that grows with what is asked runs on worker threads."""
+    pair = await start()
+    carol = as_user("carol")
+    created = []
+    for _ in range(12):  # about 9 KB each: the page's JSON is past the 64 KiB that goes to a thread
+        request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 9_000)])
+        created.append((await pair.stub.CreateWorkflow(request, metadata=carol)).workflow.workflow_id)
+    loop_thread = threading.get_ident()
+    threads: dict[str, set[int]] = {"page": set(), "json": set(), "trail": set()}
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads[name].add(threading.get_ident())
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(messages, "workflow", recorded("page", messages.workflow))
+    monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
+    monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
+    page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=carol)
+    assert len(page.workflows) == 12
+    async with pair.http.get(pair.url + "/workflows?page_size=100", headers=auth.headers("carol")) as response:
+        assert response.status == 200 and len((await response.json())["workflows"]) == 12
+    verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=created[0]), metadata=carol)
+    assert verified.intact
+    assert all(found and loop_thread not in found for found in threads.values()), threads
