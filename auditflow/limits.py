@@ -9,10 +9,11 @@ priority and fairness and Temporal's per-namespace rate limits:
 
 Past a rate, the call ends RESOURCE_EXHAUSTED (REST: 429) saying when a token comes back
 (`retry_after`: gRPC trailing metadata `retry-after` and a google.rpc.RetryInfo detail; REST
-the Retry-After header). Past a quota (streams, pending plans) it ends RESOURCE_EXHAUSTED
-with a google.rpc.QuotaFailure and no retry time: what frees a slot is the caller's own
-stream ending, or someone deciding a plan, not the clock. Every refusal counts in
-`auditflow_limit_refusals_total` by limit.
+the Retry-After header), after being held up to a second: refusing is cheap but not free, and
+a client that ignores Retry-After would otherwise keep the server busy refusing it. Past a
+quota (streams, pending plans) it ends RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure and
+no retry time: what frees a slot is the caller's own stream ending, or someone deciding a
+plan, not the clock. Every refusal counts in `auditflow_limit_refusals_total` by limit.
 
 Services (a gateway calling a processor) are not people and are not limited. The state is a
 few numbers per principal, in memory, checked on the event loop in constant time; principals
@@ -21,6 +22,7 @@ idle long enough to have full buckets and no stream are forgotten.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import math
@@ -150,6 +152,8 @@ class _Caller:
     streams: int = 0
 
 
+# The longest a refusal past a rate is held before it is answered (seconds).
+MAX_HOLD = 1.0
 # Principals kept before idle ones are forgotten (a sweep, at most once per this many new ones).
 SWEEP_AT = 10_000
 
@@ -157,15 +161,20 @@ SWEEP_AT = 10_000
 class Limiter:
     """The rate and stream limits of every principal of one server (one per process)."""
 
-    def __init__(self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic, hold: float = MAX_HOLD
+    ) -> None:
         self.settings = settings
         self._clock = clock
+        self._hold = hold
         self._callers: dict[str, _Caller] = {}
         self._sweep_at = SWEEP_AT
 
-    def admit(self, method: str, caller: Principal, request: object = None) -> None:
+    async def admit(self, method: str, caller: Principal, request: object = None) -> None:
         """Take the call's tokens (`cost`) of its kind, or raise LimitExceeded saying when
-        to retry."""
+        to retry. The refusal is held for that long, at most `hold` seconds: a client that
+        retries at once, whatever Retry-After says, is slowed to the pace of its refusals
+        instead of making the server refuse it thousands of times a second."""
         if GATEWAY in caller.roles:
             return
         kind = kind_of(method)
@@ -178,13 +187,17 @@ class Limiter:
         if bucket is None:
             bucket = state.buckets[kind] = Bucket(rate, now)
         wait = bucket.take(now, min(cost(request), rate.burst))
-        if wait > 0:
-            raise refused(
-                f"{kind}_rate",
-                f"too many {kind} calls: {caller.name} may make {rate.per_second:g} a second "
-                f"(bursts of {rate.burst}); retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+        if wait <= 0:
+            return
+        held = min(wait, self._hold)
+        if held > 0:
+            await asyncio.sleep(held)
+        raise refused(
+            f"{kind}_rate",
+            f"too many {kind} calls: {caller.name} may make {rate.per_second:g} a second "
+            f"(bursts of {rate.burst}); retry in {wait - held:.1f} s",
+            retry_after=wait - held,
+        )
 
     @contextlib.contextmanager
     def stream(self, caller: Principal) -> Iterator[None]:

@@ -228,7 +228,7 @@ class RestApp:
         principal.set_current(caller)  # (each request runs in a task of its own)
         message = await self._request_message(route, request)
         if self._limiter is not None and isinstance(message, Message):
-            self._limiter.admit(route.rpc_path, caller, message)
+            await self._limiter.admit(route.rpc_path, caller, message)
         return message
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:

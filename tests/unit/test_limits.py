@@ -4,6 +4,8 @@ forgotten, services are never limited."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from auditflow import limits
@@ -37,28 +39,28 @@ def test_rates_parse_and_print() -> None:
             Rate.parse(bad)
 
 
-def test_a_bucket_serves_its_burst_then_its_rate_and_says_when() -> None:
+async def test_a_bucket_serves_its_burst_then_its_rate_and_says_when() -> None:
     clock = Clock()
-    limiter = Limiter(LimitSettings(write=Rate(2, 3)), clock)
+    limiter = Limiter(LimitSettings(write=Rate(2, 3)), clock, hold=0)
     for _ in range(3):
-        limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
+        await limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
     with pytest.raises(LimitExceeded) as caught:
-        limiter.admit("/auditflow.v1.WorkflowService/CreateWorkflow", ALICE_AGAIN)  # same key, same bucket
+        await limiter.admit("/auditflow.v1.WorkflowService/CreateWorkflow", ALICE_AGAIN)  # same key, same bucket
     assert caught.value.retry_after == pytest.approx(0.5) and caught.value.limit == "write_rate"
-    limiter.admit("/auditflow.v1.WorkflowService/Approve", BOB)  # bob's own bucket
-    limiter.admit("/auditflow.v1.WorkflowService/GetStatus", ALICE)  # reads: not limited here
+    await limiter.admit("/auditflow.v1.WorkflowService/Approve", BOB)  # bob's own bucket
+    await limiter.admit("/auditflow.v1.WorkflowService/GetStatus", ALICE)  # reads: not limited here
     clock.now += 0.5
-    limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
+    await limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
     with pytest.raises(LimitExceeded):
-        limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
+        await limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
     clock.now += 100  # refills to the burst, no further
     for _ in range(3):
-        limiter.admit("/auditflow.v1.WorkflowService/Reject", ALICE)
+        await limiter.admit("/auditflow.v1.WorkflowService/Reject", ALICE)
     with pytest.raises(LimitExceeded):
-        limiter.admit("/auditflow.v1.WorkflowService/Reject", ALICE)
+        await limiter.admit("/auditflow.v1.WorkflowService/Reject", ALICE)
 
 
-def test_kinds_and_costs() -> None:
+async def test_kinds_and_costs() -> None:
     assert limits.kind_of("/auditflow.v1.WorkflowService/WatchStatus") == Kind.WATCH
     assert limits.kind_of("ExportFindings") == Kind.WATCH
     assert limits.kind_of("/auditflow.v1.WorkflowService/CancelWorkflow") == Kind.WRITE
@@ -66,10 +68,10 @@ def test_kinds_and_costs() -> None:
     assert limits.cost(wpb.ListWorkflowsRequest(page_size=500)) == 10
     assert limits.cost(wpb.ListWorkflowsRequest()) == 1 and limits.cost(wpb.GetStatusRequest()) == 1
     clock = Clock()
-    limiter = Limiter(LimitSettings(read=Rate(1, 5)), clock)
-    limiter.admit("ListWorkflows", ALICE, wpb.ListWorkflowsRequest(page_size=500))  # costs the whole burst (5)
+    limiter = Limiter(LimitSettings(read=Rate(1, 5)), clock, hold=0)
+    await limiter.admit("ListWorkflows", ALICE, wpb.ListWorkflowsRequest(page_size=500))  # costs the whole burst (5)
     with pytest.raises(LimitExceeded) as caught:
-        limiter.admit("ListWorkflows", ALICE, wpb.ListWorkflowsRequest(page_size=500))
+        await limiter.admit("ListWorkflows", ALICE, wpb.ListWorkflowsRequest(page_size=500))
     assert caught.value.retry_after == pytest.approx(5.0)
 
 
@@ -88,24 +90,41 @@ def test_streams_are_held_until_they_end() -> None:
     assert limiter.open_streams(ALICE) == 0
 
 
-def test_services_are_not_limited() -> None:
-    limiter = Limiter(LimitSettings(read=Rate(0.001, 1), max_streams=1), Clock())
+async def test_services_are_not_limited() -> None:
+    limiter = Limiter(LimitSettings(read=Rate(0.001, 1), max_streams=1), Clock(), hold=0)
     for _ in range(10):
-        limiter.admit("/auditflow.v1.ProcessorService/GetRun", GATEWAY)
+        await limiter.admit("/auditflow.v1.ProcessorService/GetRun", GATEWAY)
     with limiter.stream(GATEWAY), limiter.stream(GATEWAY):
         pass
 
 
-def test_idle_principals_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_idle_principals_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "SWEEP_AT", 10)
     clock = Clock()
-    limiter = Limiter(LimitSettings(read=Rate(1, 2), max_streams=5), clock)
+    limiter = Limiter(LimitSettings(read=Rate(1, 2), max_streams=5), clock, hold=0)
     with limiter.stream(ALICE):
-        limiter.admit("GetStatus", BOB)
+        await limiter.admit("GetStatus", BOB)
         for n in range(20):
-            limiter.admit("GetStatus", Principal(f"user{n}", frozenset({"viewer"}), "jwt:test"))
+            await limiter.admit("GetStatus", Principal(f"user{n}", frozenset({"viewer"}), "jwt:test"))
         clock.now += 10  # every bucket full again
         for n in range(20, 40):
-            limiter.admit("GetStatus", Principal(f"user{n}", frozenset({"viewer"}), "jwt:test"))
+            await limiter.admit("GetStatus", Principal(f"user{n}", frozenset({"viewer"}), "jwt:test"))
         assert len(limiter._callers) < 30
         assert limiter.open_streams(ALICE) == 1  # a principal with a stream open is kept
+
+
+async def test_a_refusal_is_held_for_the_wait_at_most_hold_seconds() -> None:
+    loop = asyncio.get_running_loop()
+    clock = Clock()
+    limiter = Limiter(LimitSettings(write=Rate(20, 1)), clock, hold=0.2)
+    await limiter.admit("Approve", ALICE)
+    started = loop.time()
+    with pytest.raises(LimitExceeded) as caught:
+        await limiter.admit("Approve", ALICE)  # a token in 0.05 s: held that long, then "retry now"
+    assert loop.time() - started >= 0.05 and caught.value.retry_after == pytest.approx(0.0)
+    slow = Limiter(LimitSettings(write=Rate(0.01, 1)), clock, hold=0.2)
+    await slow.admit("Approve", ALICE)
+    started = loop.time()
+    with pytest.raises(LimitExceeded) as caught:
+        await slow.admit("Approve", ALICE)  # a token in 100 s: held 0.2 s, then "retry in 99.8 s"
+    assert loop.time() - started >= 0.2 and caught.value.retry_after == pytest.approx(99.8)

@@ -1,0 +1,350 @@
+"""One principal floods the gateway; three others should not notice.
+
+Starts the pair (processor + gateway subprocesses, SQLite) with the gateway's default
+per-principal limits (docs/security.md), then measures three people at their ordinary pace,
+each with the approver role: GetStatus five times a second, Approve twice a second (plans a
+planner submitted beforehand), and a WatchStatus opened once a second (timed to its first
+event, then closed). Two phases of the same length, in the same run:
+- unloaded: the three alone;
+- loaded: meanwhile one principal with the submitter role, in a process of its own, sends
+  the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
+  of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
+  status streams as it can hold, trying for more all the time.
+
+Reported per call: calls, failures, p50 and p99 in each phase, and the ratio of the loaded p99
+to the unloaded one (target: at most 2, with 0 failures); and what the flood got: calls
+answered, refused by the limits (by status), and the streams it held.
+
+    python bench/fairness.py                # 15 s per phase
+    python bench/fairness.py --quick        # 4 s per phase, for a smoke test
+
+On a 2-core machine the flooding process and the gateway share the cores: the loaded phase
+measures the limits and the machine's contention together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+
+from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
+from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
+from bench._loadgen import percentile  # noqa: E402
+from tests.support import auth  # noqa: E402
+from tests.support.cluster import Pair, wait_http  # noqa: E402
+
+PLUGIN = ["--plugin", "tests.support.procedures"]
+PEOPLE = ("alice", "bob", "carol")
+PLANNERS = ("planner-1", "planner-2", "planner-3")
+FLOOD = "flood"
+CALLS = ("GetStatus", "Approve", "WatchStatus")
+# Each person's pace: seconds between calls of each kind.
+PACE = {"GetStatus": 0.2, "Approve": 0.5, "WatchStatus": 1.0}
+# The flood's largest plan under the default limits: 15 steps of 16,000-byte parameters (240 KB).
+FLOOD_STEPS, FLOOD_PARAMETER = 15, 16_000
+TIMEOUT = 30.0
+FLOOD_KINDS = ("create", "list", "rest", "watch")
+
+
+def metadata(name: str, roles: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {auth.jwt_for(name, roles)}"),)
+
+
+def small_plan(title: str) -> wpb.CreateWorkflowRequest:
+    step = pb.PlanStep(procedure="test_noop")
+    return wpb.CreateWorkflowRequest(title=title, plan=[step])
+
+
+# --- the three people -------------------------------------------------------------------
+
+
+class Person:
+    """One person's calls at their pace; every call's latency, and its failures, by kind."""
+
+    def __init__(self, stub: wpb_grpc.WorkflowServiceStub, name: str, plans: list[str], watched: list[str]) -> None:
+        self.stub = stub
+        self.name = name
+        self.meta = metadata(name, ("approver",))
+        self.plans = iter(plans)
+        self.watched = watched
+        self.latencies: dict[str, list[float]] = {call: [] for call in CALLS}
+        self.failures: Counter[str] = Counter()
+
+    async def run(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "GetStatus": self._status,
+            "Approve": self._approve,
+            "WatchStatus": self._watch,
+        }
+        await asyncio.gather(*(self._paced(kind, call, until) for kind, call in calls.items()))
+
+    async def _paced(self, kind: str, call: Callable[[], Awaitable[Any]], until: float) -> None:
+        """Calls at a steady pace (a late call does not push the next ones back)."""
+        start = time.monotonic() + random.uniform(0, PACE[kind])  # (the three out of step)
+        for n in itertools.count():
+            due = start + n * PACE[kind]
+            if due >= until:
+                return
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sent = time.perf_counter()
+            try:
+                await call()
+            except grpc.aio.AioRpcError as exc:
+                self.failures[f"{kind} {exc.code().name}"] += 1
+                continue
+            self.latencies[kind].append(time.perf_counter() - sent)
+
+    async def _status(self) -> None:
+        request = wpb.GetStatusRequest(workflow_id=random.choice(self.watched))
+        await self.stub.GetStatus(request, metadata=self.meta, timeout=TIMEOUT)
+
+    async def _approve(self) -> None:
+        request = wpb.ApproveRequest(workflow_id=next(self.plans))
+        await self.stub.Approve(request, metadata=self.meta, timeout=TIMEOUT)
+
+    async def _watch(self) -> None:
+        request = wpb.WatchStatusRequest(workflow_id=random.choice(self.watched))
+        stream = self.stub.WatchStatus(request, metadata=self.meta, timeout=TIMEOUT)
+        try:
+            if await stream.read() == grpc.aio.EOF:
+                raise RuntimeError("the stream ended before its first event")
+        finally:
+            stream.cancel()
+
+
+async def measure(target: str, plans: dict[str, list[str]], watched: list[str], seconds: float) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        people = [Person(stub, name, plans[name], watched) for name in PEOPLE]
+        await asyncio.gather(*(person.run(seconds) for person in people))
+    figures: dict[str, Any] = {}
+    for kind in CALLS:
+        latencies = [x for person in people for x in person.latencies[kind]]
+        failures = sum(n for person in people for key, n in person.failures.items() if key.startswith(kind))
+        figures[kind] = {
+            "calls": len(latencies),
+            "failures": failures,
+            "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else 0.0,
+            "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else 0.0,
+        }
+    figures["failures_by_status"] = dict(sum((p.failures for p in people), Counter()))
+    return figures
+
+
+# --- the flood --------------------------------------------------------------------------
+
+
+def flood_main(
+    target: str, rest_url: str, token: str, kinds: list[str], watched: list[str], stop: Any, ready: Any, out: Any
+) -> None:
+    """The flooding principal (its JWT minted by the parent, whose key the gateway trusts), in
+    a process of its own until `stop` is set."""
+    out.put(asyncio.run(_flood(target, rest_url, token, kinds, watched, stop, ready)))
+
+
+async def _flood(
+    target: str, rest_url: str, token: str, kinds: list[str], watched: list[str], stop: Any, ready: Any
+) -> dict[str, Any]:
+    meta = (("authorization", f"Bearer {token}"),)
+    tally: Counter[str] = Counter()
+    held: list[Any] = []
+    stopping = asyncio.Event()
+
+    async def until_stopped() -> None:
+        await asyncio.to_thread(stop.wait)
+        stopping.set()
+
+    async def hammer(name: str, call: Callable[[], Awaitable[Any]]) -> None:
+        while not stopping.is_set():
+            try:
+                await call()
+                tally[f"{name} OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                tally[f"{name} {exc.code().name}"] += 1
+            except aiohttp.ClientError as exc:
+                tally[f"{name} {type(exc).__name__}"] += 1
+
+    big = wpb.CreateWorkflowRequest(title="flood", plan=[
+        pb.PlanStep(procedure="test_noop") for _ in range(FLOOD_STEPS)])  # fmt: skip
+    for step in big.plan:
+        step.parameters.update({"note": "x" * FLOOD_PARAMETER})
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [await stack.enter_async_context(grpc.aio.insecure_channel(target)) for _ in range(2)]
+        stubs = [wpb_grpc.WorkflowServiceStub(channel) for channel in channels]
+        http = await stack.enter_async_context(aiohttp.ClientSession(headers=bearer))
+
+        async def create(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            await stub.CreateWorkflow(big, metadata=meta, timeout=TIMEOUT)
+
+        async def page(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            await stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=meta, timeout=TIMEOUT)
+
+        async def rest_page() -> None:
+            async with http.get(f"{rest_url}/workflows?page_size=500") as response:
+                await response.read()
+                if response.status != 200:
+                    raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+
+        async def stream(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            call = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=random.choice(watched)), metadata=meta)
+            if await call.read() == grpc.aio.EOF:
+                return
+            held.append(call)  # held open until the end
+
+        loops = [until_stopped()]
+        for stub in stubs:
+            if "create" in kinds:
+                loops += [hammer("CreateWorkflow", lambda s=stub: create(s)) for _ in range(2)]  # type: ignore[misc]
+            if "list" in kinds:
+                loops += [hammer("ListWorkflows", lambda s=stub: page(s)) for _ in range(2)]  # type: ignore[misc]
+            if "watch" in kinds:
+                loops += [hammer("WatchStatus", lambda s=stub: stream(s)) for _ in range(2)]  # type: ignore[misc]
+        if "rest" in kinds:
+            loops += [hammer("REST ListWorkflows", rest_page) for _ in range(2)]
+        ready.set()
+        await asyncio.gather(*loops)
+        peak = len(held)
+        for call in held:
+            call.cancel()
+    return {"calls": dict(sorted(tally.items())), "streams_held": peak}
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+async def prepare(target: str, approvals: int) -> tuple[dict[str, list[str]], list[str]]:
+    """Plans for each person to approve (submitted by planners, at their rate), and plans
+    to watch (awaiting approval: their streams stay open)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+
+        async def submit(planner: str, count: int) -> list[str]:
+            meta = metadata(planner, ("submitter",))
+            made: list[str] = []
+            while len(made) < count:
+                try:
+                    answer = await stub.CreateWorkflow(small_plan(planner), metadata=meta, timeout=TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    retry = dict(exc.trailing_metadata() or ()).get("retry-after", "1")
+                    await asyncio.sleep(float(str(retry)))  # (a polite client honours Retry-After)
+                    continue
+                made.append(answer.workflow.workflow_id)
+            return made
+
+        made = await asyncio.gather(*(submit(planner, approvals + 5) for planner in PLANNERS))
+    plans = {person: ids[:approvals] for person, ids in zip(PEOPLE, made, strict=True)}
+    watched = [workflow_id for ids in made for workflow_id in ids[approvals:]]
+    return plans, watched
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    approvals = int(args.seconds / PACE["Approve"]) + 2
+    with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
+        pair = Pair(Path(tmp), processor_args=PLUGIN, gateway_args=PLUGIN, log_level="WARNING",
+                    principal_limits=True)  # fmt: skip
+        pair.start()
+        try:
+            rest_url = f"http://127.0.0.1:{pair.gateway.rest_port}"
+            wait_http(f"{rest_url}/openapi.json")
+            target = pair.gateway.target
+            plans, watched = asyncio.run(prepare(target, 2 * approvals))
+            first = {name: ids[:approvals] for name, ids in plans.items()}
+            second = {name: ids[approvals:] for name, ids in plans.items()}
+            figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
+            gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
+            used = cpu_seconds(gateway_pid)
+            figures["unloaded"] = asyncio.run(measure(target, first, watched, args.seconds))
+            figures["unloaded"]["gateway_cpu_share"] = (cpu_seconds(gateway_pid) - used) / args.seconds
+            context = multiprocessing.get_context("spawn")
+            stop, ready, out = context.Event(), context.Event(), context.Queue()
+            flood = context.Process(
+                target=flood_main,
+                args=(target, rest_url, auth.jwt_for(FLOOD, ("submitter",)), args.flood, watched, stop, ready, out),
+            )
+            flood.start()
+            if not ready.wait(60):
+                raise RuntimeError("the flooding process did not start")
+            used = cpu_seconds(gateway_pid)
+            figures["loaded"] = asyncio.run(measure(target, second, watched, args.seconds))
+            figures["loaded"]["gateway_cpu_share"] = (cpu_seconds(gateway_pid) - used) / args.seconds
+            stop.set()
+            figures["flood"] = out.get(timeout=120)
+            flood.join(30)
+            figures["load_average_after"] = list(os.getloadavg())
+        finally:
+            pair.stop()
+    figures["p99_ratio"] = {
+        kind: figures["loaded"][kind]["p99_ms"] / figures["unloaded"][kind]["p99_ms"] for kind in CALLS
+    }
+    return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(figures: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    load = " ".join(f"{x:.2f}" for x in figures["load_average"])
+    print(f"\nthree people at their pace, alone and beside one flooding principal ({figures['cpus']} CPUs; "
+          f"load average {load} before)")  # fmt: skip
+    print(f"  {'call':<12}{'unloaded p50/p99 ms':>22}{'loaded p50/p99 ms':>20}{'p99 ratio':>11}{'failures':>10}")
+    for kind in CALLS:
+        alone, loaded = figures["unloaded"][kind], figures["loaded"][kind]
+        ratio = figures["p99_ratio"][kind]
+        verdict = "ok" if ratio <= 2 and alone["failures"] + loaded["failures"] == 0 else "MISSED"
+        print(f"  {kind:<12}{alone['p50_ms']:>10.1f} / {alone['p99_ms']:<9.1f}{loaded['p50_ms']:>8.1f} / "
+              f"{loaded['p99_ms']:<9.1f}{ratio:>8.2f}x{alone['failures'] + loaded['failures']:>10}  {verdict} "
+              f"({alone['calls']}, {loaded['calls']} calls)")  # fmt: skip
+    shares = figures["unloaded"]["gateway_cpu_share"], figures["loaded"]["gateway_cpu_share"]
+    print(f"  the gateway's CPU: {shares[0]:.0%} of a core unloaded, {shares[1]:.0%} loaded")
+    flood = figures["flood"]
+    print(
+        f"  the flood: {flood['streams_held']} streams held; calls by answer: "
+        + ", ".join(f"{key} {n}" for key, n in flood["calls"].items())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
+    parser.add_argument("--flood", type=lambda t: t.split(","), default=list(FLOOD_KINDS),
+                        help="what the flood sends, of " + ",".join(FLOOD_KINDS))  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds = 4.0
+    report(run(args), as_json=args.json)
+
+
+if __name__ == "__main__":
+    main()
