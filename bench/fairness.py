@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     approvals = int(args.seconds / PACE["Approve"]) + 2
     with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
         pair = Pair(Path(tmp), processor_args=PLUGIN, gateway_args=PLUGIN, log_level="WARNING",
-                    principal_limits=True)  # fmt: skip
+                    principal_limits=not args.without_limits)  # fmt: skip
         pair.start()
         try:
             rest_url = f"http://127.0.0.1:{pair.gateway.rest_port}"
@@ -274,7 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             plans, watched = asyncio.run(prepare(target, 2 * approvals))
             first = {name: ids[:approvals] for name, ids in plans.items()}
             second = {name: ids[approvals:] for name, ids in plans.items()}
-            figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
+            figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
+                                       "without_limits": args.without_limits}  # fmt: skip
             gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
             used = cpu_seconds(gateway_pid)
             figures["unloaded"] = asyncio.run(measure(target, first, watched, args.seconds))
@@ -314,8 +315,9 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         print(json.dumps(figures, indent=2))
         return
     load = " ".join(f"{x:.2f}" for x in figures["load_average"])
-    print(f"\nthree people at their pace, alone and beside one flooding principal ({figures['cpus']} CPUs; "
-          f"load average {load} before)")  # fmt: skip
+    limits = "no per-principal limits" if figures["without_limits"] else "the default limits"
+    print(f"\nthree people at their pace, alone and beside one flooding principal ({limits}; {figures['cpus']} "
+          f"CPUs; load average {load} before)")  # fmt: skip
     print(f"  {'call':<12}{'unloaded p50/p99 ms':>22}{'loaded p50/p99 ms':>20}{'p99 ratio':>11}{'failures':>10}")
     for kind in CALLS:
         alone, loaded = figures["unloaded"][kind], figures["loaded"][kind]
@@ -338,6 +340,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
     parser.add_argument("--flood", type=lambda t: t.split(","), default=list(FLOOD_KINDS),
                         help="what the flood sends, of " + ",".join(FLOOD_KINDS))  # fmt: skip
+    parser.add_argument("--without-limits", action="store_true",
+                        help="the gateway without per-principal limits (what they are worth, by contrast)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

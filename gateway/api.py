@@ -30,7 +30,7 @@ from auditflow.errors import InvalidArgument, NotFound, invalid
 from auditflow.limits import Limiter, LimitSettings, Rate
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import messages, quota, store, workflows
+from gateway import messages, pages, quota, store, workflows
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.outbox import OutboxRelay
@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 DEFAULT_MAX_PAGE_BYTES = 1024 * 1024
-PAGE_ROW_OVERHEAD = 6  # a row's tag and length in the page's encoding (at most)
 
 
 @dataclass(frozen=True)
@@ -133,25 +132,8 @@ class WorkflowApi:
         size = request.page_size or DEFAULT_PAGE_SIZE
         after = _decode_token(request.page_token) if request.page_token else None
         filter_ = list(request.statuses)
-        records = await self._db.scan(lambda conn: store.list_page(conn, filter_, size + 1, after))
-        # Building a page is CPU work in proportion to its plans: off the event loop.
-        return await asyncio.to_thread(self._page, records, size)
-
-    def _page(self, records: list[WorkflowRecord], size: int) -> wpb.ListWorkflowsResponse:
-        """Up to `size` rows, stopping before the page passes max_page_bytes (at least one row);
-        the token covers the rest."""
-        page = wpb.ListWorkflowsResponse()
-        used = 0
-        for record in records[:size]:
-            workflow = self._workflow(record)
-            used += workflow.ByteSize() + PAGE_ROW_OVERHEAD
-            if page.workflows and used > self._max_page_bytes:
-                page.next_page_token = _encode_token(records[len(page.workflows) - 1])
-                return page
-            page.workflows.append(workflow)
-        if len(records) > size:
-            page.next_page_token = _encode_token(records[size - 1])
-        return page
+        bounds = pages.Bounds(size, self._max_page_bytes)
+        return await pages.read(self._db, filter_, after, bounds, self._workflow, _encode_token)
 
     async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
         record = (await self._decide(request, workflows.APPROVE)).record

@@ -26,7 +26,7 @@ from auditflow import trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway import messages
+from gateway import messages, store
 from gateway.quota import PlanLimits
 from gateway.rest import app
 from gateway.server import Gateway
@@ -257,7 +257,9 @@ async def test_whoami_shows_the_callers_limits(start: Any) -> None:
     assert body["limits"]["read"] == {"per_second": 20, "burst": 100}, body
 
 
-async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(start: Any) -> None:
+async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pair = await start(max_page_bytes=4_000)
     carol = as_user("carol")
     for _ in range(12):  # about 1 KB each
@@ -266,12 +268,22 @@ async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(start: A
         )
     huge = wpb.CreateWorkflowRequest(title="big", plan=[step("test_noop", note="h" * 9_000)])
     await pair.stub.CreateWorkflow(huge, metadata=carol)  # bigger than a page: alone on its page
+    limits_read: list[int] = []
+    list_page = store.list_page
+
+    def counted(conn: Any, status_filter: Any, limit: int, after: Any) -> Any:
+        limits_read.append(limit)
+        return list_page(conn, status_filter, limit, after)
+
+    monkeypatch.setattr(store, "list_page", counted)
     seen: list[str] = []
     pages = 0
     token = ""
     while True:
         page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500, page_token=token), metadata=carol)
         pages += 1
+        if pages == 1:  # a page that ends after a few large rows reads few rows
+            assert limits_read == [9], limits_read
         assert page.workflows, "every page holds at least one workflow"
         assert page.ByteSize() <= 4_000 or len(page.workflows) == 1, page.ByteSize()
         seen += [w.workflow_id for w in page.workflows]
@@ -325,7 +337,14 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
     monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
     monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
     page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=carol)
-    assert len(page.workflows) == 12
+    assert [w.workflow_id for w in page.workflows] == created[::-1] and not page.next_page_token
+    shown, token = [], ""  # pages of 5, each read in rounds (8 rows, then 32): none lost, none twice
+    for expected in (5, 5, 2):
+        part = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=5, page_token=token), metadata=carol)
+        assert len(part.workflows) == expected
+        shown += [w.workflow_id for w in part.workflows]
+        token = part.next_page_token
+    assert shown == created[::-1] and not token
     async with pair.http.get(pair.url + "/workflows?page_size=100", headers=auth.headers("carol")) as response:
         assert response.status == 200 and len((await response.json())["workflows"]) == 12
     verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=created[0]), metadata=carol)
