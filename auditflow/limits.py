@@ -97,7 +97,7 @@ class Rate:
 
 
 # The defaults of the command line (a Settings built in code has no limits unless given some).
-DEFAULT_WRITE = Rate(10, 40)
+DEFAULT_WRITE = Rate(10, 20)
 DEFAULT_READ = Rate(20, 100)
 DEFAULT_WATCH = Rate(5, 40)
 # A page of this many rows costs one token; a bigger page costs more (at most the burst).

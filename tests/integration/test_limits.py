@@ -298,8 +298,8 @@ async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
 
 def test_the_command_line_defaults_and_their_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = parse([])
-    assert settings.limits == LimitSettings(Rate(10, 40), Rate(20, 100), Rate(5, 40), 50)
-    assert settings.plan_limits == PlanLimits(262_144, 100, 16_384, 100)
+    assert settings.limits == LimitSettings(Rate(10, 20), Rate(20, 100), Rate(5, 40), 50)
+    assert settings.plan_limits == PlanLimits(65_536, 100, 16_384, 100)
     assert settings.max_page_bytes == 1_048_576
     monkeypatch.setenv("AUDITFLOW_GATEWAY_READ_RATE", "3")
     flags = ["--write-rate", "off", "--watch-rate", "2:7", "--max-pending-plans", "0"]
