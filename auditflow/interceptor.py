@@ -227,7 +227,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         caller = await self._auth.authenticate(presented)
         policy.authorize(method, caller)
         if self._limiter is not None:
-            await self._limiter.admit(method, caller, request)
+            await self._limiter.admit(method, caller, getattr(request, "page_size", 0))
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
         workflow_id = getattr(request, "workflow_id", None)

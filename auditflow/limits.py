@@ -54,11 +54,14 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def cost(request: object) -> int:
+def cost(page_size: object) -> int:
     """Tokens a call takes: one, or one per ROWS_PER_TOKEN rows of the page it asks for (a
-    page of 500 workflows is ten reads' work, not one)."""
-    size = getattr(request, "page_size", 0)
-    return max(1, math.ceil(size / ROWS_PER_TOKEN)) if isinstance(size, int) else 1
+    page of 500 workflows is ten reads' work, not one). `page_size` as the request has it: a
+    number (gRPC), text (a REST query; what is not a page size costs one, and is refused by
+    the call's own checks), or nothing."""
+    if isinstance(page_size, str):
+        page_size = int(page_size) if page_size.isdigit() and len(page_size) <= 9 else 0
+    return max(1, math.ceil(page_size / ROWS_PER_TOKEN)) if isinstance(page_size, int) else 1
 
 
 def kind_of(method: str) -> Kind:
@@ -170,7 +173,7 @@ class Limiter:
         self._callers: dict[str, _Caller] = {}
         self._sweep_at = SWEEP_AT
 
-    async def admit(self, method: str, caller: Principal, request: object = None) -> None:
+    async def admit(self, method: str, caller: Principal, page_size: object = None) -> None:
         """Take the call's tokens (`cost`) of its kind, or raise LimitExceeded saying when
         to retry. The refusal is held for that long, at most `hold` seconds: a client that
         retries at once, whatever Retry-After says, is slowed to the pace of its refusals
@@ -186,7 +189,7 @@ class Limiter:
         bucket = state.buckets.get(kind)
         if bucket is None:
             bucket = state.buckets[kind] = Bucket(rate, now)
-        wait = bucket.take(now, min(cost(request), rate.burst))
+        wait = bucket.take(now, min(cost(page_size), rate.burst))
         if wait <= 0:
             return
         held = min(wait, self._hold)

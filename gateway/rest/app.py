@@ -47,7 +47,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # the gRPC server's own limit
 # overflows, and each client retries after a growing delay (10,000 took 113 s; 10 s with
 # this). The kernel caps it at net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 16384
-# An answer larger than this (protobuf bytes) is turned into JSON on a worker thread.
+# A body or an answer larger than this is parsed from or turned into JSON on a worker thread.
 OFF_LOOP_BYTES = 64 * 1024
 SERVICE = wpb.DESCRIPTOR.services_by_name["WorkflowService"]
 
@@ -226,10 +226,9 @@ class RestApp:
         caller = await self.authenticator.authenticate(presented)
         policy.authorize(route.rpc_path, caller)
         principal.set_current(caller)  # (each request runs in a task of its own)
-        message = await self._request_message(route, request)
-        if self._limiter is not None and isinstance(message, Message):
-            await self._limiter.admit(route.rpc_path, caller, message)
-        return message
+        if self._limiter is not None:  # (before the body is read: a refusal costs no parsing)
+            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"))
+        return await self._request_message(route, request)
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:
         """One of the caller's stream slots for the stream's life (LimitExceeded if none)."""
@@ -283,7 +282,11 @@ class RestApp:
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
         try:
-            message = build_request(route, request.match_info, iter(request.query.items()), body)
+            query = iter(request.query.items())
+            if len(body) > OFF_LOOP_BYTES:  # (a large body's JSON takes milliseconds to parse)
+                message = await asyncio.to_thread(build_request, route, request.match_info, query, body)
+            else:
+                message = build_request(route, request.match_info, query, body)
             resume = hooks.RESUME_FIELDS.get(route.method.name)
             last_event_id = request.headers.get("Last-Event-ID")
             if resume and last_event_id is not None and last_event_id.strip():

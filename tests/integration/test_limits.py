@@ -159,6 +159,11 @@ async def test_a_long_page_costs_more_reads_than_a_short_one(start: Any) -> None
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert rich(caught.value)["limit"] == "read_rate"
     await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=as_user("other", ("viewer",)))
+    headers = auth.headers("web-reader", ("viewer",))  # over REST the page size is in the query
+    async with pair.http.get(pair.url + "/workflows?page_size=500", headers=headers) as response:
+        assert response.status == 200
+    async with pair.http.get(pair.url + "/workflows?page_size=500", headers=headers) as response:
+        assert response.status == 429 and "read calls" in (await response.json())["message"]
 
 
 async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> None:
@@ -324,7 +329,7 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
         request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 9_000)])
         created.append((await pair.stub.CreateWorkflow(request, metadata=carol)).workflow.workflow_id)
     loop_thread = threading.get_ident()
-    threads: dict[str, set[int]] = {"page": set(), "json": set(), "trail": set()}
+    threads: dict[str, set[int]] = {"page": set(), "json": set(), "trail": set(), "body": set()}
 
     def recorded(name: str, function: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -333,20 +338,32 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
 
         return call
 
+    build_request = app.build_request
+
+    def build(route: Any, match: Any, query: Any, body: bytes) -> Any:
+        if len(body) > 50_000:  # (small requests are parsed on the loop: microseconds)
+            threads["body"].add(threading.get_ident())
+        return build_request(route, match, query, body)
+
+    monkeypatch.setattr(app, "build_request", build)
+    body = {"title": "Q3", "plan": [{"procedure": "test_noop", "parameters": {"note": "b" * 15_000}}] * 5}
+    async with pair.http.post(pair.url + "/workflows", json=body, headers=auth.headers("carol")) as response:
+        assert response.status == 200, await response.text()
+        created.append((await response.json())["workflow"]["workflow_id"])
     monkeypatch.setattr(messages, "workflow", recorded("page", messages.workflow))
     monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
     monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
     page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=carol)
     assert [w.workflow_id for w in page.workflows] == created[::-1] and not page.next_page_token
     shown, token = [], ""  # pages of 5, each read in rounds (8 rows, then 32): none lost, none twice
-    for expected in (5, 5, 2):
+    for expected in (5, 5, 3):
         part = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=5, page_token=token), metadata=carol)
         assert len(part.workflows) == expected
         shown += [w.workflow_id for w in part.workflows]
         token = part.next_page_token
     assert shown == created[::-1] and not token
     async with pair.http.get(pair.url + "/workflows?page_size=100", headers=auth.headers("carol")) as response:
-        assert response.status == 200 and len((await response.json())["workflows"]) == 12
+        assert response.status == 200 and len((await response.json())["workflows"]) == 13
     verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=created[0]), metadata=carol)
     assert verified.intact
     assert all(found and loop_thread not in found for found in threads.values()), threads

@@ -12,7 +12,6 @@ from auditflow import limits
 from auditflow.errors import LimitExceeded
 from auditflow.limits import Kind, Limiter, LimitSettings, Rate
 from auditflow.principal import Principal
-from auditflow.v1 import workflow_service_pb2 as wpb
 
 ALICE = Principal("Alice", frozenset({"submitter"}), "jwt:test")
 # Alice in full width: the same person, by key.
@@ -65,13 +64,13 @@ async def test_kinds_and_costs() -> None:
     assert limits.kind_of("ExportFindings") == Kind.WATCH
     assert limits.kind_of("/auditflow.v1.WorkflowService/CancelWorkflow") == Kind.WRITE
     assert limits.kind_of("/auditflow.v1.WorkflowService/VerifyTrail") == Kind.READ
-    assert limits.cost(wpb.ListWorkflowsRequest(page_size=500)) == 10
-    assert limits.cost(wpb.ListWorkflowsRequest()) == 1 and limits.cost(wpb.GetStatusRequest()) == 1
+    assert limits.cost(500) == 10 and limits.cost("500") == 10 and limits.cost(51) == 2
+    assert limits.cost(0) == limits.cost(None) == limits.cost("") == limits.cost("-5") == limits.cost("9" * 5000) == 1
     clock = Clock()
     limiter = Limiter(LimitSettings(read=Rate(1, 5)), clock, hold=0)
-    await limiter.admit("ListWorkflows", ALICE, wpb.ListWorkflowsRequest(page_size=500))  # costs the whole burst (5)
+    await limiter.admit("ListWorkflows", ALICE, 500)  # costs the whole burst (5)
     with pytest.raises(LimitExceeded) as caught:
-        await limiter.admit("ListWorkflows", ALICE, wpb.ListWorkflowsRequest(page_size=500))
+        await limiter.admit("ListWorkflows", ALICE, "500")
     assert caught.value.retry_after == pytest.approx(5.0)
 
 
