@@ -9,6 +9,7 @@ is refused is refused by count, never by timing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
 from tests.support.grpc_helpers import as_user, dump_sqlite, step
+from tests.support.postgres import fresh_database
 
 PLUGINS = ("tests.support.procedures",)
 SLOW = 0.01  # tokens a second: none comes back while a test runs
@@ -55,10 +57,12 @@ class Pair:
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Any]:
-    """start(**gateway settings) -> a running Pair; stopped at the end."""
+    """start(database, **gateway settings) -> a running Pair; stopped at the end (then its
+    PostgreSQL database, if it has one, dropped)."""
     started: list[tuple[Gateway, Processor, grpc.aio.Channel, aiohttp.ClientSession]] = []
+    databases = contextlib.ExitStack()
 
-    async def run(**overrides: Any) -> Pair:
+    async def run(database: str = "sqlite", **overrides: Any) -> Pair:
         processor = create_processor(
             "127.0.0.1:0",
             ProcessorSettings(**auth.processor_settings(), database_url=f"sqlite:///{tmp_path / 'p.db'}",
@@ -66,9 +70,10 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
         )  # fmt: skip
         await processor.start()
         db_path = tmp_path / "g.db"
+        url = databases.enter_context(fresh_database("gateway")) if database == "postgresql" else f"sqlite:///{db_path}"
         gateway = create_gateway(
             "127.0.0.1:0",
-            GatewaySettings(**auth.gateway_settings(), database_url=f"sqlite:///{db_path}",
+            GatewaySettings(**auth.gateway_settings(), database_url=url,
                             processor_target=processor.address, plugins=PLUGINS, rest_port=0, **overrides),
         )  # fmt: skip
         await gateway.start()
@@ -84,6 +89,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
         await channel.close()
         await gateway.stop(0)
         await processor.stop(1)
+    databases.close()
 
 
 def create_request(steps: int = 1, **fields: Any) -> wpb.CreateWorkflowRequest:
@@ -203,19 +209,21 @@ async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> 
         stream.cancel()
 
 
-async def test_plans_awaiting_approval_per_principal(start: Any) -> None:
-    pair = await start(plan_limits=PlanLimits(max_pending_plans=2))
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_plans_awaiting_approval_per_principal(start: Any, database: str) -> None:
+    pair = await start(database, plan_limits=PlanLimits(max_pending_plans=2))
     carol = as_user("carol")
     first = await pair.stub.CreateWorkflow(create_request(request_id="r1"), metadata=carol)
     await pair.stub.CreateWorkflow(create_request(), metadata=carol)
-    stored = dump_sqlite(pair.db_path)
+    listed = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
     before = refusals("pending_plans")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await pair.stub.CreateWorkflow(create_request(), metadata=carol)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "2 plans awaiting approval" in (caught.value.details() or "")
     assert rich(caught.value)["limit"] == "pending_plans" and trailer(caught.value, "retry-after") is None
-    assert dump_sqlite(pair.db_path) == stored and refusals("pending_plans") == before + 1
+    after = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
+    assert after == listed and refusals("pending_plans") == before + 1  # nothing stored
     # A retried create is answered with its plan; another submitter is not held back.
     retried = await pair.stub.CreateWorkflow(create_request(request_id="r1"), metadata=carol)
     assert retried.workflow.workflow_id == first.workflow.workflow_id
