@@ -31,7 +31,7 @@ from auditflow import metrics, policy, principal
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.errors import AuditflowError, Unauthenticated
-from auditflow.interceptor import log_refusal, retry_after
+from auditflow.interceptor import log_refusal
 from auditflow.limits import Limiter
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -73,9 +73,7 @@ def refusal(exc: BaseException, where: str) -> web.Response:
     if not isinstance(exc, AuditflowError):
         return error_response(500, C.INTERNAL, "internal error; see the server log")
     response = _json_response(*errors.from_error(exc))
-    after = retry_after(exc)
-    if after is not None:  # RFC 9110: when to try again (a 429 past a rate)
-        response.headers["Retry-After"] = after
+    response.headers.update(errors.headers_of(exc))
     if isinstance(exc, Unauthenticated):  # RFC 6750: say how to authenticate, and what was wrong
         challenge = 'Bearer realm="auditflow"' + (', error="invalid_token"' if exc.invalid_token else "")
         response.headers["WWW-Authenticate"] = challenge
