@@ -22,12 +22,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection
-
 from auditflow import convert, metrics, plans, principal, statuses, tracing, trail
 from auditflow.db import Database
 from auditflow.errors import InvalidArgument, NotFound, invalid
-from auditflow.limits import Limiter, LimitSettings, Rate
+from auditflow.limits import Limiter
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages, pages, quota, store, workflows
@@ -110,7 +108,7 @@ class WorkflowApi:
             request_id=request.request_id,
             required_approvals=required,
         )
-        outcome = await self._db.write(lambda conn: self._create(conn, new))
+        outcome = await self._db.write(lambda conn: quota.create(conn, new, self._plan_limits))
         self._published(outcome)
         if outcome.changed:
             logger.info("workflow %s submitted by %s (%d steps)", outcome.record.workflow_id, user.name, new.steps)
@@ -169,31 +167,11 @@ class WorkflowApi:
     async def WhoAmI(self, request: wpb.WhoAmIRequest) -> wpb.WhoAmIResponse:
         caller = principal.current()
         pending = await self._db.read(lambda conn: quota.pending(conn, caller))
+        limits = quota.caller_limits(caller, pending, self._limiter, self._plan_limits)
         return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via,
-                                  limits=self._limits_of(caller, pending))  # fmt: skip
+                                  limits=limits)  # fmt: skip
 
     # --- helpers ---------------------------------------------------------------------
-
-    def _create(self, conn: Connection, new: workflows.NewWorkflow) -> workflows.Outcome:
-        """Create, unless the creator's plans awaiting approval are at the quota."""
-        quota.check_pending(conn, new.created_by, new.request_id, self._plan_limits)
-        return workflows.create(conn, new)
-
-    def _limits_of(self, caller: principal.Principal, pending: int) -> wpb.CallerLimits:
-        rates = self._limiter.settings if self._limiter is not None else LimitSettings()
-        plan = self._plan_limits
-        return wpb.CallerLimits(
-            write=_rate(rates.write),
-            read=_rate(rates.read),
-            watch=_rate(rates.watch),
-            max_streams=rates.max_streams,
-            open_streams=self._limiter.open_streams(caller) if self._limiter is not None else 0,
-            max_pending_plans=plan.max_pending_plans,
-            pending_plans=pending,
-            max_plan_bytes=plan.max_plan_bytes,
-            max_plan_steps=plan.max_plan_steps,
-            max_parameters_bytes=plan.max_parameters_bytes,
-        )
 
     def _workflow(self, record: WorkflowRecord) -> pb.Workflow:
         return messages.workflow(record, self._relay.unavailable_since)
@@ -260,10 +238,6 @@ def _decided(outcome: workflows.Outcome) -> str:
     if outcome.outbox is not None:
         return "dispatched"
     return "rejected" if outcome.record.status == pb.WORKFLOW_STATUS_REJECTED else "recorded"
-
-
-def _rate(rate: Rate) -> wpb.CallRate:
-    return wpb.CallRate(per_second=rate.per_second, burst=rate.burst)
 
 
 def approve_response(record: WorkflowRecord, unavailable_since: datetime | None) -> wpb.ApproveResponse:

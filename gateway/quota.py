@@ -1,4 +1,5 @@
-"""What one principal may submit: the size of a plan, and how many plans may await approval.
+"""What one principal may submit: the size of a plan, and how many plans may await approval
+(and WhoAmI's account of every limit of the caller).
 
 Both are the gateway's (`auditflow.limits` holds the rates and streams every server shares).
 The plan's size in bytes is checked before anything else reads the plan, so a large one costs
@@ -18,10 +19,11 @@ from sqlalchemy import Connection, and_, bindparam, func, select
 
 from auditflow import limits, plans
 from auditflow.errors import invalid
+from auditflow.limits import Limiter, LimitSettings, Rate
 from auditflow.principal import Principal
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import store
+from gateway import store, workflows
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,12 @@ def pending(conn: Connection, creator: Principal) -> int:
     return int(conn.execute(_PENDING, {"b_key": creator.key}).scalar_one())
 
 
+def create(conn: Connection, new: workflows.NewWorkflow, quota: PlanLimits) -> workflows.Outcome:
+    """Create, unless the creator's plans awaiting approval are at the quota."""
+    check_pending(conn, new.created_by, new.request_id, quota)
+    return workflows.create(conn, new)
+
+
 def check_pending(conn: Connection, creator: Principal, request_id: str, quota: PlanLimits) -> None:
     """Refuse a new plan from a creator whose plans awaiting approval are at the quota (a
     retried request id is answered with its plan, never refused)."""
@@ -87,3 +95,24 @@ def check_pending(conn: Connection, creator: Principal, request_id: str, quota: 
             "wait for decisions (or cancel one) before submitting more",
             quota=f"plans awaiting approval of {creator.name}",
         )
+
+
+def caller_limits(caller: Principal, pending: int, limiter: Limiter | None, quota: PlanLimits) -> wpb.CallerLimits:
+    """WhoAmI's account of the caller's limits, and of what it uses of them."""
+    rates = limiter.settings if limiter is not None else LimitSettings()
+    return wpb.CallerLimits(
+        write=_rate(rates.write),
+        read=_rate(rates.read),
+        watch=_rate(rates.watch),
+        max_streams=rates.max_streams,
+        open_streams=limiter.open_streams(caller) if limiter is not None else 0,
+        max_pending_plans=quota.max_pending_plans,
+        pending_plans=pending,
+        max_plan_bytes=quota.max_plan_bytes,
+        max_plan_steps=quota.max_plan_steps,
+        max_parameters_bytes=quota.max_parameters_bytes,
+    )
+
+
+def _rate(rate: Rate) -> wpb.CallRate:
+    return wpb.CallRate(per_second=rate.per_second, burst=rate.burst)
