@@ -227,7 +227,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         caller = await self._auth.authenticate(presented)
         policy.authorize(method, caller)
         if self._limiter is not None:
-            await self._limiter.admit(method, caller, getattr(request, "page_size", 0))
+            size = request.ByteSize() if isinstance(request, Message) else 0
+            await self._limiter.admit(method, caller, getattr(request, "page_size", 0), size)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
         workflow_id = getattr(request, "workflow_id", None)

@@ -54,14 +54,16 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def cost(page_size: object) -> int:
-    """Tokens a call takes: one, or one per ROWS_PER_TOKEN rows of the page it asks for (a
-    page of 500 workflows is ten reads' work, not one). `page_size` as the request has it: a
-    number (gRPC), text (a REST query; what is not a page size costs one, and is refused by
-    the call's own checks), or nothing."""
+def cost(page_size: object = None, size: int = 0) -> int:
+    """Tokens a call takes: one, one per ROWS_PER_TOKEN rows of the page it asks for (a page
+    of 500 workflows is ten reads' work, not one), or one per BYTES_PER_TOKEN of the request
+    (a plan of 64 KiB is four writes' work). `page_size` as the request has it: a number
+    (gRPC), text (a REST query; what is not a page size costs one, and is refused by the
+    call's own checks), or nothing; `size`: the request's bytes, as sent."""
     if isinstance(page_size, str):
         page_size = int(page_size) if page_size.isdigit() and len(page_size) <= 9 else 0
-    return max(1, math.ceil(page_size / ROWS_PER_TOKEN)) if isinstance(page_size, int) else 1
+    rows = math.ceil(page_size / ROWS_PER_TOKEN) if isinstance(page_size, int) else 0
+    return max(1, rows, math.ceil(size / BYTES_PER_TOKEN))
 
 
 def kind_of(method: str) -> Kind:
@@ -103,8 +105,10 @@ class Rate:
 DEFAULT_WRITE = Rate(10, 20)
 DEFAULT_READ = Rate(20, 100)
 DEFAULT_WATCH = Rate(5, 40)
-# A page of this many rows costs one token; a bigger page costs more (at most the burst).
+# A page of this many rows, or a request of this many bytes, costs one token; more costs more
+# (at most the burst).
 ROWS_PER_TOKEN = 50
+BYTES_PER_TOKEN = 16 * 1024
 DEFAULT_MAX_STREAMS = 50
 
 
@@ -173,7 +177,7 @@ class Limiter:
         self._callers: dict[str, _Caller] = {}
         self._sweep_at = SWEEP_AT
 
-    async def admit(self, method: str, caller: Principal, page_size: object = None) -> None:
+    async def admit(self, method: str, caller: Principal, page_size: object = None, size: int = 0) -> None:
         """Take the call's tokens (`cost`) of its kind, or raise LimitExceeded saying when
         to retry. The refusal is held for that long, at most `hold` seconds: a client that
         retries at once, whatever Retry-After says, is slowed to the pace of its refusals
@@ -189,7 +193,7 @@ class Limiter:
         bucket = state.buckets.get(kind)
         if bucket is None:
             bucket = state.buckets[kind] = Bucket(rate, now)
-        wait = bucket.take(now, min(cost(page_size), rate.burst))
+        wait = bucket.take(now, min(cost(page_size, size), rate.burst))
         if wait <= 0:
             return
         held = min(wait, self._hold)

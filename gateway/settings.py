@@ -120,7 +120,8 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
         config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
 
     rate = "per principal, as CALLS_PER_SECOND:BURST ('off': no limit)"
-    add("--write-rate", f"create, approve, reject and cancel calls {rate}", default=str(limits.DEFAULT_WRITE),
+    add("--write-rate", f"create, approve, reject and cancel calls {rate}; a request costs one call per "
+        f"{limits.BYTES_PER_TOKEN // 1024} KiB it sends", default=str(limits.DEFAULT_WRITE),
         type=Rate.parse)  # fmt: skip
     add("--read-rate", f"reads {rate}; a page costs one call per {limits.ROWS_PER_TOKEN} rows it asks for",
         default=str(limits.DEFAULT_READ), type=Rate.parse)  # fmt: skip

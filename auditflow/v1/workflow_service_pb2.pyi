@@ -708,7 +708,7 @@ class CallerLimits(_message.Message):
     max_parameters_bytes: _builtins.int
     @_builtins.property
     def write(self) -> Global___CallRate:
-        """Create, approve, reject and cancel calls."""
+        """Create, approve, reject and cancel calls; a request costs one call per 16 KiB it sends."""
 
     @_builtins.property
     def read(self) -> Global___CallRate:

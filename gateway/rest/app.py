@@ -225,7 +225,8 @@ class RestApp:
         policy.authorize(route.rpc_path, caller)
         principal.set_current(caller)  # (each request runs in a task of its own)
         if self._limiter is not None:  # (before the body is read: a refusal costs no parsing)
-            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"))
+            size = request.content_length or 0
+            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"), size)
         return await self._request_message(route, request)
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:

@@ -172,6 +172,19 @@ async def test_a_long_page_costs_more_reads_than_a_short_one(start: Any) -> None
         assert response.status == 429 and "read calls" in (await response.json())["message"]
 
 
+async def test_a_large_plan_costs_more_writes_than_a_small_one(start: Any) -> None:
+    pair = await start(limits=LimitSettings(write=Rate(SLOW, 8)))
+    carol = as_user("carol")
+    big = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 14_000) for _ in range(3)])
+    assert 32 * 1024 < big.ByteSize() <= 48 * 1024  # three writes' worth
+    for _ in range(2):
+        await pair.stub.CreateWorkflow(big, metadata=carol)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # two tokens left, three asked
+        await pair.stub.CreateWorkflow(big, metadata=carol)
+    assert rich(caught.value)["limit"] == "write_rate"
+    await pair.stub.CreateWorkflow(create_request(), metadata=carol)  # a small one still fits
+
+
 async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> None:
     pair = await start(limits=LimitSettings(max_streams=2))
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
