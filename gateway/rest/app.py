@@ -224,9 +224,11 @@ class RestApp:
         caller = await self.authenticator.authenticate(presented)
         policy.authorize(route.rpc_path, caller)
         principal.set_current(caller)  # (each request runs in a task of its own)
-        if self._limiter is not None:  # (before the body is read: a refusal costs no parsing)
-            size = request.content_length or 0
-            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"), size)
+        if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
+            size = request.content_length
+            if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
+                size = len(await request.read())
+            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"), size or 0)
         return await self._request_message(route, request)
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:

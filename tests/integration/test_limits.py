@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -183,6 +184,19 @@ async def test_a_large_plan_costs_more_writes_than_a_small_one(start: Any) -> No
         await pair.stub.CreateWorkflow(big, metadata=carol)
     assert rich(caught.value)["limit"] == "write_rate"
     await pair.stub.CreateWorkflow(create_request(), metadata=carol)  # a small one still fits
+    # Over REST the same, whether the body says its length or comes in chunks.
+    body = json.dumps({"title": "Q3", "plan": [{"procedure": "test_noop", "parameters": {"note": "n" * 14_000}}] * 3})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192].encode()
+
+    headers = {**auth.headers("dave"), "Content-Type": "application/json"}
+    for data in (body.encode(), chunks()):
+        async with pair.http.post(pair.url + "/workflows", data=data, headers=headers) as response:
+            assert response.status == 200, await response.text()
+    async with pair.http.post(pair.url + "/workflows", data=chunks(), headers=headers) as response:
+        assert response.status == 429 and "Retry-After" in response.headers
 
 
 async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> None:
