@@ -376,3 +376,53 @@ def test_the_policy_table_has_a_row_for_every_rpc_and_refuses_what_it_lacks() ->
     with pytest.raises(RoleRequired, match="needs the gateway role; root has admin"):
         policy.authorize("/auditflow.v1.ProcessorService/Enqueue", admin)
     policy.authorize("/auditflow.v1.WorkflowService/Approve", admin)
+
+
+def _rotated_key() -> tuple[Any, dict[str, Any]]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    return key, {**public, "kid": "rotated", "alg": "ES256"}
+
+
+def test_a_key_removed_from_the_jwks_file_stops_verifying_at_the_next_load(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rotated, jwk = _rotated_key()
+        path = tmp_path / "jwks.json"
+        kept = json.loads(auth.JWKS_FILE.read_text())
+        path.write_text(json.dumps({"keys": [*kept["keys"], jwk]}))
+        keys = KeySet(file=path)
+        keys.load()
+        check = JwtVerifier(JwtSettings(issuer=auth.ISSUER, audience=auth.AUDIENCE), keys, RoleMap({}))
+        token = auth.sign(auth.claims_for("eve"), key=rotated, headers={"kid": "rotated"})
+        assert (await check.verify(token)).name == "eve"  # (now cached until it expires)
+        path.write_text(json.dumps(kept) + "\n")
+        keys.reload_if_changed()
+        with pytest.raises(InvalidToken, match="does not know"):
+            await check.verify(token)
+        assert (await check.verify(auth.jwt_for("dana"))).name == "dana"  # the kept key still verifies
+
+    asyncio.run(scenario())
+
+
+def test_a_key_removed_from_the_jwks_url_stops_verifying_within_its_refresh_age(jwks_server: _JwksServer) -> None:
+    async def scenario() -> None:
+        rotated, jwk = _rotated_key()
+        jwks_server.document["keys"].append(jwk)
+        keys = KeySet(url=jwks_server.url, max_age=0.2)
+        await asyncio.to_thread(keys.load)
+        check = JwtVerifier(JwtSettings(issuer=auth.ISSUER, audience=auth.AUDIENCE), keys, RoleMap({}))
+        token = auth.sign(auth.claims_for("eve"), key=rotated, headers={"kid": "rotated"})
+        assert (await check.verify(token)).name == "eve"
+        jwks_server.document["keys"].remove(jwk)
+        fetched = jwks_server.fetches
+        for _ in range(1000):  # each call may start the refresh; the one after it finds the key gone
+            try:
+                await check.verify(token)
+            except InvalidToken:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the removed key still verifies")
+        assert jwks_server.fetches > fetched
+
+    asyncio.run(scenario())
