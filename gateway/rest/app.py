@@ -13,6 +13,7 @@ items: each event is encoded once for every watcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -27,14 +28,15 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from auditflow import metrics, policy, principal
-from auditflow.auth import Authenticator
+from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
 from auditflow.errors import AuditflowError, Unauthenticated
 from auditflow.interceptor import log_refusal
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.hub import Item
-from gateway.rest import errors, hooks, openapi, page
+from gateway.rest import browser, errors, hooks, openapi, page
+from gateway.rest.revocation import StreamGuard
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
 
 logger = logging.getLogger(__name__)
@@ -170,10 +172,12 @@ class RestApp:
     ) -> None:
         self.api = api
         self._readiness = readiness
+        self._origins = cors_origins
         self.authenticator = authenticator
         self.routes = routes_of(service)
         self.max_body_bytes = max_body_bytes
         self._streams: set[asyncio.Task[Any]] = set()
+        self._guard = StreamGuard(authenticator)
         self._closing = False
         middlewares: list[Any] = [_errors_as_json]
         if cors_origins:
@@ -189,6 +193,8 @@ class RestApp:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         page.add_routes(self.app)
+        self.app.on_response_prepare.append(browser.add_headers)
+        self.app.cleanup_ctx.append(self._guard.context)
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return _json_response(200, self.openapi)
@@ -210,12 +216,15 @@ class RestApp:
         for task in list(self._streams):
             task.cancel()
 
-    async def _admit(self, route: Route, request: web.Request) -> None:
-        """Authenticate the HTTP caller and check the policy, as the interceptor does for gRPC."""
+    async def _admit(self, route: Route, request: web.Request) -> Presented:
+        """Authenticate the HTTP caller and check the policy, as the interceptor does for gRPC;
+        what the caller presented (a stream's credential is checked again after reloads)."""
         presented = self.authenticator.presented(request.headers.items(), request.remote)
         caller = await self.authenticator.authenticate(presented)
         policy.authorize(route.rpc_path, caller)
+        browser.check_write(request, caller, self._origins)
         principal.set_current(caller)  # (each request runs in a task of its own)
+        return presented
 
     def _handler(self, route: Route) -> Handler:
         call = getattr(self.api, route.method.name)
@@ -223,7 +232,7 @@ class RestApp:
 
             async def streaming(request: web.Request) -> web.StreamResponse:
                 try:
-                    await self._admit(route, request)
+                    presented = await self._admit(route, request)
                 except AuditflowError as exc:
                     return refusal(exc, route.rpc_path)
                 message = await self._request_message(route, request)
@@ -232,7 +241,7 @@ class RestApp:
                 download = hooks.DOWNLOADS.get(route.method.name)
                 if download is not None:
                     return await self._download(route, request, download, message, call(message))
-                return await self._stream(route, request, call(message))
+                return await self._stream(route, request, presented, call(message))
 
             return streaming
 
@@ -277,7 +286,9 @@ class RestApp:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
         return message
 
-    async def _stream(self, route: Route, request: web.Request, items: AsyncIterator[Item]) -> web.StreamResponse:
+    async def _stream(
+        self, route: Route, request: web.Request, presented: Presented, items: AsyncIterator[Item]
+    ) -> web.StreamResponse:
         ndjson = NDJSON in request.headers.get("Accept", "")
         task = asyncio.current_task()
         assert task is not None
@@ -295,6 +306,7 @@ class RestApp:
             response.headers["Cache-Control"] = "no-cache"
             response.headers["X-Accel-Buffering"] = "no"
             await response.prepare(request)
+            self._guard.add(task, presented, route.rpc_path)
             if not ndjson:
                 await response.write(b"retry: 1000\n\n")
             try:
@@ -306,21 +318,25 @@ class RestApp:
                     await response.write(b"event: end\ndata: {}\n\n")
             except AuditflowError as exc:
                 log_refusal(route.rpc_path, exc)
-                _, body = errors.from_error(exc)
-                text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
-                await response.write(text.encode())
+                await _write_error(response, exc, ndjson)
             except ConnectionResetError:  # the client went away; it resumes with Last-Event-ID
                 logger.debug("stream client of %s disconnected", request.path)
             except asyncio.CancelledError:
-                if not self._closing:
+                revoked = self._guard.refusal(task)
+                if revoked is None and not self._closing:
                     raise
-                # We are stopping and cancelled the stream: end it cleanly, so that the
-                # browser reconnects (to us restarted, or to another replica).
+                # We are stopping, or the caller's credential was revoked, and cancelled the
+                # stream: end it cleanly (when stopping, the browser reconnects to us restarted
+                # or to another replica; when revoked, it is told why).
                 task.uncancel()
+                if revoked is not None:
+                    with contextlib.suppress(ConnectionResetError):
+                        await _write_error(response, revoked, ndjson)
             return response
         finally:
             metrics.REST_STREAMS.dec()
             self._streams.discard(task)
+            self._guard.discard(task)
             await _close(items)
 
     async def _download(
@@ -360,6 +376,13 @@ class RestApp:
         finally:
             self._streams.discard(task)
             await _close(chunks)
+
+
+async def _write_error(response: web.StreamResponse, exc: AuditflowError, ndjson: bool) -> None:
+    """End a stream already under way with the refusal that ends it."""
+    _, body = errors.from_error(exc)
+    text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
+    await response.write(text.encode())
 
 
 async def _close(items: AsyncIterator[Any]) -> None:
