@@ -65,7 +65,8 @@ class Gateway:
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
-        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+        rpc_metrics = RpcMetrics() if measured else None
+        self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
                                          outer=tracing.server_interceptors())  # fmt: skip
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
@@ -102,6 +103,7 @@ class Gateway:
                 ssl_context=self.tls.ssl_context() if self.tls is not None else None,
                 measured=measured,
                 readiness=Readiness(self.db, self.feed),
+                connections=settings.connections,
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)

@@ -6,10 +6,11 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, sources
+from auditflow import config, connections, sources
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import positive_int
+from auditflow.connections import ConnectionSettings
 from auditflow.tls import ClientTls, TlsFiles
 
 SERVICE = "gateway"
@@ -41,6 +42,7 @@ class Settings:
     # Origins a browser may call the REST API from ("*" = any); empty: same origin only.
     rest_cors_origins: tuple[str, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
     tls: TlsFiles = field(default_factory=TlsFiles)
     allow_plaintext: bool = False
     # How the gateway proves itself to the processor: a service token and/or a client certificate.
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--trail-public-keys", "comma-separated Ed25519 public keys (PEM files) whose trail signatures "
         "VerifyTrail checks, e.g. the processor's", default="")  # fmt: skip
     sources.add_flags(parser, SERVICE)
+    connections.add_flags(parser, SERVICE)
     return parser
 
 
@@ -121,6 +124,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         rest_port=args.rest_port,
         rest_cors_origins=config.csv(args.rest_cors_origins),
         auth=auth_settings.from_args(args),
+        connections=connections.from_args(args),
         tls=config.tls_from_args(args),
         allow_plaintext=args.allow_plaintext,
         processor_token_file=args.processor_token_file,

@@ -58,7 +58,8 @@ class Processor:
             poll_interval=settings.poll_interval, own=self.db.backend_pids,
         )  # fmt: skip
         measured = bool(settings.metrics_address)
-        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+        rpc_metrics = RpcMetrics() if measured else None
+        self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
                                          outer=tracing.server_interceptors())  # fmt: skip
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])

@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from auditflow import metrics, policy, principal
 from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
+from auditflow.connections import ConnectionSettings
 from auditflow.errors import AuditflowError, Unauthenticated
 from auditflow.interceptor import log_refusal
 from auditflow.serving import check_port_free
@@ -38,6 +39,7 @@ from gateway.hub import Item
 from gateway.rest import browser, errors, hooks, openapi, page
 from gateway.rest.revocation import StreamGuard
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
+from gateway.rest.site import BoundedSite
 
 logger = logging.getLogger(__name__)
 
@@ -406,11 +408,13 @@ class RestGateway:
         ssl_context: ssl.SSLContext | None = None,
         measured: bool = False,
         readiness: Readiness | None = None,
+        connections: ConnectionSettings | None = None,
     ) -> None:
         check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
+        self.connections = connections or ConnectionSettings()
         self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes,
                             measured=measured, readiness=readiness)  # fmt: skip
         self._runner: web.AppRunner | None = None
@@ -423,10 +427,11 @@ class RestGateway:
     async def start(self) -> None:
         """Listen; a port in use is a ConfigError (one line), as for the gRPC port."""
         check_port_free(self.host, self.port)
-        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0,
+                               keepalive_timeout=self.connections.http_idle_timeout)  # fmt: skip
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=False, backlog=LISTEN_BACKLOG
+        site = BoundedSite(
+            runner, self.host, self.port, self.connections, ssl_context=self.ssl_context, backlog=LISTEN_BACKLOG
         )
         try:
             await site.start()
