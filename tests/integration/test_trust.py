@@ -383,9 +383,7 @@ async def test_ledger_paths_outside_the_data_roots_are_refused_alike(pair: Pair,
     assert refused.value.code() == C.INVALID_ARGUMENT and "127.0.0.1" not in (refused.value.details() or "")
 
 
-async def test_paths_the_system_cannot_look_up_are_invalid_arguments_named_relative(
-    pair: Pair, tmp_path: Path
-) -> None:
+async def test_paths_the_system_cannot_look_up_are_invalid_arguments_named_relative(pair: Pair, tmp_path: Path) -> None:
     inside = tmp_path / "data"  # (under a data root of the test servers)
     inside.mkdir()
     (inside / "loop.csv").symlink_to(inside / "loop2.csv")
