@@ -4,6 +4,7 @@ page is bounded, what a page token is tied to; and the export encoders' files.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -71,6 +72,27 @@ def test_a_page_token_holds_only_for_its_filter_and_order() -> None:
     for forged in ("", "!!", "bm90IGpzb24=", "eyJxIjogMX0="):
         with pytest.raises(InvalidArgument, match="page_token"):
             findings.cursor_of(query, forged)
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def test_a_tampered_page_token_is_an_invalid_argument_never_an_internal_error() -> None:
+    query = Query.of("wf-1", pb.FindingsFilter())
+    q = json.dumps(query.fingerprint())
+    tampered = [
+        _b64("[" * 700 + "]" * 700),  # nested as deep as a token's length allows
+        _b64("[" * 100_000),  # past the parser's recursion
+        _b64(f'{{"q": {q}, "k": [{10**30}, 1, 2], "t": 1}}'),  # past what the database compares
+        _b64(f'{{"q": {q}, "k": [1, 2, 3], "t": {10**30}}}'),
+        _b64(f'{{"q": {q}, "k": [1e400, 1, 2], "t": 1}}'),  # a float, infinite
+        _b64(f'{{"q": {q}, "k": [true, 1, 2], "t": 1}}'),
+        _b64(f'{{"q": {q}, "k": [{"9" * 5000}, 1, 2], "t": 1}}'),  # past int()'s digits
+    ]
+    for token in tampered:
+        with pytest.raises(InvalidArgument, match="page_token"):
+            findings.cursor_of(query, token)
 
 
 @pytest.mark.parametrize(
