@@ -36,7 +36,7 @@ from auditflow.interceptor import log_refusal
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.hub import Item
-from gateway.rest import browser, errors, hooks, openapi, page
+from gateway.rest import browser, errors, hooks, httplog, openapi, page
 from gateway.rest.revocation import StreamGuard
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
 from gateway.rest.site import BoundedSite
@@ -427,7 +427,7 @@ class RestGateway:
     async def start(self) -> None:
         """Listen; a port in use is a ConfigError (one line), as for the gRPC port."""
         check_port_free(self.host, self.port)
-        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0,
+        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0, logger=httplog.SERVER_LOGGER,
                                keepalive_timeout=self.connections.http_idle_timeout)  # fmt: skip
         await runner.setup()
         site = BoundedSite(
