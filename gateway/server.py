@@ -110,7 +110,8 @@ class Gateway:
         self.metrics: metrics.Endpoint | None = None
         if measured:
             self.metrics = metrics.Endpoint(settings.metrics_address, outbox_gauges(self.db),
-                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
+                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
+                                            allow_plaintext=settings.allow_plaintext)  # fmt: skip
 
     @property
     def address(self) -> str:

@@ -68,7 +68,8 @@ class Processor:
         self.metrics: metrics.Endpoint | None = None
         if measured:
             self.metrics = metrics.Endpoint(settings.metrics_address, run_gauges(self.db),
-                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
+                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
+                                            allow_plaintext=settings.allow_plaintext)  # fmt: skip
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0
 
