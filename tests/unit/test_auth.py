@@ -24,7 +24,7 @@ from auditflow.auth.oidc import JwksError, JwtSettings, JwtVerifier, KeySet, Rol
 from auditflow.auth.tokens import TokenFile, TokenFileError, append_entry, parse
 from auditflow.config import ConfigError
 from auditflow.errors import InvalidToken, Unauthenticated
-from auditflow.principal import Principal, name_key
+from auditflow.principal import Principal, check_name, name_key
 from tests.support import auth
 
 # --- principals ---------------------------------------------------------------------------
@@ -426,3 +426,26 @@ def test_a_key_removed_from_the_jwks_url_stops_verifying_within_its_refresh_age(
         assert jwks_server.fetches > fetched
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("name", "mixed"),
+    [
+        ("alice", False),
+        ("alice.smith@example.com", False),
+        ("Jürgen Müller", False),
+        ("Иван Петров", False),
+        ("山田たろう", False),  # Han and Hiragana are written together
+        ("\uff42\uff4f\uff42", False),  # full-width Latin is Latin
+        ("\u0430lice", True),  # a Cyrillic a (U+0430) among Latin letters
+        ("Ωmega", True),
+    ],
+)
+def test_a_principal_name_is_written_in_one_script(name: str, mixed: bool) -> None:
+    problem = check_name(name)
+    assert (problem is not None) is mixed, problem
+    token = auth.sign(auth.claims_for(name))
+    if mixed:
+        assert "mixes the scripts" in (problem or "") and "mixes the scripts" in refused(token)
+    else:
+        assert verify(token).name == name
