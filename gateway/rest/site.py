@@ -138,7 +138,8 @@ class BoundedSite(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # (registers the site with its runner)
         family = socket.AF_INET6 if ":" in (self._host or "") else socket.AF_INET
-        sock = socket.create_server((self._host or "", self._port), family=family, backlog=self._backlog)
+        host = (self._host or "").strip("[]")
+        sock = socket.create_server((host, self._port), family=family, backlog=self._backlog)
         sock.setblocking(False)
         self._bound_port = sock.getsockname()[1]
         where = f"REST port {self._host}:{self._bound_port}"
