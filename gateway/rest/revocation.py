@@ -72,14 +72,27 @@ class StreamGuard:
                 await self.check()
 
     async def check(self) -> None:
-        """Authenticate every open stream's credential again; cancel the refused ones."""
+        """Authenticate every open stream's credential again; cancel the refused ones. Each
+        credential is checked once however many streams it holds (a JWT's signature is CPU
+        work), and the event loop gets a turn between two checks."""
+        verdicts: dict[tuple[Presented, str], AuditflowError | None] = {}
         for task, watched in list(self._open.items()):
             if task.done() or task in self._refused or watched.presented.authorization is None:
                 continue  # (a trusted proxy's header is not revocable here: the proxy decides)
-            try:
-                caller = await self._authenticator.authenticate(watched.presented)
-                policy.authorize(watched.rpc_path, caller)
-            except AuditflowError as exc:
+            key = (watched.presented, watched.rpc_path)
+            if key not in verdicts:
+                verdicts[key] = await self._verdict(watched)
+                await asyncio.sleep(0)
+            refusal = verdicts[key]
+            if refusal is not None:
                 logger.info("ending a stream of %s: its credential is no longer accepted", watched.rpc_path)
-                self._refused[task] = exc
+                self._refused[task] = refusal
                 task.cancel()
+
+    async def _verdict(self, watched: Watched) -> AuditflowError | None:
+        try:
+            caller = await self._authenticator.authenticate(watched.presented)
+            policy.authorize(watched.rpc_path, caller)
+        except AuditflowError as exc:
+            return exc
+        return None
