@@ -368,9 +368,9 @@ async def test_one_person_cannot_count_twice_toward_n_of_m_by_spelling_their_nam
     await approve(pair, wid, "alice", workflow.etag)
     full_width = ("\uff41\uff4c\uff49\uff43\uff45", "\uff21\uff2c\uff29\uff23\uff25")  # alice, ALICE
     for spelling in full_width:  # the same name after NFKC
-        repeated = await approve(pair, wid, spelling)
+        repeated = await approve(pair, wid, spelling, workflow.etag)
         assert [a.approver for a in repeated.workflow.approvals] == ["alice"], spelling
     # a Cyrillic a (U+0430) for the Latin one: refused when the credential is read, before any vote
-    assert await refusal(approve(pair, wid, "\u0430lice")) == (C.UNAUTHENTICATED, "TOKEN_INVALID")
+    assert await refusal(approve(pair, wid, "\u0430lice", workflow.etag)) == (C.UNAUTHENTICATED, "TOKEN_INVALID")
     got = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=wid))).workflow
     assert got.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and [a.approver for a in got.approvals] == ["alice"]
