@@ -65,7 +65,7 @@ class Gateway:
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
-        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics(metrics.GATEWAY) if measured else None,
                                          outer=tracing.server_interceptors())  # fmt: skip
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
@@ -107,7 +107,7 @@ class Gateway:
         self.port = serving.bind(self.server, address, self.tls)
         self.metrics: metrics.Endpoint | None = None
         if measured:
-            self.metrics = metrics.Endpoint(settings.metrics_address, outbox_gauges(self.db),
+            self.metrics = metrics.Endpoint(settings.metrics_address, metrics.GATEWAY, outbox_gauges(self.db),
                                             certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
 
     @property

@@ -57,8 +57,8 @@ class Processor:
             settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
             poll_interval=settings.poll_interval, own=self.db.backend_pids,
         )  # fmt: skip
-        measured = bool(settings.metrics_address)
-        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+        measured = RpcMetrics(metrics.PROCESSOR) if settings.metrics_address else None
+        self.server = serving.new_server(self.authenticator, metrics=measured,
                                          outer=tracing.server_interceptors())  # fmt: skip
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -66,7 +66,7 @@ class Processor:
         self._started = False
         self.metrics: metrics.Endpoint | None = None
         if measured:
-            self.metrics = metrics.Endpoint(settings.metrics_address, run_gauges(self.db),
+            self.metrics = metrics.Endpoint(settings.metrics_address, metrics.PROCESSOR, run_gauges(self.db),
                                             certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0

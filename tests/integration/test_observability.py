@@ -36,6 +36,7 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
+from tests.support.cluster import Pair as ProcessPair
 from tests.support.cluster import ServerProcess
 from tests.support.grpc_helpers import as_user, free_port, step
 from tests.support.processor_harness import enqueue_request
@@ -157,8 +158,40 @@ async def test_metrics_count_rpcs_decisions_dispatch_cycles_and_rest(tmp_path: P
     grew(after, "auditflow_processor_approve_to_first_cycle_seconds_count")
     assert value(after, "auditflow_processor_runs", status="COMPLETED") == 1  # (this test's database)
     assert value(after, "auditflow_processor_max_concurrent") == 3
+    # In one process too, each service's endpoint shows its own registry only.
+    assert foreign(gateway_after, PROCESSOR_ONLY, "processor") == []
+    assert foreign(after, GATEWAY_ONLY, "gateway") == []
     # Bounded labels: never a workflow id (nor anything else a caller chose) as a label value.
     assert not [key for key in after if any("wf_" in v or "nope" in v for _k, v in key[1])]
+
+
+# Names only one service records: seeing one on the other service would be a zero that lies.
+GATEWAY_ONLY = ("auditflow_gateway_", "grpc_client_")
+PROCESSOR_ONLY = ("auditflow_processor_",)
+
+
+def foreign(samples: Samples, prefixes: tuple[str, ...], database: str) -> list[str]:
+    """The samples of `samples` that belong to the other service: its names or its database."""
+    return sorted({name for name, labels in samples if name.startswith(prefixes) or ("database", database) in labels})
+
+
+async def test_each_service_exports_only_its_own_metrics(tmp_path: Path) -> None:
+    """One process per service, as deployed: each `/metrics` holds its own names (and the
+    shared ones, RPCs served and the database, for its own database), none of the other's."""
+    ports = {"gateway": free_port(), "processor": free_port()}
+    pair = ProcessPair(tmp_path, processor_args=["--metrics-address", f"127.0.0.1:{ports['processor']}"],
+                gateway_args=["--metrics-address", f"127.0.0.1:{ports['gateway']}"], log_level="INFO")  # fmt: skip
+    try:
+        pair.start()
+        gateway = await until(ports["gateway"], lambda s: value(s, "auditflow_gateway_processor_link_up") == 1)
+        processor = await until(ports["processor"], lambda s: value(s, "auditflow_processor_max_concurrent") > 0)
+    finally:
+        await asyncio.to_thread(pair.stop)
+    assert value(gateway, "auditflow_database_up", database="gateway") == 1
+    assert value(processor, "auditflow_database_up", database="processor") == 1
+    assert value(processor, "process_cpu_seconds_total") > 0  # the process's own collectors too
+    assert foreign(gateway, PROCESSOR_ONLY, "processor") == []
+    assert foreign(processor, GATEWAY_ONLY, "gateway") == []
 
 
 async def test_backlog_gate_and_link_while_the_processor_is_away(tmp_path: Path) -> None:
