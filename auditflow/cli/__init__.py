@@ -109,7 +109,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--json",
         action="store_true",
         default=default(False),
-        help="print JSON (proto3 JSON mapping) instead of text",
+        help="print JSON instead of text: the proto field names (snake_case), counts as numbers",
     )
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf import json_format
 
 from auditflow import convert, statuses, synthetic, trail
 from auditflow.cli import render
@@ -293,11 +292,8 @@ def list_(ctx: Context, args: argparse.Namespace) -> int:
         if not token or not args.all:
             break
     if ctx.json:
-        data = {
-            "workflows": [json_format.MessageToDict(w, always_print_fields_with_no_presence=True) for w in workflows],
-            "nextPageToken": token,
-        }
-        ctx.print(json.dumps(data, indent=2))
+        data = {"workflows": [render.to_data(w) for w in workflows], "next_page_token": token}
+        ctx.print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
     if workflows:
         ctx.print(render.workflow_table(workflows))

@@ -532,7 +532,7 @@ def test_watch_json_prints_one_object_per_event(
     _, target = gateway
     assert cli.main(["--target", target, "--json", "watch", WF]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line)["event"]["sequence"] for line in lines] == ["1", "2"]
+    assert [json.loads(line)["event"]["sequence"] for line in lines] == [1, 2]
 
 
 def test_free_port_is_bindable() -> None:
@@ -624,3 +624,19 @@ def test_secrets_are_written_once_private_and_never_overwritten(
     assert cli.main(["secrets", str(target)]) == 2
     assert "already holds" in capsys.readouterr().err
     assert {name: (target / name).read_bytes() for name in secrets.FILES} == before
+
+
+def test_json_uses_proto_field_names_and_numbers_for_counts() -> None:
+    """The same JSON in every command: snake_case names, 64-bit counts and whole numbers as
+    numbers (proto3 JSON would write "7" and 3.0), timestamps as RFC 3339."""
+    verified = api.VerifyTrailResponse(intact=True, events_checked=7, head_sequence=7, signature_checked=True)
+    expected = {"intact": True, "events_checked": 7, "head_sequence": 7, "first_bad_sequence": 0}
+    assert expected.items() <= json.loads(render.to_json(verified)).items()
+    workflow = pb.Workflow(workflow_id=WF, last_sequence=2**40, plan=[pb.PlanStep(procedure="p")])
+    workflow.result.update({"rows": 3, "share": 0.5, "nested": {"count": 2}})
+    workflow.created_at.FromSeconds(1_700_000_000)
+    data = json.loads(render.to_json_line(workflow))
+    assert (data["workflow_id"], data["last_sequence"]) == (WF, 2**40)
+    assert data["result"] == {"rows": 3, "share": 0.5, "nested": {"count": 2}}
+    assert data["created_at"] == "2023-11-14T22:13:20Z"
+    assert data["plan"][0]["procedure"] == "p" and "workflowId" not in data
