@@ -11,7 +11,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from datetime import UTC
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -59,7 +59,8 @@ def to_data(message: Message) -> dict[str, Any]:
     whole numbers as 3.0); timestamps stay RFC 3339 strings."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)  # fmt: skip
-    return _whole_numbers(_int64_numbers(message.DESCRIPTOR, data))  # type: ignore[no-any-return]
+    whole: dict[str, Any] = _whole_numbers(_int64_numbers(cast(Descriptor, message.DESCRIPTOR), data))
+    return whole
 
 
 def _int64_numbers(descriptor: Descriptor, data: dict[str, Any]) -> dict[str, Any]:
