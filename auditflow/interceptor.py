@@ -185,9 +185,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         policy.authorize(method, caller)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
-        workflow_id = getattr(request, "workflow_id", None)
-        if workflow_id:
-            logs.bind(workflow_id=workflow_id)
+        logs.bind_workflow(request)
         if isinstance(request, _Malformed):
             raise InvalidArgument(f"the request is not a valid {request.message_name} message")
 

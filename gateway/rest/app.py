@@ -26,7 +26,7 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from auditflow import metrics, policy, principal
+from auditflow import logs, metrics, policy, principal
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.errors import AuditflowError, Unauthenticated
@@ -275,6 +275,7 @@ class RestApp:
                     raise BadRequest(f"Last-Event-ID must be a sequence number: {last_event_id!r}") from exc
         except BadRequest as exc:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
+        logs.bind_workflow(message)  # (the request's own task: its records only)
         return message
 
     async def _stream(self, route: Route, request: web.Request, items: AsyncIterator[Item]) -> web.StreamResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -386,6 +387,7 @@ def test_json_logs_are_one_object_per_line_with_context(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message", "service"} <= set(r) for r in records), records[:3]
     assert {r["service"] for r in records} == {"processor"}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records), records[0]
     cycle = next(r for r in records if r["message"].startswith(f"{request.workflow_id} cycle 1/"))
     assert (cycle["level"], cycle["logger"], cycle["workflow_id"], cycle["cycle"]) == (
         "INFO", "processor.scheduler", request.workflow_id, 1)  # fmt: skip
@@ -420,3 +422,16 @@ async def test_each_level_says_what_it_should(tmp_path: Path, caplog: pytest.Log
     assert at(logging.ERROR, f"{failed}: ", "processor.scheduler")[0].getMessage().endswith("(reason CRITICAL_ERROR)")
     assert at(logging.DEBUG, f"{done} cycle 1: state", "processor.scheduler")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and failed not in r.getMessage()]
+
+
+def test_text_logs_stamp_iso_8601_utc_whatever_the_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        record = logging.LogRecord("gateway.outbox", logging.INFO, __file__, 1, "sent", None, None)
+        record.created, record.msecs = 1_700_000_000.25, 250.0
+        line = logs.utc_iso_times(logging.Formatter(logs.TEXT_FORMAT)).format(record)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert line == "2023-11-14T22:13:20.250Z INFO    gateway.outbox: sent"
