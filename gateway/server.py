@@ -67,7 +67,7 @@ class Gateway:
         measured = bool(settings.metrics_address)
         self.server = serving.new_server(self.authenticator, metrics=RpcMetrics(metrics.GATEWAY) if measured else None,
                                          outer=tracing.server_interceptors())  # fmt: skip
-        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
+        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
         keys = trail.load_public_keys(settings.trail_public_keys)

@@ -21,6 +21,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -435,3 +436,22 @@ def test_text_logs_stamp_iso_8601_utc_whatever_the_time_zone(monkeypatch: pytest
         monkeypatch.undo()
         time.tzset()
     assert line == "2023-11-14T22:13:20.250Z INFO    gateway.outbox: sent"
+
+
+# --- reflection -----------------------------------------------------------------------------
+
+
+async def test_reflection_lists_only_the_services_each_server_answers(tmp_path: Path) -> None:
+    """grpcurl's `list` on the gateway shows WorkflowService, not ProcessorService (whose name
+    the gateway's health uses for its processor link, but whose calls it does not answer)."""
+    common = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    async with running(tmp_path) as pair:
+        gateway = await asyncio.to_thread(listed_services, pair.gateway.address)
+        processor = await asyncio.to_thread(listed_services, pair.processor.address)
+    assert gateway == {"auditflow.v1.WorkflowService", *common}
+    assert processor == {"auditflow.v1.ProcessorService", *common}
+
+
+def listed_services(address: str) -> set[str]:
+    with grpc.insecure_channel(address) as channel:
+        return set(ProtoReflectionDescriptorDatabase(channel).get_services())
