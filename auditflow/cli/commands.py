@@ -53,6 +53,10 @@ def sample_ledger_path() -> str:
         return str(Path(path).resolve())
 
 
+# The sample plan's length (`submit --sample`'s help says it): the summary, the vendors, the audits.
+SAMPLE_STEPS = 2 + len(AUDIT_PROCEDURES)
+
+
 def sample_plan() -> list[pb.PlanStep]:
     """Summarise the sample ledger, rank its vendors, then run every audit procedure: one step a cycle."""
     path = sample_ledger_path()

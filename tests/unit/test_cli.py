@@ -557,6 +557,13 @@ def test_the_sample_plan_runs_the_audit_procedures_after_the_summary() -> None:
     assert names[2:] == list(commands.AUDIT_PROCEDURES)
 
 
+def test_the_sample_option_says_how_many_steps_the_sample_has(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["submit", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"{len(commands.sample_plan())} steps" in shown
+
+
 def test_each_audit_step_is_summarised_on_a_line() -> None:
     from auditflow.procedures import load
 
