@@ -626,7 +626,7 @@ def test_secrets_are_written_once_private_and_never_overwritten(
     password = (target / "postgres-password").read_text().strip()
     assert (target / "pgpass").read_text().strip() == f"*:*:*:auditflow:{password}" and len(password) >= 32
     token = (target / "operator.token").read_text().strip()
-    assert token not in capsys.readouterr().out and token not in (target / "gateway-tokens.toml").read_text()
+    assert token not in capsys.readouterr().out and token not in (target / secrets.GATEWAY_TOKENS).read_text()
     before = {name: (target / name).read_bytes() for name in secrets.FILES}
     assert cli.main(["secrets", str(target)]) == 2
     assert "already holds" in capsys.readouterr().err
