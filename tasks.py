@@ -7,6 +7,7 @@
     python3 tasks.py gen           regenerate the gRPC stubs from protos/
     python3 tasks.py bench [ARGS]  run bench/*.py (ARGS go to each script)
     python3 tasks.py lock          rewrite constraints.txt: the newest versions pyproject.toml admits
+    python3 tasks.py compose-check the compose stack on a real Docker engine, end to end (minutes)
 
 Every task first makes sure `.venv` exists and holds the project, installed with the exact
 versions of constraints.txt (`pip install -c constraints.txt -e '.[dev]'`, repeated only when
@@ -248,6 +249,11 @@ def task_bench(args: list[str]) -> int:
     return worst
 
 
+def task_compose_check(args: list[str]) -> int:
+    """the compose stack on a real Docker engine, end to end (not part of `test`)"""
+    return set_up() or run([PYTHON, "tools/compose_check.py", *args])
+
+
 LOCK_HEADER = """\
 # Exact versions for reproducible installs of auditflow and its extras ("postgres", "dev").
 # pyproject.toml declares compatible ranges; this file fixes the versions tested together on
@@ -289,12 +295,13 @@ TASKS: dict[str, Callable[[list[str]], int]] = {
     "gen": task_gen,
     "bench": task_bench,
     "lock": task_lock,
+    "compose-check": task_compose_check,
 }
 
 
 def usage() -> str:
     lines = ["usage: python3 tasks.py TASK [ARGS...]", "", "tasks:"]
-    lines += [f"  {name:<6} {func.__doc__}" for name, func in TASKS.items()]
+    lines += [f"  {name:<13} {func.__doc__}" for name, func in TASKS.items()]
     lines += ["", (__doc__ or "").strip().split("\n\n", 2)[-1]]
     return "\n".join(lines)
 
