@@ -66,7 +66,7 @@ def scratch_checkout(into: Path) -> None:
 
 
 def cli(workdir: Path, target: str, token: Path, *args: str) -> str:
-    return run([CLI, "--target", target, "--plaintext", "--token-file", token, "--json", *args], workdir)
+    return run([CLI, "--target", target, "--plaintext", "--token-file", token, "--json", *args], workdir, timeout=180)
 
 
 def wait_until(what: str, probe: Callable[[], bool], timeout: float) -> float:
@@ -163,7 +163,7 @@ def check(workdir: Path, figures: dict[str, float | int | None]) -> None:
     wait_until("the new tokens accepted", lambda: accepted(workdir, submitter) and accepted(workdir, approver), 60)
     figures["token_rotation_seconds"] = round(time.monotonic() - created, 1)
     first = submit_and_approve(workdir, submitter, approver)
-    cli(workdir, GATEWAYS[0], approver, "watch", first)
+    cli(workdir, GATEWAYS[1], approver, "watch", first)  # (on the approving gateway)
     processors = stack.containers("processor")
     workflows = [submit_and_approve(workdir, submitter, approver) for _ in range(PLANS_AROUND_THE_KILL // 2)]
     run(["docker", "kill", processors[0]], workdir)
