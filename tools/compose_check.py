@@ -163,13 +163,13 @@ def check(workdir: Path, figures: dict[str, float | int | None]) -> None:
     wait_until("the new tokens accepted", lambda: accepted(workdir, submitter) and accepted(workdir, approver), 60)
     figures["token_rotation_seconds"] = round(time.monotonic() - created, 1)
     first = submit_and_approve(workdir, submitter, approver)
-    cli(workdir, GATEWAYS[1], approver, "watch", first)  # (on the approving gateway)
+    cli(workdir, GATEWAYS[0], approver, "watch", first)  # (on the gateway it was submitted to)
     processors = stack.containers("processor")
     workflows = [submit_and_approve(workdir, submitter, approver) for _ in range(PLANS_AROUND_THE_KILL // 2)]
     run(["docker", "kill", processors[0]], workdir)
     workflows += [submit_and_approve(workdir, submitter, approver) for _ in range(PLANS_AROUND_THE_KILL // 2)]
     for workflow_id in workflows:  # `watch` exits 0 only on COMPLETED
-        cli(workdir, GATEWAYS[1], approver, "watch", workflow_id)
+        cli(workdir, GATEWAYS[0], approver, "watch", workflow_id)
         verified = json.loads(cli(workdir, GATEWAYS[1], approver, "verify", workflow_id))
         if not (verified["intact"] and verified["signed"] and verified["signature_checked"]):
             raise CheckFailed(f"the trail of {workflow_id} does not verify: {verified}")
