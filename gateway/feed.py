@@ -171,7 +171,7 @@ class Feed:
             read = [*await self._gaps(gaps), *fresh]
             fresh, gaps = self._sort(read)
             if gaps:  # before the run's first event: what another gateway committed (a decision)
-                await self._publish_own(gaps)
+                await self._publish_own(gaps, read)
                 fresh, _ = self._sort(read)
         if not fresh:
             return
@@ -198,11 +198,13 @@ class Feed:
             fresh.append(e)
         return fresh, gaps
 
-    async def _publish_own(self, cursors: dict[str, int]) -> None:
-        """Publish the gateway events after each cursor from the database. A workflow created
-        here and approved on another gateway has its APPROVED event only there and in the
-        database: the processor's log starts after it, so without this every event of the run
-        would wait behind that gap here, and this gateway's watchers would never see them."""
+    async def _publish_own(self, cursors: dict[str, int], pending: Sequence[ppb.FeedEvent]) -> None:
+        """Publish the gateway events after each cursor, and before the processor's first
+        pending event of that workflow, from the database. A workflow created here and
+        approved on another gateway has its APPROVED event only there and in the database: the
+        processor's log starts after it, so without this every event of the run would wait
+        behind that gap here, and this gateway's watchers would never see them."""
+        first = {w: min((e.event.sequence for e in pending if e.event.workflow_id == w), default=0) for w in cursors}
 
         def read(conn: Connection) -> list[tuple[store.WorkflowRecord | None, list[store.EventRecord]]]:
             return [(store.get(conn, w), store.events_after(conn, w, at)) for w, at in cursors.items()]
@@ -211,7 +213,8 @@ class Feed:
             if record is None:  # pragma: no cover - workflows are never deleted
                 continue
             for event in events:
-                self._hub.publish(Item(messages.event_message(record, event)))
+                if event.sequence < first[record.workflow_id]:
+                    self._hub.publish(Item(messages.event_message(record, event)))
 
     async def _gaps(self, cursors: dict[str, int]) -> list[ppb.FeedEvent]:
         """Every event after each cursor, from the processor's log. A page answers the
