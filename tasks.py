@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""auditflow's developer tasks. Needs only Python 3.11 (and node/npm for buf).
+"""auditflow's developer tasks. Needs only Python 3.11, 3.12 or 3.13 (and node/npm for buf).
 
     python3 tasks.py demo [ARGS]   start both servers, run the sample plan end to end, stop them
     python3 tasks.py test [ARGS]   the whole pytest suite (ARGS go to pytest)
     python3 tasks.py lint          ruff check, ruff format --check, mypy, buf lint, stale stubs
     python3 tasks.py gen           regenerate the gRPC stubs from protos/
     python3 tasks.py bench [ARGS]  run bench/*.py (ARGS go to each script)
+    python3 tasks.py lock          rewrite constraints.txt: the newest versions pyproject.toml admits
+    python3 tasks.py compose-check the compose stack on a real Docker engine, end to end (minutes)
 
-Every task first makes sure `.venv` exists and holds the project (`pip install -e '.[dev]'`,
-repeated only when pyproject.toml changed). `lint` and `test` also install the pinned buf
-with `npm ci` when node_modules/.bin/buf is missing, and `test` installs Debian's chromium
-(for the browser test) and docker-compose (to validate docker-compose.yml) packages when they
-are missing. The exit code is the task's.
+Every task first makes sure `.venv` exists and holds the project, installed with the exact
+versions of constraints.txt (`pip install -c constraints.txt -e '.[dev]'`, repeated only when
+pyproject.toml or constraints.txt changed). The environment is made with the Python that runs
+tasks.py; AUDITFLOW_VENV names another directory for it (one per Python version, say).
+`lint` and `test` also install the pinned buf with `npm ci` when node_modules/.bin/buf is
+missing, and `test` installs Debian's chromium (for the browser test) and docker-compose (to
+validate docker-compose.yml) packages when they are missing. The exit code is the task's.
 """
 
 from __future__ import annotations
@@ -22,19 +26,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
+VENV = ROOT / os.environ.get("AUDITFLOW_VENV", ".venv")
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".auditflow-installed"
 PYPROJECT = ROOT / "pyproject.toml"
+CONSTRAINTS = ROOT / "constraints.txt"
 BUF = ROOT / "node_modules" / ".bin" / "buf"
 CHROMIUM = Path("/usr/bin/chromium")
 DOCKER_COMPOSE = Path("/usr/bin/docker-compose")
-REQUIRED_PYTHON = (3, 11)
+OLDEST_PYTHON = (3, 11)
 PYTEST_NO_TESTS = 5
 
 
@@ -85,16 +91,16 @@ def tool_env() -> dict[str, str]:
 
 
 def python_for_venv() -> str | None:
-    """A Python 3.11 interpreter: this one, or python3.11 on PATH."""
-    if sys.version_info[:2] == REQUIRED_PYTHON:
+    """This interpreter when it is new enough, else python3.11 on PATH."""
+    if sys.version_info[:2] >= OLDEST_PYTHON:
         return sys.executable
-    return shutil.which("python{}.{}".format(*REQUIRED_PYTHON))
+    return shutil.which("python{}.{}".format(*OLDEST_PYTHON))
 
 
 def venv_version_ok() -> bool:
     try:
         out = subprocess.run(
-            [str(PYTHON), "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
+            [str(PYTHON), "-c", f"import sys; print(sys.version_info[:2] >= {OLDEST_PYTHON})"],
             capture_output=True,
             text=True,
             check=False,
@@ -104,31 +110,33 @@ def venv_version_ok() -> bool:
     return out.stdout.strip() == "True"
 
 
-def pyproject_digest() -> str:
-    return hashlib.sha256(PYPROJECT.read_bytes()).hexdigest()
+def install_digest() -> str:
+    """What the installed environment depends on: the project's ranges and the exact versions."""
+    return hashlib.sha256(PYPROJECT.read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
 
 
 def ensure_venv() -> int:
-    """Create .venv if missing; `pip install -e .[dev]` when pyproject.toml changed since the last one."""
+    """Create .venv if missing; install the project with the locked versions when pyproject.toml
+    or constraints.txt changed since the last install."""
+    oldest = "{}.{}".format(*OLDEST_PYTHON)
     if PYTHON.exists() and not venv_version_ok():
-        return fail(f"{VENV} exists but is not a working Python 3.11 environment: remove it and retry", 2)
+        return fail(f"{VENV} exists but is not a working Python {oldest}+ environment: remove it and retry", 2)
     if not PYTHON.exists():
         interpreter = python_for_venv()
         if interpreter is None:
-            wanted = "{}.{}".format(*REQUIRED_PYTHON)
-            return fail(f"Python {wanted} is required: run tasks.py with it, or put python{wanted} on PATH", 2)
+            return fail(f"Python {oldest} or newer is required: run tasks.py with it", 2)
         say(f"creating {VENV.name} with {interpreter}")
         code = run([interpreter, "-m", "venv", VENV])
         if code:
             return fail(f"creating {VENV.name} failed", code)
-    digest = pyproject_digest()
+    digest = install_digest()
     if STAMP.exists() and STAMP.read_text().strip() == digest:
         return 0
-    say("installing the project into .venv (pyproject.toml changed since the last install)")
+    say(f"installing the project into {VENV.name} (pyproject.toml or constraints.txt changed since the last install)")
     STAMP.unlink(missing_ok=True)
-    code = run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev]"])
+    code = run([PYTHON, "-m", "pip", "install", "--disable-pip-version-check", "-c", CONSTRAINTS, "-e", ".[dev]"])
     if code:
-        return fail("pip install -e '.[dev]' failed", code)
+        return fail("pip install -c constraints.txt -e '.[dev]' failed", code)
     STAMP.write_text(digest + "\n")
     return 0
 
@@ -241,18 +249,59 @@ def task_bench(args: list[str]) -> int:
     return worst
 
 
+def task_compose_check(args: list[str]) -> int:
+    """the compose stack on a real Docker engine, end to end (not part of `test`)"""
+    return set_up() or run([PYTHON, "tools/compose_check.py", *args])
+
+
+LOCK_HEADER = """\
+# Exact versions for reproducible installs of auditflow and its extras ("postgres", "dev").
+# pyproject.toml declares compatible ranges; this file fixes the versions tested together on
+# Python 3.11, 3.12 and 3.13. tasks.py and the Dockerfile install with it:
+#
+#   pip install -c constraints.txt -e '.[dev]'
+#
+# `python3 tasks.py lock` rewrites it from a fresh environment (the newest versions the ranges
+# admit); then run the tests on each supported Python before committing it.
+"""
+
+
+def task_lock(args: list[str]) -> int:
+    """rewrite constraints.txt with the newest versions pyproject.toml admits"""
+    if args:
+        return fail(f"lock takes no arguments (got: {' '.join(args)})", 2)
+    with tempfile.TemporaryDirectory(prefix="auditflow-lock-") as scratch:
+        python = Path(scratch) / "bin" / "python"
+        say("resolving the newest versions in a fresh environment")
+        code = run([sys.executable, "-m", "venv", scratch]) or run(
+            [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", ".[dev,postgres]"]
+        )
+        if code:
+            return fail("installing into a fresh environment failed", code)
+        frozen = subprocess.run(
+            [str(python), "-m", "pip", "freeze", "--all", "--exclude-editable", "--disable-pip-version-check"],
+            capture_output=True, text=True, check=True, cwd=ROOT,
+        ).stdout  # fmt: skip
+    pins = sorted((ln for ln in frozen.splitlines() if ln and not ln.startswith(("pip==", "-e", "#"))), key=str.lower)
+    CONSTRAINTS.write_text(LOCK_HEADER + "\n".join(pins) + "\n")
+    say(f"wrote {len(pins)} exact versions to {CONSTRAINTS.name}")
+    return 0
+
+
 TASKS: dict[str, Callable[[list[str]], int]] = {
     "demo": task_demo,
     "test": task_test,
     "lint": task_lint,
     "gen": task_gen,
     "bench": task_bench,
+    "lock": task_lock,
+    "compose-check": task_compose_check,
 }
 
 
 def usage() -> str:
     lines = ["usage: python3 tasks.py TASK [ARGS...]", "", "tasks:"]
-    lines += [f"  {name:<6} {func.__doc__}" for name, func in TASKS.items()]
+    lines += [f"  {name:<13} {func.__doc__}" for name, func in TASKS.items()]
     lines += ["", (__doc__ or "").strip().split("\n\n", 2)[-1]]
     return "\n".join(lines)
 

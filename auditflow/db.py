@@ -129,11 +129,12 @@ class Database:
         self.read_batches = 0  # (counted by several threads: approximate, for tests and benchmarks)
         self.reads = 0
         self._outage = _Outage()
+        measured = metrics.of(name)  # (its service's registry)
         self._measured = {
-            thread: (metrics.DB_BATCH_SIZE.labels(name, thread), metrics.DB_TRANSACTION_SECONDS.labels(name, thread))
+            thread: (measured.db_batch_size.labels(name, thread), measured.db_transaction_seconds.labels(name, thread))
             for thread in ("writer", "reader")
         }
-        self._lock_timeouts = metrics.DB_LOCK_TIMEOUTS.labels(name)
+        self._lock_timeouts = measured.db_lock_timeouts.labels(name)
         # PostgreSQL: the server processes of this service's writing connections, so that a
         # listener can tell this process's own notifications from other processes'.
         self.backend_pids: set[int] = set()

@@ -231,9 +231,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             await self._limiter.admit(method, caller, getattr(request, "page_size", 0), size)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
-        workflow_id = getattr(request, "workflow_id", None)
-        if workflow_id:
-            logs.bind(workflow_id=workflow_id)
+        logs.bind_workflow(request)
         if isinstance(request, _Malformed):
             raise InvalidArgument(f"the request is not a valid {request.message_name} message")
         return caller

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -31,24 +32,42 @@ _context: ContextVar[dict[str, Any] | None] = ContextVar("auditflow_log_context"
 def setup(level: str, log_format: str = "text", service: str = "") -> None:
     """Configure the root logger once: `log_format` "text" or "json" (to stderr)."""
     handler = logging.StreamHandler(sys.stderr)
+    formatter: logging.Formatter
     if log_format == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                static_fields={"service": service} if service else None,
-            )
+        formatter = JsonFormatter(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            static_fields={"service": service} if service else None,
         )
         handler.addFilter(ContextFilter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        formatter = logging.Formatter(TEXT_FORMAT)
+    handler.setFormatter(utc_iso_times(formatter))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def utc_iso_times(formatter: logging.Formatter) -> logging.Formatter:
+    """Timestamps in ISO 8601, UTC, to the millisecond (2026-11-27T09:12:03.114Z), whatever the
+    host's time zone: logging's default is local time with a comma before the milliseconds,
+    which log pipelines cannot compare across hosts."""
+    formatter.converter = time.gmtime
+    formatter.default_time_format = "%Y-%m-%dT%H:%M:%S"
+    formatter.default_msec_format = "%s.%03dZ"
+    return formatter
 
 
 def bind(**fields: Any) -> None:
     """Add fields (workflow_id, cycle) to every record logged from this task from now on."""
     current = _context.get()
     _context.set({**current, **fields} if current else fields)
+
+
+def bind_workflow(request: Any) -> None:
+    """Bind the workflow a request names (its `workflow_id`, if any) to every record of its
+    call, over gRPC and REST alike."""
+    workflow_id = getattr(request, "workflow_id", None)
+    if workflow_id:
+        bind(workflow_id=workflow_id)
 
 
 class ContextFilter(logging.Filter):

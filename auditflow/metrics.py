@@ -1,11 +1,12 @@
 """Prometheus metrics: every metric of both services, defined here, in one list.
 
 Why one module: an operator reads docs/operations.md, a developer this file, and both find the
-same names. Metrics live in prometheus-client's default registry (one service per process in
-production; in tests, where a gateway and a processor may share a process, each keeps to its
-own names). Names follow the Prometheus conventions: base units (`_seconds`, `_bytes`),
-`_total` for counters, and label values from small fixed sets; never a workflow id, a user or
-a path as a label.
+same names. Each service has its own registry (`GATEWAY`, `PROCESSOR`) and its `/metrics`
+exports that one only: a gateway never shows a processor's gauges as zeros (an alert on one
+would fire on the other), even in tests where a gateway and a processor share a process. The
+metrics both services record (RPCs served, the database) are defined once per registry. Names
+follow the Prometheus conventions: base units (`_seconds`, `_bytes`), `_total` for counters,
+and label values from small fixed sets; never a workflow id, a user or a path as a label.
 
 Recording costs a few hundred nanoseconds per update. `Endpoint` exposes them over HTTP at
 `/metrics` (`--metrics-address`); without it the per-RPC metrics are not even recorded (the
@@ -28,7 +29,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -42,109 +52,215 @@ FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 SLOW = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-# --- RPCs (both services; the names of go-grpc-prometheus and grpc-ecosystem) -----------
-
 RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
-SERVER_STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", RPC_LABELS)
-SERVER_HANDLED = Counter(
-    "grpc_server_handled_total", "RPCs completed on the server, by status code.", (*RPC_LABELS, "grpc_code")
-)
-SERVER_SECONDS = Histogram(
-    "grpc_server_handling_seconds", "Time from an RPC's start to its end on the server (a stream: its whole life).",
-    RPC_LABELS, buckets=FAST,
-)  # fmt: skip
-CLIENT_HANDLED = Counter(
-    "grpc_client_handled_total", "RPCs the gateway made to the processor, by status code.", (*RPC_LABELS, "grpc_code")
-)
-CLIENT_SECONDS = Histogram(
-    "grpc_client_handling_seconds", "Time of the gateway's RPCs to the processor.", RPC_LABELS, buckets=FAST
-)
-
-# --- the database (both services; `database` is "gateway" or "processor") ---------------
-
 DB_LABELS = ("database", "thread")  # thread: "writer" or "reader"
-DB_BATCH_SIZE = Histogram(
-    "auditflow_db_batch_size", "Requests run together in one transaction (group commit; grouped reads).",
-    DB_LABELS, buckets=BATCH,
-)  # fmt: skip
-DB_TRANSACTION_SECONDS = Histogram(
-    "auditflow_db_transaction_seconds", "Time of one grouped transaction, commit included.", DB_LABELS, buckets=FAST
-)
-DB_LOCK_TIMEOUTS = Counter(
-    "auditflow_db_lock_timeouts_total", "Calls refused because a row stayed locked past lock_timeout.", ("database",)
-)
+
+
+class _DatabaseGauges(Collector):
+    """The DatabaseCollectors of one service's running endpoints, as one collector: one
+    `auditflow_database_up` family, a sample per database."""
+
+    def __init__(self) -> None:
+        self.sources: list[DatabaseCollector] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("auditflow_database_up", "1 if the last scrape could read the database.",
+                               labels=("database",))  # fmt: skip
+        families: dict[str, GaugeMetricFamily] = {}
+        for source in list(self.sources):
+            try:
+                values = source.read()
+            except Exception as exc:  # an outage: its gauges are left out, and `up` says why
+                logger.debug("metrics: reading the %s database failed: %s", source.database, type(exc).__name__)
+                up.add_metric((source.database,), 0)
+                continue
+            up.add_metric((source.database,), 1)
+            for name, (help_text, labels) in source.describe.items():
+                family = families.setdefault(name, GaugeMetricFamily(name, help_text, labels=labels))
+                for sample in values.get(name, []):
+                    family.add_metric(sample.labels, sample.value)
+        yield up
+        yield from families.values()
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    """One service's registry, with the metrics every service records (the RPCs it serves,
+    its database) and the process collectors (CPU, memory, file descriptors, GC)."""
+
+    name: str
+    registry: CollectorRegistry
+    server_started: Counter
+    server_handled: Counter
+    server_seconds: Histogram
+    db_batch_size: Histogram
+    db_transaction_seconds: Histogram
+    db_lock_timeouts: Counter
+    database_gauges: _DatabaseGauges
+
+
+def _service(name: str) -> ServiceMetrics:
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    database_gauges = _DatabaseGauges()
+    registry.register(database_gauges)
+    return ServiceMetrics(
+        name=name,
+        registry=registry,
+        # The RPCs served (the names of go-grpc-prometheus and grpc-ecosystem).
+        server_started=Counter(
+            "grpc_server_started_total", "RPCs started on the server.", RPC_LABELS, registry=registry
+        ),
+        server_handled=Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by status code.",
+            (*RPC_LABELS, "grpc_code"),
+            registry=registry,
+        ),
+        server_seconds=Histogram(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's start to its end on the server (a stream: its whole life).",
+            RPC_LABELS,
+            buckets=FAST,
+            registry=registry,
+        ),
+        # The database (`database` is the service's name).
+        db_batch_size=Histogram(
+            "auditflow_db_batch_size",
+            "Requests run together in one transaction (group commit; grouped reads).",
+            DB_LABELS,
+            buckets=BATCH,
+            registry=registry,
+        ),
+        db_transaction_seconds=Histogram(
+            "auditflow_db_transaction_seconds",
+            "Time of one grouped transaction, commit included.",
+            DB_LABELS,
+            buckets=FAST,
+            registry=registry,
+        ),
+        db_lock_timeouts=Counter(
+            "auditflow_db_lock_timeouts_total",
+            "Calls refused because a row stayed locked past lock_timeout.",
+            ("database",),
+            registry=registry,
+        ),
+        database_gauges=database_gauges,
+    )
+
+
+GATEWAY = _service("gateway")
+PROCESSOR = _service("processor")
+# A database of neither service (tools, benchmarks): recorded, never exported.
+UNEXPORTED = _service("other")
+
+
+def of(service: str) -> ServiceMetrics:
+    """The metrics of the service named `service` ("gateway", "processor")."""
+    return {"gateway": GATEWAY, "processor": PROCESSOR}.get(service, UNEXPORTED)
+
 
 # --- the gateway ------------------------------------------------------------------------
+
+CLIENT_HANDLED = Counter(
+    "grpc_client_handled_total", "RPCs the gateway made to the processor, by status code.", (*RPC_LABELS, "grpc_code"),
+    registry=GATEWAY.registry,
+)  # fmt: skip
+CLIENT_SECONDS = Histogram(
+    "grpc_client_handling_seconds", "Time of the gateway's RPCs to the processor.", RPC_LABELS, buckets=FAST,
+    registry=GATEWAY.registry,
+)  # fmt: skip
 
 DECISIONS = Counter(
     "auditflow_gateway_decisions_total",
     "Approve and Reject calls by kind and outcome: dispatched (the run was handed to the outbox), "
     "recorded (an approval of several), rejected, repeated (nothing changed), refused (an error).",
     ("kind", "outcome"),
+    registry=GATEWAY.registry,
 )
 OUTBOX_DELIVERIES = Counter(
     "auditflow_gateway_outbox_deliveries_total",
     "Outbox rows sent to the processor, by kind (enqueue, cancel) and result (accepted, refused, failed).",
     ("kind", "result"),
+    registry=GATEWAY.registry,
 )
 OUTBOX_GATE_OPEN = Gauge(
     "auditflow_gateway_outbox_gate_open",
     "1 while the outbox relay sends; 0 while it waits for an unavailable processor (it probes its health).",
+    registry=GATEWAY.registry,
 )
 PROCESSOR_LINK_UP = Gauge(
-    "auditflow_gateway_processor_link_up", "1 while the gateway's feed from the processor is subscribed and caught up."
+    "auditflow_gateway_processor_link_up",
+    "1 while the gateway's feed from the processor is subscribed and caught up.",
+    registry=GATEWAY.registry,
 )
 OUTBOX_DISPATCH_SECONDS = Histogram(
     "auditflow_gateway_dispatch_seconds", "From an approval's commit to the processor accepting its run.",
-    buckets=SLOW,
+    buckets=SLOW, registry=GATEWAY.registry,
 )  # fmt: skip
 WATCH_STREAMS = Gauge(
-    "auditflow_gateway_watch_streams", "Open WatchStatus streams, over gRPC and REST (SSE or NDJSON) together."
+    "auditflow_gateway_watch_streams",
+    "Open WatchStatus streams, over gRPC and REST (SSE or NDJSON) together.",
+    registry=GATEWAY.registry,
+)
+REST_STREAMS = Gauge(
+    "auditflow_gateway_rest_streams",
+    "Open REST streams (SSE or NDJSON): status and exports.",
+    registry=GATEWAY.registry,
 )
 LIMIT_REFUSALS = Counter(
     "auditflow_limit_refusals_total",
     "Calls refused because their principal was past one of its limits, by limit: write_rate, read_rate, "
     "watch_rate, streams, pending_plans, plan_bytes.",
     ("limit",),
+    registry=GATEWAY.registry,
 )
-REST_STREAMS = Gauge("auditflow_gateway_rest_streams", "Open REST streams (SSE or NDJSON): status and exports.")
 REST_REQUESTS = Counter(
     "auditflow_gateway_rest_requests_total", "REST requests by route, method and HTTP status.",
-    ("route", "method", "code"),
+    ("route", "method", "code"), registry=GATEWAY.registry,
 )  # fmt: skip
 REST_SECONDS = Histogram(
     "auditflow_gateway_rest_request_seconds", "REST request time by route and method (a stream: its whole life).",
-    ("route", "method"), buckets=FAST,
+    ("route", "method"), buckets=FAST, registry=GATEWAY.registry,
 )  # fmt: skip
 
 # --- the processor ----------------------------------------------------------------------
 
-RUNS_DRIVEN = Gauge("auditflow_processor_runs_driven", "Runs this processor drives now.")
-MAX_CONCURRENT = Gauge("auditflow_processor_max_concurrent", "Runs this processor may drive at once.")
+RUNS_DRIVEN = Gauge("auditflow_processor_runs_driven", "Runs this processor drives now.", registry=PROCESSOR.registry)
+MAX_CONCURRENT = Gauge(
+    "auditflow_processor_max_concurrent", "Runs this processor may drive at once.", registry=PROCESSOR.registry
+)
 CYCLE_SECONDS = Histogram(
     "auditflow_processor_cycle_seconds", "Time of one cycle's work (the orchestrator call), by the step's procedure.",
-    ("procedure",), buckets=SLOW,
+    ("procedure",), buckets=SLOW, registry=PROCESSOR.registry,
 )  # fmt: skip
 CYCLE_ERRORS = Counter(
     "auditflow_processor_cycle_errors_total", "Failed cycles by procedure and kind (error: retried; critical).",
-    ("procedure", "kind"),
+    ("procedure", "kind"), registry=PROCESSOR.registry,
 )  # fmt: skip
 LEASE_CLAIMS = Counter(
     "auditflow_processor_lease_claims_total",
     "Runs claimed, by kind: first (a queued run starts) or rescue (a run whose lease expired or was released).",
     ("kind",),
+    registry=PROCESSOR.registry,
 )
 LEASE_RENEWALS = Counter(
-    "auditflow_processor_lease_renewals_total", "Lease renewals by result (kept, lost).", ("result",)
+    "auditflow_processor_lease_renewals_total",
+    "Lease renewals by result (kept, lost).",
+    ("result",),
+    registry=PROCESSOR.registry,
 )
 FENCED = Counter(
     "auditflow_processor_fenced_total",
     "Writes refused because this processor's lease on the run was gone (another processor took it over).",
+    registry=PROCESSOR.registry,
 )
 APPROVE_TO_FIRST_CYCLE = Histogram(
     "auditflow_processor_approve_to_first_cycle_seconds",
     "From the approval (the gateway's commit) to the run's first cycle starting here.",
     buckets=SLOW,
+    registry=PROCESSOR.registry,
 )
 
 # Unknown procedures are counted under this name, so that a typo cannot grow the label set.
@@ -153,17 +269,19 @@ OTHER = "other"
 
 class Endpoint:
     """A server's `/metrics` over HTTP (HTTPS with the server's certificate, when it has one),
-    on a thread of prometheus-client's, with the gauges only its database knows.
+    on a thread of prometheus-client's: its service's registry, with the gauges only its
+    database knows.
 
     The metrics say how busy the service is and how its workflows fare: an address without a
     host listens on loopback, and plaintext off loopback needs `--allow-plaintext`, as for
     the service's own ports. A port in use is a ConfigError (one line at start-up)."""
 
-    def __init__(self, address: str, collector: DatabaseCollector | None = None, *, certfile: str = "",
-                 keyfile: str = "", allow_plaintext: bool = False) -> None:  # fmt: skip
+    def __init__(self, address: str, service: ServiceMetrics, collector: DatabaseCollector | None = None, *,
+                 certfile: str = "", keyfile: str = "", allow_plaintext: bool = False) -> None:  # fmt: skip
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self._port = int(port)
+        self._service = service
         check_plaintext("the metrics endpoint", self.host, bool(certfile), allow_plaintext)
         self._collector = collector
         self._certfile = certfile
@@ -175,14 +293,15 @@ class Endpoint:
     def start(self) -> None:
         try:
             self._server, self._thread = start_http_server(
-                self._port, self.host, certfile=self._certfile or None, keyfile=self._keyfile or None
-            )
+                self._port, self.host, registry=self._service.registry,
+                certfile=self._certfile or None, keyfile=self._keyfile or None,
+            )  # fmt: skip
         except OSError as exc:
             why = "the port is in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise ConfigError(f"cannot listen on {self.host}:{self._port} (metrics): {why}") from None
         self.port = self._server.server_port
         if self._collector is not None:
-            DATABASE_GAUGES.sources.append(self._collector)
+            self._service.database_gauges.sources.append(self._collector)
         scheme = "https" if self._certfile else "http"
         logger.info("metrics at %s://%s:%d/metrics", scheme, self.host, self.port)
 
@@ -190,7 +309,7 @@ class Endpoint:
         if self._server is None:
             return
         if self._collector is not None:
-            DATABASE_GAUGES.sources.remove(self._collector)
+            self._service.database_gauges.sources.remove(self._collector)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -208,45 +327,13 @@ class Sample:
 class DatabaseCollector:
     """Gauges read from one service's database at scrape time: `read()` (blocking, on the
     scrape's thread) returns {metric name: samples}; `describe` gives their help and label
-    names. Added to `DATABASE_GAUGES` while its server's endpoint runs."""
+    names. Added to its service's registry while its server's endpoint runs."""
 
     def __init__(self, database: str, read: Callable[[], dict[str, list[Sample]]],
                  describe: dict[str, tuple[str, tuple[str, ...]]]) -> None:  # fmt: skip
         self.database = database
         self.read = read
         self.describe = describe
-
-
-class _DatabaseGauges(Collector):
-    """Every registered DatabaseCollector, as one collector: one `auditflow_database_up`
-    family, a sample per database (a process serves one in production; tests run two)."""
-
-    def __init__(self) -> None:
-        self.sources: list[DatabaseCollector] = []
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("auditflow_database_up", "1 if the last scrape could read the database.",
-                               labels=("database",))  # fmt: skip
-        families: list[GaugeMetricFamily] = []
-        for source in list(self.sources):
-            try:
-                values = source.read()
-            except Exception as exc:  # an outage: its gauges are left out, and `up` says why
-                logger.debug("metrics: reading the %s database failed: %s", source.database, type(exc).__name__)
-                up.add_metric((source.database,), 0)
-                continue
-            up.add_metric((source.database,), 1)
-            for name, (help_text, labels) in source.describe.items():
-                family = GaugeMetricFamily(name, help_text, labels=labels)
-                for sample in values.get(name, []):
-                    family.add_metric(sample.labels, sample.value)
-                families.append(family)
-        yield up
-        yield from families
-
-
-DATABASE_GAUGES = _DatabaseGauges()
-REGISTRY.register(DATABASE_GAUGES)
 
 
 def split_method(full: str) -> tuple[str, str]:
@@ -274,12 +361,13 @@ class MethodMetrics:
 
 
 class RpcMetrics:
-    """RPC counters and latency of one side (server or client), per method."""
+    """RPC counters and latency of one side, per method: the RPCs a service serves (`service`),
+    or the gateway's calls to the processor (no `service`)."""
 
-    def __init__(self, *, client: bool = False) -> None:
-        self._started = None if client else SERVER_STARTED
-        self._handled = CLIENT_HANDLED if client else SERVER_HANDLED
-        self._seconds = CLIENT_SECONDS if client else SERVER_SECONDS
+    def __init__(self, service: ServiceMetrics | None = None) -> None:
+        self._started = service.server_started if service is not None else None
+        self._handled = service.server_handled if service is not None else CLIENT_HANDLED
+        self._seconds = service.server_seconds if service is not None else CLIENT_SECONDS
         self._methods: dict[tuple[str, str], MethodMetrics] = {}
 
     def method(self, full_method: str, kind: str) -> MethodMetrics:
@@ -351,5 +439,5 @@ def _method_name(details: Any) -> str:
 
 def client_interceptors() -> list[Any]:
     """Interceptors that count and time the calls of a channel (the gateway's to the processor)."""
-    measured = RpcMetrics(client=True)
+    measured = RpcMetrics()
     return [_ClientUnary(measured), _ClientStream(measured)]

@@ -24,9 +24,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, create_engine, text
+from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, create_engine, inspect, select, text
 
 SERVICES = {"gateway": "gateway:migrations", "processor": "processor:migrations"}
 
@@ -64,9 +63,17 @@ def head(script_location: str) -> str | None:
     return ScriptDirectory.from_config(config(script_location)).get_current_head()
 
 
+# Alembic's version table, read directly by `current`.
+VERSION_TABLE = Table("alembic_version", MetaData(), Column("version_num", String(32), primary_key=True))
+
+
 def current(connection: Connection) -> str | None:
-    """The revision a database is at (None: never migrated)."""
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision a database is at (None: never migrated). Read from Alembic's version table
+    rather than through a MigrationContext, which logs two INFO lines each time: readiness
+    probes ask this every few seconds, and their logs should stay quiet."""
+    if not inspect(connection).has_table(VERSION_TABLE.name):
+        return None
+    return connection.execute(select(VERSION_TABLE.c.version_num)).scalar()
 
 
 def run_env(context: Any, target_metadata: MetaData) -> None:

@@ -67,7 +67,9 @@ def new_server(authenticator: Authenticator, connections: ConnectionSettings, *,
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:
-    """Register grpc.health.v1 (every service SERVING) and server reflection."""
+    """Register grpc.health.v1 and server reflection. Reflection lists the services this
+    server answers (`service_names`, health, reflection) and no other: the gateway's health
+    reports its processor link under the processor's service name, which it does not serve."""
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]

@@ -14,7 +14,8 @@ dispatch the gateway has not recorded yet), so nothing committed before the subs
 missed, and what is committed after it is on the stream (a sequence already published is
 skipped). An event whose
 predecessor never arrived (another processor wrote it, and this one's tail has not caught up)
-has its gap read from the log before it is applied. A broken stream is reopened with backoff
+has its gap read from the log before it is applied; a gap before the run's first event (a
+decision another gateway committed) is read from the database. A broken stream is reopened with backoff
 and the catch-up runs again.
 
 It is also where the relay reports (`gateway.outbox.Dispatches`): an accepted row's answer is
@@ -167,7 +168,11 @@ class Feed:
         skip what was published before, read what is missing first."""
         fresh, gaps = self._sort(batch)
         if gaps:
-            fresh, _ = self._sort([*await self._gaps(gaps), *fresh])
+            read = [*await self._gaps(gaps), *fresh]
+            fresh, gaps = self._sort(read)
+            if gaps:  # before the run's first event: what another gateway committed (a decision)
+                await self._publish_own(gaps, read)
+                fresh, _ = self._sort(read)
         if not fresh:
             return
         newest = {e.event.workflow_id: e.snapshot for e in fresh}
@@ -192,6 +197,24 @@ class Feed:
             position[workflow_id] = sequence
             fresh.append(e)
         return fresh, gaps
+
+    async def _publish_own(self, cursors: dict[str, int], pending: Sequence[ppb.FeedEvent]) -> None:
+        """Publish the gateway events after each cursor, and before the processor's first
+        pending event of that workflow, from the database. A workflow created here and
+        approved on another gateway has its APPROVED event only there and in the database: the
+        processor's log starts after it, so without this every event of the run would wait
+        behind that gap here, and this gateway's watchers would never see them."""
+        first = {w: min((e.event.sequence for e in pending if e.event.workflow_id == w), default=0) for w in cursors}
+
+        def read(conn: Connection) -> list[tuple[store.WorkflowRecord | None, list[store.EventRecord]]]:
+            return [(store.get(conn, w), store.events_after(conn, w, at)) for w, at in cursors.items()]
+
+        for record, events in await self._db.read(read):
+            if record is None:  # pragma: no cover - workflows are never deleted
+                continue
+            for event in events:
+                if event.sequence < first[record.workflow_id]:
+                    self._hub.publish(Item(messages.event_message(record, event)))
 
     async def _gaps(self, cursors: dict[str, int]) -> list[ppb.FeedEvent]:
         """Every event after each cursor, from the processor's log. A page answers the

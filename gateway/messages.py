@@ -24,7 +24,7 @@ def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) 
 
 @functools.lru_cache(maxsize=8)  # (one `since` per outage: every waiting answer shares its text)
 def waiting_message(since: datetime) -> str:
-    return f"approved; waiting for the processor, unavailable since {since:%Y-%m-%d %H:%M:%S} UTC"
+    return f"approved; queued until a processor is back (unavailable since {since:%Y-%m-%d %H:%M:%S} UTC)"
 
 
 def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:

@@ -10,11 +10,11 @@ When a call fails for want of the processor, the relay closes a gate: every send
 it (costing nothing), and one prober asks the processor's health with capped exponential
 backoff until it answers SERVING, then opens the gate. So a backlog of thousands of approvals
 during an outage does not turn into a storm of doomed calls; at most `max_in_flight` calls
-are out at once. While the gate is closed, `unavailable_since` says since when (Approve and
-GetStatus tell the caller). Only an acknowledged row is deleted, so a gateway killed at any
-point delivers the row after restart (Enqueue and CancelRun are idempotent, so a repeat is
-harmless). Rows of one workflow go out in order (enqueue before cancel); different workflows
-go out concurrently.
+are out at once. While the gate is closed, or the feed from the processor is broken,
+`unavailable_since` says since when (Approve and GetStatus tell the caller). Only an
+acknowledged row is deleted, so a gateway killed at any point delivers the row after restart
+(Enqueue and CancelRun are idempotent, so a repeat is harmless). Rows of one workflow go out
+in order (enqueue before cancel); different workflows go out concurrently.
 """
 
 from __future__ import annotations
@@ -134,6 +134,7 @@ class OutboxRelay:
         self._open = asyncio.Event()  # set while the processor is believed to be up
         self._open.set()
         self._unavailable_since: datetime | None = None
+        self._link_down_since: datetime | None = None
         self._prober: asyncio.Task[None] | None = None
         metrics.OUTBOX_GATE_OPEN.set(1)
 
@@ -161,8 +162,15 @@ class OutboxRelay:
 
     @property
     def unavailable_since(self) -> datetime | None:
-        """When the processor was found unavailable, while the gate is closed; else None."""
-        return self._unavailable_since
+        """When the processor was found unavailable, while the gate is closed or the feed from
+        it is broken; else None. The feed notices first (its stream ends when the processor
+        stops), so the first Approve after that already says its work is queued."""
+        return self._unavailable_since or self._link_down_since
+
+    def link_changed(self, up: bool) -> None:
+        """The feed from the processor broke (`up` False: every failed attempt says so again)
+        or is back."""
+        self._link_down_since = None if up else (self._link_down_since or convert.utcnow())
 
     @property
     def parked(self) -> int:

@@ -69,11 +69,11 @@ class Gateway:
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
         self.limiter = Limiter(settings.limits)  # (each principal's rates and streams, both adapters)
-        rpc_metrics = RpcMetrics() if measured else None
+        rpc_metrics = RpcMetrics(metrics.GATEWAY) if measured else None
         self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
                                          outer=tracing.server_interceptors(), limiter=self.limiter)  # fmt: skip
-        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
-        link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
+        self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
+        link = serving.LinkHealth(self._health, LINK_NAME, self._link_changed)
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
         keys = trail.load_public_keys(settings.trail_public_keys)
         if signer is not None:
@@ -122,7 +122,7 @@ class Gateway:
         self.port = serving.bind(self.server, address, self.tls)
         self.metrics: metrics.Endpoint | None = None
         if measured:
-            self.metrics = metrics.Endpoint(settings.metrics_address, outbox_gauges(self.db),
+            self.metrics = metrics.Endpoint(settings.metrics_address, metrics.GATEWAY, outbox_gauges(self.db),
                                             certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
                                             allow_plaintext=settings.allow_plaintext)  # fmt: skip
 
@@ -166,6 +166,12 @@ class Gateway:
             await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
 
+    def _link_changed(self, up: bool) -> None:
+        """The feed from the processor is up or broken: the metric, and the relay (so that an
+        Approve while it is broken says its work is queued)."""
+        metrics.PROCESSOR_LINK_UP.set(1 if up else 0)
+        self.relay.link_changed(up)
+
     def reload(self) -> None:
         """SIGHUP: re-read the tokens, keys and certificate files (blocking)."""
         self.authenticator.reload()
@@ -176,6 +182,11 @@ class Gateway:
 # Calls spread over every processor the target names (a list, or every address a DNS name
 # resolves to), and go around one that is down or draining: gRPC's client-side round robin.
 BALANCED = ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+# gRPC's own reconnect backoff grows to 120 s by default (10-17 s between attempts after a
+# 20-second outage): capped here so that, with the feed's retry loop (at most 2 s between
+# attempts), the gateway is linked again within RECONNECT_WITHIN of a processor's return.
+RECONNECT_WITHIN = 5.0
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def processor_target(text: str) -> str:
@@ -220,7 +231,7 @@ def processor_channel(settings: Settings) -> grpc.aio.Channel:
     if settings.metrics_address:
         interceptors += metrics.client_interceptors()
     interceptors += tracing.client_interceptors()
-    options = [BALANCED]
+    options = [BALANCED, *RECONNECT]
     if link.enabled:
         return grpc.aio.secure_channel(target, link.credentials(), options=[*link.options(), *options],
                                        interceptors=interceptors)  # fmt: skip

@@ -57,8 +57,7 @@ class Processor:
             settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
             poll_interval=settings.poll_interval, own=self.db.backend_pids,
         )  # fmt: skip
-        measured = bool(settings.metrics_address)
-        rpc_metrics = RpcMetrics() if measured else None
+        rpc_metrics = RpcMetrics(metrics.PROCESSOR) if settings.metrics_address else None
         self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
                                          outer=tracing.server_interceptors())  # fmt: skip
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
@@ -66,8 +65,8 @@ class Processor:
         self.port = serving.bind(self.server, address, self.tls)
         self._started = False
         self.metrics: metrics.Endpoint | None = None
-        if measured:
-            self.metrics = metrics.Endpoint(settings.metrics_address, run_gauges(self.db),
+        if settings.metrics_address:
+            self.metrics = metrics.Endpoint(settings.metrics_address, metrics.PROCESSOR, run_gauges(self.db),
                                             certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
                                             allow_plaintext=settings.allow_plaintext)  # fmt: skip
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).

@@ -161,12 +161,30 @@ def append_entry(path: Path, token_id: str, principal: str, roles: list[str]) ->
     text = (existing or "# auditflow API tokens: SHA-256 hashes only (see `auditflow token create --help`).\n") + block
     parse(text, str(path))  # refuses a duplicate id, a bad name or role before anything is written
     path.parent.mkdir(parents=True, exist_ok=True)
+    _replace(path, text)
+    return token
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `path` whole by a rename (a server never reads half a file), keeping the old
+    file's owner and mode: a tokens file handed to the service's user (`chown`) stays
+    readable by it after an operator (root, say) adds a token. A new file is 0600. The
+    rename gives the file a new inode, so a server must see it through its directory (a
+    mounted directory, not a file mounted alone)."""
+    old = path.stat() if path.exists() else None
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            if old is not None:
+                if (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                    os.fchown(handle.fileno(), old.st_uid, old.st_gid)  # (root may; so may the owner, for itself)
+                os.fchmod(handle.fileno(), old.st_mode & 0o777)
+            handle.write(text)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
-    return token
 
 
 def _toml_string(value: str) -> str:

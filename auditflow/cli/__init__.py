@@ -109,7 +109,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--json",
         action="store_true",
         default=default(False),
-        help="print JSON (proto3 JSON mapping) instead of text",
+        help="print JSON instead of text: the proto field names (snake_case), counts as numbers",
     )
 
 
@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--plan", metavar="FILE", help='JSON file: a list of {"procedure", "parameters"} steps')
     source.add_argument(
-        "--sample", action="store_true", help="the packaged sample plan (ledger_summary, then vendor_totals)"
-    )
+        "--sample", action="store_true",
+        help=f"the packaged sample plan over the sample ledger: {commands.SAMPLE_STEPS} steps (ledger_summary, "
+        "vendor_totals, then each audit procedure)",
+    )  # fmt: skip
     p.add_argument("--title", default="", help="title of the workflow (default: from the plan)")
     p.add_argument(
         "--max-cycles",
@@ -281,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./var/demo", help="databases and server logs (default: %(default)s)")
     p.add_argument("--gateway-port", type=_non_negative, default=0, help="0 picks a free port (default)")
     p.add_argument("--processor-port", type=_non_negative, default=0, help="0 picks a free port (default)")
+    p.add_argument("--rest-port", type=_non_negative, default=0,
+                   help="the gateway's REST port and status page; 0 picks a free port (default)")  # fmt: skip
     p.add_argument("--submitter", default="demo-submitter", help="principal who submits (default: %(default)s)")
     p.add_argument("--approver", default="demo-approver", help="principal who approves (default: %(default)s)")
     p.add_argument(

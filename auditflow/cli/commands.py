@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from google.protobuf import json_format
 
 from auditflow import convert, statuses, synthetic, trail
 from auditflow.cli import render
@@ -64,6 +63,10 @@ def sample_ledger_path() -> str:
     ref = resources.files("auditflow").joinpath("samples", "ledger.csv")
     with resources.as_file(ref) as path:  # a real file for normal and editable installs
         return str(Path(path).resolve())
+
+
+# The sample plan's length (`submit --sample`'s help says it): the summary, the vendors, the audits.
+SAMPLE_STEPS = 2 + len(AUDIT_PROCEDURES)
 
 
 def sample_plan() -> list[pb.PlanStep]:
@@ -394,11 +397,8 @@ def list_(ctx: Context, args: argparse.Namespace) -> int:
         if not token or not args.all:
             break
     if ctx.json:
-        data = {
-            "workflows": [json_format.MessageToDict(w, always_print_fields_with_no_presence=True) for w in workflows],
-            "nextPageToken": token,
-        }
-        ctx.print(json.dumps(data, indent=2))
+        data = {"workflows": [render.to_data(w) for w in workflows], "next_page_token": token}
+        ctx.print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
     if workflows:
         ctx.print(render.workflow_table(workflows))

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     credentials = make_credentials(data_dir / "credentials", args.submitter, args.approver)
     processor_port = args.processor_port or free_port()
     gateway_port = args.gateway_port or free_port()
-    rest_port = free_port()
+    rest_port = args.rest_port or free_port()
     processor = Server(
         "processor",
         "processor",

@@ -12,9 +12,10 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from datetime import UTC
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from auditflow import statuses
@@ -55,14 +56,51 @@ def timestamp(ts: timestamp_pb2.Timestamp, *, present: bool = True) -> str:
     return ts.ToDatetime(tzinfo=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The 64-bit integer types, which proto3's JSON mapping writes as strings.
+INT64 = frozenset({
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
+})  # fmt: skip
+
+
+def to_data(message: Message) -> dict[str, Any]:
+    """A message as the CLI's `--json` prints it, the same in every command: the proto field
+    names (snake_case, as in the .proto and the rest of the CLI), fields with default values
+    included, counts as numbers (proto3 JSON writes 64-bit integers as strings, and a Struct's
+    whole numbers as 3.0); timestamps stay RFC 3339 strings."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)  # fmt: skip
+    whole: dict[str, Any] = _whole_numbers(_int64_numbers(cast(Descriptor, message.DESCRIPTOR), data))
+    return whole
+
+
+def _int64_numbers(descriptor: Descriptor, data: dict[str, Any]) -> dict[str, Any]:
+    for field in descriptor.fields:
+        if field.name in data:
+            data[field.name] = _field_value(field, data[field.name])
+    return data
+
+
+def _field_value(field: FieldDescriptor, value: Any) -> Any:
+    if field.type in INT64:
+        return [int(v) for v in value] if isinstance(value, list) else int(value)
+    kind = field.message_type
+    if kind is None or kind.full_name.startswith("google.protobuf."):  # (well-known types keep their mapping)
+        return value
+    if kind.GetOptions().map_entry:
+        entry = kind.fields_by_name["value"]
+        return {key: _field_value(entry, v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_int64_numbers(kind, v) for v in value]
+    return _int64_numbers(kind, value)
+
+
 def to_json(message: Message) -> str:
-    """proto3 JSON mapping (as the REST gateway speaks), fields with default values included."""
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=2)
+    return json.dumps(to_data(message), indent=2, ensure_ascii=False)
 
 
 def to_json_line(message: Message) -> str:
-    data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return json.dumps(data, separators=(",", ":"))
+    return json.dumps(to_data(message), separators=(",", ":"), ensure_ascii=False)
 
 
 def pretty(data: Any) -> str:

@@ -2,17 +2,20 @@
 
 Offline, no server involved. It writes, each with mode 0600:
 
-  gateway-tokens.toml        the gateways' API tokens (hashes only): one for the operator
-  operator.token             the operator's token (for `auditflow --token-file`)
-  processor-tokens.toml      the processors' tokens file: the gateways' service token
+  tokens/gateway-tokens.toml   the gateways' API tokens (hashes only): one for the operator
+  operator.token               the operator's token (for `auditflow --token-file`)
+  tokens/processor-tokens.toml the processors' tokens file: the gateways' service token
   gateway-to-processor.token the token the gateways present to the processors
   trail-signing.pem          Ed25519 key the processors sign the end of each run's trail with
   trail-signing.pub          its public half, which the gateways check signatures with
   postgres-password          the database password (PostgreSQL reads it at its first start)
   pgpass                     the same password for the services, in libpq's password file format
 
-Nothing is overwritten: a directory that already holds one of them is refused. More tokens:
-`auditflow token create --tokens-file DIR/gateway-tokens.toml ...`.
+The tokens files sit in a directory of their own, which the services mount whole: a token
+added while they run (`auditflow token create --tokens-file DIR/tokens/gateway-tokens.toml
+...`) replaces its file, and a mounted directory shows the new file where a file mounted alone
+would keep showing the old one. Nothing is overwritten: a directory that already holds one of
+them is refused.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from auditflow.auth.tokens import append_entry
 from auditflow.cli.client import CliError
 from auditflow.principal import ADMIN
 
+GATEWAY_TOKENS = "tokens/gateway-tokens.toml"
+PROCESSOR_TOKENS = "tokens/processor-tokens.toml"
 FILES = (
-    "gateway-tokens.toml",
+    GATEWAY_TOKENS,
     "operator.token",
-    "processor-tokens.toml",
+    PROCESSOR_TOKENS,
     "gateway-to-processor.token",
     "trail-signing.pem",
     "trail-signing.pub",
@@ -69,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
 def write(directory: Path, operator: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    operator_token = append_entry(directory / "gateway-tokens.toml", operator, operator, [ADMIN])
+    operator_token = append_entry(directory / GATEWAY_TOKENS, operator, operator, [ADMIN])
     _secret(directory / "operator.token", operator_token)
-    link = append_entry(directory / "processor-tokens.toml", "gateway", "auditflow-gateway", ["gateway"])
+    link = append_entry(directory / PROCESSOR_TOKENS, "gateway", "auditflow-gateway", ["gateway"])
     _secret(directory / "gateway-to-processor.token", link)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

@@ -27,7 +27,7 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from auditflow import metrics, policy, principal
+from auditflow import logs, metrics, policy, principal
 from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
@@ -309,6 +309,7 @@ class RestApp:
                 setattr(message, resume, resume_at)
         except BadRequest as exc:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
+        logs.bind_workflow(message)  # (the request's own task: its records only)
         return message
 
     async def _stream(

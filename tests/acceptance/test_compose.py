@@ -4,8 +4,9 @@ service's exact command line and environment from it run here against the local 
 
 No Docker engine runs here, so what only a container gives is mapped, and nothing else: the
 database host and name (to the local server's throwaway databases), /run/secrets/NAME (to the
-file the compose file names for that secret), /data (to a directory of ledgers) and the ports
-(to free ones, since replicas of one image share them in containers but not here).
+file the compose file names for that secret), the mounted secrets directories (to the same
+directories of the secrets written here), /data (to a copy of ./ledgers) and the ports (to
+free ones, since replicas of one image share them in containers but not here).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from auditflow.cli.commands import sample_ledger_path
 from tests.support.grpc_helpers import free_port
 from tests.support.postgres import fresh_database
 
@@ -47,10 +47,11 @@ def compose_config() -> dict[str, Any]:
 class Mapping:
     """What differs between a container and this machine, and only that."""
 
-    def __init__(self, config: dict[str, Any], urls: dict[str, str], ledgers: Path) -> None:
+    def __init__(self, config: dict[str, Any], urls: dict[str, str], ledgers: Path, secrets_dir: Path) -> None:
         self.config = config
         self.urls = urls  # compose's database URL -> the test database's
         self.ledgers = ledgers
+        self.mounts = secret_mounts(config, secrets_dir)  # a mounted secrets directory -> the one written here
         self.ports = {"50051": str(free_port()), "50052": str(free_port()), "8080": str(free_port())}
         self.metrics = {service: str(free_port()) for service in ("gateway", "processor")}  # 9464 in each container
 
@@ -59,6 +60,8 @@ class Mapping:
             text = text.replace(compose_url, url)
         for name, secret in self.config["secrets"].items():
             text = text.replace(f"/run/secrets/{name}", secret["file"])
+        for target, source in self.mounts.items():
+            text = text.replace(target + "/", source + "/")
         if text == "/data":
             text = str(self.ledgers)
         if text == "dns:///processor:50052":
@@ -80,6 +83,20 @@ class Mapping:
         return [self.value(str(part), service) for part in argv]
 
 
+def secret_mounts(config: dict[str, Any], secrets_dir: Path) -> dict[str, str]:
+    """Each directory under ./secrets that a service mounts: its path in the container -> the
+    same directory of the secrets written for this test (which `auditflow secrets` must write)."""
+    found = {}
+    for spec in config["services"].values():
+        for volume in spec.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if Path(source).is_relative_to(ROOT / "secrets"):
+                mounted = secrets_dir / Path(source).relative_to(ROOT / "secrets")
+                assert mounted.is_dir(), f"`auditflow secrets` does not write {mounted}"
+                found[target] = str(mounted)
+    return found
+
+
 @pytest.fixture
 def compose(tmp_path: Path) -> Iterator[tuple[Mapping, Path]]:
     config = compose_config()
@@ -91,14 +108,13 @@ def compose(tmp_path: Path) -> Iterator[tuple[Mapping, Path]]:
         secret["file"] = str(secrets_dir / Path(secret["file"]).name)
         assert Path(secret["file"]).exists(), f"`auditflow secrets` does not write {secret['file']}"
     ledgers = tmp_path / "ledgers"
-    ledgers.mkdir()
-    shutil.copy(sample_ledger_path(), ledgers / "ledger.csv")
+    shutil.copytree(ROOT / "ledgers", ledgers)  # the sample ledger the README's examples read
     with fresh_database("composegw") as gateway_url, fresh_database("composeproc") as processor_url:
         urls = {
             "postgresql+psycopg://auditflow@postgres:5432/auditflow_gateway": gateway_url,
             "postgresql+psycopg://auditflow@postgres:5432/auditflow_processor": processor_url,
         }
-        yield Mapping(config, urls, ledgers), secrets_dir
+        yield Mapping(config, urls, ledgers, secrets_dir), secrets_dir
 
 
 def healthy(mapping: Mapping, service: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -120,8 +136,9 @@ def test_the_compose_file_runs_as_written_on_postgresql(compose: tuple[Mapping, 
     assert services["gateway"]["deploy"]["replicas"] == 2 and services["processor"]["deploy"]["replicas"] == 2
     assert services["gateway"]["depends_on"]["processor"]["condition"] == "service_healthy"
     assert services["processor"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    mounted = ("/run/secrets/", *(target + "/" for target in mapping.mounts))
     for name in ("gateway", "processor", "migrate"):  # secrets by files, never inline
-        assert not any("token" in str(v).lower() and "/run/secrets/" not in str(v)
+        assert not any("token" in str(v).lower() and not str(v).startswith(mounted)
                        for k, v in services[name]["environment"].items() if "TOKEN" in k), name  # fmt: skip
 
     command = mapping.command(services["migrate"]["command"], "migrate")
@@ -187,7 +204,7 @@ def run_a_plan(mapping: Mapping, secrets_dir: Path, tmp_path: Path) -> None:
     for person, role in (("sam", "submitter"), ("ada", "approver")):
         result = subprocess.run(
             [str(BIN / "auditflow"), "token", "create", person, "--principal", person, "--role", role,
-             "--tokens-file", str(secrets_dir / "gateway-tokens.toml")],
+             "--tokens-file", str(secrets_dir / "tokens" / "gateway-tokens.toml")],
             capture_output=True, text=True,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
@@ -199,8 +216,8 @@ def run_a_plan(mapping: Mapping, secrets_dir: Path, tmp_path: Path) -> None:
     for person in tokens:  # the gateway reloads its tokens file within seconds: wait for both
         accepted(mapping, tokens[person])
     submitted = json.loads(cli(mapping, "submit", "--plan", str(plan), "--title", "compose", token=tokens["sam"]))
-    workflow_id = submitted["workflowId"]  # (proto3 JSON)
+    workflow_id = submitted["workflow_id"]
     cli(mapping, "approve", workflow_id, token=tokens["ada"])
     cli(mapping, "watch", workflow_id, token=tokens["ada"])
     verified = json.loads(cli(mapping, "verify", workflow_id, token=tokens["ada"]))
-    assert verified["intact"] and verified["signed"] and verified["signatureChecked"], verified
+    assert verified["intact"] and verified["signed"] and verified["signature_checked"], verified

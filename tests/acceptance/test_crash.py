@@ -7,10 +7,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from gateway.server import LINK_NAME
 from tests.support.cluster import Pair
 from tests.support.grpc_helpers import as_user, assert_trail_intact, dump_sqlite, read_and_approve_sync, step
 
@@ -29,6 +31,9 @@ def submit(stub: wpb_grpc.WorkflowServiceStub, steps: int, seconds: float) -> st
     return stub.CreateWorkflow(request, metadata=as_user("carol")).workflow.workflow_id
 
 
+HEALTH = health_pb2.HealthCheckResponse
+
+
 def approve(stub: wpb_grpc.WorkflowServiceStub, workflow_id: str) -> wpb.ApproveResponse:
     return read_and_approve_sync(stub, workflow_id, as_user("alice"), timeout=5)
 
@@ -40,6 +45,13 @@ def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def link_status(pair: Pair) -> int:
+    """The gateway's health for its link to the processor (`grpc.health.v1`)."""
+    with grpc.insecure_channel(pair.gateway.target) as channel:
+        request = health_pb2.HealthCheckRequest(service=LINK_NAME)
+        return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
 
 
 def status(stub: wpb_grpc.WorkflowServiceStub, workflow_id: str) -> pb.Workflow:
@@ -99,10 +111,12 @@ def test_approve_with_the_processor_down_answers_and_runs_once_it_is_up(
     pair: Pair, stub: wpb_grpc.WorkflowServiceStub
 ) -> None:
     pair.processor.stop()
+    wait_until(lambda: link_status(pair) == HEALTH.NOT_SERVING, what="the gateway to see its processor gone")
     workflow_id = submit(stub, steps=1, seconds=0.01)
     started = time.perf_counter()
     answer = approve(stub, workflow_id)
-    assert answer.approved and answer.background_processing_started
+    assert answer.approved and not answer.background_processing_started  # queued, and it says so
+    assert "queued until a processor is back" in answer.processing_message
     assert time.perf_counter() - started < 2.0
     time.sleep(0.5)  # the relay retries meanwhile; the workflow waits, approved
     assert status(stub, workflow_id).status == S.WORKFLOW_STATUS_APPROVED

@@ -116,3 +116,34 @@ def test_processor_targets() -> None:
     for bad in ("proc-a:5,proc-b:6", "10.0.0.1:5,[::1]:6", "10.0.0.1,10.0.0.2:6"):
         with pytest.raises(ConfigError, match="dns:///NAME:PORT"):
             processor_target(bad)
+
+
+async def test_a_watch_on_one_gateway_of_a_plan_approved_on_another_runs_to_the_end() -> None:
+    """Two gateway replicas on one database: the plan is created on the first and approved on
+    the second, so the first learns of the APPROVED event only from the database (the
+    processor's log starts after it). A watch on the first still gets every event, in order,
+    to COMPLETED."""
+    with fresh_database("replicagw") as gateway_url, fresh_database("replicaproc") as processor_url:
+        worker = processor(processor_url, "p0")
+        await worker.start()
+        gateways = [
+            create_gateway("127.0.0.1:0", GatewaySettings(**auth.gateway_settings(), database_url=gateway_url,
+                           processor_target=worker.address, plugins=PLUGINS, heartbeat_interval=0.5))
+            for _ in range(2)
+        ]  # fmt: skip
+        for gateway in gateways:
+            await gateway.start()
+        try:
+            async with auth.channel(gateways[0].address) as first, auth.channel(gateways[1].address) as second:
+                creator, approver = wpb_grpc.WorkflowServiceStub(first), wpb_grpc.WorkflowServiceStub(second)
+                request = wpb.CreateWorkflowRequest(title="replicas", plan=[step("test_noop")] * 3)
+                created = await creator.CreateWorkflow(request, metadata=as_user("carol"))
+                workflow_id = created.workflow.workflow_id
+                await approver.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+                events = await events_to_the_end(creator, workflow_id)
+        finally:
+            for gateway in gateways:
+                await gateway.stop(0)
+            await worker.stop(0)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[1].type == pb.EVENT_TYPE_APPROVED and events[-1].type == pb.EVENT_TYPE_COMPLETED

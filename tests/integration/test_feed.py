@@ -6,6 +6,7 @@ an unavailable processor, and a repeated Approve after the run ended says so."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway.server import Gateway
+from gateway.server import RECONNECT_WITHIN, Gateway
 from gateway.server import create_server as create_gateway
 from gateway.settings import Settings as GatewaySettings
 from processor.server import Processor
@@ -28,6 +29,7 @@ from tests.support.grpc_helpers import as_user, free_port, read_and_approve, ste
 
 S = pb.WorkflowStatus
 PLUGINS = ("tests.support.procedures",)
+QUEUED = "queued until a processor is back"
 
 
 @dataclass
@@ -154,11 +156,11 @@ async def test_status_says_when_approved_work_waits_for_the_processor(pair: Pair
         answer = await read_and_approve(stub, second, as_user("alice"))
         assert answer.approved and answer.workflow_status == S.WORKFLOW_STATUS_APPROVED
         assert not answer.background_processing_started
-        assert "waiting for the processor, unavailable since" in answer.processing_message
+        assert "queued until a processor is back (unavailable since" in answer.processing_message
         status = (await stub.GetStatus(wpb.GetStatusRequest(workflow_id=first))).status
-        assert status.HasField("processor_unavailable_since") and "waiting for the processor" in status.last_message
+        assert status.HasField("processor_unavailable_since") and QUEUED in status.last_message
         listed = (await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=second))).workflow
-        assert "waiting for the processor" in listed.last_message
+        assert QUEUED in listed.last_message
         watch = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=first, after_sequence=2))
         heartbeat = await watch.read()
         assert heartbeat.HasField("heartbeat") and heartbeat.snapshot.HasField("processor_unavailable_since")
@@ -167,6 +169,39 @@ async def test_status_says_when_approved_work_waits_for_the_processor(pair: Pair
         assert await events_of(stub, second)  # delivered once the processor is back
         status = (await stub.GetStatus(wpb.GetStatusRequest(workflow_id=second))).status
         assert not status.HasField("processor_unavailable_since") and status.status == S.WORKFLOW_STATUS_COMPLETED
+
+
+# Long enough for gRPC's default reconnect backoff to grow to 10-17 s between attempts.
+OUTAGE = 20.0
+
+
+async def test_after_a_processor_restart_the_gateway_relinks_within_the_backoff_maximum(pair: Pair) -> None:
+    """A real restart on the same port after a long outage: the gateway's feed is up again
+    within RECONNECT_WITHIN of the processor serving. Meanwhile the first Approve after the
+    processor stopped answers that the work is queued, not that it started."""
+    await pair.start_processor()
+    gateway = await pair.start_gateway()
+    await asyncio.wait_for(gateway.feed.connected.wait(), 30)
+    async with auth.channel(gateway.address) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        workflow_id = await create(stub, steps=1)
+        assert pair.processor is not None
+        await pair.processor.stop(0)
+
+        async def link_down() -> bool:
+            return not gateway.feed.connected.is_set()
+
+        await until(link_down, "the gateway to see its feed break")
+        answer = await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        assert answer.approved and not answer.background_processing_started
+        assert QUEUED in answer.processing_message, answer.processing_message
+        await asyncio.sleep(OUTAGE)  # (the outage itself: the gateway keeps retrying meanwhile)
+        await pair.start_processor()
+        back = time.monotonic()
+        await asyncio.wait_for(gateway.feed.connected.wait(), 30)
+        relinked = time.monotonic() - back
+        assert relinked <= RECONNECT_WITHIN, f"linked again {relinked:.1f} s after the processor came back"
+        assert await events_of(stub, workflow_id)  # the queued run went out and ran
 
 
 async def test_a_repeated_approve_says_what_became_of_the_run(pair: Pair) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -36,6 +38,7 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
+from tests.support.cluster import Pair as ProcessPair
 from tests.support.cluster import ServerProcess
 from tests.support.grpc_helpers import as_user, free_port, step
 from tests.support.processor_harness import enqueue_request
@@ -157,8 +160,40 @@ async def test_metrics_count_rpcs_decisions_dispatch_cycles_and_rest(tmp_path: P
     grew(after, "auditflow_processor_approve_to_first_cycle_seconds_count")
     assert value(after, "auditflow_processor_runs", status="COMPLETED") == 1  # (this test's database)
     assert value(after, "auditflow_processor_max_concurrent") == 3
+    # In one process too, each service's endpoint shows its own registry only.
+    assert foreign(gateway_after, PROCESSOR_ONLY, "processor") == []
+    assert foreign(after, GATEWAY_ONLY, "gateway") == []
     # Bounded labels: never a workflow id (nor anything else a caller chose) as a label value.
     assert not [key for key in after if any("wf_" in v or "nope" in v for _k, v in key[1])]
+
+
+# Names only one service records: seeing one on the other service would be a zero that lies.
+GATEWAY_ONLY = ("auditflow_gateway_", "grpc_client_")
+PROCESSOR_ONLY = ("auditflow_processor_",)
+
+
+def foreign(samples: Samples, prefixes: tuple[str, ...], database: str) -> list[str]:
+    """The samples of `samples` that belong to the other service: its names or its database."""
+    return sorted({name for name, labels in samples if name.startswith(prefixes) or ("database", database) in labels})
+
+
+async def test_each_service_exports_only_its_own_metrics(tmp_path: Path) -> None:
+    """One process per service, as deployed: each `/metrics` holds its own names (and the
+    shared ones, RPCs served and the database, for its own database), none of the other's."""
+    ports = {"gateway": free_port(), "processor": free_port()}
+    pair = ProcessPair(tmp_path, processor_args=["--metrics-address", f"127.0.0.1:{ports['processor']}"],
+                gateway_args=["--metrics-address", f"127.0.0.1:{ports['gateway']}"], log_level="INFO")  # fmt: skip
+    try:
+        pair.start()
+        gateway = await until(ports["gateway"], lambda s: value(s, "auditflow_gateway_processor_link_up") == 1)
+        processor = await until(ports["processor"], lambda s: value(s, "auditflow_processor_max_concurrent") > 0)
+    finally:
+        await asyncio.to_thread(pair.stop)
+    assert value(gateway, "auditflow_database_up", database="gateway") == 1
+    assert value(processor, "auditflow_database_up", database="processor") == 1
+    assert value(processor, "process_cpu_seconds_total") > 0  # the process's own collectors too
+    assert foreign(gateway, PROCESSOR_ONLY, "processor") == []
+    assert foreign(processor, GATEWAY_ONLY, "gateway") == []
 
 
 async def test_backlog_gate_and_link_while_the_processor_is_away(tmp_path: Path) -> None:
@@ -216,15 +251,19 @@ async def health_is(address: str, service: str, status: int, timeout: float = 30
             await asyncio.sleep(0.05)
 
 
-async def test_rest_healthz_and_readyz(tmp_path: Path) -> None:
+async def test_rest_healthz_and_readyz(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with running(tmp_path, rest=True) as pair, aiohttp.ClientSession() as http:
         assert pair.gateway.rest is not None
         async with http.get(f"{pair.gateway.rest.url}/healthz") as response:
             assert (response.status, await response.json()) == (200, {"status": "ok"})
-        async with http.get(f"{pair.gateway.rest.url}/readyz") as response:
-            body = await response.json()
-            assert response.status == 200, body
-            assert body["status"] == "ready" and body["checks"]["database"] == "ok"
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        for _probe in range(3):  # a probe every few seconds: the log stays quiet
+            async with http.get(f"{pair.gateway.rest.url}/readyz") as response:
+                body = await response.json()
+                assert response.status == 200, body
+                assert body["status"] == "ready" and body["checks"]["database"] == "ok"
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
 
 
 # --- traces --------------------------------------------------------------------------------
@@ -351,6 +390,7 @@ def test_json_logs_are_one_object_per_line_with_context(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message", "service"} <= set(r) for r in records), records[:3]
     assert {r["service"] for r in records} == {"processor"}
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records), records[0]
     cycle = next(r for r in records if r["message"].startswith(f"{request.workflow_id} cycle 1/"))
     assert (cycle["level"], cycle["logger"], cycle["workflow_id"], cycle["cycle"]) == (
         "INFO", "processor.scheduler", request.workflow_id, 1)  # fmt: skip
@@ -386,3 +426,35 @@ async def test_each_level_says_what_it_should(tmp_path: Path, caplog: pytest.Log
     assert at(logging.ERROR, f"{failed}: ", "processor.scheduler")[0].getMessage().endswith("(reason CRITICAL_ERROR)")
     assert at(logging.DEBUG, f"{done} cycle 1: state", "processor.scheduler")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and failed not in r.getMessage()]
+
+
+def test_text_logs_stamp_iso_8601_utc_whatever_the_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        record = logging.LogRecord("gateway.outbox", logging.INFO, __file__, 1, "sent", None, None)
+        record.created, record.msecs = 1_700_000_000.25, 250.0
+        line = logs.utc_iso_times(logging.Formatter(logs.TEXT_FORMAT)).format(record)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert line == "2023-11-14T22:13:20.250Z INFO    gateway.outbox: sent"
+
+
+# --- reflection -----------------------------------------------------------------------------
+
+
+async def test_reflection_lists_only_the_services_each_server_answers(tmp_path: Path) -> None:
+    """grpcurl's `list` on the gateway shows WorkflowService, not ProcessorService (whose name
+    the gateway's health uses for its processor link, but whose calls it does not answer)."""
+    common = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    async with running(tmp_path) as pair:
+        gateway = await asyncio.to_thread(listed_services, pair.gateway.address)
+        processor = await asyncio.to_thread(listed_services, pair.processor.address)
+    assert gateway == {"auditflow.v1.WorkflowService", *common}
+    assert processor == {"auditflow.v1.ProcessorService", *common}
+
+
+def listed_services(address: str) -> set[str]:
+    with grpc.insecure_channel(address) as channel:
+        return set(ProtoReflectionDescriptorDatabase(channel).get_services())

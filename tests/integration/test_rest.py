@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import aiohttp
 import grpc
 import pytest
 
+from auditflow import logs
 from gateway.rest.errors import http_status
 from gateway.rest.routes import routes_of
 from gateway.server import Gateway
@@ -154,8 +156,12 @@ async def test_create_get_and_list(api: Api) -> None:
     assert [w["workflow_id"] for w in rejected["workflows"]] == [other]
 
 
-async def test_approve_answers_with_the_seed_json_and_live_status_is_202_then_200(api: Api) -> None:
+async def test_approve_answers_with_the_seed_json_and_live_status_is_202_then_200(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     workflow_id = await api.create(sleeps(2))
+    caplog.set_level(logging.INFO, logger="gateway")
+    caplog.handler.addFilter(logs.ContextFilter())  # (as the servers' handler: the bound fields)
     status, answer = await api.decide(workflow_id, "approve", "alice")
     assert status == 200, answer
     assert answer["status"] == "success"
@@ -167,6 +173,8 @@ async def test_approve_answers_with_the_seed_json_and_live_status_is_202_then_20
     assert answer["workflow_status"] == "WORKFLOW_STATUS_APPROVED"
     assert answer["updated_at"].endswith("Z")
     assert answer["workflow"]["decided_by"] == "alice"
+    approved = [r for r in caplog.records if r.name == "gateway.api" and "approved" in r.getMessage()]
+    assert approved and all(getattr(r, "workflow_id", None) == workflow_id for r in approved), approved
 
     status, live = await api.call("GET", f"/workflows/{workflow_id}/status/live")
     assert status == 202

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import http.server
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ def test_names_compare_however_they_are_cased_or_spelled_in_width() -> None:
     assert name_key("Straße") == name_key("STRASSE")
 
 
+SERVICE_UID = 10001  # the image's user
+
 # --- the tokens file ----------------------------------------------------------------------
 
 
@@ -61,6 +64,22 @@ def test_a_token_file_keeps_hashes_only_and_finds_the_principal(tmp_path: Path) 
     found = tokens.lookup(token)
     assert found == Principal("ci-bot", frozenset({"submitter"}), via="token:ci-bot")
     assert tokens.lookup(token + "x") is None and tokens.lookup("") is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="handing a file to another user takes root")
+def test_adding_a_token_keeps_the_files_owner_and_mode(tmp_path: Path) -> None:
+    """An operator (root) adds a token to a file handed to the services' user: it stays theirs
+    and private, so they can still read it, and nobody else can."""
+    path = tmp_path / "tokens.toml"
+    append_entry(path, "one", "one", ["viewer"])
+    os.chown(path, SERVICE_UID, SERVICE_UID)
+    os.chmod(path, 0o640)
+    before = path.stat().st_ino
+    append_entry(path, "two", "two", ["viewer"])
+    after = path.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode & 0o777) == (SERVICE_UID, SERVICE_UID, 0o640)
+    assert after.st_ino != before  # replaced whole by a rename: never half written
+    assert [p.name for p in tmp_path.iterdir()] == ["tokens.toml"]  # no temporary left
 
 
 def test_a_token_file_is_reloaded_when_it_changes_and_a_broken_one_keeps_the_old(tmp_path: Path) -> None:

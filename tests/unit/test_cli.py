@@ -564,7 +564,7 @@ def test_watch_json_prints_one_object_per_event(
     _, target = gateway
     assert cli.main(["--target", target, "--json", "watch", WF]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line)["event"]["sequence"] for line in lines] == ["1", "2"]
+    assert [json.loads(line)["event"]["sequence"] for line in lines] == [1, 2]
 
 
 def test_free_port_is_bindable() -> None:
@@ -587,6 +587,13 @@ def test_the_sample_plan_runs_the_audit_procedures_after_the_summary() -> None:
     names = [step.procedure for step in plan]
     assert names[:2] == ["ledger_summary", "vendor_totals"]
     assert names[2:] == list(commands.AUDIT_PROCEDURES)
+
+
+def test_the_sample_option_says_how_many_steps_the_sample_has(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["submit", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"{len(commands.sample_plan())} steps" in shown
 
 
 def test_each_audit_step_is_summarised_on_a_line() -> None:
@@ -651,7 +658,7 @@ def test_secrets_are_written_once_private_and_never_overwritten(
     password = (target / "postgres-password").read_text().strip()
     assert (target / "pgpass").read_text().strip() == f"*:*:*:auditflow:{password}" and len(password) >= 32
     token = (target / "operator.token").read_text().strip()
-    assert token not in capsys.readouterr().out and token not in (target / "gateway-tokens.toml").read_text()
+    assert token not in capsys.readouterr().out and token not in (target / secrets.GATEWAY_TOKENS).read_text()
     before = {name: (target / name).read_bytes() for name in secrets.FILES}
     assert cli.main(["secrets", str(target)]) == 2
     assert "already holds" in capsys.readouterr().err
@@ -790,3 +797,19 @@ def test_the_cli_strips_terminal_control_characters_from_what_the_server_sends(
     assert "owned" in shown and "Evil" in shown  # the text is shown, its controls are not
     controls = [c for c in shown if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
     assert controls == [], controls
+
+
+def test_json_uses_proto_field_names_and_numbers_for_counts() -> None:
+    """The same JSON in every command: snake_case names, 64-bit counts and whole numbers as
+    numbers (proto3 JSON would write "7" and 3.0), timestamps as RFC 3339."""
+    verified = api.VerifyTrailResponse(intact=True, events_checked=7, head_sequence=7, signature_checked=True)
+    expected = {"intact": True, "events_checked": 7, "head_sequence": 7, "first_bad_sequence": 0}
+    assert expected.items() <= json.loads(render.to_json(verified)).items()
+    workflow = pb.Workflow(workflow_id=WF, last_sequence=2**40, plan=[pb.PlanStep(procedure="p")])
+    workflow.result.update({"rows": 3, "share": 0.5, "nested": {"count": 2}})
+    workflow.created_at.FromSeconds(1_700_000_000)
+    data = json.loads(render.to_json_line(workflow))
+    assert (data["workflow_id"], data["last_sequence"]) == (WF, 2**40)
+    assert data["result"] == {"rows": 3, "share": 0.5, "nested": {"count": 2}}
+    assert data["created_at"] == "2023-11-14T22:13:20Z"
+    assert data["plan"][0]["procedure"] == "p" and "workflowId" not in data
