@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from auditflow import statuses
+from auditflow.fingerprints import Fingerprint
 from auditflow.v1 import workflow_pb2 as pb
 
 
@@ -58,11 +59,30 @@ def _value(value: struct_pb2.Value) -> Any:
 
 
 def plan_to_json(plan: list[pb.PlanStep] | Any) -> str:
-    """The plan as stored: a JSON list of {"procedure", "parameters"}."""
-    return json.dumps(
-        [{"procedure": s.procedure, "parameters": struct_to_dict(s.parameters)} for s in plan],
-        sort_keys=True,
-    )
+    """The plan as stored: a JSON list of {"procedure", "parameters"}, and "sources" (the data
+    files' fingerprints) on a step that reads files. A step without sources is stored as
+    before, so that the etag of such a plan is unchanged."""
+    return json.dumps([_step_json(s) for s in plan], sort_keys=True)
+
+
+def _step_json(step: pb.PlanStep) -> dict[str, Any]:
+    data: dict[str, Any] = {"procedure": step.procedure, "parameters": struct_to_dict(step.parameters)}
+    if step.sources:
+        data["sources"] = [source_fingerprint(source).to_json() for source in step.sources]
+    return data
+
+
+def source_message(fingerprint: Fingerprint, changed: str = "") -> pb.DataSource:
+    seconds, nanos = divmod(fingerprint.modified_ns, 1_000_000_000)
+    return pb.DataSource(
+        parameter=fingerprint.parameter, path=fingerprint.path, size_bytes=fingerprint.size_bytes,
+        sha256=fingerprint.sha256, modified_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos), changed=changed,
+    )  # fmt: skip
+
+
+def source_fingerprint(source: pb.DataSource) -> Fingerprint:
+    modified_ns = source.modified_at.seconds * 1_000_000_000 + source.modified_at.nanos
+    return Fingerprint(source.parameter, source.path, source.size_bytes, source.sha256, modified_ns)
 
 
 def plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
@@ -73,7 +93,14 @@ def plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
 
 @functools.lru_cache(maxsize=256)
 def _plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
-    return tuple(pb.PlanStep(procedure=s["procedure"], parameters=struct(s["parameters"])) for s in json.loads(text))
+    return tuple(
+        pb.PlanStep(
+            procedure=s["procedure"],
+            parameters=struct(s["parameters"]),
+            sources=[source_message(Fingerprint.from_json(f)) for f in s.get("sources", ())],
+        )
+        for s in json.loads(text)
+    )
 
 
 class SnapshotSource(Protocol):

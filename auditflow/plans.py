@@ -11,9 +11,10 @@ import math
 import re
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
-from auditflow import convert, procedures
+from auditflow import convert, fingerprints, procedures, sources
 from auditflow.errors import FieldViolation, InvalidArgument, invalid
 from auditflow.v1 import workflow_pb2 as pb
 
@@ -133,3 +134,49 @@ def _check_steps(plan: Sequence[pb.PlanStep]) -> list[FieldViolation]:
             for v in procedure.validate(parameters):
                 violations.append(FieldViolation(f"{where}.{v.field}", v.description))
     return violations
+
+
+def fingerprinted(plan: Sequence[pb.PlanStep]) -> list[pb.PlanStep]:
+    """The plan's steps with the fingerprints of the data files they read (`sources`, replacing
+    any a client sent). Blocking (it hashes every file): run it off the event loop. A file that
+    cannot be read is an INVALID_ARGUMENT naming the parameter."""
+    access = sources.current()
+    steps: list[pb.PlanStep] = []
+    violations: list[FieldViolation] = []
+    for index, step in enumerate(plan):
+        taken: list[pb.DataSource] = []
+        for parameter, given in fingerprints.named_files(convert.struct_to_dict(step.parameters)):
+            try:
+                file = access.file(given)
+            except sources.Refused:
+                continue  # not a data file this server reads: the procedure's own check refuses it, if it must
+            try:
+                taken.append(convert.source_message(fingerprints.take(file, parameter, given)))
+            except (OSError, fingerprints.Mismatch) as exc:
+                problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                violations.append(
+                    FieldViolation(f"plan[{index}].parameters.{parameter}", f"cannot read {given!r}: {problem}")
+                )
+        steps.append(pb.PlanStep(procedure=step.procedure, parameters=step.parameters, sources=taken))
+    if violations:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+        raise InvalidArgument(f"invalid workflow: {summary}", violations=violations)
+    return steps
+
+
+def source_warnings(plan: Sequence[pb.PlanStep]) -> list[pb.PlanStep]:
+    """The plan's steps with each source's `changed` set for approvers (see
+    `fingerprints.Verifier.changed`). Blocking: run it off the event loop."""
+    access = sources.current()
+    steps: list[pb.PlanStep] = []
+    for step in plan:
+        shown = []
+        for source in step.sources:
+            try:
+                file: Path | None = access.file(source.path)
+            except (sources.Refused, OSError):
+                file = None
+            change = fingerprints.VERIFIER.changed(file, convert.source_fingerprint(source))
+            shown.append(convert.source_message(convert.source_fingerprint(source), change))
+        steps.append(pb.PlanStep(procedure=step.procedure, parameters=step.parameters, sources=shown))
+    return steps

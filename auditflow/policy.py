@@ -38,6 +38,10 @@ POLICY: dict[str, str] = {
     _WF + "CancelWorkflow": SUBMITTER,  # own workflows only, unless admin (the handler checks)
     _WF + "Approve": APPROVER,  # never one's own plan (the decision transaction checks)
     _WF + "Reject": APPROVER,
+    _WF + "RequestChanges": APPROVER,  # never on one's own plan (the transaction checks)
+    _WF + "ReviseWorkflow": SUBMITTER,  # own workflows only (the transaction checks)
+    _WF + "GetRevision": VIEWER,
+    _WF + "WatchWorkflows": VIEWER,
     _PROC + "Enqueue": GATEWAY,
     _PROC + "CancelRun": GATEWAY,
     _PROC + "GetRun": GATEWAY,

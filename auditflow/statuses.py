@@ -35,3 +35,11 @@ def is_terminal(status: int) -> bool:
 
 def is_processing(status: int) -> bool:
     return status in PROCESSING
+
+
+AWAITING_DECISION = frozenset({S.WORKFLOW_STATUS_AWAITING_APPROVAL, S.WORKFLOW_STATUS_CHANGES_REQUESTED})
+
+
+def awaits_decision(status: int) -> bool:
+    """Submitted and not yet approved or rejected: the plan may still be revised."""
+    return status in AWAITING_DECISION

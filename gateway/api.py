@@ -14,31 +14,28 @@ ListFindings and ExportFindings read them from it (`gateway.findings`).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from auditflow import convert, metrics, plans, principal, statuses, tracing, trail
 from auditflow.db import Database
-from auditflow.errors import InvalidArgument, NotFound, invalid
+from auditflow.errors import NotFound, invalid
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import messages, store, workflows
+from gateway import collection, listing, messages, revisions, store, workflows
+from gateway.collection import CollectionItem, CollectionWatcher
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
+from gateway.listing import Listing
 from gateway.outbox import OutboxRelay
 from gateway.store import WorkflowRecord
 from gateway.verify import TrailVerifier
 from gateway.watch import Watcher
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,8 @@ class WorkflowApi:
         watcher: Watcher,
         findings: Findings,
         verifier: TrailVerifier,
+        listing: Listing,
+        collection_watcher: CollectionWatcher,
         *,
         default_max_cycles: int,
         self_approval: bool = False,
@@ -77,6 +76,8 @@ class WorkflowApi:
         self._watcher = watcher
         self._findings = findings
         self._verifier = verifier
+        self._listing = listing
+        self._collection = collection_watcher
         self._approvals = approvals
         self._signer = signer
         self._default_max_cycles = default_max_cycles
@@ -84,13 +85,13 @@ class WorkflowApi:
 
     async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest) -> wpb.CreateWorkflowResponse:
         user = principal.current()
-        # Procedures may check files (a ledger path): blocking work, off the event loop.
-        await asyncio.to_thread(plans.check_plan, request.title, request.plan, request.max_cycles, request.orchestrator)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         required = self._approvals.required(request.required_approvals)
+        steps = await asyncio.to_thread(_checked_plan, request.title, request.plan, request.max_cycles,
+                                        request.orchestrator)  # fmt: skip
         new = workflows.NewWorkflow(
             title=request.title,
-            plan_json=convert.plan_to_json(request.plan),
+            plan_json=convert.plan_to_json(steps),
             steps=len(request.plan),
             orchestrator=request.orchestrator or "plan",
             max_cycles=request.max_cycles or self._default_max_cycles,
@@ -105,24 +106,25 @@ class WorkflowApi:
         return wpb.CreateWorkflowResponse(workflow=self._workflow(outcome.record))
 
     async def GetWorkflow(self, request: wpb.GetWorkflowRequest) -> wpb.GetWorkflowResponse:
-        return wpb.GetWorkflowResponse(workflow=self._workflow(await self._load(request.workflow_id)))
+        workflow = self._workflow(await self._load(request.workflow_id))
+        if statuses.awaits_decision(workflow.status) and any(step.sources for step in workflow.plan):
+            # Approvers are warned of a data file changed since it was fingerprinted.
+            shown = await asyncio.to_thread(plans.source_warnings, workflow.plan)
+            del workflow.plan[:]
+            workflow.plan.extend(shown)
+        return wpb.GetWorkflowResponse(workflow=workflow)
 
     async def GetStatus(self, request: wpb.GetStatusRequest) -> wpb.GetStatusResponse:
         record = await self._load(request.workflow_id)
         return wpb.GetStatusResponse(status=messages.snapshot(record, self._relay.unavailable_since))
 
     async def ListWorkflows(self, request: wpb.ListWorkflowsRequest) -> wpb.ListWorkflowsResponse:
-        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
-            raise invalid("page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}")
-        for status in request.statuses:
-            if status not in pb.WorkflowStatus.values() or status == pb.WORKFLOW_STATUS_UNSPECIFIED:
-                raise invalid("statuses", f"not a workflow status: {status}")
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        after = _decode_token(request.page_token) if request.page_token else None
-        filter_ = list(request.statuses)
-        records = await self._db.scan(lambda conn: store.list_page(conn, filter_, size + 1, after))
-        token = _encode_token(records[size - 1]) if len(records) > size else ""
-        return wpb.ListWorkflowsResponse(workflows=[self._workflow(r) for r in records[:size]], next_page_token=token)
+        filter_ = self._listing.filter_for(
+            principal.current(), request.statuses, awaiting_my_approval=request.awaiting_my_approval,
+            created_by_me=request.created_by_me, title_contains=request.title_contains,
+        )  # fmt: skip
+        records, token = await self._listing.page(filter_, request.page_size, request.page_token)
+        return wpb.ListWorkflowsResponse(workflows=[self._workflow(r) for r in records], next_page_token=token)
 
     async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
         record = (await self._decide(request, workflows.APPROVE)).record
@@ -142,6 +144,79 @@ class WorkflowApi:
             logger.info("workflow %s: cancel requested by %s", workflow_id, user.name)
         pending = not statuses.is_terminal(outcome.record.status)
         return wpb.CancelWorkflowResponse(workflow=self._workflow(outcome.record), pending=pending)
+
+    async def ReviseWorkflow(self, request: wpb.ReviseWorkflowRequest) -> wpb.ReviseWorkflowResponse:
+        workflow_id = plans.check_workflow_id(request.workflow_id)
+        etag = check_etag(request.etag)
+        reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
+        request_id = plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
+        user = principal.current()
+        current = await self._load(workflow_id)
+        title = request.title or current.title
+        max_cycles = request.max_cycles or current.max_cycles
+        given = list(request.plan) or list(convert.plan_from_json(current.plan_json))
+        steps = await asyncio.to_thread(_checked_plan, title, given, max_cycles, current.orchestrator)
+        revision = workflows.Revision(
+            workflow_id=workflow_id, etag=etag, actor=user, title=title, plan_json=convert.plan_to_json(steps),
+            steps=len(steps), max_cycles=max_cycles, reason=reason, request_id=request_id,
+        )  # fmt: skip
+        revised = await self._db.write(lambda conn: workflows.revise(conn, revision))
+        self._published(revised.outcome)
+        if revised.outcome.changed:
+            logger.info("workflow %s: %s", workflow_id, revised.outcome.record.last_message)
+        return wpb.ReviseWorkflowResponse(
+            workflow=self._workflow(revised.outcome.record), dismissed_approvers=revised.dismissed
+        )
+
+    async def RequestChanges(self, request: wpb.RequestChangesRequest) -> wpb.RequestChangesResponse:
+        workflow_id = plans.check_workflow_id(request.workflow_id)
+        etag = check_etag(request.etag)
+        reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
+        if not reason.strip():
+            raise invalid("reason", "required: say what should change")
+        user = principal.current()
+        outcome = await self._db.write(lambda conn: workflows.request_changes(conn, workflow_id, user, etag, reason))
+        self._published(outcome)
+        if outcome.changed:
+            logger.info("workflow %s: %s", workflow_id, outcome.record.last_message)
+        return wpb.RequestChangesResponse(workflow=self._workflow(outcome.record))
+
+    async def GetRevision(self, request: wpb.GetRevisionRequest) -> wpb.GetRevisionResponse:
+        workflow_id = plans.check_workflow_id(request.workflow_id)
+        for name in ("revision", "compare_to"):
+            if getattr(request, name) < 0:
+                raise invalid(name, "a revision number (1 for the plan as submitted), or 0")
+        current = await self._load(workflow_id)
+        number = request.revision or current.revision
+        wanted = [number] + ([request.compare_to] if request.compare_to else [])
+        found = await self._db.read(lambda conn: [store.get_revision(conn, workflow_id, n) for n in wanted])
+        for name, record in zip(("revision", "compare_to"), found, strict=False):
+            if record is None:
+                raise invalid(name, f"workflow {workflow_id} has revisions 1 to {current.revision}")
+        shown = found[0]
+        assert shown is not None
+        changes: list[wpb.PlanChange] = []
+        if request.compare_to and found[1] is not None:
+            old, new = (revisions.PlanVersion.of(r.title, r.plan_json, r.max_cycles) for r in (found[1], shown))
+            changes = [wpb.PlanChange(field=c.field, kind=c.kind, before=c.before, after=c.after)
+                       for c in revisions.changes(old, new)]  # fmt: skip
+        return wpb.GetRevisionResponse(
+            revision=messages.revision(shown), changes=changes, current_revision=current.revision
+        )
+
+    async def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest) -> AsyncIterator[CollectionItem]:
+        # (An async generator: a bad request is refused at the first message, as WatchStatus's.)
+        filter_ = self._listing.filter_for(
+            principal.current(), request.statuses, awaiting_my_approval=request.awaiting_my_approval,
+            created_by_me=request.created_by_me, title_contains=request.title_contains,
+        )  # fmt: skip
+        if request.page_size < 0 or request.page_size > listing.MAX_PAGE_SIZE:
+            raise invalid(
+                "page_size", f"must be between 0 (default {listing.DEFAULT_PAGE_SIZE}) and {listing.MAX_PAGE_SIZE}"
+            )
+        resume = collection.decode_token(request.resume_token) if request.resume_token else None
+        async for item in self._collection.watch(collection.WatchRequest(filter_, request.page_size, resume)):
+            yield item
 
     def WatchStatus(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
         return self._watcher.watch(request.workflow_id, request.after_sequence)
@@ -211,6 +286,13 @@ class WorkflowApi:
             self._relay.submit(outcome.outbox, record)
 
 
+def _checked_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchestrator: str) -> list[pb.PlanStep]:
+    """A submitted plan checked, with its data files fingerprinted: blocking work (procedures
+    look at files, fingerprints hash them), run off the event loop."""
+    plans.check_plan(title, plan, max_cycles, orchestrator)
+    return plans.fingerprinted(plan)
+
+
 # The decisions counter's children, resolved once (a label look-up takes a lock).
 _DECISIONS = {
     (kind, outcome): metrics.DECISIONS.labels(kind.lower(), outcome)
@@ -273,15 +355,3 @@ def check_etag(text: str) -> str:
     if _ETAG.fullmatch(text) is None:
         raise invalid("etag", "the etag of the plan as GetWorkflow returns it (64 hex digits)")
     return text
-
-
-def _encode_token(record: WorkflowRecord) -> str:
-    return base64.urlsafe_b64encode(f"{record.created_at.isoformat()}|{record.workflow_id}".encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, str]:
-    try:
-        created, workflow_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        return datetime.fromisoformat(created), plans.check_workflow_id(workflow_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidArgument) as exc:
-        raise invalid("page_token", "malformed; pass the next_page_token of a previous call") from exc

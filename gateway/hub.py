@@ -22,8 +22,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from auditflow.statuses import PROCESSING
 from auditflow.v1 import workflow_pb2 as pb
@@ -34,7 +36,8 @@ KEPT = 32
 EVICT_AFTER = 60.0
 
 
-def _json(message: wpb.WatchStatusResponse) -> str:
+def message_json(message: Message) -> str:
+    """A streamed message as one line of JSON (proto field names, every field): SSE and NDJSON."""
     data = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -96,13 +99,13 @@ class Item:
             if self.sequence == 0:
                 self._sse = b": heartbeat\n\n"
             else:
-                self._sse = f"id: {self.sequence}\ndata: {_json(self.message)}\n\n".encode()
+                self._sse = f"id: {self.sequence}\ndata: {message_json(self.message)}\n\n".encode()
         return self._sse
 
     @property
     def ndjson(self) -> bytes:
         if self._ndjson is None:
-            self._ndjson = (_json(self.message) + "\n").encode()
+            self._ndjson = (message_json(self.message) + "\n").encode()
         return self._ndjson
 
 
@@ -121,12 +124,22 @@ class _Log:
     filling: asyncio.Future[None] | None = None
 
 
+class PublishListener(Protocol):
+    """Told of every workflow whose event was published (the collection watch's broker)."""
+
+    def changed(self, workflow_id: str) -> None: ...
+
+
 class WorkflowHub:
     """The logs and the wake-ups of every workflow the gateway hears of. Event loop only."""
 
     def __init__(self) -> None:
         self._logs: dict[str, _Log] = {}
         self._swept_at = time.monotonic()
+        self._listeners: list[PublishListener] = []
+
+    def add_listener(self, listener: PublishListener) -> None:
+        self._listeners.append(listener)
 
     def publish(self, item: Item) -> None:
         """An event is committed (here, or at the processor and mirrored here): keep it and
@@ -148,6 +161,8 @@ class WorkflowHub:
         if item.terminal:
             log.ended_at = time.monotonic()
         self._wake(log)
+        for listener in self._listeners:
+            listener.changed(workflow_id)
         self._sweep()
 
     def published(self, workflow_id: str) -> int:

@@ -9,7 +9,7 @@ from datetime import datetime
 from auditflow import convert
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway.store import EventRecord, WorkflowRecord
+from gateway.store import EventRecord, RevisionRecord, WorkflowRecord
 
 
 def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:
@@ -43,11 +43,45 @@ def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) 
         etag=record.etag,
         required_approvals=record.required_approvals,
         approvals=[
-            pb.Approval(approver=a.approver, time=convert.timestamp(a.time), comment=a.comment, etag=a.etag)
+            pb.Approval(
+                approver=a.approver,
+                time=convert.timestamp(a.time),
+                comment=a.comment,
+                etag=a.etag,
+                revision=record.revision,
+            )  # (earlier revisions' approvals are dismissed)
             for a in record.approvals
         ],
+        revision=record.revision,
+        changes_requested=change_request(record),
         **status,
     )
+
+
+def revision(record: RevisionRecord) -> wpb.Revision:
+    return wpb.Revision(
+        revision=record.revision, title=record.title, plan=convert.plan_from_json(record.plan_json),
+        max_cycles=record.max_cycles, orchestrator=record.orchestrator, etag=record.etag,
+        created_by=record.created_by, created_at=convert.timestamp(record.created_at), reason=record.reason,
+    )  # fmt: skip
+
+
+def change_request(record: WorkflowRecord) -> pb.ChangeRequest | None:
+    asked = record.changes_requested
+    if asked is None or record.status != pb.WORKFLOW_STATUS_CHANGES_REQUESTED:
+        return None
+    return pb.ChangeRequest(requested_by=asked.requested_by, time=convert.timestamp(asked.time), reason=asked.reason,
+                            revision=asked.revision)  # fmt: skip
+
+
+def summary(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:
+    """A workflow as a collection watch sends it: each step's procedure and data sources, but
+    neither the steps' parameters nor the result (GetWorkflow has them)."""
+    message = workflow(record, unavailable_since)
+    for step in message.plan:
+        step.ClearField("parameters")
+    message.ClearField("result")
+    return message
 
 
 def event(record: EventRecord) -> pb.WorkflowEvent:

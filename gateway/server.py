@@ -30,10 +30,12 @@ from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway import store
 from gateway.api import Approvals, WorkflowApi
+from gateway.collection import Changes, CollectionWatcher
 from gateway.feed import Feed
 from gateway.findings import Findings
 from gateway.health import Readiness, outbox_gauges
 from gateway.hub import WorkflowHub
+from gateway.listing import Listing
 from gateway.outbox import OutboxRelay
 from gateway.rest import RestGateway
 from gateway.service import WorkflowService
@@ -77,6 +79,10 @@ class Gateway:
         health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
+        listing = Listing(self.db, self_approval=settings.allow_self_approval)
+        self.changes = Changes(self.db, poll_interval=settings.collection_poll_interval)
+        self.hub.add_listener(self.changes)
+        collection = CollectionWatcher(self.db, self.changes, listing, heartbeat_interval=settings.heartbeat_interval)
         self.api = WorkflowApi(
             self.db,
             self.relay,
@@ -84,6 +90,8 @@ class Gateway:
             watcher,
             Findings(self.db, stub),
             TrailVerifier(self.db, stub, keys),
+            listing,
+            collection,
             default_max_cycles=settings.default_max_cycles,
             self_approval=settings.allow_self_approval,
             approvals=Approvals(settings.default_approvals, settings.max_approvals),
@@ -141,6 +149,7 @@ class Gateway:
         if self.rest is not None:
             await self.rest.stop()
         await self.server.stop(grace)
+        await self.changes.stop()
         await self.relay.stop()
         await self.feed.stop()
         await self.channel.close(grace=None)

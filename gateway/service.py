@@ -11,6 +11,7 @@ from auditflow.serving import Context
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.api import WorkflowApi
+from gateway.collection import CollectionItem
 from gateway.hub import Item
 
 
@@ -43,6 +44,19 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         # The hub's items, sent as their `wire` bytes (no generator of ours in between: one
         # event reaches a thousand watchers, each layer counts).
         return self._api.WatchStatus(request)
+
+    async def ReviseWorkflow(self, request: wpb.ReviseWorkflowRequest, context: Context) -> wpb.ReviseWorkflowResponse:
+        return await self._api.ReviseWorkflow(request)
+
+    async def RequestChanges(self, request: wpb.RequestChangesRequest, context: Context) -> wpb.RequestChangesResponse:
+        return await self._api.RequestChanges(request)
+
+    async def GetRevision(self, request: wpb.GetRevisionRequest, context: Context) -> wpb.GetRevisionResponse:
+        return await self._api.GetRevision(request)
+
+    def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest, context: Context) -> AsyncIterator[CollectionItem]:  # type: ignore[override]
+        # Items sent as their `wire` bytes, as WatchStatus's.
+        return self._api.WatchWorkflows(request)
 
     async def ListFindings(self, request: wpb.ListFindingsRequest, context: Context) -> wpb.ListFindingsResponse:
         return await self._api.ListFindings(request)

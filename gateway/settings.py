@@ -30,6 +30,9 @@ class Settings:
     allow_self_approval: bool = False
     heartbeat_interval: float = 5.0
     outbox_scan_interval: float = 5.0
+    # Seconds between the collection watch's looks at rows written by other gateways (its own
+    # writes it hears of at once); only while someone runs WatchWorkflows.
+    collection_poll_interval: float = 1.0
     plugins: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"  # or "json"
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--default-max-cycles", "cycles a workflow may take when its request says 0", default=15, type=positive_int)
     add("--heartbeat-interval", "seconds between heartbeats on an idle WatchStatus stream (> 0)", default=5.0,
         type=config.interval)  # fmt: skip
+    add("--collection-poll-interval", "seconds between WatchWorkflows' looks at workflows changed through other "
+        "gateways (this gateway's own changes are sent at once) (> 0)", default=1.0, type=config.interval)  # fmt: skip
     add("--allow-self-approval", "let the creator of a plan approve it (separation of duties is on by default)",
         default=False, type=config.boolean)  # fmt: skip
     add("--rest-port", "HTTP port of the REST/JSON API and status page (0 picks a free one, 'off' serves none)",
@@ -113,6 +118,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         processor_target=args.processor_target,
         default_max_cycles=args.default_max_cycles,
         heartbeat_interval=args.heartbeat_interval,
+        collection_poll_interval=args.collection_poll_interval,
         allow_self_approval=args.allow_self_approval,
         plugins=config.csv(args.plugin),
         log_level=args.log_level,

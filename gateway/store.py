@@ -12,7 +12,7 @@ Queries return records (`WorkflowRecord`, `EventRecord`, `OutboxRow`), never bar
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -86,9 +86,30 @@ workflows = Table(
     Column("required_approvals", Integer, nullable=False, server_default="1"),
     Column("approvals_count", Integer, nullable=False, server_default="0"),
     Column("approvals_json", Text, nullable=False, server_default="[]"),
+    # Review: the plan's revision (1 as submitted), and an approver's open request for changes.
+    Column("revision", Integer, nullable=False, server_default="1"),
+    Column("changes_requested_json", Text),
     UniqueConstraint("created_by", "create_request_id", name="uq_workflows_create_request"),
     Index("ix_workflows_created", "created_at", "workflow_id"),
     Index("ix_workflows_status", "status", "created_at"),
+    Index("ix_workflows_updated", "updated_at"),
+)
+
+# Every revision of every plan, as submitted: what approvers compare (GetRevision).
+workflow_revisions = Table(
+    "workflow_revisions",
+    metadata,
+    Column("workflow_id", String(40), primary_key=True),
+    Column("revision", Integer, primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("plan_json", Text, nullable=False),
+    Column("max_cycles", Integer, nullable=False),
+    Column("orchestrator", String(100), nullable=False),
+    Column("etag", String(64), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("request_id", String(128)),
 )
 
 workflow_events = Table(
@@ -166,6 +187,8 @@ class WorkflowRecord:
     required_approvals: int
     approvals_count: int
     approvals_json: str
+    revision: int
+    changes_requested_json: str | None
 
     @classmethod
     def from_row(cls, row: Any) -> WorkflowRecord:
@@ -186,6 +209,53 @@ class WorkflowRecord:
     @property
     def approvals(self) -> list[ApprovalRecord]:
         return [ApprovalRecord.from_json(a) for a in json.loads(self.approvals_json or "[]")]
+
+    @property
+    def changes_requested(self) -> ChangeRequest | None:
+        return ChangeRequest.from_json(json.loads(self.changes_requested_json)) if self.changes_requested_json else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRequest:
+    """An approver's open request for changes (kept on the row while CHANGES_REQUESTED)."""
+
+    requested_by: str
+    key: str
+    time: datetime
+    reason: str
+    revision: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChangeRequest:
+        time = datetime.fromisoformat(data["time"])
+        return cls(data["requested_by"], data["key"], _utc(time) or time, data["reason"], int(data["revision"]))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requested_by": self.requested_by, "key": self.key, "time": self.time.isoformat(),
+                "reason": self.reason, "revision": self.revision}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRecord:
+    """One row of `workflow_revisions`."""
+
+    workflow_id: str
+    revision: int
+    title: str
+    plan_json: str
+    max_cycles: int
+    orchestrator: str
+    etag: str
+    created_by: str
+    created_at: datetime
+    reason: str
+    request_id: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> RevisionRecord:
+        values = list(row)
+        values[8] = _utc(values[8])
+        return cls(*values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,13 +508,87 @@ def mirror(conn: Connection, workflow_id: str, snap: pb.StatusSnapshot, *, dispa
     conn.execute(_MIRROR, {"b_workflow_id": workflow_id, "b_last_sequence": snap.last_sequence, **values})
 
 
+def add_revision(conn: Connection, record: RevisionRecord) -> None:
+    conn.execute(insert(workflow_revisions).values(**{f.name: getattr(record, f.name) for f in fields(record)}))
+
+
+def get_revision(conn: Connection, workflow_id: str, revision: int) -> RevisionRecord | None:
+    row = conn.execute(
+        select(workflow_revisions).where(
+            workflow_revisions.c.workflow_id == workflow_id, workflow_revisions.c.revision == revision
+        )
+    ).first()
+    return RevisionRecord.from_row(row) if row is not None else None
+
+
+def find_revision_request(conn: Connection, workflow_id: str, request_id: str) -> RevisionRecord | None:
+    row = conn.execute(
+        select(workflow_revisions).where(
+            workflow_revisions.c.workflow_id == workflow_id, workflow_revisions.c.request_id == request_id
+        )
+    ).first()
+    return RevisionRecord.from_row(row) if row is not None else None
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """Which workflows a list or a watch shows (the caller-relative parts resolved by the
+    caller: `created_by_key`, and `awaiting_key` for "awaiting my approval")."""
+
+    statuses: tuple[int, ...] = ()
+    created_by_key: str | None = None
+    title_contains: str = ""
+    # "Awaiting my approval": AWAITING_APPROVAL, not submitted by this key (unless self-approval
+    # is allowed) and not approved by it yet. The role is the caller's to check.
+    awaiting_key: str | None = None
+    self_approval: bool = False
+
+    def matches(self, record: WorkflowRecord) -> bool:
+        """The same rules as the query, on one record (the watch's changes)."""
+        if self.statuses and record.status not in self.statuses:
+            return False
+        if self.created_by_key is not None and record.created_by_key != self.created_by_key:
+            return False
+        if self.title_contains and self.title_contains.casefold() not in record.title.casefold():
+            return False
+        return self.awaiting_key is None or awaits_approval_of(record, self.awaiting_key, self.self_approval)
+
+    def where(self, query: Any) -> Any:
+        if self.statuses:
+            query = query.where(workflows.c.status.in_(list(self.statuses)))
+        if self.created_by_key is not None:
+            query = query.where(workflows.c.created_by_key == self.created_by_key)
+        if self.title_contains:
+            query = query.where(workflows.c.title.icontains(self.title_contains, autoescape=True))
+        if self.awaiting_key is not None:
+            query = query.where(workflows.c.status == pb.WORKFLOW_STATUS_AWAITING_APPROVAL)
+            if not self.self_approval:
+                query = query.where(workflows.c.created_by_key != self.awaiting_key)
+        return query
+
+
+def awaits_approval_of(record: WorkflowRecord, key: str, self_approval: bool = False) -> bool:
+    """Whether the person with `key` (an approver) may approve the record now."""
+    if record.status != pb.WORKFLOW_STATUS_AWAITING_APPROVAL:
+        return False
+    if record.created_by_key == key and not self_approval:
+        return False
+    return all(a.key != key for a in record.approvals)
+
+
+def changed_since(conn: Connection, since: datetime, limit: int) -> list[WorkflowRecord]:
+    """Workflows written at or after `since`, oldest change first (the collection watch)."""
+    query = select(workflows).where(workflows.c.updated_at >= since).order_by(workflows.c.updated_at).limit(limit)
+    return [WorkflowRecord.from_row(row) for row in conn.execute(query)]
+
+
 def list_page(
-    conn: Connection, status_filter: Sequence[int], limit: int, after: tuple[datetime, str] | None
+    conn: Connection, filter_: ListFilter, limit: int, after: tuple[datetime, str] | None
 ) -> list[WorkflowRecord]:
-    """Newest first; keyset pagination on (created_at, workflow_id)."""
+    """Newest first; keyset pagination on (created_at, workflow_id). The approvals part of
+    "awaiting my approval" is checked on the rows (it lives in JSON), page by page."""
     query = select(workflows).order_by(workflows.c.created_at.desc(), workflows.c.workflow_id.desc()).limit(limit)
-    if status_filter:
-        query = query.where(workflows.c.status.in_(list(status_filter)))
+    query = filter_.where(query)
     if after is not None:
         created_at, workflow_id = after
         query = query.where(
@@ -454,3 +598,18 @@ def list_page(
             )
         )
     return [WorkflowRecord.from_row(row) for row in conn.execute(query)]
+
+
+def list_matching(
+    conn: Connection, filter_: ListFilter, limit: int, after: tuple[datetime, str] | None
+) -> list[WorkflowRecord]:
+    """Up to `limit` rows that match the whole filter, newest first (reads on past rows that
+    the query cannot rule out, a batch at a time)."""
+    found: list[WorkflowRecord] = []
+    while len(found) < limit:
+        batch = list_page(conn, filter_, max(limit, 64), after)
+        found.extend(r for r in batch if filter_.matches(r))
+        if len(batch) < max(limit, 64):
+            break
+        after = (batch[-1].created_at, batch[-1].workflow_id)
+    return found[:limit]

@@ -91,12 +91,15 @@ def _record_and_events(conn: Connection, workflow_id: str) -> tuple[WorkflowReco
 
 
 def _plan_problem(record: WorkflowRecord, events: list[pb.WorkflowEvent]) -> trail.Problem | None:
-    """The stored plan must still be the one whose etag the CREATED event recorded."""
+    """The stored plan must still be the one whose etag the CREATED event recorded, or the
+    latest REVISED event (a revision is a new plan with a new etag, in the chain)."""
     now = trail.etag(record.title, record.plan_json, record.max_cycles, record.orchestrator)
-    recorded = events[0].etag if events else ""
+    submitted = [e for e in events if e.type in (pb.EVENT_TYPE_CREATED, pb.EVENT_TYPE_REVISED)]
+    recorded = submitted[-1].etag if submitted else ""
     if now != recorded or record.etag != recorded:
-        return trail.Problem(0, "the stored plan does not match the etag recorded when it was created: "
-                             "the plan (title, steps, parameters, max_cycles or orchestrator) was changed")  # fmt: skip
+        return trail.Problem(0, "the stored plan does not match the etag recorded when it was submitted or "
+                             "revised: the plan (title, steps, parameters, data fingerprints, max_cycles or "
+                             "orchestrator) was changed")  # fmt: skip
     return None
 
 

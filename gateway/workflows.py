@@ -30,7 +30,16 @@ from auditflow.prepared import Prepared
 from auditflow.principal import ADMIN, Principal
 from auditflow.v1 import workflow_pb2 as pb
 from gateway import outbox, store
-from gateway.store import ApprovalRecord, EventRecord, NewEvent, OutboxRow, WorkflowRecord, workflows
+from gateway.store import (
+    ApprovalRecord,
+    ChangeRequest,
+    EventRecord,
+    NewEvent,
+    OutboxRow,
+    RevisionRecord,
+    WorkflowRecord,
+    workflows,
+)
 
 APPROVE = "APPROVE"
 REJECT = "REJECT"
@@ -118,10 +127,15 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
             required_approvals=new.required_approvals,
             approvals_count=0,
             approvals_json="[]",
+            revision=1,
         )
     )
-    message = f"submitted by {creator.name}" + (
-        f"; needs {new.required_approvals} approvers" if new.required_approvals > 1 else ""
+    store.add_revision(conn, RevisionRecord(workflow_id, 1, new.title, new.plan_json, new.max_cycles, new.orchestrator,
+                                            etag, creator.name, now, "", None))  # fmt: skip
+    message = (
+        f"submitted by {creator.name}"
+        + (f"; needs {new.required_approvals} approvers" if new.required_approvals > 1 else "")
+        + data_note(new.plan_json)
     )
     event = store.append_event(
         conn,
@@ -206,11 +220,13 @@ def _decide_locked(
     SQLite writer is alone), so that concurrent approvers are counted one after the other."""
     workflow_id, actor = decision.workflow_id, decision.actor
     row = _require(conn, workflow_id, lock=True)
-    if row.status != pb.WORKFLOW_STATUS_AWAITING_APPROVAL:
+    approve = decision.decision == APPROVE
+    if not statuses.awaits_decision(row.status):
         if _same_decision(row, decision):
             return Outcome(row, changed=False)
         raise _refuse(row, workflow_id)
-    approve = decision.decision == APPROVE
+    if approve and row.status == pb.WORKFLOW_STATUS_CHANGES_REQUESTED:
+        raise _waits_for_revision(row)
     if approve and _already_approved(row, decision):
         return Outcome(row, changed=False)  # the same approver again: not a second vote
     if approve and row.created_by_key == actor.key and not self_approval:
@@ -358,6 +374,144 @@ def _refuse(row: WorkflowRecord, workflow_id: str) -> Exception:
     return WrongState(f"workflow {workflow_id} is {statuses.name(row.status)}, not AWAITING_APPROVAL", metadata=meta)
 
 
+def _waits_for_revision(row: WorkflowRecord) -> WrongState:
+    asked = row.changes_requested
+    who = f"{asked.requested_by} asked for changes: {asked.reason}" if asked else "changes were requested"
+    return WrongState(
+        f"workflow {row.workflow_id}: {who}; it waits for its submitter's revision",
+        metadata={"workflow_id": row.workflow_id, "status": statuses.name(row.status)},
+    )
+
+
+# --- review: revisions and requests for changes ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A submitter's new revision of a plan awaiting a decision. `plan_json` is the new plan,
+    its data fingerprinted anew (the current steps when only the data is refreshed)."""
+
+    workflow_id: str
+    etag: str  # of the revision being revised
+    actor: Principal
+    title: str
+    plan_json: str
+    steps: int
+    max_cycles: int
+    reason: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Revised:
+    outcome: Outcome
+    dismissed: tuple[str, ...] = ()
+
+
+def revise(conn: Connection, revision: Revision) -> Revised:
+    """A new revision: new etag, the approvals of the earlier one dismissed (and named in the
+    REVISED event), an open request for changes answered. Only the submitter may revise, and
+    only while the plan awaits a decision."""
+    row = _require(conn, revision.workflow_id, lock=True)
+    actor = revision.actor
+    if row.created_by_key != actor.key:
+        raise PermissionDenied(
+            f"only the submitter of workflow {row.workflow_id} ({row.created_by}) may revise it",
+            metadata={"workflow_id": row.workflow_id, "rule": "OWN_WORKFLOWS_ONLY"},
+            reason="NOT_OWNER",
+        )
+    if revision.request_id and store.find_revision_request(conn, row.workflow_id, revision.request_id):
+        return Revised(Outcome(row, changed=False))  # a retried revision
+    if not statuses.awaits_decision(row.status):
+        raise WrongState(
+            f"workflow {row.workflow_id} is {statuses.name(row.status)}: only a plan awaiting a decision "
+            "can be revised",
+            metadata={"workflow_id": row.workflow_id, "status": statuses.name(row.status)},
+        )
+    if revision.etag != row.etag:
+        raise EtagMismatch(
+            f"workflow {row.workflow_id}: etag {revision.etag!r} is not revision {row.revision}'s; read it again",
+            metadata={"workflow_id": row.workflow_id},
+        )
+    now = convert.utcnow()
+    number = row.revision + 1
+    etag = trail.etag(revision.title, revision.plan_json, revision.max_cycles, row.orchestrator)
+    dismissed = tuple(a.approver for a in row.approvals)
+    message = _revised_message(number, actor.name, revision.reason, dismissed) + data_note(revision.plan_json)
+    previous = store.event_hash(conn, row.workflow_id, row.last_sequence)
+    store.add_revision(conn, RevisionRecord(row.workflow_id, number, revision.title, revision.plan_json,
+                                            revision.max_cycles, row.orchestrator, etag, actor.name, now,
+                                            revision.reason, revision.request_id or None))  # fmt: skip
+    record = _update(
+        conn, row, now, approvals=[], revision=number, etag=etag, title=revision.title, plan_json=revision.plan_json,
+        max_cycles=revision.max_cycles, progress_total=revision.steps, status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        changes_requested_json=None, last_message=message,
+    )  # fmt: skip
+    event = store.append_event(
+        conn,
+        NewEvent(row.workflow_id, record.last_sequence, pb.EVENT_TYPE_REVISED, pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+                 message, actor.name, now, previous, actor.via, etag),
+    )  # fmt: skip
+    return Revised(Outcome(record, True, event), dismissed)
+
+
+def data_note(plan_json: str) -> str:
+    """The data files a plan reads and their digests, for the trail's readers (the etag binds
+    the whole fingerprint; this says which bytes in words)."""
+    files = {f["path"]: f["sha256"] for step in json.loads(plan_json) for f in step.get("sources", ())}
+    if not files:
+        return ""
+    return "; data: " + ", ".join(f"{path} sha256 {digest}" for path, digest in files.items())
+
+
+def _revised_message(number: int, actor: str, reason: str, dismissed: tuple[str, ...]) -> str:
+    text = f"revision {number} by {actor}" + (f": {reason}" if reason else "")
+    if dismissed:
+        text += f"; dismissed the approval{'s' if len(dismissed) > 1 else ''} of {', '.join(dismissed)}"
+    return text
+
+
+def request_changes(conn: Connection, workflow_id: str, actor: Principal, etag: str, reason: str) -> Outcome:
+    """An approver asks for changes: the plan waits for a revision (approvals so far stay, and
+    are dismissed by that revision). The submitter may not ask it of their own plan."""
+    row = _require(conn, workflow_id, lock=True)
+    asked = row.changes_requested
+    if (
+        row.status == pb.WORKFLOW_STATUS_CHANGES_REQUESTED
+        and asked
+        and asked.key == actor.key
+        and asked.reason == reason
+    ):
+        return Outcome(row, changed=False)  # the same request again
+    if row.status != pb.WORKFLOW_STATUS_AWAITING_APPROVAL:
+        raise _refuse(row, workflow_id)
+    if row.created_by_key == actor.key:
+        raise PermissionDenied(
+            f"{actor.name} submitted workflow {workflow_id}: revise it instead of asking for changes",
+            metadata={"workflow_id": workflow_id, "rule": "SEPARATION_OF_DUTIES"},
+            reason="SEPARATION_OF_DUTIES",
+        )
+    if etag != row.etag:
+        raise EtagMismatch(
+            f"workflow {workflow_id}: etag {etag!r} is not the plan's; read the workflow again, then decide",
+            metadata={"workflow_id": workflow_id},
+        )
+    now = convert.utcnow()
+    request = ChangeRequest(actor.name, actor.key, now, reason, row.revision)
+    message = f"changes requested by {actor.name}: {reason}"
+    previous = store.event_hash(conn, workflow_id, row.last_sequence)
+    record = _update(
+        conn, row, now, status=pb.WORKFLOW_STATUS_CHANGES_REQUESTED,
+        changes_requested_json=json.dumps(request.to_json()), last_message=message,
+    )  # fmt: skip
+    event = store.append_event(
+        conn,
+        NewEvent(workflow_id, record.last_sequence, pb.EVENT_TYPE_CHANGES_REQUESTED,
+                 pb.WORKFLOW_STATUS_CHANGES_REQUESTED, message, actor.name, now, previous, actor.via, row.etag),
+    )  # fmt: skip
+    return Outcome(record, True, event)
+
+
 # --- cancel and refused dispatch -------------------------------------------------------------
 
 
@@ -379,7 +533,7 @@ def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str,
         )
     now = convert.utcnow()
     message = f"cancelled by {actor.name}" + (f": {reason}" if reason else "")
-    if row.status == pb.WORKFLOW_STATUS_AWAITING_APPROVAL:
+    if statuses.awaits_decision(row.status):
         previous = store.event_hash(conn, workflow_id, row.last_sequence)
         record = _update(conn, row, now, status=pb.WORKFLOW_STATUS_CANCELLED, last_message=message)
         event = store.append_event(

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from auditflow import procedures, tracing
+from auditflow.fingerprints import Fingerprint
 from auditflow.procedures import CriticalError
 from processor.orchestrator import CycleResult, RunInfo
 
@@ -73,7 +74,8 @@ class PlanOrchestrator:
             if procedure is None:
                 raise CriticalError(f"step {index + 1}/{total}: unknown procedure {name!r}")
             parameters = dict(step.get("parameters") or {})
-            context = procedures.RunContext(run.workflow_id, run.cycle, index + 1, run.lease_epoch)
+            approved = tuple(Fingerprint.from_json(f) for f in step.get("sources") or ())
+            context = procedures.RunContext(run.workflow_id, run.cycle, index + 1, run.lease_epoch, approved)
             step_span, traced = f"step {index + 1} {name}", {"auditflow.procedure": name, "auditflow.step": index + 1}
             logger.debug("%s cycle %d: running step %d/%d %s", run.workflow_id, run.cycle, index + 1, total, name)
             if procedure.chunk is None:

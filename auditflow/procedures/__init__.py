@@ -42,6 +42,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from auditflow.errors import FieldViolation
+from auditflow.fingerprints import Fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ class CriticalError(Exception):
     """A procedure failed in a way that retrying cannot mend; the run fails."""
 
 
+class SourceChanged(CriticalError):
+    """A data file is not the one approved (see `auditflow.fingerprints`): nothing may read it."""
+
+
 @dataclass(frozen=True)
 class Procedure:
     name: str
@@ -101,6 +106,12 @@ class RunContext:
     cycle: int
     step: int  # 1 for the plan's first
     lease_epoch: int  # the fencing token: higher on every claim of the run
+    # The step's data files as approved: a file read for the step must still match.
+    sources: tuple[Fingerprint, ...] = ()
+
+    def source(self, given: str) -> Fingerprint | None:
+        """The approved fingerprint of the file a parameter names as `given`, if any."""
+        return next((f for f in self.sources if f.path == given), None)
 
 
 _current: ContextVar[RunContext | None] = ContextVar("auditflow_current_run", default=None)

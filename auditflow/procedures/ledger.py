@@ -24,13 +24,16 @@ import duckdb
 
 from auditflow import sources
 from auditflow.errors import FieldViolation
-from auditflow.procedures import CriticalError, register
+from auditflow.fingerprints import VERIFIER, Mismatch
+from auditflow.procedures import CriticalError, SourceChanged, register
 from auditflow.procedures.table import (
     COLUMNS,
     DUCKDB_MEMORY,
     DUCKDB_THREADS,
+    approved_source,
     check_source,
     open_ledger,
+    verified,
     written_decimals,
 )
 
@@ -82,6 +85,8 @@ def _cursor(parameters: dict[str, Any], needed: tuple[str, ...]) -> duckdb.DuckD
     ledger, or a CSV that has only the summary's own columns, read on its own."""
     try:
         return open_ledger(parameters).cursor()
+    except SourceChanged:
+        raise
     except CriticalError:
         path = _confined(parameters)
         names = _csv_names(path) if path is not None and path.suffix.lower() == ".csv" else []
@@ -90,7 +95,17 @@ def _cursor(parameters: dict[str, Any], needed: tuple[str, ...]) -> duckdb.DuckD
     missing = [column for column in needed if column not in names]
     if missing:
         raise CriticalError(f"{path}: {MISSING}{', '.join(missing)}")
-    return _partial_csv(path, names)
+    approved = approved_source(str(parameters["path"]))
+    if approved is None:
+        return _partial_csv(path, names)
+    checked = verified(path, approved)
+    con = _partial_csv(path, names)
+    try:
+        VERIFIER.unchanged(path, approved, checked)
+    except Mismatch as exc:
+        con.close()
+        raise SourceChanged(str(exc)) from None
+    return con
 
 
 def _confined(parameters: dict[str, Any]) -> Path | None:

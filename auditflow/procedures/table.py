@@ -40,7 +40,8 @@ import duckdb
 
 from auditflow import sources
 from auditflow.errors import FieldViolation
-from auditflow.procedures import CriticalError
+from auditflow.fingerprints import VERIFIER, Fingerprint, Identity, Mismatch
+from auditflow.procedures import CriticalError, SourceChanged, current_run
 
 COLUMNS = (
     "entry_id",
@@ -288,11 +289,17 @@ def open_ledger(parameters: dict[str, Any]) -> Ledger:
     path, name, table = parameters.get("path"), parameters.get("source"), parameters.get("table")
     access = sources.current()
     key: tuple[Any, ...]
+    approved: Fingerprint | None = None
     try:
         if path is not None:
             file = access.file(str(path))
-            stat = file.stat()
-            key = ("file", str(file), stat.st_size, stat.st_mtime_ns)
+            approved = approved_source(str(path))
+            if approved is not None:
+                checked = verified(file, approved)
+                key = ("file", str(file), *checked)
+            else:
+                stat = file.stat()
+                key = ("file", str(file), stat.st_size, stat.st_mtime_ns)
         elif isinstance(name, str) and isinstance(table, str):
             url = access.url(name)
             key = ("sql", url, table)
@@ -306,6 +313,12 @@ def open_ledger(parameters: dict[str, Any]) -> Ledger:
             _cache.move_to_end(key)
             return ledger
         ledger = _load_file(file, str(path)) if path is not None else _load_sql(url, str(name), str(table))
+        if approved is not None:
+            try:  # the bytes loaded are the ones hashed: the file was not touched in between
+                VERIFIER.unchanged(file, approved, checked)
+            except Mismatch as exc:
+                ledger.con.close()
+                raise SourceChanged(str(exc)) from None
         if ledger.rows > access.max_ledger_rows:
             ledger.con.close()
             raise CriticalError(
@@ -315,6 +328,20 @@ def open_ledger(parameters: dict[str, Any]) -> Ledger:
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
         return ledger
+
+
+def approved_source(given: str) -> Fingerprint | None:
+    """The approved fingerprint of the file `given`, when a run's step reads it."""
+    run = current_run()
+    return run.source(given) if run is not None else None
+
+
+def verified(file: Path, approved: Fingerprint) -> Identity:
+    """The file's identity once its bytes are known to be the approved ones; SourceChanged if not."""
+    try:
+        return VERIFIER.check(file, approved)
+    except Mismatch as exc:
+        raise SourceChanged(str(exc)) from None
 
 
 def _load_file(path: Path, label: str) -> Ledger:

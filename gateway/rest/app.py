@@ -269,10 +269,13 @@ class RestApp:
             resume = hooks.RESUME_FIELDS.get(route.method.name)
             last_event_id = request.headers.get("Last-Event-ID")
             if resume and last_event_id is not None and last_event_id.strip():
-                try:
-                    setattr(message, resume, int(last_event_id))
-                except ValueError as exc:
-                    raise BadRequest(f"Last-Event-ID must be a sequence number: {last_event_id!r}") from exc
+                resume_at: str | int = last_event_id.strip()
+                if isinstance(getattr(message, resume), int):
+                    try:
+                        resume_at = int(last_event_id)
+                    except ValueError as exc:
+                        raise BadRequest(f"Last-Event-ID must be a sequence number: {last_event_id!r}") from exc
+                setattr(message, resume, resume_at)
         except BadRequest as exc:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
         return message

@@ -64,7 +64,7 @@ RESPONSE_SCHEMAS: dict[str, Callable[[Callable[[Any], dict[str, Any]]], dict[str
 }
 
 # Streaming RPCs that resume after a sequence: the request field that `Last-Event-ID` sets.
-RESUME_FIELDS: dict[str, str] = {"WatchStatus": "after_sequence"}
+RESUME_FIELDS: dict[str, str] = {"WatchStatus": "after_sequence", "WatchWorkflows": "resume_token"}
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,16 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _message(self, descriptor: Descriptor) -> dict[str, Any]:
-        return {
+        schema: dict[str, Any] = {
             "type": "object",
             "properties": {f.name: self.field(f) for f in descriptor.fields},
         }
+        required = REQUIRED.get(descriptor.name)
+        if required:
+            schema["required"] = list(required)
+            for name, text in required.items():
+                schema["properties"][name] = {**schema["properties"][name], "description": text}
+        return schema
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
         message = field.message_type
@@ -117,6 +123,32 @@ DESCRIPTION = (
     "A missing or refused credential is 401 with a `WWW-Authenticate` challenge; a caller without "
     "the role a call needs (viewer, submitter, approver, admin) is 403."
 )
+# Fields a request must carry (the proto3 JSON mapping has no "required"): the review rules.
+_ETAG = "the etag of the revision you read (GET /workflows/{workflow_id}); 400 without it, 409 ETAG_MISMATCH if stale"
+REQUIRED: dict[str, dict[str, str]] = {
+    "ApproveRequest": {"etag": _ETAG},
+    "RejectRequest": {"etag": _ETAG, "comment": "why the plan is rejected"},
+    "RequestChangesRequest": {"etag": _ETAG, "reason": "what should change"},
+    "ReviseWorkflowRequest": {"etag": "the etag of the revision being revised"},
+}
+# What an operation does, where a client needs more than its name.
+DESCRIPTIONS: dict[str, str] = {
+    "Approve": "Approve the revision you reviewed: send its etag. Answers at once; the plan runs in the "
+    "background. 400 without an etag; 409 (FAILED_PRECONDITION, reason ETAG_MISMATCH) when the plan was "
+    "revised since you read it: read it again and review the new revision.",
+    "Reject": "Reject the revision you reviewed, with a reason (comment) and its etag.",
+    "RequestChanges": "Ask the submitter for changes, with a reason: the workflow waits for a revision "
+    "(status WORKFLOW_STATUS_CHANGES_REQUESTED).",
+    "ReviseWorkflow": "The submitter's new revision of a plan awaiting a decision (new etag; earlier approvals "
+    "are dismissed). Without plan and title it fingerprints the plan's data files again.",
+    "GetRevision": "One revision of the plan (0: the current one), and with compare_to what changed since "
+    "another revision.",
+    "WatchWorkflows": "Server-Sent Events: the workflows matching the filter (change type ADDED), a synced "
+    "message, then every change live (ADDED, MODIFIED, REMOVED). Each event's id is a resume token: "
+    "reconnect with Last-Event-ID (or resume_token) to get every change since.",
+    "GetWorkflow": "A workflow with its whole plan: each step's parameters and data files with their "
+    "fingerprints (`changed` warns that a file no longer matches while the plan awaits a decision).",
+}
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "an API token (aft_...) or an OIDC JWT"}
 }
@@ -147,18 +179,20 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
                 "name": "Last-Event-ID",
                 "in": "header",
                 "required": False,
-                "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                "description": f"resume after this sequence (sets {hooks.RESUME_FIELDS[method.name]})",
+                "schema": {"type": "string"},
+                "description": f"resume where a broken stream stopped (sets {hooks.RESUME_FIELDS[method.name]})",
             }
         )
     operation: dict[str, Any] = {
         "operationId": method.name,
+        **({"description": DESCRIPTIONS[method.name]} if method.name in DESCRIPTIONS else {}),
         "parameters": parameters,
         "responses": _responses(route, schemas),
     }
     if route.body:
         body_schema = schemas.ref(request) if route.body == "*" else schemas.field(request.fields_by_name[route.body])
-        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
+        needed = bool(REQUIRED.get(request.name))
+        operation["requestBody"] = {"required": needed, "content": {"application/json": {"schema": body_schema}}}
     return operation
 
 

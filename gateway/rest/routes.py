@@ -214,6 +214,8 @@ def _query_dict(route: Route, query: Iterator[tuple[str, str]], covered: set[str
         leaf = _field_at(route.method.input_type, path)
         if leaf.message_type is not None and leaf.message_type.full_name not in _SCALAR_MESSAGES:
             raise BadRequest(f"query parameter {key!r} names a message; use its fields")
+        if leaf.type == FieldDescriptor.TYPE_BOOL:
+            given = [_boolean(key, value) for value in given]  # type: ignore[misc]
         if _is_repeated(leaf):
             _nest(data, path, given)
         elif len(given) > 1:
@@ -221,6 +223,16 @@ def _query_dict(route: Route, query: Iterator[tuple[str, str]], covered: set[str
         else:
             _nest(data, path, given[0])
     return data
+
+
+def _boolean(key: str, value: str) -> bool:
+    """A query parameter's true or false, as a URL writes it (?x=true, ?x=1)."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0", ""):
+        return False
+    raise BadRequest(f"query parameter {key!r} must be true or false, not {value[:40]!r}")
 
 
 def _is_repeated(descriptor: FieldDescriptor) -> bool:

@@ -167,3 +167,15 @@ def test_result(parameters: dict[str, Any]) -> dict[str, Any]:
     found = [{"severity": "low", "entry_ids": [f"E{i}"], "amount": "1", "explanation": "x"}
              for i in range(int(parameters.get("findings", 0)))]  # fmt: skip
     return {"padding": "x" * int(parameters.get("size", 0)), "findings": found}
+
+
+@register("test_wait_for_file")
+def test_wait_for_file(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Wait until the file at `path` exists (at most 60 s): lets a test act between steps."""
+    path = Path(str(parameters["path"]))
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise CriticalError(f"{path} did not appear within 60 s")
+        time.sleep(0.02)
+    return {"waited_for": str(path)}

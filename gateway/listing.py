@@ -1,0 +1,87 @@
+"""ListWorkflows' filters and pages, shared with the collection watch's initial list.
+
+A filter has parts that depend on the caller ("created by me", "awaiting my approval"); they
+are resolved here, from the authenticated principal, into a `store.ListFilter`. Pages are
+keyset-paginated on (created_at, workflow_id), newest first; the token is opaque to clients.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime
+
+from auditflow import plans
+from auditflow.db import Database
+from auditflow.errors import InvalidArgument, invalid
+from auditflow.principal import APPROVER, Principal
+from auditflow.v1 import workflow_pb2 as pb
+from gateway import store
+from gateway.store import ListFilter, WorkflowRecord
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_TITLE_FILTER = 200
+
+
+class Listing:
+    """Pages of workflows through a filter."""
+
+    def __init__(self, db: Database, *, self_approval: bool = False) -> None:
+        self._db = db
+        self._self_approval = self_approval
+
+    def filter_for(
+        self,
+        caller: Principal,
+        statuses: Sequence[int],
+        *,
+        awaiting_my_approval: bool = False,
+        created_by_me: bool = False,
+        title_contains: str = "",
+    ) -> ListFilter:
+        """The filter a caller asked for, checked (INVALID_ARGUMENT names the field)."""
+        for status in statuses:
+            if status not in pb.WorkflowStatus.values() or status == pb.WORKFLOW_STATUS_UNSPECIFIED:
+                raise invalid("statuses", f"not a workflow status: {status}")
+        title = plans.check_text(title_contains, "title_contains", MAX_TITLE_FILTER)
+        awaiting: str | None = None
+        if awaiting_my_approval:
+            # Someone who may not approve awaits nothing: the filter matches no workflow.
+            awaiting = caller.key if caller.has(APPROVER) else ""
+        return ListFilter(
+            statuses=tuple(statuses),
+            created_by_key=caller.key if created_by_me else None,
+            title_contains=title,
+            awaiting_key=awaiting,
+            self_approval=self._self_approval,
+        )
+
+    async def page(self, filter_: ListFilter, page_size: int, page_token: str) -> tuple[list[WorkflowRecord], str]:
+        """One page and the token of the next ("" on the last)."""
+        size = check_page_size(page_size) or DEFAULT_PAGE_SIZE
+        after = decode_token(page_token) if page_token else None
+        if filter_.awaiting_key == "":
+            return [], ""
+        records = await self._db.scan(lambda conn: store.list_matching(conn, filter_, size + 1, after))
+        token = encode_token(records[size - 1]) if len(records) > size else ""
+        return records[:size], token
+
+
+def check_page_size(page_size: int) -> int:
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise invalid("page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}")
+    return page_size
+
+
+def encode_token(record: WorkflowRecord) -> str:
+    return base64.urlsafe_b64encode(f"{record.created_at.isoformat()}|{record.workflow_id}".encode()).decode()
+
+
+def decode_token(token: str) -> tuple[datetime, str]:
+    try:
+        created, workflow_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(created), plans.check_workflow_id(workflow_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidArgument) as exc:
+        raise invalid("page_token", "malformed; pass the next_page_token of a previous call") from exc
