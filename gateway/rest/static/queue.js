@@ -49,6 +49,7 @@ function showQueue(params) {
   $("#workflows").hidden = false;
   $("#submit").hidden = false;
   for (const link of document.querySelectorAll("#workflows a[data-view]")) {
+    link.href = queueUrl({ ...filters, view: link.dataset.view, status: link.dataset.view === "all" ? filters.status : "" });
     if (link.dataset.view === filters.view) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }

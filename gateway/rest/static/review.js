@@ -277,7 +277,7 @@ async function loadDiff(workflowId, from, to, seenBefore) {
 }
 
 function changeRow(change) {
-  const row = element("tr", null, `change ${change.kind}`);
+  const row = element("tr", null, `change ${String(change.kind || "").toLowerCase()}`);
   const before = element("td");
   before.append(longText(change.before || ""));
   const after = element("td");
