@@ -440,3 +440,34 @@ def test_small_screens_huge_plans_unknown_links_and_labels(pair: Pair, browser: 
     assert huge["workflow_id"] not in page.locator("#not-found").inner_text()
     expected = ("status of 404", "/workflows/wf_00000000000000000000000000000000")
     assert not seen.unexpected_errors(expected), seen.unexpected_errors(expected)
+
+
+def test_load_more_past_fifty_rows_and_a_resumed_watch_after_a_gateway_restart(pair: Pair, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    api = Api(pair)
+    plan = api.sample_plan(steps=1)
+    first = [api.create(CAROL, f"Batch {n}", plan)["workflow_id"] for n in range(52)]
+    page, seen = open_as(browser, f"{api.base}/ui/queue?view=all", ALICE, "alice")
+    watches: list[str] = []
+    page.on("request", lambda request: watches.append(request.url) if "/workflows:watch" in request.url else None)
+    rows = page.locator("#workflow-table tbody tr")
+    expect(page.locator("#list-live")).to_contain_text("Live", timeout=10_000)
+    expect(rows).to_have_count(50)
+    page.click("#load-more")
+    expect(rows).to_have_count(52)
+    expect(page.locator("#load-more")).to_be_hidden()
+    assert queue_ids(page) == set(first)
+
+    # The gateway restarts: the page reconnects from where it was (its resume token) and misses
+    # nothing: a workflow created meanwhile appears once, the others stay once each.
+    pair.gateway.stop()
+    pair.gateway.start()
+    later = api.create(CAROL, "After the restart", plan)["workflow_id"]
+    expect(page.locator(f'#workflow-table tr[data-workflow-id="{later}"]')).to_be_visible(timeout=30_000)
+    expect(page.locator("#list-live")).to_contain_text("Live", timeout=10_000)
+    expect(rows).to_have_count(53)
+    assert queue_ids(page) == {*first, later}
+    assert any("resume_token=" in url for url in watches), watches
+    found = [e for e in seen.unexpected_errors() if "/workflows:watch" not in e]  # the cut stream
+    assert not found, found

@@ -10,6 +10,7 @@
 "use strict";
 
 const PAGE_SIZE = 50;
+const LIVE = "Live: changes show as they happen.";
 const VIEWS = { awaiting: "Awaiting my approval", mine: "Mine", all: "All" };
 
 // Approvers start with their work queue, submitters with their own plans.
@@ -178,6 +179,7 @@ function onQueueEvent(queue, session, { type, data }) {
   } else {
     queue.delay = queue.retry;
     if (message.resume_token) queue.resumeToken = message.resume_token;
+    if (queue.synced) setLive(LIVE);  // (again, after a reconnection)
     if (message.change) applyChange(queue, message.change);
     if (message.synced) synced(queue, message.synced.next_page_token || "");
   }
@@ -186,7 +188,7 @@ function onQueueEvent(queue, session, { type, data }) {
 function synced(queue, nextPageToken) {
   queue.synced = true;
   setNextPage(queue, nextPageToken);
-  setLive("Live: changes show as they happen.");
+  setLive(LIVE);
 }
 
 function setNextPage(queue, token) {
@@ -195,6 +197,9 @@ function setNextPage(queue, token) {
   $("#list-empty").hidden = $("#workflow-table tbody").rows.length > 0 || Boolean(token);
 }
 
+// A change may come twice, or late (the server promises none is lost, not that none repeats):
+// a row keeps the newest state of its workflow, and a workflow the list did not show goes where
+// it belongs in the list's order (newest first), unless it belongs to a page not loaded yet.
 function applyChange(queue, change) {
   const workflow = change.workflow;
   if (!workflow || !workflow.workflow_id) return;
@@ -203,14 +208,28 @@ function applyChange(queue, change) {
   if (type === "REMOVED") {
     if (row) row.remove();
   } else if (row) {
-    row.replaceWith(newRow(workflow));
+    if (Number(workflow.last_sequence || 0) >= Number(row.dataset.sequence || 0)) row.replaceWith(newRow(workflow));
   } else if (!queue.synced) {
     $("#workflow-table tbody").append(newRow(workflow));  // the first page, in the list's order
-  } else if (type === "ADDED" || !queue.nextPageToken) {
-    $("#workflow-table tbody").prepend(newRow(workflow));  // new (or newly matching): on top
+  } else {
+    placeRow(queue, newRow(workflow));
   }
   if (queue.synced) setNextPage(queue, queue.nextPageToken);
 }
+
+// Newest first: before the first row listed after it.
+function placeRow(queue, row) {
+  const key = listOrder(row);
+  for (const other of $("#workflow-table tbody").rows) {
+    if (listOrder(other) < key) {
+      other.before(row);
+      return;
+    }
+  }
+  if (!queue.nextPageToken) $("#workflow-table tbody").append(row);  // else "Load more" brings it
+}
+
+const listOrder = (row) => `${row.dataset.created}|${row.dataset.workflowId}`;
 
 async function loadMore() {
   const queue = state.queue;
@@ -258,6 +277,8 @@ function progressText(progress) {
 function newRow(workflow) {
   const row = element("tr");
   row.dataset.workflowId = workflow.workflow_id;
+  row.dataset.sequence = String(workflow.last_sequence || 0);
+  row.dataset.created = new Date(workflow.created_at || 0).toISOString();  // sorts as it reads
   const link = element("a", workflow.workflow_id);
   link.href = workflowPage(workflow.workflow_id);
   link.dataset.nav = "";
@@ -266,8 +287,9 @@ function newRow(workflow) {
   const status = shortStatus(workflow.status);
   const badge = element("td");
   badge.append(element("span", status, `badge ${status}`));
+  const { given, required } = approvalCount(workflow);
   row.append(id, element("td", workflow.title), element("td", workflow.created_by), badge,
-    element("td", progressText(workflow.progress)));
+    element("td", `${given} of ${required}`), element("td", progressText(workflow.progress)));
   row.addEventListener("click", (event) => {
     if (event.target.closest("a")) return;  // the link navigates by itself
     navigate(workflowPage(workflow.workflow_id));
