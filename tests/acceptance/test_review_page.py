@@ -210,7 +210,22 @@ def test_a_plan_revised_after_it_was_shown_is_not_approved_and_its_changes_are_s
     stored = api.workflow(workflow_id)
     assert stored["status"] == "WORKFLOW_STATUS_AWAITING_APPROVAL" and stored["approvals"] == []
     assert sum(url.endswith("/approve") for url in seen.urls) == 1
-    assert not seen.unexpected_errors(("status of 409", "/approve")), seen.unexpected_errors()
+
+    # With the status stream back, a revision made while the page is open shows at once, and a
+    # reload shows the same changes again.
+    page.unroute(STREAM)
+    third = [plan[0], {**plan[1], "parameters": {**plan[1]["parameters"], "top": 7}}]
+    body = {"etag": new["etag"], "plan": third, "reason": "seven is enough"}
+    api.ok("POST", f"/workflows/{workflow_id}/revise", CAROL, body)
+    expect(page.locator("#action-note")).to_contain_text(
+        "revised while you had it open (revision 2 → 3)", timeout=15_000
+    )
+    expect(page.locator("#approve")).to_have_text("Approve revision 3")
+    page.reload()
+    expect(page.locator("#diff-heading")).to_contain_text("in revision 3 since revision 2, the one you last saw")
+    expect(page.locator("#diff-table tbody tr", has_text="top")).to_contain_text("7")
+    expected = [("status of 409", "/approve"), ("net::ERR_FAILED", "/status/stream")]
+    assert not seen.unexpected_errors(*expected), seen.unexpected_errors(*expected)
 
 
 def test_awaiting_my_approval_lists_exactly_what_each_approver_may_approve(

@@ -11,7 +11,7 @@
 
 const SHOW_FIRST = 50;       // steps or changes drawn at once: the rest waits for "show all"
 const LONG_VALUE = 240;      // characters of a value shown before its own "show all"
-const SEEN_KEY = "auditflow.seen-revisions";  // localStorage: {principal: {workflow id: revision}}
+const SEEN_KEY = "auditflow.seen-revisions";  // localStorage: {principal: {workflow id: see lastSeen()}}
 const SEEN_MAX = 500;        // workflows remembered per person, the most recent kept
 
 const workflowPage = (workflowId) => `/ui/workflows/${encodeURIComponent(workflowId)}`;
@@ -226,16 +226,19 @@ function seenRevisions() {
   }
 }
 
+// The revision the caller last saw of a workflow, and the changes shown with it (so that a
+// reload shows them again): {revision, from, seen: whether `from` was seen too}.
 function lastSeen(workflowId) {
   const mine = seenRevisions()[state.me.principal] || {};
-  return Number(mine[workflowId] || 0);
+  const [revision, from, seen] = Array.isArray(mine[workflowId]) ? mine[workflowId] : [0, 0, false];
+  return { revision: Number(revision) || 0, from: Number(from) || 0, seen: Boolean(seen) };
 }
 
-function rememberSeen(workflowId, revision) {
+function rememberSeen(workflowId, { revision, from, seen }) {
   const all = seenRevisions();
   const mine = all[state.me.principal] || {};
   delete mine[workflowId];
-  mine[workflowId] = revision;  // last in insertion order: the most recent
+  mine[workflowId] = [revision, from, seen];  // last in insertion order: the most recent
   const names = Object.keys(mine);
   for (const name of names.slice(0, Math.max(0, names.length - SEEN_MAX))) delete mine[name];
   all[state.me.principal] = mine;
@@ -245,14 +248,15 @@ function rememberSeen(workflowId, revision) {
 }
 
 // The changes from the revision the caller last saw (or the first, on a first visit) to the
-// one now on screen.
+// one now on screen; a reload shows the same changes again.
 function showChangesSinceSeen(workflow) {
   const current = Number(workflow.revision || 1);
-  const seen = lastSeen(workflow.workflow_id);
-  rememberSeen(workflow.workflow_id, current);
-  if (current <= 1 || seen === current) return;
-  const from = seen > 0 && seen < current ? seen : 1;
-  loadDiff(workflow.workflow_id, from, current, seen > 0);
+  const last = lastSeen(workflow.workflow_id);
+  let shown = { revision: current, from: 1, seen: false };
+  if (last.revision === current) shown = last;
+  else if (last.revision > 0 && last.revision < current) shown = { revision: current, from: last.revision, seen: true };
+  rememberSeen(workflow.workflow_id, shown);
+  if (shown.from > 0 && shown.from < current) loadDiff(workflow.workflow_id, shown.from, current, shown.seen);
 }
 
 async function loadDiff(workflowId, from, to, seenBefore) {

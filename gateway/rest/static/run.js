@@ -271,8 +271,14 @@ function onUpdate(workflowId, data) {
 async function reread(workflowId) {
   try {
     const answer = await api("GET", workflowPath(workflowId));
-    if (state.selected === workflowId && state.workflow && answer.workflow.etag !== state.workflow.etag) {
+    const before = state.workflow;
+    if (state.selected === workflowId && before && answer.workflow.etag !== before.etag) {
       render(answer.workflow);
+      const revision = answer.workflow.revision || 1;
+      if (revision !== (before.revision || 1)) {
+        showActionNote(`The plan was revised while you had it open (revision ${before.revision || 1} → ${revision}): ` +
+          "read the changes and the plan below before you decide.");
+      }
     } else if (state.selected === workflowId) {
       renderApprovals(answer.workflow);
     }
