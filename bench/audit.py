@@ -246,9 +246,11 @@ def through_services(pair: Any, plan: list[dict[str, Any]], title: str) -> dict[
     with grpc.insecure_channel(pair.gateway.target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title=title, plan=steps, max_cycles=1000)
-        workflow_id = stub.CreateWorkflow(request, metadata=as_user("bench-submitter")).workflow.workflow_id
+        created = stub.CreateWorkflow(request, metadata=as_user("bench-submitter")).workflow
+        workflow_id = created.workflow_id
         started = time.perf_counter()
-        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("bench-approver"))
+        approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag)
+        stub.Approve(approve, metadata=as_user("bench-approver"))
         last = None
         for message in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("b")):
             last = message.snapshot

@@ -197,7 +197,7 @@ async def _load(
 
         async def caller() -> None:
             while queue:
-                workflow_id, _, etag = queue.pop().partition("@")  # (the etag where the item has one)
+                workflow_id, _, etag = queue.pop().partition("@")  # (the in-memory design keeps no etag)
                 started = time.perf_counter()
                 if kind == "approve":
                     request = http.post(f"/workflows/{workflow_id}/approve", json={"etag": etag} if etag else {})

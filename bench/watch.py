@@ -279,12 +279,13 @@ def _client_process(spec: ClientSpec, go: Any, outbox: Any) -> None:
 # --- one measurement: a fresh pair, one workflow, N watchers ----------------------------
 
 
-def create_workflow(target: str) -> str:
+def create_workflow(target: str) -> tuple[str, str]:
+    """A new workflow awaiting approval: its id and etag (what the approval names)."""
     plan = [step("test_sleep", seconds=STEP_SECONDS) for _ in range(STEPS)]
     request = wpb.CreateWorkflowRequest(title="watched", plan=plan, max_cycles=STEPS + 5)
     with grpc.insecure_channel(target) as channel:
         answer = wpb_grpc.WorkflowServiceStub(channel).CreateWorkflow(request, metadata=_creator())
-    return answer.workflow.workflow_id
+    return answer.workflow.workflow_id, answer.workflow.etag
 
 
 def _creator() -> tuple[tuple[str, str]]:
@@ -365,18 +366,21 @@ def client_specs(
 def measure(workdir: Path, transport: str, watchers: int, args: argparse.Namespace) -> dict[str, Any]:
     """One fresh pair, one workflow, `watchers` watchers opened at once, then the approval."""
     with running_pair(workdir, ["--cycle-delay", str(CYCLE_DELAY)]) as pair:
-        workflow_id = create_workflow(pair.gateway.target)
-        return watch(Served.of(pair), workflow_id, transport, watchers, args)
+        workflow_id, etag = create_workflow(pair.gateway.target)
+        return watch(Served.of(pair), workflow_id, transport, watchers, args, etag)
 
 
 def measure_floor(workdir: Path, transport: str, watchers: int, args: argparse.Namespace) -> dict[str, Any]:
     """The same watchers and events, served from memory by `bench/_watch_floor.py`."""
     with floor_server(workdir) as served:
-        return watch(served, _watch_floor.WORKFLOW_ID, transport, watchers, args)
+        return watch(served, _watch_floor.WORKFLOW_ID, transport, watchers, args, etag="")  # (no plan to name)
 
 
-def watch(served: Served, workflow_id: str, transport: str, watchers: int, args: argparse.Namespace) -> dict[str, Any]:
-    run = drive(served, workflow_id, client_specs(served, transport, workflow_id, watchers, args), args.timeout)
+def watch(
+    served: Served, workflow_id: str, transport: str, watchers: int, args: argparse.Namespace, etag: str
+) -> dict[str, Any]:
+    specs = client_specs(served, transport, workflow_id, watchers, args)
+    run = drive(served, workflow_id, etag, specs, args.timeout)
     last_sequence = final_sequence(served.target, workflow_id)
     peaks = _peak_rss_mb(served.server_pid), _peak_rss_mb(served.processor_pid)
     return summarize(watchers, last_sequence, run, peaks, _log_problems(served))
@@ -401,7 +405,7 @@ def floor_server(workdir: Path) -> Iterator[Served]:
         process.wait(timeout=30)
 
 
-def drive(served: Served, workflow_id: str, specs: list[ClientSpec], timeout: float) -> dict[str, Any]:
+def drive(served: Served, workflow_id: str, etag: str, specs: list[ClientSpec], timeout: float) -> dict[str, Any]:
     """The burst, then the approval, with both servers' CPU over each; what the clients saw."""
     clients, failed = Clients(specs), True
     try:
@@ -412,7 +416,7 @@ def drive(served: Served, workflow_id: str, specs: list[ClientSpec], timeout: fl
         clients.go.set()
         clients.wait_all("ready", timeout + 60)
         cpu_admitted, overflows = _cpus(pids), _listen_overflows() - overflows_before
-        approve(served.target, workflow_id)
+        approve(served.target, workflow_id, etag)
         done = clients.wait_all("done", timeout + 60)
         cpu_after, failed = _cpus(pids), False
     finally:
@@ -421,10 +425,10 @@ def drive(served: Served, workflow_id: str, specs: list[ClientSpec], timeout: fl
     return {"started": started, "done": done, "cpu": cpu, "listen_overflows": overflows}
 
 
-def approve(target: str, workflow_id: str) -> None:
+def approve(target: str, workflow_id: str, etag: str) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
-        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=_approver())
+        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag), metadata=_approver())
 
 
 def final_sequence(target: str, workflow_id: str) -> int:

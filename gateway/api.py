@@ -152,6 +152,7 @@ class WorkflowApi:
         request_id = plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         user = principal.current()
         current = await self._load(workflow_id)
+        workflows.check_revisable(current, user)  # (before the plan's files are hashed; checked again when written)
         title = request.title or current.title
         max_cycles = request.max_cycles or current.max_cycles
         given = list(request.plan) or list(convert.plan_from_json(current.plan_json))

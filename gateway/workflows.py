@@ -414,20 +414,9 @@ def revise(conn: Connection, revision: Revision) -> Revised:
     only while the plan awaits a decision."""
     row = _require(conn, revision.workflow_id, lock=True)
     actor = revision.actor
-    if row.created_by_key != actor.key:
-        raise PermissionDenied(
-            f"only the submitter of workflow {row.workflow_id} ({row.created_by}) may revise it",
-            metadata={"workflow_id": row.workflow_id, "rule": "OWN_WORKFLOWS_ONLY"},
-            reason="NOT_OWNER",
-        )
     if revision.request_id and store.find_revision_request(conn, row.workflow_id, revision.request_id):
         return Revised(Outcome(row, changed=False))  # a retried revision
-    if not statuses.awaits_decision(row.status):
-        raise WrongState(
-            f"workflow {row.workflow_id} is {statuses.name(row.status)}: only a plan awaiting a decision "
-            "can be revised",
-            metadata={"workflow_id": row.workflow_id, "status": statuses.name(row.status)},
-        )
+    check_revisable(row, actor)
     if revision.etag != row.etag:
         raise EtagMismatch(
             f"workflow {row.workflow_id}: etag {revision.etag!r} is not revision {row.revision}'s; read it again",
@@ -462,6 +451,22 @@ def data_note(plan_json: str) -> str:
     if not files:
         return ""
     return "; data: " + ", ".join(f"{path} sha256 {digest}" for path, digest in files.items())
+
+
+def check_revisable(row: WorkflowRecord, actor: Principal) -> None:
+    """Only the submitter revises a plan, and only while it awaits a decision."""
+    if row.created_by_key != actor.key:
+        raise PermissionDenied(
+            f"only the submitter of workflow {row.workflow_id} ({row.created_by}) may revise it",
+            metadata={"workflow_id": row.workflow_id, "rule": "OWN_WORKFLOWS_ONLY"},
+            reason="NOT_OWNER",
+        )
+    if not statuses.awaits_decision(row.status):
+        raise WrongState(
+            f"workflow {row.workflow_id} is {statuses.name(row.status)}: only a plan awaiting a decision "
+            "can be revised",
+            metadata={"workflow_id": row.workflow_id, "status": statuses.name(row.status)},
+        )
 
 
 def _revised_message(number: int, actor: str, reason: str, dismissed: tuple[str, ...]) -> str:

@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="only these statuses (e.g. running completed)",
     )
+    p.add_argument("--awaiting-me", action="store_true", help="only the plans you may approve now (your queue)")
+    p.add_argument("--mine", action="store_true", help="only the workflows you submitted")
+    p.add_argument("--title", default="", metavar="TEXT", help="only titles containing TEXT (any case)")
     p.add_argument("--page-size", type=_positive, default=50, metavar="N", help="workflows per page (default: 50)")
     p.add_argument("--page-token", default="", help="continue from a previous page")
     p.add_argument("--all", action="store_true", help="follow next_page_token to the last page")

@@ -363,7 +363,10 @@ def list_(ctx: Context, args: argparse.Namespace) -> int:
     workflows: list[pb.Workflow] = []
     token = args.page_token
     while True:
-        request = api.ListWorkflowsRequest(page_size=args.page_size, page_token=token, statuses=wanted)
+        request = api.ListWorkflowsRequest(
+            page_size=args.page_size, page_token=token, statuses=wanted, awaiting_my_approval=args.awaiting_me,
+            created_by_me=args.mine, title_contains=args.title,
+        )  # fmt: skip
         response = ctx.stub.ListWorkflows(request, metadata=ctx.metadata)
         workflows.extend(response.workflows)
         token = response.next_page_token

@@ -287,7 +287,7 @@ def review_text(workflow: pb.Workflow) -> str:
     lines.append(f"max cycles    {workflow.max_cycles}")
     lines.append("plan")
     for index, step in enumerate(workflow.plan, start=1):
-        parameters = json_format.MessageToDict(step.parameters)
+        parameters = _whole_numbers(json_format.MessageToDict(step.parameters))
         lines.append(f"  {index}. {step.procedure} {json.dumps(parameters, sort_keys=True)}")
         for source in step.sources:
             lines.append("     " + source_line(source))
@@ -295,6 +295,17 @@ def review_text(workflow: pb.Workflow) -> str:
     names = ", ".join(a.approver for a in workflow.approvals) or "none yet"
     lines.append(f"approvals     {len(workflow.approvals)} of {required} ({names})")
     return "\n".join(lines)
+
+
+def _whole_numbers(value: Any) -> Any:
+    """JSON as a plan's author wrote it: a Struct holds every number as a double (5 -> 5.0)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 def source_line(source: pb.DataSource) -> str:

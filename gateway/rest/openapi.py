@@ -7,6 +7,7 @@ any JSON object. The few answers reshaped for the web UI (gateway/rest/hooks.py)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -72,16 +73,10 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _message(self, descriptor: Descriptor) -> dict[str, Any]:
-        schema: dict[str, Any] = {
+        return {
             "type": "object",
             "properties": {f.name: self.field(f) for f in descriptor.fields},
         }
-        required = REQUIRED.get(descriptor.name)
-        if required:
-            schema["required"] = list(required)
-            for name, text in required.items():
-                schema["properties"][name] = {**schema["properties"][name], "description": text}
-        return schema
 
     def field(self, field: FieldDescriptor) -> dict[str, Any]:
         message = field.message_type
@@ -123,24 +118,8 @@ DESCRIPTION = (
     "A missing or refused credential is 401 with a `WWW-Authenticate` challenge; a caller without "
     "the role a call needs (viewer, submitter, approver, admin) is 403."
 )
-# Fields a request must carry (the proto3 JSON mapping has no "required"): the review rules.
-_ETAG = "the etag of the revision you read (GET /workflows/{workflow_id}); 400 without it, 409 ETAG_MISMATCH if stale"
-REQUIRED: dict[str, dict[str, str]] = {
-    "ApproveRequest": {"etag": _ETAG},
-    "RejectRequest": {"etag": _ETAG, "comment": "why the plan is rejected"},
-    "RequestChangesRequest": {"etag": _ETAG, "reason": "what should change"},
-    "ReviseWorkflowRequest": {"etag": "the etag of the revision being revised"},
-}
 # What an operation does, where a client needs more than its name.
 DESCRIPTIONS: dict[str, str] = {
-    "Approve": "Approve the revision you reviewed: send its etag. Answers at once; the plan runs in the "
-    "background. 400 without an etag; 409 (FAILED_PRECONDITION, reason ETAG_MISMATCH) when the plan was "
-    "revised since you read it: read it again and review the new revision.",
-    "Reject": "Reject the revision you reviewed, with a reason (comment) and its etag.",
-    "RequestChanges": "Ask the submitter for changes, with a reason: the workflow waits for a revision "
-    "(status WORKFLOW_STATUS_CHANGES_REQUESTED).",
-    "ReviseWorkflow": "The submitter's new revision of a plan awaiting a decision (new etag; earlier approvals "
-    "are dismissed). Without plan and title it fingerprints the plan's data files again.",
     "GetRevision": "One revision of the plan (0: the current one), and with compare_to what changed since "
     "another revision.",
     "WatchWorkflows": "Server-Sent Events: the workflows matching the filter (change type ADDED), a synced "
@@ -152,6 +131,54 @@ DESCRIPTIONS: dict[str, str] = {
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "an API token (aft_...) or an OIDC JWT"}
 }
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a decision's body must hold beyond its schema, and how it is refused: the
+    descriptors cannot say that a proto3 string is required."""
+
+    required: tuple[str, ...]
+    description: str
+
+
+_READ_FIRST = (
+    "Send the `etag` of the revision you reviewed (`GET /workflows/{workflow_id}` returns it as "
+    "`workflow.etag`): without it the answer is 400 with a field violation on `etag` (read the workflow "
+    "first); if the plan was revised since, 409 `FAILED_PRECONDITION`, reason `ETAG_MISMATCH`, and "
+    "nothing is stored: read it again, review, then decide."
+)
+DECISIONS = {
+    "Approve": Decision(("etag",), "Approve the revision of the plan you reviewed. " + _READ_FIRST),
+    "Reject": Decision(
+        ("etag", "comment"),
+        "Reject the revision of the plan you reviewed, saying why: a blank `comment` is 400 with a field "
+        "violation on `comment`. " + _READ_FIRST,
+    ),
+    "RequestChanges": Decision(
+        ("etag", "reason"),
+        "Ask the submitter for changes, saying what should change: the workflow waits for a revision "
+        "(status WORKFLOW_STATUS_CHANGES_REQUESTED). " + _READ_FIRST,
+    ),
+    "ReviseWorkflow": Decision(
+        ("etag",),
+        "The submitter's new revision of a plan awaiting a decision: a new etag, and the approvals of earlier "
+        "revisions dismissed. Without plan and title it fingerprints the plan's data files again. `etag` is the "
+        "revision being revised; 409 ETAG_MISMATCH when it is not the current one.",
+    ),
+}
+
+
+def _decision(operation: dict[str, Any], decision: Decision) -> None:
+    """Mark a decision's required fields and document its refusals (400 and 409)."""
+    body = operation["requestBody"]
+    body["required"] = True
+    content = body["content"]["application/json"]
+    content["schema"] = {"allOf": [content["schema"], {"type": "object", "required": list(decision.required)}]}
+    operation["description"] = decision.description
+    error = operation["responses"]["default"]
+    operation["responses"]["400"] = {**error, "description": "a required field is missing or malformed"}
+    operation["responses"]["409"] = {**error, "description": "already decided, or the plan was revised (ETAG_MISMATCH)"}
 
 
 def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
@@ -191,8 +218,9 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     }
     if route.body:
         body_schema = schemas.ref(request) if route.body == "*" else schemas.field(request.fields_by_name[route.body])
-        needed = bool(REQUIRED.get(request.name))
-        operation["requestBody"] = {"required": needed, "content": {"application/json": {"schema": body_schema}}}
+        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
+    if method.name in DECISIONS:
+        _decision(operation, DECISIONS[method.name])
     return operation
 
 

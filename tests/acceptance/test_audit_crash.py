@@ -51,8 +51,10 @@ def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path,
         request = wpb.CreateWorkflowRequest(
             title="audit crash", plan=[step(name, **parameters) for name, parameters in steps], max_cycles=500
         )
-        workflow_id = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow.workflow_id
-        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"), timeout=5)
+        created = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow
+        workflow_id = created.workflow_id
+        approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag)
+        stub.Approve(approve, metadata=as_user("alice"), timeout=5)
 
         def workflow() -> pb.Workflow:
             return stub.GetWorkflow(

@@ -218,3 +218,17 @@ def test_the_scale_benchmark_compares_auditflow_with_procrastinate_on_postgresql
     text = printed.getvalue()
     assert text.count("auditflow/procrastinate:") == 2 and "approve -> COMPLETED * p50" in text
     assert "where approve -> COMPLETED goes" in text
+
+
+def test_the_fingerprint_benchmark_compares_bound_and_plain_runs() -> None:
+    figures = run_quick("fingerprint.py")["fingerprint"]
+    assert figures["rows"] == 50_000
+    assert all(positive(figures[key]) for key in ("cpu_ratio", "wall_ratio", "binding_share"))
+
+
+def test_the_collection_benchmark_sees_every_change_on_every_queue() -> None:
+    results = run_quick("collection.py")["collection"]
+    assert [r["watchers"] for r in results] == [1, 20]
+    for r in results:
+        assert r["complete"] and r["deliveries"] == r["watchers"] * r["plans"]
+        assert all(positive(r[key]) for key in ("p50_ms", "p99_ms", "max_ms"))

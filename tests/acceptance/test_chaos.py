@@ -85,17 +85,21 @@ def test_chaos_on_postgresql(tmp_path: Path) -> None:
         stubs = [wpb_grpc.WorkflowServiceStub(c) for c in channels]
         try:
             ids = []
+            etags: dict[str, str] = {}
             for n in range(WORKFLOWS):
                 journal = str(journals / f"{n}.txt")
                 plan = [step("test_journal", journal=journal, step=s, seconds=0.01) for s in range(1, STEPS + 1)]
                 request = wpb.CreateWorkflowRequest(title=f"chaos {n}", plan=plan, request_id=f"chaos-{n}")
                 created = call(stubs[n % 2].CreateWorkflow, request, as_user("carol"), refusals)
                 ids.append(created.workflow.workflow_id)  # type: ignore[attr-defined]
+                etags[ids[-1]] = created.workflow.etag  # type: ignore[attr-defined]
             acknowledged: list[str] = []
 
             def approve_all() -> None:
                 for n, workflow_id in enumerate(ids):
-                    request = wpb.ApproveRequest(workflow_id=workflow_id, request_id=f"approve-{n}")
+                    request = wpb.ApproveRequest(
+                        workflow_id=workflow_id, etag=etags[workflow_id], request_id=f"approve-{n}"
+                    )
                     call(stubs[n % 2].Approve, request, as_user("alice"), refusals)
                     acknowledged.append(workflow_id)
                     time.sleep(0.01)

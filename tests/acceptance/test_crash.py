@@ -12,7 +12,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from tests.support.cluster import Pair
-from tests.support.grpc_helpers import as_user, assert_trail_intact, dump_sqlite, step
+from tests.support.grpc_helpers import as_user, assert_trail_intact, dump_sqlite, read_and_approve_sync, step
 
 S = pb.WorkflowStatus
 
@@ -30,7 +30,7 @@ def submit(stub: wpb_grpc.WorkflowServiceStub, steps: int, seconds: float) -> st
 
 
 def approve(stub: wpb_grpc.WorkflowServiceStub, workflow_id: str) -> wpb.ApproveResponse:
-    return stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"), timeout=5)
+    return read_and_approve_sync(stub, workflow_id, as_user("alice"), timeout=5)
 
 
 def wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]

@@ -69,9 +69,11 @@ def test_create_approve_and_watch_to_completion(pair: Pair) -> None:
     )
     workflow_id = created["workflow"]["workflow_id"]
     assert created["workflow"]["status"] == "WORKFLOW_STATUS_AWAITING_APPROVAL"
-    approved = json.loads(
-        grpcurl(target, "auditflow.v1.WorkflowService/Approve", data={"workflow_id": workflow_id}, user="alice")
-    )
+    read = json.loads(
+        grpcurl(target, "auditflow.v1.WorkflowService/GetWorkflow", data={"workflow_id": workflow_id}, user="alice")
+    )  # the approver reads the plan first: the approval names the revision read
+    approve = {"workflow_id": workflow_id, "etag": read["workflow"]["etag"]}
+    approved = json.loads(grpcurl(target, "auditflow.v1.WorkflowService/Approve", data=approve, user="alice"))
     assert approved["approved"] is True
     assert approved["background_processing_started"] is True
     assert approved["workflow_status"] == "WORKFLOW_STATUS_APPROVED"

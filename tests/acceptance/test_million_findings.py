@@ -37,8 +37,10 @@ def test_a_million_findings_are_stored_listed_and_exported(pair: Pair) -> None:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         plan = [step("test_findings", count=MILLION, per_chunk=50_000), step("test_noop")]
         request = wpb.CreateWorkflowRequest(title="a million findings", plan=plan, max_cycles=100)
-        workflow_id = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow.workflow_id
-        stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"), timeout=10)
+        created = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow
+        workflow_id = created.workflow_id
+        approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag)
+        stub.Approve(approve, metadata=as_user("alice"), timeout=10)
 
         last = None
         deadline = time.monotonic() + 600

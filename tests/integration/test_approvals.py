@@ -92,7 +92,8 @@ async def create(pair: Pair, approvals: int = 0, plan: list[pb.PlanStep] | None 
     return (await pair.stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow
 
 
-async def approve(pair: Pair, workflow_id: str, who: str, etag: str = "") -> wpb.ApproveResponse:
+async def approve(pair: Pair, workflow_id: str, who: str, etag: str) -> wpb.ApproveResponse:
+    """An approval of the revision `etag` names (the one the approver read)."""
     request = wpb.ApproveRequest(workflow_id=workflow_id, etag=etag)
     return await pair.stub.Approve(request, metadata=as_user(who, ("approver",)))
 
@@ -143,9 +144,10 @@ async def test_the_etag_is_the_plans_and_a_stale_one_is_refused_with_nothing_sto
     assert other.etag != workflow.etag
     before = await events_of(pair, workflow.workflow_id)
     for wrong in (other.etag, "0" * 64):
-        assert await refusal(approve(pair, workflow.workflow_id, "alice", wrong)) == (C.ABORTED, "ETAG_MISMATCH")
-        reject = wpb.RejectRequest(workflow_id=workflow.workflow_id, etag=wrong)
-        assert await refusal(pair.stub.Reject(reject, metadata=as_user("alice"))) == (C.ABORTED, "ETAG_MISMATCH")
+        stale = (C.FAILED_PRECONDITION, "ETAG_MISMATCH")
+        assert await refusal(approve(pair, workflow.workflow_id, "alice", wrong)) == stale
+        reject = wpb.RejectRequest(workflow_id=workflow.workflow_id, comment="no", etag=wrong)
+        assert await refusal(pair.stub.Reject(reject, metadata=as_user("alice"))) == stale
     malformed = await refusal(approve(pair, workflow.workflow_id, "alice", "not-an-etag"))
     assert malformed == (C.INVALID_ARGUMENT, "INVALID_ARGUMENT")
     again = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow.workflow_id))).workflow
@@ -184,29 +186,32 @@ async def test_two_of_three_approvers_dispatch_on_the_second_distinct_one(pair: 
     first = await approve(pair, wid, "alice", workflow.etag)
     assert not first.approved and first.workflow_status == S.WORKFLOW_STATUS_AWAITING_APPROVAL
     assert not first.background_processing_started and "1 of 2" in first.processing_message
-    assert await refusal(approve(pair, wid, "carol")) == (C.PERMISSION_DENIED, "SEPARATION_OF_DUTIES")
-    repeated = await approve(pair, wid, "ALICE")  # the same person, another spelling: not a second vote
+    assert await refusal(approve(pair, wid, "carol", workflow.etag)) == (C.PERMISSION_DENIED, "SEPARATION_OF_DUTIES")
+    repeated = await approve(pair, wid, "ALICE", workflow.etag)  # the same person, another spelling: not a second vote
     assert repeated.workflow.approvals == first.workflow.approvals
     got = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=wid))).workflow
     assert got.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and [a.approver for a in got.approvals] == ["alice"]
     assert await pair.processor.db.read(lambda conn: processor_store.get_run(conn, wid)) is None  # not dispatched
-    second = await approve(pair, wid, "bob")
+    second = await approve(pair, wid, "bob", workflow.etag)
     assert second.approved and [a.approver for a in second.workflow.approvals] == ["alice", "bob"]
     events = await finished(pair, wid)
     assert [e.type for e in events[:4]] == [
         E.EVENT_TYPE_CREATED, E.EVENT_TYPE_APPROVAL_RECORDED, E.EVENT_TYPE_APPROVED, E.EVENT_TYPE_QUEUED,
     ]  # fmt: skip
     assert events[-1].type == E.EVENT_TYPE_COMPLETED
-    assert await refusal(approve(pair, wid, "dave")) == (C.FAILED_PRECONDITION, "ALREADY_DECIDED")
+    assert await refusal(approve(pair, wid, "dave", workflow.etag)) == (C.FAILED_PRECONDITION, "ALREADY_DECIDED")
 
 
 async def test_a_reject_by_any_approver_ends_a_partly_approved_plan(pair: Pair) -> None:
     workflow = await create(pair, approvals=3)
-    await approve(pair, workflow.workflow_id, "alice")
+    await approve(pair, workflow.workflow_id, "alice", workflow.etag)
     reject = wpb.RejectRequest(workflow_id=workflow.workflow_id, comment="no", etag=workflow.etag)
     rejected = (await pair.stub.Reject(reject, metadata=as_user("bob", ("approver",)))).workflow
     assert rejected.status == S.WORKFLOW_STATUS_REJECTED and rejected.decided_by == "bob"
-    assert await refusal(approve(pair, workflow.workflow_id, "dave")) == (C.FAILED_PRECONDITION, "ALREADY_DECIDED")
+    assert await refusal(approve(pair, workflow.workflow_id, "dave", workflow.etag)) == (
+        C.FAILED_PRECONDITION,
+        "ALREADY_DECIDED",
+    )
 
 
 async def test_twenty_concurrent_approvers_dispatch_exactly_once(pair: Pair) -> None:
@@ -242,8 +247,8 @@ async def verify(pair: Pair, workflow_id: str) -> wpb.VerifyTrailResponse:
 
 async def completed(pair: Pair) -> tuple[str, list[pb.WorkflowEvent]]:
     workflow = await create(pair, approvals=2)
-    await approve(pair, workflow.workflow_id, "alice")
-    await approve(pair, workflow.workflow_id, "bob")
+    await approve(pair, workflow.workflow_id, "alice", workflow.etag)
+    await approve(pair, workflow.workflow_id, "bob", workflow.etag)
     return workflow.workflow_id, await finished(pair, workflow.workflow_id)
 
 
@@ -257,7 +262,7 @@ async def test_a_completed_run_verifies_from_both_logs_and_its_result_pins_the_h
     assert result["trail"]["hash"] == checked.head_hash and int(result["trail"]["sequence"]) == events[-1].sequence
     assert trail.check(events).problem is None  # any client can recompute it from the stream
     waiting = await create(pair, approvals=2)
-    await approve(pair, waiting.workflow_id, "alice")
+    await approve(pair, waiting.workflow_id, "alice", waiting.etag)
     state = await verify(pair, waiting.workflow_id)  # an unfinished trail: intact, not signed yet
     assert state.intact and not state.signed and state.events_checked == 2
 

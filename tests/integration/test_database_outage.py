@@ -82,7 +82,9 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
 ) -> None:
     cluster, gateway, stub = running
     create = wpb.CreateWorkflowRequest(title="outage", plan=[step("test_noop")])
-    workflow_id = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow.workflow_id
+    created = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow
+    workflow_id = created.workflow_id
+    approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag)
     get = wpb.GetWorkflowRequest(workflow_id=workflow_id)
     caplog.clear()
     caplog.set_level(logging.INFO)
@@ -91,7 +93,7 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
     calls = [
         lambda: stub.GetWorkflow(get),  # a read
         lambda: stub.ListWorkflows(wpb.ListWorkflowsRequest()),  # a scan
-        lambda: stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice")),  # a write
+        lambda: stub.Approve(approve, metadata=as_user("alice")),  # a write
         lambda: stub.CreateWorkflow(create, metadata=as_user("carol")),
     ]
     for call in calls:
@@ -114,7 +116,7 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == C.UNAVAILABLE and time.monotonic() < deadline, exc
             await asyncio.sleep(0.2)
-    approved = await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+    approved = await stub.Approve(approve, metadata=as_user("alice"))
     assert approved.approved  # nothing was stored by the refused calls: the approval is the first
     assert any("the database answers again" in r.getMessage() for r in caplog.records)
     await health_becomes(gateway.address, GATEWAY, health_pb2.HealthCheckResponse.SERVING)

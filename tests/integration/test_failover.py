@@ -21,7 +21,7 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
-from tests.support.grpc_helpers import as_user, step
+from tests.support.grpc_helpers import as_user, read_and_approve, step
 from tests.support.postgres import fresh_database
 
 PLUGINS = ("tests.support.procedures",)
@@ -77,7 +77,7 @@ async def test_a_stopped_processor_is_routed_around_and_every_watch_completes_ga
         ids.append((await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id)
     watches = [asyncio.create_task(events_to_the_end(stub, w)) for w in ids]
     for workflow_id in ids:
-        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        await read_and_approve(stub, workflow_id, as_user("alice"))
     # Both processors took runs (claims race on the shared database), and the runs are under way.
     while True:
         got = [(await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=w))).workflow for w in ids]
@@ -103,7 +103,7 @@ async def test_a_stopped_processor_is_routed_around_and_every_watch_completes_ga
     # New work still reaches a processor: the dead one is routed around.
     request = wpb.CreateWorkflowRequest(title="after", plan=[step("test_noop")])
     late = (await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
-    await stub.Approve(wpb.ApproveRequest(workflow_id=late), metadata=as_user("alice"))
+    await read_and_approve(stub, late, as_user("alice"))
     events = await asyncio.wait_for(events_to_the_end(stub, late), 60)
     assert events[-1].type == pb.EVENT_TYPE_COMPLETED
 

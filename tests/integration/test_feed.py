@@ -24,7 +24,7 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
-from tests.support.grpc_helpers import as_user, free_port, step
+from tests.support.grpc_helpers import as_user, free_port, read_and_approve, step
 
 S = pb.WorkflowStatus
 PLUGINS = ("tests.support.procedures",)
@@ -101,7 +101,7 @@ async def test_a_watch_stays_gap_free_while_the_processor_restarts_mid_run(pair:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         workflow_id = await create(stub, steps=12, seconds=0.1)
         watch = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("alice"))
-        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        await read_and_approve(stub, workflow_id, as_user("alice"))
         seen: list[int] = []
         async for message in watch:
             if message.HasField("event"):
@@ -126,7 +126,7 @@ async def test_late_watchers_after_a_restart_read_the_log_once_from_the_processo
     async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         workflow_id = await create(stub)
-        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        await read_and_approve(stub, workflow_id, as_user("alice"))
         expected = await events_of(stub, workflow_id)
     await gateway.stop(0)
     gateway = await pair.start_gateway()  # a new gateway process: nothing in memory
@@ -144,14 +144,14 @@ async def test_status_says_when_approved_work_waits_for_the_processor(pair: Pair
     async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         first = await create(stub, steps=1)
-        await stub.Approve(wpb.ApproveRequest(workflow_id=first), metadata=as_user("alice"))
+        await read_and_approve(stub, first, as_user("alice"))
 
         async def noticed() -> bool:
             return gateway.relay.unavailable_since is not None
 
         await until(noticed, "the relay to find the processor unavailable")
         second = await create(stub, steps=1)
-        answer = await stub.Approve(wpb.ApproveRequest(workflow_id=second), metadata=as_user("alice"))
+        answer = await read_and_approve(stub, second, as_user("alice"))
         assert answer.approved and answer.workflow_status == S.WORKFLOW_STATUS_APPROVED
         assert not answer.background_processing_started
         assert "waiting for the processor, unavailable since" in answer.processing_message
@@ -175,7 +175,8 @@ async def test_a_repeated_approve_says_what_became_of_the_run(pair: Pair) -> Non
     async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         workflow_id = await create(stub, steps=1)
-        request = wpb.ApproveRequest(workflow_id=workflow_id, comment="ok")
+        read = (await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id))).workflow
+        request = wpb.ApproveRequest(workflow_id=workflow_id, comment="ok", etag=read.etag)
         first = await stub.Approve(request, metadata=as_user("alice"))
         assert first.background_processing_started and first.workflow_status == S.WORKFLOW_STATUS_APPROVED
         await events_of(stub, workflow_id)

@@ -78,8 +78,9 @@ async def pair(database_urls: tuple[str, str]) -> AsyncIterator[Pair]:
 
 async def run(pair: Pair, plan: list[pb.PlanStep]) -> str:
     request = wpb.CreateWorkflowRequest(title="findings", plan=plan, max_cycles=50)
-    workflow_id = (await pair.stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
-    await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+    created = (await pair.stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow
+    workflow_id = created.workflow_id
+    await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag), metadata=as_user("alice"))
     async for message in pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), timeout=120):
         if message.HasField("event") and message.snapshot.is_completed:
             assert message.snapshot.status == pb.WORKFLOW_STATUS_COMPLETED, message.snapshot.last_message

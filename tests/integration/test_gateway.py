@@ -53,6 +53,16 @@ async def create(stub: wpb_grpc.WorkflowServiceAsyncStub, user: str = "carol") -
     return response.workflow
 
 
+def approval(workflow: pb.Workflow, **fields: str) -> wpb.ApproveRequest:
+    """An approval of the revision the caller read (its etag)."""
+    return wpb.ApproveRequest(workflow_id=workflow.workflow_id, etag=workflow.etag, **fields)
+
+
+def rejection(workflow: pb.Workflow, comment: str = "no") -> wpb.RejectRequest:
+    """A rejection, with its reason, of the revision the caller read."""
+    return wpb.RejectRequest(workflow_id=workflow.workflow_id, etag=workflow.etag, comment=comment)
+
+
 async def test_create_returns_a_workflow_awaiting_approval(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     workflow = await create(stub)
     assert workflow.workflow_id.startswith("wf_")
@@ -80,7 +90,7 @@ async def test_approve_answers_at_once_with_the_processor_down(
 ) -> None:
     workflow = await create(stub)
     started = time.perf_counter()
-    answer = await stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=as_user("alice"))
+    answer = await stub.Approve(approval(workflow), metadata=as_user("alice"))
     elapsed = time.perf_counter() - started
     assert answer.approved and answer.immediate_response and answer.background_processing_started
     assert answer.workflow_status == S.WORKFLOW_STATUS_APPROVED
@@ -95,7 +105,7 @@ async def test_approve_answers_at_once_with_the_processor_down(
 
 async def test_the_same_approval_again_gets_the_same_answer(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     workflow = await create(stub)
-    request = wpb.ApproveRequest(workflow_id=workflow.workflow_id, comment="ok")
+    request = approval(workflow, comment="ok")
     first = await stub.Approve(request, metadata=as_user("alice"))
     again = await stub.Approve(request, metadata=as_user("alice"))
     assert (again.approved, again.workflow_status, again.updated_at) == (
@@ -103,7 +113,7 @@ async def test_the_same_approval_again_gets_the_same_answer(stub: wpb_grpc.Workf
         first.workflow_status,
         first.updated_at,
     )
-    keyed = wpb.ApproveRequest(workflow_id=workflow.workflow_id, request_id="k1")
+    keyed = approval(workflow, request_id="k1")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.Approve(keyed, metadata=as_user("bob"))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -112,11 +122,11 @@ async def test_the_same_approval_again_gets_the_same_answer(stub: wpb_grpc.Workf
 
 async def test_same_request_id_or_same_approver_is_idempotent(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     workflow = await create(stub)
-    request = wpb.ApproveRequest(workflow_id=workflow.workflow_id, request_id="click-1")
+    request = approval(workflow, request_id="click-1")
     first = await stub.Approve(request, metadata=as_user("alice"))
     second = await stub.Approve(request, metadata=as_user("alice"))
     assert first.updated_at == second.updated_at
-    other_click = wpb.ApproveRequest(workflow_id=workflow.workflow_id, request_id="click-2")
+    other_click = approval(workflow, request_id="click-2")
     third = await stub.Approve(other_click, metadata=as_user("alice"))
     assert (third.approved, third.updated_at) == (True, first.updated_at)
 
@@ -125,13 +135,56 @@ async def test_another_decision_after_the_first_is_refused(
     gateway: Gateway, stub: wpb_grpc.WorkflowServiceAsyncStub
 ) -> None:
     workflow = await create(stub)
-    await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id, comment="no"), metadata=as_user("bob"))
+    await stub.Reject(rejection(workflow), metadata=as_user("bob"))
     before = dump_sqlite(db_path(gateway))
-    for call, user in ((stub.Approve, "alice"), (stub.Approve, "bob"), (stub.Reject, "alice")):
+    for call, request, user in (
+        (stub.Approve, approval(workflow), "alice"),
+        (stub.Approve, approval(workflow), "bob"),
+        (stub.Reject, rejection(workflow), "alice"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await call(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=as_user(user))
+            await call(request, metadata=as_user(user))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert details(refused.value)["reason"] == "ALREADY_DECIDED"
     assert dump_sqlite(db_path(gateway)) == before
+
+
+async def test_an_approval_without_the_etag_is_refused_and_changes_nothing(
+    gateway: Gateway, stub: wpb_grpc.WorkflowServiceAsyncStub
+) -> None:
+    workflow = await create(stub)
+    before = dump_sqlite(db_path(gateway))
+    for request in (wpb.ApproveRequest(workflow_id=workflow.workflow_id, comment="looks fine"), approval(workflow)):
+        request.etag = ""
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Approve(request, metadata=as_user("alice"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(refused.value)["fields"] == ["etag"]
+        assert "read the workflow first" in (refused.value.details() or "")
+    assert dump_sqlite(db_path(gateway)) == before
+    still = (await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow.workflow_id))).workflow
+    assert still.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and not still.approvals
+
+
+async def test_a_rejection_needs_a_reason_and_the_etag(
+    gateway: Gateway, stub: wpb_grpc.WorkflowServiceAsyncStub
+) -> None:
+    workflow = await create(stub)
+    before = dump_sqlite(db_path(gateway))
+    refusals = (
+        (rejection(workflow, ""), "comment"),
+        (rejection(workflow, "  \n "), "comment"),
+        (wpb.RejectRequest(workflow_id=workflow.workflow_id, comment="wrong period"), "etag"),
+    )
+    for request, field in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Reject(request, metadata=as_user("bob"))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert details(refused.value)["fields"] == [field]
+    assert dump_sqlite(db_path(gateway)) == before
+    rejected = await stub.Reject(rejection(workflow, "wrong period"), metadata=as_user("bob"))
+    assert rejected.workflow.status == S.WORKFLOW_STATUS_REJECTED
+    assert rejected.workflow.decision_comment == "wrong period"
 
 
 async def test_twenty_concurrent_decisions_have_exactly_one_winner(
@@ -143,9 +196,9 @@ async def test_twenty_concurrent_decisions_have_exactly_one_winner(
         user = f"user{i}"
         try:
             if i % 2:
-                await stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=as_user(user))
+                await stub.Approve(approval(workflow), metadata=as_user(user))
             else:
-                await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user(user))
+                await stub.Reject(rejection(workflow), metadata=as_user(user))
             return "won"
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
@@ -183,7 +236,7 @@ async def test_watch_replays_after_a_sequence_and_ends_after_rejection(
     assert first.event.sequence == 1 and first.snapshot.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL
     heartbeat = await stream.read()  # nothing happens for a while: a heartbeat with the snapshot
     assert heartbeat.HasField("heartbeat") and heartbeat.snapshot.workflow_id == workflow.workflow_id
-    await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("bob"))
+    await stub.Reject(rejection(workflow), metadata=as_user("bob"))
     rest = []
     while (message := await stream.read()) != grpc.aio.EOF:
         if message.HasField("event"):
@@ -198,8 +251,9 @@ async def test_watch_replays_after_a_sequence_and_ends_after_rejection(
 
 
 async def test_list_pages_and_filters(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
-    ids = [(await create(stub)).workflow_id for _ in range(5)]
-    await stub.Reject(wpb.RejectRequest(workflow_id=ids[0]), metadata=as_user("bob"))
+    created = [await create(stub) for _ in range(5)]
+    ids = [w.workflow_id for w in created]
+    await stub.Reject(rejection(created[0]), metadata=as_user("bob"))
     seen: list[str] = []
     token = ""
     while True:
@@ -215,6 +269,7 @@ async def test_list_pages_and_filters(stub: wpb_grpc.WorkflowServiceAsyncStub) -
 
 
 UNKNOWN = "wf_" + "0" * 32
+SOME_ETAG = "0" * 64  # well-formed: the refusal is about the workflow, not the etag
 BAD_PATH = "/no/such/ledger.csv"
 
 
@@ -224,9 +279,19 @@ BAD_PATH = "/no/such/ledger.csv"
         ("GetWorkflow", wpb.GetWorkflowRequest(workflow_id=UNKNOWN), grpc.StatusCode.NOT_FOUND, None),
         ("GetWorkflow", wpb.GetWorkflowRequest(workflow_id="nope"), grpc.StatusCode.INVALID_ARGUMENT, "workflow_id"),
         ("GetStatus", wpb.GetStatusRequest(workflow_id=""), grpc.StatusCode.INVALID_ARGUMENT, "workflow_id"),
-        ("Approve", wpb.ApproveRequest(workflow_id=UNKNOWN), grpc.StatusCode.NOT_FOUND, None),
-        ("Approve", wpb.ApproveRequest(workflow_id="wf_X"), grpc.StatusCode.INVALID_ARGUMENT, "workflow_id"),
-        ("Reject", wpb.RejectRequest(workflow_id=UNKNOWN), grpc.StatusCode.NOT_FOUND, None),
+        ("Approve", wpb.ApproveRequest(workflow_id=UNKNOWN, etag=SOME_ETAG), grpc.StatusCode.NOT_FOUND, None),
+        (
+            "Approve",
+            wpb.ApproveRequest(workflow_id="wf_X", etag=SOME_ETAG),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "workflow_id",
+        ),
+        (
+            "Reject",
+            wpb.RejectRequest(workflow_id=UNKNOWN, etag=SOME_ETAG, comment="no"),
+            grpc.StatusCode.NOT_FOUND,
+            None,
+        ),
         ("CancelWorkflow", wpb.CancelWorkflowRequest(workflow_id=UNKNOWN), grpc.StatusCode.NOT_FOUND, None),
         ("CreateWorkflow", wpb.CreateWorkflowRequest(title="t"), grpc.StatusCode.INVALID_ARGUMENT, "plan"),
         (
@@ -331,11 +396,11 @@ async def test_the_creator_may_not_approve_but_may_withdraw(
     workflow = await create(stub, user="carol")
     before = dump_sqlite(db_path(gateway))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
+        await stub.Approve(approval(workflow), metadata=as_user("carol"))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert details(refused.value)["reason"] == "SEPARATION_OF_DUTIES"
     assert dump_sqlite(db_path(gateway)) == before
-    withdrawn = await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
+    withdrawn = await stub.Reject(rejection(workflow, "withdrawn"), metadata=as_user("carol"))
     assert withdrawn.workflow.status == S.WORKFLOW_STATUS_REJECTED
 
 
@@ -366,7 +431,7 @@ async def test_watch_past_the_end_is_out_of_range_and_after_the_end_ends_at_once
             pass
     assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert details(refused.value)["fields"] == ["after_sequence"]
-    await stub.Reject(wpb.RejectRequest(workflow_id=workflow.workflow_id), metadata=as_user("bob"))
+    await stub.Reject(rejection(workflow), metadata=as_user("bob"))
     seen = [
         m async for m in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id, after_sequence=2))
     ]

@@ -82,8 +82,8 @@ async def running(tmp_path: Path, *, metrics: bool = False, rest: bool = False,
 
 async def run_to_end(stub: wpb_grpc.WorkflowServiceAsyncStub, plan: list[pb.PlanStep]) -> str:
     created = await stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="t", plan=plan), metadata=as_user("carol"))
-    workflow_id = created.workflow.workflow_id
-    await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+    workflow_id, etag = created.workflow.workflow_id, created.workflow.etag
+    await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag), metadata=as_user("alice"))
     call = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id))
     last = [m.event async for m in call if m.HasField("event")][-1]
     assert last.type == E.EVENT_TYPE_COMPLETED, last
@@ -122,7 +122,7 @@ async def test_metrics_count_rpcs_decisions_dispatch_cycles_and_rest(tmp_path: P
         before = await scrape(gateway_port)
         workflow_id = await run_to_end(pair.stub, [step("test_noop"), step("test_noop")])
         with pytest.raises(grpc.aio.AioRpcError):  # a refused call is counted with its code
-            await pair.stub.Approve(wpb.ApproveRequest(workflow_id="nope"), metadata=as_user("alice"))
+            await pair.stub.Approve(wpb.ApproveRequest(workflow_id="nope", etag="0" * 64), metadata=as_user("alice"))
         assert pair.gateway.rest is not None
         url = f"{pair.gateway.rest.url}/workflows/{workflow_id}"
         async with aiohttp.ClientSession() as http, http.get(url, headers=auth.headers("bob")) as response:
@@ -178,7 +178,8 @@ async def test_backlog_gate_and_link_while_the_processor_is_away(tmp_path: Path)
             stub = wpb_grpc.WorkflowServiceStub(channel)
             created = await stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]),
                                                 metadata=as_user("carol"))  # fmt: skip
-            await stub.Approve(wpb.ApproveRequest(workflow_id=created.workflow.workflow_id), metadata=as_user("alice"))
+            approve = wpb.ApproveRequest(workflow_id=created.workflow.workflow_id, etag=created.workflow.etag)
+            await stub.Approve(approve, metadata=as_user("alice"))
             samples = await until(gateway.metrics.port, lambda s: value(s, "auditflow_gateway_outbox_gate_open") == 0)
             assert value(samples, "auditflow_gateway_outbox_rows") == 1
             assert value(samples, "auditflow_gateway_outbox_oldest_age_seconds") > 0
@@ -252,7 +253,8 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
             created = await pair.stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="traced", plan=plan),
                                                      metadata=as_user("carol"))  # fmt: skip
             workflow_id = created.workflow.workflow_id
-            await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+            approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.workflow.etag)
+            await pair.stub.Approve(approve, metadata=as_user("alice"))
             call = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id))
             async for message in call:  # the first cycle's checkpoint: then the processor restarts
                 if message.HasField("event") and message.event.type == E.EVENT_TYPE_CYCLE_COMPLETED:
@@ -368,7 +370,8 @@ async def test_each_level_says_what_it_should(tmp_path: Path, caplog: pytest.Log
             metadata=as_user("carol"),
         )
         failed = created.workflow.workflow_id
-        await pair.stub.Approve(wpb.ApproveRequest(workflow_id=failed), metadata=as_user("alice"))
+        approve = wpb.ApproveRequest(workflow_id=failed, etag=created.workflow.etag)
+        await pair.stub.Approve(approve, metadata=as_user("alice"))
         call = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=failed))
         assert [m.event async for m in call if m.HasField("event")][-1].type == E.EVENT_TYPE_FAILED
 

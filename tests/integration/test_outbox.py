@@ -21,7 +21,7 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
-from tests.support.grpc_helpers import as_user, dump_sqlite, free_port, ledger_step, step
+from tests.support.grpc_helpers import as_user, dump_sqlite, free_port, ledger_step, read_and_approve, step
 
 S = pb.WorkflowStatus
 PLUGINS = ("tests.support.procedures",)
@@ -88,7 +88,7 @@ async def test_a_refused_workflow_and_its_cancel_do_not_stall_the_relay(
         create = wpb.CreateWorkflowRequest(title="t", plan=[ledger_step(ledger)])
         doomed = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow.workflow_id
         ledger.unlink()  # the processor will refuse the plan: its ledger is gone
-        await stub.Approve(wpb.ApproveRequest(workflow_id=doomed), metadata=as_user("alice"))
+        await read_and_approve(stub, doomed, as_user("alice"))
         cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=doomed), metadata=as_user("carol"))
         assert cancel.pending  # queued behind the Enqueue, for a run that will never exist
         await start_processor()
@@ -102,7 +102,7 @@ async def test_a_refused_workflow_and_its_cancel_do_not_stall_the_relay(
         assert dump_sqlite(gateway.settings.database_url.removeprefix("sqlite:///"))["outbox"] == []
         create = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
         fine = (await stub.CreateWorkflow(create, metadata=as_user("carol"))).workflow
-        await stub.Approve(wpb.ApproveRequest(workflow_id=fine.workflow_id), metadata=as_user("alice"))
+        await stub.Approve(wpb.ApproveRequest(workflow_id=fine.workflow_id, etag=fine.etag), metadata=as_user("alice"))
 
         async def completed() -> bool:
             return (await status(stub, fine.workflow_id)).status == S.WORKFLOW_STATUS_COMPLETED
@@ -128,7 +128,7 @@ async def test_a_failure_of_our_own_while_delivering_is_retried(
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
         workflow_id = (await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
-        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        await read_and_approve(stub, workflow_id, as_user("alice"))
 
         async def completed() -> bool:
             return (await status(stub, workflow_id)).status == S.WORKFLOW_STATUS_COMPLETED
@@ -150,14 +150,14 @@ async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_ord
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
         ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(6)]
-        await stub.Approve(wpb.ApproveRequest(workflow_id=ids[0]), metadata=as_user("alice"))
+        await read_and_approve(stub, ids[0], as_user("alice"))
 
         async def gate_closed() -> bool:  # the first Enqueue found no processor
             return gateway.relay.unavailable_since is not None
 
         await until(gate_closed, "the relay to notice the outage")
         for workflow_id in ids[1:]:
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+            await read_and_approve(stub, workflow_id, as_user("alice"))
         # A cancel queued behind its workflow's Enqueue, in the same outage.
         cancel = await stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=ids[5]), metadata=as_user("carol"))
         assert cancel.pending
@@ -184,10 +184,12 @@ async def test_one_stream_follows_every_run_and_list_filters_are_current(
     async with auth.channel(gateway.address) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_sleep", seconds=0.05)] * 3, max_cycles=10)
-        ids = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id for _ in range(100)]
+        created = [(await stub.CreateWorkflow(request, metadata=as_user("carol"))).workflow for _ in range(100)]
+        ids = [w.workflow_id for w in created]
         watchers = [stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=w)) for w in ids[:20] for _ in range(3)]
-        for workflow_id in ids:
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        for workflow in created:
+            approve = wpb.ApproveRequest(workflow_id=workflow.workflow_id, etag=workflow.etag)
+            await stub.Approve(approve, metadata=as_user("alice"))
         running = wpb.ListWorkflowsRequest(page_size=500, statuses=[S.WORKFLOW_STATUS_RUNNING])
 
         async def some_running() -> bool:

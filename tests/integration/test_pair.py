@@ -23,7 +23,7 @@ from processor.server import Processor
 from processor.server import create_server as create_processor
 from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
-from tests.support.grpc_helpers import as_user, step
+from tests.support.grpc_helpers import as_user, read_and_approve, step
 from tests.support.postgres import fresh_database
 
 S = pb.WorkflowStatus
@@ -76,7 +76,7 @@ async def submit(stub: wpb_grpc.WorkflowServiceAsyncStub, plan: list[pb.PlanStep
 
 
 async def approve(stub: wpb_grpc.WorkflowServiceAsyncStub, workflow_id: str) -> None:
-    await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+    await read_and_approve(stub, workflow_id, as_user("alice"))
 
 
 async def watch(
@@ -210,13 +210,18 @@ async def test_two_gateway_replicas_on_one_postgresql_database_decide_once(tmp_p
             channels = [auth.channel(r.address) for r in replicas]
             stubs = [wpb_grpc.WorkflowServiceStub(c) for c in channels]
             request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")])
-            workflow_id = (await stubs[0].CreateWorkflow(request, metadata=as_user("carol"))).workflow.workflow_id
+            created = (await stubs[0].CreateWorkflow(request, metadata=as_user("carol"))).workflow
+            workflow_id, etag = created.workflow_id, created.etag
 
             async def decide(i: int) -> bool:
                 stub = stubs[i % 2]
-                call = stub.Approve if i % 3 else stub.Reject
+                metadata = as_user(f"user{i}")
                 try:
-                    await call(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user(f"user{i}"))
+                    if i % 3:
+                        await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=etag), metadata=metadata)
+                    else:
+                        reject = wpb.RejectRequest(workflow_id=workflow_id, etag=etag, comment="no")
+                        await stub.Reject(reject, metadata=metadata)
                     return True
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc

@@ -53,6 +53,14 @@ class Api:
         assert status == 200, body
         return str(body["workflow"]["workflow_id"])
 
+    async def decide(self, workflow_id: str, verb: str, user: str, **fields: Any) -> tuple[int, dict[str, Any]]:
+        """Approve or reject (`verb`) as a person does: read the workflow, then decide on the
+        revision read (its etag)."""
+        status, body = await self.call("GET", f"/workflows/{workflow_id}", user=user)
+        assert status == 200, body
+        etag = body["workflow"]["etag"]
+        return await self.call("POST", f"/workflows/{workflow_id}/{verb}", user=user, json={"etag": etag, **fields})
+
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[Api]:
@@ -116,6 +124,10 @@ def test_routes_come_from_the_http_annotations() -> None:
         ("GET", "/workflows/{workflow_id}/findings/export"): "ExportFindings",
         ("GET", "/workflows/{workflow_id}/trail"): "VerifyTrail",
         ("GET", "/whoami"): "WhoAmI",
+        ("POST", "/workflows/{workflow_id}/revise"): "ReviseWorkflow",
+        ("POST", "/workflows/{workflow_id}/request-changes"): "RequestChanges",
+        ("GET", "/workflows/{workflow_id}/revisions/{revision}"): "GetRevision",
+        ("GET", "/workflows:watch"): "WatchWorkflows",
     }
 
 
@@ -136,7 +148,7 @@ async def test_create_get_and_list(api: Api) -> None:
     assert [w["workflow_id"] for w in listed["workflows"]] == [other]
     status, rest = await api.call("GET", "/workflows", params={"page_token": listed["next_page_token"]})
     assert [w["workflow_id"] for w in rest["workflows"]] == [workflow_id]
-    await api.call("POST", f"/workflows/{other}/reject", user="bob", json={"comment": "no"})
+    await api.decide(other, "reject", "bob", comment="no")
     query = [("statuses", "WORKFLOW_STATUS_REJECTED"), ("statuses", "WORKFLOW_STATUS_CANCELLED")]
     status, rejected = await api.call("GET", "/workflows", params=query)
     assert [w["workflow_id"] for w in rejected["workflows"]] == [other]
@@ -144,11 +156,8 @@ async def test_create_get_and_list(api: Api) -> None:
 
 async def test_approve_answers_with_the_seed_json_and_live_status_is_202_then_200(api: Api) -> None:
     workflow_id = await api.create(sleeps(2))
-    async with api.http.post(
-        f"{api.url}/workflows/{workflow_id}/approve", headers=auth.headers("alice")
-    ) as response:  # no body at all, as the seed UI's button
-        assert response.status == 200
-        answer = await response.json()
+    status, answer = await api.decide(workflow_id, "approve", "alice")
+    assert status == 200, answer
     assert answer["status"] == "success"
     assert answer["workflow_id"] == workflow_id
     assert answer["approved"] is True
@@ -184,7 +193,7 @@ async def test_live_status_of_a_workflow_awaiting_approval_is_200(api: Api) -> N
 
 async def test_reject_and_cancel(api: Api) -> None:
     rejected = await api.create()
-    status, body = await api.call("POST", f"/workflows/{rejected}/reject", user="bob", json={"comment": "no"})
+    status, body = await api.decide(rejected, "reject", "bob", comment="no")
     assert status == 200
     assert body["workflow"]["status"] == "WORKFLOW_STATUS_REJECTED"
     assert body["workflow"]["decision_comment"] == "no"
@@ -214,10 +223,10 @@ async def test_grpc_errors_become_http_statuses_with_code_message_and_details(ap
     assert status == 400 and body["status"] == "INVALID_ARGUMENT" and bad_fields(body) == ["workflow_id"]
 
     workflow_id = await api.create(user="carol")
-    status, body = await api.call("POST", f"/workflows/{workflow_id}/approve", user="carol")
+    status, body = await api.decide(workflow_id, "approve", "carol")
     assert status == 403 and body["status"] == "PERMISSION_DENIED"
-    assert (await api.call("POST", f"/workflows/{workflow_id}/reject", user="bob"))[0] == 200
-    status, body = await api.call("POST", f"/workflows/{workflow_id}/approve", user="alice")
+    assert (await api.decide(workflow_id, "reject", "bob", comment="no"))[0] == 200
+    status, body = await api.decide(workflow_id, "approve", "alice")
     assert status == 409 and body["status"] == "FAILED_PRECONDITION" and reasons(body) == ["ALREADY_DECIDED"]
 
     status, body = await api.call("GET", "/workflows", user="a\x07bell")
@@ -226,6 +235,33 @@ async def test_grpc_errors_become_http_statuses_with_code_message_and_details(ap
         "POST", "/workflows", user="carol", json={"title": "t", "plan": [{"procedure": "nope"}]}
     )
     assert status == 400 and bad_fields(body)
+
+
+async def test_a_decision_names_the_revision_read_and_a_rejection_says_why(api: Api) -> None:
+    workflow_id = await api.create()
+    other = await api.create([{"procedure": "test_noop", "parameters": {}}])
+    _, read = await api.call("GET", f"/workflows/{workflow_id}")
+    _, stale = await api.call("GET", f"/workflows/{other}")  # another plan's etag: well-formed, not this one's
+    approve, reject = f"/workflows/{workflow_id}/approve", f"/workflows/{workflow_id}/reject"
+    for kwargs in ({}, {"json": {}}, {"json": {"comment": "fine", "etag": ""}}):
+        status, body = await api.call("POST", approve, user="alice", **kwargs)
+        assert status == 400 and body["status"] == "INVALID_ARGUMENT", (kwargs, body)
+        assert bad_fields(body) == ["etag"] and "read the workflow first" in body["message"], body
+    for comment in ("", "   "):
+        status, body = await api.call(
+            "POST", reject, user="bob", json={"etag": read["workflow"]["etag"], "comment": comment}
+        )
+        assert status == 400 and bad_fields(body) == ["comment"], body
+    status, body = await api.call("POST", reject, user="bob", json={"comment": "wrong period"})
+    assert status == 400 and bad_fields(body) == ["etag"], body
+    for path, user in ((approve, "alice"), (reject, "bob")):
+        status, body = await api.call("POST", path, user=user, json={"etag": stale["workflow"]["etag"], "comment": "x"})
+        assert status == 409 and body["status"] == "FAILED_PRECONDITION" and reasons(body) == ["ETAG_MISMATCH"], body
+    status, after = await api.call("GET", f"/workflows/{workflow_id}")
+    assert after == read  # nothing stored: still awaiting approval, no approval and no new event
+    assert after["workflow"]["status"] == "WORKFLOW_STATUS_AWAITING_APPROVAL"
+    status, body = await api.call("POST", approve, user="alice", json={"etag": read["workflow"]["etag"]})
+    assert status == 200 and body["approved"] is True, body
 
 
 async def test_malformed_requests_are_400_or_413_never_500(api: Api) -> None:
@@ -356,7 +392,7 @@ async def read_sse(
 
 async def test_sse_streams_every_event_with_its_sequence_as_id(api: Api) -> None:
     workflow_id = await api.create(sleeps(2, 0.4))
-    await api.call("POST", f"/workflows/{workflow_id}/approve", user="alice")
+    await api.decide(workflow_id, "approve", "alice")
     ids, names, comments = await read_sse(api, workflow_id)
     assert ids == list(range(1, len(ids) + 1)) and len(ids) >= 6  # CREATED … COMPLETED
     assert names == ["end"]
@@ -365,7 +401,7 @@ async def test_sse_streams_every_event_with_its_sequence_as_id(api: Api) -> None
 
 async def test_sse_resumes_after_last_event_id_mid_run_with_no_gap_and_no_duplicate(api: Api) -> None:
     workflow_id = await api.create(sleeps(4, 0.3))
-    await api.call("POST", f"/workflows/{workflow_id}/approve", user="alice")
+    await api.decide(workflow_id, "approve", "alice")
     first, _, _ = await read_sse(api, workflow_id, stop_at=5)  # CREATED … STARTED, CYCLE 1: mid-run
     assert first == [1, 2, 3, 4, 5]
     status, _ = await api.call("GET", f"/workflows/{workflow_id}/status/live")
@@ -380,7 +416,7 @@ async def test_sse_resumes_after_last_event_id_mid_run_with_no_gap_and_no_duplic
 
 async def test_ndjson_for_non_browser_clients(api: Api) -> None:
     workflow_id = await api.create(sleeps(1))
-    await api.call("POST", f"/workflows/{workflow_id}/approve", user="alice")
+    await api.decide(workflow_id, "approve", "alice")
     headers = {"Accept": "application/x-ndjson"}
     lines = []
     url = f"{api.url}/workflows/{workflow_id}/status/stream"
@@ -460,9 +496,15 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
         "/workflows/{workflow_id}/findings",
         "/workflows/{workflow_id}/findings/export",
         "/workflows/{workflow_id}/trail",
+        "/workflows/{workflow_id}/revise",
+        "/workflows/{workflow_id}/request-changes",
+        "/workflows/{workflow_id}/revisions/{revision}",
+        "/workflows:watch",
     }
     listed = document["paths"]["/workflows"]["get"]
-    assert {p["name"] for p in listed["parameters"] if p["in"] == "query"} == {"page_size", "page_token", "statuses"}
+    assert {p["name"] for p in listed["parameters"] if p["in"] == "query"} == {
+        "page_size", "page_token", "statuses", "awaiting_my_approval", "created_by_me", "title_contains",
+    }  # fmt: skip
     findings = document["paths"]["/workflows/{workflow_id}/findings"]["get"]
     assert {p["name"] for p in findings["parameters"] if p["in"] == "query"} == {
         "page_size", "page_token", "filter.steps", "filter.procedures", "filter.severities", "filter.order",
@@ -475,7 +517,7 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
         OAS30Validator({**schema, "components": document["components"]}).validate(body)
 
     workflow_id = await api.create(sleeps(1))
-    status, answer = await api.call("POST", f"/workflows/{workflow_id}/approve", user="alice")
+    status, answer = await api.decide(workflow_id, "approve", "alice")
     check("/workflows/{workflow_id}/approve", "post", status, answer)
     status, live = await api.call("GET", f"/workflows/{workflow_id}/status/live")
     check("/workflows/{workflow_id}/status/live", "get", status, live)
@@ -483,6 +525,24 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
     check("/workflows/{workflow_id}", "get", status, body)
     status, body = await api.call("GET", "/workflows/nope")
     check("/workflows/{workflow_id}", "get", "default", body)
+
+    # A decision's body must name the revision reviewed (a reject its reason too); the refusals are documented.
+    for verb, required in (("approve", ["etag"]), ("reject", ["etag", "comment"])):
+        operation = document["paths"][f"/workflows/{{workflow_id}}/{verb}"]["post"]
+        body_doc = operation["requestBody"]
+        assert body_doc["required"] is True
+        assert body_doc["content"]["application/json"]["schema"]["allOf"][1]["required"] == required
+        assert "ETAG_MISMATCH" in operation["description"] and "read the workflow first" in operation["description"]
+        assert {"200", "400", "409", "default"} <= set(operation["responses"])
+    waiting = await api.create()
+    status, body = await api.call("POST", f"/workflows/{waiting}/approve", user="alice", json={})
+    assert status == 400
+    check("/workflows/{workflow_id}/approve", "post", status, body)
+    status, body = await api.call(
+        "POST", f"/workflows/{waiting}/reject", user="bob", json={"etag": "0" * 64, "comment": "no"}
+    )
+    assert status == 409
+    check("/workflows/{workflow_id}/reject", "post", status, body)
 
 
 # --- status page --------------------------------------------------------------------------

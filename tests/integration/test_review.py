@@ -18,6 +18,7 @@ import aiohttp
 import grpc
 import pytest
 
+from auditflow import cli
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
@@ -371,3 +372,31 @@ async def test_watch_workflows_over_sse(pair: Pair) -> None:
         http.get(f"{pair.rest}/workflows:watch?resume_token=%%%") as response,
     ):
         assert response.status == 400
+
+
+async def test_the_cli_revises_asks_for_changes_and_lists_a_queue(
+    pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workflow = await submit(pair, [step("test_noop")], approvals=2)
+    tokens = {name: tmp_path / f"{name}.token" for name in ("carol", "alice", "bob")}
+    for name, path in tokens.items():
+        path.write_text(auth.jwt_for(name))
+
+    def cli_as(name: str, *args: str) -> list[str]:
+        return ["--target", pair.gateway.address, "--token-file", str(tokens[name]), *args]
+
+    ask = cli_as("alice", "request-changes", workflow.workflow_id, "--reason", "use March", "--etag", workflow.etag,
+                 "--yes")  # fmt: skip
+    assert await asyncio.to_thread(cli.main, ask) == 0
+    assert (await get(pair, workflow.workflow_id)).status == S.WORKFLOW_STATUS_CHANGES_REQUESTED
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([{"procedure": "test_noop"}, {"procedure": "test_noop"}]))
+    revise = cli_as("carol", "revise", workflow.workflow_id, "--plan", str(plan), "--reason", "March")
+    assert await asyncio.to_thread(cli.main, revise) == 0
+    revised = await get(pair, workflow.workflow_id)
+    assert (revised.revision, len(revised.plan), revised.status) == (2, 2, S.WORKFLOW_STATUS_AWAITING_APPROVAL)
+    assert f"revision 2, etag {revised.etag}" in capsys.readouterr().out
+    assert await asyncio.to_thread(cli.main, cli_as("bob", "list", "--awaiting-me")) == 0
+    assert workflow.workflow_id in capsys.readouterr().out
+    assert await asyncio.to_thread(cli.main, cli_as("carol", "list", "--awaiting-me")) == 0
+    assert workflow.workflow_id not in capsys.readouterr().out  # one's own plan

@@ -102,9 +102,9 @@ async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
     await processor.stop(1)
 
 
-async def create(stub: wpb_grpc.WorkflowServiceAsyncStub, owner: str = "owner", **fields: Any) -> str:
+async def create(stub: wpb_grpc.WorkflowServiceAsyncStub, owner: str = "owner", **fields: Any) -> pb.Workflow:
     request = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")], **fields)
-    return (await stub.CreateWorkflow(request, metadata=auth.bearer(owner, ("submitter",)))).workflow.workflow_id
+    return (await stub.CreateWorkflow(request, metadata=auth.bearer(owner, ("submitter",)))).workflow
 
 
 async def code_of(call: Any) -> grpc.StatusCode:
@@ -139,6 +139,11 @@ GATEWAY_TABLE: dict[str, dict[str, grpc.StatusCode]] = {
     "Reject": dict(zip(ROLES, (U, D, D, C.OK, C.OK), strict=True)),
     # someone else's workflow: only an admin may cancel it
     "CancelWorkflow": dict(zip(ROLES, (U, D, D, D, C.OK), strict=True)),
+    "RequestChanges": dict(zip(ROLES, (U, D, D, C.OK, C.OK), strict=True)),
+    # someone else's plan: only its submitter revises it, an admin neither
+    "ReviseWorkflow": dict(zip(ROLES, (U, D, D, D, D), strict=True)),
+    "GetRevision": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
+    "WatchWorkflows": dict(zip(ROLES, (U, C.OK, C.OK, C.OK, C.OK), strict=True)),
 }
 
 
@@ -149,7 +154,8 @@ def test_the_table_covers_every_rpc_of_the_public_service() -> None:
 @pytest.mark.parametrize("rpc", sorted(GATEWAY_TABLE))
 async def test_role_by_rpc_on_the_gateway(pair: Pair, rpc: str) -> None:
     for role, expected in GATEWAY_TABLE[rpc].items():
-        workflow_id = await create(pair.stub)  # by "owner", awaiting approval
+        created = await create(pair.stub)  # by "owner", awaiting approval
+        workflow_id = created.workflow_id
         requests: dict[str, Any] = {
             "GetWorkflow": wpb.GetWorkflowRequest(workflow_id=workflow_id),
             "GetStatus": wpb.GetStatusRequest(workflow_id=workflow_id),
@@ -160,13 +166,22 @@ async def test_role_by_rpc_on_the_gateway(pair: Pair, rpc: str) -> None:
             "ExportFindings": wpb.ExportFindingsRequest(workflow_id=workflow_id, format="json"),
             "VerifyTrail": wpb.VerifyTrailRequest(workflow_id=workflow_id),
             "CreateWorkflow": wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]),
-            "Approve": wpb.ApproveRequest(workflow_id=workflow_id),
-            "Reject": wpb.RejectRequest(workflow_id=workflow_id),
+            "Approve": wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag),
+            "Reject": wpb.RejectRequest(workflow_id=workflow_id, etag=created.etag, comment="no"),
             "CancelWorkflow": wpb.CancelWorkflowRequest(workflow_id=workflow_id),
+            "RequestChanges": wpb.RequestChangesRequest(workflow_id=workflow_id, etag=created.etag, reason="why"),
+            "ReviseWorkflow": wpb.ReviseWorkflowRequest(workflow_id=workflow_id, etag=created.etag, title="t2"),
+            "GetRevision": wpb.GetRevisionRequest(workflow_id=workflow_id, revision=1),
+            "WatchWorkflows": wpb.WatchWorkflowsRequest(page_size=1),
         }
         if rpc == "WatchStatus" and expected == C.OK:  # ends only with the workflow: read one message
             call = pair.stub.WatchStatus(requests[rpc], metadata=creds(role))
             assert (await call.read()).event.sequence == 1
+            call.cancel()
+            continue
+        if rpc == "WatchWorkflows" and expected == C.OK:  # never ends: read the list's first row
+            call = pair.stub.WatchWorkflows(requests[rpc], metadata=creds(role))
+            assert (await call.read()).change.workflow.workflow_id
             call.cancel()
             continue
         got = await code_of(getattr(pair.stub, rpc)(requests[rpc], metadata=creds(role)))
@@ -174,12 +189,13 @@ async def test_role_by_rpc_on_the_gateway(pair: Pair, rpc: str) -> None:
 
 
 async def test_refusals_say_why_and_change_nothing(pair: Pair) -> None:
-    workflow_id = await create(pair.stub)
+    created = await create(pair.stub)
+    workflow_id = created.workflow_id
     database = pair.gateway.settings.database_url.removeprefix("sqlite:///")
     before = dump_sqlite(database)
     for role, request, reason in (
-        ("nobody", wpb.ApproveRequest(workflow_id=workflow_id), "CREDENTIALS_MISSING"),
-        ("viewer", wpb.ApproveRequest(workflow_id=workflow_id), "ROLE_REQUIRED"),
+        ("nobody", wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag), "CREDENTIALS_MISSING"),
+        ("viewer", wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag), "ROLE_REQUIRED"),
         ("submitter", wpb.CancelWorkflowRequest(workflow_id=workflow_id), "NOT_OWNER"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -190,7 +206,7 @@ async def test_refusals_say_why_and_change_nothing(pair: Pair) -> None:
 
 
 async def test_a_submitter_cancels_their_own_workflow(pair: Pair) -> None:
-    workflow_id = await create(pair.stub, owner="Sam")
+    workflow_id = (await create(pair.stub, owner="Sam")).workflow_id
     mine = auth.bearer("sam", ("submitter",))  # the same person, cased differently by another issuer
     answer = await pair.stub.CancelWorkflow(wpb.CancelWorkflowRequest(workflow_id=workflow_id), metadata=mine)
     assert answer.workflow.status == S.WORKFLOW_STATUS_CANCELLED
@@ -241,8 +257,9 @@ async def test_a_hostile_enqueue_cannot_stop_processing(pair: Pair) -> None:
             nobody = ps.EnqueueRequest(workflow_id="wf_" + "ef" * 16, title="t", plan=[step("test_noop")],
                                        base_sequence=2, approved_by=missing)  # fmt: skip
             assert await code_of(stub.Enqueue(nobody, metadata=gateway_token)) == C.INVALID_ARGUMENT
-    workflow_id = await create(pair.stub)
-    await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+    created = await create(pair.stub)
+    workflow_id = created.workflow_id
+    await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag), metadata=as_user("alice"))
     watch = wpb.WatchStatusRequest(workflow_id=workflow_id)
     final = [m async for m in pair.stub.WatchStatus(watch, metadata=as_user("alice"))]
     assert final[-1].snapshot.status == S.WORKFLOW_STATUS_COMPLETED
@@ -258,7 +275,7 @@ async def test_a_forged_user_header_is_ignored_and_the_trail_names_the_token(pai
     assert workflow.created_by == "carol"
     assert await code_of(pair.stub.CreateWorkflow(request, metadata=(("x-auditflow-user", "cfo"),))) == U
     approver = (("x-auditflow-user", "cfo"), *auth.bearer("alice", ("approver",)))
-    await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id), metadata=approver)
+    await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow.workflow_id, etag=workflow.etag), metadata=approver)
     watch = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id), metadata=as_user("alice"))
     events = [m.event async for m in watch if m.HasField("event")]
     assert [(e.actor, e.actor_auth) for e in events[:2]] == [
@@ -271,12 +288,14 @@ async def test_a_forged_user_header_is_ignored_and_the_trail_names_the_token(pai
 
 
 async def test_the_creator_may_not_approve_however_the_name_is_cased(pair: Pair) -> None:
-    workflow_id = await create(pair.stub, owner="Carol")
+    created = await create(pair.stub, owner="Carol")
+    workflow_id = created.workflow_id
+    approval = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag)
     for spelling in ("carol", "CAROL", "\uff23arol"):  # (the last with a full-width C)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user(spelling))
+            await pair.stub.Approve(approval, metadata=as_user(spelling))
         assert refused.value.code() == D and details(refused.value)["reason"] == "SEPARATION_OF_DUTIES"
-    answer = await pair.stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("dave"))
+    answer = await pair.stub.Approve(approval, metadata=as_user("dave"))
     assert answer.approved
 
 
@@ -290,7 +309,8 @@ async def test_bad_characters_and_numbers_are_invalid_arguments_and_store_nothin
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = wpb_grpc.WorkflowServiceStub(channel)
-            workflow_id = await create(stub)
+            created = await create(stub)
+            workflow_id = created.workflow_id
             nan = step("test_noop")
             nan.parameters.update({"x": float("nan")})
             inf = step("test_noop")
@@ -313,8 +333,11 @@ async def test_bad_characters_and_numbers_are_invalid_arguments_and_store_nothin
                     stub.CreateWorkflow,
                     wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")], request_id="r\x00"),
                 ),
-                (stub.Approve, wpb.ApproveRequest(workflow_id=workflow_id, comment="ok\x00")),
-                (stub.Reject, wpb.RejectRequest(workflow_id=workflow_id, request_id="\x1b[31m")),
+                (stub.Approve, wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag, comment="ok\x00")),
+                (
+                    stub.Reject,
+                    wpb.RejectRequest(workflow_id=workflow_id, etag=created.etag, comment="no", request_id="\x1b[31m"),
+                ),
                 (stub.CancelWorkflow, wpb.CancelWorkflowRequest(workflow_id=workflow_id, reason="x\x00")),
             ]
             for rpc, request in cases:
@@ -458,8 +481,11 @@ async def test_the_services_talk_over_mutual_tls_and_refuse_other_clients(tmp_pa
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = wpb_grpc.WorkflowServiceStub(channel)
-            workflow_id = await create(stub)
-            await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+            created = await create(stub)
+            workflow_id = created.workflow_id
+            await stub.Approve(
+                wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag), metadata=as_user("alice")
+            )
             final = [m async for m in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id),
                                                        metadata=as_user("alice"))][-1]  # fmt: skip
             assert final.snapshot.status == S.WORKFLOW_STATUS_COMPLETED

@@ -21,6 +21,22 @@ def as_user(name: str, roles: tuple[str, ...] = auth.DEFAULT_ROLES) -> tuple[tup
     return auth.bearer(name, roles)
 
 
+async def read_and_approve(stub: Any, workflow_id: str, metadata: Any, **fields: Any) -> wpb.ApproveResponse:
+    """Approve as an approver does: read the workflow, then approve the revision read (its etag)."""
+    read = await stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id), metadata=metadata)
+    request = wpb.ApproveRequest(workflow_id=workflow_id, etag=read.workflow.etag, **fields)
+    response: wpb.ApproveResponse = await stub.Approve(request, metadata=metadata)
+    return response
+
+
+def read_and_approve_sync(stub: Any, workflow_id: str, metadata: Any, **call: Any) -> wpb.ApproveResponse:
+    """`read_and_approve` with a blocking stub (`call`: e.g. a timeout for both calls)."""
+    read = stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=workflow_id), metadata=metadata, **call)
+    request = wpb.ApproveRequest(workflow_id=workflow_id, etag=read.workflow.etag)
+    response: wpb.ApproveResponse = stub.Approve(request, metadata=metadata, **call)
+    return response
+
+
 def ledger_step(path: str | Path) -> pb.PlanStep:
     step = pb.PlanStep(procedure="ledger_summary")
     step.parameters.update({"path": str(path)})

@@ -442,10 +442,28 @@ def test_watch_does_not_retry_other_errors() -> None:
 # --- the whole CLI against an in-process fake gateway ----------------------------------------
 
 
+WF_AWAITING = "wf_" + "2" * 32  # the one plan the fake gateway has: awaiting a second approval
+ETAG = "e" * 64
+
+
+def awaiting_plan() -> pb.Workflow:
+    """A plan at its second revision, one of two approvals given, its ledger fingerprinted."""
+    step = pb.PlanStep(procedure="ledger_summary")
+    step.parameters.update({"path": "ledger.csv", "materiality": "2,500"})
+    step.sources.add(parameter="path", path="ledger.csv", size_bytes=1234, sha256="ab" * 32)
+    return pb.Workflow(
+        workflow_id=WF_AWAITING, title="Q3 ledger", status=S.WORKFLOW_STATUS_AWAITING_APPROVAL, created_by="carol",
+        revision=2, etag=ETAG, max_cycles=15, required_approvals=2, plan=[step],
+        approvals=[pb.Approval(approver="alice", etag=ETAG, revision=2)],
+    )  # fmt: skip
+
+
 class FakeGateway(api_grpc.WorkflowServiceServicer):
     def __init__(self) -> None:
         self.credentials: list[str] = []
         self.final = S.WORKFLOW_STATUS_COMPLETED
+        self.reads = 0
+        self.decisions: list[Any] = []  # every Approve and Reject request received
 
     def _user(self, context: grpc.ServicerContext) -> None:
         self.credentials += [v for k, v in context.invocation_metadata() if k == "authorization"]  # type: ignore[misc]
@@ -460,7 +478,21 @@ class FakeGateway(api_grpc.WorkflowServiceServicer):
         )
 
     def GetWorkflow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.workflow_id == WF_AWAITING:
+            self.reads += 1
+            return api.GetWorkflowResponse(workflow=awaiting_plan())
         context.abort_with_status(to_rich_status(NotFound(f"no workflow {request.workflow_id}")))
+
+    def Approve(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.decisions.append(request)
+        return api.ApproveResponse(workflow_id=request.workflow_id, approved=True,
+                                   workflow_status=S.WORKFLOW_STATUS_APPROVED)  # fmt: skip
+
+    def Reject(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.decisions.append(request)
+        workflow = awaiting_plan()
+        workflow.status = S.WORKFLOW_STATUS_REJECTED
+        return api.RejectResponse(workflow=workflow)
 
     def WatchStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         yield response(1)
@@ -624,3 +656,99 @@ def test_secrets_are_written_once_private_and_never_overwritten(
     assert cli.main(["secrets", str(target)]) == 2
     assert "already holds" in capsys.readouterr().err
     assert {name: (target / name).read_bytes() for name in secrets.FILES} == before
+
+
+# --- decisions: review, then confirm ---------------------------------------------------------
+
+
+class Terminal(io.StringIO):
+    """Standard input typed at a terminal: what the person answers, and when they were asked."""
+
+    def __init__(self, answer: str, fake: FakeGateway) -> None:
+        super().__init__(answer)
+        self.fake = fake
+        self.decisions_when_asked: list[Any] | None = None
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1) -> str:
+        self.decisions_when_asked = list(self.fake.decisions)
+        return super().readline(size)
+
+
+def test_approve_without_a_terminal_shows_the_plan_and_sends_nothing(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, target = gateway
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # piped, not typed: nobody to ask
+    assert cli.main(["--target", target, "approve", WF_AWAITING]) == 2
+    err = capsys.readouterr().err
+    assert "1. ledger_summary" in err and '"materiality": "2,500"' in err  # the plan was shown
+    assert f"auditflow approve {WF_AWAITING} --etag {ETAG} --yes" in err
+    assert fake.decisions == []
+
+
+def test_yes_without_an_etag_is_refused_before_anything_is_read_or_sent(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, target = gateway
+    for command in (["approve", WF_AWAITING, "--yes"], ["reject", WF_AWAITING, "--yes", "--comment", "no"]):
+        assert cli.main(["--target", target, *command]) == 2
+        assert "--yes needs --etag ETAG" in capsys.readouterr().err
+    assert (fake.reads, fake.decisions) == (0, [])
+
+
+def test_approve_on_a_terminal_shows_the_plan_and_sends_only_after_yes(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, target = gateway
+    terminal = Terminal("y\n", fake)
+    monkeypatch.setattr("sys.stdin", terminal)
+    assert cli.main(["--target", target, "approve", WF_AWAITING, "--comment", "checked"]) == 0
+    captured = capsys.readouterr()
+    review = captured.err
+    assert "revision      2, etag " + ETAG in review
+    assert '1. ledger_summary {"materiality": "2,500", "path": "ledger.csv"}' in review
+    assert "path=ledger.csv: 1234 bytes, sha256 " + "ab" * 32 in review
+    assert "approvals     1 of 2 (alice)" in review
+    assert f"approve revision 2 of {WF_AWAITING}" in review and "[y/N]" in review
+    assert terminal.decisions_when_asked == []  # asked before anything was sent
+    assert [(d.workflow_id, d.etag, d.comment) for d in fake.decisions] == [(WF_AWAITING, ETAG, "checked")]
+    assert "approved                       true" in captured.out
+
+
+@pytest.mark.parametrize("answer", ["n\n", "\n", ""])
+def test_approve_on_a_terminal_sends_nothing_unless_the_answer_is_yes(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    fake, target = gateway
+    monkeypatch.setattr("sys.stdin", Terminal(answer, fake))
+    assert cli.main(["--target", target, "approve", WF_AWAITING]) == commands.EXIT_DECLINED
+    assert "nothing sent" in capsys.readouterr().err
+    assert (fake.reads, fake.decisions) == (1, [])
+
+
+def test_a_script_decides_on_the_etag_it_names_without_a_question(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, target = gateway
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cli.main(["--target", target, "approve", WF_AWAITING, "--yes", "--etag", ETAG]) == 0
+    reject = ["reject", WF_AWAITING, "--yes", "--etag", ETAG, "--comment", "wrong period"]
+    assert cli.main(["--target", target, *reject]) == 0
+    assert fake.reads == 0
+    sent = [(type(d).__name__, d.etag, d.comment) for d in fake.decisions]
+    assert sent == [("ApproveRequest", ETAG, ""), ("RejectRequest", ETAG, "wrong period")]
+
+
+def test_a_reject_needs_a_reason_and_a_stale_etag_is_refused_before_sending(
+    gateway: tuple[FakeGateway, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, target = gateway
+    monkeypatch.setattr("sys.stdin", Terminal("y\n", fake))
+    assert cli.main(["--target", target, "reject", WF_AWAITING, "--yes", "--etag", ETAG]) == 2
+    assert "--comment is required" in capsys.readouterr().err
+    assert cli.main(["--target", target, "approve", WF_AWAITING, "--etag", "f" * 64]) == 2
+    assert "the plan was revised since you read it" in capsys.readouterr().err
+    assert fake.decisions == []

@@ -56,6 +56,13 @@ def context(fake: grpc_testing.Channel) -> tuple[commands.Context, io.StringIO, 
     return commands.Context(stub=stub, token=TOKEN, out=out, err=err), out, err
 
 
+class Terminal(io.StringIO):
+    """Standard input typed at a terminal (the person confirms there)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
 def bearer(metadata: Any) -> list[str]:
     return [value for key, value in metadata or () if key == "authorization"]
 
@@ -73,9 +80,10 @@ def event(sequence: int, status: int = S.WORKFLOW_STATUS_RUNNING) -> api.WatchSt
 
 def test_every_call_carries_the_token_and_nothing_prints_it(channel: grpc_testing.Channel) -> None:
     ctx, out, err = context(channel)
-    args = argparse.Namespace(workflow_id=WF, comment="ok", request_id="", etag="")
+    ctx.stdin = Terminal("y\n")
+    args = argparse.Namespace(workflow_id=WF, comment="ok", request_id="", etag="", yes=False)
     thread, result = in_background(lambda: commands.approve(ctx, args))
-    # Without --etag, the plan is read first and its etag is what the approval is bound to.
+    # Without --yes, the plan is read and shown first; its etag is what the approval is bound to.
     metadata, request, rpc = channel.take_unary_unary(SERVICE.methods_by_name["GetWorkflow"])
     assert bearer(metadata) == [f"Bearer {TOKEN}"] and request.workflow_id == WF
     shown = pb.Workflow(workflow_id=WF, title="q3", etag="a" * 64, status=S.WORKFLOW_STATUS_AWAITING_APPROVAL)
@@ -155,9 +163,9 @@ def test_a_watch_does_not_retry_a_refusal(channel: grpc_testing.Channel) -> None
 
 def test_errors_are_rendered_with_their_field_violations(channel: grpc_testing.Channel) -> None:
     ctx, _, _ = context(channel)
-    args = argparse.Namespace(workflow_id=WF, comment="", request_id="", etag="b" * 64)
+    args = argparse.Namespace(workflow_id=WF, comment="", request_id="", etag="b" * 64, yes=True)
     thread, result = in_background(lambda: commands.approve(ctx, args))
-    _, request, rpc = channel.take_unary_unary(SERVICE.methods_by_name["Approve"])  # --etag: no read first
+    _, request, rpc = channel.take_unary_unary(SERVICE.methods_by_name["Approve"])  # --yes --etag: no read first
     assert request.etag == "b" * 64
     refusal = to_rich_status(InvalidArgument("bad", violations=[FieldViolation("comment", "contains NUL")]))
     rpc.terminate(None, refusal.trailing_metadata, refusal.code, refusal.details)
