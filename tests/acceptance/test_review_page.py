@@ -397,7 +397,9 @@ def test_a_ledger_changed_after_approval_fails_the_run_without_findings(
     assert not seen.unexpected_errors(), seen.unexpected_errors()
 
 
-def test_a_ledger_changed_before_approval_warns_the_approver(pair: Pair, browser: Any, tmp_path: Path) -> None:
+def test_a_ledger_changed_before_approval_warns_the_approver_and_its_submitter_refreshes_it(
+    pair: Pair, browser: Any, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     api = Api(pair)
@@ -408,8 +410,25 @@ def test_a_ledger_changed_before_approval_warns_the_approver(pair: Pair, browser
     )
     with ledger.open("a") as changed:
         changed.write("\n")
-    page, seen = open_as(browser, f"{api.base}/ui/workflows/{created['workflow_id']}", ALICE, "alice")
+    link = f"{api.base}/ui/workflows/{created['workflow_id']}"
+    page, seen = open_as(browser, link, ALICE, "alice")
     expect(page.locator("#plan-steps .source.changed .warning")).to_contain_text("no longer matches", timeout=10_000)
+    expect(page.locator("#refresh-view")).to_be_hidden()  # the submitter's to do
+    assert not seen.unexpected_errors(), seen.unexpected_errors()
+
+    # carol, the submitter, refreshes the fingerprints: revision 2, bound to the file as it is.
+    page, seen = open_as(browser, link, CAROL, "carol")
+    expect(page.locator("#refresh-view")).to_be_visible(timeout=10_000)
+    page.click("#refresh-data")
+    expect(page.locator("#confirm-text")).to_contain_text("gets revision 2, bound to the files as they are now")
+    with page.expect_request("**/revise") as sent:
+        page.click("#confirm-ok")
+    assert sent.value.post_data_json == {"etag": created["etag"], "reason": "data files refreshed"}
+    expect(page.locator("#detail-revision")).to_contain_text("Revision 2", timeout=10_000)
+    expect(page.locator("#plan-steps .warning")).to_have_count(0)
+    expect(page.locator("#refresh-view")).to_be_hidden()
+    source = api.workflow(created["workflow_id"])["plan"][0]["sources"][0]
+    assert source["sha256"] == hashlib.sha256(ledger.read_bytes()).hexdigest() and not source["changed"]
     assert not seen.unexpected_errors(), seen.unexpected_errors()
 
 

@@ -351,6 +351,8 @@ function applyDecisionRoles() {
   const open = Boolean(workflow) && ["AWAITING_APPROVAL", "CHANGES_REQUESTED"].includes(shortStatus(workflow.status));
   $("#cancel").hidden = !canCancel;
   $("#cancel-awaiting").hidden = !(canCancel && open);
+  const changed = Boolean(workflow) && (workflow.plan || []).some((step) => (step.sources || []).some((s) => s.changed));
+  $("#refresh-view").hidden = !(open && changed && isMe(workflow.created_by));
 }
 
 function decisionNote(workflow) {
@@ -450,6 +452,19 @@ async function showRevised(shown) {
   } catch (error) {
     report("#action-error", error);
   }
+}
+
+// The submitter binds the plan to its data files as they are now: a new revision (an empty
+// revision but for the etag), which dismisses the approvals given so far.
+async function refreshData() {
+  if (!state.workflow) return;
+  const shown = shownPlan();
+  const { given } = approvalCount(state.workflow);
+  const confirmed = await confirmAction(`Refresh the data fingerprints of “${shown.title}”?`,
+    `Workflow ${shown.workflowId} gets revision ${shown.revision + 1}, bound to the files as they are now. ` +
+    `The approvals given so far (${given}) are dismissed.`, "Refresh");
+  if (!confirmed || state.selected !== shown.workflowId) return;
+  await decide(shown, "/revise", { etag: shown.etag, reason: "data files refreshed" });
 }
 
 async function cancelWorkflow() {

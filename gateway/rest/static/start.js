@@ -43,6 +43,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#reject").addEventListener("click", rejectShown);
   $("#request-changes").addEventListener("click", requestChangesShown);
   $("#decision-reason").addEventListener("input", applyDecisionRoles);
+  $("#refresh-data").addEventListener("click", refreshData);
   $("#cancel").addEventListener("click", cancelWorkflow);
   $("#cancel-awaiting").addEventListener("click", cancelWorkflow);
   $("#more-findings").addEventListener("click", loadFindings);
