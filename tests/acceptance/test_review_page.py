@@ -93,6 +93,17 @@ def queue_ids(page: Any) -> set[str]:
     return set(page.locator("#workflow-table tbody tr").evaluate_all("rows => rows.map(r => r.dataset.workflowId)"))
 
 
+def confirmed(page: Any, button: str, says: str, sent_to: str) -> Any:
+    """Click `button`, check that the confirmation says `says`, confirm: the request sent."""
+    from playwright.sync_api import expect
+
+    page.click(button)
+    expect(page.locator("#confirm-text")).to_contain_text(says)
+    with page.expect_request(sent_to) as sent:
+        page.click("#confirm-ok")
+    return sent.value
+
+
 def no_overflow(page: Any) -> bool:
     return bool(page.evaluate("() => document.scrollingElement.scrollWidth <= document.scrollingElement.clientWidth"))
 
@@ -315,11 +326,9 @@ def test_reject_and_request_changes_need_a_reason_and_a_confirmation(pair: Pair,
 
     # Request changes, with a reason and a confirmation.
     page.fill("#decision-reason", "use the new ledger")
-    page.click("#request-changes")
-    expect(page.locator("#confirm-text")).to_contain_text("The workflow waits for its submitter to revise the plan.")
-    with page.expect_request("**/request-changes") as asked:
-        page.click("#confirm-ok")
-    assert asked.value.post_data_json == {"etag": second["etag"], "reason": "use the new ledger"}
+    waits = "The workflow waits for its submitter to revise the plan."
+    asked = confirmed(page, "#request-changes", waits, "**/request-changes")
+    assert asked.post_data_json == {"etag": second["etag"], "reason": "use the new ledger"}
     expect(page.locator("#detail-status")).to_have_text("CHANGES_REQUESTED", timeout=10_000)
     expect(page.locator("#changes-requested")).to_contain_text("alice asked for changes to revision 1")
     expect(page.locator("#changes-requested")).to_contain_text("use the new ledger")
@@ -349,10 +358,8 @@ def test_reject_and_request_changes_need_a_reason_and_a_confirmation(pair: Pair,
     page.click("#confirm-cancel")
     expect(page.locator("#confirm")).to_be_hidden()
     assert not any(url.endswith("/reject") for url in seen.urls)
-    page.click("#reject")
-    with page.expect_request("**/reject") as sent:
-        page.click("#confirm-ok")
-    assert sent.value.post_data_json == {"etag": first["etag"], "comment": "the ledger is last year's"}
+    sent = confirmed(page, "#reject", "“the ledger is last year's”", "**/reject")
+    assert sent.post_data_json == {"etag": first["etag"], "comment": "the ledger is last year's"}
     expect(page.locator("#detail-status")).to_have_text("REJECTED", timeout=10_000)
     expect(page.locator("#done-message")).to_contain_text("the ledger is last year's")
     assert not seen.unexpected_errors(), seen.unexpected_errors()
@@ -419,11 +426,8 @@ def test_a_ledger_changed_before_approval_warns_the_approver_and_its_submitter_r
     # carol, the submitter, refreshes the fingerprints: revision 2, bound to the file as it is.
     page, seen = open_as(browser, link, CAROL, "carol")
     expect(page.locator("#refresh-view")).to_be_visible(timeout=10_000)
-    page.click("#refresh-data")
-    expect(page.locator("#confirm-text")).to_contain_text("gets revision 2, bound to the files as they are now")
-    with page.expect_request("**/revise") as sent:
-        page.click("#confirm-ok")
-    assert sent.value.post_data_json == {"etag": created["etag"], "reason": "data files refreshed"}
+    sent = confirmed(page, "#refresh-data", "gets revision 2, bound to the files as they are now", "**/revise")
+    assert sent.post_data_json == {"etag": created["etag"], "reason": "data files refreshed"}
     expect(page.locator("#detail-revision")).to_contain_text("Revision 2", timeout=10_000)
     expect(page.locator("#plan-steps .warning")).to_have_count(0)
     expect(page.locator("#refresh-view")).to_be_hidden()
