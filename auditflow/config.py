@@ -88,6 +88,27 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A count where 0 means no limit."""
+    value = int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """A parser of whole numbers from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}")
+        return value
+
+    parse.__name__ = f"integer between {low} and {high}"
+    return parse
+
+
 def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, service: str = "") -> None:
     """Flags both servers have."""
     s = service

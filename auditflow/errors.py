@@ -126,6 +126,19 @@ class Overloaded(AuditflowError):
     reason = "OVERLOADED"
 
 
+class LimitExceeded(AuditflowError):
+    """The caller is past one of its limits; try again later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, limit: str, retry_after: float | None = None, quota: str = "") -> None:
+        super().__init__(message, metadata={"limit": limit})
+        self.limit = limit
+        self.retry_after = retry_after  # seconds until a retry can succeed; None: not the clock's to say
+        self.quota = quota  # the quota's subject (google.rpc.QuotaFailure), for a quota, not a rate
+
+
 class Unavailable(AuditflowError):
     """A service this call depends on is unavailable; try again later."""
 

@@ -4,8 +4,11 @@ Every RPC of both services passes through `CallInterceptor`, which
 - authenticates the caller (`auditflow.auth`) and checks the policy table (`auditflow.policy`)
   before the handler runs, and puts the principal on the call's context;
 - answers a request that does not parse as INVALID_ARGUMENT (gRPC itself would say UNKNOWN);
-- maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest),
-  and any other exception to INTERNAL without leaking internals;
+- holds the caller to its limits (`auditflow.limits`): its rate per kind of call, and a slot
+  of its streams for a stream's life;
+- maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest,
+  RetryInfo and the `retry-after` trailer, QuotaFailure), and any other exception to INTERNAL
+  without leaking internals;
 - with metrics on, counts every call by method and status code and times it
   (`auditflow.metrics`).
 
@@ -14,21 +17,26 @@ Public methods (health, reflection) skip authentication: probes carry no credent
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from auditflow import logs, policy, principal
 from auditflow.auth import Authenticator
-from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument
+from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded
+from auditflow.limits import Limiter
 from auditflow.metrics import MethodMetrics, RpcMetrics
+from auditflow.principal import Principal
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +45,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def details_of(error: AuditflowError) -> list[Message]:
-    """The google.rpc details of an error: ErrorInfo, and BadRequest for bad fields."""
+    """The google.rpc details of an error: ErrorInfo, BadRequest for bad fields, RetryInfo
+    when the caller may retry after a time, QuotaFailure for a quota."""
     found: list[Message] = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)]
+    if isinstance(error, LimitExceeded):
+        found.extend(_limit_details(error))
     if error.violations:
         found.append(
             error_details_pb2.BadRequest(
@@ -51,10 +62,39 @@ def details_of(error: AuditflowError) -> list[Message]:
     return found
 
 
+def _limit_details(error: LimitExceeded) -> list[Message]:
+    found: list[Message] = []
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(math.ceil(error.retry_after * 1e9))
+        found.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    if error.quota:
+        violation = error_details_pb2.QuotaFailure.Violation(subject=error.quota, description=error.message)
+        found.append(error_details_pb2.QuotaFailure(violations=[violation]))
+    return found
+
+
+def retry_after(error: BaseException) -> str | None:
+    """Whole seconds before a retry may succeed (Retry-After, gRPC's `retry-after`), or None."""
+    seconds = getattr(error, "retry_after", None)
+    return str(max(1, math.ceil(seconds))) if seconds is not None else None
+
+
 def to_rich_status(error: AuditflowError) -> grpc.Status:
-    """The error as a grpc.Status carrying its details."""
+    """The error as a grpc.Status carrying its details (and `retry-after` when it has one)."""
     status = status_pb2.Status(code=error.code.value[0], message=error.message, details=map(_pack, details_of(error)))
-    return rpc_status.to_status(status)
+    rich = rpc_status.to_status(status)
+    after = retry_after(error)
+    if after is None:
+        return rich
+    return _Status(rich.code, rich.details, (*rich.trailing_metadata, ("retry-after", after)))
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
 
 
 def _pack(message: Message) -> any_pb2.Any:
@@ -146,9 +186,12 @@ def tls_identities(context: Context) -> tuple[str, ...]:
 class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates, authorizes, sets the principal and maps exceptions to status codes."""
 
-    def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
+    def __init__(
+        self, authenticator: Authenticator, metrics: RpcMetrics | None = None, limiter: Limiter | None = None
+    ) -> None:
         self._auth = authenticator
         self._metrics = metrics
+        self._limiter = limiter
 
     async def intercept_service(  # type: ignore[override]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -177,12 +220,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler  # (no client-streaming RPCs outside the public ones)
 
-    async def _admit(self, request: Any, context: Context, method: str, metadata: Any) -> None:
-        """Authenticate, authorize and set the principal; then refuse a malformed request
-        (after authentication, so that strangers learn nothing from it)."""
+    async def _admit(self, request: Any, context: Context, method: str, metadata: Any) -> Principal:
+        """Authenticate, authorize, check the caller's rate and set the principal; then refuse
+        a malformed request (after authentication, so that strangers learn nothing from it)."""
         presented = self._auth.presented(metadata, peer_address(context), tls_identities(context))
         caller = await self._auth.authenticate(presented)
         policy.authorize(method, caller)
+        if self._limiter is not None:
+            size = request.ByteSize() if isinstance(request, Message) else 0
+            await self._limiter.admit(method, caller, getattr(request, "page_size", 0), size)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
         workflow_id = getattr(request, "workflow_id", None)
@@ -190,6 +236,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             logs.bind(workflow_id=workflow_id)
         if isinstance(request, _Malformed):
             raise InvalidArgument(f"the request is not a valid {request.message_name} message")
+        return caller
 
     def _wrap_unary(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
@@ -220,9 +267,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if measured is not None:
                 measured.started.inc()
             try:
-                await self._admit(request, context, method, metadata)
-                async for response in behavior(request, context):
-                    yield response
+                caller = await self._admit(request, context, method, metadata)
+                with self._stream_slot(caller):
+                    async for response in behavior(request, context):
+                        yield response
                 code = "OK"
             except Exception as exc:
                 code = _code_name(exc, context)
@@ -234,6 +282,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     measured.done(code, time.perf_counter() - started)
 
         return wrapper
+
+    def _stream_slot(self, caller: Principal) -> contextlib.AbstractContextManager[None]:
+        """One of the caller's stream slots for the stream's life (RESOURCE_EXHAUSTED if none)."""
+        return self._limiter.stream(caller) if self._limiter is not None else contextlib.nullcontext()
 
 
 def _code_name(exc: BaseException, context: Context) -> str:

@@ -97,6 +97,12 @@ OUTBOX_DISPATCH_SECONDS = Histogram(
 WATCH_STREAMS = Gauge(
     "auditflow_gateway_watch_streams", "Open WatchStatus streams, over gRPC and REST (SSE or NDJSON) together."
 )
+LIMIT_REFUSALS = Counter(
+    "auditflow_limit_refusals_total",
+    "Calls refused because their principal was past one of its limits, by limit: write_rate, read_rate, "
+    "watch_rate, streams, pending_plans, plan_bytes.",
+    ("limit",),
+)
 REST_STREAMS = Gauge("auditflow_gateway_rest_streams", "Open REST streams (SSE or NDJSON): status and exports.")
 REST_REQUESTS = Counter(
     "auditflow_gateway_rest_requests_total", "REST requests by route, method and HTTP status.",

@@ -84,8 +84,18 @@ def orchestrator_names() -> frozenset[str]:
     return frozenset(ep.name for ep in entry_points(group=ORCHESTRATOR_GROUP))
 
 
-def check_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchestrator: str) -> None:
-    """Raise InvalidArgument listing every bad field of a submitted workflow."""
+def check_plan(
+    title: str,
+    plan: Sequence[pb.PlanStep],
+    max_cycles: int,
+    orchestrator: str,
+    *,
+    max_steps: int = MAX_STEPS,
+    max_parameters_bytes: int = MAX_PARAMETERS_BYTES,
+) -> None:
+    """Raise InvalidArgument listing every bad field of a submitted workflow. The gateway may
+    hold plans to fewer steps and smaller parameters than the maxima (which the processor
+    checks, so that it accepts whatever any gateway accepted)."""
     violations: list[FieldViolation] = []
     if not title.strip():
         violations.append(FieldViolation("title", "required"))
@@ -93,10 +103,10 @@ def check_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchest
         violations.append(FieldViolation("title", problem))
     if not plan:
         violations.append(FieldViolation("plan", "empty: a plan needs at least one step"))
-    elif len(plan) > MAX_STEPS:
-        violations.append(FieldViolation("plan", f"too many steps: {len(plan)}, at most {MAX_STEPS}"))
+    elif len(plan) > max_steps:
+        violations.append(FieldViolation("plan", f"too many steps: {len(plan)}, at most {max_steps}"))
     else:
-        violations.extend(_check_steps(plan))
+        violations.extend(_check_steps(plan, max_parameters_bytes))
     if not 0 <= max_cycles <= MAX_CYCLES_LIMIT:
         violations.append(FieldViolation("max_cycles", f"must be between 0 (default) and {MAX_CYCLES_LIMIT}"))
     if orchestrator and orchestrator not in orchestrator_names():
@@ -108,7 +118,7 @@ def check_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchest
         raise InvalidArgument(f"invalid workflow: {summary}", violations=violations)
 
 
-def _check_steps(plan: Sequence[pb.PlanStep]) -> list[FieldViolation]:
+def _check_steps(plan: Sequence[pb.PlanStep], max_parameters_bytes: int) -> list[FieldViolation]:
     registry = procedures.load()
     violations: list[FieldViolation] = []
     for index, step in enumerate(plan):
@@ -125,9 +135,9 @@ def _check_steps(plan: Sequence[pb.PlanStep]) -> list[FieldViolation]:
             violations.extend(problems)
             continue
         size = len(json.dumps(parameters))
-        if size > MAX_PARAMETERS_BYTES:
+        if size > max_parameters_bytes:
             violations.append(
-                FieldViolation(f"{where}.parameters", f"too large: {size} bytes, at most {MAX_PARAMETERS_BYTES}")
+                FieldViolation(f"{where}.parameters", f"too large: {size} bytes, at most {max_parameters_bytes}")
             )
             continue
         if procedure.validate is not None:

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.interceptor import CallInterceptor
+from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls
 
@@ -55,9 +56,10 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 
 def new_server(authenticator: Authenticator, *, metrics: RpcMetrics | None = None,
-               outer: Sequence[Any] = ()) -> grpc.aio.Server:  # fmt: skip
+               outer: Sequence[Any] = (), limiter: Limiter | None = None) -> grpc.aio.Server:  # fmt: skip
     """A server with our interceptor (and `outer` ones before it: tracing)."""
-    return grpc.aio.server(interceptors=[*outer, CallInterceptor(authenticator, metrics)], options=SERVER_OPTIONS)
+    interceptor = CallInterceptor(authenticator, metrics, limiter)
+    return grpc.aio.server(interceptors=[*outer, interceptor], options=SERVER_OPTIONS)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:

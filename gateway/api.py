@@ -16,21 +16,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from auditflow import convert, metrics, plans, principal, statuses, tracing, trail
 from auditflow.db import Database
 from auditflow.errors import NotFound, invalid
+from auditflow.limits import Limiter
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import collection, listing, messages, revisions, store, workflows
+from gateway import collection, listing, messages, quota, revisions, store, workflows
 from gateway.collection import CollectionItem, CollectionWatcher
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.listing import Listing
 from gateway.outbox import OutboxRelay
+from gateway.quota import PlanLimits
 from gateway.store import WorkflowRecord
 from gateway.verify import TrailVerifier
 from gateway.watch import Watcher
@@ -69,6 +71,8 @@ class WorkflowApi:
         self_approval: bool = False,
         approvals: Approvals = Approvals(),
         signer: trail.Signer | None = None,
+        limiter: Limiter | None = None,
+        plan_limits: PlanLimits = quota.NO_QUOTA,
     ) -> None:
         self._db = db
         self._relay = relay
@@ -82,13 +86,15 @@ class WorkflowApi:
         self._signer = signer
         self._default_max_cycles = default_max_cycles
         self._self_approval = self_approval
+        self._limiter = limiter
+        self._plan_limits = plan_limits
 
     async def CreateWorkflow(self, request: wpb.CreateWorkflowRequest) -> wpb.CreateWorkflowResponse:
         user = principal.current()
+        quota.check_size(request, self._plan_limits)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         required = self._approvals.required(request.required_approvals)
-        steps = await asyncio.to_thread(_checked_plan, request.title, request.plan, request.max_cycles,
-                                        request.orchestrator)  # fmt: skip
+        steps = await asyncio.to_thread(_checked_plan, request, self._plan_limits)
         new = workflows.NewWorkflow(
             title=request.title,
             plan_json=convert.plan_to_json(steps),
@@ -99,7 +105,7 @@ class WorkflowApi:
             request_id=request.request_id,
             required_approvals=required,
         )
-        outcome = await self._db.write(lambda conn: workflows.create(conn, new))
+        outcome = await self._db.write(lambda conn: quota.create(conn, new, self._plan_limits))
         self._published(outcome)
         if outcome.changed:
             logger.info("workflow %s submitted by %s (%d steps)", outcome.record.workflow_id, user.name, new.steps)
@@ -123,8 +129,7 @@ class WorkflowApi:
             principal.current(), request.statuses, awaiting_my_approval=request.awaiting_my_approval,
             created_by_me=request.created_by_me, title_contains=request.title_contains,
         )  # fmt: skip
-        records, token = await self._listing.page(filter_, request.page_size, request.page_token)
-        return wpb.ListWorkflowsResponse(workflows=[self._workflow(r) for r in records], next_page_token=token)
+        return await self._listing.response(filter_, request.page_size, request.page_token, self._workflow)
 
     async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
         record = (await self._decide(request, workflows.APPROVE)).record
@@ -156,7 +161,11 @@ class WorkflowApi:
         title = request.title or current.title
         max_cycles = request.max_cycles or current.max_cycles
         given = list(request.plan) or list(convert.plan_from_json(current.plan_json))
-        steps = await asyncio.to_thread(_checked_plan, title, given, max_cycles, current.orchestrator)
+        asked = wpb.CreateWorkflowRequest(
+            title=title, plan=given, max_cycles=max_cycles, orchestrator=current.orchestrator
+        )
+        quota.check_size(asked, self._plan_limits)
+        steps = await asyncio.to_thread(_checked_plan, asked, self._plan_limits)
         revision = workflows.Revision(
             workflow_id=workflow_id, etag=etag, actor=user, title=title, plan_json=convert.plan_to_json(steps),
             steps=len(steps), max_cycles=max_cycles, reason=reason, request_id=request_id,
@@ -233,7 +242,10 @@ class WorkflowApi:
 
     async def WhoAmI(self, request: wpb.WhoAmIRequest) -> wpb.WhoAmIResponse:
         caller = principal.current()
-        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via)
+        pending = await self._db.read(lambda conn: quota.pending(conn, caller))
+        limits = quota.caller_limits(caller, pending, self._limiter, self._plan_limits)
+        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via,
+                                  limits=limits)  # fmt: skip
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -287,11 +299,11 @@ class WorkflowApi:
             self._relay.submit(outcome.outbox, record)
 
 
-def _checked_plan(title: str, plan: Sequence[pb.PlanStep], max_cycles: int, orchestrator: str) -> list[pb.PlanStep]:
-    """A submitted plan checked, with its data files fingerprinted: blocking work (procedures
-    look at files, fingerprints hash them), run off the event loop."""
-    plans.check_plan(title, plan, max_cycles, orchestrator)
-    return plans.fingerprinted(plan)
+def _checked_plan(request: wpb.CreateWorkflowRequest, limits: quota.PlanLimits) -> list[pb.PlanStep]:
+    """A submitted plan checked (with this gateway's limits), with its data files fingerprinted:
+    blocking work (procedures look at files, fingerprints hash them), run off the event loop."""
+    quota.check_plan(request, limits)
+    return plans.fingerprinted(request.plan)
 
 
 # The decisions counter's children, resolved once (a label look-up takes a lock).

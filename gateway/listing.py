@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from auditflow import plans
@@ -17,20 +17,25 @@ from auditflow.db import Database
 from auditflow.errors import InvalidArgument, invalid
 from auditflow.principal import APPROVER, Principal
 from auditflow.v1 import workflow_pb2 as pb
-from gateway import store
+from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway import pages, store
 from gateway.store import ListFilter, WorkflowRecord
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+DEFAULT_MAX_PAGE_BYTES = 1024 * 1024
 MAX_TITLE_FILTER = 200
 
 
 class Listing:
     """Pages of workflows through a filter."""
 
-    def __init__(self, db: Database, *, self_approval: bool = False) -> None:
+    def __init__(
+        self, db: Database, *, self_approval: bool = False, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
+    ) -> None:
         self._db = db
         self._self_approval = self_approval
+        self._max_page_bytes = max_page_bytes
 
     def filter_for(
         self,
@@ -58,8 +63,20 @@ class Listing:
             self_approval=self._self_approval,
         )
 
+    async def response(
+        self, filter_: ListFilter, page_size: int, page_token: str, workflow: Callable[[WorkflowRecord], pb.Workflow]
+    ) -> wpb.ListWorkflowsResponse:
+        """ListWorkflows' answer: a page bounded by rows and by bytes (`gateway.pages`)."""
+        size = check_page_size(page_size) or DEFAULT_PAGE_SIZE
+        after = decode_token(page_token) if page_token else None
+        if filter_.awaiting_key == "":
+            return wpb.ListWorkflowsResponse()
+        bounds = pages.Bounds(size, self._max_page_bytes)
+        return await pages.read(self._db, filter_, after, bounds, workflow, encode_token)
+
     async def page(self, filter_: ListFilter, page_size: int, page_token: str) -> tuple[list[WorkflowRecord], str]:
-        """One page and the token of the next ("" on the last)."""
+        """One page of records and the token of the next ("" on the last): the collection
+        watch's initial list, whose rows are summaries (no parameters, no result)."""
         size = check_page_size(page_size) or DEFAULT_PAGE_SIZE
         after = decode_token(page_token) if page_token else None
         if filter_.awaiting_key == "":

@@ -23,6 +23,7 @@ from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
 from auditflow.db import Database
+from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls, check_plaintext, host_of
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
@@ -67,8 +68,9 @@ class Gateway:
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
+        self.limiter = Limiter(settings.limits)  # (each principal's rates and streams, both adapters)
         self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
-                                         outer=tracing.server_interceptors())  # fmt: skip
+                                         outer=tracing.server_interceptors(), limiter=self.limiter)  # fmt: skip
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
@@ -79,7 +81,7 @@ class Gateway:
         health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
-        listing = Listing(self.db, self_approval=settings.allow_self_approval)
+        listing = Listing(self.db, self_approval=settings.allow_self_approval, max_page_bytes=settings.max_page_bytes)
         self.changes = Changes(self.db, poll_interval=settings.collection_poll_interval)
         self.hub.add_listener(self.changes)
         collection = CollectionWatcher(self.db, self.changes, listing, heartbeat_interval=settings.heartbeat_interval)
@@ -96,6 +98,8 @@ class Gateway:
             self_approval=settings.allow_self_approval,
             approvals=Approvals(settings.default_approvals, settings.max_approvals),
             signer=signer,
+            limiter=self.limiter,
+            plan_limits=settings.plan_limits,
         )
         self.service = WorkflowService(self.api)
         self.rest: RestGateway | None = None
@@ -110,6 +114,7 @@ class Gateway:
                 ssl_context=self.tls.ssl_context() if self.tls is not None else None,
                 measured=measured,
                 readiness=Readiness(self.db, self.feed),
+                limiter=self.limiter,
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)

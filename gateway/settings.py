@@ -6,16 +6,21 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, sources
+from auditflow import config, limits, plans, sources
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import positive_int
+from auditflow.limits import LimitSettings, Rate
 from auditflow.tls import ClientTls, TlsFiles
+from gateway import listing
+from gateway.quota import PlanLimits
 
 SERVICE = "gateway"
 DEFAULT_PORT = 50051
 DEFAULT_DATABASE = "sqlite:///var/auditflow-gateway.db"
 DEFAULT_PROCESSOR = "127.0.0.1:50052"
+DEFAULT_MAX_PENDING_PLANS = 100
+DEFAULT_MAX_PLAN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,13 @@ class Settings:
     trail_signing_key: str = ""
     # Public keys (PEM) whose signatures VerifyTrail checks (the processor's, and others).
     trail_public_keys: tuple[str, ...] = ()
+    # Each principal's rates and streams, and what it may submit. Built in code there are no
+    # per-principal limits unless given; the command line's defaults are auditflow.limits'
+    # DEFAULT_* and DEFAULT_MAX_* here.
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    plan_limits: PlanLimits = field(default_factory=PlanLimits)
+    # A ListWorkflows page stops before this many bytes (protobuf encoding); at least one row.
+    max_page_bytes: int = listing.DEFAULT_MAX_PAGE_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +114,37 @@ def build_parser() -> argparse.ArgumentParser:
     add("--trail-public-keys", "comma-separated Ed25519 public keys (PEM files) whose trail signatures "
         "VerifyTrail checks, e.g. the processor's", default="")  # fmt: skip
     sources.add_flags(parser, SERVICE)
+    add_limit_flags(parser)
     return parser
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """Each principal's share of the gateway (0 or 'off': no limit)."""
+
+    def add(flag: str, help: str, **kwargs: object) -> None:
+        config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
+
+    rate = "per principal, as CALLS_PER_SECOND:BURST ('off': no limit)"
+    add("--write-rate", f"create, approve, reject and cancel calls {rate}; a request costs one call per "
+        f"{limits.BYTES_PER_TOKEN // 1024} KiB it sends", default=str(limits.DEFAULT_WRITE),
+        type=Rate.parse)  # fmt: skip
+    add("--read-rate", f"reads {rate}; a page costs one call per {limits.ROWS_PER_TOKEN} rows it asks for",
+        default=str(limits.DEFAULT_READ), type=Rate.parse)  # fmt: skip
+    add("--watch-rate", f"streams opened (status, exports) {rate}", default=str(limits.DEFAULT_WATCH),
+        type=Rate.parse)  # fmt: skip
+    add("--max-streams-per-principal", "streams one principal may hold open at once (0: no limit)",
+        default=limits.DEFAULT_MAX_STREAMS, type=config.non_negative_int)  # fmt: skip
+    add("--max-pending-plans", "plans one principal may have awaiting approval (0: no limit)",
+        default=DEFAULT_MAX_PENDING_PLANS, type=config.non_negative_int)  # fmt: skip
+    add("--max-plan-bytes", "size of a plan's steps as sent, in bytes (0: no limit but the 4 MiB message)",
+        default=DEFAULT_MAX_PLAN_BYTES, type=config.non_negative_int)  # fmt: skip
+    add("--max-plan-steps", f"steps a plan may have (at most {plans.MAX_STEPS})", default=plans.MAX_STEPS,
+        type=config.bounded_int(1, plans.MAX_STEPS))  # fmt: skip
+    add("--max-parameters-bytes", f"size of one step's parameters as sent, in bytes (at most "
+        f"{plans.MAX_PARAMETERS_BYTES})", default=plans.MAX_PARAMETERS_BYTES,
+        type=config.bounded_int(1, plans.MAX_PARAMETERS_BYTES))  # fmt: skip
+    add("--max-page-bytes", "bytes a page of workflows stops before (it holds at least one workflow; the "
+        "page token covers the rest)", default=listing.DEFAULT_MAX_PAGE_BYTES, type=positive_int)  # fmt: skip
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -141,6 +183,11 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         max_approvals=args.max_approvals,
         trail_signing_key=args.trail_signing_key,
         trail_public_keys=config.csv(args.trail_public_keys),
+        limits=LimitSettings(args.write_rate, args.read_rate, args.watch_rate, args.max_streams_per_principal),
+        plan_limits=PlanLimits(
+            args.max_plan_bytes, args.max_plan_steps, args.max_parameters_bytes, args.max_pending_plans
+        ),
+        max_page_bytes=args.max_page_bytes,
     )
 
 

@@ -268,7 +268,28 @@ def whoami(ctx: Context, args: argparse.Namespace) -> int:
         ctx.print(render.to_json(me))
     else:
         ctx.print(f"{me.principal} ({', '.join(me.roles) or 'no role'}; authenticated by {me.authenticated_by})")
+        if me.HasField("limits"):
+            ctx.print(limits_text(me.limits))
     return 0
+
+
+def limits_text(limits: api.CallerLimits) -> str:
+    """The caller's limits in one line (0: no limit)."""
+
+    def rate(kind: str, r: api.CallRate) -> str:
+        return f"{kind} {r.per_second:g}/s (bursts of {r.burst})" if r.per_second else f"{kind} unlimited"
+
+    def of(used: int, most: int) -> str:
+        return f"{used} of {most}" if most else f"{used} (no limit)"
+
+    rates = ", ".join(rate(kind, r) for kind, r in (("writes", limits.write), ("reads", limits.read),
+                                                    ("streams opened", limits.watch)))  # fmt: skip
+    size = f"{limits.max_plan_bytes} bytes" if limits.max_plan_bytes else "any size"
+    return (
+        f"limits: {rates}; open streams {of(limits.open_streams, limits.max_streams)}; plans awaiting approval "
+        f"{of(limits.pending_plans, limits.max_pending_plans)}; plans of {size}, at most {limits.max_plan_steps} "
+        f"steps, {limits.max_parameters_bytes} bytes of parameters a step"
+    )
 
 
 def get(ctx: Context, args: argparse.Namespace) -> int:

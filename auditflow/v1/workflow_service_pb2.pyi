@@ -239,7 +239,11 @@ class ListWorkflowsResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.Workflow]: ...
+    def workflows(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.Workflow]:
+        """A page may hold fewer than page_size workflows: it also stops before the server's page
+        size in bytes (1 MiB unless configured), with at least one workflow.
+        """
+
     def __init__(
         self,
         *,
@@ -893,6 +897,7 @@ class WhoAmIResponse(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     AUTHENTICATED_BY_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     """The principal's name, as the audit trail records it."""
     authenticated_by: _builtins.str
@@ -901,16 +906,21 @@ class WhoAmIResponse(_message.Message):
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Its roles: viewer, submitter, approver, admin."""
 
+    @_builtins.property
+    def limits(self) -> Global___CallerLimits:
+        """The caller's limits on this server, and how much of them it uses now."""
+
     def __init__(
         self,
         *,
         principal: _builtins.str = ...,
         roles: _abc.Iterable[_builtins.str] | None = ...,
         authenticated_by: _builtins.str = ...,
+        limits: Global___CallerLimits | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authenticated_by", b"authenticated_by", "principal", b"principal", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authenticated_by", b"authenticated_by", "limits", b"limits", "principal", b"principal", "roles", b"roles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1094,3 +1104,91 @@ class VerifyTrailResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyTrailResponse: _TypeAlias = VerifyTrailResponse  # noqa: Y015
+
+@_typing.final
+class CallerLimits(_message.Message):
+    """One principal's share of the server. A zero (a rate of zero calls per second) is no limit.
+    Past a rate or a quota, calls fail with RESOURCE_EXHAUSTED (HTTP 429); past a rate, the
+    answer says when to retry (the `retry-after` trailer and a google.rpc.RetryInfo detail;
+    over HTTP the Retry-After header).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITE_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    WATCH_FIELD_NUMBER: _builtins.int
+    MAX_STREAMS_FIELD_NUMBER: _builtins.int
+    OPEN_STREAMS_FIELD_NUMBER: _builtins.int
+    MAX_PENDING_PLANS_FIELD_NUMBER: _builtins.int
+    PENDING_PLANS_FIELD_NUMBER: _builtins.int
+    MAX_PLAN_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PLAN_STEPS_FIELD_NUMBER: _builtins.int
+    MAX_PARAMETERS_BYTES_FIELD_NUMBER: _builtins.int
+    max_streams: _builtins.int
+    """Streams the caller may hold open at once, and how many it holds now."""
+    open_streams: _builtins.int
+    max_pending_plans: _builtins.int
+    """Plans the caller may have awaiting approval, and how many it has now."""
+    pending_plans: _builtins.int
+    max_plan_bytes: _builtins.int
+    """A plan's size: its steps as sent (bytes), its steps, one step's parameters (JSON bytes)."""
+    max_plan_steps: _builtins.int
+    max_parameters_bytes: _builtins.int
+    @_builtins.property
+    def write(self) -> Global___CallRate:
+        """Create, approve, reject and cancel calls; a request costs one call per 16 KiB it sends."""
+
+    @_builtins.property
+    def read(self) -> Global___CallRate:
+        """Reads; a page costs one call per 50 rows it asks for."""
+
+    @_builtins.property
+    def watch(self) -> Global___CallRate:
+        """Streams opened (WatchStatus, ExportFindings)."""
+
+    def __init__(
+        self,
+        *,
+        write: Global___CallRate | None = ...,
+        read: Global___CallRate | None = ...,
+        watch: Global___CallRate | None = ...,
+        max_streams: _builtins.int = ...,
+        open_streams: _builtins.int = ...,
+        max_pending_plans: _builtins.int = ...,
+        pending_plans: _builtins.int = ...,
+        max_plan_bytes: _builtins.int = ...,
+        max_plan_steps: _builtins.int = ...,
+        max_parameters_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["read", b"read", "watch", b"watch", "write", b"write"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_parameters_bytes", b"max_parameters_bytes", "max_pending_plans", b"max_pending_plans", "max_plan_bytes", b"max_plan_bytes", "max_plan_steps", b"max_plan_steps", "max_streams", b"max_streams", "open_streams", b"open_streams", "pending_plans", b"pending_plans", "read", b"read", "watch", b"watch", "write", b"write"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallerLimits: _TypeAlias = CallerLimits  # noqa: Y015
+
+@_typing.final
+class CallRate(_message.Message):
+    """A token bucket: `per_second` calls on average, `burst` at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    per_second: _builtins.float
+    burst: _builtins.int
+    def __init__(
+        self,
+        *,
+        per_second: _builtins.float = ...,
+        burst: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "per_second", b"per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallRate: _TypeAlias = CallRate  # noqa: Y015

@@ -13,6 +13,7 @@ items: each event is encoded once for every watcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -31,6 +32,7 @@ from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.errors import AuditflowError, Unauthenticated
 from auditflow.interceptor import log_refusal
+from auditflow.limits import Limiter
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.hub import Item
@@ -45,6 +47,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # the gRPC server's own limit
 # overflows, and each client retries after a growing delay (10,000 took 113 s; 10 s with
 # this). The kernel caps it at net.core.somaxconn (4096 by default).
 LISTEN_BACKLOG = 16384
+# A body or an answer larger than this is parsed from or turned into JSON on a worker thread.
+OFF_LOOP_BYTES = 64 * 1024
 SERVICE = wpb.DESCRIPTOR.services_by_name["WorkflowService"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,6 +73,7 @@ def refusal(exc: BaseException, where: str) -> web.Response:
     if not isinstance(exc, AuditflowError):
         return error_response(500, C.INTERNAL, "internal error; see the server log")
     response = _json_response(*errors.from_error(exc))
+    response.headers.update(errors.headers_of(exc))
     if isinstance(exc, Unauthenticated):  # RFC 6750: say how to authenticate, and what was wrong
         challenge = 'Bearer realm="auditflow"' + (', error="invalid_token"' if exc.invalid_token else "")
         response.headers["WWW-Authenticate"] = challenge
@@ -167,8 +172,10 @@ class RestApp:
         max_body_bytes: int = MAX_BODY_BYTES,
         measured: bool = False,
         readiness: Readiness | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.api = api
+        self._limiter = limiter
         self._readiness = readiness
         self.authenticator = authenticator
         self.routes = routes_of(service)
@@ -210,29 +217,43 @@ class RestApp:
         for task in list(self._streams):
             task.cancel()
 
-    async def _admit(self, route: Route, request: web.Request) -> None:
-        """Authenticate the HTTP caller and check the policy, as the interceptor does for gRPC."""
+    async def _admit(self, route: Route, request: web.Request) -> Message | web.Response:
+        """Authenticate the HTTP caller, check the policy, read the request and hold the caller
+        to its rate, as the interceptor does for gRPC."""
         presented = self.authenticator.presented(request.headers.items(), request.remote)
         caller = await self.authenticator.authenticate(presented)
         policy.authorize(route.rpc_path, caller)
         principal.set_current(caller)  # (each request runs in a task of its own)
+        if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
+            size = request.content_length
+            if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
+                size = len(await request.read())
+            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"), size or 0)
+        return await self._request_message(route, request)
+
+    def _stream_slot(self) -> contextlib.AbstractContextManager[None]:
+        """One of the caller's stream slots for the stream's life (LimitExceeded if none)."""
+        if self._limiter is None:
+            return contextlib.nullcontext()
+        return self._limiter.stream(principal.current())
 
     def _handler(self, route: Route) -> Handler:
         call = getattr(self.api, route.method.name)
         if route.streaming:
 
             async def streaming(request: web.Request) -> web.StreamResponse:
-                try:
-                    await self._admit(route, request)
-                except AuditflowError as exc:
-                    return refusal(exc, route.rpc_path)
-                message = await self._request_message(route, request)
-                if isinstance(message, web.Response):
-                    return message
-                download = hooks.DOWNLOADS.get(route.method.name)
-                if download is not None:
-                    return await self._download(route, request, download, message, call(message))
-                return await self._stream(route, request, call(message))
+                with contextlib.ExitStack() as held:
+                    try:
+                        message = await self._admit(route, request)
+                        if isinstance(message, web.Response):
+                            return message
+                        held.enter_context(self._stream_slot())
+                    except AuditflowError as exc:
+                        return refusal(exc, route.rpc_path)
+                    download = hooks.DOWNLOADS.get(route.method.name)
+                    if download is not None:
+                        return await self._download(route, request, download, message, call(message))
+                    return await self._stream(route, request, call(message))
 
             return streaming
 
@@ -240,8 +261,7 @@ class RestApp:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                await self._admit(route, request)
-                message = await self._request_message(route, request)
+                message = await self._admit(route, request)
                 if isinstance(message, web.Response):
                     return message
                 answer: Message = await call(message)
@@ -249,11 +269,9 @@ class RestApp:
                 raise
             except Exception as exc:
                 return refusal(exc, route.rpc_path)
-            body = response_json(route, answer)
-            status = 200
-            if hook is not None:
-                status, body = hook(answer, body)
-            return _json_response(status, body)
+            if answer.ByteSize() > OFF_LOOP_BYTES:  # (a long page: its JSON takes milliseconds)
+                return await asyncio.to_thread(_answer, route, hook, answer)
+            return _answer(route, hook, answer)
 
         return handle
 
@@ -265,7 +283,11 @@ class RestApp:
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
         try:
-            message = build_request(route, request.match_info, iter(request.query.items()), body)
+            query = iter(request.query.items())
+            if len(body) > OFF_LOOP_BYTES:  # (a large body's JSON takes milliseconds to parse)
+                message = await asyncio.to_thread(build_request, route, request.match_info, query, body)
+            else:
+                message = build_request(route, request.match_info, query, body)
             resume = hooks.RESUME_FIELDS.get(route.method.name)
             last_event_id = request.headers.get("Last-Event-ID")
             if resume and last_event_id is not None and last_event_id.strip():
@@ -365,6 +387,15 @@ class RestApp:
             await _close(chunks)
 
 
+def _answer(route: Route, hook: hooks.ResponseHook | None, answer: Message) -> web.Response:
+    """The HTTP response of a unary call's answer, in the route's JSON (reshaped by its hook)."""
+    body = response_json(route, answer)
+    status = 200
+    if hook is not None:
+        status, body = hook(answer, body)
+    return _json_response(status, body)
+
+
 async def _close(items: AsyncIterator[Any]) -> None:
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
@@ -386,13 +417,14 @@ class RestGateway:
         ssl_context: ssl.SSLContext | None = None,
         measured: bool = False,
         readiness: Readiness | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
         self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes,
-                            measured=measured, readiness=readiness)  # fmt: skip
+                            measured=measured, readiness=readiness, limiter=limiter)  # fmt: skip
         self._runner: web.AppRunner | None = None
 
     @property

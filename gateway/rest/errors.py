@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # noqa: F401  (registers the detail types for JSON)
 
 from auditflow.errors import AuditflowError
-from auditflow.interceptor import details_of
+from auditflow.interceptor import details_of, retry_after
 
 C = grpc.StatusCode
 
@@ -61,6 +61,13 @@ def from_error(error: AuditflowError) -> tuple[int, dict[str, Any]]:
     details a gRPC client gets."""
     details = [_detail_json(detail) for detail in details_of(error)]
     return http_status(error.code), error_body(error.code, error.message, details)
+
+
+def headers_of(error: AuditflowError) -> dict[str, str]:
+    """HTTP headers of a refused call: Retry-After (RFC 9110, seconds) past a rate, as the
+    gRPC answer's `retry-after` trailer."""
+    after = retry_after(error)
+    return {"Retry-After": after} if after is not None else {}
 
 
 def _detail_json(detail: Message) -> dict[str, Any]:

@@ -116,7 +116,9 @@ def document(routes: list[Route], title: str = "auditflow REST API", version: st
 DESCRIPTION = (
     "Every call authenticates with `Authorization: Bearer <token>` (an API token or an OIDC JWT). "
     "A missing or refused credential is 401 with a `WWW-Authenticate` challenge; a caller without "
-    "the role a call needs (viewer, submitter, approver, admin) is 403."
+    "the role a call needs (viewer, submitter, approver, admin) is 403. Each caller has its own "
+    "limits (GET /whoami shows them): past a rate of calls, 429 with a `Retry-After` header (seconds); "
+    "past its open streams or its plans awaiting approval, 429 without one."
 )
 # What an operation does, where a client needs more than its name.
 DESCRIPTIONS: dict[str, str] = {

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import rest, scale, watch
+from bench import fairness, rest, scale, watch
 from bench.approve import report
 from tests.support.cluster import ROOT
 
@@ -232,3 +232,27 @@ def test_the_collection_benchmark_sees_every_change_on_every_queue() -> None:
     for r in results:
         assert r["complete"] and r["deliveries"] == r["watchers"] * r["plans"]
         assert all(positive(r[key]) for key in ("p50_ms", "p99_ms", "max_ms"))
+
+
+def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_else() -> None:
+    figures = run_quick("fairness.py")
+
+    for phase in ("unloaded", "loaded"):
+        for kind, pace in fairness.PACE.items():
+            calls = figures[phase][kind]
+            assert calls["failures"] == 0, (phase, figures[phase]["failures_by_status"])
+            assert calls["calls"] == 3 * round(4.0 / pace), (phase, kind, calls)
+            assert positive(calls["p50_ms"]) and calls["p50_ms"] <= calls["p99_ms"]
+        assert positive(figures[phase]["gateway_cpu_share"])
+    flood = figures["flood"]
+    # The flood met every limit it pushed against, and held exactly the streams it may.
+    for refused in ("CreateWorkflow RESOURCE_EXHAUSTED", "ListWorkflows RESOURCE_EXHAUSTED",
+                    "WatchStatus RESOURCE_EXHAUSTED"):  # fmt: skip
+        assert flood["calls"].get(refused, 0) > 0, flood
+    assert flood["streams_held"] == 50, flood
+    assert set(figures["p99_ratio"]) == set(fairness.CALLS)
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        fairness.report(figures, as_json=False)
+    assert "p99 ratio" in printed.getvalue() and "the flood:" in printed.getvalue()

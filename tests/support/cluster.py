@@ -113,10 +113,11 @@ class Pair:
         gateway_args: Sequence[str] = (),
         log_level: str = "DEBUG",
         gateway_launcher: str | None = None,
+        principal_limits: bool = False,
     ) -> None:
         self.processor = ServerProcess("processor", workdir, [*auth.processor_args(), *processor_args], log_level)
         target = ["--processor-target", self.processor.target]
-        gateway = [*target, *auth.gateway_args(), *gateway_args]
+        gateway = [*target, *auth.gateway_args(principal_limits), *gateway_args]
         self.gateway = ServerProcess("gateway", workdir, gateway, log_level, launcher=gateway_launcher)
 
     def start(self) -> Pair:

@@ -98,10 +98,16 @@ def test_every_call_carries_the_token_and_nothing_prints_it(channel: grpc_testin
     thread, result = in_background(lambda: commands.whoami(ctx, argparse.Namespace()))
     metadata, _, rpc = channel.take_unary_unary(SERVICE.methods_by_name["WhoAmI"])
     assert bearer(metadata) == [f"Bearer {TOKEN}"]
-    rpc.terminate(api.WhoAmIResponse(principal="alice", roles=["approver"], authenticated_by="token:alice"), (),
-                  grpc.StatusCode.OK, "")  # fmt: skip
+    limits = api.CallerLimits(write=api.CallRate(per_second=10, burst=20), read=api.CallRate(per_second=2.5, burst=5),
+                              max_streams=50, open_streams=3, pending_plans=2, max_plan_steps=100,
+                              max_parameters_bytes=16384)  # fmt: skip
+    rpc.terminate(api.WhoAmIResponse(principal="alice", roles=["approver"], authenticated_by="token:alice",
+                                     limits=limits), (), grpc.StatusCode.OK, "")  # fmt: skip
     thread.join(10)
     assert "alice (approver; authenticated by token:alice)" in out.getvalue()
+    assert ("limits: writes 10/s (bursts of 20), reads 2.5/s (bursts of 5), streams opened unlimited; open streams "
+            "3 of 50; plans awaiting approval 2 (no limit); plans of any size, at most 100 steps, 16384 bytes of "
+            "parameters a step") in out.getvalue()  # fmt: skip
     assert TOKEN not in out.getvalue() + err.getvalue() and TOKEN not in repr(ctx)
 
 

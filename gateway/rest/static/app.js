@@ -28,6 +28,7 @@ const state = {
   seen: new Set(),  // event sequences already in the event log
   findings: null,   // the findings shown: {workflowId, procedure, token of the next page, shown}
   queue: null,      // the list on screen and its watch stream, see queue.js
+  run: null,        // the shown workflow's steps as its events tell them, see run.js
 };
 
 const shortStatus = (status) => String(status || "").replace(/^WORKFLOW_STATUS_/, "");

@@ -1,0 +1,262 @@
+"""Per-principal limits: no caller can take the service away from the others.
+
+Every person calling is held to their own share, in the manner of the Kubernetes API server's
+priority and fairness and Temporal's per-namespace rate limits:
+- a request rate per kind of call (write, read, watch), as a token bucket per principal: a
+  burst is served at once, then calls at the steady rate;
+- open streams (WatchStatus, ExportFindings) per principal;
+- (the gateway's, `gateway.quota`) plans awaiting approval per principal, and a plan's size.
+
+Past a rate, the call ends RESOURCE_EXHAUSTED (REST: 429) saying when a token comes back
+(`retry_after`: gRPC trailing metadata `retry-after` and a google.rpc.RetryInfo detail; REST
+the Retry-After header), after being held up to a second: refusing is cheap but not free, and
+a client that ignores Retry-After would otherwise keep the server busy refusing it. Past a
+quota (streams, pending plans) it ends RESOURCE_EXHAUSTED with a google.rpc.QuotaFailure and
+no retry time: what frees a slot is the caller's own stream ending, or someone deciding a
+plan, not the clock. Every refusal counts in `auditflow_limit_refusals_total` by limit.
+
+Services (a gateway calling a processor) are not people and are not limited. The state is a
+few numbers per principal, in memory, checked on the event loop in constant time; principals
+idle long enough to have full buckets and no stream are forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from auditflow import metrics
+from auditflow.errors import LimitExceeded
+from auditflow.principal import GATEWAY, Principal
+
+
+class Kind(enum.StrEnum):
+    """What a call costs the service, for its rate."""
+
+    WRITE = "write"
+    READ = "read"
+    WATCH = "watch"
+
+
+# RPCs by kind (by method name); any other method of a person is a read.
+KINDS: dict[str, Kind] = {
+    "CreateWorkflow": Kind.WRITE,
+    "Approve": Kind.WRITE,
+    "Reject": Kind.WRITE,
+    "CancelWorkflow": Kind.WRITE,
+    "WatchStatus": Kind.WATCH,
+    "ExportFindings": Kind.WATCH,
+}
+
+
+def cost(page_size: object = None, size: int = 0) -> int:
+    """Tokens a call takes: one, one per ROWS_PER_TOKEN rows of the page it asks for (a page
+    of 500 workflows is ten reads' work, not one), or one per BYTES_PER_TOKEN of the request
+    (a plan of 64 KiB is four writes' work). `page_size` as the request has it: a number
+    (gRPC), text (a REST query; what is not a page size costs one, and is refused by the
+    call's own checks), or nothing; `size`: the request's bytes, as sent."""
+    if isinstance(page_size, str):
+        page_size = int(page_size) if page_size.isdigit() and len(page_size) <= 9 else 0
+    rows = math.ceil(page_size / ROWS_PER_TOKEN) if isinstance(page_size, int) else 0
+    return max(1, rows, math.ceil(size / BYTES_PER_TOKEN))
+
+
+def kind_of(method: str) -> Kind:
+    """The kind of an RPC, given its name or its full path (/package.Service/Method)."""
+    return KINDS.get(method.rsplit("/", 1)[-1], Kind.READ)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`per_second` calls on average, `burst` at once; a rate of 0 is no limit."""
+
+    per_second: float = 0.0
+    burst: int = 0
+
+    @property
+    def limited(self) -> bool:
+        return self.per_second > 0
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """'RATE:BURST' (calls per second, calls at once), 'RATE' (burst: twice the rate, at
+        least 1), or 'off'."""
+        if text.strip().lower() in ("off", "0", "none"):
+            return cls()
+        per_second, _, burst = text.partition(":")
+        rate = float(per_second)
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError("the rate must be a positive number of calls per second, or 'off'")
+        size = int(burst) if burst else max(1, math.ceil(2 * rate))
+        if size < 1:
+            raise ValueError("the burst must be at least 1 call")
+        return cls(rate, size)
+
+    def __str__(self) -> str:
+        return f"{self.per_second:g}:{self.burst}" if self.limited else "off"
+
+
+# The defaults of the command line (a Settings built in code has no limits unless given some).
+DEFAULT_WRITE = Rate(10, 20)
+DEFAULT_READ = Rate(20, 100)
+DEFAULT_WATCH = Rate(5, 40)
+# A page of this many rows, or a request of this many bytes, costs one token; more costs more
+# (at most the burst).
+ROWS_PER_TOKEN = 50
+BYTES_PER_TOKEN = 16 * 1024
+DEFAULT_MAX_STREAMS = 50
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Each principal's limits; 0 (or an unlimited Rate) is no limit."""
+
+    write: Rate = Rate()
+    read: Rate = Rate()
+    watch: Rate = Rate()
+    max_streams: int = 0
+
+    def rate(self, kind: Kind) -> Rate:
+        return {Kind.WRITE: self.write, Kind.READ: self.read, Kind.WATCH: self.watch}[kind]
+
+
+class Bucket:
+    """A token bucket: `burst` tokens, refilled at `per_second`; a call takes one."""
+
+    __slots__ = ("_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: Rate, now: float) -> None:
+        self._rate = rate
+        self._tokens = float(rate.burst)
+        self._stamp = now
+
+    def take(self, now: float, tokens: int = 1) -> float:
+        """Take `tokens`: 0.0 if there were as many, else the seconds until there are."""
+        self._refill(now)
+        if self._tokens >= tokens:
+            self._tokens -= tokens
+            return 0.0
+        return (tokens - self._tokens) / self._rate.per_second
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self._tokens >= self._rate.burst
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self._stamp)
+        self._tokens = min(float(self._rate.burst), self._tokens + elapsed * self._rate.per_second)
+        self._stamp = now
+
+
+@dataclass
+class _Caller:
+    buckets: dict[Kind, Bucket] = field(default_factory=dict)
+    streams: int = 0
+
+
+# The longest a refusal past a rate is held before it is answered (seconds).
+MAX_HOLD = 1.0
+# Principals kept before idle ones are forgotten (a sweep, at most once per this many new ones).
+SWEEP_AT = 10_000
+
+
+class Limiter:
+    """The rate and stream limits of every principal of one server (one per process)."""
+
+    def __init__(
+        self, settings: LimitSettings, clock: Callable[[], float] = time.monotonic, hold: float = MAX_HOLD
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._hold = hold
+        self._callers: dict[str, _Caller] = {}
+        self._sweep_at = SWEEP_AT
+
+    async def admit(self, method: str, caller: Principal, page_size: object = None, size: int = 0) -> None:
+        """Take the call's tokens (`cost`) of its kind, or raise LimitExceeded saying when
+        to retry. The refusal is held for that long, at most `hold` seconds: a client that
+        retries at once, whatever Retry-After says, is slowed to the pace of its refusals
+        instead of making the server refuse it thousands of times a second."""
+        if GATEWAY in caller.roles:
+            return
+        kind = kind_of(method)
+        rate = self.settings.rate(kind)
+        if not rate.limited:
+            return
+        now = self._clock()
+        state = self._state(caller)
+        bucket = state.buckets.get(kind)
+        if bucket is None:
+            bucket = state.buckets[kind] = Bucket(rate, now)
+        wait = bucket.take(now, min(cost(page_size, size), rate.burst))
+        if wait <= 0:
+            return
+        held = min(wait, self._hold)
+        if held > 0:
+            await asyncio.sleep(held)
+        raise refused(
+            f"{kind}_rate",
+            f"too many {kind} calls: {caller.name} may make {rate.per_second:g} a second "
+            f"(bursts of {rate.burst}); retry in {wait - held:.1f} s",
+            retry_after=wait - held,
+        )
+
+    @contextlib.contextmanager
+    def stream(self, caller: Principal) -> Iterator[None]:
+        """Hold one of the caller's stream slots while the stream is open."""
+        limit = self.settings.max_streams
+        if limit <= 0 or GATEWAY in caller.roles:
+            yield
+            return
+        state = self._state(caller)
+        if state.streams >= limit:
+            raise refused(
+                "streams",
+                f"{caller.name} has {state.streams} streams open, the most one principal may; "
+                "close one (or wait for one to end) first",
+                quota=f"streams of {caller.name}",
+            )
+        state.streams += 1
+        try:
+            yield
+        finally:
+            state.streams -= 1
+
+    def open_streams(self, caller: Principal) -> int:
+        state = self._callers.get(caller.key)
+        return state.streams if state is not None else 0
+
+    def _state(self, caller: Principal) -> _Caller:
+        state = self._callers.get(caller.key)
+        if state is None:
+            if len(self._callers) >= self._sweep_at:
+                self._sweep()
+            state = self._callers[caller.key] = _Caller()
+        return state
+
+    def _sweep(self) -> None:
+        """Forget principals that are idle: every bucket full, no stream open."""
+        now = self._clock()
+        idle = [
+            key
+            for key, state in self._callers.items()
+            if state.streams == 0 and all(b.full(now) for b in state.buckets.values())
+        ]
+        for key in idle:
+            del self._callers[key]
+        self._sweep_at = len(self._callers) + SWEEP_AT
+
+
+def refused(limit: str, message: str, *, retry_after: float | None = None, quota: str = "") -> LimitExceeded:
+    """A LimitExceeded for `limit`, counted in the refusals metric."""
+    count_refusal(limit)
+    return LimitExceeded(message, limit=limit, retry_after=retry_after, quota=quota)
+
+
+def count_refusal(limit: str) -> None:
+    metrics.LIMIT_REFUSALS.labels(limit).inc()

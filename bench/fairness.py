@@ -1,0 +1,406 @@
+"""One principal floods the gateway; three others should not notice.
+
+Starts the pair (processor + gateway subprocesses, SQLite) with the gateway's default
+per-principal limits (docs/security.md), then measures three people at their ordinary pace,
+each with the approver role: GetStatus five times a second, Approve twice a second (plans a
+planner submitted beforehand), and a WatchStatus opened once a second (timed to its first
+event, then closed). Two phases of the same length, alternating for `--rounds` rounds in the
+same run (so that both see the machine alike):
+- unloaded: the three alone;
+- loaded: meanwhile one principal with the submitter role, in a process of its own, sends
+  the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
+  of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
+  status streams as it can hold, trying for more all the time. It starts `--warm-up` seconds
+  before the phase is measured, and stops after it (what it built stays: its plans, at its
+  quota of plans awaiting approval).
+
+Reported per call: calls, failures, p50 and p99 in each phase, and the ratio of the loaded p99
+to the unloaded one (target: at most 2, with 0 failures); and what the flood got: calls
+answered, refused by the limits (by status), and the streams it held.
+
+    python bench/fairness.py                   # 2 rounds of 15 s phases
+    python bench/fairness.py --quick           # 1 round of 4 s phases, for a smoke test
+    python bench/fairness.py --without-limits  # the same without per-principal limits
+
+On a 2-core machine the flooding client and the gateway share the cores. The flooding process
+runs at the lowest CPU priority (nice 19), as its CPU would be another machine's in a real
+deployment; what the gateway spends on its calls is the gateway's, at normal priority. The
+machine's other load still shows in both phases: alternating rounds share it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout
+
+from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
+from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
+from bench._loadgen import percentile  # noqa: E402
+from tests.support import auth  # noqa: E402
+from tests.support.cluster import Pair, wait_http  # noqa: E402
+
+PLUGIN = ["--plugin", "tests.support.procedures"]
+PEOPLE = ("alice", "bob", "carol")
+
+FLOOD = "flood"
+CALLS = ("GetStatus", "Approve", "WatchStatus")
+# Each person's pace: seconds between calls of each kind.
+PACE = {"GetStatus": 0.2, "Approve": 0.5, "WatchStatus": 1.0}
+# The flood's largest plan under the default limits: 4 steps of 16,000-byte parameters (64 KB).
+FLOOD_STEPS, FLOOD_PARAMETER = 4, 16_000
+TIMEOUT = 30.0
+PHASES = ("unloaded", "loaded")
+FLOOD_KINDS = ("create", "list", "rest", "watch")
+
+
+def metadata(name: str, roles: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {auth.jwt_for(name, roles)}"),)
+
+
+def small_plan(title: str) -> wpb.CreateWorkflowRequest:
+    step = pb.PlanStep(procedure="test_noop")
+    return wpb.CreateWorkflowRequest(title=title, plan=[step])
+
+
+# --- the three people -------------------------------------------------------------------
+
+
+class Person:
+    """One person's calls at their pace; every call's latency, and its failures, by kind."""
+
+    def __init__(self, stub: wpb_grpc.WorkflowServiceStub, name: str, plans: list[str], watched: list[str]) -> None:
+        self.stub = stub
+        self.name = name
+        self.meta = metadata(name, ("approver",))
+        self.plans = iter(plans)
+        self.watched = watched
+        self.latencies: dict[str, list[float]] = {call: [] for call in CALLS}
+        self.failures: Counter[str] = Counter()
+
+    async def run(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "GetStatus": self._status,
+            "Approve": self._approve,
+            "WatchStatus": self._watch,
+        }
+        await asyncio.gather(*(self._paced(kind, call, until) for kind, call in calls.items()))
+
+    async def _paced(self, kind: str, call: Callable[[], Awaitable[Any]], until: float) -> None:
+        """Calls at a steady pace (a late call does not push the next ones back)."""
+        start = time.monotonic() + random.uniform(0, PACE[kind])  # (the three out of step)
+        for n in itertools.count():
+            due = start + n * PACE[kind]
+            if due >= until:
+                return
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sent = time.perf_counter()
+            try:
+                await call()
+            except grpc.aio.AioRpcError as exc:
+                self.failures[f"{kind} {exc.code().name}"] += 1
+                continue
+            self.latencies[kind].append(time.perf_counter() - sent)
+
+    async def _status(self) -> None:
+        request = wpb.GetStatusRequest(workflow_id=random.choice(self.watched))
+        await self.stub.GetStatus(request, metadata=self.meta, timeout=TIMEOUT)
+
+    async def _approve(self) -> None:
+        request = wpb.ApproveRequest(workflow_id=next(self.plans))
+        await self.stub.Approve(request, metadata=self.meta, timeout=TIMEOUT)
+
+    async def _watch(self) -> None:
+        request = wpb.WatchStatusRequest(workflow_id=random.choice(self.watched))
+        stream = self.stub.WatchStatus(request, metadata=self.meta, timeout=TIMEOUT)
+        try:
+            if await stream.read() == grpc.aio.EOF:
+                raise RuntimeError("the stream ended before its first event")
+        finally:
+            stream.cancel()
+
+
+Samples = dict[str, Any]  # call -> latencies (s); "failures" -> Counter of "call STATUS"
+
+
+async def measure(target: str, plans: dict[str, list[str]], watched: list[str], seconds: float) -> Samples:
+    """The three people for `seconds`: every call's latency, and the failures."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        people = [Person(stub, name, plans[name], watched) for name in PEOPLE]
+        await asyncio.gather(*(person.run(seconds) for person in people))
+    samples: Samples = {kind: [x for person in people for x in person.latencies[kind]] for kind in CALLS}
+    samples["failures"] = sum((person.failures for person in people), Counter())
+    return samples
+
+
+def summary(parts: list[Samples]) -> dict[str, Any]:
+    """Calls, failures, p50 and p99 per call over every part (round) together."""
+    figures: dict[str, Any] = {}
+    failures: Counter[str] = sum((part["failures"] for part in parts), Counter())
+    for kind in CALLS:
+        latencies = [x for part in parts for x in part[kind]]
+        figures[kind] = {
+            "calls": len(latencies),
+            "failures": sum(n for key, n in failures.items() if key.startswith(kind)),
+            "p50_ms": percentile(latencies, 0.50) * 1000 if latencies else 0.0,
+            "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else 0.0,
+        }
+    figures["failures_by_status"] = dict(failures)
+    return figures
+
+
+# --- the flood --------------------------------------------------------------------------
+
+
+def flood_main(
+    target: str, rest_url: str, token: str, kinds: list[str], watched: list[str], stop: Any, ready: Any, out: Any
+) -> None:
+    """The flooding principal (its JWT minted by the parent, whose key the gateway trusts), in
+    a process of its own until `stop` is set."""
+    os.nice(19)  # (its own CPU would be another machine's: here it takes only what is left)
+    out.put(asyncio.run(_flood(target, rest_url, token, kinds, watched, stop, ready)))
+
+
+async def _flood(
+    target: str, rest_url: str, token: str, kinds: list[str], watched: list[str], stop: Any, ready: Any
+) -> dict[str, Any]:
+    meta = (("authorization", f"Bearer {token}"),)
+    tally: Counter[str] = Counter()
+    held: list[Any] = []
+    stopping = asyncio.Event()
+
+    async def until_stopped() -> None:
+        await asyncio.to_thread(stop.wait)
+        stopping.set()
+
+    async def hammer(name: str, call: Callable[[], Awaitable[Any]]) -> None:
+        while not stopping.is_set():
+            try:
+                await call()
+                tally[f"{name} OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                tally[f"{name} {exc.code().name}"] += 1
+            except aiohttp.ClientError as exc:
+                tally[f"{name} {type(exc).__name__}"] += 1
+
+    big = wpb.CreateWorkflowRequest(title="flood", plan=[
+        pb.PlanStep(procedure="test_noop") for _ in range(FLOOD_STEPS)])  # fmt: skip
+    for step in big.plan:
+        step.parameters.update({"note": "x" * FLOOD_PARAMETER})
+    bearer = {"Authorization": f"Bearer {token}"}
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [await stack.enter_async_context(grpc.aio.insecure_channel(target)) for _ in range(2)]
+        stubs = [wpb_grpc.WorkflowServiceStub(channel) for channel in channels]
+        http = await stack.enter_async_context(aiohttp.ClientSession(headers=bearer))
+
+        async def create(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            await stub.CreateWorkflow(big, metadata=meta, timeout=TIMEOUT)
+
+        async def page(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            await stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=meta, timeout=TIMEOUT)
+
+        async def rest_page() -> None:
+            async with http.get(f"{rest_url}/workflows?page_size=500") as response:
+                await response.read()
+                if response.status != 200:
+                    raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+
+        async def stream(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            call = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=random.choice(watched)), metadata=meta)
+            if await call.read() == grpc.aio.EOF:
+                return
+            held.append(call)  # held open until the end
+
+        loops = [until_stopped()]
+        for stub in stubs:
+            if "create" in kinds:
+                loops += [hammer("CreateWorkflow", lambda s=stub: create(s)) for _ in range(2)]  # type: ignore[misc]
+            if "list" in kinds:
+                loops += [hammer("ListWorkflows", lambda s=stub: page(s)) for _ in range(2)]  # type: ignore[misc]
+            if "watch" in kinds:
+                loops += [hammer("WatchStatus", lambda s=stub: stream(s)) for _ in range(2)]  # type: ignore[misc]
+        if "rest" in kinds:
+            loops += [hammer("REST ListWorkflows", rest_page) for _ in range(2)]
+        ready.set()
+        await asyncio.gather(*loops)
+        peak = len(held)
+        for call in held:
+            call.cancel()
+    return {"calls": dict(sorted(tally.items())), "streams_held": peak}
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[str, list[str]]], list[str]]:
+    """For each phase, plans for each person to approve (each person's from a planner of its
+    own, at the planners' rate and within their quota), and plans to watch (awaiting
+    approval: their streams stay open)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+
+        async def submit(planner: str, count: int) -> list[str]:
+            meta = metadata(planner, ("submitter",))
+            made: list[str] = []
+            while len(made) < count:
+                try:
+                    answer = await stub.CreateWorkflow(small_plan(planner), metadata=meta, timeout=TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        raise
+                    retry = dict(exc.trailing_metadata() or ()).get("retry-after", "1")
+                    await asyncio.sleep(float(str(retry)))  # (a polite client honours Retry-After)
+                    continue
+                made.append(answer.workflow.workflow_id)
+            return made
+
+        planners = [(person, n) for n in range(rounds) for person in PEOPLE]
+        made = await asyncio.gather(
+            submit("planner-watched", 15), *(submit(f"planner-{person}-{n}", 2 * approvals) for person, n in planners)
+        )
+    phases: list[dict[str, list[str]]] = [{} for _ in range(2 * rounds)]
+    for (person, n), ids in zip(planners, made[1:], strict=True):
+        phases[2 * n][person], phases[2 * n + 1][person] = ids[:approvals], ids[approvals:]
+    return phases, made[0]
+
+
+class Flood:
+    """The flooding process: started for each loaded phase, stopped after it."""
+
+    def __init__(self, target: str, rest_url: str, kinds: list[str], watched: list[str]) -> None:
+        self.args = (target, rest_url, auth.jwt_for(FLOOD, ("submitter",)), kinds, watched)
+        self.context = multiprocessing.get_context("spawn")
+
+    @contextlib.contextmanager
+    def running(self, warm_up: float, results: list[dict[str, Any]]) -> Iterator[None]:
+        stop, ready, out = self.context.Event(), self.context.Event(), self.context.Queue()
+        process = self.context.Process(target=flood_main, args=(*self.args, stop, ready, out))
+        process.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("the flooding process did not start")
+            time.sleep(warm_up)  # (the flood's first burst, before the measured phase)
+            yield
+        finally:
+            stop.set()
+            results.append(out.get(timeout=120))
+            process.join(30)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    approvals = int(args.seconds / PACE["Approve"]) + 2
+    with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
+        pair = Pair(Path(tmp), processor_args=PLUGIN, gateway_args=PLUGIN, log_level="WARNING",
+                    principal_limits=not args.without_limits)  # fmt: skip
+        pair.start()
+        try:
+            rest_url = f"http://127.0.0.1:{pair.gateway.rest_port}"
+            wait_http(f"{rest_url}/openapi.json")
+            target = pair.gateway.target
+            phases, watched = asyncio.run(prepare(target, args.rounds, approvals))
+            figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
+                                       "without_limits": args.without_limits, "rounds": args.rounds}  # fmt: skip
+            gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
+            flood = Flood(target, rest_url, args.flood, watched)
+            samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
+            cpu = dict.fromkeys(PHASES, 0.0)
+            floods: list[dict[str, Any]] = []
+            for _ in range(args.rounds):  # alternating, so that both see the machine alike
+                for phase in PHASES:
+                    with flood.running(args.warm_up, floods) if phase == "loaded" else contextlib.nullcontext():
+                        used = cpu_seconds(gateway_pid)
+                        samples[phase].append(asyncio.run(measure(target, phases.pop(0), watched, args.seconds)))
+                        cpu[phase] += cpu_seconds(gateway_pid) - used
+            figures["load_average_after"] = list(os.getloadavg())
+        finally:
+            pair.stop()
+    for phase, parts in samples.items():
+        figures[phase] = summary(parts)
+        figures[phase]["gateway_cpu_share"] = cpu[phase] / (args.seconds * args.rounds)
+        figures[phase]["p99_ms_by_round"] = {kind: [summary([part])[kind]["p99_ms"] for part in parts]
+                                             for kind in CALLS}  # fmt: skip
+    figures["flood"] = {"calls": dict(sum((Counter(f["calls"]) for f in floods), Counter())),
+                        "streams_held": max(f["streams_held"] for f in floods)}  # fmt: skip
+    figures["p99_ratio"] = {
+        kind: figures["loaded"][kind]["p99_ms"] / figures["unloaded"][kind]["p99_ms"] for kind in CALLS
+    }
+    return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def report(figures: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(figures, indent=2))
+        return
+    load = " ".join(f"{x:.2f}" for x in figures["load_average"])
+    limits = "no per-principal limits" if figures["without_limits"] else "the default limits"
+    print(f"\nthree people at their pace, alone and beside one flooding principal ({limits}; {figures['cpus']} "
+          f"CPUs; load average {load} before)")  # fmt: skip
+    print(f"  {'call':<12}{'unloaded p50/p99 ms':>22}{'loaded p50/p99 ms':>20}{'p99 ratio':>11}{'failures':>10}")
+    for kind in CALLS:
+        alone, loaded = figures["unloaded"][kind], figures["loaded"][kind]
+        ratio = figures["p99_ratio"][kind]
+        verdict = "ok" if ratio <= 2 and alone["failures"] + loaded["failures"] == 0 else "MISSED"
+        print(f"  {kind:<12}{alone['p50_ms']:>10.1f} / {alone['p99_ms']:<9.1f}{loaded['p50_ms']:>8.1f} / "
+              f"{loaded['p99_ms']:<9.1f}{ratio:>8.2f}x{alone['failures'] + loaded['failures']:>10}  {verdict} "
+              f"({alone['calls']}, {loaded['calls']} calls)")  # fmt: skip
+    for kind in CALLS:
+        rounds = [" / ".join(f"{x:.0f}" for x in figures[phase]["p99_ms_by_round"][kind]) for phase in PHASES]
+        print(f"  {kind:<12} p99 ms round by round: unloaded {rounds[0]}; loaded {rounds[1]}")
+    shares = figures["unloaded"]["gateway_cpu_share"], figures["loaded"]["gateway_cpu_share"]
+    print(f"  the gateway's CPU: {shares[0]:.0%} of a core unloaded, {shares[1]:.0%} loaded")
+    flood = figures["flood"]
+    after = " ".join(f"{x:.2f}" for x in figures["load_average_after"])
+    print(f"  load average after: {after}")
+    print(
+        f"  the flood: {flood['streams_held']} streams held; calls by answer: "
+        + ", ".join(f"{key} {n}" for key, n in flood["calls"].items())
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
+    parser.add_argument("--flood", type=lambda t: t.split(","), default=list(FLOOD_KINDS),
+                        help="what the flood sends, of " + ",".join(FLOOD_KINDS))  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=2, help="unloaded and loaded phases, alternating")
+    parser.add_argument("--warm-up", type=float, default=3.0,
+                        help="seconds the flood runs before the loaded phase is measured")  # fmt: skip
+    parser.add_argument("--without-limits", action="store_true",
+                        help="the gateway without per-principal limits (what they are worth, by contrast)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.warm_up = 4.0, 1, 1.0
+    report(run(args), as_json=args.json)
+
+
+if __name__ == "__main__":
+    main()

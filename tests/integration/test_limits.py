@@ -1,0 +1,404 @@
+"""Each principal's limits, against a real gateway and processor on real ports, over gRPC and
+REST: rates per kind of call, open streams, plans awaiting approval, a plan's size, and pages
+bounded by bytes. Past a limit one principal is refused (RESOURCE_EXHAUSTED / 429, with when
+to retry for a rate) and counted; the others go on as if it were not there.
+
+The rates are set so low (one token every 100 s) that no token comes back during a test: what
+is refused is refused by count, never by timing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from prometheus_client import REGISTRY
+
+from auditflow import trail
+from auditflow.limits import LimitSettings, Rate
+from auditflow.v1 import workflow_service_pb2 as wpb
+from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from gateway import messages, store
+from gateway.quota import PlanLimits
+from gateway.rest import app
+from gateway.server import Gateway
+from gateway.server import create_server as create_gateway
+from gateway.settings import Settings as GatewaySettings
+from gateway.settings import parse
+from processor.server import Processor
+from processor.server import create_server as create_processor
+from processor.settings import Settings as ProcessorSettings
+from tests.support import auth
+from tests.support.grpc_helpers import as_user, dump_sqlite, step
+from tests.support.postgres import fresh_database
+
+PLUGINS = ("tests.support.procedures",)
+SLOW = 0.01  # tokens a second: none comes back while a test runs
+
+
+@dataclass
+class Pair:
+    gateway: Gateway
+    processor: Processor
+    stub: wpb_grpc.WorkflowServiceStub
+    http: aiohttp.ClientSession
+    url: str
+    db_path: Path
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[Any]:
+    """start(database, **gateway settings) -> a running Pair; stopped at the end (then its
+    PostgreSQL database, if it has one, dropped)."""
+    started: list[tuple[Gateway, Processor, grpc.aio.Channel, aiohttp.ClientSession]] = []
+    databases = contextlib.ExitStack()
+
+    async def run(database: str = "sqlite", **overrides: Any) -> Pair:
+        processor = create_processor(
+            "127.0.0.1:0",
+            ProcessorSettings(**auth.processor_settings(), database_url=f"sqlite:///{tmp_path / 'p.db'}",
+                              plugins=PLUGINS, cycle_delay=0.02, poll_interval=0.05),
+        )  # fmt: skip
+        await processor.start()
+        db_path = tmp_path / "g.db"
+        url = databases.enter_context(fresh_database("gateway")) if database == "postgresql" else f"sqlite:///{db_path}"
+        gateway = create_gateway(
+            "127.0.0.1:0",
+            GatewaySettings(**auth.gateway_settings(), database_url=url,
+                            processor_target=processor.address, plugins=PLUGINS, rest_port=0, **overrides),
+        )  # fmt: skip
+        await gateway.start()
+        channel = grpc.aio.insecure_channel(gateway.address)
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        started.append((gateway, processor, channel, http))
+        assert gateway.rest is not None
+        return Pair(gateway, processor, wpb_grpc.WorkflowServiceStub(channel), http, gateway.rest.url, db_path)
+
+    yield run
+    for gateway, processor, channel, http in started:
+        await http.close()
+        await channel.close()
+        await gateway.stop(0)
+        await processor.stop(1)
+    databases.close()
+
+
+def create_request(steps: int = 1, **fields: Any) -> wpb.CreateWorkflowRequest:
+    return wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop") for _ in range(steps)], **fields)
+
+
+def refusals(limit: str) -> float:
+    return REGISTRY.get_sample_value("auditflow_limit_refusals_total", {"limit": limit}) or 0.0
+
+
+def rich(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    """The ErrorInfo reason and metadata, the RetryInfo delay and the QuotaFailure subjects."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    found: dict[str, Any] = {"retry_delay": None, "quota": []}
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo, error_details_pb2.QuotaFailure):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                if isinstance(message, error_details_pb2.ErrorInfo):
+                    found["reason"], found["limit"] = message.reason, message.metadata.get("limit")
+                elif isinstance(message, error_details_pb2.RetryInfo):
+                    found["retry_delay"] = message.retry_delay.ToTimedelta().total_seconds()
+                else:
+                    found["quota"] = [v.subject for v in message.violations]
+    return found
+
+
+def trailer(error: grpc.aio.AioRpcError, name: str) -> str | None:
+    return next((str(v) for k, v in (error.trailing_metadata() or ()) if k == name), None)
+
+
+async def test_a_principal_past_its_write_rate_is_refused_with_when_to_retry_and_others_are_not(start: Any) -> None:
+    pair = await start(limits=LimitSettings(write=Rate(SLOW, 3)))
+    before = refusals("write_rate")
+    for _ in range(3):  # the burst
+        await pair.stub.CreateWorkflow(create_request(), metadata=as_user("flood"))
+    stored = dump_sqlite(pair.db_path)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await pair.stub.CreateWorkflow(create_request(), metadata=as_user("flood"))
+    error = caught.value
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many write calls" in (error.details() or "") and "flood" in (error.details() or "")
+    details = rich(error)
+    assert details["reason"] == "LIMIT_EXCEEDED" and details["limit"] == "write_rate"
+    assert 90 <= details["retry_delay"] <= 100  # one token at 0.01 a second
+    assert trailer(error, "retry-after") == str(int(details["retry_delay"]) + 1)
+    assert dump_sqlite(pair.db_path) == stored  # nothing stored
+    assert refusals("write_rate") == before + 1
+    # Another principal has its own bucket; reads are another kind.
+    await pair.stub.CreateWorkflow(create_request(), metadata=as_user("calm"))
+    await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=as_user("flood"))
+    # REST shares the bucket: 429 with Retry-After.
+    headers = auth.headers("flood")
+    body = {"title": "Q3", "plan": [{"procedure": "test_noop"}]}
+    async with pair.http.post(pair.url + "/workflows", json=body, headers=headers) as response:
+        assert response.status == 429, await response.text()
+        assert int(response.headers["Retry-After"]) > 90
+        answer = await response.json()
+    assert answer["status"] == "RESOURCE_EXHAUSTED" and "too many write calls" in answer["message"]
+    assert any(d.get("retryDelay") or d.get("retry_delay") for d in answer["details"]), answer
+
+
+async def test_a_long_page_costs_more_reads_than_a_short_one(start: Any) -> None:
+    pair = await start(limits=LimitSettings(read=Rate(SLOW, 12)))
+    viewer = as_user("reader", ("viewer",))
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=viewer)  # 10 tokens
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=50), metadata=viewer)  # 1
+    await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=viewer)  # 1: the bucket is empty
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=viewer)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rich(caught.value)["limit"] == "read_rate"
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=as_user("other", ("viewer",)))
+    headers = auth.headers("web-reader", ("viewer",))  # over REST the page size is in the query
+    async with pair.http.get(pair.url + "/workflows?page_size=500", headers=headers) as response:
+        assert response.status == 200
+    async with pair.http.get(pair.url + "/workflows?page_size=500", headers=headers) as response:
+        assert response.status == 429 and "read calls" in (await response.json())["message"]
+
+
+async def test_a_large_plan_costs_more_writes_than_a_small_one(start: Any) -> None:
+    pair = await start(limits=LimitSettings(write=Rate(SLOW, 8)))
+    carol = as_user("carol")
+    big = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 14_000) for _ in range(3)])
+    assert 32 * 1024 < big.ByteSize() <= 48 * 1024  # three writes' worth
+    for _ in range(2):
+        await pair.stub.CreateWorkflow(big, metadata=carol)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # two tokens left, three asked
+        await pair.stub.CreateWorkflow(big, metadata=carol)
+    assert rich(caught.value)["limit"] == "write_rate"
+    await pair.stub.CreateWorkflow(create_request(), metadata=carol)  # a small one still fits
+    # Over REST the same, whether the body says its length or comes in chunks.
+    body = json.dumps({"title": "Q3", "plan": [{"procedure": "test_noop", "parameters": {"note": "n" * 14_000}}] * 3})
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192].encode()
+
+    headers = {**auth.headers("dave"), "Content-Type": "application/json"}
+    for data in (body.encode(), chunks()):
+        async with pair.http.post(pair.url + "/workflows", data=data, headers=headers) as response:
+            assert response.status == 200, await response.text()
+    async with pair.http.post(pair.url + "/workflows", data=chunks(), headers=headers) as response:
+        assert response.status == 429 and "Retry-After" in response.headers
+
+
+async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> None:
+    pair = await start(limits=LimitSettings(max_streams=2))
+    created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
+    workflow_id = created.workflow.workflow_id
+    watcher = as_user("watcher", ("viewer",))
+    streams = [pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=watcher)
+               for _ in range(2)]  # fmt: skip
+    for stream in streams:
+        await stream.read()  # CREATED: the stream is open (awaiting approval, it stays open)
+    before = refusals("streams")
+    third = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=watcher)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await third.read()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = rich(caught.value)
+    assert details["limit"] == "streams" and details["retry_delay"] is None
+    assert details["quota"] == ["streams of watcher"]
+    assert refusals("streams") == before + 1
+    sse = pair.url + f"/workflows/{workflow_id}/status/stream"
+    async with pair.http.get(sse, headers=auth.headers("watcher", ("viewer",))) as response:
+        assert response.status == 429 and "Retry-After" not in response.headers
+    # Someone else watches; the watcher's own slot comes back when one of its streams ends.
+    other = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("viewer2"))
+    await other.read()
+    who = await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=watcher)
+    assert who.limits.open_streams == 2 and who.limits.max_streams == 2
+    streams[0].cancel()
+    for _ in range(1500):  # (the server notices the cancel in its own time: up to 30 s)
+        if (await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=watcher)).limits.open_streams == 1:
+            break
+        await asyncio.sleep(0.02)
+    again = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=watcher)
+    await again.read()
+    for stream in (streams[1], other, again):
+        stream.cancel()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_plans_awaiting_approval_per_principal(start: Any, database: str) -> None:
+    pair = await start(database, plan_limits=PlanLimits(max_pending_plans=2))
+    carol = as_user("carol")
+    first = await pair.stub.CreateWorkflow(create_request(request_id="r1"), metadata=carol)
+    await pair.stub.CreateWorkflow(create_request(), metadata=carol)
+    listed = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
+    before = refusals("pending_plans")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await pair.stub.CreateWorkflow(create_request(), metadata=carol)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "2 plans awaiting approval" in (caught.value.details() or "")
+    assert rich(caught.value)["limit"] == "pending_plans" and trailer(caught.value, "retry-after") is None
+    after = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
+    assert after == listed and refusals("pending_plans") == before + 1  # nothing stored
+    # A retried create is answered with its plan; another submitter is not held back.
+    retried = await pair.stub.CreateWorkflow(create_request(request_id="r1"), metadata=carol)
+    assert retried.workflow.workflow_id == first.workflow.workflow_id
+    await pair.stub.CreateWorkflow(create_request(), metadata=as_user("dave"))
+    who = await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=carol)
+    assert (who.limits.pending_plans, who.limits.max_pending_plans) == (2, 2)
+    # A decision frees a place.
+    await pair.stub.Reject(wpb.RejectRequest(workflow_id=first.workflow.workflow_id), metadata=as_user("erin"))
+    await pair.stub.CreateWorkflow(create_request(), metadata=carol)
+
+
+async def test_a_plan_past_the_size_limits_is_refused_naming_the_field(start: Any) -> None:
+    pair = await start(plan_limits=PlanLimits(max_plan_bytes=2_000, max_plan_steps=3, max_parameters_bytes=100))
+    carol = as_user("carol")
+    stored = dump_sqlite(pair.db_path)
+    before = refusals("plan_bytes")
+    big = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="x" * 3_000)])
+    cases = [
+        (big, "plan", "too large"),
+        (create_request(steps=4), "plan", "too many steps: 4, at most 3"),
+        (wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="x" * 200)]), "plan[0].parameters",
+         "at most 100"),
+    ]  # fmt: skip
+    for request, field, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pair.stub.CreateWorkflow(request, metadata=carol)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (caught.value.details() or "") and text in (caught.value.details() or "")
+    assert refusals("plan_bytes") == before + 1
+    assert dump_sqlite(pair.db_path) == stored
+    await pair.stub.CreateWorkflow(create_request(steps=3), metadata=carol)
+
+
+async def test_whoami_shows_the_callers_limits(start: Any) -> None:
+    limits = LimitSettings(write=Rate(10, 40), read=Rate(20, 100), watch=Rate(5, 40), max_streams=50)
+    pair = await start(limits=limits, plan_limits=PlanLimits(262_144, 100, 16_384, 100))
+    who = await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=as_user("carol"))
+    shown = who.limits
+    assert (shown.write.per_second, shown.write.burst, shown.read.burst, shown.watch.per_second) == (10, 40, 100, 5)
+    assert (shown.max_streams, shown.max_pending_plans, shown.max_plan_bytes) == (50, 100, 262_144)
+    assert (shown.max_plan_steps, shown.max_parameters_bytes, shown.pending_plans) == (100, 16_384, 0)
+    async with pair.http.get(pair.url + "/whoami", headers=auth.headers("carol")) as response:
+        body = await response.json()
+    assert body["limits"]["read"] == {"per_second": 20, "burst": 100}, body
+
+
+async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pair = await start(max_page_bytes=4_000)
+    carol = as_user("carol")
+    for _ in range(12):  # about 1 KB each
+        await pair.stub.CreateWorkflow(
+            wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 900)]), metadata=carol
+        )
+    huge = wpb.CreateWorkflowRequest(title="big", plan=[step("test_noop", note="h" * 9_000)])
+    await pair.stub.CreateWorkflow(huge, metadata=carol)  # bigger than a page: alone on its page
+    limits_read: list[int] = []
+    list_page = store.list_page
+
+    def counted(conn: Any, status_filter: Any, limit: int, after: Any) -> Any:
+        limits_read.append(limit)
+        return list_page(conn, status_filter, limit, after)
+
+    monkeypatch.setattr(store, "list_page", counted)
+    seen: list[str] = []
+    pages = 0
+    token = ""
+    while True:
+        page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500, page_token=token), metadata=carol)
+        pages += 1
+        if pages == 1:  # a page that ends after a few large rows reads few rows
+            assert limits_read == [9], limits_read
+        assert page.workflows, "every page holds at least one workflow"
+        assert page.ByteSize() <= 4_000 or len(page.workflows) == 1, page.ByteSize()
+        seen += [w.workflow_id for w in page.workflows]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == 13 and pages >= 4
+    async with pair.http.get(pair.url + "/workflows?page_size=500", headers=auth.headers("carol")) as response:
+        body = await response.json()
+    assert 1 <= len(body["workflows"]) < 13 and body["next_page_token"], body
+
+
+def test_the_command_line_defaults_and_their_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = parse([])
+    assert settings.limits == LimitSettings(Rate(10, 20), Rate(20, 100), Rate(5, 40), 50)
+    assert settings.plan_limits == PlanLimits(65_536, 100, 16_384, 100)
+    assert settings.max_page_bytes == 1_048_576
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_READ_RATE", "3")
+    flags = ["--write-rate", "off", "--watch-rate", "2:7", "--max-pending-plans", "0"]
+    changed = parse(flags)
+    assert changed.limits.read == Rate(3, 6) and changed.limits.watch == Rate(2, 7)
+    assert not changed.limits.write.limited and changed.plan_limits.max_pending_plans == 0
+    with pytest.raises(SystemExit):
+        parse(["--max-plan-steps", "101"])
+    with pytest.raises(SystemExit):
+        parse(["--read-rate", "-1"])
+
+
+async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One caller's heavy request must not hold the loop that serves everyone else: the work
+    that grows with what is asked runs on worker threads."""
+    pair = await start()
+    carol = as_user("carol")
+    created = []
+    for _ in range(12):  # about 9 KB each: the page's JSON is past the 64 KiB that goes to a thread
+        request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 9_000)])
+        created.append((await pair.stub.CreateWorkflow(request, metadata=carol)).workflow.workflow_id)
+    loop_thread = threading.get_ident()
+    threads: dict[str, set[int]] = {"page": set(), "json": set(), "trail": set(), "body": set()}
+
+    def recorded(name: str, function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            threads[name].add(threading.get_ident())
+            return function(*args, **kwargs)
+
+        return call
+
+    build_request = app.build_request
+
+    def build(route: Any, match: Any, query: Any, body: bytes) -> Any:
+        if len(body) > 50_000:  # (small requests are parsed on the loop: microseconds)
+            threads["body"].add(threading.get_ident())
+        return build_request(route, match, query, body)
+
+    monkeypatch.setattr(app, "build_request", build)
+    body = {"title": "Q3", "plan": [{"procedure": "test_noop", "parameters": {"note": "b" * 15_000}}] * 5}
+    async with pair.http.post(pair.url + "/workflows", json=body, headers=auth.headers("carol")) as response:
+        assert response.status == 200, await response.text()
+        created.append((await response.json())["workflow"]["workflow_id"])
+    monkeypatch.setattr(messages, "workflow", recorded("page", messages.workflow))
+    monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
+    monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
+    page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=carol)
+    assert [w.workflow_id for w in page.workflows] == created[::-1] and not page.next_page_token
+    shown, token = [], ""  # pages of 5, each read in rounds (8 rows, then 32): none lost, none twice
+    for expected in (5, 5, 3):
+        part = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=5, page_token=token), metadata=carol)
+        assert len(part.workflows) == expected
+        shown += [w.workflow_id for w in part.workflows]
+        token = part.next_page_token
+    assert shown == created[::-1] and not token
+    async with pair.http.get(pair.url + "/workflows?page_size=100", headers=auth.headers("carol")) as response:
+        assert response.status == 200 and len((await response.json())["workflows"]) == 13
+    verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=created[0]), metadata=carol)
+    assert verified.intact
+    assert all(found and loop_thread not in found for found in threads.values()), threads

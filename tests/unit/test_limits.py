@@ -1,0 +1,130 @@
+"""The per-principal limiter on a clock the test moves: buckets refill at their rate, a page
+costs by its rows, a principal's streams are counted until they end, idle principals are
+forgotten, services are never limited."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from auditflow import limits
+from auditflow.errors import LimitExceeded
+from auditflow.limits import Kind, Limiter, LimitSettings, Rate
+from auditflow.principal import Principal
+
+ALICE = Principal("Alice", frozenset({"submitter"}), "jwt:test")
+# Alice in full width: the same person, by key.
+ALICE_AGAIN = Principal("\uff21\uff2c\uff29\uff23\uff25", frozenset({"viewer"}), "token:other")
+BOB = Principal("bob", frozenset({"submitter"}), "jwt:test")
+GATEWAY = Principal("gateway", frozenset({"gateway"}), "token:gw")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rates_parse_and_print() -> None:
+    assert Rate.parse("10:40") == Rate(10, 40)
+    assert Rate.parse("0.5") == Rate(0.5, 1) and Rate.parse("3") == Rate(3, 6)
+    assert not Rate.parse("off").limited and str(Rate.parse("off")) == "off"
+    assert str(Rate(2.5, 7)) == "2.5:7"
+    for bad in ("-1", "nan", "inf", "x", "1:0"):
+        with pytest.raises(ValueError):
+            Rate.parse(bad)
+
+
+async def test_a_bucket_serves_its_burst_then_its_rate_and_says_when() -> None:
+    clock = Clock()
+    limiter = Limiter(LimitSettings(write=Rate(2, 3)), clock, hold=0)
+    for _ in range(3):
+        await limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
+    with pytest.raises(LimitExceeded) as caught:
+        await limiter.admit("/auditflow.v1.WorkflowService/CreateWorkflow", ALICE_AGAIN)  # same key, same bucket
+    assert caught.value.retry_after == pytest.approx(0.5) and caught.value.limit == "write_rate"
+    await limiter.admit("/auditflow.v1.WorkflowService/Approve", BOB)  # bob's own bucket
+    await limiter.admit("/auditflow.v1.WorkflowService/GetStatus", ALICE)  # reads: not limited here
+    clock.now += 0.5
+    await limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
+    with pytest.raises(LimitExceeded):
+        await limiter.admit("/auditflow.v1.WorkflowService/Approve", ALICE)
+    clock.now += 100  # refills to the burst, no further
+    for _ in range(3):
+        await limiter.admit("/auditflow.v1.WorkflowService/Reject", ALICE)
+    with pytest.raises(LimitExceeded):
+        await limiter.admit("/auditflow.v1.WorkflowService/Reject", ALICE)
+
+
+async def test_kinds_and_costs() -> None:
+    assert limits.kind_of("/auditflow.v1.WorkflowService/WatchStatus") == Kind.WATCH
+    assert limits.kind_of("ExportFindings") == Kind.WATCH
+    assert limits.kind_of("/auditflow.v1.WorkflowService/CancelWorkflow") == Kind.WRITE
+    assert limits.kind_of("/auditflow.v1.WorkflowService/VerifyTrail") == Kind.READ
+    assert limits.cost(500) == 10 and limits.cost("500") == 10 and limits.cost(51) == 2
+    assert limits.cost(size=64 * 1024) == 4 and limits.cost(size=100) == 1 and limits.cost(50, 40_000) == 3
+    assert limits.cost(0) == limits.cost(None) == limits.cost("") == limits.cost("-5") == limits.cost("9" * 5000) == 1
+    clock = Clock()
+    limiter = Limiter(LimitSettings(read=Rate(1, 5)), clock, hold=0)
+    await limiter.admit("ListWorkflows", ALICE, 500)  # costs the whole burst (5)
+    with pytest.raises(LimitExceeded) as caught:
+        await limiter.admit("ListWorkflows", ALICE, "500")
+    assert caught.value.retry_after == pytest.approx(5.0)
+
+
+def test_streams_are_held_until_they_end() -> None:
+    limiter = Limiter(LimitSettings(max_streams=2), Clock())
+    with limiter.stream(ALICE), limiter.stream(ALICE_AGAIN):
+        assert limiter.open_streams(ALICE) == 2
+        with pytest.raises(LimitExceeded) as caught, limiter.stream(ALICE):
+            pass
+        assert caught.value.retry_after is None and caught.value.quota == "streams of Alice"
+        with limiter.stream(BOB):
+            assert limiter.open_streams(BOB) == 1
+    assert limiter.open_streams(ALICE) == 0
+    with pytest.raises(RuntimeError), limiter.stream(ALICE):  # a stream that fails frees its slot
+        raise RuntimeError
+    assert limiter.open_streams(ALICE) == 0
+
+
+async def test_services_are_not_limited() -> None:
+    limiter = Limiter(LimitSettings(read=Rate(0.001, 1), max_streams=1), Clock(), hold=0)
+    for _ in range(10):
+        await limiter.admit("/auditflow.v1.ProcessorService/GetRun", GATEWAY)
+    with limiter.stream(GATEWAY), limiter.stream(GATEWAY):
+        pass
+
+
+async def test_idle_principals_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "SWEEP_AT", 10)
+    clock = Clock()
+    limiter = Limiter(LimitSettings(read=Rate(1, 2), max_streams=5), clock, hold=0)
+    with limiter.stream(ALICE):
+        await limiter.admit("GetStatus", BOB)
+        for n in range(20):
+            await limiter.admit("GetStatus", Principal(f"user{n}", frozenset({"viewer"}), "jwt:test"))
+        clock.now += 10  # every bucket full again
+        for n in range(20, 40):
+            await limiter.admit("GetStatus", Principal(f"user{n}", frozenset({"viewer"}), "jwt:test"))
+        assert len(limiter._callers) < 30
+        assert limiter.open_streams(ALICE) == 1  # a principal with a stream open is kept
+
+
+async def test_a_refusal_is_held_for_the_wait_at_most_hold_seconds() -> None:
+    loop = asyncio.get_running_loop()
+    clock = Clock()
+    limiter = Limiter(LimitSettings(write=Rate(20, 1)), clock, hold=0.2)
+    await limiter.admit("Approve", ALICE)
+    started = loop.time()
+    with pytest.raises(LimitExceeded) as caught:
+        await limiter.admit("Approve", ALICE)  # a token in 0.05 s: held that long, then "retry now"
+    assert loop.time() - started >= 0.05 and caught.value.retry_after == pytest.approx(0.0)
+    slow = Limiter(LimitSettings(write=Rate(0.01, 1)), clock, hold=0.2)
+    await slow.admit("Approve", ALICE)
+    started = loop.time()
+    with pytest.raises(LimitExceeded) as caught:
+        await slow.admit("Approve", ALICE)  # a token in 100 s: held 0.2 s, then "retry in 99.8 s"
+    assert loop.time() - started >= 0.2 and caught.value.retry_after == pytest.approx(99.8)
