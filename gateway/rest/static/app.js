@@ -389,3 +389,14 @@ async function readEvents(response, conn, wanted, onEvent) {
   reader.cancel().catch(() => {});  // (already closed, or aborted: nothing to do)
   return conn.finished || "dropped";
 }
+
+// A refusal worth another try later: a restart or an overload (5xx), or the caller's own rate
+// limit (429), whose Retry-After (seconds) becomes the wait before the next connection.
+function worthRetrying(response, conn) {
+  if (response.status === 429) {
+    const seconds = Number(response.headers.get("Retry-After"));
+    if (seconds > 0) conn.delay = Math.max(conn.delay, Math.min(seconds * 1000, 60_000));
+    return true;
+  }
+  return response.status >= 500 && response.status !== 501;
+}

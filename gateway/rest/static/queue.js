@@ -144,7 +144,7 @@ function restartList(queue) {
 
 async function refusedQueue(queue, response, session) {
   const body = await readJson(response);
-  if (response.status >= 500 && response.status !== 501) return "dropped";
+  if (worthRetrying(response, queue)) return "dropped";
   if (response.status === 401) {
     onUnauthenticated(session, body);
     return "refused";

@@ -205,7 +205,7 @@ async function readStream(stream) {
 
 async function refusedStream(stream, response, session) {
   const body = await readJson(response);
-  if (response.status >= 500) return "dropped";  // a restart or an overload: worth another try
+  if (worthRetrying(response, stream)) return "dropped";
   if (response.status === 401) onUnauthenticated(session, body);
   else if (isCurrent(stream)) showError("#action-error", errorText(response.status, body));
   return "refused";
