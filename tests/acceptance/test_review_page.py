@@ -400,6 +400,7 @@ def test_a_ledger_changed_after_approval_fails_the_run_without_findings(
     for part in (str(ledger), before, after):
         expect(message).to_contain_text(part)
     expect(page.locator("#no-findings")).to_be_visible(timeout=10_000)
+    expect(page.locator("#step-status tbody td:nth-child(2)")).to_have_text(["failed"])
     assert api.ok("GET", f"/workflows/{created['workflow_id']}/findings", CAROL)["total"] in ("0", 0)
     assert not seen.unexpected_errors(), seen.unexpected_errors()
 
