@@ -398,9 +398,12 @@ function findingRow(finding) {
     element("td", finding.step),
     element("td", finding.procedure),
     element("td", more > 0 ? `${ids} (+${more})` : ids),
-    element("td", finding.amount),
+    element("td", finding.amount, "amount"),
     element("td", finding.explanation),
   );
+  // On a narrow screen each finding is a card, its cells labelled with their column's name.
+  const names = [...$("#findings thead tr").cells].map((cell) => cell.textContent);
+  [...row.cells].forEach((cell, index) => { cell.dataset.label = names[index]; });
   return row;
 }
 
