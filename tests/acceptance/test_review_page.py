@@ -182,6 +182,11 @@ def test_an_approver_reviews_the_whole_plan_from_a_link_and_approves_what_was_sh
         page.click("button.export[data-format=csv]")
     with Path(download.value.path()).open(newline="") as exported:
         assert [row["procedure"] for row in csv.DictReader(exported)] == ["duplicate_payments"] * 3
+
+    # At 360 px the finished run, findings included, needs no sideways scrolling at all.
+    page.set_viewport_size({"width": 360, "height": 900})
+    assert no_overflow(page)
+    assert page.evaluate("() => [...document.querySelectorAll('.scroll')].every(e => e.scrollWidth <= e.clientWidth)")
     assert not seen.leaks(ALICE, page.content())
     assert not seen.unexpected_errors(), seen.unexpected_errors()
 
