@@ -324,8 +324,10 @@ def test_reject_and_request_changes_need_a_reason_and_a_confirmation(pair: Pair,
     page.fill("#decision-comment", "a comment for the first workflow")
     page.fill("#decision-reason", "a reason for the first workflow")
     page.click("#back")
-    page.click(f'#workflow-table a[href$="{second["workflow_id"]}"]')
+    page.focus(f'#workflow-table a[href$="{second["workflow_id"]}"]')
+    page.keyboard.press("Enter")  # from the keyboard: the review page, its heading focused
     expect(page.locator("#approve")).to_be_enabled(timeout=10_000)
+    assert page.evaluate("() => document.activeElement.id") == "detail-heading"
     expect(page.locator("#decision-comment")).to_have_value("")
     expect(page.locator("#decision-reason")).to_have_value("")
 

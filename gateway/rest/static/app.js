@@ -29,6 +29,7 @@ const state = {
   findings: null,   // the findings shown: {workflowId, procedure, token of the next page, shown}
   queue: null,      // the list on screen and its watch stream, see queue.js
   run: null,        // the shown workflow's steps as its events tell them, see run.js
+  focusPending: false,  // a link led to another page: focus its heading once shown (start.js)
 };
 
 const shortStatus = (status) => String(status || "").replace(/^WORKFLOW_STATUS_/, "");

@@ -58,6 +58,7 @@ function showQueue(params) {
   $("#filter-status").disabled = filters.view !== "all";
   $("#filter-title").value = filters.q;
   document.title = `${VIEWS[filters.view]} · auditflow`;
+  focusView("#workflows-heading");
   if (!state.queue || !sameFilters(state.queue.filters, filters)) openQueue(filters);
   return queueUrl(filters);
 }

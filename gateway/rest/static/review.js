@@ -41,6 +41,7 @@ function showNotFound(workflowId) {
   $("#not-found-id").textContent = workflowId;
   $("#not-found").hidden = false;
   document.title = "Workflow not found · auditflow";
+  focusView("#not-found-heading");
 }
 
 function showDetailError(workflowId, error) {
@@ -109,6 +110,7 @@ function render(workflow) {
   renderRun(workflow);
   applyRoles();
   loadTrail(workflow.workflow_id);
+  focusView("#detail-heading");
 }
 
 // Who submitted the workflow and who decided on it, as the API records them.

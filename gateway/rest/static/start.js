@@ -6,8 +6,17 @@
 "use strict";
 
 function navigate(url) {
+  const from = location.pathname;
   if (url !== location.pathname + location.search) history.pushState(null, "", url);
+  state.focusPending = location.pathname !== from;  // another page, not a new filter of the list
   route();
+}
+
+// After a link to another page, keyboard focus starts at its heading once it shows.
+function focusView(heading) {
+  if (!state.focusPending) return;
+  state.focusPending = false;
+  $(heading).focus();
 }
 
 // Show what the URL names (once signed in: before that, the sign-in form keeps it for later).
