@@ -517,3 +517,23 @@ def test_load_more_past_fifty_rows_and_a_resumed_watch_after_a_gateway_restart(p
     assert any("resume_token=" in url for url in watches), watches
     found = [e for e in seen.unexpected_errors() if "/workflows:watch" not in e]  # the cut stream
     assert not found, found
+
+
+def test_an_approval_given_elsewhere_shows_at_once_and_counts_in_the_confirmation(pair: Pair, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    api = Api(pair)
+    created = api.create(CAROL, "Two approvers", api.sample_plan(steps=1), approvals=2)
+    page, seen = open_as(browser, f"{api.base}/ui/workflows/{created['workflow_id']}", ALICE, "alice")
+    expect(page.locator("#approvals-summary")).to_have_text("0 of 2 approvals: 2 more needed.", timeout=10_000)
+
+    api.ok("POST", f"/workflows/{created['workflow_id']}/approve", BOB, {"etag": created["etag"], "comment": "ok"})
+    expect(page.locator("#approvals-summary")).to_have_text("1 of 2 approvals: 1 more needed.", timeout=10_000)
+    expect(page.locator("#approvals-list li")).to_contain_text(["bob"])
+    page.click("#approve")
+    expect(page.locator("#confirm-text")).to_contain_text("This is approval 2 of 2: the plan runs.")
+    with page.expect_response("**/approve") as answered:
+        page.click("#confirm-ok")
+    assert answered.value.status == 200
+    expect(page.locator("#detail-people")).to_contain_text("Approved by alice.", timeout=10_000)
+    assert not seen.unexpected_errors(), seen.unexpected_errors()

@@ -280,7 +280,9 @@ async function reread(workflowId) {
           "read the changes and the plan below before you decide.");
       }
     } else if (state.selected === workflowId) {
+      state.workflow = answer.workflow;  // the same plan: only its approvals changed
       renderApprovals(answer.workflow);
+      applyRoles();
     }
   } catch (error) {
     report("#action-error", error);
