@@ -119,7 +119,8 @@ def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, ser
     add(parser, "--log-format", default="text", type=log_format, service=s,
         help="text (a line per record, for a terminal) or json (an object per line, for a log pipeline)")  # fmt: skip
     add(parser, "--metrics-address", default="", type=listen_address, service=s,
-        help="HOST:PORT to serve Prometheus metrics at /metrics (port 0: a free one); empty: no metrics")  # fmt: skip
+        help="HOST:PORT to serve Prometheus metrics at /metrics (:PORT: on loopback; port 0: a free one); "
+             "empty: no metrics")  # fmt: skip
     add(parser, "--plugin", default="", help="comma-separated modules that register procedures", service=s)
 
 

@@ -149,3 +149,9 @@ class Unavailable(AuditflowError):
 def invalid(field: str, description: str) -> InvalidArgument:
     """An InvalidArgument naming one bad field."""
     return InvalidArgument(f"{field}: {description}", violations=[FieldViolation(field, description)])
+
+
+class CrossSiteRequest(PermissionDenied):
+    """A browser was asked by another site to change something here; it is refused."""
+
+    reason = "CROSS_SITE_REQUEST"

@@ -20,6 +20,7 @@ event loop; a scrape during a database outage leaves them out and says so in
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,9 @@ import grpc
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from auditflow.config import ConfigError
+from auditflow.tls import check_plaintext
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +153,18 @@ OTHER = "other"
 
 class Endpoint:
     """A server's `/metrics` over HTTP (HTTPS with the server's certificate, when it has one),
-    on a thread of prometheus-client's, with the gauges only its database knows."""
+    on a thread of prometheus-client's, with the gauges only its database knows.
+
+    The metrics say how busy the service is and how its workflows fare: an address without a
+    host listens on loopback, and plaintext off loopback needs `--allow-plaintext`, as for
+    the service's own ports. A port in use is a ConfigError (one line at start-up)."""
 
     def __init__(self, address: str, collector: DatabaseCollector | None = None, *, certfile: str = "",
-                 keyfile: str = "") -> None:  # fmt: skip
-        self.address = address
+                 keyfile: str = "", allow_plaintext: bool = False) -> None:  # fmt: skip
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]") or "127.0.0.1"
+        self._port = int(port)
+        check_plaintext("the metrics endpoint", self.host, bool(certfile), allow_plaintext)
         self._collector = collector
         self._certfile = certfile
         self._keyfile = keyfile
@@ -162,15 +173,18 @@ class Endpoint:
         self.port = 0
 
     def start(self) -> None:
-        host, _, port = self.address.rpartition(":")
-        self._server, self._thread = start_http_server(
-            int(port), host.strip("[]") or "0.0.0.0", certfile=self._certfile or None, keyfile=self._keyfile or None
-        )
+        try:
+            self._server, self._thread = start_http_server(
+                self._port, self.host, certfile=self._certfile or None, keyfile=self._keyfile or None
+            )
+        except OSError as exc:
+            why = "the port is in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ConfigError(f"cannot listen on {self.host}:{self._port} (metrics): {why}") from None
         self.port = self._server.server_port
         if self._collector is not None:
             DATABASE_GAUGES.sources.append(self._collector)
         scheme = "https" if self._certfile else "http"
-        logger.info("metrics at %s://%s:%d/metrics", scheme, host or "0.0.0.0", self.port)
+        logger.info("metrics at %s://%s:%d/metrics", scheme, self.host, self.port)
 
     def stop(self) -> None:
         if self._server is None:

@@ -15,6 +15,8 @@ import contextvars
 import unicodedata
 from dataclasses import dataclass, field
 
+from confusable_homoglyphs import categories
+
 from auditflow.errors import Unauthenticated
 
 # The roles of people, each including the rights of the ones before it.
@@ -40,7 +42,27 @@ def check_name(name: str) -> str | None:
         return f"must be 1 to {MAX_NAME} characters"
     if name != name.strip() or not name.isprintable():
         return "must be printable, without leading or trailing spaces"
+    scripts = scripts_of(name)
+    if len(scripts) > 1 and not any(scripts <= allowed for allowed in SCRIPT_MIXES):
+        return f"mixes the scripts {', '.join(sorted(scripts))} (a name is written in one script)"
     return None
+
+
+# Scripts one name may mix: those of Unicode's "highly restrictive" level (UTS #39), where
+# the scripts are written together. Anything else mixed (a Cyrillic a, U+0430, in "alice") is
+# how one person would pass for another, or for two, in an N-of-M approval.
+SCRIPT_MIXES = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+_SHARED = frozenset({"COMMON", "INHERITED"})  # digits, punctuation, combining marks
+
+
+def scripts_of(name: str) -> frozenset[str]:
+    """The scripts of a name's letters after NFKC (full-width Latin is Latin)."""
+    found = {categories.aliases_categories(c)[0] for c in unicodedata.normalize("NFKC", name)}
+    return frozenset(found - _SHARED)
 
 
 @dataclass(frozen=True)

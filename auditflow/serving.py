@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
+from auditflow.connections import ConnectionSettings
 from auditflow.interceptor import CallInterceptor
 from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
@@ -44,8 +45,6 @@ MAX_UNREQUESTED_SECONDS = 120
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     # Never share a port: a second server on a port in use must fail, not split the clients
     # between two processes (gRPC sets SO_REUSEPORT by default).
     ("grpc.so_reuseport", 0),
@@ -55,11 +54,16 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-def new_server(authenticator: Authenticator, *, metrics: RpcMetrics | None = None,
+def server_options(connections: ConnectionSettings) -> list[tuple[str, Any]]:
+    """The gRPC server's options: ours, and the connection bounds (`auditflow.connections`)."""
+    return [*SERVER_OPTIONS, *connections.grpc_options()]
+
+
+def new_server(authenticator: Authenticator, connections: ConnectionSettings, *, metrics: RpcMetrics | None = None,
                outer: Sequence[Any] = (), limiter: Limiter | None = None) -> grpc.aio.Server:  # fmt: skip
     """A server with our interceptor (and `outer` ones before it: tracing)."""
-    interceptor = CallInterceptor(authenticator, metrics, limiter)
-    return grpc.aio.server(interceptors=[*outer, interceptor], options=SERVER_OPTIONS)
+    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter)]
+    return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:

@@ -21,6 +21,7 @@ script calling procedures directly) is not confined: the servers always configur
 from __future__ import annotations
 
 import argparse
+import errno
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from auditflow.config import ConfigError
 
 DEFAULT_MAX_LEDGER_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_LEDGER_ROWS = 5_000_000
+MAX_SHOWN = 120  # characters of a caller's path a message repeats
 
 
 def samples_dir() -> Path:
@@ -64,24 +66,58 @@ class DataAccess:
     confined: bool = True
 
     def file(self, given: str) -> Path:
-        """The regular file `given` names under a data root (resolved); Refused otherwise."""
+        """The regular file `given` names under a data root (resolved); Refused otherwise. A
+        path the system cannot even look up (too long, a loop of symbolic links) is refused
+        like any other, naming it as the caller gave it."""
+        try:
+            return self._file(given)
+        except RuntimeError:  # (a loop of symbolic links, on Python before 3.13)
+            raise Refused(f"{self._shown_given(given)}: a loop of symbolic links") from None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise Refused(f"{self._shown_given(given)}: the path or one of its names is too long") from None
+            if exc.errno == errno.ELOOP:
+                raise Refused(f"{self._shown_given(given)}: a loop of symbolic links") from None
+            raise Refused(f"{self._shown_given(given)}: cannot be read ({exc.strerror})") from None
+
+    def _file(self, given: str) -> Path:
         if not self.confined:
-            return _regular(Path(given).resolve(), given, self.max_ledger_bytes)
+            return _regular(Path(given).resolve(), repr(given), self.max_ledger_bytes)
         path = Path(given)
+        shown = self._shown_given(given)
         if ".." in path.parts:
-            raise Refused(f"{given!r}: '..' is not allowed in a ledger path")
+            raise Refused(f"{shown}: '..' is not allowed in a ledger path")
         if not self.roots:
             raise Refused("this server reads no ledger files (it has no data root)")
         if path.is_absolute():
             resolved = path.resolve()
             if not any(resolved.is_relative_to(root) for root in self.roots):
-                raise Refused(f"{given!r} is not under a data root of this server ({self._shown_roots()})")
-            return _regular(resolved, given, self.max_ledger_bytes)
+                raise Refused("the path is not under a data root of this server: give a path relative to one")
+            return _regular(resolved, repr(self.shown(resolved)), self.max_ledger_bytes)
         for root in self.roots:
             resolved = (root / path).resolve()
             if resolved.is_relative_to(root) and (resolved.exists() or resolved.is_symlink()):
-                return _regular(resolved, given, self.max_ledger_bytes)
-        raise Refused(f"{given!r}: no such file under the data roots ({self._shown_roots()})")
+                return _regular(resolved, shown, self.max_ledger_bytes)
+        raise Refused(f"{shown}: no such file under the data roots")
+
+    def shown(self, path: Path) -> str:
+        """How a message names a resolved file: relative to its data root (the server's own
+        layout is nobody's business), or by its name alone outside the roots."""
+        for root in self.roots:
+            if path.is_relative_to(root):
+                return str(path.relative_to(root))
+        return path.name
+
+    def _shown_given(self, given: str) -> str:
+        """A caller's path in a message: relative as given, never an absolute one, and short."""
+        path = Path(given)
+        text = given
+        if path.is_absolute():
+            under = [root for root in self.roots if path.is_relative_to(root)]
+            if not under:
+                return "the path"
+            text = str(path.relative_to(under[0]))
+        return repr(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…")
 
     def url(self, name: str) -> str:
         """The database URL of a named data source; Refused naming the known ones."""
@@ -91,23 +127,19 @@ class DataAccess:
             raise Refused(f"no data source named {name!r} (known: {known})")
         return url
 
-    def _shown_roots(self) -> str:
-        return ", ".join(str(r) for r in self.roots)
 
-
-def _regular(resolved: Path, given: str, limit: int) -> Path:
+def _regular(resolved: Path, shown: str, limit: int) -> Path:
+    """`resolved` if it is a regular file of at most `limit` bytes (`shown`: how to name it)."""
     try:
         info = resolved.stat()
     except FileNotFoundError:
-        raise Refused(f"{given!r}: no such file") from None
-    except OSError as exc:
-        raise Refused(f"{given!r}: cannot be read ({exc.strerror})") from None
+        raise Refused(f"{shown}: no such file") from None
     if stat.S_ISDIR(info.st_mode):
-        raise Refused(f"{given!r} is a directory; name a ledger file (CSV or Parquet) in it")
+        raise Refused(f"{shown} is a directory; name a ledger file (CSV or Parquet) in it")
     if not stat.S_ISREG(info.st_mode):
-        raise Refused(f"{given!r} is not a regular file")
+        raise Refused(f"{shown} is not a regular file")
     if info.st_size > limit:
-        raise Refused(f"{given!r} is {info.st_size} bytes; the server reads ledgers of at most {limit} bytes")
+        raise Refused(f"{shown} is {info.st_size} bytes; the server reads ledgers of at most {limit} bytes")
     return resolved
 
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 from auditflow import convert, serving  # noqa: E402
+from auditflow.connections import ConnectionSettings  # noqa: E402
 from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from gateway.hub import Item  # noqa: E402
@@ -121,7 +122,7 @@ def grpc_server(run: Run, port: int) -> grpc.aio.Server:
             "GetStatus": grpc.unary_unary_rpc_method_handler(get_status),
         },
     )
-    server = grpc.aio.server(options=serving.SERVER_OPTIONS)
+    server = grpc.aio.server(options=serving.server_options(ConnectionSettings()))
     server.add_generic_rpc_handlers((handler,))
     server.add_insecure_port(f"127.0.0.1:{port}")
     return server

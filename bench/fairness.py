@@ -88,7 +88,8 @@ def small_plan(title: str) -> wpb.CreateWorkflowRequest:
 class Person:
     """One person's calls at their pace; every call's latency, and its failures, by kind."""
 
-    def __init__(self, stub: wpb_grpc.WorkflowServiceStub, name: str, plans: list[str], watched: list[str]) -> None:
+    def __init__(self, stub: wpb_grpc.WorkflowServiceStub, name: str, plans: list[tuple[str, str]],
+                 watched: list[str]) -> None:  # fmt: skip
         self.stub = stub
         self.name = name
         self.meta = metadata(name, ("approver",))
@@ -127,7 +128,8 @@ class Person:
         await self.stub.GetStatus(request, metadata=self.meta, timeout=TIMEOUT)
 
     async def _approve(self) -> None:
-        request = wpb.ApproveRequest(workflow_id=next(self.plans))
+        workflow_id, etag = next(self.plans)  # (the plan as its submitter's answer showed it)
+        request = wpb.ApproveRequest(workflow_id=workflow_id, etag=etag)
         await self.stub.Approve(request, metadata=self.meta, timeout=TIMEOUT)
 
     async def _watch(self) -> None:
@@ -143,7 +145,7 @@ class Person:
 Samples = dict[str, Any]  # call -> latencies (s); "failures" -> Counter of "call STATUS"
 
 
-async def measure(target: str, plans: dict[str, list[str]], watched: list[str], seconds: float) -> Samples:
+async def measure(target: str, plans: dict[str, list[tuple[str, str]]], watched: list[str], seconds: float) -> Samples:
     """The three people for `seconds`: every call's latency, and the failures."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
@@ -253,16 +255,16 @@ async def _flood(
 # --- the run ----------------------------------------------------------------------------
 
 
-async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[str, list[str]]], list[str]]:
+async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[str, list[tuple[str, str]]]], list[str]]:
     """For each phase, plans for each person to approve (each person's from a planner of its
     own, at the planners' rate and within their quota), and plans to watch (awaiting
     approval: their streams stay open)."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
 
-        async def submit(planner: str, count: int) -> list[str]:
+        async def submit(planner: str, count: int) -> list[tuple[str, str]]:
             meta = metadata(planner, ("submitter",))
-            made: list[str] = []
+            made: list[tuple[str, str]] = []
             while len(made) < count:
                 try:
                     answer = await stub.CreateWorkflow(small_plan(planner), metadata=meta, timeout=TIMEOUT)
@@ -272,17 +274,17 @@ async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[s
                     retry = dict(exc.trailing_metadata() or ()).get("retry-after", "1")
                     await asyncio.sleep(float(str(retry)))  # (a polite client honours Retry-After)
                     continue
-                made.append(answer.workflow.workflow_id)
+                made.append((answer.workflow.workflow_id, answer.workflow.etag))
             return made
 
         planners = [(person, n) for n in range(rounds) for person in PEOPLE]
         made = await asyncio.gather(
             submit("planner-watched", 15), *(submit(f"planner-{person}-{n}", 2 * approvals) for person, n in planners)
         )
-    phases: list[dict[str, list[str]]] = [{} for _ in range(2 * rounds)]
+    phases: list[dict[str, list[tuple[str, str]]]] = [{} for _ in range(2 * rounds)]
     for (person, n), ids in zip(planners, made[1:], strict=True):
         phases[2 * n][person], phases[2 * n + 1][person] = ids[:approvals], ids[approvals:]
-    return phases, made[0]
+    return phases, [workflow_id for workflow_id, _ in made[0]]
 
 
 class Flood:

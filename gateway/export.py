@@ -12,6 +12,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol
 
@@ -80,6 +81,21 @@ def _row(f: pb.Finding) -> tuple[object, ...]:
     return (f.finding_id, f.step, f.procedure, f.severity, f.amount, f.entry_count, ids, f.explanation)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def defuse(cell: object) -> object:
+    """A text cell a spreadsheet would run as a formula, made inert (OWASP's CSV injection
+    guidance): a cell beginning with =, +, -, @, tab or carriage return gets a leading single
+    quote, which spreadsheets show as text; the writer quotes the cell and doubles its quotes.
+    A plain decimal number such as an amount of -10.50 is no formula and stays as it is.
+    (defusedcsv misses the tab and the carriage return, so this is done here.)"""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
 class CsvEncoder:
     def __init__(self) -> None:
         self._header = True
@@ -90,7 +106,7 @@ class CsvEncoder:
         if self._header:
             writer.writerow(COLUMNS)
             self._header = False
-        writer.writerows(_row(f) for f in findings)
+        writer.writerows([defuse(cell) for cell in _row(f)] for f in findings)
         return out.getvalue().encode()
 
     def end(self) -> bytes:

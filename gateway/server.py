@@ -69,7 +69,8 @@ class Gateway:
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
         self.limiter = Limiter(settings.limits)  # (each principal's rates and streams, both adapters)
-        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+        rpc_metrics = RpcMetrics() if measured else None
+        self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
                                          outer=tracing.server_interceptors(), limiter=self.limiter)  # fmt: skip
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME, LINK_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, metrics.PROCESSOR_LINK_UP.set)
@@ -115,13 +116,15 @@ class Gateway:
                 measured=measured,
                 readiness=Readiness(self.db, self.feed),
                 limiter=self.limiter,
+                connections=settings.connections,
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)
         self.metrics: metrics.Endpoint | None = None
         if measured:
             self.metrics = metrics.Endpoint(settings.metrics_address, outbox_gauges(self.db),
-                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
+                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
+                                            allow_plaintext=settings.allow_plaintext)  # fmt: skip
 
     @property
     def address(self) -> str:

@@ -6,10 +6,11 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, limits, plans, sources
+from auditflow import config, connections, limits, plans, sources
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import positive_int
+from auditflow.connections import ConnectionSettings
 from auditflow.limits import LimitSettings, Rate
 from auditflow.tls import ClientTls, TlsFiles
 from gateway import listing
@@ -49,6 +50,7 @@ class Settings:
     # Origins a browser may call the REST API from ("*" = any); empty: same origin only.
     rest_cors_origins: tuple[str, ...] = ()
     auth: AuthSettings = field(default_factory=AuthSettings)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
     tls: TlsFiles = field(default_factory=TlsFiles)
     allow_plaintext: bool = False
     # How the gateway proves itself to the processor: a service token and/or a client certificate.
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "VerifyTrail checks, e.g. the processor's", default="")  # fmt: skip
     sources.add_flags(parser, SERVICE)
     add_limit_flags(parser)
+    connections.add_flags(parser, SERVICE)
     return parser
 
 
@@ -169,6 +172,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         rest_port=args.rest_port,
         rest_cors_origins=config.csv(args.rest_cors_origins),
         auth=auth_settings.from_args(args),
+        connections=connections.from_args(args),
         tls=config.tls_from_args(args),
         allow_plaintext=args.allow_plaintext,
         processor_token_file=args.processor_token_file,

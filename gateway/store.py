@@ -605,6 +605,8 @@ def list_matching(
 ) -> list[WorkflowRecord]:
     """Up to `limit` rows that match the whole filter, newest first (reads on past rows that
     the query cannot rule out, a batch at a time)."""
+    if filter_.awaiting_key is None:  # the query decides it all
+        return list_page(conn, filter_, limit, after)
     found: list[WorkflowRecord] = []
     while len(found) < limit:
         batch = list_page(conn, filter_, max(limit, 64), after)

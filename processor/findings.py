@@ -240,14 +240,28 @@ def token(query: Query, cursor: Cursor) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
 
 
+MAX_TOKEN = 1024  # characters of a page token (ours are under 200)
+
+
 def cursor_of(query: Query, text: str) -> Cursor:
-    """The cursor of a page token given with this very filter and order; INVALID_ARGUMENT else."""
+    """The cursor of a page token given with this very filter and order; INVALID_ARGUMENT else.
+    A token is the caller's to tamper with: anything but our own shape (a huge number, JSON
+    nested deep enough to exhaust the parser's recursion, a float) is refused here, before
+    the database sees it."""
+    message = "not a token of this workflow, filter and order: start from the first page"
+    if len(text) > MAX_TOKEN:
+        raise invalid("page_token", message)
     try:
         data = json.loads(base64.urlsafe_b64decode(text.encode()))
-        key = tuple(int(k) for k in data["k"])
+        key = tuple(_int64(k) for k in data["k"])
         if data["q"] != query.fingerprint() or len(key) != len(ORDER_COLUMNS[query.order]):
             raise ValueError("another filter")
-        return Cursor(key, int(data["t"]))
-    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-        message = "not a token of this workflow, filter and order: start from the first page"
+        return Cursor(key, _int64(data["t"]))
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise invalid("page_token", message) from exc
+
+
+def _int64(value: object) -> int:
+    if type(value) is not int or not -INT64 - 1 <= value <= INT64:  # (what the database compares)
+        raise ValueError("not a 64-bit integer")
+    return value

@@ -58,7 +58,8 @@ class Processor:
             poll_interval=settings.poll_interval, own=self.db.backend_pids,
         )  # fmt: skip
         measured = bool(settings.metrics_address)
-        self.server = serving.new_server(self.authenticator, metrics=RpcMetrics() if measured else None,
+        rpc_metrics = RpcMetrics() if measured else None
+        self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
                                          outer=tracing.server_interceptors())  # fmt: skip
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -67,7 +68,8 @@ class Processor:
         self.metrics: metrics.Endpoint | None = None
         if measured:
             self.metrics = metrics.Endpoint(settings.metrics_address, run_gauges(self.db),
-                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file)  # fmt: skip
+                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
+                                            allow_plaintext=settings.allow_plaintext)  # fmt: skip
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0
 

@@ -9,10 +9,11 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, sources
+from auditflow import config, connections, sources
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import boolean, interval, positive_float, positive_int
+from auditflow.connections import ConnectionSettings
 from auditflow.tls import TlsFiles
 
 DEFAULT_PORT = 50052
@@ -48,6 +49,7 @@ class Settings:
     grace_period: float = 10.0
     worker_id: str = field(default_factory=default_worker_id)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    connections: ConnectionSettings = field(default_factory=ConnectionSettings)
     tls: TlsFiles = field(default_factory=TlsFiles)
     allow_plaintext: bool = False
     data: sources.DataSettings = field(default_factory=sources.DataSettings)
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "database is detected by VerifyTrail (give the gateway its public key); empty: no signature",
     )
     sources.add_flags(parser, "processor")
+    connections.add_flags(parser, "processor")
     return parser
 
 
@@ -195,6 +198,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         auth=auth_settings.from_args(
             args, service_identities=config.csv(args.gateway_identities) if args.tls_client_ca else ()
         ),
+        connections=connections.from_args(args),
         tls=config.tls_from_args(args),
         allow_plaintext=args.allow_plaintext,
         data=sources.from_args(args),

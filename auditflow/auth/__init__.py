@@ -95,6 +95,15 @@ class Authenticator:
             found.append(f"the {self.proxy.user_header} header from {', '.join(map(str, self.proxy.networks))}")
         return found
 
+    @property
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever the tokens or the JWT keys are loaded again: a credential accepted
+        before may have been revoked since."""
+        return (
+            self.tokens.generation if self.tokens is not None else 0,
+            self.jwt.keys.generation if self.jwt is not None else 0,
+        )
+
     def header_names(self) -> tuple[str, ...]:
         """The (lower-case) headers `presented` reads."""
         names = [AUTHORIZATION]

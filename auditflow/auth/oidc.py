@@ -103,6 +103,7 @@ class KeySet:
         self._stamp: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
+        self.generation = 0  # counts the loads: a key may have been removed since a token verified
 
     def load(self) -> None:
         """Read the key set (blocking); JwksError if it cannot be used."""
@@ -127,6 +128,7 @@ class KeySet:
         if not found:
             raise JwksError(f"{self.source}: no usable signing key")
         self._keys = found
+        self.generation += 1
         self._loaded_at = time.monotonic()
 
     def _read(self) -> str:
@@ -166,10 +168,15 @@ class KeySet:
             return next(iter(self._keys.values()))
         return self._keys.get(kid)
 
-    async def key(self, kid: str | None) -> jwt.PyJWK | None:
-        """The key for `kid`; from a URL, an unknown kid refreshes the set (rate-limited)."""
+    def refresh_if_old(self) -> None:
+        """From a URL: fetch the set again in the background once it is older than its maximum
+        age, so that a key the issuer removed stops verifying within that time."""
         if self._url is not None and time.monotonic() - self._loaded_at > self._max_age:
             self._refresh_in_background()
+
+    async def key(self, kid: str | None) -> jwt.PyJWK | None:
+        """The key for `kid`; from a URL, an unknown kid refreshes the set (rate-limited)."""
+        self.refresh_if_old()
         found = self._find(kid)
         if found is not None or self._url is None:
             return found
@@ -212,13 +219,15 @@ class JwtVerifier:
         self.settings = settings
         self.keys = keys
         self._role_map = role_map
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        # token -> (principal, expiry, the key set's generation it was verified against)
+        self._cache: dict[str, tuple[Principal, float, int]] = {}
         self._via = f"jwt:{settings.issuer}"
 
     async def verify(self, token: str) -> Principal:
+        self.keys.refresh_if_old()
         cached = self._cache.get(token)
-        if cached is not None and cached[1] > time.time():
-            return cached[0]
+        if cached is not None and cached[1] > time.time() and cached[2] == self.keys.generation:
+            return cached[0]  # (a new key set verifies again: its key may be gone)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -278,4 +287,4 @@ class JwtVerifier:
             self._cache = {t: v for t, v in self._cache.items() if v[1] > now}
             while len(self._cache) >= CACHE_SIZE:  # all still valid: forget the oldest
                 del self._cache[next(iter(self._cache))]
-        self._cache[token] = (principal, expires)
+        self._cache[token] = (principal, expires, self.keys.generation)

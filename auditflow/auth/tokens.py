@@ -107,6 +107,7 @@ class TokenFile:
         self.path = path
         self._entries: dict[bytes, TokenEntry] = {}
         self._stamp: tuple[int, int, int] | None = None
+        self.generation = 0  # counts the loads: what was authenticated before may be revoked
 
     def load(self) -> None:
         """Read the file (blocking); TokenFileError if it cannot be used."""
@@ -116,6 +117,7 @@ class TokenFile:
         except (OSError, UnicodeDecodeError) as exc:
             raise TokenFileError(f"cannot read the tokens file {self.path}: {exc}") from None
         self._entries = parse(text, str(self.path))
+        self.generation += 1
         self._stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
     def reload_if_changed(self) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from auditflow import __version__
-from auditflow.cli import commands, demo, secrets, tokens
+from auditflow.cli import commands, demo, render, secrets, tokens
 from auditflow.cli.client import (
     CliError,
     Connection,
@@ -315,10 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler: Handler = args.handler
             return handler(ctx, args)
     except grpc.RpcError as exc:
-        print(format_rpc_error(exc), file=sys.stderr)
+        print(render.printable(format_rpc_error(exc)), file=sys.stderr)
         return EXIT_USAGE
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(render.printable(f"error: {exc}"), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -40,11 +40,11 @@ class Context:
         return auth_metadata(self.token)
 
     def print(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
+        print(render.printable(text), file=self.out, flush=True)
 
     def note(self, text: str) -> None:
         """A remark for the human on stderr (stdout stays parseable)."""
-        print(text, file=self.err, flush=True)
+        print(render.printable(text), file=self.err, flush=True)
 
     @property
     def interactive(self) -> bool:
@@ -361,8 +361,8 @@ def _export_findings(ctx: Context, workflow_id: str, filter_: pb.FindingsFilter,
         for chunk in chunks:
             if sink is not None:
                 sink.write(chunk.data)
-            else:
-                ctx.out.write(chunk.data.decode())
+            else:  # (a text stream: a terminal, most likely)
+                ctx.out.write(render.printable(chunk.data.decode()))
         ctx.out.flush()
         return 0
     target = Path(output)

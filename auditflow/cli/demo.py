@@ -45,12 +45,12 @@ STOP_GRACE_SECONDS = 15.0
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    print(render.printable(text), flush=True)
 
 
 def warn(text: str) -> None:
     sys.stdout.flush()
-    print(text, file=sys.stderr, flush=True)
+    print(render.printable(text), file=sys.stderr, flush=True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -6,6 +6,7 @@ Nothing here talks to the network, so all of it is unit-tested directly.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import textwrap
@@ -21,6 +22,16 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 
 BAR_WIDTH = 24
+# What a terminal would act on rather than show: C0 controls but tab and newline (ESC and
+# carriage return included), DEL and the C1 controls (0x9b alone starts a CSI sequence).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text a server sent, safe to write to a terminal: its control characters removed, so
+    that a title, a comment or an error cannot move the cursor, recolour, retitle the window
+    or hide what came before."""
+    return _CONTROLS.sub("", text)
 
 
 def status_name(status: int) -> str:
@@ -362,13 +373,13 @@ class ProgressView:
     def _draw(self, snapshot: pb.StatusSnapshot) -> None:
         if self.live:
             self._clear()
-            self.out.write(progress_line(snapshot, self._columns()))
+            self.out.write(printable(progress_line(snapshot, self._columns())))
             self._bar_shown = True
         self.out.flush()
 
     def event(self, event: pb.WorkflowEvent, snapshot: pb.StatusSnapshot) -> None:
         self._clear()
-        self.out.write(event_line(event) + "\n")
+        self.out.write(printable(event_line(event)) + "\n")
         self._draw(snapshot)
 
     def refresh(self, snapshot: pb.StatusSnapshot) -> None:

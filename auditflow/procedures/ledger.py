@@ -94,7 +94,7 @@ def _cursor(parameters: dict[str, Any], needed: tuple[str, ...]) -> duckdb.DuckD
             raise
     missing = [column for column in needed if column not in names]
     if missing:
-        raise CriticalError(f"{path}: {MISSING}{', '.join(missing)}")
+        raise CriticalError(f"{sources.current().shown(path)}: {MISSING}{', '.join(missing)}")
     approved = approved_source(str(parameters["path"]))
     if approved is None:
         return _partial_csv(path, names)
@@ -154,13 +154,16 @@ def _partial_csv(path: Path, names: list[str]) -> duckdb.DuckDBPyConnection:
         ).fetchone()
     except duckdb.Error as exc:
         con.close()
-        raise CriticalError(f"{path}: cannot read the ledger: {str(exc).strip().splitlines()[0]}") from exc
+        shown = sources.current().shown(path)
+        problem = str(exc).strip().splitlines()[0].replace(str(path), shown)
+        raise CriticalError(f"{shown}: cannot read the ledger: {problem}") from exc
     if bad is not None:
         con.close()
         row_no, amount, posting_date, bad_amount = bad
+        where = f"{sources.current().shown(path)}:{row_no + 1}"
         if bad_amount:
-            raise CriticalError(f"{path}:{row_no + 1}: amount {amount!r} is not a number")
-        raise CriticalError(f"{path}:{row_no + 1}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
+            raise CriticalError(f"{where}: amount {amount!r} is not a number")
+        raise CriticalError(f"{where}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
     return con
 
 

@@ -113,7 +113,7 @@ def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
         except sources.Refused as exc:
             yield FieldViolation("parameters.path", str(exc))
             return
-        yield from _check_file(file, path)
+        yield from _check_file(file, sources.current().shown(file))
         return
     if not isinstance(name, str) or not name:
         yield FieldViolation("parameters.source", "the name of a data source configured on the server")
@@ -138,7 +138,8 @@ def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
                 ]
                 counted = con.execute("SELECT count(*) FROM read_parquet(?)", [str(file)]).fetchone()  # (metadata)
         except duckdb.Error as exc:
-            yield FieldViolation("parameters.path", f"{given} is not a readable Parquet file: {_first_line(exc)}")
+            reason = _first_line(exc).replace(str(file), given)
+            yield FieldViolation("parameters.path", f"{given} is not a readable Parquet file: {reason}")
             return
         yield from _missing(names, given)
         if not counted or not counted[0]:
@@ -149,7 +150,7 @@ def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
             sample = handle.read(SAMPLE_BYTES)
             whole = not handle.read(1)
     except OSError as exc:
-        yield FieldViolation("parameters.path", f"cannot read {given}: {exc.strerror or exc}")
+        yield FieldViolation("parameters.path", f"cannot read {given}: {exc.strerror}")
         return
     problem = sample_problem(sample, whole=whole)
     if problem:
@@ -305,14 +306,16 @@ def open_ledger(parameters: dict[str, Any]) -> Ledger:
             key = ("sql", url, table)
         else:
             raise CriticalError("no ledger: give path, or source and table")
-    except (sources.Refused, OSError) as exc:
+    except sources.Refused as exc:
         raise CriticalError(f"cannot read the ledger: {exc}") from exc
+    except OSError as exc:  # (its message would name the absolute path)
+        raise CriticalError(f"cannot read the ledger: {exc.strerror}") from exc
     with _lock:
         ledger = _cache.get(key)
         if ledger is not None:
             _cache.move_to_end(key)
             return ledger
-        ledger = _load_file(file, str(path)) if path is not None else _load_sql(url, str(name), str(table))
+        ledger = _load_file(file, access.shown(file)) if path is not None else _load_sql(url, str(name), str(table))
         if approved is not None:
             try:  # the bytes loaded are the ones hashed: the file was not touched in between
                 VERIFIER.unchanged(file, approved, checked)

@@ -28,16 +28,19 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
 from auditflow import metrics, policy, principal
-from auditflow.auth import Authenticator
+from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
+from auditflow.connections import ConnectionSettings
 from auditflow.errors import AuditflowError, Unauthenticated
 from auditflow.interceptor import log_refusal
 from auditflow.limits import Limiter
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.hub import Item
-from gateway.rest import errors, hooks, openapi, page
+from gateway.rest import browser, errors, hooks, httplog, openapi, page
+from gateway.rest.revocation import StreamGuard
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
+from gateway.rest.site import BoundedSite
 
 logger = logging.getLogger(__name__)
 
@@ -177,10 +180,12 @@ class RestApp:
         self.api = api
         self._limiter = limiter
         self._readiness = readiness
+        self._origins = cors_origins
         self.authenticator = authenticator
         self.routes = routes_of(service)
         self.max_body_bytes = max_body_bytes
         self._streams: set[asyncio.Task[Any]] = set()
+        self._guard = StreamGuard(authenticator)
         self._closing = False
         middlewares: list[Any] = [_errors_as_json]
         if cors_origins:
@@ -196,6 +201,8 @@ class RestApp:
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
         page.add_routes(self.app)
+        self.app.on_response_prepare.append(browser.add_headers)
+        self.app.cleanup_ctx.append(self._guard.context)
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return _json_response(200, self.openapi)
@@ -217,19 +224,21 @@ class RestApp:
         for task in list(self._streams):
             task.cancel()
 
-    async def _admit(self, route: Route, request: web.Request) -> Message | web.Response:
+    async def _admit(self, route: Route, request: web.Request) -> tuple[Message | web.Response, Presented]:
         """Authenticate the HTTP caller, check the policy, read the request and hold the caller
-        to its rate, as the interceptor does for gRPC."""
+        to its rate, as the interceptor does for gRPC; also what the caller presented (a
+        stream's credential is checked again after reloads)."""
         presented = self.authenticator.presented(request.headers.items(), request.remote)
         caller = await self.authenticator.authenticate(presented)
         policy.authorize(route.rpc_path, caller)
+        browser.check_write(request, caller, self._origins)
         principal.set_current(caller)  # (each request runs in a task of its own)
         if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
             size = request.content_length
             if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
                 size = len(await request.read())
             await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"), size or 0)
-        return await self._request_message(route, request)
+        return await self._request_message(route, request), presented
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:
         """One of the caller's stream slots for the stream's life (LimitExceeded if none)."""
@@ -244,7 +253,7 @@ class RestApp:
             async def streaming(request: web.Request) -> web.StreamResponse:
                 with contextlib.ExitStack() as held:
                     try:
-                        message = await self._admit(route, request)
+                        message, presented = await self._admit(route, request)
                         if isinstance(message, web.Response):
                             return message
                         held.enter_context(self._stream_slot())
@@ -253,7 +262,7 @@ class RestApp:
                     download = hooks.DOWNLOADS.get(route.method.name)
                     if download is not None:
                         return await self._download(route, request, download, message, call(message))
-                    return await self._stream(route, request, call(message))
+                    return await self._stream(route, request, presented, call(message))
 
             return streaming
 
@@ -261,7 +270,7 @@ class RestApp:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                message = await self._admit(route, request)
+                message, _ = await self._admit(route, request)
                 if isinstance(message, web.Response):
                     return message
                 answer: Message = await call(message)
@@ -302,7 +311,9 @@ class RestApp:
             return error_response(400, C.INVALID_ARGUMENT, str(exc))
         return message
 
-    async def _stream(self, route: Route, request: web.Request, items: AsyncIterator[Item]) -> web.StreamResponse:
+    async def _stream(
+        self, route: Route, request: web.Request, presented: Presented, items: AsyncIterator[Item]
+    ) -> web.StreamResponse:
         ndjson = NDJSON in request.headers.get("Accept", "")
         task = asyncio.current_task()
         assert task is not None
@@ -320,6 +331,7 @@ class RestApp:
             response.headers["Cache-Control"] = "no-cache"
             response.headers["X-Accel-Buffering"] = "no"
             await response.prepare(request)
+            self._guard.add(task, presented, route.rpc_path)
             if not ndjson:
                 await response.write(b"retry: 1000\n\n")
             try:
@@ -331,21 +343,25 @@ class RestApp:
                     await response.write(b"event: end\ndata: {}\n\n")
             except AuditflowError as exc:
                 log_refusal(route.rpc_path, exc)
-                _, body = errors.from_error(exc)
-                text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
-                await response.write(text.encode())
+                await _write_error(response, exc, ndjson)
             except ConnectionResetError:  # the client went away; it resumes with Last-Event-ID
                 logger.debug("stream client of %s disconnected", request.path)
             except asyncio.CancelledError:
-                if not self._closing:
+                revoked = self._guard.refusal(task)
+                if revoked is None and not self._closing:
                     raise
-                # We are stopping and cancelled the stream: end it cleanly, so that the
-                # browser reconnects (to us restarted, or to another replica).
+                # We are stopping, or the caller's credential was revoked, and cancelled the
+                # stream: end it cleanly (when stopping, the browser reconnects to us restarted
+                # or to another replica; when revoked, it is told why).
                 task.uncancel()
+                if revoked is not None:
+                    with contextlib.suppress(ConnectionResetError):
+                        await _write_error(response, revoked, ndjson)
             return response
         finally:
             metrics.REST_STREAMS.dec()
             self._streams.discard(task)
+            self._guard.discard(task)
             await _close(items)
 
     async def _download(
@@ -396,6 +412,13 @@ def _answer(route: Route, hook: hooks.ResponseHook | None, answer: Message) -> w
     return _json_response(status, body)
 
 
+async def _write_error(response: web.StreamResponse, exc: AuditflowError, ndjson: bool) -> None:
+    """End a stream already under way with the refusal that ends it."""
+    _, body = errors.from_error(exc)
+    text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
+    await response.write(text.encode())
+
+
 async def _close(items: AsyncIterator[Any]) -> None:
     aclose = getattr(items, "aclose", None)
     if aclose is not None:
@@ -418,11 +441,13 @@ class RestGateway:
         measured: bool = False,
         readiness: Readiness | None = None,
         limiter: Limiter | None = None,
+        connections: ConnectionSettings | None = None,
     ) -> None:
         check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
+        self.connections = connections or ConnectionSettings()
         self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes,
                             measured=measured, readiness=readiness, limiter=limiter)  # fmt: skip
         self._runner: web.AppRunner | None = None
@@ -435,10 +460,11 @@ class RestGateway:
     async def start(self) -> None:
         """Listen; a port in use is a ConfigError (one line), as for the gRPC port."""
         check_port_free(self.host, self.port)
-        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0, logger=httplog.SERVER_LOGGER,
+                               keepalive_timeout=self.connections.http_idle_timeout)  # fmt: skip
         await runner.setup()
-        site = web.TCPSite(
-            runner, self.host, self.port, ssl_context=self.ssl_context, reuse_port=False, backlog=LISTEN_BACKLOG
+        site = BoundedSite(
+            runner, self.host, self.port, self.connections, ssl_context=self.ssl_context, backlog=LISTEN_BACKLOG
         )
         try:
             await site.start()

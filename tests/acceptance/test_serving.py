@@ -60,6 +60,26 @@ def test_a_used_rest_port_is_one_line_too(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("module", ["gateway", "processor"])
+def test_the_metrics_port_is_loopback_unless_asked_and_a_used_one_is_one_line(tmp_path: Path, module: str) -> None:
+    done = run(module, "--port", "0", *service_args(module, tmp_path), "--metrics-address", "0.0.0.0:0")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"auditflow-{module}: the metrics endpoint on 0.0.0.0 would be plaintext: configure TLS, use a loopback "
+        "address, or pass --allow-plaintext on a network you trust"
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run(module, "--port", "0", *service_args(module, tmp_path), "--metrics-address", f":{port}",
+                   "--log-level", "ERROR")  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"auditflow-{module}: cannot listen on 127.0.0.1:{port} (metrics): the port is in use by another process"
+    ]
+
+
 def test_a_running_server_keeps_its_port_and_a_second_one_exits(tmp_path: Path) -> None:
     first = ServerProcess("processor", tmp_path, auth.processor_args()).start()
     try:

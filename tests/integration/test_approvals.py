@@ -360,3 +360,17 @@ async def test_the_cli_verifies_on_the_server_and_by_itself(pair: Pair, tmp_path
     assert await asyncio.to_thread(cli.main, base) == 1
     out = capsys.readouterr().out
     assert "server: TRAIL BROKEN at event 5" in out and "here:   TRAIL BROKEN at event 5" in out
+
+
+async def test_one_person_cannot_count_twice_toward_n_of_m_by_spelling_their_name(pair: Pair) -> None:
+    workflow = await create(pair, approvals=2)
+    wid = workflow.workflow_id
+    await approve(pair, wid, "alice", workflow.etag)
+    full_width = ("\uff41\uff4c\uff49\uff43\uff45", "\uff21\uff2c\uff29\uff23\uff25")  # alice, ALICE
+    for spelling in full_width:  # the same name after NFKC
+        repeated = await approve(pair, wid, spelling)
+        assert [a.approver for a in repeated.workflow.approvals] == ["alice"], spelling
+    # a Cyrillic a (U+0430) for the Latin one: refused when the credential is read, before any vote
+    assert await refusal(approve(pair, wid, "\u0430lice")) == (C.UNAUTHENTICATED, "TOKEN_INVALID")
+    got = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=wid))).workflow
+    assert got.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL and [a.approver for a in got.approvals] == ["alice"]

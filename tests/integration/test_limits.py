@@ -258,7 +258,8 @@ async def test_plans_awaiting_approval_per_principal(start: Any, database: str) 
     who = await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=carol)
     assert (who.limits.pending_plans, who.limits.max_pending_plans) == (2, 2)
     # A decision frees a place.
-    await pair.stub.Reject(wpb.RejectRequest(workflow_id=first.workflow.workflow_id), metadata=as_user("erin"))
+    reject = wpb.RejectRequest(workflow_id=first.workflow.workflow_id, etag=first.workflow.etag, comment="no")
+    await pair.stub.Reject(reject, metadata=as_user("erin"))
     await pair.stub.CreateWorkflow(create_request(), metadata=carol)
 
 

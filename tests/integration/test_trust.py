@@ -406,6 +406,31 @@ async def test_ledger_paths_outside_the_data_roots_are_refused_alike(pair: Pair,
     assert refused.value.code() == C.INVALID_ARGUMENT and "127.0.0.1" not in (refused.value.details() or "")
 
 
+async def test_paths_the_system_cannot_look_up_are_invalid_arguments_named_relative(pair: Pair, tmp_path: Path) -> None:
+    inside = tmp_path / "data"  # (under a data root of the test servers)
+    inside.mkdir()
+    (inside / "loop.csv").symlink_to(inside / "loop2.csv")
+    (inside / "loop2.csv").symlink_to(inside / "loop.csv")
+    (inside / "empty.csv").write_text("")
+    cases = {
+        "a" * 5000: "too long",  # one name past NAME_MAX
+        "d/" * 3000 + "x.csv": "too long",  # the whole path past PATH_MAX
+        str(inside / "loop.csv"): "loop of symbolic links",
+        str(inside / ("b" * 300)): "too long",
+        str(inside / "empty.csv"): "empty",
+    }
+    for path, why in cases.items():
+        request = wpb.CreateWorkflowRequest(title="t", plan=[step("ledger_summary", path=path)])
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await pair.stub.CreateWorkflow(request, metadata=as_user("sue"))
+        message = refused.value.details() or ""
+        assert refused.value.code() == C.INVALID_ARGUMENT and why in message, (path[:80], message)
+        assert details(refused.value)["fields"] == ["plan[0].parameters.path"], message
+        assert len(message) < 1000
+        for root in auth.DATA.roots:  # never the server's own layout
+            assert root not in message, message
+
+
 # --- credentials that change without a restart ----------------------------------------------
 
 

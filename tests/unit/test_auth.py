@@ -24,7 +24,7 @@ from auditflow.auth.oidc import JwksError, JwtSettings, JwtVerifier, KeySet, Rol
 from auditflow.auth.tokens import TokenFile, TokenFileError, append_entry, parse
 from auditflow.config import ConfigError
 from auditflow.errors import InvalidToken, Unauthenticated
-from auditflow.principal import Principal, name_key
+from auditflow.principal import Principal, check_name, name_key
 from tests.support import auth
 
 # --- principals ---------------------------------------------------------------------------
@@ -376,3 +376,76 @@ def test_the_policy_table_has_a_row_for_every_rpc_and_refuses_what_it_lacks() ->
     with pytest.raises(RoleRequired, match="needs the gateway role; root has admin"):
         policy.authorize("/auditflow.v1.ProcessorService/Enqueue", admin)
     policy.authorize("/auditflow.v1.WorkflowService/Approve", admin)
+
+
+def _rotated_key() -> tuple[Any, dict[str, Any]]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    return key, {**public, "kid": "rotated", "alg": "ES256"}
+
+
+def test_a_key_removed_from_the_jwks_file_stops_verifying_at_the_next_load(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rotated, jwk = _rotated_key()
+        path = tmp_path / "jwks.json"
+        kept = json.loads(auth.JWKS_FILE.read_text())
+        path.write_text(json.dumps({"keys": [*kept["keys"], jwk]}))
+        keys = KeySet(file=path)
+        keys.load()
+        check = JwtVerifier(JwtSettings(issuer=auth.ISSUER, audience=auth.AUDIENCE), keys, RoleMap({}))
+        token = auth.sign(auth.claims_for("eve"), key=rotated, headers={"kid": "rotated"})
+        assert (await check.verify(token)).name == "eve"  # (now cached until it expires)
+        path.write_text(json.dumps(kept) + "\n")
+        keys.reload_if_changed()
+        with pytest.raises(InvalidToken, match="does not know"):
+            await check.verify(token)
+        assert (await check.verify(auth.jwt_for("dana"))).name == "dana"  # the kept key still verifies
+
+    asyncio.run(scenario())
+
+
+def test_a_key_removed_from_the_jwks_url_stops_verifying_within_its_refresh_age(jwks_server: _JwksServer) -> None:
+    async def scenario() -> None:
+        rotated, jwk = _rotated_key()
+        jwks_server.document["keys"].append(jwk)
+        keys = KeySet(url=jwks_server.url, max_age=0.2)
+        await asyncio.to_thread(keys.load)
+        check = JwtVerifier(JwtSettings(issuer=auth.ISSUER, audience=auth.AUDIENCE), keys, RoleMap({}))
+        token = auth.sign(auth.claims_for("eve"), key=rotated, headers={"kid": "rotated"})
+        assert (await check.verify(token)).name == "eve"
+        jwks_server.document["keys"].remove(jwk)
+        fetched = jwks_server.fetches
+        for _ in range(1000):  # each call may start the refresh; the one after it finds the key gone
+            try:
+                await check.verify(token)
+            except InvalidToken:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the removed key still verifies")
+        assert jwks_server.fetches > fetched
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("name", "mixed"),
+    [
+        ("alice", False),
+        ("alice.smith@example.com", False),
+        ("Jürgen Müller", False),
+        ("Иван Петров", False),
+        ("山田たろう", False),  # Han and Hiragana are written together
+        ("\uff42\uff4f\uff42", False),  # full-width Latin is Latin
+        ("\u0430lice", True),  # a Cyrillic a (U+0430) among Latin letters
+        ("Ωmega", True),
+    ],
+)
+def test_a_principal_name_is_written_in_one_script(name: str, mixed: bool) -> None:
+    problem = check_name(name)
+    assert (problem is not None) is mixed, problem
+    token = auth.sign(auth.claims_for(name))
+    if mixed:
+        assert "mixes the scripts" in (problem or "") and "mixes the scripts" in refused(token)
+    else:
+        assert verify(token).name == name

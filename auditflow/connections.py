@@ -1,0 +1,134 @@
+"""How long a connection may take to start and may stay idle, and how many a server holds.
+
+Without bounds, a client that opens connections and sends nothing keeps each one, with its
+file descriptor, for good: enough of them and the process can accept nobody. So each server
+closes a connection that has not finished its handshake within `handshake_timeout` (gRPC:
+TLS and the HTTP/2 preface; REST: TLS), a REST connection with no request under way for
+`http_idle_timeout` (a new one that sends nothing included), and a gRPC connection with no call
+for `idle_timeout` (GOAWAY: clients reconnect at their next call). gRPC keepalive pings find
+dead peers (`keepalive_time`, `keepalive_timeout`), and clients that ping more often than every
+5 s without calls are disconnected.
+
+Each listener holds at most `max_connections`; past it, a new connection is closed at once and
+`RateLimitedLine` writes one line per interval with the count, never one per connection. The default
+(0) is the file-descriptor limit less `RESERVED_FDS`, so that one listener's connections never
+use up the descriptors the databases and files need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from auditflow import config
+
+logger = logging.getLogger(__name__)
+
+# File descriptors kept for everything but client connections: database pools, the link to
+# the processor, ledger files, log files, the listening sockets themselves.
+RESERVED_FDS = 128
+MAX_CONNECTIONS = 65_536  # the most a listener holds by default, whatever the descriptor limit
+MIN_PING_INTERVAL_MS = 5000  # a client's pings without calls, at most this often
+MAX_PING_STRIKES = 2  # pings too early before the connection is closed
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two lines about refused connections
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """The bounds above; tests and the command line build it."""
+
+    handshake_timeout: float = 5.0
+    http_idle_timeout: float = 15.0
+    idle_timeout: float = 300.0
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    max_connections: int = 0  # 0: from the file-descriptor limit
+
+    def connection_cap(self) -> int:
+        """The most connections one listener may hold."""
+        return self.max_connections or fd_share()
+
+    def grpc_options(self) -> list[tuple[str, Any]]:
+        """gRPC core's channel arguments for these bounds."""
+        return [
+            ("grpc.server_handshake_timeout_ms", _ms(self.handshake_timeout)),
+            ("grpc.max_connection_idle_ms", _ms(self.idle_timeout)),
+            ("grpc.keepalive_time_ms", _ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+            ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+            ("grpc.max_allowed_incoming_connections", self.connection_cap()),
+        ]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def fd_share() -> int:
+    """The file descriptors left once `RESERVED_FDS` are kept aside (at least 8)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(8, min(MAX_CONNECTIONS, soft - RESERVED_FDS))
+
+
+class RateLimitedLine:
+    """A warning that may happen thousands of times a second (a refused connection, a failed
+    accept): one log line per interval, saying how many times it happened since the last one."""
+
+    def __init__(self, template: str, interval: float = REFUSAL_LOG_INTERVAL) -> None:
+        self._template = template  # with {count}
+        self._interval = interval
+        self._count = 0
+        self._since = -interval
+
+    def note(self) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._since >= self._interval:
+            logger.warning(self._template.format(count=self._count))
+            self._count = 0
+            self._since = now
+
+
+def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
+    def add(flag: str, help: str, **kwargs: Any) -> None:
+        config.add(parser, flag, help=help, service=service, **kwargs)
+
+    d = ConnectionSettings()
+    add("--handshake-timeout", "seconds a new connection has to finish its TLS or HTTP/2 handshake",
+        default=d.handshake_timeout, type=config.interval)  # fmt: skip
+    add("--idle-timeout", "seconds a gRPC connection may stay without a call before it is closed",
+        default=d.idle_timeout, type=config.interval)  # fmt: skip
+    add("--http-idle-timeout", "seconds a REST connection may stay without a request (a new one too)",
+        default=d.http_idle_timeout, type=config.interval)  # fmt: skip
+    add("--keepalive-time", "seconds between the server's keepalive pings on a gRPC connection",
+        default=d.keepalive_time, type=config.interval)  # fmt: skip
+    add("--keepalive-timeout", "seconds a gRPC peer has to answer a keepalive ping",
+        default=d.keepalive_timeout, type=config.interval)  # fmt: skip
+    add("--max-connections", "most connections each port holds; 0: what the file-descriptor limit allows",
+        default=d.max_connections, type=_count)  # fmt: skip
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def from_args(args: argparse.Namespace) -> ConnectionSettings:
+    return ConnectionSettings(
+        handshake_timeout=args.handshake_timeout,
+        http_idle_timeout=args.http_idle_timeout,
+        idle_timeout=args.idle_timeout,
+        keepalive_time=args.keepalive_time,
+        keepalive_timeout=args.keepalive_timeout,
+        max_connections=args.max_connections,
+    )
