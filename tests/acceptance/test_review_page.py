@@ -468,6 +468,17 @@ def test_small_screens_huge_plans_unknown_links_and_labels(pair: Pair, browser: 
     assert no_overflow(page)
     page.click("#confirm-cancel")
 
+    # A huge diff too: every step changed, the first 50 changes shown, the rest on request.
+    changed = [{"procedure": "test_noop", "parameters": {"note": "y" * 500}}] * 100
+    api.ok("POST", f"/workflows/{huge['workflow_id']}/revise", CAROL, {"etag": huge["etag"], "plan": changed})
+    page.reload()
+    expect(page.locator("#diff-table tbody tr")).to_have_count(50, timeout=10_000)
+    expect(page.locator("#diff-all")).to_have_text("Show all 100 changes")
+    assert no_overflow(page)
+    page.click("#diff-all")
+    expect(page.locator("#diff-table tbody tr")).to_have_count(100)
+    assert no_overflow(page)
+
     # Every control has a label a screen reader can read.
     unlabelled = page.evaluate(
         """() => [...document.querySelectorAll('input, select, textarea, button')].filter((control) => {
