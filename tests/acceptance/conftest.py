@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.browser import launched
 from tests.support.cluster import Pair
 
 
@@ -18,3 +20,10 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     ).start()
     yield started
     started.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium for the page's tests."""
+    with launched() as started:
+        yield started

@@ -1,10 +1,11 @@
-"""The status page in a real headless Chromium (Debian's `chromium`, driven by Playwright; no
+"""The web page in a real headless Chromium (Debian's `chromium`, driven by Playwright; no
 browser download).
 
 Against a running gateway and processor: a refused token keeps the page signed out; carol (a
-submitter) signs in with a pasted JWT and submits the sample plan; a viewer sees it but may not
-approve or submit; alice (an approver) signs in, approves, sees the processing view within a
-second, then the findings. No token ever reaches the page's text, a URL or the console.
+submitter) signs in with a pasted JWT and submits the sample plan from her own list; a viewer
+sees it but may not approve or submit; alice (an approver) finds it in her work queue, opens it,
+approves after the confirmation, sees the processing view within a second, then the findings.
+No token ever reaches the page's text, a URL or the console.
 
 Against a stand-in backend (`page.route`): the page's own Server-Sent Events reader sends the
 token, honours `retry:`, resumes with Last-Event-ID after a dropped connection and stops at
@@ -20,46 +21,16 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import auth
+from tests.support.browser import STREAM, TOKEN_KEY, Recorder, read_json, sign_in, sign_in_as, sign_out, wait_http
 from tests.support.cluster import Pair
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STATIC = Path(__file__).resolve().parents[2] / "gateway" / "rest" / "static"
-STREAM = "**/status/stream*"
-TOKEN_KEY = "auditflow.token"
-
-
-def wait_http(url: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
-
-
-def read_json(url: str, token: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return json.loads(response.read())
 
 
 def refusal_message(url: str, token: str) -> str:
@@ -71,77 +42,6 @@ def refusal_message(url: str, token: str) -> str:
     body = json.loads(refused.value.read())
     assert body["status"] == "UNAUTHENTICATED"
     return str(body["message"])
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail("chromium is not installed: apt-get install -y chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
-class Recorder:
-    """Everything a page wrote to the console and every URL it asked for."""
-
-    def __init__(self, page: Any) -> None:
-        self.console: list[Any] = []
-        self.page_errors: list[str] = []
-        self.urls: list[str] = []
-        page.on("console", lambda message: self.console.append(message))
-        page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        page.on("request", lambda request: self.urls.append(request.url))
-
-    def unexpected_errors(self, *expected: tuple[str, str]) -> list[str]:
-        """Console errors other than the deliberate ones: the cut status stream, the 401s of
-        the sign-in probe (Chromium logs every failed fetch, and a first visit or a refused
-        token is a 401 from /whoami), and `expected` (text, end of the URL) pairs."""
-        allowed = [("net::ERR_FAILED", "/status/stream"), ("status of 401", "/whoami"), *expected]
-        found = list(self.page_errors)
-        for message in self.console:
-            where = message.location.get("url", "")
-            if message.type == "error" and not any(t in message.text and where.endswith(u) for t, u in allowed):
-                found.append(f"{message.text} ({where})")
-        return found
-
-    def leaks(self, secret: str, content: str) -> list[str]:
-        places = [f"page content: {content!r:.200}"] if secret in content else []
-        places += [f"URL {url}" for url in self.urls if secret in url]
-        places += [f"console: {m.text}" for m in self.console if secret in m.text]
-        return places
-
-
-def sign_in(page: Any, token: str) -> None:
-    from playwright.sync_api import expect
-
-    expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
-    page.fill("#token", token)
-    page.click("#sign-in")
-
-
-def sign_in_as(page: Any, token: str, name: str, role: str) -> None:
-    from playwright.sync_api import expect
-
-    sign_in(page, token)
-    expect(page.locator("#who-name")).to_have_text(name, timeout=10_000)
-    expect(page.locator("#who-roles")).to_contain_text(role)
-    expect(page.locator("#signin-form")).to_be_hidden()
-    assert page.evaluate("key => sessionStorage.getItem(key)", TOKEN_KEY) == token
-    assert page.evaluate("() => localStorage.length") == 0  # never kept beyond the tab
-
-
-def sign_out(page: Any) -> None:
-    from playwright.sync_api import expect
-
-    page.click("#sign-out")
-    expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
-    expect(page.locator("#workflows")).to_be_hidden()
-    assert page.evaluate("key => sessionStorage.getItem(key)", TOKEN_KEY) is None
 
 
 def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: Any, tmp_path: Path) -> None:
@@ -173,17 +73,21 @@ def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: 
     # carol, a submitter, submits the sample plan; she may cancel it but not approve it.
     sign_in_as(page, carol, "carol", "submitter")
     expect(page.locator("#who-via")).to_contain_text("JWT")
+    expect(page).to_have_url(re.compile(r"/ui/queue\?view=mine$"))  # a submitter starts with their own plans
+    page.click("#submit summary")
     expect(page.locator("#plan-json")).to_have_value(re.compile("ledger_summary"), timeout=10_000)
     page.click("#submit-plan")
     expect(page.locator("#awaiting-view")).to_be_visible(timeout=10_000)
     expect(page.locator("#detail-status")).to_have_text("AWAITING_APPROVAL")
-    expect(page.locator("#detail-people")).to_have_text("Submitted by carol.")
+    expect(page.locator("#detail-people")).to_contain_text("Submitted by carol on ")
     expect(page.locator("#decision-controls")).to_be_hidden()
     expect(page.locator("#cancel-awaiting")).to_be_visible()
     workflow_id = page.locator("#detail-id").inner_text()
     assert workflow_id.startswith("wf_")
+    expect(page).to_have_url(re.compile(f"/ui/workflows/{workflow_id}$"))
+    page.click("#back")
     row = page.locator(f'#workflow-table tr[data-workflow-id="{workflow_id}"]')
-    expect(row).to_be_visible()
+    expect(row).to_be_visible(timeout=10_000)
     expect(row.locator("td").nth(2)).to_have_text("carol")
     page.screenshot(path=str(tmp_path / "1-submitted.png"), full_page=True)
     sign_out(page)
@@ -191,6 +95,7 @@ def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: 
 
     # vera, a viewer, sees the workflow but no enabled control to submit, approve or reject.
     sign_in_as(page, vera, "vera", "viewer")
+    page.click("a[data-view=all]")
     expect(row).to_be_visible(timeout=10_000)
     row.click()
     expect(page.locator("#awaiting-view")).to_be_visible(timeout=10_000)
@@ -198,28 +103,33 @@ def test_sign_in_submit_approve_watch_and_see_the_findings(pair: Pair, browser: 
     expect(page.locator("#approve")).to_be_hidden()
     expect(page.locator("#decision-note")).to_contain_text("approver role")
     expect(page.locator("#cancel-awaiting")).to_be_hidden()
-    actions = re.compile(r"^\s*(Submit|Approve|Reject|Cancel)")
+    actions = re.compile(r"^\s*(Submit|Approve|Reject|Request changes|Cancel)")
     expect(page.locator("button:visible:enabled", has_text=actions)).to_have_count(0)
     page.screenshot(path=str(tmp_path / "2-viewer.png"), full_page=True)
     sign_out(page)
 
-    # alice, an approver, stays signed in across a reload (the token is in sessionStorage).
+    # alice, an approver, stays signed in across a reload (the token is in sessionStorage), and
+    # the page keeps the view in its URL.
     sign_in_as(page, alice, "alice", "approver")
+    page.goto(base + "/ui/queue?view=awaiting")
     page.reload()
     expect(page.locator("#who-name")).to_have_text("alice", timeout=10_000)
+    expect(page.locator("a[data-view=awaiting]")).to_have_attribute("aria-current", "page")
     expect(row).to_be_visible(timeout=10_000)
     row.click()
     expect(page.locator("#approve")).to_be_enabled(timeout=10_000)
 
-    # Approve: the processing view comes with the approve answer, within a second (the status
-    # stream is cut until then, so no stream event can be what switched the view).
-    clicked = time.monotonic()
+    # Approve, confirmed: the processing view comes with the approve answer, within a second
+    # (the status stream is cut until then, so no stream event can be what switched the view).
     page.click("#approve")
+    expect(page.locator("#confirm-text")).to_contain_text("This is approval 1 of 1: the plan runs.")
+    clicked = time.monotonic()
+    page.click("#confirm-ok")
     expect(page.locator("#processing-view")).to_be_visible(timeout=1_000)
     assert time.monotonic() - clicked < 1.0
     expect(page.locator("#awaiting-view")).to_be_hidden()
     assert page.locator("#event-log li").count() == 0
-    expect(page.locator("#detail-people")).to_have_text("Submitted by carol. Approved by alice.")
+    expect(page.locator("#detail-people")).to_contain_text("Approved by alice.")
     stored = read_json(f"{base}/workflows/{workflow_id}", alice)["workflow"]
     assert [(a["approver"], a["etag"]) for a in stored["approvals"]] == [("alice", stored["etag"])]  # the one shown
     page.screenshot(path=str(tmp_path / "3-processing.png"), full_page=True)
@@ -267,6 +177,7 @@ RUNNING = {
     "status": "WORKFLOW_STATUS_RUNNING",
     "progress": {"done": 0, "total": 2},
     "is_processing": True,
+    "plan": [{"procedure": "test_noop", "parameters": {}}, {"procedure": "test_noop", "parameters": {}}],
 }
 FINISHED = {
     **RUNNING,
@@ -279,11 +190,13 @@ FINISHED = {
 AWAITING = {
     "workflow_id": "wf_2",
     "title": "Awaiting",
-    "created_by": "pat",
+    "created_by": "carol",
     "status": "WORKFLOW_STATUS_AWAITING_APPROVAL",
     "progress": {"done": 0, "total": 1},
+    "etag": "2" * 64,
+    "plan": [{"procedure": "ledger_summary", "parameters": {"path": "ledger.csv"}}],
 }
-SELF_APPROVAL = "separation of duties: pat submitted workflow wf_2 and may not approve it"
+REFUSAL = "pat may not approve workflow wf_2: the approver role is needed"
 
 
 def update(sequence: int, done: int) -> str:
@@ -331,8 +244,13 @@ class StandIn:
             return {"json": {"principal": self.proxy_user, "roles": ["approver"], "authenticated_by": "proxy:10.0.0.5"}}
         if path == "/ui/sample-plan":
             return {"json": []}
-        if path == "/workflows":
-            return {"json": {"workflows": [RUNNING, AWAITING]}}
+        headers = {"Content-Type": "text/event-stream"}
+        if path == "/workflows:watch":
+            added = [{"change": {"type": "CHANGE_TYPE_ADDED", "workflow": w}} for w in (RUNNING, AWAITING)]
+            synced = {"synced": {"next_page_token": ""}, "resume_token": "1"}
+            return {"body": "".join(f"data: {json.dumps(m)}\n\n" for m in [*added, synced]), "headers": headers}
+        if path.endswith("/trail"):
+            return {"json": {"intact": True, "events_checked": "2"}}
         if path == "/workflows/wf_1":
             return {"json": {"workflow": FINISHED if len(self.streams) >= 2 else RUNNING}}
         if path == "/workflows/wf_2":
@@ -340,8 +258,7 @@ class StandIn:
         if path == "/workflows/wf_1/findings":
             return {"json": {"findings": [], "next_page_token": "", "total": "0"}}
         if path == "/workflows/wf_2/approve":
-            return error(403, "PERMISSION_DENIED", SELF_APPROVAL)
-        headers = {"Content-Type": "text/event-stream"}
+            return error(403, "PERMISSION_DENIED", REFUSAL)
         if path == "/workflows/wf_1/status/stream":
             self.streams.append((time.monotonic(), request.all_headers()))
             return {"body": STREAM_BODIES[min(len(self.streams), len(STREAM_BODIES)) - 1], "headers": headers}
@@ -362,6 +279,7 @@ def test_the_status_stream_resumes_with_last_event_id(browser: Any) -> None:
 
     expect(page.locator("#who-name")).to_have_text("alice", timeout=10_000)
     expect(page.locator("#who-via")).to_contain_text("stand-in")
+    page.click("a[data-view=all]")
     page.locator('#workflow-table tr[data-workflow-id="wf_1"]').click()
     expect(page.locator("#done-view")).to_be_visible(timeout=15_000)
     expect(page.locator("#detail-people")).to_have_text("Submitted by carol. Approved by alice.")
@@ -398,18 +316,21 @@ def test_proxy_identity_a_refusal_and_a_lost_session(browser: Any) -> None:
     expect(page.locator("#signed-in")).to_be_visible()
     assert page.evaluate("() => sessionStorage.length") == 0
 
-    # The server refuses pat's approval of pat's own plan: the page shows why.
-    page.locator('#workflow-table tr[data-workflow-id="wf_2"] button.approve').click()
-    expect(page.locator("#action-error")).to_have_text(f"PERMISSION_DENIED: {SELF_APPROVAL}", timeout=10_000)
+    # The server refuses pat's approval: the page shows why.
+    page.locator('#workflow-table tr[data-workflow-id="wf_2"] a').click()
     expect(page.locator("#detail-id")).to_have_text("wf_2")
+    page.click("#approve")
+    page.click("#confirm-ok")
+    expect(page.locator("#action-error")).to_have_text(f"PERMISSION_DENIED: {REFUSAL}", timeout=10_000)
 
     # The session stops working: the next call returns the page to the sign-in form, saying why.
     backend.expired = "the session expired; sign in again"
-    page.click("#refresh")
+    page.click("#back")
     expect(page.locator("#signin-form")).to_be_visible(timeout=10_000)
     expect(page.locator("#signin-error")).to_have_text(backend.expired)
     for section in ("#workflows", "#detail", "#signed-in"):
         expect(page.locator(section)).to_be_hidden()
-    expected = [("status of 403", "/approve"), ("status of 401", "/workflows?page_size=50")]
+    watch = "/workflows:watch?page_size=50&awaiting_my_approval=true"
+    expected = [("status of 403", "/approve"), ("status of 401", watch)]
     expected.append(("status of 401", "/status/stream"))  # if wf_2's stream reconnected meanwhile
     assert not seen.unexpected_errors(*expected), seen.unexpected_errors(*expected)

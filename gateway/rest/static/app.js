@@ -1,4 +1,7 @@
-// The auditflow status page: plain JavaScript over the REST API, no build step.
+// The auditflow page: plain JavaScript over the REST API, no build step. This file holds what
+// every part needs (calling the API, signing in, the caller's roles, submitting a plan);
+// queue.js is the list of workflows, review.js one workflow's plan and the decisions on it,
+// run.js its run and findings, start.js the page's URLs (each view has its own, under /ui/).
 //
 // Every call needs credentials. Either the user pastes a token (an API token or a JWT), which
 // the page keeps in sessionStorage, so that it dies with the tab, and sends as
@@ -20,10 +23,13 @@ const state = {
   token: null,      // the bearer token; null when signed out or identified by a proxy
   me: null,         // the /whoami answer while signed in
   selected: null,   // the workflow shown in the detail view
-  workflow: null,   // that workflow as last read (who submitted it decides who may cancel it)
-  stream: null,     // the open status stream, see openStream()
+  workflow: null,   // that workflow as last read, the revision on screen (see review.js)
+  stream: null,     // the open status stream, see openStream() in run.js
   seen: new Set(),  // event sequences already in the event log
-  findings: null,   // the findings shown: {workflowId, token of the next page, shown}
+  findings: null,   // the findings shown: {workflowId, procedure, token of the next page, shown}
+  queue: null,      // the list on screen and its watch stream, see queue.js
+  run: null,        // the shown workflow's steps as its events tell them, see run.js
+  focusPending: false,  // a link led to another page: focus its heading once shown (start.js)
 };
 
 const shortStatus = (status) => String(status || "").replace(/^WORKFLOW_STATUS_/, "");
@@ -76,6 +82,12 @@ async function readJson(response) {
 
 const errorText = (status, body) => `${body.status || status}: ${body.message || "request failed"}`;
 
+// The machine-readable reason of a refusal (google.rpc.ErrorInfo), e.g. ETAG_MISMATCH.
+function errorReason(body) {
+  const info = (Array.isArray(body.details) ? body.details : []).find((detail) => detail && detail.reason);
+  return info ? info.reason : "";
+}
+
 // A 401 means the credentials stopped working (an expired JWT, a revoked token): back to the
 // sign-in form with the server's reason. Answers to an earlier session change nothing.
 function onUnauthenticated(session, body) {
@@ -96,6 +108,8 @@ async function api(method, path, { body } = {}) {
   }
   const data = await readJson(response);
   const error = new Error(errorText(response.status, data));
+  error.status = response.status;
+  error.reason = errorReason(data);
   if (session !== state.session) {
     error.quiet = true;  // the user signed out or in meanwhile: nobody is waiting for this
     throw error;
@@ -218,11 +232,9 @@ function signedIn(me, token) {
   $("#signin-form").hidden = true;
   showError("#signin-error", "");
   $("#signed-in").hidden = false;
-  $("#submit").hidden = false;
-  $("#workflows").hidden = false;
   applyRoles();
   if (!$("#plan-json").value) loadSamplePlan();
-  refreshList();
+  route();
 }
 
 function showSignIn(message) {
@@ -230,9 +242,9 @@ function showSignIn(message) {
   state.token = null;
   state.me = null;
   clearDetail();
-  $("#workflow-table tbody").replaceChildren();
+  closeQueue();
   for (const selector of ["#list-error", "#submit-error"]) showError(selector, "");
-  for (const selector of ["#signed-in", "#submit", "#workflows"]) $(selector).hidden = true;
+  for (const selector of ["#signed-in", "#submit", "#workflows", "#not-found"]) $(selector).hidden = true;
   setAccountStatus("");
   $("#account-heading").textContent = "Sign in";
   $("#signin-form").hidden = false;
@@ -253,13 +265,18 @@ const rolesText = () => ((state.me && state.me.roles) || []).join(", ") || "no r
 // Names compare as the server compares them: Unicode-normalised, case-insensitive.
 const nameKey = (name) => String(name || "").normalize("NFKC").toLowerCase();
 
+const isMe = (name) => Boolean(state.me) && nameKey(name) === nameKey(state.me.principal);
+
 const may = {
   submit: () => rank() >= ROLES.indexOf("submitter"),
   decide: () => rank() >= ROLES.indexOf("approver"),
+  // An approver decides on plans submitted by others, once for each revision.
+  decideOn: (workflow) =>
+    may.decide() && !isMe(workflow.created_by) && !(workflow.approvals || []).some((a) => isMe(a.approver)),
   // A submitter cancels what they submitted; an admin anything.
   cancel: (workflow) =>
     rank() >= ROLES.indexOf("admin") ||
-    (may.submit() && Boolean(workflow) && nameKey(workflow.created_by) === nameKey(state.me.principal)),
+    (may.submit() && Boolean(workflow) && isMe(workflow.created_by)),
 };
 
 // Hide or disable what the caller's roles do not allow. Only a courtesy: the server decides,
@@ -269,13 +286,7 @@ function applyRoles() {
   $("#plan-fields").disabled = !canSubmit;
   $("#submit-note").hidden = canSubmit;
   $("#submit-note").textContent = `Submitting a plan needs the submitter role; you have ${rolesText()}.`;
-  const canDecide = may.decide();
-  $("#decision-controls").hidden = !canDecide;
-  $("#decision-note").hidden = canDecide;
-  $("#decision-note").textContent = `Approving or rejecting needs the approver role; you have ${rolesText()}.`;
-  const canCancel = may.cancel(state.workflow);
-  $("#cancel").hidden = !canCancel;
-  $("#cancel-awaiting").hidden = !canCancel;
+  applyDecisionRoles();
 }
 
 // --- submit ---------------------------------------------------------------------------------
@@ -301,372 +312,17 @@ async function submitPlan(event) {
   }
   try {
     const answer = await api("POST", "/workflows", { body: { title: $("#plan-title").value, plan } });
-    await refreshList();
-    render(answer.workflow);
+    navigate(workflowPage(answer.workflow.workflow_id));
   } catch (error) {
     report("#submit-error", error);
   }
 }
 
-// --- list -----------------------------------------------------------------------------------
 
-async function refreshList() {
-  try {
-    const answer = await api("GET", "/workflows?page_size=50");
-    showError("#list-error", "");
-    renderList(answer.workflows || []);
-  } catch (error) {
-    report("#list-error", error);
-  }
-}
-
-function progressText(progress) {
-  const p = progress || {};
-  return `${p.done || 0}/${p.total || 0}`;
-}
-
-function actionButton(text, className, onClick) {
-  const button = element("button", text, className);
-  button.type = "button";
-  button.addEventListener("click", (e) => { e.stopPropagation(); onClick(); });
-  return button;
-}
-
-function renderList(workflows) {
-  const body = $("#workflow-table tbody");
-  body.replaceChildren();
-  for (const workflow of workflows) {
-    const row = element("tr");
-    row.dataset.workflowId = workflow.workflow_id;
-    if (workflow.workflow_id === state.selected) row.classList.add("selected");
-    row.append(element("td", workflow.workflow_id), element("td", workflow.title), element("td", workflow.created_by));
-    const status = shortStatus(workflow.status);
-    const cell = element("td");
-    cell.append(element("span", status, `badge ${status}`));
-    row.append(cell, element("td", progressText(workflow.progress)));
-    const actions = element("td");
-    if (status === "AWAITING_APPROVAL" && may.decide()) {
-      actions.append(
-        actionButton("Approve", "small approve", () => approveWorkflow(workflow.workflow_id)),
-        " ",
-        actionButton("Reject", "small reject", () => rejectWorkflow(workflow.workflow_id)),
-      );
-    }
-    row.append(actions);
-    row.addEventListener("click", () => select(workflow.workflow_id));
-    body.append(row);
-  }
-}
-
-function markListRow(workflowId, status, progress) {
-  const row = document.querySelector(`#workflow-table tr[data-workflow-id="${CSS.escape(workflowId)}"]`);
-  if (!row) return;
-  const short = shortStatus(status);
-  const badge = row.cells[3].firstChild;
-  if (badge) { badge.textContent = short; badge.className = `badge ${short}`; }
-  if (progress) row.cells[4].textContent = progressText(progress);
-  if (short !== "AWAITING_APPROVAL") row.cells[5].replaceChildren();
-}
-
-// --- detail ---------------------------------------------------------------------------------
-
-async function select(workflowId) {
-  try {
-    const answer = await api("GET", workflowPath(workflowId));
-    render(answer.workflow);
-  } catch (error) {
-    report("#list-error", error);
-  }
-}
-
-function clearDetail() {
-  closeStream();
-  state.selected = null;
-  state.workflow = null;
-  state.seen = new Set();
-  state.findings = null;
-  $("#findings tbody").replaceChildren();
-  $("#detail").hidden = true;
-  $("#event-log").replaceChildren();
-  showError("#action-error", "");
-}
-
-function setView(view) {
-  $("#detail").dataset.view = view;
-  $("#awaiting-view").hidden = view !== "awaiting";
-  $("#processing-view").hidden = view !== "processing";
-  $("#done-view").hidden = view !== "done";
-}
-
-function setStatus(status) {
-  const short = shortStatus(status);
-  const badge = $("#detail-status");
-  badge.textContent = short;
-  badge.className = `badge ${short}`;
-}
-
-function setProgress(progress) {
-  const p = progress || {};
-  const bar = $("#progress");
-  bar.max = Math.max(p.total || 0, 1);
-  bar.value = p.done || 0;
-  const percent = p.total ? Math.round((100 * (p.done || 0)) / p.total) : 0;
-  $("#progress-text").textContent = `${p.done || 0} of ${p.total || 0} steps (${percent} %)`;
-}
-
-// Who submitted the workflow and who decided on it, as the API records them.
-function setPeople(workflow) {
-  let text = `Submitted by ${workflow.created_by || "(unknown)"}.`;
-  const required = Math.max(Number(workflow.required_approvals || 1), 1);
-  const approvers = (workflow.approvals || []).map((a) => a.approver);
-  const rejected = shortStatus(workflow.status) === "REJECTED";
-  if (required > 1) {
-    text += ` Approved by ${approvers.length} of ${required}` + (approvers.length ? `: ${approvers.join(", ")}.` : ".");
-    const missing = required - approvers.length;
-    if (missing > 0 && shortStatus(workflow.status) === "AWAITING_APPROVAL") text += ` ${missing} more needed.`;
-    if (rejected && workflow.decided_by) text += ` Rejected by ${workflow.decided_by}.`;
-  } else if (workflow.decided_by) {
-    text += ` ${rejected ? "Rejected" : "Approved"} by ${workflow.decided_by}.`;
-  }
-  $("#detail-people").textContent = text;
-}
-
-// Remember the workflow as last read: the cancel control depends on who submitted it.
-function setWorkflow(workflow) {
-  state.workflow = workflow;
-  setPeople(workflow);
-  applyRoles();
-}
-
-function render(workflow) {
-  const changed = state.selected !== workflow.workflow_id;
-  if (changed) {
-    clearDetail();
-    state.selected = workflow.workflow_id;
-  }
-  for (const row of document.querySelectorAll("#workflow-table tbody tr")) {
-    row.classList.toggle("selected", row.dataset.workflowId === workflow.workflow_id);
-  }
-  $("#detail").hidden = false;
-  $("#detail-id").textContent = workflow.workflow_id;
-  $("#detail-title").textContent = workflow.title || "";
-  setWorkflow(workflow);
-  setStatus(workflow.status);
-  setProgress(workflow.progress);
-  const status = shortStatus(workflow.status);
-  if (TERMINAL.has(status)) {
-    showDone(workflow);
-  } else if (workflow.is_processing || PROCESSING.has(status)) {
-    setView("processing");
-    $("#processing-message").textContent = workflow.last_message || "Processing in the background…";
-  } else {
-    setView("awaiting");
-  }
-  if (changed || !TERMINAL.has(status)) openStream(workflow.workflow_id);
-}
-
-function showDone(workflow) {
-  closeStream();
-  setView("done");
-  const status = shortStatus(workflow.status);
-  let message = `Workflow ${status.toLowerCase()}.`;
-  if (workflow.error && workflow.error.message) message += ` ${workflow.error.reason}: ${workflow.error.message}`;
-  if (workflow.decision_comment) message += ` Comment: ${workflow.decision_comment}`;
-  $("#done-message").textContent = message;
-  renderFindings(workflow);
-}
-
-// Each audit step's summary from the result; the findings themselves are a resource of their
-// own, read a page at a time (high first, then by amount) and exported as files.
-function renderFindings(workflow) {
-  const list = $("#step-summaries");
-  list.replaceChildren();
-  const steps = (workflow.result && Array.isArray(workflow.result.steps)) ? workflow.result.steps : [];
-  let audited = false;
-  for (const step of steps) {
-    const summary = step.result && step.result.summary;
-    if (!summary || summary.findings === undefined) continue;
-    audited = true;
-    list.append(element("li", `${step.procedure}: ${summaryText(summary)}`));
-  }
-  $("#stake-note").hidden = !audited;
-  $("#findings tbody").replaceChildren();
-  state.findings = { workflowId: workflow.workflow_id, token: "", shown: 0 };
-  loadFindings();
-}
-
-function summaryText(summary) {
-  const count = Number(summary.findings || 0);
-  if (!count) return "no findings";
-  const by = summary.by_severity || {};
-  const split = ["high", "medium", "low"].filter((s) => by[s]).map((s) => `${by[s]} ${s}`).join(", ");
-  return `${count} finding${count === 1 ? "" : "s"}${split ? ` (${split})` : ""}, ${summary.amount_at_stake} at stake`;
-}
-
-async function loadFindings() {
-  const wanted = state.findings;
-  showError("#findings-error", "");
-  const query = new URLSearchParams({ page_size: "50" });
-  if (wanted.token) query.set("page_token", wanted.token);
-  let page;
-  try {
-    page = await api("GET", workflowPath(wanted.workflowId, `/findings?${query}`));
-  } catch (error) {
-    report("#findings-error", error);
-    return;
-  }
-  if (state.findings !== wanted) return;  // another workflow was opened meanwhile
-  const body = $("#findings tbody");
-  for (const finding of page.findings || []) {
-    const row = element("tr");
-    const ids = (finding.entry_ids || []).join(", ");
-    const more = Number(finding.entry_count || 0) - (finding.entry_ids || []).length;
-    row.append(
-      element("td", finding.finding_id),
-      element("td", finding.severity, `sev-${finding.severity}`),
-      element("td", finding.step),
-      element("td", finding.procedure),
-      element("td", more > 0 ? `${ids} (+${more})` : ids),
-      element("td", finding.amount),
-      element("td", finding.explanation),
-    );
-    body.append(row);
-  }
-  wanted.shown += (page.findings || []).length;
-  wanted.token = page.next_page_token || "";
-  const total = Number(page.total || 0);
-  $("#findings").hidden = total === 0;
-  $("#findings").dataset.count = String(wanted.shown);
-  $("#findings-count").hidden = total === 0;
-  $("#findings-count").textContent = `${wanted.shown} of ${total} findings, high first, then by amount.`;
-  $("#findings-more").hidden = total === 0;
-  $("#more-findings").hidden = !wanted.token;
-  $("#no-findings").hidden = total !== 0;
-}
-
-// A download needs the Authorization header, which a link cannot send: fetch, then save.
-async function exportFindings(format) {
-  const workflowId = state.findings && state.findings.workflowId;
-  if (!workflowId) return;
-  showError("#findings-error", "");
-  let response;
-  try {
-    response = await fetch(workflowPath(workflowId, `/findings/export?format=${format}`), { headers: withAuth({}) });
-  } catch (_) {
-    showError("#findings-error", "the server did not answer; try again");
-    return;
-  }
-  if (!response.ok) {
-    showError("#findings-error", errorText(response.status, await readJson(response)));
-    return;
-  }
-  const link = element("a");
-  link.href = URL.createObjectURL(await response.blob());
-  link.download = `${workflowId}-findings.${format}`;
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
-}
-
-// --- decisions ------------------------------------------------------------------------------
-
-// The etag of the plan this page shows: the decision is refused (409) if the plan is another.
-function shownEtag(workflowId) {
-  return state.workflow && state.workflow.workflow_id === workflowId ? state.workflow.etag || "" : "";
-}
-
-async function approveWorkflow(workflowId) {
-  showError("#action-error", "");
-  try {
-    const answer = await api("POST", workflowPath(workflowId, "/approve"), {
-      body: { comment: $("#decision-comment").value, etag: shownEtag(workflowId) },
-    });
-    if (shortStatus(answer.workflow_status) === "AWAITING_APPROVAL") {
-      render(answer.workflow);  // one of several approvers: the plan still waits for the others
-      return;
-    }
-    // The Approve answer itself switches to the processing view: the work runs in the
-    // background, and the user should not wait for the first stream event to see that.
-    if (state.selected !== workflowId) render(answer.workflow);
-    setStatus(answer.workflow_status);
-    setView("processing");
-    $("#processing-message").textContent = answer.processing_message || "Processing in the background…";
-    if (answer.workflow) {
-      setWorkflow(answer.workflow);
-      setProgress(answer.workflow.progress);
-    }
-    markListRow(workflowId, answer.workflow_status, answer.workflow && answer.workflow.progress);
-    openStream(workflowId);
-  } catch (error) {
-    if (error.quiet) return;
-    if (state.selected !== workflowId) await select(workflowId);
-    report("#action-error", error);
-  }
-}
-
-async function rejectWorkflow(workflowId) {
-  showError("#action-error", "");
-  try {
-    const answer = await api("POST", workflowPath(workflowId, "/reject"), {
-      body: { comment: $("#decision-comment").value, etag: shownEtag(workflowId) },
-    });
-    render(answer.workflow);
-    markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
-  } catch (error) {
-    if (error.quiet) return;
-    if (state.selected !== workflowId) await select(workflowId);
-    report("#action-error", error);
-  }
-}
-
-async function cancelWorkflow() {
-  const workflowId = state.selected;
-  if (!workflowId) return;
-  showError("#action-error", "");
-  try {
-    const answer = await api("POST", workflowPath(workflowId, "/cancel"), {
-      body: { reason: "cancelled from the status page" },
-    });
-    // Awaiting approval it ends at once; a running workflow stops between cycles (the stream says when).
-    if (state.selected === workflowId) render(answer.workflow);
-    markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
-  } catch (error) {
-    report("#action-error", error);
-  }
-}
-
-// --- live status: Server-Sent Events over fetch() -------------------------------------------
+// --- Server-Sent Events over fetch() ---------------------------------------------------------
 //
-// EventSource cannot send an Authorization header, so the page reads the event stream itself.
-// It keeps the last event id and, after a dropped connection, reconnects with Last-Event-ID (the
-// server resumes after it), waiting longer each time; it stops for good after `event: end` (once
-// the workflow has ended), `event: error`, a 4xx answer, or when another workflow is selected
-// (the AbortController).
-
-function closeStream() {
-  if (state.stream) {
-    state.stream.controller.abort();
-    state.stream = null;
-  }
-}
-
-function openStream(workflowId) {
-  if (state.stream && state.stream.workflowId === workflowId) return;
-  closeStream();
-  const stream = {
-    workflowId,
-    controller: new AbortController(),
-    lastEventId: "",
-    retry: RETRY_MIN_MS,  // the shortest wait before a reconnect
-    delay: RETRY_MIN_MS,  // the next wait: grows while connections fail, back to `retry` on an event
-    finished: null,       // "end" or "error" when the server closed this connection on purpose
-  };
-  state.stream = stream;
-  watch(stream);
-}
-
-const isCurrent = (stream) => state.stream === stream;
+// EventSource cannot send an Authorization header, so the page reads event streams itself (the
+// status stream of one workflow in run.js, the watch of the list in queue.js).
 
 function pause(ms, signal) {
   return new Promise((resolve) => {
@@ -678,87 +334,6 @@ function pause(ms, signal) {
     const timer = setTimeout(done, ms);
     signal.addEventListener("abort", done);
   });
-}
-
-async function watch(stream) {
-  while (isCurrent(stream)) {
-    let outcome;
-    try {
-      outcome = await readStream(stream);
-    } catch (_) {
-      outcome = "dropped";  // a network error, or our own abort (then the loop ends below)
-    }
-    if (outcome === "end" && !(await showIfEnded(stream.workflowId))) {
-      outcome = "dropped";  // the server ended the stream early (a restart): resume as after a drop
-    }
-    if (outcome !== "dropped" || !isCurrent(stream)) break;
-    await pause(stream.delay, stream.controller.signal);
-    stream.delay = Math.min(stream.delay * 2, Math.max(RETRY_MAX_MS, stream.retry));
-  }
-  // Ended for good: selecting the workflow again may open a new stream.
-  if (isCurrent(stream)) state.stream = null;
-}
-
-// One connection: "end" or "error" (the server finished the stream), "refused" (an error
-// answer not worth repeating) or "dropped" (try again).
-async function readStream(stream) {
-  stream.finished = null;
-  const session = state.session;
-  const headers = withAuth({ Accept: "text/event-stream" });
-  if (stream.lastEventId) headers["Last-Event-ID"] = stream.lastEventId;
-  const response = await fetch(workflowPath(stream.workflowId, "/status/stream"), {
-    headers,
-    cache: "no-store",
-    signal: stream.controller.signal,
-  });
-  if (!response.ok) return refusedStream(stream, response, session);
-  const feed = sseParser({
-    onEvent: (event) => onStreamEvent(stream, session, event),
-    onRetry: (ms) => { stream.retry = ms; stream.delay = Math.max(stream.delay, ms); },
-  });
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  while (isCurrent(stream) && !stream.finished) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    feed(value);
-  }
-  reader.cancel().catch(() => {});  // (already closed, or aborted: nothing to do)
-  return stream.finished || "dropped";
-}
-
-async function refusedStream(stream, response, session) {
-  const body = await readJson(response);
-  if (response.status >= 500) return "dropped";  // a restart or an overload: worth another try
-  if (response.status === 401) onUnauthenticated(session, body);
-  else if (isCurrent(stream)) showError("#action-error", errorText(response.status, body));
-  return "refused";
-}
-
-function onStreamEvent(stream, session, { type, data, id }) {
-  if (!isCurrent(stream)) return;
-  if (id) stream.lastEventId = id;
-  if (type === "message") {
-    stream.delay = stream.retry;  // the connection works: the next drop waits the least again
-    let update;
-    try {
-      update = JSON.parse(data);
-    } catch (_) {
-      return;
-    }
-    onUpdate(stream.workflowId, update);
-  } else if (type === "end") {
-    stream.finished = "end";  // watch() looks at the workflow once more
-  } else if (type === "error") {  // a refusal in the middle of the stream, as a JSON error body
-    stream.finished = "error";
-    let body;
-    try {
-      body = JSON.parse(data);
-    } catch (_) {
-      body = { message: data };
-    }
-    if (body.status === "UNAUTHENTICATED") onUnauthenticated(session, body);
-    else showError("#action-error", errorText("error", body));
-  }
 }
 
 // The event stream format: `field: value` lines, a blank line ends an event, `:` starts a
@@ -798,63 +373,31 @@ function sseParser({ onEvent, onRetry }) {
   };
 }
 
-function onUpdate(workflowId, data) {
-  const event = data.event;
-  if (event && !state.seen.has(event.sequence)) {
-    state.seen.add(event.sequence);
-    const time = event.time ? new Date(event.time).toLocaleTimeString() : "";
-    const text = `#${event.sequence} ${time} ${shortEvent(event.type)}${event.message ? ": " + event.message : ""}`;
-    const item = element("li", text);
-    item.dataset.type = shortEvent(event.type);
-    $("#event-log").append(item);
-    item.scrollIntoView({ block: "nearest" });
+// One connection's events: onEvent for each, the server's `retry:` kept as the shortest wait
+// before the next connection, until the server closes it, `conn` is no longer wanted, or
+// `conn.finished` says why it ended ("dropped" otherwise).
+async function readEvents(response, conn, wanted, onEvent) {
+  const feed = sseParser({
+    onEvent,
+    onRetry: (ms) => { conn.retry = ms; conn.delay = Math.max(conn.delay, ms); },
+  });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  while (wanted() && !conn.finished) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    feed(value);
   }
-  const snapshot = data.snapshot;
-  if (!snapshot) return;
-  const status = shortStatus(snapshot.status);
-  setStatus(snapshot.status);
-  setProgress(snapshot.progress);
-  markListRow(workflowId, snapshot.status, snapshot.progress);
-  if (TERMINAL.has(status)) {
-    closeStream();  // the server ends the stream next anyway
-    showIfEnded(workflowId);
-  } else if (snapshot.is_processing || PROCESSING.has(status)) {
-    setView("processing");
-    if (snapshot.last_message) $("#processing-message").textContent = snapshot.last_message;
-  }
+  reader.cancel().catch(() => {});  // (already closed, or aborted: nothing to do)
+  return conn.finished || "dropped";
 }
 
-// Read the workflow once more, for its result and who decided; if it has ended, show that.
-// True when there is nothing more to watch.
-async function showIfEnded(workflowId) {
-  if (state.selected !== workflowId) return true;
-  try {
-    const answer = await api("GET", workflowPath(workflowId));
-    if (state.selected !== workflowId) return true;
-    if (!TERMINAL.has(shortStatus(answer.workflow.status))) return false;
-    render(answer.workflow);
-    markListRow(workflowId, answer.workflow.status, answer.workflow.progress);
-    return true;
-  } catch (error) {
-    report("#action-error", error);
+// A refusal worth another try later: a restart or an overload (5xx), or the caller's own rate
+// limit (429), whose Retry-After (seconds) becomes the wait before the next connection.
+function worthRetrying(response, conn) {
+  if (response.status === 429) {
+    const seconds = Number(response.headers.get("Retry-After"));
+    if (seconds > 0) conn.delay = Math.max(conn.delay, Math.min(seconds * 1000, 60_000));
     return true;
   }
+  return response.status >= 500 && response.status !== 501;
 }
-
-// --- start ----------------------------------------------------------------------------------
-
-document.addEventListener("DOMContentLoaded", () => {
-  $("#signin-form").addEventListener("submit", signIn);
-  $("#sign-out").addEventListener("click", signOut);
-  $("#plan-form").addEventListener("submit", submitPlan);
-  $("#refresh").addEventListener("click", refreshList);
-  $("#approve").addEventListener("click", () => state.selected && approveWorkflow(state.selected));
-  $("#reject").addEventListener("click", () => state.selected && rejectWorkflow(state.selected));
-  $("#cancel").addEventListener("click", cancelWorkflow);
-  $("#cancel-awaiting").addEventListener("click", cancelWorkflow);
-  $("#more-findings").addEventListener("click", loadFindings);
-  for (const button of document.querySelectorAll("button.export")) {
-    button.addEventListener("click", () => exportFindings(button.dataset.format));
-  }
-  start();
-});
