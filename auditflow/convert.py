@@ -58,6 +58,18 @@ def _value(value: struct_pb2.Value) -> Any:
     return getattr(value, kind)
 
 
+def whole_numbers(value: Any) -> Any:
+    """JSON as its author wrote it: a protobuf Struct (and a plan stored from one) holds every
+    number as a double, so 5 comes back as 5.0."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(item) for item in value]
+    return value
+
+
 def plan_to_json(plan: list[pb.PlanStep] | Any) -> str:
     """The plan as stored: a JSON list of {"procedure", "parameters"}, and "sources" (the data
     files' fingerprints) on a step that reads files. A step without sources is stored as

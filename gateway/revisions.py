@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from auditflow import convert
+
 ADDED, REMOVED, CHANGED = "added", "removed", "changed"
 
 
@@ -83,4 +85,4 @@ def _value(where: str, old: Any, new: Any) -> Iterator[FieldChange]:
 
 
 def _text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return json.dumps(convert.whole_numbers(value), sort_keys=True, ensure_ascii=False)

@@ -18,7 +18,7 @@ from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from auditflow import statuses
+from auditflow import convert, statuses
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 
@@ -70,7 +70,7 @@ def to_data(message: Message) -> dict[str, Any]:
     whole numbers as 3.0); timestamps stay RFC 3339 strings."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True,
                                      always_print_fields_with_no_presence=True)  # fmt: skip
-    whole: dict[str, Any] = _whole_numbers(_int64_numbers(cast(Descriptor, message.DESCRIPTOR), data))
+    whole: dict[str, Any] = convert.whole_numbers(_int64_numbers(cast(Descriptor, message.DESCRIPTOR), data))
     return whole
 
 
@@ -105,17 +105,7 @@ def to_json_line(message: Message) -> str:
 
 def pretty(data: Any) -> str:
     """Indented JSON; whole numbers shown as such (a protobuf Struct holds every number as a double)."""
-    return json.dumps(_whole_numbers(data), indent=2, sort_keys=True, ensure_ascii=False)
-
-
-def _whole_numbers(data: Any) -> Any:
-    if isinstance(data, float) and data.is_integer() and abs(data) < 2**53:
-        return int(data)
-    if isinstance(data, dict):
-        return {key: _whole_numbers(value) for key, value in data.items()}
-    if isinstance(data, list):
-        return [_whole_numbers(value) for value in data]
-    return data
+    return json.dumps(convert.whole_numbers(data), indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
@@ -336,7 +326,7 @@ def review_text(workflow: pb.Workflow) -> str:
     lines.append(f"max cycles    {workflow.max_cycles}")
     lines.append("plan")
     for index, step in enumerate(workflow.plan, start=1):
-        parameters = _whole_numbers(json_format.MessageToDict(step.parameters))
+        parameters = convert.whole_numbers(json_format.MessageToDict(step.parameters))
         lines.append(f"  {index}. {step.procedure} {json.dumps(parameters, sort_keys=True)}")
         for source in step.sources:
             lines.append("     " + source_line(source))

@@ -175,3 +175,9 @@ def test_resume_tokens_round_trip_and_refuse_anything_else() -> None:
 def test_fingerprint_json_is_exact() -> None:
     taken = Fingerprint("path", "a.csv", 1, "f" * 64, 1_733_000_000_123_456_789)
     assert Fingerprint.from_json(json.loads(json.dumps(taken.to_json()))) == taken
+
+
+def test_numbers_are_shown_as_written() -> None:
+    old = version("t", 15, {"procedure": "p", "parameters": {"top": 5.0, "z": 2.5}})
+    new = version("t", 15, {"procedure": "p", "parameters": {"top": 10.0, "z": 2.5}})
+    assert revisions.changes(old, new) == [FieldChange("plan[0].parameters.top", "changed", "5", "10")]
