@@ -146,27 +146,39 @@ def script_outliers(con: Any) -> int:
 
 
 def script_benford(con: Any) -> int:
-    """First digits: the MAD verdict, then the significant over-represented digits, and the
-    vendors behind each digit (the same per-vendor counts the procedure ranks)."""
-    d = "CAST(left(CAST(abs(cents) AS VARCHAR), 1) AS INTEGER)"
+    """First digits: counts per first two digits and magnitude (as the procedure keeps them),
+    the MAD verdict, the significant and material over-represented digits, and for each the
+    50 largest entries of the band where its excess lies."""
+    text = "CAST(abs(cents) AS VARCHAR)"
+    cells = con.execute(
+        f"SELECT CAST(left({text}, 1) AS INTEGER), length({text}), count(*) FROM l WHERE abs(cents) >= 1000 "
+        "GROUP BY 1, 2"
+    ).fetchall()
     counts: dict[int, int] = {}
-    for digit, count in con.execute(
-        f"SELECT {d}, count(*) FROM l WHERE abs(cents) >= 1000 GROUP BY 1, length(CAST(abs(cents) AS VARCHAR))"
-    ).fetchall():
+    sizes: dict[int, int] = {}
+    for digit, magnitude, count in cells:
         counts[digit] = counts.get(digit, 0) + count
-    con.execute(f"SELECT vendor, {d}, count(*) FROM l WHERE abs(cents) >= 1000 GROUP BY 1, 2").fetchall()
+        sizes[magnitude] = sizes.get(magnitude, 0) + count
     n = sum(counts.values())
-    benford = [math.log10(1 + 1 / d) for d in range(1, 10)]
-    observed = [counts.get(d, 0) / n for d in range(1, 10)]
-    chi2 = sum(n * (o - p) ** 2 / p for o, p in zip(observed, benford, strict=True))
-    p_value = math.exp(-chi2 / 2) * sum((chi2 / 2) ** i / math.factorial(i) for i in range(4))
-    mad = sum(abs(o - p) for o, p in zip(observed, benford, strict=True)) / 9
-    if mad <= 0.015 or p_value >= 0.01:
+    benford = {d: math.log10(1 + 1 / d) for d in range(1, 10)}
+    mad = sum(abs(counts.get(d, 0) / n - p) for d, p in benford.items()) / 9
+    if mad <= 0.012:
         return 0
-    return sum(
-        o > p and (abs(o - p) - 1 / (2 * n)) / math.sqrt(p * (1 - p) / n) > 2.5758
-        for o, p in zip(observed, benford, strict=True)
-    )
+    flagged = [
+        d
+        for d, p in benford.items()
+        if counts.get(d, 0) / n - p > 0.012
+        and (counts.get(d, 0) / n - p - 1 / (2 * n)) / math.sqrt(p * (1 - p) / n) > 2.5758
+    ]
+    for d in flagged:
+        own = {m: c for digit, m, c in cells if digit == d}
+        magnitude = max(own, key=lambda m: own[m] - sizes[m] * benford[d])
+        unit = 10 ** (magnitude - 1)
+        con.execute(
+            "SELECT entry_id FROM l WHERE abs(cents) BETWEEN ? AND ? ORDER BY abs(cents) DESC LIMIT 50",
+            [d * unit, (d + 1) * unit - 1],
+        ).fetchall()
+    return len(flagged)
 
 
 def child_script(path: str) -> dict[str, Any]:
