@@ -22,7 +22,6 @@ data, so a run that resumes in another process cuts the same chunks.
 from __future__ import annotations
 
 import csv
-import itertools
 import logging
 import os
 import re
@@ -55,6 +54,7 @@ COLUMNS = (
 )
 SAMPLE_BYTES = 64 * 1024  # what CreateWorkflow reads of a CSV ledger to check it
 PARQUET_MAGIC = b"PAR1"
+FORMATS = "a ledger is a CSV (UTF-8, comma-separated, a header line), Parquet or Excel (.xlsx) file"
 CACHE_SIZE = 2
 logger = logging.getLogger(__name__)
 DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "1GB")
@@ -159,20 +159,29 @@ def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
 
 
 def sample_problem(sample: bytes, *, whole: bool) -> str | None:
-    """What the first bytes of a CSV ledger show to be wrong, cheaply: not UTF-8 (with the
-    line), no header, another separator than the comma, a header and no entries (when the
-    sample is the whole file). None when nothing shows."""
+    """What the first bytes of a CSV ledger show to be wrong, cheaply: binary content or no
+    line break (not a CSV ledger at all), not UTF-8 (with the line, column and byte offset),
+    no header, another separator than the comma, a header and no entries (when the sample is
+    the whole file). None when nothing shows."""
     if not sample.strip():
         return f"the file is empty: expected a header line with {', '.join(COLUMNS)}"
+    if (nul := sample.find(b"\0")) >= 0:
+        return f"not a CSV ledger: binary content (a NUL byte at byte offset {nul}); {FORMATS}"
+    if b"\n" not in sample and not whole:
+        return (
+            f"not a CSV ledger: no line break in its first {len(sample) // 1024} KiB, where a CSV ledger "
+            f"has its header line; {FORMATS}"
+        )
     lines = sample.split(b"\n")
     if not whole and len(lines) > 1:
         lines = lines[:-1]  # the last one may be cut in the middle of a character
+    offset = 0
     for number, raw in enumerate(lines, start=1):
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            where = f"the byte {raw[exc.start]:#04x} at position {exc.start + 1}"
-            return f"line {number} is not UTF-8 ({where}): save the ledger as UTF-8"
+            return f"line {number} is not UTF-8 ({not_utf8(raw, exc, offset)}): save the ledger as UTF-8"
+        offset += len(raw) + 1
     header = lines[0].decode("utf-8").strip().lstrip("\ufeff")
     names = next(csv.reader([header]), [])
     if len(names) == 1 and (separator := _other_separator(header)):
@@ -183,6 +192,12 @@ def sample_problem(sample: bytes, *, whole: bool) -> str | None:
     if whole and not any(line.strip() for line in lines[1:]) and not [c for c in COLUMNS if c not in names]:
         return "the ledger has no entries (a header line only)"
     return None
+
+
+def not_utf8(line: bytes, exc: UnicodeDecodeError, offset: int) -> str:
+    """Where a byte that is not UTF-8 is: its value, column in the line, offset in the file
+    (`offset`: where the line starts), so that an editor or `xxd` finds it."""
+    return f"the byte {line[exc.start]:#04x} at column {exc.start + 1}, byte offset {offset + exc.start}"
 
 
 def _other_separator(header: str) -> str | None:
@@ -336,13 +351,18 @@ def _load_csv(path: Path, label: str) -> Ledger:
 
 
 def _csv_header(path: Path, label: str) -> list[str]:
+    """The header of a CSV ledger, after the cheap checks of its first bytes (the same as at
+    CreateWorkflow): a binary or newline-free file is not a CSV ledger, whatever its columns."""
     try:
         with path.open("rb") as handle:
-            header = next(csv.reader(_decoded(itertools.islice(handle, 1), label)), None)
-    except (OSError, csv.Error) as exc:
-        raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
-    if header is None:
-        raise CriticalError(f"{label}: the ledger is empty (no header line)")
+            sample = handle.read(SAMPLE_BYTES)
+            whole = not handle.read(1)
+    except OSError as exc:
+        raise CriticalError(f"{label}: cannot read the ledger: {exc.strerror or exc}") from exc
+    problem = sample_problem(sample, whole=whole)
+    if problem:
+        raise CriticalError(f"{label}: {problem}")
+    header = next(csv.reader([sample.split(b"\n", 1)[0].decode("utf-8")]), [])
     names = [name.strip().lstrip("\ufeff") for name in header]
     missing = [c for c in COLUMNS if c not in names]
     if missing:
@@ -491,6 +511,7 @@ def read_ledger(path: Path, label: str | None = None) -> int:
     reports, so only on the error path."""
     label = label or str(path)
     count = 0
+    reader = None
     try:
         with path.open("rb") as handle:
             reader = csv.reader(_decoded(handle, label))
@@ -522,20 +543,24 @@ def read_ledger(path: Path, label: str | None = None) -> int:
                 if not value.is_finite():
                     raise CriticalError(f"{label}:{line}: amount {row[i_amount]!r} is not a number")
                 count += 1
-    except (OSError, csv.Error) as exc:
+    except OSError as exc:
         raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 1
+        raise CriticalError(f"{label}:{line}: not valid CSV: {exc}") from exc
     if not count:
         raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
     return count
 
 
 def _decoded(handle: Iterable[bytes], label: str) -> Iterator[str]:
-    """The file's lines as text, a byte that is not UTF-8 named by its line and column."""
+    """The file's lines as text, a byte that is not UTF-8 named by its line, column and offset."""
+    offset = 0
     for number, raw in enumerate(handle, start=1):
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CriticalError(
-                f"{label}:{number}: not UTF-8 (the byte {raw[exc.start]:#04x} at position {exc.start + 1}); "
-                "save the ledger as UTF-8"
+                f"{label}:{number}: not UTF-8 ({not_utf8(raw, exc, offset)}); save the ledger as UTF-8"
             ) from None
+        offset += len(raw)
