@@ -103,7 +103,7 @@ def _regular(resolved: Path, given: str, limit: int) -> Path:
     except OSError as exc:
         raise Refused(f"{given!r}: cannot be read ({exc.strerror})") from None
     if stat.S_ISDIR(info.st_mode):
-        raise Refused(f"{given!r} is a directory; name a ledger file (CSV or Parquet) in it")
+        raise Refused(f"{given!r} is a directory; name a ledger file (CSV, Parquet or Excel) in it")
     if not stat.S_ISREG(info.st_mode):
         raise Refused(f"{given!r} is not a regular file")
     if info.st_size > limit:

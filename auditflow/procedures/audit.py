@@ -1,6 +1,6 @@
 """Built-in audit procedures over a ledger of journal entries or payments, in DuckDB, in chunks.
 
-Every procedure reads the ledger named by its parameters (`path` of a CSV or Parquet file
+Every procedure reads the ledger named by its parameters (`path` of a CSV, Parquet or Excel file
 under a data root, or `source` and `table` of a database the server names; columns
 `entry_id, posting_date, vendor, account, amount, currency, description, created_by,
 approved_by`). Each call of a procedure hands over the findings it found

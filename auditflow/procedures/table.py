@@ -1,18 +1,22 @@
-"""The ledger as a DuckDB table: read from CSV, Parquet or a SQLAlchemy database, checked, cached.
+"""The ledger as a DuckDB table: read from a CSV, Parquet or Excel file or a SQLAlchemy database, checked, cached.
 
-A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledger.parquet"}`
-(a file under a data root) or `{"source": "books", "table": "entries"}` (a database the server
-names; see `auditflow.sources`). `open_ledger` reads it once per
+A ledger source is given by a step's parameters: `{"path": "ledger.csv"}` (a file under a data
+root; CSV, Parquet or Excel .xlsx, told apart by content, not by name: see `ledger_format`) or
+`{"source": "books", "table": "entries"}` (a database the server names; see
+`auditflow.sources`). `open_ledger` reads it once per
 process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
 DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`, and
 `amount DECIMAL(38, 6)` with `scale`, the decimals it is written with, for exact totals) and
 keeps it in a small cache keyed by the source (for files: path, size and modification time),
-so that the chunks of a plan's steps do not read the file again. Any problem (missing file or
-columns, an amount or date that does not parse, no rows, not UTF-8) is a `CriticalError` that
-names the source, the line (CSV) or row and the problem.
+so that the chunks of a plan's steps do not read the file again. Every format goes through the
+same conversions and checks, so the procedures find the same things in each. Any problem
+(missing file or columns, an amount or date that does not parse, no rows, not UTF-8, not a
+ledger at all) is a `CriticalError` that names the source, the line (CSV) or row and the
+problem.
 
 `check_source` is the cheap part of that, for `validate` at CreateWorkflow: the source is
-there, readable, has a header (CSV, UTF-8) or schema (Parquet, SQL table) with every column.
+there, readable, has a header (CSV, UTF-8; Excel's first sheet) or schema (Parquet, SQL table)
+with every column.
 
 `Ledger.chunks(key, rows)` cuts the ledger into contiguous ranges of `key` (vendor or account)
 values of about `rows` rows each, never splitting one key value; the cut depends only on the
@@ -27,19 +31,23 @@ import os
 import re
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from auditflow import sources
 from auditflow.errors import FieldViolation
 from auditflow.procedures import CriticalError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COLUMNS = (
     "entry_id",
@@ -54,6 +62,7 @@ COLUMNS = (
 )
 SAMPLE_BYTES = 64 * 1024  # what CreateWorkflow reads of a CSV ledger to check it
 PARQUET_MAGIC = b"PAR1"
+ZIP_MAGIC = b"PK\x03\x04"
 FORMATS = "a ledger is a CSV (UTF-8, comma-separated, a header line), Parquet or Excel (.xlsx) file"
 CACHE_SIZE = 2
 logger = logging.getLogger(__name__)
@@ -71,14 +80,21 @@ def money(cents: int) -> str:
 # --- sources ---------------------------------------------------------------------------------
 
 
-def is_parquet(path: Path) -> bool:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return True
+def ledger_format(path: Path) -> str:
+    """What a ledger file is, by its content, whatever its name: "parquet" (the magic bytes
+    PAR1), "xlsx" (a ZIP holding an Excel workbook) or "csv" (anything else, checked as CSV)."""
     try:
         with path.open("rb") as handle:
-            return handle.read(4) == PARQUET_MAGIC
-    except OSError:
-        return False
+            magic = handle.read(4)
+        if magic == PARQUET_MAGIC:
+            return "parquet"
+        if magic == ZIP_MAGIC and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if "xl/workbook.xml" in archive.namelist():
+                    return "xlsx"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return "csv"
 
 
 def _sql_label(name: str, table: str) -> str:
@@ -98,14 +114,14 @@ def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
         )
         return
     if path is None and name is None:
-        yield FieldViolation("parameters.path", "required: a CSV or Parquet ledger file (or source and table)")
+        yield FieldViolation("parameters.path", "required: a CSV, Parquet or Excel ledger file (or source and table)")
         return
     if path is not None:
         if name is not None or table is not None:
             yield FieldViolation("parameters", "give either path, or source and table, not both")
             return
         if not isinstance(path, str) or not path:
-            yield FieldViolation("parameters.path", "required: a CSV or Parquet ledger file under a data root")
+            yield FieldViolation("parameters.path", "required: a CSV, Parquet or Excel ledger file under a data root")
             return
         try:
             file = sources.current().file(path)
@@ -129,7 +145,11 @@ def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
 
 
 def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
-    if is_parquet(file):
+    kind = ledger_format(file)
+    if kind == "xlsx":
+        yield from _check_xlsx(file, given)
+        return
+    if kind == "parquet":
         try:
             with _connect() as con:
                 names = [
@@ -205,6 +225,36 @@ def _other_separator(header: str) -> str | None:
         if header.count(separator) >= len(COLUMNS) - 1:
             return name
     return None
+
+
+def _check_xlsx(file: Path, given: str) -> Iterator[FieldViolation]:
+    """An Excel ledger's first sheet has a header row with every column and an entry."""
+    try:
+        rows = _xlsx_rows(file)
+        header = next(rows, None)
+        first = next(rows, None)
+    except CriticalError as exc:
+        yield FieldViolation("parameters.path", f"{given}: {exc}")
+        return
+    if header is None:
+        yield FieldViolation("parameters.path", f"{given}: the first sheet is empty: expected a header row")
+        return
+    yield from _missing([name.strip() for name in header], given)
+    if first is None:
+        yield FieldViolation("parameters.path", f"{given}: the ledger has no entries (a header row only)")
+
+
+def _xlsx_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of an Excel workbook's first sheet as text (dates ISO, whole numbers without
+    '.0'), read by calamine; a workbook it cannot read is a `CriticalError`."""
+    from python_calamine import CalamineError, CalamineWorkbook
+
+    try:
+        sheet = CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0)
+        rows = sheet.iter_rows()
+    except (CalamineError, OSError, ValueError, IndexError) as exc:
+        raise CriticalError(f"not a readable Excel (.xlsx) workbook: {_first_line(exc)}") from exc
+    return ([_text(value) for value in row] for row in rows)
 
 
 def _check_sql(url: str, name: str, table: str) -> Iterator[FieldViolation]:
@@ -333,15 +383,43 @@ def open_ledger(parameters: dict[str, Any]) -> Ledger:
 
 
 def _load_file(path: Path, label: str) -> Ledger:
-    if is_parquet(path):
-        return _load(path, label, parquet=True)
+    kind = ledger_format(path)
+    if kind == "parquet":
+        return _load(path, label, kind="parquet")
+    if kind == "xlsx":
+        return _load_xlsx(path, label)
     return _load_csv(path, label)
+
+
+def _load_xlsx(path: Path, label: str) -> Ledger:
+    """The first sheet, as text columns (the values as a CSV would hold them), into DuckDB in
+    one Arrow table: the same conversions and checks as a CSV ledger, rows named as the
+    spreadsheet numbers them."""
+    import pyarrow as pa
+
+    try:
+        rows = _xlsx_rows(path)
+        header = next(rows, None)
+    except CriticalError as exc:
+        raise CriticalError(f"{label}: {exc}") from exc
+    if header is None:
+        raise CriticalError(f"{label}: the first sheet is empty: expected a header row")
+    names = [name.strip() for name in header]
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise CriticalError(f"{label}: missing columns: {', '.join(missing)} (found: {', '.join(names) or 'none'})")
+    index = {c: names.index(c) for c in COLUMNS}
+    columns: dict[str, list[str]] = {c: [] for c in COLUMNS}
+    for row in rows:
+        for column, i in index.items():
+            columns[column].append(row[i] if i < len(row) else "")
+    return _load(path, label, kind="xlsx", table=pa.table(columns))
 
 
 def _load_csv(path: Path, label: str) -> Ledger:
     header = _csv_header(path, label)
     try:
-        return _load(path, label, parquet=False, names=header)
+        return _load(path, label, kind="csv", names=header)
     except CriticalError:
         raise
     except duckdb.Error as exc:
@@ -370,16 +448,23 @@ def _csv_header(path: Path, label: str) -> list[str]:
     return names
 
 
-def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = None) -> Ledger:
+def _load(
+    path: Path, label: str, *, kind: str, names: list[str] | None = None, table: pa.Table | None = None
+) -> Ledger:
+    """Read the file (CSV, Parquet, or the Arrow `table` of an Excel sheet) into `ledger`."""
     con = _connect()
     try:
-        if parquet:
+        if kind == "parquet":
             try:
                 con.execute(
                     "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet(?)", [str(path)]
                 )
             except duckdb.Error as exc:
                 raise CriticalError(f"{label}: cannot read the Parquet ledger: {_first_line(exc)}") from exc
+        elif kind == "xlsx":
+            con.register("sheet", table)
+            con.execute("CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM sheet")
+            con.unregister("sheet")
         else:
             con.execute(
                 "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv(?, header = true, "
@@ -417,9 +502,11 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
         ).fetchone()
         if bad is not None:
             row_no, amount, posting_date, bad_amount = bad
-            if not parquet:
+            if kind == "csv":
                 read_ledger(path, label)  # the csv module's message, with the line
                 where = f"{label}:{row_no + 1}"
+            elif kind == "xlsx":
+                where = f"{label}: row {row_no + 1}"  # as the spreadsheet numbers it, after the header
             else:
                 where = f"{label}: row {row_no}"
             if bad_amount:
@@ -493,12 +580,16 @@ def _load_sql(url: str, name: str, table: str) -> Ledger:
 
 
 def _text(value: Any) -> str:
+    """A database or spreadsheet value as a CSV ledger would write it: dates ISO, whole
+    numbers without '.0'."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 

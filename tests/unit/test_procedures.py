@@ -155,7 +155,9 @@ def full(tmp_path: Path) -> Path:
 def test_a_non_utf8_ledger_is_a_critical_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes((HEADER + "JE-1,2026-01-01,Caf\xe9,6100,10,EUR,a,b,c\n").encode("latin-1"))
-    with pytest.raises(CriticalError, match=r"latin1.csv: line 2 is not UTF-8 \(the byte 0xe9 at column 20, byte offset 107\)"):
+    with pytest.raises(
+        CriticalError, match=r"latin1.csv: line 2 is not UTF-8 \(the byte 0xe9 at column 20, byte offset 107\)"
+    ):
         run("ledger_summary", path=str(path))
 
 
