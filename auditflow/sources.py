@@ -31,8 +31,8 @@ from typing import Any
 from auditflow import config
 from auditflow.config import ConfigError
 
-DEFAULT_MAX_LEDGER_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_LEDGER_ROWS = 5_000_000
+DEFAULT_MAX_LEDGER_BYTES = 1024 * 1024 * 1024  # a CSV of ten million entries is about 750 MB
+DEFAULT_MAX_LEDGER_ROWS = 10_000_000
 
 
 def samples_dir() -> Path:

@@ -29,8 +29,10 @@ import csv
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
+import weakref
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -66,7 +68,9 @@ ZIP_MAGIC = b"PK\x03\x04"
 FORMATS = "a ledger is a CSV (UTF-8, comma-separated, a header line), Parquet or Excel (.xlsx) file"
 CACHE_SIZE = 2
 logger = logging.getLogger(__name__)
-DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "1GB")
+# What DuckDB may hold in memory per ledger; past it, the table spills to a temporary
+# directory of its own, so that a ledger of ten million entries runs in a processor under 1 GiB.
+DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "512MB")
 DUCKDB_THREADS = int(os.environ.get("AUDITFLOW_DUCKDB_THREADS", "2"))
 
 
@@ -295,8 +299,12 @@ def _first_line(exc: BaseException) -> str:
 # --- the ledger table ------------------------------------------------------------------------
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(":memory:", config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
+def _connect(spill: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB within the memory limit; with `spill`, the directory it spills to."""
+    config: dict[str, str | bool | int | float | list[str]] = {"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY}
+    if spill is not None:
+        config["temp_directory"] = spill
+    return duckdb.connect(":memory:", config=config)
 
 
 @dataclass
@@ -451,26 +459,33 @@ def _csv_header(path: Path, label: str) -> list[str]:
 def _load(
     path: Path, label: str, *, kind: str, names: list[str] | None = None, table: pa.Table | None = None
 ) -> Ledger:
-    """Read the file (CSV, Parquet, or the Arrow `table` of an Excel sheet) into `ledger`."""
-    con = _connect()
+    """Read the file (CSV, Parquet, or the Arrow `table` of an Excel sheet) into `ledger`, in
+    one pass: `raw` is a view of the file, read again only to quote a bad value. The table
+    spills past the memory limit to a directory of its own, removed with the ledger."""
+    spill = tempfile.mkdtemp(prefix="auditflow-duckdb-")
+    try:
+        con = _connect(spill)
+    except BaseException:
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
     try:
         if kind == "parquet":
             try:
                 con.execute(
-                    "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet(?)", [str(path)]
+                    f"CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet({_quoted(path)})"
                 )
+                con.execute("DESCRIBE raw")
             except duckdb.Error as exc:
                 raise CriticalError(f"{label}: cannot read the Parquet ledger: {_first_line(exc)}") from exc
         elif kind == "xlsx":
             con.register("sheet", table)
-            con.execute("CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM sheet")
-            con.unregister("sheet")
+            con.execute("CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM sheet")
         else:
+            columns = ", ".join(f"{_quoted(n)}: 'VARCHAR'" for n in names or [])
             con.execute(
-                "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv(?, header = true, "
-                "all_varchar = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true, "
-                "encoding = 'utf-8', auto_detect = false, columns = ?)",
-                [str(path), {n: "VARCHAR" for n in names or []}],
+                "CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv("
+                f"{_quoted(path)}, header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
+                f"strict_mode = true, encoding = 'utf-8', auto_detect = false, columns = {{{columns}}})"
             )
         types = {row[0]: str(row[1]) for row in con.execute("DESCRIBE raw").fetchall()}
         missing = [c for c in COLUMNS if c not in types]
@@ -496,12 +511,14 @@ def _load(
             FROM raw"""
         )
         bad = con.execute(
-            """SELECT l.row_no, CAST(r.amount AS VARCHAR), CAST(r.posting_date AS VARCHAR), l.cents IS NULL
-               FROM ledger l JOIN raw r USING (row_no) WHERE l.cents IS NULL OR l.posting_date IS NULL
-               ORDER BY l.row_no LIMIT 1"""
+            """SELECT row_no, cents IS NULL FROM ledger WHERE cents IS NULL OR posting_date IS NULL
+               ORDER BY row_no LIMIT 1"""
         ).fetchone()
         if bad is not None:
-            row_no, amount, posting_date, bad_amount = bad
+            row_no, bad_amount = bad
+            amount, posting_date = con.execute(
+                "SELECT CAST(amount AS VARCHAR), CAST(posting_date AS VARCHAR) FROM raw WHERE row_no = ?", [row_no]
+            ).fetchone() or (None, None)
             if kind == "csv":
                 read_ledger(path, label)  # the csv module's message, with the line
                 where = f"{label}:{row_no + 1}"
@@ -512,15 +529,30 @@ def _load(
             if bad_amount:
                 raise CriticalError(f"{where}: amount {amount!r} is not a number")
             raise CriticalError(f"{where}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
-        con.execute("DROP TABLE raw")
+        con.execute("DROP VIEW raw")
+        if kind == "xlsx":
+            con.unregister("sheet")
         count = con.execute("SELECT count(*) FROM ledger").fetchone()
         rows = int(count[0]) if count else 0
         if rows == 0:
             raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
-        return Ledger(label, con, rows)
+        ledger = Ledger(label, con, rows)
+        weakref.finalize(ledger, _discard, con, spill)
+        return ledger
     except BaseException:
-        con.close()
+        _discard(con, spill)
         raise
+
+
+def _discard(con: duckdb.DuckDBPyConnection, spill: str) -> None:
+    """Close a ledger's database and remove what it spilled."""
+    con.close()
+    shutil.rmtree(spill, ignore_errors=True)
+
+
+def _quoted(value: object) -> str:
+    """A SQL string literal (a view's definition cannot take parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def written_decimals(amount: str) -> str:
