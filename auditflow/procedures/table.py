@@ -508,8 +508,8 @@ def _load(
                 {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
                 {text("currency")} AS currency, {text("description")} AS description,
                 {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
-            FROM raw"""
-        )
+            FROM raw ORDER BY vendor, row_no"""
+        )  # (stored by vendor: a chunk's range of vendors reads its own row groups, not the whole table)
         bad = con.execute(
             """SELECT row_no, cents IS NULL FROM ledger WHERE cents IS NULL OR posting_date IS NULL
                ORDER BY row_no LIMIT 1"""
