@@ -250,7 +250,7 @@ def services(workdir: Path) -> Iterator[Any]:
         pair.stop()
 
 
-def through_services(pair: Any, plan: list[dict[str, Any]], title: str) -> dict[str, Any]:
+def through_services(pair: Any, plan: list[dict[str, Any]], title: str, max_cycles: int = 1000) -> dict[str, Any]:
     """Submit, approve, wait for the end; then export every finding as CSV over REST."""
     import grpc
 
@@ -263,7 +263,7 @@ def through_services(pair: Any, plan: list[dict[str, Any]], title: str) -> dict[
     steps = [pb.PlanStep(procedure=s["procedure"], parameters=convert.struct(s["parameters"])) for s in plan]
     with grpc.insecure_channel(pair.gateway.target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
-        request = wpb.CreateWorkflowRequest(title=title, plan=steps, max_cycles=1000)
+        request = wpb.CreateWorkflowRequest(title=title, plan=steps, max_cycles=max_cycles)
         workflow_id = stub.CreateWorkflow(request, metadata=as_user("bench-submitter")).workflow.workflow_id
         started = time.perf_counter()
         stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("bench-approver"))
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--findings", type=int, default=1_000_000, help="made-up findings of the last run")
     parser.add_argument("--repeat", type=int, default=1, help="copies of the generated ledger in the one measured")
     parser.add_argument("--services-only", action="store_true", help="only the run through the services")
+    parser.add_argument("--max-cycles", type=int, default=1000, help="max_cycles of the ledger runs (15: the default)")
     parser.add_argument("--child", choices=("plan", "script"), help=argparse.SUPPRESS)
     parser.add_argument("--ledger", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                         failed = True
                         print("    TARGET MISSED: 1M entries under 1 min and 2 GiB")
             with services(Path(tmp) / f"services-{rows}") as pair:
-                r = through_services(pair, plan_steps(str(path)), f"bench {rows}")
+                r = through_services(pair, plan_steps(str(path)), f"bench {rows}", args.max_cycles)
             print_services("through the services", r)
             if script_wall:
                 ratio = r["run_seconds"] / script_wall
