@@ -143,7 +143,26 @@ def _check_steps(plan: Sequence[pb.PlanStep], max_parameters_bytes: int) -> list
         if procedure.validate is not None:
             for v in procedure.validate(parameters):
                 violations.append(FieldViolation(f"{where}.{v.field}", v.description))
-    return violations
+    return once_per_plan(violations)
+
+
+def once_per_plan(violations: list[FieldViolation]) -> list[FieldViolation]:
+    """Each problem once: steps that read the same bad ledger give the same violation, which
+    is reported at the first of them, naming the others, rather than once per step."""
+    first: dict[tuple[str, str], int] = {}
+    others: dict[int, list[str]] = {}
+    for index, v in enumerate(violations):
+        step, _, rest = v.field.partition(".")
+        key = (rest, v.description)
+        if key in first:
+            others.setdefault(first[key], []).append(step)
+        else:
+            first[key] = index
+    return [
+        FieldViolation(v.field, f"{v.description} (the same for {', '.join(others[i])})") if i in others else v
+        for i, v in enumerate(violations)
+        if first[(v.field.partition(".")[2], v.description)] == i
+    ]
 
 
 def fingerprinted(plan: Sequence[pb.PlanStep]) -> list[pb.PlanStep]:

@@ -32,8 +32,8 @@ from typing import Any
 from auditflow import config
 from auditflow.config import ConfigError
 
-DEFAULT_MAX_LEDGER_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_LEDGER_ROWS = 5_000_000
+DEFAULT_MAX_LEDGER_BYTES = 1024 * 1024 * 1024  # a CSV of ten million entries is about 750 MB
+DEFAULT_MAX_LEDGER_ROWS = 10_000_000
 MAX_SHOWN = 120  # characters of a caller's path a message repeats
 
 
@@ -135,7 +135,7 @@ def _regular(resolved: Path, shown: str, limit: int) -> Path:
     except FileNotFoundError:
         raise Refused(f"{shown}: no such file") from None
     if stat.S_ISDIR(info.st_mode):
-        raise Refused(f"{shown} is a directory; name a ledger file (CSV or Parquet) in it")
+        raise Refused(f"{shown} is a directory; name a ledger file (CSV, Parquet or Excel) in it")
     if not stat.S_ISREG(info.st_mode):
         raise Refused(f"{shown} is not a regular file")
     if info.st_size > limit:

@@ -25,9 +25,10 @@ from the last checkpoint. A cycle must therefore be safe to repeat: derive every
 Long work should be cut into cycles through the state. The built-in plan orchestrator does it
 for chunked procedures (`auditflow.procedures.register_chunked`): its state is
 {"next_step", "results", "chunk_state"}, it calls the current step's chunk function with
-`chunk_state` until the step reports its result, several chunks per cycle within a time budget
-(`AUDITFLOW_CYCLE_BUDGET`, default 2 s), and a crash reruns the chunks since the last
-checkpoint. See docs/plugins.md.
+`chunk_state` until the step reports its result: per cycle at least the step's share of its
+chunks left (so that the plan finishes within `max_cycles` however slow the machine), more
+within a time budget (`AUDITFLOW_CYCLE_BUDGET`, default 2 s); a crash reruns the chunks since
+the last checkpoint. See docs/plugins.md.
 
 Fencing: `RunInfo.lease_epoch` is the run's lease epoch, one more on every claim. A cycle's
 checkpoint commits only while that lease holds, and a processor starts a cycle only with a

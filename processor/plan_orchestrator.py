@@ -13,18 +13,21 @@ size whatever the ledger.
 
 A chunked procedure (`auditflow.procedures.register_chunked`, e.g. the built-in audit
 procedures over a large ledger) is called once per chunk, and its chunk state is checkpointed
-with the run's state. A cycle does chunks of the current step until the step is done or the
-cycle has used its time budget (`AUDITFLOW_CYCLE_BUDGET` seconds, default 2; at least one
-chunk per cycle), so a cycle never holds a worker for long, and a cancel or a crash loses at
-most the chunks of one cycle. The budget, rather than one chunk per cycle, keeps the number of
-cycles of a plan near its work time divided by the budget whatever the chunk size, so that a
-plan over a million entries fits the default `max_cycles` (15).
+with the run's state. A cycle's work is bounded by work, not by the clock alone: each step is
+given the cycles the run can spare it (the cycles left under `max_cycles`, less one for each
+later step), and each cycle of the step does at least its share of the chunks left, so a step,
+and the plan, finish within `max_cycles` however slow the machine: a slow one takes longer per
+cycle, never more cycles. Past that share, a cycle goes on with more chunks until its time
+budget is used (`AUDITFLOW_CYCLE_BUDGET` seconds, default 2), so a fast machine needs fewer
+cycles, and a cancel or a crash loses at most the chunks of one cycle. A finished step ends its
+cycle. A cycle also ends once it holds `MAX_CYCLE_FINDINGS` findings (they are stored with it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -87,6 +90,8 @@ class PlanOrchestrator:
                 message = f"step {index}/{total} {name} done"
             else:
                 deadline = time.monotonic() + self.budget
+                cycles = cycles_for_step(run, total - index)
+                calls = 0
                 while True:
                     with procedures.running(context), tracing.span(step_span, attributes=traced) as span:
                         chunk = procedure.chunk(parameters, chunk_state)
@@ -94,6 +99,7 @@ class PlanOrchestrator:
                             span.set_attributes({"auditflow.chunk": chunk.done, "auditflow.chunks": chunk.total,
                                                  "auditflow.rows": chunk.rows,
                                                  "auditflow.findings": len(chunk.findings)})  # fmt: skip
+                    calls += 1
                     found.extend(_tagged(chunk.findings, index, name))
                     if chunk.result is not None:
                         results.append(_bounded(chunk.result, index, name, results))
@@ -102,7 +108,8 @@ class PlanOrchestrator:
                         message = f"step {index}/{total} {name} done"
                         break
                     chunk_state = chunk.state
-                    if time.monotonic() >= deadline or len(found) >= MAX_CYCLE_FINDINGS:
+                    share = math.ceil((chunk.total - chunk.done + calls) / cycles)  # the chunks left at the start
+                    if (calls >= share and time.monotonic() >= deadline) or len(found) >= MAX_CYCLE_FINDINGS:
                         message = f"step {index + 1}/{total} {name}: chunk {chunk.done}/{chunk.total} done"
                         break
         else:
@@ -120,6 +127,14 @@ class PlanOrchestrator:
             result=_result(run, results) if done else None,
             findings=found,
         )
+
+
+def cycles_for_step(run: RunInfo, steps_left: int) -> int:
+    """The cycles this step may take, this one included: those left under `max_cycles`, less
+    one for each later step (a step takes at least one cycle). At least one."""
+    if run.max_cycles <= 0:  # (no limit)
+        return 1_000_000
+    return max(1, run.max_cycles - run.cycle + 1 - (steps_left - 1))
 
 
 def _tagged(findings: Any, index: int, procedure: str) -> list[dict[str, Any]]:

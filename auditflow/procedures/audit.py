@@ -1,6 +1,6 @@
 """Built-in audit procedures over a ledger of journal entries or payments, in DuckDB, in chunks.
 
-Every procedure reads the ledger named by its parameters (`path` of a CSV or Parquet file
+Every procedure reads the ledger named by its parameters (`path` of a CSV, Parquet or Excel file
 under a data root, or `source` and `table` of a database the server names; columns
 `entry_id, posting_date, vendor, account, amount, currency, description, created_by,
 approved_by`). Each call of a procedure hands over the findings it found
@@ -44,7 +44,7 @@ from statistics import NormalDist
 from typing import Any
 
 from auditflow.errors import FieldViolation
-from auditflow.procedures import AUDIT_PROCEDURES, Chunk, ChunkFn, CriticalError, register_chunked
+from auditflow.procedures import AUDIT_PROCEDURES, Chunk, ChunkFn, CriticalError, register_chunked, stats
 from auditflow.procedures.table import COLUMNS, Ledger, check_source, money, open_ledger
 
 __all__ = ["COLUMNS", "PROCEDURES", "money"]
@@ -312,241 +312,153 @@ duplicate_payments = audit_procedure(
 
 # --- benford_first_digit ---------------------------------------------------------------------
 
-BENFORD = [math.log10(1 + 1 / d) for d in range(1, 10)]
-# Nigrini (2012), Benford's Law, table 7.1: first-digit MAD conformity ranges.
-MAD_BANDS = ((0.006, "close conformity"), (0.012, "acceptable conformity"), (0.015, "marginal conformity"))
-BENFORD_IDS = 50
-
-
-def first_digit(cents: int) -> int:
-    """The first significant digit of an amount (0 for zero)."""
-    value = abs(cents)
-    while value >= 10:
-        value //= 10
-    return value
-
-
-def chi2_sf_8(x: float) -> float:
-    """P(X > x) for a chi-square variable with 8 degrees of freedom (closed form, even df)."""
-    half = x / 2
-    return math.exp(-half) * sum(half**i / math.factorial(i) for i in range(4))
-
-
-def mad_conformity(mad: float) -> str:
-    for limit, label in MAD_BANDS:
-        if mad <= limit:
-            return label
-    return "nonconformity"
+BENFORD_IDS = 50  # entries a Benford finding lists
 
 
 def _benford_scan(
     ledger: Ledger, parameters: dict[str, Any], where: str, args: list[Any], extra: dict[str, Any]
 ) -> list[Finding]:
+    """Count the chunk's amounts per first two digits and magnitude (the first-digit test
+    folds the pairs); the test itself runs once, at the end, on the counts of the whole."""
     floor = max(_cents_param(parameters, "min_amount", 10), 1)
-    digits = f"""SELECT row_no, entry_id, vendor, abs(cents) AS value,
-                        CAST(left(CAST(abs(cents) AS VARCHAR), 1) AS INTEGER) AS digit,
-                        length(CAST(abs(cents) AS VARCHAR)) AS magnitude
-                 FROM ledger WHERE {where} AND abs(cents) >= {floor}"""
-    cursor = ledger.cursor()
-    cells = cursor.execute(
-        f"SELECT digit, magnitude, count(*), sum(value) FROM ({digits}) GROUP BY digit, magnitude", args
-    ).fetchall()
-    for digit, magnitude, count, total in cells:
-        cell = extra.setdefault("cells", {}).setdefault(str(digit), {}).setdefault(str(magnitude), [0, 0])
+    cells = (
+        ledger.cursor()
+        .execute(
+            f"""SELECT CAST(left(rpad(text, 2, '0'), 2) AS INTEGER), length(text), count(*), sum(value)
+                FROM (SELECT abs(cents) AS value, CAST(abs(cents) AS VARCHAR) AS text FROM ledger
+                      WHERE {where} AND abs(cents) >= {floor})
+                GROUP BY ALL""",
+            args,
+        )
+        .fetchall()
+    )
+    for pair, magnitude, count, total in cells:
+        cell = extra.setdefault("cells", {}).setdefault(str(pair), {}).setdefault(str(magnitude), [0, 0])
         cell[0] += int(count)
         cell[1] += int(total)
-    sample = extra.setdefault("sample", {})
-    for digit, bound, excess, vendor, row_no, entry_id in cursor.execute(_benford_sample_sql(digits), args).fetchall():
-        sample.setdefault(str(digit), []).append([float(bound), float(excess), vendor, int(row_no), entry_id])
-    for digit, entries in sample.items():
-        sample[digit] = sorted(entries, key=lambda e: (-e[0], -e[1], e[2], e[3]))[:BENFORD_IDS]
     return []
-
-
-def _benford_sample_sql(digits: str) -> str:
-    """Per digit, the entries of the vendors whose amounts start with it most consistently: by
-    the lower 95 % (Wilson) bound of the vendor's share of that digit, among the vendors whose
-    bound is above Benford's share (a whole vendor is in one chunk). A vendor paid almost only
-    amounts with that digit comes first; a busy vendor whose amounts merely cluster near it,
-    or a vendor with one such entry, comes later or not at all."""
-    benford = ", ".join(f"({d}, CAST({p!r} AS DOUBLE))" for d, p in enumerate(BENFORD, start=1))
-    z2 = 1.96**2
-    share = "c / n"
-    bound = (
-        f"({share} + {z2} / (2 * n) - 1.96 * sqrt({share} * (1 - {share}) / n + {z2} / (4 * n * n))) / (1 + {z2} / n)"
-    )
-    return f"""WITH d AS ({digits}),
-            benford(digit, p) AS (VALUES {benford}),
-            v AS (SELECT vendor, count(*) AS n FROM d GROUP BY vendor),
-            vd AS (SELECT vendor, digit, count(*) AS c, any_value(v.n) AS n, any_value(benford.p) AS p
-                   FROM d JOIN v USING (vendor) JOIN benford USING (digit) GROUP BY vendor, digit),
-            top AS (SELECT vendor, digit, bound, c - n * p AS excess FROM (SELECT *, {bound} AS bound FROM vd)
-                    WHERE bound > p
-                    QUALIFY row_number() OVER (PARTITION BY digit ORDER BY bound DESC, excess DESC, vendor)
-                            <= {BENFORD_IDS})
-        SELECT digit, bound, excess, vendor, row_no, entry_id FROM d JOIN top USING (digit, vendor)
-        QUALIFY row_number() OVER (PARTITION BY digit ORDER BY bound DESC, excess DESC, vendor, row_no)
-                <= {BENFORD_IDS}"""
-
-
-@dataclass(frozen=True)
-class DigitTest:
-    """One first digit against Benford's law, over `n` amounts; `cells` and `sizes` are its
-    count and sum, and the count of all amounts, per magnitude (digits of the cents)."""
-
-    digit: int
-    n: int
-    cells: dict[int, tuple[int, int]]
-    sizes: dict[int, int]
-
-    @property
-    def count(self) -> int:
-        return sum(c for c, _ in self.cells.values())
-
-    @property
-    def expected(self) -> float:
-        return BENFORD[self.digit - 1]
-
-    @property
-    def actual(self) -> float:
-        return self.count / self.n
-
-    @property
-    def excess(self) -> float:
-        """Entries beyond what Benford expects (negative when under-represented)."""
-        return self.count - self.n * self.expected
-
-    @property
-    def z(self) -> float:
-        """Nigrini's z-statistic of the proportion, with the continuity correction."""
-        e = self.expected
-        return (abs(self.actual - e) - 1 / (2 * self.n)) / math.sqrt(e * (1 - e) / self.n)
-
-    @property
-    def magnitude(self) -> int:
-        """Where the excess lies: the magnitude whose count of this digit is the most above
-        Benford's share of all the amounts of that magnitude."""
-        return max(self.cells, key=lambda m: (self.cells[m][0] - self.sizes[m] * self.expected, -m))
-
-    @property
-    def excess_cents(self) -> int:
-        """The excess entries valued at the average amount of this digit where the excess lies
-        (e.g. 400.00 to 499.99): the digit's sum less its expected share, without letting the
-        digit's large amounts of other magnitudes inflate it."""
-        if self.excess <= 0:
-            return 0
-        count, total = self.cells[self.magnitude]
-        return round(self.excess * total / count)
-
-    @property
-    def severity(self) -> str:
-        """High when this digit alone puts the MAD past the marginal band: its excess, matched
-        by as much deficit elsewhere, adds 2 x excess / 9 to the MAD."""
-        return "high" if 2 * (self.actual - self.expected) / 9 > MAD_BANDS[-1][0] else "medium"
 
 
 def _benford_finish(
     ledger: Ledger, parameters: dict[str, Any], extra: dict[str, Any]
 ) -> tuple[list[Finding], dict[str, Any]]:
     alpha = float(parameters.get("alpha", 0.01))
+    width = int(parameters.get("leading_digits", 1))
     floor = _cents_param(parameters, "min_amount", 10)
     min_entries = int(parameters.get("min_entries", 100))
-    cells = {
-        d: {int(m): (int(c), int(t)) for m, (c, t) in extra.get("cells", {}).get(str(d), {}).items()}
-        for d in range(1, 10)
-    }
-    sizes: dict[int, int] = defaultdict(int)
-    for by_magnitude in cells.values():
-        for m, (c, _) in by_magnitude.items():
-            sizes[m] += c
-    n = sum(sizes.values())
+    pairs = {int(p): {int(m): (int(c), int(t)) for m, (c, t) in ms.items()} for p, ms in extra.get("cells", {}).items()}
+    cells = stats.fold(pairs, width)
+    counts = {d: sum(c for c, _ in by_magnitude.values()) for d, by_magnitude in cells.items()}
+    n = sum(counts.values())
     if n < min_entries:
         return [], {"tested": n, "skipped": f"fewer than {min_entries} amounts of at least {money(floor)}"}
-    tests = [DigitTest(d, n, cells[d], dict(sizes)) for d in range(1, 10)]
-    chi2 = sum(t.excess**2 / (n * t.expected) for t in tests)
-    p_value = chi2_sf_8(chi2)
-    mad = sum(abs(t.actual - t.expected) for t in tests) / 9
-    conformity = mad_conformity(mad)
-    # The verdict is the MAD's; at small n the MAD of a conforming ledger is inflated by chance
-    # (about 0.24 / sqrt(n)), so findings also need the chi-square to reject at alpha.
-    flagged = [
-        t
-        for t in tests
-        if conformity == "nonconformity" and p_value < alpha and t.excess > 0 and t.z > _z_critical(alpha)
-    ]
-    findings = [_benford_finding(t, mad, extra.get("sample", {}).get(str(t.digit), [])) for t in flagged]
+    test = stats.benford_test(counts, width, alpha)
+    bounds = {r.digits: _excess_bounds(r, test, cells) for r in test.flagged}
+    ranked = _largest_in(ledger, bounds, {r.digits: min(math.ceil(r.excess), BENFORD_IDS) for r in test.flagged})
+    findings = [_benford_finding(r, test, cells, bounds[r.digits], ranked.get(r.digits, [])) for r in test.flagged]
     summary = {
+        "test": stats.TEST_NAMES[width],
         "tested": n,
-        "chi_square": round(chi2, 3),
-        "p_value": p_value,
-        "mad": round(mad, 5),
-        "conformity": conformity,
-        "digits": [t.digit for t in flagged],
-        "observed": {str(t.digit): round(t.actual, 4) for t in tests},
-        "expected": {str(t.digit): round(t.expected, 4) for t in tests},
-        "excess": {str(t.digit): round(t.excess) for t in tests},
-        "z": {str(t.digit): round(t.z, 2) for t in tests},
+        "chi_square": round(test.chi_square, 3),
+        "p_value": test.p_value,
+        "mad": round(test.mad, 6),
+        "conformity": test.conformity,
+        "digits": [r.digits for r in test.flagged],
+        "observed": {str(r.digits): round(r.actual, 5) for r in test.results},
+        "expected": {str(r.digits): round(r.expected, 5) for r in test.results},
+        "excess": {str(r.digits): round(r.excess) for r in test.results},
+        "z": {str(r.digits): round(r.z, 2) for r in test.results},
     }
     return findings, summary
 
 
-def _benford_finding(test: DigitTest, mad: float, sample: list[list[Any]]) -> Finding:
-    vendors = list(dict.fromkeys(e[2] for e in sample))
-    shown = ", ".join(vendors[:3]) + (f" and {len(vendors) - 3} more" if len(vendors) > 3 else "")
-    unit = 10 ** (test.magnitude - 1)
-    where = f"{money(test.digit * unit)} to {money((test.digit + 1) * unit - 1)}"
+def _excess_bounds(result: stats.DigitResult, test: stats.BenfordResult, cells: stats.Cells) -> tuple[int, int]:
+    magnitude = stats.excess_magnitude(result, cells)
+    assert magnitude is not None  # a flagged digit has amounts
+    return stats.cell_bounds(result.digits, test.width, magnitude)
+
+
+def _largest_in(ledger: Ledger, bounds: dict[int, tuple[int, int]], limits: dict[int, int]) -> dict[int, list[str]]:
+    """Per flagged digit, the entries of the band of amounts where its excess lies, largest
+    first (one pass over the ledger for every digit)."""
+    if not bounds:
+        return {}
+    values = ", ".join(f"({d}, {low}, {high}, {limits[d]})" for d, (low, high) in bounds.items())
+    rows = (
+        ledger.cursor()
+        .execute(
+            f"""WITH band(digits, low, high, k) AS (VALUES {values})
+                SELECT digits, entry_id FROM ledger JOIN band ON abs(cents) BETWEEN low AND high
+                QUALIFY row_number() OVER (PARTITION BY digits ORDER BY abs(cents) DESC, row_no) <= k
+                ORDER BY digits, abs(cents) DESC, row_no"""
+        )
+        .fetchall()
+    )
+    ranked: dict[int, list[str]] = defaultdict(list)
+    for digits, entry_id in rows:
+        ranked[int(digits)].append(entry_id)
+    return ranked
+
+
+def _benford_finding(
+    result: stats.DigitResult,
+    test: stats.BenfordResult,
+    cells: stats.Cells,
+    bounds: tuple[int, int],
+    entries: list[str],
+) -> Finding:
+    value = stats.excess_value(result, cells)
+    band = f"{money(bounds[0])} to {money(bounds[1])}"
+    name = "first digit" if test.width == 1 else "first two digits"
     return Finding(
         "benford_first_digit",
-        test.severity,
-        [e[4] for e in sample],
-        test.excess_cents,
-        f"first digit {test.digit}: {test.actual:.1%} of {test.n} amounts, Benford expects {test.expected:.1%} "
-        f"(z = {test.z:.1f}), {round(test.excess)} entries too many, most from {where}: about "
-        f"{money(test.excess_cents)} at their average there; distribution nonconforming (MAD {mad:.4f}). "
-        f"Entries shown: of the vendors paid most consistently amounts starting with {test.digit} ({shown})",
+        test.severity(result),
+        entries,
+        value,
+        f"{name} {result.digits}: {result.actual:.2%} of {result.n} amounts, Benford expects "
+        f"{result.expected:.2%} (z = {result.z:.1f}), {round(result.excess)} entries too many, most from "
+        f"{band}: about {money(value)} at their average there; {test.conformity} (MAD {test.mad:.4f}). "
+        f"Entries shown: the largest from {band}",
     )
-
-
-def _z_critical(alpha: float) -> float:
-    """Two-sided normal critical value for `alpha`."""
-    return -NormalDist().inv_cdf(alpha / 2)
 
 
 benford_first_digit = audit_procedure(
     "benford_first_digit",
-    """First-digit distribution of the amounts against Benford's law, judged by its MAD (Nigrini).
+    """Leading digits of the amounts against Benford's law, judged by the MAD (Nigrini).
 
-    Detects: a first-digit distribution that does not conform to Benford's law, and the
-    digits that have too many entries. The verdict is the mean absolute deviation (MAD)
-    between the observed and expected proportions, in Nigrini's first-digit bands (close
-    <= 0.006, acceptable <= 0.012, marginal <= 0.015, else nonconformity): unlike the
-    chi-square, which rejects any real ledger once it is large, the MAD does not grow with
-    the number of amounts. The summary also has the chi-square (8 degrees of freedom), its
-    p-value, and per digit the proportions, the excess entries and the z-statistic.
-    Findings only when the distribution is nonconforming (and, against chance at small n, the
-    chi-square rejects at `alpha`): one per over-represented digit whose z (with continuity
-    correction) is significant at `alpha`. Its amount is the digit's excess: the sum of its
-    entries less the share Benford expects (the excess entries at the digit's average amount).
-    Its entries (up to 50) are those of the vendors with the most entries of that digit beyond
-    Benford's share of their own count, most first: where to look first, as Nigrini drills
-    down from a digit into the subsets (vendors, employees) that cause it. Severity high when
-    the digit alone puts the MAD past the marginal band (2 x excess proportion / 9 > 0.015),
+    Detects: a leading-digit distribution that does not conform to Benford's law, and the
+    digits with materially too many entries. `leading_digits` 1 (default) runs the
+    first-digit test (1-9), 2 the first-two-digits test (10-99), which points at a narrow band
+    of amounts. The verdict is the mean absolute deviation (MAD) between observed and expected
+    proportions, in Nigrini's bands (first digit: close <= 0.006, acceptable <= 0.012,
+    marginal <= 0.015; first two: 0.0012, 0.0018, 0.0022; past them nonconformity): unlike the
+    chi-square, which rejects any real ledger once it is large, the MAD does not grow with the
+    number of amounts. The summary also has the chi-square, its p-value, and per digit the
+    proportions, the excess entries and the z-statistic.
+    A digit is a finding only when conformity is not acceptable (marginal or nonconformity),
+    it has more entries than expected with a z (continuity-corrected) significant at `alpha`,
+    and its excess is material: its proportion exceeds Benford's by more than the acceptable
+    MAD (0.012, or 0.0018 for two digits). A large ledger makes every deviation significant;
+    only material ones are flagged. The finding's amount is its excess entries at their
+    average amount in the band where the excess lies (e.g. 480.00 to 489.99); its entries
+    (as many as the excess, up to 50) are the largest of that band. Severity high when the
+    digit alone puts the MAD past the marginal band (2 x excess proportion / number of digits),
     medium otherwise. Under-represented digits are not findings.
     Amounts below `min_amount` (default 10) are left out, as Nigrini advises; with fewer than
     `min_entries` (default 100) amounts the test is not run.
     Ledger: path, or source and table; chunk_rows (default 250000).
-    Parameters: alpha (default 0.01); min_amount (10); min_entries (100).
+    Parameters: leading_digits (1); alpha (0.01); min_amount (10); min_entries (100).
     Reference: Nigrini, M. (2012), Benford's Law: Applications for Forensic Accounting,
-    Auditing, and Fraud Detection, Wiley, ch. 5 and 7 (the z-statistic; table 7.1, the
-    first-digit MAD conformity ranges).
+    Auditing, and Fraud Detection, Wiley, ch. 5 and 7 (the first-two digits test, the
+    z-statistic; table 7.1, the MAD conformity ranges).
     """,
     _benford_scan,
     _benford_finish,
+    leading_digits=(lambda value: value in (1, 2) and not isinstance(value, bool), "1 (first digit) or 2 (first two)"),
     alpha=(_number(1e-9, 0.2), "a significance level between 1e-9 and 0.2"),
     min_amount=(_number(0, 1e12), "an amount of at least 0"),
     min_entries=(_number(10, 1e9, whole=True), "a whole number of at least 10"),
 )
-
 
 # --- round_amounts ---------------------------------------------------------------------------
 

@@ -1,18 +1,22 @@
-"""The ledger as a DuckDB table: read from CSV, Parquet or a SQLAlchemy database, checked, cached.
+"""The ledger as a DuckDB table: read from a CSV, Parquet or Excel file or a SQLAlchemy database, checked, cached.
 
-A ledger source is given by a step's parameters: `{"path": "ledger.csv" | "ledger.parquet"}`
-(a file under a data root) or `{"source": "books", "table": "entries"}` (a database the server
-names; see `auditflow.sources`). `open_ledger` reads it once per
+A ledger source is given by a step's parameters: `{"path": "ledger.csv"}` (a file under a data
+root; CSV, Parquet or Excel .xlsx, told apart by content, not by name: see `ledger_format`) or
+`{"source": "books", "table": "entries"}` (a database the server names; see
+`auditflow.sources`). `open_ledger` reads it once per
 process into an in-memory DuckDB table `ledger` (columns `row_no, entry_id, posting_date
 DATE, vendor, account, cents BIGINT, currency, description, created_by, approved_by`, and
 `amount DECIMAL(38, 6)` with `scale`, the decimals it is written with, for exact totals) and
 keeps it in a small cache keyed by the source (for files: path, size and modification time),
-so that the chunks of a plan's steps do not read the file again. Any problem (missing file or
-columns, an amount or date that does not parse, no rows, not UTF-8) is a `CriticalError` that
-names the source, the line (CSV) or row and the problem.
+so that the chunks of a plan's steps do not read the file again. Every format goes through the
+same conversions and checks, so the procedures find the same things in each. Any problem
+(missing file or columns, an amount or date that does not parse, no rows, not UTF-8, not a
+ledger at all) is a `CriticalError` that names the source, the line (CSV) or row and the
+problem.
 
 `check_source` is the cheap part of that, for `validate` at CreateWorkflow: the source is
-there, readable, has a header (CSV, UTF-8) or schema (Parquet, SQL table) with every column.
+there, readable, has a header (CSV, UTF-8; Excel's first sheet) or schema (Parquet, SQL table)
+with every column.
 
 `Ledger.chunks(key, rows)` cuts the ledger into contiguous ranges of `key` (vendor or account)
 values of about `rows` rows each, never splitting one key value; the cut depends only on the
@@ -22,19 +26,21 @@ data, so a run that resumes in another process cuts the same chunks.
 from __future__ import annotations
 
 import csv
-import itertools
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
+import weakref
+import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -42,6 +48,9 @@ from auditflow import sources
 from auditflow.errors import FieldViolation
 from auditflow.fingerprints import VERIFIER, Fingerprint, Identity, Mismatch
 from auditflow.procedures import CriticalError, SourceChanged, current_run
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 COLUMNS = (
     "entry_id",
@@ -56,9 +65,13 @@ COLUMNS = (
 )
 SAMPLE_BYTES = 64 * 1024  # what CreateWorkflow reads of a CSV ledger to check it
 PARQUET_MAGIC = b"PAR1"
+ZIP_MAGIC = b"PK\x03\x04"
+FORMATS = "a ledger is a CSV (UTF-8, comma-separated, a header line), Parquet or Excel (.xlsx) file"
 CACHE_SIZE = 2
 logger = logging.getLogger(__name__)
-DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "1GB")
+# What DuckDB may hold in memory per ledger; past it, the table spills to a temporary
+# directory of its own, so that a ledger of ten million entries runs in a processor under 1 GiB.
+DUCKDB_MEMORY = os.environ.get("AUDITFLOW_DUCKDB_MEMORY", "512MB")
 DUCKDB_THREADS = int(os.environ.get("AUDITFLOW_DUCKDB_THREADS", "2"))
 
 
@@ -72,14 +85,21 @@ def money(cents: int) -> str:
 # --- sources ---------------------------------------------------------------------------------
 
 
-def is_parquet(path: Path) -> bool:
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return True
+def ledger_format(path: Path) -> str:
+    """What a ledger file is, by its content, whatever its name: "parquet" (the magic bytes
+    PAR1), "xlsx" (a ZIP holding an Excel workbook) or "csv" (anything else, checked as CSV)."""
     try:
         with path.open("rb") as handle:
-            return handle.read(4) == PARQUET_MAGIC
-    except OSError:
-        return False
+            magic = handle.read(4)
+        if magic == PARQUET_MAGIC:
+            return "parquet"
+        if magic == ZIP_MAGIC and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if "xl/workbook.xml" in archive.namelist():
+                    return "xlsx"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return "csv"
 
 
 def _sql_label(name: str, table: str) -> str:
@@ -99,14 +119,14 @@ def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
         )
         return
     if path is None and name is None:
-        yield FieldViolation("parameters.path", "required: a CSV or Parquet ledger file (or source and table)")
+        yield FieldViolation("parameters.path", "required: a CSV, Parquet or Excel ledger file (or source and table)")
         return
     if path is not None:
         if name is not None or table is not None:
             yield FieldViolation("parameters", "give either path, or source and table, not both")
             return
         if not isinstance(path, str) or not path:
-            yield FieldViolation("parameters.path", "required: a CSV or Parquet ledger file under a data root")
+            yield FieldViolation("parameters.path", "required: a CSV, Parquet or Excel ledger file under a data root")
             return
         try:
             file = sources.current().file(path)
@@ -130,7 +150,11 @@ def check_source(parameters: dict[str, Any]) -> Iterator[FieldViolation]:
 
 
 def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
-    if is_parquet(file):
+    kind = ledger_format(file)
+    if kind == "xlsx":
+        yield from _check_xlsx(file, given)
+        return
+    if kind == "parquet":
         try:
             with _connect() as con:
                 names = [
@@ -161,20 +185,29 @@ def _check_file(file: Path, given: str) -> Iterator[FieldViolation]:
 
 
 def sample_problem(sample: bytes, *, whole: bool) -> str | None:
-    """What the first bytes of a CSV ledger show to be wrong, cheaply: not UTF-8 (with the
-    line), no header, another separator than the comma, a header and no entries (when the
-    sample is the whole file). None when nothing shows."""
+    """What the first bytes of a CSV ledger show to be wrong, cheaply: binary content or no
+    line break (not a CSV ledger at all), not UTF-8 (with the line, column and byte offset),
+    no header, another separator than the comma, a header and no entries (when the sample is
+    the whole file). None when nothing shows."""
     if not sample.strip():
         return f"the file is empty: expected a header line with {', '.join(COLUMNS)}"
+    if (nul := sample.find(b"\0")) >= 0:
+        return f"not a CSV ledger: binary content (a NUL byte at byte offset {nul}); {FORMATS}"
+    if b"\n" not in sample and not whole:
+        return (
+            f"not a CSV ledger: no line break in its first {len(sample) // 1024} KiB, where a CSV ledger "
+            f"has its header line; {FORMATS}"
+        )
     lines = sample.split(b"\n")
     if not whole and len(lines) > 1:
         lines = lines[:-1]  # the last one may be cut in the middle of a character
+    offset = 0
     for number, raw in enumerate(lines, start=1):
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            where = f"the byte {raw[exc.start]:#04x} at position {exc.start + 1}"
-            return f"line {number} is not UTF-8 ({where}): save the ledger as UTF-8"
+            return f"line {number} is not UTF-8 ({not_utf8(raw, exc, offset)}): save the ledger as UTF-8"
+        offset += len(raw) + 1
     header = lines[0].decode("utf-8").strip().lstrip("\ufeff")
     names = next(csv.reader([header]), [])
     if len(names) == 1 and (separator := _other_separator(header)):
@@ -187,11 +220,47 @@ def sample_problem(sample: bytes, *, whole: bool) -> str | None:
     return None
 
 
+def not_utf8(line: bytes, exc: UnicodeDecodeError, offset: int) -> str:
+    """Where a byte that is not UTF-8 is: its value, column in the line, offset in the file
+    (`offset`: where the line starts), so that an editor or `xxd` finds it."""
+    return f"the byte {line[exc.start]:#04x} at column {exc.start + 1}, byte offset {offset + exc.start}"
+
+
 def _other_separator(header: str) -> str | None:
     for separator, name in ((";", "semicolon"), ("\t", "tab"), ("|", "pipe")):
         if header.count(separator) >= len(COLUMNS) - 1:
             return name
     return None
+
+
+def _check_xlsx(file: Path, given: str) -> Iterator[FieldViolation]:
+    """An Excel ledger's first sheet has a header row with every column and an entry."""
+    try:
+        rows = _xlsx_rows(file)
+        header = next(rows, None)
+        first = next(rows, None)
+    except CriticalError as exc:
+        yield FieldViolation("parameters.path", f"{given}: {exc}")
+        return
+    if header is None:
+        yield FieldViolation("parameters.path", f"{given}: the first sheet is empty: expected a header row")
+        return
+    yield from _missing([name.strip() for name in header], given)
+    if first is None:
+        yield FieldViolation("parameters.path", f"{given}: the ledger has no entries (a header row only)")
+
+
+def _xlsx_rows(path: Path) -> Iterator[list[str]]:
+    """The rows of an Excel workbook's first sheet as text (dates ISO, whole numbers without
+    '.0'), read by calamine; a workbook it cannot read is a `CriticalError`."""
+    from python_calamine import CalamineError, CalamineWorkbook
+
+    try:
+        sheet = CalamineWorkbook.from_path(str(path)).get_sheet_by_index(0)
+        rows = sheet.iter_rows()
+    except (CalamineError, OSError, ValueError, IndexError) as exc:
+        raise CriticalError(f"not a readable Excel (.xlsx) workbook: {_first_line(exc)}") from exc
+    return ([_text(value) for value in row] for row in rows)
 
 
 def _check_sql(url: str, name: str, table: str) -> Iterator[FieldViolation]:
@@ -232,8 +301,12 @@ def _first_line(exc: BaseException) -> str:
 # --- the ledger table ------------------------------------------------------------------------
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(":memory:", config={"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY})
+def _connect(spill: str | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB within the memory limit; with `spill`, the directory it spills to."""
+    config: dict[str, str | bool | int | float | list[str]] = {"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY}
+    if spill is not None:
+        config["temp_directory"] = spill
+    return duckdb.connect(":memory:", config=config)
 
 
 @dataclass
@@ -348,15 +421,43 @@ def verified(file: Path, approved: Fingerprint) -> Identity:
 
 
 def _load_file(path: Path, label: str) -> Ledger:
-    if is_parquet(path):
-        return _load(path, label, parquet=True)
+    kind = ledger_format(path)
+    if kind == "parquet":
+        return _load(path, label, kind="parquet")
+    if kind == "xlsx":
+        return _load_xlsx(path, label)
     return _load_csv(path, label)
+
+
+def _load_xlsx(path: Path, label: str) -> Ledger:
+    """The first sheet, as text columns (the values as a CSV would hold them), into DuckDB in
+    one Arrow table: the same conversions and checks as a CSV ledger, rows named as the
+    spreadsheet numbers them."""
+    import pyarrow as pa
+
+    try:
+        rows = _xlsx_rows(path)
+        header = next(rows, None)
+    except CriticalError as exc:
+        raise CriticalError(f"{label}: {exc}") from exc
+    if header is None:
+        raise CriticalError(f"{label}: the first sheet is empty: expected a header row")
+    names = [name.strip() for name in header]
+    missing = [c for c in COLUMNS if c not in names]
+    if missing:
+        raise CriticalError(f"{label}: missing columns: {', '.join(missing)} (found: {', '.join(names) or 'none'})")
+    index = {c: names.index(c) for c in COLUMNS}
+    columns: dict[str, list[str]] = {c: [] for c in COLUMNS}
+    for row in rows:
+        for column, i in index.items():
+            columns[column].append(row[i] if i < len(row) else "")
+    return _load(path, label, kind="xlsx", table=pa.table(columns))
 
 
 def _load_csv(path: Path, label: str) -> Ledger:
     header = _csv_header(path, label)
     try:
-        return _load(path, label, parquet=False, names=header)
+        return _load(path, label, kind="csv", names=header)
     except CriticalError:
         raise
     except duckdb.Error as exc:
@@ -366,13 +467,18 @@ def _load_csv(path: Path, label: str) -> Ledger:
 
 
 def _csv_header(path: Path, label: str) -> list[str]:
+    """The header of a CSV ledger, after the cheap checks of its first bytes (the same as at
+    CreateWorkflow): a binary or newline-free file is not a CSV ledger, whatever its columns."""
     try:
         with path.open("rb") as handle:
-            header = next(csv.reader(_decoded(itertools.islice(handle, 1), label)), None)
-    except (OSError, csv.Error) as exc:
-        raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
-    if header is None:
-        raise CriticalError(f"{label}: the ledger is empty (no header line)")
+            sample = handle.read(SAMPLE_BYTES)
+            whole = not handle.read(1)
+    except OSError as exc:
+        raise CriticalError(f"{label}: cannot read the ledger: {exc.strerror or exc}") from exc
+    problem = sample_problem(sample, whole=whole)
+    if problem:
+        raise CriticalError(f"{label}: {problem}")
+    header = next(csv.reader([sample.split(b"\n", 1)[0].decode("utf-8")]), [])
     names = [name.strip().lstrip("\ufeff") for name in header]
     missing = [c for c in COLUMNS if c not in names]
     if missing:
@@ -380,22 +486,36 @@ def _csv_header(path: Path, label: str) -> list[str]:
     return names
 
 
-def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = None) -> Ledger:
-    con = _connect()
+def _load(
+    path: Path, label: str, *, kind: str, names: list[str] | None = None, table: pa.Table | None = None
+) -> Ledger:
+    """Read the file (CSV, Parquet, or the Arrow `table` of an Excel sheet) into `ledger`, in
+    one pass: `raw` is a view of the file, read again only to quote a bad value. The table
+    spills past the memory limit to a directory of its own, removed with the ledger."""
+    spill = tempfile.mkdtemp(prefix="auditflow-duckdb-")
     try:
-        if parquet:
+        con = _connect(spill)
+    except BaseException:
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
+    try:
+        if kind == "parquet":
             try:
                 con.execute(
-                    "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet(?)", [str(path)]
+                    f"CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet({_quoted(path)})"
                 )
+                con.execute("DESCRIBE raw")
             except duckdb.Error as exc:
                 raise CriticalError(f"{label}: cannot read the Parquet ledger: {_first_line(exc)}") from exc
+        elif kind == "xlsx":
+            con.register("sheet", table)
+            con.execute("CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM sheet")
         else:
+            columns = ", ".join(f"{_quoted(n)}: 'VARCHAR'" for n in names or [])
             con.execute(
-                "CREATE TABLE raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv(?, header = true, "
-                "all_varchar = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true, "
-                "encoding = 'utf-8', auto_detect = false, columns = ?)",
-                [str(path), {n: "VARCHAR" for n in names or []}],
+                "CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv("
+                f"{_quoted(path)}, header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
+                f"strict_mode = true, encoding = 'utf-8', auto_detect = false, columns = {{{columns}}})"
             )
         types = {row[0]: str(row[1]) for row in con.execute("DESCRIBE raw").fetchall()}
         missing = [c for c in COLUMNS if c not in types]
@@ -418,32 +538,51 @@ def _load(path: Path, label: str, *, parquet: bool, names: list[str] | None = No
                 {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
                 {text("currency")} AS currency, {text("description")} AS description,
                 {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
-            FROM raw"""
-        )
+            FROM raw ORDER BY vendor, row_no"""
+        )  # (stored by vendor: a chunk's range of vendors reads its own row groups, not the whole table)
         bad = con.execute(
-            """SELECT l.row_no, CAST(r.amount AS VARCHAR), CAST(r.posting_date AS VARCHAR), l.cents IS NULL
-               FROM ledger l JOIN raw r USING (row_no) WHERE l.cents IS NULL OR l.posting_date IS NULL
-               ORDER BY l.row_no LIMIT 1"""
+            """SELECT row_no, cents IS NULL FROM ledger WHERE cents IS NULL OR posting_date IS NULL
+               ORDER BY row_no LIMIT 1"""
         ).fetchone()
         if bad is not None:
-            row_no, amount, posting_date, bad_amount = bad
-            if not parquet:
+            row_no, bad_amount = bad
+            amount, posting_date = con.execute(
+                "SELECT CAST(amount AS VARCHAR), CAST(posting_date AS VARCHAR) FROM raw WHERE row_no = ?", [row_no]
+            ).fetchone() or (None, None)
+            if kind == "csv":
                 read_ledger(path, label)  # the csv module's message, with the line
                 where = f"{label}:{row_no + 1}"
+            elif kind == "xlsx":
+                where = f"{label}: row {row_no + 1}"  # as the spreadsheet numbers it, after the header
             else:
                 where = f"{label}: row {row_no}"
             if bad_amount:
                 raise CriticalError(f"{where}: amount {amount!r} is not a number")
             raise CriticalError(f"{where}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
-        con.execute("DROP TABLE raw")
+        con.execute("DROP VIEW raw")
+        if kind == "xlsx":
+            con.unregister("sheet")
         count = con.execute("SELECT count(*) FROM ledger").fetchone()
         rows = int(count[0]) if count else 0
         if rows == 0:
             raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
-        return Ledger(label, con, rows)
+        ledger = Ledger(label, con, rows)
+        weakref.finalize(ledger, _discard, con, spill)
+        return ledger
     except BaseException:
-        con.close()
+        _discard(con, spill)
         raise
+
+
+def _discard(con: duckdb.DuckDBPyConnection, spill: str) -> None:
+    """Close a ledger's database and remove what it spilled."""
+    con.close()
+    shutil.rmtree(spill, ignore_errors=True)
+
+
+def _quoted(value: object) -> str:
+    """A SQL string literal (a view's definition cannot take parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def written_decimals(amount: str) -> str:
@@ -503,12 +642,16 @@ def _load_sql(url: str, name: str, table: str) -> Ledger:
 
 
 def _text(value: Any) -> str:
+    """A database or spreadsheet value as a CSV ledger would write it: dates ISO, whole
+    numbers without '.0'."""
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     return str(value)
 
 
@@ -521,6 +664,7 @@ def read_ledger(path: Path, label: str | None = None) -> int:
     reports, so only on the error path."""
     label = label or str(path)
     count = 0
+    reader = None
     try:
         with path.open("rb") as handle:
             reader = csv.reader(_decoded(handle, label))
@@ -552,20 +696,24 @@ def read_ledger(path: Path, label: str | None = None) -> int:
                 if not value.is_finite():
                     raise CriticalError(f"{label}:{line}: amount {row[i_amount]!r} is not a number")
                 count += 1
-    except (OSError, csv.Error) as exc:
+    except OSError as exc:
         raise CriticalError(f"{label}: cannot read the ledger: {exc}") from exc
+    except csv.Error as exc:
+        line = reader.line_num if reader is not None else 1
+        raise CriticalError(f"{label}:{line}: not valid CSV: {exc}") from exc
     if not count:
         raise CriticalError(f"{label}: the ledger has no entries (a header line only)")
     return count
 
 
 def _decoded(handle: Iterable[bytes], label: str) -> Iterator[str]:
-    """The file's lines as text, a byte that is not UTF-8 named by its line and column."""
+    """The file's lines as text, a byte that is not UTF-8 named by its line, column and offset."""
+    offset = 0
     for number, raw in enumerate(handle, start=1):
         try:
             yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CriticalError(
-                f"{label}:{number}: not UTF-8 (the byte {raw[exc.start]:#04x} at position {exc.start + 1}); "
-                "save the ledger as UTF-8"
+                f"{label}:{number}: not UTF-8 ({not_utf8(raw, exc, offset)}); save the ledger as UTF-8"
             ) from None
+        offset += len(raw)

@@ -18,7 +18,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from tests.support.cluster import Pair
-from tests.support.grpc_helpers import as_user, assert_trail_intact, step
+from tests.support.grpc_helpers import as_user, assert_trail_intact, get_workflow, step, watched_events
 
 S = pb.WorkflowStatus
 ROWS = 12_000
@@ -57,9 +57,7 @@ def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path,
         stub.Approve(approve, metadata=as_user("alice"), timeout=5)
 
         def workflow() -> pb.Workflow:
-            return stub.GetWorkflow(
-                wpb.GetWorkflowRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=5
-            ).workflow
+            return get_workflow(stub, workflow_id, timeout=5)
 
         deadline = time.monotonic() + 60
         while workflow().progress.done < 2:  # killed in step 3 or later, mid-step
@@ -74,13 +72,7 @@ def test_an_audit_killed_mid_plan_resumes_with_the_same_findings(tmp_path: Path,
             time.sleep(0.1)
         final = workflow()
         assert final.status == S.WORKFLOW_STATUS_COMPLETED, final
-        events = [
-            m.event
-            for m in stub.WatchStatus(
-                wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=60
-            )
-            if m.HasField("event")
-        ]
+        events = watched_events(stub, workflow_id)
 
         assert_trail_intact(stub, workflow_id, events)
     assert any(e.type == pb.EVENT_TYPE_STARTED and "resumed" in e.message for e in events)

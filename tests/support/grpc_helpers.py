@@ -95,3 +95,18 @@ def assert_trail_intact(stub: Any, workflow_id: str, events: list[pb.WorkflowEve
     assert local.problem is None and local.head_hash == verified.head_hash == events[-1].hash, local
     if events[-1].type == pb.EVENT_TYPE_COMPLETED:
         assert events[-1].result_digest and verified.head_hash, events[-1]
+
+
+def get_workflow(stub: Any, workflow_id: str, timeout: float = 30) -> pb.Workflow:
+    """The workflow as an observer sees it."""
+    request = wpb.GetWorkflowRequest(workflow_id=workflow_id)
+    workflow: pb.Workflow = stub.GetWorkflow(request, metadata=as_user("observer"), timeout=timeout).workflow
+    return workflow
+
+
+def watched_events(stub: Any, workflow_id: str, timeout: float = 60) -> list[pb.WorkflowEvent]:
+    """Every event of a finished workflow, as WatchStatus replays them."""
+    request = wpb.WatchStatusRequest(workflow_id=workflow_id)
+    return [
+        m.event for m in stub.WatchStatus(request, metadata=as_user("observer"), timeout=timeout) if m.HasField("event")
+    ]

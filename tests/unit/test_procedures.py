@@ -155,7 +155,9 @@ def full(tmp_path: Path) -> Path:
 def test_a_non_utf8_ledger_is_a_critical_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes((HEADER + "JE-1,2026-01-01,Caf\xe9,6100,10,EUR,a,b,c\n").encode("latin-1"))
-    with pytest.raises(CriticalError, match=r"latin1.csv:2: not UTF-8 \(the byte 0xe9 at position 20\)"):
+    with pytest.raises(
+        CriticalError, match=r"latin1.csv: line 2 is not UTF-8 \(the byte 0xe9 at column 20, byte offset 107\)"
+    ):
         run("ledger_summary", path=str(path))
 
 
@@ -197,3 +199,24 @@ def test_plan_checks_scan_the_installed_orchestrators_once(ledger: Path, monkeyp
     with pytest.raises(plans.InvalidArgument, match="unknown orchestrator 'nope' \\(known: plan\\)"):
         plans.check_plan("t", [step], 0, "nope")
     assert scans == [plans.ORCHESTRATOR_GROUP]
+
+
+def test_a_bad_ledger_is_reported_once_per_plan(tmp_path: Path) -> None:
+    """Every step of the sample plan reads the same ledger: its problem is said once, at the
+    first step, naming the others, not nine times."""
+    from auditflow import plans
+    from auditflow.v1 import workflow_pb2 as pb
+
+    bad = tmp_path / "ledger.csv"
+    bad.write_bytes(b"\x00\x01binary" * 100)
+    steps = []
+    for name in ("duplicate_payments", "benford_first_digit", "round_amounts"):
+        step = pb.PlanStep(procedure=name)
+        step.parameters.update({"path": str(bad)})
+        steps.append(step)
+    with pytest.raises(plans.InvalidArgument) as caught:
+        plans.check_plan("t", steps, 0, "plan")
+    [violation] = caught.value.violations
+    assert violation.field == "plan[0].parameters.path"
+    assert "not a CSV ledger" in violation.description
+    assert violation.description.endswith("(the same for plan[1], plan[2])")

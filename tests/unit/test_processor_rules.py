@@ -179,3 +179,18 @@ def test_the_plan_orchestrator_is_registered_as_an_entry_point() -> None:
     assert isinstance(orchestrator.load("plan"), PlanOrchestrator)
     with pytest.raises(orchestrator.UnknownOrchestrator):
         orchestrator.load("nope")
+
+
+def test_a_cycle_does_its_share_of_the_chunks_however_slow_the_machine() -> None:
+    """With no time budget at all (the slowest machine), a step of five chunks given two
+    cycles does three, then two: it finishes within max_cycles."""
+    plan = [{"procedure": "test_findings", "parameters": {"count": 10, "per_chunk": 2}}]
+    plugin = PlanOrchestrator()
+    plugin.budget = 0
+    info = RunInfo("wf_x", "t", plan, 2, 1)
+    first = plugin.cycle(info, plugin.start(info))
+    assert len(first.findings) == 6 and first.message == "step 1/1 test_findings: chunk 3/5 done"
+    last = plugin.cycle(replace(info, cycle=2), first.state)
+    assert last.done and len(last.findings) == 4
+    roomy = plugin.cycle(replace(info, max_cycles=50), plugin.start(info))  # spare cycles: one chunk each
+    assert roomy.message == "step 1/1 test_findings: chunk 1/5 done"

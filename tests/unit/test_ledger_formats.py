@@ -1,0 +1,112 @@
+"""The same ledger as CSV, Parquet and Excel (.xlsx): told apart by content, not by name, and
+every procedure finds the same things in each.
+
+The Parquet and Excel files are made here from a generated CSV ledger with planted
+anomalies: Parquet with DuckDB (typed columns: DATE, DECIMAL), Excel with openpyxl (dates as
+date cells, amounts as numbers), each under a name that does not say its format.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import openpyxl
+import pytest
+
+from auditflow import synthetic
+from auditflow.procedures import CriticalError, load
+from auditflow.procedures.table import COLUMNS, ledger_format
+from tests.unit.test_audit_procedures import run
+
+NAMES = (*load().names(),)
+
+
+def to_xlsx(rows: list[list[Any]], path: Path) -> Path:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.title = "Journal"
+    for row in rows:
+        sheet.append(row)
+    book.save(path)
+    return path
+
+
+def typed(row: dict[str, str]) -> list[Any]:
+    """A CSV row as a spreadsheet holds it: a date cell, a number."""
+    values: list[Any] = [row[c] for c in COLUMNS]
+    values[COLUMNS.index("posting_date")] = date.fromisoformat(row["posting_date"])
+    values[COLUMNS.index("amount")] = float(Decimal(row["amount"]))
+    return values
+
+
+@pytest.fixture(scope="module")
+def ledgers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("formats")
+    source = folder / "ledger.csv"
+    assert synthetic.main(["--rows", "3000", "--seed", "5", "--out", str(source)]) == 0
+    truth = json.loads(source.with_suffix(".truth.json").read_text())
+    parquet = folder / "ledger-a.dat"
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT * REPLACE (CAST(posting_date AS DATE) AS posting_date, "
+            "CAST(amount AS DECIMAL(18, 2)) AS amount) FROM read_csv(?, all_varchar = true)) TO '"
+            + str(parquet)
+            + "' (FORMAT parquet)",
+            [str(source)],
+        )
+    with source.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    xlsx = to_xlsx([list(COLUMNS), *(typed(r) for r in rows)], folder / "ledger-b.dat")
+    return {"truth": truth, "csv": source, "parquet": parquet, "xlsx": xlsx}
+
+
+def test_the_format_is_told_by_content(ledgers: dict[str, Any]) -> None:
+    assert [ledger_format(ledgers[k]) for k in ("csv", "parquet", "xlsx")] == ["csv", "parquet", "xlsx"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["parquet", "xlsx"])
+def test_every_procedure_finds_the_same_in_every_format(ledgers: dict[str, Any], name: str, kind: str) -> None:
+    expected = run(name, ledgers["csv"], ledgers["truth"])
+    got = run(name, ledgers[kind], ledgers["truth"])
+    if name in ("ledger_summary", "vendor_totals"):  # (no findings: the whole result)
+        assert got == expected
+        return
+    assert got["findings"] == expected["findings"]
+    assert got["summary"] == expected["summary"]
+    planted = [a for a in ledgers["truth"]["anomalies"] if a["procedure"] == name and "entry_ids" in a]
+    assert bool(got["findings"]) == bool(planted)
+
+
+def test_a_bad_spreadsheet_row_is_named_as_the_spreadsheet_numbers_it(tmp_path: Path) -> None:
+    good = ["JE-1", date(2026, 1, 5), "Acme", "6100", 100.1, "EUR", "inv 1", "alice", "bob"]
+    bad = ["JE-2", date(2026, 1, 6), "Acme", "6100", "ten", "EUR", "inv 2", "alice", "bob"]
+    path = to_xlsx([list(COLUMNS), good, bad], tmp_path / "ledger.xlsx")
+    procedure = load().get("duplicate_payments")
+    assert procedure is not None
+    with pytest.raises(CriticalError, match=r"ledger.xlsx: row 3: amount 'ten' is not a number"):
+        procedure.run({"path": str(path)})
+
+
+def test_a_spreadsheet_is_checked_at_submission(tmp_path: Path) -> None:
+    procedure = load().get("round_amounts")
+    assert procedure is not None and procedure.validate is not None
+    cases = {
+        "missing columns: vendor": [["entry_id", "posting_date", "amount"], ["JE-1", date(2026, 1, 5), 1.0]],
+        "no entries (a header row only)": [list(COLUMNS)],
+    }
+    for why, rows in cases.items():
+        path = to_xlsx(rows, tmp_path / "ledger.xlsx")
+        violations = list(procedure.validate({"path": str(path)}))
+        assert [v.field for v in violations] == ["parameters.path"] and why in violations[0].description, violations
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(to_xlsx([list(COLUMNS)], tmp_path / "x.xlsx").read_bytes()[:2000])  # cut short
+    violations = list(procedure.validate({"path": str(broken)}))
+    assert [v.field for v in violations] == ["parameters.path"], violations
