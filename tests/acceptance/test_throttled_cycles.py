@@ -68,9 +68,11 @@ def test_a_throttled_processor_finishes_within_max_cycles(tmp_path: Path, monkey
                 plan=[step(name, **parameters) for name, parameters in steps],
                 max_cycles=MAX_CYCLES,
             )
-            workflow_id = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow.workflow_id
+            created = stub.CreateWorkflow(request, metadata=as_user("carol")).workflow
+            workflow_id = created.workflow_id
             throttler.start()
-            stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"), timeout=30)
+            approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag)
+            stub.Approve(approve, metadata=as_user("alice"), timeout=30)
 
             deadline = time.monotonic() + 240
             while not get_workflow(stub, workflow_id).is_completed:

@@ -139,7 +139,8 @@ async def test_a_watch_on_one_gateway_of_a_plan_approved_on_another_runs_to_the_
                 request = wpb.CreateWorkflowRequest(title="replicas", plan=[step("test_noop")] * 3)
                 created = await creator.CreateWorkflow(request, metadata=as_user("carol"))
                 workflow_id = created.workflow.workflow_id
-                await approver.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+                approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.workflow.etag)
+                await approver.Approve(approve, metadata=as_user("alice"))
                 events = await events_to_the_end(creator, workflow_id)
         finally:
             for gateway in gateways:

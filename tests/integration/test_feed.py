@@ -192,7 +192,7 @@ async def test_after_a_processor_restart_the_gateway_relinks_within_the_backoff_
             return not gateway.feed.connected.is_set()
 
         await until(link_down, "the gateway to see its feed break")
-        answer = await stub.Approve(wpb.ApproveRequest(workflow_id=workflow_id), metadata=as_user("alice"))
+        answer = await read_and_approve(stub, workflow_id, as_user("alice"))
         assert answer.approved and not answer.background_processing_started
         assert QUEUED in answer.processing_message, answer.processing_message
         await asyncio.sleep(OUTAGE)  # (the outage itself: the gateway keeps retrying meanwhile)
