@@ -40,7 +40,6 @@ from auditflow.findings import EXPORT_FORMATS as FORMATS
 from auditflow.findings import ORDERS, SEVERITIES
 
 EXIT_OK = 0
-EXIT_WORKFLOW_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
