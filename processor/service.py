@@ -22,15 +22,15 @@ from auditflow import convert, plans, principal, statuses, tracing, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable, invalid
-from auditflow.findings import check_page_size
+from auditflow.findings_contract import check_page_size
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.watch import wait_for
-from processor import findings, messages, orchestrator, store, transitions
+from processor import findings_store, messages, orchestrator, store, transitions
 from processor.scheduler import Scheduler
 from processor.settings import Settings
-from processor.store import EventRecord, RunRecord
+from processor.store import Appended, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             # The run's spans continue this call's trace (the approval's, through the gateway).
             trace_context=tracing.traceparent() or request.traceparent or None,
         )
-        run, created, _events = await self._scheduler.admit(lambda conn: insert(conn, now=utcnow()))
-        if not created:  # (a new run's "enqueued" is logged by the scheduler, before its start)
+        inserted = await self._scheduler.admit(lambda conn: insert(conn, now=utcnow()))
+        if not inserted.created:  # (a new run's "enqueued" is logged by the scheduler, before its start)
             logger.info("%s: enqueued again; returning the existing run", wid)
-        return ps.EnqueueResponse(run=messages.run(run), created=created)
+        return ps.EnqueueResponse(run=messages.run(inserted.run), created=inserted.created)
 
     async def CancelRun(self, request: ps.CancelRunRequest, context: Any) -> ps.CancelRunResponse:
         wid = plans.check_workflow_id(request.workflow_id)
@@ -107,23 +107,23 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         by_auth = plans.check_text(request.requested_by_auth, "requested_by_auth", MAX_AUTH)
         reason = plans.check_text(request.reason, "reason", plans.MAX_COMMENT)
 
-        def tx(conn: Connection) -> tuple[RunRecord, list[EventRecord]]:
+        def tx(conn: Connection) -> Appended:
             run = store.lock_run(conn, wid)
             if run is None:
                 raise _not_found(wid)  # before any write, as auditflow.db requires
             events, changes = transitions.cancel_requested(run, by, reason, by_auth)
             if not events:
-                return run, []
+                return Appended(run, [])
             return store.append(conn, run, events, changes, utcnow(), self._signer)
 
         # Off the single writer: the run may be locked by another processor's transaction (a
         # stalled one), and waiting for that lock must never hold up this processor's own runs.
-        run, events = await self._db.write_apart(tx)
-        if events:
-            messages.publish(self._hub, events)
+        done = await self._db.write_apart(tx)
+        if done.events:
+            messages.publish(self._hub, done.events)
             self._scheduler.notify_cancel(wid)
-            logger.info("%s: %s", wid, events[-1].message)
-        return ps.CancelRunResponse(run=messages.run(run))
+            logger.info("%s: %s", wid, done.events[-1].message)
+        return ps.CancelRunResponse(run=messages.run(done.run))
 
     async def GetRun(self, request: ps.GetRunRequest, context: Any) -> ps.GetRunResponse:
         return ps.GetRunResponse(run=messages.run(await self._get(request.workflow_id)))
@@ -198,15 +198,16 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         self, request: ps.ProcessorServiceListFindingsRequest, context: Any
     ) -> ps.ProcessorServiceListFindingsResponse:
         wid = plans.check_workflow_id(request.workflow_id)
-        query = findings.Query.of(wid, request.filter)
+        query = findings_store.Query.of(wid, request.filter)
         size = check_page_size(request.page_size)
-        after = findings.cursor_of(query, request.page_token) if request.page_token else None
+        after = findings_store.cursor_of(query, request.page_token) if request.page_token else None
         await self._get(wid)  # NOT_FOUND for a run that does not exist
-        records, total = await self._db.scan(lambda conn: findings.page(conn, query, after, size + 1))
-        kept, more = findings.fitting(records, size)
+        records, total = await self._db.scan(lambda conn: findings_store.page(conn, query, after, size + 1))
+        kept, more = findings_store.fitting(records, size)
         token = ""
         if more:
-            token = findings.token(query, findings.Cursor(findings.key_of(query.order, kept[-1].record), total))
+            last = findings_store.Cursor(findings_store.key_of(query.order, kept[-1].record), total)
+            token = findings_store.token(query, last)
         return ps.ProcessorServiceListFindingsResponse(
             findings=[k.message for k in kept], next_page_token=token, total=total
         )

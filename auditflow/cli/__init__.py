@@ -36,8 +36,8 @@ from auditflow.cli.client import (
     open_channel,
     workflow_stub,
 )
-from auditflow.findings import EXPORT_FORMATS as FORMATS
-from auditflow.findings import ORDERS, SEVERITIES
+from auditflow.findings_contract import EXPORT_FORMATS as FORMATS
+from auditflow.findings_contract import ORDERS, SEVERITIES
 
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, MetaData, create_engine, inspect
 
 from auditflow import migrations
 from gateway import store as gateway_store
-from processor import findings  # noqa: F401  (registers the findings table)
+from processor import findings_store  # noqa: F401  (registers the findings table)
 from processor import store as processor_store
 from tests.support.postgres import database_of_kind, fresh_database
 
