@@ -9,10 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from auditflow.tls import TlsFiles
+from typing import Any
 
 ENV_PREFIX = "AUDITFLOW_"
 
@@ -163,21 +160,3 @@ def pairs(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError(f"expected NAME=VALUE, got {part!r}")
         found.append((key.strip(), value.strip()))
     return tuple(found)
-
-
-def add_tls_flags(parser: argparse.ArgumentParser, service: str, *, client_ca: bool) -> None:
-    """--tls-cert/--tls-key (every port of the server), --tls-client-ca, --allow-plaintext."""
-    add(parser, "--tls-cert", default="", service=service,
-        help="PEM certificate chain: serve TLS on every port (re-read on SIGHUP)")  # fmt: skip
-    add(parser, "--tls-key", default="", service=service, help="PEM private key of --tls-cert")
-    if client_ca:
-        add(parser, "--tls-client-ca", default="", service=service,
-            help="CA client certificates must chain to: mutual TLS, a certificate required of all")  # fmt: skip
-    add(parser, "--allow-plaintext", default=False, type=boolean, service=service,
-        help="allow plaintext on a non-loopback address (credentials then cross the network in the clear)")  # fmt: skip
-
-
-def tls_from_args(args: argparse.Namespace) -> TlsFiles:
-    from auditflow.tls import TlsFiles  # (auditflow.tls imports this module)
-
-    return TlsFiles(args.tls_cert, args.tls_key, getattr(args, "tls_client_ca", ""))

@@ -13,6 +13,7 @@ open ones keep theirs.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import logging
 import ssl
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from auditflow.config import ConfigError
+from auditflow.config import ConfigError, add, boolean
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,28 @@ class TlsFiles:
     def enabled(self) -> bool:
         return bool(self.cert_file)
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TlsFiles:
+        """From the flags `add_flags` defined (a server without --tls-client-ca has none)."""
+        return cls(args.tls_cert, args.tls_key, getattr(args, "tls_client_ca", ""))
+
     def check(self) -> None:
         if bool(self.cert_file) != bool(self.key_file):
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.client_ca_file and not self.cert_file:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
+
+
+def add_flags(parser: argparse.ArgumentParser, service: str, *, client_ca: bool) -> None:
+    """--tls-cert/--tls-key (every port of the server), --tls-client-ca, --allow-plaintext."""
+    add(parser, "--tls-cert", default="", service=service,
+        help="PEM certificate chain: serve TLS on every port (re-read on SIGHUP)")  # fmt: skip
+    add(parser, "--tls-key", default="", service=service, help="PEM private key of --tls-cert")
+    if client_ca:
+        add(parser, "--tls-client-ca", default="", service=service,
+            help="CA client certificates must chain to: mutual TLS, a certificate required of all")  # fmt: skip
+    add(parser, "--allow-plaintext", default=False, type=boolean, service=service,
+        help="allow plaintext on a non-loopback address (credentials then cross the network in the clear)")  # fmt: skip
 
 
 def check_plaintext(what: str, host: str, encrypted: bool, allow_plaintext: bool) -> None:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from auditflow.errors import invalid
 from auditflow.v1 import workflow_pb2 as pb
 
-FORMATS = {  # (the names are auditflow.findings.EXPORT_FORMATS)
+FORMATS = {  # (the names are auditflow.findings_contract.EXPORT_FORMATS)
     "csv": ("text/csv; charset=utf-8", "csv"),
     "json": ("application/json", "json"),
     "parquet": ("application/vnd.apache.parquet", "parquet"),

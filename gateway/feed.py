@@ -77,7 +77,6 @@ class Feed:
         self._signer = signer
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()  # set while the stream is open and caught up
-        self.applied = 0  # events written and published (for tests and benchmarks)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="feed")
@@ -179,7 +178,6 @@ class Feed:
         await self._db.write(lambda conn: _mirror_all(conn, newest))
         for e in fresh:
             self._hub.publish(Item.event(e.event, e.snapshot))
-        self.applied += len(fresh)
 
     def _sort(self, batch: Sequence[ppb.FeedEvent]) -> tuple[list[ppb.FeedEvent], dict[str, int]]:
         """The events that come next, in order, and {workflow: position} of those with a gap."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from auditflow import plans
 from auditflow.db import Database
 from auditflow.errors import NotFound
-from auditflow.findings import MAX_PAGE, check_filter, check_page_size
+from auditflow.findings_contract import MAX_PAGE, check_filter, check_page_size
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, connections, limits, plans, sources
+from auditflow import config, connections, limits, plans, sources, tls
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import positive_int
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=8080, type=rest_port)  # fmt: skip
     add("--rest-cors-origins", "comma-separated origins a browser may call the REST API from ('*' = any)", default="")
     auth_settings.add_flags(parser, SERVICE, proxy=True)
-    config.add_tls_flags(parser, SERVICE, client_ca=False)
+    tls.add_flags(parser, SERVICE, client_ca=False)
     add("--processor-token-file", "file holding the service token this gateway presents to the processor",
         default="")  # fmt: skip
     add("--processor-tls-ca", "CA certificate of the processor's TLS certificate (enables TLS to the processor)",
@@ -173,7 +173,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         rest_cors_origins=config.csv(args.rest_cors_origins),
         auth=auth_settings.from_args(args),
         connections=connections.from_args(args),
-        tls=config.tls_from_args(args),
+        tls=TlsFiles.from_args(args),
         allow_plaintext=args.allow_plaintext,
         processor_token_file=args.processor_token_file,
         processor_tls=ClientTls(

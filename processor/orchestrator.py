@@ -93,7 +93,7 @@ class CycleResult:
     # The run's result (a JSON object) once done.
     result: dict[str, Any] | None = None
     # What this cycle found: {"step", "procedure", "severity", "entry_ids", "amount",
-    # "explanation"} each (see processor/findings.py); stored with the checkpoint.
+    # "explanation"} each (see processor/findings_store.py); stored with the checkpoint.
     findings: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -27,6 +27,7 @@ from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.watch import EventHub
 from processor import notify, orchestrator, store
 from processor import settings as settings_module
+from processor.runs import Runs
 from processor.scheduler import Scheduler
 from processor.service import ProcessorService
 from processor.settings import Settings
@@ -38,7 +39,7 @@ SERVICE_NAME = ps.DESCRIPTOR.services_by_name["ProcessorService"].full_name
 
 
 class Processor:
-    """A processor instance: `server`, bound `port`, `db`, `scheduler`, `service`, `hub`."""
+    """A processor instance: `server`, bound `port`, `db`, `scheduler`, `runs`, `service`, `hub`."""
 
     def __init__(self, address: str, settings: Settings) -> None:
         self.settings = settings
@@ -50,7 +51,8 @@ class Processor:
         self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
         self.scheduler = Scheduler(self.db, self.hub, settings, signer)
-        self.service = ProcessorService(self.db, self.hub, self.scheduler, settings, signer)
+        self.runs = Runs(self.db, self.hub, self.scheduler, settings, signer)
+        self.service = ProcessorService(self.runs, settings)
         self.tail = Tail(self.db, self.hub, poll_interval=settings.poll_interval)
         # On PostgreSQL, other processors' commits wake this one (SQLite: a processor is alone).
         self.listener = None if self.db.is_sqlite or not settings.listen else notify.Listener(

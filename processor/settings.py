@@ -9,7 +9,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, connections, sources
+from auditflow import config, connections, sources, tls
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import boolean, interval, positive_float, positive_int
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "their leases expire (empty: HOSTNAME-PID-RANDOM)",
     )
     auth_settings.add_flags(parser, "processor", proxy=False)
-    config.add_tls_flags(parser, "processor", client_ca=True)
+    tls.add_flags(parser, "processor", client_ca=True)
     add(
         parser,
         "--gateway-identities",
@@ -199,7 +199,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             args, service_identities=config.csv(args.gateway_identities) if args.tls_client_ca else ()
         ),
         connections=connections.from_args(args),
-        tls=config.tls_from_args(args),
+        tls=TlsFiles.from_args(args),
         allow_plaintext=args.allow_plaintext,
         data=sources.from_args(args),
         trail_signing_key=args.trail_signing_key,

@@ -74,7 +74,7 @@ runs = Table(
     Column("result_json", Text, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("consecutive_failures", Integer, nullable=False, default=0),
-    # Findings stored so far (processor/findings.py numbers the next ones on from here).
+    # Findings stored so far (processor/findings_store.py numbers the next ones on from here).
     Column("findings_count", Integer, nullable=False, default=0, server_default="0"),
     Column("base_sequence", BigInteger, nullable=False),
     Column("last_sequence", BigInteger, nullable=False),
@@ -218,6 +218,22 @@ class Lease:
 
     def params(self) -> dict[str, Any]:
         return {"b_owner": self.owner, "b_epoch": self.epoch}
+
+
+@dataclass(frozen=True)
+class Appended:
+    """A run as a write left it, and the events that write appended (in sequence order)."""
+
+    run: RunRecord
+    events: list[EventRecord]
+
+
+@dataclass(frozen=True)
+class Inserted(Appended):
+    """An insert's outcome: `created` is False when the run was there already (then `run` is
+    as found and `events` is empty)."""
+
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -448,14 +464,14 @@ def insert_run(
     now: datetime,
     approved_at: datetime | None = None,
     trace_context: str | None = None,
-) -> tuple[RunRecord, bool, list[EventRecord]]:
+) -> Inserted:
     """Insert a QUEUED run with its QUEUED event (sequence base_sequence + 1); if the run
-    exists, return it unchanged. Returns (run, created, new events). Other processors are not
+    exists, return it unchanged. Other processors are not
     told here: the caller calls `announce_queued` if the run is left for any processor to
     claim (not when it claims the run in the same transaction)."""
     existing = lock_run(conn, workflow_id)
     if existing is not None:
-        return existing, False, []
+        return Inserted(existing, [], created=False)
     inserted = conn.execute(
         _INSERT_RUN,
         dict(
@@ -478,8 +494,8 @@ def insert_run(
     ).one()
     run = RunRecord.from_row(inserted)
     event = NewEvent.following(run, pb.EventType.EVENT_TYPE_QUEUED, queued_message)
-    run, events = append(conn, run, [event], {}, now)
-    return run, True, events
+    appended = append(conn, run, [event], {}, now)
+    return Inserted(appended.run, appended.events, created=True)
 
 
 def announce_queued(conn: Connection) -> None:
@@ -514,7 +530,7 @@ def append(
     changes: dict[str, Any],
     now: datetime,
     signer: trail.Signer | None = None,
-) -> tuple[RunRecord, list[EventRecord]]:
+) -> Appended:
     """Append `events` after run.last_sequence and update the run: its snapshot fields from
     the last event, plus `changes` (other columns of `runs`). `run` must be locked. Each event
     is linked into the trail; the one that ends the run is signed when `signer` is given."""
@@ -544,7 +560,7 @@ def append(
         conn.execute(_INSERT_EVENTS, [_event_values(r) for r in records])
         notify(conn, notifications.EVENTS)
     updated = conn.execute(_UPDATE_RUN, {"b_workflow_id": run.workflow_id, **values}).one()
-    return RunRecord.from_row(updated), records
+    return Appended(RunRecord.from_row(updated), records)
 
 
 def _event_record(run: RunRecord, sequence: int, event: NewEvent, now: datetime) -> EventRecord:

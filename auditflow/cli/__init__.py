@@ -36,11 +36,10 @@ from auditflow.cli.client import (
     open_channel,
     workflow_stub,
 )
-from auditflow.findings import EXPORT_FORMATS as FORMATS
-from auditflow.findings import ORDERS, SEVERITIES
+from auditflow.findings_contract import EXPORT_FORMATS as FORMATS
+from auditflow.findings_contract import ORDERS, SEVERITIES
 
 EXIT_OK = 0
-EXIT_WORKFLOW_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 

@@ -41,7 +41,6 @@ class Route:
     response_body: str  # "" or a field name of the response
     method: MethodDescriptor
     request_class: type[Message]
-    response_class: type[Message]
     streaming: bool = field(default=False)
 
     @property
@@ -87,7 +86,6 @@ def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
         response_body=rule.response_body,
         method=method,
         request_class=message_factory.GetMessageClass(method.input_type),
-        response_class=message_factory.GetMessageClass(method.output_type),
         streaming=method.server_streaming,
     )
 

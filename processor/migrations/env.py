@@ -3,7 +3,7 @@
 from alembic import context
 
 from auditflow.migrations import run_env
-from processor import findings  # noqa: F401  (its table is part of the metadata)
+from processor import findings_store  # noqa: F401  (its table is part of the metadata)
 from processor.store import metadata
 
 run_env(context, metadata)

@@ -1,7 +1,8 @@
 """A processor frozen (SIGSTOP) past its lease, then resumed (SIGCONT), never starts another
 step of the run: by its own clock its lease may be gone, so it renews first, finds the run
-taken by the other processor, and lets it go. Two processor subprocesses on one PostgreSQL
-database; the test procedure journals which process runs which step when."""
+taken by the other processor, and lets it go. Two processor subprocesses on one database
+(PostgreSQL, and SQLite for the takeover); the test procedure journals which process runs
+which step when, under which lease epoch."""
 
 from __future__ import annotations
 
@@ -14,25 +15,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import pytest
+from sqlalchemy import create_engine, text
 
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from tests.support import auth
 from tests.support.cluster import ServerProcess
-from tests.support.postgres import fresh_database
+from tests.support.postgres import database_of_kind, fresh_database
 from tests.support.processor_harness import enqueue_request, step
 
 STEPS = 6
 LEASE = 2.0
+FROZEN_DELAY = 3.0  # the first processor's pause between cycles: the freeze lands in it
 LINK = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)  # the gateway's service token
 
 
-def processor(workdir: Path, url: str, name: str, poll: float) -> ServerProcess:
+def processor(workdir: Path, url: str, name: str, poll: float, delay: float = 0.5) -> ServerProcess:
     workdir.mkdir()
     args = [*auth.processor_args(), "--database-url", url, "--lease-seconds", str(LEASE), "--worker-id", name,
-            "--poll-interval", str(poll), "--cycle-delay", "0.5"]  # fmt: skip
+            "--poll-interval", str(poll), "--cycle-delay", str(delay)]  # fmt: skip
     return ServerProcess("processor", workdir, args, log_level="INFO")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """One database both processors use."""
+    with database_of_kind(request.param, tmp_path, "takeover") as url:
+        yield url
 
 
 def journal_lines(path: Path) -> Iterator[tuple[str, int, int, float, int]]:
@@ -95,6 +106,68 @@ def test_a_resumed_processor_starts_no_step_on_a_lost_lease(tmp_path: Path) -> N
     assert all(len(e) == 1 for e in epochs.values()), epochs
     by_start = sorted(others, key=lambda r: r[2])
     assert [r[4] for r in by_start] == sorted(r[4] for r in by_start), by_start
+
+
+def test_a_processor_resumed_after_a_takeover_starts_no_step_under_its_old_epoch(
+    tmp_path: Path, shared_url: str
+) -> None:
+    """The zombie case, made deterministic: the first processor is frozen between two steps
+    (its long cycle delay), stays frozen until the second has taken the run over under a new
+    epoch and run a step, and is then resumed. It must start no step at all from then on: it
+    learns it lost the lease (a failed renewal, the re-read before the next step) and lets the
+    run go, and the second completes it."""
+    journal = tmp_path / "journal.txt"
+    journal.touch()
+    first = processor(tmp_path / "a", shared_url, "first", poll=0.2, delay=FROZEN_DELAY)
+    second = processor(tmp_path / "b", shared_url, "second", poll=0.2, delay=0.2)
+    first.start()
+    second.start()
+    try:
+        with grpc.insecure_channel(first.target) as channel:
+            plan = [step("test_journal", journal=str(journal), step=n, seconds=0.2) for n in range(1, STEPS + 1)]
+            request = enqueue_request(plan, max_cycles=STEPS + 10)
+            stub = ps_grpc.ProcessorServiceStub(channel)
+            assert stub.Enqueue(request, metadata=LINK).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
+        wid = request.workflow_id
+        wait_until(lambda: lease_of(shared_url, wid)[0] >= 1, "the first processor committed a cycle")
+        os.kill(first.pid, signal.SIGSTOP)
+        frozen_at = time.time()
+        # Frozen between two steps: every step it began has ended and been checkpointed.
+        cycle, owner, epoch = lease_of(shared_url, wid)
+        mine = [(w, n) for w, p, n, _t, _e in journal_lines(journal) if p == first.pid]
+        assert owner == "first" and mine == [(w, n) for n in range(1, cycle + 1) for w in ("start", "end")], mine
+        wait_until(lambda: any(w == "end" and p == second.pid for w, p, _n, _t, _e in journal_lines(journal)),
+                   "the second processor took the run over and ran a step")  # fmt: skip
+        os.kill(first.pid, signal.SIGCONT)
+        wait_until(lambda: let_go(first, wid), "the resumed processor let the run go")
+        events = events_via(second, wid)
+    finally:
+        resume_and_stop(first, second)
+    assert events[-1].type == pb.EVENT_TYPE_COMPLETED, events[-1]
+    lines = list(journal_lines(journal))
+    stale = [line for line in lines if line[0] == "start" and line[1] == first.pid and line[3] >= frozen_at]
+    assert stale == [], stale  # 0 steps started by the resumed processor
+    assert {e for _w, p, _n, _t, e in lines if p == first.pid} == {epoch}
+    assert {e for _w, p, _n, _t, e in lines if p == second.pid} == {epoch + 1}
+    assert sorted(n for w, _p, n, _t, _e in lines if w == "end") == list(range(1, STEPS + 1))  # each step once
+
+
+def let_go(server: ServerProcess, workflow_id: str) -> bool:
+    """Whether `server` logged that it stopped driving the run (it lost the lease)."""
+    lines = server.log_path.read_text(errors="replace").splitlines()
+    return any(f"{workflow_id}: " in line and "abandoning the run" in line for line in lines)
+
+
+def lease_of(url: str, workflow_id: str) -> tuple[int, str | None, int]:
+    """(checkpointed cycle, lease owner, lease epoch) of the run, read from its database."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT cycle, lease_owner, lease_epoch FROM runs WHERE workflow_id = :w"),
+                               {"w": workflow_id}).one()  # fmt: skip
+            return int(row[0]), row[1], int(row[2])
+    finally:
+        engine.dispose()
 
 
 def test_the_lease_epoch_fences_a_step_the_freeze_caught_midway(tmp_path: Path) -> None:

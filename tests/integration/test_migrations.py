@@ -14,9 +14,9 @@ from sqlalchemy import Engine, MetaData, create_engine, inspect
 
 from auditflow import migrations
 from gateway import store as gateway_store
-from processor import findings  # noqa: F401  (registers the findings table)
+from processor import findings_store  # noqa: F401  (registers the findings table)
 from processor import store as processor_store
-from tests.support.postgres import fresh_database
+from tests.support.postgres import database_of_kind, fresh_database
 
 SERVICES: dict[str, tuple[str, MetaData]] = {
     "gateway": ("gateway:migrations", gateway_store.metadata),
@@ -26,11 +26,8 @@ SERVICES: dict[str, tuple[str, MetaData]] = {
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'service.db'}"
-    else:
-        with fresh_database("migrations") as database_url:
-            yield database_url
+    with database_of_kind(request.param, tmp_path, "migrations") as database_url:
+        yield database_url
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))

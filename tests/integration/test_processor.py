@@ -27,7 +27,8 @@ from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
 from auditflow.v1 import workflow_pb2 as pb
 from processor import store
-from processor.scheduler import Scheduler
+from processor.claimer import Claimer
+from processor.lease import LeaseKeeper
 from tests.support import auth
 from tests.support.grpc_helpers import details
 from tests.support.postgres import fresh_database
@@ -556,14 +557,14 @@ async def test_a_pause_right_after_a_claim_counts_against_the_lease(
     event loop blocked past the lease) while another processor took the run over starts no
     step when it resumes: the lease is timed from before the claim, not from the resumption."""
     request = enqueue_request([step("test_journal", journal=str(tmp_path / "journal.txt"), step=1)])
-    original = Scheduler._started
+    original = Claimer._started
 
-    def paused(self: Scheduler, claimed: list[Any], *args: Any, **kwargs: Any) -> None:
-        if any(run.workflow_id == request.workflow_id for run, _ in claimed):
+    def paused(self: Claimer, claimed: list[store.Appended], *args: Any, **kwargs: Any) -> None:
+        if any(c.run.workflow_id == request.workflow_id for c in claimed):
             _pause_while_another_takes_over(tmp_path / "processor.db", request.workflow_id)
         original(self, claimed, *args, **kwargs)
 
-    monkeypatch.setattr(Scheduler, "_started", paused)
+    monkeypatch.setattr(Claimer, "_started", paused)
     await _assert_no_step_after_the_pause(harnesses, request, tmp_path)
 
 
@@ -574,17 +575,17 @@ async def test_a_pause_before_a_step_starts_on_its_thread_counts_against_the_lea
     after the check on the event loop (here: the loop blocked past the lease) while another
     processor took the run over starts no step."""
     request = enqueue_request([step("test_journal", journal=str(tmp_path / "journal.txt"), step=1)])
-    original = Scheduler._lease_holds
+    original = LeaseKeeper.holds
     pauses = [request.workflow_id]
 
-    async def holds_then_pauses(self: Scheduler, driver: Any) -> bool:
-        holds = await original(self, driver)
-        if holds and driver.workflow_id in pauses:
-            pauses.remove(driver.workflow_id)
-            _pause_while_another_takes_over(tmp_path / "processor.db", driver.workflow_id)
+    async def holds_then_pauses(self: LeaseKeeper) -> bool:
+        holds = await original(self)
+        if holds and self.workflow_id in pauses:
+            pauses.remove(self.workflow_id)
+            _pause_while_another_takes_over(tmp_path / "processor.db", self.workflow_id)
         return holds
 
-    monkeypatch.setattr(Scheduler, "_lease_holds", holds_then_pauses)
+    monkeypatch.setattr(LeaseKeeper, "holds", holds_then_pauses)
     await _assert_no_step_after_the_pause(harnesses, request, tmp_path)
 
 
@@ -632,7 +633,7 @@ def _write_half_done_run(
     lease_end = now + timedelta(seconds=expires_in)
     plan = [{"procedure": "test_noop", "parameters": {}}, {"procedure": second_step, "parameters": {}}]
     with engine.begin() as conn:
-        run, _, _ = store.insert_run(
+        run = store.insert_run(
             conn,
             workflow_id=workflow_id,
             title="half done",
@@ -643,7 +644,7 @@ def _write_half_done_run(
             base_hash=None,
             queued_message="queued",
             now=now,
-        )
+        ).run
         started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
         cycle = store.NewEvent.following(
             run, E.EVENT_TYPE_CYCLE_COMPLETED, "step 1/2 test_noop done", status=S.WORKFLOW_STATUS_RUNNING,
@@ -663,10 +664,10 @@ def test_append_refuses_a_change_that_is_not_a_column(tmp_path: Path) -> None:
     migrations.upgrade(engine, "processor:migrations")
     workflow_id = new_id()
     with engine.begin() as conn:
-        run, _, _ = store.insert_run(
+        run = store.insert_run(
             conn, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
             orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued", now=utcnow(),
-        )  # fmt: skip
+        ).run  # fmt: skip
     started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
     with pytest.raises(ValueError, match="leaseowner"), engine.begin() as conn:
         store.append(conn, run, [started], {"leaseowner": "me"}, utcnow())

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -27,3 +28,14 @@ def fresh_database(label: str) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def database_of_kind(kind: str, tmp_path: Path, label: str) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file under `tmp_path` ("sqlite"), or a fresh
+    PostgreSQL database ("postgresql"), for tests that run on both."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / f'{label}.db'}"
+    else:
+        with fresh_database(label) as url:
+            yield url

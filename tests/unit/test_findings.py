@@ -16,18 +16,18 @@ import pytest
 from auditflow.errors import InvalidArgument
 from auditflow.v1 import workflow_pb2 as pb
 from gateway import export
-from processor import findings
-from processor.findings import MAX_ENTRY_IDS, MAX_EXPLANATION, MAX_PAGE_BYTES, Cursor, FindingRecord, Query
+from processor import findings_store
+from processor.findings_store import MAX_ENTRY_IDS, MAX_EXPLANATION, MAX_PAGE_BYTES, Cursor, FindingRecord, Query
 
 
 def test_a_finding_is_checked_and_bounded_before_it_is_stored() -> None:
     raw = {"severity": "high", "amount": "-1234.5", "entry_ids": list(range(MAX_ENTRY_IDS + 5)), "explanation": "x"}
-    stored = findings.normalize(raw, 2, "dupes")
+    stored = findings_store.normalize(raw, 2, "dupes")
     assert (stored["step"], stored["procedure"], stored["severity"], stored["minus_cents"], stored["amount"]) == (
         2, "dupes", 0, -123450, "-1234.5",
     )  # fmt: skip
     assert len(json.loads(stored["entry_ids"])) == MAX_ENTRY_IDS and stored["entry_count"] == MAX_ENTRY_IDS + 5
-    long = findings.normalize({"severity": "low", "explanation": "y" * (MAX_EXPLANATION + 10)}, 1, "p")
+    long = findings_store.normalize({"severity": "low", "explanation": "y" * (MAX_EXPLANATION + 10)}, 1, "p")
     assert len(long["explanation"]) == MAX_EXPLANATION and long["explanation"].endswith("…")
     assert long["amount"] == "0" and long["entry_count"] == 0
     for bad, why in (
@@ -38,7 +38,7 @@ def test_a_finding_is_checked_and_bounded_before_it_is_stored() -> None:
         ({"severity": "low", "entry_ids": "JE-1"}, "list"),
     ):
         with pytest.raises(ValueError, match=why):
-            findings.normalize(bad, 1, "p")
+            findings_store.normalize(bad, 1, "p")
 
 
 def record(number: int, ids: int = 1, explanation: str = "e") -> FindingRecord:
@@ -47,31 +47,31 @@ def record(number: int, ids: int = 1, explanation: str = "e") -> FindingRecord:
 
 def test_a_page_stays_under_its_byte_bound_and_always_holds_one() -> None:
     small = [record(n) for n in range(1, 12)]
-    kept, more = findings.fitting(small, 10)
+    kept, more = findings_store.fitting(small, 10)
     assert [k.record.number for k in kept] == list(range(1, 11)) and more
-    assert findings.fitting(small, 20)[1] is False
+    assert findings_store.fitting(small, 20)[1] is False
     big = [record(n, ids=MAX_ENTRY_IDS, explanation="z" * MAX_EXPLANATION) for n in range(1, 40)]
-    kept, more = findings.fitting(big, 1000)
+    kept, more = findings_store.fitting(big, 1000)
     assert 1 <= len(kept) < 39 and more
     assert sum(k.message.ByteSize() for k in kept) <= MAX_PAGE_BYTES
-    assert findings.fitting([], 10) == ([], False)
+    assert findings_store.fitting([], 10) == ([], False)
 
 
 def test_a_page_token_holds_only_for_its_filter_and_order() -> None:
     query = Query.of("wf-1", pb.FindingsFilter(severities=["low", "high"], steps=[3, 1]))
     assert query == Query.of("wf-1", pb.FindingsFilter(severities=["high", "low"], steps=[1, 3]))
-    token = findings.token(query, Cursor((0, 500, 7), 99))
-    assert findings.cursor_of(query, token) == Cursor((0, 500, 7), 99)
+    token = findings_store.token(query, Cursor((0, 500, 7), 99))
+    assert findings_store.cursor_of(query, token) == Cursor((0, 500, 7), 99)
     for other in (
         Query.of("wf-2", pb.FindingsFilter(severities=["low", "high"], steps=[1, 3])),
         Query.of("wf-1", pb.FindingsFilter(severities=["high"], steps=[1, 3])),
         Query.of("wf-1", pb.FindingsFilter(severities=["low", "high"], steps=[1, 3], order="found")),
     ):
         with pytest.raises(InvalidArgument, match="page_token"):
-            findings.cursor_of(other, token)
+            findings_store.cursor_of(other, token)
     for forged in ("", "!!", "bm90IGpzb24=", "eyJxIjogMX0="):
         with pytest.raises(InvalidArgument, match="page_token"):
-            findings.cursor_of(query, forged)
+            findings_store.cursor_of(query, forged)
 
 
 def _b64(text: str) -> str:
@@ -92,7 +92,7 @@ def test_a_tampered_page_token_is_an_invalid_argument_never_an_internal_error() 
     ]
     for token in tampered:
         with pytest.raises(InvalidArgument, match="page_token"):
-            findings.cursor_of(query, token)
+            findings_store.cursor_of(query, token)
 
 
 @pytest.mark.parametrize(

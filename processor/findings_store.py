@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 
 from auditflow.errors import invalid
-from auditflow.findings import SEVERITIES, check_filter
+from auditflow.findings_contract import SEVERITIES, check_filter
 from auditflow.v1 import workflow_pb2 as pb
 from processor.store import metadata
 
