@@ -297,17 +297,6 @@ def review_text(workflow: pb.Workflow) -> str:
     return "\n".join(lines)
 
 
-def _whole_numbers(value: Any) -> Any:
-    """JSON as a plan's author wrote it: a Struct holds every number as a double (5 -> 5.0)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
-
-
 def source_line(source: pb.DataSource) -> str:
     """A data file's fingerprint in one line, with a warning when it no longer matches."""
     when = timestamp(source.modified_at, present=source.HasField("modified_at"))
