@@ -63,7 +63,12 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
         for key in ("noop@64", "approve@64"):
             assert way[key]["calls"] == 2000 and positive(way[key]["gateway_cpu_us_per_call"])
     settings = figures["observability"]
-    assert set(settings) == {"metrics off", "metrics on", "metrics on, tracing (in-memory)"}
+    assert set(settings) == {
+        "metrics off",
+        "metrics on",
+        "metrics on, tracing (in-memory, default sampling)",
+        "metrics on, tracing (in-memory, every call)",
+    }
     for setting in settings.values():
         for key in ("noop@64", "approve@64"):
             assert setting[key]["calls"] == 1000 and positive(setting[key]["gateway_cpu_us_per_call"])
@@ -78,6 +83,7 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     assert "CPU per approved run, until it completed" in text
     assert "authentication, Approve at 64 callers" in text and "vs baseline" in text
     assert "observability, Approve at 64 callers" in text and "vs off" in text
+    assert "tracing (default sampling) / metrics on:" in text
 
 
 def test_the_handler_benchmark_measures_approve_without_grpc() -> None:
