@@ -6,6 +6,13 @@ is then the default exporter), `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, 
 exporter's own `OTEL_EXPORTER_OTLP_*`. When off, no interceptor is installed and `span()` is a
 shared no-op: nothing is recorded and the hot paths pay one boolean test.
 
+When on, traces are sampled at their root and every span follows its parent's decision (a
+parent-based ratio sampler): a sampled approval is traced to its last cycle, on every
+processor, and an unsampled one records nothing anywhere, its context still passed along.
+`OTEL_TRACES_SAMPLER_ARG` alone sets the ratio (default `DEFAULT_RATIO`); `OTEL_TRACES_SAMPLER`
+picks any of OpenTelemetry's samplers instead (`parentbased_always_on` traces every call).
+Spans leave in batches, off the serving threads (a BatchSpanProcessor), whatever the exporter.
+
 When on, the OpenTelemetry gRPC instrumentation makes server and client spans of every RPC
 (its interceptors, installed in `serving.new_server` and on the gateway's channel to the
 processor) and the aiohttp instrumentation the REST spans. The approval's trace context (W3C
@@ -27,9 +34,11 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.environment_variables import OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 
 from auditflow.config import ConfigError
 
@@ -38,6 +47,10 @@ logger = logging.getLogger(__name__)
 _enabled = False
 _tracer: trace.Tracer = trace.NoOpTracer()
 _NOTHING: AbstractContextManager[Any] = nullcontext()
+
+DEFAULT_RATIO = 0.1
+"""The share of root calls traced when only the exporter is configured: enough to see every
+kind of call and its timing at any real rate, at a tenth of the cost of tracing them all."""
 
 
 def exporter_from_environment() -> SpanExporter | None:
@@ -57,6 +70,21 @@ def exporter_from_environment() -> SpanExporter | None:
     raise ConfigError(f"OTEL_TRACES_EXPORTER={name!r}: auditflow supports otlp, console or none")
 
 
+def sampler_from_environment() -> Sampler | None:
+    """The parent-based ratio sampler, its ratio from `OTEL_TRACES_SAMPLER_ARG`; None when
+    `OTEL_TRACES_SAMPLER` names a sampler (OpenTelemetry's SDK then builds that one)."""
+    if os.environ.get(OTEL_TRACES_SAMPLER, "").strip():
+        return None
+    text = os.environ.get(OTEL_TRACES_SAMPLER_ARG, "").strip()
+    try:
+        ratio = float(text) if text else DEFAULT_RATIO
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"{OTEL_TRACES_SAMPLER_ARG}={text!r}: the share of calls traced, from 0 to 1 (e.g. 0.1)")
+    return ParentBased(TraceIdRatioBased(ratio))
+
+
 def configure(service: str, exporter: SpanExporter | None = None, *, batch: bool = True) -> bool:
     """Turn tracing on for this process if the environment asks for it (or `exporter` is given:
     tests pass an in-memory one, unbatched). Returns whether tracing is on. Call before the
@@ -68,7 +96,7 @@ def configure(service: str, exporter: SpanExporter | None = None, *, batch: bool
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):  # (set once per process; tests reuse it)
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: f"auditflow-{service}"}
-        provider = TracerProvider(resource=Resource.create(attributes))
+        provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler_from_environment())
         trace.set_tracer_provider(provider)
     from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 

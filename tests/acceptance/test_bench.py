@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import fairness, rest, scale, watch
+from bench import fairness, rest, scale, versus, watch
 from bench.approve import report
 from tests.support.cluster import ROOT
 
@@ -63,7 +63,12 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
         for key in ("noop@64", "approve@64"):
             assert way[key]["calls"] == 2000 and positive(way[key]["gateway_cpu_us_per_call"])
     settings = figures["observability"]
-    assert set(settings) == {"metrics off", "metrics on", "metrics on, tracing (in-memory)"}
+    assert set(settings) == {
+        "metrics off",
+        "metrics on",
+        "metrics on, tracing (in-memory, default sampling)",
+        "metrics on, tracing (in-memory, every call)",
+    }
     for setting in settings.values():
         for key in ("noop@64", "approve@64"):
             assert setting[key]["calls"] == 1000 and positive(setting[key]["gateway_cpu_us_per_call"])
@@ -78,6 +83,18 @@ def test_the_approve_benchmark_runs_and_reports_every_figure() -> None:
     assert "CPU per approved run, until it completed" in text
     assert "authentication, Approve at 64 callers" in text and "vs baseline" in text
     assert "observability, Approve at 64 callers" in text and "vs off" in text
+    assert "tracing (default sampling) / metrics on:" in text
+
+
+def test_the_versus_benchmark_alternates_this_checkout_with_an_older_commit() -> None:
+    figures = run_quick("versus.py")
+    assert figures["commit"] == "89729cc" and len(figures["rounds"]) == 1
+    for name in ("89729cc", "this checkout"):
+        measured = figures["rounds"][0][name]
+        assert set(measured) == {"cpu_us_per_approve@64", "rate_share@64", "approve_p50_ms@1", "p50_ratio@1"}
+        assert all(positive(value) for value in measured.values()), (name, measured)
+    assert positive(figures["medians"]["cpu_ratio@64"])
+    assert "median of the rounds' ratios" in versus.report(figures)
 
 
 def test_the_handler_benchmark_measures_approve_without_grpc() -> None:

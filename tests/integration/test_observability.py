@@ -270,7 +270,9 @@ async def test_rest_healthz_and_readyz(tmp_path: Path, caplog: pytest.LogCapture
 
 
 @pytest.fixture
-def spans() -> Any:
+def spans(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every trace recorded (the default samples a tenth of them), each span at its end."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_on")
     exporter = InMemorySpanExporter()
     tracing.configure("test", exporter, batch=False)
     try:
