@@ -139,7 +139,7 @@ def submit_and_approve(workdir: Path, submitter: Path, approver: Path) -> str:
     plan.write_text(json.dumps([{"procedure": "ledger_summary", "parameters": {"path": "ledger.csv"}}]))
     submitted = json.loads(cli(workdir, GATEWAYS[0], submitter, "submit", "--plan", str(plan), "--title", "check"))
     workflow_id = str(submitted["workflow_id"])
-    cli(workdir, GATEWAYS[1], approver, "approve", workflow_id)
+    cli(workdir, GATEWAYS[1], approver, "approve", workflow_id, "--etag", str(submitted["etag"]), "--yes")
     return workflow_id
 
 

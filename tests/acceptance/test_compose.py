@@ -217,7 +217,7 @@ def run_a_plan(mapping: Mapping, secrets_dir: Path, tmp_path: Path) -> None:
         accepted(mapping, tokens[person])
     submitted = json.loads(cli(mapping, "submit", "--plan", str(plan), "--title", "compose", token=tokens["sam"]))
     workflow_id = submitted["workflow_id"]
-    cli(mapping, "approve", workflow_id, token=tokens["ada"])
+    cli(mapping, "approve", workflow_id, "--etag", submitted["etag"], "--yes", token=tokens["ada"])
     cli(mapping, "watch", workflow_id, token=tokens["ada"])
     verified = json.loads(cli(mapping, "verify", workflow_id, token=tokens["ada"]))
     assert verified["intact"] and verified["signed"] and verified["signature_checked"], verified

@@ -17,7 +17,10 @@ from tests.support.cluster import Pair, wait_http
 
 MAX_EXAMPLES = 100  # per operation and phase: the run stays well under a minute
 REQUEST_TIMEOUT = 5.0  # seconds: a request that takes longer counts as a hang and fails the run
-RUN_TIMEOUT = 120.0
+RUN_TIMEOUT = 240.0
+# A valid WatchWorkflows request is an endless stream by design (a list, then live changes): it
+# would count as a hang. Its refusals are tested where it is (tests/integration/test_review.py).
+ENDLESS = ("WatchWorkflows",)
 
 
 def schemathesis_binary() -> str:
@@ -27,6 +30,7 @@ def schemathesis_binary() -> str:
     return found
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("credentials", ["with a token", "without credentials"])
 def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path: Path, credentials: str) -> None:
     base = f"http://127.0.0.1:{pair.gateway.rest_port}"
@@ -51,6 +55,7 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path:
         "--generation-deterministic",
         "--suppress-health-check",
         "all",
+        *(option for operation in ENDLESS for option in ("--exclude-operation-id", operation)),
         *header,
         "--report",
         "junit",
@@ -69,5 +74,5 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_hang(pair: Pair, tmp_path:
     elapsed = time.monotonic() - started
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"{output}\ngateway log:\n{pair.gateway.log()}"
-    assert "Tested: 12" in output and " passed" in output, output
+    assert "Tested: 15" in output and " passed" in output, output
     assert elapsed < RUN_TIMEOUT
