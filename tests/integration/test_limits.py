@@ -22,9 +22,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from prometheus_client import REGISTRY
 
-from auditflow import trail
+from auditflow import metrics, trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
@@ -98,7 +97,7 @@ def create_request(steps: int = 1, **fields: Any) -> wpb.CreateWorkflowRequest:
 
 
 def refusals(limit: str) -> float:
-    return REGISTRY.get_sample_value("auditflow_limit_refusals_total", {"limit": limit}) or 0.0
+    return metrics.GATEWAY.registry.get_sample_value("auditflow_limit_refusals_total", {"limit": limit}) or 0.0
 
 
 def rich(error: grpc.aio.AioRpcError) -> dict[str, Any]:
