@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from auditflow import convert, plans, principal, tracing
@@ -54,7 +54,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             base_sequence=request.base_sequence,
             base_hash=request.base_hash or None,
             approved_by=request.approved_by,
-            approved_at=request.approved_at.ToDatetime(tzinfo=UTC) if request.HasField("approved_at") else None,
+            approved_at=_approved_at(request),
             # The run's spans continue this call's trace (the approval's, through the gateway).
             trace_context=tracing.traceparent() or request.traceparent or None,
         )
@@ -146,3 +146,13 @@ def _check_principal_name(name: str, field: str) -> str:
     if problem:
         raise invalid(field, f"the gateway's authenticated principal: {problem}")
     return name
+
+
+def _approved_at(request: ps.EnqueueRequest) -> datetime | None:
+    """When the approval was committed; INVALID_ARGUMENT for a time no calendar holds."""
+    if not request.HasField("approved_at"):
+        return None
+    try:
+        return request.approved_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise invalid("approved_at", "a time between the years 1 and 9999") from exc

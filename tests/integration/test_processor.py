@@ -183,7 +183,14 @@ async def test_enqueue_validates_and_stores_nothing_when_invalid(harnesses: Harn
     assert bad_base.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "base_sequence" in details(bad_base.value)["fields"]
 
-    for refused in (request, negative):
+    timeless = enqueue_request([step("test_noop")])
+    timeless.approved_at.seconds = -(2**62)  # before any calendar's first year
+    with pytest.raises(grpc.aio.AioRpcError) as bad_time:
+        await h.stub.Enqueue(timeless)
+    assert bad_time.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "approved_at" in details(bad_time.value)["fields"]
+
+    for refused in (request, negative, timeless):
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await h.stub.GetRun(ps.GetRunRequest(workflow_id=refused.workflow_id))
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
