@@ -89,7 +89,7 @@ function errorReason(body) {
 }
 
 // A 401 means the credentials stopped working (an expired JWT, a revoked token): back to the
-// sign-in form with the server's reason. Answers to an earlier session change nothing.
+// sign-in form with the server's reason. Answers to requests sent before the last sign-in change nothing.
 function onUnauthenticated(session, body) {
   if (session !== state.session) return;
   storeToken(null);
