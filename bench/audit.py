@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 
 def plan_steps(path: str) -> list[dict[str, Any]]:
-    """The sample plan's steps (auditflow.cli.commands.sample_plan), on another ledger."""
+    """The sample plan's steps (auditflow.sample.sample_plan), on another ledger."""
     from auditflow import synthetic
     from auditflow.procedures.audit import PROCEDURES  # in the child: the parent stays small
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from auditflow import __version__
+from auditflow import __version__, sample
 from auditflow.cli import commands, demo, render, secrets, tokens
 from auditflow.cli.client import (
     CliError,
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--plan", metavar="FILE", help='JSON file: a list of {"procedure", "parameters"} steps')
     source.add_argument(
         "--sample", action="store_true",
-        help=f"the packaged sample plan over the sample ledger: {commands.SAMPLE_STEPS} steps (ledger_summary, "
+        help=f"the packaged sample plan over the sample ledger: {sample.SAMPLE_STEPS} steps (ledger_summary, "
         "vendor_totals, then each audit procedure)",
     )  # fmt: skip
     p.add_argument("--title", default="", help="title of the workflow (default: from the plan)")

@@ -6,16 +6,15 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 
-from auditflow import convert, statuses, synthetic, trail
+from auditflow import convert, statuses, trail
 from auditflow.cli import render
 from auditflow.cli.client import CliError, Metadata, auth_metadata, exit_code_for, format_rpc_error, watch
-from auditflow.procedures import AUDIT_PROCEDURES
+from auditflow.sample import sample_plan
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
@@ -56,33 +55,6 @@ class Context:
 
 
 # --- plans -----------------------------------------------------------------------------------
-
-
-def sample_ledger_path() -> str:
-    """Absolute path of the packaged sample ledger (auditflow/samples/ledger.csv)."""
-    ref = resources.files("auditflow").joinpath("samples", "ledger.csv")
-    with resources.as_file(ref) as path:  # a real file for normal and editable installs
-        return str(Path(path).resolve())
-
-
-# The sample plan's length (`submit --sample`'s help says it): the summary, the vendors, the audits.
-SAMPLE_STEPS = 2 + len(AUDIT_PROCEDURES)
-
-
-def sample_plan() -> list[pb.PlanStep]:
-    """Summarise the sample ledger, rank its vendors, then run every audit procedure: one step a cycle."""
-    path = sample_ledger_path()
-    steps: list[dict[str, Any]] = [
-        {"procedure": "ledger_summary", "parameters": {"path": path}},
-        {"procedure": "vendor_totals", "parameters": {"path": path, "top": 5}},
-    ]
-    holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2028))]
-    for name in AUDIT_PROCEDURES:
-        parameters: dict[str, Any] = {"path": path}
-        if name == "weekend_postings":
-            parameters["holidays"] = holidays
-        steps.append({"procedure": name, "parameters": parameters})
-    return plan_from_data(steps, "sample")
 
 
 def load_plan(path: str) -> list[pb.PlanStep]:

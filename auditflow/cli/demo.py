@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auditflow import trail
+from auditflow import sample, trail
 from auditflow.auth.tokens import append_entry
 from auditflow.cli import commands, render
 from auditflow.cli.client import CliError, format_rpc_error, open_channel, read_token, workflow_stub
@@ -325,7 +325,7 @@ def _scenario(gateway: Server, credentials: Credentials, args: argparse.Namespac
         approver = commands.Context(stub=stub, token=read_token(str(credentials.tokens["approver"])))
 
         request = api.CreateWorkflowRequest(
-            title="Demo: sample ledger audit", plan=commands.sample_plan(), max_cycles=args.max_cycles
+            title="Demo: sample ledger audit", plan=sample.sample_plan(), max_cycles=args.max_cycles
         )
         workflow = stub.CreateWorkflow(request, metadata=submitter.metadata).workflow
         say(f"\n== submitted {workflow.workflow_id} as {args.submitter} ({render.status_name(workflow.status)})")

@@ -4,7 +4,7 @@ Every view has its own URL under `/ui/` (`/ui/queue?view=mine`, `/ui/workflows/{
 from the REST API's paths: each answers the same `index.html`, whose script shows what the URL
 names. `/` sends the browser to `/ui/`. The page uses the REST API like any other client; the one
 extra route, `GET /ui/sample-plan`, gives the CLI's sample plan
-(`auditflow.cli.commands.sample_plan()`) to pre-fill the submit form.
+(`auditflow.sample.sample_plan()`, the one the CLI submits too) to pre-fill the submit form.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from auditflow.sample import sample_plan
 from gateway.rest.routes import to_json
 
 STATIC = Path(str(resources.files("gateway.rest") / "static"))
@@ -26,8 +27,6 @@ SAMPLE_PLAN_PATH = "/ui/sample-plan"
 
 @functools.cache
 def sample_plan_json() -> str:
-    from auditflow.cli.commands import sample_plan  # the CLI's, so that both submit the same plan
-
     steps: list[Any] = [to_json(step) for step in sample_plan()]
     return json.dumps(steps, separators=(",", ":"))
 

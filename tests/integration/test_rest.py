@@ -557,7 +557,7 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
 
 
 async def test_status_page_static_files_and_sample_plan(api: Api) -> None:
-    from auditflow.cli.commands import sample_plan
+    from auditflow.sample import sample_plan
     from gateway.rest.routes import to_json
 
     async with api.http.get(api.url + "/") as response:

@@ -13,10 +13,11 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from auditflow import cli
+from auditflow import cli, sample
 from auditflow.cli import client, commands, demo, render, secrets
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound
 from auditflow.interceptor import to_rich_status
+from auditflow.procedures import AUDIT_PROCEDURES
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as api
 from auditflow.v1 import workflow_service_pb2_grpc as api_grpc
@@ -109,7 +110,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_sample_plan_points_at_the_packaged_ledger() -> None:
-    summary, *others = commands.sample_plan()
+    summary, *others = sample.sample_plan()
     assert summary.procedure == "ledger_summary"
     path = Path(summary.parameters["path"])
     assert path.is_absolute() and path.is_file() and path.name == "ledger.csv"
@@ -583,17 +584,17 @@ def test_tail_of_a_log(tmp_path: Path) -> None:
 
 
 def test_the_sample_plan_runs_the_audit_procedures_after_the_summary() -> None:
-    plan = commands.sample_plan()
+    plan = sample.sample_plan()
     names = [step.procedure for step in plan]
     assert names[:2] == ["ledger_summary", "vendor_totals"]
-    assert names[2:] == list(commands.AUDIT_PROCEDURES)
+    assert names[2:] == list(AUDIT_PROCEDURES)
 
 
 def test_the_sample_option_says_how_many_steps_the_sample_has(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["submit", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert f"{len(commands.sample_plan())} steps" in shown
+    assert f"{len(sample.sample_plan())} steps" in shown
 
 
 def test_each_audit_step_is_summarised_on_a_line() -> None:
@@ -601,7 +602,7 @@ def test_each_audit_step_is_summarised_on_a_line() -> None:
 
     registry = load()
     steps = []
-    for step in commands.sample_plan():
+    for step in sample.sample_plan():
         parameters = json_format.MessageToDict(step.parameters)
         procedure = registry.get(step.procedure)
         assert procedure is not None
