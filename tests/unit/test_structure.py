@@ -124,3 +124,13 @@ def test_the_servers_do_not_import_the_cli() -> None:
             reached.add(name)
             pending.extend(graph[name])
     assert not {name for name in reached if name.startswith("auditflow.cli")}
+
+
+def test_the_processors_classes_stay_small() -> None:
+    """A class past 200 lines holds more than one job: split it (the processor's rule)."""
+    sizes = {}
+    for path in sorted((ROOT / "processor").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                sizes[f"{path.relative_to(ROOT)}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert sizes and max(sizes.values()) < 200, max(sizes.items(), key=lambda item: item[1])
