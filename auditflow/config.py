@@ -113,11 +113,23 @@ def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, ser
     add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)", service=s)
     add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database", service=s)
     add(parser, "--log-level", default="INFO", type=log_level, help="DEBUG, INFO, WARNING or ERROR", service=s)
-    add(parser, "--log-format", default="text", type=log_format, service=s,
-        help="text (a line per record, for a terminal) or json (an object per line, for a log pipeline)")  # fmt: skip
-    add(parser, "--metrics-address", default="", type=listen_address, service=s,
+    add(
+        parser,
+        "--log-format",
+        default="text",
+        type=log_format,
+        service=s,
+        help="text (a line per record, for a terminal) or json (an object per line, for a log pipeline)",
+    )
+    add(
+        parser,
+        "--metrics-address",
+        default="",
+        type=listen_address,
+        service=s,
         help="HOST:PORT to serve Prometheus metrics at /metrics (:PORT: on loopback; port 0: a free one); "
-             "empty: no metrics")  # fmt: skip
+        "empty: no metrics",
+    )
     add(parser, "--plugin", default="", help="comma-separated modules that register procedures", service=s)
 
 

@@ -102,18 +102,42 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
         config.add(parser, flag, help=help, service=service, **kwargs)
 
     d = ConnectionSettings()
-    add("--handshake-timeout", "seconds a new connection has to finish its TLS or HTTP/2 handshake",
-        default=d.handshake_timeout, type=config.interval)  # fmt: skip
-    add("--idle-timeout", "seconds a gRPC connection may stay without a call before it is closed",
-        default=d.idle_timeout, type=config.interval)  # fmt: skip
-    add("--http-idle-timeout", "seconds a REST connection may stay without a request (a new one too)",
-        default=d.http_idle_timeout, type=config.interval)  # fmt: skip
-    add("--keepalive-time", "seconds between the server's keepalive pings on a gRPC connection",
-        default=d.keepalive_time, type=config.interval)  # fmt: skip
-    add("--keepalive-timeout", "seconds a gRPC peer has to answer a keepalive ping",
-        default=d.keepalive_timeout, type=config.interval)  # fmt: skip
-    add("--max-connections", "most connections each port holds; 0: what the file-descriptor limit allows",
-        default=d.max_connections, type=_count)  # fmt: skip
+    add(
+        "--handshake-timeout",
+        "seconds a new connection has to finish its TLS or HTTP/2 handshake",
+        default=d.handshake_timeout,
+        type=config.interval,
+    )
+    add(
+        "--idle-timeout",
+        "seconds a gRPC connection may stay without a call before it is closed",
+        default=d.idle_timeout,
+        type=config.interval,
+    )
+    add(
+        "--http-idle-timeout",
+        "seconds a REST connection may stay without a request (a new one too)",
+        default=d.http_idle_timeout,
+        type=config.interval,
+    )
+    add(
+        "--keepalive-time",
+        "seconds between the server's keepalive pings on a gRPC connection",
+        default=d.keepalive_time,
+        type=config.interval,
+    )
+    add(
+        "--keepalive-timeout",
+        "seconds a gRPC peer has to answer a keepalive ping",
+        default=d.keepalive_timeout,
+        type=config.interval,
+    )
+    add(
+        "--max-connections",
+        "most connections each port holds; 0: what the file-descriptor limit allows",
+        default=d.max_connections,
+        type=_count,
+    )
 
 
 def _count(text: str) -> int:

@@ -87,9 +87,13 @@ def _step_json(step: pb.PlanStep) -> dict[str, Any]:
 def source_message(fingerprint: Fingerprint, changed: str = "") -> pb.DataSource:
     seconds, nanos = divmod(fingerprint.modified_ns, 1_000_000_000)
     return pb.DataSource(
-        parameter=fingerprint.parameter, path=fingerprint.path, size_bytes=fingerprint.size_bytes,
-        sha256=fingerprint.sha256, modified_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos), changed=changed,
-    )  # fmt: skip
+        parameter=fingerprint.parameter,
+        path=fingerprint.path,
+        size_bytes=fingerprint.size_bytes,
+        sha256=fingerprint.sha256,
+        modified_at=timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
+        changed=changed,
+    )
 
 
 def source_fingerprint(source: pb.DataSource) -> Fingerprint:

@@ -52,13 +52,23 @@ class Fingerprint:
     modified_ns: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"parameter": self.parameter, "path": self.path, "size_bytes": self.size_bytes,
-                "sha256": self.sha256, "modified_ns": self.modified_ns}  # fmt: skip
+        return {
+            "parameter": self.parameter,
+            "path": self.path,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "modified_ns": self.modified_ns,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fingerprint:
-        return cls(str(data["parameter"]), str(data["path"]), int(data["size_bytes"]), str(data["sha256"]),
-                   int(data["modified_ns"]))  # fmt: skip
+        return cls(
+            str(data["parameter"]),
+            str(data["path"]),
+            int(data["size_bytes"]),
+            str(data["sha256"]),
+            int(data["modified_ns"]),
+        )
 
     @property
     def modified_at(self) -> datetime:

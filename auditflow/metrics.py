@@ -64,8 +64,9 @@ class _DatabaseGauges(Collector):
         self.sources: list[DatabaseCollector] = []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("auditflow_database_up", "1 if the last scrape could read the database.",
-                               labels=("database",))  # fmt: skip
+        up = GaugeMetricFamily(
+            "auditflow_database_up", "1 if the last scrape could read the database.", labels=("database",)
+        )
         families: dict[str, GaugeMetricFamily] = {}
         for source in list(self.sources):
             try:
@@ -164,13 +165,18 @@ def of(service: str) -> ServiceMetrics:
 # --- the gateway ------------------------------------------------------------------------
 
 CLIENT_HANDLED = Counter(
-    "grpc_client_handled_total", "RPCs the gateway made to the processor, by status code.", (*RPC_LABELS, "grpc_code"),
+    "grpc_client_handled_total",
+    "RPCs the gateway made to the processor, by status code.",
+    (*RPC_LABELS, "grpc_code"),
     registry=GATEWAY.registry,
-)  # fmt: skip
+)
 CLIENT_SECONDS = Histogram(
-    "grpc_client_handling_seconds", "Time of the gateway's RPCs to the processor.", RPC_LABELS, buckets=FAST,
+    "grpc_client_handling_seconds",
+    "Time of the gateway's RPCs to the processor.",
+    RPC_LABELS,
+    buckets=FAST,
     registry=GATEWAY.registry,
-)  # fmt: skip
+)
 
 DECISIONS = Counter(
     "auditflow_gateway_decisions_total",
@@ -196,9 +202,11 @@ PROCESSOR_LINK_UP = Gauge(
     registry=GATEWAY.registry,
 )
 OUTBOX_DISPATCH_SECONDS = Histogram(
-    "auditflow_gateway_dispatch_seconds", "From an approval's commit to the processor accepting its run.",
-    buckets=SLOW, registry=GATEWAY.registry,
-)  # fmt: skip
+    "auditflow_gateway_dispatch_seconds",
+    "From an approval's commit to the processor accepting its run.",
+    buckets=SLOW,
+    registry=GATEWAY.registry,
+)
 WATCH_STREAMS = Gauge(
     "auditflow_gateway_watch_streams",
     "Open WatchStatus streams, over gRPC and REST (SSE or NDJSON) together.",
@@ -217,13 +225,18 @@ LIMIT_REFUSALS = Counter(
     registry=GATEWAY.registry,
 )
 REST_REQUESTS = Counter(
-    "auditflow_gateway_rest_requests_total", "REST requests by route, method and HTTP status.",
-    ("route", "method", "code"), registry=GATEWAY.registry,
-)  # fmt: skip
+    "auditflow_gateway_rest_requests_total",
+    "REST requests by route, method and HTTP status.",
+    ("route", "method", "code"),
+    registry=GATEWAY.registry,
+)
 REST_SECONDS = Histogram(
-    "auditflow_gateway_rest_request_seconds", "REST request time by route and method (a stream: its whole life).",
-    ("route", "method"), buckets=FAST, registry=GATEWAY.registry,
-)  # fmt: skip
+    "auditflow_gateway_rest_request_seconds",
+    "REST request time by route and method (a stream: its whole life).",
+    ("route", "method"),
+    buckets=FAST,
+    registry=GATEWAY.registry,
+)
 
 # --- the processor ----------------------------------------------------------------------
 
@@ -232,13 +245,18 @@ MAX_CONCURRENT = Gauge(
     "auditflow_processor_max_concurrent", "Runs this processor may drive at once.", registry=PROCESSOR.registry
 )
 CYCLE_SECONDS = Histogram(
-    "auditflow_processor_cycle_seconds", "Time of one cycle's work (the orchestrator call), by the step's procedure.",
-    ("procedure",), buckets=SLOW, registry=PROCESSOR.registry,
-)  # fmt: skip
+    "auditflow_processor_cycle_seconds",
+    "Time of one cycle's work (the orchestrator call), by the step's procedure.",
+    ("procedure",),
+    buckets=SLOW,
+    registry=PROCESSOR.registry,
+)
 CYCLE_ERRORS = Counter(
-    "auditflow_processor_cycle_errors_total", "Failed cycles by procedure and kind (error: retried; critical).",
-    ("procedure", "kind"), registry=PROCESSOR.registry,
-)  # fmt: skip
+    "auditflow_processor_cycle_errors_total",
+    "Failed cycles by procedure and kind (error: retried; critical).",
+    ("procedure", "kind"),
+    registry=PROCESSOR.registry,
+)
 LEASE_CLAIMS = Counter(
     "auditflow_processor_lease_claims_total",
     "Runs claimed, by kind: first (a queued run starts) or rescue (a run whose lease expired or was released).",
@@ -276,8 +294,16 @@ class Endpoint:
     host listens on loopback, and plaintext off loopback needs `--allow-plaintext`, as for
     the service's own ports. A port in use is a ConfigError (one line at start-up)."""
 
-    def __init__(self, address: str, service: ServiceMetrics, collector: DatabaseCollector | None = None, *,
-                 certfile: str = "", keyfile: str = "", allow_plaintext: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        address: str,
+        service: ServiceMetrics,
+        collector: DatabaseCollector | None = None,
+        *,
+        certfile: str = "",
+        keyfile: str = "",
+        allow_plaintext: bool = False,
+    ) -> None:
         host, _, port = address.rpartition(":")
         self.host = host.strip("[]") or "127.0.0.1"
         self._port = int(port)
@@ -293,9 +319,12 @@ class Endpoint:
     def start(self) -> None:
         try:
             self._server, self._thread = start_http_server(
-                self._port, self.host, registry=self._service.registry,
-                certfile=self._certfile or None, keyfile=self._keyfile or None,
-            )  # fmt: skip
+                self._port,
+                self.host,
+                registry=self._service.registry,
+                certfile=self._certfile or None,
+                keyfile=self._keyfile or None,
+            )
         except OSError as exc:
             why = "the port is in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise ConfigError(f"cannot listen on {self.host}:{self._port} (metrics): {why}") from None
@@ -329,8 +358,12 @@ class DatabaseCollector:
     scrape's thread) returns {metric name: samples}; `describe` gives their help and label
     names. Added to its service's registry while its server's endpoint runs."""
 
-    def __init__(self, database: str, read: Callable[[], dict[str, list[Sample]]],
-                 describe: dict[str, tuple[str, tuple[str, ...]]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        database: str,
+        read: Callable[[], dict[str, list[Sample]]],
+        describe: dict[str, tuple[str, tuple[str, ...]]],
+    ) -> None:
         self.database = database
         self.read = read
         self.describe = describe

@@ -59,8 +59,14 @@ def server_options(connections: ConnectionSettings) -> list[tuple[str, Any]]:
     return [*SERVER_OPTIONS, *connections.grpc_options()]
 
 
-def new_server(authenticator: Authenticator, connections: ConnectionSettings, *, metrics: RpcMetrics | None = None,
-               outer: Sequence[Any] = (), limiter: Limiter | None = None) -> grpc.aio.Server:  # fmt: skip
+def new_server(
+    authenticator: Authenticator,
+    connections: ConnectionSettings,
+    *,
+    metrics: RpcMetrics | None = None,
+    outer: Sequence[Any] = (),
+    limiter: Limiter | None = None,
+) -> grpc.aio.Server:
     """A server with our interceptor (and `outer` ones before it: tracing)."""
     interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
@@ -77,8 +83,9 @@ def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[s
     return health_servicer
 
 
-async def set_serving(health_servicer: health_aio.HealthServicer, service_names: Iterable[str],
-                      serving: bool = True) -> None:  # fmt: skip
+async def set_serving(
+    health_servicer: health_aio.HealthServicer, service_names: Iterable[str], serving: bool = True
+) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_names]:
         await health_servicer.set(name, status)
@@ -109,8 +116,9 @@ class LinkHealth:
     gateway's to the processor: SERVING while its feed is up), apart from the server's own
     health, so that a probe can tell "this gateway is down" from "its processor is"."""
 
-    def __init__(self, health_servicer: health_aio.HealthServicer, name: str,
-                 on_change: Callable[[bool], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, health_servicer: health_aio.HealthServicer, name: str, on_change: Callable[[bool], None] | None = None
+    ) -> None:
         self._health = health_servicer
         self.name = name
         self._on_change = on_change

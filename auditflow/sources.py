@@ -186,10 +186,15 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
         "--data-root", "comma-separated directories plans may read ledger files from (default: the samples)", default=""
     )
     add("--data-source", "comma-separated NAME=URL database sources plans may name (URL, or @FILE)", default="")
-    add("--max-ledger-bytes", "largest ledger file a plan may name", default=DEFAULT_MAX_LEDGER_BYTES,
-        type=config.positive_int)  # fmt: skip
-    add("--max-ledger-rows", "most entries a ledger may have", default=DEFAULT_MAX_LEDGER_ROWS,
-        type=config.positive_int)  # fmt: skip
+    add(
+        "--max-ledger-bytes",
+        "largest ledger file a plan may name",
+        default=DEFAULT_MAX_LEDGER_BYTES,
+        type=config.positive_int,
+    )
+    add(
+        "--max-ledger-rows", "most entries a ledger may have", default=DEFAULT_MAX_LEDGER_ROWS, type=config.positive_int
+    )
 
 
 def from_args(args: argparse.Namespace) -> DataSettings:

@@ -80,14 +80,30 @@ class TlsFiles:
 
 def add_flags(parser: argparse.ArgumentParser, service: str, *, client_ca: bool) -> None:
     """--tls-cert/--tls-key (every port of the server), --tls-client-ca, --allow-plaintext."""
-    add(parser, "--tls-cert", default="", service=service,
-        help="PEM certificate chain: serve TLS on every port (re-read on SIGHUP)")  # fmt: skip
+    add(
+        parser,
+        "--tls-cert",
+        default="",
+        service=service,
+        help="PEM certificate chain: serve TLS on every port (re-read on SIGHUP)",
+    )
     add(parser, "--tls-key", default="", service=service, help="PEM private key of --tls-cert")
     if client_ca:
-        add(parser, "--tls-client-ca", default="", service=service,
-            help="CA client certificates must chain to: mutual TLS, a certificate required of all")  # fmt: skip
-    add(parser, "--allow-plaintext", default=False, type=boolean, service=service,
-        help="allow plaintext on a non-loopback address (credentials then cross the network in the clear)")  # fmt: skip
+        add(
+            parser,
+            "--tls-client-ca",
+            default="",
+            service=service,
+            help="CA client certificates must chain to: mutual TLS, a certificate required of all",
+        )
+    add(
+        parser,
+        "--allow-plaintext",
+        default=False,
+        type=boolean,
+        service=service,
+        help="allow plaintext on a non-loopback address (credentials then cross the network in the clear)",
+    )
 
 
 def check_plaintext(what: str, host: str, encrypted: bool, allow_plaintext: bool) -> None:

@@ -84,17 +84,43 @@ class Content:
     @classmethod
     def of_message(cls, event: pb.WorkflowEvent) -> Content:
         time = _EPOCH + timedelta(seconds=event.time.seconds, microseconds=event.time.nanos // 1000)
-        return cls(event.workflow_id, event.sequence, event.type, event.status, event.cycle, event.progress.done,
-                   event.progress.total, event.message, event.actor, event.actor_auth, time, event.etag,
-                   event.result_digest)  # fmt: skip
+        return cls(
+            event.workflow_id,
+            event.sequence,
+            event.type,
+            event.status,
+            event.cycle,
+            event.progress.done,
+            event.progress.total,
+            event.message,
+            event.actor,
+            event.actor_auth,
+            time,
+            event.etag,
+            event.result_digest,
+        )
 
     def canonical(self) -> bytes:
         time = self.time if self.time.tzinfo is not None else self.time.replace(tzinfo=UTC)
         micros = (time - _EPOCH) // _MICROSECOND
         return _canonical_json(
-            [VERSION, self.workflow_id, self.sequence, self.type, self.status, self.cycle, self.progress_done,
-             self.progress_total, self.message, self.actor, self.actor_auth, micros, self.etag, self.result_digest]
-        )  # fmt: skip
+            [
+                VERSION,
+                self.workflow_id,
+                self.sequence,
+                self.type,
+                self.status,
+                self.cycle,
+                self.progress_done,
+                self.progress_total,
+                self.message,
+                self.actor,
+                self.actor_auth,
+                micros,
+                self.etag,
+                self.result_digest,
+            ]
+        )
 
 
 def link(previous: str, content: Content) -> str:

@@ -126,9 +126,12 @@ class WorkflowApi:
 
     async def ListWorkflows(self, request: wpb.ListWorkflowsRequest) -> wpb.ListWorkflowsResponse:
         filter_ = self._listing.filter_for(
-            principal.current(), request.statuses, awaiting_my_approval=request.awaiting_my_approval,
-            created_by_me=request.created_by_me, title_contains=request.title_contains,
-        )  # fmt: skip
+            principal.current(),
+            request.statuses,
+            awaiting_my_approval=request.awaiting_my_approval,
+            created_by_me=request.created_by_me,
+            title_contains=request.title_contains,
+        )
         return await self._listing.response(filter_, request.page_size, request.page_token, self._workflow)
 
     async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
@@ -167,9 +170,16 @@ class WorkflowApi:
         quota.check_size(asked, self._plan_limits)
         steps = await asyncio.to_thread(_checked_plan, asked, self._plan_limits)
         revision = workflows.Revision(
-            workflow_id=workflow_id, etag=etag, actor=user, title=title, plan_json=convert.plan_to_json(steps),
-            steps=len(steps), max_cycles=max_cycles, reason=reason, request_id=request_id,
-        )  # fmt: skip
+            workflow_id=workflow_id,
+            etag=etag,
+            actor=user,
+            title=title,
+            plan_json=convert.plan_to_json(steps),
+            steps=len(steps),
+            max_cycles=max_cycles,
+            reason=reason,
+            request_id=request_id,
+        )
         revised = await self._db.write(lambda conn: workflows.revise(conn, revision))
         self._published(revised.outcome)
         if revised.outcome.changed:
@@ -208,8 +218,10 @@ class WorkflowApi:
         changes: list[wpb.PlanChange] = []
         if request.compare_to and found[1] is not None:
             old, new = (revisions.PlanVersion.of(r.title, r.plan_json, r.max_cycles) for r in (found[1], shown))
-            changes = [wpb.PlanChange(field=c.field, kind=c.kind, before=c.before, after=c.after)
-                       for c in revisions.changes(old, new)]  # fmt: skip
+            changes = [
+                wpb.PlanChange(field=c.field, kind=c.kind, before=c.before, after=c.after)
+                for c in revisions.changes(old, new)
+            ]
         return wpb.GetRevisionResponse(
             revision=messages.revision(shown), changes=changes, current_revision=current.revision
         )
@@ -217,9 +229,12 @@ class WorkflowApi:
     async def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest) -> AsyncIterator[CollectionItem]:
         # (An async generator: a bad request is refused at the first message, as WatchStatus's.)
         filter_ = self._listing.filter_for(
-            principal.current(), request.statuses, awaiting_my_approval=request.awaiting_my_approval,
-            created_by_me=request.created_by_me, title_contains=request.title_contains,
-        )  # fmt: skip
+            principal.current(),
+            request.statuses,
+            awaiting_my_approval=request.awaiting_my_approval,
+            created_by_me=request.created_by_me,
+            title_contains=request.title_contains,
+        )
         if request.page_size < 0 or request.page_size > listing.MAX_PAGE_SIZE:
             raise invalid(
                 "page_size", f"must be between 0 (default {listing.DEFAULT_PAGE_SIZE}) and {listing.MAX_PAGE_SIZE}"
@@ -244,8 +259,9 @@ class WorkflowApi:
         caller = principal.current()
         pending = await self._db.read(lambda conn: quota.pending(conn, caller))
         limits = quota.caller_limits(caller, pending, self._limiter, self._plan_limits)
-        return wpb.WhoAmIResponse(principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via,
-                                  limits=limits)  # fmt: skip
+        return wpb.WhoAmIResponse(
+            principal=caller.name, roles=sorted(caller.roles), authenticated_by=caller.via, limits=limits
+        )
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -293,8 +309,9 @@ class WorkflowApi:
         event = outcome.event
         if event is not None:
             terminal = statuses.is_terminal(event.status)
-            self._hub.publish(Item.later(record.workflow_id, event.sequence, terminal,
-                                         lambda: messages.event_message(record, event)))  # fmt: skip
+            self._hub.publish(
+                Item.later(record.workflow_id, event.sequence, terminal, lambda: messages.event_message(record, event))
+            )
         if outcome.outbox is not None:
             self._relay.submit(outcome.outbox, record)
 
@@ -363,8 +380,9 @@ def check_etag(text: str) -> str:
     Required: a decision is bound to the revision its author saw, never to "whatever is
     stored now" (which may have been revised since)."""
     if not text:
-        raise invalid("etag", "required: read the workflow first (GetWorkflow), review its plan, "
-                      "and send the etag it shows")  # fmt: skip
+        raise invalid(
+            "etag", "required: read the workflow first (GetWorkflow), review its plan, and send the etag it shows"
+        )
     if _ETAG.fullmatch(text) is None:
         raise invalid("etag", "the etag of the plan as GetWorkflow returns it (64 hex digits)")
     return text

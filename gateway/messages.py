@@ -60,18 +60,28 @@ def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) 
 
 def revision(record: RevisionRecord) -> wpb.Revision:
     return wpb.Revision(
-        revision=record.revision, title=record.title, plan=convert.plan_from_json(record.plan_json),
-        max_cycles=record.max_cycles, orchestrator=record.orchestrator, etag=record.etag,
-        created_by=record.created_by, created_at=convert.timestamp(record.created_at), reason=record.reason,
-    )  # fmt: skip
+        revision=record.revision,
+        title=record.title,
+        plan=convert.plan_from_json(record.plan_json),
+        max_cycles=record.max_cycles,
+        orchestrator=record.orchestrator,
+        etag=record.etag,
+        created_by=record.created_by,
+        created_at=convert.timestamp(record.created_at),
+        reason=record.reason,
+    )
 
 
 def change_request(record: WorkflowRecord) -> pb.ChangeRequest | None:
     asked = record.changes_requested
     if asked is None or record.status != pb.WORKFLOW_STATUS_CHANGES_REQUESTED:
         return None
-    return pb.ChangeRequest(requested_by=asked.requested_by, time=convert.timestamp(asked.time), reason=asked.reason,
-                            revision=asked.revision)  # fmt: skip
+    return pb.ChangeRequest(
+        requested_by=asked.requested_by,
+        time=convert.timestamp(asked.time),
+        reason=asked.reason,
+        revision=asked.revision,
+    )
 
 
 def summary(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:

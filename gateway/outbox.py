@@ -54,15 +54,20 @@ Request = ppb.EnqueueRequest | ppb.CancelRunRequest
 # --- the format of a row ----------------------------------------------------------------
 
 
-def enqueue_payload(record: WorkflowRecord, approved_by: str, base_hash: str, approved_at: datetime,
-                    traceparent: str = "") -> bytes:  # fmt: skip
+def enqueue_payload(
+    record: WorkflowRecord, approved_by: str, base_hash: str, approved_at: datetime, traceparent: str = ""
+) -> bytes:
     """An Enqueue row keeps what the workflow row does not: the approver, the sequence and
     trail hash the processor goes on from, when it was approved and the approval's trace. The
     rest comes from the workflow when sent."""
     request = ppb.EnqueueRequest(
-        workflow_id=record.workflow_id, base_sequence=record.last_sequence, approved_by=approved_by,
-        base_hash=base_hash, approved_at=convert.timestamp(approved_at), traceparent=traceparent,
-    )  # fmt: skip
+        workflow_id=record.workflow_id,
+        base_sequence=record.last_sequence,
+        approved_by=approved_by,
+        base_hash=base_hash,
+        approved_at=convert.timestamp(approved_at),
+        traceparent=traceparent,
+    )
     return request.SerializeToString()
 
 
@@ -230,9 +235,13 @@ class OutboxRelay:
                 delay = backoff.next()
                 logger.warning(
                     "delivering %s of %s failed (%s); retry %d in %.2fs",
-                    row.kind, row.workflow_id, _describe(exc), backoff.attempts, delay,
+                    row.kind,
+                    row.workflow_id,
+                    _describe(exc),
+                    backoff.attempts,
+                    delay,
                     exc_info=not isinstance(exc, grpc.aio.AioRpcError),
-                )  # fmt: skip
+                )
                 await asyncio.sleep(delay)
 
     async def _attempt(self, row: OutboxRow, workflow: WorkflowRecord | None) -> None:
@@ -281,8 +290,11 @@ class OutboxRelay:
         self._unavailable_since = convert.utcnow()
         logger.warning(
             "delivering %s of %s failed (%s); %d outbox rows wait for the processor",
-            row.kind, row.workflow_id, exc.code().name, len(self._known),
-        )  # fmt: skip
+            row.kind,
+            row.workflow_id,
+            exc.code().name,
+            len(self._known),
+        )
         self._prober = asyncio.create_task(self._probe_until_up(), name="outbox-probe")
 
     async def _probe_until_up(self) -> None:

@@ -70,8 +70,13 @@ class Gateway:
         measured = bool(settings.metrics_address)
         self.limiter = Limiter(settings.limits)  # (each principal's rates and streams, both adapters)
         rpc_metrics = RpcMetrics(metrics.GATEWAY) if measured else None
-        self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
-                                         outer=tracing.server_interceptors(), limiter=self.limiter)  # fmt: skip
+        self.server = serving.new_server(
+            self.authenticator,
+            settings.connections,
+            metrics=rpc_metrics,
+            outer=tracing.server_interceptors(),
+            limiter=self.limiter,
+        )
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, self._link_changed)
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
@@ -122,9 +127,14 @@ class Gateway:
         self.port = serving.bind(self.server, address, self.tls)
         self.metrics: metrics.Endpoint | None = None
         if measured:
-            self.metrics = metrics.Endpoint(settings.metrics_address, metrics.GATEWAY, outbox_gauges(self.db),
-                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
-                                            allow_plaintext=settings.allow_plaintext)  # fmt: skip
+            self.metrics = metrics.Endpoint(
+                settings.metrics_address,
+                metrics.GATEWAY,
+                outbox_gauges(self.db),
+                certfile=settings.tls.cert_file,
+                keyfile=settings.tls.key_file,
+                allow_plaintext=settings.allow_plaintext,
+            )
 
     @property
     def address(self) -> str:
@@ -148,9 +158,11 @@ class Gateway:
         self.db.observe_outages(serving.DatabaseHealth(self._health, [SERVICE_NAME]))
         logger.info(
             "gateway listening on %s (%s; processor at %s); accepts %s",
-            self.address, "TLS" if self.tls else "plaintext", self.settings.processor_target,
+            self.address,
+            "TLS" if self.tls else "plaintext",
+            self.settings.processor_target,
             "; ".join(self.authenticator.methods()),
-        )  # fmt: skip
+        )
 
     async def stop(self, grace: float = 5.0) -> None:
         await self._health.enter_graceful_shutdown()
@@ -233,8 +245,9 @@ def processor_channel(settings: Settings) -> grpc.aio.Channel:
     interceptors += tracing.client_interceptors()
     options = [BALANCED, *RECONNECT]
     if link.enabled:
-        return grpc.aio.secure_channel(target, link.credentials(), options=[*link.options(), *options],
-                                       interceptors=interceptors)  # fmt: skip
+        return grpc.aio.secure_channel(
+            target, link.credentials(), options=[*link.options(), *options], interceptors=interceptors
+        )
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 

@@ -85,36 +85,64 @@ def build_parser() -> argparse.ArgumentParser:
         config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
 
     config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service=SERVICE)
-    add("--processor-target", "the processors: host:port, dns:///NAME:PORT (every address NAME resolves to) or "
+    add(
+        "--processor-target",
+        "the processors: host:port, dns:///NAME:PORT (every address NAME resolves to) or "
         "IP:PORT,IP:PORT,...; calls are balanced round robin and go around a processor that is down",
-        default=DEFAULT_PROCESSOR)  # fmt: skip
+        default=DEFAULT_PROCESSOR,
+    )
     add("--default-max-cycles", "cycles a workflow may take when its request says 0", default=15, type=positive_int)
-    add("--heartbeat-interval", "seconds between heartbeats on an idle WatchStatus stream (> 0)", default=5.0,
-        type=config.interval)  # fmt: skip
-    add("--collection-poll-interval", "seconds between WatchWorkflows' looks at workflows changed through other "
-        "gateways (this gateway's own changes are sent at once) (> 0)", default=1.0, type=config.interval)  # fmt: skip
-    add("--allow-self-approval", "let the creator of a plan approve it (separation of duties is on by default)",
-        default=False, type=config.boolean)  # fmt: skip
-    add("--rest-port", "HTTP port of the REST/JSON API and status page (0 picks a free one, 'off' serves none)",
-        default=8080, type=rest_port)  # fmt: skip
+    add(
+        "--heartbeat-interval",
+        "seconds between heartbeats on an idle WatchStatus stream (> 0)",
+        default=5.0,
+        type=config.interval,
+    )
+    add(
+        "--collection-poll-interval",
+        "seconds between WatchWorkflows' looks at workflows changed through other "
+        "gateways (this gateway's own changes are sent at once) (> 0)",
+        default=1.0,
+        type=config.interval,
+    )
+    add(
+        "--allow-self-approval",
+        "let the creator of a plan approve it (separation of duties is on by default)",
+        default=False,
+        type=config.boolean,
+    )
+    add(
+        "--rest-port",
+        "HTTP port of the REST/JSON API and status page (0 picks a free one, 'off' serves none)",
+        default=8080,
+        type=rest_port,
+    )
     add("--rest-cors-origins", "comma-separated origins a browser may call the REST API from ('*' = any)", default="")
     auth_settings.add_flags(parser, SERVICE, proxy=True)
     tls.add_flags(parser, SERVICE, client_ca=False)
-    add("--processor-token-file", "file holding the service token this gateway presents to the processor",
-        default="")  # fmt: skip
-    add("--processor-tls-ca", "CA certificate of the processor's TLS certificate (enables TLS to the processor)",
-        default="")  # fmt: skip
+    add("--processor-token-file", "file holding the service token this gateway presents to the processor", default="")
+    add(
+        "--processor-tls-ca",
+        "CA certificate of the processor's TLS certificate (enables TLS to the processor)",
+        default="",
+    )
     add("--processor-tls-cert", "client certificate for mutual TLS with the processor", default="")
     add("--processor-tls-key", "key of --processor-tls-cert", default="")
-    add("--processor-tls-server-name", "name to expect in the processor's certificate (default: its host)",
-        default="")  # fmt: skip
-    add("--default-approvals", "distinct approvers a plan needs when its request says 0", default=1,
-        type=positive_int)  # fmt: skip
+    add("--processor-tls-server-name", "name to expect in the processor's certificate (default: its host)", default="")
+    add("--default-approvals", "distinct approvers a plan needs when its request says 0", default=1, type=positive_int)
     add("--max-approvals", "the most approvers a plan may require", default=5, type=positive_int)
-    add("--trail-signing-key", "Ed25519 private key (PEM) that signs the trail's end of workflows ending here "
-        "(rejected, cancelled before dispatch); empty: no signature", default="")  # fmt: skip
-    add("--trail-public-keys", "comma-separated Ed25519 public keys (PEM files) whose trail signatures "
-        "VerifyTrail checks, e.g. the processor's", default="")  # fmt: skip
+    add(
+        "--trail-signing-key",
+        "Ed25519 private key (PEM) that signs the trail's end of workflows ending here "
+        "(rejected, cancelled before dispatch); empty: no signature",
+        default="",
+    )
+    add(
+        "--trail-public-keys",
+        "comma-separated Ed25519 public keys (PEM files) whose trail signatures "
+        "VerifyTrail checks, e.g. the processor's",
+        default="",
+    )
     sources.add_flags(parser, SERVICE)
     add_limit_flags(parser)
     connections.add_flags(parser, SERVICE)
@@ -128,26 +156,56 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
         config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
 
     rate = "per principal, as CALLS_PER_SECOND:BURST ('off': no limit)"
-    add("--write-rate", f"create, approve, reject and cancel calls {rate}; a request costs one call per "
-        f"{limits.BYTES_PER_TOKEN // 1024} KiB it sends", default=str(limits.DEFAULT_WRITE),
-        type=Rate.parse)  # fmt: skip
-    add("--read-rate", f"reads {rate}; a page costs one call per {limits.ROWS_PER_TOKEN} rows it asks for",
-        default=str(limits.DEFAULT_READ), type=Rate.parse)  # fmt: skip
-    add("--watch-rate", f"streams opened (status, exports) {rate}", default=str(limits.DEFAULT_WATCH),
-        type=Rate.parse)  # fmt: skip
-    add("--max-streams-per-principal", "streams one principal may hold open at once (0: no limit)",
-        default=limits.DEFAULT_MAX_STREAMS, type=config.non_negative_int)  # fmt: skip
-    add("--max-pending-plans", "plans one principal may have awaiting approval (0: no limit)",
-        default=DEFAULT_MAX_PENDING_PLANS, type=config.non_negative_int)  # fmt: skip
-    add("--max-plan-bytes", "size of a plan's steps as sent, in bytes (0: no limit but the 4 MiB message)",
-        default=DEFAULT_MAX_PLAN_BYTES, type=config.non_negative_int)  # fmt: skip
-    add("--max-plan-steps", f"steps a plan may have (at most {plans.MAX_STEPS})", default=plans.MAX_STEPS,
-        type=config.bounded_int(1, plans.MAX_STEPS))  # fmt: skip
-    add("--max-parameters-bytes", f"size of one step's parameters as sent, in bytes (at most "
-        f"{plans.MAX_PARAMETERS_BYTES})", default=plans.MAX_PARAMETERS_BYTES,
-        type=config.bounded_int(1, plans.MAX_PARAMETERS_BYTES))  # fmt: skip
-    add("--max-page-bytes", "bytes a page of workflows stops before (it holds at least one workflow; the "
-        "page token covers the rest)", default=listing.DEFAULT_MAX_PAGE_BYTES, type=positive_int)  # fmt: skip
+    add(
+        "--write-rate",
+        f"create, approve, reject and cancel calls {rate}; a request costs one call per "
+        f"{limits.BYTES_PER_TOKEN // 1024} KiB it sends",
+        default=str(limits.DEFAULT_WRITE),
+        type=Rate.parse,
+    )
+    add(
+        "--read-rate",
+        f"reads {rate}; a page costs one call per {limits.ROWS_PER_TOKEN} rows it asks for",
+        default=str(limits.DEFAULT_READ),
+        type=Rate.parse,
+    )
+    add("--watch-rate", f"streams opened (status, exports) {rate}", default=str(limits.DEFAULT_WATCH), type=Rate.parse)
+    add(
+        "--max-streams-per-principal",
+        "streams one principal may hold open at once (0: no limit)",
+        default=limits.DEFAULT_MAX_STREAMS,
+        type=config.non_negative_int,
+    )
+    add(
+        "--max-pending-plans",
+        "plans one principal may have awaiting approval (0: no limit)",
+        default=DEFAULT_MAX_PENDING_PLANS,
+        type=config.non_negative_int,
+    )
+    add(
+        "--max-plan-bytes",
+        "size of a plan's steps as sent, in bytes (0: no limit but the 4 MiB message)",
+        default=DEFAULT_MAX_PLAN_BYTES,
+        type=config.non_negative_int,
+    )
+    add(
+        "--max-plan-steps",
+        f"steps a plan may have (at most {plans.MAX_STEPS})",
+        default=plans.MAX_STEPS,
+        type=config.bounded_int(1, plans.MAX_STEPS),
+    )
+    add(
+        "--max-parameters-bytes",
+        f"size of one step's parameters as sent, in bytes (at most {plans.MAX_PARAMETERS_BYTES})",
+        default=plans.MAX_PARAMETERS_BYTES,
+        type=config.bounded_int(1, plans.MAX_PARAMETERS_BYTES),
+    )
+    add(
+        "--max-page-bytes",
+        "bytes a page of workflows stops before (it holds at least one workflow; the page token covers the rest)",
+        default=listing.DEFAULT_MAX_PAGE_BYTES,
+        type=positive_int,
+    )
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:

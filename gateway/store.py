@@ -231,8 +231,13 @@ class ChangeRequest:
         return cls(data["requested_by"], data["key"], _utc(time) or time, data["reason"], int(data["revision"]))
 
     def to_json(self) -> dict[str, Any]:
-        return {"requested_by": self.requested_by, "key": self.key, "time": self.time.isoformat(),
-                "reason": self.reason, "revision": self.revision}  # fmt: skip
+        return {
+            "requested_by": self.requested_by,
+            "key": self.key,
+            "time": self.time.isoformat(),
+            "reason": self.reason,
+            "revision": self.revision,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,12 +278,26 @@ class ApprovalRecord:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ApprovalRecord:
         time = datetime.fromisoformat(data["time"])
-        return cls(data["approver"], data["key"], data.get("auth", ""), _utc(time) or time, data.get("comment", ""),
-                   data.get("etag", ""), data.get("request_id", ""))  # fmt: skip
+        return cls(
+            data["approver"],
+            data["key"],
+            data.get("auth", ""),
+            _utc(time) or time,
+            data.get("comment", ""),
+            data.get("etag", ""),
+            data.get("request_id", ""),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"approver": self.approver, "key": self.key, "auth": self.auth, "time": self.time.isoformat(),
-                "comment": self.comment, "etag": self.etag, "request_id": self.request_id}  # fmt: skip
+        return {
+            "approver": self.approver,
+            "key": self.key,
+            "auth": self.auth,
+            "time": self.time.isoformat(),
+            "comment": self.comment,
+            "etag": self.etag,
+            "request_id": self.request_id,
+        }
 
 
 _WORKFLOW_FIELDS = tuple(f.name for f in fields(WorkflowRecord))
@@ -309,9 +328,20 @@ class EventRecord:
     @classmethod
     def from_row(cls, row: Any) -> EventRecord:
         m = row._mapping
-        return cls(m["workflow_id"], m["sequence"], m["type"], m["status"], m["message"], m["actor"],
-                   _utc(m["time"]) or datetime.now(UTC), m["actor_auth"], m["etag"], m["hash"], m["signature"],
-                   m["signing_key_id"])  # fmt: skip
+        return cls(
+            m["workflow_id"],
+            m["sequence"],
+            m["type"],
+            m["status"],
+            m["message"],
+            m["actor"],
+            _utc(m["time"]) or datetime.now(UTC),
+            m["actor_auth"],
+            m["etag"],
+            m["hash"],
+            m["signature"],
+            m["signing_key_id"],
+        )
 
     def content(self) -> trail.Content:
         return _content(self)
@@ -378,10 +408,14 @@ def find_by_request(conn: Connection, created_by: str, request_id: str) -> Workf
 _INSERT_EVENT = Prepared(insert(workflow_events).values({c.key: bindparam(c.key) for c in workflow_events.c}))
 _INSERT_OUTBOX = Prepared(
     insert(outbox)
-    .values(workflow_id=bindparam("workflow_id"), kind=bindparam("kind"), payload=bindparam("payload"),
-            created_at=bindparam("created_at"))
+    .values(
+        workflow_id=bindparam("workflow_id"),
+        kind=bindparam("kind"),
+        payload=bindparam("payload"),
+        created_at=bindparam("created_at"),
+    )
     .returning(outbox.c.id)
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,8 +436,20 @@ class NewEvent:
 
 def _content(event: EventRecord | NewEvent) -> trail.Content:
     """What an event's hash covers (the gateway's events have no cycle, progress or result)."""
-    return trail.Content(event.workflow_id, event.sequence, event.type, event.status, 0, 0, 0, event.message,
-                         event.actor, event.actor_auth or "", event.time, event.etag or "")  # fmt: skip
+    return trail.Content(
+        event.workflow_id,
+        event.sequence,
+        event.type,
+        event.status,
+        0,
+        0,
+        0,
+        event.message,
+        event.actor,
+        event.actor_auth or "",
+        event.time,
+        event.etag or "",
+    )
 
 
 def append_event(conn: Connection, new: NewEvent, signer: trail.Signer | None = None) -> EventRecord:
@@ -413,8 +459,20 @@ def append_event(conn: Connection, new: NewEvent, signer: trail.Signer | None = 
     signature = key_id = None
     if signer is not None and statuses.is_terminal(new.status):
         signature, key_id = signer.sign(new.workflow_id, new.sequence, digest), signer.key_id
-    record = EventRecord(new.workflow_id, new.sequence, new.type, new.status, new.message, new.actor, new.time,
-                         new.actor_auth, new.etag, digest, signature, key_id)  # fmt: skip
+    record = EventRecord(
+        new.workflow_id,
+        new.sequence,
+        new.type,
+        new.status,
+        new.message,
+        new.actor,
+        new.time,
+        new.actor_auth,
+        new.etag,
+        digest,
+        signature,
+        key_id,
+    )
     _INSERT_EVENT.run(conn, {name: getattr(record, name) for name in _EVENT_FIELDS})
     return record
 
@@ -459,8 +517,9 @@ def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Outbox
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows = conn.execute(select(outbox).where(outbox.c.id.in_(chunk)).order_by(outbox.c.id))
-        found.extend(OutboxRow(r.id, r.workflow_id, r.kind, r.payload, _utc(r.created_at) or r.created_at)
-                     for r in rows)  # fmt: skip
+        found.extend(
+            OutboxRow(r.id, r.workflow_id, r.kind, r.payload, _utc(r.created_at) or r.created_at) for r in rows
+        )
     return found
 
 

@@ -70,11 +70,15 @@ class TrailVerifier:
             if key is not None:
                 response.signature_checked = True
                 if not trail.signature_valid(key, last):
-                    problem = trail.Problem(last.sequence, f"the signature of event {last.sequence} is not valid: "
-                                            "the trail was rewritten after it was signed")  # fmt: skip
+                    problem = trail.Problem(
+                        last.sequence,
+                        f"the signature of event {last.sequence} is not valid: "
+                        "the trail was rewritten after it was signed",
+                    )
         if problem is None and len(events) < record.last_sequence:
-            problem = trail.Problem(len(events) + 1, f"event {len(events) + 1} is missing (the workflow is at "
-                                    f"event {record.last_sequence})")  # fmt: skip
+            problem = trail.Problem(
+                len(events) + 1, f"event {len(events) + 1} is missing (the workflow is at event {record.last_sequence})"
+            )
         if problem is not None:
             response.first_bad_sequence, response.problem = problem.sequence, problem.text
         response.intact = problem is None
@@ -106,9 +110,12 @@ def _plan_problem(record: WorkflowRecord, events: list[pb.WorkflowEvent]) -> tra
     submitted = [e for e in events if e.type in (pb.EVENT_TYPE_CREATED, pb.EVENT_TYPE_REVISED)]
     recorded = submitted[-1].etag if submitted else ""
     if now != recorded or record.etag != recorded:
-        return trail.Problem(0, "the stored plan does not match the etag recorded when it was submitted or "
-                             "revised: the plan (title, steps, parameters, data fingerprints, max_cycles or "
-                             "orchestrator) was changed")  # fmt: skip
+        return trail.Problem(
+            0,
+            "the stored plan does not match the etag recorded when it was submitted or "
+            "revised: the plan (title, steps, parameters, data fingerprints, max_cycles or "
+            "orchestrator) was changed",
+        )
     return None
 
 
@@ -121,8 +128,10 @@ def _result_problem(
         return None
     completed = events[-1]
     if trail.result_digest(snapshot.result) != completed.result_digest:
-        return trail.Problem(completed.sequence, f"the processor's result does not match the digest of event "
-                             f"{completed.sequence}: the result was changed")  # fmt: skip
+        return trail.Problem(
+            completed.sequence,
+            f"the processor's result does not match the digest of event {completed.sequence}: the result was changed",
+        )
     if statuses.is_terminal(record.status) and record.result_json is not None:
         shown = trail.result_digest(convert.struct(record.result or {}))
         if shown != completed.result_digest:

@@ -168,8 +168,9 @@ class Claimer:
             run = c.run
             messages.publish(self._hub, c.events)
             _count_claim(run, self.worker_id)
-            logger.info("%s: %s (cycle %d of at most %d)", run.workflow_id, c.events[-1].message, run.cycle,
-                        run.max_cycles)  # fmt: skip
+            logger.info(
+                "%s: %s (cycle %d of at most %d)", run.workflow_id, c.events[-1].message, run.cycle, run.max_cycles
+            )
             if self._stopping.is_set():  # stop() releases the lease we just took
                 self._hub.unsubscribe(run.workflow_id)
             else:

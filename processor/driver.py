@@ -123,8 +123,12 @@ class Driver:
         info = RunInfo(run.workflow_id, run.title, run.plan, run.max_cycles, cycle, epoch)
         logger.debug("%s cycle %d: state %s", run.workflow_id, cycle, run.state)
         procedure = procedure_of(run)
-        attributes = {"auditflow.workflow_id": run.workflow_id, "auditflow.cycle": cycle,
-                      "auditflow.procedure": procedure, "auditflow.lease_epoch": epoch}  # fmt: skip
+        attributes = {
+            "auditflow.workflow_id": run.workflow_id,
+            "auditflow.cycle": cycle,
+            "auditflow.procedure": procedure,
+            "auditflow.lease_epoch": epoch,
+        }
         with tracing.span(f"cycle {cycle}", parent=run.trace_context or "", attributes=attributes) as span:
             started = time.perf_counter()
             output = await self._call_orchestrator(run, info)
@@ -133,9 +137,13 @@ class Driver:
             _count(procedure, output.outcome, time.perf_counter() - started)
             committed = await self._commit(run, self._after_cycle(cycle, output.outcome), output.found)
             if span is not None and committed is not None:
-                span.set_attributes({"auditflow.status": statuses.name(committed.status),
-                                     "auditflow.message": committed.last_message,
-                                     "auditflow.findings": len(output.found)})  # fmt: skip
+                span.set_attributes(
+                    {
+                        "auditflow.status": statuses.name(committed.status),
+                        "auditflow.message": committed.last_message,
+                        "auditflow.findings": len(output.found),
+                    }
+                )
             return committed
 
     def _after_cycle(self, cycle: int, outcome: Outcome) -> Callable[[RunRecord], Transition]:
@@ -211,8 +219,9 @@ async def run_cycle(executor: Executor, run: RunRecord, info: RunInfo, check: Ca
         # Logged at ERROR with the FAILED event it causes.
         return CycleOutput(Errored(str(exc) or type(exc).__name__, critical=True))
     except Exception as exc:
-        logger.warning("%s cycle %d failed: %s: %s", run.workflow_id, info.cycle, type(exc).__name__, exc,
-                       exc_info=True)  # fmt: skip
+        logger.warning(
+            "%s cycle %d failed: %s: %s", run.workflow_id, info.cycle, type(exc).__name__, exc, exc_info=True
+        )
         return CycleOutput(Errored(f"{type(exc).__name__}: {exc}"))
     return CycleOutput(Succeeded(result), found)
 

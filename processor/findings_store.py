@@ -84,8 +84,17 @@ class FindingRecord:
     @classmethod
     def from_row(cls, row: Any) -> FindingRecord:
         m = row._mapping
-        return cls(m["number"], m["step"], m["procedure"], m["severity"], m["minus_cents"], m["amount"],
-                   json.loads(m["entry_ids"]), m["entry_count"], m["explanation"])  # fmt: skip
+        return cls(
+            m["number"],
+            m["step"],
+            m["procedure"],
+            m["severity"],
+            m["minus_cents"],
+            m["amount"],
+            json.loads(m["entry_ids"]),
+            m["entry_count"],
+            m["explanation"],
+        )
 
     def message(self) -> pb.Finding:
         return pb.Finding(
@@ -161,8 +170,9 @@ class Query:
         check_filter(message)
         order = message.order or "severity"
         severities = tuple(sorted({SEVERITIES.index(s) for s in message.severities}))
-        return cls(workflow_id, tuple(sorted(set(message.steps))), tuple(sorted(set(message.procedures))),
-                   severities, order)  # fmt: skip
+        return cls(
+            workflow_id, tuple(sorted(set(message.steps))), tuple(sorted(set(message.procedures))), severities, order
+        )
 
     def fingerprint(self) -> str:
         """Ties a page token to its filter and order."""

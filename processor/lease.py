@@ -107,11 +107,15 @@ class LeaseKeeper:
         try:
             if await self.renew():
                 return True
-            logger.warning("%s: the lease moved to another processor before the next step; abandoning the run",
-                           self.workflow_id)  # fmt: skip
+            logger.warning(
+                "%s: the lease moved to another processor before the next step; abandoning the run", self.workflow_id
+            )
         except Exception as exc:
-            logger.warning("%s: cannot renew the lease before the next step (%s); not starting it",
-                           self.workflow_id, type(exc).__name__)  # fmt: skip
+            logger.warning(
+                "%s: cannot renew the lease before the next step (%s); not starting it",
+                self.workflow_id,
+                type(exc).__name__,
+            )
         return False
 
     async def renew(self) -> bool:
@@ -137,8 +141,11 @@ class LeaseKeeper:
             try:
                 kept = await self.renew()
             except Exception as exc:
-                logger.warning("%s: renewing the lease failed; retrying", self.workflow_id,
-                               exc_info=not isinstance(exc, Unavailable))  # fmt: skip
+                logger.warning(
+                    "%s: renewing the lease failed; retrying",
+                    self.workflow_id,
+                    exc_info=not isinstance(exc, Unavailable),
+                )
                 await asyncio.sleep(min(1.0, interval))
                 continue
             if not kept:

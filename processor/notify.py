@@ -75,8 +75,11 @@ class Listener:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    logger.info("LISTEN/NOTIFY active: new runs and other processors' events wake this one "
-                                "at once (polling every %.1f s as a fallback)", self._poll_interval)  # fmt: skip
+                    logger.info(
+                        "LISTEN/NOTIFY active: new runs and other processors' events wake this one "
+                        "at once (polling every %.1f s as a fallback)",
+                        self._poll_interval,
+                    )
                     self.listening.set()
                     warned = False
                     backoff.reset()
@@ -88,8 +91,11 @@ class Listener:
             except Exception as exc:  # the connection failed or broke: poll meanwhile, and retry
                 self.listening.clear()
                 if not warned:
-                    logger.warning("LISTEN/NOTIFY unavailable (%s); polling every %.1f s until it is back",
-                                   type(exc).__name__, self._poll_interval)  # fmt: skip
+                    logger.warning(
+                        "LISTEN/NOTIFY unavailable (%s); polling every %.1f s until it is back",
+                        type(exc).__name__,
+                        self._poll_interval,
+                    )
                     warned = True
                 self._stopping.wait(backoff.next())
 

@@ -96,9 +96,14 @@ class PlanOrchestrator:
                     with procedures.running(context), tracing.span(step_span, attributes=traced) as span:
                         chunk = procedure.chunk(parameters, chunk_state)
                         if span is not None:
-                            span.set_attributes({"auditflow.chunk": chunk.done, "auditflow.chunks": chunk.total,
-                                                 "auditflow.rows": chunk.rows,
-                                                 "auditflow.findings": len(chunk.findings)})  # fmt: skip
+                            span.set_attributes(
+                                {
+                                    "auditflow.chunk": chunk.done,
+                                    "auditflow.chunks": chunk.total,
+                                    "auditflow.rows": chunk.rows,
+                                    "auditflow.findings": len(chunk.findings),
+                                }
+                            )
                     calls += 1
                     found.extend(_tagged(chunk.findings, index, name))
                     if chunk.result is not None:
@@ -141,8 +146,10 @@ def _tagged(findings: Any, index: int, procedure: str) -> list[dict[str, Any]]:
     """A step's findings, marked with the step (1 for the first) and its procedure."""
     if not isinstance(findings, list):
         raise CriticalError(f"step {index + 1} {procedure}: findings must be a list")
-    return [{**f, "step": index + 1, "procedure": f.get("procedure") or procedure} if isinstance(f, dict) else f
-            for f in findings]  # fmt: skip
+    return [
+        {**f, "step": index + 1, "procedure": f.get("procedure") or procedure} if isinstance(f, dict) else f
+        for f in findings
+    ]
 
 
 def _bounded(result: Any, index: int, procedure: str, results: list[Any]) -> Any:

@@ -54,11 +54,19 @@ class NewRun:
 
     def insert(self, conn: Connection) -> Inserted:
         return store.insert_run(
-            conn, workflow_id=self.workflow_id, title=self.title, plan=self.plan, orchestrator=self.orchestrator,
-            max_cycles=self.max_cycles, base_sequence=self.base_sequence, base_hash=self.base_hash,
-            queued_message=f"queued for processing (approved by {self.approved_by})", now=utcnow(),
-            approved_at=self.approved_at, trace_context=self.trace_context,
-        )  # fmt: skip
+            conn,
+            workflow_id=self.workflow_id,
+            title=self.title,
+            plan=self.plan,
+            orchestrator=self.orchestrator,
+            max_cycles=self.max_cycles,
+            base_sequence=self.base_sequence,
+            base_hash=self.base_hash,
+            queued_message=f"queued for processing (approved by {self.approved_by})",
+            now=utcnow(),
+            approved_at=self.approved_at,
+            trace_context=self.trace_context,
+        )
 
 
 @dataclass(frozen=True)

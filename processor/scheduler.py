@@ -38,8 +38,9 @@ class Scheduler:
         self._shop = Workshop(db, hub, settings, self._executor, self._stopping, signer)
         self._drivers: dict[str, Driver] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._claimer = Claimer(db, hub, settings, driving=self._drivers.keys, drive=self._drive,
-                                stopping=self._stopping)  # fmt: skip
+        self._claimer = Claimer(
+            db, hub, settings, driving=self._drivers.keys, drive=self._drive, stopping=self._stopping
+        )
         self._loop_task: asyncio.Task[None] | None = None
         metrics.MAX_CONCURRENT.set(settings.max_concurrent)
 
@@ -101,8 +102,10 @@ class Scheduler:
         if pending:
             logger.warning(
                 "%d cycles did not finish within %.1f s; their leases expire in %.0f s",
-                len(pending), grace, self._settings.lease_seconds,
-            )  # fmt: skip
+                len(pending),
+                grace,
+                self._settings.lease_seconds,
+            )
             await asyncio.gather(*pending, return_exceptions=True)
         return [tasks[task] for task in pending]
 

@@ -55,22 +55,34 @@ class Processor:
         self.service = ProcessorService(self.runs, settings)
         self.tail = Tail(self.db, self.hub, poll_interval=settings.poll_interval)
         # On PostgreSQL, other processors' commits wake this one (SQLite: a processor is alone).
-        self.listener = None if self.db.is_sqlite or not settings.listen else notify.Listener(
-            settings.database_url, {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
-            poll_interval=settings.poll_interval, own=self.db.backend_pids,
-        )  # fmt: skip
+        self.listener = (
+            None
+            if self.db.is_sqlite or not settings.listen
+            else notify.Listener(
+                settings.database_url,
+                {notify.RUNS: self.scheduler.wake, notify.EVENTS: self.tail.wake},
+                poll_interval=settings.poll_interval,
+                own=self.db.backend_pids,
+            )
+        )
         rpc_metrics = RpcMetrics(metrics.PROCESSOR) if settings.metrics_address else None
-        self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
-                                         outer=tracing.server_interceptors())  # fmt: skip
+        self.server = serving.new_server(
+            self.authenticator, settings.connections, metrics=rpc_metrics, outer=tracing.server_interceptors()
+        )
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = serving.bind(self.server, address, self.tls)
         self._started = False
         self.metrics: metrics.Endpoint | None = None
         if settings.metrics_address:
-            self.metrics = metrics.Endpoint(settings.metrics_address, metrics.PROCESSOR, run_gauges(self.db),
-                                            certfile=settings.tls.cert_file, keyfile=settings.tls.key_file,
-                                            allow_plaintext=settings.allow_plaintext)  # fmt: skip
+            self.metrics = metrics.Endpoint(
+                settings.metrics_address,
+                metrics.PROCESSOR,
+                run_gauges(self.db),
+                certfile=settings.tls.cert_file,
+                keyfile=settings.tls.key_file,
+                allow_plaintext=settings.allow_plaintext,
+            )
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0
 
@@ -91,8 +103,10 @@ class Processor:
         if self.listener is not None:
             self.listener.start()
         elif not self.db.is_sqlite:
-            logger.info("notifications off (--listen false): polling for new runs and events every %.2f s",
-                        self.settings.poll_interval)  # fmt: skip
+            logger.info(
+                "notifications off (--listen false): polling for new runs and events every %.2f s",
+                self.settings.poll_interval,
+            )
         await self.server.start()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.start)
@@ -101,9 +115,11 @@ class Processor:
         self._started = True
         logger.info(
             "processor listening on %s (%s; worker %s); accepts %s",
-            self.address, "TLS" if self.tls else "plaintext", self.scheduler.worker_id,
+            self.address,
+            "TLS" if self.tls else "plaintext",
+            self.scheduler.worker_id,
             "; ".join(self.authenticator.methods()),
-        )  # fmt: skip
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: cycles get `grace` seconds (default: settings.grace_period)."""

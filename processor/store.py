@@ -295,9 +295,21 @@ class EventRecord:
 
     def content(self) -> trail.Content:
         """What its hash covers."""
-        return trail.Content(self.workflow_id, self.sequence, self.type, self.status, self.cycle, self.progress_done,
-                             self.progress_total, self.message, self.actor, self.actor_auth or "", self.time, "",
-                             self.result_digest or "")  # fmt: skip
+        return trail.Content(
+            self.workflow_id,
+            self.sequence,
+            self.type,
+            self.status,
+            self.cycle,
+            self.progress_done,
+            self.progress_total,
+            self.message,
+            self.actor,
+            self.actor_auth or "",
+            self.time,
+            "",
+            self.result_digest or "",
+        )
 
     # The snapshot as of this event (auditflow.convert.SnapshotSource).
     @property
@@ -592,9 +604,10 @@ def _linked(record: EventRecord, previous: str, signer: trail.Signer | None) -> 
     record = replace(record, hash=trail.link(previous, record.content()))
     if signer is not None and statuses.is_terminal(record.status):
         record = replace(
-            record, signature=signer.sign(record.workflow_id, record.sequence, record.hash or ""),
+            record,
+            signature=signer.sign(record.workflow_id, record.sequence, record.hash or ""),
             signing_key_id=signer.key_id,
-        )  # fmt: skip
+        )
     if completed:
         pinned = {"sequence": record.sequence, "hash": record.hash}
         if record.signature:

@@ -41,22 +41,34 @@ def add_flags(parser: argparse.ArgumentParser, service: str, *, proxy: bool) -> 
     def add(flag: str, help: str, **kwargs: object) -> None:
         config.add(parser, flag, help=help, service=service, **kwargs)  # type: ignore[arg-type]
 
-    add("--tokens-file", "TOML file of API token hashes (see `auditflow token create`); re-read when it changes",
-        default="")  # fmt: skip
+    add(
+        "--tokens-file",
+        "TOML file of API token hashes (see `auditflow token create`); re-read when it changes",
+        default="",
+    )
     add("--jwks-file", "JWKS file of the keys that sign accepted JWTs (re-read when it changes)", default="")
     add("--jwks-url", "the issuer's JWKS URL (https; fetched again for an unknown key id)", default="")
     add("--jwt-issuer", "the 'iss' accepted JWTs must carry", default="")
     add("--jwt-audience", "the 'aud' accepted JWTs must carry", default="")
-    add("--jwt-algorithms", f"accepted JWT algorithms, among {', '.join(ASYMMETRIC)}",
-        default=",".join(DEFAULT_ALGORITHMS))  # fmt: skip
+    add(
+        "--jwt-algorithms",
+        f"accepted JWT algorithms, among {', '.join(ASYMMETRIC)}",
+        default=",".join(DEFAULT_ALGORITHMS),
+    )
     add("--jwt-principal-claim", "JWT claim that names the principal (e.g. sub or email)", default="sub")
     add("--jwt-roles-claim", "JWT claim with roles or groups (a dotted path reaches nested claims)", default="roles")
     add("--jwt-leeway", "seconds of clock skew allowed for exp and nbf", default=30.0, type=config.positive_float)
-    add("--role-map", "claim values or proxy groups to roles, e.g. 'auditors=approver,staff=submitter'; "
-        "role names map to themselves", default="")  # fmt: skip
+    add(
+        "--role-map",
+        "claim values or proxy groups to roles, e.g. 'auditors=approver,staff=submitter'; role names map to themselves",
+        default="",
+    )
     if proxy:
-        add("--trusted-proxy-header", "header carrying the user name set by a trusted proxy, e.g. x-auditflow-user "
-            "(off when empty)", default="")  # fmt: skip
+        add(
+            "--trusted-proxy-header",
+            "header carrying the user name set by a trusted proxy, e.g. x-auditflow-user (off when empty)",
+            default="",
+        )
         add("--trusted-proxy-groups-header", "header carrying the user's groups (mapped by --role-map)", default="")
         add("--trusted-proxies", "comma-separated addresses or networks of the trusted proxies", default="")
 

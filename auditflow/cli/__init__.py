@@ -133,10 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--plan", metavar="FILE", help='JSON file: a list of {"procedure", "parameters"} steps')
     source.add_argument(
-        "--sample", action="store_true",
+        "--sample",
+        action="store_true",
         help=f"the packaged sample plan over the sample ledger: {sample.SAMPLE_STEPS} steps (ledger_summary, "
         "vendor_totals, then each audit procedure)",
-    )  # fmt: skip
+    )
     p.add_argument("--title", default="", help="title of the workflow (default: from the plan)")
     p.add_argument(
         "--max-cycles",
@@ -147,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--request-id", default="", help="idempotency key: a retried submit returns the same workflow")
     p.add_argument(
-        "--approvals", type=_non_negative, default=0, metavar="N",
+        "--approvals",
+        type=_non_negative,
+        default=0,
+        metavar="N",
         help="distinct approvers the plan needs before it runs (0: the server's default, 1)",
-    )  # fmt: skip
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the workflow id (for scripts)")
 
     etag_help = (
@@ -208,9 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("workflow_id", metavar="ID")
     p.add_argument(
-        "--public-key", action="append", metavar="PEM",
+        "--public-key",
+        action="append",
+        metavar="PEM",
         help="an Ed25519 public key (PEM) to check the signature of the trail's end here (repeatable)",
-    )  # fmt: skip
+    )
 
     p = command("cancel", "cancel a workflow (a running one stops between cycles)", commands.cancel)
     p.add_argument("workflow_id", metavar="ID")
@@ -234,13 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--procedure", nargs="+", action="extend", metavar="NAME", help="only these procedures")
     p.add_argument(
-        "--order", choices=ORDERS, default="severity",
+        "--order",
+        choices=ORDERS,
+        default="severity",
         help="severity (high first, then by amount; default), amount (largest first), found (as the run found them)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--format", choices=("text", *FORMATS), default="text",
+        "--format",
+        choices=("text", *FORMATS),
+        default="text",
         help="text (default), or a file: csv, json (an array), parquet",
-    )  # fmt: skip
+    )
     p.add_argument("-o", "--output", default="", metavar="FILE", help="write the file here (default: stdout)")
     p.add_argument("--limit", type=_non_negative, default=0, metavar="N", help="text: at most N findings (0: all)")
 
@@ -282,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./var/demo", help="databases and server logs (default: %(default)s)")
     p.add_argument("--gateway-port", type=_non_negative, default=0, help="0 picks a free port (default)")
     p.add_argument("--processor-port", type=_non_negative, default=0, help="0 picks a free port (default)")
-    p.add_argument("--rest-port", type=_non_negative, default=0,
-                   help="the gateway's REST port and status page; 0 picks a free port (default)")  # fmt: skip
+    p.add_argument(
+        "--rest-port",
+        type=_non_negative,
+        default=0,
+        help="the gateway's REST port and status page; 0 picks a free port (default)",
+    )
     p.add_argument("--submitter", default="demo-submitter", help="principal who submits (default: %(default)s)")
     p.add_argument("--approver", default="demo-approver", help="principal who approves (default: %(default)s)")
     p.add_argument(

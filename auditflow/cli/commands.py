@@ -107,9 +107,12 @@ def submit(ctx: Context, args: argparse.Namespace) -> int:
     plan = sample_plan() if args.sample else load_plan(args.plan)
     title = args.title or ("Sample ledger audit" if args.sample else Path(args.plan).stem)
     request = api.CreateWorkflowRequest(
-        title=title, plan=plan, max_cycles=args.max_cycles, request_id=args.request_id or "",
+        title=title,
+        plan=plan,
+        max_cycles=args.max_cycles,
+        request_id=args.request_id or "",
         required_approvals=args.approvals,
-    )  # fmt: skip
+    )
     workflow = ctx.stub.CreateWorkflow(request, metadata=ctx.metadata).workflow
     if args.quiet:
         ctx.print(workflow.workflow_id)
@@ -208,9 +211,14 @@ def revise(ctx: Context, args: argparse.Namespace) -> int:
     )
     plan = load_plan(args.plan) if args.plan else []
     request = api.ReviseWorkflowRequest(
-        workflow_id=args.workflow_id, etag=etag, title=args.title, plan=plan, max_cycles=args.max_cycles,
-        reason=args.reason, request_id=args.request_id,
-    )  # fmt: skip
+        workflow_id=args.workflow_id,
+        etag=etag,
+        title=args.title,
+        plan=plan,
+        max_cycles=args.max_cycles,
+        reason=args.reason,
+        request_id=args.request_id,
+    )
     response = ctx.stub.ReviseWorkflow(request, metadata=ctx.metadata)
     if ctx.json:
         ctx.print(render.to_json(response))
@@ -257,8 +265,10 @@ def limits_text(limits: api.CallerLimits) -> str:
     def of(used: int, most: int) -> str:
         return f"{used} of {most}" if most else f"{used} (no limit)"
 
-    rates = ", ".join(rate(kind, r) for kind, r in (("writes", limits.write), ("reads", limits.read),
-                                                    ("streams opened", limits.watch)))  # fmt: skip
+    rates = ", ".join(
+        rate(kind, r)
+        for kind, r in (("writes", limits.write), ("reads", limits.read), ("streams opened", limits.watch))
+    )
     size = f"{limits.max_plan_bytes} bytes" if limits.max_plan_bytes else "any size"
     return (
         f"limits: {rates}; open streams {of(limits.open_streams, limits.max_streams)}; plans awaiting approval "
@@ -360,9 +370,13 @@ def list_(ctx: Context, args: argparse.Namespace) -> int:
     token = args.page_token
     while True:
         request = api.ListWorkflowsRequest(
-            page_size=args.page_size, page_token=token, statuses=wanted, awaiting_my_approval=args.awaiting_me,
-            created_by_me=args.mine, title_contains=args.title,
-        )  # fmt: skip
+            page_size=args.page_size,
+            page_token=token,
+            statuses=wanted,
+            awaiting_my_approval=args.awaiting_me,
+            created_by_me=args.mine,
+            title_contains=args.title,
+        )
         response = ctx.stub.ListWorkflows(request, metadata=ctx.metadata)
         workflows.extend(response.workflows)
         token = response.next_page_token
@@ -468,8 +482,12 @@ def verify(ctx: Context, args: argparse.Namespace) -> int:
             signature = f"signed by key {last.signing_key_id}: valid"
         else:
             signature = f"signed by key {last.signing_key_id}: NOT VALID"
-            local = trail.Checked(local.events, local.head_sequence, local.head_hash,
-                                  trail.Problem(last.sequence, "the signature does not match the trail"))  # fmt: skip
+            local = trail.Checked(
+                local.events,
+                local.head_sequence,
+                local.head_hash,
+                trail.Problem(last.sequence, "the signature does not match the trail"),
+            )
     agree = local.head_hash == server.head_hash
     if ctx.json:
         ctx.print(render.to_json(server))

@@ -194,8 +194,11 @@ def make_credentials(directory: Path, submitter: str, approver: str) -> Credenti
     gateway_tokens, processor_tokens = directory / "gateway-tokens.toml", directory / "processor-tokens.toml"
     for old in (gateway_tokens, processor_tokens):
         old.unlink(missing_ok=True)
-    people = {"submitter": (submitter, ["submitter"]), "approver": (approver, ["approver"]),
-              "viewer": ("demo-viewer", ["viewer"])}  # fmt: skip
+    people = {
+        "submitter": (submitter, ["submitter"]),
+        "approver": (approver, ["approver"]),
+        "viewer": ("demo-viewer", ["viewer"]),
+    }
     files = {}
     for role, (name, roles) in people.items():
         files[role] = _write_secret(directory / f"{role}.token", append_entry(gateway_tokens, name, name, roles))

@@ -57,10 +57,15 @@ def timestamp(ts: timestamp_pb2.Timestamp, *, present: bool = True) -> str:
 
 
 # The 64-bit integer types, which proto3's JSON mapping writes as strings.
-INT64 = frozenset({
-    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
-})  # fmt: skip
+INT64 = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 def to_data(message: Message) -> dict[str, Any]:
@@ -68,8 +73,9 @@ def to_data(message: Message) -> dict[str, Any]:
     names (snake_case, as in the .proto and the rest of the CLI), fields with default values
     included, counts as numbers (proto3 JSON writes 64-bit integers as strings, and a Struct's
     whole numbers as 3.0); timestamps stay RFC 3339 strings."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)  # fmt: skip
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
     whole: dict[str, Any] = convert.whole_numbers(_int64_numbers(cast(Descriptor, message.DESCRIPTOR), data))
     return whole
 

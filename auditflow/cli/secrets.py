@@ -50,8 +50,12 @@ DATABASE_USER = "auditflow"  # the user docker-compose.yml creates
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("secrets", help="write the secret files a deployment reads (offline)",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = sub.add_parser(
+        "secrets",
+        help="write the secret files a deployment reads (offline)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("directory", help="where to write them (created if missing)")
     parser.add_argument(
         "--operator", default="operator", help="principal of the operator's token (default: %(default)s)"

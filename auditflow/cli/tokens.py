@@ -19,18 +19,35 @@ from auditflow.principal import ROLES
 
 
 def add_parser(sub: Any) -> None:
-    token = sub.add_parser("token", help="manage API tokens in a tokens file", description=__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    token = sub.add_parser(
+        "token",
+        help="manage API tokens in a tokens file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = token.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = actions.add_parser("create", help="add a token; prints it once", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    create = actions.add_parser(
+        "create",
+        help="add a token; prints it once",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     create.add_argument("id", help="the token's name in the audit trail (letters, digits, . _ -)")
     create.add_argument("--principal", required=True, help="who the token authenticates")
-    create.add_argument("--role", dest="roles", action="append", choices=ROLES, required=True,
-                        help="a role of the principal (repeat for several)")  # fmt: skip
-    create.add_argument("--tokens-file", default=os.environ.get("AUDITFLOW_TOKENS_FILE", ""),
-                        required="AUDITFLOW_TOKENS_FILE" not in os.environ,
-                        help="the servers' tokens file (created if missing) [env AUDITFLOW_TOKENS_FILE]")  # fmt: skip
+    create.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        choices=ROLES,
+        required=True,
+        help="a role of the principal (repeat for several)",
+    )
+    create.add_argument(
+        "--tokens-file",
+        default=os.environ.get("AUDITFLOW_TOKENS_FILE", ""),
+        required="AUDITFLOW_TOKENS_FILE" not in os.environ,
+        help="the servers' tokens file (created if missing) [env AUDITFLOW_TOKENS_FILE]",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write {args.tokens_file}: {exc.strerror or exc}") from None
     print(token)
-    print(f"added token {args.id!r} for {args.principal} ({', '.join(sorted(set(args.roles)))}) to "
-          f"{args.tokens_file}; the line above is the token, shown this once", file=sys.stderr)  # fmt: skip
+    print(
+        f"added token {args.id!r} for {args.principal} ({', '.join(sorted(set(args.roles)))}) to "
+        f"{args.tokens_file}; the line above is the token, shown this once",
+        file=sys.stderr,
+    )
     return 0

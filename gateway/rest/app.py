@@ -449,8 +449,15 @@ class RestGateway:
         self.port = port
         self.ssl_context = ssl_context
         self.connections = connections or ConnectionSettings()
-        self.rest = RestApp(api, authenticator, cors_origins=cors_origins, max_body_bytes=max_body_bytes,
-                            measured=measured, readiness=readiness, limiter=limiter)  # fmt: skip
+        self.rest = RestApp(
+            api,
+            authenticator,
+            cors_origins=cors_origins,
+            max_body_bytes=max_body_bytes,
+            measured=measured,
+            readiness=readiness,
+            limiter=limiter,
+        )
         self._runner: web.AppRunner | None = None
 
     @property
@@ -461,8 +468,13 @@ class RestGateway:
     async def start(self) -> None:
         """Listen; a port in use is a ConfigError (one line), as for the gRPC port."""
         check_port_free(self.host, self.port)
-        runner = web.AppRunner(self.rest.app, access_log=None, shutdown_timeout=2.0, logger=httplog.SERVER_LOGGER,
-                               keepalive_timeout=self.connections.http_idle_timeout)  # fmt: skip
+        runner = web.AppRunner(
+            self.rest.app,
+            access_log=None,
+            shutdown_timeout=2.0,
+            logger=httplog.SERVER_LOGGER,
+            keepalive_timeout=self.connections.http_idle_timeout,
+        )
         await runner.setup()
         site = BoundedSite(
             runner, self.host, self.port, self.connections, ssl_context=self.ssl_context, backlog=LISTEN_BACKLOG

@@ -45,9 +45,14 @@ def upgrade() -> None:
     )
     conn = op.get_bind()
     rows = conn.execute(
-        sa.select(workflows.c.workflow_id, workflows.c.title, workflows.c.plan_json, workflows.c.max_cycles,
-                  workflows.c.orchestrator)
-    ).all()  # fmt: skip
+        sa.select(
+            workflows.c.workflow_id,
+            workflows.c.title,
+            workflows.c.plan_json,
+            workflows.c.max_cycles,
+            workflows.c.orchestrator,
+        )
+    ).all()
     for workflow_id, title, plan_json, max_cycles, orchestrator in rows:
         etag = trail.etag(title, plan_json, max_cycles, orchestrator)
         conn.execute(sa.update(workflows).where(workflows.c.workflow_id == workflow_id).values(etag=etag))
