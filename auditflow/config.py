@@ -53,7 +53,7 @@ def add(
     )
 
 
-def positive_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise ValueError("must not be negative")
@@ -106,31 +106,35 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def adder(parser: argparse.ArgumentParser, service: str = "") -> Callable[..., None]:
+    """`add` bound to one parser and service: `add("--flag", "help", default=...)`."""
+
+    def add_flag(flag: str, help: str, **kwargs: Any) -> None:
+        add(parser, flag, help=help, service=service, **kwargs)
+
+    return add_flag
+
+
 def add_common(parser: argparse.ArgumentParser, *, port: int, database: str, service: str = "") -> None:
     """Flags both servers have."""
-    s = service
-    add(parser, "--host", default="127.0.0.1", help="address to listen on", service=s)
-    add(parser, "--port", default=port, type=int, help="gRPC port (0 picks a free one)", service=s)
-    add(parser, "--database-url", default=database, help="SQLAlchemy URL of this service's database", service=s)
-    add(parser, "--log-level", default="INFO", type=log_level, help="DEBUG, INFO, WARNING or ERROR", service=s)
-    add(
-        parser,
+    add_flag = adder(parser, service)
+    add_flag("--host", "address to listen on", default="127.0.0.1")
+    add_flag("--port", "gRPC port (0 picks a free one)", default=port, type=int)
+    add_flag("--database-url", "SQLAlchemy URL of this service's database", default=database)
+    add_flag("--log-level", "DEBUG, INFO, WARNING or ERROR", default="INFO", type=log_level)
+    add_flag(
         "--log-format",
+        "text (a line per record, for a terminal) or json (an object per line, for a log pipeline)",
         default="text",
         type=log_format,
-        service=s,
-        help="text (a line per record, for a terminal) or json (an object per line, for a log pipeline)",
     )
-    add(
-        parser,
+    add_flag(
         "--metrics-address",
+        "HOST:PORT to serve Prometheus metrics at /metrics (:PORT: on loopback; port 0: a free one); empty: no metrics",
         default="",
         type=listen_address,
-        service=s,
-        help="HOST:PORT to serve Prometheus metrics at /metrics (:PORT: on loopback; port 0: a free one); "
-        "empty: no metrics",
     )
-    add(parser, "--plugin", default="", help="comma-separated modules that register procedures", service=s)
+    add_flag("--plugin", "comma-separated modules that register procedures", default="")
 
 
 def log_level(text: str) -> str:

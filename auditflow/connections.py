@@ -98,8 +98,7 @@ class RateLimitedLine:
 
 
 def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
-    def add(flag: str, help: str, **kwargs: Any) -> None:
-        config.add(parser, flag, help=help, service=service, **kwargs)
+    add = config.adder(parser, service)
 
     d = ConnectionSettings()
     add(
@@ -136,15 +135,8 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
         "--max-connections",
         "most connections each port holds; 0: what the file-descriptor limit allows",
         default=d.max_connections,
-        type=_count,
+        type=config.non_negative_int,
     )
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
 
 
 def from_args(args: argparse.Namespace) -> ConnectionSettings:

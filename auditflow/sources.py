@@ -27,7 +27,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from auditflow import config
 from auditflow.config import ConfigError
@@ -179,8 +178,7 @@ def _url(name: str, value: str) -> str:
 
 
 def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
-    def add(flag: str, help: str, **kwargs: Any) -> None:
-        config.add(parser, flag, help=help, service=service, **kwargs)
+    add = config.adder(parser, service)
 
     add(
         "--data-root", "comma-separated directories plans may read ledger files from (default: the samples)", default=""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from auditflow.config import ConfigError, add, boolean
+from auditflow.config import ConfigError, adder, boolean
 
 logger = logging.getLogger(__name__)
 
@@ -80,28 +80,23 @@ class TlsFiles:
 
 def add_flags(parser: argparse.ArgumentParser, service: str, *, client_ca: bool) -> None:
     """--tls-cert/--tls-key (every port of the server), --tls-client-ca, --allow-plaintext."""
+    add = adder(parser, service)
     add(
-        parser,
         "--tls-cert",
         default="",
-        service=service,
         help="PEM certificate chain: serve TLS on every port (re-read on SIGHUP)",
     )
-    add(parser, "--tls-key", default="", service=service, help="PEM private key of --tls-cert")
+    add("--tls-key", default="", help="PEM private key of --tls-cert")
     if client_ca:
         add(
-            parser,
             "--tls-client-ca",
             default="",
-            service=service,
             help="CA client certificates must chain to: mutual TLS, a certificate required of all",
         )
     add(
-        parser,
         "--allow-plaintext",
         default=False,
         type=boolean,
-        service=service,
         help="allow plaintext on a non-loopback address (credentials then cross the network in the clear)",
     )
 

@@ -81,8 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "authenticates (API tokens, OIDC JWTs, or a trusted proxy); TLS on every port unless on loopback.",
     )
 
-    def add(flag: str, help: str, **kwargs: object) -> None:
-        config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
+    add = config.adder(parser, SERVICE)
 
     config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service=SERVICE)
     add(
@@ -152,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     """Each principal's share of the gateway (0 or 'off': no limit)."""
 
-    def add(flag: str, help: str, **kwargs: object) -> None:
-        config.add(parser, flag, help=help, service=SERVICE, **kwargs)  # type: ignore[arg-type]
+    add = config.adder(parser, SERVICE)
 
     rate = "per principal, as CALLS_PER_SECOND:BURST ('off': no limit)"
     add(

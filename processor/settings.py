@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from auditflow import config, connections, sources, tls
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
-from auditflow.config import boolean, interval, positive_float, positive_int
+from auditflow.config import boolean, interval, non_negative_float, positive_int
 from auditflow.connections import ConnectionSettings
 from auditflow.tls import TlsFiles
 
@@ -70,84 +70,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateway-identities).",
     )
     config.add_common(parser, port=DEFAULT_PORT, database=DEFAULT_DATABASE, service="processor")
-    add = config.add
+    add = config.adder(parser, "processor")
     add(
-        parser,
         "--max-concurrent",
-        service="processor",
         default=3,
         type=positive_int,
         help="runs driven at the same time",
     )
     add(
-        parser,
         "--max-cycles",
-        service="processor",
         default=15,
         type=positive_int,
         help="cycle limit of a run whose request says 0",
     )
     add(
-        parser,
         "--cycle-delay",
-        service="processor",
         default=1.0,
-        type=positive_float,
+        type=non_negative_float,
         help="seconds between two cycles of a run",
     )
     add(
-        parser,
         "--lease-seconds",
-        service="processor",
         default=15.0,
         type=interval,
         help="lease length; a dead processor's runs are resumed elsewhere after it expires",
     )
     add(
-        parser,
         "--poll-interval",
-        service="processor",
         default=0.5,
         type=interval,
         help="seconds between looks for expired leases (and, without notifications, for new runs and events)",
     )
     add(
-        parser,
         "--listen",
-        service="processor",
         default=True,
         type=boolean,
         help="on PostgreSQL, LISTEN for other processors' commits so that new runs and events are seen at once; "
         "false: poll every --poll-interval only (for a connection pooler in transaction mode, which drops LISTEN)",
     )
     add(
-        parser,
         "--heartbeat-interval",
-        service="processor",
         default=5.0,
         type=interval,
         help="seconds of silence before WatchStatus sends a heartbeat",
     )
     add(
-        parser,
         "--max-consecutive-failures",
-        service="processor",
         default=3,
         type=positive_int,
         help="failed cycles in a row that fail the run",
     )
     add(
-        parser,
         "--grace-period",
-        service="processor",
         default=10.0,
-        type=positive_float,
+        type=non_negative_float,
         help="seconds running cycles get to finish on SIGTERM before leases are released",
     )
     add(
-        parser,
         "--worker-id",
-        service="processor",
         default="",
         help="this processor's name in leases, unique among live "
         "processors; a stable one lets a restarted processor resume its runs at once instead of after "
@@ -156,16 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     auth_settings.add_flags(parser, "processor", proxy=False)
     tls.add_flags(parser, "processor", client_ca=True)
     add(
-        parser,
         "--gateway-identities",
-        service="processor",
         default="auditflow-gateway",
         help="client certificate names (SAN or CN) accepted as gateways, with --tls-client-ca",
     )
     add(
-        parser,
         "--trail-signing-key",
-        service="processor",
         default="",
         help="Ed25519 private key (PEM) that signs the end of every run's trail, so that a rewrite of the "
         "database is detected by VerifyTrail (give the gateway its public key); empty: no signature",

@@ -38,8 +38,7 @@ class AuthSettings:
 
 
 def add_flags(parser: argparse.ArgumentParser, service: str, *, proxy: bool) -> None:
-    def add(flag: str, help: str, **kwargs: object) -> None:
-        config.add(parser, flag, help=help, service=service, **kwargs)  # type: ignore[arg-type]
+    add = config.adder(parser, service)
 
     add(
         "--tokens-file",
@@ -57,7 +56,7 @@ def add_flags(parser: argparse.ArgumentParser, service: str, *, proxy: bool) -> 
     )
     add("--jwt-principal-claim", "JWT claim that names the principal (e.g. sub or email)", default="sub")
     add("--jwt-roles-claim", "JWT claim with roles or groups (a dotted path reaches nested claims)", default="roles")
-    add("--jwt-leeway", "seconds of clock skew allowed for exp and nbf", default=30.0, type=config.positive_float)
+    add("--jwt-leeway", "seconds of clock skew allowed for exp and nbf", default=30.0, type=config.non_negative_float)
     add(
         "--role-map",
         "claim values or proxy groups to roles, e.g. 'auditors=approver,staff=submitter'; role names map to themselves",
