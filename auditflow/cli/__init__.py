@@ -112,6 +112,24 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def _reviewed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of a decision on a revision the person reviewed: ID, --etag, --yes."""
+    p.add_argument("workflow_id", metavar="ID")
+    p.add_argument(
+        "--etag",
+        default="",
+        help="the etag of the revision you reviewed (auditflow get shows it): the decision is refused if the "
+        "plan was revised since; without --yes the plan is shown and you are asked to confirm",
+    )
+    p.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="do not ask: decide on the revision --etag names (for scripts; needs --etag)",
+    )
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="auditflow",
@@ -156,39 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the workflow id (for scripts)")
 
-    etag_help = (
-        "the etag of the revision you reviewed (auditflow get shows it): the decision is refused if the plan "
-        "was revised since; without --yes the plan is shown and you are asked to confirm"
+    p = _reviewed(
+        command(
+            "approve",
+            "review a plan (steps, parameters, data fingerprints, approvals so far), confirm, and approve it; "
+            "answers at once while it runs in the background",
+            commands.approve,
+        )
     )
-    yes_help = "do not ask: decide on the revision --etag names (for scripts; needs --etag)"
-    p = command(
-        "approve",
-        "review a plan (steps, parameters, data fingerprints, approvals so far), confirm, and approve it; "
-        "answers at once while it runs in the background",
-        commands.approve,
-    )
-    p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--comment", default="", help="why you approve")
     p.add_argument("--request-id", default="", help="idempotency key: a retry returns the same answer")
-    p.add_argument("--etag", default="", help=etag_help)
-    p.add_argument("-y", "--yes", action="store_true", help=yes_help)
 
-    p = command("reject", "review a plan awaiting approval, confirm, and reject it with a reason", commands.reject)
-    p.add_argument("workflow_id", metavar="ID")
+    p = _reviewed(
+        command("reject", "review a plan awaiting approval, confirm, and reject it with a reason", commands.reject)
+    )
     p.add_argument("--comment", default="", help="why you reject (required)")
     p.add_argument("--request-id", default="", help="idempotency key")
-    p.add_argument("--etag", default="", help=etag_help)
-    p.add_argument("-y", "--yes", action="store_true", help=yes_help)
 
-    p = command(
-        "request-changes",
-        "review a plan, confirm, and ask its submitter for changes: it waits for a revision",
-        commands.request_changes,
+    p = _reviewed(
+        command(
+            "request-changes",
+            "review a plan, confirm, and ask its submitter for changes: it waits for a revision",
+            commands.request_changes,
+        )
     )
-    p.add_argument("workflow_id", metavar="ID")
     p.add_argument("--reason", required=True, help="what should change (required)")
-    p.add_argument("--etag", default="", help=etag_help)
-    p.add_argument("-y", "--yes", action="store_true", help=yes_help)
 
     p = command(
         "revise",
