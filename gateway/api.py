@@ -33,7 +33,7 @@ from gateway.hub import Item, WorkflowHub
 from gateway.listing import Listing
 from gateway.outbox import OutboxRelay
 from gateway.quota import PlanLimits
-from gateway.store import WorkflowRecord
+from gateway.store import ListFilter, WorkflowRecord
 from gateway.verify import TrailVerifier
 from gateway.watch import Watcher
 
@@ -125,14 +125,18 @@ class WorkflowApi:
         return wpb.GetStatusResponse(status=messages.snapshot(record, self._relay.unavailable_since))
 
     async def ListWorkflows(self, request: wpb.ListWorkflowsRequest) -> wpb.ListWorkflowsResponse:
-        filter_ = self._listing.filter_for(
+        filter_ = self._filter(request)
+        return await self._listing.response(filter_, request.page_size, request.page_token, self._workflow)
+
+    def _filter(self, request: wpb.ListWorkflowsRequest | wpb.WatchWorkflowsRequest) -> ListFilter:
+        """The caller's filter, from either request (they share its fields)."""
+        return self._listing.filter_for(
             principal.current(),
             request.statuses,
             awaiting_my_approval=request.awaiting_my_approval,
             created_by_me=request.created_by_me,
             title_contains=request.title_contains,
         )
-        return await self._listing.response(filter_, request.page_size, request.page_token, self._workflow)
 
     async def Approve(self, request: wpb.ApproveRequest) -> wpb.ApproveResponse:
         record = (await self._decide(request, workflows.APPROVE)).record
@@ -228,13 +232,7 @@ class WorkflowApi:
 
     async def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest) -> AsyncIterator[CollectionItem]:
         # (An async generator: a bad request is refused at the first message, as WatchStatus's.)
-        filter_ = self._listing.filter_for(
-            principal.current(),
-            request.statuses,
-            awaiting_my_approval=request.awaiting_my_approval,
-            created_by_me=request.created_by_me,
-            title_contains=request.title_contains,
-        )
+        filter_ = self._filter(request)
         if request.page_size < 0 or request.page_size > listing.MAX_PAGE_SIZE:
             raise invalid(
                 "page_size", f"must be between 0 (default {listing.DEFAULT_PAGE_SIZE}) and {listing.MAX_PAGE_SIZE}"
