@@ -238,52 +238,56 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _wrap_unary(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            code = "CANCELLED"  # (unless the call gets further: a client that went away)
-            if measured is not None:
-                measured.started.inc()
-            try:
+            async with _Served(context, method, measured):
                 await self._admit(request, context, method, metadata)
-                response = await behavior(request, context)
-                code = "OK"
-                return response
-            except Exception as exc:
-                code = _code_name(exc, context)
-                if _is_abort(exc):
-                    raise
-                await _abort(context, exc, method)
-            finally:
-                if measured is not None:
-                    measured.done(code, time.perf_counter() - started)
+                return await behavior(request, context)
+            return None  # (aborted: not reached, context.abort raises)
 
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code = "CANCELLED"
-            if measured is not None:
-                measured.started.inc()
-            try:
+            async with _Served(context, method, measured):
                 caller = await self._admit(request, context, method, metadata)
                 with self._stream_slot(caller):
                     async for response in behavior(request, context):
                         yield response
-                code = "OK"
-            except Exception as exc:
-                code = _code_name(exc, context)
-                if _is_abort(exc):
-                    raise
-                await _abort(context, exc, method)
-            finally:
-                if measured is not None:
-                    measured.done(code, time.perf_counter() - started)
 
         return wrapper
 
     def _stream_slot(self, caller: Principal) -> contextlib.AbstractContextManager[None]:
         """One of the caller's stream slots for the stream's life (RESOURCE_EXHAUSTED if none)."""
         return self._limiter.stream(caller) if self._limiter is not None else contextlib.nullcontext()
+
+
+class _Served:
+    """One call's life, the same for unary calls and streams: counted and timed in its method's
+    metrics, and what it raises leaves as its status (an abort passes untouched; a client that
+    went away ends as CANCELLED)."""
+
+    __slots__ = ("_context", "_measured", "_method", "_started")
+
+    def __init__(self, context: Context, method: str, measured: MethodMetrics | None) -> None:
+        self._context = context
+        self._method = method
+        self._measured = measured
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
+        if self._measured is not None:
+            self._measured.started.inc()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        code = "OK" if exc is None else _code_name(exc, self._context) if isinstance(exc, Exception) else "CANCELLED"
+        try:
+            if not isinstance(exc, Exception) or _is_abort(exc):
+                return False
+            await _abort(self._context, exc, self._method)
+            return True
+        finally:
+            if self._measured is not None:
+                self._measured.done(code, time.perf_counter() - self._started)
 
 
 def _code_name(exc: BaseException, context: Context) -> str:
