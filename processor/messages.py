@@ -59,7 +59,8 @@ def watch_heartbeat(record: RunRecord, now: datetime) -> ps.ProcessorServiceWatc
     )
 
 
-Hub = EventHub[ps.ProcessorServiceWatchStatusResponse]
+WatchResponse = ps.ProcessorServiceWatchStatusResponse
+Hub = EventHub[WatchResponse]
 
 
 def publish(hub: Hub, records: list[EventRecord]) -> None:

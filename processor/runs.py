@@ -1,7 +1,9 @@
-"""The processor's application layer: what each call does with the runs. The gRPC adapter
-(`processor/service.py`) checks the request messages and builds the answers; this module
-runs the one short transaction each call needs and reads the logs. The work itself happens
-in the scheduler.
+"""The processor's application layer: what each call does with the runs, in records
+(`NewRun`, `RunRecord`, `EventRecord`, findings pages), usable without gRPC. The gRPC adapter
+(`processor/service.py`) turns request messages into records and records into answers; this
+module runs the one short transaction each call needs and reads the logs. The work itself
+happens in the scheduler. The streams (`watch`, `follow`) hand on the hub's messages as they
+are: the hub builds each event's message once for all its watchers.
 """
 
 from __future__ import annotations
@@ -10,28 +12,26 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from auditflow import convert, statuses, trail
+from auditflow import statuses, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable
-from auditflow.v1 import processor_service_pb2 as ps
-from auditflow.v1 import workflow_pb2 as pb
 from auditflow.watch import wait_for
 from processor import findings_store, messages, store, transitions
+from processor.messages import WatchResponse
 from processor.scheduler import Scheduler
 from processor.settings import Settings
 from processor.store import Appended, EventRecord, Inserted, RunRecord
 
 logger = logging.getLogger("processor.service")
 
-WatchResponse = ps.ProcessorServiceWatchStatusResponse
 PAGE = 256
 # Events a feed subscriber may fall behind before it is cut (and catches up with ReadEvents).
 FEED_BUFFER = 100_000
@@ -157,16 +157,17 @@ class Runs:
         finally:
             self._hub.unsubscribe(workflow_id)
 
-    async def follow(self) -> AsyncIterator[ps.FollowResponse]:
-        """Every event published here, live; see the contract in processor_service.proto."""
+    async def follow(self) -> AsyncGenerator[WatchResponse | None, None]:
+        """Every event published here, live; None first (subscribed), then after each
+        heartbeat interval without events. See the contract in processor_service.proto."""
         feed = self._hub.follow(FEED_BUFFER)
         try:
-            yield _heartbeat()  # subscribed
+            yield None  # subscribed
             while True:
                 if self._closing.is_set():
                     raise Unavailable("the processor is shutting down; follow another one or reconnect")
                 if not await wait_for(feed.changed, self._settings.heartbeat_interval):
-                    yield _heartbeat()
+                    yield None
                     continue
                 items = feed.take()
                 if feed.overflowed:
@@ -174,7 +175,7 @@ class Runs:
                         f"this subscriber fell more than {FEED_BUFFER} events behind; catch up with ReadEvents"
                     )
                 for _workflow_id, _sequence, message in items:
-                    yield ps.FollowResponse(event=ps.FeedEvent(event=message.event, snapshot=message.snapshot))
+                    yield message
         finally:
             self._hub.unfollow(feed)
 
@@ -228,10 +229,6 @@ class Runs:
     async def _read_events(self, wid: str, after: int) -> list[WatchResponse]:
         read = functools.partial(store.events_after, workflow_id=wid, after=after, limit=PAGE)
         return [messages.watch_event(record) for record in await self._db.read(read)]
-
-
-def _heartbeat() -> ps.FollowResponse:
-    return ps.FollowResponse(heartbeat=pb.Heartbeat(time=convert.timestamp(utcnow())))
 
 
 def not_found(workflow_id: str) -> NotFound:

@@ -14,12 +14,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditflow import convert, plans, principal, tracing
+from auditflow.convert import utcnow
 from auditflow.errors import InvalidArgument, invalid
 from auditflow.findings_contract import check_page_size
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
+from auditflow.v1 import workflow_pb2 as pb
 from processor import findings_store, messages, orchestrator
-from processor.runs import NewRun, Runs, WatchResponse
+from processor.messages import WatchResponse
+from processor.runs import NewRun, Runs
 from processor.settings import Settings
 
 MAX_CURSORS = 1000
@@ -88,7 +91,10 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         self.open_streams += 1
         try:
             async for message in self._runs.follow():
-                yield message
+                if message is None:
+                    yield ps.FollowResponse(heartbeat=pb.Heartbeat(time=convert.timestamp(utcnow())))
+                else:
+                    yield ps.FollowResponse(event=ps.FeedEvent(event=message.event, snapshot=message.snapshot))
         finally:
             self.open_streams -= 1
 
