@@ -14,6 +14,11 @@ from auditflow.fingerprints import Fingerprint
 from auditflow.v1 import workflow_pb2 as pb
 
 
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time, aware: SQLite hands back naive datetimes, and everything is stored in UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 
 from auditflow import convert, statuses, trail
+from auditflow.convert import as_utc
 from auditflow.prepared import Prepared
 from auditflow.v1 import workflow_pb2 as pb
 
@@ -146,11 +147,6 @@ ENQUEUE = "enqueue"
 CANCEL = "cancel"
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything is stored in UTC."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 @dataclass(frozen=True, slots=True)
 class WorkflowRecord:
     """One row of `workflows`. It is also a `convert.SnapshotSource`: the mirrored status."""
@@ -197,7 +193,7 @@ class WorkflowRecord:
         position: by name, this cost a third of an approval's writer time."""
         values = list(row[:_WORKFLOW_WIDTH])
         for index in _WORKFLOW_TIMES:
-            values[index] = _utc(values[index])
+            values[index] = as_utc(values[index])
         for index in _WORKFLOW_FLAGS:
             values[index] = bool(values[index])
         return cls(*values)
@@ -228,7 +224,7 @@ class ChangeRequest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChangeRequest:
         time = datetime.fromisoformat(data["time"])
-        return cls(data["requested_by"], data["key"], _utc(time) or time, data["reason"], int(data["revision"]))
+        return cls(data["requested_by"], data["key"], as_utc(time) or time, data["reason"], int(data["revision"]))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -259,7 +255,7 @@ class RevisionRecord:
     @classmethod
     def from_row(cls, row: Any) -> RevisionRecord:
         values = list(row)
-        values[8] = _utc(values[8])
+        values[8] = as_utc(values[8])
         return cls(*values)
 
 
@@ -282,7 +278,7 @@ class ApprovalRecord:
             data["approver"],
             data["key"],
             data.get("auth", ""),
-            _utc(time) or time,
+            as_utc(time) or time,
             data.get("comment", ""),
             data.get("etag", ""),
             data.get("request_id", ""),
@@ -335,7 +331,7 @@ class EventRecord:
             m["status"],
             m["message"],
             m["actor"],
-            _utc(m["time"]) or datetime.now(UTC),
+            as_utc(m["time"]) or datetime.now(UTC),
             m["actor_auth"],
             m["etag"],
             m["hash"],
@@ -518,7 +514,7 @@ def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Outbox
         chunk = ids[start : start + 500]
         rows = conn.execute(select(outbox).where(outbox.c.id.in_(chunk)).order_by(outbox.c.id))
         found.extend(
-            OutboxRow(r.id, r.workflow_id, r.kind, r.payload, _utc(r.created_at) or r.created_at) for r in rows
+            OutboxRow(r.id, r.workflow_id, r.kind, r.payload, as_utc(r.created_at) or r.created_at) for r in rows
         )
     return found
 
@@ -526,7 +522,7 @@ def pending_outbox(conn: Connection, known: Collection[int] = ()) -> list[Outbox
 def outbox_backlog(conn: Connection) -> tuple[int, datetime | None]:
     """How many outbox rows wait, and when the oldest was committed (None: no row)."""
     count, oldest = conn.execute(select(func.count(), func.min(outbox.c.created_at))).one()
-    return int(count), _utc(oldest)
+    return int(count), as_utc(oldest)
 
 
 def clear_cancel_requested(conn: Connection, workflow_id: str) -> None:

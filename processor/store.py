@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 
 from auditflow import statuses, trail
+from auditflow.convert import as_utc
 from auditflow.v1 import workflow_pb2 as pb
 from processor import notify as notifications
 
@@ -123,13 +124,6 @@ run_events = Table(
 )
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything is stored in UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -195,12 +189,12 @@ class RunRecord:
             last_sequence=m["last_sequence"],
             last_hash=m["last_hash"],
             lease_owner=m["lease_owner"],
-            lease_expires_at=_utc(m["lease_expires_at"]),
+            lease_expires_at=as_utc(m["lease_expires_at"]),
             lease_epoch=m["lease_epoch"],
-            approved_at=_utc(m["approved_at"]),
+            approved_at=as_utc(m["approved_at"]),
             trace_context=m["trace_context"],
-            created_at=_utc(m["created_at"]) or datetime.now(UTC),
-            updated_at=_utc(m["updated_at"]) or datetime.now(UTC),
+            created_at=as_utc(m["created_at"]) or datetime.now(UTC),
+            updated_at=as_utc(m["updated_at"]) or datetime.now(UTC),
         )
 
     @property
@@ -338,7 +332,7 @@ class EventRecord:
             progress_total=m["progress_total"],
             message=m["message"],
             actor=m["actor"],
-            time=_utc(m["time"]) or datetime.now(UTC),
+            time=as_utc(m["time"]) or datetime.now(UTC),
             error_reason=m["error_reason"],
             error_message=m["error_message"],
             result=_loads(m["result_json"]),
