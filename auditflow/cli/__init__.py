@@ -112,6 +112,10 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+# The subcommand maker of build_parser: (name, help, handler) -> its parser.
+Command = Callable[[str, str, Handler | None], argparse.ArgumentParser]
+
+
 def _reviewed(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of a decision on a revision the person reviewed: ID, --etag, --yes."""
     p.add_argument("workflow_id", metavar="ID")
@@ -147,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    _add_plan_commands(command)
+    _add_workflow_commands(command)
+    _add_read_commands(command)
+    tokens.add_parser(sub)
+    secrets.add_parser(sub)
+    _add_demo(command)
+    return parser
+
+
+def _add_plan_commands(command: Command) -> None:
+    """submit, and the decisions on a plan awaiting approval: approve, reject, request-changes, revise."""
     p = command("submit", "submit an audit plan; prints the new workflow id", commands.submit)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--plan", metavar="FILE", help='JSON file: a list of {"procedure", "parameters"} steps')
@@ -214,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etag", default="", help="the etag of the revision you revise (default: the current one)")
     p.add_argument("--request-id", default="", help="idempotency key")
 
+
+def _add_workflow_commands(command: Command) -> None:
+    """verify, cancel and get: one workflow by its ID."""
     p = command(
         "verify",
         "check a workflow's trail: the server's verification, then every hash recomputed here "
@@ -238,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--findings", type=_non_negative, default=10, metavar="N", help="findings to show (default: %(default)s)"
     )
 
+
+def _add_read_commands(command: Command) -> None:
+    """findings, list, watch and whoami."""
     p = command(
         "findings",
         "every finding of a workflow, as text or as a file (CSV, JSON, Parquet), filtered and ordered",
@@ -291,13 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop reconnecting after this long without the server (default: %(default)s)",
     )
 
-    p = command(
-        "whoami", "show who the gateway takes you to be: principal, roles, how you authenticated", commands.whoami
-    )
+    command("whoami", "show who the gateway takes you to be: principal, roles, how you authenticated", commands.whoami)
 
-    tokens.add_parser(sub)
-    secrets.add_parser(sub)
 
+def _add_demo(command: Command) -> None:
+    """demo: both servers started here, the sample plan end to end."""
     p = command("demo", "start a processor and a gateway, run the sample plan end to end, stop them", None)
     p.add_argument("--data-dir", default="./var/demo", help="databases and server logs (default: %(default)s)")
     p.add_argument("--gateway-port", type=_non_negative, default=0, help="0 picks a free port (default)")
@@ -322,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds to wait for SERVING (default: %(default)s)",
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
