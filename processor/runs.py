@@ -28,7 +28,7 @@ from processor import findings_store, messages, store, transitions
 from processor.messages import WatchResponse
 from processor.scheduler import Scheduler
 from processor.settings import Settings
-from processor.store import Appended, EventRecord, Inserted, RunRecord
+from processor.store import Appended, EventCursor, EventRecord, Inserted, RunRecord
 
 logger = logging.getLogger("processor.service")
 
@@ -179,8 +179,8 @@ class Runs:
         finally:
             self._hub.unfollow(feed)
 
-    async def read_events(self, cursors: Sequence[tuple[str, int]], limit: int) -> tuple[list[EventRecord], bool]:
-        """Events after each (workflow id, sequence), at most `limit`; and whether more wait."""
+    async def read_events(self, cursors: Sequence[EventCursor], limit: int) -> tuple[list[EventRecord], bool]:
+        """Events after each cursor, at most `limit`; and whether more wait."""
         return await self._db.scan(functools.partial(store.events_after_cursors, cursors=list(cursors), limit=limit))
 
     async def findings(

@@ -24,6 +24,7 @@ from processor import findings_store, messages, orchestrator
 from processor.messages import WatchResponse
 from processor.runs import NewRun, Runs
 from processor.settings import Settings
+from processor.store import EventCursor
 
 MAX_CURSORS = 1000
 MAX_READ_PAGE = 1000
@@ -108,7 +109,7 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
             plans.check_workflow_id(cursor.workflow_id, f"cursors[{index}].workflow_id")
             if cursor.after_sequence < 0:
                 raise invalid(f"cursors[{index}].after_sequence", "must not be negative")
-            cursors.append((cursor.workflow_id, cursor.after_sequence))
+            cursors.append(EventCursor(cursor.workflow_id, cursor.after_sequence))
         records, truncated = await self._runs.read_events(cursors, request.page_size or MAX_READ_PAGE)
         events = [ps.FeedEvent(event=messages.event(r), snapshot=messages.event_snapshot(r)) for r in records]
         self.event_reads += 1

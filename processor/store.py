@@ -420,28 +420,36 @@ def events_after(conn: Connection, workflow_id: str, after: int, limit: int) -> 
     return [EventRecord.from_row(row) for row in rows]
 
 
+@dataclass(frozen=True, slots=True)
+class EventCursor:
+    """A reader's place in one run's log: it has the events up to `after`."""
+
+    workflow_id: str
+    after: int
+
+
 def events_after_cursors(
-    conn: Connection, cursors: Sequence[tuple[str, int]], limit: int
+    conn: Connection, cursors: Sequence[EventCursor], limit: int
 ) -> tuple[list[EventRecord], bool]:
-    """The events after each (workflow id, sequence), at most `limit` in all, cursor by
-    cursor; True as well when the limit cut the answer."""
+    """The events after each cursor, at most `limit` in all, cursor by cursor; True as well
+    when the limit cut the answer."""
     found: list[EventRecord] = []
-    for workflow_id, after in cursors:
+    for cursor in cursors:
         room = limit - len(found)
         if room <= 0:
             return found, True
-        page = events_after(conn, workflow_id, after, room + 1)
+        page = events_after(conn, cursor.workflow_id, cursor.after, room + 1)
         if len(page) > room:
             return [*found, *page[:room]], True
         found.extend(page)
     return found, False
 
 
-def changed_since(conn: Connection, since: datetime) -> list[tuple[str, int]]:
-    """(workflow id, last sequence) of the runs written since `since` (the tail's look at what
-    other processors committed)."""
+def changed_since(conn: Connection, since: datetime) -> dict[str, int]:
+    """The last sequence of each run written since `since`, by workflow id (the tail's look
+    at what other processors committed)."""
     query = select(runs.c.workflow_id, runs.c.last_sequence).where(runs.c.updated_at >= since)
-    return [(row[0], row[1]) for row in conn.execute(query)]
+    return {row[0]: row[1] for row in conn.execute(query)}
 
 
 def count_by_status(conn: Connection) -> dict[int, int]:

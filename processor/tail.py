@@ -89,7 +89,11 @@ class Tail:
         """Publish what changed since `since` and this hub has not published; the count."""
         changed = await self._db.read(functools.partial(store.changed_since, since=since))
         self.reads += 1
-        cursors = [(wid, self._hub.published(wid)) for wid, last in changed if last > self._hub.published(wid)]
+        cursors = [
+            store.EventCursor(wid, self._hub.published(wid))
+            for wid, last in changed.items()
+            if last > self._hub.published(wid)
+        ]
         published = 0
         for start in range(0, len(cursors), PAGE):
             chunk = cursors[start : start + PAGE]
@@ -98,5 +102,9 @@ class Tail:
                 records, truncated = await self._db.scan(read)
                 messages.publish(self._hub, records)
                 published += len(records)
-                chunk = [(wid, self._hub.published(wid)) for wid, _after in chunk] if truncated else []
+                chunk = (
+                    [store.EventCursor(c.workflow_id, self._hub.published(c.workflow_id)) for c in chunk]
+                    if truncated
+                    else []
+                )
         return published

@@ -18,6 +18,7 @@ from processor import messages, orchestrator, store
 from processor.runs import NewRun, Runs
 from processor.scheduler import Scheduler
 from processor.settings import Settings
+from processor.store import EventCursor
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ async def test_a_run_is_enqueued_driven_to_its_end_and_read_back(runs: Runs) -> 
     assert watched[-1].snapshot.status == pb.WORKFLOW_STATUS_COMPLETED
     run = await runs.get("wf-unit-1")
     assert statuses.is_terminal(run.status) and run.last_sequence == watched[-1].event.sequence
-    events, truncated = await runs.read_events([("wf-unit-1", 0)], 1000)
+    events, truncated = await runs.read_events([EventCursor("wf-unit-1", 0)], 1000)
     assert [e.sequence for e in events] == list(range(3, run.last_sequence + 1)) and not truncated
     with pytest.raises(OutOfRange):
         await anext(runs.watch("wf-unit-1", run.last_sequence + 1))
