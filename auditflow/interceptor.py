@@ -238,20 +238,25 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _wrap_unary(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> Any:
-            async with _Served(context, method, measured):
-                await self._admit(request, context, method, metadata)
-                return await behavior(request, context)
-            return None  # (aborted: not reached, context.abort raises)
+            with _Timed(measured) as timed:
+                try:
+                    await self._admit(request, context, method, metadata)
+                    return await behavior(request, context)
+                except Exception as exc:
+                    await timed.refuse(context, exc, method)
 
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            async with _Served(context, method, measured):
-                caller = await self._admit(request, context, method, metadata)
-                with self._stream_slot(caller):
-                    async for response in behavior(request, context):
-                        yield response
+            with _Timed(measured) as timed:
+                try:
+                    caller = await self._admit(request, context, method, metadata)
+                    with self._stream_slot(caller):
+                        async for response in behavior(request, context):
+                            yield response
+                except Exception as exc:
+                    await timed.refuse(context, exc, method)
 
         return wrapper
 
@@ -260,34 +265,34 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._limiter.stream(caller) if self._limiter is not None else contextlib.nullcontext()
 
 
-class _Served:
-    """One call's life, the same for unary calls and streams: counted and timed in its method's
-    metrics, and what it raises leaves as its status (an abort passes untouched; a client that
-    went away ends as CANCELLED)."""
+class _Timed:
+    """One call, unary or stream, counted and timed in its method's metrics with the status it
+    ended with: OK, the one `refuse` gave it, or CANCELLED (a client that went away)."""
 
-    __slots__ = ("_context", "_measured", "_method", "_started")
+    __slots__ = ("_code", "_measured", "_started")
 
-    def __init__(self, context: Context, method: str, measured: MethodMetrics | None) -> None:
-        self._context = context
-        self._method = method
+    def __init__(self, measured: MethodMetrics | None) -> None:
         self._measured = measured
         self._started = 0.0
+        self._code = ""
 
-    async def __aenter__(self) -> None:
+    def __enter__(self) -> _Timed:
         self._started = time.perf_counter()
         if self._measured is not None:
             self._measured.started.inc()
+        return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        code = "OK" if exc is None else _code_name(exc, self._context) if isinstance(exc, Exception) else "CANCELLED"
-        try:
-            if not isinstance(exc, Exception) or _is_abort(exc):
-                return False
-            await _abort(self._context, exc, self._method)
-            return True
-        finally:
-            if self._measured is not None:
-                self._measured.done(code, time.perf_counter() - self._started)
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._measured is not None:
+            code = self._code or ("OK" if exc is None else "CANCELLED")
+            self._measured.done(code, time.perf_counter() - self._started)
+
+    async def refuse(self, context: Context, exc: Exception, method: str) -> None:
+        """End the call that raised `exc` with its status; an abort passes untouched."""
+        self._code = _code_name(exc, context)
+        if _is_abort(exc):
+            raise exc
+        await _abort(context, exc, method)
 
 
 def _code_name(exc: BaseException, context: Context) -> str:
