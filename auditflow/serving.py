@@ -10,7 +10,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from grpc_health.v1 import _async as health_aio
@@ -22,8 +22,8 @@ from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
 from auditflow.interceptor import CallInterceptor
 from auditflow.limits import Limiter
-from auditflow.metrics import RpcMetrics
-from auditflow.tls import ServerTls
+from auditflow.metrics import DatabaseCollector, Endpoint, RpcMetrics, ServiceMetrics
+from auditflow.tls import ServerTls, TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +192,30 @@ async def run_until_signalled(stop: Callable[[], Awaitable[None]], reload: Calla
     await stopping.wait()
     logger.info("stopping")
     await stop()
+
+
+class MetricsSettings(Protocol):
+    """What a server's settings say about its /metrics endpoint."""
+
+    @property
+    def metrics_address(self) -> str: ...
+    @property
+    def tls(self) -> TlsFiles: ...
+    @property
+    def allow_plaintext(self) -> bool: ...
+
+
+def metrics_endpoint(
+    settings: MetricsSettings, service: ServiceMetrics, collector: DatabaseCollector
+) -> Endpoint | None:
+    """The /metrics endpoint `--metrics-address` asks for, on the server's certificate; None without one."""
+    if not settings.metrics_address:
+        return None
+    return Endpoint(
+        settings.metrics_address,
+        service,
+        collector,
+        certfile=settings.tls.cert_file,
+        keyfile=settings.tls.key_file,
+        allow_plaintext=settings.allow_plaintext,
+    )

@@ -125,16 +125,7 @@ class Gateway:
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)
-        self.metrics: metrics.Endpoint | None = None
-        if measured:
-            self.metrics = metrics.Endpoint(
-                settings.metrics_address,
-                metrics.GATEWAY,
-                outbox_gauges(self.db),
-                certfile=settings.tls.cert_file,
-                keyfile=settings.tls.key_file,
-                allow_plaintext=settings.allow_plaintext,
-            )
+        self.metrics = serving.metrics_endpoint(settings, metrics.GATEWAY, outbox_gauges(self.db))
 
     @property
     def address(self) -> str:

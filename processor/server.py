@@ -73,16 +73,7 @@ class Processor:
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = serving.bind(self.server, address, self.tls)
         self._started = False
-        self.metrics: metrics.Endpoint | None = None
-        if settings.metrics_address:
-            self.metrics = metrics.Endpoint(
-                settings.metrics_address,
-                metrics.PROCESSOR,
-                run_gauges(self.db),
-                certfile=settings.tls.cert_file,
-                keyfile=settings.tls.key_file,
-                allow_plaintext=settings.allow_plaintext,
-            )
+        self.metrics = serving.metrics_endpoint(settings, metrics.PROCESSOR, run_gauges(self.db))
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
         self.abandoned_cycles = 0
 
