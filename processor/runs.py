@@ -30,7 +30,7 @@ from processor.scheduler import Scheduler
 from processor.settings import Settings
 from processor.store import Appended, EventCursor, EventRecord, Inserted, RunRecord
 
-logger = logging.getLogger("processor.service")
+logger = logging.getLogger(__name__)
 
 PAGE = 256
 # Events a feed subscriber may fall behind before it is cut (and catches up with ReadEvents).
