@@ -97,44 +97,25 @@ class RateLimitedLine:
             self._since = now
 
 
+# The intervals a server's connections are held to: flag, help (each sets the field of its name).
+INTERVAL_FLAGS = (
+    ("--handshake-timeout", "seconds a new connection has to finish its TLS or HTTP/2 handshake"),
+    ("--idle-timeout", "seconds a gRPC connection may stay without a call before it is closed"),
+    ("--http-idle-timeout", "seconds a REST connection may stay without a request (a new one too)"),
+    ("--keepalive-time", "seconds between the server's keepalive pings on a gRPC connection"),
+    ("--keepalive-timeout", "seconds a gRPC peer has to answer a keepalive ping"),
+)
+
+
 def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
     add = config.adder(parser, service)
-
-    d = ConnectionSettings()
-    add(
-        "--handshake-timeout",
-        "seconds a new connection has to finish its TLS or HTTP/2 handshake",
-        default=d.handshake_timeout,
-        type=config.interval,
-    )
-    add(
-        "--idle-timeout",
-        "seconds a gRPC connection may stay without a call before it is closed",
-        default=d.idle_timeout,
-        type=config.interval,
-    )
-    add(
-        "--http-idle-timeout",
-        "seconds a REST connection may stay without a request (a new one too)",
-        default=d.http_idle_timeout,
-        type=config.interval,
-    )
-    add(
-        "--keepalive-time",
-        "seconds between the server's keepalive pings on a gRPC connection",
-        default=d.keepalive_time,
-        type=config.interval,
-    )
-    add(
-        "--keepalive-timeout",
-        "seconds a gRPC peer has to answer a keepalive ping",
-        default=d.keepalive_timeout,
-        type=config.interval,
-    )
+    defaults = ConnectionSettings()
+    for flag, help in INTERVAL_FLAGS:
+        add(flag, help, default=getattr(defaults, flag.lstrip("-").replace("-", "_")), type=config.interval)
     add(
         "--max-connections",
         "most connections each port holds; 0: what the file-descriptor limit allows",
-        default=d.max_connections,
+        default=defaults.max_connections,
         type=config.non_negative_int,
     )
 
