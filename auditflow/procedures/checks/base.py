@@ -63,7 +63,8 @@ class Finding:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Finding:
         cents = int(Decimal(str(data["amount"])) * 100)
-        return cls(str(data["procedure"]), str(data["severity"]), list(data["entry_ids"]), cents, data["explanation"])
+        entry_ids = [str(entry) for entry in data["entry_ids"]]
+        return cls(str(data["procedure"]), str(data["severity"]), entry_ids, cents, str(data["explanation"]))
 
 
 def order(finding: Mapping[str, Any]) -> tuple[int, int, list[str]]:
@@ -84,7 +85,7 @@ class Tally:
     stake: int = 0  # cents
     by_severity: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SEVERITIES, 0))
     top: list[Finding] = field(default_factory=list)
-    own: dict[str, Any] = field(default_factory=dict)
+    own: dict[str, object] = field(default_factory=dict)
 
     def add(self, findings: list[Finding]) -> None:
         if not findings:
