@@ -4,7 +4,7 @@
     python -m auditflow.synthetic --rows 1000000 --clean --out big.csv
 
 The background looks like a year of a company's payments, and is clean by construction under
-the default parameters of the audit procedures (`auditflow.procedures.audit`):
+the default parameters of the audit procedures (`auditflow.procedures.checks`):
 
 - vendors' activity is heavy-tailed (Zipf): a few busy vendors are paid several times a week
   or several times a day, most a few times a year;
@@ -34,7 +34,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from auditflow.procedures.audit import COLUMNS, money
+from auditflow.procedures.table import COLUMNS, money
 
 APPROVAL_LIMIT_CENTS = 1_000_000  # split_purchases' default approval_limit, 10000.00
 NEAR_LIMIT_CENTS = 700_000  # split_purchases' default min_share (0.7) of it

@@ -57,14 +57,14 @@ if str(ROOT) not in sys.path:
 def plan_steps(path: str) -> list[dict[str, Any]]:
     """The sample plan's steps (auditflow.sample.sample_plan), on another ledger."""
     from auditflow import synthetic
-    from auditflow.procedures.audit import PROCEDURES  # in the child: the parent stays small
+    from auditflow.procedures import AUDIT_PROCEDURES  # in the child: the parent stays small
 
     holidays = [d.isoformat() for d in synthetic.holidays(range(2026, 2030))]
     steps: list[dict[str, Any]] = [
         {"procedure": "ledger_summary", "parameters": {"path": path}},
         {"procedure": "vendor_totals", "parameters": {"path": path, "top": 5}},
     ]
-    for name in PROCEDURES:
+    for name in AUDIT_PROCEDURES:
         parameters: dict[str, Any] = {"path": path}
         if name == "weekend_postings":
             parameters["holidays"] = holidays
@@ -73,7 +73,7 @@ def plan_steps(path: str) -> list[dict[str, Any]]:
 
 
 def child_plan(path: str) -> dict[str, Any]:
-    from auditflow.procedures.audit import PROCEDURES
+    from auditflow.procedures import AUDIT_PROCEDURES
     from processor.orchestrator import RunInfo
     from processor.plan_orchestrator import PlanOrchestrator
 
@@ -98,7 +98,7 @@ def child_plan(path: str) -> dict[str, Any]:
     findings = {
         s["procedure"]: s["result"]["summary"]["findings"]
         for s in result.result["steps"]
-        if s["procedure"] in PROCEDURES
+        if s["procedure"] in AUDIT_PROCEDURES
     }
     return {
         "seconds": round(time.perf_counter() - started, 2),
@@ -134,7 +134,7 @@ SUMMARIES = [
 
 def script_outliers(con: Any) -> int:
     """Modified z per vendor on log10 amounts, high side, the threshold of each group size."""
-    from auditflow.procedures.audit import outlier_threshold
+    from auditflow.procedures.outlier_stats import outlier_threshold
 
     sizes = [int(n) for (n,) in con.execute(f"{OUTLIER_GROUPS} SELECT DISTINCT n FROM m WHERE mad > 0").fetchall()]
     row = con.execute(

@@ -19,13 +19,10 @@ from typing import Any
 import pytest
 
 from auditflow import synthetic
+from auditflow.procedures import AUDIT_PROCEDURES as PROCEDURES
 from auditflow.procedures import stats
-from auditflow.procedures.audit import (
-    PROCEDURES,
-    SplitRule,
-    outlier_threshold,
-    split_windows,
-)
+from auditflow.procedures.checks.split import SplitRule, split_windows
+from auditflow.procedures.outlier_stats import outlier_threshold
 from auditflow.procedures.table import COLUMNS
 from tests.unit.test_audit_procedures import run
 

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from auditflow import synthetic
-from auditflow.procedures import CriticalError, load
-from auditflow.procedures.audit import PROCEDURES, money, order
+from auditflow.procedures import AUDIT_PROCEDURES, CriticalError, load
+from auditflow.procedures.checks.base import order
+from auditflow.procedures.table import money
 
-AUDIT = PROCEDURES  # the seven audit procedures
+AUDIT = AUDIT_PROCEDURES  # the seven audit procedures
 DETERMINISTIC = ("duplicate_payments", "round_amounts", "weekend_postings", "split_purchases", "segregation_of_duties")
 SAMPLE = Path(__file__).resolve().parents[2] / "auditflow" / "samples" / "ledger.csv"
 HEADER = "entry_id,posting_date,vendor,account,amount,currency,description,created_by,approved_by\n"

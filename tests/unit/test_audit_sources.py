@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy
 
 from auditflow import sources, synthetic
-from auditflow.procedures import CriticalError, load
-from auditflow.procedures.audit import PROCEDURES, order
+from auditflow.procedures import AUDIT_PROCEDURES, CriticalError, load
+from auditflow.procedures.checks.base import order
 from auditflow.procedures.table import COLUMNS
 
-AUDIT = PROCEDURES  # the seven audit procedures
+AUDIT = AUDIT_PROCEDURES  # the seven audit procedures
 HEADER = ",".join(COLUMNS) + "\n"
 
 
