@@ -302,8 +302,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _connect(spill: str | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB within the memory limit; with `spill`, the directory it spills to."""
-    config: dict[str, str | bool | int | float | list[str]] = {"threads": DUCKDB_THREADS, "memory_limit": DUCKDB_MEMORY}
+    """An in-memory DuckDB within the memory limit; with `spill`, the directory it spills to.
+    Insertion order is kept (DuckDB's default, made explicit): a table's rowid then numbers
+    its rows in the order they were read, which `_load` relies on."""
+    config: dict[str, str | bool | int | float | list[str]] = {
+        "threads": DUCKDB_THREADS,
+        "memory_limit": DUCKDB_MEMORY,
+        "preserve_insertion_order": True,
+    }
     if spill is not None:
         config["temp_directory"] = spill
     return duckdb.connect(":memory:", config=config)
@@ -489,9 +495,16 @@ def _csv_header(path: Path, label: str) -> list[str]:
 def _load(
     path: Path, label: str, *, kind: str, names: list[str] | None = None, table: pa.Table | None = None
 ) -> Ledger:
-    """Read the file (CSV, Parquet, or the Arrow `table` of an Excel sheet) into `ledger`, in
-    one pass: `raw` is a view of the file, read again only to quote a bad value. The table
-    spills past the memory limit to a directory of its own, removed with the ledger."""
+    """Read the file (CSV, Parquet, or the Arrow `table` of an Excel sheet) into `ledger`: its
+    rows converted and checked, numbered in the file's order (`row_no`) and stored by vendor (a
+    chunk's range of vendors then reads its own row groups, not the whole table). `raw` is a
+    view of the file, read again only to quote a bad value. The tables spill past the memory
+    limit to a directory of their own, removed with the ledger.
+
+    A ledger that fits in memory is read in two passes that all of DuckDB's threads share: its
+    rows into `entries` in the file's order (the rowid numbers them), then sorted into `ledger`.
+    A larger one is read in one pass that numbers the rows as it reads (a window over the file,
+    which runs on one thread), so that no second copy of it spills to disk."""
     spill = tempfile.mkdtemp(prefix="auditflow-duckdb-")
     try:
         con = _connect(spill)
@@ -499,66 +512,20 @@ def _load(
         shutil.rmtree(spill, ignore_errors=True)
         raise
     try:
-        if kind == "parquet":
-            try:
-                con.execute(
-                    f"CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM read_parquet({_quoted(path)})"
-                )
-                con.execute("DESCRIBE raw")
-            except duckdb.Error as exc:
-                raise CriticalError(f"{label}: cannot read the Parquet ledger: {_first_line(exc)}") from exc
-        elif kind == "xlsx":
-            con.register("sheet", table)
-            con.execute("CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM sheet")
-        else:
-            columns = ", ".join(f"{_quoted(n)}: 'VARCHAR'" for n in names or [])
-            con.execute(
-                "CREATE VIEW raw AS SELECT row_number() OVER () AS row_no, * FROM read_csv("
-                f"{_quoted(path)}, header = true, all_varchar = true, delim = ',', quote = '\"', escape = '\"', "
-                f"strict_mode = true, encoding = 'utf-8', auto_detect = false, columns = {{{columns}}})"
-            )
+        _raw_view(con, path, label, kind=kind, names=names, table=table)
         types = {row[0]: str(row[1]) for row in con.execute("DESCRIBE raw").fetchall()}
         missing = [c for c in COLUMNS if c not in types]
         if missing:
             raise CriticalError(f"{label}: missing columns: {', '.join(missing)}")
-
-        def text(column: str) -> str:
-            return f"coalesce(CAST(\"{column}\" AS VARCHAR), '')"
-
-        def parsed(column: str, target: str) -> str:
-            inner = f'trim("{column}")' if types[column] == "VARCHAR" else f'"{column}"'
-            return f"TRY_CAST({inner} AS {target})"
-
-        con.execute(
-            f"""CREATE TABLE ledger AS SELECT row_no, {text("entry_id")} AS entry_id,
-                {parsed("posting_date", "DATE")} AS posting_date,
-                coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor,
-                {text("account")} AS account,
-                CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
-                {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
-                {text("currency")} AS currency, {text("description")} AS description,
-                {text("created_by")} AS created_by, {text("approved_by")} AS approved_by
-            FROM raw ORDER BY vendor, row_no"""
-        )  # (stored by vendor: a chunk's range of vendors reads its own row groups, not the whole table)
-        bad = con.execute(
-            """SELECT row_no, cents IS NULL FROM ledger WHERE cents IS NULL OR posting_date IS NULL
-               ORDER BY row_no LIMIT 1"""
-        ).fetchone()
-        if bad is not None:
-            row_no, bad_amount = bad
-            amount, posting_date = con.execute(
-                "SELECT CAST(amount AS VARCHAR), CAST(posting_date AS VARCHAR) FROM raw WHERE row_no = ?", [row_no]
-            ).fetchone() or (None, None)
-            if kind == "csv":
-                read_ledger(path, label)  # the csv module's message, with the line
-                where = f"{label}:{row_no + 1}"
-            elif kind == "xlsx":
-                where = f"{label}: row {row_no + 1}"  # as the spreadsheet numbers it, after the header
-            else:
-                where = f"{label}: row {row_no}"
-            if bad_amount:
-                raise CriticalError(f"{where}: amount {amount!r} is not a number")
-            raise CriticalError(f"{where}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
+        if _fits(con, path, kind, table):
+            con.execute(f"CREATE TABLE entries AS SELECT {_converted(types)} FROM raw")
+            con.execute("CREATE TABLE ledger AS SELECT rowid + 1 AS row_no, * FROM entries ORDER BY vendor, row_no")
+            con.execute("DROP TABLE entries")
+        else:
+            con.execute(
+                f"CREATE TABLE ledger AS SELECT row_no, {_converted(types)} FROM ({NUMBERED}) ORDER BY vendor, row_no"
+            )
+        _check_entries(con, path, label, kind)
         con.execute("DROP VIEW raw")
         if kind == "xlsx":
             con.unregister("sheet")
@@ -572,6 +539,108 @@ def _load(
     except BaseException:
         _discard(con, spill)
         raise
+
+
+NUMBERED = "SELECT row_number() OVER () AS row_no, * FROM raw"  # the file's rows, numbered from 1
+UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def _fits(con: duckdb.DuckDBPyConnection, path: Path, kind: str, table: pa.Table | None) -> bool:
+    """Whether the ledger can be read in two passes (see `_load`) without spilling: its size as
+    text (the file's; a Parquet file's uncompressed pages; an Excel sheet's Arrow table) is at
+    most a quarter of DuckDB's memory limit, room for both copies and the sort between them."""
+    if kind == "xlsx" and table is not None:
+        size = int(table.nbytes)
+    elif kind == "parquet":
+        row = con.execute(
+            f"SELECT coalesce(sum(total_uncompressed_size), 0) FROM parquet_metadata({_quoted(path)})"
+        ).fetchone()
+        size = int(row[0]) if row else 0
+    else:
+        size = path.stat().st_size
+    return size * 4 <= _memory_limit(con)
+
+
+def _memory_limit(con: duckdb.DuckDBPyConnection) -> int:
+    """DuckDB's memory limit in bytes, from the setting as it shows it ("488.2 MiB")."""
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    number, _, unit = str(row[0] if row else "").partition(" ")
+    try:
+        return int(float(number) * UNITS[unit])
+    except (ValueError, KeyError):
+        return 0  # unknown: read in one pass, as a large ledger is
+
+
+def _raw_view(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    label: str,
+    *,
+    kind: str,
+    names: list[str] | None,
+    table: pa.Table | None,
+) -> None:
+    """`raw`: the file's rows as they are, in the file's order."""
+    if kind == "parquet":
+        try:
+            con.execute(f"CREATE VIEW raw AS SELECT * FROM read_parquet({_quoted(path)})")
+            con.execute("DESCRIBE raw")
+        except duckdb.Error as exc:
+            raise CriticalError(f"{label}: cannot read the Parquet ledger: {_first_line(exc)}") from exc
+    elif kind == "xlsx":
+        con.register("sheet", table)
+        con.execute("CREATE VIEW raw AS SELECT * FROM sheet")
+    else:
+        columns = ", ".join(f"{_quoted(n)}: 'VARCHAR'" for n in names or [])
+        con.execute(
+            f"CREATE VIEW raw AS SELECT * FROM read_csv({_quoted(path)}, header = true, all_varchar = true, "
+            "delim = ',', quote = '\"', escape = '\"', strict_mode = true, encoding = 'utf-8', "
+            f"auto_detect = false, columns = {{{columns}}})"
+        )
+
+
+def _converted(types: dict[str, str]) -> str:
+    """The select list of `ledger` but row_no, from `raw`, whose columns have `types`: a value
+    that does not convert is NULL, found by `_check_entries`."""
+
+    def text(column: str) -> str:
+        return f"coalesce(CAST(\"{column}\" AS VARCHAR), '')"
+
+    def parsed(column: str, target: str) -> str:
+        inner = f'trim("{column}")' if types[column] == "VARCHAR" else f'"{column}"'
+        return f"TRY_CAST({inner} AS {target})"
+
+    return f"""{text("entry_id")} AS entry_id, {parsed("posting_date", "DATE")} AS posting_date,
+        coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor, {text("account")} AS account,
+        CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
+        {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
+        {text("currency")} AS currency, {text("description")} AS description,
+        {text("created_by")} AS created_by, {text("approved_by")} AS approved_by"""
+
+
+def _check_entries(con: duckdb.DuckDBPyConnection, path: Path, label: str, kind: str) -> None:
+    """A `CriticalError` for the first entry whose amount or date did not convert, naming its
+    line (CSV) or row and quoting the value as the file has it."""
+    bad = con.execute(
+        """SELECT row_no, cents IS NULL FROM ledger WHERE cents IS NULL OR posting_date IS NULL
+           ORDER BY row_no LIMIT 1"""
+    ).fetchone()
+    if bad is None:
+        return
+    row_no, bad_amount = bad
+    amount, posting_date = con.execute(
+        f"SELECT CAST(amount AS VARCHAR), CAST(posting_date AS VARCHAR) FROM ({NUMBERED}) WHERE row_no = ?", [row_no]
+    ).fetchone() or (None, None)
+    if kind == "csv":
+        read_ledger(path, label)  # the csv module's message, with the line
+        where = f"{label}:{row_no + 1}"
+    elif kind == "xlsx":
+        where = f"{label}: row {row_no + 1}"  # as the spreadsheet numbers it, after the header
+    else:
+        where = f"{label}: row {row_no}"
+    if bad_amount:
+        raise CriticalError(f"{where}: amount {amount!r} is not a number")
+    raise CriticalError(f"{where}: posting_date {posting_date!r} is not an ISO date (YYYY-MM-DD)")
 
 
 def _discard(con: duckdb.DuckDBPyConnection, spill: str) -> None:
@@ -588,13 +657,15 @@ def _quoted(value: object) -> str:
 def written_decimals(amount: str) -> str:
     """SQL for the decimals an amount is written with ('300' 0, '80.05' 2, '1.5e3' 0), at most 6:
     the totals of `ledger_summary` and `vendor_totals` are printed with as many decimals as their
-    most precise amount, as a sum of Python Decimals would be."""
+    most precise amount, as a sum of Python Decimals would be. (An exponent is looked for with
+    `contains`, not a regular expression: every entry of a ledger goes through this.)"""
     text = f"trim({amount})"
     decimals = f"length(regexp_extract({text}, '\\.([0-9]*)', 1))"
     exponent = f"coalesce(TRY_CAST(regexp_extract({text}, '[eE]([+-]?[0-9]+)$', 1) AS INTEGER), 0)"
     plain = f"CASE WHEN position('.' IN {text}) > 0 THEN length({text}) - position('.' IN {text}) ELSE 0 END"
     return (
-        f"CAST(least(6, CASE WHEN regexp_matches({text}, '[eE]') THEN greatest(0, {decimals} - {exponent}) "
+        f"CAST(least(6, CASE WHEN contains({text}, 'e') OR contains({text}, 'E') "
+        f"THEN greatest(0, {decimals} - {exponent}) "
         f"ELSE {plain} END) AS UTINYINT)"
     )
 

@@ -20,7 +20,7 @@ import openpyxl
 import pytest
 
 from auditflow import synthetic
-from auditflow.procedures import AUDIT_PROCEDURES, CriticalError, load
+from auditflow.procedures import AUDIT_PROCEDURES, CriticalError, load, table
 from auditflow.procedures.table import COLUMNS, ledger_format
 from tests.unit.test_audit_procedures import run
 
@@ -112,3 +112,72 @@ def test_a_spreadsheet_is_checked_at_submission(tmp_path: Path) -> None:
     broken.write_bytes(to_xlsx([list(COLUMNS)], tmp_path / "x.xlsx").read_bytes()[:2000])  # cut short
     violations = list(procedure.validate({"path": str(broken)}))
     assert [v.field for v in violations] == ["parameters.path"], violations
+
+
+def read_both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
+    """The `ledger` table as stored, read in two passes (a ledger that fits in memory) and in
+    one (a larger one)."""
+    tables = []
+    for fits in (True, False):
+        monkeypatch.setattr(table, "_fits", lambda *_args, fits=fits: fits)
+        ledger = table._load_file(path, path.name)
+        try:
+            tables.append(ledger.cursor().execute("SELECT * FROM ledger ORDER BY rowid").fetchall())
+        finally:
+            ledger.con.close()
+    return tables[0], tables[1]
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet", "xlsx"])
+def test_both_ways_of_reading_store_the_same_ledger(
+    ledgers: dict[str, Any], kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two, one = read_both_ways(ledgers[kind], monkeypatch)
+    assert two == one and len(two) == 3000
+
+
+def test_entries_are_numbered_in_the_files_order_when_read_in_parallel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several row groups, read by several threads: row_no is still the entry's place in the
+    file, and the table is stored by vendor, then row_no."""
+    path = tmp_path / "ledger.csv"
+    with duckdb.connect() as con:
+        con.execute(
+            f"""COPY (SELECT 'JE-' || i AS entry_id, DATE '2026-01-01' + CAST(i % 300 AS INTEGER) AS posting_date,
+                       'Vendor ' || (i * 7919 % 1000) AS vendor, '6100' AS account, (i % 9000) + 1.25 AS amount,
+                       'EUR' AS currency, 'invoice ' || i AS description, 'alice' AS created_by,
+                       'bob' AS approved_by
+                FROM range(300000) r(i)) TO '{path}' (HEADER)"""
+        )
+    two, one = read_both_ways(path, monkeypatch)
+    assert two == one
+    assert all(row[1] == f"JE-{row[0] - 1}" for row in two)  # row_no 1 is the first entry
+    assert [(row[3], row[0]) for row in two] == sorted((row[3], row[0]) for row in two)
+
+
+def test_a_bad_entry_is_named_the_same_whichever_way_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ledger.parquet"
+    with duckdb.connect() as con:
+        con.execute(
+            f"""COPY (SELECT 'JE-' || i AS entry_id, '2026-01-05' AS posting_date, 'Acme' AS vendor,
+                       '6100' AS account, CASE WHEN i = 41 THEN 'ten' ELSE '100.10' END AS amount,
+                       'EUR' AS currency, '' AS description, 'alice' AS created_by, 'bob' AS approved_by
+                FROM range(50) r(i)) TO '{path}' (FORMAT parquet)"""
+        )
+    for fits in (True, False):
+        monkeypatch.setattr(table, "_fits", lambda *_args, fits=fits: fits)
+        with pytest.raises(CriticalError, match=r"ledger.parquet: row 42: amount 'ten' is not a number"):
+            table._load_file(path, path.name)
+
+
+def test_a_ledger_is_read_in_two_passes_when_a_quarter_of_the_memory_limit_holds_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.csv"
+    path.write_bytes(b"x" * 1000)
+    with duckdb.connect(config={"memory_limit": "8MB"}) as con:
+        assert abs(table._memory_limit(con) - 8_000_000) < 100_000
+        assert table._fits(con, path, "csv", None)
+        path.write_bytes(b"x" * 2_100_000)
+        assert not table._fits(con, path, "csv", None)
