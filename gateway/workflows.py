@@ -12,7 +12,8 @@ and APPROVED for the one that completes the number, which dispatches the run in 
 transaction); the same approver again is not a second vote; a reject by any approver ends it.
 A decision may carry the etag of the plan the approver saw: another plan's is refused
 (ABORTED, nothing stored). The common case, one approver, is one compare-and-set
-(`_APPROVE_ALONE`); every other decision locks the row and decides in Python.
+(`_APPROVE_ALONE`); every other decision locks the row and decides in Python. Both apply the
+etag and separation-of-duties rules of `gateway.rules`, written once for SQL and Python.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from auditflow.errors import AlreadyDecided, EtagMismatch, NotFound, PermissionD
 from auditflow.prepared import Prepared
 from auditflow.principal import ADMIN, Principal
 from auditflow.v1 import workflow_pb2 as pb
-from gateway import outbox, store
+from gateway import outbox, rules, store
 from gateway.store import (
     ApprovalRecord,
     ChangeRequest,
@@ -156,9 +157,8 @@ _APPROVE_ALONE = Prepared(
             workflows.c.workflow_id == bindparam("b_workflow_id"),
             workflows.c.status == pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
             workflows.c.required_approvals == 1,
-            # Separation of duties: "" when the decision is not restricted.
-            workflows.c.created_by_key != bindparam("b_forbidden_key"),
-            workflows.c.etag == bindparam("b_etag"),
+            rules.separated(workflows.c.created_by_key, bindparam("b_forbidden_key")),
+            rules.etag_holds(bindparam("b_etag"), workflows.c.etag),
         )
     )
     .values(
@@ -203,7 +203,7 @@ def decide(
             "b_request_id": decision.request_id or None,
             "b_now": now,
             "b_message": _approved_message([approval], 1, decision.comment),
-            "b_forbidden_key": "" if self_approval else actor.key,
+            "b_forbidden_key": rules.forbidden_key(actor, self_approval=self_approval),
             "b_etag": decision.etag,
             "b_approvals": json.dumps([approval.to_json()]),
         }
@@ -229,13 +229,13 @@ def _decide_locked(
         raise _waits_for_revision(row)
     if approve and _already_approved(row, decision):
         return Outcome(row, changed=False)  # the same approver again: not a second vote
-    if approve and row.created_by_key == actor.key and not self_approval:
+    if approve and not rules.separated(row.created_by_key, rules.forbidden_key(actor, self_approval=self_approval)):
         raise PermissionDenied(
             f"separation of duties: {actor.name} submitted workflow {workflow_id} and may not approve it",
             metadata={"workflow_id": workflow_id, "rule": "SEPARATION_OF_DUTIES"},
             reason="SEPARATION_OF_DUTIES",
         )
-    if decision.etag and decision.etag != row.etag:
+    if not rules.etag_holds(decision.etag, row.etag):
         raise EtagMismatch(
             f"workflow {workflow_id}: etag {decision.etag!r} is not the plan's; read the workflow again, then decide",
             metadata={"workflow_id": workflow_id},
