@@ -23,6 +23,7 @@ from auditflow.connections import ConnectionSettings
 from auditflow.interceptor import CallInterceptor
 from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
+from auditflow.revocation import StreamGuard
 from auditflow.tls import ServerTls
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ def server_options(connections: ConnectionSettings) -> list[tuple[str, Any]]:
 
 
 def new_server(authenticator: Authenticator, connections: ConnectionSettings, *, metrics: RpcMetrics | None = None,
-               outer: Sequence[Any] = (), limiter: Limiter | None = None) -> grpc.aio.Server:  # fmt: skip
+               outer: Sequence[Any] = (), limiter: Limiter | None = None,
+               guard: StreamGuard | None = None) -> grpc.aio.Server:  # fmt: skip
     """A server with our interceptor (and `outer` ones before it: tracing)."""
-    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter)]
+    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
 
 

@@ -25,6 +25,7 @@ from auditflow.config import ConfigError
 from auditflow.db import Database
 from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
+from auditflow.revocation import StreamGuard
 from auditflow.tls import ServerTls, check_plaintext, host_of
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -69,9 +70,12 @@ class Gateway:
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
         self.limiter = Limiter(settings.limits)  # (each principal's rates and streams, both adapters)
+        # (each open stream's credential, checked again after each reload: both adapters)
+        self.guard = StreamGuard(self.authenticator)
         rpc_metrics = RpcMetrics(metrics.GATEWAY) if measured else None
         self.server = serving.new_server(self.authenticator, settings.connections, metrics=rpc_metrics,
-                                         outer=tracing.server_interceptors(), limiter=self.limiter)  # fmt: skip
+                                         outer=tracing.server_interceptors(), limiter=self.limiter,
+                                         guard=self.guard)  # fmt: skip
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, self._link_changed)
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
@@ -117,6 +121,7 @@ class Gateway:
                 readiness=Readiness(self.db, self.feed),
                 limiter=self.limiter,
                 connections=settings.connections,
+                guard=self.guard,
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)
@@ -135,6 +140,7 @@ class Gateway:
         await asyncio.to_thread(auth_settings.load, self.authenticator)
         await asyncio.to_thread(sources.configure, self.settings.data)
         await self.authenticator.start()
+        await self.guard.start()
         await asyncio.to_thread(self.db.start)
         await self._health.set(LINK_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)  # (until the feed is up)
         await self.server.start()
@@ -162,6 +168,7 @@ class Gateway:
         await self.feed.stop()
         await self.channel.close(grace=None)
         await self.authenticator.stop()
+        await self.guard.stop()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
