@@ -23,6 +23,7 @@ from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
 from auditflow.db import Database
+from auditflow.fairwrites import FairWrites
 from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
 from auditflow.revocation import StreamGuard
@@ -64,7 +65,10 @@ class Gateway:
         procedures.load(settings.plugins)
         self.authenticator = auth_settings.build(settings.auth)
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
-        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway")
+        # (the writer takes each principal's writes in turn: one cannot hold up another's)
+        self.writes = FairWrites(settings.write_share)
+        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway",
+                           writes=self.writes)  # fmt: skip
         self.channel = processor_channel(settings)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
@@ -172,6 +176,8 @@ class Gateway:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
+        if self.writes.waits:
+            logger.info("waits for the database writer, longest first: %s", self.writes.summary())
 
     def _link_changed(self, up: bool) -> None:
         """The feed from the processor is up or broken: the metric, and the relay (so that an
