@@ -112,3 +112,14 @@ async def test_a_principal_alone_still_commits_its_small_writes_together(fair: W
     commits = fair.db.commits
     await asyncio.gather(*(write_as(fair.db, "alice", 100) for _ in range(50)))
     assert fair.db.commits - commits < 50
+
+
+def test_the_waits_by_principal_name_the_slowest_first() -> None:
+    writes = FairWrites()
+    for name, seconds in (("alice", 0.002), ("flood", 0.080), ("alice", 0.001)):
+        writes._record(name, seconds)
+    summary = writes.summary()
+    assert summary.startswith("flood 1 writes"), summary
+    assert "alice 2 writes, mean 1.5 ms" in summary, summary
+    p99 = writes.waits["alice"].percentile(0.99)
+    assert 0.002 <= p99 <= 0.002 * 1.2, p99
