@@ -177,7 +177,7 @@ class Gateway:
             await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
         if self.writes.waits:
-            logger.info("waits for the database writer, longest first: %s", self.writes.summary())
+            logger.info("waits for the database writer, longest first: %s", self.writes.summary(most=16))
 
     def _link_changed(self, up: bool) -> None:
         """The feed from the processor is up or broken: the metric, and the relay (so that an
