@@ -12,6 +12,7 @@ Reported: the three people's write latency (p50, p99) with and without the share
 beside the flood, and how many plans the flood stored.
 
     python bench/writer_share.py                # 3 rounds of 8 s phases
+    python bench/writer_share.py --quick        # 1 round of 2 s phases, for a smoke test
 """
 
 from __future__ import annotations
@@ -116,7 +117,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each with both writers")
     parser.add_argument("--flood", type=int, default=4, help="the flood's concurrent callers")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s phases (smoke test)")
+    parser.add_argument("--json", action="store_true", help="(the figures are always printed as JSON)")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 2.0, 1
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
 
