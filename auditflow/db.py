@@ -68,6 +68,16 @@ class _Request:
     fn: Callable[[Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    cost: int = 0  # (bytes the write stores, roughly: what a fair write queue charges for it)
+
+
+class Requests(Protocol):
+    """What the writer and readers take their requests from: a `queue.SimpleQueue`, or a
+    queue that orders the writes otherwise (`auditflow.fairwrites`); None says stop."""
+
+    def put(self, item: _Request | None) -> None: ...
+    def get(self) -> _Request | None: ...
+    def get_nowait(self) -> _Request | None: ...
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -107,7 +117,14 @@ class Database:
     """A service's database: `await write(fn)` and `await read(fn)`, both off the event loop."""
 
     def __init__(
-        self, url: str, metadata: MetaData, *, migrations: str | None = None, readers: int = 4, name: str = "database"
+        self,
+        url: str,
+        metadata: MetaData,
+        *,
+        migrations: str | None = None,
+        readers: int = 4,
+        name: str = "database",
+        writes: Requests | None = None,
     ) -> None:
         self.url = url
         self.name = name  # (the `database` label of its metrics)
@@ -117,8 +134,8 @@ class Database:
         self._metadata = metadata
         self._migrations = migrations
         self._head: str | None = None  # the newest revision, once the schema is created
-        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
-        self._read_queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._queue: Requests = writes if writes is not None else queue.SimpleQueue()
+        self._read_queue: Requests = queue.SimpleQueue()
         self._reader_count = readers
         self._readers: list[threading.Thread] = []
         self._scanners = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-scan")
@@ -192,9 +209,10 @@ class Database:
         self.write_engine.dispose()
         self.read_engine.dispose()
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
-        """Run fn in a write transaction shared with concurrent writers; wait for its commit."""
-        return await self._submit(self._queue, fn)
+    async def write(self, fn: Callable[[Connection], T], *, cost: int = 0) -> T:
+        """Run fn in a write transaction shared with concurrent writers; wait for its commit.
+        `cost`: about how many bytes it stores, when that is much (a plan)."""
+        return await self._submit(self._queue, fn, cost)
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run fn in a read transaction (shared with reads asked for at the same moment) on a
@@ -232,11 +250,11 @@ class Database:
         self._check_started()
         return await asyncio.get_running_loop().run_in_executor(self._apart, self._alone, self.write_engine, fn)
 
-    async def _submit(self, requests: queue.SimpleQueue[_Request | None], fn: Callable[[Connection], T]) -> T:
+    async def _submit(self, requests: Requests, fn: Callable[[Connection], T], cost: int = 0) -> T:
         self._check_started()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        requests.put(_Request(fn, future, loop))
+        requests.put(_Request(fn, future, loop, cost))
         return await future
 
     def _check_started(self) -> None:
@@ -268,7 +286,7 @@ class Database:
         self._drain(self._read_queue, self._run_reads)
 
     @staticmethod
-    def _drain(requests: queue.SimpleQueue[_Request | None], run: Callable[[list[_Request]], None]) -> None:
+    def _drain(requests: Requests, run: Callable[[list[_Request]], None]) -> None:
         """Take every request that is waiting (up to MAX_BATCH) and run them together, until
         a None says stop."""
         while True:

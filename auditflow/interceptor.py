@@ -6,6 +6,8 @@ Every RPC of both services passes through `CallInterceptor`, which
 - answers a request that does not parse as INVALID_ARGUMENT (gRPC itself would say UNKNOWN);
 - holds the caller to its limits (`auditflow.limits`): its rate per kind of call, and a slot
   of its streams for a stream's life;
+- ends a server stream with the refusal (UNAUTHENTICATED, PERMISSION_DENIED) when its
+  caller's credential is revoked while it is open (`auditflow.revocation`);
 - maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest,
   RetryInfo and the `retry-after` trailer, QuotaFailure), and any other exception to INTERNAL
   without leaking internals;
@@ -17,6 +19,7 @@ Public methods (health, reflection) skip authentication: probes carry no credent
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -32,11 +35,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from auditflow import logs, policy, principal
-from auditflow.auth import Authenticator
+from auditflow.auth import Authenticator, Presented
 from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded
 from auditflow.limits import Limiter
 from auditflow.metrics import MethodMetrics, RpcMetrics
 from auditflow.principal import Principal
+from auditflow.revocation import StreamGuard, Watched
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +191,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates, authorizes, sets the principal and maps exceptions to status codes."""
 
     def __init__(
-        self, authenticator: Authenticator, metrics: RpcMetrics | None = None, limiter: Limiter | None = None
+        self,
+        authenticator: Authenticator,
+        metrics: RpcMetrics | None = None,
+        limiter: Limiter | None = None,
+        guard: StreamGuard | None = None,
     ) -> None:
         self._auth = authenticator
         self._metrics = metrics
         self._limiter = limiter
+        self._guard = guard
 
     async def intercept_service(  # type: ignore[override]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -220,10 +229,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler  # (no client-streaming RPCs outside the public ones)
 
-    async def _admit(self, request: Any, context: Context, method: str, metadata: Any) -> Principal:
+    def _presented(self, context: Context, metadata: Any) -> Presented:
+        return self._auth.presented(metadata, peer_address(context), tls_identities(context))
+
+    async def _admit(self, request: Any, presented: Presented, method: str) -> Principal:
         """Authenticate, authorize, check the caller's rate and set the principal; then refuse
         a malformed request (after authentication, so that strangers learn nothing from it)."""
-        presented = self._auth.presented(metadata, peer_address(context), tls_identities(context))
         caller = await self._auth.authenticate(presented)
         policy.authorize(method, caller)
         if self._limiter is not None:
@@ -240,7 +251,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapper(request: Any, context: Context) -> Any:
             with _Timed(measured) as timed:
                 try:
-                    await self._admit(request, context, method, metadata)
+                    await self._admit(request, self._presented(context, metadata), method)
                     return await behavior(request, context)
                 except Exception as exc:
                     await timed.refuse(context, exc, method)
@@ -251,9 +262,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             with _Timed(measured) as timed:
                 try:
-                    caller = await self._admit(request, context, method, metadata)
-                    with self._stream_slot(caller):
-                        async for response in behavior(request, context):
+                    presented = self._presented(context, metadata)
+                    caller = await self._admit(request, presented, method)
+                    with self._stream_slot(caller), self._watching(presented, method) as watched:
+                        async for response in _until_refused(behavior(request, context), watched):
                             yield response
                 except Exception as exc:
                     await timed.refuse(context, exc, method)
@@ -263,6 +275,45 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _stream_slot(self, caller: Principal) -> contextlib.AbstractContextManager[None]:
         """One of the caller's stream slots for the stream's life (RESOURCE_EXHAUSTED if none)."""
         return self._limiter.stream(caller) if self._limiter is not None else contextlib.nullcontext()
+
+    def _watching(self, presented: Presented, method: str) -> contextlib.AbstractContextManager[Watched | None]:
+        """The stream watched for its life, ended if its caller's credential is revoked."""
+        return self._guard.watching(presented, method) if self._guard is not None else contextlib.nullcontext()
+
+
+async def _until_refused(responses: AsyncIterator[Any], watched: Watched | None) -> AsyncIterator[Any]:
+    """A stream's responses until the guard refuses its caller; then the refusal is raised
+    (the stream ends with its status, not CANCELLED). While a response is being sent the
+    guard does not cancel: the refusal is raised when gRPC asks for the next one."""
+    if watched is None:
+        async for response in responses:
+            yield response
+        return
+    try:
+        while watched.refusal is None:
+            try:
+                response = await anext(responses)
+            except StopAsyncIteration:
+                return
+            watched.sending = True
+            yield response
+            watched.sending = False
+    except asyncio.CancelledError:
+        if watched.refusal is None:
+            raise
+        watched.task.uncancel()
+    finally:
+        await close_stream(responses)
+    refusal = watched.refusal
+    assert refusal is not None
+    raise refusal
+
+
+async def close_stream(responses: AsyncIterator[Any]) -> None:
+    """Close a stream's async generator now (its `finally` runs), not when it is collected."""
+    aclose = getattr(responses, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _Timed:

@@ -103,5 +103,10 @@ def current() -> Principal:
     return principal
 
 
+def current_or_none() -> Principal | None:
+    """The principal of the call being handled, or None in the service's own tasks."""
+    return _current.get()
+
+
 def set_current(principal: Principal) -> None:
     _current.set(principal)

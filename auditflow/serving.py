@@ -23,6 +23,7 @@ from auditflow.connections import ConnectionSettings
 from auditflow.interceptor import CallInterceptor
 from auditflow.limits import Limiter
 from auditflow.metrics import DatabaseCollector, Endpoint, RpcMetrics, ServiceMetrics
+from auditflow.revocation import StreamGuard
 from auditflow.tls import ServerTls, TlsFiles
 
 logger = logging.getLogger(__name__)
@@ -66,9 +67,10 @@ def new_server(
     metrics: RpcMetrics | None = None,
     outer: Sequence[Any] = (),
     limiter: Limiter | None = None,
+    guard: StreamGuard | None = None,
 ) -> grpc.aio.Server:
     """A server with our interceptor (and `outer` ones before it: tracing)."""
-    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter)]
+    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
 
 

@@ -11,16 +11,20 @@ same run (so that both see the machine alike):
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
   of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
   status streams as it can hold, trying for more all the time. It starts `--warm-up` seconds
-  before the phase is measured, and stops after it (what it built stays: its plans, at its
-  quota of plans awaiting approval).
+  before the phase is measured, and stops after it; then its plans awaiting approval are
+  cancelled, so that it stores plans up to its quota again in every loaded phase (the
+  database writer's busiest time).
 
 Reported per call: calls, failures, p50 and p99 in each phase, and the ratio of the loaded p99
 to the unloaded one (target: at most 2, with 0 failures); and what the flood got: calls
-answered, refused by the limits (by status), and the streams it held.
+answered, refused by the limits (by status), and the streams it held; and the gateway's own
+figures: its CPU in each phase, and how long each principal's writes waited for the database
+writer (the principals whose writes waited longest, over the whole run).
 
     python bench/fairness.py                   # 2 rounds of 15 s phases
     python bench/fairness.py --quick           # 1 round of 4 s phases, for a smoke test
     python bench/fairness.py --without-limits  # the same without per-principal limits
+    python bench/fairness.py --write-share 0   # the writer first come, first served
 
 On a 2-core machine the flooding client and the gateway share the cores. The flooding process
 runs at the lowest CPU priority (nice 19), as its CPU would be another machine's in a real
@@ -52,6 +56,7 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
+from auditflow.fairwrites import DEFAULT_SHARE  # noqa: E402
 from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
@@ -287,11 +292,42 @@ async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[s
     return phases, [workflow_id for workflow_id, _ in made[0]]
 
 
+async def clear_quota(target: str, token: str) -> int:
+    """Cancel the flood's plans awaiting approval (as the flood: a submitter cancels its own),
+    at the rate its limits allow; how many were cancelled."""
+    meta = (("authorization", f"Bearer {token}"),)
+    statuses = [pb.WORKFLOW_STATUS_AWAITING_APPROVAL]
+    cancelled = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = wpb_grpc.WorkflowServiceStub(channel)
+        while True:
+            listed = await polite(lambda: stub.ListWorkflows(wpb.ListWorkflowsRequest(
+                statuses=statuses, created_by_me=True, page_size=100), metadata=meta, timeout=TIMEOUT))  # fmt: skip
+            if not listed.workflows:
+                return cancelled
+            for workflow in listed.workflows:
+                request = wpb.CancelWorkflowRequest(workflow_id=workflow.workflow_id, reason="next round")
+                await polite(lambda r=request: stub.CancelWorkflow(r, metadata=meta, timeout=TIMEOUT))  # type: ignore[misc]
+                cancelled += 1
+
+
+async def polite(call: Callable[[], Awaitable[Any]]) -> Any:
+    """A call retried after the wait its refusal names (RESOURCE_EXHAUSTED)."""
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            await asyncio.sleep(float(str(dict(exc.trailing_metadata() or ()).get("retry-after", "1"))))
+
+
 class Flood:
     """The flooding process: started for each loaded phase, stopped after it."""
 
     def __init__(self, target: str, rest_url: str, kinds: list[str], watched: list[str]) -> None:
-        self.args = (target, rest_url, auth.jwt_for(FLOOD, ("submitter",)), kinds, watched)
+        self.token = auth.jwt_for(FLOOD, ("submitter",))
+        self.args = (target, rest_url, self.token, kinds, watched)
         self.context = multiprocessing.get_context("spawn")
 
     @contextlib.contextmanager
@@ -308,12 +344,15 @@ class Flood:
             stop.set()
             results.append(out.get(timeout=120))
             process.join(30)
+        results[-1]["cancelled_after"] = asyncio.run(clear_quota(self.args[0], self.token))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     approvals = int(args.seconds / PACE["Approve"]) + 2
     with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
-        pair = Pair(Path(tmp), processor_args=PLUGIN, gateway_args=PLUGIN, log_level="WARNING",
+        # (the gateway at INFO: it logs its writer's waits by principal when it stops)
+        gateway_args = [*PLUGIN, "--log-level", "INFO", "--write-share", str(args.write_share)]
+        pair = Pair(Path(tmp), processor_args=PLUGIN, gateway_args=gateway_args, log_level="WARNING",
                     principal_limits=not args.without_limits)  # fmt: skip
         pair.start()
         try:
@@ -322,7 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             target = pair.gateway.target
             phases, watched = asyncio.run(prepare(target, args.rounds, approvals))
             figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
-                                       "without_limits": args.without_limits, "rounds": args.rounds}  # fmt: skip
+                                       "without_limits": args.without_limits, "rounds": args.rounds,
+                                       "write_share": args.write_share}  # fmt: skip
             gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
             flood = Flood(target, rest_url, args.flood, watched)
             samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
@@ -337,6 +377,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["load_average_after"] = list(os.getloadavg())
         finally:
             pair.stop()
+        figures["writer_waits"] = writer_waits(pair.gateway.log_path)
     for phase, parts in samples.items():
         figures[phase] = summary(parts)
         figures[phase]["gateway_cpu_share"] = cpu[phase] / (args.seconds * args.rounds)
@@ -348,6 +389,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         kind: figures["loaded"][kind]["p99_ms"] / figures["unloaded"][kind]["p99_ms"] for kind in CALLS
     }
     return figures
+
+
+WAITS = "waits for the database writer, longest first: "
+
+
+def writer_waits(log: Path) -> str:
+    """The gateway's last account of its writer's waits by principal (logged when it stops)."""
+    found = [line.split(WAITS, 1)[1].strip() for line in log.read_text(errors="replace").splitlines() if WAITS in line]
+    return found[-1].rstrip('"}') if found else "(not logged)"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -377,6 +427,7 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         print(f"  {kind:<12} p99 ms round by round: unloaded {rounds[0]}; loaded {rounds[1]}")
     shares = figures["unloaded"]["gateway_cpu_share"], figures["loaded"]["gateway_cpu_share"]
     print(f"  the gateway's CPU: {shares[0]:.0%} of a core unloaded, {shares[1]:.0%} loaded")
+    print(f"  the writer's waits by principal (share {figures['write_share']} bytes): {figures['writer_waits']}")
     flood = figures["flood"]
     after = " ".join(f"{x:.2f}" for x in figures["load_average_after"])
     print(f"  load average after: {after}")
@@ -396,6 +447,8 @@ def main() -> None:
                         help="seconds the flood runs before the loaded phase is measured")  # fmt: skip
     parser.add_argument("--without-limits", action="store_true",
                         help="the gateway without per-principal limits (what they are worth, by contrast)")  # fmt: skip
+    parser.add_argument("--write-share", type=int, default=DEFAULT_SHARE,
+                        help="the gateway's --write-share (0: its writer first come, first served)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

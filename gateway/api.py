@@ -105,7 +105,7 @@ class WorkflowApi:
             request_id=request.request_id,
             required_approvals=required,
         )
-        outcome = await self._db.write(lambda conn: quota.create(conn, new, self._plan_limits))
+        outcome = await self._db.write(lambda conn: quota.create(conn, new, self._plan_limits), cost=len(new.plan_json))
         self._published(outcome)
         if outcome.changed:
             logger.info("workflow %s submitted by %s (%d steps)", outcome.record.workflow_id, user.name, new.steps)

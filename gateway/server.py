@@ -23,8 +23,10 @@ from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
 from auditflow.db import Database
+from auditflow.fairwrites import FairWrites
 from auditflow.limits import Limiter
 from auditflow.metrics import RpcMetrics
+from auditflow.revocation import StreamGuard
 from auditflow.tls import ServerTls, check_plaintext, host_of
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -63,12 +65,17 @@ class Gateway:
         procedures.load(settings.plugins)
         self.authenticator = auth_settings.build(settings.auth)
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
-        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway")
+        # (the writer takes each principal's writes in turn: one cannot hold up another's)
+        self.writes = FairWrites(settings.write_share)
+        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway",
+                           writes=self.writes)  # fmt: skip
         self.channel = processor_channel(settings)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()
         measured = bool(settings.metrics_address)
         self.limiter = Limiter(settings.limits)  # (each principal's rates and streams, both adapters)
+        # (each open stream's credential, checked again after each reload: both adapters)
+        self.guard = StreamGuard(self.authenticator)
         rpc_metrics = RpcMetrics(metrics.GATEWAY) if measured else None
         self.server = serving.new_server(
             self.authenticator,
@@ -76,6 +83,7 @@ class Gateway:
             metrics=rpc_metrics,
             outer=tracing.server_interceptors(),
             limiter=self.limiter,
+            guard=self.guard,
         )
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, self._link_changed)
@@ -122,6 +130,7 @@ class Gateway:
                 readiness=Readiness(self.db, self.feed),
                 limiter=self.limiter,
                 connections=settings.connections,
+                guard=self.guard,
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)
@@ -136,6 +145,7 @@ class Gateway:
         await asyncio.to_thread(auth_settings.load, self.authenticator)
         await asyncio.to_thread(sources.configure, self.settings.data)
         await self.authenticator.start()
+        await self.guard.start()
         await asyncio.to_thread(self.db.start)
         await self._health.set(LINK_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)  # (until the feed is up)
         await self.server.start()
@@ -165,9 +175,12 @@ class Gateway:
         await self.feed.stop()
         await self.channel.close(grace=None)
         await self.authenticator.stop()
+        await self.guard.stop()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         await asyncio.to_thread(self.db.close)
+        if self.writes.waits:
+            logger.info("waits for the database writer, longest first: %s", self.writes.summary(most=16))
 
     def _link_changed(self, up: bool) -> None:
         """The feed from the processor is up or broken: the metric, and the relay (so that an

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from auditflow import config, connections, limits, plans, sources, tls
+from auditflow import config, connections, fairwrites, limits, plans, sources, tls
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.settings import AuthSettings
 from auditflow.config import positive_int
@@ -71,6 +71,8 @@ class Settings:
     plan_limits: PlanLimits = field(default_factory=PlanLimits)
     # A ListWorkflows page stops before this many bytes (protobuf encoding); at least one row.
     max_page_bytes: int = listing.DEFAULT_MAX_PAGE_BYTES
+    # Bytes of writes one principal may put into one commit of the database writer (0: none).
+    write_share: int = fairwrites.DEFAULT_SHARE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,6 +206,14 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
         default=listing.DEFAULT_MAX_PAGE_BYTES,
         type=positive_int,
     )
+    add(
+        "--write-share",
+        "bytes of writes (plans, decisions) one principal may put into one commit of the database writer, "
+        "which takes the principals in turn; another principal's write then waits for at most that much of "
+        "anyone's (0: first come, first served)",
+        default=fairwrites.DEFAULT_SHARE,
+        type=config.non_negative_int,
+    )
 
 
 def parse(argv: Sequence[str] | None = None) -> Settings:
@@ -248,6 +258,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             args.max_plan_bytes, args.max_plan_steps, args.max_parameters_bytes, args.max_pending_plans
         ),
         max_page_bytes=args.max_page_bytes,
+        write_share=args.write_share,
     )
 
 

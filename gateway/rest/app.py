@@ -32,13 +32,13 @@ from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
 from auditflow.errors import AuditflowError, Unauthenticated
-from auditflow.interceptor import log_refusal
+from auditflow.interceptor import close_stream, log_refusal
 from auditflow.limits import Limiter
+from auditflow.revocation import StreamGuard, Watched
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.hub import Item
 from gateway.rest import browser, errors, hooks, httplog, openapi, page
-from gateway.rest.revocation import StreamGuard
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
 from gateway.rest.site import BoundedSite
 
@@ -171,6 +171,7 @@ class RestApp:
         authenticator: Authenticator,
         service: ServiceDescriptor = SERVICE,
         *,
+        guard: StreamGuard,
         cors_origins: frozenset[str] = frozenset(),
         max_body_bytes: int = MAX_BODY_BYTES,
         measured: bool = False,
@@ -185,7 +186,7 @@ class RestApp:
         self.routes = routes_of(service)
         self.max_body_bytes = max_body_bytes
         self._streams: set[asyncio.Task[Any]] = set()
-        self._guard = StreamGuard(authenticator)
+        self._guard = guard
         self._closing = False
         middlewares: list[Any] = [_errors_as_json]
         if cors_origins:
@@ -202,7 +203,6 @@ class RestApp:
         self.app.router.add_get("/readyz", self._readyz)
         page.add_routes(self.app)
         self.app.on_response_prepare.append(browser.add_headers)
-        self.app.cleanup_ctx.append(self._guard.context)
 
     async def _openapi(self, request: web.Request) -> web.StreamResponse:
         return _json_response(200, self.openapi)
@@ -332,38 +332,48 @@ class RestApp:
             response.headers["Cache-Control"] = "no-cache"
             response.headers["X-Accel-Buffering"] = "no"
             await response.prepare(request)
-            self._guard.add(task, presented, route.rpc_path)
-            if not ndjson:
-                await response.write(b"retry: 1000\n\n")
-            try:
-                if first is not None:
-                    await response.write(first.ndjson if ndjson else first.sse)
-                    async for item in items:
-                        await response.write(item.ndjson if ndjson else item.sse)
-                if not ndjson:  # tells an SSE client not to reconnect to a finished stream
-                    await response.write(b"event: end\ndata: {}\n\n")
-            except AuditflowError as exc:
-                log_refusal(route.rpc_path, exc)
-                await _write_error(response, exc, ndjson)
-            except ConnectionResetError:  # the client went away; it resumes with Last-Event-ID
-                logger.debug("stream client of %s disconnected", request.path)
-            except asyncio.CancelledError:
-                revoked = self._guard.refusal(task)
-                if revoked is None and not self._closing:
-                    raise
-                # We are stopping, or the caller's credential was revoked, and cancelled the
-                # stream: end it cleanly (when stopping, the browser reconnects to us restarted
-                # or to another replica; when revoked, it is told why).
-                task.uncancel()
-                if revoked is not None:
-                    with contextlib.suppress(ConnectionResetError):
-                        await _write_error(response, revoked, ndjson)
+            with self._guard.watching(presented, route.rpc_path) as watched:
+                await self._send(response, first, items, ndjson, watched)
             return response
         finally:
             metrics.REST_STREAMS.dec()
             self._streams.discard(task)
-            self._guard.discard(task)
-            await _close(items)
+            await close_stream(items)
+
+    async def _send(
+        self,
+        response: web.StreamResponse,
+        first: Item | None,
+        items: AsyncIterator[Item],
+        ndjson: bool,
+        watched: Watched,
+    ) -> None:
+        """A stream's messages after the first decided its status; it ends with an error, when
+        the client goes away, or when we stop or the caller's credential is revoked."""
+        if not ndjson:
+            await response.write(b"retry: 1000\n\n")
+        try:
+            if first is not None:
+                await response.write(first.ndjson if ndjson else first.sse)
+                async for item in items:
+                    await response.write(item.ndjson if ndjson else item.sse)
+            if not ndjson:  # tells an SSE client not to reconnect to a finished stream
+                await response.write(b"event: end\ndata: {}\n\n")
+        except AuditflowError as exc:
+            log_refusal(watched.rpc_path, exc)
+            await _write_error(response, exc, ndjson)
+        except ConnectionResetError:  # the client went away; it resumes with Last-Event-ID
+            logger.debug("stream client of %s disconnected", watched.rpc_path)
+        except asyncio.CancelledError:
+            if watched.refusal is None and not self._closing:
+                raise
+            # We are stopping, or the caller's credential was revoked, and cancelled the
+            # stream: end it cleanly (when stopping, the browser reconnects to us restarted
+            # or to another replica; when revoked, it is told why).
+            watched.task.uncancel()
+            if watched.refusal is not None:
+                with contextlib.suppress(ConnectionResetError):
+                    await _write_error(response, watched.refusal, ndjson)
 
     async def _download(
         self, route: Route, request: web.Request, download: hooks.Download, message: Message, chunks: AsyncIterator[Any]
@@ -401,7 +411,7 @@ class RestApp:
             return response
         finally:
             self._streams.discard(task)
-            await _close(chunks)
+            await close_stream(chunks)
 
 
 def _answer(route: Route, hook: hooks.ResponseHook | None, answer: Message) -> web.Response:
@@ -418,12 +428,6 @@ async def _write_error(response: web.StreamResponse, exc: AuditflowError, ndjson
     _, body = errors.from_error(exc)
     text = _dumps({"error": body}) + "\n" if ndjson else f"event: error\ndata: {_dumps(body)}\n\n"
     await response.write(text.encode())
-
-
-async def _close(items: AsyncIterator[Any]) -> None:
-    aclose = getattr(items, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 class RestGateway:
@@ -443,6 +447,7 @@ class RestGateway:
         readiness: Readiness | None = None,
         limiter: Limiter | None = None,
         connections: ConnectionSettings | None = None,
+        guard: StreamGuard,
     ) -> None:
         check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
@@ -457,6 +462,7 @@ class RestGateway:
             measured=measured,
             readiness=readiness,
             limiter=limiter,
+            guard=guard,
         )
         self._runner: web.AppRunner | None = None
 

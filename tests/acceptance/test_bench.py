@@ -268,8 +268,21 @@ def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_e
         assert flood["calls"].get(refused, 0) > 0, flood
     assert flood["streams_held"] == 50, flood
     assert set(figures["p99_ratio"]) == set(fairness.CALLS)
+    assert figures["writer_waits"].startswith("flood ") or "; flood " in figures["writer_waits"], figures
+    assert all(f"; {name} " in f"; {figures['writer_waits']}" for name in fairness.PEOPLE), figures
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         fairness.report(figures, as_json=False)
     assert "p99 ratio" in printed.getvalue() and "the flood:" in printed.getvalue()
+
+
+def test_the_writer_share_benchmark_reports_both_writers() -> None:
+    figures = run_quick("writer_share.py")
+
+    for writer in ("share", "first come"):
+        for phase in ("alone", "beside the flood"):
+            found = figures[f"{writer}, {phase}"]
+            assert found["writes"] == 3 * 4, (writer, phase, found)
+            assert positive(found["p50_ms"]) and found["p50_ms"] <= found["p99_ms"]
+        assert positive(figures["plans_stored_by_the_flood"][writer])
