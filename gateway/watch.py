@@ -28,7 +28,7 @@ from auditflow.errors import FieldViolation, NotFound, OutOfRange, invalid
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.watch import wait_for
+from auditflow.waits import wait_for
 from gateway import messages, store
 from gateway.hub import Item, WorkflowHub
 from gateway.store import EventRecord, WorkflowRecord
