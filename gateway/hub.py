@@ -17,48 +17,35 @@ unfinished one is kept, so that the feed knows what it has delivered.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from auditflow.statuses import PROCESSING
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway.encoded import Encoded, message_json
 
 HELD = 1024
 KEPT = 32
 EVICT_AFTER = 60.0
 
 
-def message_json(message: Message) -> str:
-    """A streamed message as one line of JSON (proto field names, every field): SSE and NDJSON."""
-    data = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-class Item:
+class Item(Encoded):
     """One message for the watchers of a workflow, built (`later`) and encoded at most once
     per encoding."""
 
-    __slots__ = ("_build", "_message", "_ndjson", "_sse", "_wire", "sequence", "terminal", "workflow_id")
+    __slots__ = ("_build", "_message", "sequence", "terminal", "workflow_id")
 
     def __init__(self, message: wpb.WatchStatusResponse) -> None:
+        super().__init__()
         self._message: wpb.WatchStatusResponse | None = message
         self._build: Callable[[], wpb.WatchStatusResponse] | None = None
         self.workflow_id = message.event.workflow_id or message.snapshot.workflow_id
         self.sequence = message.event.sequence if message.HasField("event") else 0
         self.terminal = message.HasField("event") and message.snapshot.is_completed
-        self._wire: bytes | None = None
-        self._sse: bytes | None = None
-        self._ndjson: bytes | None = None
 
     @classmethod
     def event(cls, event: pb.WorkflowEvent, snapshot: pb.StatusSnapshot) -> Item:
@@ -70,9 +57,9 @@ class Item:
         """An event whose message is built only if someone reads it: an Approve nobody
         watches pays for no snapshot."""
         item = cls.__new__(cls)
+        Encoded.__init__(item)
         item._message, item._build = None, build
         item.workflow_id, item.sequence, item.terminal = workflow_id, sequence, terminal
-        item._wire = item._sse = item._ndjson = None
         return item
 
     @classmethod
@@ -86,27 +73,11 @@ class Item:
             self._message, self._build = self._build(), None
         return self._message
 
-    @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = self.message.SerializeToString()
-        return self._wire
-
-    @property
-    def sse(self) -> bytes:
-        """A Server-Sent Event: `id:` is the sequence; a heartbeat is a comment."""
-        if self._sse is None:
-            if self.sequence == 0:
-                self._sse = b": heartbeat\n\n"
-            else:
-                self._sse = f"id: {self.sequence}\ndata: {message_json(self.message)}\n\n".encode()
-        return self._sse
-
-    @property
-    def ndjson(self) -> bytes:
-        if self._ndjson is None:
-            self._ndjson = (message_json(self.message) + "\n").encode()
-        return self._ndjson
+    def _event(self) -> bytes:
+        """`id:` is the sequence; a heartbeat is a comment."""
+        if self.sequence == 0:
+            return b": heartbeat\n\n"
+        return f"id: {self.sequence}\ndata: {message_json(self.message)}\n\n".encode()
 
 
 @dataclass
