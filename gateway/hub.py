@@ -93,6 +93,8 @@ class _Log:
     watchers: int = 0
     ended_at: float | None = None
     filling: asyncio.Future[None] | None = None
+    beats: int = 0  # idle wake-ups so far (`beat_after`)
+    ticker: asyncio.TimerHandle | None = None  # the next idle wake-up, if one is due
 
 
 class PublishListener(Protocol):
@@ -170,7 +172,14 @@ class WorkflowHub:
             return None
         if log.items[-1].sequence < log.last and after < log.last:
             return None  # known to go further than it holds (a seeded position): fill it
-        return [item for item in log.items if after < item.sequence <= log.last]
+        newer: list[Item] = []  # from the end: a watcher is rarely far behind a log of HELD items
+        for item in reversed(log.items):
+            if item.sequence <= after:
+                break
+            if item.sequence <= log.last:
+                newer.append(item)
+        newer.reverse()
+        return newer
 
     def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:
         log = self._logs.get(workflow_id)
@@ -223,16 +232,43 @@ class WorkflowHub:
         if log.watchers <= 0:
             log.watchers = 0
             log.items = deque(log.items, maxlen=KEPT)
+            _stop_ticker(log)
 
     def waiter(self, workflow_id: str) -> asyncio.Event:
         """The event the next publish or wake sets. Take it before reading, then wait for it,
         so that a change between the read and the wait is never missed (while subscribed)."""
-        return self._logs.setdefault(workflow_id, _Log()).changed
+        log = self._logs.get(workflow_id)
+        if log is None:  # (not `setdefault`: no new log made and dropped per delivery)
+            log = self._logs[workflow_id] = _Log()
+        return log.changed
+
+    def beat_after(self, workflow_id: str, idle: float) -> int:
+        """Have the workflow's watchers woken `idle` seconds after its last wake, unless one
+        is due already, and say how many such idle wake-ups there have been: a watcher woken
+        with nothing new, and a count that moved, sends a heartbeat. One timer per workflow,
+        shared by all its watchers, rather than a timeout per watcher per wait. While
+        subscribed."""
+        log = self._logs[workflow_id]
+        if log.ticker is None:
+            log.ticker = asyncio.get_running_loop().call_later(idle, self._beat, log)
+        return log.beats
+
+    def beats(self, workflow_id: str) -> int:
+        """The idle wake-ups of a workflow so far (`beat_after`)."""
+        log = self._logs.get(workflow_id)
+        return 0 if log is None else log.beats
+
+    @classmethod
+    def _beat(cls, log: _Log) -> None:
+        log.ticker = None
+        log.beats += 1
+        cls._wake(log)
 
     @staticmethod
     def _wake(log: _Log) -> None:
         log.changed.set()
         log.changed = asyncio.Event()
+        _stop_ticker(log)  # (the next idle wake-up counts from now)
 
     @property
     def workflows(self) -> int:
@@ -253,3 +289,9 @@ class WorkflowHub:
         ]  # fmt: skip
         for workflow_id in done:
             del self._logs[workflow_id]
+
+
+def _stop_ticker(log: _Log) -> None:
+    if log.ticker is not None:
+        log.ticker.cancel()
+        log.ticker = None

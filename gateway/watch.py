@@ -28,7 +28,6 @@ from auditflow.errors import FieldViolation, NotFound, OutOfRange, invalid
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.waits import wait_for
 from gateway import messages, store
 from gateway.hub import Item, WorkflowHub
 from gateway.store import EventRecord, WorkflowRecord
@@ -85,8 +84,11 @@ class Watcher:
                     after = item.sequence
                     if item.terminal:
                         return
-                if not items and not await wait_for(changed, self._heartbeat):
-                    yield self._heartbeat_item(record)
+                if not items:
+                    beats = self._hub.beat_after(workflow_id, self._heartbeat)
+                    await changed.wait()
+                    if self._hub.beats(workflow_id) != beats:  # idle for a heartbeat's interval
+                        yield self._heartbeat_item(record)
         finally:
             metrics.WATCH_STREAMS.dec()
             self._hub.unsubscribe(workflow_id)
