@@ -6,6 +6,8 @@ event cost one encoding per transport; the watch's `Item` and the collection wat
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Protocol
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -54,3 +56,31 @@ class Encoded:
         if self._ndjson is None:
             self._ndjson = (message_json(self.message) + "\n").encode()
         return self._ndjson
+
+
+class Written(Protocol):
+    """What an SSE or NDJSON stream writes: one message, or several joined (`Joined`)."""
+
+    @property
+    def sse(self) -> bytes: ...
+
+    @property
+    def ndjson(self) -> bytes: ...
+
+
+class Joined:
+    """Messages ready together, written to a stream at once: one socket send for a watcher's
+    whole wake-up (QUEUED and STARTED come together; a watcher behind has many)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: Sequence[Encoded]) -> None:
+        self._parts = parts
+
+    @property
+    def sse(self) -> bytes:
+        return b"".join(part.sse for part in self._parts)
+
+    @property
+    def ndjson(self) -> bytes:
+        return b"".join(part.ndjson for part in self._parts)

@@ -8,6 +8,7 @@ import asyncio
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.collection import CollectionItem
+from gateway.encoded import Joined
 from gateway.hub import KEPT, Item, WorkflowHub
 from processor.broadcast import EventBroadcast
 
@@ -166,3 +167,10 @@ def test_a_collection_item_is_encoded_once_in_each_form() -> None:
     assert change.sse.startswith(b"id: t1\ndata: {") and change.sse is change.sse
     beat = CollectionItem(wpb.WatchWorkflowsResponse(resume_token="t2", heartbeat=pb.Heartbeat()))
     assert beat.sse == b"id: t2\n: heartbeat\n\n"
+
+
+def test_items_ready_together_are_written_as_one() -> None:
+    ready = [item(3), item(4), item(5, pb.WORKFLOW_STATUS_COMPLETED)]
+    joined = Joined(ready)
+    assert joined.sse == b"".join(i.sse for i in ready) and joined.sse.count(b"\n\nid: ") == 2
+    assert joined.ndjson.count(b"\n") == 3 and joined.ndjson.startswith(ready[0].ndjson)
