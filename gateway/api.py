@@ -7,7 +7,9 @@ Methods are named after the RPCs and take the request message. They validate, ru
 transaction from `gateway.workflows`, then publish the event to the hub (its watchers) and
 hand the outbox row to the relay, and answer from the stored state. They never call the
 processor: Approve is as fast as one (shared) durable commit. WatchStatus yields hub items
-(a message with its encodings, shared by every watcher). The findings are the processor's:
+(a message with its encodings, shared by every watcher): for a byte stream (SSE, NDJSON) those
+ready together are joined into one write, for gRPC (`WatchStatusMessages`) each is one
+message. The findings are the processor's:
 ListFindings and ExportFindings read them from it (`gateway.findings`).
 """
 
