@@ -7,7 +7,9 @@ Methods are named after the RPCs and take the request message. They validate, ru
 transaction from `gateway.workflows`, then publish the event to the hub (its watchers) and
 hand the outbox row to the relay, and answer from the stored state. They never call the
 processor: Approve is as fast as one (shared) durable commit. WatchStatus yields hub items
-(a message with its encodings, shared by every watcher). The findings are the processor's:
+(a message with its encodings, shared by every watcher): for a byte stream (SSE, NDJSON) those
+ready together are joined into one write, for gRPC (`WatchStatusMessages`) each is one
+message. The findings are the processor's:
 ListFindings and ExportFindings read them from it (`gateway.findings`).
 """
 
@@ -28,6 +30,7 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import collection, listing, messages, quota, revisions, store, workflows
 from gateway.collection import CollectionItem, CollectionWatcher
+from gateway.encoded import Joined
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.listing import Listing
@@ -241,7 +244,12 @@ class WorkflowApi:
         async for item in self._collection.watch(collection.WatchRequest(filter_, request.page_size, resume)):
             yield item
 
-    def WatchStatus(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
+    def WatchStatus(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item | Joined]:
+        """For a stream that writes bytes (SSE, NDJSON): the items ready together in one write."""
+        return self._watcher.watch_joined(request.workflow_id, request.after_sequence)
+
+    def WatchStatusMessages(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item]:
+        """For gRPC: one item per message."""
         return self._watcher.watch(request.workflow_id, request.after_sequence)
 
     async def ListFindings(self, request: wpb.ListFindingsRequest) -> wpb.ListFindingsResponse:

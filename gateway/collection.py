@@ -47,7 +47,7 @@ from auditflow.errors import invalid
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages, store
-from gateway.hub import message_json
+from gateway.encoded import Encoded, message_json
 from gateway.listing import Listing
 from gateway.store import ListFilter, WorkflowRecord, workflows
 
@@ -62,40 +62,26 @@ DEBOUNCE = 0.02  # seconds: publications gathered into one read
 # --- what is sent ------------------------------------------------------------------------------
 
 
-class CollectionItem:
+class CollectionItem(Encoded):
     """One message for one watcher, encoded at most once per encoding (gRPC, SSE, NDJSON)."""
 
-    __slots__ = ("_ndjson", "_sse", "_wire", "message")
+    __slots__ = ("_message",)
 
     def __init__(self, message: wpb.WatchWorkflowsResponse) -> None:
-        self.message = message
-        self._wire: bytes | None = None
-        self._sse: bytes | None = None
-        self._ndjson: bytes | None = None
+        super().__init__()
+        self._message = message
 
     @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = self.message.SerializeToString()
-        return self._wire
+    def message(self) -> wpb.WatchWorkflowsResponse:
+        return self._message
 
-    @property
-    def sse(self) -> bytes:
-        """A Server-Sent Event whose id is the resume token; a heartbeat is a comment (with the
-        token, so that an idle watcher's reconnect reads little)."""
-        if self._sse is None:
-            token = self.message.resume_token
-            if self.message.HasField("heartbeat"):
-                self._sse = f"id: {token}\n: heartbeat\n\n".encode()
-            else:
-                self._sse = f"id: {token}\ndata: {message_json(self.message)}\n\n".encode()
-        return self._sse
-
-    @property
-    def ndjson(self) -> bytes:
-        if self._ndjson is None:
-            self._ndjson = (message_json(self.message) + "\n").encode()
-        return self._ndjson
+    def _event(self) -> bytes:
+        """The id is the resume token; a heartbeat is a comment (with the token, so that an
+        idle watcher's reconnect reads little)."""
+        token = self.message.resume_token
+        if self.message.HasField("heartbeat"):
+            return f"id: {token}\n: heartbeat\n\n".encode()
+        return f"id: {token}\ndata: {message_json(self.message)}\n\n".encode()
 
 
 def encode_token(point: datetime) -> str:

@@ -17,48 +17,35 @@ unfinished one is kept, so that the feed knows what it has delivered.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from auditflow.statuses import PROCESSING
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway.encoded import Encoded, message_json
 
 HELD = 1024
 KEPT = 32
 EVICT_AFTER = 60.0
 
 
-def message_json(message: Message) -> str:
-    """A streamed message as one line of JSON (proto field names, every field): SSE and NDJSON."""
-    data = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-class Item:
+class Item(Encoded):
     """One message for the watchers of a workflow, built (`later`) and encoded at most once
     per encoding."""
 
-    __slots__ = ("_build", "_message", "_ndjson", "_sse", "_wire", "sequence", "terminal", "workflow_id")
+    __slots__ = ("_build", "_message", "sequence", "terminal", "workflow_id")
 
     def __init__(self, message: wpb.WatchStatusResponse) -> None:
+        super().__init__()
         self._message: wpb.WatchStatusResponse | None = message
         self._build: Callable[[], wpb.WatchStatusResponse] | None = None
         self.workflow_id = message.event.workflow_id or message.snapshot.workflow_id
         self.sequence = message.event.sequence if message.HasField("event") else 0
         self.terminal = message.HasField("event") and message.snapshot.is_completed
-        self._wire: bytes | None = None
-        self._sse: bytes | None = None
-        self._ndjson: bytes | None = None
 
     @classmethod
     def event(cls, event: pb.WorkflowEvent, snapshot: pb.StatusSnapshot) -> Item:
@@ -70,9 +57,9 @@ class Item:
         """An event whose message is built only if someone reads it: an Approve nobody
         watches pays for no snapshot."""
         item = cls.__new__(cls)
+        Encoded.__init__(item)
         item._message, item._build = None, build
         item.workflow_id, item.sequence, item.terminal = workflow_id, sequence, terminal
-        item._wire = item._sse = item._ndjson = None
         return item
 
     @classmethod
@@ -86,27 +73,11 @@ class Item:
             self._message, self._build = self._build(), None
         return self._message
 
-    @property
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = self.message.SerializeToString()
-        return self._wire
-
-    @property
-    def sse(self) -> bytes:
-        """A Server-Sent Event: `id:` is the sequence; a heartbeat is a comment."""
-        if self._sse is None:
-            if self.sequence == 0:
-                self._sse = b": heartbeat\n\n"
-            else:
-                self._sse = f"id: {self.sequence}\ndata: {message_json(self.message)}\n\n".encode()
-        return self._sse
-
-    @property
-    def ndjson(self) -> bytes:
-        if self._ndjson is None:
-            self._ndjson = (message_json(self.message) + "\n").encode()
-        return self._ndjson
+    def _event(self) -> bytes:
+        """`id:` is the sequence; a heartbeat is a comment."""
+        if self.sequence == 0:
+            return b": heartbeat\n\n"
+        return f"id: {self.sequence}\ndata: {message_json(self.message)}\n\n".encode()
 
 
 @dataclass
@@ -122,6 +93,8 @@ class _Log:
     watchers: int = 0
     ended_at: float | None = None
     filling: asyncio.Future[None] | None = None
+    beats: int = 0  # idle wake-ups so far (`beat_after`)
+    ticker: asyncio.TimerHandle | None = None  # the next idle wake-up, if one is due
 
 
 class PublishListener(Protocol):
@@ -199,7 +172,14 @@ class WorkflowHub:
             return None
         if log.items[-1].sequence < log.last and after < log.last:
             return None  # known to go further than it holds (a seeded position): fill it
-        return [item for item in log.items if after < item.sequence <= log.last]
+        newer: list[Item] = []  # from the end: a watcher is rarely far behind a log of HELD items
+        for item in reversed(log.items):
+            if item.sequence <= after:
+                break
+            if item.sequence <= log.last:
+                newer.append(item)
+        newer.reverse()
+        return newer
 
     def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:
         log = self._logs.get(workflow_id)
@@ -252,16 +232,43 @@ class WorkflowHub:
         if log.watchers <= 0:
             log.watchers = 0
             log.items = deque(log.items, maxlen=KEPT)
+            _stop_ticker(log)
 
     def waiter(self, workflow_id: str) -> asyncio.Event:
         """The event the next publish or wake sets. Take it before reading, then wait for it,
         so that a change between the read and the wait is never missed (while subscribed)."""
-        return self._logs.setdefault(workflow_id, _Log()).changed
+        log = self._logs.get(workflow_id)
+        if log is None:  # (not `setdefault`: no new log made and dropped per delivery)
+            log = self._logs[workflow_id] = _Log()
+        return log.changed
+
+    def beat_after(self, workflow_id: str, idle: float) -> int:
+        """Have the workflow's watchers woken `idle` seconds after its last wake, unless one
+        is due already, and say how many such idle wake-ups there have been: a watcher woken
+        with nothing new, and a count that moved, sends a heartbeat. One timer per workflow,
+        shared by all its watchers, rather than a timeout per watcher per wait. While
+        subscribed."""
+        log = self._logs[workflow_id]
+        if log.ticker is None:
+            log.ticker = asyncio.get_running_loop().call_later(idle, self._beat, log)
+        return log.beats
+
+    def beats(self, workflow_id: str) -> int:
+        """The idle wake-ups of a workflow so far (`beat_after`)."""
+        log = self._logs.get(workflow_id)
+        return 0 if log is None else log.beats
+
+    @classmethod
+    def _beat(cls, log: _Log) -> None:
+        log.ticker = None
+        log.beats += 1
+        cls._wake(log)
 
     @staticmethod
     def _wake(log: _Log) -> None:
         log.changed.set()
         log.changed = asyncio.Event()
+        _stop_ticker(log)  # (the next idle wake-up counts from now)
 
     @property
     def workflows(self) -> int:
@@ -282,3 +289,9 @@ class WorkflowHub:
         ]  # fmt: skip
         for workflow_id in done:
             del self._logs[workflow_id]
+
+
+def _stop_ticker(log: _Log) -> None:
+    if log.ticker is not None:
+        log.ticker.cancel()
+        log.ticker = None

@@ -43,7 +43,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
     def WatchStatus(self, request: wpb.WatchStatusRequest, context: Context) -> AsyncIterator[Item]:  # type: ignore[override]
         # The hub's items, sent as their `wire` bytes (no generator of ours in between: one
         # event reaches a thousand watchers, each layer counts).
-        return self._api.WatchStatus(request)
+        return self._api.WatchStatusMessages(request)
 
     async def ReviseWorkflow(self, request: wpb.ReviseWorkflowRequest, context: Context) -> wpb.ReviseWorkflowResponse:
         return await self._api.ReviseWorkflow(request)

@@ -16,7 +16,8 @@ watcher therefore never holds anyone up and is never cut: it catches up from the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Protocol
 
@@ -28,8 +29,8 @@ from auditflow.errors import FieldViolation, NotFound, OutOfRange, invalid
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.watch import wait_for
 from gateway import messages, store
+from gateway.encoded import Joined
 from gateway.hub import Item, WorkflowHub
 from gateway.store import EventRecord, WorkflowRecord
 from gateway.upstream import processor_call
@@ -63,33 +64,60 @@ class Watcher:
         self._heartbeat = heartbeat_interval
 
     async def watch(self, workflow_id: str, after: int) -> AsyncIterator[Item]:
-        """The workflow's items after `after`, to its end. One generator, no layers: a
-        thousand watchers each run this loop for every event."""
+        """The workflow's items after `after`, to its end, one by one (gRPC sends one message
+        per item). No layers of generators: a thousand watchers each run this for every event."""
         record = await self._start(workflow_id, after)
         if record is None:
             return  # the client has seen the end already
+        with self._watching(workflow_id):
+            while True:
+                for item in await self._next(workflow_id, after, record):
+                    yield item
+                    if item.terminal:
+                        return
+                    after = item.sequence or after  # (a heartbeat has none)
+
+    async def watch_joined(self, workflow_id: str, after: int) -> AsyncIterator[Item | Joined]:
+        """The same items, those ready at once joined into one write (SSE, NDJSON)."""
+        record = await self._start(workflow_id, after)
+        if record is None:
+            return
+        with self._watching(workflow_id):
+            while True:
+                items = await self._next(workflow_id, after, record)
+                yield items[0] if len(items) == 1 else Joined(items)
+                if items[-1].terminal:  # (the log's last: nothing follows it)
+                    return
+                after = items[-1].sequence or after
+
+    @contextlib.contextmanager
+    def _watching(self, workflow_id: str) -> Iterator[None]:
         self._hub.subscribe(workflow_id)
         metrics.WATCH_STREAMS.inc()
         try:
-            while True:
-                changed = self._hub.waiter(workflow_id)
-                items = self._hub.after(workflow_id, after)
-                if items is None:
-                    await self._hub.fill(workflow_id, lambda: self._read(workflow_id, 0))
-                    items = self._hub.after(workflow_id, after)
-                if items is None:  # longer than the hub keeps: this watcher reads its own pages
-                    read, mirrored = await self._read(workflow_id, after)
-                    items = [item for item in read if item.sequence <= mirrored][:PAGE]
-                for item in items:
-                    yield item
-                    after = item.sequence
-                    if item.terminal:
-                        return
-                if not items and not await wait_for(changed, self._heartbeat):
-                    yield self._heartbeat_item(record)
+            yield
         finally:
             metrics.WATCH_STREAMS.dec()
             self._hub.unsubscribe(workflow_id)
+
+    async def _next(self, workflow_id: str, after: int, record: WorkflowRecord) -> list[Item]:
+        """What to send after `after`: what the log holds (filled if need be), else, once the
+        workflow has been idle for the heartbeat's interval, a heartbeat. Never empty."""
+        while True:
+            changed = self._hub.waiter(workflow_id)
+            items = self._hub.after(workflow_id, after)
+            if items is None:
+                await self._hub.fill(workflow_id, lambda: self._read(workflow_id, 0))
+                items = self._hub.after(workflow_id, after)
+            if items is None:  # longer than the hub keeps: this watcher reads its own pages
+                read, mirrored = await self._read(workflow_id, after)
+                items = [item for item in read if item.sequence <= mirrored][:PAGE]
+            if items:
+                return items
+            beats = self._hub.beat_after(workflow_id, self._heartbeat)
+            await changed.wait()
+            if self._hub.beats(workflow_id) != beats:  # idle for a heartbeat's interval
+                return [self._heartbeat_item(record)]
 
     async def _start(self, workflow_id: str, after: int) -> WorkflowRecord | None:
         """Check the request against the workflow; None when the client has seen its end."""

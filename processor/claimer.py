@@ -20,7 +20,7 @@ from auditflow import metrics, tracing
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import Unavailable
-from auditflow.watch import wait_for
+from auditflow.waits import wait_for
 from processor import messages, store, transitions
 from processor.lease import lease_end
 from processor.settings import Settings
@@ -39,7 +39,7 @@ class Claimer:
     def __init__(
         self,
         db: Database,
-        hub: messages.Hub,
+        hub: messages.Broadcast,
         settings: Settings,
         *,
         driving: Callable[[], Collection[str]],

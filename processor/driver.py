@@ -26,7 +26,7 @@ from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import Unavailable
 from auditflow.procedures import CriticalError
-from auditflow.watch import wait_for
+from auditflow.waits import wait_for
 from processor import findings_store, messages, orchestrator, store, transitions
 from processor.lease import LeaseInDoubt, LeaseKeeper, lease_end
 from processor.orchestrator import CycleResult, RunInfo
@@ -43,7 +43,7 @@ class Workshop:
     """What every driver of this processor shares."""
 
     db: Database
-    hub: messages.Hub
+    hub: messages.Broadcast
     settings: Settings
     executor: Executor
     # Set when the processor stops: drivers stop between cycles.

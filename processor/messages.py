@@ -7,7 +7,7 @@ from datetime import datetime
 from auditflow import convert, statuses
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.watch import EventHub
+from processor.broadcast import EventBroadcast
 from processor.store import EventRecord, RunRecord
 
 
@@ -60,10 +60,10 @@ def watch_heartbeat(record: RunRecord, now: datetime) -> ps.ProcessorServiceWatc
 
 
 WatchResponse = ps.ProcessorServiceWatchStatusResponse
-Hub = EventHub[WatchResponse]
+Broadcast = EventBroadcast[WatchResponse]
 
 
-def publish(hub: Hub, records: list[EventRecord]) -> None:
+def publish(hub: Broadcast, records: list[EventRecord]) -> None:
     """Tell watchers in this process about committed events (call after the commit)."""
     for record in records:
         final = statuses.is_terminal(record.status)

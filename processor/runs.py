@@ -23,7 +23,7 @@ from auditflow import statuses, trail
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import FieldViolation, InvalidArgument, NotFound, OutOfRange, Overloaded, Unavailable
-from auditflow.watch import wait_for
+from auditflow.waits import wait_for
 from processor import findings_store, messages, store, transitions
 from processor.messages import WatchResponse
 from processor.scheduler import Scheduler
@@ -82,7 +82,12 @@ class Runs:
     """The runs this processor's database holds; use on the event loop only."""
 
     def __init__(
-        self, db: Database, hub: messages.Hub, scheduler: Scheduler, settings: Settings, signer: trail.Signer | None
+        self,
+        db: Database,
+        hub: messages.Broadcast,
+        scheduler: Scheduler,
+        settings: Settings,
+        signer: trail.Signer | None,
     ) -> None:
         self._db = db
         self._hub = hub

@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 class Scheduler:
     """Claims up to `max_concurrent` runs and drives them. Use on the event loop only."""
 
-    def __init__(self, db: Database, hub: messages.Hub, settings: Settings, signer: trail.Signer | None = None) -> None:
+    def __init__(
+        self, db: Database, hub: messages.Broadcast, settings: Settings, signer: trail.Signer | None = None
+    ) -> None:
         self._db = db
         self._hub = hub
         self._settings = settings

@@ -24,9 +24,9 @@ from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls, check_plaintext
 from auditflow.v1 import processor_service_pb2 as ps
 from auditflow.v1 import processor_service_pb2_grpc as ps_grpc
-from auditflow.watch import EventHub
 from processor import notify, orchestrator, store
 from processor import settings as settings_module
+from processor.broadcast import EventBroadcast
 from processor.runs import Runs
 from processor.scheduler import Scheduler
 from processor.service import ProcessorService
@@ -48,7 +48,7 @@ class Processor:
         self.authenticator = auth_settings.build(settings.auth)
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
         self.db = Database(settings.database_url, store.metadata, migrations="processor:migrations", name="processor")
-        self.hub: EventHub[ps.ProcessorServiceWatchStatusResponse] = EventHub()
+        self.hub: EventBroadcast[ps.ProcessorServiceWatchStatusResponse] = EventBroadcast()
         signer = trail.Signer.from_file(settings.trail_signing_key) if settings.trail_signing_key else None
         self.scheduler = Scheduler(self.db, self.hub, settings, signer)
         self.runs = Runs(self.db, self.hub, self.scheduler, settings, signer)

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import Unavailable
-from auditflow.watch import wait_for
+from auditflow.waits import wait_for
 from processor import messages, store
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ LOOKBACK = timedelta(seconds=2)  # what a look on a notification covers before t
 
 
 class Tail:
-    def __init__(self, db: Database, hub: messages.Hub, *, poll_interval: float, window: float = 30.0) -> None:
+    def __init__(self, db: Database, hub: messages.Broadcast, *, poll_interval: float, window: float = 30.0) -> None:
         self._db = db
         self._hub = hub
         self._interval = poll_interval

@@ -37,7 +37,7 @@ from auditflow.limits import Limiter
 from auditflow.revocation import StreamGuard, Watched
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway.hub import Item
+from gateway.encoded import Written
 from gateway.rest import browser, errors, hooks, httplog, openapi, page
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
 from gateway.rest.site import BoundedSite
@@ -313,7 +313,7 @@ class RestApp:
         return message
 
     async def _stream(
-        self, route: Route, request: web.Request, presented: Presented, items: AsyncIterator[Item]
+        self, route: Route, request: web.Request, presented: Presented, items: AsyncIterator[Written]
     ) -> web.StreamResponse:
         ndjson = NDJSON in request.headers.get("Accept", "")
         task = asyncio.current_task()
@@ -322,7 +322,7 @@ class RestApp:
         metrics.REST_STREAMS.inc()
         try:
             try:  # the first message (or the error) decides the HTTP status
-                first: Item | None = await anext(items)
+                first: Written | None = await anext(items)
             except StopAsyncIteration:
                 first = None
             except Exception as exc:
@@ -343,8 +343,8 @@ class RestApp:
     async def _send(
         self,
         response: web.StreamResponse,
-        first: Item | None,
-        items: AsyncIterator[Item],
+        first: Written | None,
+        items: AsyncIterator[Written],
         ndjson: bool,
         watched: Watched,
     ) -> None:

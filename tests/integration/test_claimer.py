@@ -17,8 +17,8 @@ import pytest
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.watch import EventHub
 from processor import store
+from processor.broadcast import EventBroadcast
 from processor.claimer import Claimer
 from processor.settings import Settings
 from processor.store import Inserted, RunRecord
@@ -59,7 +59,9 @@ class Drivers:
 def claimer_for(db: Database, drivers: Drivers, stopping: asyncio.Event) -> Claimer:
     settings = Settings(**auth.processor_settings(), database_url="sqlite://", max_concurrent=SLOTS,
                         worker_id="w1", lease_seconds=60, poll_interval=0.05)  # fmt: skip
-    return Claimer(db, EventHub(), settings, driving=drivers.leased_at.keys, drive=drivers.drive, stopping=stopping)
+    return Claimer(
+        db, EventBroadcast(), settings, driving=drivers.leased_at.keys, drive=drivers.drive, stopping=stopping
+    )
 
 
 def insert(workflow_id: str, age: float) -> Callable[..., Inserted]:

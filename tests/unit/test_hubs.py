@@ -1,4 +1,4 @@
-"""The in-memory hubs as plain objects: the processor's feed subscribers (bounded, cut when too
+"""The in-memory broadcast and hub as plain objects: the processor's followers (bounded, cut when too
 far behind, no duplicates) and the gateway's logs (contiguous, filled once for everyone)."""
 
 from __future__ import annotations
@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.watch import EventHub
+from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway.collection import CollectionItem
+from gateway.encoded import Joined
 from gateway.hub import KEPT, Item, WorkflowHub
+from processor.broadcast import EventBroadcast
 
 WF = "wf_" + "0" * 32
 
@@ -19,17 +22,17 @@ def item(sequence: int, status: int = pb.WORKFLOW_STATUS_RUNNING, workflow_id: s
     return Item.event(event, snapshot)
 
 
-async def test_a_feed_subscriber_gets_every_event_once_and_is_cut_when_too_far_behind() -> None:
-    hub: EventHub[str] = EventHub()
-    feed = hub.follow(limit=3)
+async def test_a_follower_gets_every_event_once_and_is_cut_when_too_far_behind() -> None:
+    hub: EventBroadcast[str] = EventBroadcast()
+    follower = hub.follow(limit=3)
     hub.publish(WF, 1, "a")
     hub.publish(WF, 1, "a again")  # the tail republishing what the processor published: ignored
     hub.publish(WF, 2, "b")
-    assert [e for _w, _s, e in feed.take()] == ["a", "b"]
+    assert [e for _w, _s, e in follower.take()] == ["a", "b"]
     for sequence in range(3, 7):
         hub.publish(WF, sequence, str(sequence))
-    assert feed.overflowed and feed.take() == []  # cut: it catches up from the log
-    hub.unfollow(feed)
+    assert follower.overflowed and follower.take() == []  # cut: it catches up from the log
+    hub.unfollow(follower)
     assert hub.followers == 0 and hub.published(WF) == 6
 
 
@@ -127,3 +130,47 @@ def test_an_item_is_encoded_once_in_each_form() -> None:
     assert first.ndjson.endswith(b"\n") and b'"sequence":"5"' in first.ndjson
     beat = Item.heartbeat(pb.StatusSnapshot(workflow_id=WF), pb.Heartbeat())
     assert beat.sse == b": heartbeat\n\n" and beat.sequence == 0 and not beat.terminal
+
+
+async def test_idle_watchers_share_one_wake_up_and_a_publish_puts_it_off() -> None:
+    hub = WorkflowHub()
+    hub.subscribe(WF)
+    hub.publish(item(1))
+    waiting = hub.waiter(WF)
+    beats = hub.beat_after(WF, 0.05)
+    assert hub.beat_after(WF, 0.05) == beats  # a second watcher: the same wake-up, no other
+    hub.publish(item(2))  # news before the interval: no heartbeat is due
+    assert waiting.is_set() and hub.beats(WF) == beats
+    waiting = hub.waiter(WF)
+    beats = hub.beat_after(WF, 0.05)
+    await asyncio.wait_for(waiting.wait(), 10)  # idle for the interval: woken, with a new count
+    assert hub.beats(WF) == beats + 1 and hub.after(WF, 2) == []
+    hub.beat_after(WF, 0.05)
+    hub.unsubscribe(WF)  # the last watcher left: nothing is left due
+    waiting = hub.waiter(WF)
+    await asyncio.sleep(0.1)
+    assert not waiting.is_set() and hub.beats(WF) == beats + 1
+
+
+def test_a_watcher_reads_only_what_follows_it_in_a_long_log() -> None:
+    hub = WorkflowHub()
+    hub.subscribe(WF)
+    for sequence in range(1, 1001):
+        hub.publish(item(sequence))
+    assert [i.sequence for i in hub.after(WF, 997) or []] == [998, 999, 1000]
+    assert hub.after(WF, 1000) == [] and len(hub.after(WF, 0) or []) == 1000
+
+
+def test_a_collection_item_is_encoded_once_in_each_form() -> None:
+    change = CollectionItem(wpb.WatchWorkflowsResponse(resume_token="t1"))
+    assert change.wire is change.wire and change.ndjson is change.ndjson
+    assert change.sse.startswith(b"id: t1\ndata: {") and change.sse is change.sse
+    beat = CollectionItem(wpb.WatchWorkflowsResponse(resume_token="t2", heartbeat=pb.Heartbeat()))
+    assert beat.sse == b"id: t2\n: heartbeat\n\n"
+
+
+def test_items_ready_together_are_written_as_one() -> None:
+    ready = [item(3), item(4), item(5, pb.WORKFLOW_STATUS_COMPLETED)]
+    joined = Joined(ready)
+    assert joined.sse == b"".join(i.sse for i in ready) and joined.sse.count(b"\n\nid: ") == 2
+    assert joined.ndjson.count(b"\n") == 3 and joined.ndjson.startswith(ready[0].ndjson)

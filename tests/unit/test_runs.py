@@ -13,8 +13,8 @@ from auditflow import procedures, statuses
 from auditflow.db import Database
 from auditflow.errors import InvalidArgument, NotFound, OutOfRange
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.watch import EventHub
 from processor import messages, orchestrator, store
+from processor.broadcast import EventBroadcast
 from processor.runs import NewRun, Runs
 from processor.scheduler import Scheduler
 from processor.settings import Settings
@@ -34,7 +34,7 @@ async def runs(tmp_path: Path) -> AsyncIterator[Runs]:
     db = Database(settings.database_url, store.metadata, migrations="processor:migrations", name="processor")
     await asyncio.to_thread(db.start)
     await asyncio.to_thread(orchestrator.load, orchestrator.DEFAULT)
-    hub: messages.Hub = EventHub()
+    hub: messages.Broadcast = EventBroadcast()
     scheduler = Scheduler(db, hub, settings)
     app = Runs(db, hub, scheduler, settings, None)
     yield app

@@ -1,14 +1,14 @@
-"""Live notification of new events, within one process.
+"""The processor's live events, within one process: its watchers' wake-ups and its followers.
 
-The event log in the database is the source of truth; this hub says "workflow X has events
+The event log in the database is the source of truth; this broadcast says "workflow X has events
 up to sequence N" so that watchers wake up and read what they have not seen, and keeps the
 newest events of each workflow it holds a channel for, so that many watchers of one run read
 each new event from memory. A slow watcher never makes anyone buffer: it keeps only its
 position, and reads from the log what the cache no longer holds.
 
-Besides the per-workflow channels, a feed subscriber (`follow`) gets every event published,
-for every workflow, in publish order, in a bounded buffer: a subscriber that falls more than
-its limit behind is cut (`overflowed`) and must catch up from the log. Publishing the same
+Besides the per-workflow channels, a follower (`follow`: a gateway's Follow stream) gets every
+event published, for every workflow, in publish order, in a bounded queue: a follower that
+falls more than its limit behind is cut (`overflowed`) and must catch up from the log. Publishing the same
 sequence twice (the processor's own commit, then the database tail that sees it) is a no-op.
 """
 
@@ -19,6 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from auditflow.waits import wait_for
 
 E = TypeVar("E")
 CACHE_SIZE = 256
@@ -34,9 +36,9 @@ class _Channel(Generic[E]):
     watchers: int = 0
 
 
-@dataclass(eq=False)  # (identity: subscribers are kept in a set)
-class Feed(Generic[E]):
-    """One subscriber to every event: `take()` what is waiting, `wait()` for more."""
+@dataclass(eq=False)  # (identity: followers are kept in a set)
+class FollowQueue(Generic[E]):
+    """One follower's events, bounded: `take()` what is waiting, wait on `changed` for more."""
 
     limit: int
     items: deque[tuple[str, int, E]] = field(default_factory=deque)
@@ -60,13 +62,13 @@ class Feed(Generic[E]):
         return taken
 
 
-class EventHub(Generic[E]):
-    """Per-workflow wake-ups, a cache of the newest events, and feed subscribers. Use on the
-    event loop only."""
+class EventBroadcast(Generic[E]):
+    """Per-workflow wake-ups, a cache of the newest events, and followers. Use on the event
+    loop only."""
 
     def __init__(self) -> None:
         self._channels: dict[str, _Channel[E]] = {}
-        self._feeds: set[Feed[E]] = set()
+        self._followers: set[FollowQueue[E]] = set()
         # Last sequence published per workflow, when, and whether it was the terminal one.
         self._published: dict[str, tuple[int, float, bool]] = {}
         self._pruned_at = time.monotonic()
@@ -78,8 +80,8 @@ class EventHub(Generic[E]):
         if known is not None and sequence <= known[0]:
             return
         self._published[workflow_id] = (sequence, time.monotonic(), final)
-        for feed in self._feeds:
-            feed.push(workflow_id, sequence, event)
+        for follower in self._followers:
+            follower.push(workflow_id, sequence, event)
         channel = self._channels.get(workflow_id)
         if channel is not None:
             if channel.recent and sequence != channel.recent[-1][0] + 1:
@@ -106,24 +108,18 @@ class EventHub(Generic[E]):
         for workflow_id in stale:
             del self._published[workflow_id]
 
-    def follow(self, limit: int) -> Feed[E]:
-        """A subscriber to every event from now on (at most `limit` waiting)."""
-        feed: Feed[E] = Feed(limit)
-        self._feeds.add(feed)
-        return feed
+    def follow(self, limit: int) -> FollowQueue[E]:
+        """A follower of every event from now on (at most `limit` waiting)."""
+        follower: FollowQueue[E] = FollowQueue(limit)
+        self._followers.add(follower)
+        return follower
 
-    def unfollow(self, feed: Feed[E]) -> None:
-        self._feeds.discard(feed)
+    def unfollow(self, follower: FollowQueue[E]) -> None:
+        self._followers.discard(follower)
 
     @property
     def followers(self) -> int:
-        return len(self._feeds)
-
-    def wake(self, workflow_id: str) -> None:
-        """Wake the watchers of a workflow whose state changed without a new event here."""
-        channel = self._channels.get(workflow_id)
-        if channel is not None:
-            self._wake(channel)
+        return len(self._followers)
 
     @staticmethod
     def _wake(channel: _Channel[E]) -> None:
@@ -156,31 +152,9 @@ class EventHub(Generic[E]):
         if channel.watchers <= 0:
             del self._channels[workflow_id]
 
-    def waiter(self, workflow_id: str) -> asyncio.Event:
-        """The event the next publish or wake sets. Take it before reading state, then
-        `wait_for` it, so that a change between the read and the wait is never missed.
-        Only between `subscribe` and `unsubscribe`: a channel is freed with its last watcher."""
-        channel = self._channels.get(workflow_id)
-        if channel is None:
-            raise RuntimeError(f"waiter({workflow_id!r}) without subscribe()")
-        return channel.changed
-
     async def wait(self, workflow_id: str, after: int, timeout: float) -> bool:
         """Wait for an event after `after` (or a wake); False if `timeout` seconds passed."""
         channel = self._channels.get(workflow_id)
         if channel is None or channel.last_sequence > after:
             return True
         return await wait_for(channel.changed, timeout)
-
-
-async def wait_for(event: asyncio.Event, timeout: float) -> bool:
-    """Wait for a `waiter` event; False if `timeout` seconds passed first. (`asyncio.timeout`,
-    not `wait_for`: no task of its own per wait, which a thousand watchers feel.)"""
-    if event.is_set():
-        return True
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
