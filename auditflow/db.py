@@ -438,8 +438,11 @@ class _Outage:
             first, self._since = self._since is None, self._since or time.monotonic()
         if first:
             cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            logger.warning("the database is unreachable (%s: %s); calls answer UNAVAILABLE until it is back",
-                           type(exc).__name__, cause)  # fmt: skip
+            logger.warning(
+                "the database is unreachable (%s: %s); calls answer UNAVAILABLE until it is back",
+                type(exc).__name__,
+                cause,
+            )
             if self.observer is not None:
                 self.observer.database_reachable(False)
         return Unavailable("the database is unavailable; try again shortly")

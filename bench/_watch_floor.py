@@ -63,8 +63,10 @@ class Run:
     async def _play(self) -> None:
         self._publish((pb.EVENT_TYPE_APPROVED, pb.WORKFLOW_STATUS_APPROVED, "approved"))
         await asyncio.sleep(0.005)  # (the relay's Enqueue and the processor's claim)
-        self._publish((pb.EVENT_TYPE_QUEUED, pb.WORKFLOW_STATUS_QUEUED, "queued"),
-                      (pb.EVENT_TYPE_STARTED, pb.WORKFLOW_STATUS_RUNNING, "started"))  # fmt: skip
+        self._publish(
+            (pb.EVENT_TYPE_QUEUED, pb.WORKFLOW_STATUS_QUEUED, "queued"),
+            (pb.EVENT_TYPE_STARTED, pb.WORKFLOW_STATUS_RUNNING, "started"),
+        )
         for cycle in range(1, self.steps + 1):
             await asyncio.sleep(self.cycle_seconds)
             done = (pb.EVENT_TYPE_CYCLE_COMPLETED, pb.WORKFLOW_STATUS_RUNNING, f"cycle {cycle} completed")
@@ -77,13 +79,25 @@ class Run:
         now = convert.utcnow()
         for kind, status, text in events:
             sequence = len(self.log) + 1
-            event = pb.WorkflowEvent(workflow_id=WORKFLOW_ID, sequence=sequence, type=kind,  # type: ignore[arg-type]
-                                     status=status, message=text, actor="floor",  # type: ignore[arg-type]
-                                     time=convert.timestamp(now), hash="0" * 64)  # fmt: skip
+            event = pb.WorkflowEvent(
+                workflow_id=WORKFLOW_ID,
+                sequence=sequence,
+                type=kind,  # type: ignore[arg-type]
+                status=status,
+                message=text,
+                actor="floor",  # type: ignore[arg-type]
+                time=convert.timestamp(now),
+                hash="0" * 64,
+            )
             terminal = status == pb.WORKFLOW_STATUS_COMPLETED
-            snapshot = pb.StatusSnapshot(workflow_id=WORKFLOW_ID, status=status, last_message=text,  # type: ignore[arg-type]
-                                         last_sequence=sequence, is_completed=terminal,
-                                         updated_at=convert.timestamp(now))  # fmt: skip
+            snapshot = pb.StatusSnapshot(
+                workflow_id=WORKFLOW_ID,
+                status=status,
+                last_message=text,  # type: ignore[arg-type]
+                last_sequence=sequence,
+                is_completed=terminal,
+                updated_at=convert.timestamp(now),
+            )
             self.log.append(Item.event(event, snapshot))
         self.changed.set()
         self.changed = asyncio.Event()

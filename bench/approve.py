@@ -270,8 +270,7 @@ def main() -> None:
     parser.add_argument("--cost-runs", type=int, default=500, help="runs approved 10 ms apart for the cost per run")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--auth-calls", type=int, default=12_800, help="approvals per way of authenticating")
-    parser.add_argument("--observability-calls", type=int, default=12_800,
-                        help="approvals per observability setting")  # fmt: skip
+    parser.add_argument("--observability-calls", type=int, default=12_800, help="approvals per observability setting")
     parser.add_argument("--quick", action="store_true", help="a small run (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -411,13 +410,17 @@ def _cpu_seconds(pid: int) -> float:
 def print_fresh_gateways(title: str, loads: dict[str, Any], base: str, versus: str) -> None:
     """One line per fresh gateway: Approve's rate and CPU per call, against `base`'s."""
     baseline = loads[base]["approve@64"]["gateway_cpu_us_per_call"]
-    print(f"\n{title}, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
-          f"{versus:>13}{'no-op us/call':>15}")  # fmt: skip
+    print(
+        f"\n{title}, Approve at 64 callers on a fresh gateway each: {'calls/s':>10}{'gw CPU us/call':>16}"
+        f"{versus:>13}{'no-op us/call':>15}"
+    )
     for name, load in loads.items():
         approve, noop = load["approve@64"], load["noop@64"]
         cpu = approve["gateway_cpu_us_per_call"]
-        print(f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / baseline:12.0%} "
-              f"{noop['gateway_cpu_us_per_call']:14.0f}")  # fmt: skip
+        print(
+            f"  {name:58}{approve['per_second']:10.0f}{cpu:16.0f}{cpu / baseline:12.0%} "
+            f"{noop['gateway_cpu_us_per_call']:14.0f}"
+        )
 
 
 def report(figures: dict[str, Any], *, as_json: bool) -> None:

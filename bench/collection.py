@@ -37,8 +37,14 @@ from tests.support.cluster import running_pair  # noqa: E402
 from tests.support.grpc_helpers import step  # noqa: E402
 
 
-async def _watcher(stub: wpb_grpc.WorkflowServiceStub, index: int, synced: asyncio.Event, ready: list[int],
-                   seen: dict[str, list[float]], expected: int) -> None:  # fmt: skip
+async def _watcher(
+    stub: wpb_grpc.WorkflowServiceStub,
+    index: int,
+    synced: asyncio.Event,
+    ready: list[int],
+    seen: dict[str, list[float]],
+    expected: int,
+) -> None:
     request = wpb.WatchWorkflowsRequest(awaiting_my_approval=True)
     stream = stub.WatchWorkflows(request, metadata=auth.bearer(f"approver-{index}", ("approver",)))
     got, listed = 0, False
@@ -111,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print("WatchWorkflows live update: CreateWorkflow answered -> change on each open queue")
     for r in results:
-        print(f"  {r['watchers']:>5} watchers x {r['plans']} plans: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-              f"max {r['max_ms']} ms, {'every change seen' if r['complete'] else 'CHANGES MISSING'}")  # fmt: skip
+        print(
+            f"  {r['watchers']:>5} watchers x {r['plans']} plans: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+            f"max {r['max_ms']} ms, {'every change seen' if r['complete'] else 'CHANGES MISSING'}"
+        )
     return 0 if all(r["complete"] for r in results) else 1
 
 

@@ -93,8 +93,9 @@ def small_plan(title: str) -> wpb.CreateWorkflowRequest:
 class Person:
     """One person's calls at their pace; every call's latency, and its failures, by kind."""
 
-    def __init__(self, stub: wpb_grpc.WorkflowServiceStub, name: str, plans: list[tuple[str, str]],
-                 watched: list[str]) -> None:  # fmt: skip
+    def __init__(
+        self, stub: wpb_grpc.WorkflowServiceStub, name: str, plans: list[tuple[str, str]], watched: list[str]
+    ) -> None:
         self.stub = stub
         self.name = name
         self.meta = metadata(name, ("approver",))
@@ -211,8 +212,9 @@ async def _flood(
             except aiohttp.ClientError as exc:
                 tally[f"{name} {type(exc).__name__}"] += 1
 
-    big = wpb.CreateWorkflowRequest(title="flood", plan=[
-        pb.PlanStep(procedure="test_noop") for _ in range(FLOOD_STEPS)])  # fmt: skip
+    big = wpb.CreateWorkflowRequest(
+        title="flood", plan=[pb.PlanStep(procedure="test_noop") for _ in range(FLOOD_STEPS)]
+    )
     for step in big.plan:
         step.parameters.update({"note": "x" * FLOOD_PARAMETER})
     bearer = {"Authorization": f"Bearer {token}"}
@@ -301,8 +303,13 @@ async def clear_quota(target: str, token: str) -> int:
     async with grpc.aio.insecure_channel(target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
         while True:
-            listed = await polite(lambda: stub.ListWorkflows(wpb.ListWorkflowsRequest(
-                statuses=statuses, created_by_me=True, page_size=100), metadata=meta, timeout=TIMEOUT))  # fmt: skip
+            listed = await polite(
+                lambda: stub.ListWorkflows(
+                    wpb.ListWorkflowsRequest(statuses=statuses, created_by_me=True, page_size=100),
+                    metadata=meta,
+                    timeout=TIMEOUT,
+                )
+            )
             if not listed.workflows:
                 return cancelled
             for workflow in listed.workflows:
@@ -352,17 +359,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
         # (the gateway at INFO: it logs its writer's waits by principal when it stops)
         gateway_args = [*PLUGIN, "--log-level", "INFO", "--write-share", str(args.write_share)]
-        pair = Pair(Path(tmp), processor_args=PLUGIN, gateway_args=gateway_args, log_level="WARNING",
-                    principal_limits=not args.without_limits)  # fmt: skip
+        pair = Pair(
+            Path(tmp),
+            processor_args=PLUGIN,
+            gateway_args=gateway_args,
+            log_level="WARNING",
+            principal_limits=not args.without_limits,
+        )
         pair.start()
         try:
             rest_url = f"http://127.0.0.1:{pair.gateway.rest_port}"
             wait_http(f"{rest_url}/openapi.json")
             target = pair.gateway.target
             phases, watched = asyncio.run(prepare(target, args.rounds, approvals))
-            figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": list(os.getloadavg()),
-                                       "without_limits": args.without_limits, "rounds": args.rounds,
-                                       "write_share": args.write_share}  # fmt: skip
+            figures: dict[str, Any] = {
+                "cpus": os.cpu_count(),
+                "load_average": list(os.getloadavg()),
+                "without_limits": args.without_limits,
+                "rounds": args.rounds,
+                "write_share": args.write_share,
+            }
             gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
             flood = Flood(target, rest_url, args.flood, watched)
             samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
@@ -381,10 +397,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for phase, parts in samples.items():
         figures[phase] = summary(parts)
         figures[phase]["gateway_cpu_share"] = cpu[phase] / (args.seconds * args.rounds)
-        figures[phase]["p99_ms_by_round"] = {kind: [summary([part])[kind]["p99_ms"] for part in parts]
-                                             for kind in CALLS}  # fmt: skip
-    figures["flood"] = {"calls": dict(sum((Counter(f["calls"]) for f in floods), Counter())),
-                        "streams_held": max(f["streams_held"] for f in floods)}  # fmt: skip
+        figures[phase]["p99_ms_by_round"] = {
+            kind: [summary([part])[kind]["p99_ms"] for part in parts] for kind in CALLS
+        }
+    figures["flood"] = {
+        "calls": dict(sum((Counter(f["calls"]) for f in floods), Counter())),
+        "streams_held": max(f["streams_held"] for f in floods),
+    }
     figures["p99_ratio"] = {
         kind: figures["loaded"][kind]["p99_ms"] / figures["unloaded"][kind]["p99_ms"] for kind in CALLS
     }
@@ -412,16 +431,20 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         return
     load = " ".join(f"{x:.2f}" for x in figures["load_average"])
     limits = "no per-principal limits" if figures["without_limits"] else "the default limits"
-    print(f"\nthree people at their pace, alone and beside one flooding principal ({limits}; {figures['cpus']} "
-          f"CPUs; load average {load} before)")  # fmt: skip
+    print(
+        f"\nthree people at their pace, alone and beside one flooding principal ({limits}; {figures['cpus']} "
+        f"CPUs; load average {load} before)"
+    )
     print(f"  {'call':<12}{'unloaded p50/p99 ms':>22}{'loaded p50/p99 ms':>20}{'p99 ratio':>11}{'failures':>10}")
     for kind in CALLS:
         alone, loaded = figures["unloaded"][kind], figures["loaded"][kind]
         ratio = figures["p99_ratio"][kind]
         verdict = "ok" if ratio <= 2 and alone["failures"] + loaded["failures"] == 0 else "MISSED"
-        print(f"  {kind:<12}{alone['p50_ms']:>10.1f} / {alone['p99_ms']:<9.1f}{loaded['p50_ms']:>8.1f} / "
-              f"{loaded['p99_ms']:<9.1f}{ratio:>8.2f}x{alone['failures'] + loaded['failures']:>10}  {verdict} "
-              f"({alone['calls']}, {loaded['calls']} calls)")  # fmt: skip
+        print(
+            f"  {kind:<12}{alone['p50_ms']:>10.1f} / {alone['p99_ms']:<9.1f}{loaded['p50_ms']:>8.1f} / "
+            f"{loaded['p99_ms']:<9.1f}{ratio:>8.2f}x{alone['failures'] + loaded['failures']:>10}  {verdict} "
+            f"({alone['calls']}, {loaded['calls']} calls)"
+        )
     for kind in CALLS:
         rounds = [" / ".join(f"{x:.0f}" for x in figures[phase]["p99_ms_by_round"][kind]) for phase in PHASES]
         print(f"  {kind:<12} p99 ms round by round: unloaded {rounds[0]}; loaded {rounds[1]}")
@@ -440,15 +463,27 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
-    parser.add_argument("--flood", type=lambda t: t.split(","), default=list(FLOOD_KINDS),
-                        help="what the flood sends, of " + ",".join(FLOOD_KINDS))  # fmt: skip
+    parser.add_argument(
+        "--flood",
+        type=lambda t: t.split(","),
+        default=list(FLOOD_KINDS),
+        help="what the flood sends, of " + ",".join(FLOOD_KINDS),
+    )
     parser.add_argument("--rounds", type=int, default=2, help="unloaded and loaded phases, alternating")
-    parser.add_argument("--warm-up", type=float, default=3.0,
-                        help="seconds the flood runs before the loaded phase is measured")  # fmt: skip
-    parser.add_argument("--without-limits", action="store_true",
-                        help="the gateway without per-principal limits (what they are worth, by contrast)")  # fmt: skip
-    parser.add_argument("--write-share", type=int, default=DEFAULT_SHARE,
-                        help="the gateway's --write-share (0: its writer first come, first served)")  # fmt: skip
+    parser.add_argument(
+        "--warm-up", type=float, default=3.0, help="seconds the flood runs before the loaded phase is measured"
+    )
+    parser.add_argument(
+        "--without-limits",
+        action="store_true",
+        help="the gateway without per-principal limits (what they are worth, by contrast)",
+    )
+    parser.add_argument(
+        "--write-share",
+        type=int,
+        default=DEFAULT_SHARE,
+        help="the gateway's --write-share (0: its writer first come, first served)",
+    )
     parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()

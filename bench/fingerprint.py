@@ -99,8 +99,9 @@ def _timed(fn: Any, spent: dict[str, float]) -> Any:
 def run_child(mode: str, ledger: Path) -> dict[str, float]:
     """One child's wall time, CPU time (every thread of it, from wait4) and binding time."""
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", mode, "--ledger", str(ledger)], stdout=out,
-                                cwd=ROOT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", mode, "--ledger", str(ledger)], stdout=out, cwd=ROOT
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         out.seek(0)
         text = out.read()
@@ -140,9 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             cpu_ratios.append(bound["cpu"] / plain["cpu"])
             wall_ratios.append(bound["wall"] / plain["wall"])
             shares.append(bound["binding"] / plain["wall"])
-            say(f"  round {index + 1}: plain {plain['wall']:.2f} s ({plain['cpu']:.2f} s CPU), bound "
-                  f"{bound['wall']:.2f} s ({bound['cpu']:.2f} s CPU), of which fingerprinting and checks "
-                  f"{bound['binding']:.2f} s")  # fmt: skip
+            say(
+                f"  round {index + 1}: plain {plain['wall']:.2f} s ({plain['cpu']:.2f} s CPU), bound "
+                f"{bound['wall']:.2f} s ({bound['cpu']:.2f} s CPU), of which fingerprinting and checks "
+                f"{bound['binding']:.2f} s"
+            )
         figures = {
             "rows": rows,
             "cpu_ratio": round(statistics.median(cpu_ratios), 3),
@@ -152,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"fingerprint": figures}))
         else:
-            print(f"median bound/plain: CPU {figures['cpu_ratio']:.3f}, wall {figures['wall_ratio']:.3f}; "
-                  f"fingerprinting and checks alone: {figures['binding_share']:.1%} of the plain run's wall time "
-                  "(target: under 10 %)")  # fmt: skip
+            print(
+                f"median bound/plain: CPU {figures['cpu_ratio']:.3f}, wall {figures['wall_ratio']:.3f}; "
+                f"fingerprinting and checks alone: {figures['binding_share']:.1%} of the plain run's wall time "
+                "(target: under 10 %)"
+            )
     return 0
 
 

@@ -392,8 +392,10 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
     rows = [(IN_MEMORY, "approve@1"), (IN_MEMORY, "approve@64")] + [(n, k) for k in KEYS for n in (REST, GRPC)]
     for name, key in rows:
         f = figures[name][key]
-        print(f"  {name + ' ' + key:42}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:10.0f}"
-              f"{f['server_cpu_us_per_call']:13.0f}")  # fmt: skip
+        print(
+            f"  {name + ' ' + key:42}{f['p50_ms']:10.2f}{f['p99_ms']:10.2f}{f['per_second']:10.0f}"
+            f"{f['server_cpu_us_per_call']:13.0f}"
+        )
     print("  (approve: POST /workflows/{id}/approve or WorkflowService.Approve; status: GET")
     print("   /workflows/{id}/status/live or WorkflowService.GetStatus; CPU: the server process's, per call)")
     for key in KEYS:

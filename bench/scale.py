@@ -135,8 +135,17 @@ def libpq(url: str) -> str:
 
 
 def start_worker(workdir: Path, conninfo: str, concurrency: int, listen: bool, poll: float) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "bench._scale_worker", "--concurrency", str(concurrency),
-               "--listen", str(listen).lower(), "--poll", str(poll)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bench._scale_worker",
+        "--concurrency",
+        str(concurrency),
+        "--listen",
+        str(listen).lower(),
+        "--poll",
+        str(poll),
+    ]
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), _scale_worker.DATABASE: conninfo}
     with (workdir / "worker.log").open("ab") as log:
@@ -177,8 +186,10 @@ def phase_databases() -> Iterator[Phase]:
     The schemas are made here, before the servers start: processors started at once on an
     empty database race to create it, and all but one exit."""
     with fresh_database("scale_gateway") as gateway, fresh_database("scale_processor") as processor:
-        for url, metadata, migrations in ((gateway, gateway_store.metadata, "gateway:migrations"),
-                                          (processor, processor_store.metadata, "processor:migrations")):  # fmt: skip
+        for url, metadata, migrations in (
+            (gateway, gateway_store.metadata, "gateway:migrations"),
+            (processor, processor_store.metadata, "processor:migrations"),
+        ):
             database = Database(url, metadata, migrations=migrations)
             database.create_schema()
             database.write_engine.dispose()
@@ -317,24 +328,48 @@ class Servers:
 
 @contextlib.contextmanager
 def running_servers(
-    workdir: Path, phase: Phase, callers: Callers, max_concurrent: Sequence[int], *, listen: bool, poll: float,
+    workdir: Path,
+    phase: Phase,
+    callers: Callers,
+    max_concurrent: Sequence[int],
+    *,
+    listen: bool,
+    poll: float,
     targets: int | None = None,
-) -> Iterator[Servers]:  # fmt: skip
+) -> Iterator[Servers]:
     """Processors (one per entry of `max_concurrent`) on the phase's database, and a gateway
     whose processor target lists the first `targets` of them (all by default)."""
     processors = []
     for index, slots in enumerate(max_concurrent):
         (workdir / f"p{index}").mkdir(parents=True)
         args = [
-            *auth.processor_args(), "--database-url", phase.processor_url, "--max-concurrent", str(slots),
-            "--cycle-delay", "0", "--poll-interval", str(poll), "--listen", str(listen).lower(),
-            "--worker-id", f"p{index}", "--grace-period", "5",
-        ]  # fmt: skip
+            *auth.processor_args(),
+            "--database-url",
+            phase.processor_url,
+            "--max-concurrent",
+            str(slots),
+            "--cycle-delay",
+            "0",
+            "--poll-interval",
+            str(poll),
+            "--listen",
+            str(listen).lower(),
+            "--worker-id",
+            f"p{index}",
+            "--grace-period",
+            "5",
+        ]
         processors.append(ServerProcess("processor", workdir / f"p{index}", args, log_level="WARNING"))
     target = ",".join(p.target for p in processors[: targets or len(processors)])
     (workdir / "gateway").mkdir(parents=True)
-    gateway_args = ["--processor-target", target, *auth.gateway_args(), *callers.gateway_args,
-                    "--database-url", phase.gateway_url]  # fmt: skip
+    gateway_args = [
+        "--processor-target",
+        target,
+        *auth.gateway_args(),
+        *callers.gateway_args,
+        "--database-url",
+        phase.gateway_url,
+    ]
     gateway = ServerProcess("gateway", workdir / "gateway", gateway_args, log_level="WARNING")
     servers = Servers(gateway, processors)
     try:
@@ -367,8 +402,9 @@ async def create_many(stub: wpb_grpc.WorkflowServiceAsyncStub, callers: Callers,
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-async def approve_all(stub: wpb_grpc.WorkflowServiceAsyncStub, callers: Callers, items: list[tuple[str, str]],
-                      concurrency: int) -> None:  # fmt: skip
+async def approve_all(
+    stub: wpb_grpc.WorkflowServiceAsyncStub, callers: Callers, items: list[tuple[str, str]], concurrency: int
+) -> None:
     pending = list(reversed(items))
 
     async def caller() -> None:
@@ -411,8 +447,9 @@ async def finished_times(stub: wpb_grpc.WorkflowServiceAsyncStub, callers: Calle
     return times
 
 
-async def auditflow_load(servers: Servers, phase: Phase, callers: Callers, runs: int, concurrency: int,
-                         timeout: float) -> dict[str, float]:  # fmt: skip
+async def auditflow_load(
+    servers: Servers, phase: Phase, callers: Callers, runs: int, concurrency: int, timeout: float
+) -> dict[str, float]:
     """Approve `runs` workflows with `concurrency` callers; rates to their completion."""
     async with grpc.aio.insecure_channel(servers.gateway.target) as channel:
         stub = wpb_grpc.WorkflowServiceStub(channel)
@@ -432,8 +469,9 @@ async def auditflow_load(servers: Servers, phase: Phase, callers: Callers, runs:
     return load_figures(runs, first, submitted, max(done), seen, cpu)
 
 
-def load_figures(runs: int, first: float, submitted: float, last: float, seen: float,
-                 cpu: dict[str, float]) -> dict[str, float]:  # fmt: skip
+def load_figures(
+    runs: int, first: float, submitted: float, last: float, seen: float, cpu: dict[str, float]
+) -> dict[str, float]:
     figures = {
         "runs": runs,
         "submitted_per_second": runs / (submitted - first),
@@ -451,8 +489,9 @@ def load_figures(runs: int, first: float, submitted: float, last: float, seen: f
 
 
 @contextlib.contextmanager
-def running_workers(workdir: Path, phase: Phase, concurrency: Sequence[int], *, listen: bool,
-                    poll: float) -> Iterator[list[subprocess.Popen[bytes]]]:  # fmt: skip
+def running_workers(
+    workdir: Path, phase: Phase, concurrency: Sequence[int], *, listen: bool, poll: float
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     conninfo = libpq(phase.processor_url)
     workers = [start_worker(workdir / f"w{i}", conninfo, c, listen, poll) for i, c in enumerate(concurrency)]
     try:
@@ -486,8 +525,9 @@ async def left_to_do(conn: psycopg.AsyncConnection[Any]) -> int:
     return int(row[0])
 
 
-async def procrastinate_load(phase: Phase, workers: int, runs: int, concurrency: int,
-                             timeout: float) -> dict[str, float]:  # fmt: skip
+async def procrastinate_load(
+    phase: Phase, workers: int, runs: int, concurrency: int, timeout: float
+) -> dict[str, float]:
     """Defer `runs` jobs with `concurrency` callers; rates to their `succeeded` events."""
     conninfo = libpq(phase.processor_url)
     app = procrastinate_app(conninfo, concurrency)
@@ -693,8 +733,9 @@ def latency(workdir: Path, callers: Callers, args: argparse.Namespace) -> dict[s
         gap = args.poll_interval
         with phase_databases() as phase:
             where = workdir / f"latency-{mode}"
-            with running_servers(where / "auditflow", phase, callers, slots, listen=listen, poll=args.poll_interval,
-                                 targets=1) as servers:  # fmt: skip
+            with running_servers(
+                where / "auditflow", phase, callers, slots, listen=listen, poll=args.poll_interval, targets=1
+            ) as servers:
                 progress(f"latency, {mode}: started")
                 free = asyncio.run(auditflow_latency(servers, callers, samples, gap))
                 progress(f"latency, {mode}: receiver free done")
@@ -737,8 +778,9 @@ def main() -> None:
         if "latency" in phases:
             figures["latency"] = latency(Path(tmp), callers, args)
     figures["load_average_after"] = os.getloadavg()[0]
-    figures["settings"] = {k: getattr(args, k) for k in ("max_concurrent", "runs", "callers", "latency_samples",
-                                                          "poll_interval")}  # fmt: skip
+    figures["settings"] = {
+        k: getattr(args, k) for k in ("max_concurrent", "runs", "callers", "latency_samples", "poll_interval")
+    }
     report(figures, as_json=args.json)
 
 
@@ -747,10 +789,12 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         print(json.dumps(figures, indent=2))
         return
     settings = figures["settings"]
-    print(f"\nPostgreSQL {figures['postgres']}, {figures['cpus']} CPUs, load average "
-          f"{figures['load_average_before']:.1f} -> {figures['load_average_after']:.1f}; {settings['runs']} runs "
-          f"(jobs) per count, {settings['callers']} callers, {settings['max_concurrent']} slots per processor "
-          f"(worker), poll interval {settings['poll_interval']} s")  # fmt: skip
+    print(
+        f"\nPostgreSQL {figures['postgres']}, {figures['cpus']} CPUs, load average "
+        f"{figures['load_average_before']:.1f} -> {figures['load_average_after']:.1f}; {settings['runs']} runs "
+        f"(jobs) per count, {settings['callers']} callers, {settings['max_concurrent']} slots per processor "
+        f"(worker), poll interval {settings['poll_interval']} s"
+    )
     if "throughput" in figures:
         report_throughput(figures["throughput"])
     if "latency" in figures:
@@ -759,8 +803,10 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
 
 def report_throughput(figures: dict[str, Any]) -> None:
     print("\nthroughput: approvals (defers) -> completed runs (jobs) per second, and CPU per run (us)")
-    print(f"  {'':26}{'completed/s':>12}{'seen/s':>8}{'submitted/s':>12}{'busy':>6}"
-          f"{'client':>8}{'gateway':>8}{'workers':>8}{'postgres':>9}{'total':>8}")  # fmt: skip
+    print(
+        f"  {'':26}{'completed/s':>12}{'seen/s':>8}{'submitted/s':>12}{'busy':>6}"
+        f"{'client':>8}{'gateway':>8}{'workers':>8}{'postgres':>9}{'total':>8}"
+    )
     for count, load in figures.items():
         for name in ("auditflow", "procrastinate"):
             f = load[name]
@@ -778,13 +824,20 @@ def report_throughput(figures: dict[str, Any]) -> None:
     print("  (workers: the processors, or procrastinate's worker processes; busy: the machine's CPUs, all processes)")
 
 
-LATENCY_COLUMNS = (("started_stamp", "STARTED *"), ("started_seen", "STARTED"), ("cycle_seen", "1st cycle"),
-                   ("completed_seen", "COMPLETED"), ("completed_stamp", "COMPLETED *"))  # fmt: skip
+LATENCY_COLUMNS = (
+    ("started_stamp", "STARTED *"),
+    ("started_seen", "STARTED"),
+    ("cycle_seen", "1st cycle"),
+    ("completed_seen", "COMPLETED"),
+    ("completed_stamp", "COMPLETED *"),
+)
 
 
 def report_latency(figures: dict[str, Any]) -> None:
-    print("\nlatency: from sending Approve (defer), one at a time, ms p50 / p99; * = the commit's stamp, "
-          "else seen by a watcher")  # fmt: skip
+    print(
+        "\nlatency: from sending Approve (defer), one at a time, ms p50 / p99; * = the commit's stamp, "
+        "else seen by a watcher"
+    )
     print(f"  {'':38}" + "".join(f"{title:>15}" for _key, title in LATENCY_COLUMNS))
     for mode, cases in figures.items():
         for case, f in cases.items():
@@ -795,18 +848,24 @@ def report_latency(figures: dict[str, Any]) -> None:
             name = case if case == "procrastinate" else f"auditflow, {case}"
             print(f"  {mode + ', ' + name:38}" + "".join(cells))
     ours, theirs = figures["notify"]["receiver free"], figures["notify"]["procrastinate"]
-    print("  where approve -> COMPLETED goes, NOTIFY, receiver free (medians of each stamp, ms): "
-          + ", ".join(f"{name} {ours[name + '_stamp_p50_ms']:.1f}" for name in STAMPED.values())
-          + f", seen {ours['completed_seen_p50_ms']:.1f}")  # fmt: skip
-    print("  procrastinate, NOTIFY: " + ", ".join(
-        f"{name} {theirs[name + '_stamp_p50_ms']:.1f}" for name in ("queued", "started", "completed")))  # fmt: skip
+    print(
+        "  where approve -> COMPLETED goes, NOTIFY, receiver free (medians of each stamp, ms): "
+        + ", ".join(f"{name} {ours[name + '_stamp_p50_ms']:.1f}" for name in STAMPED.values())
+        + f", seen {ours['completed_seen_p50_ms']:.1f}"
+    )
+    print(
+        "  procrastinate, NOTIFY: "
+        + ", ".join(f"{name} {theirs[name + '_stamp_p50_ms']:.1f}" for name in ("queued", "started", "completed"))
+    )
     for mode, cases in figures.items():
         theirs = cases["procrastinate"]["completed_stamp_p50_ms"]
         ratios = [(case, cases[case]["completed_stamp_p50_ms"] / theirs) for case in ("receiver free", "receiver full")]
         verdicts = [f"{case} {r:.2f}x ({'matches or beats' if r <= 1 else 'MISSED'})" for case, r in ratios]
         print(f"  {mode}: approve -> COMPLETED * p50, auditflow / procrastinate: {', '.join(verdicts)}")
-    print("  (receiver full: processor A, the gateway's target, has no free slot; processor B claims the run and "
-          "its events reach the gateway through A)")  # fmt: skip
+    print(
+        "  (receiver full: processor A, the gateway's target, has no free slot; processor B claims the run and "
+        "its events reach the gateway through A)"
+    )
 
 
 if __name__ == "__main__":

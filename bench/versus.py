@@ -63,8 +63,12 @@ def one_gateway(root: Path, calls_1: int, calls_64: int) -> dict[str, float]:
     """One fresh gateway of the version at `root`, measured by its own benchmark code."""
     done = subprocess.run(
         [sys.executable, "-c", ONE_GATEWAY, str(calls_1), str(calls_64)],
-        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise SystemExit(f"the gateway of {root} failed:\n{done.stderr[-3000:]}")
     loads = json.loads(done.stdout.strip().splitlines()[-1])
@@ -89,8 +93,10 @@ def main() -> None:
         args.rounds, args.calls_1, args.calls_64 = 1, 100, 640
     with tempfile.TemporaryDirectory(prefix="auditflow-older-") as tmp:
         versions = {args.commit: checkout(args.commit, Path(tmp)), "this checkout": ROOT}
-        rounds = [{name: one_gateway(root, args.calls_1, args.calls_64) for name, root in versions.items()}
-                  for _ in range(args.rounds)]  # fmt: skip
+        rounds = [
+            {name: one_gateway(root, args.calls_1, args.calls_64) for name, root in versions.items()}
+            for _ in range(args.rounds)
+        ]
     figures = {"commit": args.commit, "rounds": rounds, "medians": medians(rounds)}
     print(json.dumps(figures, indent=2) if args.json else report(figures))
 
@@ -114,10 +120,14 @@ def report(figures: dict[str, Any]) -> str:
     for label, versions in rows:
         for name in (figures["commit"], "this checkout"):
             f = versions[name]
-            lines.append(f"{label + ' ' + name:<24}{f['cpu_us_per_approve@64']:11.0f}{f['rate_share@64']:18.0%}"
-                         f"{f['approve_p50_ms@1']:10.2f}{f['p50_ratio@1']:15.2f}x")  # fmt: skip
-    lines.append(f"this checkout / {figures['commit']}, CPU per Approve at 64 callers, median of the rounds' "
-                 f"ratios: {figures['medians']['cpu_ratio@64']:.3f} (target <= 1)")  # fmt: skip
+            lines.append(
+                f"{label + ' ' + name:<24}{f['cpu_us_per_approve@64']:11.0f}{f['rate_share@64']:18.0%}"
+                f"{f['approve_p50_ms@1']:10.2f}{f['p50_ratio@1']:15.2f}x"
+            )
+    lines.append(
+        f"this checkout / {figures['commit']}, CPU per Approve at 64 callers, median of the rounds' "
+        f"ratios: {figures['medians']['cpu_ratio@64']:.3f} (target <= 1)"
+    )
     return "\n".join(lines)
 
 

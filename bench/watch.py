@@ -391,9 +391,18 @@ def floor_server(workdir: Path) -> Iterator[Served]:
     """`bench/_watch_floor.py` in a process of its own, serving once it answers GetStatus."""
     workdir.mkdir(parents=True, exist_ok=True)
     port, rest_port, log_path = free_port(), free_port(), workdir / "floor.log"
-    command = [sys.executable, str(ROOT / "bench" / "_watch_floor.py"), "--port", str(port),
-               "--rest-port", str(rest_port), "--steps", str(STEPS),
-               "--cycle-seconds", str(CYCLE_DELAY + STEP_SECONDS)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "_watch_floor.py"),
+        "--port",
+        str(port),
+        "--rest-port",
+        str(rest_port),
+        "--steps",
+        str(STEPS),
+        "--cycle-seconds",
+        str(CYCLE_DELAY + STEP_SECONDS),
+    ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
@@ -561,9 +570,12 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=4)
     parser.add_argument("--streams-per-channel", type=int, default=500, help="gRPC watchers per connection")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds a watcher may take, go to end")
-    parser.add_argument("--floor", action="store_true",
-                        help="also measure, beside each N, the same watchers served from memory by one bare "
-                             "Python process (bench/_watch_floor.py)")  # fmt: skip
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure, beside each N, the same watchers served from memory by one bare "
+        "Python process (bench/_watch_floor.py)",
+    )
     parser.add_argument("--quick", action="store_true", help="200 and 1,000 watchers (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -604,8 +616,9 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         return
     load = " ".join(f"{x:.2f}" for x in figures["load_average"])
     after = " ".join(f"{x:.2f}" for x in figures["load_average_after"])
-    print(f"\nwatchers of one run, opened in a burst ({figures['cpus']} CPUs; "
-          f"load average {load} before, {after} after)")  # fmt: skip
+    print(
+        f"\nwatchers of one run, opened in a burst ({figures['cpus']} CPUs; load average {load} before, {after} after)"
+    )
     for transport in TRANSPORTS:
         if transport not in figures:
             continue
@@ -613,19 +626,25 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         for n, run in figures[transport].items():
             print(f"  {'':4}{n:>10}" + "".join(f"{fmt.format(**run):>{width}}" for _, fmt, width in COLUMNS))
         for n, run in figures[transport].items():
-            print(f"  {n} watchers: per event (median over the processor's events): first watcher "
-                  f"{run['first_watcher_p50_ms']:.1f} ms, last {run['last_watcher_p50_ms']:.1f} ms; APPROVED (the "
-                  f"gateway's own): first {run['approved_first_watcher_ms']:.1f} ms, "
-                  f"last {run['approved_last_watcher_ms']:.1f} ms")  # fmt: skip
-            print(f"  {n} watchers: the gateway's CPU to deliver one event to all: "
-                  f"{run['gateway_fanout_cpu_ms_per_event']:.0f} ms; the clients' CPU per delivered event: "
-                  f"{run['client_cpu_us_per_event']:.0f} us (on the same cores)")  # fmt: skip
-            print(f"  {n} watchers: admitted in {run['admission_s']:.2f} s (p50 {run['admission_p50_s']:.2f} s, "
-                  f"gateway {run['gateway_cpu_us_per_watcher_admitted']:.0f} us CPU each, processor "
-                  f"{run['processor_cpu_ms_during_burst']:.0f} ms in all); "
-                  f"{run['delivered']} of {run['expected_deliveries']} deliveries of {run['events']} events; "
-                  f"ends {run['ended']}; logged warnings {run['log_problems']}; "
-                  f"listen queue overflows in the burst: {run['listen_overflows']}")  # fmt: skip
+            print(
+                f"  {n} watchers: per event (median over the processor's events): first watcher "
+                f"{run['first_watcher_p50_ms']:.1f} ms, last {run['last_watcher_p50_ms']:.1f} ms; APPROVED (the "
+                f"gateway's own): first {run['approved_first_watcher_ms']:.1f} ms, "
+                f"last {run['approved_last_watcher_ms']:.1f} ms"
+            )
+            print(
+                f"  {n} watchers: the gateway's CPU to deliver one event to all: "
+                f"{run['gateway_fanout_cpu_ms_per_event']:.0f} ms; the clients' CPU per delivered event: "
+                f"{run['client_cpu_us_per_event']:.0f} us (on the same cores)"
+            )
+            print(
+                f"  {n} watchers: admitted in {run['admission_s']:.2f} s (p50 {run['admission_p50_s']:.2f} s, "
+                f"gateway {run['gateway_cpu_us_per_watcher_admitted']:.0f} us CPU each, processor "
+                f"{run['processor_cpu_ms_during_burst']:.0f} ms in all); "
+                f"{run['delivered']} of {run['expected_deliveries']} deliveries of {run['events']} events; "
+                f"ends {run['ended']}; logged warnings {run['log_problems']}; "
+                f"listen queue overflows in the burst: {run['listen_overflows']}"
+            )
     print("\n  (latency: event commit time stamp to the client's receipt; CPU per delivered event from the")
     print("   approval to the last watcher's end; client CPU: the busiest client process's share of a core)")
     for line in verdicts(figures):
@@ -640,26 +659,36 @@ def verdicts(figures: dict[str, Any]) -> list[str]:
         big = runs.get(str(GAP_FREE_TARGET_AT))
         if big is not None:
             met = big["gap_free"] == big["watchers"]
-            lines.append(f"{transport}: gap-free at {GAP_FREE_TARGET_AT:,}: {big['gap_free']:,} of "
-                         f"{big['watchers']:,} (target: all) {'met' if met else 'MISSED'}")  # fmt: skip
+            lines.append(
+                f"{transport}: gap-free at {GAP_FREE_TARGET_AT:,}: {big['gap_free']:,} of "
+                f"{big['watchers']:,} (target: all) {'met' if met else 'MISSED'}"
+            )
         else:
             every = all(r["gap_free"] == r["watchers"] for n, r in runs.items() if "floor" not in n)
-            lines.append(f"{transport}: gap-free {'in every run' if every else 'MISSED in some runs'} "
-                         f"(the target is at {GAP_FREE_TARGET_AT:,} watchers, not run here)")  # fmt: skip
+            lines.append(
+                f"{transport}: gap-free {'in every run' if every else 'MISSED in some runs'} "
+                f"(the target is at {GAP_FREE_TARGET_AT:,} watchers, not run here)"
+            )
         at = runs.get(str(LATENCY_TARGET_AT))
         if at is not None:
             met = at["latency_p99_ms"] <= LATENCY_TARGET_MS
-            lines.append(f"{transport}: p99 at {LATENCY_TARGET_AT:,} watchers {at['latency_p99_ms']:.1f} ms "
-                         f"(target <= {LATENCY_TARGET_MS:.0f} ms) {'met' if met else 'MISSED'}")  # fmt: skip
+            lines.append(
+                f"{transport}: p99 at {LATENCY_TARGET_AT:,} watchers {at['latency_p99_ms']:.1f} ms "
+                f"(target <= {LATENCY_TARGET_MS:.0f} ms) {'met' if met else 'MISSED'}"
+            )
             if not met and at["gateway_fanout_cpu_ms_per_event"] > LATENCY_TARGET_MS:
-                lines.append(f"  (the gateway alone needs {at['gateway_fanout_cpu_ms_per_event']:.0f} ms of CPU to "
-                             "deliver one event to them all, on one event loop)")  # fmt: skip
+                lines.append(
+                    f"  (the gateway alone needs {at['gateway_fanout_cpu_ms_per_event']:.0f} ms of CPU to "
+                    "deliver one event to them all, on one event loop)"
+                )
         floor = runs.get(f"{LATENCY_TARGET_AT} floor")
         if floor is not None:
             met = floor["latency_p99_ms"] <= LATENCY_TARGET_MS
-            lines.append(f"  the floor at {LATENCY_TARGET_AT:,} watchers (the same clients and events, from memory, "
-                         f"one bare process): p99 {floor['latency_p99_ms']:.1f} ms, "
-                         f"{'within' if met else 'itself past'} the target")  # fmt: skip
+            lines.append(
+                f"  the floor at {LATENCY_TARGET_AT:,} watchers (the same clients and events, from memory, "
+                f"one bare process): p99 {floor['latency_p99_ms']:.1f} ms, "
+                f"{'within' if met else 'itself past'} the target"
+            )
     flat = {
         t: [round(r["processor_cpu_ms_per_run"]) for n, r in figures.get(t, {}).items() if "floor" not in n]
         for t in TRANSPORTS

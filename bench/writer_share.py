@@ -90,8 +90,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="auditflow-writer-") as tmp:
         dbs = {}
         for label, share in (("share", DEFAULT_SHARE), ("first come", 0)):
-            db = Database(f"sqlite:///{tmp}/{share}.db", store.metadata, migrations="gateway:migrations",
-                          writes=FairWrites(share))  # fmt: skip
+            db = Database(
+                f"sqlite:///{tmp}/{share}.db", store.metadata, migrations="gateway:migrations", writes=FairWrites(share)
+            )
             await asyncio.to_thread(db.start)
             dbs[label] = db
         for _ in range(args.rounds):  # alternating, so that both see the machine alike
@@ -104,10 +105,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for db in dbs.values():
             await asyncio.to_thread(db.close)
     figures: dict[str, Any] = {
-        key: {"writes": len(v["all"]), "p50_ms": percentile(v["all"], 0.5) * 1000,
-              "p99_ms": percentile(v["all"], 0.99) * 1000}
+        key: {
+            "writes": len(v["all"]),
+            "p50_ms": percentile(v["all"], 0.5) * 1000,
+            "p99_ms": percentile(v["all"], 0.99) * 1000,
+        }
         for key, v in results.items()
-    }  # fmt: skip
+    }
     figures["plans_stored_by_the_flood"] = stored
     return figures
 

@@ -52,8 +52,9 @@ class Item(Encoded):
         return cls(wpb.WatchStatusResponse(event=event, snapshot=snapshot))
 
     @classmethod
-    def later(cls, workflow_id: str, sequence: int, terminal: bool,
-              build: Callable[[], wpb.WatchStatusResponse]) -> Item:  # fmt: skip
+    def later(
+        cls, workflow_id: str, sequence: int, terminal: bool, build: Callable[[], wpb.WatchStatusResponse]
+    ) -> Item:
         """An event whose message is built only if someone reads it: an Approve nobody
         watches pays for no snapshot."""
         item = cls.__new__(cls)
@@ -148,9 +149,10 @@ class WorkflowHub:
         """Workflows whose run this log has seen start but not end: after a broken feed, the
         feed reads what it missed of them even when another gateway has mirrored their end."""
         return [
-            w for w, log in self._logs.items()
+            w
+            for w, log in self._logs.items()
             if log.ended_at is None and log.newest is not None and log.newest.message.snapshot.status in PROCESSING
-        ]  # fmt: skip
+        ]
 
     def seed(self, workflow_id: str, last: int) -> None:
         """Know a workflow's position without its events (the feed's catch-up: the mirror may
@@ -284,9 +286,10 @@ class WorkflowHub:
             return
         self._swept_at = now
         done = [
-            w for w, log in self._logs.items()
+            w
+            for w, log in self._logs.items()
             if log.watchers == 0 and log.ended_at is not None and now - log.ended_at > EVICT_AFTER
-        ]  # fmt: skip
+        ]
         for workflow_id in done:
             del self._logs[workflow_id]
 

@@ -54,8 +54,14 @@ def check_size(request: wpb.CreateWorkflowRequest, quota: PlanLimits) -> None:
 def check_plan(request: wpb.CreateWorkflowRequest, quota: PlanLimits) -> None:
     """Every check of a submitted plan, with this gateway's limits (blocking: procedures may
     look at files)."""
-    plans.check_plan(request.title, request.plan, request.max_cycles, request.orchestrator,
-                     max_steps=quota.max_plan_steps, max_parameters_bytes=quota.max_parameters_bytes)  # fmt: skip
+    plans.check_plan(
+        request.title,
+        request.plan,
+        request.max_cycles,
+        request.orchestrator,
+        max_steps=quota.max_plan_steps,
+        max_parameters_bytes=quota.max_parameters_bytes,
+    )
 
 
 _PENDING = (

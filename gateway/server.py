@@ -67,8 +67,9 @@ class Gateway:
         self.tls = ServerTls(settings.tls) if settings.tls.enabled else None
         # (the writer takes each principal's writes in turn: one cannot hold up another's)
         self.writes = FairWrites(settings.write_share)
-        self.db = Database(settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway",
-                           writes=self.writes)  # fmt: skip
+        self.db = Database(
+            settings.database_url, store.metadata, migrations="gateway:migrations", name="gateway", writes=self.writes
+        )
         self.channel = processor_channel(settings)
         stub = ppb_grpc.ProcessorServiceStub(self.channel)
         self.hub = WorkflowHub()

@@ -131,8 +131,22 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
             revision=1,
         )
     )
-    store.add_revision(conn, RevisionRecord(workflow_id, 1, new.title, new.plan_json, new.max_cycles, new.orchestrator,
-                                            etag, creator.name, now, "", None))  # fmt: skip
+    store.add_revision(
+        conn,
+        RevisionRecord(
+            workflow_id,
+            1,
+            new.title,
+            new.plan_json,
+            new.max_cycles,
+            new.orchestrator,
+            etag,
+            creator.name,
+            now,
+            "",
+            None,
+        ),
+    )
     message = (
         f"submitted by {creator.name}"
         + (f"; needs {new.required_approvals} approvers" if new.required_approvals > 1 else "")
@@ -140,9 +154,19 @@ def create(conn: Connection, new: NewWorkflow) -> Outcome:
     )
     event = store.append_event(
         conn,
-        NewEvent(workflow_id, 1, pb.EVENT_TYPE_CREATED, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, message, creator.name,
-                 now, trail.GENESIS, creator.via, etag),
-    )  # fmt: skip
+        NewEvent(
+            workflow_id,
+            1,
+            pb.EVENT_TYPE_CREATED,
+            pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            message,
+            creator.name,
+            now,
+            trail.GENESIS,
+            creator.via,
+            etag,
+        ),
+    )
     return Outcome(_require(conn, workflow_id), changed=True, event=event)
 
 
@@ -260,15 +284,24 @@ def _decide_locked(
     return _approved(conn, record, decision, now, previous)
 
 
-def _approved(conn: Connection, record: WorkflowRecord, decision: Decision, now: datetime,
-              previous: str) -> Outcome:  # fmt: skip
+def _approved(conn: Connection, record: WorkflowRecord, decision: Decision, now: datetime, previous: str) -> Outcome:
     """The approval that completes the plan's number: its event, and the Enqueue for the relay."""
     actor = decision.actor
     event = store.append_event(
         conn,
-        NewEvent(record.workflow_id, record.last_sequence, pb.EVENT_TYPE_APPROVED, pb.WORKFLOW_STATUS_APPROVED,
-                 record.last_message, actor.name, now, previous, actor.via, record.etag),
-    )  # fmt: skip
+        NewEvent(
+            record.workflow_id,
+            record.last_sequence,
+            pb.EVENT_TYPE_APPROVED,
+            pb.WORKFLOW_STATUS_APPROVED,
+            record.last_message,
+            actor.name,
+            now,
+            previous,
+            actor.via,
+            record.etag,
+        ),
+    )
     payload = outbox.enqueue_payload(record, actor.name, event.hash or "", now, decision.traceparent)
     row = store.add_outbox(conn, record.workflow_id, store.ENQUEUE, payload, now)
     return Outcome(record, True, event, row)
@@ -287,27 +320,56 @@ def _partly_approved(
     actor = decision.actor
     event = store.append_event(
         conn,
-        NewEvent(row.workflow_id, record.last_sequence, pb.EVENT_TYPE_APPROVAL_RECORDED,
-                 pb.WORKFLOW_STATUS_AWAITING_APPROVAL, message, actor.name, now, previous, actor.via, row.etag),
-    )  # fmt: skip
+        NewEvent(
+            row.workflow_id,
+            record.last_sequence,
+            pb.EVENT_TYPE_APPROVAL_RECORDED,
+            pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            message,
+            actor.name,
+            now,
+            previous,
+            actor.via,
+            row.etag,
+        ),
+    )
     return Outcome(record, True, event)
 
 
-def _rejected(conn: Connection, row: WorkflowRecord, decision: Decision, now: datetime, previous: str,
-              signer: trail.Signer | None) -> Outcome:  # fmt: skip
+def _rejected(
+    conn: Connection, row: WorkflowRecord, decision: Decision, now: datetime, previous: str, signer: trail.Signer | None
+) -> Outcome:
     actor = decision.actor
     message = f"rejected by {actor.name}" + (f": {decision.comment}" if decision.comment else "")
     record = _update(
-        conn, row, now, status=pb.WORKFLOW_STATUS_REJECTED, decision=REJECT, decided_by=actor.name,
-        decided_by_auth=actor.via, decision_comment=decision.comment,
-        decision_request_id=decision.request_id or None, decided_at=now, last_message=message,
-    )  # fmt: skip
+        conn,
+        row,
+        now,
+        status=pb.WORKFLOW_STATUS_REJECTED,
+        decision=REJECT,
+        decided_by=actor.name,
+        decided_by_auth=actor.via,
+        decision_comment=decision.comment,
+        decision_request_id=decision.request_id or None,
+        decided_at=now,
+        last_message=message,
+    )
     event = store.append_event(
         conn,
-        NewEvent(row.workflow_id, record.last_sequence, pb.EVENT_TYPE_REJECTED, pb.WORKFLOW_STATUS_REJECTED, message,
-                 actor.name, now, previous, actor.via, row.etag),
+        NewEvent(
+            row.workflow_id,
+            record.last_sequence,
+            pb.EVENT_TYPE_REJECTED,
+            pb.WORKFLOW_STATUS_REJECTED,
+            message,
+            actor.name,
+            now,
+            previous,
+            actor.via,
+            row.etag,
+        ),
         signer,
-    )  # fmt: skip
+    )
     return Outcome(record, True, event)
 
 
@@ -428,19 +490,52 @@ def revise(conn: Connection, revision: Revision) -> Revised:
     dismissed = tuple(a.approver for a in row.approvals)
     message = _revised_message(number, actor.name, revision.reason, dismissed) + data_note(revision.plan_json)
     previous = store.event_hash(conn, row.workflow_id, row.last_sequence)
-    store.add_revision(conn, RevisionRecord(row.workflow_id, number, revision.title, revision.plan_json,
-                                            revision.max_cycles, row.orchestrator, etag, actor.name, now,
-                                            revision.reason, revision.request_id or None))  # fmt: skip
+    store.add_revision(
+        conn,
+        RevisionRecord(
+            row.workflow_id,
+            number,
+            revision.title,
+            revision.plan_json,
+            revision.max_cycles,
+            row.orchestrator,
+            etag,
+            actor.name,
+            now,
+            revision.reason,
+            revision.request_id or None,
+        ),
+    )
     record = _update(
-        conn, row, now, approvals=[], revision=number, etag=etag, title=revision.title, plan_json=revision.plan_json,
-        max_cycles=revision.max_cycles, progress_total=revision.steps, status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
-        changes_requested_json=None, last_message=message,
-    )  # fmt: skip
+        conn,
+        row,
+        now,
+        approvals=[],
+        revision=number,
+        etag=etag,
+        title=revision.title,
+        plan_json=revision.plan_json,
+        max_cycles=revision.max_cycles,
+        progress_total=revision.steps,
+        status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        changes_requested_json=None,
+        last_message=message,
+    )
     event = store.append_event(
         conn,
-        NewEvent(row.workflow_id, record.last_sequence, pb.EVENT_TYPE_REVISED, pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
-                 message, actor.name, now, previous, actor.via, etag),
-    )  # fmt: skip
+        NewEvent(
+            row.workflow_id,
+            record.last_sequence,
+            pb.EVENT_TYPE_REVISED,
+            pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+            message,
+            actor.name,
+            now,
+            previous,
+            actor.via,
+            etag,
+        ),
+    )
     return Revised(Outcome(record, True, event), dismissed)
 
 
@@ -506,22 +601,37 @@ def request_changes(conn: Connection, workflow_id: str, actor: Principal, etag: 
     message = f"changes requested by {actor.name}: {reason}"
     previous = store.event_hash(conn, workflow_id, row.last_sequence)
     record = _update(
-        conn, row, now, status=pb.WORKFLOW_STATUS_CHANGES_REQUESTED,
-        changes_requested_json=json.dumps(request.to_json()), last_message=message,
-    )  # fmt: skip
+        conn,
+        row,
+        now,
+        status=pb.WORKFLOW_STATUS_CHANGES_REQUESTED,
+        changes_requested_json=json.dumps(request.to_json()),
+        last_message=message,
+    )
     event = store.append_event(
         conn,
-        NewEvent(workflow_id, record.last_sequence, pb.EVENT_TYPE_CHANGES_REQUESTED,
-                 pb.WORKFLOW_STATUS_CHANGES_REQUESTED, message, actor.name, now, previous, actor.via, row.etag),
-    )  # fmt: skip
+        NewEvent(
+            workflow_id,
+            record.last_sequence,
+            pb.EVENT_TYPE_CHANGES_REQUESTED,
+            pb.WORKFLOW_STATUS_CHANGES_REQUESTED,
+            message,
+            actor.name,
+            now,
+            previous,
+            actor.via,
+            row.etag,
+        ),
+    )
     return Outcome(record, True, event)
 
 
 # --- cancel and refused dispatch -------------------------------------------------------------
 
 
-def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str,
-           signer: trail.Signer | None = None) -> Outcome:  # fmt: skip
+def cancel(
+    conn: Connection, workflow_id: str, actor: Principal, reason: str, signer: trail.Signer | None = None
+) -> Outcome:
     """Cancel at once while awaiting approval; otherwise ask the processor (via the outbox).
     A submitter cancels only what they submitted; an admin anything."""
     row = _require(conn, workflow_id, lock=True)
@@ -543,10 +653,19 @@ def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str,
         record = _update(conn, row, now, status=pb.WORKFLOW_STATUS_CANCELLED, last_message=message)
         event = store.append_event(
             conn,
-            NewEvent(workflow_id, record.last_sequence, pb.EVENT_TYPE_CANCELLED, pb.WORKFLOW_STATUS_CANCELLED, message,
-                     actor.name, now, previous, actor.via),
+            NewEvent(
+                workflow_id,
+                record.last_sequence,
+                pb.EVENT_TYPE_CANCELLED,
+                pb.WORKFLOW_STATUS_CANCELLED,
+                message,
+                actor.name,
+                now,
+                previous,
+                actor.via,
+            ),
             signer,
-        )  # fmt: skip
+        )
         return Outcome(record, True, event)
     if row.cancel_requested:
         return Outcome(row, changed=False)
@@ -556,8 +675,9 @@ def cancel(conn: Connection, workflow_id: str, actor: Principal, reason: str,
     return Outcome(replace(row, cancel_requested=True), True, None, message_row)
 
 
-def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str,
-                  signer: trail.Signer | None = None) -> EventRecord | None:  # fmt: skip
+def fail_dispatch(
+    conn: Connection, workflow_id: str, reason: str, message: str, signer: trail.Signer | None = None
+) -> EventRecord | None:
     """The processor refused the workflow for good: end it here, with the reason."""
     row = _require(conn, workflow_id, lock=True)
     if row.dispatched or statuses.is_terminal(row.status):
@@ -565,9 +685,14 @@ def fail_dispatch(conn: Connection, workflow_id: str, reason: str, message: str,
     now = convert.utcnow()
     previous = store.event_hash(conn, workflow_id, row.last_sequence)
     record = _update(
-        conn, row, now, status=pb.WORKFLOW_STATUS_FAILED, error_reason=reason, error_message=message,
+        conn,
+        row,
+        now,
+        status=pb.WORKFLOW_STATUS_FAILED,
+        error_reason=reason,
+        error_message=message,
         last_message=message,
-    )  # fmt: skip
+    )
     return store.append_event(
         conn,
         NewEvent(

@@ -102,9 +102,8 @@ class EventBroadcast(Generic[E]):
             return
         self._pruned_at = now
         stale = [
-            w for w, (_seq, at, final) in self._published.items()
-            if now - at > (FORGET_AFTER if final else FORGET_IDLE)
-        ]  # fmt: skip
+            w for w, (_seq, at, final) in self._published.items() if now - at > (FORGET_AFTER if final else FORGET_IDLE)
+        ]
         for workflow_id in stale:
             del self._published[workflow_id]
 

@@ -32,8 +32,11 @@ def run_quick(script: str) -> dict[str, Any]:
     """The figures of `bench/<script> --quick --json`, run as a script from the checkout."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / script), "--quick", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures: dict[str, Any] = json.loads(done.stdout)
     return figures
@@ -143,8 +146,11 @@ def test_the_watch_benchmark_measures_its_floor_beside_the_gateway() -> None:
     """`--floor`: the same watchers and events served from memory by one bare process."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "watch.py"), "--watchers", "100", "--floor", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads(done.stdout)
     events = watch.STEPS + 5
@@ -163,13 +169,26 @@ def test_the_watch_benchmark_measures_its_floor_beside_the_gateway() -> None:
 
 
 WATCH_FIGURES = (
-    "latency_p50_ms", "latency_p99_ms", "latency_max_ms", "first_watcher_p50_ms", "last_watcher_p50_ms",
-    "approved_first_watcher_ms", "approved_last_watcher_ms", "admission_p50_s", "admission_s",
-    "gateway_cpu_us_per_watcher_admitted", "gateway_cpu_us_per_event", "gateway_fanout_cpu_ms_per_event",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_max_ms",
+    "first_watcher_p50_ms",
+    "last_watcher_p50_ms",
+    "approved_first_watcher_ms",
+    "approved_last_watcher_ms",
+    "admission_p50_s",
+    "admission_s",
+    "gateway_cpu_us_per_watcher_admitted",
+    "gateway_cpu_us_per_event",
+    "gateway_fanout_cpu_ms_per_event",
     "processor_cpu_us_per_event",
-    "processor_cpu_ms_per_run", "gateway_cpu_ms_per_run", "gateway_peak_rss_mb", "processor_peak_rss_mb",
-    "client_cpu_share_max", "client_cpu_us_per_event",
-)  # fmt: skip
+    "processor_cpu_ms_per_run",
+    "gateway_cpu_ms_per_run",
+    "gateway_peak_rss_mb",
+    "processor_peak_rss_mb",
+    "client_cpu_share_max",
+    "client_cpu_us_per_event",
+)
 
 
 def test_the_rest_benchmark_compares_rest_with_grpc_and_the_in_memory_design() -> None:
@@ -207,8 +226,15 @@ def test_the_scale_benchmark_compares_auditflow_with_procrastinate_on_postgresql
         for name, workers in (("auditflow", "processors"), ("procrastinate", "workers")):
             run = load[name]
             assert run["runs"] == 80, (count, name)
-            for figure in ("submitted_per_second", "completed_per_second", "seen_per_second", "client_cpu_us_per_run",
-                           f"{workers}_cpu_us_per_run", "postgres_cpu_us_per_run", "total_cpu_us_per_run"):  # fmt: skip
+            for figure in (
+                "submitted_per_second",
+                "completed_per_second",
+                "seen_per_second",
+                "client_cpu_us_per_run",
+                f"{workers}_cpu_us_per_run",
+                "postgres_cpu_us_per_run",
+                "total_cpu_us_per_run",
+            ):
                 assert positive(run[figure]), (count, name, figure, run[figure])
             assert 0 < run["machine_busy_share"] <= 1
             assert run["completed_per_second"] >= run["seen_per_second"] * 0.999  # (seen after the stamp)
@@ -263,8 +289,11 @@ def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_e
         assert positive(figures[phase]["gateway_cpu_share"])
     flood = figures["flood"]
     # The flood met every limit it pushed against, and held exactly the streams it may.
-    for refused in ("CreateWorkflow RESOURCE_EXHAUSTED", "ListWorkflows RESOURCE_EXHAUSTED",
-                    "WatchStatus RESOURCE_EXHAUSTED"):  # fmt: skip
+    for refused in (
+        "CreateWorkflow RESOURCE_EXHAUSTED",
+        "ListWorkflows RESOURCE_EXHAUSTED",
+        "WatchStatus RESOURCE_EXHAUSTED",
+    ):
         assert flood["calls"].get(refused, 0) > 0, flood
     assert flood["streams_held"] == 50, flood
     assert set(figures["p99_ratio"]) == set(fairness.CALLS)

@@ -68,8 +68,12 @@ def test_a_burst_of_streams_is_admitted_whole(pair: Pair, tmp_path: Path) -> Non
     token = auth.jwt_for("watcher", ("viewer",))
     done = subprocess.run(
         [sys.executable, str(script), pair.gateway.target, workflow_id, str(STREAMS), token],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome.get("ok") == STREAMS, (outcome, pair.gateway.log())

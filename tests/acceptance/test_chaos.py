@@ -46,8 +46,19 @@ def servers(tmp_path: Path, gateway_url: str, processor_url: str) -> tuple[list[
     for i in range(3):
         workdir = tmp_path / f"p{i}"
         workdir.mkdir()
-        args = [*auth.processor_args(), "--database-url", processor_url, "--lease-seconds", str(LEASE),
-                "--poll-interval", "0.2", "--cycle-delay", "0.01", "--worker-id", f"p{i}"]  # fmt: skip
+        args = [
+            *auth.processor_args(),
+            "--database-url",
+            processor_url,
+            "--lease-seconds",
+            str(LEASE),
+            "--poll-interval",
+            "0.2",
+            "--cycle-delay",
+            "0.01",
+            "--worker-id",
+            f"p{i}",
+        ]
         processors.append(ServerProcess("processor", workdir, args, log_level="INFO"))
     target = ",".join(p.target for p in processors)
     gateways = []
@@ -141,8 +152,9 @@ def test_chaos_on_postgresql(tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, workflow
                     time.sleep(0.1)
                 assert workflow.status == pb.WORKFLOW_STATUS_COMPLETED, workflow
-                watch = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("observer"),
-                                         timeout=60)  # fmt: skip
+                watch = stub.WatchStatus(
+                    wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("observer"), timeout=60
+                )
                 events = []
                 try:
                     events.extend(m.event for m in watch if m.HasField("event"))
@@ -150,8 +162,9 @@ def test_chaos_on_postgresql(tmp_path: Path) -> None:
                     seen = [e.sequence for e in events]
                     raise AssertionError(f"{workflow_id}: watch ended {exc.code()} after {seen}") from exc  # type: ignore[attr-defined]
                 assert [e.sequence for e in events] == list(range(1, len(events) + 1)), workflow_id
-                verified = call(stub.VerifyTrail, wpb.VerifyTrailRequest(workflow_id=workflow_id), as_user("observer"),
-                                refusals)  # fmt: skip
+                verified = call(
+                    stub.VerifyTrail, wpb.VerifyTrailRequest(workflow_id=workflow_id), as_user("observer"), refusals
+                )
                 assert verified.intact, (workflow_id, verified)  # type: ignore[attr-defined]
                 assert_no_overlap(journals / f"{n}.txt", frozen)
         finally:

@@ -37,8 +37,9 @@ def compose_config() -> dict[str, Any]:
     """The compose file as `docker-compose config` resolves it (anchors, merges, paths)."""
     program = shutil.which("docker-compose")
     assert program, "docker-compose is missing: `python3 tasks.py test` installs Debian's docker-compose package"
-    result = subprocess.run([program, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60,
-                            cwd=ROOT)  # fmt: skip
+    result = subprocess.run(
+        [program, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
@@ -138,8 +139,11 @@ def test_the_compose_file_runs_as_written_on_postgresql(compose: tuple[Mapping, 
     assert services["processor"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     mounted = ("/run/secrets/", *(target + "/" for target in mapping.mounts))
     for name in ("gateway", "processor", "migrate"):  # secrets by files, never inline
-        assert not any("token" in str(v).lower() and not str(v).startswith(mounted)
-                       for k, v in services[name]["environment"].items() if "TOKEN" in k), name  # fmt: skip
+        assert not any(
+            "token" in str(v).lower() and not str(v).startswith(mounted)
+            for k, v in services[name]["environment"].items()
+            if "TOKEN" in k
+        ), name
 
     command = mapping.command(services["migrate"]["command"], "migrate")
     migrate = subprocess.run(command, env=mapping.environment("migrate"), capture_output=True, text=True, timeout=120)
@@ -189,8 +193,14 @@ def accepted(mapping: Mapping, token: Path) -> None:
 
 def cli(mapping: Mapping, *args: str, token: Path | None = None) -> str:
     target = f"127.0.0.1:{mapping.ports['50051']}"
-    command = [str(BIN / "auditflow"), "--target", target, "--json", *(["--token-file", str(token)] if token else []),
-               *args]  # fmt: skip
+    command = [
+        str(BIN / "auditflow"),
+        "--target",
+        target,
+        "--json",
+        *(["--token-file", str(token)] if token else []),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -203,10 +213,21 @@ def run_a_plan(mapping: Mapping, secrets_dir: Path, tmp_path: Path) -> None:
     tokens = {}
     for person, role in (("sam", "submitter"), ("ada", "approver")):
         result = subprocess.run(
-            [str(BIN / "auditflow"), "token", "create", person, "--principal", person, "--role", role,
-             "--tokens-file", str(secrets_dir / "tokens" / "gateway-tokens.toml")],
-            capture_output=True, text=True,
-        )  # fmt: skip
+            [
+                str(BIN / "auditflow"),
+                "token",
+                "create",
+                person,
+                "--principal",
+                person,
+                "--role",
+                role,
+                "--tokens-file",
+                str(secrets_dir / "tokens" / "gateway-tokens.toml"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
         tokens[person] = tmp_path / f"{person}.token"
         tokens[person].write_text(result.stdout)

@@ -34,8 +34,19 @@ LINK = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)  # the gateway's ser
 
 def processor(workdir: Path, url: str, name: str, poll: float, delay: float = 0.5) -> ServerProcess:
     workdir.mkdir()
-    args = [*auth.processor_args(), "--database-url", url, "--lease-seconds", str(LEASE), "--worker-id", name,
-            "--poll-interval", str(poll), "--cycle-delay", str(delay)]  # fmt: skip
+    args = [
+        *auth.processor_args(),
+        "--database-url",
+        url,
+        "--lease-seconds",
+        str(LEASE),
+        "--worker-id",
+        name,
+        "--poll-interval",
+        str(poll),
+        "--cycle-delay",
+        str(delay),
+    ]
     return ServerProcess("processor", workdir, args, log_level="INFO")
 
 
@@ -81,8 +92,9 @@ def test_a_resumed_processor_starts_no_step_on_a_lost_lease(tmp_path: Path) -> N
                 plan = [step("test_journal", journal=str(journal), step=n, seconds=1.0) for n in range(1, STEPS + 1)]
                 request = enqueue_request(plan, max_cycles=STEPS + 10)
                 assert stub.Enqueue(request, metadata=LINK).run.snapshot.status == pb.WORKFLOW_STATUS_RUNNING
-                wait_until(lambda: any(w == "end" and n >= 2 for w, _p, n, _t, _e in journal_lines(journal)),
-                           "step 2 ended")  # fmt: skip
+                wait_until(
+                    lambda: any(w == "end" and n >= 2 for w, _p, n, _t, _e in journal_lines(journal)), "step 2 ended"
+                )
                 os.kill(first.pid, signal.SIGSTOP)  # frozen between two steps (the cycle delay)...
                 frozen_at = time.time()
                 time.sleep(LEASE + 0.3)  # ...until just past its lease (the stimulus, not a wait for a result)
@@ -136,8 +148,10 @@ def test_a_processor_resumed_after_a_takeover_starts_no_step_under_its_old_epoch
         cycle, owner, epoch = lease_of(shared_url, wid)
         mine = [(w, n) for w, p, n, _t, _e in journal_lines(journal) if p == first.pid]
         assert owner == "first" and mine == [(w, n) for n in range(1, cycle + 1) for w in ("start", "end")], mine
-        wait_until(lambda: any(w == "end" and p == second.pid for w, p, _n, _t, _e in journal_lines(journal)),
-                   "the second processor took the run over and ran a step")  # fmt: skip
+        wait_until(
+            lambda: any(w == "end" and p == second.pid for w, p, _n, _t, _e in journal_lines(journal)),
+            "the second processor took the run over and ran a step",
+        )
         os.kill(first.pid, signal.SIGCONT)
         wait_until(lambda: let_go(first, wid), "the resumed processor let the run go")
         events = events_via(second, wid)
@@ -163,8 +177,9 @@ def lease_of(url: str, workflow_id: str) -> tuple[int, str | None, int]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            row = conn.execute(text("SELECT cycle, lease_owner, lease_epoch FROM runs WHERE workflow_id = :w"),
-                               {"w": workflow_id}).one()  # fmt: skip
+            row = conn.execute(
+                text("SELECT cycle, lease_owner, lease_epoch FROM runs WHERE workflow_id = :w"), {"w": workflow_id}
+            ).one()
             return int(row[0]), row[1], int(row[2])
     finally:
         engine.dispose()

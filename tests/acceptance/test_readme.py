@@ -31,8 +31,12 @@ def test_the_readme_grpcurl_example_runs_as_printed(pair: Pair, tmp_path: Path) 
     }
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", readme_block()],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "auditflow.v1.WorkflowService" in out

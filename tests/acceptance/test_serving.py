@@ -24,8 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], env=ENV, cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def service_args(module: str, tmp_path: Path) -> list[str]:
@@ -52,8 +53,16 @@ def test_a_used_rest_port_is_one_line_too(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run("gateway", "--port", "0", *service_args("gateway", tmp_path)[:-2], "--rest-port", str(port),
-                   "--log-level", "ERROR")  # fmt: skip
+        done = run(
+            "gateway",
+            "--port",
+            "0",
+            *service_args("gateway", tmp_path)[:-2],
+            "--rest-port",
+            str(port),
+            "--log-level",
+            "ERROR",
+        )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [
         f"auditflow-gateway: cannot listen on 127.0.0.1:{port}: the port is in use by another process"
@@ -72,8 +81,16 @@ def test_the_metrics_port_is_loopback_unless_asked_and_a_used_one_is_one_line(tm
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = run(module, "--port", "0", *service_args(module, tmp_path), "--metrics-address", f":{port}",
-                   "--log-level", "ERROR")  # fmt: skip
+        done = run(
+            module,
+            "--port",
+            "0",
+            *service_args(module, tmp_path),
+            "--metrics-address",
+            f":{port}",
+            "--log-level",
+            "ERROR",
+        )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         f"auditflow-{module}: cannot listen on 127.0.0.1:{port} (metrics): the port is in use by another process"
@@ -101,8 +118,15 @@ def test_a_running_server_keeps_its_port_and_a_second_one_exits(tmp_path: Path) 
     ],
 )
 def test_a_setting_that_cannot_work_is_one_line_and_exit_1(tmp_path: Path, args: list[str], message: str) -> None:
-    done = run("processor", "--port", "0", "--database-url", f"sqlite:///{tmp_path / 'p.db'}",
-               *auth.processor_args()[:2], *args)  # fmt: skip
+    done = run(
+        "processor",
+        "--port",
+        "0",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'p.db'}",
+        *auth.processor_args()[:2],
+        *args,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"auditflow-processor: {message}"] or message in done.stderr
 

@@ -67,18 +67,28 @@ async def pair(database_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[
     processor = create_processor(
         "127.0.0.1:0",
         ProcessorSettings(
-            **auth.processor_settings(), database_url=processor_url, plugins=PLUGINS, cycle_delay=0.01,
-            poll_interval=0.05, heartbeat_interval=0.5, trail_signing_key=str(private),
+            **auth.processor_settings(),
+            database_url=processor_url,
+            plugins=PLUGINS,
+            cycle_delay=0.01,
+            poll_interval=0.05,
+            heartbeat_interval=0.5,
+            trail_signing_key=str(private),
         ),
-    )  # fmt: skip
+    )
     await processor.start()
     gateway = create_gateway(
         "127.0.0.1:0",
         GatewaySettings(
-            **auth.gateway_settings(), database_url=gateway_url, processor_target=processor.address,
-            plugins=PLUGINS, heartbeat_interval=0.5, trail_public_keys=(str(public),), max_approvals=25,
+            **auth.gateway_settings(),
+            database_url=gateway_url,
+            processor_target=processor.address,
+            plugins=PLUGINS,
+            heartbeat_interval=0.5,
+            trail_public_keys=(str(public),),
+            max_approvals=25,
         ),
-    )  # fmt: skip
+    )
     await gateway.start()
     async with auth.channel(gateway.address) as channel:
         started = Pair(gateway, processor, wpb_grpc.WorkflowServiceStub(channel), database_urls, private)
@@ -196,8 +206,11 @@ async def test_two_of_three_approvers_dispatch_on_the_second_distinct_one(pair: 
     assert second.approved and [a.approver for a in second.workflow.approvals] == ["alice", "bob"]
     events = await finished(pair, wid)
     assert [e.type for e in events[:4]] == [
-        E.EVENT_TYPE_CREATED, E.EVENT_TYPE_APPROVAL_RECORDED, E.EVENT_TYPE_APPROVED, E.EVENT_TYPE_QUEUED,
-    ]  # fmt: skip
+        E.EVENT_TYPE_CREATED,
+        E.EVENT_TYPE_APPROVAL_RECORDED,
+        E.EVENT_TYPE_APPROVED,
+        E.EVENT_TYPE_QUEUED,
+    ]
     assert events[-1].type == E.EVENT_TYPE_COMPLETED
     assert await refusal(approve(pair, wid, "dave", workflow.etag)) == (C.FAILED_PRECONDITION, "ALREADY_DECIDED")
 
@@ -277,22 +290,46 @@ def execute(url: str, sql: str, **params: object) -> None:
 @pytest.mark.parametrize(
     ("where", "sql", "sequence", "words"),
     [
-        ("gateway", "UPDATE workflow_events SET message = 'approved by eve' WHERE workflow_id = :w AND sequence = 2",
-         2, "does not match its hash"),
+        (
+            "gateway",
+            "UPDATE workflow_events SET message = 'approved by eve' WHERE workflow_id = :w AND sequence = 2",
+            2,
+            "does not match its hash",
+        ),
         ("gateway", "DELETE FROM workflow_events WHERE workflow_id = :w AND sequence = 2", 2, "is missing"),
-        ("gateway", "UPDATE workflows SET plan_json = replace(plan_json, 'test_sleep', 'test_noop') "
-                    "WHERE workflow_id = :w", 0, "the stored plan does not match the etag"),
-        ("processor", "UPDATE run_events SET message = 'cycle 1 done, quietly' WHERE workflow_id = :w AND sequence = 6",
-         6, "does not match its hash"),
+        (
+            "gateway",
+            "UPDATE workflows SET plan_json = replace(plan_json, 'test_sleep', 'test_noop') WHERE workflow_id = :w",
+            0,
+            "the stored plan does not match the etag",
+        ),
+        (
+            "processor",
+            "UPDATE run_events SET message = 'cycle 1 done, quietly' WHERE workflow_id = :w AND sequence = 6",
+            6,
+            "does not match its hash",
+        ),
         ("processor", "DELETE FROM run_events WHERE workflow_id = :w AND sequence = 5", 5, "is missing"),
-        ("processor", "UPDATE run_events SET sequence = sequence + 100 WHERE workflow_id = :w AND sequence = 4",
-         4, "is missing"),
-        ("processor", "UPDATE run_events SET actor = 'mallory' WHERE workflow_id = :w AND sequence = 4",
-         4, "does not match its hash"),
-        ("gateway", "UPDATE workflows SET result_json = replace(result_json, 'true', 'false') WHERE workflow_id = :w",
-         0, "the result the gateway shows is not the run's"),
+        (
+            "processor",
+            "UPDATE run_events SET sequence = sequence + 100 WHERE workflow_id = :w AND sequence = 4",
+            4,
+            "is missing",
+        ),
+        (
+            "processor",
+            "UPDATE run_events SET actor = 'mallory' WHERE workflow_id = :w AND sequence = 4",
+            4,
+            "does not match its hash",
+        ),
+        (
+            "gateway",
+            "UPDATE workflows SET result_json = replace(result_json, 'true', 'false') WHERE workflow_id = :w",
+            0,
+            "the result the gateway shows is not the run's",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_tampering_in_either_database_is_named(
     pair: Pair, where: str, sql: str, sequence: int, words: str
 ) -> None:
@@ -312,13 +349,17 @@ async def test_a_consistent_rewrite_of_the_processor_log_is_caught_by_the_signat
     with engine.begin() as conn:
         conn.execute(sa.update(table).where(table.c.workflow_id == wid, table.c.sequence == 6).values(message="edited"))
         previous = events[4].hash  # the event before the edit
-        rows = conn.execute(sa.select(table).where(table.c.workflow_id == wid, table.c.sequence >= 6)
-                            .order_by(table.c.sequence)).all()  # fmt: skip
+        rows = conn.execute(
+            sa.select(table).where(table.c.workflow_id == wid, table.c.sequence >= 6).order_by(table.c.sequence)
+        ).all()
         for row in rows:
             record = processor_store.EventRecord.from_row(row)
             digest = trail.link(previous, record.content())
-            conn.execute(sa.update(table).where(table.c.workflow_id == wid, table.c.sequence == record.sequence)
-                         .values(hash=digest))  # fmt: skip
+            conn.execute(
+                sa.update(table)
+                .where(table.c.workflow_id == wid, table.c.sequence == record.sequence)
+                .values(hash=digest)
+            )
             previous = digest
     engine.dispose()
     checked = await verify(pair, wid)
@@ -338,8 +379,9 @@ async def test_lone_approvals_of_many_workflows_each_link_to_their_own_trail(pai
         assert trail.check(events).problem is None and checked.head_hash == events[-1].hash
 
 
-async def test_the_cli_verifies_on_the_server_and_by_itself(pair: Pair, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+async def test_the_cli_verifies_on_the_server_and_by_itself(
+    pair: Pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     wid, events = await completed(pair)
     token = tmp_path / "viewer.token"
     token.write_text(auth.jwt_for("victor", ("viewer",)))

@@ -30,8 +30,9 @@ SLOTS = 2
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite:///{tmp_path / 'processor.db'}", store.metadata,
-                        migrations="processor:migrations", name="processor")  # fmt: skip
+    database = Database(
+        f"sqlite:///{tmp_path / 'processor.db'}", store.metadata, migrations="processor:migrations", name="processor"
+    )
     await asyncio.to_thread(database.start)
     yield database
     await asyncio.to_thread(database.close)
@@ -57,8 +58,14 @@ class Drivers:
 
 
 def claimer_for(db: Database, drivers: Drivers, stopping: asyncio.Event) -> Claimer:
-    settings = Settings(**auth.processor_settings(), database_url="sqlite://", max_concurrent=SLOTS,
-                        worker_id="w1", lease_seconds=60, poll_interval=0.05)  # fmt: skip
+    settings = Settings(
+        **auth.processor_settings(),
+        database_url="sqlite://",
+        max_concurrent=SLOTS,
+        worker_id="w1",
+        lease_seconds=60,
+        poll_interval=0.05,
+    )
     return Claimer(
         db, EventBroadcast(), settings, driving=drivers.leased_at.keys, drive=drivers.drive, stopping=stopping
     )
@@ -66,10 +73,17 @@ def claimer_for(db: Database, drivers: Drivers, stopping: asyncio.Event) -> Clai
 
 def insert(workflow_id: str, age: float) -> Callable[..., Inserted]:
     return functools.partial(
-        store.insert_run, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
-        orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued",
+        store.insert_run,
+        workflow_id=workflow_id,
+        title="t",
+        plan=[{"procedure": "test_noop", "parameters": {}}],
+        orchestrator="plan",
+        max_cycles=5,
+        base_sequence=0,
+        base_hash=None,
+        queued_message="queued",
         now=utcnow() - timedelta(seconds=age),
-    )  # fmt: skip
+    )
 
 
 async def test_the_oldest_runs_fill_the_free_slots_and_the_rest_wait_for_one(db: Database) -> None:

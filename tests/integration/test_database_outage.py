@@ -60,8 +60,13 @@ async def harnesses(tmp_path: Path) -> AsyncIterator[Harnesses]:
 @pytest.fixture
 async def running() -> AsyncIterator[tuple[PrivateCluster, Gateway, wpb_grpc.WorkflowServiceAsyncStub]]:
     with private_cluster() as cluster:
-        settings = GatewaySettings(**auth.gateway_settings(), database_url=cluster.url(), rest_port=0,
-                                   processor_target="127.0.0.1:1", plugins=("tests.support.procedures",))  # fmt: skip
+        settings = GatewaySettings(
+            **auth.gateway_settings(),
+            database_url=cluster.url(),
+            rest_port=0,
+            processor_target="127.0.0.1:1",
+            plugins=("tests.support.procedures",),
+        )
         gateway = create_gateway("127.0.0.1:0", settings)
         await gateway.start()
         try:
@@ -170,8 +175,10 @@ async def _processor_outage(cluster: PrivateCluster, h: Harness, caplog: pytest.
 
     await asyncio.to_thread(cluster.stop, "immediate")
     for _ in range(3):  # again and again: the log must not grow with the calls
-        for call in (h.stub.Enqueue(enqueue_request([run_step("test_noop")])),
-                     h.stub.GetRun(ps.GetRunRequest(workflow_id=running.workflow_id))):  # fmt: skip
+        for call in (
+            h.stub.Enqueue(enqueue_request([run_step("test_noop")])),
+            h.stub.GetRun(ps.GetRunRequest(workflow_id=running.workflow_id)),
+        ):
             assert await code_of(call) == (C.UNAVAILABLE, "the database is unavailable; try again shortly")
     await health_becomes(h.processor.address, PROCESSOR, health_pb2.HealthCheckResponse.NOT_SERVING)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name == db.__name__]
@@ -232,9 +239,17 @@ def _leased_elsewhere(url: str) -> str:
     try:
         with engine.begin() as conn:
             store.insert_run(
-                conn, workflow_id=workflow_id, title="stalled", plan=[{"procedure": "test_noop", "parameters": {}}],
-                orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued", now=now,
-            )  # fmt: skip
+                conn,
+                workflow_id=workflow_id,
+                title="stalled",
+                plan=[{"procedure": "test_noop", "parameters": {}}],
+                orchestrator="plan",
+                max_cycles=5,
+                base_sequence=0,
+                base_hash=None,
+                queued_message="queued",
+                now=now,
+            )
             (run,) = store.claim(conn, owner="stalled", now=now, expires_at=now + timedelta(hours=1), limit=1)
             store.append(conn, run, *transitions.started(run, "stalled"), now)
     finally:

@@ -37,9 +37,15 @@ class Cluster:
 
 def processor(url: str, name: str) -> Processor:
     settings = ProcessorSettings(
-        **auth.processor_settings(), database_url=url, plugins=PLUGINS, cycle_delay=0.05, poll_interval=0.05,
-        heartbeat_interval=0.5, lease_seconds=2.0, worker_id=name,
-    )  # fmt: skip
+        **auth.processor_settings(),
+        database_url=url,
+        plugins=PLUGINS,
+        cycle_delay=0.05,
+        poll_interval=0.05,
+        heartbeat_interval=0.5,
+        lease_seconds=2.0,
+        worker_id=name,
+    )
     return create_processor("127.0.0.1:0", settings)
 
 
@@ -50,8 +56,13 @@ async def cluster() -> AsyncIterator[Cluster]:
         for each in processors:
             await each.start()
         target = ",".join(p.address for p in processors)
-        settings = GatewaySettings(**auth.gateway_settings(), database_url=gateway_url, processor_target=target,
-                                   plugins=PLUGINS, heartbeat_interval=0.5)  # fmt: skip
+        settings = GatewaySettings(
+            **auth.gateway_settings(),
+            database_url=gateway_url,
+            processor_target=target,
+            plugins=PLUGINS,
+            heartbeat_interval=0.5,
+        )
         gateway = create_gateway("127.0.0.1:0", settings)
         await gateway.start()
         try:
@@ -127,10 +138,18 @@ async def test_a_watch_on_one_gateway_of_a_plan_approved_on_another_runs_to_the_
         worker = processor(processor_url, "p0")
         await worker.start()
         gateways = [
-            create_gateway("127.0.0.1:0", GatewaySettings(**auth.gateway_settings(), database_url=gateway_url,
-                           processor_target=worker.address, plugins=PLUGINS, heartbeat_interval=0.5))
+            create_gateway(
+                "127.0.0.1:0",
+                GatewaySettings(
+                    **auth.gateway_settings(),
+                    database_url=gateway_url,
+                    processor_target=worker.address,
+                    plugins=PLUGINS,
+                    heartbeat_interval=0.5,
+                ),
+            )
             for _ in range(2)
-        ]  # fmt: skip
+        ]
         for gateway in gateways:
             await gateway.start()
         try:

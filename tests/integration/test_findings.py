@@ -52,18 +52,26 @@ async def pair(database_urls: tuple[str, str]) -> AsyncIterator[Pair]:
     processor = create_processor(
         "127.0.0.1:0",
         ProcessorSettings(
-            **auth.processor_settings(), database_url=processor_url, plugins=PLUGINS, cycle_delay=0.0,
-            poll_interval=0.05, heartbeat_interval=0.5,
+            **auth.processor_settings(),
+            database_url=processor_url,
+            plugins=PLUGINS,
+            cycle_delay=0.0,
+            poll_interval=0.05,
+            heartbeat_interval=0.5,
         ),
-    )  # fmt: skip
+    )
     await processor.start()
     gateway = create_gateway(
         "127.0.0.1:0",
         GatewaySettings(
-            **auth.gateway_settings(), database_url=gateway_url, processor_target=processor.address,
-            plugins=PLUGINS, heartbeat_interval=0.5, rest_port=0,
+            **auth.gateway_settings(),
+            database_url=gateway_url,
+            processor_target=processor.address,
+            plugins=PLUGINS,
+            heartbeat_interval=0.5,
+            rest_port=0,
         ),
-    )  # fmt: skip
+    )
     await gateway.start()
     assert gateway.rest is not None
     viewer = auth.headers("victor", ("viewer",))
@@ -121,8 +129,11 @@ async def test_every_finding_is_stored_once_with_a_stable_id_and_the_result_is_a
     assert {f.procedure for f in found} == {"test_findings"}
     assert found[0].explanation == f"finding 0 of {COUNT}: look at entry JE-0"
     assert (found[1].severity, list(found[1].entry_ids), found[1].entry_count, found[1].amount) == (
-        "medium", ["JE-1"], 1, "1.01",
-    )  # fmt: skip
+        "medium",
+        ["JE-1"],
+        1,
+        "1.01",
+    )
     workflow = (await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=finished))).workflow
     result = MessageToDict(workflow.result)
     assert [s["result"] for s in result["steps"]] == [{"found": COUNT}, {"found": 7}]  # no findings in it
@@ -165,8 +176,9 @@ async def test_bad_requests_are_refused_naming_the_field(pair: Pair, finished: s
     order = wpb.ListFindingsRequest(workflow_id=finished, filter=pb.FindingsFilter(order="random"))
     assert await bad(pair, order) == (C.INVALID_ARGUMENT, ["filter.order"])
     assert await bad(pair, wpb.ListFindingsRequest(workflow_id=finished, page_size=5000)) == (
-        C.INVALID_ARGUMENT, ["page_size"],
-    )  # fmt: skip
+        C.INVALID_ARGUMENT,
+        ["page_size"],
+    )
     missing = wpb.ListFindingsRequest(workflow_id="wf-0000000000000000000000000")
     assert (await bad(pair, missing))[0] in (C.NOT_FOUND, C.INVALID_ARGUMENT)
 

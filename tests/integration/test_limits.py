@@ -65,17 +65,28 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
     async def run(database: str = "sqlite", **overrides: Any) -> Pair:
         processor = create_processor(
             "127.0.0.1:0",
-            ProcessorSettings(**auth.processor_settings(), database_url=f"sqlite:///{tmp_path / 'p.db'}",
-                              plugins=PLUGINS, cycle_delay=0.02, poll_interval=0.05),
-        )  # fmt: skip
+            ProcessorSettings(
+                **auth.processor_settings(),
+                database_url=f"sqlite:///{tmp_path / 'p.db'}",
+                plugins=PLUGINS,
+                cycle_delay=0.02,
+                poll_interval=0.05,
+            ),
+        )
         await processor.start()
         db_path = tmp_path / "g.db"
         url = databases.enter_context(fresh_database("gateway")) if database == "postgresql" else f"sqlite:///{db_path}"
         gateway = create_gateway(
             "127.0.0.1:0",
-            GatewaySettings(**auth.gateway_settings(), database_url=url,
-                            processor_target=processor.address, plugins=PLUGINS, rest_port=0, **overrides),
-        )  # fmt: skip
+            GatewaySettings(
+                **auth.gateway_settings(),
+                database_url=url,
+                processor_target=processor.address,
+                plugins=PLUGINS,
+                rest_port=0,
+                **overrides,
+            ),
+        )
         await gateway.start()
         channel = grpc.aio.insecure_channel(gateway.address)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
@@ -203,8 +214,9 @@ async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> 
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
     workflow_id = created.workflow.workflow_id
     watcher = as_user("watcher", ("viewer",))
-    streams = [pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=watcher)
-               for _ in range(2)]  # fmt: skip
+    streams = [
+        pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=watcher) for _ in range(2)
+    ]
     for stream in streams:
         await stream.read()  # CREATED: the stream is open (awaiting approval, it stays open)
     before = refusals("streams")
@@ -271,9 +283,12 @@ async def test_a_plan_past_the_size_limits_is_refused_naming_the_field(start: An
     cases = [
         (big, "plan", "too large"),
         (create_request(steps=4), "plan", "too many steps: 4, at most 3"),
-        (wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="x" * 200)]), "plan[0].parameters",
-         "at most 100"),
-    ]  # fmt: skip
+        (
+            wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="x" * 200)]),
+            "plan[0].parameters",
+            "at most 100",
+        ),
+    ]
     for request, field, text in cases:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await pair.stub.CreateWorkflow(request, metadata=carol)

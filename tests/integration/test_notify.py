@@ -143,10 +143,17 @@ def test_one_notification_per_payload_and_transaction() -> None:
             with engine.begin() as conn:
                 for _ in range(3):
                     store.insert_run(
-                        conn, workflow_id=new_id(), title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
-                        orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued",
+                        conn,
+                        workflow_id=new_id(),
+                        title="t",
+                        plan=[{"procedure": "test_noop", "parameters": {}}],
+                        orchestrator="plan",
+                        max_cycles=5,
+                        base_sequence=0,
+                        base_hash=None,
+                        queued_message="queued",
                         now=utcnow(),
-                    )  # fmt: skip
+                    )
                     store.announce_queued(conn)
             assert len(sent) == 2, sent  # runs, and events
             with engine.begin() as conn:

@@ -56,24 +56,38 @@ class Pair:
 
 
 def processor_settings(tmp_path: Path, **overrides: Any) -> ProcessorSettings:
-    return ProcessorSettings(**{
-        **auth.processor_settings(), "database_url": f"sqlite:///{tmp_path / 'processor.db'}",
-        "plugins": ("tests.support.procedures",), "cycle_delay": 0.02, "poll_interval": 0.05,
-        "heartbeat_interval": 0.5, **overrides,
-    })  # fmt: skip
+    return ProcessorSettings(
+        **{
+            **auth.processor_settings(),
+            "database_url": f"sqlite:///{tmp_path / 'processor.db'}",
+            "plugins": ("tests.support.procedures",),
+            "cycle_delay": 0.02,
+            "poll_interval": 0.05,
+            "heartbeat_interval": 0.5,
+            **overrides,
+        }
+    )
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, *, metrics: bool = False, rest: bool = False,
-                  processor_port: int = 0) -> AsyncIterator[Pair]:  # fmt: skip
+async def running(
+    tmp_path: Path, *, metrics: bool = False, rest: bool = False, processor_port: int = 0
+) -> AsyncIterator[Pair]:
     address = "127.0.0.1:0" if metrics else ""
     processor = create_processor(f"127.0.0.1:{processor_port}", processor_settings(tmp_path, metrics_address=address))
     await processor.start()
-    gateway = create_gateway("127.0.0.1:0", GatewaySettings(
-        **auth.gateway_settings(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
-        processor_target=processor.address, plugins=("tests.support.procedures",), heartbeat_interval=0.5,
-        metrics_address=address, rest_port=0 if rest else None,
-    ))  # fmt: skip
+    gateway = create_gateway(
+        "127.0.0.1:0",
+        GatewaySettings(
+            **auth.gateway_settings(),
+            database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+            processor_target=processor.address,
+            plugins=("tests.support.procedures",),
+            heartbeat_interval=0.5,
+            metrics_address=address,
+            rest_port=0 if rest else None,
+        ),
+    )
     await gateway.start()
     try:
         async with auth.channel(gateway.address) as channel:
@@ -181,8 +195,12 @@ async def test_each_service_exports_only_its_own_metrics(tmp_path: Path) -> None
     """One process per service, as deployed: each `/metrics` holds its own names (and the
     shared ones, RPCs served and the database, for its own database), none of the other's."""
     ports = {"gateway": free_port(), "processor": free_port()}
-    pair = ProcessPair(tmp_path, processor_args=["--metrics-address", f"127.0.0.1:{ports['processor']}"],
-                gateway_args=["--metrics-address", f"127.0.0.1:{ports['gateway']}"], log_level="INFO")  # fmt: skip
+    pair = ProcessPair(
+        tmp_path,
+        processor_args=["--metrics-address", f"127.0.0.1:{ports['processor']}"],
+        gateway_args=["--metrics-address", f"127.0.0.1:{ports['gateway']}"],
+        log_level="INFO",
+    )
     try:
         pair.start()
         gateway = await until(ports["gateway"], lambda s: value(s, "auditflow_gateway_processor_link_up") == 1)
@@ -201,18 +219,25 @@ async def test_backlog_gate_and_link_while_the_processor_is_away(tmp_path: Path)
     it, the gateway stays SERVING while its processor link is NOT_SERVING; all of it turns
     back when the processor comes."""
     port = free_port()
-    gateway = create_gateway("127.0.0.1:0", GatewaySettings(
-        **auth.gateway_settings(), database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
-        processor_target=f"127.0.0.1:{port}", plugins=("tests.support.procedures",), metrics_address="127.0.0.1:0",
-    ))  # fmt: skip
+    gateway = create_gateway(
+        "127.0.0.1:0",
+        GatewaySettings(
+            **auth.gateway_settings(),
+            database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
+            processor_target=f"127.0.0.1:{port}",
+            plugins=("tests.support.procedures",),
+            metrics_address="127.0.0.1:0",
+        ),
+    )
     await gateway.start()
     processor: Processor | None = None
     try:
         assert gateway.metrics is not None
         async with auth.channel(gateway.address) as channel:
             stub = wpb_grpc.WorkflowServiceStub(channel)
-            created = await stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]),
-                                                metadata=as_user("carol"))  # fmt: skip
+            created = await stub.CreateWorkflow(
+                wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")]), metadata=as_user("carol")
+            )
             approve = wpb.ApproveRequest(workflow_id=created.workflow.workflow_id, etag=created.workflow.etag)
             await stub.Approve(approve, metadata=as_user("alice"))
             samples = await until(gateway.metrics.port, lambda s: value(s, "auditflow_gateway_outbox_gate_open") == 0)
@@ -224,9 +249,14 @@ async def test_backlog_gate_and_link_while_the_processor_is_away(tmp_path: Path)
 
             processor = create_processor(f"127.0.0.1:{port}", processor_settings(tmp_path))
             await processor.start()
-            await until(gateway.metrics.port, lambda s: value(s, "auditflow_gateway_outbox_rows") == 0
-                        and value(s, "auditflow_gateway_outbox_gate_open") == 1
-                        and value(s, "auditflow_gateway_processor_link_up") == 1)  # fmt: skip
+            await until(
+                gateway.metrics.port,
+                lambda s: (
+                    value(s, "auditflow_gateway_outbox_rows") == 0
+                    and value(s, "auditflow_gateway_outbox_gate_open") == 1
+                    and value(s, "auditflow_gateway_processor_link_up") == 1
+                ),
+            )
             await health_is(gateway.address, LINK_NAME, HEALTH.SERVING)
     finally:
         await gateway.stop(0)
@@ -291,8 +321,9 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
     try:
         async with running(tmp_path, processor_port=port, rest=True) as pair:
             plan = [step("test_sleep", seconds=0.3)] * 3
-            created = await pair.stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="traced", plan=plan),
-                                                     metadata=as_user("carol"))  # fmt: skip
+            created = await pair.stub.CreateWorkflow(
+                wpb.CreateWorkflowRequest(title="traced", plan=plan), metadata=as_user("carol")
+            )
             workflow_id = created.workflow.workflow_id
             approve = wpb.ApproveRequest(workflow_id=workflow_id, etag=created.workflow.etag)
             await pair.stub.Approve(approve, metadata=as_user("alice"))
@@ -375,16 +406,21 @@ class _Capture(logging.Handler):
 
 def test_json_logs_are_one_object_per_line_with_context(tmp_path: Path) -> None:
     link = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)
-    server = ServerProcess("processor", tmp_path, [*auth.processor_args(), "--log-format", "json",
-                                                   "--cycle-delay", "0.01"], log_level="DEBUG")  # fmt: skip
+    server = ServerProcess(
+        "processor",
+        tmp_path,
+        [*auth.processor_args(), "--log-format", "json", "--cycle-delay", "0.01"],
+        log_level="DEBUG",
+    )
     server.start()
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = ps_grpc.ProcessorServiceStub(channel)
             request = enqueue_request([run_step("test_noop"), run_step("test_fail", path=str(tmp_path / "n"))])
             stub.Enqueue(request, metadata=link)
-            watch = stub.WatchStatus(ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id),
-                                     metadata=link, timeout=60)  # fmt: skip
+            watch = stub.WatchStatus(
+                ps.ProcessorServiceWatchStatusRequest(workflow_id=request.workflow_id), metadata=link, timeout=60
+            )
             assert [m.event for m in watch if m.HasField("event")][-1].type == E.EVENT_TYPE_COMPLETED
     finally:
         server.stop()
@@ -395,7 +431,11 @@ def test_json_logs_are_one_object_per_line_with_context(tmp_path: Path) -> None:
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records), records[0]
     cycle = next(r for r in records if r["message"].startswith(f"{request.workflow_id} cycle 1/"))
     assert (cycle["level"], cycle["logger"], cycle["workflow_id"], cycle["cycle"]) == (
-        "INFO", "processor.scheduler", request.workflow_id, 1)  # fmt: skip
+        "INFO",
+        "processor.scheduler",
+        request.workflow_id,
+        1,
+    )
     failed = next(r for r in records if "cycle 2 failed" in r["message"])
     assert failed["level"] == "WARNING" and failed["workflow_id"] == request.workflow_id
     assert "exc_info" in failed  # the traceback, inside the object

@@ -44,10 +44,15 @@ things = Table(
 
 INSERT = Prepared(
     insert(things)
-    .values(name=bindparam("name"), state=bindparam("state"), flag=bindparam("flag"), blob=bindparam("blob"),
-            at=bindparam("at"))
+    .values(
+        name=bindparam("name"),
+        state=bindparam("state"),
+        flag=bindparam("flag"),
+        blob=bindparam("blob"),
+        at=bindparam("at"),
+    )
     .returning(things.c.id)
-)  # fmt: skip
+)
 # A literal (state == 1) and a repeated parameter (b_at twice), as in the decision CAS.
 CAS = Prepared(
     update(things)

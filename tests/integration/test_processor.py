@@ -654,9 +654,13 @@ def _write_half_done_run(
         ).run
         started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
         cycle = store.NewEvent.following(
-            run, E.EVENT_TYPE_CYCLE_COMPLETED, "step 1/2 test_noop done", status=S.WORKFLOW_STATUS_RUNNING,
-            cycle=1, progress_done=1,
-        )  # fmt: skip
+            run,
+            E.EVENT_TYPE_CYCLE_COMPLETED,
+            "step 1/2 test_noop done",
+            status=S.WORKFLOW_STATUS_RUNNING,
+            cycle=1,
+            progress_done=1,
+        )
         state = '{"next_step": 1, "results": [{"from": "dead processor"}]}'
         changes = {"state_json": state, "lease_owner": owner, "lease_expires_at": lease_end, "lease_epoch": epoch}
         store.append(conn, run, [started, cycle], changes, now)
@@ -672,9 +676,17 @@ def test_append_refuses_a_change_that_is_not_a_column(tmp_path: Path) -> None:
     workflow_id = new_id()
     with engine.begin() as conn:
         run = store.insert_run(
-            conn, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
-            orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued", now=utcnow(),
-        ).run  # fmt: skip
+            conn,
+            workflow_id=workflow_id,
+            title="t",
+            plan=[{"procedure": "test_noop", "parameters": {}}],
+            orchestrator="plan",
+            max_cycles=5,
+            base_sequence=0,
+            base_hash=None,
+            queued_message="queued",
+            now=utcnow(),
+        ).run
     started = store.NewEvent.following(run, E.EVENT_TYPE_STARTED, "started", status=S.WORKFLOW_STATUS_RUNNING)
     with pytest.raises(ValueError, match="leaseowner"), engine.begin() as conn:
         store.append(conn, run, [started], {"leaseowner": "me"}, utcnow())
@@ -691,9 +703,17 @@ def test_every_claim_raises_the_lease_epoch_and_a_stale_lease_cannot_commit_or_r
     workflow_id, now = new_id(), utcnow()
     with engine.begin() as conn:
         store.insert_run(
-            conn, workflow_id=workflow_id, title="t", plan=[{"procedure": "test_noop", "parameters": {}}],
-            orchestrator="plan", max_cycles=5, base_sequence=0, base_hash=None, queued_message="queued", now=now,
-        )  # fmt: skip
+            conn,
+            workflow_id=workflow_id,
+            title="t",
+            plan=[{"procedure": "test_noop", "parameters": {}}],
+            orchestrator="plan",
+            max_cycles=5,
+            base_sequence=0,
+            base_hash=None,
+            queued_message="queued",
+            now=now,
+        )
 
     def claim(at: datetime) -> store.RunRecord:
         with engine.begin() as conn:
@@ -735,11 +755,22 @@ async def test_a_procedure_sees_its_run_and_the_epoch_of_the_lease_it_runs_under
 
 async def test_runs_as_a_subprocess_and_stops_on_sigterm(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "processor", "--port", "0",
-        "--database-url", f"sqlite:///{tmp_path / 'p.db'}",
-        "--plugin", "tests.support.procedures", "--cycle-delay", "0.01", *auth.processor_args(),
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "processor",
+        "--port",
+        "0",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'p.db'}",
+        "--plugin",
+        "tests.support.procedures",
+        "--cycle-delay",
+        "0.01",
+        *auth.processor_args(),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stderr is not None
     try:
         port = await asyncio.wait_for(_bound_port(proc.stderr), 30)
@@ -771,10 +802,22 @@ async def test_sigterm_does_not_wait_past_the_grace_period_for_a_running_step(tm
     starts it meanwhile) and the process exits instead of waiting for the thread."""
     database = tmp_path / "p.db"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "processor", "--port", "0", "--database-url", f"sqlite:///{database}",
-        "--plugin", "tests.support.procedures", "--grace-period", "0.5", *auth.processor_args(),
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "processor",
+        "--port",
+        "0",
+        "--database-url",
+        f"sqlite:///{database}",
+        "--plugin",
+        "tests.support.procedures",
+        "--grace-period",
+        "0.5",
+        *auth.processor_args(),
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stderr is not None
     try:
         port = await asyncio.wait_for(_bound_port(proc.stderr), 30)

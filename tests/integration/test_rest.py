@@ -511,12 +511,22 @@ async def test_openapi_document_is_valid_and_describes_the_answers(api: Api) -> 
     }
     listed = document["paths"]["/workflows"]["get"]
     assert {p["name"] for p in listed["parameters"] if p["in"] == "query"} == {
-        "page_size", "page_token", "statuses", "awaiting_my_approval", "created_by_me", "title_contains",
-    }  # fmt: skip
+        "page_size",
+        "page_token",
+        "statuses",
+        "awaiting_my_approval",
+        "created_by_me",
+        "title_contains",
+    }
     findings = document["paths"]["/workflows/{workflow_id}/findings"]["get"]
     assert {p["name"] for p in findings["parameters"] if p["in"] == "query"} == {
-        "page_size", "page_token", "filter.steps", "filter.procedures", "filter.severities", "filter.order",
-    }  # fmt: skip
+        "page_size",
+        "page_token",
+        "filter.steps",
+        "filter.procedures",
+        "filter.severities",
+        "filter.order",
+    }
     export = document["paths"]["/workflows/{workflow_id}/findings/export"]["get"]["responses"]["200"]["content"]
     assert set(export) == {"text/csv; charset=utf-8", "application/json", "application/vnd.apache.parquet"}
 

@@ -56,19 +56,28 @@ async def pair(database_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[
     processor = create_processor(
         "127.0.0.1:0",
         ProcessorSettings(
-            **auth.processor_settings(), database_url=processor_url, plugins=PLUGINS,
-            cycle_delay=0.0, poll_interval=0.05, heartbeat_interval=0.5,
+            **auth.processor_settings(),
+            database_url=processor_url,
+            plugins=PLUGINS,
+            cycle_delay=0.0,
+            poll_interval=0.05,
+            heartbeat_interval=0.5,
         ),
-    )  # fmt: skip
+    )
     await processor.start()
     gateway = create_gateway(
         "127.0.0.1:0",
         GatewaySettings(
-            **auth.gateway_settings(), database_url=gateway_url,
-            processor_target=processor.address, plugins=PLUGINS, heartbeat_interval=0.5, rest_port=0,
-            max_approvals=5, collection_poll_interval=0.2,
+            **auth.gateway_settings(),
+            database_url=gateway_url,
+            processor_target=processor.address,
+            plugins=PLUGINS,
+            heartbeat_interval=0.5,
+            rest_port=0,
+            max_approvals=5,
+            collection_poll_interval=0.2,
         ),
-    )  # fmt: skip
+    )
     await gateway.start()
     assert gateway.rest is not None
     async with auth.channel(gateway.address) as channel:
@@ -77,8 +86,9 @@ async def pair(database_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[
     await processor.stop(1)
 
 
-async def submit(pair: Pair, plan: list[pb.PlanStep], *, who: str = "carol", approvals: int = 1,
-                 title: str = "review") -> pb.Workflow:  # fmt: skip
+async def submit(
+    pair: Pair, plan: list[pb.PlanStep], *, who: str = "carol", approvals: int = 1, title: str = "review"
+) -> pb.Workflow:
     request = wpb.CreateWorkflowRequest(title=title, plan=plan, max_cycles=30, required_approvals=approvals)
     return (await pair.stub.CreateWorkflow(request, metadata=as_user(who))).workflow
 
@@ -131,8 +141,9 @@ async def test_each_data_file_is_fingerprinted_into_the_plan_and_its_etag(pair: 
     changed = await submit(pair, [ledger_step(pair.data / "ledger.csv"), step("test_noop")])
     assert changed.etag != workflow.etag
     # And it is in the trail: verified against the CREATED event's etag.
-    verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=workflow.workflow_id),
-                                           metadata=as_user("alice"))  # fmt: skip
+    verified = await pair.stub.VerifyTrail(
+        wpb.VerifyTrailRequest(workflow_id=workflow.workflow_id), metadata=as_user("alice")
+    )
     assert verified.intact, verified.problem
 
 
@@ -171,8 +182,9 @@ async def test_a_file_changed_after_approval_fails_the_run_naming_it_and_both_di
     assert snapshot.error.reason == "CRITICAL_ERROR"
     assert "ledger.csv" in snapshot.error.message
     assert approved in snapshot.error.message and sha256(ledger) in snapshot.error.message
-    found = await pair.stub.ListFindings(wpb.ListFindingsRequest(workflow_id=workflow.workflow_id),
-                                         metadata=as_user("alice"))  # fmt: skip
+    found = await pair.stub.ListFindings(
+        wpb.ListFindingsRequest(workflow_id=workflow.workflow_id), metadata=as_user("alice")
+    )
     assert found.total == 0
 
 
@@ -191,8 +203,12 @@ async def test_an_unchanged_file_runs(pair: Pair) -> None:
 async def test_a_revision_dismisses_earlier_approvals_and_says_so_in_the_trail(pair: Pair) -> None:
     workflow = await submit(pair, [step("test_noop")], approvals=2)
     await approve(pair, workflow, "alice")
-    revise = wpb.ReviseWorkflowRequest(workflow_id=workflow.workflow_id, etag=workflow.etag, reason="one more step",
-                                       plan=[step("test_noop"), step("test_sleep", seconds=0.01)])  # fmt: skip
+    revise = wpb.ReviseWorkflowRequest(
+        workflow_id=workflow.workflow_id,
+        etag=workflow.etag,
+        reason="one more step",
+        plan=[step("test_noop"), step("test_sleep", seconds=0.01)],
+    )
     answer = await pair.stub.ReviseWorkflow(revise, metadata=as_user("carol"))
     revised = answer.workflow
     assert list(answer.dismissed_approvers) == ["alice"]
@@ -201,8 +217,9 @@ async def test_a_revision_dismisses_earlier_approvals_and_says_so_in_the_trail(p
     # The old etag is stale now: FAILED_PRECONDITION, nothing stored.
     code, found = await refusal(approve(pair, workflow, "bob"))
     assert (code, found["reason"]) == (C.FAILED_PRECONDITION, "ETAG_MISMATCH")
-    verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=workflow.workflow_id),
-                                           metadata=as_user("alice"))  # fmt: skip
+    verified = await pair.stub.VerifyTrail(
+        wpb.VerifyTrailRequest(workflow_id=workflow.workflow_id), metadata=as_user("alice")
+    )
     assert verified.intact, verified.problem
     assert verified.events_checked == 3  # CREATED, APPROVAL_RECORDED, REVISED
     # Two approvals of the new revision complete it.
@@ -210,12 +227,14 @@ async def test_a_revision_dismisses_earlier_approvals_and_says_so_in_the_trail(p
     done = await approve(pair, revised, "bob")
     assert done.approved
     # Revision 1 is kept, and the diff names what changed.
-    diff = await pair.stub.GetRevision(wpb.GetRevisionRequest(workflow_id=workflow.workflow_id, revision=2,
-                                                              compare_to=1), metadata=as_user("alice"))  # fmt: skip
+    diff = await pair.stub.GetRevision(
+        wpb.GetRevisionRequest(workflow_id=workflow.workflow_id, revision=2, compare_to=1), metadata=as_user("alice")
+    )
     assert diff.current_revision == 2 and diff.revision.reason == "one more step"
     assert [(c.field, c.kind) for c in diff.changes] == [("plan[1]", "added")]
-    first = await pair.stub.GetRevision(wpb.GetRevisionRequest(workflow_id=workflow.workflow_id, revision=1),
-                                        metadata=as_user("alice"))  # fmt: skip
+    first = await pair.stub.GetRevision(
+        wpb.GetRevisionRequest(workflow_id=workflow.workflow_id, revision=1), metadata=as_user("alice")
+    )
     assert first.revision.etag == workflow.etag and len(first.revision.plan) == 1
 
 
@@ -227,8 +246,9 @@ async def test_only_the_submitter_revises_and_only_before_a_decision(pair: Pair)
     await approve(pair, workflow)
     code, _ = await refusal(pair.stub.ReviseWorkflow(revise, metadata=as_user("carol")))
     assert code == C.FAILED_PRECONDITION
-    code, found = await refusal(pair.stub.ReviseWorkflow(
-        wpb.ReviseWorkflowRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol")))  # fmt: skip
+    code, found = await refusal(
+        pair.stub.ReviseWorkflow(wpb.ReviseWorkflowRequest(workflow_id=workflow.workflow_id), metadata=as_user("carol"))
+    )
     assert (code, found["fields"]) == (C.INVALID_ARGUMENT, ["etag"])
 
 
@@ -242,8 +262,9 @@ async def test_refreshing_the_data_fingerprint_is_a_revision(pair: Pair) -> None
     assert answer.workflow.plan[0].sources[0].sha256 == sha256(ledger)
     assert list(answer.dismissed_approvers) == ["alice"] and not answer.workflow.approvals
     assert not (await get(pair, workflow.workflow_id)).plan[0].sources[0].changed
-    diff = await pair.stub.GetRevision(wpb.GetRevisionRequest(workflow_id=workflow.workflow_id, compare_to=1),
-                                       metadata=as_user("alice"))  # fmt: skip
+    diff = await pair.stub.GetRevision(
+        wpb.GetRevisionRequest(workflow_id=workflow.workflow_id, compare_to=1), metadata=as_user("alice")
+    )
     fields = {c.field for c in diff.changes}
     assert {"plan[0].sources[0].sha256", "plan[0].sources[0].size_bytes"} <= fields
 
@@ -293,8 +314,9 @@ async def test_awaiting_my_approval_lists_exactly_what_each_caller_may_approve(p
 
 async def test_watch_workflows_lists_then_streams_changes_and_resumes(pair: Pair) -> None:
     first = await submit(pair, [step("test_noop")], title="first")
-    stream = pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(awaiting_my_approval=True), metadata=as_user("bob"),
-                                      timeout=60)  # fmt: skip
+    stream = pair.stub.WatchWorkflows(
+        wpb.WatchWorkflowsRequest(awaiting_my_approval=True), metadata=as_user("bob"), timeout=60
+    )
     messages = aiter(stream)
     added = await anext(messages)
     assert (added.change.type, added.change.workflow.workflow_id) == (wpb.CHANGE_TYPE_ADDED, first.workflow_id)
@@ -309,8 +331,9 @@ async def test_watch_workflows_lists_then_streams_changes_and_resumes(pair: Pair
     assert (removed.change.type, removed.change.workflow.workflow_id) == (wpb.CHANGE_TYPE_REMOVED, first.workflow_id)
     stream.cancel()
     # Resumed from the token: what changed since (first approved) comes again, at least once.
-    resumed = pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(resume_token=token), metadata=as_user("bob"),
-                                       timeout=60)  # fmt: skip
+    resumed = pair.stub.WatchWorkflows(
+        wpb.WatchWorkflowsRequest(resume_token=token), metadata=as_user("bob"), timeout=60
+    )
     seen: set[str] = set()
     async for message in resumed:
         if message.HasField("heartbeat"):
@@ -330,9 +353,13 @@ async def _next_change(messages: AsyncIterator[wpb.WatchWorkflowsResponse]) -> w
 async def test_a_change_through_another_gateway_reaches_the_watch(pair: Pair, database_urls: tuple[str, str]) -> None:
     other = create_gateway(
         "127.0.0.1:0",
-        GatewaySettings(**auth.gateway_settings(), database_url=database_urls[0],
-                        processor_target=pair.processor.address, plugins=PLUGINS),
-    )  # fmt: skip
+        GatewaySettings(
+            **auth.gateway_settings(),
+            database_url=database_urls[0],
+            processor_target=pair.processor.address,
+            plugins=PLUGINS,
+        ),
+    )
     await other.start()
     try:
         stream = pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(), metadata=as_user("bob"), timeout=60)
@@ -385,8 +412,9 @@ async def test_the_cli_revises_asks_for_changes_and_lists_a_queue(
     def cli_as(name: str, *args: str) -> list[str]:
         return ["--target", pair.gateway.address, "--token-file", str(tokens[name]), *args]
 
-    ask = cli_as("alice", "request-changes", workflow.workflow_id, "--reason", "use March", "--etag", workflow.etag,
-                 "--yes")  # fmt: skip
+    ask = cli_as(
+        "alice", "request-changes", workflow.workflow_id, "--reason", "use March", "--etag", workflow.etag, "--yes"
+    )
     assert await asyncio.to_thread(cli.main, ask) == 0
     assert (await get(pair, workflow.workflow_id)).status == S.WORKFLOW_STATUS_CHANGES_REQUESTED
     plan = tmp_path / "plan.json"

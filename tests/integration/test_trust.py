@@ -250,12 +250,18 @@ async def test_a_hostile_enqueue_cannot_stop_processing(pair: Pair) -> None:
     async with grpc.aio.insecure_channel(pair.processor.address) as channel:
         stub = ps_grpc.ProcessorServiceStub(channel)
         for bad in (2**63 - 1, -1, 0, 1001):
-            hostile = ps.EnqueueRequest(workflow_id="wf_" + "ee" * 16, title="t", plan=[step("test_noop")],
-                                        base_sequence=bad, approved_by="alice")  # fmt: skip
+            hostile = ps.EnqueueRequest(
+                workflow_id="wf_" + "ee" * 16,
+                title="t",
+                plan=[step("test_noop")],
+                base_sequence=bad,
+                approved_by="alice",
+            )
             assert await code_of(stub.Enqueue(hostile, metadata=gateway_token)) == C.INVALID_ARGUMENT
         for missing in ("", "a\x00b"):
-            nobody = ps.EnqueueRequest(workflow_id="wf_" + "ef" * 16, title="t", plan=[step("test_noop")],
-                                       base_sequence=2, approved_by=missing)  # fmt: skip
+            nobody = ps.EnqueueRequest(
+                workflow_id="wf_" + "ef" * 16, title="t", plan=[step("test_noop")], base_sequence=2, approved_by=missing
+            )
             assert await code_of(stub.Enqueue(nobody, metadata=gateway_token)) == C.INVALID_ARGUMENT
     created = await create(pair.stub)
     workflow_id = created.workflow_id
@@ -439,9 +445,10 @@ async def test_api_tokens_are_added_and_revoked_without_a_restart(tmp_path: Path
     first = append_entry(tokens, "first", "first", ["viewer"])
     auth.MINTED.add(first)
     gateway, processor = await start_pair(
-        f"sqlite:///{tmp_path / 'g.db'}", f"sqlite:///{tmp_path / 'p.db'}",
+        f"sqlite:///{tmp_path / 'g.db'}",
+        f"sqlite:///{tmp_path / 'p.db'}",
         auth=auth.gateway_auth(tokens_file=str(tokens)),
-    )  # fmt: skip
+    )
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
             stub = wpb_grpc.WorkflowServiceStub(channel)
@@ -454,8 +461,9 @@ async def test_api_tokens_are_added_and_revoked_without_a_restart(tmp_path: Path
             second = append_entry(tokens, "second", "second", ["viewer"])
             auth.MINTED.add(second)
             await until(lambda: works(second), "the new token to be accepted")
-            tokens.write_text(tokens.read_text().split("[[token]]")[0] + "[[token]]" + tokens.read_text().split(
-                "[[token]]")[2])  # fmt: skip
+            tokens.write_text(
+                tokens.read_text().split("[[token]]")[0] + "[[token]]" + tokens.read_text().split("[[token]]")[2]
+            )
             await until(lambda: _not(works(first)), "the removed token to be refused")
             assert await works(second)
     finally:
@@ -498,10 +506,14 @@ async def test_the_services_talk_over_mutual_tls_and_refuse_other_clients(tmp_pa
     gateway = create_gateway(
         "127.0.0.1:0",
         GatewaySettings(
-            auth=auth.gateway_auth(), data=auth.DATA, processor_target=processor.address, processor_tls=link,
-            database_url=f"sqlite:///{tmp_path / 'g.db'}", plugins=PLUGINS,
+            auth=auth.gateway_auth(),
+            data=auth.DATA,
+            processor_target=processor.address,
+            processor_tls=link,
+            database_url=f"sqlite:///{tmp_path / 'g.db'}",
+            plugins=PLUGINS,
         ),
-    )  # fmt: skip
+    )
     await gateway.start()
     try:
         async with grpc.aio.insecure_channel(gateway.address) as channel:
@@ -511,13 +523,18 @@ async def test_the_services_talk_over_mutual_tls_and_refuse_other_clients(tmp_pa
             await stub.Approve(
                 wpb.ApproveRequest(workflow_id=workflow_id, etag=created.etag), metadata=as_user("alice")
             )
-            final = [m async for m in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow_id),
-                                                       metadata=as_user("alice"))][-1]  # fmt: skip
+            final = [
+                m
+                async for m in stub.WatchStatus(
+                    wpb.WatchStatusRequest(workflow_id=workflow_id), metadata=as_user("alice")
+                )
+            ][-1]
             assert final.snapshot.status == S.WORKFLOW_STATUS_COMPLETED
         get = ps.GetRunRequest(workflow_id=workflow_id)
         for who, expected in ((stranger, U), (None, C.UNAVAILABLE)):
-            tls = ClientTls(str(ca.ca_file), str(who.cert) if who else "", str(who.key) if who else "",
-                            server_name="processor.test")  # fmt: skip
+            tls = ClientTls(
+                str(ca.ca_file), str(who.cert) if who else "", str(who.key) if who else "", server_name="processor.test"
+            )
             async with grpc.aio.secure_channel(processor.address, tls.credentials(), options=tls.options()) as ch:
                 assert await code_of(ps_grpc.ProcessorServiceStub(ch).GetRun(get, timeout=5)) == expected
         async with grpc.aio.insecure_channel(processor.address) as plain:  # no TLS at all
@@ -531,9 +548,11 @@ async def test_clients_reach_the_gateway_over_tls_on_grpc_and_rest(tmp_path: Pat
     ca = CertificateAuthority(tmp_path / "pki")
     server = ca.issue("gateway.test", server=True, dns=("localhost",), ips=("127.0.0.1",))
     gateway, processor = await start_pair(
-        f"sqlite:///{tmp_path / 'g.db'}", f"sqlite:///{tmp_path / 'p.db'}",
-        tls=TlsFiles(str(server.cert), str(server.key)), rest_port=0,
-    )  # fmt: skip
+        f"sqlite:///{tmp_path / 'g.db'}",
+        f"sqlite:///{tmp_path / 'p.db'}",
+        tls=TlsFiles(str(server.cert), str(server.key)),
+        rest_port=0,
+    )
     try:
         credentials = grpc.ssl_channel_credentials(ca.ca_file.read_bytes())
         async with grpc.aio.secure_channel(gateway.address, credentials) as channel:
@@ -575,9 +594,11 @@ async def test_rest_answers_401_with_a_challenge_and_believes_only_its_trusted_p
     elsewhere = {"proxy_user_header": "X-Auditflow-User", "trusted_proxies": ("10.0.0.0/8",)}
     for proxies, believed in ((trusting, True), (elsewhere, False)):
         gateway, processor = await start_pair(
-            f"sqlite:///{tmp_path / f'g{believed}.db'}", f"sqlite:///{tmp_path / f'p{believed}.db'}",
-            auth=auth.gateway_auth(**proxies), rest_port=0,
-        )  # fmt: skip
+            f"sqlite:///{tmp_path / f'g{believed}.db'}",
+            f"sqlite:///{tmp_path / f'p{believed}.db'}",
+            auth=auth.gateway_auth(**proxies),
+            rest_port=0,
+        )
         try:
             assert gateway.rest is not None
             async with aiohttp.ClientSession() as http:

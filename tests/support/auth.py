@@ -120,18 +120,33 @@ def data_args() -> list[str]:
 # run without per-principal limits (a gateway built in code has none either); the limits' own
 # tests and bench/fairness.py set them.
 NO_PRINCIPAL_LIMITS = (
-    "--write-rate", "off", "--read-rate", "off", "--watch-rate", "off",
-    "--max-streams-per-principal", "0", "--max-pending-plans", "0",
-)  # fmt: skip
+    "--write-rate",
+    "off",
+    "--read-rate",
+    "off",
+    "--watch-rate",
+    "off",
+    "--max-streams-per-principal",
+    "0",
+    "--max-pending-plans",
+    "0",
+)
 
 
 def gateway_args(principal_limits: bool = False) -> list[str]:
     """Command-line flags of a test gateway subprocess (`principal_limits`: the defaults)."""
     return [
-        "--jwks-file", str(JWKS_FILE), "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE,
-        "--processor-token-file", str(GATEWAY_TOKEN_FILE), *data_args(),
+        "--jwks-file",
+        str(JWKS_FILE),
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        AUDIENCE,
+        "--processor-token-file",
+        str(GATEWAY_TOKEN_FILE),
+        *data_args(),
         *(() if principal_limits else NO_PRINCIPAL_LIMITS),
-    ]  # fmt: skip
+    ]
 
 
 def processor_args() -> list[str]:

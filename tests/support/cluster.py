@@ -50,14 +50,20 @@ class ServerProcess:
 
     def start(self, wait: bool = True) -> ServerProcess:
         command = [
-            sys.executable, "-m", self.launcher,
-            "--port", str(self.port),
-            "--database-url", f"sqlite:///{self.database}",
-            "--plugin", "tests.support.procedures",
-            "--log-level", self.log_level,
+            sys.executable,
+            "-m",
+            self.launcher,
+            "--port",
+            str(self.port),
+            "--database-url",
+            f"sqlite:///{self.database}",
+            "--plugin",
+            "tests.support.procedures",
+            "--log-level",
+            self.log_level,
             *(["--rest-port", str(self.rest_port)] if self.rest_port is not None else []),
             *self.args,
-        ]  # fmt: skip
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

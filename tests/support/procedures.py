@@ -121,11 +121,14 @@ def fenced_write(path: str, step: int, what: str) -> None:
     with contextlib.closing(sqlite3.connect(path, timeout=30, isolation_level=None)) as db:
         db.execute("BEGIN IMMEDIATE")
         db.execute("CREATE TABLE IF NOT EXISTS writes (workflow_id, step, what, epoch, pid, accepted)")
-        (seen,) = db.execute("SELECT max(epoch) FROM writes WHERE workflow_id = ? AND accepted",
-                             (context.workflow_id,)).fetchone()  # fmt: skip
+        (seen,) = db.execute(
+            "SELECT max(epoch) FROM writes WHERE workflow_id = ? AND accepted", (context.workflow_id,)
+        ).fetchone()
         accepted = seen is None or context.lease_epoch >= seen
-        db.execute("INSERT INTO writes VALUES (?, ?, ?, ?, ?, ?)",
-                   (context.workflow_id, step, what, context.lease_epoch, os.getpid(), accepted))  # fmt: skip
+        db.execute(
+            "INSERT INTO writes VALUES (?, ?, ?, ?, ?, ?)",
+            (context.workflow_id, step, what, context.lease_epoch, os.getpid(), accepted),
+        )
         db.execute("COMMIT")
     if not accepted:
         raise Fenced(f"step {step} {what}: lease epoch {context.lease_epoch} < {seen}")
@@ -166,8 +169,10 @@ def test_findings(parameters: dict[str, Any], state: dict[str, Any] | None) -> C
 @register("test_result")
 def test_result(parameters: dict[str, Any]) -> dict[str, Any]:
     """A result of about `size` bytes of JSON, and `findings` findings under "findings"."""
-    found = [{"severity": "low", "entry_ids": [f"E{i}"], "amount": "1", "explanation": "x"}
-             for i in range(int(parameters.get("findings", 0)))]  # fmt: skip
+    found = [
+        {"severity": "low", "entry_ids": [f"E{i}"], "amount": "1", "explanation": "x"}
+        for i in range(int(parameters.get("findings", 0)))
+    ]
     return {"padding": "x" * int(parameters.get("size", 0)), "findings": found}
 
 

@@ -453,10 +453,17 @@ def awaiting_plan() -> pb.Workflow:
     step.parameters.update({"path": "ledger.csv", "materiality": "2,500"})
     step.sources.add(parameter="path", path="ledger.csv", size_bytes=1234, sha256="ab" * 32)
     return pb.Workflow(
-        workflow_id=WF_AWAITING, title="Q3 ledger", status=S.WORKFLOW_STATUS_AWAITING_APPROVAL, created_by="carol",
-        revision=2, etag=ETAG, max_cycles=15, required_approvals=2, plan=[step],
+        workflow_id=WF_AWAITING,
+        title="Q3 ledger",
+        status=S.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        created_by="carol",
+        revision=2,
+        etag=ETAG,
+        max_cycles=15,
+        required_approvals=2,
+        plan=[step],
         approvals=[pb.Approval(approver="alice", etag=ETAG, revision=2)],
-    )  # fmt: skip
+    )
 
 
 class FakeGateway(api_grpc.WorkflowServiceServicer):
@@ -486,8 +493,9 @@ class FakeGateway(api_grpc.WorkflowServiceServicer):
 
     def Approve(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.decisions.append(request)
-        return api.ApproveResponse(workflow_id=request.workflow_id, approved=True,
-                                   workflow_status=S.WORKFLOW_STATUS_APPROVED)  # fmt: skip
+        return api.ApproveResponse(
+            workflow_id=request.workflow_id, approved=True, workflow_status=S.WORKFLOW_STATUS_APPROVED
+        )
 
     def Reject(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.decisions.append(request)
@@ -622,9 +630,15 @@ def test_each_audit_step_is_summarised_on_a_line() -> None:
 def test_findings_are_shown_whole_with_their_explanation_wrapped() -> None:
     words = " ".join(f"word{i}" for i in range(40))
     finding = pb.Finding(
-        finding_id="f7", step=3, procedure="dupes", severity="high", amount="10.00",
-        entry_ids=["a", "b", "c", "d", "e"], entry_count=1200, explanation=words + "  then act",
-    )  # fmt: skip
+        finding_id="f7",
+        step=3,
+        procedure="dupes",
+        severity="high",
+        amount="10.00",
+        entry_ids=["a", "b", "c", "d", "e"],
+        entry_count=1200,
+        explanation=words + "  then act",
+    )
     lines = render.findings_text([finding], width=60).splitlines()
     assert lines[0].split() == ["f7", "high", "10.00", "step", "3", "dupes", "a,", "b,", "c,", "d,", "e", "+1195"]
     assert all(len(line) <= 60 for line in lines[1:]) and len(lines) > 3
@@ -632,8 +646,13 @@ def test_findings_are_shown_whole_with_their_explanation_wrapped() -> None:
 
 
 def test_get_shows_who_approved_and_how_many_more_are_needed() -> None:
-    needs_two = pb.Workflow(workflow_id="wf_1", status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL, required_approvals=2,
-                            approvals=[pb.Approval(approver="alice", comment="fine")], etag="e" * 64)  # fmt: skip
+    needs_two = pb.Workflow(
+        workflow_id="wf_1",
+        status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        required_approvals=2,
+        approvals=[pb.Approval(approver="alice", comment="fine")],
+        etag="e" * 64,
+    )
     text = render.workflow_summary(needs_two)
     assert "approvals     1 of 2 (1 more needed, none of them the creator)" in text
     assert "  approved by alice at " in text and text.index("approved by alice") > text.index("1 of 2")
@@ -642,8 +661,13 @@ def test_get_shows_who_approved_and_how_many_more_are_needed() -> None:
     needs_two.status = pb.WORKFLOW_STATUS_APPROVED
     text = render.workflow_summary(needs_two)
     assert "approvals     2 of 2\n" in text and "more needed" not in text and "approved by bob" in text
-    alone = pb.Workflow(workflow_id="wf_2", status=pb.WORKFLOW_STATUS_RUNNING, required_approvals=1,
-                        decided_by="alice", decision_comment="ok")  # fmt: skip
+    alone = pb.Workflow(
+        workflow_id="wf_2",
+        status=pb.WORKFLOW_STATUS_RUNNING,
+        required_approvals=1,
+        decided_by="alice",
+        decision_comment="ok",
+    )
     alone.approvals.add(approver="alice")
     assert "decision      approved by alice: ok" in render.workflow_summary(alone)
     assert "approvals" not in render.workflow_summary(alone)  # one approver: one line, as before

@@ -98,16 +98,28 @@ def test_every_call_carries_the_token_and_nothing_prints_it(channel: grpc_testin
     thread, result = in_background(lambda: commands.whoami(ctx, argparse.Namespace()))
     metadata, _, rpc = channel.take_unary_unary(SERVICE.methods_by_name["WhoAmI"])
     assert bearer(metadata) == [f"Bearer {TOKEN}"]
-    limits = api.CallerLimits(write=api.CallRate(per_second=10, burst=20), read=api.CallRate(per_second=2.5, burst=5),
-                              max_streams=50, open_streams=3, pending_plans=2, max_plan_steps=100,
-                              max_parameters_bytes=16384)  # fmt: skip
-    rpc.terminate(api.WhoAmIResponse(principal="alice", roles=["approver"], authenticated_by="token:alice",
-                                     limits=limits), (), grpc.StatusCode.OK, "")  # fmt: skip
+    limits = api.CallerLimits(
+        write=api.CallRate(per_second=10, burst=20),
+        read=api.CallRate(per_second=2.5, burst=5),
+        max_streams=50,
+        open_streams=3,
+        pending_plans=2,
+        max_plan_steps=100,
+        max_parameters_bytes=16384,
+    )
+    rpc.terminate(
+        api.WhoAmIResponse(principal="alice", roles=["approver"], authenticated_by="token:alice", limits=limits),
+        (),
+        grpc.StatusCode.OK,
+        "",
+    )
     thread.join(10)
     assert "alice (approver; authenticated by token:alice)" in out.getvalue()
-    assert ("limits: writes 10/s (bursts of 20), reads 2.5/s (bursts of 5), streams opened unlimited; open streams "
-            "3 of 50; plans awaiting approval 2 (no limit); plans of any size, at most 100 steps, 16384 bytes of "
-            "parameters a step") in out.getvalue()  # fmt: skip
+    assert (
+        "limits: writes 10/s (bursts of 20), reads 2.5/s (bursts of 5), streams opened unlimited; open streams "
+        "3 of 50; plans awaiting approval 2 (no limit); plans of any size, at most 100 steps, 16384 bytes of "
+        "parameters a step"
+    ) in out.getvalue()
     assert TOKEN not in out.getvalue() + err.getvalue() and TOKEN not in repr(ctx)
 
 
@@ -154,9 +166,16 @@ def test_a_watch_resumes_after_unavailable_from_the_last_event_with_the_token(ch
 def test_a_watch_does_not_retry_a_refusal(channel: grpc_testing.Channel) -> None:
     ctx, _, _ = context(channel)
     thread, result = in_background(
-        lambda: client.watch(ctx.stub, WF, metadata=ctx.metadata, on_event=lambda e, s: None,
-                             on_heartbeat=lambda s: None, on_reconnect=lambda t, d: None, sleep=lambda s: None)
-    )  # fmt: skip
+        lambda: client.watch(
+            ctx.stub,
+            WF,
+            metadata=ctx.metadata,
+            on_event=lambda e, s: None,
+            on_heartbeat=lambda s: None,
+            on_reconnect=lambda t, d: None,
+            sleep=lambda s: None,
+        )
+    )
     _, _, rpc = channel.take_unary_stream(SERVICE.methods_by_name["WatchStatus"])
     rpc.terminate((), grpc.StatusCode.UNAUTHENTICATED, "the token has expired")
     thread.join(10)

@@ -47,8 +47,9 @@ async def test_the_step_runs_under_the_leases_epoch(tmp_path: Path, executor: Th
     output = await driver.run_cycle(executor, run, info(run), no_doubt)
     assert isinstance(output.outcome, Succeeded) and output.found == []
     assert [line.split()[::4] for line in (tmp_path / "journal.txt").read_text().splitlines()] == [
-        ["start", "7"], ["end", "7"]
-    ]  # fmt: skip
+        ["start", "7"],
+        ["end", "7"],
+    ]
 
 
 async def test_a_lease_in_doubt_starts_no_step(tmp_path: Path, executor: ThreadPoolExecutor) -> None:

@@ -24,8 +24,12 @@ def test_a_finding_is_checked_and_bounded_before_it_is_stored() -> None:
     raw = {"severity": "high", "amount": "-1234.5", "entry_ids": list(range(MAX_ENTRY_IDS + 5)), "explanation": "x"}
     stored = findings_store.normalize(raw, 2, "dupes")
     assert (stored["step"], stored["procedure"], stored["severity"], stored["minus_cents"], stored["amount"]) == (
-        2, "dupes", 0, -123450, "-1234.5",
-    )  # fmt: skip
+        2,
+        "dupes",
+        0,
+        -123450,
+        "-1234.5",
+    )
     assert len(json.loads(stored["entry_ids"])) == MAX_ENTRY_IDS and stored["entry_count"] == MAX_ENTRY_IDS + 5
     long = findings_store.normalize({"severity": "low", "explanation": "y" * (MAX_EXPLANATION + 10)}, 1, "p")
     assert len(long["explanation"]) == MAX_EXPLANATION and long["explanation"].endswith("…")

@@ -17,8 +17,12 @@ WF = "wf_" + "0" * 32
 
 def item(sequence: int, status: int = pb.WORKFLOW_STATUS_RUNNING, workflow_id: str = WF) -> Item:
     event = pb.WorkflowEvent(workflow_id=workflow_id, sequence=sequence, status=status)  # type: ignore[arg-type]
-    snapshot = pb.StatusSnapshot(workflow_id=workflow_id, status=status, last_sequence=sequence,  # type: ignore[arg-type]
-                                 is_completed=status == pb.WORKFLOW_STATUS_COMPLETED)  # fmt: skip
+    snapshot = pb.StatusSnapshot(
+        workflow_id=workflow_id,
+        status=status,
+        last_sequence=sequence,  # type: ignore[arg-type]
+        is_completed=status == pb.WORKFLOW_STATUS_COMPLETED,
+    )
     return Item.event(event, snapshot)
 
 

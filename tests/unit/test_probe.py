@@ -23,8 +23,9 @@ def server() -> Iterator[tuple[str, health.HealthServicer]]:
     grpc_server.stop(0)
 
 
-def test_serving_exits_0_and_anything_else_1(server: tuple[str, health.HealthServicer],
-                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_serving_exits_0_and_anything_else_1(
+    server: tuple[str, health.HealthServicer], capsys: pytest.CaptureFixture[str]
+) -> None:
     target, servicer = server
     servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     assert probe.main([target]) == 0 and f"{target}: SERVING" in capsys.readouterr().out

@@ -28,13 +28,34 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 def a_run(**changes: Any) -> RunRecord:
     base = RunRecord(
-        workflow_id="wf_" + "0" * 32, title="t", plan=[{"procedure": "test_noop", "parameters": {}}] * 3,
-        orchestrator="plan", status=S.WORKFLOW_STATUS_RUNNING, cycle=1, max_cycles=5, state={"next_step": 1},
-        progress_done=1, progress_total=3, last_message="", error_reason=None, error_message=None, result=None,
-        cancel_requested=False, consecutive_failures=0, findings_count=0, base_sequence=2, last_sequence=5,
-        last_hash=None, lease_owner="me", lease_epoch=1, approved_at=None, trace_context=None,
-        lease_expires_at=NOW, created_at=NOW, updated_at=NOW,
-    )  # fmt: skip
+        workflow_id="wf_" + "0" * 32,
+        title="t",
+        plan=[{"procedure": "test_noop", "parameters": {}}] * 3,
+        orchestrator="plan",
+        status=S.WORKFLOW_STATUS_RUNNING,
+        cycle=1,
+        max_cycles=5,
+        state={"next_step": 1},
+        progress_done=1,
+        progress_total=3,
+        last_message="",
+        error_reason=None,
+        error_message=None,
+        result=None,
+        cancel_requested=False,
+        consecutive_failures=0,
+        findings_count=0,
+        base_sequence=2,
+        last_sequence=5,
+        last_hash=None,
+        lease_owner="me",
+        lease_epoch=1,
+        approved_at=None,
+        trace_context=None,
+        lease_expires_at=NOW,
+        created_at=NOW,
+        updated_at=NOW,
+    )
     return replace(base, **changes)
 
 
@@ -138,8 +159,10 @@ def test_findings_leave_the_result_marked_with_their_step_and_a_cycle_is_bounded
     first = plugin.cycle(info, plugin.start(info))
     assert first.state["results"] == [{"padding": ""}]  # the findings are not in the result
     assert [(f["step"], f["procedure"], f["entry_ids"]) for f in first.findings] == [
-        (1, "test_result", ["E0"]), (1, "test_result", ["E1"]), (1, "test_result", ["E2"]),
-    ]  # fmt: skip
+        (1, "test_result", ["E0"]),
+        (1, "test_result", ["E1"]),
+        (1, "test_result", ["E2"]),
+    ]
     monkeypatch.setattr("processor.plan_orchestrator.MAX_CYCLE_FINDINGS", 4)
     second = plugin.cycle(replace(info, cycle=2), first.state)  # two chunks: 4 findings, then stop
     assert [f["entry_ids"] for f in second.findings] == [["JE-0"], ["JE-1"], ["JE-2"], ["JE-3"]]

@@ -37,8 +37,12 @@ def test_identical_revisions_have_no_changes() -> None:
 
 def test_changes_name_the_field_an_approver_reads() -> None:
     old = version("Q1", 15, {"procedure": "outliers", "parameters": {"path": "a.csv", "z": 3}})
-    new = version("Q1 again", 20, {"procedure": "outliers", "parameters": {"path": "a.csv", "z": 2.5, "top": 5}},
-                  {"procedure": "round_amounts", "parameters": {}})  # fmt: skip
+    new = version(
+        "Q1 again",
+        20,
+        {"procedure": "outliers", "parameters": {"path": "a.csv", "z": 2.5, "top": 5}},
+        {"procedure": "round_amounts", "parameters": {}},
+    )
     assert revisions.changes(old, new) == [
         FieldChange("title", "changed", '"Q1"', '"Q1 again"'),
         FieldChange("max_cycles", "changed", "15", "20"),
@@ -121,15 +125,41 @@ def test_only_file_parameters_name_data_files() -> None:
 
 def record(**values: object) -> WorkflowRecord:
     base = WorkflowRecord(
-        workflow_id="wf_" + "0" * 32, title="Quarter close", plan_json="[]", orchestrator="plan",
-        created_by="carol", created_by_key="carol", created_by_auth=None, create_request_id=None,
-        status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL, decision=None, decided_by=None, decided_by_auth=None,
-        decision_comment=None, decision_request_id=None, decided_at=None, cancel_requested=False,
-        dispatched=False, max_cycles=15, cycle=0, progress_done=0, progress_total=1, last_message="",
-        error_reason=None, error_message=None, result_json=None, last_sequence=1, created_at=NOW, updated_at=NOW,
-        etag="e" * 64, required_approvals=2, approvals_count=0, approvals_json="[]", revision=1,
+        workflow_id="wf_" + "0" * 32,
+        title="Quarter close",
+        plan_json="[]",
+        orchestrator="plan",
+        created_by="carol",
+        created_by_key="carol",
+        created_by_auth=None,
+        create_request_id=None,
+        status=pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        decision=None,
+        decided_by=None,
+        decided_by_auth=None,
+        decision_comment=None,
+        decision_request_id=None,
+        decided_at=None,
+        cancel_requested=False,
+        dispatched=False,
+        max_cycles=15,
+        cycle=0,
+        progress_done=0,
+        progress_total=1,
+        last_message="",
+        error_reason=None,
+        error_message=None,
+        result_json=None,
+        last_sequence=1,
+        created_at=NOW,
+        updated_at=NOW,
+        etag="e" * 64,
+        required_approvals=2,
+        approvals_count=0,
+        approvals_json="[]",
+        revision=1,
         changes_requested_json=None,
-    )  # fmt: skip
+    )
     return replace(base, **values)  # type: ignore[arg-type]
 
 

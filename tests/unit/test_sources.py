@@ -28,8 +28,9 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (outside / "secret.csv").write_text(LEDGER)
     (data / "escape.csv").symlink_to(outside / "secret.csv")
     (data / "inside-link.csv").symlink_to(data / "ledger.csv")
-    settings = sources.DataSettings(roots=(str(data),), sources=(("books", "sqlite:///unused.db"),),
-                                    max_ledger_bytes=1024)  # fmt: skip
+    settings = sources.DataSettings(
+        roots=(str(data),), sources=(("books", "sqlite:///unused.db"),), max_ledger_bytes=1024
+    )
     monkeypatch.setattr(sources, "_current", sources.UNCONFINED)
     sources.configure(settings)
     return data

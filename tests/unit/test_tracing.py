@@ -16,8 +16,9 @@ TRACES = range(1, 20_001)
 def _recorded(sampler: Sampler, parent: object = None) -> int:
     """How many of 20,000 root calls (or children of `parent`) the sampler records."""
     context = None if parent is None else trace.set_span_in_context(parent)  # type: ignore[arg-type]
-    decisions = (sampler.should_sample(context, trace_id * 0x9E3779B97F4A7C15 % 2**128, "call").decision
-                 for trace_id in TRACES)  # fmt: skip
+    decisions = (
+        sampler.should_sample(context, trace_id * 0x9E3779B97F4A7C15 % 2**128, "call").decision for trace_id in TRACES
+    )
     return sum(decision == Decision.RECORD_AND_SAMPLE for decision in decisions)
 
 

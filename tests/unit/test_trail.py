@@ -40,10 +40,16 @@ def events(count: int) -> list[pb.WorkflowEvent]:
     previous = trail.GENESIS
     for sequence in range(1, count + 1):
         event = pb.WorkflowEvent(
-            workflow_id="wf_1", sequence=sequence, type=pb.EVENT_TYPE_CYCLE_COMPLETED,
-            status=pb.WORKFLOW_STATUS_RUNNING, cycle=sequence, progress=pb.Progress(done=sequence, total=count),
-            message=f"step {sequence}", actor="processor", time=convert.timestamp(T0 + timedelta(seconds=sequence)),
-        )  # fmt: skip
+            workflow_id="wf_1",
+            sequence=sequence,
+            type=pb.EVENT_TYPE_CYCLE_COMPLETED,
+            status=pb.WORKFLOW_STATUS_RUNNING,
+            cycle=sequence,
+            progress=pb.Progress(done=sequence, total=count),
+            message=f"step {sequence}",
+            actor="processor",
+            time=convert.timestamp(T0 + timedelta(seconds=sequence)),
+        )
         event.hash = trail.link(previous, trail.Content.of_message(event))
         previous = event.hash
         chain.append(event)
@@ -59,9 +65,19 @@ def test_an_intact_chain_checks_to_its_head() -> None:
 def test_the_content_hashed_is_the_same_from_a_record_and_from_its_message() -> None:
     content = trail.Content("wf_1", 3, 8, 4, 2, 1, 9, "m", "alice", "jwt:x", T0.replace(tzinfo=None), "e", "d")
     message = pb.WorkflowEvent(
-        workflow_id="wf_1", sequence=3, type=8, status=4, cycle=2, progress=pb.Progress(done=1, total=9),  # type: ignore[arg-type]
-        message="m", actor="alice", actor_auth="jwt:x", time=convert.timestamp(T0), etag="e", result_digest="d",
-    )  # fmt: skip
+        workflow_id="wf_1",
+        sequence=3,
+        type=8,
+        status=4,
+        cycle=2,
+        progress=pb.Progress(done=1, total=9),  # type: ignore[arg-type]
+        message="m",
+        actor="alice",
+        actor_auth="jwt:x",
+        time=convert.timestamp(T0),
+        etag="e",
+        result_digest="d",
+    )
     assert trail.Content.of_message(message).canonical() == content.canonical()
 
 
