@@ -10,7 +10,9 @@ same run (so that both see the machine alike):
 - loaded: meanwhile one principal with the submitter role, in a process of its own, sends
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
   of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
-  status streams as it can hold, trying for more all the time. It starts `--warm-up` seconds
+  status streams as it can hold, trying for more all the time, and idle connections (TCP
+  connections to the gRPC and REST ports that send nothing, opened again as soon as the
+  gateway closes them). It starts `--warm-up` seconds
   before the phase is measured, and stops after it; then its plans awaiting approval are
   cancelled, so that it stores plans up to its quota again in every loaded phase (the
   database writer's busiest time).
@@ -75,7 +77,8 @@ PACE = {"GetStatus": 0.2, "Approve": 0.5, "WatchStatus": 1.0}
 FLOOD_STEPS, FLOOD_PARAMETER = 4, 16_000
 TIMEOUT = 30.0
 PHASES = ("unloaded", "loaded")
-FLOOD_KINDS = ("create", "list", "rest", "watch")
+FLOOD_KINDS = ("create", "list", "rest", "watch", "idle")
+IDLE_CONNECTIONS = 200  # idle TCP connections the flood keeps open to each port, reopened when closed
 
 
 def metadata(name: str, roles: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -241,7 +244,29 @@ async def _flood(
                 return
             held.append(call)  # held open until the end
 
+        async def idle(host: str, port: int) -> None:
+            """One connection that sends nothing, held until the gateway closes it."""
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                raise aiohttp.ClientConnectionError(str(exc)) from exc
+            try:
+                read = asyncio.ensure_future(reader.read())
+                stopped = asyncio.ensure_future(stopping.wait())
+                await asyncio.wait([read, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if read.done():
+                    tally["idle connection closed by the gateway"] += 1
+                read.cancel()
+                stopped.cancel()
+            finally:
+                writer.close()
+
         loops = [until_stopped()]
+        if "idle" in kinds:
+            rest_host, rest_port = rest_url.removeprefix("http://").rsplit(":", 1)
+            grpc_host, grpc_port = target.rsplit(":", 1)
+            for host, port in ((grpc_host, int(grpc_port)), (rest_host, int(rest_port))):
+                loops += [hammer(f"idle {port}", lambda h=host, p=port: idle(h, p)) for _ in range(IDLE_CONNECTIONS)]  # type: ignore[misc]
         for stub in stubs:
             if "create" in kinds:
                 loops += [hammer("CreateWorkflow", lambda s=stub: create(s)) for _ in range(2)]  # type: ignore[misc]
