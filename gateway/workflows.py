@@ -287,20 +287,17 @@ def _decide_locked(
 def _approved(conn: Connection, record: WorkflowRecord, decision: Decision, now: datetime, previous: str) -> Outcome:
     """The approval that completes the plan's number: its event, and the Enqueue for the relay."""
     actor = decision.actor
-    event = store.append_event(
+    event = _event(
         conn,
-        NewEvent(
-            record.workflow_id,
-            record.last_sequence,
-            pb.EVENT_TYPE_APPROVED,
-            pb.WORKFLOW_STATUS_APPROVED,
-            record.last_message,
-            actor.name,
-            now,
-            previous,
-            actor.via,
-            record.etag,
-        ),
+        record.workflow_id,
+        record,
+        pb.EVENT_TYPE_APPROVED,
+        pb.WORKFLOW_STATUS_APPROVED,
+        record.last_message,
+        actor,
+        now,
+        previous,
+        etag=record.etag,
     )
     payload = outbox.enqueue_payload(record, actor.name, event.hash or "", now, decision.traceparent)
     row = store.add_outbox(conn, record.workflow_id, store.ENQUEUE, payload, now)
@@ -318,20 +315,17 @@ def _partly_approved(
     message = _approved_message(approvals, row.required_approvals, decision.comment)
     record = _update(conn, row, now, approvals=approvals, last_message=message)
     actor = decision.actor
-    event = store.append_event(
+    event = _event(
         conn,
-        NewEvent(
-            row.workflow_id,
-            record.last_sequence,
-            pb.EVENT_TYPE_APPROVAL_RECORDED,
-            pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
-            message,
-            actor.name,
-            now,
-            previous,
-            actor.via,
-            row.etag,
-        ),
+        row.workflow_id,
+        record,
+        pb.EVENT_TYPE_APPROVAL_RECORDED,
+        pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        message,
+        actor,
+        now,
+        previous,
+        etag=row.etag,
     )
     return Outcome(record, True, event)
 
@@ -354,21 +348,18 @@ def _rejected(
         decided_at=now,
         last_message=message,
     )
-    event = store.append_event(
+    event = _event(
         conn,
-        NewEvent(
-            row.workflow_id,
-            record.last_sequence,
-            pb.EVENT_TYPE_REJECTED,
-            pb.WORKFLOW_STATUS_REJECTED,
-            message,
-            actor.name,
-            now,
-            previous,
-            actor.via,
-            row.etag,
-        ),
-        signer,
+        row.workflow_id,
+        record,
+        pb.EVENT_TYPE_REJECTED,
+        pb.WORKFLOW_STATUS_REJECTED,
+        message,
+        actor,
+        now,
+        previous,
+        etag=row.etag,
+        signer=signer,
     )
     return Outcome(record, True, event)
 
@@ -521,20 +512,17 @@ def revise(conn: Connection, revision: Revision) -> Revised:
         changes_requested_json=None,
         last_message=message,
     )
-    event = store.append_event(
+    event = _event(
         conn,
-        NewEvent(
-            row.workflow_id,
-            record.last_sequence,
-            pb.EVENT_TYPE_REVISED,
-            pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
-            message,
-            actor.name,
-            now,
-            previous,
-            actor.via,
-            etag,
-        ),
+        row.workflow_id,
+        record,
+        pb.EVENT_TYPE_REVISED,
+        pb.WORKFLOW_STATUS_AWAITING_APPROVAL,
+        message,
+        actor,
+        now,
+        previous,
+        etag=etag,
     )
     return Revised(Outcome(record, True, event), dismissed)
 
@@ -608,22 +596,41 @@ def request_changes(conn: Connection, workflow_id: str, actor: Principal, etag: 
         changes_requested_json=json.dumps(request.to_json()),
         last_message=message,
     )
-    event = store.append_event(
+    event = _event(
         conn,
-        NewEvent(
-            workflow_id,
-            record.last_sequence,
-            pb.EVENT_TYPE_CHANGES_REQUESTED,
-            pb.WORKFLOW_STATUS_CHANGES_REQUESTED,
-            message,
-            actor.name,
-            now,
-            previous,
-            actor.via,
-            row.etag,
-        ),
+        workflow_id,
+        record,
+        pb.EVENT_TYPE_CHANGES_REQUESTED,
+        pb.WORKFLOW_STATUS_CHANGES_REQUESTED,
+        message,
+        actor,
+        now,
+        previous,
+        etag=row.etag,
     )
     return Outcome(record, True, event)
+
+
+def _event(
+    conn: Connection,
+    workflow_id: str,
+    record: WorkflowRecord,
+    type_: int,
+    status: int,
+    message: str,
+    actor: Principal,
+    now: datetime,
+    previous: str,
+    *,
+    etag: str | None = None,
+    signer: trail.Signer | None = None,
+) -> EventRecord:
+    """Append the event of a change `actor` just made to the workflow (`record`, as updated:
+    its last sequence is the event's), linked to the event before (`previous`)."""
+    new = NewEvent(
+        workflow_id, record.last_sequence, type_, status, message, actor.name, now, previous, actor.via, etag
+    )
+    return store.append_event(conn, new, signer)
 
 
 # --- cancel and refused dispatch -------------------------------------------------------------
@@ -651,20 +658,17 @@ def cancel(
     if statuses.awaits_decision(row.status):
         previous = store.event_hash(conn, workflow_id, row.last_sequence)
         record = _update(conn, row, now, status=pb.WORKFLOW_STATUS_CANCELLED, last_message=message)
-        event = store.append_event(
+        event = _event(
             conn,
-            NewEvent(
-                workflow_id,
-                record.last_sequence,
-                pb.EVENT_TYPE_CANCELLED,
-                pb.WORKFLOW_STATUS_CANCELLED,
-                message,
-                actor.name,
-                now,
-                previous,
-                actor.via,
-            ),
-            signer,
+            workflow_id,
+            record,
+            pb.EVENT_TYPE_CANCELLED,
+            pb.WORKFLOW_STATUS_CANCELLED,
+            message,
+            actor,
+            now,
+            previous,
+            signer=signer,
         )
         return Outcome(record, True, event)
     if row.cancel_requested:
