@@ -51,6 +51,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from auditflow import metrics, migrations
+from auditflow.checkpoint import Checkpointer
 from auditflow.errors import AuditflowError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ MAX_BATCH = 512
 # Milliseconds. A lock held longer than lock_timeout fails the waiting statement (UNAVAILABLE,
 # retried by the caller) instead of stalling the writer; a session idle inside a transaction
 # (a frozen process) is ended by the server, which releases its locks.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 PG_TIMEOUTS = {"lock_timeout": 5_000, "statement_timeout": 60_000, "idle_in_transaction_session_timeout": 30_000}
 
 
@@ -87,6 +89,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # A commit never checkpoints the log inline: the Database's Checkpointer does it on a
+    # thread of its own (auditflow/checkpoint.py). The log left behind is at most 64 MiB.
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
     cursor.close()
 
 
@@ -141,6 +147,7 @@ class Database:
         self._scanners = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-scan")
         self._apart = ThreadPoolExecutor(max_workers=2, thread_name_prefix="db-apart")
         self._writer: threading.Thread | None = None
+        self.checkpointer = _checkpointer(url)
         self.commits = 0
         self.writes = 0
         self.read_batches = 0  # (counted by several threads: approximate, for tests and benchmarks)
@@ -187,6 +194,8 @@ class Database:
 
     def start(self) -> None:
         self.create_schema()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
         for number in range(self._reader_count):
@@ -206,6 +215,8 @@ class Database:
         self._readers.clear()
         self._scanners.shutdown(wait=True, cancel_futures=True)
         self._apart.shutdown(wait=True, cancel_futures=True)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self.write_engine.dispose()
         self.read_engine.dispose()
 
@@ -383,6 +394,15 @@ class Database:
             # A closed loop raises RuntimeError: nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, items)
+
+
+def _checkpointer(url: str) -> Checkpointer | None:
+    """The log's checkpointer of a SQLite file (None for PostgreSQL and in-memory SQLite,
+    which have no write-ahead log to copy back)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Checkpointer(Path(parsed.database).expanduser())
 
 
 def contended(exc: BaseException) -> bool:

@@ -104,28 +104,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     stored[label] = stored.get(label, 0) + count
         for db in dbs.values():
             await asyncio.to_thread(db.close)
-    figures: dict[str, Any] = {
-        key: {
-            "writes": len(v["all"]),
-            "p50_ms": percentile(v["all"], 0.5) * 1000,
-            "p99_ms": percentile(v["all"], 0.99) * 1000,
-        }
-        for key, v in results.items()
-    }
+    figures = summarise({key: v["all"] for key, v in results.items()})
     figures["plans_stored_by_the_flood"] = stored
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def summarise(latencies: dict[str, list[float]]) -> dict[str, Any]:
+    """Writes, p50 and p99 (ms) of each phase's latencies (s)."""
+    return {
+        key: {"writes": len(v), "p50_ms": percentile(v, 0.5) * 1000, "p99_ms": percentile(v, 0.99) * 1000}
+        for key, v in latencies.items()
+    }
+
+
+def arguments(doc: str | None, each: str) -> argparse.Namespace:
+    """The command line of a writer benchmark (`each`: what every round runs)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each phase")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, each with both writers")
+    parser.add_argument("--rounds", type=int, default=3, help=f"rounds, each with {each}")
     parser.add_argument("--flood", type=int, default=4, help="the flood's concurrent callers")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s phases (smoke test)")
     parser.add_argument("--json", action="store_true", help="(the figures are always printed as JSON)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 2.0, 1
+    return args
+
+
+def main() -> None:
+    args = arguments(__doc__, "both writers")
     print(json.dumps(asyncio.run(run(args)), indent=2))
 
 

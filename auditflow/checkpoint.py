@@ -1,0 +1,93 @@
+"""SQLite's write-ahead log copied back into the database on a thread of its own.
+
+By default SQLite checkpoints inside the commit that takes the log past 1,000 pages: that
+commit copies the log into the database file and syncs it before it returns, and every
+request in its batch (an Approve among them) waits for it. A principal storing large plans
+crosses that threshold every few commits. So the service's connections never checkpoint
+(`wal_autocheckpoint=0`, `auditflow.db`), and a `Checkpointer` with its own connection runs a
+PASSIVE checkpoint (it never blocks a writer or a reader, and leaves what it cannot copy yet
+for the next time) whenever the log holds `wal_bytes` not yet copied, and at least every
+`every` seconds while it holds any. Once the log is fully copied, the next commit starts it
+again from its beginning; `journal_size_limit` bounds the file it leaves behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+WAL_BYTES = 4 * 1024 * 1024
+EVERY = 2.0
+LOOK = 0.05  # seconds between looks at the log's size (a read of the wal-index header)
+
+# The wal-index header (https://sqlite.org/walformat.html, "The WAL-Index Header"), in the
+# host's byte order: the page size at offset 14 (1 means 65,536), the last valid frame at
+# 16; the checkpoint information at 96 begins with the frames already copied (nBackfill).
+_PAGE_SIZE = struct.Struct("=H")
+_FRAME = struct.Struct("=I")
+_HEADER_BYTES = 100
+
+
+def pending_bytes(database: Path) -> int:
+    """About how many bytes of the log of `database` are not yet copied into it (0 when it
+    has no wal-index). Read without a lock: a torn read only moves a checkpoint a little."""
+    try:
+        with open(f"{database}-shm", "rb") as shm:
+            header = shm.read(_HEADER_BYTES)
+    except FileNotFoundError:
+        return 0
+    if len(header) < _HEADER_BYTES:
+        return 0
+    page_size = int(_PAGE_SIZE.unpack_from(header, 14)[0])
+    last_frame = int(_FRAME.unpack_from(header, 16)[0])
+    copied = int(_FRAME.unpack_from(header, 96)[0])
+    return max(0, last_frame - copied) * (65_536 if page_size == 1 else page_size)
+
+
+class Checkpointer:
+    """Checkpoints one SQLite file's log from a thread; `start()`, then `stop()`."""
+
+    def __init__(self, database: Path, *, wal_bytes: int = WAL_BYTES, every: float = EVERY) -> None:
+        self.database = database
+        self.wal_bytes = wal_bytes
+        self.every = every
+        self.checkpoints = 0  # (for tests and benchmarks)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="db-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=10000")
+            last = time.monotonic()
+            while not self._stopping.wait(LOOK):
+                pending = pending_bytes(self.database)
+                if pending >= self.wal_bytes or (pending and time.monotonic() - last >= self.every):
+                    self._checkpoint(conn)
+                    last = time.monotonic()
+        finally:
+            conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # (a busy or vanished file: the next look tries again)
+            logger.warning("a checkpoint of %s failed: %s", self.database, exc)
+            return
+        self.checkpoints += 1

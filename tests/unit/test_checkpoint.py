@@ -1,0 +1,86 @@
+"""The write-ahead log is copied back by the Database's checkpoint thread, never inside a
+commit; PostgreSQL and in-memory SQLite have none."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, Text, insert
+
+from auditflow import checkpoint
+from auditflow.db import Database
+
+metadata = MetaData()
+blobs = Table("blobs", metadata, Column("id", Integer, primary_key=True), Column("body", Text))
+ROW = "x" * 100_000
+
+
+def store(conn: Connection) -> None:
+    conn.execute(insert(blobs).values(body=ROW))
+
+
+async def write_megabytes(db: Database, megabytes: int) -> None:
+    for _ in range(megabytes * 10):  # (one commit each: every commit could have checkpointed)
+        await db.write(store)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def started(path: Path, *, every: float = checkpoint.EVERY) -> AsyncIterator[Database]:
+    """A started Database on the SQLite file `path` (its checkpointer's period `every`)."""
+    database = Database(f"sqlite:///{path}", metadata)
+    assert database.checkpointer is not None
+    database.checkpointer.every = every
+    await asyncio.to_thread(database.start)
+    try:
+        yield database
+    finally:
+        await asyncio.to_thread(database.close)
+
+
+async def test_the_thread_copies_the_log_back_once_it_holds_enough(tmp_path: Path) -> None:
+    async with started(tmp_path / "test.db", every=3600) as db:  # (the size alone sets it off)
+        await write_megabytes(db, 6)
+        await until(lambda: checkpoint.pending_bytes(tmp_path / "test.db") < checkpoint.WAL_BYTES)
+        assert db.checkpointer is not None and db.checkpointer.checkpoints >= 1
+
+
+async def test_a_commit_never_checkpoints_inline(tmp_path: Path) -> None:
+    async with started(tmp_path / "test.db") as db:
+        assert db.checkpointer is not None
+        await asyncio.to_thread(db.checkpointer.stop)  # (nothing else copies the log back now)
+        await write_megabytes(db, 6)  # (past SQLite's automatic threshold of 1,000 pages, 4 MiB)
+        assert checkpoint.pending_bytes(tmp_path / "test.db") >= 6_000_000
+
+
+async def test_a_small_log_is_copied_back_within_the_period(tmp_path: Path) -> None:
+    async with started(tmp_path / "small.db", every=0.1) as db:
+        await db.write(store)
+        assert checkpoint.pending_bytes(tmp_path / "small.db") > 0
+        await until(lambda: checkpoint.pending_bytes(tmp_path / "small.db") == 0)
+
+
+async def test_close_stops_the_thread(tmp_path: Path) -> None:
+    async with started(tmp_path / "closing.db") as db:
+        thread = db.checkpointer._thread if db.checkpointer else None
+        assert thread is not None and thread.is_alive()
+    assert not thread.is_alive()
+
+
+def test_postgresql_and_memory_have_no_checkpointer() -> None:
+    assert Database("sqlite:///:memory:", metadata).checkpointer is None
+    assert Database("postgresql+psycopg://postgres@127.0.0.1:5432/test", metadata).checkpointer is None
+
+
+def test_no_log_has_nothing_pending(tmp_path: Path) -> None:
+    assert checkpoint.pending_bytes(tmp_path / "absent.db") == 0
