@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 from auditflow import synthetic
 from auditflow.procedures import AUDIT_PROCEDURES, CriticalError, load, table
-from auditflow.procedures.table import COLUMNS, ledger_format
+from auditflow.procedures.table import COLUMNS, ledger_format, whole_cents
 from tests.unit.test_audit_procedures import run
 
 # The procedures that read a ledger: the built-in ones (other modules of the suite may have
@@ -129,6 +129,37 @@ def read_both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[An
         finally:
             ledger.con.close()
     return tables[0], tables[1]
+
+
+AMOUNTS = [
+    "0",
+    "12.34",
+    "-12.34",
+    "0.005",
+    "-0.005",
+    "1.015",
+    "-2.675",
+    "12.3449999",
+    "0.0049995",
+    "7.1250004",
+    "999999999999.995",
+    "-999999999999.994",
+    "1000000000000.005",
+    "-92233720368547.755",
+    "4.2e3",
+    " 3.5 ",
+]
+
+
+def test_whole_cents_round_half_away_from_zero_at_any_size() -> None:
+    """The amount parsed to six decimals, then rounded to cents, as Decimal would: both the
+    64-bit path (under 10^12) and the 128-bit one above it."""
+    parsed = [f"TRY_CAST(trim(a) AS DECIMAL({width}, 6))" for width in (18, 38)]
+    with duckdb.connect() as con:
+        found = con.execute(f"SELECT {whole_cents(*parsed)} FROM unnest(CAST(? AS VARCHAR[])) t(a)", [AMOUNTS])
+        cents = [row[0] for row in found.fetchall()]
+    six = [Decimal(a.strip()).quantize(Decimal("0.000001"), ROUND_HALF_UP) for a in AMOUNTS]
+    assert cents == [int((d * 100).quantize(Decimal(1), ROUND_HALF_UP)) for d in six]
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet", "xlsx"])
