@@ -45,6 +45,15 @@ def outlier_threshold(tests: int, alpha: float = 0.05, side: str = "high", group
     return max(OUTLIER_FLOOR, quantile)
 
 
+def may_exceed(high: float, low: float, floor: float, side: str = "high") -> bool:
+    """Whether a group whose scores span [low, high] has a score beyond `floor` on `side`.
+
+    With `floor` the threshold of a large group (`outlier_threshold` without `group`), a group
+    for which this is false has no outlier: a small group's Student t quantile is above the
+    normal one, so its threshold is never lower. Its own threshold need not be computed."""
+    return {"high": high > floor, "low": low < -floor, "both": max(high, -low) > floor}[side]
+
+
 def outlier_severity(score: float, threshold: float) -> str:
     """High beyond twice the threshold, medium otherwise."""
     return "high" if abs(score) > 2 * threshold else "medium"

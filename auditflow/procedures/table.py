@@ -502,9 +502,12 @@ def _load(
     limit to a directory of their own, removed with the ledger.
 
     A ledger that fits in memory is read in two passes that all of DuckDB's threads share: its
-    rows into `entries` in the file's order (the rowid numbers them), then sorted into `ledger`.
-    A larger one is read in one pass that numbers the rows as it reads (a window over the file,
-    which runs on one thread), so that no second copy of it spills to disk."""
+    rows into `entries` in the file's order (the rowid numbers them), then sorted by vendor
+    alone into `ledger` (a vendor's entries in no particular order: every procedure orders
+    what it reports by row_no itself, and the sort on one key is the cheaper one). A larger one
+    is read in one pass that numbers the rows as it reads (a window over the file, which runs
+    on one thread), so that no second copy of it spills to disk, and sorted by vendor and
+    row_no."""
     spill = tempfile.mkdtemp(prefix="auditflow-duckdb-")
     try:
         con = _connect(spill)
@@ -519,7 +522,7 @@ def _load(
             raise CriticalError(f"{label}: missing columns: {', '.join(missing)}")
         if _fits(con, path, kind, table):
             con.execute(f"CREATE TABLE entries AS SELECT {_converted(types)} FROM raw")
-            con.execute("CREATE TABLE ledger AS SELECT rowid + 1 AS row_no, * FROM entries ORDER BY vendor, row_no")
+            con.execute("CREATE TABLE ledger AS SELECT rowid + 1 AS row_no, * FROM entries ORDER BY vendor")
             con.execute("DROP TABLE entries")
         else:
             con.execute(
@@ -612,10 +615,19 @@ def _converted(types: dict[str, str]) -> str:
 
     return f"""{text("entry_id")} AS entry_id, {parsed("posting_date", "DATE")} AS posting_date,
         coalesce(nullif(CAST(vendor AS VARCHAR), ''), '(none)') AS vendor, {text("account")} AS account,
-        CAST(round({parsed("amount", "DECIMAL(38, 6)")} * 100) AS BIGINT) AS cents,
+        {whole_cents(parsed("amount", "DECIMAL(18, 6)"), parsed("amount", "DECIMAL(38, 6)"))} AS cents,
         {parsed("amount", "DECIMAL(38, 6)")} AS amount, {written_decimals(text("amount"))} AS scale,
         {text("currency")} AS currency, {text("description")} AS description,
         {text("created_by")} AS created_by, {text("approved_by")} AS approved_by"""
+
+
+def whole_cents(narrow: str, wide: str) -> str:
+    """SQL for an amount in whole cents (BIGINT), rounded half away from zero, from the same
+    text parsed as DECIMAL(18, 6) (`narrow`) and as DECIMAL(38, 6) (`wide`). The narrow one is
+    64-bit arithmetic throughout: rounding it to two decimals keeps DECIMAL(18, 2), and times
+    100 keeps that type, far cheaper than the wide one's 128-bit arithmetic on every entry. Only
+    an amount of 10^12 or more, which the narrow one cannot hold, is rounded as the wide one."""
+    return f"coalesce(CAST(round({narrow}, 2) * 100 AS BIGINT), CAST(round({wide} * 100) AS BIGINT))"
 
 
 def _check_entries(con: duckdb.DuckDBPyConnection, path: Path, label: str, kind: str) -> None:

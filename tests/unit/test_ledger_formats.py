@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 from auditflow import synthetic
 from auditflow.procedures import AUDIT_PROCEDURES, CriticalError, load, table
-from auditflow.procedures.table import COLUMNS, ledger_format
+from auditflow.procedures.table import COLUMNS, ledger_format, whole_cents
 from tests.unit.test_audit_procedures import run
 
 # The procedures that read a ledger: the built-in ones (other modules of the suite may have
@@ -115,17 +115,51 @@ def test_a_spreadsheet_is_checked_at_submission(tmp_path: Path) -> None:
 
 
 def read_both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
-    """The `ledger` table as stored, read in two passes (a ledger that fits in memory) and in
-    one (a larger one)."""
+    """The `ledger` table, read in two passes (a ledger that fits in memory) and in one (a
+    larger one), by row_no, after checking that each is stored by vendor: in two passes a
+    vendor's entries are in no particular order, in one they are by row_no."""
     tables = []
     for fits in (True, False):
         monkeypatch.setattr(table, "_fits", lambda *_args, fits=fits: fits)
         ledger = table._load_file(path, path.name)
         try:
-            tables.append(ledger.cursor().execute("SELECT * FROM ledger ORDER BY rowid").fetchall())
+            stored = ledger.cursor().execute("SELECT vendor, row_no FROM ledger ORDER BY rowid").fetchall()
+            assert stored == sorted(stored, key=(lambda row: row[0]) if fits else None)  # sorted() is stable
+            tables.append(ledger.cursor().execute("SELECT * FROM ledger ORDER BY row_no").fetchall())
         finally:
             ledger.con.close()
     return tables[0], tables[1]
+
+
+AMOUNTS = [
+    "0",
+    "12.34",
+    "-12.34",
+    "0.005",
+    "-0.005",
+    "1.015",
+    "-2.675",
+    "12.3449999",
+    "0.0049995",
+    "7.1250004",
+    "999999999999.995",
+    "-999999999999.994",
+    "1000000000000.005",
+    "-92233720368547.755",
+    "4.2e3",
+    " 3.5 ",
+]
+
+
+def test_whole_cents_round_half_away_from_zero_at_any_size() -> None:
+    """The amount parsed to six decimals, then rounded to cents, as Decimal would: both the
+    64-bit path (under 10^12) and the 128-bit one above it."""
+    parsed = [f"TRY_CAST(trim(a) AS DECIMAL({width}, 6))" for width in (18, 38)]
+    with duckdb.connect() as con:
+        found = con.execute(f"SELECT {whole_cents(*parsed)} FROM unnest(CAST(? AS VARCHAR[])) t(a)", [AMOUNTS])
+        cents = [row[0] for row in found.fetchall()]
+    six = [Decimal(a.strip()).quantize(Decimal("0.000001"), ROUND_HALF_UP) for a in AMOUNTS]
+    assert cents == [int((d * 100).quantize(Decimal(1), ROUND_HALF_UP)) for d in six]
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet", "xlsx"])
@@ -140,7 +174,7 @@ def test_entries_are_numbered_in_the_files_order_when_read_in_parallel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Several row groups, read by several threads: row_no is still the entry's place in the
-    file, and the table is stored by vendor, then row_no."""
+    file, and the table is stored by vendor (see `read_both_ways`)."""
     path = tmp_path / "ledger.csv"
     with duckdb.connect() as con:
         con.execute(
@@ -153,7 +187,6 @@ def test_entries_are_numbered_in_the_files_order_when_read_in_parallel(
     two, one = read_both_ways(path, monkeypatch)
     assert two == one
     assert all(row[1] == f"JE-{row[0] - 1}" for row in two)  # row_no 1 is the first entry
-    assert [(row[3], row[0]) for row in two] == sorted((row[3], row[0]) for row in two)
 
 
 def test_a_bad_entry_is_named_the_same_whichever_way_it_is_read(

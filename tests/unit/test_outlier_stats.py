@@ -10,6 +10,7 @@ import pytest
 
 from auditflow.procedures.outlier_stats import (
     OUTLIER_FLOOR,
+    may_exceed,
     outlier_severity,
     outlier_threshold,
     per_test_level,
@@ -64,6 +65,24 @@ def test_the_threshold_is_the_quantile_never_below_the_floor() -> None:
     assert outlier_threshold(10**6) == pytest.approx(-NormalDist().inv_cdf(level))
     assert outlier_threshold(10**6, group=20) == pytest.approx(student_t_isf(level, 0.4 * 19))
     assert outlier_threshold(10**6, side="low") == outlier_threshold(10**6)
+
+
+@pytest.mark.parametrize("tests", (1, 300, 10**4, 10**6, 10**7))
+@pytest.mark.parametrize("side", ("high", "low", "both"))
+def test_no_group_gets_a_threshold_below_a_large_groups(tests: int, side: str) -> None:
+    """What lets `outliers` skip the groups whose scores stay within a large group's threshold."""
+    floor = outlier_threshold(tests, side=side) * (1 - 1e-9)
+    assert all(outlier_threshold(tests, side=side, group=g) >= floor for g in (3, 8, 9, 20, 57, 200, 10**4, 10**6))
+
+
+def test_a_group_may_exceed_only_on_its_side() -> None:
+    assert may_exceed(5.1, -1.0, 5.0)
+    assert not may_exceed(5.0, -9.0, 5.0)
+    assert may_exceed(1.0, -5.1, 5.0, "low")
+    assert not may_exceed(9.0, -5.0, 5.0, "low")
+    assert may_exceed(1.0, -5.1, 5.0, "both")
+    assert may_exceed(5.1, -1.0, 5.0, "both")
+    assert not may_exceed(5.0, -5.0, 5.0, "both")
 
 
 def test_severity_is_high_beyond_twice_the_threshold() -> None:

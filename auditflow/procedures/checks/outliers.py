@@ -22,7 +22,7 @@ from auditflow.procedures.checks.base import (
     number,
     one_of,
 )
-from auditflow.procedures.outlier_stats import MODIFIED_Z, SIDES, outlier_severity, outlier_threshold
+from auditflow.procedures.outlier_stats import MODIFIED_Z, SIDES, may_exceed, outlier_severity, outlier_threshold
 from auditflow.procedures.table import Ledger, money
 
 NAME = "outliers"
@@ -67,8 +67,8 @@ def _tests(ledger: Ledger, rule: OutlierRule) -> int:
 
 
 def _limit(ledger: Ledger, rule: OutlierRule, own: Tested) -> Callable[[int | None], float]:
-    """group size (None: a large group) -> threshold: the one given, or set by the number of
-    tests, counted on the first chunk."""
+    """group size (None: a large group, the lowest threshold) -> threshold: the one given, or
+    set by the number of tests, counted on the first chunk."""
     fixed = rule.threshold
     if fixed is not None:
         return lambda group: fixed
@@ -83,17 +83,24 @@ def scan(ledger: Ledger, rule: OutlierRule, rows: Rows, own: Tested) -> list[Fin
     value = "log10(abs(cents))" if rule.log else "cents / 100"
     values = f"""SELECT row_no, entry_id, {rule.by} AS grp, cents, posting_date, {value} AS x
                  FROM ledger WHERE {rows.where} AND cents <> 0"""
-    # The median and MAD of each group, once; then the entries beyond their group's threshold.
+    # The median and MAD of each group, once, with its highest and lowest score (computed as the
+    # entries' scores are, so equal to them); then the entries beyond their group's threshold.
     groups = fetch(
         ledger,
         f"""WITH v AS ({values}),
-                g AS (SELECT grp, median(x) AS center, count(*) AS n FROM v GROUP BY grp
-                      HAVING count(*) >= {rule.min_entries}),
+                g AS (SELECT grp, median(x) AS center, count(*) AS n, max(x) AS hi, min(x) AS lo FROM v
+                      GROUP BY grp HAVING count(*) >= {rule.min_entries}),
                 m AS (SELECT grp, median(abs(x - center)) AS mad FROM v JOIN g USING (grp) GROUP BY grp)
-            SELECT grp, center, n, mad FROM g JOIN m USING (grp) WHERE mad <> 0""",
+            SELECT grp, center, n, mad, {MODIFIED_Z} * (hi - center) / mad, {MODIFIED_Z} * (lo - center) / mad
+            FROM g JOIN m USING (grp) WHERE mad <> 0""",
         rows.args,
     )
     own["groups_assessed"] = own.get("groups_assessed", 0) + len(groups)
+    # Only a group with a score beyond the lowest threshold may have an outlier: the others' own
+    # thresholds (Student t, costly for each group size) are never needed. The floor is taken a
+    # hair lower, so that the rounding of a group's threshold never puts it below the floor.
+    floor = limit(None) * (1 - 1e-9)
+    groups = [group[:4] for group in groups if may_exceed(group[4], group[5], floor, rule.side)]
     columns = [list(column) for column in zip(*groups, strict=True)] or [[], [], [], []]
     found = fetch(
         ledger,
