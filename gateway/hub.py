@@ -74,6 +74,10 @@ class Item(Encoded):
             self._message, self._build = self._build(), None
         return self._message
 
+    @property
+    def ends(self) -> bool:
+        return self.terminal
+
     def _event(self) -> bytes:
         """`id:` is the sequence; a heartbeat is a comment."""
         if self.sequence == 0:
