@@ -259,14 +259,38 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapper
 
     def _wrap_stream(self, behavior: Any, method: str, metadata: Any, measured: MethodMetrics | None) -> Any:
+        """The stream's responses as the handler yields them, in this one generator (no layer
+        per message between the handler and gRPC), until the guard refuses its caller: then
+        the refusal is raised (the stream ends with its status, not CANCELLED). While a
+        response is being sent the guard does not cancel: the refusal is raised when gRPC
+        asks for the next one."""
+
         async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
             with _Timed(measured) as timed:
                 try:
                     presented = self._presented(context, metadata)
                     caller = await self._admit(request, presented, method)
                     with self._stream_slot(caller), self._watching(presented, method) as watched:
-                        async for response in _until_refused(behavior(request, context), watched):
-                            yield response
+                        responses = behavior(request, context)
+                        try:
+                            if watched is None:
+                                async for response in responses:
+                                    yield response
+                                return
+                            async for response in responses:
+                                watched.sending = True
+                                yield response
+                                watched.sending = False
+                                if watched.refusal is not None:
+                                    break
+                        except asyncio.CancelledError:
+                            if watched is None or watched.refusal is None:
+                                raise
+                            watched.task.uncancel()
+                        finally:
+                            await close_stream(responses)
+                        if watched.refusal is not None:
+                            raise watched.refusal
                 except Exception as exc:
                     await timed.refuse(context, exc, method)
 
@@ -279,34 +303,6 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _watching(self, presented: Presented, method: str) -> contextlib.AbstractContextManager[Watched | None]:
         """The stream watched for its life, ended if its caller's credential is revoked."""
         return self._guard.watching(presented, method) if self._guard is not None else contextlib.nullcontext()
-
-
-async def _until_refused(responses: AsyncIterator[Any], watched: Watched | None) -> AsyncIterator[Any]:
-    """A stream's responses until the guard refuses its caller; then the refusal is raised
-    (the stream ends with its status, not CANCELLED). While a response is being sent the
-    guard does not cancel: the refusal is raised when gRPC asks for the next one."""
-    if watched is None:
-        async for response in responses:
-            yield response
-        return
-    try:
-        while watched.refusal is None:
-            try:
-                response = await anext(responses)
-            except StopAsyncIteration:
-                return
-            watched.sending = True
-            yield response
-            watched.sending = False
-    except asyncio.CancelledError:
-        if watched.refusal is None:
-            raise
-        watched.task.uncancel()
-    finally:
-        await close_stream(responses)
-    refusal = watched.refusal
-    assert refusal is not None
-    raise refusal
 
 
 async def close_stream(responses: AsyncIterator[Any]) -> None:

@@ -40,6 +40,11 @@ class Encoded:
         raise NotImplementedError
 
     @property
+    def ends(self) -> bool:
+        """Whether the stream ends after this message (its `event: end` goes in the same send)."""
+        return False
+
+    @property
     def wire(self) -> bytes:
         if self._wire is None:
             self._wire = self.message.SerializeToString()
@@ -67,6 +72,9 @@ class Written(Protocol):
     @property
     def ndjson(self) -> bytes: ...
 
+    @property
+    def ends(self) -> bool: ...
+
 
 class Joined:
     """Messages ready together, written to a stream at once: one socket send for a watcher's
@@ -84,3 +92,7 @@ class Joined:
     @property
     def ndjson(self) -> bytes:
         return b"".join(part.ndjson for part in self._parts)
+
+    @property
+    def ends(self) -> bool:
+        return self._parts[-1].ends

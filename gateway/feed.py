@@ -5,7 +5,8 @@ and runs. Each processor event crosses the link once, is written to the workflow
 (the mirror that Get and List read: current for every run, however many are active), and is
 then published to the hub once, from which every local watcher reads it (`gateway.watch`).
 Writes are batched: what arrived while the previous batch was being written goes into the
-next transaction, one row update per workflow.
+next transaction, one row update per workflow, and is published as one batch: a workflow's
+watchers wake once for the events committed together (on SSE and NDJSON: one write).
 
 Gap-free, also across broken links: the stream's first message says the subscription is in
 place; the feed then reads, with ReadEvents, every approved unfinished workflow's log after
@@ -176,8 +177,7 @@ class Feed:
             return
         newest = {e.event.workflow_id: e.snapshot for e in fresh}
         await self._db.write(lambda conn: _mirror_all(conn, newest))
-        for e in fresh:
-            self._hub.publish(Item.event(e.event, e.snapshot))
+        self._hub.publish_all([Item.event(e.event, e.snapshot) for e in fresh])
 
     def _sort(self, batch: Sequence[ppb.FeedEvent]) -> tuple[list[ppb.FeedEvent], dict[str, int]]:
         """The events that come next, in order, and {workflow: position} of those with a gap."""
@@ -207,12 +207,14 @@ class Feed:
         def read(conn: Connection) -> list[tuple[store.WorkflowRecord | None, list[store.EventRecord]]]:
             return [(store.get(conn, w), store.events_after(conn, w, at)) for w, at in cursors.items()]
 
-        for record, events in await self._db.read(read):
-            if record is None:  # pragma: no cover - workflows are never deleted
-                continue
-            for event in events:
-                if event.sequence < first[record.workflow_id]:
-                    self._hub.publish(Item(messages.event_message(record, event)))
+        own = [
+            Item(messages.event_message(record, event))
+            for record, events in await self._db.read(read)
+            if record is not None  # (workflows are never deleted)
+            for event in events
+            if event.sequence < first[record.workflow_id]
+        ]
+        self._hub.publish_all(own)
 
     async def _gaps(self, cursors: dict[str, int]) -> list[ppb.FeedEvent]:
         """Every event after each cursor, from the processor's log. A page answers the

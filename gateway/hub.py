@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,6 +74,10 @@ class Item(Encoded):
             self._message, self._build = self._build(), None
         return self._message
 
+    @property
+    def ends(self) -> bool:
+        return self.terminal
+
     def _event(self) -> bytes:
         """`id:` is the sequence; a heartbeat is a comment."""
         if self.sequence == 0:
@@ -119,12 +123,31 @@ class WorkflowHub:
         """An event is committed (here, or at the processor and mirrored here): keep it and
         wake the watchers. A sequence published before is ignored; one past a gap restarts
         the log there (a watcher needing the gap has it filled)."""
-        workflow_id = item.workflow_id
-        log = self._logs.get(workflow_id)
+        self.publish_all((item,))
+
+    def publish_all(self, items: Sequence[Item]) -> None:
+        """Events committed together, in order: each workflow's watchers are woken once for
+        all of its events, and find them all at that wake-up (one write on SSE and NDJSON,
+        one wake-up of the listeners), rather than once per event."""
+        woken: dict[str, _Log] = {}
+        for item in items:
+            log = self._append(item)
+            if log is not None:
+                woken[item.workflow_id] = log
+        for workflow_id, log in woken.items():
+            self._wake(log)
+            for listener in self._listeners:
+                listener.changed(workflow_id)
+        if woken:
+            self._sweep()
+
+    def _append(self, item: Item) -> _Log | None:
+        """Keep one event in its workflow's log; the log, or None if it was published before."""
+        log = self._logs.get(item.workflow_id)
         if log is None:
-            log = self._logs[workflow_id] = _Log()
+            log = self._logs[item.workflow_id] = _Log()
         if item.sequence <= log.last:
-            return
+            return None
         held = bool(log.items) and item.sequence <= log.items[-1].sequence  # (a fill read it first)
         if not held:
             if log.items and item.sequence != log.items[-1].sequence + 1:
@@ -134,10 +157,7 @@ class WorkflowHub:
         log.newest = item
         if item.terminal:
             log.ended_at = time.monotonic()
-        self._wake(log)
-        for listener in self._listeners:
-            listener.changed(workflow_id)
-        self._sweep()
+        return log
 
     def published(self, workflow_id: str) -> int:
         """The newest sequence published for a workflow, by the gateway or the feed (0 if none

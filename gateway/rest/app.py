@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # the gRPC server's own limit
+RETRY = b"retry: 1000\n\n"  # an SSE client's reconnection delay, ms
+END = b"event: end\ndata: {}\n\n"
+
 # A burst of thousands of browsers opening their streams at once: aiohttp's default (128)
 # overflows, and each client retries after a growing delay (10,000 took 113 s; 10 s with
 # this). The kernel caps it at net.core.somaxconn (4096 by default).
@@ -334,6 +337,7 @@ class RestApp:
             await response.prepare(request)
             with self._guard.watching(presented, route.rpc_path) as watched:
                 await self._send(response, first, items, ndjson, watched)
+            await asyncio.sleep(0)  # (the other watchers of this event send it before this one cleans up)
             return response
         finally:
             metrics.REST_STREAMS.dec()
@@ -350,15 +354,13 @@ class RestApp:
     ) -> None:
         """A stream's messages after the first decided its status; it ends with an error, when
         the client goes away, or when we stop or the caller's credential is revoked."""
-        if not ndjson:
-            await response.write(b"retry: 1000\n\n")
         try:
-            if first is not None:
-                await response.write(first.ndjson if ndjson else first.sse)
+            if not ndjson:
+                await _write_events(response, first, items)
+            elif first is not None:
+                await response.write(first.ndjson)
                 async for item in items:
-                    await response.write(item.ndjson if ndjson else item.sse)
-            if not ndjson:  # tells an SSE client not to reconnect to a finished stream
-                await response.write(b"event: end\ndata: {}\n\n")
+                    await response.write(item.ndjson)
         except AuditflowError as exc:
             log_refusal(watched.rpc_path, exc)
             await _write_error(response, exc, ndjson)
@@ -421,6 +423,26 @@ def _answer(route: Route, hook: hooks.ResponseHook | None, answer: Message) -> w
     if hook is not None:
         status, body = hook(answer, body)
     return _json_response(status, body)
+
+
+async def _write_events(response: web.StreamResponse, first: Written | None, items: AsyncIterator[Written]) -> None:
+    """Server-Sent Events: the `retry:` line goes in the first message's send, and `event:
+    end` (an SSE client does not reconnect to a finished stream) in the last one's: a
+    watcher's stream costs one send per wake-up, its first and last included."""
+    head, ended = RETRY, False
+    if first is not None:
+        ended = first.ends
+        await response.write(head + _event(first))
+        head = b""
+        async for item in items:
+            ended = item.ends
+            await response.write(_event(item))
+    if not ended:
+        await response.write(head + END)
+
+
+def _event(item: Written) -> bytes:
+    return item.sse + END if item.ends else item.sse
 
 
 async def _write_error(response: web.StreamResponse, exc: AuditflowError, ndjson: bool) -> None:
