@@ -502,12 +502,11 @@ def _load(
     limit to a directory of their own, removed with the ledger.
 
     A ledger that fits in memory is read in two passes that all of DuckDB's threads share: its
-    rows into `entries` in the file's order (the rowid numbers them), then sorted by vendor
-    alone into `ledger` (a vendor's entries in no particular order: every procedure orders
-    what it reports by row_no itself, and the sort on one key is the cheaper one). A larger one
-    is read in one pass that numbers the rows as it reads (a window over the file, which runs
-    on one thread), so that no second copy of it spills to disk, and sorted by vendor and
-    row_no."""
+    rows into `entries` in the file's order (the rowid numbers them), then sorted into `ledger`.
+    A larger one is read in one pass that numbers the rows as it reads (a window over the file,
+    which runs on one thread), so that no second copy of it spills to disk. Either way it is
+    sorted by vendor alone: a vendor's entries are in no particular order, every procedure
+    orders what it reports by row_no itself, and the sort on one key is the cheaper one."""
     spill = tempfile.mkdtemp(prefix="auditflow-duckdb-")
     try:
         con = _connect(spill)
@@ -525,9 +524,7 @@ def _load(
             con.execute("CREATE TABLE ledger AS SELECT rowid + 1 AS row_no, * FROM entries ORDER BY vendor")
             con.execute("DROP TABLE entries")
         else:
-            con.execute(
-                f"CREATE TABLE ledger AS SELECT row_no, {_converted(types)} FROM ({NUMBERED}) ORDER BY vendor, row_no"
-            )
+            con.execute(f"CREATE TABLE ledger AS SELECT row_no, {_converted(types)} FROM ({NUMBERED}) ORDER BY vendor")
         _check_entries(con, path, label, kind)
         con.execute("DROP VIEW raw")
         if kind == "xlsx":

@@ -116,15 +116,15 @@ def test_a_spreadsheet_is_checked_at_submission(tmp_path: Path) -> None:
 
 def read_both_ways(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], list[Any]]:
     """The `ledger` table, read in two passes (a ledger that fits in memory) and in one (a
-    larger one), by row_no, after checking that each is stored by vendor: in two passes a
-    vendor's entries are in no particular order, in one they are by row_no."""
+    larger one), by row_no, after checking that each is stored by vendor (a vendor's entries
+    in no particular order)."""
     tables = []
     for fits in (True, False):
         monkeypatch.setattr(table, "_fits", lambda *_args, fits=fits: fits)
         ledger = table._load_file(path, path.name)
         try:
             stored = ledger.cursor().execute("SELECT vendor, row_no FROM ledger ORDER BY rowid").fetchall()
-            assert stored == sorted(stored, key=(lambda row: row[0]) if fits else None)  # sorted() is stable
+            assert stored == sorted(stored, key=lambda row: row[0])  # sorted() is stable
             tables.append(ledger.cursor().execute("SELECT * FROM ledger ORDER BY row_no").fetchall())
         finally:
             ledger.con.close()
