@@ -27,6 +27,7 @@ writer (the principals whose writes waited longest, over the whole run).
     python bench/fairness.py --quick           # 1 round of 4 s phases, for a smoke test
     python bench/fairness.py --without-limits  # the same without per-principal limits
     python bench/fairness.py --write-share 0   # the writer first come, first served
+    python bench/fairness.py --watch-loop      # also the gateway's loop lag and garbage collections
 
 On a 2-core machine the flooding client and the gateway share the cores. The flooding process
 runs at the lowest CPU priority (nice 19), as its CPU would be another machine's in a real
@@ -394,11 +395,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
         # (the gateway at INFO: it logs its writer's waits by principal when it stops)
         gateway_args = [*PLUGIN, "--log-level", "INFO", "--write-share", str(args.write_share)]
+        watch_file = Path(tmp) / "loop.json"
+        if args.watch_loop:
+            os.environ["AUDITFLOW_WATCH_FILE"] = str(watch_file)  # (read by bench/_watched_gateway.py)
         pair = Pair(
             Path(tmp),
             processor_args=PLUGIN,
             gateway_args=gateway_args,
             log_level="WARNING",
+            gateway_launcher="bench._watched_gateway" if args.watch_loop else None,
             principal_limits=not args.without_limits,
         )
         pair.start()
@@ -418,17 +423,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flood = Flood(target, rest_url, args.flood, watched)
             samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
             cpu = dict.fromkeys(PHASES, 0.0)
+            windows: dict[str, list[tuple[float, float]]] = {phase: [] for phase in PHASES}
             floods: list[dict[str, Any]] = []
             for _ in range(args.rounds):  # alternating, so that both see the machine alike
                 for phase in PHASES:
                     with flood.running(args.warm_up, floods) if phase == "loaded" else contextlib.nullcontext():
-                        used = cpu_seconds(gateway_pid)
+                        used, began = cpu_seconds(gateway_pid), time.time()
                         samples[phase].append(asyncio.run(measure(target, phases.pop(0), watched, args.seconds, pace)))
                         cpu[phase] += cpu_seconds(gateway_pid) - used
+                        windows[phase].append((began, time.time()))
             figures["load_average_after"] = list(os.getloadavg())
         finally:
             pair.stop()
         figures["writer_waits"] = writer_waits(pair.gateway.log_path)
+        if args.watch_loop:
+            figures["loop"] = loop_figures(json.loads(watch_file.read_text()), windows)
     for phase, parts in samples.items():
         figures[phase] = summary(parts)
         figures[phase]["gateway_cpu_share"] = cpu[phase] / (args.seconds * args.rounds)
@@ -442,6 +451,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures["p99_ratio"] = {
         kind: figures["loaded"][kind]["p99_ms"] / figures["unloaded"][kind]["p99_ms"] for kind in CALLS
     }
+    return figures
+
+
+def loop_figures(watched: dict[str, Any], windows: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
+    """By phase, what held up the gateway's event loop (bench/_watched_gateway.py): its lag
+    (p50, p99, max), and the garbage collections (full ones, and all of them together)."""
+
+    def within(at: float, phase: str) -> bool:
+        return any(start <= at <= end for start, end in windows[phase])
+
+    figures: dict[str, Any] = {}
+    for phase in PHASES:
+        lags = [late for at, late in watched["lags"] if within(at, phase)]
+        runs = [(generation, took) for at, generation, took in watched["collections"] if within(at, phase)]
+        full = [took for generation, took in runs if generation == 2]
+        figures[phase] = {
+            "lag_p50_ms": percentile(lags, 0.50) * 1000 if lags else 0.0,
+            "lag_p99_ms": percentile(lags, 0.99) * 1000 if lags else 0.0,
+            "lag_max_ms": max(lags, default=0.0) * 1000,
+            "full_collections": len(full),
+            "full_collection_max_ms": max(full, default=0.0) * 1000,
+            "collections_ms": sum(took for _, took in runs) * 1000,
+        }
     return figures
 
 
@@ -486,6 +518,12 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
     shares = figures["unloaded"]["gateway_cpu_share"], figures["loaded"]["gateway_cpu_share"]
     print(f"  the gateway's CPU: {shares[0]:.0%} of a core unloaded, {shares[1]:.0%} loaded")
     print(f"  the writer's waits by principal (share {figures['write_share']} bytes): {figures['writer_waits']}")
+    for phase, loop in figures.get("loop", {}).items():
+        print(
+            f"  the gateway's loop {phase}: lag p50 {loop['lag_p50_ms']:.1f} ms, p99 {loop['lag_p99_ms']:.1f} ms, "
+            f"max {loop['lag_max_ms']:.0f} ms; {loop['full_collections']} full collections (longest "
+            f"{loop['full_collection_max_ms']:.0f} ms), {loop['collections_ms']:.0f} ms collecting in all"
+        )
     flood = figures["flood"]
     after = " ".join(f"{x:.2f}" for x in figures["load_average_after"])
     print(f"  load average after: {after}")
@@ -524,6 +562,11 @@ def main() -> None:
         type=float,
         default=PACE["Approve"],
         help="seconds between two Approve calls of one person (0.2: 2.5 times the calls, a steadier p99)",
+    )
+    parser.add_argument(
+        "--watch-loop",
+        action="store_true",
+        help="record what holds up the gateway's event loop: its lag, its garbage collections",
     )
     parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

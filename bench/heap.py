@@ -10,6 +10,7 @@ A full collection runs on whichever thread allocates when it falls due: in a ser
 the event loop, which answers nobody meanwhile.
 
     python bench/heap.py
+    python bench/heap.py --quick      # 3 collections each way, for a smoke test
 """
 
 from __future__ import annotations
@@ -80,7 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=20, help="full collections timed each way")
     parser.add_argument("--live", type=int, default=10_000, help="objects made while serving (each way)")
+    parser.add_argument("--quick", action="store_true", help="3 collections each way (smoke test)")
+    parser.add_argument("--json", action="store_true", help="(the figures are always printed as JSON)")
     args = parser.parse_args()
+    if args.quick:
+        args.repeat = 3
     print(json.dumps(run(args.repeat, args.live), indent=2))
 
 

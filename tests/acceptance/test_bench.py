@@ -28,10 +28,10 @@ def positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-def run_quick(script: str) -> dict[str, Any]:
+def run_quick(script: str, *flags: str) -> dict[str, Any]:
     """The figures of `bench/<script> --quick --json`, run as a script from the checkout."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--quick", "--json"],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", "--json", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -278,7 +278,7 @@ def test_the_collection_benchmark_sees_every_change_on_every_queue() -> None:
 
 
 def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_else() -> None:
-    figures = run_quick("fairness.py")
+    figures = run_quick("fairness.py", "--watch-loop")
 
     for phase in ("unloaded", "loaded"):
         for kind, pace in fairness.PACE.items():
@@ -299,11 +299,36 @@ def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_e
     assert set(figures["p99_ratio"]) == set(fairness.CALLS)
     assert figures["writer_waits"].startswith("flood ") or "; flood " in figures["writer_waits"], figures
     assert all(f"; {name} " in f"; {figures['writer_waits']}" for name in fairness.PEOPLE), figures
+    for phase in ("unloaded", "loaded"):  # what held up the gateway's loop (--watch-loop)
+        loop = figures["loop"][phase]
+        assert positive(loop["lag_p50_ms"]) and loop["lag_p50_ms"] <= loop["lag_p99_ms"] <= loop["lag_max_ms"], loop
+        assert loop["full_collections"] >= 0 and loop["collections_ms"] >= 0, loop
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         fairness.report(figures, as_json=False)
     assert "p99 ratio" in printed.getvalue() and "the flood:" in printed.getvalue()
+    assert "the gateway's loop loaded" in printed.getvalue()
+
+
+def test_the_heap_benchmark_times_a_full_collection_with_and_without_the_start_up_objects() -> None:
+    figures = run_quick("heap.py")
+
+    assert figures["frozen_objects"] > 10_000
+    before, after = figures["full_collection"]["as started"], figures["full_collection"]["start-up frozen"]
+    assert after["tracked"] < before["tracked"] - 10_000
+    assert positive(before["median_ms"]) and positive(after["median_ms"]) and positive(figures["ratio"])
+
+
+def test_the_checkpoints_benchmark_compares_inline_and_thread_checkpoints() -> None:
+    figures = run_quick("checkpoints.py")
+
+    for way in ("thread", "inline"):
+        for phase in ("alone", "beside the flood"):
+            writes = figures[f"{way}, {phase}"]
+            assert writes["writes"] == 12 and positive(writes["p50_ms"]) and writes["p50_ms"] <= writes["p99_ms"]
+        assert figures["plans_stored_by_the_flood"][way] > 0
+    assert figures["checkpoints_by_the_thread"] > 0
 
 
 def test_the_writer_share_benchmark_reports_both_writers() -> None:

@@ -1,0 +1,70 @@
+"""`python -m bench._watched_gateway [gateway flags]`: the gateway, with what holds up its
+event loop recorded, for `bench/fairness.py --watch-loop`:
+- every garbage collection: when, its generation, how long it took (on whichever thread);
+- the loop's lag: a thread asks the loop every 5 ms to run a callback, and records how late
+  it ran (waiting for the interpreter lock, or for the callbacks ahead of it).
+Written as JSON to `$AUDITFLOW_WATCH_FILE` when the gateway stops. `$AUDITFLOW_SWITCH_INTERVAL`
+(seconds) sets the interpreter's switch interval first, to measure what it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import gc
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from gateway import server
+from gateway.settings import Settings
+
+EVERY = 0.005
+collections: list[tuple[float, int, float]] = []  # (wall clock, generation, seconds)
+lags: list[tuple[float, float]] = []  # (wall clock, seconds late)
+_began: dict[str, float] = {}
+
+
+def _collected(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _began["at"] = time.perf_counter()
+    elif "at" in _began:
+        collections.append((time.time(), int(info["generation"]), time.perf_counter() - _began.pop("at")))
+
+
+def _sample(loop: asyncio.AbstractEventLoop) -> None:
+    def ran(asked: float) -> None:
+        lags.append((time.time(), time.perf_counter() - asked))
+
+    while not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(ran, time.perf_counter())
+        except RuntimeError:  # (the loop closed meanwhile)
+            return
+        time.sleep(EVERY)
+
+
+def _write() -> None:
+    path = os.environ.get("AUDITFLOW_WATCH_FILE")
+    if path:
+        with open(path, "w") as out:
+            json.dump({"collections": collections, "lags": lags}, out)
+
+
+_serve = server.serve
+
+
+async def _watched(settings: Settings) -> None:
+    threading.Thread(target=_sample, args=(asyncio.get_running_loop(),), name="loop-lag", daemon=True).start()
+    await _serve(settings)
+
+
+if __name__ == "__main__":
+    if "AUDITFLOW_SWITCH_INTERVAL" in os.environ:
+        sys.setswitchinterval(float(os.environ["AUDITFLOW_SWITCH_INTERVAL"]))
+    gc.callbacks.append(_collected)
+    atexit.register(_write)
+    server.serve = _watched  # type: ignore[assignment]
+    server.main()
