@@ -124,31 +124,24 @@ class Feed:
                 self._link.link_changed(True)
             backoff.reset()
             logger.info("following the processor's feed")
-            arrived: list[ppb.FeedEvent] = []
-            wake = asyncio.Event()
-            reader = asyncio.create_task(self._read(call, arrived, wake), name="feed-reader")
+            arrived = _Arrivals()
+            reader = asyncio.create_task(arrived.read(call), name="feed-reader")
             try:
-                while not reader.done() or arrived:
-                    if not arrived:
-                        woken = asyncio.create_task(wake.wait())
+                while True:
+                    if not arrived.ready and not reader.done():
+                        woken = asyncio.create_task(arrived.wake.wait())
                         await asyncio.wait([reader, woken], return_when=asyncio.FIRST_COMPLETED)
                         woken.cancel()
-                    wake.clear()
-                    batch, arrived[:] = list(arrived), []
+                    batch = arrived.take(everything=reader.done())
                     if batch:
                         await self._apply(batch)
+                    elif reader.done():
+                        break
                 await reader  # (its error, if the stream broke)
             finally:
                 reader.cancel()
         finally:
             call.cancel()
-
-    @staticmethod
-    async def _read(call: object, arrived: list[ppb.FeedEvent], wake: asyncio.Event) -> None:
-        async for response in call:  # type: ignore[attr-defined]
-            if response.HasField("event"):
-                arrived.append(response.event)
-                wake.set()
 
     async def _catch_up(self) -> None:
         """Every approved, unfinished workflow's log after its row's position, and every
@@ -262,6 +255,36 @@ class Feed:
             store.clear_cancel_requested(conn, row.workflow_id)
 
         await self._db.write(forget)
+
+
+class _Arrivals:
+    """The events the stream brought, handed on in whole groups: those the processor
+    published together (its `more` flag says another follows at once) are applied, and their
+    watchers woken, together, not one by one as each message comes in."""
+
+    def __init__(self) -> None:
+        self._events: list[ppb.FeedEvent] = []
+        self.ready = 0  # how many of them end a group
+        self.wake = asyncio.Event()  # set when a group is complete
+
+    async def read(self, call: grpc.aio.UnaryStreamCall[ppb.FollowRequest, ppb.FollowResponse]) -> None:
+        """Until the stream ends (`read`, as for its first message: a call is read one way)."""
+        while (response := await call.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
+            assert isinstance(response, ppb.FollowResponse)
+            if response.HasField("event"):
+                self._events.append(response.event)
+                if not response.more:
+                    self.ready = len(self._events)
+                    self.wake.set()
+
+    def take(self, *, everything: bool) -> list[ppb.FeedEvent]:
+        """The complete groups (`everything`: also a group the broken stream left unfinished;
+        its events were committed all the same)."""
+        count = len(self._events) if everything else self.ready
+        batch, self._events[:count] = self._events[:count], []
+        self.ready = 0
+        self.wake.clear()
+        return batch
 
 
 def _mirror_all(conn: Connection, snapshots: dict[str, pb.StatusSnapshot]) -> None:

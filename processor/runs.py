@@ -162,9 +162,10 @@ class Runs:
         finally:
             self._hub.unsubscribe(workflow_id)
 
-    async def follow(self) -> AsyncGenerator[WatchResponse | None, None]:
-        """Every event published here, live; None first (subscribed), then after each
-        heartbeat interval without events. See the contract in processor_service.proto."""
+    async def follow(self) -> AsyncGenerator[list[WatchResponse] | None, None]:
+        """Every event published here, live, the events published together in one list (the
+        subscriber applies them together); None first (subscribed), then after each heartbeat
+        interval without events. See the contract in processor_service.proto."""
         feed = self._hub.follow(FEED_BUFFER)
         try:
             yield None  # subscribed
@@ -179,8 +180,7 @@ class Runs:
                     raise Overloaded(
                         f"this subscriber fell more than {FEED_BUFFER} events behind; catch up with ReadEvents"
                     )
-                for _workflow_id, _sequence, message in items:
-                    yield message
+                yield [message for _workflow_id, _sequence, message in items]
         finally:
             self._hub.unfollow(feed)
 

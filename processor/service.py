@@ -91,11 +91,14 @@ class ProcessorService(ps_grpc.ProcessorServiceServicer):
         """Every event published here, live; see the contract in processor_service.proto."""
         self.open_streams += 1
         try:
-            async for message in self._runs.follow():
-                if message is None:
+            async for published in self._runs.follow():
+                if published is None:
                     yield ps.FollowResponse(heartbeat=pb.Heartbeat(time=convert.timestamp(utcnow())))
-                else:
-                    yield ps.FollowResponse(event=ps.FeedEvent(event=message.event, snapshot=message.snapshot))
+                    continue
+                last = len(published) - 1
+                for index, message in enumerate(published):
+                    event = ps.FeedEvent(event=message.event, snapshot=message.snapshot)
+                    yield ps.FollowResponse(event=event, more=index < last)
         finally:
             self.open_streams -= 1
 

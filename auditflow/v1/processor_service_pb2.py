@@ -26,7 +26,7 @@ from auditflow.v1 import workflow_pb2 as auditflow_dot_v1_dot_workflow__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$auditflow/v1/processor_service.proto\x12\x0c\x61uditflow.v1\x1a\x1b\x61uditflow/v1/workflow.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n#ProcessorServiceListFindingsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12,\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1c.auditflow.v1.FindingsFilter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n$ProcessorServiceListFindingsResponse\x12\'\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x15.auditflow.v1.Finding\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"\x0f\n\rFollowRequest\"p\n\x0e\x46ollowResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.auditflow.v1.FeedEventH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.auditflow.v1.HeartbeatH\x00\x42\x06\n\x04kind\"g\n\tFeedEvent\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.auditflow.v1.WorkflowEvent\x12.\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1c.auditflow.v1.StatusSnapshot\"9\n\nFeedCursor\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"Q\n\x11ReadEventsRequest\x12)\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x18.auditflow.v1.FeedCursor\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"P\n\x12ReadEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.auditflow.v1.FeedEvent\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"\x89\x02\n\x0e\x45nqueueRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12$\n\x04plan\x18\x03 \x03(\x0b\x32\x16.auditflow.v1.PlanStep\x12\x14\n\x0corchestrator\x18\x04 \x01(\t\x12\x12\n\nmax_cycles\x18\x05 \x01(\x05\x12\x15\n\rbase_sequence\x18\x06 \x01(\x03\x12\x13\n\x0b\x61pproved_by\x18\x07 \x01(\t\x12\x11\n\tbase_hash\x18\x08 \x01(\t\x12/\n\x0b\x61pproved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\n \x01(\t\"B\n\x0f\x45nqueueResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.auditflow.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"h\n\x10\x43\x61ncelRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11requested_by_auth\x18\x04 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.auditflow.v1.Run\"$\n\rGetRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.auditflow.v1.Run\"Q\n\"ProcessorServiceWatchStatusRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xb9\x01\n#ProcessorServiceWatchStatusResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.auditflow.v1.WorkflowEventH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.auditflow.v1.HeartbeatH\x00\x12.\n\x08snapshot\x18\x03 \x01(\x0b\x32\x1c.auditflow.v1.StatusSnapshotB\x06\n\x04kind\"\x94\x01\n\x03Run\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12.\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1c.auditflow.v1.StatusSnapshot\x12\x18\n\x10\x63\x61ncel_requested\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf2\x04\n\x10ProcessorService\x12\x46\n\x07\x45nqueue\x12\x1c.auditflow.v1.EnqueueRequest\x1a\x1d.auditflow.v1.EnqueueResponse\x12L\n\tCancelRun\x12\x1e.auditflow.v1.CancelRunRequest\x1a\x1f.auditflow.v1.CancelRunResponse\x12\x43\n\x06GetRun\x12\x1b.auditflow.v1.GetRunRequest\x1a\x1c.auditflow.v1.GetRunResponse\x12t\n\x0bWatchStatus\x12\x30.auditflow.v1.ProcessorServiceWatchStatusRequest\x1a\x31.auditflow.v1.ProcessorServiceWatchStatusResponse0\x01\x12\x45\n\x06\x46ollow\x12\x1b.auditflow.v1.FollowRequest\x1a\x1c.auditflow.v1.FollowResponse0\x01\x12O\n\nReadEvents\x12\x1f.auditflow.v1.ReadEventsRequest\x1a .auditflow.v1.ReadEventsResponse\x12u\n\x0cListFindings\x12\x31.auditflow.v1.ProcessorServiceListFindingsRequest\x1a\x32.auditflow.v1.ProcessorServiceListFindingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$auditflow/v1/processor_service.proto\x12\x0c\x61uditflow.v1\x1a\x1b\x61uditflow/v1/workflow.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x01\n#ProcessorServiceListFindingsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12,\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1c.auditflow.v1.FindingsFilter\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"w\n$ProcessorServiceListFindingsResponse\x12\'\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x15.auditflow.v1.Finding\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"\x0f\n\rFollowRequest\"~\n\x0e\x46ollowResponse\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.auditflow.v1.FeedEventH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.auditflow.v1.HeartbeatH\x00\x12\x0c\n\x04more\x18\x03 \x01(\x08\x42\x06\n\x04kind\"g\n\tFeedEvent\x12*\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.auditflow.v1.WorkflowEvent\x12.\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1c.auditflow.v1.StatusSnapshot\"9\n\nFeedCursor\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"Q\n\x11ReadEventsRequest\x12)\n\x07\x63ursors\x18\x01 \x03(\x0b\x32\x18.auditflow.v1.FeedCursor\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"P\n\x12ReadEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.auditflow.v1.FeedEvent\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"\x89\x02\n\x0e\x45nqueueRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12$\n\x04plan\x18\x03 \x03(\x0b\x32\x16.auditflow.v1.PlanStep\x12\x14\n\x0corchestrator\x18\x04 \x01(\t\x12\x12\n\nmax_cycles\x18\x05 \x01(\x05\x12\x15\n\rbase_sequence\x18\x06 \x01(\x03\x12\x13\n\x0b\x61pproved_by\x18\x07 \x01(\t\x12\x11\n\tbase_hash\x18\x08 \x01(\t\x12/\n\x0b\x61pproved_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\n \x01(\t\"B\n\x0f\x45nqueueResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.auditflow.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"h\n\x10\x43\x61ncelRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x19\n\x11requested_by_auth\x18\x04 \x01(\t\"3\n\x11\x43\x61ncelRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.auditflow.v1.Run\"$\n\rGetRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.auditflow.v1.Run\"Q\n\"ProcessorServiceWatchStatusRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xb9\x01\n#ProcessorServiceWatchStatusResponse\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1b.auditflow.v1.WorkflowEventH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.auditflow.v1.HeartbeatH\x00\x12.\n\x08snapshot\x18\x03 \x01(\x0b\x32\x1c.auditflow.v1.StatusSnapshotB\x06\n\x04kind\"\x94\x01\n\x03Run\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12.\n\x08snapshot\x18\x02 \x01(\x0b\x32\x1c.auditflow.v1.StatusSnapshot\x12\x18\n\x10\x63\x61ncel_requested\x18\x03 \x01(\x08\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf2\x04\n\x10ProcessorService\x12\x46\n\x07\x45nqueue\x12\x1c.auditflow.v1.EnqueueRequest\x1a\x1d.auditflow.v1.EnqueueResponse\x12L\n\tCancelRun\x12\x1e.auditflow.v1.CancelRunRequest\x1a\x1f.auditflow.v1.CancelRunResponse\x12\x43\n\x06GetRun\x12\x1b.auditflow.v1.GetRunRequest\x1a\x1c.auditflow.v1.GetRunResponse\x12t\n\x0bWatchStatus\x12\x30.auditflow.v1.ProcessorServiceWatchStatusRequest\x1a\x31.auditflow.v1.ProcessorServiceWatchStatusResponse0\x01\x12\x45\n\x06\x46ollow\x12\x1b.auditflow.v1.FollowRequest\x1a\x1c.auditflow.v1.FollowResponse0\x01\x12O\n\nReadEvents\x12\x1f.auditflow.v1.ReadEventsRequest\x1a .auditflow.v1.ReadEventsResponse\x12u\n\x0cListFindings\x12\x31.auditflow.v1.ProcessorServiceListFindingsRequest\x1a\x32.auditflow.v1.ProcessorServiceListFindingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,33 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FOLLOWREQUEST']._serialized_start=383
   _globals['_FOLLOWREQUEST']._serialized_end=398
   _globals['_FOLLOWRESPONSE']._serialized_start=400
-  _globals['_FOLLOWRESPONSE']._serialized_end=512
-  _globals['_FEEDEVENT']._serialized_start=514
-  _globals['_FEEDEVENT']._serialized_end=617
-  _globals['_FEEDCURSOR']._serialized_start=619
-  _globals['_FEEDCURSOR']._serialized_end=676
-  _globals['_READEVENTSREQUEST']._serialized_start=678
-  _globals['_READEVENTSREQUEST']._serialized_end=759
-  _globals['_READEVENTSRESPONSE']._serialized_start=761
-  _globals['_READEVENTSRESPONSE']._serialized_end=841
-  _globals['_ENQUEUEREQUEST']._serialized_start=844
-  _globals['_ENQUEUEREQUEST']._serialized_end=1109
-  _globals['_ENQUEUERESPONSE']._serialized_start=1111
-  _globals['_ENQUEUERESPONSE']._serialized_end=1177
-  _globals['_CANCELRUNREQUEST']._serialized_start=1179
-  _globals['_CANCELRUNREQUEST']._serialized_end=1283
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1285
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1336
-  _globals['_GETRUNREQUEST']._serialized_start=1338
-  _globals['_GETRUNREQUEST']._serialized_end=1374
-  _globals['_GETRUNRESPONSE']._serialized_start=1376
-  _globals['_GETRUNRESPONSE']._serialized_end=1424
-  _globals['_PROCESSORSERVICEWATCHSTATUSREQUEST']._serialized_start=1426
-  _globals['_PROCESSORSERVICEWATCHSTATUSREQUEST']._serialized_end=1507
-  _globals['_PROCESSORSERVICEWATCHSTATUSRESPONSE']._serialized_start=1510
-  _globals['_PROCESSORSERVICEWATCHSTATUSRESPONSE']._serialized_end=1695
-  _globals['_RUN']._serialized_start=1698
-  _globals['_RUN']._serialized_end=1846
-  _globals['_PROCESSORSERVICE']._serialized_start=1849
-  _globals['_PROCESSORSERVICE']._serialized_end=2475
+  _globals['_FOLLOWRESPONSE']._serialized_end=526
+  _globals['_FEEDEVENT']._serialized_start=528
+  _globals['_FEEDEVENT']._serialized_end=631
+  _globals['_FEEDCURSOR']._serialized_start=633
+  _globals['_FEEDCURSOR']._serialized_end=690
+  _globals['_READEVENTSREQUEST']._serialized_start=692
+  _globals['_READEVENTSREQUEST']._serialized_end=773
+  _globals['_READEVENTSRESPONSE']._serialized_start=775
+  _globals['_READEVENTSRESPONSE']._serialized_end=855
+  _globals['_ENQUEUEREQUEST']._serialized_start=858
+  _globals['_ENQUEUEREQUEST']._serialized_end=1123
+  _globals['_ENQUEUERESPONSE']._serialized_start=1125
+  _globals['_ENQUEUERESPONSE']._serialized_end=1191
+  _globals['_CANCELRUNREQUEST']._serialized_start=1193
+  _globals['_CANCELRUNREQUEST']._serialized_end=1297
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1299
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1350
+  _globals['_GETRUNREQUEST']._serialized_start=1352
+  _globals['_GETRUNREQUEST']._serialized_end=1388
+  _globals['_GETRUNRESPONSE']._serialized_start=1390
+  _globals['_GETRUNRESPONSE']._serialized_end=1438
+  _globals['_PROCESSORSERVICEWATCHSTATUSREQUEST']._serialized_start=1440
+  _globals['_PROCESSORSERVICEWATCHSTATUSREQUEST']._serialized_end=1521
+  _globals['_PROCESSORSERVICEWATCHSTATUSRESPONSE']._serialized_start=1524
+  _globals['_PROCESSORSERVICEWATCHSTATUSRESPONSE']._serialized_end=1709
+  _globals['_RUN']._serialized_start=1712
+  _globals['_RUN']._serialized_end=1860
+  _globals['_PROCESSORSERVICE']._serialized_start=1863
+  _globals['_PROCESSORSERVICE']._serialized_end=2489
 # @@protoc_insertion_point(module_scope)

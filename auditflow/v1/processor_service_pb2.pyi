@@ -99,6 +99,12 @@ class FollowResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """True when the next message is an event published together with this one (committed in
+    the same transaction, or taken from the subscriber's queue at the same time) and follows
+    at once: a subscriber may wait for it and apply them together.
+    """
     @_builtins.property
     def event(self) -> Global___FeedEvent: ...
     @_builtins.property
@@ -108,10 +114,11 @@ class FollowResponse(_message.Message):
         *,
         event: Global___FeedEvent | None = ...,
         heartbeat: _workflow_pb2.Heartbeat | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat", "kind", b"kind", "more", b"more"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
