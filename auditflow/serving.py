@@ -17,6 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from auditflow import heap
 from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
@@ -176,7 +177,11 @@ def check_port_free(host: str, port: int) -> None:
 
 async def run_until_signalled(stop: Callable[[], Awaitable[None]], reload: Callable[[], None] | None = None) -> None:
     """Wait for SIGINT/SIGTERM, then run `stop` (graceful shutdown). SIGHUP runs `reload`
-    (blocking: on a thread) and goes on serving."""
+    (blocking: on a thread) and goes on serving.
+
+    Once the signals are handled, the start-up objects are frozen out of the garbage collector
+    (`auditflow/heap.py`; a full collection, so on a thread). In that order: a SIGHUP sent as
+    soon as the server answers must find its handler, not the freeze still running."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -191,6 +196,7 @@ async def run_until_signalled(stop: Callable[[], Awaitable[None]], reload: Calla
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    await asyncio.to_thread(heap.freeze_start_up)
     await stopping.wait()
     logger.info("stopping")
     await stop()

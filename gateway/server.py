@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from auditflow import heap, logs, metrics, procedures, serving, sources, tracing, trail
+from auditflow import logs, metrics, procedures, serving, sources, tracing, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
@@ -268,7 +268,6 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         await gateway.stop(0)  # (what started before the failure, in order)
         raise
-    await asyncio.to_thread(heap.freeze_start_up)  # (why: auditflow/heap.py)
     await serving.run_until_signalled(gateway.stop, gateway.reload)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from auditflow import heap, logs, metrics, procedures, serving, sources, statuses, tracing, trail
+from auditflow import logs, metrics, procedures, serving, sources, statuses, tracing, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.config import ConfigError
 from auditflow.db import Database
@@ -164,7 +164,6 @@ async def serve(settings: Settings) -> int:
     except BaseException:
         await processor.server.stop(0)  # (serving may have begun: no gRPC server left to the interpreter's exit)
         raise
-    await asyncio.to_thread(heap.freeze_start_up)  # (why: auditflow/heap.py)
     await serving.run_until_signalled(processor.stop, processor.reload)
     return processor.abandoned_cycles
 
