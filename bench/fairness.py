@@ -45,6 +45,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -420,6 +421,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "write_share": args.write_share,
             }
             gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
+            if os.environ.get("AUDITFLOW_FREEZE_ON_SIGNAL"):
+                os.kill(gateway_pid, signal.SIGUSR1)  # (bench/_watched_gateway.py: freeze after the warm-up)
             flood = Flood(target, rest_url, args.flood, watched)
             samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
             cpu = dict.fromkeys(PHASES, 0.0)
