@@ -10,7 +10,7 @@ generations, and a full collection walks only what was made since (`bench/heap.p
 
 What is made since is no garbage either, mostly: the in-memory logs of the workflows a server
 serves. The interpreter's default tries a full collection every 10 collections of the middle
-generation: one or two ran in each 3-minute run of `bench/fairness.py`, 29 to 104 ms over
+generation: one or two ran in each 3-minute run of `bench/fairness.py`, 24 to 104 ms over
 those logs. After the freeze, a full collection waits for 100 of them instead (`FULL_EVERY`):
 none ran in the same runs (docs/benchmarks.md), and cyclic garbage old enough for the last
 generation waits longer to be freed.
