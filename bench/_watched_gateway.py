@@ -4,7 +4,9 @@ event loop recorded, for `bench/fairness.py --watch-loop`:
 - the loop's lag: a thread asks the loop every 5 ms to run a callback, and records how late
   it ran (waiting for the interpreter lock, or for the callbacks ahead of it).
 Written as JSON to `$AUDITFLOW_WATCH_FILE` when the gateway stops. `$AUDITFLOW_SWITCH_INTERVAL`
-(seconds) sets the interpreter's switch interval first, to measure what it changes."""
+(seconds) sets the interpreter's switch interval first, to measure what it changes;
+`$AUDITFLOW_GC_THRESHOLD` ("700,10,10") the collector's thresholds; with
+`$AUDITFLOW_FREEZE_ON_SIGNAL` set, SIGUSR1 has the gateway collect and freeze once more."""
 
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import atexit
 import gc
 import json
 import os
+import signal
 import sys
 import threading
 import time
 from typing import Any
 
+from auditflow import heap
 from gateway import server
 from gateway.settings import Settings
 
@@ -54,6 +58,12 @@ def _write() -> None:
 
 
 _serve = server.serve
+_freeze = threading.Event()
+
+
+def _freeze_when_asked() -> None:
+    _freeze.wait()
+    heap.freeze_start_up()
 
 
 async def _watched(settings: Settings) -> None:
@@ -64,6 +74,11 @@ async def _watched(settings: Settings) -> None:
 if __name__ == "__main__":
     if "AUDITFLOW_SWITCH_INTERVAL" in os.environ:
         sys.setswitchinterval(float(os.environ["AUDITFLOW_SWITCH_INTERVAL"]))
+    if "AUDITFLOW_GC_THRESHOLD" in os.environ:
+        gc.set_threshold(*(int(x) for x in os.environ["AUDITFLOW_GC_THRESHOLD"].split(",")))
+    if "AUDITFLOW_FREEZE_ON_SIGNAL" in os.environ:
+        signal.signal(signal.SIGUSR1, lambda *_: _freeze.set())
+        threading.Thread(target=_freeze_when_asked, name="freeze", daemon=True).start()
     gc.callbacks.append(_collected)
     atexit.register(_write)
     server.serve = _watched  # type: ignore[assignment]

@@ -4,8 +4,8 @@ Starts the pair (processor + gateway subprocesses, SQLite) with the gateway's de
 per-principal limits (docs/security.md), then measures three people at their ordinary pace,
 each with the approver role: GetStatus five times a second, Approve twice a second
 (`--approve-pace`; plans a planner submitted beforehand), and a WatchStatus opened once a
-second (timed to its first event, then closed). Two phases of the same length, alternating for `--rounds` rounds in the
-same run (so that both see the machine alike):
+second (`--watch-pace`; timed to its first event, then closed). Two phases of the same
+length, alternating for `--rounds` rounds in the same run (so that both see the machine alike):
 - unloaded: the three alone;
 - loaded: meanwhile one principal with the submitter role, in a process of its own, sends
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
@@ -45,6 +45,7 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -390,7 +391,7 @@ class Flood:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    pace = {**PACE, "Approve": args.approve_pace}
+    pace = {**PACE, "Approve": args.approve_pace, "WatchStatus": args.watch_pace}
     approvals = int(args.seconds / args.approve_pace) + 2
     with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
         # (the gateway at INFO: it logs its writer's waits by principal when it stops)
@@ -420,6 +421,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "write_share": args.write_share,
             }
             gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
+            if os.environ.get("AUDITFLOW_FREEZE_ON_SIGNAL"):
+                os.kill(gateway_pid, signal.SIGUSR1)  # (bench/_watched_gateway.py: freeze after the warm-up)
             flood = Flood(target, rest_url, args.flood, watched)
             samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
             cpu = dict.fromkeys(PHASES, 0.0)
@@ -562,6 +565,13 @@ def main() -> None:
         type=float,
         default=PACE["Approve"],
         help="seconds between two Approve calls of one person (0.2: 2.5 times the calls, a steadier p99)",
+    )
+    parser.add_argument(
+        "--watch-pace",
+        type=float,
+        default=PACE["WatchStatus"],
+        help="seconds between two WatchStatus calls of one person (0.2: a p99 over 675 calls a phase kind "
+        "in 3 rounds, not its second-slowest of 135)",
     )
     parser.add_argument(
         "--watch-loop",

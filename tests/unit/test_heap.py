@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from auditflow.heap import freeze_start_up
+from auditflow.heap import FULL_EVERY, freeze_start_up
 
 
 class _Node:
@@ -20,9 +20,11 @@ class _Node:
 @pytest.fixture
 def thawed() -> Iterator[None]:
     """Leave the interpreter's collector as it found it for the other tests."""
+    threshold = gc.get_threshold()
     gc.unfreeze()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 @pytest.mark.usefixtures("thawed")
@@ -48,3 +50,13 @@ def test_garbage_made_after_the_freeze_is_still_collected() -> None:
     gc.collect()
 
     assert gone() is None
+
+
+@pytest.mark.usefixtures("thawed")
+def test_after_the_freeze_full_collections_come_less_often() -> None:
+    young, middle, full = gc.get_threshold()
+
+    freeze_start_up()
+
+    assert gc.get_threshold() == (young, middle, FULL_EVERY)
+    assert full < FULL_EVERY
