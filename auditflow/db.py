@@ -58,10 +58,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH = 512
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes: the most a checkpointed log leaves on disk
 # Milliseconds. A lock held longer than lock_timeout fails the waiting statement (UNAVAILABLE,
 # retried by the caller) instead of stalling the writer; a session idle inside a transaction
 # (a frozen process) is ended by the server, which releases its locks.
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 PG_TIMEOUTS = {"lock_timeout": 5_000, "statement_timeout": 60_000, "idle_in_transaction_session_timeout": 30_000}
 
 
