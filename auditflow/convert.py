@@ -124,6 +124,18 @@ def _plan_from_json(text: str) -> tuple[pb.PlanStep, ...]:
     )
 
 
+def plan_outline(text: str) -> list[pb.PlanStep]:
+    """The stored plan's steps without their parameters: each step's procedure and data
+    sources, what a list shows (a step's parameters can weigh 16 KiB; GetWorkflow has them)."""
+    return [
+        pb.PlanStep(
+            procedure=s["procedure"],
+            sources=[source_message(Fingerprint.from_json(f)) for f in s.get("sources", ())],
+        )
+        for s in json.loads(text)
+    ]
+
+
 class SnapshotSource(Protocol):
     """What a StatusSnapshot is built from: a gateway's workflow record, a processor's run, or
     a run's event (the snapshot as of it)."""
@@ -164,10 +176,11 @@ def snapshot(source: SnapshotSource, *, unavailable_since: datetime | None = Non
     )
 
 
-def status_fields(source: SnapshotSource) -> dict[str, Any]:
+def status_fields(source: SnapshotSource, *, result: bool = True) -> dict[str, Any]:
     """A snapshot's status fields, with the indicator flags derived from the status, as
     keyword arguments for a StatusSnapshot or a Workflow (which carries them too): passed as
-    arguments, not copied out of a built snapshot (which cost a Workflow a third of its time)."""
+    arguments, not copied out of a built snapshot (which cost a Workflow a third of its time).
+    Without the `result` when a summary leaves it out (a run's result can weigh 1 MiB)."""
     status = source.status
     processing = statuses.is_processing(status)
     reason = source.error_reason
@@ -179,7 +192,7 @@ def status_fields(source: SnapshotSource) -> dict[str, Any]:
         "progress": pb.Progress(done=source.progress_done, total=source.progress_total),
         "last_message": source.last_message,
         "error": pb.RunError(reason=reason, message=source.error_message or "") if reason else None,
-        "result": struct(source.result),
+        "result": struct(source.result) if result else None,
         "background_processing": processing,
         "is_processing": processing,
         "is_completed": statuses.is_terminal(status),

@@ -154,7 +154,8 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None, method: str) -> Callab
 
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     """A response serializer that sends bytes as they are, or an object's `wire` bytes: a
-    handler may yield a message it encoded once for many streams (the gateway's watchers)."""
+    handler may yield a message it encoded once for many streams (the gateway's watchers), or
+    answer with one it encoded off the event loop (the gateway's large answers)."""
     if serialize is None:
         return None
 
@@ -218,7 +219,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, metadata, measured),
                 request_deserializer=deserialize,
-                response_serializer=handler.response_serializer,
+                response_serializer=_passing_bytes(handler.response_serializer),
             )
         if handler.unary_stream is not None:
             measured = self._metrics.method(method, "server_stream") if self._metrics is not None else None

@@ -97,10 +97,10 @@ class WorkflowApi:
         quota.check_size(request, self._plan_limits)
         plans.check_text(request.request_id, "request_id", plans.MAX_REQUEST_ID)
         required = self._approvals.required(request.required_approvals)
-        steps = await asyncio.to_thread(_checked_plan, request, self._plan_limits)
+        plan_json = await asyncio.to_thread(_checked_plan, request, self._plan_limits)
         new = workflows.NewWorkflow(
             title=request.title,
-            plan_json=convert.plan_to_json(steps),
+            plan_json=plan_json,
             steps=len(request.plan),
             orchestrator=request.orchestrator or "plan",
             max_cycles=request.max_cycles or self._default_max_cycles,
@@ -129,7 +129,7 @@ class WorkflowApi:
 
     async def ListWorkflows(self, request: wpb.ListWorkflowsRequest) -> wpb.ListWorkflowsResponse:
         filter_ = self._filter(request)
-        return await self._listing.response(filter_, request.page_size, request.page_token, self._workflow)
+        return await self._listing.response(filter_, request.page_size, request.page_token, self._summary)
 
     def _filter(self, request: wpb.ListWorkflowsRequest | wpb.WatchWorkflowsRequest) -> ListFilter:
         """The caller's filter, from either request (they share its fields)."""
@@ -175,14 +175,14 @@ class WorkflowApi:
             title=title, plan=given, max_cycles=max_cycles, orchestrator=current.orchestrator
         )
         quota.check_size(asked, self._plan_limits)
-        steps = await asyncio.to_thread(_checked_plan, asked, self._plan_limits)
+        plan_json = await asyncio.to_thread(_checked_plan, asked, self._plan_limits)
         revision = workflows.Revision(
             workflow_id=workflow_id,
             etag=etag,
             actor=user,
             title=title,
-            plan_json=convert.plan_to_json(steps),
-            steps=len(steps),
+            plan_json=plan_json,
+            steps=len(asked.plan),
             max_cycles=max_cycles,
             reason=reason,
             request_id=request_id,
@@ -274,6 +274,9 @@ class WorkflowApi:
     def _workflow(self, record: WorkflowRecord) -> pb.Workflow:
         return messages.workflow(record, self._relay.unavailable_since)
 
+    def _summary(self, record: WorkflowRecord) -> pb.Workflow:
+        return messages.summary(record, self._relay.unavailable_since)
+
     async def _load(self, workflow_id: str) -> WorkflowRecord:
         plans.check_workflow_id(workflow_id)
         record = await self._db.read(lambda conn: store.get(conn, workflow_id))
@@ -322,11 +325,16 @@ class WorkflowApi:
             self._relay.submit(outcome.outbox, record)
 
 
-def _checked_plan(request: wpb.CreateWorkflowRequest, limits: quota.PlanLimits) -> list[pb.PlanStep]:
-    """A submitted plan checked (with this gateway's limits), with its data files fingerprinted:
-    blocking work (procedures look at files, fingerprints hash them), run off the event loop."""
+def _checked_plan(request: wpb.CreateWorkflowRequest, limits: quota.PlanLimits) -> str:
+    """A submitted plan checked (with this gateway's limits), with its data files fingerprinted,
+    as it is stored (JSON): blocking work (procedures look at files, fingerprints hash them,
+    a plan of 64 KiB takes a millisecond to write as JSON), run off the event loop. The stored
+    plan is parsed here too, so that the answer's plan is a cache hit
+    (`convert.plan_from_json`), not a parse on the loop."""
     quota.check_plan(request, limits)
-    return plans.fingerprinted(request.plan)
+    plan_json = convert.plan_to_json(plans.fingerprinted(request.plan))
+    convert.plan_from_json(plan_json)
+    return plan_json
 
 
 # The decisions counter's children, resolved once (a label look-up takes a lock).

@@ -11,6 +11,10 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.store import EventRecord, RevisionRecord, WorkflowRecord
 
+# The answers that can weigh up to a mebibyte (a page, a whole workflow with its result, a
+# revision's plan): both transports encode them on a worker thread, never on the event loop.
+LARGE_ANSWERS = frozenset({"GetWorkflow", "ListWorkflows", "GetRevision", "ListFindings"})
+
 
 def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:
     """The workflow's current status; `unavailable_since` while its approved work waits for an
@@ -28,13 +32,28 @@ def waiting_message(since: datetime) -> str:
 
 
 def workflow(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:
-    status = convert.status_fields(record)
+    """The whole workflow, as GetWorkflow and the decisions answer it."""
+    message = _without_plan(record, unavailable_since)
+    message.plan.extend(convert.plan_from_json(record.plan_json))
+    return message
+
+
+def summary(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:
+    """A workflow as a list or a collection watch shows it: each step's procedure and data
+    sources, but neither the steps' parameters nor the result (GetWorkflow has them). A page
+    of 500 summaries weighs a few hundred kilobytes where 500 whole plans could weigh 32 MiB."""
+    message = _without_plan(record, unavailable_since, result=False)
+    message.plan.extend(convert.plan_outline(record.plan_json))
+    return message
+
+
+def _without_plan(record: WorkflowRecord, unavailable_since: datetime | None, *, result: bool = True) -> pb.Workflow:
+    status = convert.status_fields(record, result=result)
     if unavailable_since is not None and waiting(record):
         status["last_message"] = waiting_message(unavailable_since)
     return pb.Workflow(
         workflow_id=record.workflow_id,
         title=record.title,
-        plan=convert.plan_from_json(record.plan_json),
         created_by=record.created_by,
         decided_by=record.decided_by or "",
         decision_comment=record.decision_comment or "",
@@ -82,16 +101,6 @@ def change_request(record: WorkflowRecord) -> pb.ChangeRequest | None:
         reason=asked.reason,
         revision=asked.revision,
     )
-
-
-def summary(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.Workflow:
-    """A workflow as a collection watch sends it: each step's procedure and data sources, but
-    neither the steps' parameters nor the result (GetWorkflow has them)."""
-    message = workflow(record, unavailable_since)
-    for step in message.plan:
-        step.ClearField("parameters")
-    message.ClearField("result")
-    return message
 
 
 def event(record: EventRecord) -> pb.WorkflowEvent:

@@ -1,8 +1,8 @@
 """A page of ListWorkflows, bounded by rows and by bytes.
 
-A workflow row carries its plan, so a page of 500 rows can weigh hundreds of megabytes. The
-page stops before `budget` bytes (protobuf encoding; at least one workflow), and its token
-covers the rest. Rows are read a few at a time, more each round (8, 32, 128, …), so that a
+A row is a summary (no parameters, no result), yet a page of 500 rows of a hundred steps each
+weighs megabytes. The page stops before `budget` bytes (protobuf encoding, its token included;
+at least one workflow), and its token covers the rest. Rows are read a few at a time, more each round (8, 32, 128, …), so that a
 page that stops after a few large rows never reads the hundreds behind them; building each
 round's messages is CPU work and runs on a worker thread, not on the event loop.
 """
@@ -23,6 +23,7 @@ from gateway.store import ListFilter, WorkflowRecord
 
 FIRST_READ = 8  # rows read in the first round; each next round reads four times as many
 ROW_OVERHEAD = 6  # a row's tag and length in the page's encoding (at most)
+TOKEN_ROOM = 128  # the next_page_token field (base64 of a timestamp and an id: 94 bytes), and more
 
 
 Token = Callable[[WorkflowRecord], str]  # the page token that resumes after a row
@@ -49,7 +50,7 @@ class _Page:
         for record in records:
             message = workflow(record)
             size = message.ByteSize() + ROW_OVERHEAD
-            if self.last is not None and self.used + size > self.budget:
+            if self.last is not None and self.used + size + TOKEN_ROOM > self.budget:
                 self.page.next_page_token = self.token(self.last)
                 return True
             self.used += size

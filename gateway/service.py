@@ -1,11 +1,18 @@
 """`auditflow.v1.WorkflowService` over gRPC: the adapter from the servicer's signature to the
 application layer (`gateway.api`). The interceptor has authenticated the caller and checked
 the policy; errors raised here are mapped by it. WatchStatus sends each hub item's wire bytes,
-encoded once for every watcher (the interceptor's serializer sends an item's `wire` as is)."""
+encoded once for every watcher (the interceptor's serializer sends an item's `wire` as is).
+The answers that can weigh a mebibyte (`messages.LARGE_ANSWERS`: pages, a whole workflow with
+its result) are encoded on a worker thread, not by gRPC on the event loop: encoding 1 MiB
+holds the interpreter for a millisecond or more, and every other caller's answer waits."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeVar, cast
+
+from google.protobuf.message import Message
 
 from auditflow.serving import Context
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -13,6 +20,14 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.api import WorkflowApi
 from gateway.collection import CollectionItem
 from gateway.hub import Item
+
+M = TypeVar("M", bound=Message)
+
+
+async def _encoded_off_loop(answer: M) -> M:
+    """The answer's wire bytes, made on a worker thread; gRPC sends bytes as they are (the
+    interceptor's serializer), so the value stands in for the message it encodes."""
+    return cast(M, await asyncio.to_thread(answer.SerializeToString))
 
 
 class WorkflowService(wpb_grpc.WorkflowServiceServicer):
@@ -23,13 +38,13 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         return await self._api.CreateWorkflow(request)
 
     async def GetWorkflow(self, request: wpb.GetWorkflowRequest, context: Context) -> wpb.GetWorkflowResponse:
-        return await self._api.GetWorkflow(request)
+        return await _encoded_off_loop(await self._api.GetWorkflow(request))
 
     async def GetStatus(self, request: wpb.GetStatusRequest, context: Context) -> wpb.GetStatusResponse:
         return await self._api.GetStatus(request)
 
     async def ListWorkflows(self, request: wpb.ListWorkflowsRequest, context: Context) -> wpb.ListWorkflowsResponse:
-        return await self._api.ListWorkflows(request)
+        return await _encoded_off_loop(await self._api.ListWorkflows(request))
 
     async def Approve(self, request: wpb.ApproveRequest, context: Context) -> wpb.ApproveResponse:
         return await self._api.Approve(request)
@@ -52,14 +67,14 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         return await self._api.RequestChanges(request)
 
     async def GetRevision(self, request: wpb.GetRevisionRequest, context: Context) -> wpb.GetRevisionResponse:
-        return await self._api.GetRevision(request)
+        return await _encoded_off_loop(await self._api.GetRevision(request))
 
     def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest, context: Context) -> AsyncIterator[CollectionItem]:  # type: ignore[override]
         # Items sent as their `wire` bytes, as WatchStatus's.
         return self._api.WatchWorkflows(request)
 
     async def ListFindings(self, request: wpb.ListFindingsRequest, context: Context) -> wpb.ListFindingsResponse:
-        return await self._api.ListFindings(request)
+        return await _encoded_off_loop(await self._api.ListFindings(request))
 
     async def ExportFindings(
         self, request: wpb.ExportFindingsRequest, context: Context

@@ -37,6 +37,7 @@ from auditflow.limits import Limiter
 from auditflow.revocation import StreamGuard, Watched
 from auditflow.serving import check_port_free
 from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway import messages
 from gateway.encoded import Written
 from gateway.rest import browser, errors, hooks, httplog, openapi, page
 from gateway.rest.routes import BadRequest, Route, build_request, response_json, routes_of
@@ -270,6 +271,7 @@ class RestApp:
             return streaming
 
         hook = hooks.RESPONSE_HOOKS.get(route.method.name)
+        large = route.method.name in messages.LARGE_ANSWERS
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
@@ -281,7 +283,8 @@ class RestApp:
                 raise
             except Exception as exc:
                 return refusal(exc, route.rpc_path)
-            if answer.ByteSize() > OFF_LOOP_BYTES:  # (a long page: its JSON takes milliseconds)
+            # (a long answer's JSON takes milliseconds; a page's size alone would take one to learn)
+            if large or answer.ByteSize() > OFF_LOOP_BYTES:
                 return await asyncio.to_thread(_answer, route, hook, answer)
             return _answer(route, hook, answer)
 

@@ -315,13 +315,12 @@ async def test_whoami_shows_the_callers_limits(start: Any) -> None:
 async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
     start: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pair = await start(max_page_bytes=4_000)
+    pair = await start(max_page_bytes=1_000)
     carol = as_user("carol")
-    for _ in range(12):  # about 1 KB each
-        await pair.stub.CreateWorkflow(
-            wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 900)]), metadata=carol
-        )
-    huge = wpb.CreateWorkflowRequest(title="big", plan=[step("test_noop", note="h" * 9_000)])
+    for _ in range(12):  # rows of about 300 bytes: 20 steps (a row carries no parameters)
+        request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 900)] * 20)
+        await pair.stub.CreateWorkflow(request, metadata=carol)
+    huge = wpb.CreateWorkflowRequest(title="big", plan=[step("test_noop")] * 100)
     await pair.stub.CreateWorkflow(huge, metadata=carol)  # bigger than a page: alone on its page
     limits_read: list[int] = []
     list_page = store.list_page
@@ -340,12 +339,20 @@ async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
         if pages == 1:  # a page that ends after a few large rows reads few rows
             assert limits_read == [9], limits_read
         assert page.workflows, "every page holds at least one workflow"
-        assert page.ByteSize() <= 4_000 or len(page.workflows) == 1, page.ByteSize()
+        assert page.ByteSize() <= 1_000 or len(page.workflows) == 1, page.ByteSize()
         seen += [w.workflow_id for w in page.workflows]
         token = page.next_page_token
         if not token:
             break
     assert len(seen) == len(set(seen)) == 13 and pages >= 4
+    # Rows are summaries: each step's procedure, not its parameters (GetWorkflow has them).
+    first = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=1), metadata=carol)  # "big"
+    after = wpb.ListWorkflowsRequest(page_size=1, page_token=first.next_page_token)
+    row = (await pair.stub.ListWorkflows(after, metadata=carol)).workflows[0]
+    assert [s.procedure for s in row.plan] == ["test_noop"] * 20
+    assert not any(s.HasField("parameters") for s in row.plan), row.plan[0]
+    whole = await pair.stub.GetWorkflow(wpb.GetWorkflowRequest(workflow_id=row.workflow_id), metadata=carol)
+    assert whole.workflow.plan[0].parameters["note"] == "n" * 900 and whole.workflow.etag == row.etag
     async with pair.http.get(pair.url + "/workflows?page_size=500", headers=auth.headers("carol")) as response:
         body = await response.json()
     assert 1 <= len(body["workflows"]) < 13 and body["next_page_token"], body
@@ -400,7 +407,7 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
     async with pair.http.post(pair.url + "/workflows", json=body, headers=auth.headers("carol")) as response:
         assert response.status == 200, await response.text()
         created.append((await response.json())["workflow"]["workflow_id"])
-    monkeypatch.setattr(messages, "workflow", recorded("page", messages.workflow))
+    monkeypatch.setattr(messages, "summary", recorded("page", messages.summary))
     monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
     monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
     page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=carol)
