@@ -231,7 +231,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler  # (no client-streaming RPCs outside the public ones)
 
     def _presented(self, context: Context, metadata: Any) -> Presented:
-        return self._auth.presented(metadata, peer_address(context), tls_identities(context))
+        # (the handshake's identities are read only where a service may present one: the
+        # look-up builds the whole authentication context, on every call)
+        identities = tls_identities(context) if self._auth.service_identities else ()
+        return self._auth.presented(metadata, peer_address(context), identities)
 
     async def _admit(self, request: Any, presented: Presented, method: str) -> Principal:
         """Authenticate, authorize, check the caller's rate and set the principal; then refuse

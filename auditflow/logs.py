@@ -12,11 +12,18 @@ dispatched, each cycle, a completion), WARNING for what is retried (a failed cyc
 outbox row the processor did not take, a lost lease, a database outage), ERROR for what needs
 a person (a failed run, a request the processor refused for good, an unhandled exception),
 DEBUG for state (a cycle's state, every refused call).
+
+A log call only queues its record: a thread of its own writes it (`logging.handlers.
+QueueListener`). A call on the event loop never waits for the write (stderr can be a pipe that
+a slow reader fills), nor gives up the interpreter lock for it, which a thread busy with
+another caller's page would then hold for up to a switch interval before the loop got it back.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from contextvars import ContextVar
@@ -30,20 +37,44 @@ _context: ContextVar[dict[str, Any] | None] = ContextVar("auditflow_log_context"
 
 
 def setup(level: str, log_format: str = "text", service: str = "") -> None:
-    """Configure the root logger once: `log_format` "text" or "json" (to stderr)."""
+    """Configure the root logger once: `log_format` "text" or "json" (to stderr, written by a
+    thread of its own; `logging.shutdown`, run at exit, writes what is queued)."""
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter
+    front = _Queued(handler)
     if log_format == "json":
         formatter = JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             static_fields={"service": service} if service else None,
         )
-        handler.addFilter(ContextFilter())
+        front.addFilter(ContextFilter())  # (where the record is made: the context is the caller's)
     else:
         formatter = logging.Formatter(TEXT_FORMAT)
     handler.setFormatter(utc_iso_times(formatter))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[front], force=True)
+
+
+class _Queued(logging.handlers.QueueHandler):
+    """Hands each record to the thread that writes it with `handler`."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        super().__init__(records)
+        self._listener = logging.handlers.QueueListener(records, handler)
+        self._listener.start()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message is made now (its arguments may change later); the record is otherwise
+        # kept whole, its exception included: the queue never leaves the process.
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+    def close(self) -> None:
+        if self._listener._thread is not None:  # (closed once by a new set-up, again at exit)
+            self._listener.stop()  # (writes what is queued, then ends the thread)
+        super().close()
 
 
 def utc_iso_times(formatter: logging.Formatter) -> logging.Formatter:

@@ -2,9 +2,10 @@
 
 A row is a summary (no parameters, no result), yet a page of 500 rows of a hundred steps each
 weighs megabytes. The page stops before `budget` bytes (protobuf encoding, its token included;
-at least one workflow), and its token covers the rest. Rows are read a few at a time, more each round (8, 32, 128, …), so that a
-page that stops after a few large rows never reads the hundreds behind them; building each
-round's messages is CPU work and runs on a worker thread, not on the event loop.
+at least one workflow), and its token covers the rest. Rows are read a few at a time, more
+each round (8, 32, 128, …), so that a page that stops after a few large rows never reads the
+hundreds behind them; building each round's messages is CPU work and runs on a worker
+thread, not on the event loop.
 """
 
 from __future__ import annotations

@@ -312,10 +312,11 @@ async def test_whoami_shows_the_callers_limits(start: Any) -> None:
     assert body["limits"]["read"] == {"per_second": 20, "burst": 100}, body
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
-    start: Any, monkeypatch: pytest.MonkeyPatch
+    start: Any, monkeypatch: pytest.MonkeyPatch, database: str
 ) -> None:
-    pair = await start(max_page_bytes=1_000)
+    pair = await start(database, max_page_bytes=1_000)
     carol = as_user("carol")
     for _ in range(12):  # rows of about 300 bytes: 20 steps (a row carries no parameters)
         request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 900)] * 20)
