@@ -4,7 +4,7 @@ event loop recorded, for `bench/fairness.py --watch-loop`:
 - the loop's lag: a thread asks the loop every 5 ms to run a callback, and records how late
   it ran (waiting for the interpreter lock, or for the callbacks ahead of it).
 Written as JSON to `$AUDITFLOW_WATCH_FILE` when the gateway stops. `$AUDITFLOW_SWITCH_INTERVAL`
-(seconds) sets the interpreter's switch interval first, to measure what it changes;
+(seconds) sets the interpreter's switch interval in place of the gateway's own, to measure another;
 `$AUDITFLOW_GC_THRESHOLD` ("700,10,10") the collector's thresholds; with
 `$AUDITFLOW_FREEZE_ON_SIGNAL` set, SIGUSR1 has the gateway collect and freeze once more."""
 
@@ -67,13 +67,13 @@ def _freeze_when_asked() -> None:
 
 
 async def _watched(settings: Settings) -> None:
+    if "AUDITFLOW_SWITCH_INTERVAL" in os.environ:  # (after the gateway's own, to measure another)
+        sys.setswitchinterval(float(os.environ["AUDITFLOW_SWITCH_INTERVAL"]))
     threading.Thread(target=_sample, args=(asyncio.get_running_loop(),), name="loop-lag", daemon=True).start()
     await _serve(settings)
 
 
 if __name__ == "__main__":
-    if "AUDITFLOW_SWITCH_INTERVAL" in os.environ:
-        sys.setswitchinterval(float(os.environ["AUDITFLOW_SWITCH_INTERVAL"]))
     if "AUDITFLOW_GC_THRESHOLD" in os.environ:
         gc.set_threshold(*(int(x) for x in os.environ["AUDITFLOW_GC_THRESHOLD"].split(",")))
     if "AUDITFLOW_FREEZE_ON_SIGNAL" in os.environ:

@@ -271,11 +271,20 @@ async def serve(settings: Settings) -> None:
     await serving.run_until_signalled(gateway.stop, gateway.reload)
 
 
+# How long a thread that wants the interpreter waits before the one holding it must let go
+# (Python's default: 5 ms). The event loop shares the interpreter with the worker threads that
+# build pages and their JSON: at 5 ms, each of an answer's few hand-overs between loop and
+# threads could wait 5 ms beside one caller's paging, and other callers' p99 tripled; at
+# 0.5 ms it stays within twice its unloaded value (bench/fairness.py, docs/benchmarks.md).
+SWITCH_INTERVAL = 0.0005
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = parse(argv)
     except ConfigError as exc:
         sys.exit(f"auditflow-gateway: {exc}")
+    sys.setswitchinterval(SWITCH_INTERVAL)
     logs.setup(settings.log_level, settings.log_format, service="gateway")
     try:
         tracing.configure("gateway")
