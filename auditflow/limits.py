@@ -107,7 +107,7 @@ DEFAULT_READ = Rate(20, 100)
 DEFAULT_WATCH = Rate(5, 40)
 # A page of this many rows, or a request of this many bytes, costs one token; more costs more
 # (at most the burst).
-ROWS_PER_TOKEN = 50
+ROWS_PER_TOKEN = 10
 BYTES_PER_TOKEN = 16 * 1024
 DEFAULT_MAX_STREAMS = 50
 

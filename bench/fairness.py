@@ -65,6 +65,7 @@ from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
 from bench._loadgen import percentile  # noqa: E402
+from gateway.settings import DEFAULT_MAX_PENDING_PLANS  # noqa: E402
 from tests.support import auth  # noqa: E402
 from tests.support.cluster import Pair, wait_http  # noqa: E402
 
@@ -392,7 +393,7 @@ class Flood:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     pace = {**PACE, "Approve": args.approve_pace, "WatchStatus": args.watch_pace}
-    approvals = int(args.seconds / args.approve_pace) + 2
+    approvals = int(args.seconds / args.approve_pace) + 2  # (within the quota: `main` checks)
     with tempfile.TemporaryDirectory(prefix="auditflow-fairness-") as tmp:
         # (the gateway at INFO: it logs its writer's waits by principal when it stops)
         gateway_args = [*PLUGIN, "--log-level", "INFO", "--write-share", str(args.write_share)]
@@ -583,6 +584,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.warm_up = 4.0, 1, 1.0
+    approvals = int(args.seconds / args.approve_pace) + 2
+    if approvals > DEFAULT_MAX_PENDING_PLANS:  # (each person's planner of a phase holds them all at once)
+        parser.error(
+            f"--seconds {args.seconds:g} at --approve-pace {args.approve_pace:g} needs {approvals} plans awaiting "
+            f"one person's approval from one planner, past the gateway's quota of {DEFAULT_MAX_PENDING_PLANS}: "
+            "shorter phases, or a slower pace"
+        )
     report(run(args), as_json=args.json)
 
 

@@ -27,7 +27,11 @@ M = TypeVar("M", bound=Message)
 async def _encoded_off_loop(answer: M) -> M:
     """The answer's wire bytes, made on a worker thread; gRPC sends bytes as they are (the
     interceptor's serializer), so the value stands in for the message it encodes."""
-    return cast(M, await asyncio.to_thread(answer.SerializeToString))
+    return cast(M, await asyncio.to_thread(_wire, answer))
+
+
+def _wire(answer: Message) -> bytes:
+    return answer.SerializeToString()
 
 
 class WorkflowService(wpb_grpc.WorkflowServiceServicer):

@@ -27,7 +27,7 @@ from auditflow import metrics, trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway import messages, store
+from gateway import messages, service, store
 from gateway.quota import PlanLimits
 from gateway.rest import app
 from gateway.server import Gateway
@@ -387,7 +387,7 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
         request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 9_000)])
         created.append((await pair.stub.CreateWorkflow(request, metadata=carol)).workflow.workflow_id)
     loop_thread = threading.get_ident()
-    threads: dict[str, set[int]] = {"page": set(), "json": set(), "trail": set(), "body": set()}
+    threads: dict[str, set[int]] = {"page": set(), "wire": set(), "json": set(), "trail": set(), "body": set()}
 
     def recorded(name: str, function: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -409,6 +409,7 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
         assert response.status == 200, await response.text()
         created.append((await response.json())["workflow"]["workflow_id"])
     monkeypatch.setattr(messages, "summary", recorded("page", messages.summary))
+    monkeypatch.setattr(service, "_wire", recorded("wire", service._wire))
     monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
     monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
     page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=carol)
