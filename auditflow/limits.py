@@ -56,7 +56,7 @@ KINDS: dict[str, Kind] = {
 
 def cost(page_size: object = None, size: int = 0) -> int:
     """Tokens a call takes: one, one per ROWS_PER_TOKEN rows of the page it asks for (a page
-    of 500 workflows is ten reads' work, not one), or one per BYTES_PER_TOKEN of the request
+    of 500 workflows is fifty reads' work, not one), or one per BYTES_PER_TOKEN of the request
     (a plan of 64 KiB is four writes' work). `page_size` as the request has it: a number
     (gRPC), text (a REST query; what is not a page size costs one, and is refused by the
     call's own checks), or nothing; `size`: the request's bytes, as sent."""
@@ -106,7 +106,7 @@ DEFAULT_WRITE = Rate(10, 20)
 DEFAULT_READ = Rate(20, 100)
 DEFAULT_WATCH = Rate(5, 40)
 # A page of this many rows, or a request of this many bytes, costs one token; more costs more
-# (at most the burst).
+# (at most the burst). A page of 500 summaries costs the gateway some 40 ms of CPU, 50 reads.
 ROWS_PER_TOKEN = 10
 BYTES_PER_TOKEN = 16 * 1024
 DEFAULT_MAX_STREAMS = 50

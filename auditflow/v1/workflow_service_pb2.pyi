@@ -240,7 +240,8 @@ class ListWorkflowsResponse(_message.Message):
     """Empty on the last page."""
     @_builtins.property
     def workflows(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.Workflow]:
-        """A page may hold fewer than page_size workflows: it also stops before the server's page
+        """Summaries: each plan step without its `parameters`, and no `result`.
+        A page may hold fewer than page_size workflows: it also stops before the server's page
         size in bytes (1 MiB unless configured), with at least one workflow.
         """
 
@@ -1141,7 +1142,7 @@ class CallerLimits(_message.Message):
 
     @_builtins.property
     def read(self) -> Global___CallRate:
-        """Reads; a page costs one call per 50 rows it asks for."""
+        """Reads; a page costs one call per 10 rows it asks for."""
 
     @_builtins.property
     def watch(self) -> Global___CallRate:

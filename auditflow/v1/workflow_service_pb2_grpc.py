@@ -143,7 +143,9 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkflows(self, request, context):
-        """Lists workflows, newest first, optionally filtered by status.
+        """Lists workflows, newest first, optionally filtered by status. Each row is a summary:
+        each plan step's procedure and data sources, without the steps' parameters and without
+        the run's result (GetWorkflow has the whole workflow).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,10 @@ class WorkflowServiceStub:
     GetStatus: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetStatusRequest, _workflow_service_pb2.GetStatusResponse]
     """Returns the live status of a workflow (the web UI's polling endpoint)."""
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowsRequest, _workflow_service_pb2.ListWorkflowsResponse]
-    """Lists workflows, newest first, optionally filtered by status."""
+    """Lists workflows, newest first, optionally filtered by status. Each row is a summary:
+    each plan step's procedure and data sources, without the steps' parameters and without
+    the run's result (GetWorkflow has the whole workflow).
+    """
     Approve: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.ApproveRequest, _workflow_service_pb2.ApproveResponse]
     """Approves a plan. Answers as soon as the decision is durable; the plan runs in the
     background. Idempotent for the same approver or the same request_id.
@@ -92,7 +95,10 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetStatusRequest, _workflow_service_pb2.GetStatusResponse]  # type: ignore[assignment]
     """Returns the live status of a workflow (the web UI's polling endpoint)."""
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ListWorkflowsRequest, _workflow_service_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
-    """Lists workflows, newest first, optionally filtered by status."""
+    """Lists workflows, newest first, optionally filtered by status. Each row is a summary:
+    each plan step's procedure and data sources, without the steps' parameters and without
+    the run's result (GetWorkflow has the whole workflow).
+    """
     Approve: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.ApproveRequest, _workflow_service_pb2.ApproveResponse]  # type: ignore[assignment]
     """Approves a plan. Answers as soon as the decision is durable; the plan runs in the
     background. Idempotent for the same approver or the same request_id.
@@ -165,7 +171,10 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_service_pb2.ListWorkflowsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.ListWorkflowsResponse, _abc.Awaitable[_workflow_service_pb2.ListWorkflowsResponse]]:
-        """Lists workflows, newest first, optionally filtered by status."""
+        """Lists workflows, newest first, optionally filtered by status. Each row is a summary:
+        each plan step's procedure and data sources, without the steps' parameters and without
+        the run's result (GetWorkflow has the whole workflow).
+        """
 
     @_abc_1.abstractmethod
     def Approve(

@@ -168,8 +168,8 @@ async def test_a_principal_past_its_write_rate_is_refused_with_when_to_retry_and
 async def test_a_long_page_costs_more_reads_than_a_short_one(start: Any) -> None:
     pair = await start(limits=LimitSettings(read=Rate(SLOW, 12)))
     viewer = as_user("reader", ("viewer",))
-    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=viewer)  # 10 tokens
-    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=50), metadata=viewer)  # 1
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=100), metadata=viewer)  # 10 tokens
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=10), metadata=viewer)  # 1
     await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=viewer)  # 1: the bucket is empty
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=viewer)

@@ -64,8 +64,8 @@ async def test_kinds_and_costs() -> None:
     assert limits.kind_of("ExportFindings") == Kind.WATCH
     assert limits.kind_of("/auditflow.v1.WorkflowService/CancelWorkflow") == Kind.WRITE
     assert limits.kind_of("/auditflow.v1.WorkflowService/VerifyTrail") == Kind.READ
-    assert limits.cost(500) == 10 and limits.cost("500") == 10 and limits.cost(51) == 2
-    assert limits.cost(size=64 * 1024) == 4 and limits.cost(size=100) == 1 and limits.cost(50, 40_000) == 3
+    assert limits.cost(500) == 50 and limits.cost("500") == 50 and limits.cost(11) == 2 and limits.cost(10) == 1
+    assert limits.cost(size=64 * 1024) == 4 and limits.cost(size=100) == 1 and limits.cost(10, 40_000) == 3
     assert limits.cost(0) == limits.cost(None) == limits.cost("") == limits.cost("-5") == limits.cost("9" * 5000) == 1
     clock = Clock()
     limiter = Limiter(LimitSettings(read=Rate(1, 5)), clock, hold=0)
