@@ -655,24 +655,27 @@ class PlanOutline(ColumnElement[str]):
         self.plan = plan
 
 
-@compiles(PlanOutline, "sqlite")
-def _sqlite_outline(element: PlanOutline, compiler: Any, **kw: Any) -> str:
-    plan = compiler.process(element.plan, **kw)
-    return (
+# The outline in each dialect's JSON functions ({plan}: the plan's column).
+_OUTLINE_SQL = {
+    "sqlite": (
         "(SELECT json_group_array(json_object('procedure', json_extract(step.value, '$.procedure'), "
         "'sources', json(coalesce(json_extract(step.value, '$.sources'), '[]')))) "
-        f"FROM (SELECT value FROM json_each({plan}) ORDER BY key) AS step)"
-    )
-
-
-@compiles(PlanOutline, "postgresql")
-def _postgresql_outline(element: PlanOutline, compiler: Any, **kw: Any) -> str:
-    plan = compiler.process(element.plan, **kw)
-    return (
+        "FROM (SELECT value FROM json_each({plan}) ORDER BY key) AS step)"
+    ),
+    "postgresql": (
         "(SELECT coalesce(json_agg(json_build_object('procedure', step.value -> 'procedure', "
         "'sources', coalesce(step.value -> 'sources', '[]'::json)) ORDER BY step.n), '[]'::json)::text "
-        f"FROM json_array_elements(({plan})::json) WITH ORDINALITY AS step(value, n))"
-    )
+        "FROM json_array_elements(({plan})::json) WITH ORDINALITY AS step(value, n))"
+    ),
+}
+
+
+def _outline_sql(element: PlanOutline, compiler: Any, **kw: Any) -> str:
+    return _OUTLINE_SQL[compiler.dialect.name].format(plan=compiler.process(element.plan, **kw))
+
+
+for _dialect in _OUTLINE_SQL:
+    compiles(PlanOutline, _dialect)(_outline_sql)
 
 
 # A list's rows: the table's columns in order (`WorkflowRecord.from_row`), but `plan_json`
