@@ -48,6 +48,7 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -196,12 +197,29 @@ def summary(parts: list[Samples]) -> dict[str, Any]:
 
 
 def flood_main(
-    target: str, rest_url: str, token: str, kinds: list[str], watched: list[str], stop: Any, ready: Any, out: Any
+    target: str,
+    rest_url: str,
+    token: str,
+    kinds: list[str],
+    watched: list[str],
+    stop: Any,
+    ready: Any,
+    out: Any,
+    parent: int,
 ) -> None:
     """The flooding principal (its JWT minted by the parent, whose key the gateway trusts), in
-    a process of its own until `stop` is set."""
+    a process of its own until `stop` is set or the parent (its pid) is gone."""
     os.nice(19)  # (its own CPU would be another machine's: here it takes only what is left)
+    threading.Thread(target=_exit_with, args=(parent,), name="orphan-check", daemon=True).start()
     out.put(asyncio.run(_flood(target, rest_url, token, kinds, watched, stop, ready)))
+
+
+def _exit_with(parent: int) -> None:
+    """End the flood when the benchmark that started it is gone (killed, it never sets `stop`):
+    an orphaned flood would spin at a full core, under every later measurement."""
+    while os.getppid() == parent:  # (a child whose parent died has another one)
+        time.sleep(1)
+    os._exit(1)
 
 
 async def _flood(
@@ -377,7 +395,7 @@ class Flood:
     @contextlib.contextmanager
     def running(self, warm_up: float, results: list[dict[str, Any]]) -> Iterator[None]:
         stop, ready, out = self.context.Event(), self.context.Event(), self.context.Queue()
-        process = self.context.Process(target=flood_main, args=(*self.args, stop, ready, out))
+        process = self.context.Process(target=flood_main, args=(*self.args, stop, ready, out, os.getpid()))
         process.start()
         try:
             if not ready.wait(60):
