@@ -145,7 +145,7 @@ def test_an_approver_reviews_the_whole_plan_from_a_link_and_approves_what_was_sh
     page.focus("#decision-comment")
     page.keyboard.type("figures agree with the ledger")
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "approve"
+    expect(page.locator("#approve")).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.locator("#confirm")).to_be_visible()
     expect(page.locator("#confirm-title")).to_have_text("Approve “Q4 ledger review”?")
@@ -153,7 +153,7 @@ def test_an_approver_reviews_the_whole_plan_from_a_link_and_approves_what_was_sh
         f"Workflow {workflow_id}, revision 1. This is approval 1 of 1: the plan runs."
     )
     page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "confirm-ok"
+    expect(page.locator("#confirm-ok")).to_be_focused()
     with page.expect_request("**/approve") as sent:
         page.keyboard.press("Enter")
     assert sent.value.post_data_json == {"etag": created["etag"], "comment": "figures agree with the ledger"}
@@ -326,8 +326,10 @@ def test_reject_and_request_changes_need_a_reason_and_a_confirmation(pair: Pair,
     page.click("#back")
     page.focus(f'#workflow-table a[href$="{second["workflow_id"]}"]')
     page.keyboard.press("Enter")  # from the keyboard: the review page, its heading focused
+    # (the second workflow shown, not the first one's buttons still enabled from before)
+    expect(page.locator("#detail-id")).to_have_text(second["workflow_id"], timeout=10_000)
     expect(page.locator("#approve")).to_be_enabled(timeout=10_000)
-    assert page.evaluate("() => document.activeElement.id") == "detail-heading"
+    expect(page.locator("#detail-heading")).to_be_focused(timeout=10_000)
     expect(page.locator("#decision-comment")).to_have_value("")
     expect(page.locator("#decision-reason")).to_have_value("")
 

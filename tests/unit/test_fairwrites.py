@@ -50,18 +50,24 @@ async def unfair(tmp_path: Path) -> AsyncIterator[Writer]:
         yield writer
 
 
-def add(name: str) -> Any:
-    def fn(conn: Connection) -> None:
+def add(name: str, db: Database) -> Any:
+    """The write, answering the commits made before the one that stores it: the writes one
+    commit stores answer the same number."""
+
+    def fn(conn: Connection) -> int:
         conn.execute(insert(items).values(name=name))
+        return db.commits
 
     return fn
 
 
-async def write_as(db: Database, name: str | None, cost: int) -> None:
-    """A write from a call of `name` (None: the service's own work); its own task, as a call's."""
+async def write_as(db: Database, name: str | None, cost: int) -> int:
+    """A write from a call of `name` (None: the service's own work), in its own task as a
+    call's; the commits made before the one that stored it."""
     if name is not None:
         principal.set_current(Principal(name, frozenset({"submitter"}), via="test"))
-    await db.write(add(name or "service"), cost=cost)
+    committed_after: int = await db.write(add(name or "service", db), cost=cost)
+    return committed_after
 
 
 async def _after_a_backlog(writer: Writer, others: list[tuple[str | None, int]]) -> tuple[int, list[int]]:
@@ -82,11 +88,10 @@ async def _after_a_backlog(writer: Writer, others: list[tuple[str | None, int]])
     assert writer.writes.waiting() == BACKLOG + len(others)
     release.set()
     await holding
-    before: list[int] = []
-    for task in others_:
-        await task
-        before.append(sum(1 for f in flood if f.done()))
-    await asyncio.gather(*flood)
+    # (by the commits that stored them, not by which tasks are done when one is looked at:
+    # the loop may have settled the next commit's writes before this task runs again)
+    floods, others_at = await asyncio.gather(asyncio.gather(*flood), asyncio.gather(*others_))
+    before = [sum(1 for at in floods if at <= other) for other in others_at]
     return len(flood), before
 
 
