@@ -64,7 +64,7 @@ def check_plan(request: wpb.CreateWorkflowRequest, quota: PlanLimits) -> None:
     )
 
 
-_PENDING = (
+PENDING = (
     select(func.count())
     .select_from(store.workflows)
     .where(
@@ -78,7 +78,7 @@ _PENDING = (
 
 def pending(conn: Connection, creator: Principal) -> int:
     """How many of `creator`'s plans await approval."""
-    return int(conn.execute(_PENDING, {"b_key": creator.key}).scalar_one())
+    return int(conn.execute(PENDING, {"b_key": creator.key}).scalar_one())
 
 
 def create(conn: Connection, new: workflows.NewWorkflow, quota: PlanLimits) -> workflows.Outcome:

@@ -98,6 +98,10 @@ workflows = Table(
     Index("ix_workflows_created", "created_at", "workflow_id"),
     Index("ix_workflows_status", "status", "created_at"),
     Index("ix_workflows_updated", "updated_at"),
+    # A submitter's plans awaiting approval are counted (the quota) from this index alone: read
+    # from the rows, the count walked each plan's stored JSON (SQLite keeps a large plan inline,
+    # before the status), 6 MB for a principal at its quota of 64 KiB plans, in the writer.
+    Index("ix_workflows_creator_status", "created_by_key", "status"),
 )
 
 # Every revision of every plan, as submitted: what approvers compare (GetRevision).

@@ -341,3 +341,12 @@ def test_the_writer_share_benchmark_reports_both_writers() -> None:
             assert found["writes"] == 3 * 4, (writer, phase, found)
             assert positive(found["p50_ms"]) and found["p50_ms"] <= found["p99_ms"]
         assert positive(figures["plans_stored_by_the_flood"][writer])
+
+
+def test_the_pending_quota_benchmark_counts_from_the_index_and_through_the_rows() -> None:
+    figures = run_quick("pending_quota.py")
+
+    assert [found["pending"] for found in figures] == [10, 100]
+    for found in figures:
+        for name in ("count_from_index_ms", "count_through_rows_ms", "ratio", "new_plan_write_ms"):
+            assert positive(found[name]), (found, name)
