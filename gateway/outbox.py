@@ -178,6 +178,12 @@ class OutboxRelay:
         self._link_down_since = None if up else (self._link_down_since or convert.utcnow())
 
     @property
+    def gate_closed(self) -> bool:
+        """True while rows wait for an unavailable processor (a send failed; the relay probes
+        its health and opens the gate again when it answers)."""
+        return not self._open.is_set()
+
+    @property
     def parked(self) -> int:
         """Rows waiting, without a sender task, for the processor to come back."""
         return len(self._parked)

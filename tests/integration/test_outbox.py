@@ -153,7 +153,7 @@ async def test_during_an_outage_rows_wait_without_a_task_each_and_keep_their_ord
         await read_and_approve(stub, ids[0], as_user("alice"))
 
         async def gate_closed() -> bool:  # the first Enqueue found no processor
-            return gateway.relay.unavailable_since is not None
+            return gateway.relay.gate_closed
 
         await until(gate_closed, "the relay to notice the outage")
         for workflow_id in ids[1:]:

@@ -296,9 +296,10 @@ async def test_cancel_is_honoured_between_cycles(harnesses: Harnesses) -> None:
     assert again.run.snapshot == seen[-1].snapshot
 
 
-async def test_cancel_of_a_queued_run_is_immediate(harnesses: Harnesses) -> None:
+async def test_cancel_of_a_queued_run_is_immediate(harnesses: Harnesses, tmp_path: Path) -> None:
     h = await harnesses.start(max_concurrent=1)
-    busy = enqueue_request([step("test_sleep", seconds=0.2)] * 3)
+    go = tmp_path / "go"
+    busy = enqueue_request([step("test_wait_for_file", path=str(go))])  # (holds the one slot)
     await h.stub.Enqueue(busy)
     await read_until(watch(h.stub, busy.workflow_id), is_event(E.EVENT_TYPE_STARTED))
     waiting = enqueue_request([step("test_noop")])
@@ -314,6 +315,8 @@ async def test_cancel_of_a_queued_run_is_immediate(harnesses: Harnesses) -> None
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await h.stub.CancelRun(ps.CancelRunRequest(workflow_id=new_id(), requested_by="bob"))
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    go.write_text("go")
+    assert types(await collect(h.stub, busy.workflow_id))[-1] == "COMPLETED"
 
 
 # --- concurrency ---------------------------------------------------------------------------
@@ -346,9 +349,12 @@ async def test_concurrent_enqueues_never_exceed_max_concurrent(harnesses: Harnes
     assert test_procedures.PEAK == 2
 
 
-async def test_enqueue_on_an_idle_processor_starts_the_run_before_answering(harnesses: Harnesses) -> None:
+async def test_enqueue_on_an_idle_processor_starts_the_run_before_answering(
+    harnesses: Harnesses, tmp_path: Path
+) -> None:
     h = await harnesses.start()
-    request = enqueue_request([step("test_sleep", seconds=0.5)])
+    go = tmp_path / "go"
+    request = enqueue_request([step("test_wait_for_file", path=str(go))])  # (running until the file is there)
 
     response = await h.stub.Enqueue(request)
     run = await h.stub.GetRun(ps.GetRunRequest(workflow_id=request.workflow_id))
@@ -356,18 +362,21 @@ async def test_enqueue_on_an_idle_processor_starts_the_run_before_answering(harn
     assert response.created
     assert response.run.snapshot.status == S.WORKFLOW_STATUS_RUNNING  # claimed in the Enqueue's commit
     assert run.run.snapshot.status == S.WORKFLOW_STATUS_RUNNING
+    go.write_text("go")
+    assert types(await collect(h.stub, request.workflow_id))[-1] == "COMPLETED"
 
 
 # --- watching ------------------------------------------------------------------------------
 
 
 async def test_a_watcher_right_after_enqueue_is_served_from_memory(
-    harnesses: Harnesses, monkeypatch: pytest.MonkeyPatch
+    harnesses: Harnesses, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The gateway opens its watch as soon as Enqueue answers: the run's first events come
     from the hub, which keeps them while the run is driven, not from two database reads."""
     h = await harnesses.start()
-    request = enqueue_request([step("test_sleep", seconds=0.5)], base_sequence=2)
+    go = tmp_path / "go"
+    request = enqueue_request([step("test_wait_for_file", path=str(go))], base_sequence=2)
     await h.stub.Enqueue(request)
     reads: list[object] = []  # of the run or its events (the claim loop's polls do not count)
     real_read = h.processor.db.read
@@ -382,7 +391,8 @@ async def test_a_watcher_right_after_enqueue_is_served_from_memory(
     first = [await stream.read(), await stream.read()]
     assert [m.event.type for m in first] == [E.EVENT_TYPE_QUEUED, E.EVENT_TYPE_STARTED]
     assert [m.event.sequence for m in first] == [3, 4]
-    assert reads == []  # (the 0.5 s cycle is still running: its driver reads nothing yet)
+    assert reads == []  # (the cycle is still running, until the file is there: its driver reads nothing yet)
+    go.write_text("go")
     # The hub lets go of the run once it ends; a later watcher replays from the log.
     rest = []
     while (message := await stream.read()) != grpc.aio.EOF:

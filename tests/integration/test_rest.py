@@ -103,6 +103,11 @@ def sleeps(n: int, seconds: float = 0.2) -> list[dict[str, Any]]:
     return [{"procedure": "test_sleep", "parameters": {"seconds": seconds}} for _ in range(n)]
 
 
+def gate(path: Path) -> dict[str, Any]:
+    """A step that waits until `path` exists: the run is under way until the test writes it."""
+    return {"procedure": "test_wait_for_file", "parameters": {"path": str(path)}}
+
+
 # --- routes -------------------------------------------------------------------------------
 
 
@@ -157,9 +162,10 @@ async def test_create_get_and_list(api: Api) -> None:
 
 
 async def test_approve_answers_with_the_seed_json_and_live_status_is_202_then_200(
-    api: Api, caplog: pytest.LogCaptureFixture
+    api: Api, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    workflow_id = await api.create(sleeps(2))
+    go = tmp_path / "go"
+    workflow_id = await api.create([gate(go), *sleeps(1)])
     caplog.set_level(logging.INFO, logger="gateway")
     caplog.handler.addFilter(logs.ContextFilter())  # (as the servers' handler: the bound fields)
     status, answer = await api.decide(workflow_id, "approve", "alice")
@@ -182,6 +188,7 @@ async def test_approve_answers_with_the_seed_json_and_live_status_is_202_then_20
     assert live["is_completed"] is False
     assert live["status"] in ("WORKFLOW_STATUS_APPROVED", "WORKFLOW_STATUS_QUEUED", "WORKFLOW_STATUS_RUNNING")
     assert live["progress"]["total"] == 2 and "last_update" in live and "progress_percent" in live
+    go.write_text("go")
     for _ in range(200):
         status, live = await api.call("GET", f"/workflows/{workflow_id}/status/live")
         if status == 200:
@@ -407,13 +414,17 @@ async def test_sse_streams_every_event_with_its_sequence_as_id(api: Api) -> None
     assert ": heartbeat" in comments  # the cycles take longer than a heartbeat interval
 
 
-async def test_sse_resumes_after_last_event_id_mid_run_with_no_gap_and_no_duplicate(api: Api) -> None:
-    workflow_id = await api.create(sleeps(4, 0.3))
+async def test_sse_resumes_after_last_event_id_mid_run_with_no_gap_and_no_duplicate(
+    api: Api, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    workflow_id = await api.create([*sleeps(1, 0.3), gate(go), *sleeps(2, 0.3)])
     await api.decide(workflow_id, "approve", "alice")
     first, _, _ = await read_sse(api, workflow_id, stop_at=5)  # CREATED … STARTED, CYCLE 1: mid-run
     assert first == [1, 2, 3, 4, 5]
     status, _ = await api.call("GET", f"/workflows/{workflow_id}/status/live")
-    assert status == 202  # still running when the browser reconnects
+    assert status == 202  # still running (the second step waits) when the browser reconnects
+    go.write_text("go")
     rest, names, _ = await read_sse(api, workflow_id, last_event_id=first[-1])
     assert rest[0] == 6 and names == ["end"]
     assert first + rest == list(range(1, len(first) + len(rest) + 1))

@@ -207,7 +207,7 @@ def test_roles_come_from_lists_strings_and_nested_claims() -> None:
 
 def test_a_verified_token_is_cached_until_it_expires() -> None:
     check = verifier()
-    token = auth.sign({**auth.claims_for("cached"), "exp": int(time.time()) + 2})
+    token = auth.sign({**auth.claims_for("cached"), "exp": int(time.time()) + 5})
     first = asyncio.run(check.verify(token))
     check.keys._keys = {}  # no key any more: only the cache can answer now
     assert asyncio.run(check.verify(token)) == first

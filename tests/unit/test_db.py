@@ -4,7 +4,7 @@ and one bad request never takes its neighbours down with it."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -111,14 +111,18 @@ async def test_a_read_sees_every_commit_that_finished_before_it_was_asked(db: Da
 async def test_a_scan_never_holds_up_the_quick_reads(db: Database) -> None:
     await db.write(add("a"))
 
+    started, release = threading.Event(), threading.Event()
+
     def slow(conn: Connection) -> list[str]:
-        time.sleep(0.5)  # (on a scan thread: the event loop goes on)
+        started.set()
+        release.wait(30)  # (on a scan thread: held until the quick read has answered)
         return names(conn)
 
     scan = asyncio.ensure_future(db.scan(slow))
-    await asyncio.sleep(0.05)  # the scan is running
+    assert await asyncio.to_thread(started.wait, 30)  # the scan is running
     assert await db.read(names) == ["a"]
     assert not scan.done()
+    release.set()
     assert await scan == ["a"]
 
 
