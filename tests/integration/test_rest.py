@@ -414,9 +414,7 @@ async def test_sse_streams_every_event_with_its_sequence_as_id(api: Api) -> None
     assert ": heartbeat" in comments  # the cycles take longer than a heartbeat interval
 
 
-async def test_sse_resumes_after_last_event_id_mid_run_with_no_gap_and_no_duplicate(
-    api: Api, tmp_path: Path
-) -> None:
+async def test_sse_resumes_after_last_event_id_mid_run_with_no_gap_and_no_duplicate(api: Api, tmp_path: Path) -> None:
     go = tmp_path / "go"
     workflow_id = await api.create([*sleeps(1, 0.3), gate(go), *sleeps(2, 0.3)])
     await api.decide(workflow_id, "approve", "alice")
