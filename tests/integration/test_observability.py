@@ -320,7 +320,9 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
     logging.getLogger("processor.scheduler").addHandler(capture)
     try:
         async with running(tmp_path, processor_port=port, rest=True) as pair:
-            plan = [step("test_sleep", seconds=0.3)] * 3
+            # (a second a cycle: the stop below must come while the second cycle runs, and a
+            # busy machine may deliver the first one's event late)
+            plan = [step("test_sleep", seconds=1.0)] * 3
             created = await pair.stub.CreateWorkflow(
                 wpb.CreateWorkflowRequest(title="traced", plan=plan), metadata=as_user("carol")
             )
@@ -332,10 +334,6 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
                 if message.HasField("event") and message.event.type == E.EVENT_TYPE_CYCLE_COMPLETED:
                     break
             call.cancel()
-            assert pair.gateway.rest is not None
-            url = f"{pair.gateway.rest.url}/workflows/{workflow_id}"
-            async with aiohttp.ClientSession() as http, http.get(url, headers=auth.headers("bob")) as response:
-                assert response.status == 200
             await pair.processor.stop(5)
             again = create_processor(f"127.0.0.1:{port}", processor_settings(tmp_path))
             await again.start()
@@ -349,6 +347,10 @@ async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_
                     assert events[-1].type == E.EVENT_TYPE_COMPLETED
             finally:
                 await again.stop(1)
+            assert pair.gateway.rest is not None
+            url = f"{pair.gateway.rest.url}/workflows/{workflow_id}"
+            async with aiohttp.ClientSession() as http, http.get(url, headers=auth.headers("bob")) as response:
+                assert response.status == 200
     finally:
         logging.getLogger("processor.scheduler").removeHandler(capture)
 

@@ -499,7 +499,8 @@ async def test_watch_of_unknown_or_malformed_run_fails(harnesses: Harnesses) -> 
 
 async def test_graceful_stop_releases_leases_and_another_processor_resumes(harnesses: Harnesses) -> None:
     first = await harnesses.start(lease_seconds=60.0)
-    request = enqueue_request([step("test_sleep", seconds=0.1)] * 5)
+    # (half a second a cycle: the stop must come before the run ends, on a busy machine too)
+    request = enqueue_request([step("test_sleep", seconds=0.5)] * 5)
     await first.stub.Enqueue(request)
     seen = await read_until(watch(first.stub, request.workflow_id), is_event(E.EVENT_TYPE_CYCLE_COMPLETED, cycle=1))
 
@@ -551,12 +552,15 @@ async def test_a_restart_with_the_same_worker_id_resumes_its_runs_at_once(harnes
 
 
 async def test_a_slow_cycle_keeps_its_lease(harnesses: Harnesses) -> None:
-    """A cycle three times longer than the lease is not taken over by another processor."""
-    owner = await harnesses.start(lease_seconds=0.5, worker_id="owner")
-    request = enqueue_request([step("test_sleep", seconds=1.5)])
+    """A cycle three times longer than the lease is not taken over by another processor. (A
+    lease of 2 s, renewed every 0.67 s: at 0.5 s, a stall of a third of a second on a busy
+    machine would have let the rival in, and the test would fail for the machine, not the
+    lease.)"""
+    owner = await harnesses.start(lease_seconds=2.0, worker_id="owner")
+    request = enqueue_request([step("test_sleep", seconds=6.0)])
     await owner.stub.Enqueue(request)
     await read_until(watch(owner.stub, request.workflow_id), is_event(E.EVENT_TYPE_STARTED))
-    await harnesses.start(lease_seconds=0.5, worker_id="rival", poll_interval=0.02)
+    await harnesses.start(lease_seconds=2.0, worker_id="rival", poll_interval=0.02)
 
     messages = await collect(owner.stub, request.workflow_id)
 
