@@ -27,7 +27,10 @@ from tests.support.postgres import database_of_kind, fresh_database
 from tests.support.processor_harness import enqueue_request, step
 
 STEPS = 6
-LEASE = 2.0
+# Seconds. Renewed every third of it: a processor loses its lease only to a stall of two
+# thirds of it. At 2 s a busy machine once stalled the first processor that long before the
+# test froze it (the other took the run over early, and the test failed for the machine).
+LEASE = 4.0
 FROZEN_DELAY = 3.0  # the first processor's pause between cycles: the freeze lands in it
 LINK = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)  # the gateway's service token
 
