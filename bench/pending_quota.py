@@ -36,12 +36,14 @@ from sqlalchemy import Connection, create_engine, text  # noqa: E402
 
 from auditflow import migrations  # noqa: E402
 from auditflow.principal import Principal  # noqa: E402
+from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from gateway import quota, workflows  # noqa: E402
 
 PLAN = json.dumps([{"procedure": "test_noop", "parameters": {"note": "x" * 16_000}} for _ in range(4)])
 SUBMITTER = Principal("flood", frozenset({"submitter"}), via="bench")
 UNLIMITED = quota.PlanLimits(max_pending_plans=0)
-# The count as it ran before the creator's index: through the status index, then each row.
+# The count as it ran before the creator's index: through the status index, then each row
+# (quota.PENDING with SQLite's INDEXED BY, which SQLAlchemy's hints do not render for SQLite).
 THROUGH_ROWS = text(
     "SELECT count(*) FROM workflows INDEXED BY ix_workflows_status WHERE status = :status AND created_by_key = :key"
 )
@@ -75,7 +77,7 @@ def measure(pending: int, repeat: int) -> dict[str, float]:
                 count = quota.pending(conn, SUBMITTER)
                 assert count == pending, (count, pending)
                 conn.rollback()
-                awaiting = {"status": 1, "key": SUBMITTER.key}
+                awaiting = {"status": pb.WORKFLOW_STATUS_AWAITING_APPROVAL, "key": SUBMITTER.key}
                 by_index = by_rows = 0.0
                 for _ in range(3):  # (alternating, so that both see the machine alike)
                     by_index += timed(conn, lambda: quota.pending(conn, SUBMITTER), repeat)
