@@ -28,13 +28,14 @@ from auditflow.errors import NotFound, invalid
 from auditflow.limits import Limiter
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import collection, listing, messages, quota, revisions, store, workflows
+from gateway import collection, listing, messages, pages, quota, revisions, store, workflows
 from gateway.collection import CollectionItem, CollectionWatcher
 from gateway.encoded import Joined
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.listing import Listing
 from gateway.outbox import OutboxRelay
+from gateway.pageworkers import PageWorkers
 from gateway.quota import PlanLimits
 from gateway.store import ListFilter, WorkflowRecord
 from gateway.verify import TrailVerifier
@@ -68,6 +69,7 @@ class WorkflowApi:
         findings: Findings,
         verifier: TrailVerifier,
         listing: Listing,
+        page_workers: PageWorkers,
         collection_watcher: CollectionWatcher,
         *,
         default_max_cycles: int,
@@ -84,6 +86,7 @@ class WorkflowApi:
         self._findings = findings
         self._verifier = verifier
         self._listing = listing
+        self._pages = page_workers
         self._collection = collection_watcher
         self._approvals = approvals
         self._signer = signer
@@ -127,9 +130,12 @@ class WorkflowApi:
         record = await self._load(request.workflow_id)
         return wpb.GetStatusResponse(status=messages.snapshot(record, self._relay.unavailable_since))
 
-    async def ListWorkflows(self, request: wpb.ListWorkflowsRequest) -> wpb.ListWorkflowsResponse:
+    async def ListWorkflows(self, request: wpb.ListWorkflowsRequest, encoding: pages.Encoding = "wire") -> bytes:
+        """The page already encoded (protobuf, or REST's JSON): a page worker process builds
+        it (`gateway.pageworkers`), and the adapters send its bytes as they are."""
         filter_ = self._filter(request)
-        return await self._listing.response(filter_, request.page_size, request.page_token, self._summary)
+        asked = self._listing.request(filter_, request.page_size, request.page_token, self._relay.unavailable_since)
+        return await self._pages.page(asked, encoding, principal.current().key)
 
     def _filter(self, request: wpb.ListWorkflowsRequest | wpb.WatchWorkflowsRequest) -> ListFilter:
         """The caller's filter, from either request (they share its fields)."""
@@ -273,9 +279,6 @@ class WorkflowApi:
 
     def _workflow(self, record: WorkflowRecord) -> pb.Workflow:
         return messages.workflow(record, self._relay.unavailable_since)
-
-    def _summary(self, record: WorkflowRecord) -> pb.Workflow:
-        return messages.summary(record, self._relay.unavailable_since)
 
     async def _load(self, workflow_id: str) -> WorkflowRecord:
         plans.check_workflow_id(workflow_id)

@@ -7,18 +7,16 @@ keyset-paginated on (created_at, workflow_id), newest first; the token is opaque
 
 from __future__ import annotations
 
-import base64
-import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from auditflow import plans
 from auditflow.db import Database
-from auditflow.errors import InvalidArgument, invalid
+from auditflow.errors import invalid
 from auditflow.principal import APPROVER, Principal
 from auditflow.v1 import workflow_pb2 as pb
-from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import pages, store
+from gateway.pages import decode_token, encode_token
 from gateway.store import ListFilter, WorkflowRecord
 
 DEFAULT_PAGE_SIZE = 50
@@ -63,16 +61,16 @@ class Listing:
             self_approval=self._self_approval,
         )
 
-    async def response(
-        self, filter_: ListFilter, page_size: int, page_token: str, workflow: Callable[[WorkflowRecord], pb.Workflow]
-    ) -> wpb.ListWorkflowsResponse:
-        """ListWorkflows' answer: a page bounded by rows and by bytes (`gateway.pages`)."""
+    def request(
+        self, filter_: ListFilter, page_size: int, page_token: str, unavailable_since: datetime | None
+    ) -> pages.Request | None:
+        """ListWorkflows' page as asked for, checked: bounded by rows and by bytes, to be built
+        by a page worker (`gateway.pageworkers`); None when the filter can match nothing."""
         size = check_page_size(page_size) or DEFAULT_PAGE_SIZE
         after = decode_token(page_token) if page_token else None
         if filter_.awaiting_key == "":
-            return wpb.ListWorkflowsResponse()
-        bounds = pages.Bounds(size, self._max_page_bytes)
-        return await pages.read(self._db, filter_, after, bounds, workflow, encode_token)
+            return None
+        return pages.Request(filter_, after, pages.Bounds(size, self._max_page_bytes), unavailable_since)
 
     async def page(self, filter_: ListFilter, page_size: int, page_token: str) -> tuple[list[WorkflowRecord], str]:
         """One page of records and the token of the next ("" on the last): the collection
@@ -90,15 +88,3 @@ def check_page_size(page_size: int) -> int:
     if page_size < 0 or page_size > MAX_PAGE_SIZE:
         raise invalid("page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}")
     return page_size
-
-
-def encode_token(record: WorkflowRecord) -> str:
-    return base64.urlsafe_b64encode(f"{record.created_at.isoformat()}|{record.workflow_id}".encode()).decode()
-
-
-def decode_token(token: str) -> tuple[datetime, str]:
-    try:
-        created, workflow_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        return datetime.fromisoformat(created), plans.check_workflow_id(workflow_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidArgument) as exc:
-        raise invalid("page_token", "malformed; pass the next_page_token of a previous call") from exc

@@ -11,9 +11,14 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway.store import EventRecord, RevisionRecord, WorkflowRecord
 
-# The answers that can weigh up to a mebibyte (a page, a whole workflow with its result, a
-# revision's plan): both transports encode them on a worker thread, never on the event loop.
-LARGE_ANSWERS = frozenset({"GetWorkflow", "ListWorkflows", "GetRevision", "ListFindings"})
+# The answers that can weigh up to a mebibyte (a whole workflow with its result, a revision's
+# plan, a page of findings): both transports encode them on a worker thread, never on the
+# event loop.
+LARGE_ANSWERS = frozenset({"GetWorkflow", "GetRevision", "ListFindings"})
+# The answers the application layer returns already encoded, as bytes in the encoding its
+# caller asks for (`encoding`: "wire" for gRPC, "json" for REST): a page of workflows, built
+# in a page worker process (`gateway.pageworkers`).
+PREBUILT_ANSWERS = frozenset({"ListWorkflows"})
 
 
 def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:

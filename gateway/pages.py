@@ -4,22 +4,28 @@ A row is a summary (no parameters, no result), yet a page of 500 rows of a hundr
 weighs megabytes. The page stops before `budget` bytes (protobuf encoding, its token included;
 at least one workflow), and its token covers the rest. Rows are read a few at a time, more
 each round (8, 32, 128, …), so that a page that stops after a few large rows never reads the
-hundreds behind them; building each round's messages is CPU work and runs on a worker
-thread, not on the event loop.
+hundreds behind them. All of it is CPU work for the interpreter that does it: it runs in a
+page worker process (`gateway.pageworkers`), never in the gateway's own.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import binascii
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
-from auditflow.db import Database
+from sqlalchemy import Connection
+
+from auditflow import plans
+from auditflow.errors import InvalidArgument, invalid
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import store
+from gateway import messages, store
+from gateway.encoded import message_json
 from gateway.store import ListFilter, WorkflowRecord
 
 FIRST_READ = 8  # rows read in the first round; each next round reads four times as many
@@ -27,7 +33,7 @@ ROW_OVERHEAD = 6  # a row's tag and length in the page's encoding (at most)
 TOKEN_ROOM = 128  # the next_page_token field (base64 of a timestamp and an id: 94 bytes), and more
 
 
-Token = Callable[[WorkflowRecord], str]  # the page token that resumes after a row
+Row = Callable[[WorkflowRecord], pb.Workflow]  # a record as the page shows it
 
 
 @dataclass(frozen=True)
@@ -38,21 +44,40 @@ class Bounds:
     budget: int
 
 
+@dataclass(frozen=True)
+class Request:
+    """A page as asked for, resolved (the caller's filter, where to resume, its bounds) and
+    plain data: it goes to a page worker process as it is."""
+
+    filter_: ListFilter
+    after: tuple[datetime, str] | None
+    bounds: Bounds
+    unavailable_since: datetime | None = None  # (an approved workflow's rows say it waits)
+
+
+Encoding = Literal["wire", "json"]  # protobuf (gRPC), or the proto3 JSON of REST
+
+
+def encoded(page: wpb.ListWorkflowsResponse, encoding: Encoding) -> bytes:
+    """The page as its caller's transport sends it: protobuf, or the proto3 JSON (proto field
+    names, every field) that REST answers with."""
+    return page.SerializeToString() if encoding == "wire" else message_json(page).encode()
+
+
 @dataclass
 class _Page:
     budget: int
-    token: Token
     page: wpb.ListWorkflowsResponse = field(default_factory=wpb.ListWorkflowsResponse)
     used: int = 0
     last: WorkflowRecord | None = None
 
-    def add(self, records: Sequence[WorkflowRecord], workflow: Callable[[WorkflowRecord], pb.Workflow]) -> bool:
+    def add(self, records: Sequence[WorkflowRecord], row: Row) -> bool:
         """Add rows while they fit; True when one did not (the page ends, its token set)."""
         for record in records:
-            message = workflow(record)
+            message = row(record)
             size = message.ByteSize() + ROW_OVERHEAD
             if self.last is not None and self.used + size + TOKEN_ROOM > self.budget:
-                self.page.next_page_token = self.token(self.last)
+                self.page.next_page_token = encode_token(self.last)
                 return True
             self.used += size
             self.page.workflows.append(message)
@@ -60,26 +85,34 @@ class _Page:
         return False
 
 
-async def read(
-    db: Database,
-    filter_: ListFilter,
-    after: tuple[datetime, str] | None,
-    bounds: Bounds,
-    workflow: Callable[[WorkflowRecord], pb.Workflow],
-    token: Token,
-) -> wpb.ListWorkflowsResponse:
-    """The page of workflows after `after` (newest first) within `bounds`."""
-    built = _Page(bounds.budget, token)
+def build(conn: Connection, request: Request) -> wpb.ListWorkflowsResponse:
+    """The page of workflows after `request.after` (newest first) within its bounds, read in
+    one transaction (`conn`), each row a summary (`messages.summary`)."""
+    row = functools.partial(messages.summary, unavailable_since=request.unavailable_since)
+    bounds, after = request.bounds, request.after
+    built = _Page(bounds.budget)
     chunk = FIRST_READ
     while True:
         take = min(chunk, bounds.rows - len(built.page.workflows))
-        scan = functools.partial(store.list_matching, filter_=filter_, limit=take + 1, after=after)
-        records = await db.scan(scan)
-        if await asyncio.to_thread(built.add, records[:take], workflow) or len(records) <= take:
+        records = store.list_matching(conn, request.filter_, take + 1, after)
+        if built.add(records[:take], row) or len(records) <= take:
             return built.page
         last = records[take - 1]
         if len(built.page.workflows) == bounds.rows:
-            built.page.next_page_token = token(last)
+            built.page.next_page_token = encode_token(last)
             return built.page
         after = (last.created_at, last.workflow_id)
         chunk *= 4
+
+
+def encode_token(record: WorkflowRecord) -> str:
+    """The token that resumes a list after this row (opaque to clients)."""
+    return base64.urlsafe_b64encode(f"{record.created_at.isoformat()}|{record.workflow_id}".encode()).decode()
+
+
+def decode_token(token: str) -> tuple[datetime, str]:
+    try:
+        created, workflow_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        return datetime.fromisoformat(created), plans.check_workflow_id(workflow_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, InvalidArgument) as exc:
+        raise invalid("page_token", "malformed; pass the next_page_token of a previous call") from exc

@@ -40,6 +40,7 @@ from gateway.health import Readiness, outbox_gauges
 from gateway.hub import WorkflowHub
 from gateway.listing import Listing
 from gateway.outbox import OutboxRelay
+from gateway.pageworkers import PageWorkers
 from gateway.rest import RestGateway
 from gateway.service import WorkflowService
 from gateway.settings import Settings, parse
@@ -97,6 +98,8 @@ class Gateway:
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
         listing = Listing(self.db, self_approval=settings.allow_self_approval, max_page_bytes=settings.max_page_bytes)
+        # (pages are built in processes of their own: their Python never holds this interpreter)
+        self.page_workers = PageWorkers(settings.database_url, settings.page_workers)
         self.changes = Changes(self.db, poll_interval=settings.collection_poll_interval)
         self.hub.add_listener(self.changes)
         collection = CollectionWatcher(self.db, self.changes, listing, heartbeat_interval=settings.heartbeat_interval)
@@ -108,6 +111,7 @@ class Gateway:
             Findings(self.db, stub),
             TrailVerifier(self.db, stub, keys),
             listing,
+            self.page_workers,
             collection,
             default_max_cycles=settings.default_max_cycles,
             self_approval=settings.allow_self_approval,
@@ -179,6 +183,7 @@ class Gateway:
         await self.guard.stop()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        await asyncio.to_thread(self.page_workers.close)
         await asyncio.to_thread(self.db.close)
         if self.writes.waits:
             logger.info("waits for the database writer, longest first: %s", self.writes.summary(most=16))

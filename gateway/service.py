@@ -2,9 +2,10 @@
 application layer (`gateway.api`). The interceptor has authenticated the caller and checked
 the policy; errors raised here are mapped by it. WatchStatus sends each hub item's wire bytes,
 encoded once for every watcher (the interceptor's serializer sends an item's `wire` as is).
-The answers that can weigh a mebibyte (`messages.LARGE_ANSWERS`: pages, a whole workflow with
-its result) are encoded on a worker thread, not by gRPC on the event loop: encoding 1 MiB
-holds the interpreter for a millisecond or more, and every other caller's answer waits."""
+The answers that can weigh a mebibyte (`messages.LARGE_ANSWERS`: a whole workflow with its
+result) are encoded on a worker thread, not by gRPC on the event loop: encoding 1 MiB holds
+the interpreter for a millisecond or more, and every other caller's answer waits. A page of
+workflows comes encoded already, from a page worker process (`gateway.pageworkers`)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         return await self._api.GetStatus(request)
 
     async def ListWorkflows(self, request: wpb.ListWorkflowsRequest, context: Context) -> wpb.ListWorkflowsResponse:
-        return await _encoded_off_loop(await self._api.ListWorkflows(request))
+        return cast(wpb.ListWorkflowsResponse, await self._api.ListWorkflows(request))  # (its wire bytes)
 
     async def Approve(self, request: wpb.ApproveRequest, context: Context) -> wpb.ApproveResponse:
         return await self._api.Approve(request)

@@ -13,7 +13,7 @@ from auditflow.config import positive_int
 from auditflow.connections import ConnectionSettings
 from auditflow.limits import LimitSettings, Rate
 from auditflow.tls import ClientTls, TlsFiles
-from gateway import listing
+from gateway import listing, pageworkers
 from gateway.quota import PlanLimits
 
 SERVICE = "gateway"
@@ -71,6 +71,8 @@ class Settings:
     plan_limits: PlanLimits = field(default_factory=PlanLimits)
     # A ListWorkflows page stops before this many bytes (protobuf encoding); at least one row.
     max_page_bytes: int = listing.DEFAULT_MAX_PAGE_BYTES
+    # Processes that build pages of workflows (one page at a time each, principals in turn).
+    page_workers: int = pageworkers.DEFAULT_WORKERS
     # Bytes of writes one principal may put into one commit of the database writer (0: none).
     write_share: int = fairwrites.DEFAULT_SHARE
 
@@ -207,6 +209,13 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
     )
     add(
+        "--page-workers",
+        "processes that build pages of workflows, one page at a time each, at a lower CPU priority; "
+        "waiting pages are taken one principal at a time in turn",
+        default=pageworkers.DEFAULT_WORKERS,
+        type=config.bounded_int(1, pageworkers.MAX_WORKERS),
+    )
+    add(
         "--write-share",
         "bytes of writes (plans, decisions) one principal may put into one commit of the database writer, "
         "which takes the principals in turn; another principal's write then waits for at most that much of "
@@ -258,6 +267,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             args.max_plan_bytes, args.max_plan_steps, args.max_parameters_bytes, args.max_pending_plans
         ),
         max_page_bytes=args.max_page_bytes,
+        page_workers=args.page_workers,
         write_share=args.write_share,
     )
 

@@ -272,12 +272,18 @@ class RestApp:
 
         hook = hooks.RESPONSE_HOOKS.get(route.method.name)
         large = route.method.name in messages.LARGE_ANSWERS
+        prebuilt = route.method.name in messages.PREBUILT_ANSWERS
+        if prebuilt and (hook is not None or route.response_body):
+            raise ValueError(f"{route.method.name}: an answer built apart is sent whole, without a hook")
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 message, _ = await self._admit(route, request)
                 if isinstance(message, web.Response):
                     return message
+                if prebuilt:  # (its JSON made apart, sent as it is)
+                    body: bytes = await call(message, encoding="json")
+                    return web.Response(body=body, content_type="application/json", charset="utf-8")
                 answer: Message = await call(message)
             except asyncio.CancelledError:
                 raise

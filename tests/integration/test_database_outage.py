@@ -123,6 +123,8 @@ async def test_a_database_outage_answers_unavailable_logs_once_and_recovers(
             await asyncio.sleep(0.2)
     approved = await stub.Approve(approve, metadata=as_user("alice"))
     assert approved.approved  # nothing was stored by the refused calls: the approval is the first
+    listed = await stub.ListWorkflows(wpb.ListWorkflowsRequest())  # (a page worker's own connection too)
+    assert [w.workflow_id for w in listed.workflows] == [workflow_id]
     assert any("the database answers again" in r.getMessage() for r in caplog.records)
     await health_becomes(gateway.address, GATEWAY, health_pb2.HealthCheckResponse.SERVING)
     assert (await readyz(gateway))[0] == 200

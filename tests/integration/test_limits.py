@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from auditflow import metrics, trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway import messages, service, store
+from gateway import messages, service
 from gateway.quota import PlanLimits
 from gateway.rest import app
 from gateway.server import Gateway
@@ -128,6 +130,11 @@ def rich(error: grpc.aio.AioRpcError) -> dict[str, Any]:
                 else:
                     found["quota"] = [v.subject for v in message.violations]
     return found
+
+
+def parent_of(pid: int) -> int:
+    """A process's parent (Linux's /proc: the field after the state, past the name's ')')."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def trailer(error: grpc.aio.AioRpcError, name: str) -> str | None:
@@ -313,9 +320,7 @@ async def test_whoami_shows_the_callers_limits(start: Any) -> None:
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
-    start: Any, monkeypatch: pytest.MonkeyPatch, database: str
-) -> None:
+async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(start: Any, database: str) -> None:
     pair = await start(database, max_page_bytes=1_000)
     carol = as_user("carol")
     for _ in range(12):  # rows of about 300 bytes: 20 steps (a row carries no parameters)
@@ -323,22 +328,12 @@ async def test_a_page_is_bounded_by_bytes_and_the_token_covers_the_rest(
         await pair.stub.CreateWorkflow(request, metadata=carol)
     huge = wpb.CreateWorkflowRequest(title="big", plan=[step("test_noop")] * 100)
     await pair.stub.CreateWorkflow(huge, metadata=carol)  # bigger than a page: alone on its page
-    limits_read: list[int] = []
-    list_page = store.list_page
-
-    def counted(conn: Any, status_filter: Any, limit: int, after: Any) -> Any:
-        limits_read.append(limit)
-        return list_page(conn, status_filter, limit, after)
-
-    monkeypatch.setattr(store, "list_page", counted)
     seen: list[str] = []
     pages = 0
     token = ""
-    while True:
+    while True:  # (that a page which ends after a few large rows reads few rows: tests/unit/test_pages.py)
         page = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500, page_token=token), metadata=carol)
         pages += 1
-        if pages == 1:  # a page that ends after a few large rows reads few rows
-            assert limits_read == [9], limits_read
         assert page.workflows, "every page holds at least one workflow"
         assert page.ByteSize() <= 1_000 or len(page.workflows) == 1, page.ByteSize()
         seen += [w.workflow_id for w in page.workflows]
@@ -379,7 +374,8 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
     start: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One caller's heavy request must not hold the loop that serves everyone else: the work
-    that grows with what is asked runs on worker threads."""
+    that grows with what is asked runs on worker threads, and pages of workflows in worker
+    processes (the gateway's interpreter never builds one)."""
     pair = await start()
     carol = as_user("carol")
     created = []
@@ -387,7 +383,7 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
         request = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="n" * 9_000)])
         created.append((await pair.stub.CreateWorkflow(request, metadata=carol)).workflow.workflow_id)
     loop_thread = threading.get_ident()
-    threads: dict[str, set[int]] = {"page": set(), "wire": set(), "json": set(), "trail": set(), "body": set()}
+    threads: dict[str, set[int]] = {"wire": set(), "json": set(), "trail": set(), "body": set()}
 
     def recorded(name: str, function: Any) -> Any:
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -408,7 +404,8 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
     async with pair.http.post(pair.url + "/workflows", json=body, headers=auth.headers("carol")) as response:
         assert response.status == 200, await response.text()
         created.append((await response.json())["workflow"]["workflow_id"])
-    monkeypatch.setattr(messages, "summary", recorded("page", messages.summary))
+    in_gateway: list[Any] = []
+    monkeypatch.setattr(messages, "summary", lambda *args: in_gateway.append(args))  # (a worker's is its own)
     monkeypatch.setattr(service, "_wire", recorded("wire", service._wire))
     monkeypatch.setattr(app, "response_json", recorded("json", app.response_json))
     monkeypatch.setattr(trail, "check", recorded("trail", trail.check))
@@ -423,6 +420,76 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
     assert shown == created[::-1] and not token
     async with pair.http.get(pair.url + "/workflows?page_size=100", headers=auth.headers("carol")) as response:
         assert response.status == 200 and len((await response.json())["workflows"]) == 13
+    assert not in_gateway
+    workers = pair.gateway.page_workers.pids
+    assert workers and os.getpid() not in workers
+    assert all(parent_of(pid) == os.getpid() for pid in workers)  # (the gateway's own children)
+    whole = wpb.GetWorkflowRequest(workflow_id=created[-1])  # a large answer: its encodings on threads
+    await pair.stub.GetWorkflow(whole, metadata=carol)
+    async with pair.http.get(f"{pair.url}/workflows/{created[-1]}", headers=auth.headers("carol")) as response:
+        assert response.status == 200
     verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=created[0]), metadata=carol)
     assert verified.intact
     assert all(found and loop_thread not in found for found in threads.values()), threads
+
+
+async def test_one_principals_many_pages_never_queue_ahead_of_anothers_one_page(start: Any) -> None:
+    """One page worker, its slot held (a page under way): carol asks for ten pages, then dave
+    for one. Dave's page is built second, after one of carol's, not after all ten."""
+    pair = await start(page_workers=1)
+    carol, dave = as_user("carol"), as_user("dave")
+    await pair.stub.CreateWorkflow(create_request(), metadata=carol)
+    slots = pair.gateway.page_workers.slots
+    await slots.acquire("someone")
+    done: list[str] = []
+
+    async def page(name: str, who: Any) -> None:
+        await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=500), metadata=who)
+        done.append(name)
+
+    calls = [asyncio.create_task(page("carol", carol)) for _ in range(10)]
+    await wait_until(lambda: slots.waiting == 10)
+    calls.append(asyncio.create_task(page("dave", dave)))
+    await wait_until(lambda: slots.waiting == 11)
+    slots.release()
+    await asyncio.wait_for(asyncio.gather(*calls), 60)
+    assert done.index("dave") <= 1, done
+
+
+async def test_a_killed_page_worker_fails_its_pages_with_unavailable_and_new_workers_take_the_next(
+    start: Any,
+) -> None:
+    pair = await start()
+    carol = as_user("carol")
+    made = [(await pair.stub.CreateWorkflow(create_request(), metadata=carol)).workflow.workflow_id for _ in range(3)]
+    listed = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
+    assert [w.workflow_id for w in listed.workflows] == made[::-1]
+    killed = pair.gateway.page_workers.pids
+    assert killed
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: not any(running(pid) for pid in killed))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+    assert "try again" in (refused.value.details() or "")
+    listed = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
+    assert [w.workflow_id for w in listed.workflows] == made[::-1]
+    async with pair.http.get(pair.url + "/workflows", headers=auth.headers("carol")) as response:
+        assert response.status == 200 and len((await response.json())["workflows"]) == 3
+    assert pair.gateway.page_workers.pids and not set(pair.gateway.page_workers.pids) & set(killed)
+
+
+def running(pid: int) -> bool:
+    """Whether a process runs (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def wait_until(condition: Any, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)

@@ -7,6 +7,7 @@ import inspect
 
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages
+from gateway.api import WorkflowApi
 from gateway.service import WorkflowService
 
 
@@ -18,3 +19,10 @@ def test_the_grpc_adapter_encodes_exactly_the_large_answers_off_the_loop() -> No
     ]
     encoded = {name for name in unary if "_encoded_off_loop(" in inspect.getsource(getattr(WorkflowService, name))}
     assert encoded == messages.LARGE_ANSWERS
+
+
+def test_the_answers_built_apart_are_asked_for_in_each_transports_encoding() -> None:
+    """A prebuilt answer comes as bytes: the application layer takes the encoding to make."""
+    assert messages.PREBUILT_ANSWERS.isdisjoint(messages.LARGE_ANSWERS)
+    for name in messages.PREBUILT_ANSWERS:
+        assert "encoding" in inspect.signature(getattr(WorkflowApi, name)).parameters

@@ -1,0 +1,165 @@
+"""ListWorkflows' pages, built in worker processes: the gateway's interpreter only passes the
+bytes on.
+
+A page of 500 summaries costs tens of milliseconds of Python (its rows, 500 messages, their
+encoding), and its proto3 JSON for REST as much again. Run on threads of the gateway, that
+work holds the one interpreter every other call needs: a principal that asks for its largest
+pages without pause slowed everyone else's Approve, GetStatus and WatchStatus by more than
+any other load it could make. So a page is built from first read to last byte in a process
+of its own:
+
+- each worker opens its own read-only engine on the gateway's database (SQLite in WAL mode
+  reads beside the writer; PostgreSQL takes one connection per worker), and reads the page
+  in one transaction;
+- workers run at a lower CPU priority (`NICE`): a page is bulk work, a status look-up is not;
+- at most one page per worker is under way, and the waiting pages are taken one principal
+  at a time in turn (`gateway.fairslots`): a principal that asks for page after page never
+  queues ahead of someone else's one page;
+- a worker that dies (killed, out of memory) fails the pages it was building with
+  UNAVAILABLE (retry), and a new pool takes the next pages; a database that does not answer
+  is UNAVAILABLE too, as for every other call.
+
+The pool starts its workers on the first page (a gateway that is never asked for a list
+never starts one), with `spawn`: a fork of a process with gRPC's threads is not safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from sqlalchemy import Engine
+
+from auditflow.db import contended, make_engine, unreachable
+from auditflow.errors import Unavailable
+from auditflow.v1 import workflow_service_pb2 as wpb
+from gateway import pages
+from gateway.fairslots import FairSlots
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 32
+NICE = 5  # added to a worker's nice value: under a full CPU it gets about a third of a normal process's share
+
+_engine: Engine | None = None  # (a worker process's own)
+
+
+class PageWorkers:
+    """`await page(request, encoding, key)`: the page's bytes, built in a worker process."""
+
+    def __init__(self, database_url: str, workers: int = DEFAULT_WORKERS) -> None:
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"page workers: between 1 and {MAX_WORKERS}, not {workers}")
+        self._url = database_url
+        self._workers = workers
+        self._slots = FairSlots(workers)
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()  # (the pool is replaced from done callbacks too)
+        self._closed = False
+
+    @property
+    def slots(self) -> FairSlots:
+        """The turns at the workers: a page holds a slot from its turn until it is built (its
+        `waiting`: the pages waiting for a worker)."""
+        return self._slots
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (none before the first page): for operators and tests."""
+        with self._lock:
+            pool = self._pool
+        return sorted(pool._processes or {}) if pool is not None else []  # (the executor keeps no public list)
+
+    async def page(self, request: pages.Request | None, encoding: pages.Encoding, key: str) -> bytes:
+        """The page's bytes in `encoding` (an empty page for None: a filter that can match
+        nothing); `key` names the principal whose turn it takes."""
+        if request is None:
+            return pages.encoded(wpb.ListWorkflowsResponse(), encoding)
+        await self._slots.acquire(key)
+        try:
+            built = self._submit(request, encoding)
+        except BaseException:
+            self._slots.release()
+            raise
+        loop = asyncio.get_running_loop()
+        # The slot is the worker's until the page is built, even when its caller gives up first.
+        built.add_done_callback(lambda _: _soon(loop, self._slots.release))
+        try:
+            return await asyncio.wrap_future(built)
+        except BrokenProcessPool:
+            raise Unavailable("the worker building the page stopped; try again") from None
+
+    def _submit(self, request: pages.Request, encoding: pages.Encoding) -> Future[bytes]:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the gateway is shutting down")
+            if self._pool is None:
+                spawn = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self._workers, spawn, initializer=_start, initargs=(self._url,))
+            pool = self._pool
+        try:
+            built = pool.submit(_build, request, encoding)
+        except BrokenProcessPool:
+            self._replace(pool)
+            raise Unavailable("the worker building the page stopped; try again") from None
+        built.add_done_callback(lambda done: self._check(pool, done))
+        return built
+
+    def _check(self, pool: ProcessPoolExecutor, done: Future[bytes]) -> None:
+        if not done.cancelled() and isinstance(done.exception(), BrokenProcessPool):
+            self._replace(pool)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Drop a pool whose worker died (the next page starts a new one)."""
+        with self._lock:
+            if self._pool is not broken:
+                return
+            self._pool = None
+        logger.warning("a page worker process stopped; the pages it had answer UNAVAILABLE, new workers take the next")
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the workers (blocking: call off the event loop); pages asked for later answer
+        UNAVAILABLE."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # (the loop is closed: nothing waits any more)
+        loop.call_soon_threadsafe(callback)
+
+
+# --- in the worker process --------------------------------------------------------------
+
+
+def _start(database_url: str) -> None:
+    """A worker's start: lower its priority, open its engine."""
+    global _engine
+    os.nice(NICE)
+    _engine = make_engine(database_url, writer=False)
+
+
+def _build(request: pages.Request, encoding: pages.Encoding) -> bytes:
+    """One page, read and encoded in this worker; an unreachable or busy database is
+    UNAVAILABLE, as the gateway's own reads answer it."""
+    assert _engine is not None, "not a page worker"
+    try:
+        with _engine.begin() as conn:
+            page = pages.build(conn, request)
+    except Exception as exc:
+        if unreachable(exc) or contended(exc):
+            raise Unavailable("the database is unavailable; try again shortly") from None
+        raise
+    return pages.encoded(page, encoding)
