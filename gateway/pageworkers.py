@@ -83,9 +83,10 @@ class PageWorkers:
         nothing); `key` names the principal whose turn it takes."""
         if request is None:
             return pages.encoded(wpb.ListWorkflowsResponse(), encoding)
+        pool = self._pool if self._pool is not None else await asyncio.to_thread(self._started)  # (it blocks)
         await self._slots.acquire(key)
         try:
-            built = self._submit(request, encoding)
+            built = self._submit(pool, request, encoding)
         except BaseException:
             self._slots.release()
             raise
@@ -97,14 +98,22 @@ class PageWorkers:
         except BrokenProcessPool:
             raise Unavailable("the worker building the page stopped; try again") from None
 
-    def _submit(self, request: pages.Request, encoding: pages.Encoding) -> Future[bytes]:
+    def _started(self) -> ProcessPoolExecutor:
+        """The pool, its workers started (blocking: on a thread). The executor starts a worker
+        when a task finds none idle: one small task per worker starts them all here."""
         with self._lock:
             if self._closed:
                 raise Unavailable("the gateway is shutting down")
             if self._pool is None:
                 spawn = multiprocessing.get_context("spawn")
                 self._pool = ProcessPoolExecutor(self._workers, spawn, initializer=_start, initargs=(self._url,))
-            pool = self._pool
+                for _ in range(self._workers):
+                    self._pool.submit(os.getpid)
+            return self._pool
+
+    def _submit(self, pool: ProcessPoolExecutor, request: pages.Request, encoding: pages.Encoding) -> Future[bytes]:
+        if self._closed:
+            raise Unavailable("the gateway is shutting down")
         try:
             built = pool.submit(_build, request, encoding)
         except BrokenProcessPool:
