@@ -17,8 +17,15 @@ length, alternating for `--rounds` rounds in the same run (so that both see the 
   cancelled, so that it stores plans up to its quota again in every loaded phase (the
   database writer's busiest time).
 
+With `--elsewhere`, a third phase in each round: the same flood, aimed at a second pair of
+its own (processor, gateway, database) on the same machine, while the three call the first.
+It is the floor of the loaded phase on this machine: the flood's CPU (its client's, and the
+other gateway's serving it) on the same cores, without sharing the three's gateway. What the
+loaded phase adds to it is what sharing the gateway costs them.
+
 Reported per call: calls, failures, p50 and p99 in each phase, and the ratio of the loaded p99
-to the unloaded one (target: at most 2, with 0 failures); and what the flood got: calls
+to the unloaded one (target: at most 2, with 0 failures), and with `--elsewhere` to the
+flood-elsewhere one; and what the flood got: calls
 answered, refused by the limits (by status), and the streams it held; and the gateway's own
 figures: its CPU in each phase, and how long each principal's writes waited for the database
 writer (the principals whose writes waited longest, over the whole run).
@@ -28,6 +35,7 @@ writer (the principals whose writes waited longest, over the whole run).
     python bench/fairness.py --without-limits  # the same without per-principal limits
     python bench/fairness.py --write-share 0   # the writer first come, first served
     python bench/fairness.py --watch-loop      # also the gateway's loop lag and garbage collections
+    python bench/fairness.py --elsewhere       # also the flood aimed at another gateway: the floor
 
 On a 2-core machine the flooding client and the gateway share the cores. The flooding process
 runs at the lowest CPU priority (nice 19), as its CPU would be another machine's in a real
@@ -81,6 +89,7 @@ PACE = {"GetStatus": 0.2, "Approve": 0.5, "WatchStatus": 1.0}
 FLOOD_STEPS, FLOOD_PARAMETER = 4, 16_000
 TIMEOUT = 30.0
 PHASES = ("unloaded", "loaded")
+ELSEWHERE = "elsewhere"  # (with --elsewhere: the flood aimed at another pair, the loaded phase's floor)
 FLOOD_KINDS = ("create", "list", "rest", "watch", "idle")
 IDLE_CONNECTIONS = 200  # idle TCP connections the flood keeps open to each port, reopened when closed
 
@@ -316,7 +325,7 @@ async def _flood(
 # --- the run ----------------------------------------------------------------------------
 
 
-async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[str, list[tuple[str, str]]]], list[str]]:
+async def prepare(target: str, phases: int, approvals: int) -> tuple[list[dict[str, list[tuple[str, str]]]], list[str]]:
     """For each phase, plans for each person to approve (each person's from a planner of its
     own, at the planners' rate and within their quota), and plans to watch (awaiting
     approval: their streams stay open)."""
@@ -339,14 +348,14 @@ async def prepare(target: str, rounds: int, approvals: int) -> tuple[list[dict[s
             return made
 
         # (a planner for each person and phase: each stays within its quota of plans awaiting approval)
-        planners = [(person, n) for n in range(2 * rounds) for person in PEOPLE]
+        planners = [(person, n) for n in range(phases) for person in PEOPLE]
         made = await asyncio.gather(
             submit("planner-watched", 15), *(submit(f"planner-{person}-{n}", approvals) for person, n in planners)
         )
-    phases: list[dict[str, list[tuple[str, str]]]] = [{} for _ in range(2 * rounds)]
+    plans: list[dict[str, list[tuple[str, str]]]] = [{} for _ in range(phases)]
     for (person, n), ids in zip(planners, made[1:], strict=True):
-        phases[n][person] = ids
-    return phases, [workflow_id for workflow_id, _ in made[0]]
+        plans[n][person] = ids
+    return plans, [workflow_id for workflow_id, _ in made[0]]
 
 
 async def clear_quota(target: str, token: str) -> int:
@@ -426,12 +435,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway_launcher="bench._watched_gateway" if args.watch_loop else None,
             principal_limits=not args.without_limits,
         )
+        kinds = (*PHASES, ELSEWHERE) if args.elsewhere else PHASES
+        other = Pair(
+            Path(tmp) / "elsewhere",
+            processor_args=PLUGIN,
+            gateway_args=gateway_args,
+            log_level="WARNING",
+            principal_limits=not args.without_limits,
+        )
         pair.start()
+        if args.elsewhere:
+            (Path(tmp) / "elsewhere").mkdir()
+            other.start()
         try:
             rest_url = f"http://127.0.0.1:{pair.gateway.rest_port}"
             wait_http(f"{rest_url}/openapi.json")
             target = pair.gateway.target
-            phases, watched = asyncio.run(prepare(target, args.rounds, approvals))
+            phases, watched = asyncio.run(prepare(target, len(kinds) * args.rounds, approvals))
+            floods = {"loaded": Flood(target, rest_url, args.flood, watched)}
+            if args.elsewhere:
+                other_rest = f"http://127.0.0.1:{other.gateway.rest_port}"
+                wait_http(f"{other_rest}/openapi.json")
+                _, other_watched = asyncio.run(prepare(other.gateway.target, 0, 0))
+                floods[ELSEWHERE] = Flood(other.gateway.target, other_rest, args.flood, other_watched)
             figures: dict[str, Any] = {
                 "cpus": os.cpu_count(),
                 "load_average": list(os.getloadavg()),
@@ -442,14 +468,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gateway_pid = pair.gateway.proc.pid if pair.gateway.proc is not None else 0
             if os.environ.get("AUDITFLOW_FREEZE_ON_SIGNAL"):
                 os.kill(gateway_pid, signal.SIGUSR1)  # (bench/_watched_gateway.py: freeze after the warm-up)
-            flood = Flood(target, rest_url, args.flood, watched)
-            samples: dict[str, list[Samples]] = {phase: [] for phase in PHASES}
-            cpu = dict.fromkeys(PHASES, 0.0)
-            windows: dict[str, list[tuple[float, float]]] = {phase: [] for phase in PHASES}
-            floods: list[dict[str, Any]] = []
-            for _ in range(args.rounds):  # alternating, so that both see the machine alike
-                for phase in PHASES:
-                    with flood.running(args.warm_up, floods) if phase == "loaded" else contextlib.nullcontext():
+            samples: dict[str, list[Samples]] = {phase: [] for phase in kinds}
+            cpu = dict.fromkeys(kinds, 0.0)
+            windows: dict[str, list[tuple[float, float]]] = {phase: [] for phase in kinds}
+            flooded: dict[str, list[dict[str, Any]]] = {phase: [] for phase in floods}
+            for _ in range(args.rounds):  # alternating, so that all see the machine alike
+                for phase in kinds:
+                    flood = floods.get(phase)
+                    with flood.running(args.warm_up, flooded[phase]) if flood else contextlib.nullcontext():
                         used, began = cpu_seconds(gateway_pid), time.time()
                         samples[phase].append(asyncio.run(measure(target, phases.pop(0), watched, args.seconds, pace)))
                         cpu[phase] += cpu_seconds(gateway_pid) - used
@@ -457,6 +483,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["load_average_after"] = list(os.getloadavg())
         finally:
             pair.stop()
+            if args.elsewhere:
+                other.stop()
         figures["writer_waits"] = writer_waits(pair.gateway.log_path)
         if args.watch_loop:
             figures["loop"] = loop_figures(json.loads(watch_file.read_text()), windows)
@@ -466,14 +494,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures[phase]["p99_ms_by_round"] = {
             kind: [summary([part])[kind]["p99_ms"] for part in parts] for kind in CALLS
         }
-    figures["flood"] = {
+    figures["flood"] = flood_figures(flooded["loaded"])
+    figures["p99_ratio"] = ratios(figures, "loaded", "unloaded")
+    if args.elsewhere:
+        figures["flood_elsewhere"] = flood_figures(flooded[ELSEWHERE])
+        figures["p99_ratio_to_elsewhere"] = ratios(figures, "loaded", ELSEWHERE)
+        figures["p99_ratio_elsewhere"] = ratios(figures, ELSEWHERE, "unloaded")
+    return figures
+
+
+def flood_figures(floods: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "calls": dict(sum((Counter(f["calls"]) for f in floods), Counter())),
         "streams_held": max(f["streams_held"] for f in floods),
     }
-    figures["p99_ratio"] = {
-        kind: figures["loaded"][kind]["p99_ms"] / figures["unloaded"][kind]["p99_ms"] for kind in CALLS
-    }
-    return figures
+
+
+def ratios(figures: dict[str, Any], phase: str, to: str) -> dict[str, float]:
+    return {kind: figures[phase][kind]["p99_ms"] / figures[to][kind]["p99_ms"] for kind in CALLS}
 
 
 def loop_figures(watched: dict[str, Any], windows: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
@@ -484,7 +522,7 @@ def loop_figures(watched: dict[str, Any], windows: dict[str, list[tuple[float, f
         return any(start <= at <= end for start, end in windows[phase])
 
     figures: dict[str, Any] = {}
-    for phase in PHASES:
+    for phase in windows:
         lags = [late for at, late in watched["lags"] if within(at, phase)]
         runs = [(generation, took) for at, generation, took in watched["collections"] if within(at, phase)]
         full = [took for generation, took in runs if generation == 2]
@@ -534,9 +572,21 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
             f"{loaded['p99_ms']:<9.1f}{ratio:>8.2f}x{alone['failures'] + loaded['failures']:>10}  {verdict} "
             f"({alone['calls']}, {loaded['calls']} calls)"
         )
+    if "p99_ratio_to_elsewhere" in figures:
+        print("  beside the flood aimed at another gateway on this machine (the loaded phase's floor):")
+        for kind in CALLS:
+            there = figures[ELSEWHERE][kind]
+            floor, above = figures["p99_ratio_elsewhere"][kind], figures["p99_ratio_to_elsewhere"][kind]
+            print(
+                f"  {kind:<12}{there['p50_ms']:>10.1f} / {there['p99_ms']:<9.1f} p99 {floor:.2f}x unloaded; "
+                f"loaded p99 {above:.2f}x this ({there['failures']} failures)"
+            )
+    phases = [phase for phase in (*PHASES, ELSEWHERE) if phase in figures]
     for kind in CALLS:
-        rounds = [" / ".join(f"{x:.0f}" for x in figures[phase]["p99_ms_by_round"][kind]) for phase in PHASES]
-        print(f"  {kind:<12} p99 ms round by round: unloaded {rounds[0]}; loaded {rounds[1]}")
+        rounds = "; ".join(
+            f"{phase} " + " / ".join(f"{x:.0f}" for x in figures[phase]["p99_ms_by_round"][kind]) for phase in phases
+        )
+        print(f"  {kind:<12} p99 ms round by round: {rounds}")
     shares = figures["unloaded"]["gateway_cpu_share"], figures["loaded"]["gateway_cpu_share"]
     print(f"  the gateway's CPU: {shares[0]:.0%} of a core unloaded, {shares[1]:.0%} loaded")
     print(f"  the writer's waits by principal (share {figures['write_share']} bytes): {figures['writer_waits']}")
@@ -596,6 +646,12 @@ def main() -> None:
         "--watch-loop",
         action="store_true",
         help="record what holds up the gateway's event loop: its lag, its garbage collections",
+    )
+    parser.add_argument(
+        "--elsewhere",
+        action="store_true",
+        help="a third phase each round: the same flood aimed at a second gateway of its own on this machine "
+        "(the loaded phase's floor: the flood's CPU without sharing the three's gateway)",
     )
     parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

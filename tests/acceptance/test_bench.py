@@ -278,10 +278,10 @@ def test_the_collection_benchmark_sees_every_change_on_every_queue() -> None:
 
 
 def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_else() -> None:
-    figures = run_quick("fairness.py", "--watch-loop", "--watch-pace", "0.5")
+    figures = run_quick("fairness.py", "--watch-loop", "--watch-pace", "0.5", "--elsewhere")
 
     paces = {**fairness.PACE, "WatchStatus": 0.5}  # (--watch-pace)
-    for phase in ("unloaded", "loaded"):
+    for phase in ("unloaded", "loaded", fairness.ELSEWHERE):
         for kind, pace in paces.items():
             calls = figures[phase][kind]
             assert calls["failures"] == 0, (phase, figures[phase]["failures_by_status"])
@@ -297,7 +297,10 @@ def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_e
     ):
         assert flood["calls"].get(refused, 0) > 0, flood
     assert flood["streams_held"] == 50, flood
-    assert set(figures["p99_ratio"]) == set(fairness.CALLS)
+    # The same flood aimed at the other gateway met its limits there (its floor phase).
+    assert figures["flood_elsewhere"]["streams_held"] == 50, figures["flood_elsewhere"]
+    for ratios in ("p99_ratio", "p99_ratio_to_elsewhere", "p99_ratio_elsewhere"):
+        assert set(figures[ratios]) == set(fairness.CALLS) and all(map(positive, figures[ratios].values()))
     assert figures["writer_waits"].startswith("flood ") or "; flood " in figures["writer_waits"], figures
     assert all(f"; {name} " in f"; {figures['writer_waits']}" for name in fairness.PEOPLE), figures
     for phase in ("unloaded", "loaded"):  # what held up the gateway's loop (--watch-loop)
@@ -310,6 +313,7 @@ def test_the_fairness_benchmark_holds_the_flood_to_its_limits_and_fails_nobody_e
         fairness.report(figures, as_json=False)
     assert "p99 ratio" in printed.getvalue() and "the flood:" in printed.getvalue()
     assert "the gateway's loop loaded" in printed.getvalue()
+    assert "beside the flood aimed at another gateway" in printed.getvalue()
 
 
 def test_the_heap_benchmark_times_a_full_collection_with_and_without_the_start_up_objects() -> None:
