@@ -217,6 +217,16 @@ REST_STREAMS = Gauge(
     "Open REST streams (SSE or NDJSON): status and exports.",
     registry=GATEWAY.registry,
 )
+PAGES_WAITING = Gauge(
+    "auditflow_gateway_pages_waiting",
+    "Pages of ListWorkflows waiting for a page worker process (over gRPC and REST).",
+    registry=GATEWAY.registry,
+)
+PAGE_WORKER_FAILURES = Counter(
+    "auditflow_gateway_page_worker_failures_total",
+    "Times a page worker process stopped (killed, out of memory) and its pool was replaced.",
+    registry=GATEWAY.registry,
+)
 LIMIT_REFUSALS = Counter(
     "auditflow_limit_refusals_total",
     "Calls refused because their principal was past one of its limits, by limit: write_rate, read_rate, "

@@ -37,6 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from sqlalchemy import Engine
 
+from auditflow import metrics
 from auditflow.db import contended, make_engine, unreachable
 from auditflow.errors import Unavailable
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -84,7 +85,11 @@ class PageWorkers:
         if request is None:
             return pages.encoded(wpb.ListWorkflowsResponse(), encoding)
         pool = self._pool if self._pool is not None else await asyncio.to_thread(self._started)  # (it blocks)
-        await self._slots.acquire(key)
+        metrics.PAGES_WAITING.inc()
+        try:
+            await self._slots.acquire(key)
+        finally:
+            metrics.PAGES_WAITING.dec()
         try:
             built = self._submit(pool, request, encoding)
         except BaseException:
@@ -132,6 +137,7 @@ class PageWorkers:
             if self._pool is not broken:
                 return
             self._pool = None
+        metrics.PAGE_WORKER_FAILURES.inc()
         logger.warning("a page worker process stopped; the pages it had answer UNAVAILABLE, new workers take the next")
         broken.shutdown(wait=False, cancel_futures=True)
 

@@ -451,6 +451,7 @@ async def test_one_principals_many_pages_never_queue_ahead_of_anothers_one_page(
     await wait_until(lambda: slots.waiting == 10)
     calls.append(asyncio.create_task(page("dave", dave)))
     await wait_until(lambda: slots.waiting == 11)
+    assert metrics.GATEWAY.registry.get_sample_value("auditflow_gateway_pages_waiting") == 11
     slots.release()
     await asyncio.wait_for(asyncio.gather(*calls), 60)
     assert done.index("dave") <= 1, done
@@ -466,6 +467,7 @@ async def test_a_killed_page_worker_fails_its_pages_with_unavailable_and_new_wor
     assert [w.workflow_id for w in listed.workflows] == made[::-1]
     killed = pair.gateway.page_workers.pids
     assert killed
+    failures = metrics.GATEWAY.registry.get_sample_value("auditflow_gateway_page_worker_failures_total") or 0
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
     await wait_until(lambda: not any(running(pid) for pid in killed))
@@ -478,6 +480,7 @@ async def test_a_killed_page_worker_fails_its_pages_with_unavailable_and_new_wor
     async with pair.http.get(pair.url + "/workflows", headers=auth.headers("carol")) as response:
         assert response.status == 200 and len((await response.json())["workflows"]) == 3
     assert pair.gateway.page_workers.pids and not set(pair.gateway.page_workers.pids) & set(killed)
+    assert metrics.GATEWAY.registry.get_sample_value("auditflow_gateway_page_worker_failures_total") == failures + 1
 
 
 def running(pid: int) -> bool:
