@@ -17,7 +17,8 @@ of its own:
   queues ahead of someone else's one page;
 - a worker that dies (killed, out of memory) fails the pages it was building with
   UNAVAILABLE (retry), and a new pool takes the next pages; a database that does not answer
-  is UNAVAILABLE too, as for every other call.
+  is UNAVAILABLE too, as for every other call;
+- a worker whose gateway is gone (killed: it never stopped its pool) exits within a second.
 
 The pool starts its workers on the first page (a gateway that is never asked for a list
 never starts one), with `spawn`: a fork of a process with gRPC's threads is not safe.
@@ -31,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKERS = 2
 MAX_WORKERS = 32
+ORPHAN_CHECK = 1.0  # seconds between a worker's looks at whether its gateway still runs
 NICE = 5  # added to a worker's nice value: under a full CPU it gets about a third of a normal process's share
 
 _engine: Engine | None = None  # (a worker process's own)
@@ -111,7 +114,8 @@ class PageWorkers:
                 raise Unavailable("the gateway is shutting down")
             if self._pool is None:
                 spawn = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self._workers, spawn, initializer=_start, initargs=(self._url,))
+                started = (self._url, os.getpid())
+                self._pool = ProcessPoolExecutor(self._workers, spawn, initializer=_start, initargs=started)
                 for _ in range(self._workers):
                     self._pool.submit(os.getpid)
             return self._pool
@@ -159,11 +163,21 @@ def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None
 # --- in the worker process --------------------------------------------------------------
 
 
-def _start(database_url: str) -> None:
-    """A worker's start: lower its priority, open its engine."""
+def _start(database_url: str, gateway: int) -> None:
+    """A worker's start: lower its priority, watch for its gateway's end, open its engine."""
     global _engine
     os.nice(NICE)
+    threading.Thread(target=_exit_with, args=(gateway,), name="orphan-check", daemon=True).start()
     _engine = make_engine(database_url, writer=False)
+
+
+def _exit_with(gateway: int) -> None:
+    """End this worker when its gateway is gone. A gateway that is killed never stops its
+    pool, and a worker waiting for its next page would wait for good, holding its database
+    connection (a child whose parent died has another one)."""
+    while os.getppid() == gateway:
+        time.sleep(ORPHAN_CHECK)
+    os._exit(0)
 
 
 def _build(request: pages.Request, encoding: pages.Encoding) -> bytes:

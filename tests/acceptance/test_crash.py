@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -105,6 +106,39 @@ def test_an_approval_answered_before_the_gateway_is_killed_is_delivered(
     assert status(stub, workflow_id).status == S.WORKFLOW_STATUS_COMPLETED
     assert dump_sqlite(pair.gateway.database)["outbox"] == []
     assert_trail_intact(stub, workflow_id, all_events(stub, workflow_id))  # one chain across the kill
+
+
+def test_a_killed_gateways_page_workers_exit_and_the_restarted_one_lists_with_new_ones(
+    pair: Pair, stub: wpb_grpc.WorkflowServiceStub
+) -> None:
+    workflow_id = submit(stub, steps=1, seconds=0.01)
+    assert [
+        w.workflow_id for w in stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=as_user("carol")).workflows
+    ] == [workflow_id]
+    gateway = pair.gateway.pid
+    workers = children(gateway)
+    assert workers, "a page worker process serves the list"
+    pair.gateway.kill()
+    wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30, what="the orphaned page workers to exit")
+    pair.gateway.start()
+    listed = stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=as_user("carol"))
+    assert [w.workflow_id for w in listed.workflows] == [workflow_id]
+    assert children(pair.gateway.pid) and not set(children(pair.gateway.pid)) & set(workers)
+
+
+def children(pid: int) -> list[int]:
+    """A process's children (Linux's /proc: each thread's list)."""
+    return sorted(
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_approve_with_the_processor_down_answers_and_runs_once_it_is_up(
