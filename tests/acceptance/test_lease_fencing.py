@@ -31,18 +31,24 @@ STEPS = 6
 # thirds of it. At 2 s a busy machine once stalled the first processor that long before the
 # test froze it (the other took the run over early, and the test failed for the machine).
 LEASE = 4.0
-FROZEN_DELAY = 3.0  # the first processor's pause between cycles: the freeze lands in it
+# The takeover test's: its first processor must keep the run until the test freezes it. With
+# a lease of 4 s, two test suites at once on a 2-core machine once held its renewals (durable
+# commits) back for more than two thirds of it, and the other processor took the run early.
+TAKEOVER_LEASE = 8.0
+FROZEN_DELAY = 6.0  # the first processor's pause between cycles there: the freeze lands in it
 LINK = (("authorization", f"Bearer {auth.GATEWAY_TOKEN}"),)  # the gateway's service token
 
 
-def processor(workdir: Path, url: str, name: str, poll: float, delay: float = 0.5) -> ServerProcess:
+def processor(
+    workdir: Path, url: str, name: str, poll: float, delay: float = 0.5, lease: float = LEASE
+) -> ServerProcess:
     workdir.mkdir()
     args = [
         *auth.processor_args(),
         "--database-url",
         url,
         "--lease-seconds",
-        str(LEASE),
+        str(lease),
         "--worker-id",
         name,
         "--poll-interval",
@@ -133,8 +139,8 @@ def test_a_processor_resumed_after_a_takeover_starts_no_step_under_its_old_epoch
     run go, and the second completes it."""
     journal = tmp_path / "journal.txt"
     journal.touch()
-    first = processor(tmp_path / "a", shared_url, "first", poll=0.2, delay=FROZEN_DELAY)
-    second = processor(tmp_path / "b", shared_url, "second", poll=0.2, delay=0.2)
+    first = processor(tmp_path / "a", shared_url, "first", poll=0.2, delay=FROZEN_DELAY, lease=TAKEOVER_LEASE)
+    second = processor(tmp_path / "b", shared_url, "second", poll=0.2, delay=0.2, lease=TAKEOVER_LEASE)
     first.start()
     second.start()
     try:
