@@ -436,24 +436,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             principal_limits=not args.without_limits,
         )
         kinds = (*PHASES, ELSEWHERE) if args.elsewhere else PHASES
-        other = Pair(
-            Path(tmp) / "elsewhere",
-            processor_args=PLUGIN,
-            gateway_args=gateway_args,
-            log_level="WARNING",
-            principal_limits=not args.without_limits,
-        )
         pair.start()
-        if args.elsewhere:
-            (Path(tmp) / "elsewhere").mkdir()
-            other.start()
+        other: Pair | None = None
         try:
+            if args.elsewhere:
+                other = elsewhere(Path(tmp), gateway_args, limits=not args.without_limits)
             rest_url = f"http://127.0.0.1:{pair.gateway.rest_port}"
             wait_http(f"{rest_url}/openapi.json")
             target = pair.gateway.target
             phases, watched = asyncio.run(prepare(target, len(kinds) * args.rounds, approvals))
             floods = {"loaded": Flood(target, rest_url, args.flood, watched)}
-            if args.elsewhere:
+            if other is not None:
                 other_rest = f"http://127.0.0.1:{other.gateway.rest_port}"
                 wait_http(f"{other_rest}/openapi.json")
                 _, other_watched = asyncio.run(prepare(other.gateway.target, 0, 0))
@@ -483,7 +476,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             figures["load_average_after"] = list(os.getloadavg())
         finally:
             pair.stop()
-            if args.elsewhere:
+            if other is not None:
                 other.stop()
         figures["writer_waits"] = writer_waits(pair.gateway.log_path)
         if args.watch_loop:
@@ -501,6 +494,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures["p99_ratio_to_elsewhere"] = ratios(figures, "loaded", ELSEWHERE)
         figures["p99_ratio_elsewhere"] = ratios(figures, ELSEWHERE, "unloaded")
     return figures
+
+
+def elsewhere(tmp: Path, gateway_args: list[str], *, limits: bool) -> Pair:
+    """The second pair, started: the flood's target in the floor phase."""
+    (tmp / ELSEWHERE).mkdir()
+    return Pair(
+        tmp / ELSEWHERE, processor_args=PLUGIN, gateway_args=gateway_args, log_level="WARNING", principal_limits=limits
+    ).start()
 
 
 def flood_figures(floods: list[dict[str, Any]]) -> dict[str, Any]:

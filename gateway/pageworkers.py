@@ -104,14 +104,14 @@ class PageWorkers:
         try:
             return await asyncio.wrap_future(built)
         except BrokenProcessPool:
-            raise Unavailable("the worker building the page stopped; try again") from None
+            raise _stopped() from None
 
     def _started(self) -> ProcessPoolExecutor:
         """The pool, its workers started (blocking: on a thread). The executor starts a worker
         when a task finds none idle: one small task per worker starts them all here."""
         with self._lock:
             if self._closed:
-                raise Unavailable("the gateway is shutting down")
+                raise _shutting_down()
             if self._pool is None:
                 spawn = multiprocessing.get_context("spawn")
                 started = (self._url, os.getpid())
@@ -122,12 +122,12 @@ class PageWorkers:
 
     def _submit(self, pool: ProcessPoolExecutor, request: pages.Request, encoding: pages.Encoding) -> Future[bytes]:
         if self._closed:
-            raise Unavailable("the gateway is shutting down")
+            raise _shutting_down()
         try:
             built = pool.submit(_build, request, encoding)
         except BrokenProcessPool:
             self._replace(pool)
-            raise Unavailable("the worker building the page stopped; try again") from None
+            raise _stopped() from None
         built.add_done_callback(lambda done: self._check(pool, done))
         return built
 
@@ -153,6 +153,14 @@ class PageWorkers:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stopped() -> Unavailable:
+    return Unavailable("the worker building the page stopped; try again")
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable("the gateway is shutting down")
 
 
 def _soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

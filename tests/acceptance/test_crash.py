@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -16,6 +15,7 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.server import LINK_NAME
 from tests.support.cluster import Pair
 from tests.support.grpc_helpers import as_user, assert_trail_intact, dump_sqlite, read_and_approve_sync, step
+from tests.support.processes import alive, children
 
 S = pb.WorkflowStatus
 
@@ -124,21 +124,6 @@ def test_a_killed_gateways_page_workers_exit_and_the_restarted_one_lists_with_ne
     listed = stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=as_user("carol"))
     assert [w.workflow_id for w in listed.workflows] == [workflow_id]
     assert children(pair.gateway.pid) and not set(children(pair.gateway.pid)) & set(workers)
-
-
-def children(pid: int) -> list[int]:
-    """A process's children (Linux's /proc: each thread's list)."""
-    return sorted(
-        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
-    )
-
-
-def alive(pid: int) -> bool:
-    """Whether a process runs (not gone, not a zombie waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_approve_with_the_processor_down_answers_and_runs_once_it_is_up(

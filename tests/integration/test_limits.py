@@ -42,6 +42,7 @@ from processor.settings import Settings as ProcessorSettings
 from tests.support import auth
 from tests.support.grpc_helpers import as_user, dump_sqlite, step
 from tests.support.postgres import fresh_database
+from tests.support.processes import alive, parent_of
 
 PLUGINS = ("tests.support.procedures",)
 SLOW = 0.01  # tokens a second: none comes back while a test runs
@@ -130,11 +131,6 @@ def rich(error: grpc.aio.AioRpcError) -> dict[str, Any]:
                 else:
                     found["quota"] = [v.subject for v in message.violations]
     return found
-
-
-def parent_of(pid: int) -> int:
-    """A process's parent (Linux's /proc: the field after the state, past the name's ')')."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def trailer(error: grpc.aio.AioRpcError, name: str) -> str | None:
@@ -470,7 +466,7 @@ async def test_a_killed_page_worker_fails_its_pages_with_unavailable_and_new_wor
     failures = metrics.GATEWAY.registry.get_sample_value("auditflow_gateway_page_worker_failures_total") or 0
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
-    await wait_until(lambda: not any(running(pid) for pid in killed))
+    await wait_until(lambda: not any(alive(pid) for pid in killed))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=carol)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
@@ -481,14 +477,6 @@ async def test_a_killed_page_worker_fails_its_pages_with_unavailable_and_new_wor
         assert response.status == 200 and len((await response.json())["workflows"]) == 3
     assert pair.gateway.page_workers.pids and not set(pair.gateway.page_workers.pids) & set(killed)
     assert metrics.GATEWAY.registry.get_sample_value("auditflow_gateway_page_worker_failures_total") == failures + 1
-
-
-def running(pid: int) -> bool:
-    """Whether a process runs (not gone, not a zombie waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def wait_until(condition: Any, timeout: float = 30.0) -> None:
