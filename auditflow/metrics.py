@@ -219,7 +219,7 @@ REST_STREAMS = Gauge(
 )
 PAGES_WAITING = Gauge(
     "auditflow_gateway_pages_waiting",
-    "Pages of ListWorkflows waiting for a page worker process (over gRPC and REST).",
+    "Pages of ListWorkflows and collection watches' initial lists waiting for a page worker process.",
     registry=GATEWAY.registry,
 )
 PAGE_WORKER_FAILURES = Counter(

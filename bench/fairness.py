@@ -10,7 +10,8 @@ length, alternating for `--rounds` rounds in the same run (so that both see the 
 - loaded: meanwhile one principal with the submitter role, in a process of its own, sends
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
   of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
-  status streams as it can hold, trying for more all the time, and idle connections (TCP
+  status streams as it can hold, trying for more all the time, collection watches of 500
+  workflows over gRPC and SSE (each closed once its initial list is read), and idle connections (TCP
   connections to the gRPC and REST ports that send nothing, opened again as soon as the
   gateway closes them). It starts `--warm-up` seconds
   before the phase is measured, and stops after it; then its plans awaiting approval are
@@ -90,7 +91,7 @@ FLOOD_STEPS, FLOOD_PARAMETER = 4, 16_000
 TIMEOUT = 30.0
 PHASES = ("unloaded", "loaded")
 ELSEWHERE = "elsewhere"  # (with --elsewhere: the flood aimed at another pair, the loaded phase's floor)
-FLOOD_KINDS = ("create", "list", "rest", "watch", "idle")
+FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "idle")
 IDLE_CONNECTIONS = 200  # idle TCP connections the flood keeps open to each port, reopened when closed
 
 
@@ -282,6 +283,24 @@ async def _flood(
                 return
             held.append(call)  # held open until the end
 
+        async def collection(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            """A collection watch of 500, closed once its initial list is read."""
+            call = stub.WatchWorkflows(wpb.WatchWorkflowsRequest(page_size=500), metadata=meta, timeout=TIMEOUT)
+            try:
+                async for message in call:
+                    if message.HasField("synced"):
+                        return
+            finally:
+                call.cancel()
+
+        async def rest_collection() -> None:
+            async with http.get(f"{rest_url}/workflows:watch?page_size=500") as response:
+                if response.status != 200:
+                    raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+                async for line in response.content:
+                    if line.startswith(b"data: ") and b'"synced"' in line:
+                        return
+
         async def idle(host: str, port: int) -> None:
             """One connection that sends nothing, held until the gateway closes it."""
             try:
@@ -312,8 +331,12 @@ async def _flood(
                 loops += [hammer("ListWorkflows", lambda s=stub: page(s)) for _ in range(2)]  # type: ignore[misc]
             if "watch" in kinds:
                 loops += [hammer("WatchStatus", lambda s=stub: stream(s)) for _ in range(2)]  # type: ignore[misc]
+            if "collection" in kinds:
+                loops.append(hammer("WatchWorkflows", lambda s=stub: collection(s)))  # type: ignore[misc]
         if "rest" in kinds:
             loops += [hammer("REST ListWorkflows", rest_page) for _ in range(2)]
+        if "collection" in kinds:
+            loops += [hammer("REST WatchWorkflows", rest_collection) for _ in range(2)]
         ready.set()
         await asyncio.gather(*loops)
         peak = len(held)

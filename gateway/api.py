@@ -29,8 +29,8 @@ from auditflow.limits import Limiter
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import collection, listing, messages, pages, quota, revisions, store, workflows
-from gateway.collection import CollectionItem, CollectionWatcher
-from gateway.encoded import Joined
+from gateway.collection import CollectionWatcher
+from gateway.encoded import Encoded, Joined
 from gateway.findings import Findings
 from gateway.hub import Item, WorkflowHub
 from gateway.listing import Listing
@@ -239,15 +239,20 @@ class WorkflowApi:
             revision=messages.revision(shown), changes=changes, current_revision=current.revision
         )
 
-    async def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest) -> AsyncIterator[CollectionItem]:
+    async def WatchWorkflows(
+        self, request: wpb.WatchWorkflowsRequest, encoding: pages.Encoding = "wire"
+    ) -> AsyncIterator[Encoded]:
+        """Items with their encodings; the initial list's are made in a page worker, in the
+        caller's `encoding` only (protobuf for gRPC, JSON for SSE and NDJSON)."""
         # (An async generator: a bad request is refused at the first message, as WatchStatus's.)
         filter_ = self._filter(request)
         if request.page_size < 0 or request.page_size > listing.MAX_PAGE_SIZE:
             raise invalid(
                 "page_size", f"must be between 0 (default {listing.DEFAULT_PAGE_SIZE}) and {listing.MAX_PAGE_SIZE}"
             )
-        resume = collection.decode_token(request.resume_token) if request.resume_token else None
-        async for item in self._collection.watch(collection.WatchRequest(filter_, request.page_size, resume)):
+        resume = pages.resume_point(request.resume_token) if request.resume_token else None
+        asked = collection.WatchRequest(filter_, request.page_size, resume, principal.current().key, encoding)
+        async for item in self._collection.watch(asked):
             yield item
 
     def WatchStatus(self, request: wpb.WatchStatusRequest) -> AsyncIterator[Item | Joined]:

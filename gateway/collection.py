@@ -24,31 +24,37 @@ event of one workflow.
 
 A watcher that falls more than `RING` changes behind catches up from the database the same
 way, from its last token.
+
+Who builds what. The initial list and every catch-up (a resume, or a watcher behind) grow with
+what the caller asks for: a token of long ago asks for every workflow written since. Their
+rows are read and their messages encoded by the page workers (`gateway.pageworkers`), in the
+stream's own encoding and at the caller's turn, never by the gateway's interpreter; only the
+live changes (a message per write, as it happens) are made here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from google.protobuf import json_format
 from sqlalchemy import Connection, select
 
 from auditflow import convert
 from auditflow.db import Database
-from auditflow.errors import invalid
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway import messages, store
+from gateway import messages, pages, store
 from gateway.encoded import Encoded, message_json
-from gateway.listing import Listing
+from gateway.listing import DEFAULT_PAGE_SIZE
+from gateway.pages import resume_token
+from gateway.pageworkers import PageWorkers
 from gateway.store import ListFilter, WorkflowRecord, workflows
 
 logger = logging.getLogger(__name__)
@@ -84,25 +90,37 @@ class CollectionItem(Encoded):
         return f"id: {token}\ndata: {message_json(self.message)}\n\n".encode()
 
 
-def encode_token(point: datetime) -> str:
-    micros = (point - _EPOCH) // timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(f"w1:{micros}".encode()).decode().rstrip("=")
+class ListedItem(Encoded):
+    """A message of the initial list, encoded by a page worker: its wire bytes (gRPC) or its
+    JSON (SSE and NDJSON frame it as they are). The message is parsed back only if asked for."""
 
+    __slots__ = ("_json", "_token")
 
-def decode_token(token: str) -> datetime:
-    """The point in time a resume token names; INVALID_ARGUMENT for anything else."""
-    try:
-        padded = (token + "=" * (-len(token) % 4)).encode("ascii")
-        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
-        prefix, micros = text.split(":")
-        if prefix != "w1" or not micros.isdigit() or len(micros) > 17:
-            raise ValueError(text)
-        return _EPOCH + timedelta(microseconds=int(micros))
-    except (ValueError, binascii.Error, UnicodeError, OverflowError) as exc:
-        raise invalid("resume_token", "malformed; pass the resume_token of a message of this stream") from exc
+    def __init__(self, encoded: bytes, encoding: pages.Encoding, resume_token: str) -> None:
+        super().__init__()
+        self._token = resume_token
+        self._json: bytes | None = None
+        if encoding == "wire":
+            self._wire = encoded
+        else:
+            self._json = encoded
 
+    @property
+    def message(self) -> wpb.WatchWorkflowsResponse:
+        parsed = wpb.WatchWorkflowsResponse()
+        if self._json is not None:
+            json_format.Parse(self._json, parsed)
+        else:
+            parsed.ParseFromString(self.wire)
+        return parsed
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+    def _event(self) -> bytes:
+        json = self._json if self._json is not None else message_json(self.message).encode()
+        return b"id: %s\ndata: %s\n\n" % (self._token.encode(), json)
+
+    @property
+    def ndjson(self) -> bytes:
+        return self._json + b"\n" if self._json is not None else super().ndjson
 
 
 # --- the broker ----------------------------------------------------------------------------------
@@ -254,45 +272,51 @@ def _rows(conn: Connection, ids: list[str]) -> list[WorkflowRecord]:
 
 @dataclass(frozen=True)
 class WatchRequest:
-    """A checked WatchWorkflows request, the caller's parts resolved."""
+    """A checked WatchWorkflows request, the caller's parts resolved: `key` names the
+    principal (its turns at the page workers), `encoding` its transport's (the lists' messages
+    are encoded where they are built)."""
 
     filter: ListFilter
     page_size: int
     resume: datetime | None
+    key: str
+    encoding: pages.Encoding = "wire"
 
 
 class CollectionWatcher:
-    """Serves WatchWorkflows streams from one broker; the initial list is ListWorkflows' first
-    page (`Listing`), so that its token pages on through ListWorkflows."""
+    """Serves WatchWorkflows streams from one broker. The initial list is ListWorkflows' first
+    page (its token pages on through ListWorkflows); it and the catch-ups are built in the page
+    worker processes."""
 
-    def __init__(self, db: Database, changes: Changes, listing: Listing, *, heartbeat_interval: float) -> None:
+    def __init__(self, db: Database, changes: Changes, page_workers: PageWorkers, *, heartbeat_interval: float) -> None:
         self._db = db
         self._changes = changes
-        self._listing = listing
+        self._pages = page_workers
         self._heartbeat = heartbeat_interval
 
-    async def watch(self, request: WatchRequest) -> AsyncIterator[CollectionItem]:
+    async def watch(self, request: WatchRequest) -> AsyncIterator[Encoded]:
         changes = self._changes
         changes.join()
         try:
             position, point = changes.position, changes.point
             if request.resume is None:
-                records, token = await self._listing.page(request.filter, request.page_size, "")
-                listed = {r.workflow_id: _state(r) for r in records}  # not sent again unchanged
-                for record in records:
-                    yield _item(pb_change(wpb.CHANGE_TYPE_ADDED, record), point)
+                rows, token = await self._first_list(request, resume_token(point))
+                # (a listed workflow that comes again as a change, unchanged, is not sent again)
+                listed = {row.workflow_id: (row.last_sequence, row.updated_at) for row in rows}
+                for row in rows:
+                    yield ListedItem(row.encoded, request.encoding, row.resume_token)
                 synced = wpb.WatchSynced(next_page_token=token)
-                yield CollectionItem(wpb.WatchWorkflowsResponse(synced=synced, resume_token=encode_token(point)))
+                yield CollectionItem(wpb.WatchWorkflowsResponse(synced=synced, resume_token=resume_token(point)))
             else:
                 listed = {}
-                async for item in self._since(request.filter, request.resume):
+                async for item in self._since(request, request.resume):
                     yield item
             while True:
                 await changes.wait(position, self._heartbeat)
                 pending = changes.after(position)
                 if pending is None:  # fell behind the ring: read what was missed
                     missed_from, position = point, changes.position
-                    async for item in self._since(request.filter, missed_from):
+                    async for item in self._since(request, missed_from):
                         yield item
                     point = changes.point
                 elif not pending:
@@ -308,12 +332,21 @@ class CollectionWatcher:
         finally:
             changes.leave()
 
-    async def _since(self, filter_: ListFilter, since: datetime) -> AsyncIterator[CollectionItem]:
-        """Every matching workflow written since `since` less MARGIN (a resume, or a catch-up)."""
-        async for rows in written_since(self._db, since - MARGIN):
-            for record in rows:
-                if filter_.matches(record):
-                    yield _item(pb_change(wpb.CHANGE_TYPE_MODIFIED, record), max(since, record.updated_at))
+    async def _first_list(self, request: WatchRequest, token: str) -> tuple[list[pages.Listed], str]:
+        if request.filter.awaiting_key == "":  # (someone who may not approve awaits nothing)
+            return [], ""
+        asked = pages.FirstList(request.filter, request.page_size or DEFAULT_PAGE_SIZE, token)
+        return await self._pages.first_list(asked, request.encoding, request.key)
+
+    async def _since(self, request: WatchRequest, since: datetime) -> AsyncIterator[Encoded]:
+        """Every matching workflow written since `since` less MARGIN (a resume, or a catch-up),
+        read and encoded by the page workers a batch at a time."""
+        start: datetime | None = since - MARGIN
+        while start is not None:
+            batch = pages.Since(request.filter, start, since, LOOK_LIMIT)
+            rows, start = await self._pages.since(batch, request.encoding, request.key)
+            for row in rows:
+                yield ListedItem(row.encoded, request.encoding, row.resume_token)
 
 
 def _state(record: WorkflowRecord) -> tuple[int, datetime]:
@@ -322,7 +355,7 @@ def _state(record: WorkflowRecord) -> tuple[int, datetime]:
 
 def _heartbeat(point: datetime) -> CollectionItem:
     heartbeat = pb.Heartbeat(time=convert.timestamp(convert.utcnow()))
-    return CollectionItem(wpb.WatchWorkflowsResponse(heartbeat=heartbeat, resume_token=encode_token(point)))
+    return CollectionItem(wpb.WatchWorkflowsResponse(heartbeat=heartbeat, resume_token=resume_token(point)))
 
 
 def change_type(filter_: ListFilter, record: WorkflowRecord, before: WorkflowRecord | None) -> int | None:
@@ -343,4 +376,4 @@ def pb_change(kind: int, record: WorkflowRecord) -> wpb.WorkflowChange:
 
 
 def _item(change: wpb.WorkflowChange, point: datetime) -> CollectionItem:
-    return CollectionItem(wpb.WatchWorkflowsResponse(change=change, resume_token=encode_token(point)))
+    return CollectionItem(wpb.WatchWorkflowsResponse(change=change, resume_token=resume_token(point)))

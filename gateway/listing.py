@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from auditflow import plans
-from auditflow.db import Database
 from auditflow.errors import invalid
 from auditflow.principal import APPROVER, Principal
 from auditflow.v1 import workflow_pb2 as pb
-from gateway import pages, store
-from gateway.pages import decode_token, encode_token
-from gateway.store import ListFilter, WorkflowRecord
+from gateway import pages
+from gateway.pages import decode_token
+from gateway.store import ListFilter
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -28,10 +27,7 @@ MAX_TITLE_FILTER = 200
 class Listing:
     """Pages of workflows through a filter."""
 
-    def __init__(
-        self, db: Database, *, self_approval: bool = False, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES
-    ) -> None:
-        self._db = db
+    def __init__(self, *, self_approval: bool = False, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> None:
         self._self_approval = self_approval
         self._max_page_bytes = max_page_bytes
 
@@ -71,17 +67,6 @@ class Listing:
         if filter_.awaiting_key == "":
             return None
         return pages.Request(filter_, after, pages.Bounds(size, self._max_page_bytes), unavailable_since)
-
-    async def page(self, filter_: ListFilter, page_size: int, page_token: str) -> tuple[list[WorkflowRecord], str]:
-        """One page of records and the token of the next ("" on the last): the collection
-        watch's initial list, whose rows are summaries (no parameters, no result)."""
-        size = check_page_size(page_size) or DEFAULT_PAGE_SIZE
-        after = decode_token(page_token) if page_token else None
-        if filter_.awaiting_key == "":
-            return [], ""
-        records = await self._db.scan(lambda conn: store.list_matching(conn, filter_, size + 1, after))
-        token = encode_token(records[size - 1]) if len(records) > size else ""
-        return records[:size], token
 
 
 def check_page_size(page_size: int) -> int:

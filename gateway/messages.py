@@ -17,8 +17,10 @@ from gateway.store import EventRecord, RevisionRecord, WorkflowRecord
 LARGE_ANSWERS = frozenset({"GetWorkflow", "GetRevision", "ListFindings"})
 # The answers the application layer returns already encoded, as bytes in the encoding its
 # caller asks for (`encoding`: "wire" for gRPC, "json" for REST): a page of workflows, built
-# in a page worker process (`gateway.pageworkers`).
+# in a page worker process (`gateway.pageworkers`); and the streams some of whose messages
+# come encoded that way (a collection watch's initial list: "json" for SSE and NDJSON).
 PREBUILT_ANSWERS = frozenset({"ListWorkflows"})
+PREBUILT_STREAMS = frozenset({"WatchWorkflows"})
 
 
 def snapshot(record: WorkflowRecord, unavailable_since: datetime | None = None) -> pb.StatusSnapshot:

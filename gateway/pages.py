@@ -1,4 +1,4 @@
-"""A page of ListWorkflows, bounded by rows and by bytes.
+"""A page of ListWorkflows, bounded by rows and by bytes; and the collection watch's first page.
 
 A row is a summary (no parameters, no result), yet a page of 500 rows of a hundred steps each
 weighs megabytes. The page stops before `budget` bytes (protobuf encoding, its token included;
@@ -15,9 +15,10 @@ import binascii
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple
 
+from google.protobuf.message import Message
 from sqlalchemy import Connection
 
 from auditflow import plans
@@ -58,10 +59,10 @@ class Request:
 Encoding = Literal["wire", "json"]  # protobuf (gRPC), or the proto3 JSON of REST
 
 
-def encoded(page: wpb.ListWorkflowsResponse, encoding: Encoding) -> bytes:
-    """The page as its caller's transport sends it: protobuf, or the proto3 JSON (proto field
+def encoded(message: Message, encoding: Encoding) -> bytes:
+    """A message as its caller's transport sends it: protobuf, or the proto3 JSON (proto field
     names, every field) that REST answers with."""
-    return page.SerializeToString() if encoding == "wire" else message_json(page).encode()
+    return message.SerializeToString() if encoding == "wire" else message_json(message).encode()
 
 
 @dataclass
@@ -116,3 +117,89 @@ def decode_token(token: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(created), plans.check_workflow_id(workflow_id)
     except (ValueError, binascii.Error, UnicodeDecodeError, InvalidArgument) as exc:
         raise invalid("page_token", "malformed; pass the next_page_token of a previous call") from exc
+
+
+# --- the collection watch's lists -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FirstList:
+    """WatchWorkflows' initial list as asked for: the first `rows` workflows through the
+    caller's filter, each message carrying `resume_token` (plain data, for a page worker)."""
+
+    filter_: ListFilter
+    rows: int
+    resume_token: str
+
+
+@dataclass(frozen=True)
+class Since:
+    """A resumed collection watch's catch-up, one batch: up to `limit` rows written at or
+    after `start`, those through the filter sent as MODIFIED; each message's resume point is
+    its row's time, or `resumed` (where the watcher resumed from) if that is later."""
+
+    filter_: ListFilter
+    start: datetime
+    resumed: datetime
+    limit: int
+
+
+class Listed(NamedTuple):
+    """One workflow of a collection watch's list: its state (the watch skips the same state
+    when it comes again as a change) and its message, encoded, with that message's token."""
+
+    workflow_id: str
+    last_sequence: int
+    updated_at: datetime
+    resume_token: str
+    encoded: bytes
+
+
+def first_list(conn: Connection, request: FirstList, encoding: Encoding) -> tuple[list[Listed], str]:
+    """The initial list (newest first, each row a summary) and the token of the next page
+    ("" if none), read in one transaction; its token pages on through ListWorkflows."""
+    records = store.list_matching(conn, request.filter_, request.rows + 1, None)
+    token = encode_token(records[request.rows - 1]) if len(records) > request.rows else ""
+    added = wpb.CHANGE_TYPE_ADDED
+    return [_listed(r, added, request.resume_token, encoding) for r in records[: request.rows]], token
+
+
+def since(conn: Connection, request: Since, encoding: Encoding) -> tuple[list[Listed], datetime | None]:
+    """One batch of a catch-up (oldest write first), and where the next batch starts (None
+    after the last)."""
+    records = store.changed_since(conn, request.start, request.limit)
+    listed = [
+        _listed(r, wpb.CHANGE_TYPE_MODIFIED, resume_token(max(request.resumed, r.updated_at)), encoding)
+        for r in records
+        if request.filter_.matches(r)
+    ]
+    more = len(records) == request.limit and records[-1].updated_at > request.start
+    return listed, records[-1].updated_at if more else None
+
+
+def _listed(record: WorkflowRecord, kind: int, token: str, encoding: Encoding) -> Listed:
+    change = wpb.WorkflowChange(type=kind, workflow=messages.summary(record))  # type: ignore[arg-type]
+    message = wpb.WatchWorkflowsResponse(change=change, resume_token=token)
+    return Listed(record.workflow_id, record.last_sequence, record.updated_at, token, encoded(message, encoding))
+
+
+def resume_token(point: datetime) -> str:
+    """A collection watch's resume token: a point in time (opaque to clients)."""
+    micros = (point - _EPOCH) // timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(f"w1:{micros}".encode()).decode().rstrip("=")
+
+
+def resume_point(token: str) -> datetime:
+    """The point in time a resume token names; INVALID_ARGUMENT for anything else."""
+    try:
+        padded = (token + "=" * (-len(token) % 4)).encode("ascii")
+        text = base64.b64decode(padded, altchars=b"-_", validate=True).decode("ascii")
+        prefix, micros = text.split(":")
+        if prefix != "w1" or not micros.isdigit() or len(micros) > 17:
+            raise ValueError(text)
+        return _EPOCH + timedelta(microseconds=int(micros))
+    except (ValueError, binascii.Error, UnicodeError, OverflowError) as exc:
+        raise invalid("resume_token", "malformed; pass the resume_token of a message of this stream") from exc
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

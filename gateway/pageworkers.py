@@ -1,5 +1,5 @@
-"""ListWorkflows' pages, built in worker processes: the gateway's interpreter only passes the
-bytes on.
+"""ListWorkflows' pages and the collection watch's initial lists, built in worker processes:
+the gateway's interpreter only passes the bytes on.
 
 A page of 500 summaries costs tens of milliseconds of Python (its rows, 500 messages, their
 encoding), and its proto3 JSON for REST as much again. Run on threads of the gateway, that
@@ -20,6 +20,11 @@ of its own:
   is UNAVAILABLE too, as for every other call;
 - a worker whose gateway is gone (killed: it never stopped its pool) exits within a second.
 
+A collection watch's initial list (WatchWorkflows: up to 500 summaries, each its own message)
+costs the same and is built the same way, taking its turns at the same workers; so is a
+resumed watch's catch-up (every workflow written since its token: a token of long ago asks for
+them all), a batch at a time.
+
 The pool starts its workers on the first page (a gateway that is never asked for a list
 never starts one), with `spawn`: a fork of a process with gRPC's threads is not safe.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -36,8 +42,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from auditflow import metrics
 from auditflow.db import contended, make_engine, unreachable
@@ -53,11 +61,15 @@ MAX_WORKERS = 32
 ORPHAN_CHECK = 1.0  # seconds between a worker's looks at whether its gateway still runs
 NICE = 5  # added to a worker's nice value: under a full CPU it gets about a third of a normal process's share
 
+R = TypeVar("R")  # what a worker is asked for
+T = TypeVar("T")  # what it answers
+
 _engine: Engine | None = None  # (a worker process's own)
 
 
 class PageWorkers:
-    """`await page(request, encoding, key)`: the page's bytes, built in a worker process."""
+    """`await page(request, encoding, key)`: the page's bytes, built in a worker process
+    (`first_list`: a collection watch's initial list)."""
 
     def __init__(self, database_url: str, workers: int = DEFAULT_WORKERS) -> None:
         if not 1 <= workers <= MAX_WORKERS:
@@ -87,6 +99,23 @@ class PageWorkers:
         nothing); `key` names the principal whose turn it takes."""
         if request is None:
             return pages.encoded(wpb.ListWorkflowsResponse(), encoding)
+        return await self._built(key, _build, request, encoding)
+
+    async def first_list(
+        self, request: pages.FirstList, encoding: pages.Encoding, key: str
+    ) -> tuple[list[pages.Listed], str]:
+        """A collection watch's initial list, each message encoded, and the next page's token."""
+        return await self._built(key, _first_list, request, encoding)
+
+    async def since(
+        self, request: pages.Since, encoding: pages.Encoding, key: str
+    ) -> tuple[list[pages.Listed], datetime | None]:
+        """One batch of a resumed collection watch's catch-up, each message encoded, and where
+        the next batch starts (None after the last)."""
+        return await self._built(key, _since, request, encoding)
+
+    async def _built(self, key: str, work: Callable[[R, pages.Encoding], T], request: R, encoding: pages.Encoding) -> T:
+        """`work(request, encoding)` in a worker, at `key`'s turn."""
         pool = self._pool if self._pool is not None else await asyncio.to_thread(self._started)  # (it blocks)
         metrics.PAGES_WAITING.inc()
         try:
@@ -94,7 +123,7 @@ class PageWorkers:
         finally:
             metrics.PAGES_WAITING.dec()
         try:
-            built = self._submit(pool, request, encoding)
+            built = self._submit(pool, work, request, encoding)
         except BaseException:
             self._slots.release()
             raise
@@ -120,18 +149,20 @@ class PageWorkers:
                     self._pool.submit(os.getpid)
             return self._pool
 
-    def _submit(self, pool: ProcessPoolExecutor, request: pages.Request, encoding: pages.Encoding) -> Future[bytes]:
+    def _submit(
+        self, pool: ProcessPoolExecutor, work: Callable[[R, pages.Encoding], T], request: R, encoding: pages.Encoding
+    ) -> Future[T]:
         if self._closed:
             raise _shutting_down()
         try:
-            built = pool.submit(_build, request, encoding)
+            built = pool.submit(work, request, encoding)
         except BrokenProcessPool:
             self._replace(pool)
             raise _stopped() from None
         built.add_done_callback(lambda done: self._check(pool, done))
         return built
 
-    def _check(self, pool: ProcessPoolExecutor, done: Future[bytes]) -> None:
+    def _check(self, pool: ProcessPoolExecutor, done: Future[T]) -> None:
         if not done.cancelled() and isinstance(done.exception(), BrokenProcessPool):
             self._replace(pool)
 
@@ -189,14 +220,28 @@ def _exit_with(gateway: int) -> None:
 
 
 def _build(request: pages.Request, encoding: pages.Encoding) -> bytes:
-    """One page, read and encoded in this worker; an unreachable or busy database is
-    UNAVAILABLE, as the gateway's own reads answer it."""
+    """One page of ListWorkflows, read and encoded in this worker."""
+    return pages.encoded(_read(functools.partial(pages.build, request=request)), encoding)
+
+
+def _first_list(request: pages.FirstList, encoding: pages.Encoding) -> tuple[list[pages.Listed], str]:
+    """A collection watch's initial list, read and encoded in this worker."""
+    return _read(functools.partial(pages.first_list, request=request, encoding=encoding))
+
+
+def _since(request: pages.Since, encoding: pages.Encoding) -> tuple[list[pages.Listed], datetime | None]:
+    """A batch of a collection watch's catch-up, read and encoded in this worker."""
+    return _read(functools.partial(pages.since, request=request, encoding=encoding))
+
+
+def _read(work: Callable[[Connection], T]) -> T:
+    """`work` in one read transaction; an unreachable or busy database is UNAVAILABLE, as the
+    gateway's own reads answer it."""
     assert _engine is not None, "not a page worker"
     try:
         with _engine.begin() as conn:
-            page = pages.build(conn, request)
+            return work(conn)
     except Exception as exc:
         if unreachable(exc) or contended(exc):
             raise Unavailable("the database is unavailable; try again shortly") from None
         raise
-    return pages.encoded(page, encoding)

@@ -97,12 +97,14 @@ class Gateway:
         health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
-        listing = Listing(self.db, self_approval=settings.allow_self_approval, max_page_bytes=settings.max_page_bytes)
+        listing = Listing(self_approval=settings.allow_self_approval, max_page_bytes=settings.max_page_bytes)
         # (pages are built in processes of their own: their Python never holds this interpreter)
         self.page_workers = PageWorkers(settings.database_url, settings.page_workers)
         self.changes = Changes(self.db, poll_interval=settings.collection_poll_interval)
         self.hub.add_listener(self.changes)
-        collection = CollectionWatcher(self.db, self.changes, listing, heartbeat_interval=settings.heartbeat_interval)
+        collection = CollectionWatcher(
+            self.db, self.changes, self.page_workers, heartbeat_interval=settings.heartbeat_interval
+        )
         self.api = WorkflowApi(
             self.db,
             self.relay,

@@ -19,7 +19,7 @@ from auditflow.serving import Context
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.api import WorkflowApi
-from gateway.collection import CollectionItem
+from gateway.encoded import Encoded
 from gateway.hub import Item
 
 M = TypeVar("M", bound=Message)
@@ -74,7 +74,7 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
     async def GetRevision(self, request: wpb.GetRevisionRequest, context: Context) -> wpb.GetRevisionResponse:
         return await _encoded_off_loop(await self._api.GetRevision(request))
 
-    def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest, context: Context) -> AsyncIterator[CollectionItem]:  # type: ignore[override]
+    def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest, context: Context) -> AsyncIterator[Encoded]:  # type: ignore[override]
         # Items sent as their `wire` bytes, as WatchStatus's.
         return self._api.WatchWorkflows(request)
 

@@ -210,8 +210,8 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--page-workers",
-        "processes that build pages of workflows, one page at a time each, at a lower CPU priority; "
-        "waiting pages are taken one principal at a time in turn",
+        "processes that build pages of workflows and collection watches' initial lists, one at a "
+        "time each, at a lower CPU priority; waiting pages are taken one principal at a time in turn",
         default=pageworkers.DEFAULT_WORKERS,
         type=config.bounded_int(1, pageworkers.MAX_WORKERS),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -252,6 +253,8 @@ class RestApp:
 
     def _handler(self, route: Route) -> Handler:
         call = getattr(self.api, route.method.name)
+        if route.method.name in messages.PREBUILT_STREAMS:  # (its messages made as JSON where they are built)
+            call = functools.partial(call, encoding="json")
         if route.streaming:
 
             async def streaming(request: web.Request) -> web.StreamResponse:

@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from auditflow import metrics, trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway import messages, service
+from gateway import collection, messages, pages, service
 from gateway.quota import PlanLimits
 from gateway.rest import app
 from gateway.server import Gateway
@@ -427,6 +428,88 @@ async def test_pages_large_answers_and_trail_checks_are_built_off_the_event_loop
     verified = await pair.stub.VerifyTrail(wpb.VerifyTrailRequest(workflow_id=created[0]), metadata=carol)
     assert verified.intact
     assert all(found and loop_thread not in found for found in threads.values()), threads
+
+
+async def test_a_collection_watchs_initial_list_is_built_in_the_page_workers_at_its_turn(
+    start: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WatchWorkflows' initial list (up to 500 summaries, a message each) weighs what a page
+    weighs: a page worker builds it, in the stream's own encoding (protobuf for gRPC, JSON for
+    SSE and NDJSON), at its principal's turn; the gateway's interpreter never builds a summary."""
+    pair = await start(page_workers=1)
+    carol = as_user("carol")
+    made = [(await pair.stub.CreateWorkflow(create_request(), metadata=carol)).workflow.workflow_id for _ in range(3)]
+    first_two = await _watched(pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(page_size=2), metadata=carol))
+    token = first_two[-1].synced.next_page_token
+    rest = await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_token=token), metadata=carol)
+    assert [m.change.workflow.workflow_id for m in first_two[:-1]] == made[:0:-1]
+    assert [w.workflow_id for w in rest.workflows] == made[:1]  # (its token pages on through ListWorkflows)
+    in_gateway: list[Any] = []
+    monkeypatch.setattr(messages, "summary", lambda *args: in_gateway.append(args))  # (a worker's is its own)
+    slots = pair.gateway.page_workers.slots
+    await slots.acquire("someone")  # (the one worker busy: the list waits for its turn)
+    watched = asyncio.create_task(_watched(pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(), metadata=carol)))
+    await wait_until(lambda: slots.waiting == 1)
+    assert not watched.done()
+    slots.release()
+    over_grpc = await asyncio.wait_for(watched, 60)
+    assert [m.change.workflow.workflow_id for m in over_grpc[:-1]] == made[::-1]
+    assert all(
+        m.change.type == wpb.CHANGE_TYPE_ADDED and not m.change.workflow.plan[0].HasField("parameters")
+        for m in over_grpc[:-1]
+    )
+    assert {m.resume_token for m in over_grpc} == {over_grpc[-1].resume_token} and not over_grpc[
+        -1
+    ].synced.next_page_token
+    for accept in ("text/event-stream", app.NDJSON):
+        headers = {**auth.headers("carol"), "Accept": accept}
+        async with pair.http.get(pair.url + "/workflows:watch", headers=headers) as response:
+            assert response.status == 200 and response.content_type == accept
+            shown, ids = await _read_stream(response)
+        assert [m["change"]["workflow"]["workflow_id"] for m in shown[:-1]] == made[::-1]
+        assert shown[0]["change"]["type"] == "CHANGE_TYPE_ADDED" and "synced" in shown[-1]
+        assert ids == ([m["resume_token"] for m in shown] if accept != app.NDJSON else [])
+    assert not in_gateway
+    # Resumed from a token of long ago: every workflow written since, read and encoded there too
+    # (no margin before the token: the broker's look back then holds none of them as a change).
+    monkeypatch.setattr(collection, "MARGIN", timedelta(0))
+    long_ago = pages.resume_token(datetime(2000, 1, 1, tzinfo=UTC))
+    resumed = pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(resume_token=long_ago), metadata=carol, timeout=60)
+    caught_up = [await anext(aiter(resumed)) for _ in made]
+    resumed.cancel()
+    assert [m.change.workflow.workflow_id for m in caught_up] == made  # (oldest write first)
+    assert {m.change.type for m in caught_up} == {wpb.CHANGE_TYPE_MODIFIED}
+    headers = {**auth.headers("carol"), "Accept": app.NDJSON}
+    async with pair.http.get(f"{pair.url}/workflows:watch?resume_token={long_ago}", headers=headers) as response:
+        lines = [json.loads(await response.content.readline()) for _ in made]
+    assert [m["change"]["workflow"]["workflow_id"] for m in lines] == made
+    assert not in_gateway
+
+
+async def _watched(stream: Any) -> list[wpb.WatchWorkflowsResponse]:
+    """A collection watch's messages up to its SYNCED mark (then the stream is cancelled)."""
+    received = []
+    async for message in stream:
+        received.append(message)
+        if message.HasField("synced"):
+            break
+    stream.cancel()
+    return received
+
+
+async def _read_stream(response: aiohttp.ClientResponse) -> tuple[list[dict[str, Any]], list[str]]:
+    """An SSE or NDJSON stream's messages up to its SYNCED mark, and the SSE event ids."""
+    shown: list[dict[str, Any]] = []
+    ids: list[str] = []
+    async for line in response.content:
+        text = line.decode().strip()
+        if text.startswith("id: "):
+            ids.append(text[4:])
+        elif text.startswith("data: ") or text.startswith("{"):
+            shown.append(json.loads(text.removeprefix("data: ")))
+            if "synced" in shown[-1]:
+                return shown, ids
+    raise AssertionError(f"the stream ended before its synced mark: {shown}")
 
 
 async def test_one_principals_many_pages_never_queue_ahead_of_anothers_one_page(start: Any) -> None:

@@ -7,7 +7,8 @@ import asyncio
 
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
-from gateway.collection import CollectionItem
+from gateway import pages
+from gateway.collection import CollectionItem, ListedItem
 from gateway.encoded import Joined
 from gateway.hub import KEPT, Item, WorkflowHub
 from processor.broadcast import EventBroadcast
@@ -171,6 +172,16 @@ def test_a_collection_item_is_encoded_once_in_each_form() -> None:
     assert change.sse.startswith(b"id: t1\ndata: {") and change.sse is change.sse
     beat = CollectionItem(wpb.WatchWorkflowsResponse(resume_token="t2", heartbeat=pb.Heartbeat()))
     assert beat.sse == b"id: t2\n: heartbeat\n\n"
+
+
+def test_an_item_encoded_by_a_page_worker_is_sent_as_the_gateway_would_have_made_it() -> None:
+    change = wpb.WorkflowChange(type=wpb.CHANGE_TYPE_ADDED, workflow=pb.Workflow(workflow_id="wf-1", title="Q3 é"))
+    made = CollectionItem(wpb.WatchWorkflowsResponse(change=change, resume_token="t1"))
+    over_grpc = ListedItem(pages.encoded(made.message, "wire"), "wire", "t1")
+    in_json = ListedItem(pages.encoded(made.message, "json"), "json", "t1")
+    assert over_grpc.wire == made.wire and over_grpc.message == made.message
+    assert in_json.sse == made.sse and in_json.ndjson == made.ndjson and in_json.message == made.message
+    assert over_grpc.sse == made.sse and in_json.wire == made.wire  # (the other forms, parsed back)
 
 
 def test_items_ready_together_are_written_as_one() -> None:

@@ -16,11 +16,13 @@ from auditflow import migrations
 from auditflow.principal import Principal
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import pages, store, workflows
+from gateway.collection import CollectionItem, pb_change
 from gateway.rest.app import _dumps
 from gateway.rest.routes import to_json
 from gateway.store import ListFilter
 
 CAROL = Principal("carol", frozenset({"submitter"}), via="test")
+ADDED = wpb.CHANGE_TYPE_ADDED
 EVERYTHING = ListFilter(statuses=(), created_by_key=None, title_contains="", awaiting_key=None)
 
 
@@ -85,3 +87,23 @@ def test_a_page_encodes_as_each_adapter_sends_a_message(engine: Engine) -> None:
     assert pages.encoded(page, "json").decode() == _dumps(to_json(page))
     assert json.loads(pages.encoded(page, "json"))["workflows"][0]["title"] == "Prüfung «Q3»"
     assert pages.encoded(wpb.ListWorkflowsResponse(), "json") == b'{"workflows":[],"next_page_token":""}'
+
+
+def test_a_watchs_initial_list_is_the_first_page_each_row_a_message_as_the_gateway_made_it(engine: Engine) -> None:
+    with engine.begin() as conn:
+        made = submit(conn, 3, "é ✓", steps=2, title="Prüfung «Q3»")
+        records = [store.get(conn, workflow_id) for workflow_id in made]
+    asked = pages.FirstList(EVERYTHING, 2, resume_token="t1")
+    with engine.connect() as conn:
+        listed, token = pages.first_list(conn, asked, "wire")
+        in_json, same_token = pages.first_list(conn, asked, "json")
+    newest, second = records[2], records[1]
+    assert newest is not None and second is not None
+    assert [row.workflow_id for row in listed] == made[:0:-1] and token == same_token
+    assert pages.decode_token(token) == (second.created_at, second.workflow_id)  # (ListWorkflows pages on)
+    made_here = CollectionItem(wpb.WatchWorkflowsResponse(change=pb_change(ADDED, newest), resume_token="t1"))
+    assert listed[0].encoded == made_here.wire and in_json[0].encoded + b"\n" == made_here.ndjson
+    assert (listed[0].last_sequence, listed[0].updated_at) == (newest.last_sequence, newest.updated_at)
+    with engine.connect() as conn:
+        everything, last = pages.first_list(conn, pages.FirstList(EVERYTHING, 50, "t1"), "wire")
+    assert [row.workflow_id for row in everything] == made[::-1] and last == ""
