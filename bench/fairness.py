@@ -10,8 +10,9 @@ length, alternating for `--rounds` rounds in the same run (so that both see the 
 - loaded: meanwhile one principal with the submitter role, in a process of its own, sends
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
   of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
-  status streams as it can hold, trying for more all the time, collection watches of 500
-  workflows over gRPC and SSE (each closed once its initial list is read), and idle connections (TCP
+  status streams as it can hold (less four, for the next), trying for more all the time,
+  collection watches of 500 workflows over gRPC and SSE (four at a time, each closed once its
+  initial list is read, then opened again), and idle connections (TCP
   connections to the gRPC and REST ports that send nothing, opened again as soon as the
   gateway closes them). It starts `--warm-up` seconds
   before the phase is measured, and stops after it; then its plans awaiting approval are
@@ -71,6 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 from auditflow.fairwrites import DEFAULT_SHARE  # noqa: E402
+from auditflow.limits import DEFAULT_MAX_STREAMS  # noqa: E402
 from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
@@ -92,6 +94,7 @@ TIMEOUT = 30.0
 PHASES = ("unloaded", "loaded")
 ELSEWHERE = "elsewhere"  # (with --elsewhere: the flood aimed at another pair, the loaded phase's floor)
 FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "idle")
+COLLECTION_WATCHES = 4  # collection watches the flood keeps opening at once (2 over gRPC, 2 over SSE)
 IDLE_CONNECTIONS = 200  # idle TCP connections the flood keeps open to each port, reopened when closed
 
 
@@ -277,7 +280,13 @@ async def _flood(
                 if response.status != 200:
                     raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
 
+        # Status streams held: as many as it may, less the collection watches' own (stream slots).
+        hold = DEFAULT_MAX_STREAMS - (COLLECTION_WATCHES if "collection" in kinds else 0)
+
         async def stream(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            if len(held) >= hold:
+                await stopping.wait()
+                return
             call = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=random.choice(watched)), metadata=meta)
             if await call.read() == grpc.aio.EOF:
                 return
