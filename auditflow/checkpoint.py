@@ -14,6 +14,7 @@ again from its beginning; `journal_size_limit` bounds the file it leaves behind.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import struct
 import threading
@@ -34,20 +35,55 @@ _FRAME = struct.Struct("=I")
 _HEADER_BYTES = 100
 
 
-def pending_bytes(database: Path) -> int:
-    """About how many bytes of the log of `database` are not yet copied into it (0 when it
-    has no wal-index). Read without a lock: a torn read only moves a checkpoint a little."""
-    try:
-        with open(f"{database}-shm", "rb") as shm:
-            header = shm.read(_HEADER_BYTES)
-    except FileNotFoundError:
-        return 0
-    if len(header) < _HEADER_BYTES:
-        return 0
-    page_size = int(_PAGE_SIZE.unpack_from(header, 14)[0])
-    last_frame = int(_FRAME.unpack_from(header, 16)[0])
-    copied = int(_FRAME.unpack_from(header, 96)[0])
-    return max(0, last_frame - copied) * (65_536 if page_size == 1 else page_size)
+class LogIndex:
+    """The wal-index header of one SQLite file, read through one descriptor kept open.
+
+    Why kept open: closing any descriptor of a file drops every POSIX lock the process holds
+    on it, SQLite's own included. Opening and closing the -shm file at each look dropped the
+    shared lock by which this process's connections tell other processes that the index is in
+    use; the next process to connect (a page worker) then took the index for unused, truncated
+    and rebuilt it under the running writer, which died of SIGBUS (or read a rebuilt index).
+    So the descriptor is opened once and closed only after the process's connections are
+    closed (`close`); a -shm file replaced by a new one (a new inode) is opened again, and
+    the old descriptor's close drops only the locks on the old file."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = Path(f"{database}-shm")
+        self._fd: int | None = None
+
+    def pending_bytes(self) -> int:
+        """About how many bytes of the log are not yet copied into the database (0 when it has
+        no wal-index). Read without a lock: a torn read only moves a checkpoint a little."""
+        fd = self._current()
+        if fd is None:
+            return 0
+        header = os.pread(fd, _HEADER_BYTES, 0)
+        if len(header) < _HEADER_BYTES:
+            return 0
+        page_size = int(_PAGE_SIZE.unpack_from(header, 14)[0])
+        last_frame = int(_FRAME.unpack_from(header, 16)[0])
+        copied = int(_FRAME.unpack_from(header, 96)[0])
+        return max(0, last_frame - copied) * (65_536 if page_size == 1 else page_size)
+
+    def close(self) -> None:
+        """Close the descriptor: only once this process's connections to the file are closed."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _current(self) -> int | None:
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            return None
+        if self._fd is not None and os.fstat(self._fd).st_ino != inode:
+            self.close()  # (the old file's: this process's locks on the new one stay)
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        return self._fd
 
 
 class Checkpointer:
@@ -58,6 +94,8 @@ class Checkpointer:
         self.wal_bytes = wal_bytes
         self.every = every
         self.checkpoints = 0  # (for tests and benchmarks)
+        self.looks = 0  # (for tests)
+        self.log = LogIndex(database)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,10 +104,13 @@ class Checkpointer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread and close the log's descriptor: call once the process's own
+        connections to the database are closed (see `LogIndex`)."""
         if self._thread is not None:
             self._stopping.set()
             self._thread.join(timeout=10)
             self._thread = None
+        self.log.close()
 
     def _run(self) -> None:
         conn = sqlite3.connect(self.database, isolation_level=None, check_same_thread=False)
@@ -77,7 +118,8 @@ class Checkpointer:
             conn.execute("PRAGMA busy_timeout=10000")
             last = time.monotonic()
             while not self._stopping.wait(LOOK):
-                pending = pending_bytes(self.database)
+                pending = self.log.pending_bytes()
+                self.looks += 1
                 if pending >= self.wal_bytes or (pending and time.monotonic() - last >= self.every):
                     self._checkpoint(conn)
                     last = time.monotonic()

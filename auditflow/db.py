@@ -215,10 +215,10 @@ class Database:
         self._readers.clear()
         self._scanners.shutdown(wait=True, cancel_futures=True)
         self._apart.shutdown(wait=True, cancel_futures=True)
-        if self.checkpointer is not None:
-            self.checkpointer.stop()
         self.write_engine.dispose()
         self.read_engine.dispose()
+        if self.checkpointer is not None:  # (after the connections: it drops the process's locks)
+            self.checkpointer.stop()
 
     async def write(self, fn: Callable[[Connection], T], *, cost: int = 0) -> T:
         """Run fn in a write transaction shared with concurrent writers; wait for its commit.

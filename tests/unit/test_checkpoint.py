@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -54,11 +57,7 @@ async def test_the_thread_copies_the_log_back_once_it_holds_enough(tmp_path: Pat
         assert db.checkpointer is not None
         checkpointer = db.checkpointer
         # (the count goes up once SQLite's checkpoint has returned, after the log shrank)
-        await until(
-            lambda: (
-                checkpointer.checkpoints >= 1 and checkpoint.pending_bytes(tmp_path / "test.db") < checkpoint.WAL_BYTES
-            )
-        )
+        await until(lambda: checkpointer.checkpoints >= 1 and checkpointer.log.pending_bytes() < checkpoint.WAL_BYTES)
 
 
 async def test_a_commit_never_checkpoints_inline(tmp_path: Path) -> None:
@@ -66,16 +65,17 @@ async def test_a_commit_never_checkpoints_inline(tmp_path: Path) -> None:
         assert db.checkpointer is not None
         await asyncio.to_thread(db.checkpointer.stop)  # (nothing else copies the log back now)
         await write_megabytes(db, 6)  # (past SQLite's automatic threshold of 1,000 pages, 4 MiB)
-        assert checkpoint.pending_bytes(tmp_path / "test.db") >= 6_000_000
+        assert db.checkpointer.log.pending_bytes() >= 6_000_000
 
 
 async def test_a_small_log_is_copied_back_within_the_period(tmp_path: Path) -> None:
     async with started(tmp_path / "small.db", every=3600) as db:
         await db.write(store)
-        assert checkpoint.pending_bytes(tmp_path / "small.db") > 0
         assert db.checkpointer is not None
+        log = db.checkpointer.log
+        assert log.pending_bytes() > 0
         db.checkpointer.every = 0.1  # (from now: the thread reads its period at each look)
-        await until(lambda: checkpoint.pending_bytes(tmp_path / "small.db") == 0)
+        await until(lambda: log.pending_bytes() == 0)
 
 
 async def test_close_stops_the_thread(tmp_path: Path) -> None:
@@ -91,4 +91,31 @@ def test_postgresql_and_memory_have_no_checkpointer() -> None:
 
 
 def test_no_log_has_nothing_pending(tmp_path: Path) -> None:
-    assert checkpoint.pending_bytes(tmp_path / "absent.db") == 0
+    assert checkpoint.LogIndex(tmp_path / "absent.db").pending_bytes() == 0
+
+
+# Run in another process: which process holds a lock on the -shm file's "DMS" byte (offset 128
+# in SQLite's unix VFS), the shared lock by which connections say the wal-index is in use (0:
+# none). A process never sees its own locks, hence another one.
+WHO_HOLDS_THE_INDEX = """
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+flock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)
+kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, flock))
+print(0 if kind == fcntl.F_UNLCK else pid)
+"""
+
+
+async def test_the_checkpointer_never_drops_the_locks_of_this_process_on_the_log_index(tmp_path: Path) -> None:
+    """Closing a descriptor of a file drops all the process's POSIX locks on it: a look at
+    the log that opened and closed the -shm file let another process (a page worker) rebuild
+    the index under this process's writer, which died of SIGBUS."""
+    async with started(tmp_path / "locks.db") as db:
+        await db.write(store)
+        assert db.checkpointer is not None
+        checkpointer = db.checkpointer
+        looked = checkpointer.looks
+        await until(lambda: checkpointer.looks >= looked + 3)  # (it has read the index since)
+        probe = [sys.executable, "-c", WHO_HOLDS_THE_INDEX, str(tmp_path / "locks.db-shm")]
+        holder = await asyncio.to_thread(subprocess.run, probe, capture_output=True, text=True, check=True)
+        assert int(holder.stdout) == os.getpid()
