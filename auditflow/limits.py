@@ -5,6 +5,9 @@ priority and fairness and Temporal's per-namespace rate limits:
 - a request rate per kind of call (write, read, watch), as a token bucket per principal: a
   burst is served at once, then calls at the steady rate;
 - open streams (WatchStatus, ExportFindings) per principal;
+- a collection watch's catch-up (every workflow written since its resume token) takes read
+  tokens as it sends, one per ten workflows, and past the rate it waits, never refused
+  (`spend`): its size is not known when the stream is admitted;
 - (the gateway's, `gateway.quota`) plans awaiting approval per principal, and a plan's size.
 
 Past a rate, the call ends RESOURCE_EXHAUSTED (REST: 429) saying when a token comes back
@@ -189,11 +192,7 @@ class Limiter:
         if not rate.limited:
             return
         now = self._clock()
-        state = self._state(caller)
-        bucket = state.buckets.get(kind)
-        if bucket is None:
-            bucket = state.buckets[kind] = Bucket(rate, now)
-        wait = bucket.take(now, min(cost(page_size, size), rate.burst))
+        wait = self._bucket(caller, kind, now).take(now, min(cost(page_size, size), rate.burst))
         if wait <= 0:
             return
         held = min(wait, self._hold)
@@ -205,6 +204,27 @@ class Limiter:
             f"(bursts of {rate.burst}); retry in {wait - held:.1f} s",
             retry_after=wait - held,
         )
+
+    async def spend(self, caller: Principal, kind: Kind, tokens: int) -> None:
+        """Take `tokens` of the caller's `kind`, waiting for them instead of refusing (a burst
+        at a time): the work of a stream that grows after the stream was admitted (a
+        collection watch's catch-up, whose size its token does not tell) goes at the caller's
+        rate, counted in `auditflow_paced_streams` while it waits."""
+        rate = self.settings.rate(kind)
+        if not rate.limited or GATEWAY in caller.roles:
+            return
+        while tokens > 0:
+            part = min(tokens, rate.burst)
+            now = self._clock()
+            wait = self._bucket(caller, kind, now).take(now, part)
+            if wait <= 0:
+                tokens -= part
+                continue
+            metrics.PACED_STREAMS.inc()
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                metrics.PACED_STREAMS.dec()
 
     @contextlib.contextmanager
     def stream(self, caller: Principal) -> Iterator[None]:
@@ -230,6 +250,13 @@ class Limiter:
     def open_streams(self, caller: Principal) -> int:
         state = self._callers.get(caller.key)
         return state.streams if state is not None else 0
+
+    def _bucket(self, caller: Principal, kind: Kind, now: float) -> Bucket:
+        state = self._state(caller)
+        bucket = state.buckets.get(kind)
+        if bucket is None:
+            bucket = state.buckets[kind] = Bucket(self.settings.rate(kind), now)
+        return bucket
 
     def _state(self, caller: Principal) -> _Caller:
         state = self._callers.get(caller.key)

@@ -227,6 +227,12 @@ PAGE_WORKER_FAILURES = Counter(
     "Times a page worker process stopped (killed, out of memory) and its pool was replaced.",
     registry=GATEWAY.registry,
 )
+PACED_STREAMS = Gauge(
+    "auditflow_paced_streams",
+    "Streams waiting for their principal's read rate before they send more (a collection watch's "
+    "catch-up, one token per ten workflows).",
+    registry=GATEWAY.registry,
+)
 LIMIT_REFUSALS = Counter(
     "auditflow_limit_refusals_total",
     "Calls refused because their principal was past one of its limits, by limit: write_rate, read_rate, "

@@ -10,9 +10,12 @@ length, alternating for `--rounds` rounds in the same run (so that both see the 
 - loaded: meanwhile one principal with the submitter role, in a process of its own, sends
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
   of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
-  status streams as it can hold (less four, for the next), trying for more all the time,
+  status streams as it can hold (less six, for the next), trying for more all the time,
   collection watches of 500 workflows over gRPC and SSE (four at a time, each closed once its
-  initial list is read, then opened again), and idle connections (TCP
+  initial list is read, then opened again), collection watches resumed from a token of long
+  ago (every workflow since; two at a time, each closed after 1,000 messages or once caught
+  up), and idle
+  connections (TCP
   connections to the gRPC and REST ports that send nothing, opened again as soon as the
   gateway closes them). It starts `--warm-up` seconds
   before the phase is measured, and stops after it; then its plans awaiting approval are
@@ -62,6 +65,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +81,7 @@ from auditflow.v1 import workflow_pb2 as pb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2 as wpb  # noqa: E402
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc  # noqa: E402
 from bench._loadgen import percentile  # noqa: E402
+from gateway.pages import resume_point, resume_token  # noqa: E402
 from gateway.settings import DEFAULT_MAX_PENDING_PLANS  # noqa: E402
 from tests.support import auth  # noqa: E402
 from tests.support.cluster import Pair, wait_http  # noqa: E402
@@ -93,8 +98,12 @@ FLOOD_STEPS, FLOOD_PARAMETER = 4, 16_000
 TIMEOUT = 30.0
 PHASES = ("unloaded", "loaded")
 ELSEWHERE = "elsewhere"  # (with --elsewhere: the flood aimed at another pair, the loaded phase's floor)
-FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "idle")
-COLLECTION_WATCHES = 4  # collection watches the flood keeps opening at once (2 over gRPC, 2 over SSE)
+FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "resume", "idle")
+# Streams the flood keeps opening and closing at once, by kind: collection watches (2 over gRPC,
+# 2 over SSE), collection watches resumed from long ago (2 over gRPC). It holds as many status
+# streams as it may besides.
+STREAMS_OPENED = {"collection": 4, "resume": 2}
+RESUME_READ = 1_000  # messages a resumed watch reads before it closes
 IDLE_CONNECTIONS = 200  # idle TCP connections the flood keeps open to each port, reopened when closed
 
 
@@ -281,7 +290,8 @@ async def _flood(
                     raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
 
         # Status streams held: as many as it may, less the collection watches' own (stream slots).
-        hold = DEFAULT_MAX_STREAMS - (COLLECTION_WATCHES if "collection" in kinds else 0)
+        hold = DEFAULT_MAX_STREAMS - sum(STREAMS_OPENED.get(kind, 0) for kind in kinds)
+        long_ago = wpb.WatchWorkflowsRequest(resume_token=resume_token(datetime(2000, 1, 1, tzinfo=UTC)))
 
         async def stream(stub: wpb_grpc.WorkflowServiceStub) -> None:
             if len(held) >= hold:
@@ -298,6 +308,20 @@ async def _flood(
             try:
                 async for message in call:
                     if message.HasField("synced"):
+                        return
+            finally:
+                call.cancel()
+
+        async def resumed(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            """A collection watch resumed from long ago: every workflow since, until it has read
+            RESUME_READ of them or caught up (a message's point within a second of its start)."""
+            opened = datetime.now(UTC) - timedelta(seconds=1)
+            call = stub.WatchWorkflows(long_ago, metadata=meta, timeout=TIMEOUT)
+            try:
+                read = 0
+                async for message in call:
+                    read += 1
+                    if read == RESUME_READ or resume_point(message.resume_token) >= opened:
                         return
             finally:
                 call.cancel()
@@ -342,6 +366,8 @@ async def _flood(
                 loops += [hammer("WatchStatus", lambda s=stub: stream(s)) for _ in range(2)]  # type: ignore[misc]
             if "collection" in kinds:
                 loops.append(hammer("WatchWorkflows", lambda s=stub: collection(s)))  # type: ignore[misc]
+            if "resume" in kinds:
+                loops.append(hammer("WatchWorkflows resumed", lambda s=stub: resumed(s)))  # type: ignore[misc]
         if "rest" in kinds:
             loops += [hammer("REST ListWorkflows", rest_page) for _ in range(2)]
         if "collection" in kinds:

@@ -241,9 +241,10 @@ class WorkflowApi:
 
     async def WatchWorkflows(
         self, request: wpb.WatchWorkflowsRequest, encoding: pages.Encoding = "wire"
-    ) -> AsyncIterator[Encoded]:
-        """Items with their encodings; the initial list's are made in a page worker, in the
-        caller's `encoding` only (protobuf for gRPC, JSON for SSE and NDJSON)."""
+    ) -> AsyncIterator[Encoded | Joined]:
+        """Items with their encodings; the lists' are made in a page worker, in the caller's
+        `encoding` only (protobuf for gRPC, one item at a time; JSON for SSE and NDJSON,
+        those ready together joined into one write)."""
         # (An async generator: a bad request is refused at the first message, as WatchStatus's.)
         filter_ = self._filter(request)
         if request.page_size < 0 or request.page_size > listing.MAX_PAGE_SIZE:
@@ -251,7 +252,7 @@ class WorkflowApi:
                 "page_size", f"must be between 0 (default {listing.DEFAULT_PAGE_SIZE}) and {listing.MAX_PAGE_SIZE}"
             )
         resume = pages.resume_point(request.resume_token) if request.resume_token else None
-        asked = collection.WatchRequest(filter_, request.page_size, resume, principal.current().key, encoding)
+        asked = collection.WatchRequest(filter_, request.page_size, resume, principal.current(), encoding)
         async for item in self._collection.watch(asked):
             yield item
 

@@ -48,10 +48,12 @@ from sqlalchemy import Connection, select
 
 from auditflow import convert
 from auditflow.db import Database
+from auditflow.limits import ROWS_PER_TOKEN, Kind, Limiter
+from auditflow.principal import Principal
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages, pages, store
-from gateway.encoded import Encoded, message_json
+from gateway.encoded import Encoded, Joined, message_json
 from gateway.listing import DEFAULT_PAGE_SIZE
 from gateway.pages import resume_token
 from gateway.pageworkers import PageWorkers
@@ -272,14 +274,14 @@ def _rows(conn: Connection, ids: list[str]) -> list[WorkflowRecord]:
 
 @dataclass(frozen=True)
 class WatchRequest:
-    """A checked WatchWorkflows request, the caller's parts resolved: `key` names the
-    principal (its turns at the page workers), `encoding` its transport's (the lists' messages
-    are encoded where they are built)."""
+    """A checked WatchWorkflows request, the caller's parts resolved: `caller` (its turns at
+    the page workers, its read rate), `encoding` its transport's (the lists' messages are
+    encoded where they are built)."""
 
     filter: ListFilter
     page_size: int
     resume: datetime | None
-    key: str
+    caller: Principal
     encoding: pages.Encoding = "wire"
 
 
@@ -288,13 +290,18 @@ class CollectionWatcher:
     page (its token pages on through ListWorkflows); it and the catch-ups are built in the page
     worker processes."""
 
-    def __init__(self, db: Database, changes: Changes, page_workers: PageWorkers, *, heartbeat_interval: float) -> None:
+    def __init__(
+        self, db: Database, changes: Changes, page_workers: PageWorkers, limiter: Limiter, *, heartbeat_interval: float
+    ) -> None:
         self._db = db
         self._changes = changes
         self._pages = page_workers
+        self._limiter = limiter
         self._heartbeat = heartbeat_interval
 
-    async def watch(self, request: WatchRequest) -> AsyncIterator[Encoded]:
+    async def watch(self, request: WatchRequest) -> AsyncIterator[Encoded | Joined]:
+        """The stream's messages; for JSON (SSE, NDJSON) those ready together come joined, one
+        write for a whole initial list."""
         changes = self._changes
         changes.join()
         try:
@@ -303,10 +310,10 @@ class CollectionWatcher:
                 rows, token = await self._first_list(request, resume_token(point))
                 # (a listed workflow that comes again as a change, unchanged, is not sent again)
                 listed = {row.workflow_id: (row.last_sequence, row.updated_at) for row in rows}
-                for row in rows:
-                    yield ListedItem(row.encoded, request.encoding, row.resume_token)
                 synced = wpb.WatchSynced(next_page_token=token)
-                yield CollectionItem(wpb.WatchWorkflowsResponse(synced=synced, resume_token=resume_token(point)))
+                end = CollectionItem(wpb.WatchWorkflowsResponse(synced=synced, resume_token=resume_token(point)))
+                for item in _together([*_items(rows, request.encoding), end], request.encoding):
+                    yield item
             else:
                 listed = {}
                 async for item in self._since(request, request.resume):
@@ -336,17 +343,31 @@ class CollectionWatcher:
         if request.filter.awaiting_key == "":  # (someone who may not approve awaits nothing)
             return [], ""
         asked = pages.FirstList(request.filter, request.page_size or DEFAULT_PAGE_SIZE, token)
-        return await self._pages.first_list(asked, request.encoding, request.key)
+        return await self._pages.first_list(asked, request.encoding, request.caller.key)
 
-    async def _since(self, request: WatchRequest, since: datetime) -> AsyncIterator[Encoded]:
+    async def _since(self, request: WatchRequest, since: datetime) -> AsyncIterator[Encoded | Joined]:
         """Every matching workflow written since `since` less MARGIN (a resume, or a catch-up),
-        read and encoded by the page workers a batch at a time."""
+        read and encoded by the page workers a batch at a time, and sent at the caller's read
+        rate (one token per ten workflows: a token of long ago asks for them all)."""
         start: datetime | None = since - MARGIN
         while start is not None:
             batch = pages.Since(request.filter, start, since, LOOK_LIMIT)
-            rows, start = await self._pages.since(batch, request.encoding, request.key)
-            for row in rows:
-                yield ListedItem(row.encoded, request.encoding, row.resume_token)
+            rows, start = await self._pages.since(batch, request.encoding, request.caller.key)
+            for at in range(0, len(rows), ROWS_PER_TOKEN):  # (a token's worth at a time)
+                await self._limiter.spend(request.caller, Kind.READ, 1)
+                for item in _together(_items(rows[at : at + ROWS_PER_TOKEN], request.encoding), request.encoding):
+                    yield item
+
+
+def _items(rows: list[pages.Listed], encoding: pages.Encoding) -> list[Encoded]:
+    return [ListedItem(row.encoded, encoding, row.resume_token) for row in rows]
+
+
+def _together(items: list[Encoded], encoding: pages.Encoding) -> list[Encoded | Joined]:
+    """gRPC sends a message at a time; a byte stream writes those ready together at once."""
+    if encoding == "wire" or len(items) < 2:
+        return list(items)
+    return [Joined(items)]
 
 
 def _state(record: WorkflowRecord) -> tuple[int, datetime]:

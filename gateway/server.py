@@ -103,7 +103,7 @@ class Gateway:
         self.changes = Changes(self.db, poll_interval=settings.collection_poll_interval)
         self.hub.add_listener(self.changes)
         collection = CollectionWatcher(
-            self.db, self.changes, self.page_workers, heartbeat_interval=settings.heartbeat_interval
+            self.db, self.changes, self.page_workers, self.limiter, heartbeat_interval=settings.heartbeat_interval
         )
         self.api = WorkflowApi(
             self.db,

@@ -75,8 +75,8 @@ class WorkflowService(wpb_grpc.WorkflowServiceServicer):
         return await _encoded_off_loop(await self._api.GetRevision(request))
 
     def WatchWorkflows(self, request: wpb.WatchWorkflowsRequest, context: Context) -> AsyncIterator[Encoded]:  # type: ignore[override]
-        # Items sent as their `wire` bytes, as WatchStatus's.
-        return self._api.WatchWorkflows(request)
+        # Items sent as their `wire` bytes, as WatchStatus's (never joined: "wire" is one each).
+        return cast(AsyncIterator[Encoded], self._api.WatchWorkflows(request))
 
     async def ListFindings(self, request: wpb.ListFindingsRequest, context: Context) -> wpb.ListFindingsResponse:
         return await _encoded_off_loop(await self._api.ListFindings(request))

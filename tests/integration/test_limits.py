@@ -486,6 +486,28 @@ async def test_a_collection_watchs_initial_list_is_built_in_the_page_workers_at_
     assert not in_gateway
 
 
+async def test_a_resumed_watch_catches_up_at_its_callers_read_rate(start: Any) -> None:
+    """A resume token of long ago asks for every workflow written since, which its admission
+    could not know: the catch-up takes a read token per ten workflows as it sends, and past
+    the rate it waits (one token every 100 s here), never refused, and holds nothing up."""
+    pair = await start(limits=LimitSettings(read=Rate(SLOW, 3)))
+    carol, reader = as_user("carol"), as_user("reader", ("viewer",))
+    made = [(await pair.stub.CreateWorkflow(create_request(), metadata=carol)).workflow.workflow_id for _ in range(25)]
+    long_ago = pages.resume_token(datetime(2000, 1, 1, tzinfo=UTC))
+    stream = pair.stub.WatchWorkflows(wpb.WatchWorkflowsRequest(resume_token=long_ago), metadata=reader, timeout=60)
+    received = aiter(stream)
+    first = [await anext(received) for _ in range(20)]  # the call took one token, two are left: 20 workflows
+    assert [m.change.workflow.workflow_id for m in first] == made[:20]
+    await wait_until(lambda: paced_streams() == 1)  # the next ten wait for a token
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=10), metadata=as_user("other", ("viewer",)))
+    stream.cancel()
+    await wait_until(lambda: paced_streams() == 0)  # a stream that ends waits no more
+
+
+def paced_streams() -> float | None:
+    return metrics.GATEWAY.registry.get_sample_value("auditflow_paced_streams")
+
+
 async def _watched(stream: Any) -> list[wpb.WatchWorkflowsResponse]:
     """A collection watch's messages up to its SYNCED mark (then the stream is cancelled)."""
     received = []

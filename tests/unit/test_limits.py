@@ -128,3 +128,27 @@ async def test_a_refusal_is_held_for_the_wait_at_most_hold_seconds() -> None:
     with pytest.raises(LimitExceeded) as caught:
         await slow.admit("Approve", ALICE)  # a token in 100 s: held 0.2 s, then "retry in 99.8 s"
     assert loop.time() - started >= 0.2 and caught.value.retry_after == pytest.approx(99.8)
+
+
+async def test_spending_waits_for_the_tokens_a_burst_at_a_time_and_never_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream's work that grows after admission (a catch-up) waits for the caller's tokens:
+    25 tokens at 10 a second with a burst of 10 is the burst at once, then two waits (1 s for
+    the next 10, 0.5 s for the last 5). Services spend nothing."""
+    clock = Clock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # (the clock moves as long as the wait)
+        waits.append(seconds)
+        clock.now += seconds
+
+    monkeypatch.setattr(limits.asyncio, "sleep", sleep)
+    limiter = Limiter(LimitSettings(read=Rate(10, 10)), clock, hold=0)
+    await limiter.spend(ALICE, Kind.READ, 25)
+    assert waits == [pytest.approx(1.0), pytest.approx(0.5)]
+    await limiter.spend(GATEWAY, Kind.READ, 1_000)
+    await Limiter(LimitSettings(), clock).spend(ALICE, Kind.READ, 1_000)  # (no rate, no wait)
+    assert len(waits) == 2
+    with pytest.raises(LimitExceeded):  # (what it took is gone for her calls too)
+        await limiter.admit("GetStatus", ALICE)
