@@ -93,8 +93,9 @@ class CollectionItem(Encoded):
 
 
 class ListedItem(Encoded):
-    """A message of the initial list, encoded by a page worker: its wire bytes (gRPC) or its
-    JSON (SSE and NDJSON frame it as they are). The message is parsed back only if asked for."""
+    """A message of an initial list or a catch-up, encoded by a page worker: its wire bytes
+    (gRPC) or its JSON (SSE and NDJSON frame it as it is). The message is parsed back only if
+    asked for."""
 
     __slots__ = ("_json", "_token")
 

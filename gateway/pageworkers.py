@@ -69,7 +69,7 @@ _engine: Engine | None = None  # (a worker process's own)
 
 class PageWorkers:
     """`await page(request, encoding, key)`: the page's bytes, built in a worker process
-    (`first_list`: a collection watch's initial list)."""
+    (`first_list` and `since`: a collection watch's initial list and catch-up)."""
 
     def __init__(self, database_url: str, workers: int = DEFAULT_WORKERS) -> None:
         if not 1 <= workers <= MAX_WORKERS:
