@@ -155,6 +155,9 @@ def ensure_buf() -> int:
     return 0
 
 
+APT_LOCK_WAIT = 600  # seconds apt-get waits for dpkg's lock held by another apt run
+
+
 def ensure_debian_package(program: Path, package: str, why: str) -> int:
     """Install a Debian package with apt when `program` is missing and we may (root)."""
     if program.exists():
@@ -164,7 +167,10 @@ def ensure_debian_package(program: Path, package: str, why: str) -> int:
         return fail(f"{program} is missing: install Debian's {package} package (apt-get install {package})", 2)
     say(f"installing {package} {why} (Debian package {package})")
     env = {**tool_env(), "DEBIAN_FRONTEND": "noninteractive"}
-    code = run([apt, "update", "-qq"], env=env) or run([apt, "install", "-y", "-qq", package], env=env)
+    # (another apt run, such as a second checkout's set-up or unattended upgrades, holds
+    # dpkg's lock for a while: wait for it rather than fail)
+    wait = ["-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT}"]
+    code = run([apt, *wait, "update", "-qq"], env=env) or run([apt, *wait, "install", "-y", "-qq", package], env=env)
     if code or not program.exists():
         return fail(f"apt-get did not install {program}", code or 1)
     return 0
