@@ -64,6 +64,9 @@ logger = logging.getLogger(__name__)
 MARGIN = timedelta(seconds=5)  # how late a write may commit after the time on its row
 RING = 4096  # changes kept for watchers that are behind
 LOOK_LIMIT = 2000  # rows a look reads at a time
+# Rows a catch-up reads at a time (20 read tokens' worth): what a stream paced to its caller's
+# read rate holds while it waits.
+CATCH_UP_BATCH = 200
 DEBOUNCE = 0.02  # seconds: publications gathered into one read
 
 
@@ -352,7 +355,7 @@ class CollectionWatcher:
         rate (one token per ten workflows: a token of long ago asks for them all)."""
         start: datetime | None = since - MARGIN
         while start is not None:
-            batch = pages.Since(request.filter, start, since, LOOK_LIMIT)
+            batch = pages.Since(request.filter, start, since, CATCH_UP_BATCH)
             rows, start = await self._pages.since(batch, request.encoding, request.caller.key)
             for at in range(0, len(rows), ROWS_PER_TOKEN):  # (a token's worth at a time)
                 await self._limiter.spend(request.caller, Kind.READ, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,20 @@ def test_a_watchs_initial_list_is_the_first_page_each_row_a_message_as_the_gatew
     with engine.connect() as conn:
         everything, last = pages.first_list(conn, pages.FirstList(EVERYTHING, 50, "t1"), "wire")
     assert [row.workflow_id for row in everything] == made[::-1] and last == ""
+
+
+def test_a_catch_up_read_in_batches_sends_every_workflow_written_since_oldest_first(engine: Engine) -> None:
+    with engine.begin() as conn:
+        made = submit(conn, 13, "small", steps=1)
+        first = store.get(conn, made[0])
+    assert first is not None
+    seen: list[str] = []
+    start: datetime | None = first.updated_at
+    with engine.connect() as conn:
+        while start is not None:  # as the watcher reads it: batches of 5, each from the last one's time
+            rows, start = pages.since(conn, pages.Since(EVERYTHING, start, first.updated_at, 5), "wire")
+            seen += [row.workflow_id for row in rows if row.workflow_id not in seen]  # (a row may come twice)
+    assert seen == made
+    last = wpb.WatchWorkflowsResponse.FromString(rows[-1].encoded)
+    assert last.change.type == wpb.CHANGE_TYPE_MODIFIED
+    assert pages.resume_point(last.resume_token) >= first.updated_at
