@@ -10,7 +10,7 @@ length, alternating for `--rounds` rounds in the same run (so that both see the 
 - loaded: meanwhile one principal with the submitter role, in a process of its own, sends
   the heaviest calls its role allows, as fast as it can and ignoring every Retry-After: plans
   of the largest size allowed, pages of 500 workflows over gRPC and REST, and as many open
-  status streams as it can hold (less six, for the next), trying for more all the time,
+  status streams as it can hold (less six, for the next), opening and closing more all the time,
   collection watches of 500 workflows over gRPC and SSE (four at a time, each closed once its
   initial list is read, then opened again), collection watches resumed from a token of long
   ago (every workflow since; two at a time, each closed after 1,000 messages or once caught
@@ -293,14 +293,21 @@ async def _flood(
         hold = DEFAULT_MAX_STREAMS - sum(STREAMS_OPENED.get(kind, 0) for kind in kinds)
         long_ago = wpb.WatchWorkflowsRequest(resume_token=resume_token(datetime(2000, 1, 1, tzinfo=UTC)))
 
+        opening = [0]  # status streams being opened to be held (several loops open at once)
+
         async def stream(stub: wpb_grpc.WorkflowServiceStub) -> None:
-            if len(held) >= hold:
-                await stopping.wait()
-                return
+            """A status stream, held open until the end while fewer than `hold` are; past
+            that, opened and closed again (the flood keeps asking, at its watch rate)."""
+            keep = len(held) + opening[0] < hold
+            opening[0] += keep
             call = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=random.choice(watched)), metadata=meta)
-            if await call.read() == grpc.aio.EOF:
-                return
-            held.append(call)  # held open until the end
+            try:
+                if await call.read() != grpc.aio.EOF and keep:
+                    held.append(call)
+                    return
+                call.cancel()
+            finally:
+                opening[0] -= keep
 
         async def collection(stub: wpb_grpc.WorkflowServiceStub) -> None:
             """A collection watch of 500, closed once its initial list is read."""
