@@ -247,12 +247,9 @@ class WorkflowApi:
         those ready together joined into one write)."""
         # (An async generator: a bad request is refused at the first message, as WatchStatus's.)
         filter_ = self._filter(request)
-        if request.page_size < 0 or request.page_size > listing.MAX_PAGE_SIZE:
-            raise invalid(
-                "page_size", f"must be between 0 (default {listing.DEFAULT_PAGE_SIZE}) and {listing.MAX_PAGE_SIZE}"
-            )
+        size = listing.check_page_size(request.page_size) or listing.DEFAULT_PAGE_SIZE
         resume = pages.resume_point(request.resume_token) if request.resume_token else None
-        asked = collection.WatchRequest(filter_, request.page_size, resume, principal.current(), encoding)
+        asked = collection.WatchRequest(filter_, size, resume, principal.current(), encoding)
         async for item in self._collection.watch(asked):
             yield item
 

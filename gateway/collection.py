@@ -54,7 +54,6 @@ from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages, pages, store
 from gateway.encoded import Encoded, Joined, message_json
-from gateway.listing import DEFAULT_PAGE_SIZE
 from gateway.pages import resume_token
 from gateway.pageworkers import PageWorkers
 from gateway.store import ListFilter, WorkflowRecord, workflows
@@ -92,7 +91,7 @@ class CollectionItem(Encoded):
         token = self.message.resume_token
         if self.message.HasField("heartbeat"):
             return f"id: {token}\n: heartbeat\n\n".encode()
-        return f"id: {token}\ndata: {message_json(self.message)}\n\n".encode()
+        return _sse(token, message_json(self.message).encode())
 
 
 class ListedItem(Encoded):
@@ -121,12 +120,16 @@ class ListedItem(Encoded):
         return parsed
 
     def _event(self) -> bytes:
-        json = self._json if self._json is not None else message_json(self.message).encode()
-        return b"id: %s\ndata: %s\n\n" % (self._token.encode(), json)
+        return _sse(self._token, self._json if self._json is not None else message_json(self.message).encode())
 
     @property
     def ndjson(self) -> bytes:
         return self._json + b"\n" if self._json is not None else super().ndjson
+
+
+def _sse(token: str, json: bytes) -> bytes:
+    """A message as a Server-Sent Event: its resume token is the event id."""
+    return b"id: %s\ndata: %s\n\n" % (token.encode(), json)
 
 
 # --- the broker ----------------------------------------------------------------------------------
@@ -283,7 +286,7 @@ class WatchRequest:
     encoded where they are built)."""
 
     filter: ListFilter
-    page_size: int
+    page_size: int  # (0 resolved to the default)
     resume: datetime | None
     caller: Principal
     encoding: pages.Encoding = "wire"
@@ -346,7 +349,7 @@ class CollectionWatcher:
     async def _first_list(self, request: WatchRequest, token: str) -> tuple[list[pages.Listed], str]:
         if request.filter.awaiting_key == "":  # (someone who may not approve awaits nothing)
             return [], ""
-        asked = pages.FirstList(request.filter, request.page_size or DEFAULT_PAGE_SIZE, token)
+        asked = pages.FirstList(request.filter, request.page_size, token)
         return await self._pages.first_list(asked, request.encoding, request.caller.key)
 
     async def _since(self, request: WatchRequest, since: datetime) -> AsyncIterator[Encoded | Joined]:
