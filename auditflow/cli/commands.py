@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -335,6 +337,22 @@ def _list_findings(ctx: Context, workflow_id: str, filter_: pb.FindingsFilter, l
     return 0
 
 
+def _export_to_stdout(ctx: Context, data: Iterator[bytes]) -> None:
+    """An export on standard output: into a file or a pipe, its bytes as they are; on a
+    terminal, shown without its control characters (a finding's text is the ledger's, and
+    an escape sequence in it would drive the terminal)."""
+    sink = None if ctx.out.isatty() else getattr(ctx.out, "buffer", None)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # (a chunk may end mid-character)
+    for piece in data:
+        if sink is not None:
+            sink.write(piece)
+        else:
+            ctx.out.write(render.printable(decoder.decode(piece)))
+    if sink is None:
+        ctx.out.write(render.printable(decoder.decode(b"", final=True)))
+    ctx.out.flush()
+
+
 def _export_findings(ctx: Context, workflow_id: str, filter_: pb.FindingsFilter, kind: str, output: str) -> int:
     """The file streamed to `output` (written aside, renamed when whole) or to stdout."""
     if not output and kind == "parquet" and ctx.out.isatty():
@@ -342,13 +360,7 @@ def _export_findings(ctx: Context, workflow_id: str, filter_: pb.FindingsFilter,
     request = api.ExportFindingsRequest(workflow_id=workflow_id, filter=filter_, format=kind)
     chunks = ctx.stub.ExportFindings(request, metadata=ctx.metadata)
     if not output:
-        sink = getattr(ctx.out, "buffer", None)
-        for chunk in chunks:
-            if sink is not None:
-                sink.write(chunk.data)
-            else:  # (a text stream: a terminal, most likely)
-                ctx.out.write(render.printable(chunk.data.decode()))
-        ctx.out.flush()
+        _export_to_stdout(ctx, (chunk.data for chunk in chunks))
         return 0
     target = Path(output)
     partial = target.with_name(target.name + ".part")

@@ -422,8 +422,9 @@ class ProgressView:
             self._draw(snapshot)
 
     def note(self, text: str) -> None:
+        """A remark between events (a reconnection), which may quote the server's words."""
         self._clear()
-        self.out.write(text + "\n")
+        self.out.write(printable(text) + "\n")
         self.out.flush()
 
     def close(self) -> None:

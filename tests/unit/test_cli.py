@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -801,6 +801,30 @@ class HostileGateway(FakeGateway):
     def GetWorkflow(self, request: Any, context: grpc.ServicerContext) -> Any:
         context.abort_with_status(to_rich_status(NotFound(f"no workflow {HOSTILE}")))
 
+    def WatchStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self.watches = getattr(self, "watches", 0) + 1
+        if self.watches == 1:  # (the watch reconnects, and says why: the server's words)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"going away {HOSTILE}")
+        yield from super().WatchStatus(request, context)
+
+    def ExportFindings(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        data = f"finding_id,title\r\nf1,{HOSTILE} é\r\n".encode()
+        for at in range(0, len(data), 7):  # (chunks that split the escapes and the é)
+            yield api.ExportFindingsResponse(data=data[at : at + 7])
+
+
+class TerminalOut(io.TextIOWrapper):
+    """Standard output on a terminal (it has a byte buffer, as a real one does)."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8", write_through=True)
+
+    def isatty(self) -> bool:
+        return True
+
+    def shown(self) -> str:
+        return cast(io.BytesIO, self.buffer).getvalue().decode()
+
 
 def test_the_cli_strips_terminal_control_characters_from_what_the_server_sends(
     capsys: pytest.CaptureFixture[str],
@@ -820,8 +844,36 @@ def test_the_cli_strips_terminal_control_characters_from_what_the_server_sends(
     captured = capsys.readouterr()
     shown = captured.out + captured.err
     assert "owned" in shown and "Evil" in shown  # the text is shown, its controls are not
-    controls = [c for c in shown if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
-    assert controls == [], controls
+    assert "going away" in shown  # (the reconnection's note)
+    assert controls_in(shown) == []
+
+
+def controls_in(shown: str) -> list[str]:
+    return [c for c in shown if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_an_export_on_a_terminal_is_shown_without_control_characters_and_into_a_pipe_as_it_is(
+    terminal: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    api_grpc.add_WorkflowServiceServicer_to_server(HostileGateway(), server)
+    target = f"127.0.0.1:{server.add_insecure_port(f'127.0.0.1:{demo.free_port()}')}"
+    server.start()
+    out = TerminalOut()
+    if not terminal:
+        monkeypatch.setattr(out, "isatty", lambda: False)
+    monkeypatch.setattr("sys.stdout", out)
+    try:
+        assert cli.main(["--target", target, "findings", WF, "--format", "csv"]) == 0
+    finally:
+        server.stop(None)
+    expected = f"finding_id,title\r\nf1,{HOSTILE} é\r\n"
+    if terminal:
+        assert out.shown() == render.printable(expected)
+        assert "owned" in out.shown() and "é" in out.shown() and controls_in(out.shown()) == []
+    else:
+        assert out.shown() == expected  # (a file gets the export's bytes)
 
 
 def test_json_uses_proto_field_names_and_numbers_for_counts() -> None:
