@@ -20,6 +20,7 @@ class FieldViolation:
 
     field: str
     description: str
+    limit: str = ""  # a configured limit it is past (counted in auditflow_limit_refusals_total)
 
 
 class AuditflowError(Exception):

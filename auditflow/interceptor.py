@@ -243,7 +243,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         policy.authorize(method, caller)
         if self._limiter is not None:
             size = request.ByteSize() if isinstance(request, Message) else 0
-            await self._limiter.admit(method, caller, getattr(request, "page_size", 0), size)
+            # (a resumed collection watch asks for no first page: its catch-up is paced as it goes)
+            page = None if getattr(request, "resume_token", "") else getattr(request, "page_size", None)
+            await self._limiter.admit(method, caller, page, size)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
         logs.bind_workflow(request)

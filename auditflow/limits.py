@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from auditflow import metrics
+from auditflow import findings_contract, metrics
 from auditflow.errors import LimitExceeded
 from auditflow.principal import GATEWAY, Principal
 
@@ -57,21 +57,32 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def cost(page_size: object = None, size: int = 0) -> int:
+# The rows of a page left to its default size, by method (the workflows' listing's default
+# and the findings'; a unit test keeps them equal to the listings' own): the default page costs
+# what asking for its size does.
+DEFAULT_PAGE_ROWS = {"ListWorkflows": 50, "WatchWorkflows": 50, "ListFindings": findings_contract.DEFAULT_PAGE}
+
+
+def cost(page_size: object = None, size: int = 0, default_rows: int = 0) -> int:
     """Tokens a call takes: one, one per ROWS_PER_TOKEN rows of the page it asks for (a page
     of 500 workflows is fifty reads' work, not one), or one per BYTES_PER_TOKEN of the request
     (a plan of 64 KiB is four writes' work). `page_size` as the request has it: a number
-    (gRPC), text (a REST query; what is not a page size costs one, and is refused by the
-    call's own checks), or nothing; `size`: the request's bytes, as sent."""
+    (gRPC), text (a REST query; what is not a page size is refused by the call's own checks),
+    0 or empty for the default page (`default_rows`), or None for no page at all (a resumed
+    collection watch sends no initial list). `size`: the request's bytes, as sent."""
     if isinstance(page_size, str):
         page_size = int(page_size) if page_size.isdigit() and len(page_size) <= 9 else 0
-    rows = math.ceil(page_size / ROWS_PER_TOKEN) if isinstance(page_size, int) else 0
-    return max(1, rows, math.ceil(size / BYTES_PER_TOKEN))
+    rows = 0 if page_size is None else (page_size if isinstance(page_size, int) else 0) or default_rows
+    return max(1, math.ceil(rows / ROWS_PER_TOKEN), math.ceil(size / BYTES_PER_TOKEN))
 
 
 def kind_of(method: str) -> Kind:
     """The kind of an RPC, given its name or its full path (/package.Service/Method)."""
-    return KINDS.get(method.rsplit("/", 1)[-1], Kind.READ)
+    return KINDS.get(_name(method), Kind.READ)
+
+
+def _name(method: str) -> str:
+    return method.rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,8 @@ class Limiter:
         if not rate.limited:
             return
         now = self._clock()
-        wait = self._bucket(caller, kind, now).take(now, min(cost(page_size, size), rate.burst))
+        tokens = cost(page_size, size, DEFAULT_PAGE_ROWS.get(_name(method), 0))
+        wait = self._bucket(caller, kind, now).take(now, min(tokens, rate.burst))
         if wait <= 0:
             return
         held = min(wait, self._hold)

@@ -236,7 +236,7 @@ PACED_STREAMS = Gauge(
 LIMIT_REFUSALS = Counter(
     "auditflow_limit_refusals_total",
     "Calls refused because their principal was past one of its limits, by limit: write_rate, read_rate, "
-    "watch_rate, streams, pending_plans, plan_bytes.",
+    "watch_rate, streams, pending_plans, plan_bytes, plan_steps, plan_parameters.",
     ("limit",),
     registry=GATEWAY.registry,
 )

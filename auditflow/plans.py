@@ -104,7 +104,9 @@ def check_plan(
     if not plan:
         violations.append(FieldViolation("plan", "empty: a plan needs at least one step"))
     elif len(plan) > max_steps:
-        violations.append(FieldViolation("plan", f"too many steps: {len(plan)}, at most {max_steps}"))
+        violations.append(
+            FieldViolation("plan", f"too many steps: {len(plan)}, at most {max_steps}", limit="plan_steps")
+        )
     else:
         violations.extend(_check_steps(plan, max_parameters_bytes))
     if not 0 <= max_cycles <= MAX_CYCLES_LIMIT:
@@ -137,7 +139,11 @@ def _check_steps(plan: Sequence[pb.PlanStep], max_parameters_bytes: int) -> list
         size = len(json.dumps(parameters))
         if size > max_parameters_bytes:
             violations.append(
-                FieldViolation(f"{where}.parameters", f"too large: {size} bytes, at most {max_parameters_bytes}")
+                FieldViolation(
+                    f"{where}.parameters",
+                    f"too large: {size} bytes, at most {max_parameters_bytes}",
+                    limit="plan_parameters",
+                )
             )
             continue
         if procedure.validate is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, and_, bindparam, func, select
 
 from auditflow import limits, plans
-from auditflow.errors import invalid
+from auditflow.errors import InvalidArgument, invalid
 from auditflow.limits import Limiter, LimitSettings, Rate
 from auditflow.principal import Principal
 from auditflow.v1 import workflow_pb2 as pb
@@ -53,15 +53,20 @@ def check_size(request: wpb.CreateWorkflowRequest, quota: PlanLimits) -> None:
 
 def check_plan(request: wpb.CreateWorkflowRequest, quota: PlanLimits) -> None:
     """Every check of a submitted plan, with this gateway's limits (blocking: procedures may
-    look at files)."""
-    plans.check_plan(
-        request.title,
-        request.plan,
-        request.max_cycles,
-        request.orchestrator,
-        max_steps=quota.max_plan_steps,
-        max_parameters_bytes=quota.max_parameters_bytes,
-    )
+    look at files); a refusal past the steps or the parameters' size counts in the metric."""
+    try:
+        plans.check_plan(
+            request.title,
+            request.plan,
+            request.max_cycles,
+            request.orchestrator,
+            max_steps=quota.max_plan_steps,
+            max_parameters_bytes=quota.max_parameters_bytes,
+        )
+    except InvalidArgument as exc:
+        for limit in sorted({v.limit for v in exc.violations if v.limit}):
+            limits.count_refusal(limit)
+        raise
 
 
 PENDING = (

@@ -242,7 +242,9 @@ class RestApp:
             size = request.content_length
             if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
                 size = len(await request.read())
-            await self._limiter.admit(route.rpc_path, caller, request.query.get("page_size"), size or 0)
+            resumed = request.query.get("resume_token") or request.headers.get("Last-Event-ID")
+            page = None if resumed else request.query.get("page_size", "")  # (as the interceptor's)
+            await self._limiter.admit(route.rpc_path, caller, page, size or 0)
         return await self._request_message(route, request), presented
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:

@@ -187,6 +187,47 @@ async def test_a_long_page_costs_more_reads_than_a_short_one(start: Any) -> None
         assert response.status == 429 and "read calls" in (await response.json())["message"]
 
 
+async def test_a_page_of_the_default_size_costs_what_asking_for_that_size_does(start: Any) -> None:
+    pair = await start(limits=LimitSettings(read=Rate(SLOW, 7)))
+    viewer = as_user("reader", ("viewer",))
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=viewer)  # 50 rows: 5 tokens
+    with pytest.raises(grpc.aio.AioRpcError) as caught:  # two left
+        await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(), metadata=viewer)
+    assert rich(caught.value)["limit"] == "read_rate"
+    await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=viewer)  # (one token: still there)
+    headers = auth.headers("web-reader", ("viewer",))  # over REST, no page_size in the query
+    async with pair.http.get(pair.url + "/workflows", headers=headers) as response:
+        assert response.status == 200
+    async with pair.http.get(pair.url + "/workflows", headers=headers) as response:
+        assert response.status == 429 and "read calls" in (await response.json())["message"]
+
+
+async def test_a_principal_past_its_watch_rate_is_refused_over_grpc_and_rest(start: Any) -> None:
+    pair = await start(limits=LimitSettings(watch=Rate(SLOW, 2)))
+    created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
+    request = wpb.WatchStatusRequest(workflow_id=created.workflow.workflow_id)
+    watcher = as_user("watcher", ("viewer",))
+    streams = [pair.stub.WatchStatus(request, metadata=watcher) for _ in range(2)]
+    for stream in streams:
+        await stream.read()  # (open: the plan awaits approval)
+    before = refusals("watch_rate")
+    third = pair.stub.WatchStatus(request, metadata=watcher)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await third.read()
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "too many watch calls" in (caught.value.details() or "")
+    details = rich(caught.value)
+    assert details["limit"] == "watch_rate" and 90 <= details["retry_delay"] <= 100
+    assert refusals("watch_rate") == before + 1
+    sse = pair.url + f"/workflows/{created.workflow.workflow_id}/status/stream"
+    async with pair.http.get(sse, headers=auth.headers("watcher", ("viewer",))) as response:
+        assert response.status == 429 and int(response.headers["Retry-After"]) > 90
+    other = pair.stub.WatchStatus(request, metadata=as_user("viewer2"))  # (a bucket of its own)
+    await other.read()
+    for stream in [*streams, other]:
+        stream.cancel()
+
+
 async def test_a_large_plan_costs_more_writes_than_a_small_one(start: Any) -> None:
     pair = await start(limits=LimitSettings(write=Rate(SLOW, 8)))
     carol = as_user("carol")
@@ -282,7 +323,8 @@ async def test_a_plan_past_the_size_limits_is_refused_naming_the_field(start: An
     pair = await start(plan_limits=PlanLimits(max_plan_bytes=2_000, max_plan_steps=3, max_parameters_bytes=100))
     carol = as_user("carol")
     stored = dump_sqlite(pair.db_path)
-    before = refusals("plan_bytes")
+    counted = ("plan_bytes", "plan_steps", "plan_parameters")
+    before = [refusals(limit) for limit in counted]
     big = wpb.CreateWorkflowRequest(title="Q3", plan=[step("test_noop", note="x" * 3_000)])
     cases = [
         (big, "plan", "too large"),
@@ -298,7 +340,7 @@ async def test_a_plan_past_the_size_limits_is_refused_naming_the_field(start: An
             await pair.stub.CreateWorkflow(request, metadata=carol)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in (caught.value.details() or "") and text in (caught.value.details() or "")
-    assert refusals("plan_bytes") == before + 1
+    assert [refusals(limit) for limit in counted] == [n + 1 for n in before]  # (each limit, once)
     assert dump_sqlite(pair.db_path) == stored
     await pair.stub.CreateWorkflow(create_request(steps=3), metadata=carol)
 

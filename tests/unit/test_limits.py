@@ -8,10 +8,11 @@ import asyncio
 
 import pytest
 
-from auditflow import limits
+from auditflow import findings_contract, limits
 from auditflow.errors import LimitExceeded
 from auditflow.limits import Kind, Limiter, LimitSettings, Rate
 from auditflow.principal import Principal
+from gateway import listing
 
 ALICE = Principal("Alice", frozenset({"submitter"}), "jwt:test")
 # Alice in full width: the same person, by key.
@@ -67,6 +68,20 @@ async def test_kinds_and_costs() -> None:
     assert limits.cost(500) == 50 and limits.cost("500") == 50 and limits.cost(11) == 2 and limits.cost(10) == 1
     assert limits.cost(size=64 * 1024) == 4 and limits.cost(size=100) == 1 and limits.cost(10, 40_000) == 3
     assert limits.cost(0) == limits.cost(None) == limits.cost("") == limits.cost("-5") == limits.cost("9" * 5000) == 1
+    assert limits.cost(0, default_rows=50) == limits.cost("", default_rows=50) == limits.cost(50) == 5
+    assert limits.cost(None, default_rows=50) == 1  # (no page asked for: a resumed collection watch)
+
+
+async def test_a_page_of_the_default_size_costs_what_asking_for_that_size_does() -> None:
+    assert limits.DEFAULT_PAGE_ROWS["ListWorkflows"] == listing.DEFAULT_PAGE_SIZE
+    assert limits.DEFAULT_PAGE_ROWS["WatchWorkflows"] == listing.DEFAULT_PAGE_SIZE
+    assert limits.DEFAULT_PAGE_ROWS["ListFindings"] == findings_contract.DEFAULT_PAGE
+    limiter = Limiter(LimitSettings(read=Rate(1, 10)), Clock(), hold=0)
+    await limiter.admit("/auditflow.v1.WorkflowService/ListWorkflows", ALICE, 0)  # 50 rows: 5 of 10
+    await limiter.admit("/auditflow.v1.WorkflowService/ListWorkflows", ALICE, "")  # (REST: no page_size)
+    with pytest.raises(LimitExceeded):
+        await limiter.admit("/auditflow.v1.WorkflowService/ListWorkflows", ALICE, 0)
+    await limiter.admit("/auditflow.v1.WorkflowService/GetStatus", BOB)  # (no page: one token)
     clock = Clock()
     limiter = Limiter(LimitSettings(read=Rate(1, 5)), clock, hold=0)
     await limiter.admit("ListWorkflows", ALICE, 500)  # costs the whole burst (5)
