@@ -10,7 +10,8 @@ dead peers (`keepalive_time`, `keepalive_timeout`), and clients that ping more o
 5 s without calls are disconnected.
 
 Each listener holds at most `max_connections`; past it, a new connection is closed at once and
-`RateLimitedLine` writes one line per interval with the count, never one per connection. The default
+one line per interval says so, never one per connection (REST: `RateLimitedLine`, with the
+count; gRPC, whose core refuses without a word: `CapWatch`). The default
 (0) is the file-descriptor limit less `RESERVED_FDS`, so that one listener's connections never
 use up the descriptors the databases and files need.
 """
@@ -18,7 +19,10 @@ use up the descriptors the databases and files need.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -95,6 +99,69 @@ class RateLimitedLine:
             logger.warning(self._template.format(count=self._count))
             self._count = 0
             self._since = now
+
+
+class CapWatch:
+    """gRPC's core closes a connection past its maximum (`grpc.max_allowed_incoming_connections`)
+    at once and says nothing: no log line, and no callback to count one by. So every interval
+    this counts the connections the gRPC port holds (the kernel's table) and, while they are at
+    the maximum, writes one line: one per interval, like the REST port's refusals, never one
+    per connection. Linux only (elsewhere it never finds the port full)."""
+
+    def __init__(self, host: str, port: int, cap: int, interval: float | None = None) -> None:
+        self._where = f"gRPC port {host}:{port}"
+        self._port = port
+        self._cap = cap
+        self._interval = interval or REFUSAL_LOG_INTERVAL
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="connection-cap-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if await asyncio.to_thread(self.held) >= self._cap:
+                logger.warning(
+                    "%s: holds its maximum of %d connections (--max-connections): new ones are closed at once",
+                    self._where,
+                    self._cap,
+                )
+
+    def held(self) -> int:
+        """Connections established to the port (blocking: reads /proc)."""
+        if open_descriptors() < self._cap:  # (each connection holds a descriptor: a cheap look first)
+            return 0
+        return established(self._port)
+
+
+def open_descriptors() -> int:
+    """The file descriptors this process holds (0 where /proc does not say)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+def established(port: int) -> int:
+    """TCP connections established to local `port`, IPv4 and IPv6 (from /proc/net)."""
+    suffix, count = f":{port:04X}", 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as rows:
+            next(rows, None)  # (the header)
+            for row in rows:
+                fields = row.split(maxsplit=4)
+                count += fields[3] == TCP_ESTABLISHED and fields[1].endswith(suffix)
+    return count
+
+
+TCP_ESTABLISHED = "01"  # (the state column of /proc/net/tcp)
 
 
 # The intervals a server's connections are held to: flag, help (each sets the field of its name).

@@ -22,6 +22,7 @@ from auditflow import logs, metrics, procedures, serving, sources, tracing, trai
 from auditflow.auth import settings as auth_settings
 from auditflow.auth.client import bearer_interceptors, read_token_file
 from auditflow.config import ConfigError
+from auditflow.connections import CapWatch
 from auditflow.db import Database
 from auditflow.fairwrites import FairWrites
 from auditflow.limits import Limiter
@@ -141,6 +142,7 @@ class Gateway:
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)
+        self.cap_watch = CapWatch(self.host, self.port, settings.connections.connection_cap())
         self.metrics = serving.metrics_endpoint(settings, metrics.GATEWAY, outbox_gauges(self.db))
 
     @property
@@ -156,6 +158,7 @@ class Gateway:
         await asyncio.to_thread(self.db.start)
         await self._health.set(LINK_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)  # (until the feed is up)
         await self.server.start()
+        self.cap_watch.start()
         await self.feed.start()
         await self.relay.start()
         if self.rest is not None:
@@ -177,6 +180,7 @@ class Gateway:
         if self.rest is not None:
             await self.rest.stop()
         await self.server.stop(grace)
+        await self.cap_watch.stop()
         await self.changes.stop()
         await self.relay.stop()
         await self.feed.stop()

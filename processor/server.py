@@ -19,6 +19,7 @@ import grpc
 from auditflow import logs, metrics, procedures, serving, sources, statuses, tracing, trail
 from auditflow.auth import settings as auth_settings
 from auditflow.config import ConfigError
+from auditflow.connections import CapWatch
 from auditflow.db import Database
 from auditflow.metrics import RpcMetrics
 from auditflow.tls import ServerTls, check_plaintext
@@ -72,6 +73,7 @@ class Processor:
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         self.port = serving.bind(self.server, address, self.tls)
+        self.cap_watch = CapWatch(self.host, self.port, settings.connections.connection_cap())
         self._started = False
         self.metrics = serving.metrics_endpoint(settings, metrics.PROCESSOR, run_gauges(self.db))
         # Cycles still running on threads after a graceful stop (see Scheduler.stop).
@@ -99,6 +101,7 @@ class Processor:
                 self.settings.poll_interval,
             )
         await self.server.start()
+        self.cap_watch.start()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.start)
         await serving.set_serving(self._health, [SERVICE_NAME])
@@ -125,6 +128,7 @@ class Processor:
             await self.listener.stop()
         await self.tail.stop()
         await self.server.stop(min(grace, 2.0))
+        await self.cap_watch.stop()
         await self.authenticator.stop()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)

@@ -16,6 +16,7 @@ import aiohttp
 import grpc
 import pytest
 
+from auditflow import connections
 from auditflow.connections import RESERVED_FDS, ConnectionSettings
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
@@ -98,8 +99,10 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_handshake_tim
 
 
 async def test_past_its_maximum_a_port_refuses_new_connections_with_one_log_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The gRPC port's looks 0.2 s apart (REST's lines stay 10 s apart).
+    monkeypatch.setattr(connections, "REFUSAL_LOG_INTERVAL", 0.2)
     bounds = ConnectionSettings(handshake_timeout=60.0, http_idle_timeout=60.0, max_connections=4)
     async with gateway_with(tmp_path, bounds) as gateway:
         assert gateway.rest is not None
@@ -110,16 +113,36 @@ async def test_past_its_maximum_a_port_refuses_new_connections_with_one_log_line
                 async with http.get(f"{gateway.rest.url}/healthz") as answer:
                     statuses.append(answer.status)
                     assert answer.status == 503 and answer.headers["Retry-After"] == "1", statuses
+            grpc_port = f"gRPC port 127.0.0.1:{gateway.port}"
+            assert not lines(caplog, grpc_port)  # (it held none: no line)
             grpc_held = silent(gateway.port, 4)
             await asyncio.sleep(0)  # (the refused ones below land after these)
             grpc_refused = silent(gateway.port, 3)
             await wait_closed(grpc_refused)
+            full = await logged(caplog, grpc_port)  # (gRPC's core refuses without a word: the gateway says it)
+            assert full == f"{grpc_port}: holds its maximum of 4 connections (--max-connections): " + (
+                "new ones are closed at once"
+            )
             for s in held + grpc_held:
                 s.close()
-            refusals = [r.getMessage() for r in caplog.records if r.name == "auditflow.connections"]
+            refusals = lines(caplog, "REST port")
             assert len(refusals) == 1 and "refused 1 connection" in refusals[0], refusals  # not 100 lines
             assert f"REST port 127.0.0.1:{gateway.rest.port}" in refusals[0] and "--max-connections" in refusals[0]
             assert await served_again(http, f"{gateway.rest.url}/healthz")  # the held ones gone
+
+
+def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The connection bounds' log lines that contain `text`."""
+    return [r.getMessage() for r in caplog.records if r.name == "auditflow.connections" and text in r.getMessage()]
+
+
+async def logged(caplog: pytest.LogCaptureFixture, text: str, within: float = CLOSED_WITHIN) -> str:
+    """The first such line, once there is one."""
+    deadline = time.monotonic() + within
+    while not lines(caplog, text):
+        assert time.monotonic() < deadline, f"no line with {text!r} after {within} s"
+        await asyncio.sleep(0.05)
+    return lines(caplog, text)[0]
 
 
 async def served_again(http: aiohttp.ClientSession, url: str, within: float = CLOSED_WITHIN) -> bool:
