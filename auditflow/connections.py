@@ -123,18 +123,19 @@ class CapWatch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            if await asyncio.to_thread(self.held) >= self._cap:
+            if await asyncio.to_thread(self._held) >= self._cap:
                 logger.warning(
                     "%s: holds its maximum of %d connections (--max-connections): new ones are closed at once",
                     self._where,
                     self._cap,
                 )
 
-    def held(self) -> int:
+    def _held(self) -> int:
         """Connections established to the port (blocking: reads /proc)."""
         if open_descriptors() < self._cap:  # (each connection holds a descriptor: a cheap look first)
             return 0
@@ -149,6 +150,9 @@ def open_descriptors() -> int:
         return 0
 
 
+TCP_ESTABLISHED = "01"  # (the state column of /proc/net/tcp)
+
+
 def established(port: int) -> int:
     """TCP connections established to local `port`, IPv4 and IPv6 (from /proc/net)."""
     suffix, count = f":{port:04X}", 0
@@ -159,9 +163,6 @@ def established(port: int) -> int:
                 fields = row.split(maxsplit=4)
                 count += fields[3] == TCP_ESTABLISHED and fields[1].endswith(suffix)
     return count
-
-
-TCP_ESTABLISHED = "01"  # (the state column of /proc/net/tcp)
 
 
 # The intervals a server's connections are held to: flag, help (each sets the field of its name).
