@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from auditflow import config
+from auditflow import config, limits
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class ConnectionSettings:
     keepalive_time: float = 60.0
     keepalive_timeout: float = 20.0
     max_connections: int = 0  # 0: from the file-descriptor limit
+    # Open streams of the public methods (health Watch, reflection): `limits.PublicStreams`.
+    max_public_streams: int = limits.DEFAULT_MAX_PUBLIC_STREAMS
 
     def connection_cap(self) -> int:
         """The most connections one listener may hold."""
@@ -186,6 +188,13 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
         default=defaults.max_connections,
         type=config.non_negative_int,
     )
+    add(
+        "--max-public-streams",
+        "health Watch and reflection streams (no credentials) this server holds open at once, at most "
+        f"{limits.PUBLIC_STREAMS_PER_PEER} from one address; 0: no limit",
+        default=defaults.max_public_streams,
+        type=config.non_negative_int,
+    )
 
 
 def from_args(args: argparse.Namespace) -> ConnectionSettings:
@@ -196,4 +205,5 @@ def from_args(args: argparse.Namespace) -> ConnectionSettings:
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
+        max_public_streams=args.max_public_streams,
     )

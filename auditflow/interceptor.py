@@ -14,13 +14,15 @@ Every RPC of both services passes through `CallInterceptor`, which
 - with metrics on, counts every call by method and status code and times it
   (`auditflow.metrics`).
 
-Public methods (health, reflection) skip authentication: probes carry no credentials.
+Public methods (health, reflection) skip authentication: probes carry no credentials. Their
+streams are held to `limits.PublicStreams` (a few per peer address, a bound in all) instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -37,7 +39,7 @@ from grpc_status import rpc_status
 from auditflow import logs, policy, principal
 from auditflow.auth import Authenticator, Presented
 from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded
-from auditflow.limits import Limiter
+from auditflow.limits import Limiter, PublicStreams
 from auditflow.metrics import MethodMetrics, RpcMetrics
 from auditflow.principal import Principal
 from auditflow.revocation import StreamGuard, Watched
@@ -197,11 +199,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         metrics: RpcMetrics | None = None,
         limiter: Limiter | None = None,
         guard: StreamGuard | None = None,
+        public_streams: PublicStreams | None = None,
     ) -> None:
         self._auth = authenticator
         self._metrics = metrics
         self._limiter = limiter
         self._guard = guard
+        self._public_streams = public_streams or PublicStreams(total=0)
 
     async def intercept_service(  # type: ignore[override]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -211,7 +215,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return None
         method = handler_call_details.method
         if policy.is_public(method):
-            return handler
+            return self._public(handler, method)
         metadata = handler_call_details.invocation_metadata or ()
         deserialize = _tolerant(handler.request_deserializer, method)
         if handler.unary_unary is not None:
@@ -229,6 +233,50 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 response_serializer=_passing_bytes(handler.response_serializer),
             )
         return handler  # (no client-streaming RPCs outside the public ones)
+
+    def _public(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+        """A public method's handler; a stream holds a slot of its peer's public streams."""
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_public(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_public(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _wrap_public(self, behavior: Any, method: str) -> Any:
+        """`behavior` in a slot of the peer's public streams, in its own shape: an async
+        generator (reflection) or a coroutine that writes to the context (health Watch)."""
+        if inspect.isasyncgenfunction(behavior):
+
+            async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
+                with contextlib.ExitStack() as held:
+                    await self._public_slot(held, context, method)
+                    async for response in behavior(request, context):
+                        yield response
+
+            return generator
+
+        async def writer(request: Any, context: Context) -> None:
+            with contextlib.ExitStack() as held:
+                await self._public_slot(held, context, method)
+                await behavior(request, context)
+
+        return writer
+
+    async def _public_slot(self, held: contextlib.ExitStack, context: Context, method: str) -> None:
+        """A slot of the peer's public streams, held until `held` closes; or the call ends
+        RESOURCE_EXHAUSTED."""
+        try:
+            held.enter_context(self._public_streams.stream(peer_address(context)))
+        except LimitExceeded as exc:
+            await _abort(context, exc, method)
 
     def _presented(self, context: Context, metadata: Any) -> Presented:
         # (the handshake's identities are read only where a service may present one: the

@@ -8,7 +8,9 @@ priority and fairness and Temporal's per-namespace rate limits:
 - a collection watch's catch-up (every workflow written since its resume token) takes read
   tokens as it sends, one per ten workflows, and past the rate it waits, never refused
   (`spend`): its size is not known when the stream is admitted;
-- (the gateway's, `gateway.quota`) plans awaiting approval per principal, and a plan's size.
+- (the gateway's, `gateway.quota`) plans awaiting approval per principal, and a plan's size;
+- streams of the public methods (health Watch, reflection), which carry no credentials and so
+  no principal: a few per peer address, and a bound for the whole server (`PublicStreams`).
 
 Past a rate, the call ends RESOURCE_EXHAUSTED (REST: 429) saying when a token comes back
 (`retry_after`: gRPC trailing metadata `retry-after` and a google.rpc.RetryInfo detail; REST
@@ -289,6 +291,63 @@ class Limiter:
         for key in idle:
             del self._callers[key]
         self._sweep_at = len(self._callers) + SWEEP_AT
+
+
+# Streams of the public methods one peer address may hold open at once (a load balancer's
+# health watch needs one; grpcurl's reflection one at a time).
+PUBLIC_STREAMS_PER_PEER = 16
+DEFAULT_MAX_PUBLIC_STREAMS = 256  # in all, on one server
+
+
+class PublicStreams:
+    """Open streams of the public methods, by peer address. Health Watch and reflection need
+    no credentials, so nobody's stream limit holds them: without this bound a stranger could
+    open streams until the server's memory ran out. Past `per_peer` from one address, or
+    `total` in all, a new one is refused (RESOURCE_EXHAUSTED, QuotaFailure); the slot frees
+    when a stream ends. `total` 0: no bound."""
+
+    def __init__(self, total: int = DEFAULT_MAX_PUBLIC_STREAMS, per_peer: int = PUBLIC_STREAMS_PER_PEER) -> None:
+        self.total = total
+        self.per_peer = min(per_peer, total) if total else 0
+        self._open: dict[str, int] = {}
+        self._count = 0
+
+    @contextlib.contextmanager
+    def stream(self, peer: str | None) -> Iterator[None]:
+        """Hold a slot of `peer` (an address; None for a peer with none, a Unix socket) while the
+        stream is open."""
+        if not self.total:
+            yield
+            return
+        key = peer or ""
+        held = self._open.get(key, 0)
+        if held >= self.per_peer:
+            raise refused(
+                "public_streams",
+                f"{held} health or reflection streams are open from this address, the most one address may "
+                "hold; close one first",
+                quota="public streams of one address",
+            )
+        if self._count >= self.total:
+            raise refused(
+                "public_streams",
+                f"this server holds {self._count} health or reflection streams, the most it holds; retry later",
+                quota="public streams of the server",
+            )
+        self._open[key] = held + 1
+        self._count += 1
+        try:
+            yield
+        finally:
+            self._count -= 1
+            left = self._open[key] - 1
+            if left:
+                self._open[key] = left
+            else:
+                del self._open[key]
+
+    def open_streams(self) -> int:
+        return self._count
 
 
 def refused(limit: str, message: str, *, retry_after: float | None = None, quota: str = "") -> LimitExceeded:

@@ -22,7 +22,7 @@ from auditflow.auth import Authenticator
 from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
 from auditflow.interceptor import CallInterceptor
-from auditflow.limits import Limiter
+from auditflow.limits import Limiter, PublicStreams
 from auditflow.metrics import DatabaseCollector, Endpoint, RpcMetrics, ServiceMetrics
 from auditflow.revocation import StreamGuard
 from auditflow.tls import ServerTls, TlsFiles
@@ -71,7 +71,8 @@ def new_server(
     guard: StreamGuard | None = None,
 ) -> grpc.aio.Server:
     """A server with our interceptor (and `outer` ones before it: tracing)."""
-    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard)]
+    public = PublicStreams(connections.max_public_streams)
+    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard, public)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
 
 

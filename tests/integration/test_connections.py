@@ -15,9 +15,14 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
-from auditflow import connections
+from auditflow import connections, metrics
 from auditflow.connections import RESERVED_FDS, ConnectionSettings
+from auditflow.limits import PUBLIC_STREAMS_PER_PEER
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.server import Gateway
@@ -155,6 +160,69 @@ async def served_again(http: aiohttp.ClientSession, url: str, within: float = CL
                     return True
         await asyncio.sleep(0.05)
     return False
+
+
+async def test_a_stranger_holds_a_few_health_and_reflection_streams_at_most(tmp_path: Path) -> None:
+    """Health Watch and reflection need no credentials, so no principal's stream limit holds
+    them: one address holds at most PUBLIC_STREAMS_PER_PEER; a slot frees when its stream ends."""
+    refusals = public_refusals()
+    async with (
+        gateway_with(tmp_path, ConnectionSettings(max_public_streams=64)) as gateway,
+        grpc.aio.insecure_channel(gateway.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [watch(health) for _ in range(PUBLIC_STREAMS_PER_PEER - 1)]
+        for held in watches:
+            assert (await held.read()).status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+        await reflection.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        assert (await reflection.read()).list_services_response.service  # the last slot, served
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch(health).read()
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{PUBLIC_STREAMS_PER_PEER} health or reflection streams are open" in str(caught.value.details())
+        assert quota_subject(caught.value) == "public streams of one address"
+        assert public_refusals() == refusals + 1
+        # A probe's Check still answers, and so does a person's call.
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+        assert await whoami(gateway.address) == "erin"
+        await reflection.done_writing()
+        assert await reflection.read() == grpc.aio.EOF  # (the stream ends: its slot frees)
+        assert (await opened(health)).status == health_pb2.HealthCheckResponse.SERVING
+        for held in watches:
+            held.cancel()
+
+
+def watch(health: health_pb2_grpc.HealthStub) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+    return health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=CLOSED_WITHIN)
+
+
+async def opened(health: health_pb2_grpc.HealthStub, within: float = CLOSED_WITHIN) -> health_pb2.HealthCheckResponse:
+    """The first answer of a new health watch, once the server has freed a slot for it."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await watch(health).read()
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, exc
+            await asyncio.sleep(0.05)
+
+
+def quota_subject(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            return failure.violations[0].subject
+    raise AssertionError("no QuotaFailure detail")
+
+
+def public_refusals() -> float:
+    return (
+        metrics.GATEWAY.registry.get_sample_value("auditflow_limit_refusals_total", {"limit": "public_streams"}) or 0.0
+    )
 
 
 @pytest.fixture

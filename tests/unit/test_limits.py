@@ -5,12 +5,13 @@ forgotten, services are never limited."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from auditflow import findings_contract, limits
 from auditflow.errors import LimitExceeded
-from auditflow.limits import Kind, Limiter, LimitSettings, Rate
+from auditflow.limits import Kind, Limiter, LimitSettings, PublicStreams, Rate
 from auditflow.principal import Principal
 from gateway import listing
 
@@ -103,6 +104,37 @@ def test_streams_are_held_until_they_end() -> None:
     with pytest.raises(RuntimeError), limiter.stream(ALICE):  # a stream that fails frees its slot
         raise RuntimeError
     assert limiter.open_streams(ALICE) == 0
+
+
+def test_public_streams_are_bounded_by_address_and_in_all() -> None:
+    streams = PublicStreams(total=5, per_peer=3)
+    with contextlib.ExitStack() as held:
+        for _ in range(3):
+            held.enter_context(streams.stream("10.0.0.1"))
+        with pytest.raises(LimitExceeded) as caught, streams.stream("10.0.0.1"):
+            pass
+        assert caught.value.limit == "public_streams" and caught.value.retry_after is None
+        assert caught.value.quota == "public streams of one address"
+        held.enter_context(streams.stream("10.0.0.2"))
+        held.enter_context(streams.stream(None))  # (a peer with no address: a Unix socket)
+        assert streams.open_streams() == 5
+        with pytest.raises(LimitExceeded) as caught, streams.stream("10.0.0.3"):  # a new address, the server full
+            pass
+        assert caught.value.quota == "public streams of the server"
+    assert streams.open_streams() == 0
+    with streams.stream("10.0.0.1"), streams.stream("10.0.0.1"), streams.stream("10.0.0.1"):
+        pass  # (each address's slots freed with its streams)
+    with pytest.raises(RuntimeError), streams.stream("10.0.0.1"):  # a stream that fails frees its slot
+        raise RuntimeError
+    assert streams.open_streams() == 0
+
+
+def test_no_bound_on_public_streams_when_told() -> None:
+    streams = PublicStreams(total=0)
+    with contextlib.ExitStack() as held:
+        for _ in range(100):
+            held.enter_context(streams.stream("10.0.0.1"))
+    assert PublicStreams(total=4).per_peer == 4  # (an address never holds more than the whole)
 
 
 async def test_services_are_not_limited() -> None:
