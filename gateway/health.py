@@ -9,6 +9,7 @@ is away, approvals still commit and wait in the outbox, so the gateway stays rea
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from auditflow import convert, metrics
@@ -19,17 +20,30 @@ from gateway.feed import Feed
 
 
 class Readiness:
-    """The answer of REST `/readyz`."""
+    """The answer of REST `/readyz`, which anyone may ask without credentials: the probes
+    asking while one is under way share its look at the database, so a flood of probes costs
+    the database one read at a time, never one each."""
 
     def __init__(self, db: Database, feed: Feed) -> None:
         self._db = db
         self._feed = feed
+        self._looking: asyncio.Future[str | None] | None = None
 
     async def check(self) -> tuple[bool, dict[str, str]]:
         """(ready, what was checked → "ok" or what is wrong)."""
-        problem = await self._db.schema_problem()
+        problem = await self._schema_problem()
         link = "ok" if self._feed.connected.is_set() else "not connected (approvals wait in the outbox)"
         return problem is None, {"database": problem or "ok", "processor": link}
+
+    async def _schema_problem(self) -> str | None:
+        if self._looking is None:
+            self._looking = asyncio.ensure_future(self._db.schema_problem())
+            self._looking.add_done_callback(self._looked)
+        return await asyncio.shield(self._looking)  # (a probe that goes away leaves the look to the others)
+
+    def _looked(self, look: asyncio.Future[str | None]) -> None:
+        if self._looking is look:
+            self._looking = None
 
 
 OUTBOX_ROWS = "auditflow_gateway_outbox_rows"

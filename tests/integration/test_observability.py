@@ -296,6 +296,40 @@ async def test_rest_healthz_and_readyz(tmp_path: Path, caplog: pytest.LogCapture
         assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
 
 
+async def test_a_flood_of_readiness_probes_reads_the_database_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz needs no credentials: probes asking at once share one look at the database."""
+    async with running(tmp_path, rest=True) as pair, aiohttp.ClientSession() as http:
+        assert pair.gateway.rest is not None
+        db = pair.gateway.db
+        looks = {"now": 0, "most": 0, "all": 0}
+        real = db.schema_problem
+
+        async def counted() -> str | None:  # (the real look, counted)
+            looks["now"] += 1
+            looks["all"] += 1
+            looks["most"] = max(looks["most"], looks["now"])
+            try:
+                return await real()
+            finally:
+                looks["now"] -= 1
+
+        monkeypatch.setattr(db, "schema_problem", counted)
+        url = f"{pair.gateway.rest.url}/readyz"
+
+        async def probe() -> tuple[int, Any]:
+            async with http.get(url) as response:
+                return response.status, await response.json()
+
+        answers = await asyncio.gather(*(probe() for _ in range(200)))
+        assert {status for status, _ in answers} == {200}
+        assert all(body["checks"]["database"] == "ok" for _, body in answers)
+        assert looks["most"] == 1 and looks["all"] < 200, looks
+        before = looks["all"]
+        assert (await probe())[0] == 200 and looks["all"] == before + 1  # (a later probe looks again)
+
+
 # --- traces --------------------------------------------------------------------------------
 
 
