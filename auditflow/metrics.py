@@ -229,8 +229,8 @@ PAGE_WORKER_FAILURES = Counter(
 )
 PACED_STREAMS = Gauge(
     "auditflow_paced_streams",
-    "Streams waiting for their principal's read rate before they send more (a collection watch's "
-    "catch-up, one token per ten workflows).",
+    "Streams and trail checks waiting for their principal's read rate before they go on (a collection "
+    "watch's catch-up, one token per ten workflows; VerifyTrail, one per hundred events).",
     registry=GATEWAY.registry,
 )
 LIMIT_REFUSALS = Counter(

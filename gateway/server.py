@@ -112,7 +112,7 @@ class Gateway:
             self.hub,
             watcher,
             Findings(self.db, stub),
-            TrailVerifier(self.db, stub, keys),
+            TrailVerifier(self.db, stub, keys, self.limiter),
             listing,
             self.page_workers,
             collection,

@@ -7,6 +7,12 @@ what the chain alone cannot: that the stored plan still has the etag the CREATED
 recorded, that a completed run's result (the processor's, and the copy the gateway shows)
 matches the digest its COMPLETED event recorded, and that a signed end is signed by a key
 this gateway knows. The first problem found is the answer, named by its event.
+
+A trail grows with its run (up to thousands of cycles), and its check is the work: the call's
+admission pays for its first `EVENTS_PER_TOKEN` events, and every further one that many take a
+read token of the caller's as they are read, waiting past the caller's read rate, never
+refused (`Limiter.spend`, as a collection watch's catch-up). So one caller checking its
+longest trail over and over gets it checked at its own read rate, not at the gateway's.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from collections.abc import Mapping
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection
 
-from auditflow import convert, statuses, trail
+from auditflow import convert, principal, statuses, trail
 from auditflow.db import Database
 from auditflow.errors import NotFound
+from auditflow.limits import Kind, Limiter
 from auditflow.v1 import processor_service_pb2 as ppb
 from auditflow.v1 import processor_service_pb2_grpc as ppb_grpc
 from auditflow.v1 import workflow_pb2 as pb
@@ -29,23 +36,30 @@ from gateway.store import EventRecord, WorkflowRecord
 from gateway.upstream import processor_call
 
 PAGE = 1000
+EVENTS_PER_TOKEN = 100  # a trail's events checked for one read token
 
 
 class TrailVerifier:
     """Checks trails against the keys whose signatures it accepts (by key id)."""
 
     def __init__(
-        self, db: Database, stub: ppb_grpc.ProcessorServiceAsyncStub, keys: Mapping[str, Ed25519PublicKey]
+        self,
+        db: Database,
+        stub: ppb_grpc.ProcessorServiceAsyncStub,
+        keys: Mapping[str, Ed25519PublicKey],
+        limiter: Limiter | None = None,
     ) -> None:
         self._db = db
         self._stub = stub
         self._keys = dict(keys)
+        self._limiter = limiter
 
     async def verify(self, workflow_id: str) -> wpb.VerifyTrailResponse:
         record, own = await self._db.read(lambda conn: _record_and_events(conn, workflow_id))
+        await self._pace(0, len(own))
         theirs: list[ppb.FeedEvent] = []
         if record.dispatched and own:
-            theirs = await self._processor_events(workflow_id, own[-1].sequence)
+            theirs = await self._processor_events(workflow_id, own[-1].sequence, len(own))
         # Hashing thousands of events takes a while: off the event loop.
         return await asyncio.to_thread(self._check, record, own, theirs)
 
@@ -84,16 +98,27 @@ class TrailVerifier:
         response.intact = problem is None
         return response
 
-    async def _processor_events(self, workflow_id: str, after: int) -> list[ppb.FeedEvent]:
+    async def _processor_events(self, workflow_id: str, after: int, read: int) -> list[ppb.FeedEvent]:
+        """The processor's events after `after`, page by page, each paid for (`read`: the
+        events read before them)."""
         found: list[ppb.FeedEvent] = []
         while True:
             cursor = ppb.FeedCursor(workflow_id=workflow_id, after_sequence=after)
             with processor_call(f"trail of {workflow_id}"):
                 page = await self._stub.ReadEvents(ppb.ReadEventsRequest(cursors=[cursor], page_size=PAGE), timeout=30)
             found += page.events
+            await self._pace(read, read + len(page.events))
+            read += len(page.events)
             if not page.truncated or not page.events:
                 return found
             after = page.events[-1].event.sequence
+
+    async def _pace(self, before: int, after: int) -> None:
+        """Take the read tokens of the events from `before` to `after` (the admission's token
+        paid for the first EVENTS_PER_TOKEN)."""
+        tokens = after // EVENTS_PER_TOKEN - before // EVENTS_PER_TOKEN
+        if tokens and self._limiter is not None:
+            await self._limiter.spend(principal.current(), Kind.READ, tokens)
 
 
 def _record_and_events(conn: Connection, workflow_id: str) -> tuple[WorkflowRecord, list[EventRecord]]:

@@ -30,7 +30,7 @@ from auditflow import metrics, trail
 from auditflow.limits import LimitSettings, Rate
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway import collection, messages, pages, service
+from gateway import collection, messages, pages, service, verify
 from gateway.quota import PlanLimits
 from gateway.rest import app
 from gateway.server import Gateway
@@ -544,6 +544,24 @@ async def test_a_resumed_watch_catches_up_at_its_callers_read_rate(start: Any) -
     await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=10), metadata=as_user("other", ("viewer",)))
     stream.cancel()
     await wait_until(lambda: paced_streams() == 0)  # a stream that ends waits no more
+
+
+async def test_a_trail_is_checked_at_its_callers_read_rate(start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trail grows with its run, and checking it is the work: past the events its admission
+    paid for, VerifyTrail takes a read token per EVENTS_PER_TOKEN events as it reads them, and
+    past the rate it waits (one token every 100 s here), never refused, and holds nobody else up."""
+    pair = await start(limits=LimitSettings(read=Rate(SLOW, 2)))
+    created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
+    check = wpb.VerifyTrailRequest(workflow_id=created.workflow.workflow_id)
+    reader = as_user("reader", ("viewer",))
+    assert (await pair.stub.VerifyTrail(check, metadata=reader)).intact  # one event: what its admission paid for
+    monkeypatch.setattr(verify, "EVENTS_PER_TOKEN", 1)  # (a trail of one event now costs a read more)
+    call = pair.stub.VerifyTrail(check, metadata=reader, timeout=60)
+    await wait_until(lambda: paced_streams() == 1)  # the admission took the last token: the event waits
+    other = as_user("other", ("viewer",))
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=10), metadata=other)  # (another's bucket)
+    call.cancel()
+    await wait_until(lambda: paced_streams() == 0)  # a call that ends waits no more
 
 
 def paced_streams() -> float | None:
