@@ -41,11 +41,18 @@ writer (the principals whose writes waited longest, over the whole run).
     python bench/fairness.py --write-share 0   # the writer first come, first served
     python bench/fairness.py --watch-loop      # also the gateway's loop lag and garbage collections
     python bench/fairness.py --elsewhere       # also the flood aimed at another gateway: the floor
+    python bench/fairness.py --apart           # the flooding process alone on a core of its own
 
 On a 2-core machine the flooding client and the gateway share the cores. The flooding process
 runs at the lowest CPU priority (nice 19), as its CPU would be another machine's in a real
 deployment; what the gateway spends on its calls is the gateway's, at normal priority. The
 machine's other load still shows in both phases: alternating rounds share it out.
+
+With `--apart` the flooding process runs alone on a core of its own (core 1), and everything
+else (the servers, their page workers, the three people's client) on the others: the flood's
+client is then another machine, as in a real deployment (at nice 19 alone it still takes short
+slices of the cores the servers run on), and what the loaded phase adds is only what the
+servers spend on the flood.
 """
 
 from __future__ import annotations
@@ -228,12 +235,17 @@ def flood_main(
     ready: Any,
     out: Any,
     parent: int,
+    cpus: set[int],
 ) -> None:
     """The flooding principal (its JWT minted by the parent, whose key the gateway trusts), in
-    a process of its own until `stop` is set or the parent (its pid) is gone."""
+    a process of its own until `stop` is set or the parent (its pid) is gone; on `cpus` alone
+    if there are any."""
     os.nice(19)  # (its own CPU would be another machine's: here it takes only what is left)
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # (--apart: a core of its own, as another machine's)
     threading.Thread(target=_exit_with, args=(parent,), name="orphan-check", daemon=True).start()
-    out.put(asyncio.run(_flood(target, rest_url, token, kinds, watched, stop, ready)))
+    figures = asyncio.run(_flood(target, rest_url, token, kinds, watched, stop, ready))
+    out.put({**figures, "cpus": sorted(os.sched_getaffinity(0))})
 
 
 def _exit_with(parent: int) -> None:
@@ -461,15 +473,16 @@ async def polite(call: Callable[[], Awaitable[Any]]) -> Any:
 class Flood:
     """The flooding process: started for each loaded phase, stopped after it."""
 
-    def __init__(self, target: str, rest_url: str, kinds: list[str], watched: list[str]) -> None:
+    def __init__(self, target: str, rest_url: str, kinds: list[str], watched: list[str], cpus: set[int]) -> None:
         self.token = auth.jwt_for(FLOOD, ("submitter",))
         self.args = (target, rest_url, self.token, kinds, watched)
+        self.cpus = cpus
         self.context = multiprocessing.get_context("spawn")
 
     @contextlib.contextmanager
     def running(self, warm_up: float, results: list[dict[str, Any]]) -> Iterator[None]:
         stop, ready, out = self.context.Event(), self.context.Event(), self.context.Queue()
-        process = self.context.Process(target=flood_main, args=(*self.args, stop, ready, out, os.getpid()))
+        process = self.context.Process(target=flood_main, args=(*self.args, stop, ready, out, os.getpid(), self.cpus))
         process.start()
         try:
             if not ready.wait(60):
@@ -501,6 +514,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             principal_limits=not args.without_limits,
         )
         kinds = (*PHASES, ELSEWHERE) if args.elsewhere else PHASES
+        if args.apart:
+            keep_off(FLOOD_CPUS)  # (the servers started below inherit it)
         pair.start()
         other: Pair | None = None
         try:
@@ -510,14 +525,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_http(f"{rest_url}/openapi.json")
             target = pair.gateway.target
             phases, watched = asyncio.run(prepare(target, len(kinds) * args.rounds, approvals))
-            floods = {"loaded": Flood(target, rest_url, args.flood, watched)}
+            cpus = FLOOD_CPUS if args.apart else set()
+            floods = {"loaded": Flood(target, rest_url, args.flood, watched, cpus)}
             if other is not None:
                 other_rest = f"http://127.0.0.1:{other.gateway.rest_port}"
                 wait_http(f"{other_rest}/openapi.json")
                 _, other_watched = asyncio.run(prepare(other.gateway.target, 0, 0))
-                floods[ELSEWHERE] = Flood(other.gateway.target, other_rest, args.flood, other_watched)
+                floods[ELSEWHERE] = Flood(other.gateway.target, other_rest, args.flood, other_watched, cpus)
             figures: dict[str, Any] = {
                 "cpus": os.cpu_count(),
+                "gateway_cpus": sorted(os.sched_getaffinity(pair.gateway.proc.pid)) if pair.gateway.proc else [],
                 "load_average": list(os.getloadavg()),
                 "without_limits": args.without_limits,
                 "rounds": args.rounds,
@@ -561,6 +578,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
+FLOOD_CPUS = {1}  # with --apart: the flooding process's core, and nobody else's
+
+
+def keep_off(cpus: set[int]) -> None:
+    """Keep this process (every thread of it) and the processes it starts off `cpus`."""
+    others = set(range(os.cpu_count() or 1)) - cpus
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), others)
+
+
 def elsewhere(tmp: Path, gateway_args: list[str], *, limits: bool) -> Pair:
     """The second pair, started: the flood's target in the floor phase."""
     (tmp / ELSEWHERE).mkdir()
@@ -573,6 +601,7 @@ def flood_figures(floods: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "calls": dict(sum((Counter(f["calls"]) for f in floods), Counter())),
         "streams_held": max(f["streams_held"] for f in floods),
+        "cpus": sorted(set().union(*(f["cpus"] for f in floods))),
     }
 
 
@@ -628,6 +657,8 @@ def report(figures: dict[str, Any], *, as_json: bool) -> None:
         f"\nthree people at their pace, alone and beside one flooding principal ({limits}; {figures['cpus']} "
         f"CPUs; load average {load} before)"
     )
+    cores = ",".join(map(str, figures["gateway_cpus"])), ",".join(map(str, figures["flood"]["cpus"]))
+    print(f"  the gateway on cores {cores[0]}, the flood's process on cores {cores[1]}")
     print(f"  {'call':<12}{'unloaded p50/p99 ms':>22}{'loaded p50/p99 ms':>20}{'p99 ratio':>11}{'failures':>10}")
     for kind in CALLS:
         alone, loaded = figures["unloaded"][kind], figures["loaded"][kind]
@@ -719,9 +750,17 @@ def main() -> None:
         help="a third phase each round: the same flood aimed at a second gateway of its own on this machine "
         "(the loaded phase's floor: the flood's CPU without sharing the three's gateway)",
     )
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="the flooding process alone on a core of its own, everything else (the servers, their "
+        "workers, the three people) on the others: the flood's client as another machine",
+    )
     parser.add_argument("--quick", action="store_true", help="4 s per phase (smoke test)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    if args.apart and (os.cpu_count() or 1) < 2:
+        parser.error("--apart needs at least two cores")
     if args.quick:
         args.seconds, args.rounds, args.warm_up = 4.0, 1, 1.0
     approvals = int(args.seconds / args.approve_pace) + 2
