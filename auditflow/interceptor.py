@@ -250,33 +250,41 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler
 
-    def _wrap_public(self, behavior: Any, method: str) -> Any:
+    def _wrap_public(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         """`behavior` in a slot of the peer's public streams, in its own shape: an async
         generator (reflection) or a coroutine that writes to the context (health Watch)."""
         if inspect.isasyncgenfunction(behavior):
 
             async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
-                with contextlib.ExitStack() as held:
-                    await self._public_slot(held, context, method)
+                give_back = await self._public_slot(context, method)
+                try:
                     async for response in behavior(request, context):
                         yield response
+                finally:
+                    give_back()
 
             return generator
 
         async def writer(request: Any, context: Context) -> None:
-            with contextlib.ExitStack() as held:
-                await self._public_slot(held, context, method)
+            give_back = await self._public_slot(context, method)
+            try:
                 await behavior(request, context)
+            finally:
+                give_back()
 
         return writer
 
-    async def _public_slot(self, held: contextlib.ExitStack, context: Context, method: str) -> None:
-        """A slot of the peer's public streams, held until `held` closes; or the call ends
-        RESOURCE_EXHAUSTED."""
+    async def _public_slot(self, context: Context, method: str) -> Callable[[], None]:
+        """A slot of the peer's public streams, given back when the call is done (however it
+        ends: a stream cancelled while it sends is never resumed to run its `finally`); or the
+        call ends RESOURCE_EXHAUSTED."""
         try:
-            held.enter_context(self._public_streams.stream(peer_address(context)))
+            give_back = self._public_streams.take(peer_address(context))
         except LimitExceeded as exc:
             await _abort(context, exc, method)
+            raise  # (abort raises; for the type checker)
+        context.add_done_callback(lambda _: give_back())  # type: ignore[arg-type]  # (stubs: a class)
+        return give_back
 
     def _presented(self, context: Context, metadata: Any) -> Presented:
         # (the handshake's identities are read only where a service may present one: the

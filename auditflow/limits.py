@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from auditflow import findings_contract, metrics
 from auditflow.errors import LimitExceeded
 from auditflow.principal import GATEWAY, Principal
@@ -303,42 +305,49 @@ class PublicStreams:
     """Open streams of the public methods, by peer address. Health Watch and reflection need
     no credentials, so nobody's stream limit holds them: without this bound a stranger could
     open streams until the server's memory ran out. Past `per_peer` from one address, or
-    `total` in all, a new one is refused (RESOURCE_EXHAUSTED, QuotaFailure); the slot frees
-    when a stream ends. `total` 0: no bound."""
+    `total` in all, a new one is refused (RESOURCE_EXHAUSTED, QuotaFailure; counted in
+    `refusals` as public_streams); the slot frees when the stream ends. `total` 0: no bound,
+    neither in all nor per address. Peers without an address (a Unix socket) share one."""
 
-    def __init__(self, total: int = DEFAULT_MAX_PUBLIC_STREAMS, per_peer: int = PUBLIC_STREAMS_PER_PEER) -> None:
+    def __init__(
+        self,
+        total: int = DEFAULT_MAX_PUBLIC_STREAMS,
+        per_peer: int = PUBLIC_STREAMS_PER_PEER,
+        refusals: Counter | None = None,
+    ) -> None:
         self.total = total
         self.per_peer = min(per_peer, total) if total else 0
+        self._refusals = refusals if refusals is not None else metrics.LIMIT_REFUSALS
         self._open: dict[str, int] = {}
         self._count = 0
 
-    @contextlib.contextmanager
-    def stream(self, peer: str | None) -> Iterator[None]:
-        """Hold a slot of `peer` (an address; None for a peer with none, a Unix socket) while the
-        stream is open."""
+    def take(self, peer: str | None) -> Callable[[], None]:
+        """A slot of `peer` (an address; None for a peer with none), or LimitExceeded; the
+        function returned gives it back (once, however often it is called)."""
         if not self.total:
-            yield
-            return
+            return _nothing
         key = peer or ""
         held = self._open.get(key, 0)
         if held >= self.per_peer:
-            raise refused(
-                "public_streams",
+            raise self._refused(
                 f"{held} health or reflection streams are open from this address, the most one address may "
                 "hold; close one first",
-                quota="public streams of one address",
+                "public streams of one address",
             )
         if self._count >= self.total:
-            raise refused(
-                "public_streams",
+            raise self._refused(
                 f"this server holds {self._count} health or reflection streams, the most it holds; retry later",
-                quota="public streams of the server",
+                "public streams of the server",
             )
         self._open[key] = held + 1
         self._count += 1
-        try:
-            yield
-        finally:
+        given_back = False
+
+        def give_back() -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
             self._count -= 1
             left = self._open[key] - 1
             if left:
@@ -346,8 +355,27 @@ class PublicStreams:
             else:
                 del self._open[key]
 
+        return give_back
+
+    @contextlib.contextmanager
+    def stream(self, peer: str | None) -> Iterator[None]:
+        """Hold a slot of `peer` while the block runs."""
+        give_back = self.take(peer)
+        try:
+            yield
+        finally:
+            give_back()
+
     def open_streams(self) -> int:
         return self._count
+
+    def _refused(self, message: str, quota: str) -> LimitExceeded:
+        self._refusals.labels("public_streams").inc()
+        return LimitExceeded(message, limit="public_streams", quota=quota)
+
+
+def _nothing() -> None:
+    pass
 
 
 def refused(limit: str, message: str, *, retry_after: float | None = None, quota: str = "") -> LimitExceeded:

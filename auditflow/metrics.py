@@ -97,6 +97,7 @@ class ServiceMetrics:
     db_batch_size: Histogram
     db_transaction_seconds: Histogram
     db_lock_timeouts: Counter
+    limit_refusals: Counter
     database_gauges: _DatabaseGauges
 
 
@@ -145,6 +146,14 @@ def _service(name: str) -> ServiceMetrics:
             "auditflow_db_lock_timeouts_total",
             "Calls refused because a row stayed locked past lock_timeout.",
             ("database",),
+            registry=registry,
+        ),
+        limit_refusals=Counter(
+            "auditflow_limit_refusals_total",
+            "Calls refused past a limit, by limit: a principal's (the gateway's write_rate, read_rate, "
+            "watch_rate, streams, pending_plans, plan_bytes, plan_steps, plan_parameters), or public_streams "
+            "(health Watch and reflection streams past their address's or the server's bound).",
+            ("limit",),
             registry=registry,
         ),
         database_gauges=database_gauges,
@@ -233,13 +242,7 @@ PACED_STREAMS = Gauge(
     "watch's catch-up, one token per ten workflows; VerifyTrail, one per hundred events).",
     registry=GATEWAY.registry,
 )
-LIMIT_REFUSALS = Counter(
-    "auditflow_limit_refusals_total",
-    "Calls refused because their principal was past one of its limits, by limit: write_rate, read_rate, "
-    "watch_rate, streams, pending_plans, plan_bytes, plan_steps, plan_parameters.",
-    ("limit",),
-    registry=GATEWAY.registry,
-)
+LIMIT_REFUSALS = GATEWAY.limit_refusals  # (the per-principal limits are the gateway's)
 REST_REQUESTS = Counter(
     "auditflow_gateway_rest_requests_total",
     "REST requests by route, method and HTTP status.",

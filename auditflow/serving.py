@@ -69,9 +69,11 @@ def new_server(
     outer: Sequence[Any] = (),
     limiter: Limiter | None = None,
     guard: StreamGuard | None = None,
+    counted_in: ServiceMetrics,
 ) -> grpc.aio.Server:
-    """A server with our interceptor (and `outer` ones before it: tracing)."""
-    public = PublicStreams(connections.max_public_streams)
+    """A server with our interceptor (and `outer` ones before it: tracing); its refusals of
+    public streams count in `counted_in`'s registry."""
+    public = PublicStreams(connections.max_public_streams, refusals=counted_in.limit_refusals)
     interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard, public)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
 

@@ -27,7 +27,7 @@ class Readiness:
     def __init__(self, db: Database, feed: Feed) -> None:
         self._db = db
         self._feed = feed
-        self._looking: asyncio.Future[str | None] | None = None
+        self._looking: asyncio.Task[str | None] | None = None
 
     async def check(self) -> tuple[bool, dict[str, str]]:
         """(ready, what was checked → "ok" or what is wrong)."""
@@ -37,11 +37,11 @@ class Readiness:
 
     async def _schema_problem(self) -> str | None:
         if self._looking is None:
-            self._looking = asyncio.ensure_future(self._db.schema_problem())
+            self._looking = asyncio.create_task(self._db.schema_problem())
             self._looking.add_done_callback(self._looked)
         return await asyncio.shield(self._looking)  # (a probe that goes away leaves the look to the others)
 
-    def _looked(self, look: asyncio.Future[str | None]) -> None:
+    def _looked(self, look: asyncio.Task[str | None]) -> None:
         if self._looking is look:
             self._looking = None
 

@@ -87,6 +87,7 @@ class Gateway:
             outer=tracing.server_interceptors(),
             limiter=self.limiter,
             guard=self.guard,
+            counted_in=metrics.GATEWAY,
         )
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
         link = serving.LinkHealth(self._health, LINK_NAME, self._link_changed)

@@ -8,11 +8,14 @@ recorded, that a completed run's result (the processor's, and the copy the gatew
 matches the digest its COMPLETED event recorded, and that a signed end is signed by a key
 this gateway knows. The first problem found is the answer, named by its event.
 
-A trail grows with its run (up to thousands of cycles), and its check is the work: the call's
-admission pays for its first `EVENTS_PER_TOKEN` events, and every further one that many take a
-read token of the caller's as they are read, waiting past the caller's read rate, never
-refused (`Limiter.spend`, as a collection watch's catch-up). So one caller checking its
-longest trail over and over gets it checked at its own read rate, not at the gateway's.
+A trail grows with its run (up to thousands of cycles), and its check is the work: besides
+the call's own read, every `EVENTS_PER_TOKEN` events read (the gateway's at once, then the
+processor's page by page, before any is hashed) take one more read token of the caller's, a
+token at a time, waiting past the caller's read rate, never refused (`Limiter.spend`, as a
+collection watch's catch-up). While it runs the check holds one of the caller's stream slots,
+so that the checks one caller leaves waiting, each holding its events, are bounded too. One
+caller checking its longest trail over and over gets it checked at its own read rate, not at
+the gateway's.
 """
 
 from __future__ import annotations
@@ -55,6 +58,12 @@ class TrailVerifier:
         self._limiter = limiter
 
     async def verify(self, workflow_id: str) -> wpb.VerifyTrailResponse:
+        if self._limiter is None:
+            return await self._verify(workflow_id)
+        with self._limiter.stream(principal.current()):
+            return await self._verify(workflow_id)
+
+    async def _verify(self, workflow_id: str) -> wpb.VerifyTrailResponse:
         record, own = await self._db.read(lambda conn: _record_and_events(conn, workflow_id))
         await self._pace(0, len(own))
         theirs: list[ppb.FeedEvent] = []
@@ -114,11 +123,13 @@ class TrailVerifier:
             after = page.events[-1].event.sequence
 
     async def _pace(self, before: int, after: int) -> None:
-        """Take the read tokens of the events from `before` to `after` (the admission's token
-        paid for the first EVENTS_PER_TOKEN)."""
-        tokens = after // EVENTS_PER_TOKEN - before // EVENTS_PER_TOKEN
-        if tokens and self._limiter is not None:
-            await self._limiter.spend(principal.current(), Kind.READ, tokens)
+        """Take the read tokens of the events from `before` to `after`, one for each multiple of
+        EVENTS_PER_TOKEN reached, a token at a time (a wait for many at once could be starved by
+        the caller's own calls taking each token as it comes back)."""
+        if self._limiter is None:
+            return
+        for _ in range(after // EVENTS_PER_TOKEN - before // EVENTS_PER_TOKEN):
+            await self._limiter.spend(principal.current(), Kind.READ, 1)
 
 
 def _record_and_events(conn: Connection, workflow_id: str) -> tuple[WorkflowRecord, list[EventRecord]]:

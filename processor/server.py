@@ -68,7 +68,11 @@ class Processor:
         )
         rpc_metrics = RpcMetrics(metrics.PROCESSOR) if settings.metrics_address else None
         self.server = serving.new_server(
-            self.authenticator, settings.connections, metrics=rpc_metrics, outer=tracing.server_interceptors()
+            self.authenticator,
+            settings.connections,
+            metrics=rpc_metrics,
+            outer=tracing.server_interceptors(),
+            counted_in=metrics.PROCESSOR,
         )
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])

@@ -28,6 +28,8 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway.server import Gateway
 from gateway.server import create_server as create_gateway
 from gateway.settings import Settings as GatewaySettings
+from processor.server import create_server as create_processor
+from processor.settings import Settings as ProcessorSettings
 from tests.support import auth, lowfd
 from tests.support.cluster import Pair, wait_http
 
@@ -191,6 +193,30 @@ async def test_a_stranger_holds_a_few_health_and_reflection_streams_at_most(tmp_
         assert (await opened(health)).status == health_pb2.HealthCheckResponse.SERVING
         for held in watches:
             held.cancel()
+
+
+async def test_the_processor_bounds_them_too_and_counts_its_refusals_in_its_own_metrics(tmp_path: Path) -> None:
+    processor = create_processor(
+        "127.0.0.1:0", ProcessorSettings(**auth.processor_settings(), database_url=f"sqlite:///{tmp_path / 'p.db'}")
+    )
+    await processor.start()
+    counted = {"limit": "public_streams"}
+    before = metrics.PROCESSOR.registry.get_sample_value("auditflow_limit_refusals_total", counted) or 0.0
+    try:
+        async with grpc.aio.insecure_channel(processor.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [watch(health) for _ in range(PUBLIC_STREAMS_PER_PEER)]
+            for held in watches:
+                await held.read()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await watch(health).read()
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            after = metrics.PROCESSOR.registry.get_sample_value("auditflow_limit_refusals_total", counted)
+            assert after == before + 1  # (where the processor's metrics endpoint serves it)
+            for held in watches:
+                held.cancel()
+    finally:
+        await processor.stop(0)
 
 
 def watch(health: health_pb2_grpc.HealthStub) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]

@@ -28,6 +28,7 @@ from grpc_status import rpc_status
 
 from auditflow import metrics, trail
 from auditflow.limits import LimitSettings, Rate
+from auditflow.principal import Principal
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway import collection, messages, pages, service, verify
@@ -550,7 +551,7 @@ async def test_a_trail_is_checked_at_its_callers_read_rate(start: Any, monkeypat
     """A trail grows with its run, and checking it is the work: past the events its admission
     paid for, VerifyTrail takes a read token per EVENTS_PER_TOKEN events as it reads them, and
     past the rate it waits (one token every 100 s here), never refused, and holds nobody else up."""
-    pair = await start(limits=LimitSettings(read=Rate(SLOW, 2)))
+    pair = await start(limits=LimitSettings(read=Rate(SLOW, 2), max_streams=5))
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
     check = wpb.VerifyTrailRequest(workflow_id=created.workflow.workflow_id)
     reader = as_user("reader", ("viewer",))
@@ -558,10 +559,15 @@ async def test_a_trail_is_checked_at_its_callers_read_rate(start: Any, monkeypat
     monkeypatch.setattr(verify, "EVENTS_PER_TOKEN", 1)  # (a trail of one event now costs a read more)
     call = pair.stub.VerifyTrail(check, metadata=reader, timeout=60)
     await wait_until(lambda: paced_streams() == 1)  # the admission took the last token: the event waits
+    assert pair.gateway.limiter.open_streams(READER) == 1  # (a waiting check holds one of its slots)
     other = as_user("other", ("viewer",))
     await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=10), metadata=other)  # (another's bucket)
     call.cancel()
     await wait_until(lambda: paced_streams() == 0)  # a call that ends waits no more
+    await wait_until(lambda: pair.gateway.limiter.open_streams(READER) == 0)
+
+
+READER = Principal("reader", frozenset({"viewer"}), "jwt")
 
 
 def paced_streams() -> float | None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 
 from auditflow import findings_contract, limits
 from auditflow.errors import LimitExceeded
@@ -126,6 +127,21 @@ def test_public_streams_are_bounded_by_address_and_in_all() -> None:
         pass  # (each address's slots freed with its streams)
     with pytest.raises(RuntimeError), streams.stream("10.0.0.1"):  # a stream that fails frees its slot
         raise RuntimeError
+    assert streams.open_streams() == 0
+
+
+def test_a_public_slot_is_given_back_once_and_refusals_are_counted_where_told() -> None:
+    refusals = Counter("refusals", "", ("limit",), registry=CollectorRegistry())
+    streams = PublicStreams(total=2, per_peer=1, refusals=refusals)
+    give_back = streams.take("10.0.0.1")
+    with pytest.raises(LimitExceeded):
+        streams.take("10.0.0.1")
+    assert refusals.labels("public_streams")._value.get() == 1
+    held = streams.take("10.0.0.2")
+    give_back()
+    give_back()  # (the call's end and its handler's `finally` both give it back: once)
+    assert streams.open_streams() == 1
+    held()
     assert streams.open_streams() == 0
 
 
