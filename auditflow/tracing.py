@@ -127,12 +127,15 @@ def enabled() -> bool:
 
 
 def server_interceptors() -> list[Any]:
-    """The gRPC server spans (OpenTelemetry's interceptor), when tracing is on."""
+    """The gRPC server spans (OpenTelemetry's interceptor), when tracing is on; never for
+    grpc.health.v1: probes every few seconds are noise in a trace store, and the interceptor
+    reads every streaming handler as an async generator, which health Watch is not (it writes
+    to its context), so a traced Watch would fail."""
     if not _enabled:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+    return [aio_server_interceptor(filter_=filters.negate(filters.health_check()))]  # type: ignore[no-untyped-call]
 
 
 def client_interceptors() -> list[Any]:

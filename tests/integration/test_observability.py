@@ -345,6 +345,25 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Any:
         tracing.disable()
 
 
+async def test_health_watch_answers_with_tracing_on_and_probes_make_no_spans(
+    tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    async with running(tmp_path) as pair:
+        for address in (pair.gateway.address, pair.processor.address):
+            async with grpc.aio.insecure_channel(address) as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+                watch.cancel()
+                assert (await health.Check(health_pb2.HealthCheckRequest())).status == (
+                    health_pb2.HealthCheckResponse.SERVING
+                )
+        await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=as_user("carol"))
+    names = [span.name for span in spans.get_finished_spans()]
+    assert not [name for name in names if "grpc.health.v1" in name], names
+    assert any(name.endswith("WhoAmI") for name in names), names  # (other calls are traced)
+
+
 async def test_one_trace_from_the_approval_to_the_last_cycle_across_a_processor_restart(
     tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
