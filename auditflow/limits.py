@@ -317,7 +317,7 @@ class PublicStreams:
     ) -> None:
         self.total = total
         self.per_peer = min(per_peer, total) if total else 0
-        self._refusals = refusals if refusals is not None else metrics.LIMIT_REFUSALS
+        self._refusals = refusals
         self._open: dict[str, int] = {}
         self._count = 0
 
@@ -370,19 +370,26 @@ class PublicStreams:
         return self._count
 
     def _refused(self, message: str, quota: str) -> LimitExceeded:
-        self._refusals.labels("public_streams").inc()
-        return LimitExceeded(message, limit="public_streams", quota=quota)
+        return refused("public_streams", message, quota=quota, counted_in=self._refusals)
 
 
 def _nothing() -> None:
     pass
 
 
-def refused(limit: str, message: str, *, retry_after: float | None = None, quota: str = "") -> LimitExceeded:
-    """A LimitExceeded for `limit`, counted in the refusals metric."""
-    count_refusal(limit)
+def refused(
+    limit: str,
+    message: str,
+    *,
+    retry_after: float | None = None,
+    quota: str = "",
+    counted_in: Counter | None = None,
+) -> LimitExceeded:
+    """A LimitExceeded for `limit`, counted in the refusals metric (the gateway's, or
+    `counted_in`: the one of the service refusing)."""
+    count_refusal(limit, counted_in)
     return LimitExceeded(message, limit=limit, retry_after=retry_after, quota=quota)
 
 
-def count_refusal(limit: str) -> None:
-    metrics.LIMIT_REFUSALS.labels(limit).inc()
+def count_refusal(limit: str, counted_in: Counter | None = None) -> None:
+    (counted_in or metrics.LIMIT_REFUSALS).labels(limit).inc()

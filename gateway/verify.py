@@ -21,6 +21,7 @@ the gateway's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,9 +59,8 @@ class TrailVerifier:
         self._limiter = limiter
 
     async def verify(self, workflow_id: str) -> wpb.VerifyTrailResponse:
-        if self._limiter is None:
-            return await self._verify(workflow_id)
-        with self._limiter.stream(principal.current()):
+        slot = self._limiter.stream(principal.current()) if self._limiter else contextlib.nullcontext()
+        with slot:
             return await self._verify(workflow_id)
 
     async def _verify(self, workflow_id: str) -> wpb.VerifyTrailResponse:
