@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -77,12 +78,46 @@ def dump_sqlite(path: str | Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
+# Ports a test's servers listen on, when the kernel's ephemeral range cannot be read: below
+# Linux's default range (32768-60999) and above the ports of well-known services.
+_FALLBACK_PORTS = (20000, 32768)
+
+
 def free_port() -> int:
+    """A port nothing listens on, for a server a test starts later (and may restart on it).
+
+    Chosen at random below the kernel's ephemeral range, not by binding port 0: a port from
+    that range is where every outgoing connection on the machine takes its local port, so
+    between the choice and the server's start (seconds, where several servers start one after
+    another), or between a kill and a restart, another suite's client could take it and the
+    server would not start ("the port is in use"). Below the range, only another test's
+    random choice can meet it."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    low, high = _port_range()
+    for _ in range(100):
+        port = _random.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # (every address: as a server bound to any of them would)
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found between {low} and {high}")
+
+
+def _port_range() -> tuple[int, int]:
+    """Ports below the ephemeral range, at least 5,000 of them; else the fallback's."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_PORTS
+    low = 10000
+    return (low, ephemeral_low) if ephemeral_low - low >= 5000 else _FALLBACK_PORTS
+
+
+_random = random.SystemRandom()  # (not the module's generator: a test that seeds it would have
+# two suites on one machine choose the same ports)
 
 
 def assert_trail_intact(stub: Any, workflow_id: str, events: list[pb.WorkflowEvent]) -> None:
