@@ -203,6 +203,14 @@ class WorkflowHub:
         newer.reverse()
         return newer
 
+    def position(self, workflow_id: str) -> tuple[int, bool] | None:
+        """The newest sequence published and whether that event ends the run, when the log
+        knows that event (None: never published here, or only its position is known)."""
+        log = self._logs.get(workflow_id)
+        if log is None or log.newest is None or log.newest.sequence != log.last:
+            return None
+        return log.last, log.newest.terminal
+
     def latest(self, workflow_id: str) -> pb.StatusSnapshot | None:
         log = self._logs.get(workflow_id)
         return None if log is None or log.newest is None else log.newest.message.snapshot

@@ -5,7 +5,8 @@ then the processor's. Both reach the hub (`gateway.hub`) once, whatever the numb
 watchers: the gateway's at their commit, the processor's through the feed (`gateway.feed`),
 which writes each to the workflow row before publishing it (so a client that saw a run end
 never reads it as running). A watcher keeps only its position: it sends what the hub holds
-after it, then waits for the next publish, with heartbeats while nothing happens.
+after it, then waits for the next publish, with heartbeats while nothing happens. A watch of
+a workflow whose newest event the hub holds starts without reading the database either.
 
 When the hub does not hold what a watcher needs (it joined late, after a restart, or fell
 far behind), the log is filled from the sources: the gateway's events from its database, the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -66,12 +68,12 @@ class Watcher:
     async def watch(self, workflow_id: str, after: int) -> AsyncIterator[Item]:
         """The workflow's items after `after`, to its end, one by one (gRPC sends one message
         per item). No layers of generators: a thousand watchers each run this for every event."""
-        record = await self._start(workflow_id, after)
-        if record is None:
+        opened = await self._start(workflow_id, after)
+        if opened is None:
             return  # the client has seen the end already
         with self._watching(workflow_id):
             while True:
-                for item in await self._next(workflow_id, after, record):
+                for item in await self._next(workflow_id, after, opened.record):
                     yield item
                     if item.terminal:
                         return
@@ -79,12 +81,12 @@ class Watcher:
 
     async def watch_joined(self, workflow_id: str, after: int) -> AsyncIterator[Item | Joined]:
         """The same items, those ready at once joined into one write (SSE, NDJSON)."""
-        record = await self._start(workflow_id, after)
-        if record is None:
+        opened = await self._start(workflow_id, after)
+        if opened is None:
             return
         with self._watching(workflow_id):
             while True:
-                items = await self._next(workflow_id, after, record)
+                items = await self._next(workflow_id, after, opened.record)
                 yield items[0] if len(items) == 1 else Joined(items)
                 if items[-1].terminal:  # (the log's last: nothing follows it)
                     return
@@ -100,7 +102,7 @@ class Watcher:
             metrics.WATCH_STREAMS.dec()
             self._hub.unsubscribe(workflow_id)
 
-    async def _next(self, workflow_id: str, after: int, record: WorkflowRecord) -> list[Item]:
+    async def _next(self, workflow_id: str, after: int, record: WorkflowRecord | None) -> list[Item]:
         """What to send after `after`: what the log holds (filled if need be), else, once the
         workflow has been idle for the heartbeat's interval, a heartbeat. Never empty."""
         while True:
@@ -117,13 +119,23 @@ class Watcher:
             beats = self._hub.beat_after(workflow_id, self._heartbeat)
             await changed.wait()
             if self._hub.beats(workflow_id) != beats:  # idle for a heartbeat's interval
-                return [self._heartbeat_item(record)]
+                return [await self._heartbeat_item(workflow_id, record)]
 
-    async def _start(self, workflow_id: str, after: int) -> WorkflowRecord | None:
-        """Check the request against the workflow; None when the client has seen its end."""
+    async def _start(self, workflow_id: str, after: int) -> _Opened | None:
+        """Check the request against the workflow; None when the client has seen its end.
+
+        From the hub alone when it holds the workflow's newest event and the request is within
+        it: a watch of a workflow that runs or is watched reads nothing (a thousand clients
+        reconnecting at once read nothing). Otherwise from its row: the hub has not heard of
+        it (or holds only its position), or the request is past what the hub has published,
+        which a client may have read from the row between an event's commit and its publish."""
         if after < 0:
             raise invalid("after_sequence", "must not be negative")
         plans.check_workflow_id(workflow_id)
+        known = self._hub.position(workflow_id)
+        if known is not None and after <= known[0]:
+            last, ended = known
+            return None if ended and after == last else _Opened(None)
         record = await self._db.read(lambda conn: store.get(conn, workflow_id))
         if record is None:
             raise NotFound(f"no workflow {workflow_id}", metadata={"workflow_id": workflow_id})
@@ -135,12 +147,18 @@ class Watcher:
             )
         if statuses.is_terminal(record.status) and after == record.last_sequence:
             return None
-        return record
+        return _Opened(record)
 
-    def _heartbeat_item(self, record: WorkflowRecord) -> Item:
-        """The newest snapshot, saying so while approved work waits for the processor."""
+    async def _heartbeat_item(self, workflow_id: str, record: WorkflowRecord | None) -> Item:
+        """The newest snapshot (the hub's, else the row's), saying so while approved work
+        waits for the processor."""
+        latest = self._hub.latest(workflow_id)
+        if latest is None:
+            if record is None:  # (the hub held its newest event at the start: not expected)
+                record = await self._db.read(lambda conn: _record(conn, workflow_id))
+            latest = messages.snapshot(record)
         snapshot = pb.StatusSnapshot()
-        snapshot.CopyFrom(self._hub.latest(record.workflow_id) or messages.snapshot(record))
+        snapshot.CopyFrom(latest)
         since = self._link.unavailable_since
         if since is not None and snapshot.status == pb.WORKFLOW_STATUS_APPROVED:
             snapshot.processor_unavailable_since.FromDatetime(since)
@@ -167,8 +185,20 @@ class Watcher:
             base = page.events[-1].event.sequence
 
 
-def _record_and_events(conn: Connection, workflow_id: str, after: int) -> tuple[WorkflowRecord, list[EventRecord]]:
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A watch that goes on; the workflow's row if its start read it (else the hub holds its
+    newest event, whose snapshot the heartbeats send)."""
+
+    record: WorkflowRecord | None
+
+
+def _record(conn: Connection, workflow_id: str) -> WorkflowRecord:
     record = store.get(conn, workflow_id)
     if record is None:  # pragma: no cover - workflows are never deleted
         raise NotFound(f"no workflow {workflow_id}")
-    return record, store.events_after(conn, workflow_id, after)
+    return record
+
+
+def _record_and_events(conn: Connection, workflow_id: str, after: int) -> tuple[WorkflowRecord, list[EventRecord]]:
+    return _record(conn, workflow_id), store.events_after(conn, workflow_id, after)

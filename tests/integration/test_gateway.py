@@ -10,10 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from sqlalchemy import Connection
 
 from auditflow.v1 import workflow_pb2 as pb
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
+from gateway import store
 from gateway.server import Gateway, create_server
 from gateway.settings import Settings
 from tests.support import auth
@@ -373,6 +375,49 @@ async def test_watch_of_an_unknown_workflow_is_not_found(stub: wpb_grpc.Workflow
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_watch_of_a_workflow_the_gateway_holds_reads_nothing(
+    gateway: Gateway, stub: wpb_grpc.WorkflowServiceAsyncStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its start is checked against the hub's newest event, not the row: a thousand watchers
+    reconnecting at once cost the database nothing."""
+    workflow = await create(stub)
+    asked: list[str] = []
+    read_row = store.get
+
+    def counted(conn: Connection, workflow_id: str, *, lock: bool = False) -> store.WorkflowRecord | None:
+        asked.append(workflow_id)
+        return read_row(conn, workflow_id, lock=lock)
+
+    monkeypatch.setattr(store, "get", counted)
+    stream = stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id))
+    first = await stream.read()
+    assert first.event.sequence == 1 and first.snapshot.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL
+    heartbeat = await stream.read()  # (its snapshot is the hub's too)
+    assert heartbeat.HasField("heartbeat") and heartbeat.snapshot.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL
+    stream.cancel()
+    assert asked == []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # past the end: the row says so
+        async for _ in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id, after_sequence=9)):
+            pass
+    assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE and asked == [workflow.workflow_id]
+
+
+async def test_a_watch_past_what_the_hub_has_published_reads_the_row(
+    gateway: Gateway, stub: wpb_grpc.WorkflowServiceAsyncStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between an event's commit and its publish a client may have read the row (GetStatus):
+    a watch from there is answered from the row, not refused as past the end."""
+    workflow = await create(stub)
+    monkeypatch.setattr(gateway.hub, "publish", lambda item: None)  # (the rejection's publish, held back)
+    await stub.Reject(rejection(workflow), metadata=as_user("bob"))
+    status = await stub.GetStatus(wpb.GetStatusRequest(workflow_id=workflow.workflow_id))
+    assert status.status.last_sequence == 2 and gateway.hub.published(workflow.workflow_id) == 1
+    request = wpb.WatchStatusRequest(workflow_id=workflow.workflow_id, after_sequence=2)
+    call = stub.WatchStatus(request)
+    assert [m async for m in call] == []  # the client saw the end: the stream ends at once
+    assert await call.code() == grpc.StatusCode.OK
+
+
 async def test_a_token_naming_an_unusable_principal_is_unauthenticated(stub: wpb_grpc.WorkflowServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await create(stub, user="a\x07bell")
@@ -419,9 +464,11 @@ async def test_an_unexpected_error_in_a_stream_is_internal_too(
     def broken(*_args: object) -> None:
         raise RuntimeError("secret table layout")
 
-    monkeypatch.setattr(store, "get", broken)  # (the stream reads the workflow first)
+    monkeypatch.setattr(store, "get", broken)
+    # (past what the hub has published: the stream reads the workflow's row first)
+    request = wpb.WatchStatusRequest(workflow_id=workflow.workflow_id, after_sequence=5)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        async for _ in stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id)):
+        async for _ in stub.WatchStatus(request):
             pass
     assert refused.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (refused.value.details() or "")

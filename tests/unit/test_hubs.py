@@ -120,6 +120,20 @@ async def test_a_fill_ahead_of_the_feed_leaves_the_feed_its_position() -> None:
     assert [i.sequence for i in hub.after(WF, 0) or []] == [1, 2, 3, 4, 5]  # the held items, none twice
 
 
+async def test_the_hub_knows_a_workflows_position_only_with_its_newest_event() -> None:
+    hub = WorkflowHub()
+    assert hub.position(WF) is None  # never heard of
+    hub.publish(item(1))
+    hub.publish(item(2))
+    assert hub.position(WF) == (2, False)
+    hub.seed(WF, 5)  # a position ahead of the events it holds: not enough to answer from
+    assert hub.position(WF) is None
+    other = "wf_" + "1" * 32
+    hub.publish(item(1, workflow_id=other))
+    hub.publish(item(2, pb.WORKFLOW_STATUS_COMPLETED, workflow_id=other))
+    assert hub.position(other) == (2, True)
+
+
 async def test_the_feed_knows_which_runs_it_saw_start_and_not_end() -> None:
     hub = WorkflowHub()
     hub.publish(item(1, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, "wf_" + "a" * 32))  # not dispatched: not asked for
