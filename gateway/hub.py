@@ -115,6 +115,7 @@ class WorkflowHub:
         self._logs: dict[str, _Log] = {}
         self._swept_at = time.monotonic()
         self._listeners: list[PublishListener] = []
+        self._watched: dict[str, _Log] = {}  # the logs someone watches
 
     def add_listener(self, listener: PublishListener) -> None:
         self._listeners.append(listener)
@@ -174,10 +175,15 @@ class WorkflowHub:
             if log.ended_at is None and log.newest is not None and log.newest.message.snapshot.status in PROCESSING
         ]
 
+    def watched_unfinished(self) -> list[str]:
+        """Workflows someone watches whose end this log has not seen (`gateway.crosscheck`)."""
+        return [w for w, log in self._watched.items() if log.ended_at is None]
+
     def seed(self, workflow_id: str, last: int) -> None:
-        """Know a workflow's position without its events (the feed's catch-up: the mirror may
-        be ahead of this log, e.g. when a feed session broke between its write and its
-        publish). Watchers are woken: what they wait for is now read from the sources."""
+        """Know a workflow's position without its events: the mirror may be ahead of this log
+        (the feed's catch-up: a feed session broke between its write and its publish; the
+        crosscheck: another gateway committed). Watchers are woken: what they wait for is now
+        read from the sources."""
         log = self._logs.setdefault(workflow_id, _Log())
         if last > log.last:
             log.last = last
@@ -251,6 +257,7 @@ class WorkflowHub:
     def subscribe(self, workflow_id: str) -> None:
         log = self._logs.setdefault(workflow_id, _Log())
         log.watchers += 1
+        self._watched[workflow_id] = log
         if log.items.maxlen != HELD:  # watched: keep more, so that late joiners read memory
             log.items = deque(log.items, maxlen=HELD)
 
@@ -261,6 +268,7 @@ class WorkflowHub:
         log.watchers -= 1
         if log.watchers <= 0:
             log.watchers = 0
+            self._watched.pop(workflow_id, None)
             log.items = deque(log.items, maxlen=KEPT)
             _stop_ticker(log)
 
@@ -306,7 +314,7 @@ class WorkflowHub:
 
     @property
     def watched(self) -> int:
-        return sum(1 for log in self._logs.values() if log.watchers)
+        return len(self._watched)
 
     def _sweep(self) -> None:
         now = time.monotonic()

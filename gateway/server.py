@@ -35,6 +35,7 @@ from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
 from gateway import store
 from gateway.api import Approvals, WorkflowApi
 from gateway.collection import Changes, CollectionWatcher
+from gateway.crosscheck import Crosscheck
 from gateway.feed import Feed
 from gateway.findings import Findings
 from gateway.health import Readiness, outbox_gauges
@@ -99,10 +100,12 @@ class Gateway:
         health = health_pb2_grpc.HealthStub(self.channel)
         self.relay = OutboxRelay(self.db, stub, health, self.feed, scan_interval=settings.outbox_scan_interval)
         watcher = Watcher(self.db, stub, self.hub, self.relay, heartbeat_interval=settings.heartbeat_interval)
+        # (what another replica committed reaches the watchers here)
+        self.crosscheck = Crosscheck(self.db, self.hub, interval=settings.replica_poll_interval)
         listing = Listing(self_approval=settings.allow_self_approval, max_page_bytes=settings.max_page_bytes)
         # (pages are built in processes of their own: their Python never holds this interpreter)
         self.page_workers = PageWorkers(settings.database_url, settings.page_workers)
-        self.changes = Changes(self.db, poll_interval=settings.collection_poll_interval)
+        self.changes = Changes(self.db, poll_interval=settings.replica_poll_interval)
         self.hub.add_listener(self.changes)
         collection = CollectionWatcher(
             self.db, self.changes, self.page_workers, self.limiter, heartbeat_interval=settings.heartbeat_interval
@@ -162,6 +165,7 @@ class Gateway:
         self.cap_watch.start()
         await self.feed.start()
         await self.relay.start()
+        await self.crosscheck.start()
         if self.rest is not None:
             await self.rest.start()
         if self.metrics is not None:
@@ -183,6 +187,7 @@ class Gateway:
         await self.server.stop(grace)
         await self.cap_watch.stop()
         await self.changes.stop()
+        await self.crosscheck.stop()
         await self.relay.stop()
         await self.feed.stop()
         await self.channel.close(grace=None)

@@ -36,9 +36,10 @@ class Settings:
     allow_self_approval: bool = False
     heartbeat_interval: float = 5.0
     outbox_scan_interval: float = 5.0
-    # Seconds between the collection watch's looks at rows written by other gateways (its own
-    # writes it hears of at once); only while someone runs WatchWorkflows.
-    collection_poll_interval: float = 1.0
+    # Seconds between looks at rows written by other gateways (its own writes it hears of at
+    # once): the collection watch's (`gateway.collection`) and the crosscheck's
+    # (`gateway.crosscheck`), each only while someone watches.
+    replica_poll_interval: float = 1.0
     plugins: tuple[str, ...] = ()
     log_level: str = "INFO"
     log_format: str = "text"  # or "json"
@@ -102,9 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=config.interval,
     )
     add(
-        "--collection-poll-interval",
-        "seconds between WatchWorkflows' looks at workflows changed through other "
-        "gateways (this gateway's own changes are sent at once) (> 0)",
+        "--replica-poll-interval",
+        "seconds between looks at what other gateways on the same database changed, for "
+        "WatchStatus and WatchWorkflows (this gateway's own changes are sent at once) (> 0)",
         default=1.0,
         type=config.interval,
     )
@@ -238,7 +239,7 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         processor_target=args.processor_target,
         default_max_cycles=args.default_max_cycles,
         heartbeat_interval=args.heartbeat_interval,
-        collection_poll_interval=args.collection_poll_interval,
+        replica_poll_interval=args.replica_poll_interval,
         allow_self_approval=args.allow_self_approval,
         plugins=config.csv(args.plugin),
         log_level=args.log_level,

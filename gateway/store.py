@@ -12,7 +12,7 @@ Queries return records (`WorkflowRecord`, `EventRecord`, `OutboxRow`), never bar
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -551,6 +551,14 @@ def to_follow(conn: Connection) -> list[tuple[str, int]]:
         .order_by(workflows.c.decided_at, workflows.c.workflow_id)
     )
     return [(r[0], r[1]) for r in conn.execute(query)]
+
+
+def positions(conn: Connection, workflow_ids: Sequence[str]) -> dict[str, int]:
+    """{workflow: the last sequence its row holds}, of those that exist."""
+    query = select(workflows.c.workflow_id, workflows.c.last_sequence).where(
+        workflows.c.workflow_id.in_(list(workflow_ids))
+    )
+    return {r[0]: r[1] for r in conn.execute(query)}
 
 
 def mirror(conn: Connection, workflow_id: str, snap: pb.StatusSnapshot, *, dispatched: bool = True) -> None:

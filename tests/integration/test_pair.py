@@ -240,3 +240,69 @@ async def test_two_gateway_replicas_on_one_postgresql_database_decide_once(tmp_p
         finally:
             for replica in replicas:
                 await replica.stop(0)
+
+
+async def test_a_watcher_on_one_replica_gets_what_another_replica_committed(tmp_path: Path) -> None:
+    """Events only a gateway makes (one of two approvals, a request for changes, a revision, a
+    rejection), committed through replica A, reach a watcher on replica B in order, and the
+    stream ends with the rejection: B's hub never saw them published (no processor event
+    follows them), so B finds the row ahead of it and fills its log from the database."""
+    with fresh_database("crosscheck") as url:
+        replicas = [
+            create_gateway(
+                "127.0.0.1:0",
+                GatewaySettings(
+                    **auth.gateway_settings(),
+                    database_url=url,
+                    processor_target="127.0.0.1:1",
+                    plugins=PLUGINS,
+                    heartbeat_interval=0.3,
+                    replica_poll_interval=0.2,
+                ),
+            )
+            for _ in range(2)
+        ]
+        for replica in replicas:
+            await replica.start()
+        try:
+            async with auth.channel(replicas[0].address) as a_channel, auth.channel(replicas[1].address) as b_channel:
+                a, b = wpb_grpc.WorkflowServiceStub(a_channel), wpb_grpc.WorkflowServiceStub(b_channel)
+                create = wpb.CreateWorkflowRequest(title="t", plan=[step("test_noop")], required_approvals=2)
+                workflow = (await b.CreateWorkflow(create, metadata=as_user("carol"))).workflow
+                call = b.WatchStatus(wpb.WatchStatusRequest(workflow_id=workflow.workflow_id), metadata=as_user("dave"))
+                seen: list[wpb.WatchStatusResponse] = []
+
+                async def until(sequence: int) -> None:
+                    async for message in call:
+                        if message.HasField("event"):
+                            seen.append(message)
+                            if message.event.sequence == sequence:
+                                return
+
+                await asyncio.wait_for(until(1), 30)
+                approve = wpb.ApproveRequest(workflow_id=workflow.workflow_id, etag=workflow.etag)
+                workflow = (await a.Approve(approve, metadata=as_user("alice"))).workflow
+                ask = wpb.RequestChangesRequest(workflow_id=workflow.workflow_id, etag=workflow.etag, reason="March")
+                workflow = (await a.RequestChanges(ask, metadata=as_user("bob"))).workflow
+                revise = wpb.ReviseWorkflowRequest(workflow_id=workflow.workflow_id, etag=workflow.etag, title="March")
+                workflow = (await a.ReviseWorkflow(revise, metadata=as_user("carol"))).workflow
+                # B's watcher sees the first three before the last is committed.
+                await asyncio.wait_for(until(workflow.last_sequence), 30)
+                assert seen[-1].snapshot.status == S.WORKFLOW_STATUS_AWAITING_APPROVAL
+                reject = wpb.RejectRequest(workflow_id=workflow.workflow_id, etag=workflow.etag, comment="no")
+                await a.Reject(reject, metadata=as_user("alice"))
+                rest = [m async for m in call if m.HasField("event")]  # the stream ends
+                assert await call.code() == grpc.StatusCode.OK
+                events = [m.event for m in [*seen, *rest]]
+                assert [e.sequence for e in events] == [1, 2, 3, 4, 5]
+                assert [e.type for e in events] == [
+                    E.EVENT_TYPE_CREATED,
+                    E.EVENT_TYPE_APPROVAL_RECORDED,
+                    E.EVENT_TYPE_CHANGES_REQUESTED,
+                    E.EVENT_TYPE_REVISED,
+                    E.EVENT_TYPE_REJECTED,
+                ]
+                assert rest[-1].snapshot.status == S.WORKFLOW_STATUS_REJECTED
+        finally:
+            for replica in replicas:
+                await replica.stop(0)

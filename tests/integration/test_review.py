@@ -75,7 +75,7 @@ async def pair(database_urls: tuple[str, str], tmp_path: Path) -> AsyncIterator[
             heartbeat_interval=0.5,
             rest_port=0,
             max_approvals=5,
-            collection_poll_interval=0.2,
+            replica_poll_interval=0.2,
         ),
     )
     await gateway.start()

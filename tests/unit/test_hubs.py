@@ -142,6 +142,20 @@ async def test_the_feed_knows_which_runs_it_saw_start_and_not_end() -> None:
     assert hub.unfinished() == ["wf_" + "b" * 32]
 
 
+async def test_the_crosscheck_looks_at_watched_workflows_whose_end_the_hub_has_not_seen() -> None:
+    hub = WorkflowHub()
+    waiting, running, ended, unwatched = ("wf_" + c * 32 for c in "abcd")
+    hub.publish(item(1, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, waiting))  # may be rejected elsewhere
+    hub.publish(item(4, pb.WORKFLOW_STATUS_RUNNING, running))
+    hub.publish(item(5, pb.WORKFLOW_STATUS_COMPLETED, ended))
+    hub.publish(item(1, pb.WORKFLOW_STATUS_AWAITING_APPROVAL, unwatched))
+    for workflow_id in (waiting, running, ended):
+        hub.subscribe(workflow_id)
+    hub.subscribe(unwatched)
+    hub.unsubscribe(unwatched)
+    assert sorted(hub.watched_unfinished()) == [waiting, running]
+
+
 def test_an_item_is_encoded_once_in_each_form() -> None:
     first = item(5, pb.WORKFLOW_STATUS_COMPLETED)
     assert first.wire is first.wire and first.terminal
