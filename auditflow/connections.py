@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditflow import config, limits
+from auditflow.background import Background
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +116,13 @@ class CapWatch:
         self._port = port
         self._cap = cap
         self._interval = interval or REFUSAL_LOG_INTERVAL
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("connection-cap-watch")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="connection-cap-watch")
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

@@ -23,6 +23,7 @@ from typing import Any
 
 from auditflow import policy
 from auditflow.auth import RELOAD_INTERVAL, Authenticator, Presented
+from auditflow.background import Background
 from auditflow.errors import AuditflowError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class StreamGuard:
         self._authenticator = authenticator
         self._interval = interval
         self._open: dict[asyncio.Task[Any], Watched] = {}
-        self._checker: asyncio.Task[None] | None = None
+        self._checker = Background("stream-credentials")
 
     @contextlib.contextmanager
     def watching(self, presented: Presented, rpc_path: str) -> Iterator[Watched]:
@@ -67,15 +68,10 @@ class StreamGuard:
             self._open.pop(task, None)
 
     async def start(self) -> None:
-        if self._checker is None:
-            self._checker = asyncio.create_task(self._run(), name="stream-credentials")
+        self._checker.start(self._run)
 
     async def stop(self) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
-            self._checker = None
+        await self._checker.stop()
 
     async def _run(self) -> None:
         seen = self._authenticator.generation

@@ -18,10 +18,10 @@ per interval while something is watched, and nothing otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 
+from auditflow.background import Background
 from auditflow.db import Database
 from gateway import store
 from gateway.hub import WorkflowHub
@@ -38,17 +38,13 @@ class Crosscheck:
         self._db = db
         self._hub = hub
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("crosscheck")
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="crosscheck")
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         failing = False

@@ -26,7 +26,6 @@ mirrored and the row deleted in one transaction; a refused Enqueue fails the wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -35,6 +34,7 @@ import grpc
 from sqlalchemy import Connection
 
 from auditflow import trail
+from auditflow.background import Background
 from auditflow.backoff import Backoff
 from auditflow.db import Database
 from auditflow.errors import Unavailable
@@ -76,18 +76,14 @@ class Feed:
         self._hub = hub
         self._max_backoff = max_backoff
         self._signer = signer
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("feed")
         self.connected = asyncio.Event()  # set while the stream is open and caught up
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feed")
+        self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         backoff = Backoff(maximum=self._max_backoff)

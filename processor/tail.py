@@ -22,11 +22,11 @@ tail does not run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from datetime import datetime, timedelta
 
+from auditflow.background import Background
 from auditflow.convert import utcnow
 from auditflow.db import Database
 from auditflow.errors import Unavailable
@@ -46,7 +46,7 @@ class Tail:
         self._hub = hub
         self._interval = poll_interval
         self._window = timedelta(seconds=window)
-        self._task: asyncio.Task[None] | None = None
+        self._task = Background("tail")
         self._woken = asyncio.Event()
         self.reads = 0  # looks at the runs written lately (for tests and benchmarks)
 
@@ -56,14 +56,10 @@ class Tail:
 
     async def start(self) -> None:
         if not self._db.is_sqlite:
-            self._task = asyncio.create_task(self._run(), name="tail")
+            self._task.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         full_since = last_since = utcnow() - self._window

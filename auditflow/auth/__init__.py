@@ -17,7 +17,6 @@ anywhere else is never believed. No credential is ever logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Iterable
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 from auditflow.auth.oidc import JwtVerifier, KeySet, RoleMap
 from auditflow.auth.tokens import TokenFile
+from auditflow.background import Background
 from auditflow.errors import InvalidToken, Unauthenticated
 from auditflow.principal import GATEWAY, Principal, check_name
 
@@ -76,7 +76,7 @@ class Authenticator:
     role_map: RoleMap = field(default_factory=lambda: RoleMap({}))
     # Client certificate identities accepted as gateways (mutual TLS).
     service_identities: frozenset[str] = frozenset()
-    _watcher: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _watcher: Background = field(default_factory=lambda: Background("credentials-reload"), init=False, repr=False)
 
     @property
     def configured(self) -> bool:
@@ -177,15 +177,11 @@ class Authenticator:
             self.jwt.keys.reload_if_changed()
 
     async def start(self) -> None:
-        if self._watcher is None and (self.tokens is not None or self.jwt is not None):
-            self._watcher = asyncio.create_task(self._watch(), name="credentials-reload")
+        if self.tokens is not None or self.jwt is not None:
+            self._watcher.start(self._watch)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        await self._watcher.stop()
 
     async def _watch(self) -> None:
         while True:
