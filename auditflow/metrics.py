@@ -239,7 +239,8 @@ PAGE_WORKER_FAILURES = Counter(
 PACED_STREAMS = Gauge(
     "auditflow_paced_streams",
     "Streams and trail checks waiting for their principal's read rate before they go on (a collection "
-    "watch's catch-up, one token per ten workflows; VerifyTrail, one per hundred events).",
+    "watch's catch-up, one token per ten workflows; VerifyTrail, one per hundred events; ExportFindings, one "
+    "per thousand findings).",
     registry=GATEWAY.registry,
 )
 LIMIT_REFUSALS = GATEWAY.limit_refusals  # (the per-principal limits are the gateway's)

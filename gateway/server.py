@@ -115,7 +115,7 @@ class Gateway:
             self.relay,
             self.hub,
             watcher,
-            Findings(self.db, stub),
+            Findings(self.db, stub, self.limiter),
             TrailVerifier(self.db, stub, keys, self.limiter),
             listing,
             self.page_workers,

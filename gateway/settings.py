@@ -14,6 +14,7 @@ from auditflow.connections import ConnectionSettings
 from auditflow.limits import LimitSettings, Rate
 from auditflow.tls import ClientTls, TlsFiles
 from gateway import listing, pageworkers
+from gateway.findings import FINDINGS_PER_TOKEN
 from gateway.quota import PlanLimits
 
 SERVICE = "gateway"
@@ -168,7 +169,8 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--read-rate",
-        f"reads {rate}; a page costs one call per {limits.ROWS_PER_TOKEN} rows it asks for",
+        f"reads {rate}; a page costs one call per {limits.ROWS_PER_TOKEN} rows it asks for, an export "
+        f"one per {FINDINGS_PER_TOKEN:,} findings",
         default=str(limits.DEFAULT_READ),
         type=Rate.parse,
     )

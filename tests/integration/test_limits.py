@@ -31,7 +31,7 @@ from auditflow.limits import LimitSettings, Rate
 from auditflow.principal import Principal
 from auditflow.v1 import workflow_service_pb2 as wpb
 from auditflow.v1 import workflow_service_pb2_grpc as wpb_grpc
-from gateway import collection, messages, pages, service, verify
+from gateway import collection, findings, messages, pages, service, verify
 from gateway.quota import PlanLimits
 from gateway.rest import app
 from gateway.server import Gateway
@@ -565,6 +565,43 @@ async def test_a_trail_is_checked_at_its_callers_read_rate(start: Any, monkeypat
     call.cancel()
     await wait_until(lambda: paced_streams() == 0)  # a call that ends waits no more
     await wait_until(lambda: pair.gateway.limiter.open_streams(READER) == 0)
+
+
+async def test_an_export_is_read_at_its_callers_read_rate(start: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export's size is the run's, which its admission could not know: past the stream's
+    admission, every FINDINGS_PER_TOKEN findings read take one of the caller's read tokens,
+    and past the rate the export waits (one token every 100 s here) before it encodes them,
+    never refused, over gRPC and REST alike, and holds nobody else up."""
+    pair = await start(limits=LimitSettings(read=Rate(SLOW, 3), max_streams=5))
+    plan = [step("test_findings", count=5)]
+    created = (
+        await pair.stub.CreateWorkflow(wpb.CreateWorkflowRequest(title="f", plan=plan), metadata=as_user("carol"))
+    ).workflow
+    approve = wpb.ApproveRequest(workflow_id=created.workflow_id, etag=created.etag)
+    await pair.stub.Approve(approve, metadata=as_user("alice"))
+    watch = pair.stub.WatchStatus(wpb.WatchStatusRequest(workflow_id=created.workflow_id), metadata=as_user("alice"))
+    assert [m async for m in watch][-1].snapshot.is_completed
+    export = wpb.ExportFindingsRequest(workflow_id=created.workflow_id)
+    reader = as_user("reader", ("viewer",))
+    # Five findings are less than a token's worth: the export costs its admission alone.
+    whole = b"".join([m.data async for m in pair.stub.ExportFindings(export, metadata=reader)])
+    assert whole.count(b"\r\n") == 6  # the header and five findings
+    monkeypatch.setattr(findings, "FINDINGS_PER_TOKEN", 1)  # five tokens now; two are left
+    call = pair.stub.ExportFindings(export, metadata=reader, timeout=60)
+    await wait_until(lambda: paced_streams() == 1)
+    assert pair.gateway.limiter.open_streams(READER) == 1  # (a waiting export holds one of its slots)
+    other = as_user("other", ("viewer",))
+    await pair.stub.ListWorkflows(wpb.ListWorkflowsRequest(page_size=10), metadata=other)  # (another's bucket)
+    call.cancel()
+    await wait_until(lambda: paced_streams() == 0)
+    url = f"{pair.url}/workflows/{created.workflow_id}/findings/export"
+    # Over REST the first chunk decides the status: the answer waits, as the stream does. (A
+    # REST client that leaves is noticed at the next write, as on every REST stream; the
+    # gateway's stop ends this one.)
+    download = asyncio.ensure_future(pair.http.get(url, headers=auth.headers("reader", ("viewer",))))
+    await wait_until(lambda: paced_streams() == 1)
+    assert not download.done() and pair.gateway.limiter.open_streams(READER) == 1
+    download.cancel()
 
 
 READER = Principal("reader", frozenset({"viewer"}), "jwt")
