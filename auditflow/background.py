@@ -1,6 +1,7 @@
-"""The one way a component runs a loop in the background (the feed, the tail, the crosscheck,
-the credential reloads …): started at most once, and at stop cancelled and waited for, so that
-no component leaves a task running behind it, and each owns only its loop."""
+"""A component's one long-lived loop in the background (the feed, the tail, the crosscheck, the
+connection-cap watch, the credential checks): started at most once, and at stop cancelled and
+waited for, so that no component leaves a task running behind it, and each writes only its
+loop."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 ENV_PREFIX = "AUDITFLOW_"
@@ -31,20 +31,26 @@ def add(
     type: Callable[[str], Any] = str,
     help: str,
     service: str = "",
+    aliases: Sequence[str] = (),
     **kwargs: Any,
 ) -> None:
-    """Add `--flag` whose default comes from AUDITFLOW_[SERVICE_]FLAG, then from `default`."""
+    """Add `--flag` whose default comes from AUDITFLOW_[SERVICE_]FLAG, then from `default`.
+    `aliases`: other names of the same flag (each with its variable, read when FLAG's is not
+    set), so that a renamed flag keeps working where it is already used."""
     dest = flag.lstrip("-").replace("-", "_")
     env = env_name(dest, service)
-    raw = os.environ.get(env)
+    names = (env, *(env_name(a.lstrip("-").replace("-", "_"), service) for a in aliases))
+    source = next((name for name in names if name in os.environ), env)
+    raw = os.environ.get(source)
     value = default
     if raw is not None:
         try:
             value = type(raw)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-            parser.error(f"{env}={raw!r}: {exc}")
+            parser.error(f"{source}={raw!r}: {exc}")
     parser.add_argument(
         flag,
+        *aliases,
         dest=dest,
         type=type,
         default=value,

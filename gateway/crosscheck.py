@@ -5,14 +5,19 @@ reach every replica through its own feed, but an event that only a gateway makes
 a cancel while awaiting approval, a request for changes, a revision, one of several approvals)
 is published only in the hub of the replica that committed it. A watcher of that workflow on
 another replica would wait with heartbeats that say the old status, while GetStatus shows the
-new one; when the run is finished by another replica's feed while this one's is down, the same.
+new one; and when this replica's feed is down, the same for the run's events that another
+replica's feed mirrored.
 
-So every `interval` seconds, while someone watches here, one query reads the row positions of
-the workflows watched here whose end this hub has not seen; where a row is ahead of the hub,
-the hub is seeded with its position (`WorkflowHub.seed`), which wakes the watchers, and they
-fill the log from the sources as after a restart. An event committed elsewhere therefore
-reaches a watcher here within about `interval` seconds. A lone gateway pays one short read
-per interval while something is watched, and nothing otherwise.
+So every `interval` seconds, while someone watches here, the crosscheck reads the row
+positions of the workflows watched here whose end this hub has not seen (one query per
+`CHUNK` of them). A row ahead of the hub is not yet a reason to act: this replica's own feed
+or its own decision may have committed it and be about to publish it, and every replica's
+feed mirrors the same processor events, some a moment before the others. A row found ahead
+at two looks in a row is (`settled`): the hub is seeded with the lower of the two positions
+(`WorkflowHub.seed`), which wakes the watchers, and they fill the log from the sources as
+after a restart. An event committed elsewhere therefore reaches a watcher here within about
+two intervals. A lone gateway pays one short read per interval while something is watched,
+and nothing otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Mapping
 
 from auditflow.background import Background
 from auditflow.db import Database
@@ -31,13 +37,26 @@ logger = logging.getLogger(__name__)
 CHUNK = 500  # workflows per query
 
 
+def settled(before: Mapping[str, int], now: Mapping[str, int], published: Mapping[str, int]) -> dict[str, int]:
+    """The workflows whose rows were ahead of the hub at both looks (`before`, `now`: {workflow:
+    row position}, of the rows ahead at that look) and are still ahead of what the hub has
+    `published`, with the lower of the two positions: {workflow: position to seed}."""
+    found: dict[str, int] = {}
+    for workflow_id, position in now.items():
+        lower = min(position, before.get(workflow_id, 0))
+        if lower > published.get(workflow_id, 0):
+            found[workflow_id] = lower
+    return found
+
+
 class Crosscheck:
-    """Seeds the hub with the position of watched rows that are ahead of it."""
+    """Seeds the hub with the position of watched rows that stay ahead of it."""
 
     def __init__(self, db: Database, hub: WorkflowHub, *, interval: float) -> None:
         self._db = db
         self._hub = hub
         self._interval = interval
+        self._ahead: dict[str, int] = {}  # the rows found ahead of the hub at the last look
         self._task = Background("crosscheck")
 
     async def start(self) -> None:
@@ -59,14 +78,16 @@ class Crosscheck:
                     failing = True
 
     async def look(self) -> int:
-        """One comparison; how many workflows were found ahead of the hub."""
+        """One look; how many workflows were seeded."""
         watched = self._hub.watched_unfinished()
-        ahead = 0
+        ahead: dict[str, int] = {}
         for start in range(0, len(watched), CHUNK):
             chunk = watched[start : start + CHUNK]
             rows = await self._db.read(functools.partial(store.positions, workflow_ids=chunk))
-            for workflow_id, last in rows.items():
-                if last > self._hub.published(workflow_id):
-                    self._hub.seed(workflow_id, last)
-                    ahead += 1
-        return ahead
+            ahead.update((w, last) for w, last in rows.items() if last > self._hub.published(w))
+        published = {w: self._hub.published(w) for w in ahead}
+        seeded = settled(self._ahead, ahead, published)
+        self._ahead = ahead
+        for workflow_id, position in seeded.items():
+            self._hub.seed(workflow_id, position)
+        return len(seeded)

@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "WatchStatus and WatchWorkflows (this gateway's own changes are sent at once) (> 0)",
         default=1.0,
         type=config.interval,
+        aliases=("--collection-poll-interval",),
     )
     add(
         "--allow-self-approval",

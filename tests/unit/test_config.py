@@ -20,6 +20,17 @@ def test_environment_gives_defaults_and_flags_win(monkeypatch: pytest.MonkeyPatc
     assert (processor.port, processor.max_concurrent) == (6002, 5)
 
 
+def test_a_flags_other_name_and_its_variable_work_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--replica-poll-interval is also --collection-poll-interval (its variable too), so that
+    configurations that use that name keep working; the flag's own name wins."""
+    assert parse_args(["--collection-poll-interval", "0.7"]).replica_poll_interval == 0.7
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_COLLECTION_POLL_INTERVAL", "0.3")
+    assert parse_args([]).replica_poll_interval == 0.3
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_REPLICA_POLL_INTERVAL", "0.4")
+    assert parse_args([]).replica_poll_interval == 0.4
+    assert parse_args(["--replica-poll-interval", "0.9"]).replica_poll_interval == 0.9
+
+
 def test_a_bad_environment_value_is_a_clear_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
