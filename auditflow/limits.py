@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from prometheus_client import Counter
 
@@ -161,6 +162,11 @@ class Bucket:
             return 0.0
         return (tokens - self._tokens) / self._rate.per_second
 
+    def wait(self, now: float, tokens: int = 1) -> float:
+        """The seconds until there are `tokens` (0.0: there are), taking none."""
+        self._refill(now)
+        return max(0.0, (tokens - self._tokens) / self._rate.per_second)
+
     def full(self, now: float) -> bool:
         self._refill(now)
         return self._tokens >= self._rate.burst
@@ -209,8 +215,27 @@ class Limiter:
         now = self._clock()
         tokens = cost(page_size, size, DEFAULT_PAGE_ROWS.get(_name(method), 0))
         wait = self._bucket(caller, kind, now).take(now, min(tokens, rate.burst))
-        if wait <= 0:
+        if wait > 0:
+            await self._refuse(kind, caller, wait)
+
+    async def check(self, method: str, caller: Principal) -> None:
+        """Refuse, as `admit` does, a caller with no token of the call's kind left, taking
+        none: before reading a request whose size, and so its cost, is not known yet (a
+        chunked REST body), so that a caller past its rate is refused before its body is
+        read, not after. `admit` takes the tokens once the size is known."""
+        if GATEWAY in caller.roles:
             return
+        kind = kind_of(method)
+        if not self.settings.rate(kind).limited:
+            return
+        now = self._clock()
+        wait = self._bucket(caller, kind, now).wait(now)
+        if wait > 0:
+            await self._refuse(kind, caller, wait)
+
+    async def _refuse(self, kind: Kind, caller: Principal, wait: float) -> NoReturn:
+        """LimitExceeded saying when to retry, held for that long, at most `hold` seconds."""
+        rate = self.settings.rate(kind)
         held = min(wait, self._hold)
         if held > 0:
             await asyncio.sleep(held)

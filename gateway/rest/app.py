@@ -241,6 +241,7 @@ class RestApp:
         if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
             size = request.content_length
             if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
+                await self._limiter.check(route.rpc_path, caller)  # (past the rate: not read at all)
                 size = len(await request.read())
             resumed = request.query.get("resume_token") or request.headers.get("Last-Event-ID")
             page = None if resumed else request.query.get("page_size", "")  # (as the interceptor's)

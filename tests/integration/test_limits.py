@@ -255,6 +255,29 @@ async def test_a_large_plan_costs_more_writes_than_a_small_one(start: Any) -> No
         assert response.status == 429 and "Retry-After" in response.headers
 
 
+async def test_a_chunked_body_past_the_callers_rate_is_refused_before_it_is_read(start: Any) -> None:
+    """A body without a Content-Length costs what it weighs, known only once it is read; a
+    caller with no write token left is refused first, so a caller past its rate cannot make
+    the gateway read bodies: the 429 comes while the body is still being sent."""
+    pair = await start(limits=LimitSettings(write=Rate(SLOW, 1)))
+    headers = {**auth.headers("dave"), "Content-Type": "application/json"}
+    small = json.dumps({"title": "Q3", "plan": [{"procedure": "test_noop"}]}).encode()
+    async with pair.http.post(pair.url + "/workflows", data=small, headers=headers) as response:
+        assert response.status == 200, await response.text()  # the only token
+    never = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        yield b'{"title": "Q3", "plan": ['
+        await never.wait()
+
+    try:
+        async with pair.http.post(pair.url + "/workflows", data=endless(), headers=headers) as response:
+            assert response.status == 429 and "Retry-After" in response.headers
+            assert "write calls" in (await response.json())["message"]
+    finally:
+        never.set()
+
+
 async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> None:
     pair = await start(limits=LimitSettings(max_streams=2))
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))

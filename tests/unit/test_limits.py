@@ -215,3 +215,21 @@ async def test_spending_waits_for_the_tokens_a_burst_at_a_time_and_never_refuses
     assert len(waits) == 2
     with pytest.raises(LimitExceeded):  # (what it took is gone for her calls too)
         await limiter.admit("GetStatus", ALICE)
+
+
+async def test_a_check_refuses_a_caller_with_no_token_left_and_takes_none() -> None:
+    """Before a body of unknown size is read: a caller with a token left passes and keeps it;
+    one without is refused, as admit would refuse it; services and unlimited kinds pass."""
+    clock = Clock()
+    limiter = Limiter(LimitSettings(write=Rate(1, 2)), clock, hold=0)
+    create = "/auditflow.v1.WorkflowService/CreateWorkflow"
+    await limiter.check(create, ALICE)
+    await limiter.admit(create, ALICE, size=2 * limits.BYTES_PER_TOKEN)  # (the check took nothing: both left)
+    with pytest.raises(LimitExceeded) as refused:
+        await limiter.check(create, ALICE)
+    assert "retry in 1.0 s" in str(refused.value)
+    await limiter.check(create, BOB)  # (another principal's bucket)
+    await limiter.check(create, GATEWAY)
+    await limiter.check("/auditflow.v1.WorkflowService/GetStatus", ALICE)  # (reads: no rate here)
+    clock.now += 1
+    await limiter.check(create, ALICE)
