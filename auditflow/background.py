@@ -6,9 +6,11 @@ loop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class Background:
@@ -28,8 +30,18 @@ class Background:
             self._task = asyncio.create_task(run(), name=self._name)
 
     async def stop(self) -> None:
+        """Cancel the loop and wait for it to end. A cancellation of the caller itself while
+        it waits is not swallowed with the loop's own; a loop that had failed is logged, and
+        does not stop the caller's other stops."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            stopping = asyncio.current_task()
+            if stopping is not None and stopping.cancelling():
+                raise
+        except Exception:  # it had failed: said here, and the caller's stop goes on
+            logger.exception("the %s loop had failed", self._name)
