@@ -37,9 +37,9 @@ def add(
     """Add `--flag` whose default comes from AUDITFLOW_[SERVICE_]FLAG, then from `default`.
     `aliases`: other names of the same flag (each with its variable, read when FLAG's is not
     set), so that a renamed flag keeps working where it is already used."""
-    dest = flag.lstrip("-").replace("-", "_")
+    dest = _dest(flag)
     env = env_name(dest, service)
-    names = (env, *(env_name(a.lstrip("-").replace("-", "_"), service) for a in aliases))
+    names = (env, *(env_name(_dest(alias), service) for alias in aliases))
     source = next((name for name in names if name in os.environ), env)
     raw = os.environ.get(source)
     value = default
@@ -57,6 +57,10 @@ def add(
         help=f"{help} [env {env}; default: {default if default != '' else 'none'}]",
         **kwargs,
     )
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def non_negative_float(text: str) -> float:

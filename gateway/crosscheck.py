@@ -70,24 +70,21 @@ class Crosscheck:
         while True:
             await asyncio.sleep(self._interval)
             try:
-                await self.look()
+                await self._look()
                 failing = False
             except Exception:  # the database is away: the next look tries again
                 if not failing:  # (one line per outage)
                     logger.warning("could not compare watched workflows with their rows", exc_info=True)
                     failing = True
 
-    async def look(self) -> int:
-        """One look; how many workflows were seeded."""
+    async def _look(self) -> None:
         watched = self._hub.watched_unfinished()
-        ahead: dict[str, int] = {}
+        rows: dict[str, int] = {}
         for start in range(0, len(watched), CHUNK):
             chunk = watched[start : start + CHUNK]
-            rows = await self._db.read(functools.partial(store.positions, workflow_ids=chunk))
-            ahead.update((w, last) for w, last in rows.items() if last > self._hub.published(w))
-        published = {w: self._hub.published(w) for w in ahead}
-        seeded = settled(self._ahead, ahead, published)
-        self._ahead = ahead
-        for workflow_id, position in seeded.items():
+            rows.update(await self._db.read(functools.partial(store.positions, workflow_ids=chunk)))
+        published = {w: self._hub.published(w) for w in rows}
+        ahead = {w: last for w, last in rows.items() if last > published[w]}
+        for workflow_id, position in settled(self._ahead, ahead, published).items():
             self._hub.seed(workflow_id, position)
-        return len(seeded)
+        self._ahead = ahead
