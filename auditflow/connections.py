@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from auditflow import config, limits
+from auditflow import config, limits, strangers
 from auditflow.background import Background
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class ConnectionSettings:
     max_connections: int = 0  # 0: from the file-descriptor limit
     # Open streams of the public methods (health Watch, reflection): `limits.PublicStreams`.
     max_public_streams: int = limits.DEFAULT_MAX_PUBLIC_STREAMS
+    # Calls that fail to authenticate, per address, before their answers wait: `auditflow.strangers`.
+    failed_auth_rate: limits.Rate = strangers.DEFAULT_FAILED_AUTH
 
     def connection_cap(self) -> int:
         """The most connections one listener may hold."""
@@ -192,6 +194,13 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
         default=defaults.max_public_streams,
         type=config.non_negative_int,
     )
+    add(
+        "--failed-auth-rate",
+        "calls without valid credentials one address may make, as CALLS_PER_SECOND:BURST; past it, each "
+        f"one's answer (UNAUTHENTICATED) waits its turn, at most {limits.MAX_HOLD:g} s ('off': no limit)",
+        default=str(defaults.failed_auth_rate),
+        type=limits.Rate.parse,
+    )
 
 
 def from_args(args: argparse.Namespace) -> ConnectionSettings:
@@ -203,4 +212,5 @@ def from_args(args: argparse.Namespace) -> ConnectionSettings:
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
         max_public_streams=args.max_public_streams,
+        failed_auth_rate=args.failed_auth_rate,
     )

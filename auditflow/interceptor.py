@@ -5,7 +5,10 @@ Every RPC of both services passes through `CallInterceptor`, which
   before the handler runs, and puts the principal on the call's context;
 - answers a request that does not parse as INVALID_ARGUMENT (gRPC itself would say UNKNOWN);
 - holds the caller to its limits (`auditflow.limits`): its rate per kind of call, and a slot
-  of its streams for a stream's life;
+  of its streams for a stream's life; a call fails to authenticate only at its address's
+  rate (`auditflow.strangers`), and a call its role may not make takes its caller's tokens
+  as any other (the rate is checked before the policy, as the Kubernetes API server's
+  priority and fairness does): refusing either is work the server does for the caller;
 - ends a server stream with the refusal (UNAUTHENTICATED, PERMISSION_DENIED) when its
   caller's credential is revoked while it is open (`auditflow.revocation`);
 - maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest,
@@ -38,11 +41,12 @@ from grpc_status import rpc_status
 
 from auditflow import logs, policy, principal
 from auditflow.auth import Authenticator, Presented
-from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded
+from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded, Unauthenticated
 from auditflow.limits import Limiter, PublicStreams
 from auditflow.metrics import MethodMetrics, RpcMetrics
 from auditflow.principal import Principal
 from auditflow.revocation import StreamGuard, Watched
+from auditflow.strangers import Strangers
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +204,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         limiter: Limiter | None = None,
         guard: StreamGuard | None = None,
         public_streams: PublicStreams | None = None,
+        strangers: Strangers | None = None,
     ) -> None:
         self._auth = authenticator
+        self._strangers = strangers
         self._metrics = metrics
         self._limiter = limiter
         self._guard = guard
@@ -293,15 +299,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._auth.presented(metadata, peer_address(context), identities)
 
     async def _admit(self, request: Any, presented: Presented, method: str) -> Principal:
-        """Authenticate, authorize, check the caller's rate and set the principal; then refuse
+        """Authenticate, check the caller's rate, authorize and set the principal; then refuse
         a malformed request (after authentication, so that strangers learn nothing from it)."""
-        caller = await self._auth.authenticate(presented)
-        policy.authorize(method, caller)
+        caller = await authenticated(self._auth, presented, self._strangers)
         if self._limiter is not None:
             size = request.ByteSize() if isinstance(request, Message) else 0
             # (a resumed collection watch asks for no first page: its catch-up is paced as it goes)
             page = None if getattr(request, "resume_token", "") else getattr(request, "page_size", None)
             await self._limiter.admit(method, caller, page, size)
+        policy.authorize(method, caller)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
         logs.bind_workflow(request)
@@ -365,6 +371,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _watching(self, presented: Presented, method: str) -> contextlib.AbstractContextManager[Watched | None]:
         """The stream watched for its life, ended if its caller's credential is revoked."""
         return self._guard.watching(presented, method) if self._guard is not None else contextlib.nullcontext()
+
+
+async def authenticated(authenticator: Authenticator, presented: Presented, strangers: Strangers | None) -> Principal:
+    """The caller; or UNAUTHENTICATED, answered when its address's turn comes (`strangers`)."""
+    try:
+        return await authenticator.authenticate(presented)
+    except Unauthenticated:
+        if strangers is not None:
+            await strangers.failed(presented.peer)
+        raise
 
 
 async def close_stream(responses: AsyncIterator[Any]) -> None:

@@ -167,6 +167,17 @@ class Bucket:
         self._refill(now)
         return max(0.0, (tokens - self._tokens) / self._rate.per_second)
 
+    def reserve(self, now: float, most: float) -> float:
+        """Take a token now or ahead of time: the seconds until it is there (0.0: now), so that
+        calls waiting together go one per 1/rate seconds. Past `most` seconds none is taken,
+        and `most` is answered."""
+        self._refill(now)
+        wait = max(0.0, (1 - self._tokens) / self._rate.per_second)
+        if wait > most:
+            return most
+        self._tokens -= 1
+        return wait
+
     def full(self, now: float) -> bool:
         self._refill(now)
         return self._tokens >= self._rate.burst

@@ -151,8 +151,9 @@ def _service(name: str) -> ServiceMetrics:
         limit_refusals=Counter(
             "auditflow_limit_refusals_total",
             "Calls refused past a limit, by limit: a principal's (the gateway's write_rate, read_rate, "
-            "watch_rate, streams, pending_plans, plan_bytes, plan_steps, plan_parameters), or public_streams "
-            "(health Watch and reflection streams past their address's or the server's bound).",
+            "watch_rate, streams, pending_plans, plan_bytes, plan_steps, plan_parameters), public_streams "
+            "(health Watch and reflection streams past their address's or the server's bound), or "
+            "failed_authentication (UNAUTHENTICATED answers held past their address's --failed-auth-rate).",
             ("limit",),
             registry=registry,
         ),

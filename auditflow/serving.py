@@ -25,6 +25,7 @@ from auditflow.interceptor import CallInterceptor
 from auditflow.limits import Limiter, PublicStreams
 from auditflow.metrics import DatabaseCollector, Endpoint, RpcMetrics, ServiceMetrics
 from auditflow.revocation import StreamGuard
+from auditflow.strangers import Strangers
 from auditflow.tls import ServerTls, TlsFiles
 
 logger = logging.getLogger(__name__)
@@ -69,13 +70,21 @@ def new_server(
     outer: Sequence[Any] = (),
     limiter: Limiter | None = None,
     guard: StreamGuard | None = None,
+    strangers: Strangers,
     counted_in: ServiceMetrics,
 ) -> grpc.aio.Server:
     """A server with our interceptor (and `outer` ones before it: tracing); its refusals of
-    public streams count in `counted_in`'s registry."""
+    public streams count in `counted_in`'s registry. `strangers`: its failed authentications
+    by address (`strangers_of`), shared with the process's other port."""
     public = PublicStreams(connections.max_public_streams, refusals=counted_in.limit_refusals)
-    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard, public)]
+    interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard, public, strangers)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
+
+
+def strangers_of(connections: ConnectionSettings, counted_in: ServiceMetrics) -> Strangers:
+    """The process's failed authentications by address, held to `connections`' rate; its
+    held answers count in `counted_in`'s refusals."""
+    return Strangers(connections.failed_auth_rate, refusals=counted_in.limit_refusals)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:

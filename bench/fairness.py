@@ -24,6 +24,12 @@ a p99, falls on either kind of phase, not on one long phase:
   cancelled, so that it stores plans up to its quota again in every loaded phase (the
   database writer's busiest time).
 
+With `--flood anonymous` or `--flood denied` the flood is of calls that are refused before any
+work: GetStatus and REST's GET of a workflow without credentials and with a token signed by a
+key the gateway does not trust (a stranger's), or Approve by the flooding principal, whose role
+may not approve (over gRPC and REST, 20 and 12 calls at once). Neither is in the default flood, which
+sends what the principal's role allows.
+
 With `--elsewhere`, a third phase in each round: the same flood, aimed at a second pair of
 its own (processor, gateway, database) on the same machine, while the three call the first.
 It is the floor of the loaded phase on this machine: the flood's CPU (its client's, and the
@@ -44,6 +50,7 @@ writer (the principals whose writes waited longest, over the whole run).
     python bench/fairness.py --watch-loop      # also the gateway's loop lag and garbage collections
     python bench/fairness.py --elsewhere       # also the flood aimed at another gateway: the floor
     python bench/fairness.py --apart           # the flooding process alone on a core of its own
+    python bench/fairness.py --flood anonymous # a stranger's calls, refused UNAUTHENTICATED
 
 On a 2-core machine the flooding client and the gateway share the cores. The flooding process
 runs at the lowest CPU priority (nice 19), as its CPU would be another machine's in a real
@@ -80,6 +87,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
@@ -108,6 +116,10 @@ TIMEOUT = 30.0
 PHASES = ("unloaded", "loaded")
 ELSEWHERE = "elsewhere"  # (with --elsewhere: the flood aimed at another pair, the loaded phase's floor)
 FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "resume", "idle")
+# Not in the default flood, which sends what the principal's role allows (`--flood anonymous`,
+# `--flood denied`): calls without credentials and with a token signed by a key the gateway does
+# not trust (a stranger's), and calls the principal's role may not make (Approve), over gRPC and REST.
+REFUSED_KINDS = ("anonymous", "denied")
 # Streams the flood keeps opening and closing at once, by kind: collection watches (2 over gRPC,
 # 2 over SSE), collection watches resumed from long ago (2 over gRPC). It holds as many status
 # streams as it may besides.
@@ -262,6 +274,8 @@ async def _flood(
     target: str, rest_url: str, token: str, kinds: list[str], watched: list[str], stop: Any, ready: Any
 ) -> dict[str, Any]:
     meta = (("authorization", f"Bearer {token}"),)
+    # (the trusted key's id, signed by another key: the gateway checks its signature each time)
+    forged_token = auth.sign(auth.claims_for(FLOOD, ("submitter",)), key=ec.generate_private_key(ec.SECP256R1()))
     tally: Counter[str] = Counter()
     held: list[Any] = []
     stopping = asyncio.Event()
@@ -290,6 +304,8 @@ async def _flood(
         channels = [await stack.enter_async_context(grpc.aio.insecure_channel(target)) for _ in range(2)]
         stubs = [wpb_grpc.WorkflowServiceStub(channel) for channel in channels]
         http = await stack.enter_async_context(aiohttp.ClientSession(headers=bearer))
+        stranger = await stack.enter_async_context(aiohttp.ClientSession())
+        forged = (("authorization", f"Bearer {forged_token}"),)
 
         async def create(stub: wpb_grpc.WorkflowServiceStub) -> None:
             await stub.CreateWorkflow(big, metadata=meta, timeout=TIMEOUT)
@@ -355,6 +371,25 @@ async def _flood(
                     if line.startswith(b"data: ") and b'"synced"' in line:
                         return
 
+        async def anonymous(stub: wpb_grpc.WorkflowServiceStub, credentials: tuple[tuple[str, str], ...]) -> None:
+            request = wpb.GetStatusRequest(workflow_id=random.choice(watched))
+            await stub.GetStatus(request, metadata=credentials, timeout=TIMEOUT)
+
+        async def rest_anonymous(headers: dict[str, str]) -> None:
+            async with stranger.get(f"{rest_url}/workflows/{random.choice(watched)}", headers=headers) as response:
+                await response.read()
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+
+        async def denied(stub: wpb_grpc.WorkflowServiceStub) -> None:
+            request = wpb.ApproveRequest(workflow_id=random.choice(watched), etag="x")
+            await stub.Approve(request, metadata=meta, timeout=TIMEOUT)
+
+        async def rest_denied() -> None:
+            url = f"{rest_url}/workflows/{random.choice(watched)}/approve"
+            async with http.post(url, json={"etag": "x"}) as response:
+                await response.read()
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+
         async def idle(host: str, port: int) -> None:
             """One connection that sends nothing, held until the gateway closes it."""
             try:
@@ -389,10 +424,20 @@ async def _flood(
                 loops.append(hammer("WatchWorkflows", lambda s=stub: collection(s)))  # type: ignore[misc]
             if "resume" in kinds:
                 loops.append(hammer("WatchWorkflows resumed", lambda s=stub: resumed(s)))  # type: ignore[misc]
+            if "anonymous" in kinds:
+                for name, credentials in (("GetStatus anonymous", ()), ("GetStatus forged", forged)):
+                    loops += [hammer(name, lambda s=stub, c=credentials: anonymous(s, c)) for _ in range(4)]  # type: ignore[misc]
+            if "denied" in kinds:
+                loops += [hammer("Approve denied", lambda s=stub: denied(s)) for _ in range(4)]  # type: ignore[misc]
         if "rest" in kinds:
             loops += [hammer("REST ListWorkflows", rest_page) for _ in range(2)]
         if "collection" in kinds:
             loops += [hammer("REST WatchWorkflows", rest_collection) for _ in range(2)]
+        if "anonymous" in kinds:
+            for name, headers in (("REST anonymous", {}), ("REST forged", {"Authorization": f"Bearer {forged_token}"})):
+                loops += [hammer(name, lambda h=headers: rest_anonymous(h)) for _ in range(2)]  # type: ignore[misc]
+        if "denied" in kinds:
+            loops += [hammer("REST Approve denied", rest_denied) for _ in range(4)]
         ready.set()
         await asyncio.gather(*loops)
         peak = len(held)
@@ -711,7 +756,11 @@ def main() -> None:
         "--flood",
         type=lambda t: t.split(","),
         default=list(FLOOD_KINDS),
-        help="what the flood sends, of " + ",".join(FLOOD_KINDS),
+        help="what the flood sends, of "
+        + ",".join(FLOOD_KINDS + REFUSED_KINDS)
+        + " (default: all but "
+        + ",".join(REFUSED_KINDS)
+        + ")",
     )
     parser.add_argument("--rounds", type=int, default=6, help="unloaded and loaded phases, alternating")
     parser.add_argument(

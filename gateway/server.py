@@ -81,6 +81,8 @@ class Gateway:
         # (each open stream's credential, checked again after each reload: both adapters)
         self.guard = StreamGuard(self.authenticator)
         rpc_metrics = RpcMetrics(metrics.GATEWAY) if measured else None
+        # (calls failing to authenticate, held to a rate per address: both adapters)
+        strangers = serving.strangers_of(settings.connections, metrics.GATEWAY)
         self.server = serving.new_server(
             self.authenticator,
             settings.connections,
@@ -88,6 +90,7 @@ class Gateway:
             outer=tracing.server_interceptors(),
             limiter=self.limiter,
             guard=self.guard,
+            strangers=strangers,
             counted_in=metrics.GATEWAY,
         )
         self._health = serving.add_health_and_reflection(self.server, [SERVICE_NAME])
@@ -143,6 +146,7 @@ class Gateway:
                 limiter=self.limiter,
                 connections=settings.connections,
                 guard=self.guard,
+                strangers=strangers,
             )
         wpb_grpc.add_WorkflowServiceServicer_to_server(self.service, self.server)
         self.port = serving.bind(self.server, address, self.tls)

@@ -33,10 +33,11 @@ from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
 from auditflow.errors import AuditflowError, Unauthenticated
-from auditflow.interceptor import close_stream, log_refusal
+from auditflow.interceptor import authenticated, close_stream, log_refusal
 from auditflow.limits import Limiter
 from auditflow.revocation import StreamGuard, Watched
 from auditflow.serving import check_port_free
+from auditflow.strangers import Strangers
 from auditflow.v1 import workflow_service_pb2 as wpb
 from gateway import messages
 from gateway.encoded import Written
@@ -182,9 +183,11 @@ class RestApp:
         measured: bool = False,
         readiness: Readiness | None = None,
         limiter: Limiter | None = None,
+        strangers: Strangers | None = None,
     ) -> None:
         self.api = api
         self._limiter = limiter
+        self._strangers = strangers
         self._readiness = readiness
         self._origins = cors_origins
         self.authenticator = authenticator
@@ -234,9 +237,7 @@ class RestApp:
         to its rate, as the interceptor does for gRPC; also what the caller presented (a
         stream's credential is checked again after reloads)."""
         presented = self.authenticator.presented(request.headers.items(), request.remote)
-        caller = await self.authenticator.authenticate(presented)
-        policy.authorize(route.rpc_path, caller)
-        browser.check_write(request, caller, self._origins)
+        caller = await authenticated(self.authenticator, presented, self._strangers)
         principal.set_current(caller)  # (each request runs in a task of its own)
         if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
             size = request.content_length
@@ -246,6 +247,8 @@ class RestApp:
             resumed = request.query.get("resume_token") or request.headers.get("Last-Event-ID")
             page = None if resumed else request.query.get("page_size", "")  # (as the interceptor's)
             await self._limiter.admit(route.rpc_path, caller, page, size or 0)
+        policy.authorize(route.rpc_path, caller)  # (after the rate: a refused call is work too)
+        browser.check_write(request, caller, self._origins)
         return await self._request_message(route, request), presented
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:
@@ -485,6 +488,7 @@ class RestGateway:
         limiter: Limiter | None = None,
         connections: ConnectionSettings | None = None,
         guard: StreamGuard,
+        strangers: Strangers | None = None,
     ) -> None:
         check_port_free(host, port)  # (a port in use fails here, before anything starts)
         self.host = host
@@ -500,6 +504,7 @@ class RestGateway:
             readiness=readiness,
             limiter=limiter,
             guard=guard,
+            strangers=strangers,
         )
         self._runner: web.AppRunner | None = None
 

@@ -23,10 +23,12 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from auditflow import metrics, trail
+from auditflow.connections import ConnectionSettings
 from auditflow.limits import LimitSettings, Rate
 from auditflow.principal import Principal
 from auditflow.v1 import workflow_service_pb2 as wpb
@@ -422,11 +424,15 @@ def test_the_command_line_defaults_and_their_environment_variables(monkeypatch: 
     assert settings.limits == LimitSettings(Rate(10, 20), Rate(20, 100), Rate(5, 40), 50)
     assert settings.plan_limits == PlanLimits(65_536, 100, 16_384, 100)
     assert settings.max_page_bytes == 1_048_576
+    assert settings.connections.failed_auth_rate == Rate(10, 100)
     monkeypatch.setenv("AUDITFLOW_GATEWAY_READ_RATE", "3")
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_FAILED_AUTH_RATE", "1:4")
     flags = ["--write-rate", "off", "--watch-rate", "2:7", "--max-pending-plans", "0"]
     changed = parse(flags)
     assert changed.limits.read == Rate(3, 6) and changed.limits.watch == Rate(2, 7)
     assert not changed.limits.write.limited and changed.plan_limits.max_pending_plans == 0
+    assert changed.connections.failed_auth_rate == Rate(1, 4)
+    assert not parse(["--failed-auth-rate", "off"]).connections.failed_auth_rate.limited
     with pytest.raises(SystemExit):
         parse(["--max-plan-steps", "101"])
     with pytest.raises(SystemExit):
@@ -715,3 +721,60 @@ async def wait_until(condition: Any, timeout: float = 30.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "the condition never held"
         await asyncio.sleep(0.01)
+
+
+async def test_calls_failing_to_authenticate_wait_their_turn_and_authenticated_ones_do_not(start: Any) -> None:
+    pair = await start(connections=ConnectionSettings(failed_auth_rate=Rate(SLOW, 3)))
+    created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
+    request = wpb.GetStatusRequest(workflow_id=created.workflow.workflow_id)
+    stranger = ec.generate_private_key(ec.SECP256R1())  # (a key the gateway does not trust, the right key id)
+    forged = (("authorization", "Bearer " + auth.sign(auth.claims_for("carol"), key=stranger)),)
+    before = refusals("failed_authentication")
+
+    async def refused(credentials: Any) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pair.stub.GetStatus(request, metadata=credentials)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value
+
+    for credentials in ((), forged, (("authorization", "Bearer not-a-token"),)):  # the address's burst
+        await refused(credentials)
+    assert refusals("failed_authentication") == before
+    # Past it, the same answer, once the address's turn comes (no token comes back: after the
+    # hold); meanwhile the same address, authenticated, is answered as ever, and never held.
+    began = asyncio.get_running_loop().time()
+    held = asyncio.ensure_future(refused(forged))
+    await wait_until(lambda: refusals("failed_authentication") == before + 1)
+    answer = await pair.stub.GetStatus(request, metadata=as_user("carol"))
+    assert answer.status.status == created.workflow.status
+    await held
+    assert asyncio.get_running_loop().time() - began >= 0.9  # (held a second)
+    # REST shares the address's turns: 401 as ever, held and counted.
+    url = pair.url + f"/workflows/{created.workflow.workflow_id}/status/live"
+    async with pair.http.get(url, headers={"Authorization": "Bearer not-a-token"}) as response:
+        assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
+    async with pair.http.get(url, headers=auth.headers("carol")) as response:
+        assert response.status == 200
+    assert refusals("failed_authentication") == before + 2
+
+
+async def test_a_call_the_callers_role_may_not_make_takes_its_tokens(start: Any) -> None:
+    pair = await start(limits=LimitSettings(write=Rate(SLOW, 2)))
+    created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
+    approve = wpb.ApproveRequest(workflow_id=created.workflow.workflow_id, etag=created.workflow.etag)
+    viewer = as_user("victor", ("viewer",))
+    for _ in range(2):  # its burst of writes: refused by the policy, as before
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pair.stub.Approve(approve, metadata=viewer)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    stored = dump_sqlite(pair.db_path)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await pair.stub.Approve(approve, metadata=viewer)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and rich(caught.value)["limit"] == "write_rate"
+    url = pair.url + f"/workflows/{created.workflow.workflow_id}/approve"
+    headers = auth.headers("victor", ("viewer",))
+    async with pair.http.post(url, json={"etag": created.workflow.etag}, headers=headers) as response:
+        assert response.status == 429, await response.text()
+    assert dump_sqlite(pair.db_path) == stored
+    # Its reads are another kind, and another principal's writes its own.
+    await pair.stub.GetStatus(wpb.GetStatusRequest(workflow_id=created.workflow.workflow_id), metadata=viewer)
+    await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))

@@ -1,0 +1,102 @@
+"""Calls that fail to authenticate, held to a rate per address.
+
+A call without valid credentials has no principal, so no principal's limit holds it: answering
+UNAUTHENTICATED is cheap, but not free (a few hundred microseconds of the event loop: the
+request parsed, a token's signature checked, the error sent). A stranger sending such calls
+as fast as it could kept the gateway's loop busy, and every person calling it waited behind
+them (three people's GetStatus p99 five times their usual).
+
+So each address has a bucket of failed authentications: a burst is answered at once, then the
+answers wait their turn, one per 1/rate seconds, at most `hold` seconds each. The answer itself
+does not change (UNAUTHENTICATED, with its message): a caller that authenticates is never
+held, whatever its address, and a client that sends a bad token now and then never notices.
+A client repeating failures is slowed to the rate, or, with many calls at once, to one answer
+per call and `hold`. Each held answer counts in the refusals metric as `failed_authentication`.
+
+IPv6 addresses count by their /64 network (one host is often given a whole /64); peers
+without an address (a Unix socket) share one bucket. Addresses whose bucket is full again are
+forgotten. A proxy in front of the servers shares one address among its clients: their failed
+authentications are then held together, their successful ones are not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter
+
+from auditflow.limits import MAX_HOLD, Bucket, Rate, count_refusal
+
+# The default: a burst of 100 failures from one address, then 10 a second.
+DEFAULT_FAILED_AUTH = Rate(10, 100)
+# Addresses kept before full buckets are forgotten (a sweep, at most once per this many new ones).
+SWEEP_AT = 10_000
+LIMIT = "failed_authentication"  # (its label in the refusals metric)
+
+
+class Strangers:
+    """Failed authentications by peer address, one server's (its gRPC and REST ports share it)."""
+
+    def __init__(
+        self,
+        rate: Rate,
+        *,
+        refusals: Counter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        hold: float = MAX_HOLD,
+    ) -> None:
+        self.rate = rate
+        self._refusals = refusals
+        self._clock = clock
+        self._hold = hold
+        self._buckets: dict[str, Bucket] = {}
+        self._sweep_at = SWEEP_AT
+
+    async def failed(self, peer: str | None) -> None:
+        """A call from `peer` failed to authenticate: return when its answer may go."""
+        wait = self.turn(peer)
+        if wait > 0:
+            count_refusal(LIMIT, self._refusals)
+            await asyncio.sleep(wait)
+
+    def turn(self, peer: str | None) -> float:
+        """Seconds until this failure's answer may go (0.0: at once), at most `hold`; its
+        token is taken now, even if it comes back later (a queue at the rate). Past `hold`,
+        none is taken: the answer waits `hold`."""
+        if not self.rate.limited:
+            return 0.0
+        now = self._clock()
+        key = address_key(peer)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
+            bucket = self._buckets[key] = Bucket(self.rate, now)
+        return bucket.reserve(now, self._hold)
+
+    def addresses(self) -> int:
+        """Addresses remembered (for tests and the curious)."""
+        return len(self._buckets)
+
+    def _sweep(self, now: float) -> None:
+        self._buckets = {key: bucket for key, bucket in self._buckets.items() if not bucket.full(now)}
+        self._sweep_at = len(self._buckets) + SWEEP_AT
+
+
+def address_key(peer: str | None) -> str:
+    """What a peer's failures count under: its address, an IPv6 address's /64 network."""
+    if not peer:
+        return ""
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return str(mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
