@@ -55,7 +55,7 @@ class ConnectionSettings:
     # Open streams of the public methods (health Watch, reflection): `limits.PublicStreams`.
     max_public_streams: int = limits.DEFAULT_MAX_PUBLIC_STREAMS
     # Calls that fail to authenticate, per address, before their answers wait: `auditflow.strangers`.
-    failed_auth_rate: limits.Rate = strangers.DEFAULT_FAILED_AUTH
+    anonymous_rate: limits.Rate = strangers.DEFAULT_ANONYMOUS
 
     def connection_cap(self) -> int:
         """The most connections one listener may hold."""
@@ -195,10 +195,10 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
         type=config.non_negative_int,
     )
     add(
-        "--failed-auth-rate",
+        "--anonymous-rate",
         "calls without valid credentials one address may make, as CALLS_PER_SECOND:BURST; past it, each "
         f"one's answer (UNAUTHENTICATED) waits its turn, at most {limits.MAX_HOLD:g} s ('off': no limit)",
-        default=str(defaults.failed_auth_rate),
+        default=str(defaults.anonymous_rate),
         type=limits.Rate.parse,
     )
 
@@ -212,5 +212,5 @@ def from_args(args: argparse.Namespace) -> ConnectionSettings:
         keepalive_timeout=args.keepalive_timeout,
         max_connections=args.max_connections,
         max_public_streams=args.max_public_streams,
-        failed_auth_rate=args.failed_auth_rate,
+        anonymous_rate=args.anonymous_rate,
     )

@@ -5,8 +5,9 @@ Every RPC of both services passes through `CallInterceptor`, which
   before the handler runs, and puts the principal on the call's context;
 - answers a request that does not parse as INVALID_ARGUMENT (gRPC itself would say UNKNOWN);
 - holds the caller to its limits (`auditflow.limits`): its rate per kind of call, and a slot
-  of its streams for a stream's life; a call fails to authenticate only at its address's
-  rate (`auditflow.strangers`), and a call its role may not make takes its caller's tokens
+  of its streams for a stream's life; a call without a principal (one that fails to
+  authenticate, or a public method's) is answered at its address's rate
+  (`auditflow.strangers`), and a call its caller's role may not make takes its caller's tokens
   as any other (the rate is checked before the policy, as the Kubernetes API server's
   priority and fairness does): refusing either is work the server does for the caller;
 - ends a server stream with the refusal (UNAUTHENTICATED, PERMISSION_DENIED) when its
@@ -17,8 +18,9 @@ Every RPC of both services passes through `CallInterceptor`, which
 - with metrics on, counts every call by method and status code and times it
   (`auditflow.metrics`).
 
-Public methods (health, reflection) skip authentication: probes carry no credentials. Their
-streams are held to `limits.PublicStreams` (a few per peer address, a bound in all) instead.
+Public methods (health, reflection) skip authentication: probes carry no credentials. They
+take their address's turns (`auditflow.strangers`), and their streams are held to
+`limits.PublicStreams` (a few per peer address, a bound in all).
 """
 
 from __future__ import annotations
@@ -241,7 +243,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler  # (no client-streaming RPCs outside the public ones)
 
     def _public(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
-        """A public method's handler; a stream holds a slot of its peer's public streams."""
+        """A public method's handler: it waits its address's turn (`strangers`, no principal),
+        and a stream holds a slot of its peer's public streams."""
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_public_unary(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_public(handler.unary_stream, method),
@@ -255,6 +264,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    def _wrap_public_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def checked(request: Any, context: Context) -> Any:
+            await self._anonymous_turn(context)
+            return await behavior(request, context)
+
+        return checked
+
+    async def _anonymous_turn(self, context: Context) -> None:
+        if self._strangers is not None:
+            await self._strangers.wait_turn(peer_address(context))
 
     def _wrap_public(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         """`behavior` in a slot of the peer's public streams, in its own shape: an async
@@ -284,6 +304,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         """A slot of the peer's public streams, given back when the call is done (however it
         ends: a stream cancelled while it sends is never resumed to run its `finally`); or the
         call ends RESOURCE_EXHAUSTED."""
+        await self._anonymous_turn(context)
         try:
             give_back = self._public_streams.take(peer_address(context))
         except LimitExceeded as exc:
@@ -379,7 +400,7 @@ async def authenticated(authenticator: Authenticator, presented: Presented, stra
         return await authenticator.authenticate(presented)
     except Unauthenticated:
         if strangers is not None:
-            await strangers.failed(presented.peer)
+            await strangers.wait_turn(presented.peer)
         raise
 
 

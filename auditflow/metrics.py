@@ -153,7 +153,7 @@ def _service(name: str) -> ServiceMetrics:
             "Calls refused past a limit, by limit: a principal's (the gateway's write_rate, read_rate, "
             "watch_rate, streams, pending_plans, plan_bytes, plan_steps, plan_parameters), public_streams "
             "(health Watch and reflection streams past their address's or the server's bound), or "
-            "failed_authentication (UNAUTHENTICATED answers held past their address's --failed-auth-rate).",
+            "anonymous (answers to calls without a principal held past their address's --anonymous-rate).",
             ("limit",),
             registry=registry,
         ),

@@ -84,7 +84,7 @@ def new_server(
 def strangers_of(connections: ConnectionSettings, counted_in: ServiceMetrics) -> Strangers:
     """The process's failed authentications by address, held to `connections`' rate; its
     held answers count in `counted_in`'s refusals."""
-    return Strangers(connections.failed_auth_rate, refusals=counted_in.limit_refusals)
+    return Strangers(connections.anonymous_rate, refusals=counted_in.limit_refusals)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:

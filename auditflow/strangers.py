@@ -1,17 +1,20 @@
-"""Calls that fail to authenticate, held to a rate per address.
+"""Calls without a principal, held to a rate per address.
 
-A call without valid credentials has no principal, so no principal's limit holds it: answering
-UNAUTHENTICATED is cheap, but not free (a few hundred microseconds of the event loop: the
-request parsed, a token's signature checked, the error sent). A stranger sending such calls
-as fast as it could kept the gateway's loop busy, and every person calling it waited behind
-them (three people's GetStatus p99 five times their usual).
+A call that fails to authenticate, or that needs no credentials (health checks, reflection;
+over REST the health, readiness, OpenAPI and page paths, and paths that do not exist), has no
+principal, so no principal's limit holds it. Answering it is cheap, but not free (some hundred
+microseconds of the event loop: the request parsed, a token's signature checked, the answer
+sent). A stranger sending such calls as fast as it could kept the gateway's loop busy, and
+every person calling it waited behind them (three people's GetStatus p99 five times their
+usual with failed authentications; Approve's nearly three times with health checks).
 
-So each address has a bucket of failed authentications: a burst is answered at once, then the
-answers wait their turn, one per 1/rate seconds, at most `hold` seconds each. The answer itself
-does not change (UNAUTHENTICATED, with its message): a caller that authenticates is never
-held, whatever its address, and a client that sends a bad token now and then never notices.
-A client repeating failures is slowed to the rate, or, with many calls at once, to one answer
-per call and `hold`. Each held answer counts in the refusals metric as `failed_authentication`.
+So each address has a bucket of such calls: a burst is answered at once, then the answers
+wait their turn, one per 1/rate seconds, at most `hold` seconds each. The answer itself does
+not change (UNAUTHENTICATED with its message, a health check's status): a caller that
+authenticates is never held, whatever its address, and a load balancer's probes or a client
+sending a bad token now and then never notice. A client repeating them is slowed to the rate,
+or, with many calls at once, to one answer per call and `hold`. Each held answer counts in the
+refusals metric as `anonymous`.
 
 IPv6 addresses count by their /64 network (one host is often given a whole /64); peers
 without an address (a Unix socket) share one bucket. Addresses whose bucket is full again are
@@ -30,15 +33,15 @@ from prometheus_client import Counter
 
 from auditflow.limits import MAX_HOLD, Bucket, Rate, count_refusal
 
-# The default: a burst of 100 failures from one address, then 10 a second.
-DEFAULT_FAILED_AUTH = Rate(10, 100)
+# The default: a burst of 100 calls without a principal from one address, then 10 a second.
+DEFAULT_ANONYMOUS = Rate(10, 100)
 # Addresses kept before full buckets are forgotten (a sweep, at most once per this many new ones).
 SWEEP_AT = 10_000
-LIMIT = "failed_authentication"  # (its label in the refusals metric)
+LIMIT = "anonymous"  # (its label in the refusals metric)
 
 
 class Strangers:
-    """Failed authentications by peer address, one server's (its gRPC and REST ports share it)."""
+    """Calls without a principal by peer address, one server's (its gRPC and REST ports share it)."""
 
     def __init__(
         self,
@@ -55,15 +58,15 @@ class Strangers:
         self._buckets: dict[str, Bucket] = {}
         self._sweep_at = SWEEP_AT
 
-    async def failed(self, peer: str | None) -> None:
-        """A call from `peer` failed to authenticate: return when its answer may go."""
+    async def wait_turn(self, peer: str | None) -> None:
+        """A call from `peer` without a principal: return when its answer may go."""
         wait = self.turn(peer)
         if wait > 0:
             count_refusal(LIMIT, self._refusals)
             await asyncio.sleep(wait)
 
     def turn(self, peer: str | None) -> float:
-        """Seconds until this failure's answer may go (0.0: at once), at most `hold`; its
+        """Seconds until this call's answer may go (0.0: at once), at most `hold`; its
         token is taken now, even if it comes back later (a queue at the rate). Past `hold`,
         none is taken: the answer waits `hold`."""
         if not self.rate.limited:
@@ -87,7 +90,7 @@ class Strangers:
 
 
 def address_key(peer: str | None) -> str:
-    """What a peer's failures count under: its address, an IPv6 address's /64 network."""
+    """What a peer's calls count under: its address, an IPv6 address's /64 network."""
     if not peer:
         return ""
     try:

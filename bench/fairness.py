@@ -27,8 +27,9 @@ a p99, falls on either kind of phase, not on one long phase:
 With `--flood anonymous` or `--flood denied` the flood is of calls that are refused before any
 work: GetStatus and REST's GET of a workflow without credentials and with a token signed by a
 key the gateway does not trust (a stranger's), or Approve by the flooding principal, whose role
-may not approve (over gRPC and REST, 20 and 12 calls at once). Neither is in the default flood, which
-sends what the principal's role allows.
+may not approve (over gRPC and REST, 20 and 12 calls at once); with `--flood public`, health
+checks, which need no credentials (gRPC's Check and REST's /healthz, 12 at once). None of these
+is in the default flood, which sends what the principal's role allows.
 
 With `--elsewhere`, a third phase in each round: the same flood, aimed at a second pair of
 its own (processor, gateway, database) on the same machine, while the three call the first.
@@ -88,6 +89,7 @@ from typing import Any
 import aiohttp
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout
@@ -117,9 +119,10 @@ PHASES = ("unloaded", "loaded")
 ELSEWHERE = "elsewhere"  # (with --elsewhere: the flood aimed at another pair, the loaded phase's floor)
 FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "resume", "idle")
 # Not in the default flood, which sends what the principal's role allows (`--flood anonymous`,
-# `--flood denied`): calls without credentials and with a token signed by a key the gateway does
-# not trust (a stranger's), and calls the principal's role may not make (Approve), over gRPC and REST.
-REFUSED_KINDS = ("anonymous", "denied")
+# `--flood denied`, `--flood public`): calls without credentials and with a token signed by a key
+# the gateway does not trust (a stranger's), calls the principal's role may not make (Approve),
+# and the calls that need no credentials (health checks), over gRPC and REST.
+REFUSED_KINDS = ("anonymous", "denied", "public")
 # Streams the flood keeps opening and closing at once, by kind: collection watches (2 over gRPC,
 # 2 over SSE), collection watches resumed from long ago (2 over gRPC). It holds as many status
 # streams as it may besides.
@@ -390,6 +393,13 @@ async def _flood(
                 await response.read()
                 raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
 
+        async def health(channel: grpc.aio.Channel) -> None:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+
+        async def rest_health() -> None:
+            async with stranger.get(f"{rest_url}/healthz") as response:
+                await response.read()
+
         async def idle(host: str, port: int) -> None:
             """One connection that sends nothing, held until the gateway closes it."""
             try:
@@ -413,6 +423,11 @@ async def _flood(
             grpc_host, grpc_port = target.rsplit(":", 1)
             for host, port in ((grpc_host, int(grpc_port)), (rest_host, int(rest_port))):
                 loops += [hammer(f"idle {port}", lambda h=host, p=port: idle(h, p)) for _ in range(IDLE_CONNECTIONS)]  # type: ignore[misc]
+        for channel in channels:
+            if "public" in kinds:
+                loops += [hammer("health Check", lambda c=channel: health(c)) for _ in range(4)]  # type: ignore[misc]
+        if "public" in kinds:
+            loops += [hammer("REST /healthz", rest_health) for _ in range(4)]
         for stub in stubs:
             if "create" in kinds:
                 loops += [hammer("CreateWorkflow", lambda s=stub: create(s)) for _ in range(2)]  # type: ignore[misc]

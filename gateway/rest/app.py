@@ -140,6 +140,20 @@ def measured_middleware(templates: dict[str, str]) -> Any:
     return measured
 
 
+def anonymous_middleware(strangers: Strangers, api_handlers: set[Handler]) -> Any:
+    """A request for anything but the API (health, readiness, the OpenAPI document, the page,
+    a path that does not exist) needs no credentials: it waits its address's turn
+    (`auditflow.strangers`). The API's requests authenticate, and wait only if that fails."""
+
+    @web.middleware
+    async def anonymous(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.handler not in api_handlers:
+            await strangers.wait_turn(request.remote)
+        return await handler(request)
+
+    return anonymous
+
+
 def cors_middleware(origins: frozenset[str]) -> Any:
     """Allow the listed origins ("*" = any) to call the API from a browser."""
 
@@ -202,9 +216,15 @@ class RestApp:
         if measured:
             templates = {re.sub(r"\{(\w+):[^}]*\}", r"{\1}", r.path): r.template for r in self.routes}
             middlewares.insert(0, measured_middleware(templates))  # (keys: aiohttp's canonical form)
+        # (the API's handlers authenticate; any other path is answered to anyone, at its address's turn)
+        self._api_handlers: set[Handler] = set()
+        if strangers is not None:
+            middlewares.insert(0, anonymous_middleware(strangers, self._api_handlers))
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
         for route in self.routes:
-            self.app.router.add_route(route.http_method, route.path, self._handler(route))
+            handler = self._handler(route)
+            self._api_handlers.add(handler)
+            self.app.router.add_route(route.http_method, route.path, handler)
         self.openapi = openapi.document(self.routes)
         self.app.router.add_get("/openapi.json", self._openapi)
         self.app.router.add_get("/healthz", self._healthz)

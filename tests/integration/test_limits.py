@@ -25,6 +25,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from auditflow import metrics, trail
@@ -424,15 +425,15 @@ def test_the_command_line_defaults_and_their_environment_variables(monkeypatch: 
     assert settings.limits == LimitSettings(Rate(10, 20), Rate(20, 100), Rate(5, 40), 50)
     assert settings.plan_limits == PlanLimits(65_536, 100, 16_384, 100)
     assert settings.max_page_bytes == 1_048_576
-    assert settings.connections.failed_auth_rate == Rate(10, 100)
+    assert settings.connections.anonymous_rate == Rate(10, 100)
     monkeypatch.setenv("AUDITFLOW_GATEWAY_READ_RATE", "3")
-    monkeypatch.setenv("AUDITFLOW_GATEWAY_FAILED_AUTH_RATE", "1:4")
+    monkeypatch.setenv("AUDITFLOW_GATEWAY_ANONYMOUS_RATE", "1:4")
     flags = ["--write-rate", "off", "--watch-rate", "2:7", "--max-pending-plans", "0"]
     changed = parse(flags)
     assert changed.limits.read == Rate(3, 6) and changed.limits.watch == Rate(2, 7)
     assert not changed.limits.write.limited and changed.plan_limits.max_pending_plans == 0
-    assert changed.connections.failed_auth_rate == Rate(1, 4)
-    assert not parse(["--failed-auth-rate", "off"]).connections.failed_auth_rate.limited
+    assert changed.connections.anonymous_rate == Rate(1, 4)
+    assert not parse(["--anonymous-rate", "off"]).connections.anonymous_rate.limited
     with pytest.raises(SystemExit):
         parse(["--max-plan-steps", "101"])
     with pytest.raises(SystemExit):
@@ -724,12 +725,12 @@ async def wait_until(condition: Any, timeout: float = 30.0) -> None:
 
 
 async def test_calls_failing_to_authenticate_wait_their_turn_and_authenticated_ones_do_not(start: Any) -> None:
-    pair = await start(connections=ConnectionSettings(failed_auth_rate=Rate(SLOW, 3)))
+    pair = await start(connections=ConnectionSettings(anonymous_rate=Rate(SLOW, 3)))
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
     request = wpb.GetStatusRequest(workflow_id=created.workflow.workflow_id)
     stranger = ec.generate_private_key(ec.SECP256R1())  # (a key the gateway does not trust, the right key id)
     forged = (("authorization", "Bearer " + auth.sign(auth.claims_for("carol"), key=stranger)),)
-    before = refusals("failed_authentication")
+    before = refusals("anonymous")
 
     async def refused(credentials: Any) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -738,12 +739,12 @@ async def test_calls_failing_to_authenticate_wait_their_turn_and_authenticated_o
 
     for credentials in ((), forged, (("authorization", "Bearer not-a-token"),)):  # the address's burst
         await refused(credentials)
-    assert refusals("failed_authentication") == before
+    assert refusals("anonymous") == before
     # Past it, the same answer, once the address's turn comes (no token comes back: after the
     # hold); meanwhile the same address, authenticated, is answered as ever, and never held.
     began = asyncio.get_running_loop().time()
     held = asyncio.ensure_future(refused(forged))
-    await wait_until(lambda: refusals("failed_authentication") == before + 1)
+    await wait_until(lambda: refusals("anonymous") == before + 1)
     answer = await pair.stub.GetStatus(request, metadata=as_user("carol"))
     assert answer.status.status == created.workflow.status
     await held
@@ -754,7 +755,32 @@ async def test_calls_failing_to_authenticate_wait_their_turn_and_authenticated_o
         assert response.status == 401 and "Bearer" in response.headers["WWW-Authenticate"]
     async with pair.http.get(url, headers=auth.headers("carol")) as response:
         assert response.status == 200
-    assert refusals("failed_authentication") == before + 2
+    assert refusals("anonymous") == before + 2
+
+
+async def test_calls_that_need_no_credentials_take_their_addresss_turns_too(start: Any) -> None:
+    pair = await start(connections=ConnectionSettings(anonymous_rate=Rate(SLOW, 4)))
+    before = refusals("anonymous")
+    async with grpc.aio.insecure_channel(pair.gateway.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for _ in range(2):  # half the burst over gRPC, half over REST: answered at once
+            assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
+        for path in ("/healthz", "/no-such-path"):
+            async with pair.http.get(pair.url + path) as response:
+                assert response.status in (200, 404)
+        assert refusals("anonymous") == before
+        # Past it each waits its turn (none comes back: the hold), with the same answer; the API,
+        # authenticated, is answered meanwhile and never held.
+        checked = asyncio.ensure_future(health.Check(health_pb2.HealthCheckRequest()))
+        await wait_until(lambda: refusals("anonymous") == before + 1)
+        await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=as_user("carol"))
+        assert (await checked).status == serving
+        async with pair.http.get(pair.url + "/openapi.json") as response:
+            assert response.status == 200
+        async with pair.http.get(pair.url + "/whoami", headers=auth.headers("carol")) as response:
+            assert response.status == 200
+        assert refusals("anonymous") == before + 2
 
 
 async def test_a_call_the_callers_role_may_not_make_takes_its_tokens(start: Any) -> None:

@@ -79,7 +79,7 @@ async def test_a_held_answer_waits_its_turn_and_is_counted() -> None:
     registry = CollectorRegistry()
     counter = Counter("refusals", "test", ("limit",), registry=registry)
     held = Strangers(Rate(1000, 1), refusals=counter, hold=0.05)
-    await held.failed("10.0.0.1")  # the burst: at once, not counted
-    assert registry.get_sample_value("refusals_total", {"limit": "failed_authentication"}) is None
-    await held.failed("10.0.0.1")
-    assert registry.get_sample_value("refusals_total", {"limit": "failed_authentication"}) == 1
+    await held.wait_turn("10.0.0.1")  # the burst: at once, not counted
+    assert registry.get_sample_value("refusals_total", {"limit": "anonymous"}) is None
+    await held.wait_turn("10.0.0.1")
+    assert registry.get_sample_value("refusals_total", {"limit": "anonymous"}) == 1
