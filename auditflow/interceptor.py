@@ -20,7 +20,8 @@ Every RPC of both services passes through `CallInterceptor`, which
 
 Public methods (health, reflection) skip authentication: probes carry no credentials. They
 take their address's turns (`auditflow.strangers`), and their streams are held to
-`limits.PublicStreams` (a few per peer address, a bound in all).
+`limits.PublicStreams` (a few per peer address, a bound in all). So does a method the server
+does not have: UNIMPLEMENTED, which gRPC would otherwise answer at once, as often as asked.
 """
 
 from __future__ import annotations
@@ -219,9 +220,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
+        if handler is None:  # (gRPC would answer UNIMPLEMENTED at once, to anyone, as often as asked)
+            return grpc.stream_stream_rpc_method_handler(self._unknown(method)) if self._strangers is not None else None
         if policy.is_public(method):
             return self._public(handler, method)
         metadata = handler_call_details.invocation_metadata or ()
@@ -264,6 +265,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 response_serializer=handler.response_serializer,
             )
         return handler
+
+    def _unknown(self, method: str) -> Callable[..., Any]:
+        """A method this server does not serve: UNIMPLEMENTED, at its address's turn (no
+        principal: nobody's limit holds it). A handler of any shape reads nothing first."""
+
+        async def unknown(requests: Any, context: Context) -> None:
+            await self._anonymous_turn(context)
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"this server has no method {method[:200]!r}")
+
+        return unknown
 
     def _wrap_public_unary(self, behavior: Callable[..., Any]) -> Callable[..., Any]:
         async def checked(request: Any, context: Context) -> Any:

@@ -1,7 +1,8 @@
 """Calls without a principal, held to a rate per address.
 
-A call that fails to authenticate, or that needs no credentials (health checks, reflection;
-over REST the health, readiness, OpenAPI and page paths, and paths that do not exist), has no
+A call that fails to authenticate, or that needs no credentials (health checks, reflection, a
+gRPC method that does not exist; over REST the health, readiness, OpenAPI and page paths, and
+paths that do not exist), has no
 principal, so no principal's limit holds it. Answering it is cheap, but not free (some hundred
 microseconds of the event loop: the request parsed, a token's signature checked, the answer
 sent). A stranger sending such calls as fast as it could kept the gateway's loop busy, and

@@ -28,7 +28,8 @@ With `--flood anonymous` or `--flood denied` the flood is of calls that are refu
 work: GetStatus and REST's GET of a workflow without credentials and with a token signed by a
 key the gateway does not trust (a stranger's), or Approve by the flooding principal, whose role
 may not approve (over gRPC and REST, 20 and 12 calls at once); with `--flood public`, health
-checks, which need no credentials (gRPC's Check and REST's /healthz, 12 at once). None of these
+checks, which need no credentials, and a method that does not exist (gRPC's Check and
+REST's /healthz, and UNIMPLEMENTED: 16 at once). None of these
 is in the default flood, which sends what the principal's role allows.
 
 With `--elsewhere`, a third phase in each round: the same flood, aimed at a second pair of
@@ -121,7 +122,7 @@ FLOOD_KINDS = ("create", "list", "rest", "watch", "collection", "resume", "idle"
 # Not in the default flood, which sends what the principal's role allows (`--flood anonymous`,
 # `--flood denied`, `--flood public`): calls without credentials and with a token signed by a key
 # the gateway does not trust (a stranger's), calls the principal's role may not make (Approve),
-# and the calls that need no credentials (health checks), over gRPC and REST.
+# and the calls that need no credentials (health checks, a method that does not exist), over gRPC and REST.
 REFUSED_KINDS = ("anonymous", "denied", "public")
 # Streams the flood keeps opening and closing at once, by kind: collection watches (2 over gRPC,
 # 2 over SSE), collection watches resumed from long ago (2 over gRPC). It holds as many status
@@ -396,6 +397,9 @@ async def _flood(
         async def health(channel: grpc.aio.Channel) -> None:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
 
+        async def unknown(channel: grpc.aio.Channel) -> None:
+            await channel.unary_unary("/auditflow.v1.WorkflowService/NoSuchMethod")(b"", timeout=TIMEOUT)
+
         async def rest_health() -> None:
             async with stranger.get(f"{rest_url}/healthz") as response:
                 await response.read()
@@ -426,6 +430,7 @@ async def _flood(
         for channel in channels:
             if "public" in kinds:
                 loops += [hammer("health Check", lambda c=channel: health(c)) for _ in range(4)]  # type: ignore[misc]
+                loops += [hammer("NoSuchMethod", lambda c=channel: unknown(c)) for _ in range(2)]  # type: ignore[misc]
         if "public" in kinds:
             loops += [hammer("REST /healthz", rest_health) for _ in range(4)]
         for stub in stubs:

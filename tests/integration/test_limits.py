@@ -759,13 +759,16 @@ async def test_calls_failing_to_authenticate_wait_their_turn_and_authenticated_o
 
 
 async def test_calls_that_need_no_credentials_take_their_addresss_turns_too(start: Any) -> None:
-    pair = await start(connections=ConnectionSettings(anonymous_rate=Rate(SLOW, 4)))
+    pair = await start(connections=ConnectionSettings(anonymous_rate=Rate(SLOW, 5)))
     before = refusals("anonymous")
     async with grpc.aio.insecure_channel(pair.gateway.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         serving = health_pb2.HealthCheckResponse.SERVING
-        for _ in range(2):  # half the burst over gRPC, half over REST: answered at once
+        for _ in range(2):  # the burst, over gRPC and REST: answered at once
             assert (await health.Check(health_pb2.HealthCheckRequest())).status == serving
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # (a method no server here has)
+            await channel.unary_unary("/auditflow.v1.WorkflowService/NoSuchMethod")(b"")
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED and "NoSuchMethod" in str(caught.value.details())
         for path in ("/healthz", "/no-such-path"):
             async with pair.http.get(pair.url + path) as response:
                 assert response.status in (200, 404)
@@ -780,7 +783,11 @@ async def test_calls_that_need_no_credentials_take_their_addresss_turns_too(star
             assert response.status == 200
         async with pair.http.get(pair.url + "/whoami", headers=auth.headers("carol")) as response:
             assert response.status == 200
-        assert refusals("anonymous") == before + 2
+        streaming = channel.unary_stream("/auditflow.v1.WorkflowService/NoSuchStream")(b"")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await streaming.read()
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert refusals("anonymous") == before + 3
 
 
 async def test_a_call_the_callers_role_may_not_make_takes_its_tokens(start: Any) -> None:
