@@ -74,17 +74,19 @@ def new_server(
     counted_in: ServiceMetrics,
 ) -> grpc.aio.Server:
     """A server with our interceptor (and `outer` ones before it: tracing); its refusals of
-    public streams count in `counted_in`'s registry. `strangers`: its failed authentications
-    by address (`strangers_of`), shared with the process's other port."""
+    public streams count in `counted_in`'s registry. `strangers`: its calls without a
+    principal by address (`strangers_of`), shared with the process's other port."""
     public = PublicStreams(connections.max_public_streams, refusals=counted_in.limit_refusals)
     interceptors = [*outer, CallInterceptor(authenticator, metrics, limiter, guard, public, strangers)]
     return grpc.aio.server(interceptors=interceptors, options=server_options(connections))
 
 
-def strangers_of(connections: ConnectionSettings, counted_in: ServiceMetrics) -> Strangers:
-    """The process's failed authentications by address, held to `connections`' rate; its
-    held answers count in `counted_in`'s refusals."""
-    return Strangers(connections.anonymous_rate, refusals=counted_in.limit_refusals)
+def strangers_of(
+    authenticator: Authenticator, connections: ConnectionSettings, counted_in: ServiceMetrics
+) -> Strangers:
+    """The process's calls without a principal by address, held to `connections`' rate (but
+    a trusted proxy's); its held answers count in `counted_in`'s refusals."""
+    return Strangers(connections.anonymous_rate, refusals=counted_in.limit_refusals, trusted=authenticator.proxy)
 
 
 def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health_aio.HealthServicer:

@@ -19,8 +19,10 @@ refusals metric as `anonymous`.
 
 IPv6 addresses count by their /64 network (one host is often given a whole /64); peers
 without an address (a Unix socket) share one bucket. Addresses whose bucket is full again are
-forgotten. A proxy in front of the servers shares one address among its clients: their failed
-authentications are then held together, their successful ones are not.
+forgotten. A proxy in front of the servers shares one address among its clients: their calls
+without credentials are then held together, their authenticated ones are not. A trusted proxy
+(`--trusted-proxies`, which authenticates the users itself and is trusted to limit them) is
+never held: every browser behind it loading the page would share one burst.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from collections.abc import Callable
 
 from prometheus_client import Counter
 
+from auditflow.auth import TrustedProxy
 from auditflow.limits import MAX_HOLD, Bucket, Rate, count_refusal
 
 # The default: a burst of 100 calls without a principal from one address, then 10 a second.
@@ -49,11 +52,13 @@ class Strangers:
         rate: Rate,
         *,
         refusals: Counter | None = None,
+        trusted: TrustedProxy | None = None,
         clock: Callable[[], float] = time.monotonic,
         hold: float = MAX_HOLD,
     ) -> None:
         self.rate = rate
         self._refusals = refusals
+        self._trusted = trusted
         self._clock = clock
         self._hold = hold
         self._buckets: dict[str, Bucket] = {}
@@ -70,7 +75,7 @@ class Strangers:
         """Seconds until this call's answer may go (0.0: at once), at most `hold`; its
         token is taken now, even if it comes back later (a queue at the rate). Past `hold`,
         none is taken: the answer waits `hold`."""
-        if not self.rate.limited:
+        if not self.rate.limited or (self._trusted is not None and self._trusted.trusts(peer)):
             return 0.0
         now = self._clock()
         key = address_key(peer)

@@ -82,7 +82,7 @@ class Gateway:
         self.guard = StreamGuard(self.authenticator)
         rpc_metrics = RpcMetrics(metrics.GATEWAY) if measured else None
         # (calls failing to authenticate, held to a rate per address: both adapters)
-        strangers = serving.strangers_of(settings.connections, metrics.GATEWAY)
+        strangers = serving.strangers_of(self.authenticator, settings.connections, metrics.GATEWAY)
         self.server = serving.new_server(
             self.authenticator,
             settings.connections,

@@ -72,7 +72,7 @@ class Processor:
             settings.connections,
             metrics=rpc_metrics,
             outer=tracing.server_interceptors(),
-            strangers=serving.strangers_of(settings.connections, metrics.PROCESSOR),
+            strangers=serving.strangers_of(self.authenticator, settings.connections, metrics.PROCESSOR),
             counted_in=metrics.PROCESSOR,
         )
         ps_grpc.add_ProcessorServiceServicer_to_server(self.service, self.server)

@@ -87,12 +87,11 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
         gateway = create_gateway(
             "127.0.0.1:0",
             GatewaySettings(
-                **auth.gateway_settings(),
+                **{**auth.gateway_settings(), **overrides},  # (`auth` too may be overridden)
                 database_url=url,
                 processor_target=processor.address,
                 plugins=PLUGINS,
                 rest_port=0,
-                **overrides,
             ),
         )
         await gateway.start()
@@ -788,6 +787,20 @@ async def test_calls_that_need_no_credentials_take_their_addresss_turns_too(star
             await streaming.read()
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert refusals("anonymous") == before + 3
+
+
+async def test_a_trusted_proxy_is_never_held(start: Any) -> None:
+    trusting = auth.gateway_auth(proxy_user_header="X-Auditflow-User", trusted_proxies=("127.0.0.1/32",))
+    pair = await start(auth=trusting, connections=ConnectionSettings(anonymous_rate=Rate(SLOW, 2)))
+    before = refusals("anonymous")
+    for _ in range(5):  # (its users' page loads, their calls without the header: past the burst)
+        async with pair.http.get(pair.url + "/healthz") as response:
+            assert response.status == 200
+        async with pair.http.get(pair.url + "/whoami") as response:
+            assert response.status == 401
+    async with pair.http.get(pair.url + "/whoami", headers={"X-Auditflow-User": "carol"}) as response:
+        assert response.status == 200 and (await response.json())["principal"] == "carol"
+    assert refusals("anonymous") == before
 
 
 async def test_a_call_the_callers_role_may_not_make_takes_its_tokens(start: Any) -> None:

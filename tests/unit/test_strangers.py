@@ -4,10 +4,13 @@ full buckets forgotten; held answers counted."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from auditflow import strangers
+from auditflow.auth import TrustedProxy
 from auditflow.limits import Rate
 from auditflow.strangers import Strangers, address_key
 
@@ -83,3 +86,10 @@ async def test_a_held_answer_waits_its_turn_and_is_counted() -> None:
     assert registry.get_sample_value("refusals_total", {"limit": "anonymous"}) is None
     await held.wait_turn("10.0.0.1")
     assert registry.get_sample_value("refusals_total", {"limit": "anonymous"}) == 1
+
+
+def test_a_trusted_proxy_is_never_held() -> None:
+    proxy = TrustedProxy("x-user", (ipaddress.ip_network("10.1.0.0/16"),))
+    held = Strangers(Rate(1, 1), trusted=proxy, clock=Clock())
+    assert all(held.turn("10.1.2.3") == 0.0 for _ in range(100))  # (its clients are many)
+    assert held.turn("10.2.0.1") == 0.0 and held.turn("10.2.0.1") == pytest.approx(1.0)
