@@ -2,10 +2,11 @@
 
 Starts the pair (processor + gateway subprocesses, SQLite) with the gateway's default
 per-principal limits (docs/security.md), then measures three people, each with the approver
-role, each making five calls of each kind a second (enough for a p99 over 450 calls of each
-kind in each phase): GetStatus, Approve (`--approve-pace`; plans a planner submitted
+role, each making five calls of each kind a second (a p99 over 900 calls of each kind in each
+phase, their ninth slowest: over 450, their fifth slowest, one slow episode of the machine
+decided a run's ratio too often): GetStatus, Approve (`--approve-pace`; plans a planner submitted
 beforehand), and WatchStatus (`--watch-pace`; timed to its first event, then closed). Two
-phases of the same length (`--seconds`, 5 s), alternating for `--rounds` rounds (6) in the
+phases of the same length (`--seconds`, 5 s), alternating for `--rounds` rounds (12) in the
 same run, so that both see the machine alike: a slow episode of the machine's, which decides
 a p99, falls on either kind of phase, not on one long phase:
 - unloaded: the three alone;
@@ -45,7 +46,7 @@ answered, refused by the limits (by status), and the streams it held; and the ga
 figures: its CPU in each phase, and how long each principal's writes waited for the database
 writer (the principals whose writes waited longest, over the whole run).
 
-    python bench/fairness.py                   # 6 rounds of 5 s phases
+    python bench/fairness.py                   # 12 rounds of 5 s phases (some 4 minutes)
     python bench/fairness.py --quick           # 1 round of 4 s phases, for a smoke test
     python bench/fairness.py --without-limits  # the same without per-principal limits
     python bench/fairness.py --write-share 0   # the writer first come, first served
@@ -782,7 +783,7 @@ def main() -> None:
         + ",".join(REFUSED_KINDS)
         + ")",
     )
-    parser.add_argument("--rounds", type=int, default=6, help="unloaded and loaded phases, alternating")
+    parser.add_argument("--rounds", type=int, default=12, help="unloaded and loaded phases, alternating")
     parser.add_argument(
         "--warm-up", type=float, default=3.0, help="seconds the flood runs before the loaded phase is measured"
     )
