@@ -8,8 +8,7 @@ Every RPC of both services passes through `CallInterceptor`, which
   of its streams for a stream's life; a call without a principal (one that fails to
   authenticate, or a public method's) is answered at its address's rate
   (`auditflow.strangers`), and a call its caller's role may not make takes its caller's tokens
-  as any other (the rate is checked before the policy, as the Kubernetes API server's
-  priority and fairness does): refusing either is work the server does for the caller;
+  all the same (`authorized`): refusing either is work the server does for the caller;
 - ends a server stream with the refusal (UNAUTHENTICATED, PERMISSION_DENIED) when its
   caller's credential is revoked while it is open (`auditflow.revocation`);
 - maps `AuditflowError` to its status code with google.rpc details (ErrorInfo, BadRequest,
@@ -32,6 +31,7 @@ import inspect
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +44,7 @@ from grpc_status import rpc_status
 
 from auditflow import logs, policy, principal
 from auditflow.auth import Authenticator, Presented
-from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded, Unauthenticated
+from auditflow.errors import DOMAIN, AuditflowError, InvalidArgument, LimitExceeded, RoleRequired, Unauthenticated
 from auditflow.limits import Limiter, PublicStreams
 from auditflow.metrics import MethodMetrics, RpcMetrics
 from auditflow.principal import Principal
@@ -179,7 +179,7 @@ def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], 
 
 def peer_address(context: Context) -> str | None:
     """The IP address of the caller ("ipv4:1.2.3.4:5", "ipv6:[::1]:5"), None for others."""
-    peer = context.peer() or ""
+    peer = urllib.parse.unquote(context.peer() or "")  # (gRPC sends "ipv6:%5B::1%5D:5")
     kind, _, rest = peer.partition(":")
     if kind == "ipv4":
         return rest.rsplit(":", 1)[0]
@@ -270,9 +270,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         """A method this server does not serve: UNIMPLEMENTED, at its address's turn (no
         principal: nobody's limit holds it). A handler of any shape reads nothing first."""
 
-        async def unknown(requests: Any, context: Context) -> None:
+        async def unknown(requests: Any, context: Context) -> AsyncIterator[Any]:
             await self._anonymous_turn(context)
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"this server has no method {method[:200]!r}")
+            yield  # (never reached: a generator, as OpenTelemetry's interceptor iterates a stream's handler)
 
         return unknown
 
@@ -331,15 +332,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self._auth.presented(metadata, peer_address(context), identities)
 
     async def _admit(self, request: Any, presented: Presented, method: str) -> Principal:
-        """Authenticate, check the caller's rate, authorize and set the principal; then refuse
+        """Authenticate, authorize, check the caller's rate and set the principal; then refuse
         a malformed request (after authentication, so that strangers learn nothing from it)."""
         caller = await authenticated(self._auth, presented, self._strangers)
+        size = request.ByteSize() if isinstance(request, Message) else 0
+        # (a resumed collection watch asks for no first page: its catch-up is paced as it goes)
+        page = None if getattr(request, "resume_token", "") else getattr(request, "page_size", None)
+        await authorized(method, caller, self._limiter, page, size)
         if self._limiter is not None:
-            size = request.ByteSize() if isinstance(request, Message) else 0
-            # (a resumed collection watch asks for no first page: its catch-up is paced as it goes)
-            page = None if getattr(request, "resume_token", "") else getattr(request, "page_size", None)
             await self._limiter.admit(method, caller, page, size)
-        policy.authorize(method, caller)
         # Each RPC runs in its own task, so the context variables are the call's own.
         principal.set_current(caller)
         logs.bind_workflow(request)
@@ -412,6 +413,19 @@ async def authenticated(authenticator: Authenticator, presented: Presented, stra
     except Unauthenticated:
         if strangers is not None:
             await strangers.wait_turn(presented.peer)
+        raise
+
+
+async def authorized(method: str, caller: Principal, limiter: Limiter | None, page: object, size: int) -> None:
+    """Check the policy table. A call it refuses takes its caller's tokens all the same (as
+    the Kubernetes API server's priority and fairness, which comes before authorization):
+    refusing it is work too, and past the tokens it is refused RESOURCE_EXHAUSTED like any
+    other call, held as long. A call refused for another reason takes none."""
+    try:
+        policy.authorize(method, caller)
+    except RoleRequired:
+        if limiter is not None:
+            await limiter.admit(method, caller, page, size)
         raise
 
 

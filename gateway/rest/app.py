@@ -28,12 +28,12 @@ from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
-from auditflow import logs, metrics, policy, principal
+from auditflow import logs, metrics, principal
 from auditflow.auth import Authenticator, Presented
 from auditflow.config import ConfigError
 from auditflow.connections import ConnectionSettings
 from auditflow.errors import AuditflowError, Unauthenticated
-from auditflow.interceptor import authenticated, close_stream, log_refusal
+from auditflow.interceptor import authenticated, authorized, close_stream, log_refusal
 from auditflow.limits import Limiter
 from auditflow.revocation import StreamGuard, Watched
 from auditflow.serving import check_port_free
@@ -142,8 +142,9 @@ def measured_middleware(templates: dict[str, str]) -> Any:
 
 def anonymous_middleware(strangers: Strangers, api_handlers: set[Handler]) -> Any:
     """A request for anything but the API (health, readiness, the OpenAPI document, the page,
-    a path that does not exist) needs no credentials: it waits its address's turn
-    (`auditflow.strangers`). The API's requests authenticate, and wait only if that fails."""
+    a path that does not exist, a preflight CORS did not answer) needs no credentials: it waits
+    its address's turn (`auditflow.strangers`). The API's requests authenticate, and wait only
+    if that fails."""
 
     @web.middleware
     async def anonymous(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -211,15 +212,16 @@ class RestApp:
         self._guard = guard
         self._closing = False
         middlewares: list[Any] = [_errors_as_json]
+        # (the API's handlers authenticate; any other path is answered to anyone, at its address's
+        # turn: inside CORS, which answers an allowed origin's preflight for the API first)
+        self._api_handlers: set[Handler] = set()
+        if strangers is not None:
+            middlewares.insert(0, anonymous_middleware(strangers, self._api_handlers))
         if cors_origins:
             middlewares.insert(0, cors_middleware(cors_origins))
         if measured:
             templates = {re.sub(r"\{(\w+):[^}]*\}", r"{\1}", r.path): r.template for r in self.routes}
             middlewares.insert(0, measured_middleware(templates))  # (keys: aiohttp's canonical form)
-        # (the API's handlers authenticate; any other path is answered to anyone, at its address's turn)
-        self._api_handlers: set[Handler] = set()
-        if strangers is not None:
-            middlewares.insert(0, anonymous_middleware(strangers, self._api_handlers))
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
         for route in self.routes:
             handler = self._handler(route)
@@ -258,17 +260,17 @@ class RestApp:
         stream's credential is checked again after reloads)."""
         presented = self.authenticator.presented(request.headers.items(), request.remote)
         caller = await authenticated(self.authenticator, presented, self._strangers)
+        resumed = request.query.get("resume_token") or request.headers.get("Last-Event-ID")
+        page = None if resumed else request.query.get("page_size", "")  # (as the interceptor's)
+        size = request.content_length
+        await authorized(route.rpc_path, caller, self._limiter, page, size or 0)  # (a body refused: never read)
+        browser.check_write(request, caller, self._origins)
         principal.set_current(caller)  # (each request runs in a task of its own)
         if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
-            size = request.content_length
             if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
                 await self._limiter.check(route.rpc_path, caller)  # (past the rate: not read at all)
                 size = len(await request.read())
-            resumed = request.query.get("resume_token") or request.headers.get("Last-Event-ID")
-            page = None if resumed else request.query.get("page_size", "")  # (as the interceptor's)
             await self._limiter.admit(route.rpc_path, caller, page, size or 0)
-        policy.authorize(route.rpc_path, caller)  # (after the rate: a refused call is work too)
-        browser.check_write(request, caller, self._origins)
         return await self._request_message(route, request), presented
 
     def _stream_slot(self) -> contextlib.AbstractContextManager[None]:

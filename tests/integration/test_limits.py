@@ -803,6 +803,34 @@ async def test_a_trusted_proxy_is_never_held(start: Any) -> None:
     assert refusals("anonymous") == before
 
 
+async def test_a_cross_site_write_through_the_proxy_takes_none_of_its_users_tokens(start: Any) -> None:
+    trusting = auth.gateway_auth(
+        proxy_user_header="X-Auditflow-User", proxy_groups_header="X-Groups", trusted_proxies=("127.0.0.1/32",)
+    )
+    pair = await start(auth=trusting, limits=LimitSettings(write=Rate(SLOW, 2)))
+    carol = {"X-Auditflow-User": "carol", "X-Groups": "submitter"}
+    body = {"title": "Q3", "plan": [{"procedure": "test_noop"}]}
+    for _ in range(4):  # another site's page posting a form through carol's browser: refused, free
+        form = {**carol, "Origin": "http://evil.example"}
+        async with pair.http.post(pair.url + "/workflows", data="title=x", headers=form) as response:
+            assert response.status == 400, await response.text()
+    same_site = {**carol, "Origin": pair.url}
+    async with pair.http.post(pair.url + "/workflows", json=body, headers=same_site) as response:
+        assert response.status == 200, await response.text()
+
+
+async def test_an_allowed_origins_preflight_is_not_held(start: Any) -> None:
+    pair = await start(
+        rest_cors_origins=("http://ui.example",), connections=ConnectionSettings(anonymous_rate=Rate(SLOW, 1))
+    )
+    before = refusals("anonymous")
+    preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "GET"}
+    for _ in range(3):  # (a cross-origin page's calls each need one; CORS answers them)
+        async with pair.http.options(pair.url + "/workflows/wf_x/status/live", headers=preflight) as response:
+            assert response.status == 204
+    assert refusals("anonymous") == before
+
+
 async def test_a_call_the_callers_role_may_not_make_takes_its_tokens(start: Any) -> None:
     pair = await start(limits=LimitSettings(write=Rate(SLOW, 2)))
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))

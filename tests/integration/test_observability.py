@@ -345,7 +345,7 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Any:
         tracing.disable()
 
 
-async def test_health_watch_answers_with_tracing_on_and_probes_make_no_spans(
+async def test_health_watch_and_an_unknown_method_answer_with_tracing_on_and_probes_make_no_spans(
     tmp_path: Path, spans: InMemorySpanExporter
 ) -> None:
     async with running(tmp_path) as pair:
@@ -358,6 +358,9 @@ async def test_health_watch_answers_with_tracing_on_and_probes_make_no_spans(
                 assert (await health.Check(health_pb2.HealthCheckRequest())).status == (
                     health_pb2.HealthCheckResponse.SERVING
                 )
+                with pytest.raises(grpc.aio.AioRpcError) as caught:  # (the tracing interceptor iterates its handler)
+                    await channel.unary_stream("/auditflow.v1.WorkflowService/NoSuchMethod")(b"").read()
+                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED, caught.value
         await pair.stub.WhoAmI(wpb.WhoAmIRequest(), metadata=as_user("carol"))
     names = [span.name for span in spans.get_finished_spans()]
     assert not [name for name in names if "grpc.health.v1" in name], names

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from auditflow import strangers
 from auditflow.auth import TrustedProxy
+from auditflow.interceptor import peer_address
 from auditflow.limits import Rate
 from auditflow.strangers import Strangers, address_key
 
@@ -81,7 +82,7 @@ def test_addresses_whose_bucket_is_full_again_are_forgotten(monkeypatch: pytest.
 async def test_a_held_answer_waits_its_turn_and_is_counted() -> None:
     registry = CollectorRegistry()
     counter = Counter("refusals", "test", ("limit",), registry=registry)
-    held = Strangers(Rate(1000, 1), refusals=counter, hold=0.05)
+    held = Strangers(Rate(0.01, 1), refusals=counter, hold=0.05)  # (no token back: held the hold)
     await held.wait_turn("10.0.0.1")  # the burst: at once, not counted
     assert registry.get_sample_value("refusals_total", {"limit": "anonymous"}) is None
     await held.wait_turn("10.0.0.1")
@@ -93,3 +94,17 @@ def test_a_trusted_proxy_is_never_held() -> None:
     held = Strangers(Rate(1, 1), trusted=proxy, clock=Clock())
     assert all(held.turn("10.1.2.3") == 0.0 for _ in range(100))  # (its clients are many)
     assert held.turn("10.2.0.1") == 0.0 and held.turn("10.2.0.1") == pytest.approx(1.0)
+
+
+def test_grpc_peers_are_read_as_addresses() -> None:
+    class Context:
+        def __init__(self, peer: str) -> None:
+            self._peer = peer
+
+        def peer(self) -> str:
+            return self._peer
+
+    assert peer_address(Context("ipv4:192.0.2.7:5000")) == "192.0.2.7"  # type: ignore[arg-type]
+    assert peer_address(Context("ipv6:%5B2001:db8::1%5D:5000")) == "2001:db8::1"  # type: ignore[arg-type]
+    assert peer_address(Context("ipv6:[::1]:5000")) == "::1"  # type: ignore[arg-type]
+    assert peer_address(Context("unix:/tmp/s")) is None  # type: ignore[arg-type]
