@@ -269,7 +269,10 @@ class RestApp:
         if self._limiter is not None:  # (before the body is parsed: a refusal costs no parsing)
             if size is None and route.body:  # a chunked body: its size once read (aiohttp keeps it)
                 await self._limiter.check(route.rpc_path, caller)  # (past the rate: not read at all)
-                size = len(await request.read())
+                try:
+                    size = len(await request.read())
+                except web.HTTPRequestEntityTooLarge:
+                    return self._too_large(), presented
             await self._limiter.admit(route.rpc_path, caller, page, size or 0)
         return await self._request_message(route, request), presented
 
@@ -327,13 +330,16 @@ class RestApp:
 
         return handle
 
+    def _too_large(self) -> web.Response:
+        return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
+
     async def _request_message(self, route: Route, request: web.Request) -> Message | web.Response:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
-            return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
+            return self._too_large()
         try:
             body = await request.read() if route.body else b""
         except web.HTTPRequestEntityTooLarge:
-            return error_response(413, C.RESOURCE_EXHAUSTED, f"the body exceeds {self.max_body_bytes} bytes")
+            return self._too_large()
         try:
             query = iter(request.query.items())
             if len(body) > OFF_LOOP_BYTES:  # (a large body's JSON takes milliseconds to parse)

@@ -280,6 +280,19 @@ async def test_a_chunked_body_past_the_callers_rate_is_refused_before_it_is_read
         never.set()
 
 
+async def test_a_chunked_body_past_the_body_limit_is_413_not_a_server_error(start: Any) -> None:
+    pair = await start(limits=LimitSettings(write=Rate(SLOW, 100)))
+
+    async def too_much() -> AsyncIterator[bytes]:
+        for _ in range(app.MAX_BODY_BYTES // 65_536 + 2):
+            yield b" " * 65_536
+
+    headers = {**auth.headers("carol"), "Content-Type": "application/json"}
+    async with pair.http.post(pair.url + "/workflows", data=too_much(), headers=headers) as response:
+        assert response.status == 413, await response.text()
+        assert (await response.json())["status"] == "RESOURCE_EXHAUSTED"
+
+
 async def test_streams_per_principal_over_grpc_and_rest_together(start: Any) -> None:
     pair = await start(limits=LimitSettings(max_streams=2))
     created = await pair.stub.CreateWorkflow(create_request(), metadata=as_user("carol"))
