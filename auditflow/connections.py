@@ -54,7 +54,7 @@ class ConnectionSettings:
     max_connections: int = 0  # 0: from the file-descriptor limit
     # Open streams of the public methods (health Watch, reflection): `limits.PublicStreams`.
     max_public_streams: int = limits.DEFAULT_MAX_PUBLIC_STREAMS
-    # Calls that fail to authenticate, per address, before their answers wait: `auditflow.strangers`.
+    # Calls without a principal, per address, before their answers wait: `auditflow.strangers`.
     anonymous_rate: limits.Rate = strangers.DEFAULT_ANONYMOUS
 
     def connection_cap(self) -> int:
@@ -196,8 +196,9 @@ def add_flags(parser: argparse.ArgumentParser, service: str) -> None:
     )
     add(
         "--anonymous-rate",
-        "calls without valid credentials one address may make, as CALLS_PER_SECOND:BURST; past it, each "
-        f"one's answer (UNAUTHENTICATED) waits its turn, at most {limits.MAX_HOLD:g} s ('off': no limit)",
+        "calls without a principal one address may make (failing authentication, health checks, reflection, "
+        "unknown methods, REST paths outside the API), as CALLS_PER_SECOND:BURST; past it, each one's answer "
+        f"(unchanged) waits its turn, at most {limits.MAX_HOLD:g} s ('off': no limit)",
         default=str(defaults.anonymous_rate),
         type=limits.Rate.parse,
     )

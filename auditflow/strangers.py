@@ -2,12 +2,12 @@
 
 A call that fails to authenticate, or that needs no credentials (health checks, reflection, a
 gRPC method that does not exist; over REST the health, readiness, OpenAPI and page paths, and
-paths that do not exist), has no
-principal, so no principal's limit holds it. Answering it is cheap, but not free (some hundred
-microseconds of the event loop: the request parsed, a token's signature checked, the answer
-sent). A stranger sending such calls as fast as it could kept the gateway's loop busy, and
-every person calling it waited behind them (three people's GetStatus p99 five times their
-usual with failed authentications; Approve's nearly three times with health checks).
+paths that do not exist), has no principal, so no principal's limit holds it. Answering it is
+cheap, but not free (some hundred microseconds of the event loop: the request parsed, a
+token's signature checked, the answer sent). A stranger sending such calls as fast as it
+could kept the gateway's loop busy, and every person calling it waited behind them (three
+people's GetStatus p99 five times their usual with failed authentications; Approve's nearly
+three times with health checks).
 
 So each address has a bucket of such calls: a burst is answered at once, then the answers
 wait their turn, one per 1/rate seconds, at most `hold` seconds each. The answer itself does
